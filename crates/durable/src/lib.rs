@@ -1,0 +1,240 @@
+//! Crash-safe files: the one place that knows the order of writes, fsyncs and renames.
+//!
+//! The rule everywhere in walrelay: write under a temporary name, fsync the file, rename it to its final
+//! name, fsync the directory. A file that has its final name is therefore complete and durable, and a
+//! crash leaves at most a temporary file behind.
+//!
+//! When walrelay runs as root and writes into a PostgreSQL data directory, what it creates must belong to
+//! the data directory's owner, or the server cannot read it ("could not open file … Permission denied").
+//! [`Owner`] carries that decision.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// An IO error with the path and the action that failed.
+#[derive(Debug, Error)]
+#[error("{action} {path}: {source}")]
+pub struct DurableError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl DurableError {
+    pub fn new(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        DurableError {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True when the disk is full or the quota exhausted.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self.source.raw_os_error(), Some(ENOSPC | EDQUOT))
+    }
+}
+
+const ENOSPC: i32 = 28;
+const EDQUOT: i32 = 122;
+
+pub type Result<T> = std::result::Result<T, DurableError>;
+
+/// Who should own the files walrelay creates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    ids: Option<(u32, u32)>,
+}
+
+impl Owner {
+    /// Leave ownership alone (files belong to the running user).
+    pub fn current() -> Self {
+        Owner { ids: None }
+    }
+
+    /// Give created files this uid/gid. Only effective (and only needed) when running as root.
+    pub fn ids(uid: u32, gid: u32) -> Self {
+        Owner {
+            ids: Some((uid, gid)),
+        }
+    }
+
+    /// When running as root, the owner of `dir` (a data directory or its `pg_wal`); otherwise none.
+    /// If `dir` does not exist yet, its nearest existing ancestor decides.
+    pub fn of_dir_if_root(dir: &Path) -> Self {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Owner::current();
+        }
+        let mut p = Some(dir);
+        while let Some(d) = p {
+            if let Ok(meta) = fs::metadata(d) {
+                if meta.uid() == 0 {
+                    return Owner::current();
+                }
+                return Owner::ids(meta.uid(), meta.gid());
+            }
+            p = d.parent();
+        }
+        Owner::current()
+    }
+
+    pub fn uid_gid(&self) -> Option<(u32, u32)> {
+        self.ids
+    }
+
+    /// Applies this ownership to `path` (no-op for [`Owner::current`]). Symlinks are changed themselves.
+    pub fn apply(&self, path: &Path) -> Result<()> {
+        if let Some((uid, gid)) = self.ids {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+                .map_err(|e| DurableError::new("change owner of", path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// fsyncs a directory so that entries created, renamed or removed in it survive a crash.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    let f = File::open(dir).map_err(|e| DurableError::new("open directory", dir, e))?;
+    f.sync_all()
+        .map_err(|e| DurableError::new("fsync directory", dir, e))
+}
+
+/// fsyncs the directory holding `path`.
+pub fn fsync_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => fsync_dir(p),
+        _ => fsync_dir(Path::new(".")),
+    }
+}
+
+/// fsyncs one file.
+pub fn fsync_file(path: &Path) -> Result<()> {
+    let f = File::open(path).map_err(|e| DurableError::new("open", path, e))?;
+    f.sync_all()
+        .map_err(|e| DurableError::new("fsync", path, e))
+}
+
+/// Renames `from` to `to` and fsyncs the directory (both directories if they differ).
+pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(|e| DurableError::new("rename to final name", from, e))?;
+    fsync_parent(to)?;
+    if from.parent() != to.parent() {
+        fsync_parent(from)?;
+    }
+    Ok(())
+}
+
+/// Creates a directory (and missing parents) with `mode`, owned by `owner`, fsyncing each new entry's
+/// parent. Existing directories are left as they are.
+pub fn create_dir_all_durable(dir: &Path, mode: u32, owner: Owner) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        if !parent.as_os_str().is_empty() {
+            create_dir_all_durable(parent, mode, owner)?;
+        }
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(DurableError::new("create directory", dir, e)),
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .map_err(|e| DurableError::new("set permissions of", dir, e))?;
+    owner.apply(dir)?;
+    fsync_parent(dir)
+}
+
+/// The temporary name used while `path` is being written.
+pub fn temp_path_for(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+/// Writes `data` to `path` atomically: `path.tmp`, fsync, rename, fsync directory.
+pub fn write_file_atomic(path: &Path, data: &[u8], mode: u32, owner: Owner) -> Result<()> {
+    let tmp = temp_path_for(path);
+    let mut f = create_new_file(&tmp, mode, owner)?;
+    f.write_all(data)
+        .map_err(|e| DurableError::new("write", &tmp, e))
+        .and_then(|_| {
+            f.sync_all()
+                .map_err(|e| DurableError::new("fsync", &tmp, e))
+        })
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
+    drop(f);
+    rename_durable(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+/// Creates (truncating any leftover) a file with `mode` and `owner`. The mode is forced even under a
+/// restrictive umask.
+pub fn create_new_file(path: &Path, mode: u32, owner: Owner) -> Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| DurableError::new("create", path, e))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| DurableError::new("set permissions of", path, e))?;
+    owner.apply(path)?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        write_file_atomic(&p, b"hello", 0o600, Owner::current()).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"hello");
+        assert!(!temp_path_for(&p).exists());
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn atomic_write_into_missing_dir_fails_cleanly() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("missing/f");
+        let e = write_file_atomic(&p, b"x", 0o600, Owner::current()).unwrap_err();
+        assert!(e.to_string().contains("create"), "{e}");
+    }
+
+    #[test]
+    fn create_dirs_with_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a/b/c");
+        create_dir_all_durable(&p, 0o700, Owner::current()).unwrap();
+        assert!(p.is_dir());
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        create_dir_all_durable(&p, 0o700, Owner::current()).unwrap();
+    }
+
+    #[test]
+    fn owner_of_dir_when_not_root_or_root_owned() {
+        let d = tempfile::tempdir().unwrap();
+        // A root-owned (or our own, when not root) directory never asks for a chown.
+        assert_eq!(Owner::of_dir_if_root(d.path()), Owner::current());
+    }
+}

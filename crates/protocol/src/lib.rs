@@ -1,0 +1,19 @@
+//! Pure PostgreSQL replication-protocol code: no IO.
+//!
+//! * [`Lsn`], [`TimelineId`], WAL segment numbers and file names ([`segment`]),
+//! * timeline history files ([`history`]),
+//! * backend message framing and decoding beyond `postgres-protocol` ([`message`]),
+//! * the CopyData sub-messages of physical replication and `BASE_BACKUP` ([`replication`]),
+//! * replication command text for each server version ([`command`]).
+//!
+//! Reference: <https://www.postgresql.org/docs/current/protocol-replication.html>.
+
+pub mod history;
+pub mod lsn;
+pub mod segment;
+pub mod timeline;
+
+pub use history::{TimelineHistory, TimelineHistoryEntry};
+pub use lsn::Lsn;
+pub use segment::{SegmentId, WalFileName, WalSegmentSize, XLogSegNo};
+pub use timeline::TimelineId;
