@@ -8,12 +8,21 @@
 //!
 //! Reference: <https://www.postgresql.org/docs/current/protocol-replication.html>.
 
+pub mod command;
 pub mod history;
 pub mod lsn;
+pub mod message;
+pub mod replication;
 pub mod segment;
 pub mod timeline;
 
+pub use command::ServerVersion;
 pub use history::{TimelineHistory, TimelineHistoryEntry};
 pub use lsn::Lsn;
+pub use message::{BackendMessage, ErrorFields, ProtocolError};
+pub use replication::{
+    BaseBackupMessage, HotStandbyFeedback, PrimaryKeepalive, ReplicationMessage,
+    StandbyStatusUpdate, XLogData,
+};
 pub use segment::{SegmentId, WalFileName, WalSegmentSize, XLogSegNo};
 pub use timeline::TimelineId;
