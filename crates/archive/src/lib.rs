@@ -1,1 +1,57 @@
-//! placeholder
+//! The WAL archive directory: what `pg_receivewal -D DIR` keeps, and what walrelay keeps the same way.
+//!
+//! An archive directory holds
+//! * completed segments under their 24-hex-digit names, plain or compressed as one gzip member
+//!   (`.gz`), one LZ4 frame (`.lz4`, both as pg_receivewal 15 writes them) or one zstd frame (`.zst`,
+//!   walrelay's own) — see [`compression`];
+//! * the segment being received as `NAME.partial` (pg_receivewal may also leave `NAME.gz.partial` or
+//!   `NAME.lz4.partial`);
+//! * timeline history files `TTTTTTTT.history`;
+//! * walrelay's checksum list `walrelay.sha256` ([`checksum`]).
+//!
+//! This crate scans such a directory ([`ArchiveDir::scan`]), compresses segments as they complete
+//! ([`compress_completed_segment`]), serves `restore_command` ([`restore()`]), verifies the whole
+//! archive ([`verify()`]) and removes WAL that is no longer needed ([`prune()`]), with the semantics
+//! of PostgreSQL's pg_receivewal, restore_command and pg_archivecleanup.
+//!
+//! Everything here is blocking std IO: call it from a blocking thread.
+
+pub mod checksum;
+pub mod compression;
+pub mod error;
+pub mod inventory;
+pub mod prune;
+pub mod restore;
+pub mod verify;
+
+/// The file-name compression suffixes (`.gz`, `.lz4`, `.zst`), as the protocol crate parses them.
+pub use walrelay_protocol::segment::Compression as CompressionMethod;
+
+pub use checksum::{
+    read_checksums, record_checksum, remove_checksums, ChecksumList, CHECKSUM_FILE_NAME,
+};
+pub use compression::{
+    compress_completed_segment, open_segment, segment_sha256, uncompressed_size, Compression,
+};
+pub use error::{
+    ArchiveError, RESTORE_EXIT_CORRUPT, RESTORE_EXIT_ERROR, RESTORE_EXIT_NOT_FOUND,
+    RESTORE_EXIT_RESTORED,
+};
+pub use inventory::{
+    cleanup, ArchiveDir, CleanupReport, DamagedFile, Inventory, SegmentFile, SegmentFileState,
+};
+pub use prune::{backup_start_from_manifest, prune, PruneOptions, PrunePoint, PruneReport};
+pub use restore::{restore, RestoreOptions, RestoreOutcome, Restored};
+pub use verify::{
+    verify, NoContentCheck, Problem, ProblemKind, SegmentContentCheck, VerifyOptions, VerifyReport,
+};
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    /// WAL-like bytes: compressible but not trivially so.
+    pub fn fake_segment(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i / 7) as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i % 251) as u8))
+            .collect()
+    }
+}

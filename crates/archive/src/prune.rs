@@ -1,0 +1,523 @@
+//! Removing WAL that is no longer needed, with pg_archivecleanup's semantics.
+//!
+//! pg_archivecleanup removes every file whose name is a segment (or `.partial`) name and whose last
+//! 16 hex digits sort before those of the oldest file to keep: the timeline is ignored, so a segment
+//! of a parent timeline that the kept point still needs is never removed, at the price of keeping a
+//! few segments of abandoned branches. We do the same for every compression suffix, and the kept
+//! point can also be a base backup's start: a `.backup` history file name, as pg_archivecleanup
+//! accepts, or a `backup_manifest` whose `WAL-Ranges` give the backup's `Start-LSN`.
+//!
+//! An age limit (by modification time) can be given too; with both, a file must satisfy both to be
+//! removed, so nothing needed at or after the kept point is ever removed for being old. `.history`
+//! and `.backup` files are never removed (they are tiny, and recovery to any point needs the
+//! histories). Removal goes oldest first, then the directory is fsynced and the removed segments'
+//! entries leave `walrelay.sha256`.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use walrelay_durable as durable;
+use walrelay_protocol::{Lsn, WalFileName, WalSegmentSize};
+
+use crate::checksum::remove_checksums;
+use crate::error::{ArchiveError, Result};
+
+/// The oldest WAL to keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrunePoint {
+    /// pg_archivecleanup's OLDESTKEPTWALFILE: a segment name, a `NAME.partial`, or a backup history
+    /// file `NAME.XXXXXXXX.backup`; that segment and everything after it is kept.
+    WalFile(String),
+    /// Keep the segment holding this LSN and everything after it.
+    Lsn(Lsn),
+    /// Keep from a base backup's start: the lowest `Start-LSN` of the `WAL-Ranges` in this
+    /// `backup_manifest` (PostgreSQL 13+).
+    BackupManifest(PathBuf),
+}
+
+/// What to prune.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneOptions {
+    pub keep_from: Option<PrunePoint>,
+    /// Only remove files last modified longer ago than this.
+    pub older_than: Option<Duration>,
+    /// List what would be removed, remove nothing.
+    pub dry_run: bool,
+}
+
+/// What [`prune`] removed (or would remove, with `dry_run`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    /// The oldest segment name kept by the point (its timeline part is ignored when comparing).
+    pub keep_from: Option<String>,
+    /// File names, oldest first.
+    pub removed: Vec<String>,
+    /// Their total size on disk.
+    pub bytes: u64,
+    pub dry_run: bool,
+    /// Lines dropped from `walrelay.sha256`.
+    pub checksum_entries_removed: usize,
+}
+
+/// The position part of a segment name (`XXXXXXXXYYYYYYYY`) as numbers: pg_archivecleanup's
+/// `strcmp(walfile + 8, exclusiveCleanupFileName + 8)` compares exactly this.
+type LogSeg = (u32, u32);
+
+fn log_seg_of_name(name: &str) -> Option<LogSeg> {
+    match WalFileName::parse(name)? {
+        WalFileName::Segment { log, seg, .. } => Some((log, seg)),
+        WalFileName::BackupHistory { name } => match WalFileName::parse(name.get(..24)?)? {
+            WalFileName::Segment { log, seg, .. } => Some((log, seg)),
+            _ => None,
+        },
+        WalFileName::History(_) => None,
+    }
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    #[serde(rename = "WAL-Ranges")]
+    wal_ranges: Vec<WalRange>,
+}
+
+#[derive(Deserialize)]
+struct WalRange {
+    #[serde(rename = "Start-LSN")]
+    start_lsn: String,
+}
+
+/// The backup's start: the lowest `Start-LSN` in the manifest's `WAL-Ranges`.
+pub fn backup_start_from_manifest(path: &Path) -> Result<Lsn> {
+    let bad = |reason: String| ArchiveError::BadManifest {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let f = File::open(path).map_err(|e| ArchiveError::io("open", path, e))?;
+    let m: Manifest = serde_json::from_reader(BufReader::new(f))
+        .map_err(|e| bad(format!("not a backup manifest with WAL-Ranges: {e}")))?;
+    let mut start: Option<Lsn> = None;
+    for r in &m.wal_ranges {
+        let lsn: Lsn = r
+            .start_lsn
+            .parse()
+            .map_err(|e| bad(format!("bad Start-LSN: {e}")))?;
+        start = Some(start.map_or(lsn, |s| s.min(lsn)));
+    }
+    start.ok_or_else(|| bad("WAL-Ranges is empty".into()))
+}
+
+fn cutoff(point: &PrunePoint, seg_size: WalSegmentSize) -> Result<LogSeg> {
+    let lsn = match point {
+        PrunePoint::WalFile(name) => {
+            return match WalFileName::parse(name) {
+                Some(WalFileName::Segment {
+                    compression: None, ..
+                })
+                | Some(WalFileName::BackupHistory { .. }) => log_seg_of_name(name).ok_or(
+                    ArchiveError::BadFileName {
+                        name: name.clone(),
+                        reason: "expected a WAL segment, .partial or .backup file name",
+                    },
+                ),
+                _ => Err(ArchiveError::BadFileName {
+                    name: name.clone(),
+                    reason: "expected a WAL segment, .partial or .backup file name, like 000000010000000000000010.00000020.backup",
+                }),
+            };
+        }
+        PrunePoint::Lsn(lsn) => *lsn,
+        PrunePoint::BackupManifest(path) => backup_start_from_manifest(path)?,
+    };
+    let segno = seg_size.segno(lsn).0;
+    let per = seg_size.segments_per_xlogid();
+    // segno / per < 2^32 for any u64 LSN and per >= 2^2.
+    Ok(((segno / per) as u32, (segno % per) as u32))
+}
+
+/// Removes old WAL from the archive `dir` (see the module docs).
+pub fn prune(dir: &Path, seg_size: WalSegmentSize, opts: &PruneOptions) -> Result<PruneReport> {
+    if opts.keep_from.is_none() && opts.older_than.is_none() {
+        return Err(ArchiveError::NoPruneCriterion);
+    }
+    if !dir.is_dir() {
+        return Err(ArchiveError::NotADirectory {
+            path: dir.to_path_buf(),
+        });
+    }
+    let limit = opts
+        .keep_from
+        .as_ref()
+        .map(|p| cutoff(p, seg_size))
+        .transpose()?;
+    let max_mtime = opts.older_than.map(|age| {
+        SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    });
+
+    let mut victims: Vec<(LogSeg, String, u64)> = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| ArchiveError::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| ArchiveError::io("list", dir, e))?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Some(WalFileName::Segment { log, seg, .. }) = WalFileName::parse(&name) else {
+            continue;
+        };
+        if limit.is_some_and(|l| (log, seg) >= l) {
+            continue;
+        }
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(ArchiveError::io("stat", entry.path(), e)),
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        if let Some(max) = max_mtime {
+            let mtime = meta
+                .modified()
+                .map_err(|e| ArchiveError::io("read modification time of", entry.path(), e))?;
+            if mtime >= max {
+                continue;
+            }
+        }
+        victims.push(((log, seg), name, meta.len()));
+    }
+    victims.sort();
+
+    let mut report = PruneReport {
+        keep_from: limit.map(|(log, seg)| format!("XXXXXXXX{log:08X}{seg:08X}")),
+        removed: Vec::new(),
+        bytes: 0,
+        dry_run: opts.dry_run,
+        checksum_entries_removed: 0,
+    };
+    if opts.dry_run {
+        for (_, name, len) in victims {
+            report.bytes += len;
+            report.removed.push(name);
+        }
+        return Ok(report);
+    }
+
+    let mut failure = None;
+    for (_, name, len) in victims {
+        let p = dir.join(&name);
+        match fs::remove_file(&p) {
+            Ok(()) => {
+                report.bytes += len;
+                report.removed.push(name);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                failure = Some(ArchiveError::io("remove", p, e));
+                break;
+            }
+        }
+    }
+    if !report.removed.is_empty() {
+        durable::fsync_dir(dir)?;
+        // Entries go only for segments with no file left (an age limit may keep one copy).
+        let removed_logical: BTreeSet<String> = report
+            .removed
+            .iter()
+            .filter_map(|n| n.get(..24))
+            .filter(|l| !has_any_copy(dir, l))
+            .map(str::to_string)
+            .collect();
+        report.checksum_entries_removed = remove_checksums(dir, &removed_logical)?;
+        tracing::info!(
+            files = report.removed.len(),
+            bytes = report.bytes,
+            "pruned WAL"
+        );
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+fn has_any_copy(dir: &Path, logical: &str) -> bool {
+    [
+        "",
+        ".gz",
+        ".lz4",
+        ".zst",
+        ".partial",
+        ".gz.partial",
+        ".lz4.partial",
+        ".zst.partial",
+    ]
+    .iter()
+    .any(|s| dir.join(format!("{logical}{s}")).exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::{read_checksums, record_checksum};
+
+    fn seg16() -> WalSegmentSize {
+        WalSegmentSize::default()
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn populate(dir: &Path) {
+        for n in [
+            "000000010000000000000001",
+            "000000010000000000000002.gz",
+            "000000010000000000000003.lz4",
+            "000000010000000000000004.partial",
+            "000000020000000000000004.zst",
+            "000000020000000000000005",
+            "000000020000000000000006.gz.partial",
+            "00000002.history",
+            "000000010000000000000002.00000028.backup",
+            "README",
+        ] {
+            fs::write(dir.join(n), n).unwrap();
+        }
+    }
+
+    #[test]
+    fn keeps_from_wal_file_ignoring_timeline() {
+        let d = tempfile::tempdir().unwrap();
+        populate(d.path());
+        for n in ["000000010000000000000002", "000000010000000000000004"] {
+            record_checksum(d.path(), n, &[1; 32]).unwrap();
+        }
+        let opts = PruneOptions {
+            keep_from: Some(PrunePoint::WalFile("000000020000000000000004".into())),
+            ..Default::default()
+        };
+        let r = prune(d.path(), seg16(), &opts).unwrap();
+        assert_eq!(
+            r.removed,
+            vec![
+                "000000010000000000000001",
+                "000000010000000000000002.gz",
+                "000000010000000000000003.lz4"
+            ]
+        );
+        assert_eq!(r.keep_from.as_deref(), Some("XXXXXXXX0000000000000004"));
+        assert_eq!(r.checksum_entries_removed, 1);
+        assert_eq!(
+            read_checksums(d.path())
+                .unwrap()
+                .entries
+                .keys()
+                .collect::<Vec<_>>(),
+            vec!["000000010000000000000004"]
+        );
+        let left = names(d.path());
+        assert!(left.contains(&"000000010000000000000004.partial".to_string()));
+        assert!(left.contains(&"00000002.history".to_string()));
+        assert!(left.contains(&"000000010000000000000002.00000028.backup".to_string()));
+        assert!(left.contains(&"README".to_string()));
+    }
+
+    #[test]
+    fn backup_history_and_partial_names_use_their_segment() {
+        let d = tempfile::tempdir().unwrap();
+        populate(d.path());
+        let dry = |name: &str| {
+            prune(
+                d.path(),
+                seg16(),
+                &PruneOptions {
+                    keep_from: Some(PrunePoint::WalFile(name.into())),
+                    dry_run: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .removed
+        };
+        assert_eq!(
+            dry("000000010000000000000003.00000028.backup"),
+            vec!["000000010000000000000001", "000000010000000000000002.gz"]
+        );
+        assert_eq!(
+            dry("000000010000000000000002.partial"),
+            vec!["000000010000000000000001"]
+        );
+        assert_eq!(dry("000000010000000000000001"), Vec::<String>::new());
+        assert_eq!(names(d.path()).len(), 10, "dry run removes nothing");
+        for bad in [
+            "00000002.history",
+            "junk",
+            "000000010000000000000002.gz",
+            "",
+        ] {
+            let e = prune(
+                d.path(),
+                seg16(),
+                &PruneOptions {
+                    keep_from: Some(PrunePoint::WalFile(bad.into())),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+            assert!(matches!(e, ArchiveError::BadFileName { .. }), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn keeps_from_lsn_and_manifest() {
+        let d = tempfile::tempdir().unwrap();
+        populate(d.path());
+        let manifest = d.path().join("backup_manifest");
+        fs::write(
+            &manifest,
+            r#"{ "PostgreSQL-Backup-Manifest-Version": 1,
+                "Files": [ {"Path": "PG_VERSION", "Size": 3} ],
+                "WAL-Ranges": [
+                  { "Timeline": 2, "Start-LSN": "0/5000000", "End-LSN": "0/5000100" },
+                  { "Timeline": 1, "Start-LSN": "0/3000028", "End-LSN": "0/5000000" } ],
+                "Manifest-Checksum": "00" }"#,
+        )
+        .unwrap();
+        assert_eq!(
+            backup_start_from_manifest(&manifest).unwrap(),
+            Lsn(0x300_0028)
+        );
+        let dry = |p: PrunePoint| {
+            prune(
+                d.path(),
+                seg16(),
+                &PruneOptions {
+                    keep_from: Some(p),
+                    dry_run: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .removed
+        };
+        let expect = vec!["000000010000000000000001", "000000010000000000000002.gz"];
+        assert_eq!(dry(PrunePoint::BackupManifest(manifest.clone())), expect);
+        assert_eq!(dry(PrunePoint::Lsn(Lsn(0x3FF_FFFF))), expect);
+        // 1 MB segments: 0/3000028 is segment 0x30.
+        let one = WalSegmentSize::new(1 << 20).unwrap();
+        let r = prune(
+            d.path(),
+            one,
+            &PruneOptions {
+                keep_from: Some(PrunePoint::Lsn(Lsn(0x300_0028))),
+                dry_run: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(r.keep_from.as_deref(), Some("XXXXXXXX0000000000000030"));
+    }
+
+    #[test]
+    fn bad_manifests() {
+        let d = tempfile::tempdir().unwrap();
+        let m = d.path().join("backup_manifest");
+        for text in [
+            "",
+            "{}",
+            "not json",
+            r#"{"WAL-Ranges": []}"#,
+            r#"{"WAL-Ranges": [{"Start-LSN": "x/y"}]}"#,
+            r#"{"WAL-Ranges": [{"Start-LSN": 5}]}"#,
+        ] {
+            fs::write(&m, text).unwrap();
+            let e = backup_start_from_manifest(&m).unwrap_err();
+            assert!(matches!(e, ArchiveError::BadManifest { .. }), "{text}: {e}");
+        }
+        assert!(matches!(
+            backup_start_from_manifest(&d.path().join("missing")).unwrap_err(),
+            ArchiveError::Io { .. }
+        ));
+    }
+
+    #[test]
+    fn age_limit_combines_with_point() {
+        let d = tempfile::tempdir().unwrap();
+        populate(d.path());
+        let old = SystemTime::now() - Duration::from_secs(10 * 86400);
+        for n in [
+            "000000010000000000000001",
+            "000000010000000000000003.lz4",
+            "000000020000000000000005",
+        ] {
+            File::options()
+                .write(true)
+                .open(d.path().join(n))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let week = Some(Duration::from_secs(7 * 86400));
+        // Age alone.
+        let r = prune(
+            d.path(),
+            seg16(),
+            &PruneOptions {
+                older_than: week,
+                dry_run: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            r.removed,
+            vec![
+                "000000010000000000000001",
+                "000000010000000000000003.lz4",
+                "000000020000000000000005"
+            ]
+        );
+        // Age and point: old files needed after the point stay.
+        let r = prune(
+            d.path(),
+            seg16(),
+            &PruneOptions {
+                older_than: week,
+                keep_from: Some(PrunePoint::WalFile("000000010000000000000003".into())),
+                dry_run: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(r.removed, vec!["000000010000000000000001"]);
+        assert!(d.path().join("000000010000000000000002.gz").exists());
+    }
+
+    #[test]
+    fn needs_a_criterion_and_a_directory() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            prune(d.path(), seg16(), &PruneOptions::default()).unwrap_err(),
+            ArchiveError::NoPruneCriterion
+        ));
+        let opts = PruneOptions {
+            keep_from: Some(PrunePoint::Lsn(Lsn(0))),
+            ..Default::default()
+        };
+        assert!(matches!(
+            prune(&d.path().join("x"), seg16(), &opts).unwrap_err(),
+            ArchiveError::NotADirectory { .. }
+        ));
+        // Empty archive: nothing to do.
+        assert!(prune(d.path(), seg16(), &opts).unwrap().removed.is_empty());
+    }
+}

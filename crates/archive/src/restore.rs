@@ -1,0 +1,683 @@
+//! `restore_command = 'walrelay restore %f %p -D /archive'`: hand PostgreSQL one file from the archive.
+//!
+//! PostgreSQL runs restore_command for every segment and history file recovery needs, and also for
+//! files that do not exist (history files of timelines that were never created, the segment after the
+//! end of WAL). Its contract (`RestoreArchivedFile` in `xlogarchive.c`):
+//! * exit 0 means "the file is at %p now", and a segment must then have exactly `wal_segment_size`
+//!   bytes — a shorter one is FATAL outside standby mode;
+//! * any other exit below 126 means "not available"; PostgreSQL falls back to pg_wal or streaming.
+//!
+//! So a missing file exits 1 quietly ([`RestoreOutcome::NotFound`]), a damaged one exits 2 and an IO
+//! error 3 with a one-line message (see [`crate::error`]), and what we write is complete: decoded
+//! into `%p.tmp` in the destination directory, size-checked, fsynced, renamed, directory fsynced.
+//!
+//! # Partial segments
+//!
+//! With [`RestoreOptions::partial`], when `NAME` has no complete copy, the newest of `NAME.partial`,
+//! `NAME.gz.partial`, `NAME.lz4.partial`, `NAME.zst.partial` is served instead, zero-padded to a full
+//! segment. pg_receivewal pre-pads its plain `.partial` files with zeros, and WAL after the last
+//! record is zeros too: recovery reads the valid records, then finds a page whose header is all zeros
+//! ("invalid magic number 0000"), treats that as the end of WAL and stops cleanly there — exactly
+//! what it does at the end of a segment PostgreSQL itself was writing when it crashed.
+
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use walrelay_durable::{self as durable, Owner};
+use walrelay_protocol::segment::MAX_WAL_SEGMENT_SIZE;
+use walrelay_protocol::{WalFileName, WalSegmentSize};
+
+use crate::compression::{copy_content, read_content, Copied};
+use crate::error::{ArchiveError, Result, RESTORE_EXIT_NOT_FOUND, RESTORE_EXIT_RESTORED};
+
+/// History files are a few lines per timeline switch; anything this large is not one.
+const MAX_HISTORY_FILE: u64 = 64 * 1024 * 1024;
+
+/// How to restore.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// The cluster's `wal_segment_size`. `None`: take it from the file — the size of a complete
+    /// segment, or the `xlp_seg_size` field of a partial segment's first page header.
+    pub seg_size: Option<WalSegmentSize>,
+    /// Serve a zero-padded `.partial` segment when no complete copy exists (see the module docs).
+    pub partial: bool,
+    /// Owner of the restored file; `None`: the destination directory's owner when running as root.
+    pub owner: Option<Owner>,
+}
+
+/// What was restored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// The archive file it came from.
+    pub source: PathBuf,
+    /// Bytes written to the destination.
+    pub bytes: u64,
+    /// For a partial segment: how many bytes came from the archive before the zero padding.
+    pub padded_from: Option<u64>,
+}
+
+/// The outcome of a restore that did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreOutcome {
+    Restored(Restored),
+    /// The archive has no usable copy of the file.
+    NotFound,
+}
+
+impl RestoreOutcome {
+    /// The exit code for restore_command: 0 restored, 1 not found.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RestoreOutcome::Restored(_) => RESTORE_EXIT_RESTORED,
+            RestoreOutcome::NotFound => RESTORE_EXIT_NOT_FOUND,
+        }
+    }
+}
+
+/// Restores `wal_file_name` (`%f`: a segment, `.history` or `.backup` name) from the archive `dir`
+/// to `dest` (`%p`). See the module docs for the outcomes.
+pub fn restore(
+    dir: &Path,
+    wal_file_name: &str,
+    dest: &Path,
+    opts: &RestoreOptions,
+) -> Result<RestoreOutcome> {
+    let kind = WalFileName::parse(wal_file_name);
+    let is_segment = match kind {
+        Some(WalFileName::Segment {
+            compression: None,
+            partial: false,
+            ..
+        }) => true,
+        Some(WalFileName::History(_)) | Some(WalFileName::BackupHistory { .. }) => false,
+        _ => return Err(ArchiveError::BadFileName {
+            name: wal_file_name.to_string(),
+            reason:
+                "restore_command is asked for segment (24 hex digits), .history or .backup names",
+        }),
+    };
+    if !dir.is_dir() {
+        return Err(ArchiveError::NotADirectory {
+            path: dir.to_path_buf(),
+        });
+    }
+    let dest_dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let dir_mode = fs::metadata(&dest_dir)
+        .map_err(|e| ArchiveError::io("stat destination directory", &dest_dir, e))?
+        .permissions()
+        .mode();
+    // pg_file_create_mode: group-readable files in a group-accessible data directory.
+    let mode = if dir_mode & 0o050 == 0o050 {
+        0o640
+    } else {
+        0o600
+    };
+    let owner = opts
+        .owner
+        .unwrap_or_else(|| Owner::of_dir_if_root(&dest_dir));
+    let target = Target { dest, mode, owner };
+
+    if !is_segment {
+        let src = dir.join(wal_file_name);
+        if !is_file(&src)? {
+            return Ok(RestoreOutcome::NotFound);
+        }
+        let copied = target.write_with(|out| copy_content(&src, out, MAX_HISTORY_FILE, false))?;
+        return Ok(RestoreOutcome::Restored(Restored {
+            source: src,
+            bytes: copied.bytes,
+            padded_from: None,
+        }));
+    }
+
+    // Complete copies, best first. A damaged one is skipped (with a warning) if a later one is good:
+    // the copies hold the same segment, so any good one is the right answer.
+    let mut damaged: Option<ArchiveError> = None;
+    for suffix in ["", ".gz", ".lz4", ".zst"] {
+        let src = dir.join(format!("{wal_file_name}{suffix}"));
+        if !is_file(&src)? {
+            continue;
+        }
+        match restore_complete(&src, &target, opts.seg_size) {
+            Ok(r) => {
+                if let Some(e) = &damaged {
+                    tracing::warn!(error = %e, used = %src.display(), "skipped a damaged copy");
+                }
+                return Ok(RestoreOutcome::Restored(r));
+            }
+            Err(e) if e.is_corruption() => {
+                damaged.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(e) = damaged {
+        return Err(e);
+    }
+    if !opts.partial {
+        return Ok(RestoreOutcome::NotFound);
+    }
+
+    let mut partials = Vec::new();
+    for suffix in [".partial", ".gz.partial", ".lz4.partial", ".zst.partial"] {
+        let src = dir.join(format!("{wal_file_name}{suffix}"));
+        match fs::metadata(&src) {
+            Ok(m) if m.is_file() => {
+                partials.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), src))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ArchiveError::io("stat", &src, e)),
+        }
+    }
+    // Newest first; the sort is stable, so on equal times a plain partial wins.
+    partials.sort_by_key(|p| std::cmp::Reverse(p.0));
+    for (_, src) in partials {
+        match restore_partial(&src, &target, opts.seg_size) {
+            Ok(Some(r)) => return Ok(RestoreOutcome::Restored(r)),
+            Ok(None) => tracing::debug!(file = %src.display(), "partial segment holds no WAL"),
+            Err(e) if e.is_corruption() => {
+                tracing::warn!(error = %e, "skipping damaged partial segment");
+                damaged.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match damaged {
+        Some(e) => Err(e),
+        None => Ok(RestoreOutcome::NotFound),
+    }
+}
+
+fn is_file(p: &Path) -> Result<bool> {
+    match fs::metadata(p) {
+        Ok(m) => Ok(m.is_file()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(ArchiveError::io("stat", p, e)),
+    }
+}
+
+/// Where and how the restored file is written.
+struct Target<'a> {
+    dest: &'a Path,
+    mode: u32,
+    owner: Owner,
+}
+
+impl Target<'_> {
+    /// Writes `dest.tmp` with `fill`, fsyncs it and renames it to `dest`; removes the temp file on
+    /// any failure, including `fill` rejecting the content.
+    fn write_with<T>(&self, fill: impl FnOnce(&mut dyn Write) -> Result<T>) -> Result<T> {
+        let tmp = durable::temp_path_for(self.dest);
+        let result = (|| {
+            let file = durable::create_new_file(&tmp, self.mode, self.owner)?;
+            let mut out = BufWriter::with_capacity(1 << 16, file);
+            let value = fill(&mut out)?;
+            let file = out
+                .into_inner()
+                .map_err(|e| ArchiveError::io("write", &tmp, e.into_error()))?;
+            file.sync_all()
+                .map_err(|e| ArchiveError::io("fsync", &tmp, e))?;
+            drop(file);
+            durable::rename_durable(&tmp, self.dest)?;
+            Ok(value)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+fn restore_complete(
+    src: &Path,
+    target: &Target<'_>,
+    seg_size: Option<WalSegmentSize>,
+) -> Result<Restored> {
+    let max = seg_size.map_or(u64::from(MAX_WAL_SEGMENT_SIZE), WalSegmentSize::as_u64);
+    let copied = target.write_with(|out| {
+        let c = copy_content(src, out, max, false)?;
+        let size_ok = match seg_size {
+            Some(s) => c.bytes == s.as_u64(),
+            None => WalSegmentSize::new(c.bytes).is_ok(),
+        };
+        if !size_ok {
+            let expected = seg_size.map_or_else(
+                || "a power of two between 1 MB and 1 GB".to_string(),
+                |s| s.as_u64().to_string(),
+            );
+            return Err(ArchiveError::corrupt(
+                src,
+                format!("holds {} bytes of WAL, expected {expected}", c.bytes),
+            ));
+        }
+        Ok(c)
+    })?;
+    Ok(Restored {
+        source: src.to_path_buf(),
+        bytes: copied.bytes,
+        padded_from: None,
+    })
+}
+
+/// `XLP_LONG_HEADER` in `xlp_info`: the page starts with `XLogLongPageHeaderData`.
+const XLP_LONG_HEADER: u16 = 0x0002;
+/// Offsets in `XLogLongPageHeaderData` (x86-64/aarch64 layout: the 20-byte short header is padded
+/// to 24 before `xlp_sysid`): `xlp_info` at 2, `xlp_seg_size` at 32.
+const XLP_INFO_OFFSET: usize = 2;
+const XLP_SEG_SIZE_OFFSET: usize = 32;
+
+/// The segment size a segment's first page header records, if it has a long header with a valid
+/// size. (The wal crate validates headers fully; this only reads the one field restore needs.)
+pub(crate) fn seg_size_from_first_page(bytes: &[u8]) -> Option<WalSegmentSize> {
+    let info = bytes.get(XLP_INFO_OFFSET..XLP_INFO_OFFSET + 2)?;
+    if u16::from_le_bytes([info[0], info[1]]) & XLP_LONG_HEADER == 0 {
+        return None;
+    }
+    let sz = bytes.get(XLP_SEG_SIZE_OFFSET..XLP_SEG_SIZE_OFFSET + 4)?;
+    WalSegmentSize::new(u64::from(u32::from_le_bytes([sz[0], sz[1], sz[2], sz[3]]))).ok()
+}
+
+/// Restores a partial segment zero-padded to full size; `None` when it holds no WAL at all.
+fn restore_partial(
+    src: &Path,
+    target: &Target<'_>,
+    seg_size: Option<WalSegmentSize>,
+) -> Result<Option<Restored>> {
+    let max = seg_size.map_or(u64::from(MAX_WAL_SEGMENT_SIZE), WalSegmentSize::as_u64);
+    let (bytes, Copied { truncated, .. }) = read_content(src, max, true)?;
+    if bytes.is_empty() || bytes.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let seg = match seg_size {
+        Some(s) => s,
+        None => {
+            seg_size_from_first_page(&bytes).ok_or_else(|| ArchiveError::UnknownSegmentSize {
+                path: src.to_path_buf(),
+                reason: "a partial segment whose first page has no long header to read it from"
+                    .into(),
+            })?
+        }
+    };
+    if bytes.len() as u64 > seg.as_u64() {
+        return Err(ArchiveError::corrupt(
+            src,
+            format!(
+                "holds {} bytes, more than a segment ({})",
+                bytes.len(),
+                seg.as_u64()
+            ),
+        ));
+    }
+    if truncated {
+        tracing::debug!(file = %src.display(), bytes = bytes.len(), "compressed partial segment ends mid-stream, as expected");
+    }
+    let valid = bytes.len() as u64;
+    let total = target.write_with(|out| {
+        let w = |e| ArchiveError::io("write", target.dest, e);
+        out.write_all(&bytes).map_err(w)?;
+        let zeros = vec![0u8; 1 << 16];
+        let mut left = seg.as_u64() - valid;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            out.write_all(&zeros[..n]).map_err(w)?;
+            left -= n as u64;
+        }
+        Ok(seg.as_u64())
+    })?;
+    Ok(Some(Restored {
+        source: src.to_path_buf(),
+        bytes: total,
+        padded_from: Some(valid),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compression::compress_completed_segment;
+    use crate::testutil::fake_segment;
+    use crate::Compression;
+    use std::fs::File;
+
+    const MB: usize = 1024 * 1024;
+    const SEG: &str = "000000010000000000000003";
+
+    fn seg1mb() -> Option<WalSegmentSize> {
+        Some(WalSegmentSize::new(MB as u64).unwrap())
+    }
+
+    /// Bytes that start like a segment's first page: long header with xlp_seg_size = 1 MB.
+    fn wal_like(len: usize, seed: u8) -> Vec<u8> {
+        let mut v = fake_segment(len, seed);
+        v[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        v[2..4].copy_from_slice(&XLP_LONG_HEADER.to_le_bytes());
+        v[32..36].copy_from_slice(&(MB as u32).to_le_bytes());
+        v
+    }
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        archive: PathBuf,
+        pg_wal: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join("archive");
+        let pg_wal = tmp.path().join("pg_wal");
+        fs::create_dir(&archive).unwrap();
+        fs::create_dir(&pg_wal).unwrap();
+        fs::set_permissions(&pg_wal, fs::Permissions::from_mode(0o700)).unwrap();
+        Fixture {
+            _tmp: tmp,
+            archive,
+            pg_wal,
+        }
+    }
+
+    fn opts(partial: bool) -> RestoreOptions {
+        RestoreOptions {
+            seg_size: seg1mb(),
+            partial,
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn restores_each_format_byte_identical() {
+        for method in [
+            Compression::None,
+            Compression::Gzip { level: 1 },
+            Compression::Lz4,
+            Compression::Zstd { level: 1 },
+        ] {
+            let f = fixture();
+            let data = wal_like(MB, 7);
+            fs::write(f.archive.join(SEG), &data).unwrap();
+            compress_completed_segment(&f.archive, SEG, method, Owner::current()).unwrap();
+            let dest = f.pg_wal.join("RECOVERYXLOG");
+            let out = restore(&f.archive, SEG, &dest, &opts(false)).unwrap();
+            let RestoreOutcome::Restored(r) = &out else {
+                panic!("{method}: {out:?}")
+            };
+            assert_eq!(r.bytes, MB as u64);
+            assert_eq!(out.exit_code(), 0);
+            assert_eq!(fs::read(&dest).unwrap(), data, "{method}");
+            assert!(!durable::temp_path_for(&dest).exists());
+            assert_eq!(
+                fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            // Inferring the size works for complete files too.
+            let inferred = RestoreOptions::default();
+            assert!(matches!(
+                restore(&f.archive, SEG, &dest, &inferred).unwrap(),
+                RestoreOutcome::Restored(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn missing_files_are_quiet_not_found() {
+        let f = fixture();
+        let dest = f.pg_wal.join("RECOVERYXLOG");
+        for name in [
+            SEG,
+            "00000005.history",
+            "000000010000000000000002.00000028.backup",
+        ] {
+            let out = restore(&f.archive, name, &dest, &opts(true)).unwrap();
+            assert_eq!(out, RestoreOutcome::NotFound, "{name}");
+            assert_eq!(out.exit_code(), RESTORE_EXIT_NOT_FOUND);
+        }
+        assert!(!dest.exists());
+        // A partial is not served without --partial.
+        fs::write(f.archive.join(format!("{SEG}.partial")), wal_like(1000, 1)).unwrap();
+        assert_eq!(
+            restore(&f.archive, SEG, &dest, &opts(false)).unwrap(),
+            RestoreOutcome::NotFound
+        );
+    }
+
+    #[test]
+    fn history_files_are_copied_as_is() {
+        let f = fixture();
+        let text = "1\t0/3000000\tno recovery target specified\n";
+        fs::write(f.archive.join("00000002.history"), text).unwrap();
+        let dest = f.pg_wal.join("RECOVERYHISTORY");
+        let out = restore(&f.archive, "00000002.history", &dest, &opts(false)).unwrap();
+        assert!(matches!(out, RestoreOutcome::Restored(_)));
+        assert_eq!(fs::read_to_string(&dest).unwrap(), text);
+    }
+
+    #[test]
+    fn bad_names_and_missing_archive_are_errors() {
+        let f = fixture();
+        let dest = f.pg_wal.join("x");
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "000000010000000000000003.gz",
+            "000000010000000000000003.partial",
+            "walrelay.sha256",
+        ] {
+            let e = restore(&f.archive, bad, &dest, &opts(false)).unwrap_err();
+            assert_eq!(e.restore_exit_code(), 3, "{bad}: {e}");
+        }
+        let e = restore(&f.archive.join("nope"), SEG, &dest, &opts(false)).unwrap_err();
+        assert!(matches!(e, ArchiveError::NotADirectory { .. }));
+        assert_eq!(e.restore_exit_code(), 3);
+        let e = restore(
+            &f.archive,
+            SEG,
+            &f.pg_wal.join("no/such/dir/x"),
+            &opts(false),
+        )
+        .unwrap_err();
+        assert_eq!(e.restore_exit_code(), 3, "{e}");
+    }
+
+    #[test]
+    fn wrong_size_and_corrupt_files_exit_2_and_leave_nothing() {
+        let f = fixture();
+        let dest = f.pg_wal.join("RECOVERYXLOG");
+        fs::write(f.archive.join(SEG), vec![1u8; MB - 1]).unwrap();
+        let e = restore(&f.archive, SEG, &dest, &opts(false)).unwrap_err();
+        assert_eq!(e.restore_exit_code(), 2, "{e}");
+        assert!(e.to_string().contains(SEG), "names the file: {e}");
+        assert!(!dest.exists() && !durable::temp_path_for(&dest).exists());
+        // Inferred size: 1 MB - 1 is not a segment size either.
+        let e = restore(&f.archive, SEG, &dest, &RestoreOptions::default()).unwrap_err();
+        assert_eq!(e.restore_exit_code(), 2, "{e}");
+
+        // Truncated .gz alone.
+        let f = fixture();
+        let data = wal_like(MB, 3);
+        fs::write(f.archive.join(SEG), &data).unwrap();
+        let gz = compress_completed_segment(
+            &f.archive,
+            SEG,
+            Compression::Gzip { level: 1 },
+            Owner::current(),
+        )
+        .unwrap();
+        let bytes = fs::read(&gz).unwrap();
+        fs::write(&gz, &bytes[..bytes.len() / 2]).unwrap();
+        let e = restore(&f.archive, SEG, &dest, &opts(false)).unwrap_err();
+        assert_eq!(e.restore_exit_code(), 2, "{e}");
+        assert!(!dest.exists());
+        // Even with --partial: a damaged complete copy is an error, not a reason to serve less.
+        fs::write(f.archive.join(format!("{SEG}.partial")), &data[..1000]).unwrap();
+        assert!(restore(&f.archive, SEG, &dest, &opts(true)).is_err());
+    }
+
+    #[test]
+    fn damaged_plain_falls_back_to_good_compressed_copy() {
+        let f = fixture();
+        let data = wal_like(MB, 4);
+        fs::write(f.archive.join(SEG), &data).unwrap();
+        compress_completed_segment(&f.archive, SEG, Compression::Lz4, Owner::current()).unwrap();
+        fs::write(f.archive.join(SEG), &data[..1234]).unwrap();
+        let dest = f.pg_wal.join("RECOVERYXLOG");
+        let out = restore(&f.archive, SEG, &dest, &opts(false)).unwrap();
+        let RestoreOutcome::Restored(r) = out else {
+            panic!()
+        };
+        assert!(r.source.to_string_lossy().ends_with(".lz4"));
+        assert_eq!(fs::read(&dest).unwrap(), data);
+    }
+
+    #[test]
+    fn prefers_plain_when_both_exist() {
+        let f = fixture();
+        let data = wal_like(MB, 5);
+        fs::write(f.archive.join(SEG), &data).unwrap();
+        compress_completed_segment(
+            &f.archive,
+            SEG,
+            Compression::Zstd { level: 1 },
+            Owner::current(),
+        )
+        .unwrap();
+        fs::write(f.archive.join(SEG), &data).unwrap();
+        let dest = f.pg_wal.join("RECOVERYXLOG");
+        let RestoreOutcome::Restored(r) = restore(&f.archive, SEG, &dest, &opts(false)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(r.source, f.archive.join(SEG));
+    }
+
+    #[test]
+    fn partial_is_zero_padded_to_a_full_segment() {
+        let f = fixture();
+        let data = wal_like(300_000, 6);
+        fs::write(f.archive.join(format!("{SEG}.partial")), &data).unwrap();
+        let dest = f.pg_wal.join("RECOVERYXLOG");
+        // No segment size given: read from the first page's long header.
+        let o = RestoreOptions {
+            partial: true,
+            ..Default::default()
+        };
+        let RestoreOutcome::Restored(r) = restore(&f.archive, SEG, &dest, &o).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.padded_from, Some(300_000));
+        let got = fs::read(&dest).unwrap();
+        assert_eq!(got.len(), MB);
+        assert_eq!(&got[..300_000], &data[..]);
+        assert!(got[300_000..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn compressed_partial_mid_stream_is_served() {
+        let f = fixture();
+        let data = wal_like(500_000, 8);
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        enc.write_all(&data).unwrap();
+        enc.flush().unwrap(); // Z_SYNC_FLUSH, no trailer: what pg_receivewal leaves
+        fs::write(f.archive.join(format!("{SEG}.gz.partial")), enc.get_ref()).unwrap();
+        let dest = f.pg_wal.join("RECOVERYXLOG");
+        let RestoreOutcome::Restored(r) = restore(&f.archive, SEG, &dest, &opts(true)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(r.padded_from, Some(500_000));
+        let got = fs::read(&dest).unwrap();
+        assert_eq!(got.len(), MB);
+        assert_eq!(&got[..500_000], &data[..]);
+    }
+
+    #[test]
+    fn newest_partial_wins_and_useless_partials_are_not_found() {
+        let f = fixture();
+        let dest = f.pg_wal.join("RECOVERYXLOG");
+        let older = f.archive.join(format!("{SEG}.partial"));
+        fs::write(&older, wal_like(1000, 1)).unwrap();
+        let old_time = SystemTime::now() - std::time::Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&older)
+            .unwrap()
+            .set_modified(old_time)
+            .unwrap();
+        let newer_data = wal_like(2000, 2);
+        let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::new());
+        enc.write_all(&newer_data).unwrap();
+        fs::write(
+            f.archive.join(format!("{SEG}.lz4.partial")),
+            enc.finish().unwrap(),
+        )
+        .unwrap();
+        let RestoreOutcome::Restored(r) = restore(&f.archive, SEG, &dest, &opts(true)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(r.padded_from, Some(2000));
+        assert_eq!(&fs::read(&dest).unwrap()[..2000], &newer_data[..]);
+
+        // An all-zero (pre-padded, never written) partial holds no WAL.
+        let g = fixture();
+        fs::write(g.archive.join(format!("{SEG}.partial")), vec![0u8; MB]).unwrap();
+        assert_eq!(
+            restore(&g.archive, SEG, &dest, &opts(true)).unwrap(),
+            RestoreOutcome::NotFound
+        );
+        // Oversized partial: damage.
+        fs::write(
+            g.archive.join(format!("{SEG}.partial")),
+            wal_like(MB + 1, 1),
+        )
+        .unwrap();
+        assert_eq!(
+            restore(&g.archive, SEG, &dest, &opts(true))
+                .unwrap_err()
+                .restore_exit_code(),
+            2
+        );
+        // No size known and no long header: ask for the size.
+        fs::write(g.archive.join(format!("{SEG}.partial")), vec![1u8; 100]).unwrap();
+        let o = RestoreOptions {
+            partial: true,
+            ..Default::default()
+        };
+        let e = restore(&g.archive, SEG, &dest, &o).unwrap_err();
+        assert!(matches!(e, ArchiveError::UnknownSegmentSize { .. }), "{e}");
+    }
+
+    #[test]
+    fn group_readable_data_directory_gets_0640() {
+        let f = fixture();
+        fs::set_permissions(&f.pg_wal, fs::Permissions::from_mode(0o750)).unwrap();
+        fs::write(f.archive.join(SEG), wal_like(MB, 1)).unwrap();
+        let dest = f.pg_wal.join("RECOVERYXLOG");
+        restore(&f.archive, SEG, &dest, &opts(false)).unwrap();
+        assert_eq!(
+            fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+    }
+
+    #[test]
+    fn header_field_reader_is_safe() {
+        assert_eq!(seg_size_from_first_page(&[]), None);
+        assert_eq!(seg_size_from_first_page(&[0; 35]), None);
+        let mut page = vec![0u8; 40];
+        page[2] = 2;
+        assert_eq!(seg_size_from_first_page(&page), None); // size 0
+        page[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+        assert_eq!(
+            seg_size_from_first_page(&page),
+            Some(WalSegmentSize::new(16 << 20).unwrap())
+        );
+        page[2] = 0; // short header
+        assert_eq!(seg_size_from_first_page(&page), None);
+    }
+}
