@@ -1,0 +1,681 @@
+//! Extracting the tar archives of a base backup while they arrive, without ever writing outside the
+//! target directories.
+//!
+//! [`ArchiveExtractor`] is fed one archive at a time — `base.tar` into the data directory, `<oid>.tar`
+//! into that tablespace's prepared directory — through a blocking [`Read`] that yields bytes as they
+//! come off the network (a `SyncIoBridge` on a blocking thread). It is the plain-format half of
+//! pg_basebackup (`astreamer_extractor` in `src/fe_utils/astreamer_file.c`), with the checks that a
+//! tool trusting its server can skip and walrelay cannot:
+//!
+//! * member paths must be relative and free of `..` ([`crate::member_path`]);
+//! * no member is written through a symbolic link — neither one the archive created nor one that was
+//!   already on disk: every directory on the way is checked with `lstat` once (then remembered), and
+//!   files are opened with `O_NOFOLLOW`;
+//! * symbolic links: `pg_tblspc/<oid>` in the base archive must name a tablespace the server announced,
+//!   and is pointed at that tablespace's mapped directory; any other link must be relative and resolve
+//!   inside the archive root without passing through another link; a link never replaces an existing
+//!   entry;
+//! * hard links, devices, FIFOs and other member types are refused (PostgreSQL sends none);
+//! * a non-empty `tablespace_map` in the base archive is refused unless allowed: at startup the
+//!   server would re-create every `pg_tblspc/<oid>` link from it, pointing at the *unmapped*
+//!   locations outside the target. The server sends one only when `BASE_BACKUP` asks for
+//!   `TABLESPACE_MAP` (pg_basebackup does in tar format), which walrelay's driver does not;
+//! * permissions come from the archive, masked to `0777` (never setuid/setgid/sticky from the
+//!   network), files and directories are given the configured [`Owner`], modification times are kept.
+//!   Directories are created `0700` and receive their final mode and mtime when the archive is done,
+//!   so a restrictive mode cannot block writing their contents and writing contents does not disturb
+//!   the recorded mtime.
+//!
+//! Nothing is fsynced here (that would make a backup of many small files crawl); every file and
+//! directory written is recorded for [`crate::sync::WrittenPaths::sync_all`]. File data is copied in
+//! large chunks (1 MB by default) and passed to an [`ExtractObserver`] on the way, so that manifest
+//! checksums are computed without reading anything back.
+//!
+//! A local user who can write into the target while extraction runs could still race the checks
+//! (replace a checked directory by a link); the target is expected to be private to the operator, as
+//! it is for pg_basebackup.
+
+use std::collections::HashSet;
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+use walrelay_durable::{create_dir_all_durable, DurableError, Owner};
+
+use crate::member_path::{resolve_relative_link, sanitize_member_path, UnsafePath};
+use crate::sync::WrittenPaths;
+use crate::tablespace::{canonicalize_path, PreparedTablespace};
+use crate::tar_stream::{MemberHeader, MemberKind, TarError, TarReader};
+
+/// Default size of the copy buffer: large writes are what makes extraction fast.
+pub const DEFAULT_WRITE_BUFFER: usize = 1024 * 1024;
+
+/// Mode of directories created before the archive says otherwise (`pg_dir_create_mode`).
+const NEW_DIR_MODE: u32 = 0o700;
+
+/// Sees every regular file as it is written: its path as the backup manifest names it (relative to
+/// the data directory; tablespace files under `pg_tblspc/<oid>/`), its size, then its bytes in order.
+pub trait ExtractObserver {
+    fn file_started(&mut self, path: &Path, size: u64) {
+        let _ = (path, size);
+    }
+    fn file_data(&mut self, data: &[u8]) {
+        let _ = data;
+    }
+    fn file_finished(&mut self) {}
+}
+
+/// No observation.
+impl ExtractObserver for () {}
+
+/// Which archive of a base backup is being extracted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchiveKind {
+    /// `base.tar`: the main data directory.
+    Base,
+    /// `<oid>.tar`: one tablespace.
+    Tablespace(u32),
+}
+
+impl ArchiveKind {
+    /// Classifies an archive name as the server sends it in PostgreSQL 15+'s `'n'` message.
+    pub fn from_archive_name(name: &str) -> Option<ArchiveKind> {
+        let stem = name.strip_suffix(".tar")?;
+        if stem == "base" {
+            return Some(ArchiveKind::Base);
+        }
+        if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        stem.parse()
+            .ok()
+            .filter(|&oid| oid != 0)
+            .map(ArchiveKind::Tablespace)
+    }
+}
+
+/// Archive bytes consumed so far by one [`ArchiveExtractor`], over all its archives; readable from
+/// another thread for progress reports (compare with the server's `'p'` progress messages).
+#[derive(Clone, Debug, Default)]
+pub struct ExtractProgress(Arc<AtomicU64>);
+
+impl ExtractProgress {
+    pub fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What one archive contained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveSummary {
+    /// Archive bytes consumed (headers, data, padding, end blocks).
+    pub archive_bytes: u64,
+    pub files: u64,
+    /// Bytes of file data written.
+    pub file_bytes: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+}
+
+/// Why extraction stopped. Every variant names the member and what to do.
+#[derive(Debug, Error)]
+pub enum ExtractError {
+    #[error(transparent)]
+    Tar(#[from] TarError),
+    #[error("refusing archive member \"{path}\": {reason}; the server sent a path outside the target directory")]
+    UnsafePath { path: String, reason: UnsafePath },
+    #[error("refusing archive member \"{path}\": it would be written through the symbolic link \"{link}\"; remove the link from the target directory or check the server")]
+    ThroughSymlink { path: String, link: PathBuf },
+    #[error("refusing archive member \"{path}\": it is a {kind}, which a PostgreSQL base backup never contains")]
+    UnsupportedMember { path: String, kind: String },
+    #[error("refusing symbolic link \"{path}\" -> \"{target}\": {reason}")]
+    SymlinkRefused {
+        path: String,
+        target: String,
+        reason: &'static str,
+    },
+    #[error("the server sent an archive for tablespace {0}, which was not in its tablespace list: the server is misbehaving")]
+    UnknownTablespace(u32),
+    #[error("the server sent tablespace link \"{path}\" for a tablespace it did not announce: the server is misbehaving")]
+    UnknownTablespaceLink { path: String },
+    #[error("tablespace link \"{path}\" points to \"{sent}\" but the server announced that tablespace at \"{announced}\": the server is misbehaving")]
+    TablespaceLinkMismatch {
+        path: String,
+        sent: String,
+        announced: String,
+    },
+    #[error("the server sent a non-empty tablespace_map, which would link tablespaces to their original, unmapped locations when the standby starts: do not request TABLESPACE_MAP")]
+    TablespaceMap,
+    #[error("\"{0}\" exists and is not a directory, but the archive needs a directory there: empty the target directory and retry")]
+    NotADirectory(PathBuf),
+    #[error("\"{0}\" already exists as something the archive member cannot replace: empty the target directory and retry")]
+    Exists(PathBuf),
+    #[error("could not {action} \"{path}\": {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ExtractError + 'a {
+    move |source| ExtractError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn lossy(p: &[u8]) -> String {
+    String::from_utf8_lossy(p).into_owned()
+}
+
+/// Extracts the archives of one base backup. See the module documentation for the rules.
+pub struct ArchiveExtractor {
+    data_dir: PathBuf,
+    tablespaces: Vec<PreparedTablespace>,
+    owner: Owner,
+    buffer: Vec<u8>,
+    progress: ExtractProgress,
+    written: WrittenPaths,
+    allow_tablespace_map: bool,
+}
+
+impl ArchiveExtractor {
+    /// `tablespaces` are the prepared targets from [`crate::tablespace::prepare_tablespace_dirs`].
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        tablespaces: Vec<PreparedTablespace>,
+        owner: Owner,
+    ) -> Self {
+        ArchiveExtractor {
+            data_dir: data_dir.into(),
+            tablespaces,
+            owner,
+            buffer: Vec::new(),
+            progress: ExtractProgress::default(),
+            written: WrittenPaths::new(),
+            allow_tablespace_map: false,
+        }
+    }
+
+    /// Accept a non-empty `tablespace_map` in the base archive (only for archives from a
+    /// `BASE_BACKUP` that asked for `TABLESPACE_MAP`, such as `pg_basebackup -Ft` output).
+    pub fn allow_tablespace_map(mut self, allow: bool) -> Self {
+        self.allow_tablespace_map = allow;
+        self
+    }
+
+    /// Size of the copy buffer (default [`DEFAULT_WRITE_BUFFER`]); at least 64 kB.
+    pub fn with_buffer_size(mut self, bytes: usize) -> Self {
+        self.buffer = vec![0u8; bytes.max(64 * 1024)];
+        self
+    }
+
+    /// A handle that reads the number of archive bytes consumed so far, from any thread.
+    pub fn progress(&self) -> ExtractProgress {
+        self.progress.clone()
+    }
+
+    /// Everything written so far, for [`WrittenPaths::sync_all`].
+    pub fn written(&self) -> &WrittenPaths {
+        &self.written
+    }
+
+    pub fn into_written(self) -> WrittenPaths {
+        self.written
+    }
+
+    /// Extracts one archive read from `reader` until its end (end-of-archive blocks or end of
+    /// input). `observer` sees each regular file's path, size and data as it is written.
+    pub fn extract<R: Read>(
+        &mut self,
+        kind: ArchiveKind,
+        reader: R,
+        observer: &mut dyn ExtractObserver,
+    ) -> Result<ArchiveSummary, ExtractError> {
+        let (root, manifest_prefix) = match kind {
+            ArchiveKind::Base => (self.data_dir.clone(), PathBuf::new()),
+            ArchiveKind::Tablespace(oid) => {
+                let ts = self
+                    .tablespaces
+                    .iter()
+                    .find(|t| t.oid == oid)
+                    .ok_or(ExtractError::UnknownTablespace(oid))?;
+                (
+                    ts.target.clone(),
+                    Path::new("pg_tblspc").join(oid.to_string()),
+                )
+            }
+        };
+        if !root.is_dir() {
+            create_dir_all_durable(&root, NEW_DIR_MODE, self.owner)?;
+        }
+        if self.buffer.is_empty() {
+            self.buffer = vec![0u8; DEFAULT_WRITE_BUFFER];
+        }
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let counting = CountingReader {
+            inner: reader,
+            counter: self.progress.0.clone(),
+        };
+        let mut run = ArchiveRun {
+            kind,
+            root: &root,
+            manifest_prefix: &manifest_prefix,
+            tablespaces: &self.tablespaces,
+            owner: self.owner,
+            allow_tablespace_map: self.allow_tablespace_map,
+            verified_dirs: HashSet::new(),
+            created_links: HashSet::new(),
+            deferred_dirs: Vec::new(),
+            written: WrittenPaths::new(),
+            summary: ArchiveSummary::default(),
+        };
+        tracing::debug!(archive = ?kind, root = %root.display(), "extracting archive");
+        let mut tar = TarReader::new(counting);
+        let result = run.extract_all(&mut tar, &mut buffer, observer);
+        self.buffer = buffer;
+        run.summary.archive_bytes = tar.position();
+        // Record what was written even on failure, so a caller that keeps a partial result can
+        // still sync it; directories get their final metadata only on success.
+        let outcome = result.and_then(|()| run.finish_directories());
+        run.written.add_dir(root.clone());
+        for d in &run.verified_dirs {
+            run.written.add_dir(root.join(d));
+        }
+        let summary = run.summary;
+        self.written.extend(std::mem::take(&mut run.written));
+        outcome?;
+        tracing::debug!(archive = ?kind, files = summary.files, bytes = summary.archive_bytes, "archive extracted");
+        Ok(summary)
+    }
+}
+
+/// Counts archive bytes into the shared progress counter as they are read.
+struct CountingReader<R> {
+    inner: R,
+    counter: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// The state of extracting one archive into one root directory.
+struct ArchiveRun<'a> {
+    kind: ArchiveKind,
+    root: &'a Path,
+    manifest_prefix: &'a Path,
+    tablespaces: &'a [PreparedTablespace],
+    owner: Owner,
+    allow_tablespace_map: bool,
+    /// Paths (relative to `root`) known to be real directories, not links.
+    verified_dirs: HashSet<PathBuf>,
+    /// Symbolic links this archive created (relative to `root`): nothing may be written through them.
+    created_links: HashSet<PathBuf>,
+    /// Directories to give their archive mode and mtime once all their contents are written.
+    deferred_dirs: Vec<(PathBuf, u32, i64)>,
+    written: WrittenPaths,
+    summary: ArchiveSummary,
+}
+
+impl ArchiveRun<'_> {
+    fn extract_all<R: Read>(
+        &mut self,
+        tar: &mut TarReader<R>,
+        buffer: &mut [u8],
+        observer: &mut dyn ExtractObserver,
+    ) -> Result<(), ExtractError> {
+        while let Some(member) = tar.next_member()? {
+            let rel =
+                sanitize_member_path(&member.path).map_err(|reason| ExtractError::UnsafePath {
+                    path: lossy(&member.path),
+                    reason,
+                })?;
+            match member.kind {
+                MemberKind::Directory => self.directory(&rel, &member)?,
+                MemberKind::Regular => self.regular_file(&rel, &member, tar, buffer, observer)?,
+                MemberKind::Symlink => self.symlink(&rel, &member)?,
+                other => {
+                    return Err(ExtractError::UnsupportedMember {
+                        path: lossy(&member.path),
+                        kind: other.describe(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure every directory above `rel` is a real directory inside the root, creating missing
+    /// ones.
+    fn ensure_parents(&mut self, rel: &Path, member: &MemberHeader) -> Result<(), ExtractError> {
+        let mut prefix = PathBuf::new();
+        let mut components = rel.components().peekable();
+        while let Some(c) = components.next() {
+            if components.peek().is_none() {
+                break;
+            }
+            prefix.push(c);
+            self.ensure_dir(&prefix, member, false)?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure `rel` is a real directory (creating it if absent). `explicit` is true when the
+    /// archive itself names this directory.
+    fn ensure_dir(
+        &mut self,
+        rel: &Path,
+        member: &MemberHeader,
+        explicit: bool,
+    ) -> Result<(), ExtractError> {
+        if self.verified_dirs.contains(rel) {
+            return Ok(());
+        }
+        if self.created_links.contains(rel) {
+            return Err(ExtractError::ThroughSymlink {
+                path: lossy(&member.path),
+                link: self.root.join(rel),
+            });
+        }
+        let abs = self.root.join(rel);
+        match fs::symlink_metadata(&abs) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                DirBuilder::new()
+                    .mode(NEW_DIR_MODE)
+                    .create(&abs)
+                    .map_err(io_err("create directory", &abs))?;
+                self.owner.apply(&abs)?;
+            }
+            Err(e) => return Err(io_err("examine", &abs)(e)),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(ExtractError::ThroughSymlink {
+                    path: lossy(&member.path),
+                    link: abs,
+                })
+            }
+            Ok(m) if m.is_dir() => {
+                // Pre-existing (e.g. pg_wal, created by the WAL receiver): take ownership as the
+                // archive would have it.
+                if explicit {
+                    self.owner.apply(&abs)?;
+                }
+            }
+            Ok(_) => return Err(ExtractError::NotADirectory(abs)),
+        }
+        self.verified_dirs.insert(rel.to_path_buf());
+        Ok(())
+    }
+
+    fn directory(&mut self, rel: &Path, member: &MemberHeader) -> Result<(), ExtractError> {
+        if rel.as_os_str().is_empty() {
+            // "./": the root itself, which the caller created with the mode it wants.
+            return Ok(());
+        }
+        self.ensure_parents(rel, member)?;
+        self.ensure_dir(rel, member, true)?;
+        self.deferred_dirs
+            .push((self.root.join(rel), member.mode & 0o777, member.mtime));
+        self.summary.directories += 1;
+        Ok(())
+    }
+
+    fn regular_file<R: Read>(
+        &mut self,
+        rel: &Path,
+        member: &MemberHeader,
+        tar: &mut TarReader<R>,
+        buffer: &mut [u8],
+        observer: &mut dyn ExtractObserver,
+    ) -> Result<(), ExtractError> {
+        if rel.as_os_str().is_empty() {
+            return Err(ExtractError::UnsafePath {
+                path: lossy(&member.path),
+                reason: UnsafePath::Empty,
+            });
+        }
+        if self.kind == ArchiveKind::Base
+            && rel == Path::new("tablespace_map")
+            && member.size > 0
+            && !self.allow_tablespace_map
+        {
+            return Err(ExtractError::TablespaceMap);
+        }
+        self.ensure_parents(rel, member)?;
+        let abs = self.root.join(rel);
+        if self.created_links.contains(rel) {
+            return Err(ExtractError::ThroughSymlink {
+                path: lossy(&member.path),
+                link: abs,
+            });
+        }
+        match fs::symlink_metadata(&abs) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(ExtractError::ThroughSymlink {
+                    path: lossy(&member.path),
+                    link: abs,
+                })
+            }
+            Ok(m) if !m.is_file() => return Err(ExtractError::Exists(abs)),
+            _ => {}
+        }
+        let mode = member.mode & 0o777;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&abs)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    ExtractError::ThroughSymlink {
+                        path: lossy(&member.path),
+                        link: abs.clone(),
+                    }
+                } else {
+                    io_err("create file", &abs)(e)
+                }
+            })?;
+        // The umask may have removed bits the archive asks for (group read on 0640 clusters).
+        file.set_permissions(Permissions::from_mode(mode))
+            .map_err(io_err("set permissions of", &abs))?;
+        if let Some((uid, gid)) = self.owner.uid_gid() {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(io_err("change owner of", &abs))?;
+        }
+
+        let manifest_path = self.manifest_prefix.join(rel);
+        observer.file_started(&manifest_path, member.size);
+        let mut remaining = member.size;
+        while remaining > 0 {
+            let want = usize::try_from(remaining).map_or(buffer.len(), |r| r.min(buffer.len()));
+            let mut filled = 0;
+            while filled < want {
+                let n = tar.read_data(&mut buffer[filled..want])?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            file.write_all(&buffer[..filled])
+                .map_err(io_err("write to file", &abs))?;
+            observer.file_data(&buffer[..filled]);
+            remaining -= filled as u64;
+        }
+        observer.file_finished();
+        file.set_modified(system_time(member.mtime))
+            .map_err(io_err("set modification time of", &abs))?;
+        drop(file);
+
+        self.written.add_file(abs);
+        self.summary.files += 1;
+        self.summary.file_bytes += member.size;
+        Ok(())
+    }
+
+    fn symlink(&mut self, rel: &Path, member: &MemberHeader) -> Result<(), ExtractError> {
+        let target = member.link_target.clone().unwrap_or_default();
+        let refuse = |reason: &'static str| ExtractError::SymlinkRefused {
+            path: lossy(&member.path),
+            target: lossy(&target),
+            reason,
+        };
+        if rel.as_os_str().is_empty() {
+            return Err(refuse("a link cannot replace the target directory"));
+        }
+        self.ensure_parents(rel, member)?;
+        let abs = self.root.join(rel);
+
+        let link_to: PathBuf = if let Some(oid) = self.tablespace_link_oid(rel) {
+            let ts = self
+                .tablespaces
+                .iter()
+                .find(|t| Some(t.oid) == oid && !t.in_place)
+                .ok_or_else(|| ExtractError::UnknownTablespaceLink {
+                    path: lossy(&member.path),
+                })?;
+            let sent = lossy(&target);
+            if canonicalize_path(&sent) != canonicalize_path(&ts.server_location) {
+                return Err(ExtractError::TablespaceLinkMismatch {
+                    path: lossy(&member.path),
+                    sent,
+                    announced: ts.server_location.clone(),
+                });
+            }
+            ts.target.clone()
+        } else {
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            let resolved = resolve_relative_link(parent, &target).ok_or_else(|| {
+                refuse("only pg_tblspc/<oid> may link outside the archive, and other links must be relative without \"..\" after a name")
+            })?;
+            self.check_link_path_has_no_links(&resolved)
+                .map_err(|()| refuse("its target passes through another symbolic link"))?;
+            PathBuf::from(std::ffi::OsStr::from_bytes(&target))
+        };
+
+        match fs::symlink_metadata(&abs) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("examine", &abs)(e)),
+            Ok(_) => return Err(ExtractError::Exists(abs)),
+        }
+        std::os::unix::fs::symlink(&link_to, &abs).map_err(io_err("create symbolic link", &abs))?;
+        self.owner.apply(&abs)?;
+        self.created_links.insert(rel.to_path_buf());
+        self.summary.symlinks += 1;
+        Ok(())
+    }
+
+    /// `Some(oid)` for `pg_tblspc/<digits>` in the base archive (`Some(None)` if the digits do not
+    /// fit an OID), `None` for any other path.
+    #[allow(clippy::option_option)]
+    fn tablespace_link_oid(&self, rel: &Path) -> Option<Option<u32>> {
+        if self.kind != ArchiveKind::Base {
+            return None;
+        }
+        let parts: Vec<Component<'_>> = rel.components().collect();
+        match parts.as_slice() {
+            [Component::Normal(dir), Component::Normal(name)]
+                if dir.as_bytes() == b"pg_tblspc"
+                    && !name.is_empty()
+                    && name.as_bytes().iter().all(u8::is_ascii_digit) =>
+            {
+                Some(name.to_str().and_then(|s| s.parse().ok()))
+            }
+            _ => None,
+        }
+    }
+
+    /// A link target inside the root may not pass through a link (ours or pre-existing): checks
+    /// each existing component of `resolved` (relative to the root).
+    fn check_link_path_has_no_links(&self, resolved: &Path) -> Result<(), ()> {
+        let mut prefix = PathBuf::new();
+        for c in resolved.components() {
+            prefix.push(c);
+            if self.created_links.contains(&prefix) {
+                return Err(());
+            }
+            match fs::symlink_metadata(self.root.join(&prefix)) {
+                Ok(m) if m.file_type().is_symlink() => return Err(()),
+                Ok(_) => {}
+                Err(_) => return Ok(()), // nothing further down exists yet
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives directories their archive mode and mtime, deepest last-created first.
+    fn finish_directories(&mut self) -> Result<(), ExtractError> {
+        for (dir, mode, mtime) in self.deferred_dirs.drain(..).rev() {
+            let f = File::open(&dir).map_err(io_err("open directory", &dir))?;
+            f.set_modified(system_time(mtime))
+                .map_err(io_err("set modification time of", &dir))?;
+            fs::set_permissions(&dir, Permissions::from_mode(mode))
+                .map_err(io_err("set permissions of", &dir))?;
+        }
+        Ok(())
+    }
+}
+
+fn system_time(mtime: i64) -> SystemTime {
+    if mtime >= 0 {
+        UNIX_EPOCH + Duration::from_secs(mtime.unsigned_abs())
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(mtime.unsigned_abs()))
+            .unwrap_or(UNIX_EPOCH)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_names() {
+        assert_eq!(
+            ArchiveKind::from_archive_name("base.tar"),
+            Some(ArchiveKind::Base)
+        );
+        assert_eq!(
+            ArchiveKind::from_archive_name("16384.tar"),
+            Some(ArchiveKind::Tablespace(16384))
+        );
+        for bad in [
+            "base",
+            "0.tar",
+            ".tar",
+            "x.tar",
+            "99999999999.tar",
+            "pg_wal.tar",
+            "1.tar.gz",
+        ] {
+            assert_eq!(ArchiveKind::from_archive_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(system_time(0), UNIX_EPOCH);
+        assert_eq!(system_time(10), UNIX_EPOCH + Duration::from_secs(10));
+        assert_eq!(system_time(-10) + Duration::from_secs(10), UNIX_EPOCH);
+    }
+}
