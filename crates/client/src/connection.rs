@@ -218,6 +218,9 @@ impl Connection {
             startup.push(("options", opts));
         }
         startup.push(("client_encoding", "UTF8"));
+        for (k, v) in &params.extra_startup {
+            startup.push((k, v));
+        }
         frontend::startup_message(startup.iter().copied(), &mut self.write_buf)
             .map_err(|e| ClientError::Config(format!("invalid startup parameter: {e}")))?;
         self.flush().await?;

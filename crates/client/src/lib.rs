@@ -5,7 +5,7 @@
 //!   message access for COPY streams (BASE_BACKUP's CopyOut, START_REPLICATION's CopyBoth).
 //! * [`replication`]: typed replication commands (IDENTIFY_SYSTEM, SHOW, TIMELINE_HISTORY, slots,
 //!   START_REPLICATION).
-//! * [`ConnectParams`]: a resolved target; [`from_conninfo`] builds one from libpq-style settings.
+//! * [`ConnectParams`]: a resolved target; [`connect_params`] builds one from libpq-style settings.
 //!
 //! Reference: <https://www.postgresql.org/docs/current/protocol-flow.html>.
 
@@ -13,6 +13,7 @@ pub mod connection;
 pub mod error;
 pub mod params;
 pub mod replication;
+pub mod resolve;
 mod stream;
 pub mod tls;
 
@@ -23,3 +24,4 @@ pub use params::{
     RootCerts, Secret, SslMode, TlsParams,
 };
 pub use replication::{IdentifySystem, ReplicationSlotInfo, TimelineSwitch};
+pub use resolve::connect_params;

@@ -1,6 +1,6 @@
 //! What the client needs to open one connection, already resolved: where to connect, who to be, how to
 //! secure it. Building this from libpq-style settings (conninfo strings, `PG*` variables, `.pgpass`, service
-//! files) is the `walrelay-conninfo` crate's job; see [`crate::from_conninfo`].
+//! files) is the `walrelay-conninfo` crate's job; see [`crate::connect_params`].
 
 use std::fmt;
 use std::net::IpAddr;
@@ -136,6 +136,8 @@ pub struct ConnectParams {
     pub tcp_user_timeout: Option<Duration>,
     /// Methods the server may ask for (libpq `require_auth`); `None` allows all.
     pub allowed_auth: Option<Vec<AuthMethod>>,
+    /// Further startup parameters (`datestyle`, `timezone`, `geqo` from `PGDATESTYLE`, …).
+    pub extra_startup: Vec<(String, String)>,
 }
 
 impl fmt::Debug for ConnectParams {
@@ -184,6 +186,7 @@ impl ConnectParams {
             keepalives_count: None,
             tcp_user_timeout: None,
             allowed_auth: None,
+            extra_startup: Vec::new(),
         }
     }
 }

@@ -1,0 +1,190 @@
+//! From libpq-style settings ([`walrelay_conninfo::ConnectionConfig`]) to [`ConnectParams`].
+
+use std::sync::Arc;
+
+use walrelay_conninfo as ci;
+
+use crate::error::ClientError;
+use crate::params::{
+    AuthMethod, ChannelBindingMode, ConnectParams, Endpoint, PasswordLookup, ReplicationMode,
+    RootCerts, Secret, SslMode, TlsParams,
+};
+
+/// Builds connection parameters from resolved libpq settings. `replication` overrides the
+/// `replication` keyword (walrelay decides what kind of session it needs). `prompt` is asked for a
+/// password when neither the settings nor `.pgpass` have one and the server wants one.
+pub fn connect_params(
+    cfg: &ci::ConnectionConfig,
+    replication: ReplicationMode,
+    prompt: Option<PasswordLookup>,
+) -> Result<ConnectParams, ClientError> {
+    let mut pairs: Vec<(Endpoint, ci::Target)> = Vec::new();
+    for t in cfg.targets() {
+        let ep = match t {
+            ci::Target::Tcp { host, addr, port } => Endpoint::Tcp {
+                host: host
+                    .clone()
+                    .or_else(|| addr.map(|a| a.to_string()))
+                    .unwrap_or_else(|| "localhost".to_string()),
+                addr: *addr,
+                port: *port,
+            },
+            ci::Target::Unix { socket, port } => {
+                if t.abstract_socket_name().is_some() {
+                    return Err(ClientError::Config(format!(
+                        "abstract Unix sockets ({}) are not supported; use a socket directory or a TCP host",
+                        socket.display()
+                    )));
+                }
+                Endpoint::Unix {
+                    socket: socket.clone(),
+                    port: *port,
+                }
+            }
+        };
+        pairs.push((ep, t.clone()));
+    }
+    let endpoints = pairs.iter().map(|(e, _)| e.clone()).collect();
+
+    let cfg_for_lookup = cfg.clone();
+    let lookup: PasswordLookup = Arc::new(move |ep: &Endpoint| {
+        let from_settings = pairs
+            .iter()
+            .find(|(e, _)| e == ep)
+            .and_then(|(_, t)| cfg_for_lookup.password_for(t))
+            .map(|p| Secret::new(String::from_utf8_lossy(p.as_bytes()).into_owned()));
+        from_settings.or_else(|| prompt.as_ref().and_then(|p| p(ep)))
+    });
+
+    let ssl = cfg.ssl();
+    let mode = match ssl.mode {
+        ci::SslMode::Disable => SslMode::Disable,
+        ci::SslMode::Allow => SslMode::Allow,
+        ci::SslMode::Prefer => SslMode::Prefer,
+        ci::SslMode::Require => SslMode::Require,
+        ci::SslMode::VerifyCa => SslMode::VerifyCa,
+        ci::SslMode::VerifyFull => SslMode::VerifyFull,
+    };
+    if ssl.negotiation == ci::SslNegotiation::Direct {
+        return Err(ClientError::Config(
+            "sslnegotiation=direct is not supported by walrelay; use sslnegotiation=postgres"
+                .into(),
+        ));
+    }
+    let root_certs = match &ssl.root_cert {
+        Some(ci::SslRootCert::File(p)) => Some(RootCerts::File(p.clone())),
+        Some(ci::SslRootCert::System) => Some(RootCerts::System),
+        None => None,
+    };
+    if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && root_certs.is_none() {
+        let path = ssl
+            .root_cert_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "~/.postgresql/root.crt".into());
+        return Err(ClientError::Config(format!(
+            "root certificate file \"{path}\" does not exist; either provide the file, use the system's trusted roots with sslrootcert=system, or change sslmode to disable server certificate verification"
+        )));
+    }
+    let tls = TlsParams {
+        mode,
+        root_certs,
+        client_cert: ssl.cert.clone(),
+        client_key: ssl.key.clone(),
+        sni: ssl.sni,
+    };
+    let channel_binding = match cfg.channel_binding() {
+        ci::ChannelBinding::Disable => ChannelBindingMode::Disable,
+        ci::ChannelBinding::Prefer => ChannelBindingMode::Prefer,
+        ci::ChannelBinding::Require => ChannelBindingMode::Require,
+    };
+    let allowed_auth = cfg.require_auth().map(|ra| {
+        let mut v = Vec::new();
+        if ra.allows_no_authentication() {
+            v.push(AuthMethod::None);
+        }
+        for (ours, theirs) in [
+            (AuthMethod::Password, ci::AuthMethod::Password),
+            (AuthMethod::Md5, ci::AuthMethod::Md5),
+            (AuthMethod::ScramSha256, ci::AuthMethod::ScramSha256),
+        ] {
+            if ra.allows(theirs) {
+                v.push(ours);
+            }
+        }
+        v
+    });
+    let ka = cfg.keepalives();
+    let dbname = match replication {
+        // A physical walsender ignores the database; libpq still sends it, and so do we.
+        _ if cfg.dbname().is_empty() => None,
+        _ => Some(cfg.dbname().to_string()),
+    };
+    let extra_startup = cfg
+        .startup_params()
+        .iter()
+        .filter(|(k, _)| matches!(*k, "datestyle" | "timezone" | "geqo"))
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    Ok(ConnectParams {
+        endpoints,
+        user: cfg.user().to_string(),
+        dbname,
+        password: Some(lookup),
+        application_name: cfg.application_name().map(str::to_string),
+        options: cfg.options().map(str::to_string),
+        replication,
+        tls,
+        channel_binding,
+        connect_timeout: cfg.connect_timeout(),
+        keepalives: ka.enabled,
+        keepalives_idle: ka.idle,
+        keepalives_interval: ka.interval,
+        keepalives_count: ka.count,
+        tcp_user_timeout: cfg.tcp_user_timeout(),
+        allowed_auth,
+        extra_startup,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(s: &str) -> ci::ConnectionConfig {
+        let env = ci::MapEnv::new().with_var("PGUSER", "alice");
+        ci::ConnectionConfig::from_conninfo(s, &env).unwrap()
+    }
+
+    #[test]
+    fn maps_hosts_and_tls() {
+        let cfg = resolve("host=db1,/tmp port=5433,5434 sslmode=require password=pw");
+        let p = connect_params(&cfg, ReplicationMode::Physical, None).unwrap();
+        assert_eq!(p.endpoints.len(), 2);
+        assert!(matches!(&p.endpoints[0], Endpoint::Tcp { host, port: 5433, .. } if host == "db1"));
+        assert!(
+            matches!(&p.endpoints[1], Endpoint::Unix { socket, .. } if socket.ends_with(".s.PGSQL.5434"))
+        );
+        assert_eq!(p.tls.mode, SslMode::Require);
+        assert_eq!(p.user, "alice");
+        let pw = (p.password.unwrap())(&p.endpoints[0]).unwrap();
+        assert_eq!(pw.expose(), "pw");
+        assert!(!format!("{pw:?}").contains("pw\""));
+    }
+
+    #[test]
+    fn verify_full_without_root_cert_is_an_error() {
+        let cfg = resolve("host=db1 sslmode=verify-full sslrootcert=/nonexistent/root.crt");
+        let e = connect_params(&cfg, ReplicationMode::Physical, None).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn prompt_is_the_fallback() {
+        let cfg = resolve("host=db1 passfile=/nonexistent");
+        let prompt: PasswordLookup = Arc::new(|_| Some(Secret::new("typed")));
+        let p = connect_params(&cfg, ReplicationMode::Physical, Some(prompt)).unwrap();
+        let pw = (p.password.unwrap())(&p.endpoints[0]).unwrap();
+        assert_eq!(pw.expose(), "typed");
+    }
+}
