@@ -1,1 +1,31 @@
-//! placeholder
+//! WAL validation for walrelay: page headers and record CRCs, with no IO.
+//!
+//! walrelay must not acknowledge WAL it has not checked. This crate checks WAL the way
+//! PostgreSQL's `xlogreader.c` reads it — page magic, `xlp_pageaddr`, timelines, the long header's
+//! system identifier / segment size / page size, record prev-links and every record's CRC-32C —
+//! but as a stream of contiguous chunks (XLogData messages or file reads) in constant memory.
+//!
+//! * [`magic`]: `XLOG_PAGE_MAGIC` per major version.
+//! * [`page`]: page headers, and [`inspect_segment_start`] to identify a segment file cheaply.
+//! * [`record`]: record headers and the record CRC.
+//! * [`validator`]: [`WalValidator`], the streaming validator, and its progress rule
+//!   ([`WalValidator::validated_lsn`]).
+//! * [`segment`]: [`validate_segment_file`] for a whole or partial segment file.
+//! * [`synth`]: synthetic WAL for tests and benchmarks (and fake servers).
+//!
+//! Formats: `src/include/access/xlog_internal.h`, `src/include/access/xlogrecord.h`,
+//! `src/backend/access/transam/xlogreader.c` in PostgreSQL's source.
+
+pub mod error;
+pub mod magic;
+pub mod page;
+pub mod record;
+pub mod segment;
+pub mod synth;
+pub mod validator;
+
+pub use error::WalError;
+pub use magic::{major_for_page_magic, page_magic_for_major};
+pub use page::{inspect_segment_start, parse_page_header, LongPageHeader, PageHeader};
+pub use segment::{validate_segment_file, SegmentCheck, SegmentEnd, SegmentReport};
+pub use validator::{StreamState, ValidatorConfig, WalValidator};
