@@ -1,1 +1,92 @@
-fn main() {}
+//! `walrelay`: copy a PostgreSQL cluster to another machine and keep it current.
+//!
+//! This binary only parses the command line and orchestrates; the work lives in the library crates
+//! (`walrelay-client`, `walrelay-basebackup`, `walrelay-walreceiver`, `walrelay-archive`).
+
+mod check;
+mod connect;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// PostgreSQL standby seeding and WAL streaming.
+#[derive(Parser, Debug)]
+#[command(name = "walrelay", version, about, long_about = None, disable_help_flag = true)]
+struct Cli {
+    /// Print help (`-h` is the host, as in pg_basebackup).
+    #[arg(long, global = true, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive). Also WALRELAY_LOG.
+    #[arg(long, global = true, env = "WALRELAY_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check that a server can feed a replicant (version, wal_level, free WAL senders, slot state).
+    Check(check::CheckArgs),
+}
+
+fn init_logging(filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// One line: the error and its causes, joined — never a backtrace.
+fn report_error(e: &anyhow::Error) {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    eprintln!("walrelay: error: {msg}");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("walrelay: error: could not start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Check(a) => check::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            report_error(&e);
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
