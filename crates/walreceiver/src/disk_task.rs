@@ -1,0 +1,405 @@
+//! The disk task: a [`SegmentWriter`] on a blocking thread, fed by the network task through a bounded
+//! channel — the shape of neon's safekeeper (`receive_wal.rs` → `wal_storage.rs`).
+//!
+//! ```text
+//!  network task ── DiskRequest (bounded mpsc) ──► disk task (spawn_blocking)
+//!       ▲                                             │ write, fsync when the queue drains, rename
+//!       └──────── DiskProgress (watch) ◄──────────────┘
+//! ```
+//!
+//! * Backpressure is real: when the disk falls behind, [`DiskTask::send`] waits, the network task
+//!   stops reading, and TCP flow control slows the server down.
+//! * fsyncs are batched: the task writes everything queued, and flushes when the queue is empty, when
+//!   [`DiskRequest::Flush`] asks for it, or when more than `max_unflushed_bytes` are pending (so a
+//!   queue that never drains during catch-up still gets durable progress). Segment completion always
+//!   flushes (see the writer).
+//! * [`DiskProgress`] carries `write_lsn`/`flush_lsn` for the feedback state machine; `flush_lsn` is
+//!   published only after the fsyncs it depends on.
+//! * The first error stops the task; [`DiskTask::finish`] returns it.
+
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use walrelay_protocol::{Lsn, TimelineId};
+
+use crate::fs::WalFs;
+use crate::writer::{SegmentWriter, WriterError};
+
+/// What the network task asks the disk task to do, in stream order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskRequest {
+    /// WAL bytes starting at `lsn` (the payload of an XLogData message).
+    Write { lsn: Lsn, data: Bytes },
+    /// End of timeline: continue on `timeline` from `switch_lsn` (see
+    /// [`SegmentWriter::switch_timeline`]).
+    SwitchTimeline {
+        timeline: TimelineId,
+        switch_lsn: Lsn,
+    },
+    /// A `TIMELINE_HISTORY` result to store before streaming that timeline.
+    WriteHistory {
+        timeline: TimelineId,
+        content: Bytes,
+    },
+    /// Flush now even if more requests are queued (e.g. the server asked for a reply).
+    Flush,
+}
+
+/// Positions published by the disk task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskProgress {
+    pub timeline: TimelineId,
+    pub write_lsn: Lsn,
+    pub flush_lsn: Lsn,
+}
+
+/// Tuning of the disk task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskTaskConfig {
+    /// Requests in flight between the tasks; with 128 kB messages, 64 is 8 MB.
+    pub queue_depth: usize,
+    /// Flush even though requests are still queued once this many bytes are not durable.
+    pub max_unflushed_bytes: u64,
+}
+
+impl Default for DiskTaskConfig {
+    fn default() -> Self {
+        DiskTaskConfig {
+            queue_depth: 64,
+            max_unflushed_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// [`DiskTask::send`] failed because the task has ended (after an error, or after `finish`).
+#[derive(Debug, Error)]
+#[error("the WAL disk task has stopped; its error is returned by DiskTask::finish")]
+pub struct DiskTaskStopped;
+
+/// Handle of a running disk task.
+#[derive(Debug)]
+pub struct DiskTask {
+    tx: mpsc::Sender<DiskRequest>,
+    progress: watch::Receiver<DiskProgress>,
+    join: JoinHandle<Result<Lsn, WriterError>>,
+}
+
+impl DiskTask {
+    /// Moves `writer` onto a blocking thread of the current tokio runtime.
+    pub fn spawn<F>(writer: SegmentWriter<F>, config: DiskTaskConfig) -> DiskTask
+    where
+        F: WalFs + Send + 'static,
+        F::File: Send,
+    {
+        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let (progress_tx, progress) = watch::channel(progress_of(&writer));
+        let join = tokio::task::spawn_blocking(move || {
+            run(writer, rx, &progress_tx, config.max_unflushed_bytes)
+        });
+        DiskTask { tx, progress, join }
+    }
+
+    /// A sender for the network task.
+    pub fn sender(&self) -> mpsc::Sender<DiskRequest> {
+        self.tx.clone()
+    }
+
+    /// Queues a request, waiting while the queue is full. Cancellation-safe: if the future is dropped
+    /// before it completes, the request was not queued.
+    pub async fn send(&self, request: DiskRequest) -> Result<(), DiskTaskStopped> {
+        self.tx.send(request).await.map_err(|_| DiskTaskStopped)
+    }
+
+    /// Watch the published positions.
+    pub fn progress(&self) -> watch::Receiver<DiskProgress> {
+        self.progress.clone()
+    }
+
+    /// Clean shutdown: closes this handle's sender (other senders from [`sender`](Self::sender) must be
+    /// dropped too), waits for the queued requests, the final flush and close. Returns the final flush
+    /// position, or the error that stopped the task.
+    pub async fn finish(self) -> Result<Lsn, WriterError> {
+        drop(self.tx);
+        match self.join.await {
+            Ok(r) => r,
+            Err(e) => Err(WriterError::Poisoned(format!("WAL disk task failed: {e}"))),
+        }
+    }
+}
+
+fn progress_of<F: WalFs>(w: &SegmentWriter<F>) -> DiskProgress {
+    DiskProgress {
+        timeline: w.timeline(),
+        write_lsn: w.write_lsn(),
+        flush_lsn: w.flush_lsn(),
+    }
+}
+
+fn publish<F: WalFs>(w: &SegmentWriter<F>, tx: &watch::Sender<DiskProgress>) {
+    let new = progress_of(w);
+    tx.send_if_modified(|p| {
+        let changed = *p != new;
+        *p = new;
+        changed
+    });
+}
+
+/// Applies one request; returns whether it asks for an immediate flush.
+fn handle<F: WalFs>(w: &mut SegmentWriter<F>, request: DiskRequest) -> Result<bool, WriterError> {
+    match request {
+        DiskRequest::Write { lsn, data } => w.write(lsn, &data).map(|()| false),
+        DiskRequest::SwitchTimeline {
+            timeline,
+            switch_lsn,
+        } => w.switch_timeline(timeline, switch_lsn).map(|()| false),
+        DiskRequest::WriteHistory { timeline, content } => {
+            w.write_history_file(timeline, &content).map(|()| false)
+        }
+        DiskRequest::Flush => Ok(true),
+    }
+}
+
+fn run<F: WalFs>(
+    mut writer: SegmentWriter<F>,
+    mut rx: mpsc::Receiver<DiskRequest>,
+    progress: &watch::Sender<DiskProgress>,
+    max_unflushed_bytes: u64,
+) -> Result<Lsn, WriterError> {
+    while let Some(request) = rx.blocking_recv() {
+        let mut flush_now = handle(&mut writer, request)?;
+        // Take whatever else is already queued before paying for an fsync.
+        while !flush_now
+            && writer.next_lsn().saturating_sub(writer.flush_lsn()) <= max_unflushed_bytes
+        {
+            publish(&writer, progress);
+            match rx.try_recv() {
+                Ok(request) => flush_now = handle(&mut writer, request)?,
+                // Empty: the queue drained. Disconnected: the outer loop ends after this flush.
+                Err(_) => break,
+            }
+        }
+        writer.flush()?;
+        publish(&writer, progress);
+    }
+    writer.flush()?;
+    publish(&writer, progress);
+    writer.close()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use walrelay_protocol::WalSegmentSize;
+
+    use super::*;
+    use crate::fs::testing::{FaultFs, FsOp};
+    use crate::writer::WriterConfig;
+
+    const MB: u64 = 1024 * 1024;
+
+    fn seg() -> WalSegmentSize {
+        WalSegmentSize::new(MB).unwrap()
+    }
+
+    fn bytes(start: u64, len: usize) -> Bytes {
+        (start..start + len as u64)
+            .map(|p| (p % 253) as u8)
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    fn writes(start: u64, total: usize, chunk: usize) -> Vec<DiskRequest> {
+        (0..total)
+            .step_by(chunk)
+            .map(|at| DiskRequest::Write {
+                lsn: Lsn(start + at as u64),
+                data: bytes(start + at as u64, chunk.min(total - at)),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn streams_through_the_queue_and_finishes_durably() {
+        let d = tempfile::tempdir().unwrap();
+        let w = SegmentWriter::new(
+            WriterConfig::archive(d.path(), seg()),
+            TimelineId(1),
+            Lsn(MB),
+        )
+        .unwrap();
+        let task = DiskTask::spawn(
+            w,
+            DiskTaskConfig {
+                queue_depth: 4,
+                ..Default::default()
+            },
+        );
+        let progress = task.progress();
+        let total = 2 * MB as usize + 12_345;
+        for r in writes(MB, total, 100_000) {
+            task.send(r).await.unwrap();
+        }
+        let end = Lsn(MB + total as u64);
+        assert_eq!(task.finish().await.unwrap(), end);
+        let p = *progress.borrow();
+        assert_eq!(
+            p,
+            DiskProgress {
+                timeline: TimelineId(1),
+                write_lsn: end,
+                flush_lsn: end
+            }
+        );
+        let all = bytes(MB, total);
+        assert_eq!(
+            fs::read(d.path().join("000000010000000000000001")).unwrap(),
+            &all[..MB as usize]
+        );
+        assert_eq!(
+            fs::read(d.path().join("000000010000000000000002")).unwrap(),
+            &all[MB as usize..2 * MB as usize]
+        );
+        let partial = fs::read(d.path().join("000000010000000000000003.partial")).unwrap();
+        assert_eq!(&partial[..12_345], &all[2 * MB as usize..]);
+    }
+
+    #[tokio::test]
+    async fn timeline_switch_and_history_travel_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let w = SegmentWriter::new(
+            WriterConfig::archive(d.path(), seg()),
+            TimelineId(1),
+            Lsn(0),
+        )
+        .unwrap();
+        let task = DiskTask::spawn(w, DiskTaskConfig::default());
+        let tx = task.sender();
+        tx.send(DiskRequest::Write {
+            lsn: Lsn(0),
+            data: bytes(0, 5000),
+        })
+        .await
+        .unwrap();
+        tx.send(DiskRequest::SwitchTimeline {
+            timeline: TimelineId(2),
+            switch_lsn: Lsn(4000),
+        })
+        .await
+        .unwrap();
+        tx.send(DiskRequest::WriteHistory {
+            timeline: TimelineId(2),
+            content: Bytes::from_static(b"1\t0/FA0\tno recovery target specified\n"),
+        })
+        .await
+        .unwrap();
+        tx.send(DiskRequest::Write {
+            lsn: Lsn(0),
+            data: bytes(0, 6000),
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        assert_eq!(task.finish().await.unwrap(), Lsn(6000));
+        let mut names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                "000000010000000000000000.partial",
+                "00000002.history",
+                "000000020000000000000000.partial",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_fsync_failure_stops_the_task_and_flush_is_never_published_past_it() {
+        let d = tempfile::tempdir().unwrap();
+        let fs = FaultFs::default();
+        let w = SegmentWriter::with_fs(
+            fs.clone(),
+            WriterConfig::archive(d.path(), seg()),
+            TimelineId(1),
+            Lsn(0),
+        )
+        .unwrap();
+        fs.fail_syncs_from(0, libc::EIO);
+        let task = DiskTask::spawn(w, DiskTaskConfig::default());
+        let mut progress = task.progress();
+        task.send(DiskRequest::Write {
+            lsn: Lsn(0),
+            data: bytes(0, 1000),
+        })
+        .await
+        .unwrap();
+        // The task ends: the watch sender is dropped.
+        while progress.changed().await.is_ok() {}
+        assert_eq!(progress.borrow().flush_lsn, Lsn(0));
+        let e = task
+            .send(DiskRequest::Write {
+                lsn: Lsn(1000),
+                data: bytes(1000, 10),
+            })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("finish"), "{e}");
+        let e = task.finish().await.unwrap_err();
+        assert!(matches!(e, WriterError::SyncFailed(_)), "{e}");
+    }
+
+    /// Runs the loop on this thread over a pre-filled queue and returns the recorded fsyncs.
+    fn run_queued(requests: Vec<DiskRequest>, max_unflushed_bytes: u64) -> (Vec<FsOp>, Lsn) {
+        let d = tempfile::tempdir().unwrap();
+        let fs = FaultFs::default();
+        let w = SegmentWriter::with_fs(
+            fs.clone(),
+            WriterConfig::archive(d.path(), seg()),
+            TimelineId(1),
+            Lsn(0),
+        )
+        .unwrap();
+        let (tx, rx) = mpsc::channel(requests.len() + 1);
+        for r in requests {
+            tx.try_send(r).unwrap();
+        }
+        drop(tx);
+        let (ptx, _prx) = watch::channel(progress_of(&w));
+        let end = run(w, rx, &ptx, max_unflushed_bytes).unwrap();
+        let syncs = fs
+            .ops()
+            .into_iter()
+            .filter(|op| matches!(op, FsOp::SyncData(_)))
+            .collect();
+        (syncs, end)
+    }
+
+    #[test]
+    fn fsyncs_are_batched_until_the_queue_drains() {
+        let (syncs, end) = run_queued(writes(0, 600_000, 10_000), u64::MAX);
+        assert_eq!(end, Lsn(600_000));
+        assert_eq!(
+            syncs.len(),
+            1,
+            "one fsync for sixty queued messages: {syncs:?}"
+        );
+    }
+
+    #[test]
+    fn a_queue_that_never_drains_still_flushes_regularly() {
+        let (syncs, _) = run_queued(writes(0, 600_000, 10_000), 100_000);
+        assert!(syncs.len() >= 5, "{syncs:?}");
+    }
+
+    #[test]
+    fn an_explicit_flush_request_flushes_at_once() {
+        let mut requests = writes(0, 300_000, 10_000);
+        requests.insert(10, DiskRequest::Flush);
+        let (syncs, _) = run_queued(requests, u64::MAX);
+        assert_eq!(syncs.len(), 2, "{syncs:?}");
+    }
+}
