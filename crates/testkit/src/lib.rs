@@ -1,1 +1,54 @@
-//! placeholder
+//! Real PostgreSQL for walrelay's tests and benchmarks (dev-only).
+//!
+//! walrelay is judged against real servers of every supported major (10–18) and against PostgreSQL's
+//! own tools. This crate makes that cheap to write:
+//!
+//! * [`PgInstall`] finds the server binaries of a major version (Debian's 15, or the npm builds that
+//!   `scripts/install-pg.sh` caches), and [`ClientTools`] Debian 15's client programs.
+//! * [`Cluster`] is a throwaway cluster in its own `/tmp` directory, run as the `postgres` OS user when
+//!   the tests run as root, on a free port and a private Unix socket, with the authentication method,
+//!   roles, TLS and WAL settings a test asks for. It stops and removes itself on drop, even when the
+//!   test panics or the process dies.
+//! * [`StandbyBuilder`] starts a second cluster on a directory a backup tool produced.
+//! * [`PgBench`] / [`PgBenchRun`] generate write load, in the background if needed.
+//! * [`oracle`]: pg_waldump, pg_verifybackup, pg_controldata and pg_dumpall as judges.
+//!
+//! ```no_run
+//! use walrelay_testkit::{oracle, Cluster, StopMode};
+//!
+//! let primary = Cluster::builder().name("primary").wal_segsize_mb(1).start();
+//! primary.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i");
+//! let backup = primary.pg_basebackup(&["-R", "-X", "stream", "-c", "fast"]);
+//! let standby = primary.standby(&backup).start();
+//! standby.catch_up(&primary);
+//! assert_eq!(standby.psql("SELECT count(*) FROM t"), "1000");
+//! oracle::assert_same_dumpall(&primary, &standby);
+//! ```
+//!
+//! Environment variables are listed in [`mod@env`]. Version-matrix tests guard themselves with
+//! [`matrix_includes`]; `scripts/test.sh` sets `WALRELAY_PG_MAJORS` and installs those majors first.
+
+pub mod cluster;
+pub mod config;
+mod csv;
+pub mod env;
+pub mod error;
+pub mod install;
+pub mod oracle;
+pub mod pgbench;
+mod process;
+pub mod tls;
+mod watchdog;
+
+pub use cluster::{psql_conninfo, Cluster, ClusterBuilder, StandbyBuilder, StopMode};
+pub use config::{AuthMethod, Role, Tls};
+pub use env::{matrix_includes, matrix_majors};
+pub use error::{Result, TestkitError};
+pub use install::{ClientTools, PgInstall};
+pub use oracle::{
+    assert_same_dumpall, pg_controldata, pg_dumpall, pg_verifybackup, pg_waldump, ControlData,
+    VerifyBackupOptions, WalDump, WalRecord,
+};
+pub use pgbench::{PgBench, PgBenchRun, PgBenchSummary};
+pub use tls::{ClientCert, TestCa, TlsPaths};
+pub use walrelay_protocol::Lsn;
