@@ -5,6 +5,8 @@
 
 mod check;
 mod connect;
+mod metrics;
+mod receive;
 
 use std::process::ExitCode;
 
@@ -29,6 +31,8 @@ struct Cli {
 enum Command {
     /// Check that a server can feed a replicant (version, wal_level, free WAL senders, slot state).
     Check(check::CheckArgs),
+    /// Stream WAL into an archive directory or a standby's pg_wal, durably, forever.
+    Receive(receive::ReceiveArgs),
 }
 
 fn init_logging(filter: &str) {
@@ -36,6 +40,7 @@ fn init_logging(filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Check(a) => check::run(a).await,
+            Command::Receive(a) => receive::run(a).await,
         }
     });
     match result {

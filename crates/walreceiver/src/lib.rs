@@ -24,7 +24,9 @@ pub mod disk_task;
 pub mod feedback;
 pub mod fs;
 pub mod page_header;
+pub mod receiver;
 pub mod start;
+pub mod stats;
 pub mod writer;
 
 pub use disk_task::{DiskProgress, DiskRequest, DiskTask, DiskTaskConfig, DiskTaskStopped};
@@ -34,10 +36,12 @@ pub use feedback::{
 };
 pub use fs::{SegmentFile, StdFs, WalFs};
 pub use page_header::{LongPageHeader, PageHeaderError, PageHeaderReader};
+pub use receiver::{run, ReceiveError, ReceiveSummary, ReceiverConfig, StopReason, Target};
 pub use start::{
     find_streaming_start, find_streaming_start_in_dir, find_streaming_start_with, DirEntryInfo,
     Layout, ScanFrom, StartError, StartOptions, StartReason, StdWalDir, StreamStart, WalDirReader,
 };
+pub use stats::{ReceiverStats, StatsSnapshot};
 pub use writer::{
     ArchiveStatusMarker, CompletedSegment, Destination, HookError, SegmentCompletion,
     SegmentWriter, WriterConfig, WriterError,

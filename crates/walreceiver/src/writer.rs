@@ -115,6 +115,10 @@ pub struct WriterConfig {
     pub file_mode: u32,
     /// Coalescing threshold, see [`DEFAULT_WRITE_BUFFER_SIZE`].
     pub write_buffer_size: usize,
+    /// fsync on [`SegmentWriter::flush`] (`--no-sync` turns it off: positions are then reported as
+    /// flushed once written, as pg_receivewal `--no-sync` does; completed segments are still fsynced
+    /// before their rename).
+    pub sync: bool,
 }
 
 impl WriterConfig {
@@ -126,6 +130,7 @@ impl WriterConfig {
             owner: Owner::current(),
             file_mode: DEFAULT_FILE_MODE,
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
+            sync: true,
         }
     }
 
@@ -141,6 +146,7 @@ impl WriterConfig {
             wal_segment_size,
             file_mode: DEFAULT_FILE_MODE,
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
+            sync: true,
         }
     }
 }
@@ -733,6 +739,10 @@ impl<F: WalFs> SegmentWriter<F> {
 
     fn flush_inner(&mut self) -> Result<Lsn, WriterError> {
         self.write_out()?;
+        if !self.config.sync {
+            self.flushed = self.written;
+            return Ok(self.flush_lsn());
+        }
         if self.flushed < self.written {
             if let Some(cur) = self.current.as_mut() {
                 cur.file.sync_data().map_err(WriterError::SyncFailed)?;

@@ -1,0 +1,108 @@
+//! Live counters of a running receiver, shared with the metrics endpoint (and tests).
+//!
+//! Plain atomics: the streaming tasks update them without locks; readers take a consistent-enough
+//! snapshot (each value is exact, the set is not one atomic transaction — fine for monitoring).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use walrelay_protocol::Lsn;
+
+#[derive(Debug, Default)]
+pub struct ReceiverStats {
+    received_lsn: AtomicU64,
+    written_lsn: AtomicU64,
+    flushed_lsn: AtomicU64,
+    reported_flush_lsn: AtomicU64,
+    server_wal_end: AtomicU64,
+    bytes_received: AtomicU64,
+    reconnects: AtomicU64,
+    last_message_unix_ms: AtomicU64,
+    timeline: AtomicU64,
+    connected: AtomicU64,
+    segments_completed: AtomicU64,
+}
+
+/// A copy of the counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub received_lsn: Lsn,
+    pub written_lsn: Lsn,
+    pub flushed_lsn: Lsn,
+    /// The flush position last reported to the server.
+    pub reported_flush_lsn: Lsn,
+    pub server_wal_end: Lsn,
+    pub bytes_received: u64,
+    pub reconnects: u64,
+    /// Milliseconds since the Unix epoch of the last message from the server; 0 = none yet.
+    pub last_message_unix_ms: u64,
+    pub timeline: u32,
+    pub connected: bool,
+    pub segments_completed: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl ReceiverStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let l = |a: &AtomicU64| Lsn(a.load(Ordering::Relaxed));
+        StatsSnapshot {
+            received_lsn: l(&self.received_lsn),
+            written_lsn: l(&self.written_lsn),
+            flushed_lsn: l(&self.flushed_lsn),
+            reported_flush_lsn: l(&self.reported_flush_lsn),
+            server_wal_end: l(&self.server_wal_end),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            last_message_unix_ms: self.last_message_unix_ms.load(Ordering::Relaxed),
+            timeline: self.timeline.load(Ordering::Relaxed) as u32,
+            connected: self.connected.load(Ordering::Relaxed) != 0,
+            segments_completed: self.segments_completed.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn received(&self, end: Lsn, bytes: u64) {
+        self.received_lsn.fetch_max(end.0, Ordering::Relaxed);
+        self.bytes_received.fetch_add(bytes, Ordering::Relaxed);
+        self.message();
+    }
+
+    pub(crate) fn message(&self) {
+        self.last_message_unix_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn server_end(&self, lsn: Lsn) {
+        self.server_wal_end.fetch_max(lsn.0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn disk(&self, written: Lsn, flushed: Lsn) {
+        self.written_lsn.fetch_max(written.0, Ordering::Relaxed);
+        self.flushed_lsn.fetch_max(flushed.0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn reported(&self, flush: Lsn) {
+        self.reported_flush_lsn
+            .fetch_max(flush.0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_timeline(&self, tli: u32) {
+        self.timeline.store(u64::from(tli), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_connected(&self, c: bool) {
+        self.connected.store(u64::from(c), Ordering::Relaxed);
+    }
+
+    pub(crate) fn segment_completed(&self) {
+        self.segments_completed.fetch_add(1, Ordering::Relaxed);
+    }
+}
