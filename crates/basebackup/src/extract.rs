@@ -75,7 +75,7 @@ pub trait ExtractObserver {
 impl ExtractObserver for () {}
 
 /// Which archive of a base backup is being extracted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ArchiveKind {
     /// `base.tar`: the main data directory.
     Base,

@@ -1,6 +1,15 @@
-//! The disk side of a base backup: what happens to the bytes of a `BASE_BACKUP` stream once they are
-//! off the network.
+//! Base backups: the `BASE_BACKUP` network driver, the whole `walrelay bootstrap` job, and what
+//! happens to the bytes once they are off the network.
 //!
+//! * [`mod@bootstrap`] — [`bootstrap()`](bootstrap::bootstrap) takes a standby data directory from a
+//!   running primary, like `pg_basebackup -R -X stream|fetch`: input checks, connection, slot,
+//!   `BASE_BACKUP`, WAL through a [`WalStreamer`] (or fetched), verification, standby
+//!   configuration, fsync, `backup_manifest` last — and cleanup of everything it added on failure;
+//! * [`driver`] — [`BaseBackupStream`] / [`run_base_backup`] run one `BASE_BACKUP` on a
+//!   `walrelay_client::Connection`: both message flows (PostgreSQL 15+'s single COPY with
+//!   `'n'`/`'d'`/`'p'`/`'m'` messages, and one COPY per tablespace plus one for the manifest before
+//!   15), extraction on a blocking thread behind a bounded channel, progress counters, typed server
+//!   errors (checksum failures with the damaged files named);
 //! * [`extract`] — [`ArchiveExtractor`] unpacks `base.tar` and each `<oid>.tar` into the data directory
 //!   and the tablespace directories *while they arrive*, refusing anything that would write outside
 //!   them (absolute paths, `..`, symbolic links on the way, hard links, devices), and records what it
@@ -14,14 +23,14 @@
 //! * [`standby`] — `standby.signal`/`postgresql.auto.conf` (PostgreSQL 12+) or `recovery.conf`
 //!   (10, 11) for a streaming standby or one fed by walrelay as a sidecar.
 //!
-//! The network side (the `BASE_BACKUP` command, demultiplexing the CopyData stream into archives and
-//! the manifest) lives elsewhere and hands this crate a blocking [`std::io::Read`] per archive.
-//!
 //! References: `src/bin/pg_basebackup/pg_basebackup.c`, `src/fe_utils/astreamer_*.c`,
 //! `src/fe_utils/recovery_gen.c`, `src/bin/pg_verifybackup/pg_verifybackup.c`,
-//! `src/common/parse_manifest.c`, `src/backend/backup/basebackup.c` in PostgreSQL, and
+//! `src/common/parse_manifest.c`, `src/backend/backup/basebackup.c` and `basebackup_copy.c` in
+//! PostgreSQL, <https://www.postgresql.org/docs/current/protocol-replication.html> and
 //! <https://www.postgresql.org/docs/current/backup-manifest-format.html>.
 
+pub mod bootstrap;
+pub mod driver;
 pub mod extract;
 pub mod manifest;
 pub mod member_path;
@@ -30,6 +39,15 @@ pub mod sync;
 pub mod tablespace;
 pub mod tar_stream;
 
+pub use bootstrap::{
+    bootstrap, complete_segments, BootstrapConfig, BootstrapError, BootstrapSummary, BoxFuture,
+    StandbySetup, StartWal, WalMethod, WalStreamError, WalStreamHandle, WalStreamer, WalSummary,
+};
+pub use driver::{
+    parse_max_rate, run_base_backup, validate_max_rate, AbortReason, BackupError, BackupPhase,
+    BackupPosition, BackupProgress, BackupSink, BackupStage, BaseBackupResult, BaseBackupStream,
+    ChecksumFailures, ExtractionGate, ReceiveTarget, ReceivedManifest, TablespaceHeader,
+};
 pub use extract::{
     ArchiveExtractor, ArchiveKind, ArchiveSummary, ExtractError, ExtractObserver, ExtractProgress,
     DEFAULT_WRITE_BUFFER,
