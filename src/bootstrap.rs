@@ -1,0 +1,225 @@
+//! `walrelay bootstrap`: seed a replicant — base backup, WAL streamed in parallel, manifest verified,
+//! standby configured — so that `pg_ctl start` on the result gives a hot standby of the primary.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use walrelay_basebackup::{
+    bootstrap, parse_max_rate, BackupPhase, BackupProgress, BootstrapConfig, ChecksumAlgorithm,
+    StandbySetup, WalMethod, DEFAULT_SIDECAR_RETRY_INTERVAL,
+};
+use walrelay_client::ReplicationMode;
+use walrelay_durable::Owner;
+use walrelay_protocol::command::CheckpointMode;
+
+use crate::connect::ConnectionArgs;
+use crate::wal_stream::EngineWalStreamer;
+
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
+pub struct BootstrapArgs {
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+    /// The new data directory (absent or empty).
+    #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
+    pub pgdata: PathBuf,
+    /// Relocate a tablespace: OLDDIR=NEWDIR (absolute paths; `\=` for a literal `=`). Repeatable.
+    #[arg(short = 'T', long = "tablespace-mapping", value_name = "OLDDIR=NEWDIR")]
+    pub tablespace_mapping: Vec<String>,
+    /// Replication slot for the WAL stream and the standby.
+    #[arg(short = 'S', long = "slot", value_name = "SLOTNAME")]
+    pub slot: Option<String>,
+    /// Create the slot named by --slot (it must not exist).
+    #[arg(short = 'C', long = "create-slot")]
+    pub create_slot: bool,
+    /// Checkpoint at the start: fast (at once, more I/O) or spread (as the server's checkpoints).
+    #[arg(short = 'c', long = "checkpoint", value_name = "fast|spread", default_value = "spread", value_parser = parse_checkpoint)]
+    pub checkpoint: CheckpointMode,
+    /// Transfer rate limit (kB/s; suffix k or M), as pg_basebackup.
+    #[arg(short = 'r', long = "max-rate", value_name = "RATE")]
+    pub max_rate: Option<String>,
+    /// How the needed WAL gets into pg_wal: stream (second connection), fetch (end of backup), none.
+    #[arg(
+        short = 'X',
+        long = "wal-method",
+        value_name = "METHOD",
+        default_value = "stream"
+    )]
+    pub wal_method: WalMethod,
+    /// Backup label.
+    #[arg(short = 'l', long = "label", value_name = "LABEL", default_value = walrelay_basebackup::bootstrap::DEFAULT_LABEL)]
+    pub label: String,
+    /// Manifest checksum algorithm: CRC32C, SHA224, SHA256, SHA384, SHA512 or NONE.
+    #[arg(
+        long = "manifest-checksums",
+        value_name = "ALGORITHM",
+        default_value = "CRC32C"
+    )]
+    pub manifest_checksums: ChecksumAlgorithm,
+    /// Do not ask the server for a backup manifest (and skip its verification).
+    #[arg(long = "no-manifest")]
+    pub no_manifest: bool,
+    /// Do not let the server verify data checksums while sending.
+    #[arg(long = "no-verify-checksums")]
+    pub no_verify_checksums: bool,
+    /// Do not verify the result against the manifest and the WAL it needs.
+    #[arg(long = "no-verify")]
+    pub no_verify: bool,
+    /// Leave a plain copy: no standby.signal / primary_conninfo.
+    #[arg(long = "no-standby-config", conflicts_with = "sidecar")]
+    pub no_standby_config: bool,
+    /// Configure a standby fed by `walrelay receive --pg-wal` instead of its own replication connection.
+    #[arg(long = "sidecar")]
+    pub sidecar: bool,
+    /// Do not fsync the result (faster, unsafe if the machine crashes soon after).
+    #[arg(long = "no-sync")]
+    pub no_sync: bool,
+    /// Keep what was written when failing (for inspection).
+    #[arg(long = "no-clean")]
+    pub no_clean: bool,
+    /// Show progress (default: when stderr is a terminal).
+    #[arg(short = 'P', long = "progress")]
+    pub progress: bool,
+    /// Owner of the files written, when running as root (default: the owner of DIR or its parent).
+    #[arg(long = "owner", value_name = "USER")]
+    pub owner: Option<String>,
+}
+
+fn parse_checkpoint(s: &str) -> Result<CheckpointMode, String> {
+    match s {
+        "fast" => Ok(CheckpointMode::Fast),
+        "spread" => Ok(CheckpointMode::Spread),
+        _ => Err(format!(
+            "invalid checkpoint argument \"{s}\", must be \"fast\" or \"spread\""
+        )),
+    }
+}
+
+fn owner_by_name(name: &str) -> Result<Owner> {
+    let user = nix::unistd::User::from_name(name)
+        .with_context(|| format!("look up user \"{name}\""))?
+        .with_context(|| format!("--owner: no such user \"{name}\""))?;
+    Ok(Owner::ids(user.uid.as_raw(), user.gid.as_raw()))
+}
+
+pub async fn run(args: BootstrapArgs) -> Result<i32> {
+    let max_rate_kb = args.max_rate.as_deref().map(parse_max_rate).transpose()?;
+    let owner = args.owner.as_deref().map(owner_by_name).transpose()?;
+    let resolved = args.conn.resolve()?;
+    let connect = resolved.params(ReplicationMode::Physical)?;
+    let mut config = BootstrapConfig::new(resolved.config.clone(), connect, &args.pgdata);
+    config.tablespace_mappings = args.tablespace_mapping.clone();
+    config.wal_method = args.wal_method;
+    config.slot = args.slot.clone();
+    config.create_slot = args.create_slot;
+    config.checkpoint = args.checkpoint;
+    config.label = args.label.clone();
+    config.manifest_checksums = if args.no_manifest {
+        None
+    } else {
+        Some(args.manifest_checksums)
+    };
+    config.verify_checksums = !args.no_verify_checksums;
+    config.max_rate_kb = max_rate_kb;
+    config.verify = !args.no_verify;
+    config.standby = if args.no_standby_config {
+        StandbySetup::None
+    } else if args.sidecar {
+        StandbySetup::Sidecar {
+            wal_retrieve_retry_interval: DEFAULT_SIDECAR_RETRY_INTERVAL,
+        }
+    } else {
+        StandbySetup::Streaming
+    };
+    config.sync = !args.no_sync;
+    config.clean_on_failure = !args.no_clean;
+    config.owner = owner;
+
+    let progress = BackupProgress::new();
+    let show = args.progress || std::io::stderr().is_terminal();
+    let bar = show.then(|| spawn_progress_bar(progress.clone()));
+    let streamer = EngineWalStreamer;
+    let cancel = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let result = bootstrap(config, Some(&streamer), &progress, cancel).await;
+    if let Some((bar, task)) = bar {
+        task.abort();
+        bar.finish_and_clear();
+    }
+    let s = result?;
+    let secs = s.duration.as_secs_f64();
+    eprintln!(
+        "walrelay: bootstrapped {} from PostgreSQL {} (system {}): {} in {:.1} s ({}/s), WAL {} to {} on timeline {}{}{}",
+        s.data_dir.display(),
+        s.server_version.major(),
+        s.system_identifier,
+        human_bytes(s.bytes_received),
+        secs,
+        human_bytes(s.bytes_per_second() as u64),
+        s.start.lsn,
+        s.end.lsn,
+        s.end.timeline,
+        match &s.slot {
+            Some(slot) if s.slot_created => format!(", slot \"{slot}\" created"),
+            Some(slot) => format!(", slot \"{slot}\""),
+            None => String::new(),
+        },
+        match (&s.verified, args.sidecar, args.no_standby_config) {
+            (_, true, _) => "; standby configured for a receive --pg-wal sidecar".to_string(),
+            (_, _, true) => "; no standby configuration written".to_string(),
+            _ => "; start it with pg_ctl start".to_string(),
+        }
+    );
+    Ok(0)
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+fn spawn_progress_bar(progress: BackupProgress) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let b = bar.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let phase = progress.phase();
+            b.set_message(match phase {
+                BackupPhase::Connecting => "connecting",
+                BackupPhase::Checkpoint => "checkpoint",
+                BackupPhase::Transferring => "copying",
+                BackupPhase::Finishing => "finishing",
+                BackupPhase::Syncing => "syncing",
+                BackupPhase::Done => "done",
+            });
+            if let Some(total) = progress.total_bytes() {
+                b.set_length(total.max(progress.done_bytes()));
+            }
+            b.set_position(progress.done_bytes());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    (bar, task)
+}
