@@ -3,10 +3,14 @@
 //! This binary only parses the command line and orchestrates; the work lives in the library crates
 //! (`walrelay-client`, `walrelay-basebackup`, `walrelay-walreceiver`, `walrelay-archive`).
 
+mod archive_cmds;
+mod bootstrap;
 mod check;
 mod connect;
+mod demo;
 mod metrics;
 mod receive;
+mod wal_stream;
 
 use std::process::ExitCode;
 
@@ -29,10 +33,20 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Seed a replicant: base backup + WAL stream + manifest check + standby configuration.
+    Bootstrap(bootstrap::BootstrapArgs),
+    /// Show the whole job on a throwaway local primary: bootstrap a standby, watch rows arrive.
+    Demo(demo::DemoArgs),
     /// Check that a server can feed a replicant (version, wal_level, free WAL senders, slot state).
     Check(check::CheckArgs),
     /// Stream WAL into an archive directory or a standby's pg_wal, durably, forever.
     Receive(receive::ReceiveArgs),
+    /// restore_command: copy one WAL file from the archive (exit 1 if absent, >125 if damaged).
+    Restore(archive_cmds::RestoreArgs),
+    /// Check an archive: gaps, timelines, checksums, every page header and record CRC.
+    Verify(archive_cmds::VerifyArgs),
+    /// Remove WAL older than a backup or WAL file from an archive (pg_archivecleanup semantics).
+    Prune(archive_cmds::PruneArgs),
 }
 
 fn init_logging(filter: &str) {
@@ -60,7 +74,9 @@ fn report_error(e: &anyhow::Error) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    // The demo narrates itself; its library logs would only interleave with the story.
+    let quiet_demo = matches!(cli.command, Command::Demo(_)) && cli.log == "info";
+    init_logging(if quiet_demo { "warn" } else { &cli.log });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -73,8 +89,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Bootstrap(a) => bootstrap::run(a).await,
             Command::Check(a) => check::run(a).await,
+            Command::Demo(a) => demo::run(a).await,
             Command::Receive(a) => receive::run(a).await,
+            Command::Restore(a) => archive_cmds::run_restore(a).await,
+            Command::Verify(a) => archive_cmds::run_verify(a).await,
+            Command::Prune(a) => archive_cmds::run_prune(a).await,
         }
     });
     match result {
