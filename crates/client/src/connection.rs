@@ -64,6 +64,17 @@ pub struct Connection {
     notices: VecDeque<ErrorFields>,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("endpoint", &self.endpoint)
+            .field("server_version", &self.server_version)
+            .field("tls", &self.stream.is_tls())
+            .field("backend_pid", &self.process_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Whether to ask for TLS on an attempt.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum TlsAttempt {
