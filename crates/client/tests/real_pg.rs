@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)]
+
 //! The client against real PostgreSQL 15: every transport and authentication method, TLS modes,
 //! channel binding, replication commands compared with psql, and the errors a user meets.
 
