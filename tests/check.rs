@@ -1,0 +1,184 @@
+#![allow(clippy::unwrap_used)]
+
+//! `walrelay check` against real PostgreSQL 15: ready for a good primary; names the problem for
+//! wal_level=minimal, exhausted WAL senders and a missing slot; bad input is one line, no password.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use walrelay_testkit::{AuthMethod, Cluster, PgInstall};
+
+fn walrelay(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(args)
+        .env_remove("PGPASSWORD")
+        .env("WALRELAY_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Holds a WAL sender busy (Debian's pg_receivewal, killed on drop).
+struct BusySender(Child);
+
+impl Drop for BusySender {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn occupy_sender(c: &Cluster, dir: &std::path::Path) -> BusySender {
+    std::fs::create_dir_all(dir).unwrap();
+    let tools = PgInstall::for_major(15).unwrap();
+    let child = Command::new(tools.tools().pg_receivewal())
+        .args(["-D"])
+        .arg(dir)
+        .args(["-n", "-d", &c.unix_conninfo()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    BusySender(child)
+}
+
+fn wait_senders(c: &Cluster, n: usize) {
+    let t0 = Instant::now();
+    while c.psql("SELECT count(*) FROM pg_stat_replication") != n.to_string() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "senders never reached {n}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn ready_primary_and_json() {
+    let c = Cluster::builder()
+        .name("check-ready")
+        .auth(AuthMethod::ScramSha256)
+        .superuser_password("pw")
+        .start();
+    let ci = c.conninfo();
+    let (code, out, err) = walrelay(&["check", "-d", &ci]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("READY: this server can feed a replicant"),
+        "{out}"
+    );
+    assert!(out.contains(&c.system_identifier().to_string()), "{out}");
+    let (code, json, _) = walrelay(&["check", "-d", &ci, "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["wal_level"], "replica");
+    assert_eq!(v["system_identifier"], c.system_identifier().to_string());
+    assert_eq!(v["server_version_num"].as_u64().unwrap() / 10000, 15);
+    assert!(!json.contains("\"pw\""));
+
+    // A missing slot is a problem; an existing one is reported with its state.
+    let (code, out, _) = walrelay(&["check", "-d", &ci, "-S", "standby1"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("replication slot \"standby1\" does not exist"),
+        "{out}"
+    );
+    c.psql("SELECT pg_create_physical_replication_slot('standby1', true)");
+    let (code, out, _) = walrelay(&["check", "-d", &ci, "-S", "standby1", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["slot"]["exists"], true);
+    assert_eq!(v["slot"]["wal_status"], "reserved");
+    assert!(v["slot"]["restart_lsn"].is_string());
+}
+
+#[test]
+fn wal_level_minimal_is_named() {
+    let c = Cluster::builder()
+        .name("check-minimal")
+        .wal_level("minimal")
+        .max_wal_senders(0)
+        .start();
+    let (code, out, err) = walrelay(&["check", "-d", &c.unix_conninfo()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("wal_level is minimal"), "{out}");
+    assert!(out.contains("set wal_level = replica"), "{out}");
+    assert!(out.contains("NOT READY"), "{out}");
+}
+
+#[test]
+fn exhausted_wal_senders_are_named() {
+    let c = Cluster::builder()
+        .name("check-senders")
+        .max_wal_senders(2)
+        .start();
+    let dir = c.scratch_path("busy");
+    let _a = occupy_sender(&c, &dir.join("a"));
+    wait_senders(&c, 1);
+    // One left: check itself can connect, but bootstrap needs two.
+    let (code, out, _) = walrelay(&["check", "-d", &c.unix_conninfo()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("only one WAL sender is free"), "{out}");
+    let _b = occupy_sender(&c, &dir.join("b"));
+    wait_senders(&c, 2);
+    let (code, out, _) = walrelay(&["check", "-d", &c.unix_conninfo()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no free WAL sender"), "{out}");
+    assert!(out.contains("max_wal_senders"), "{out}");
+}
+
+#[test]
+fn bad_input_is_one_line_without_the_password() {
+    let c = Cluster::builder()
+        .name("check-bad")
+        .auth(AuthMethod::ScramSha256)
+        .superuser_password("right-pw")
+        .start();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["-d".into(), c.conninfo_for("postgres", Some("wrong-pw"))],
+            "password authentication failed",
+        ),
+        (vec!["-d".into(), "sslmode=sometimes".into()], "sslmode"),
+        (
+            vec!["-d".into(), "host='unterminated".into()],
+            "unterminated",
+        ),
+        (
+            vec![
+                "-d".into(),
+                format!("host=127.0.0.1 port={} user=postgres password=wrong-pw", 1),
+            ],
+            "could not connect",
+        ),
+        (
+            vec!["-d".into(), c.conninfo(), "-S".into(), "Bad-Slot".into()],
+            "invalid replication slot name",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut full = vec!["check".to_string()];
+        full.extend(args);
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        let (code, out, err) = walrelay(&refs);
+        let all = format!("{out}{err}");
+        assert_ne!(code, 0, "{all}");
+        assert!(all.contains(want), "{refs:?}: {all:?} lacks {want:?}");
+        assert!(
+            !all.contains("wrong-pw") && !all.contains("right-pw"),
+            "password leaked: {all}"
+        );
+        assert!(
+            !all.contains("panicked") && !all.contains("backtrace"),
+            "{all}"
+        );
+        let error_lines = err.lines().filter(|l| l.contains("error")).count();
+        assert!(error_lines <= 1, "more than one error line: {err}");
+    }
+}
