@@ -554,12 +554,13 @@ fn human_bytes(n: u64) -> String {
 
 fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
-    match s {
-        _ if s >= 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
-        _ if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
-        _ if s >= 60 && s % 60 == 0 => format!("{}min", s / 60),
-        _ => format!("{s}s"),
+    // The largest unit that divides it.
+    for (unit, secs) in [("d", 86_400), ("h", 3600), ("min", 60)] {
+        if s >= secs && s.rem_euclid(secs) == 0 {
+            return format!("{}{unit}", s / secs);
+        }
     }
+    format!("{s}s")
 }
 
 #[cfg(test)]

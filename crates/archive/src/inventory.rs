@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -17,9 +17,10 @@ use serde::Serialize;
 use walrelay_durable as durable;
 use walrelay_protocol::segment::Compression as CompressionMethod;
 use walrelay_protocol::{Lsn, SegmentId, TimelineId, WalFileName, WalSegmentSize, XLogSegNo};
+use walrelay_wal::page::LONG_PAGE_HEADER_SIZE;
 
 use crate::checksum::CHECKSUM_FILE_NAME;
-use crate::compression::{read_content, uncompressed_size};
+use crate::compression::{open_segment, read_content, uncompressed_size};
 use crate::error::{ArchiveError, Result};
 
 /// An archive directory and the segment size of the cluster whose WAL it holds.
@@ -296,6 +297,65 @@ impl Inventory {
     }
 }
 
+/// How many segment files [`infer_segment_size`] tries before giving up.
+const SEGMENT_SIZE_PROBES: usize = 16;
+
+/// The `wal_segment_size` of the WAL in the archive `dir`, read from the long page header
+/// (`xlp_seg_size`) that starts every segment: from the first of its segment files (by name, any
+/// compression, partial or not) whose header is readable and valid. `Ok(None)` when the directory
+/// holds no segment files at all (the size does not matter then); an error when it holds some but
+/// none of the first few has a usable header (pass the size explicitly then).
+pub fn infer_segment_size(dir: &Path) -> Result<Option<WalSegmentSize>> {
+    if !dir.is_dir() {
+        return Err(ArchiveError::NotADirectory {
+            path: dir.to_path_buf(),
+        });
+    }
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| ArchiveError::io("list", dir, e))? {
+        let entry = entry.map_err(|e| ArchiveError::io("list", dir, e))?;
+        if let Ok(name) = entry.file_name().into_string() {
+            if matches!(WalFileName::parse(&name), Some(WalFileName::Segment { .. })) {
+                names.push(name);
+            }
+        }
+    }
+    if names.is_empty() {
+        return Ok(None);
+    }
+    // Complete files before partials: a pre-padded partial may hold no header yet.
+    names.sort_by_key(|n| (n.ends_with(".partial"), n.clone()));
+    let mut last_reason = String::new();
+    for name in names.iter().take(SEGMENT_SIZE_PROBES) {
+        let path = dir.join(name);
+        let mut head = Vec::with_capacity(LONG_PAGE_HEADER_SIZE);
+        let read = open_segment(&path).and_then(|r| {
+            r.take(LONG_PAGE_HEADER_SIZE as u64)
+                .read_to_end(&mut head)
+                .map_err(|e| ArchiveError::io("read", &path, e))
+        });
+        if let Err(e) = read {
+            last_reason = e.to_string();
+            continue;
+        }
+        // Magic, flags, a long header with a valid segment and page size: PostgreSQL WAL.
+        match walrelay_wal::inspect_segment_start(&head)
+            .map(|h| WalSegmentSize::new(u64::from(h.segment_size)))
+        {
+            Ok(Ok(size)) => return Ok(Some(size)),
+            Ok(Err(e)) => last_reason = format!("{name}: {e}"),
+            Err(e) => last_reason = format!("{name}: {e}"),
+        }
+    }
+    Err(ArchiveError::UnknownSegmentSize {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "none of its first {} segment files starts with a valid WAL page header (last: {last_reason})",
+            names.len().min(SEGMENT_SIZE_PROBES)
+        ),
+    })
+}
+
 /// What [`cleanup`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CleanupReport {
@@ -511,6 +571,41 @@ mod tests {
         assert_eq!(
             inv.streaming_start(),
             Some((TimelineId(1), Lsn(2 * MB as u64)))
+        );
+    }
+
+    #[test]
+    fn segment_size_is_read_from_the_first_long_header() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        assert_eq!(infer_segment_size(p).unwrap(), None, "no segments: no size");
+        assert!(matches!(
+            infer_segment_size(&p.join("nope")).unwrap_err(),
+            ArchiveError::NotADirectory { .. }
+        ));
+        // A pre-padded partial holds no header; junk has none either.
+        fs::write(p.join(format!("{}.partial", name(1, 3))), vec![0u8; 4096]).unwrap();
+        fs::write(p.join(name(1, 1)), b"not WAL").unwrap();
+        fs::write(p.join("00000002.history"), "1\t0/3000000\tx\n").unwrap();
+        let e = infer_segment_size(p).unwrap_err();
+        assert!(matches!(e, ArchiveError::UnknownSegmentSize { .. }), "{e}");
+        // A compressed segment with a real long header (16 MB segments) answers.
+        let mut b = walrelay_wal::synth::WalBuilder::new(
+            walrelay_wal::synth::SynthConfig {
+                segment_size: WalSegmentSize::new(16 * MB as u64).unwrap(),
+                ..Default::default()
+            },
+            Lsn(2 * 16 * MB as u64),
+        );
+        b.record(0x0A, 0x10, &[1; 100]);
+        let seg16 =
+            SegmentId::new(TimelineId(1), XLogSegNo(2)).file_name(WalSegmentSize::default());
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, b.bytes()).unwrap();
+        fs::write(p.join(format!("{seg16}.gz")), enc.finish().unwrap()).unwrap();
+        assert_eq!(
+            infer_segment_size(p).unwrap(),
+            Some(WalSegmentSize::new(16 * MB as u64).unwrap())
         );
     }
 

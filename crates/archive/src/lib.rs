@@ -9,15 +9,18 @@
 //! * timeline history files `TTTTTTTT.history`;
 //! * walrelay's checksum list `walrelay.sha256` ([`checksum`]).
 //!
-//! This crate scans such a directory ([`ArchiveDir::scan`]), compresses segments as they complete
-//! ([`compress_completed_segment`]), serves `restore_command` ([`restore()`]), verifies the whole
-//! archive ([`verify()`]) and removes WAL that is no longer needed ([`prune()`]), with the semantics
-//! of PostgreSQL's pg_receivewal, restore_command and pg_archivecleanup.
+//! This crate scans such a directory ([`ArchiveDir::scan`], [`infer_segment_size`]), compresses
+//! segments as they complete ([`compress_completed_segment`]), serves `restore_command`
+//! ([`restore()`]), verifies the whole archive ([`verify()`], with [`WalContentCheck`] checking
+//! every page header and record CRC, across segment boundaries too) and removes WAL that is no
+//! longer needed ([`prune()`]), with the semantics of PostgreSQL's pg_receivewal, restore_command
+//! and pg_archivecleanup.
 //!
 //! Everything here is blocking std IO: call it from a blocking thread.
 
 pub mod checksum;
 pub mod compression;
+pub mod content_check;
 pub mod error;
 pub mod inventory;
 pub mod prune;
@@ -33,14 +36,19 @@ pub use checksum::{
 pub use compression::{
     compress_completed_segment, open_segment, segment_sha256, uncompressed_size, Compression,
 };
+pub use content_check::WalContentCheck;
 pub use error::{
     ArchiveError, RESTORE_EXIT_CORRUPT, RESTORE_EXIT_ERROR, RESTORE_EXIT_NOT_FOUND,
     RESTORE_EXIT_RESTORED,
 };
 pub use inventory::{
-    cleanup, ArchiveDir, CleanupReport, DamagedFile, Inventory, SegmentFile, SegmentFileState,
+    cleanup, infer_segment_size, ArchiveDir, CleanupReport, DamagedFile, Inventory, SegmentFile,
+    SegmentFileState,
 };
-pub use prune::{backup_start_from_manifest, prune, PruneOptions, PrunePoint, PruneReport};
+pub use prune::{
+    backup_start_from_label, backup_start_from_manifest, prune, PruneOptions, PrunePoint,
+    PruneReport,
+};
 pub use restore::{restore, RestoreOptions, RestoreOutcome, Restored};
 pub use verify::{
     verify, NoContentCheck, Problem, ProblemKind, SegmentContentCheck, VerifyOptions, VerifyReport,

@@ -37,6 +37,9 @@ pub enum PrunePoint {
     /// Keep from a base backup's start: the lowest `Start-LSN` of the `WAL-Ranges` in this
     /// `backup_manifest` (PostgreSQL 13+).
     BackupManifest(PathBuf),
+    /// Keep from a base backup's start: the `START WAL LOCATION` of this `backup_label` or backup
+    /// history file (`NAME.XXXXXXXX.backup`), read from its content.
+    BackupLabel(PathBuf),
 }
 
 /// What to prune.
@@ -110,6 +113,33 @@ pub fn backup_start_from_manifest(path: &Path) -> Result<Lsn> {
     start.ok_or_else(|| bad("WAL-Ranges is empty".into()))
 }
 
+/// The backup's start from a `backup_label` or a backup history file: the `START WAL LOCATION:
+/// X/X (file NAME)` line both begin with (`do_pg_backup_stop` writes the history file from the
+/// label's lines).
+pub fn backup_start_from_label(path: &Path) -> Result<Lsn> {
+    /// Both files are a dozen short lines.
+    const MAX_LABEL: u64 = 64 * 1024;
+    let bad = |reason: String| ArchiveError::BadBackupLabel {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let f = File::open(path).map_err(|e| ArchiveError::io("open", path, e))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(f, MAX_LABEL), &mut text).map_err(
+        |e| match e.kind() {
+            io::ErrorKind::InvalidData => bad("not a text file".into()),
+            _ => ArchiveError::io("read", path, e),
+        },
+    )?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION:"))
+        .ok_or_else(|| bad("no START WAL LOCATION line".into()))?;
+    let lsn = line.split_whitespace().next().unwrap_or_default();
+    lsn.parse()
+        .map_err(|e| bad(format!("bad START WAL LOCATION {lsn:?}: {e}")))
+}
+
 fn cutoff(point: &PrunePoint, seg_size: WalSegmentSize) -> Result<LogSeg> {
     let lsn = match point {
         PrunePoint::WalFile(name) => {
@@ -131,6 +161,7 @@ fn cutoff(point: &PrunePoint, seg_size: WalSegmentSize) -> Result<LogSeg> {
         }
         PrunePoint::Lsn(lsn) => *lsn,
         PrunePoint::BackupManifest(path) => backup_start_from_manifest(path)?,
+        PrunePoint::BackupLabel(path) => backup_start_from_label(path)?,
     };
     let segno = seg_size.segno(lsn).0;
     let per = seg_size.segments_per_xlogid();
@@ -426,6 +457,56 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.keep_from.as_deref(), Some("XXXXXXXX0000000000000030"));
+    }
+
+    #[test]
+    fn keeps_from_backup_label_and_history_file() {
+        let d = tempfile::tempdir().unwrap();
+        populate(d.path());
+        let label = d.path().join("backup_label");
+        fs::write(
+            &label,
+            "START WAL LOCATION: 0/3000028 (file 000000010000000000000003)\n\
+             CHECKPOINT LOCATION: 0/3000060\nBACKUP METHOD: streamed\n",
+        )
+        .unwrap();
+        assert_eq!(backup_start_from_label(&label).unwrap(), Lsn(0x300_0028));
+        let r = prune(
+            d.path(),
+            seg16(),
+            &PruneOptions {
+                keep_from: Some(PrunePoint::BackupLabel(label.clone())),
+                dry_run: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            r.removed,
+            vec!["000000010000000000000001", "000000010000000000000002.gz"]
+        );
+        for text in [
+            "",
+            "START WAL LOCATION:",
+            "START WAL LOCATION: banana (file x)",
+            "LABEL: x\n",
+        ] {
+            fs::write(&label, text).unwrap();
+            let e = backup_start_from_label(&label).unwrap_err();
+            assert!(
+                matches!(e, ArchiveError::BadBackupLabel { .. }),
+                "{text:?}: {e}"
+            );
+        }
+        fs::write(&label, [0xFFu8, 0xFE, 0]).unwrap();
+        assert!(matches!(
+            backup_start_from_label(&label).unwrap_err(),
+            ArchiveError::BadBackupLabel { .. }
+        ));
+        assert!(matches!(
+            backup_start_from_label(&d.path().join("missing")).unwrap_err(),
+            ArchiveError::Io { .. }
+        ));
     }
 
     #[test]

@@ -5,11 +5,18 @@
 //! end of WAL). Its contract (`RestoreArchivedFile` in `xlogarchive.c`):
 //! * exit 0 means "the file is at %p now", and a segment must then have exactly `wal_segment_size`
 //!   bytes — a shorter one is FATAL outside standby mode;
-//! * any other exit below 126 means "not available"; PostgreSQL falls back to pg_wal or streaming.
+//! * any other exit below 126 means "not available"; PostgreSQL falls back to pg_wal or streaming,
+//!   and when nothing has the file, archive recovery ends there and the server is promoted;
+//! * an exit above 125 (or death by a signal) is FATAL: the startup process stops.
 //!
-//! So a missing file exits 1 quietly ([`RestoreOutcome::NotFound`]), a damaged one exits 2 and an IO
-//! error 3 with a one-line message (see [`crate::error`]), and what we write is complete: decoded
-//! into `%p.tmp` in the destination directory, size-checked, fsynced, renamed, directory fsynced.
+//! So a missing file exits 1 quietly ([`RestoreOutcome::NotFound`]), while a damaged one exits
+//! [`RESTORE_EXIT_CORRUPT`] (200) and an IO error [`RESTORE_EXIT_ERROR`] (201) with a one-line
+//! message: a broken archive stops recovery instead of silently ending it before the damaged file
+//! (see [`crate::error`]). What we write is complete: decoded into `%p.tmp` in the destination
+//! directory, size-checked, fsynced, renamed, directory fsynced.
+//!
+//! [`RESTORE_EXIT_CORRUPT`]: crate::RESTORE_EXIT_CORRUPT
+//! [`RESTORE_EXIT_ERROR`]: crate::RESTORE_EXIT_ERROR
 //!
 //! # Partial segments
 //!
@@ -342,6 +349,7 @@ fn restore_partial(
 mod tests {
     use super::*;
     use crate::compression::compress_completed_segment;
+    use crate::error::{RESTORE_EXIT_CORRUPT, RESTORE_EXIT_ERROR};
     use crate::testutil::fake_segment;
     use crate::Compression;
     use std::fs::File;
@@ -469,11 +477,11 @@ mod tests {
             "walrelay.sha256",
         ] {
             let e = restore(&f.archive, bad, &dest, &opts(false)).unwrap_err();
-            assert_eq!(e.restore_exit_code(), 3, "{bad}: {e}");
+            assert_eq!(e.restore_exit_code(), RESTORE_EXIT_ERROR, "{bad}: {e}");
         }
         let e = restore(&f.archive.join("nope"), SEG, &dest, &opts(false)).unwrap_err();
         assert!(matches!(e, ArchiveError::NotADirectory { .. }));
-        assert_eq!(e.restore_exit_code(), 3);
+        assert_eq!(e.restore_exit_code(), RESTORE_EXIT_ERROR);
         let e = restore(
             &f.archive,
             SEG,
@@ -481,21 +489,21 @@ mod tests {
             &opts(false),
         )
         .unwrap_err();
-        assert_eq!(e.restore_exit_code(), 3, "{e}");
+        assert_eq!(e.restore_exit_code(), RESTORE_EXIT_ERROR, "{e}");
     }
 
     #[test]
-    fn wrong_size_and_corrupt_files_exit_2_and_leave_nothing() {
+    fn wrong_size_and_corrupt_files_exit_corrupt_and_leave_nothing() {
         let f = fixture();
         let dest = f.pg_wal.join("RECOVERYXLOG");
         fs::write(f.archive.join(SEG), vec![1u8; MB - 1]).unwrap();
         let e = restore(&f.archive, SEG, &dest, &opts(false)).unwrap_err();
-        assert_eq!(e.restore_exit_code(), 2, "{e}");
+        assert_eq!(e.restore_exit_code(), RESTORE_EXIT_CORRUPT, "{e}");
         assert!(e.to_string().contains(SEG), "names the file: {e}");
         assert!(!dest.exists() && !durable::temp_path_for(&dest).exists());
         // Inferred size: 1 MB - 1 is not a segment size either.
         let e = restore(&f.archive, SEG, &dest, &RestoreOptions::default()).unwrap_err();
-        assert_eq!(e.restore_exit_code(), 2, "{e}");
+        assert_eq!(e.restore_exit_code(), RESTORE_EXIT_CORRUPT, "{e}");
 
         // Truncated .gz alone.
         let f = fixture();
@@ -511,7 +519,7 @@ mod tests {
         let bytes = fs::read(&gz).unwrap();
         fs::write(&gz, &bytes[..bytes.len() / 2]).unwrap();
         let e = restore(&f.archive, SEG, &dest, &opts(false)).unwrap_err();
-        assert_eq!(e.restore_exit_code(), 2, "{e}");
+        assert_eq!(e.restore_exit_code(), RESTORE_EXIT_CORRUPT, "{e}");
         assert!(!dest.exists());
         // Even with --partial: a damaged complete copy is an error, not a reason to serve less.
         fs::write(f.archive.join(format!("{SEG}.partial")), &data[..1000]).unwrap();
@@ -640,7 +648,7 @@ mod tests {
             restore(&g.archive, SEG, &dest, &opts(true))
                 .unwrap_err()
                 .restore_exit_code(),
-            2
+            RESTORE_EXIT_CORRUPT
         );
         // No size known and no long header: ask for the size.
         fs::write(g.archive.join(format!("{SEG}.partial")), vec![1u8; 100]).unwrap();

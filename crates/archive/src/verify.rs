@@ -1,4 +1,4 @@
-//! `walrelay archive verify`: is every byte of WAL the archive claims to hold there, readable, and
+//! `walrelay verify`: is every byte of WAL the archive claims to hold there, readable, and
 //! the WAL that was received?
 //!
 //! Checks, each reported by file name:
@@ -15,7 +15,8 @@
 //! * **content** (with [`VerifyOptions::read_content`]) — every file decompresses completely (gzip
 //!   CRC, LZ4 and zstd checksums where present), its SHA-256 matches `walrelay.sha256`, copies of one
 //!   segment in several formats agree, and the pluggable [`SegmentContentCheck`] (the wal crate's
-//!   page and record validation) accepts each complete segment.
+//!   page and record validation, [`crate::WalContentCheck`]) accepts each segment, partial ones
+//!   included, and the records that span segment boundaries.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -31,11 +32,26 @@ use crate::compression::read_content;
 use crate::error::{ArchiveError, Result};
 use crate::inventory::{ArchiveDir, Inventory};
 
-/// Validation of a complete segment's WAL content, supplied by the caller (the wal crate's
-/// page-header and record checks). Must be thread-safe: verify may read files in parallel.
+/// Validation of a segment's WAL content, supplied by the caller ([`crate::WalContentCheck`]: the
+/// wal crate's page-header and record checks). Must be thread-safe: verify may read files in
+/// parallel, in any order, and calls it once per file (a segment kept in two formats is checked
+/// twice).
 pub trait SegmentContentCheck: Send + Sync {
     /// Checks one complete segment; `Err` carries a one-line reason.
     fn check(&self, segment: SegmentId, bytes: &[u8]) -> std::result::Result<(), String>;
+
+    /// Checks the WAL a `.partial` file holds so far (decompressed; a compressed partial may stop
+    /// anywhere, a plain one is zero-padded after the last byte received). Default: accept.
+    fn check_partial(&self, _segment: SegmentId, _bytes: &[u8]) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
+    /// Called once, after every file was read: problems that only show across files (a record
+    /// spanning two segments, segments of different clusters), each with the segment it concerns
+    /// and a one-line reason. Default: none.
+    fn finish(&self) -> Vec<(SegmentId, String)> {
+        Vec::new()
+    }
 }
 
 /// Accepts any content: structure, sizes and checksums are still verified.
@@ -606,6 +622,16 @@ fn check_contents(
     });
     outcomes.sort_by_key(|(i, _)| *i);
 
+    for (id, detail) in checks.finish() {
+        let file = inv
+            .preferred(id)
+            .map(|f| f.name.clone())
+            .unwrap_or_else(|| id.file_name(inv.seg_size));
+        report
+            .problems
+            .push(problem(file, ProblemKind::ContentCheck, detail));
+    }
+
     let mut by_segment: BTreeMap<SegmentId, Vec<(String, [u8; 32])>> = BTreeMap::new();
     for (_, o) in outcomes {
         report.files_read += 1;
@@ -665,6 +691,10 @@ fn check_file(
     };
     out.wal_bytes = bytes.len() as u64;
     if !complete {
+        if let Err(reason) = checks.check_partial(id, &bytes) {
+            out.problems
+                .push(problem(name, ProblemKind::ContentCheck, reason));
+        }
         return out;
     }
     if bytes.len() as u64 != seg {

@@ -27,5 +27,8 @@ pub mod validator;
 pub use error::WalError;
 pub use magic::{major_for_page_magic, page_magic_for_major};
 pub use page::{inspect_segment_start, parse_page_header, LongPageHeader, PageHeader};
-pub use segment::{validate_segment_file, SegmentCheck, SegmentEnd, SegmentReport};
+pub use segment::{
+    validate_segment_file, validate_segment_file_keeping_state, SegmentCheck, SegmentEnd,
+    SegmentReport,
+};
 pub use validator::{StreamState, ValidatorConfig, WalValidator};

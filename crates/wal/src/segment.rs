@@ -94,6 +94,19 @@ pub fn validate_segment_file(
     segment: SegmentId,
     check: &SegmentCheck,
 ) -> Result<SegmentReport, WalError> {
+    validate_segment_file_keeping_state(bytes, segment, check).map(|(report, _)| report)
+}
+
+/// [`validate_segment_file`], also returning the validator as it stands after the file's last
+/// byte. For a [`SegmentEnd::Complete`] segment that validator can be fed the next segment of the
+/// same timeline ([`WalValidator::feed`] at [`SegmentId::end_lsn`]): then the record that spans
+/// the boundary gets its CRC checked and the next segment's first record its `xl_prev` — which
+/// neither segment can prove on its own.
+pub fn validate_segment_file_keeping_state(
+    bytes: &[u8],
+    segment: SegmentId,
+    check: &SegmentCheck,
+) -> Result<(SegmentReport, WalValidator), WalError> {
     let start = segment.start_lsn(check.segment_size);
     if bytes.len() as u64 > check.segment_size.as_u64() {
         return Err(WalError::SegmentFileTooLong {
@@ -134,7 +147,7 @@ pub fn validate_segment_file(
         }
         _ => None,
     };
-    Ok(SegmentReport {
+    let report = SegmentReport {
         segment,
         start,
         end,
@@ -145,5 +158,6 @@ pub fn validate_segment_file(
         contrecord_end: v.skipped_contrecord_end(),
         continues_into_next,
         header: v.first_long_header(),
-    })
+    };
+    Ok((report, v))
 }

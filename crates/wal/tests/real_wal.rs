@@ -450,3 +450,37 @@ fn find_pg_waldump() -> Option<PathBuf> {
     let p = PathBuf::from("/usr/lib/postgresql/15/bin/pg_waldump");
     p.exists().then_some(p)
 }
+
+#[test]
+fn kept_state_continues_into_the_next_segment() {
+    // Validated one file at a time, the 3.2 MB record spanning 7..A is never CRC-checked; carrying
+    // the validator from one file into the next checks it, as one stream would.
+    let (r, mut v) =
+        walrelay_wal::validate_segment_file_keeping_state(&load(7), segment_id(7), &check())
+            .unwrap();
+    assert_eq!(r.continues_into_next, Some(Lsn(0x76_B3B0)));
+    for segno in 8..=0xA {
+        v.feed(segment_id(segno).start_lsn(seg_size()), &load(segno))
+            .unwrap();
+    }
+    assert_eq!(v.records(), 1572 + 1 + 603);
+    assert_eq!(v.validated_lsn(), Lsn(0xB0_0000));
+
+    // A flipped byte in the record's tail (segment 9) passes segment 9's own check, and is
+    // caught only by the carried validator, as a CRC mismatch of the record begun in segment 7.
+    let mut nine = load(9);
+    nine[300_000] ^= 0x01;
+    assert!(validate_segment_file(&nine, segment_id(9), &check())
+        .unwrap()
+        .is_complete());
+    let (_, mut v) =
+        walrelay_wal::validate_segment_file_keeping_state(&load(7), segment_id(7), &check())
+            .unwrap();
+    v.feed(Lsn(8 * SEG), &load(8)).unwrap();
+    v.feed(Lsn(9 * SEG), &nine).unwrap();
+    let err = v.feed(Lsn(0xA * SEG), &load(0xA)).unwrap_err();
+    assert!(
+        matches!(err, WalError::CrcMismatch { lsn, .. } if lsn == Lsn(0x76_B3B0)),
+        "{err}"
+    );
+}
