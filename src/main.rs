@@ -72,8 +72,37 @@ fn report_error(e: &anyhow::Error) {
     eprintln!("walrelay: error: {msg}");
 }
 
+/// Parses the command line. A usage error under `restore` must not exit 2: PostgreSQL reads any exit
+/// status up to 125 from a `restore_command` as "file not found" and would end recovery early on a
+/// typo, so it exits with [`walrelay_archive::RESTORE_EXIT_ERROR`] instead.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) => {
+            let is_info = matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            );
+            let _ = e.print();
+            if is_info {
+                return Err(ExitCode::SUCCESS);
+            }
+            let under_restore = std::env::args().nth(1).as_deref() == Some("restore");
+            let code = if under_restore {
+                walrelay_archive::RESTORE_EXIT_ERROR
+            } else {
+                2
+            };
+            Err(ExitCode::from(code as u8))
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     // The demo narrates itself; its library logs would only interleave with the story.
     let quiet_demo = matches!(cli.command, Command::Demo(_)) && cli.log == "info";
     init_logging(if quiet_demo { "warn" } else { &cli.log });
