@@ -1,5 +1,10 @@
 //! `walrelay bootstrap`: seed a replicant — base backup, WAL streamed in parallel, manifest verified,
 //! standby configured — so that `pg_ctl start` on the result gives a hot standby of the primary.
+//!
+//! The job itself is `walrelay_basebackup::bootstrap`; this module turns the options into its
+//! configuration and adds what only the program can: SIGINT and SIGTERM become the job's cancel
+//! signal (so `kill` cleans up like Ctrl-C), and a failure caused by a full file system gets what to
+//! do about it (free space, how much the backup needs) on its one error line.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -106,11 +111,30 @@ fn owner_by_name(name: &str) -> Result<Owner> {
     Ok(Owner::ids(user.uid.as_raw(), user.gid.as_raw()))
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (`kill`, a service manager), naming the signal. The
+/// handlers are installed when this is called — before the bootstrap creates anything — so a signal
+/// at any later moment leads to its cleanup (directory removed, created slot dropped) instead of the
+/// default action, which would leave a half-written data directory and a slot behind.
+fn stop_signals() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        tracing::warn!("{name} received: stopping the bootstrap");
+    })
+}
+
 pub async fn run(args: BootstrapArgs) -> Result<i32> {
     let max_rate_kb = args.max_rate.as_deref().map(parse_max_rate).transpose()?;
     let owner = args.owner.as_deref().map(owner_by_name).transpose()?;
+    // `-W` prompts here: Ctrl-C at that prompt must still end the program the default way.
     let resolved = args.conn.resolve()?;
     let connect = resolved.params(ReplicationMode::Physical)?;
+    let cancel = stop_signals()?;
     let mut config = BootstrapConfig::new(resolved.config.clone(), connect, &args.pgdata);
     config.tablespace_mappings = args.tablespace_mapping.clone();
     config.wal_method = args.wal_method;
@@ -143,15 +167,12 @@ pub async fn run(args: BootstrapArgs) -> Result<i32> {
     let show = args.progress || std::io::stderr().is_terminal();
     let bar = show.then(|| spawn_progress_bar(progress.clone()));
     let streamer = EngineWalStreamer;
-    let cancel = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
     let result = bootstrap(config, Some(&streamer), &progress, cancel).await;
     if let Some((bar, task)) = bar {
         task.abort();
         bar.finish_and_clear();
     }
-    let s = result?;
+    let s = result.map_err(|e| explain_failure(e, &args.pgdata, &progress))?;
     let secs = s.duration.as_secs_f64();
     eprintln!(
         "walrelay: bootstrapped {} from PostgreSQL {} (system {}): {} in {:.1} s ({}/s), WAL {} to {} on timeline {}{}{}",
@@ -176,6 +197,64 @@ pub async fn run(args: BootstrapArgs) -> Result<i32> {
         }
     );
     Ok(0)
+}
+
+/// ENOSPC, EDQUOT.
+const DISK_FULL_ERRNOS: [i32; 2] = [28, 122];
+
+/// Whether the failure was a full file system (or an exhausted quota), wherever it happened: the
+/// extraction keeps the `io::Error` in its source chain; the WAL stream's error reaches us as text,
+/// which carries Rust's "(os error N)".
+fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io
+                .raw_os_error()
+                .is_some_and(|n| DISK_FULL_ERRNOS.contains(&n))
+            {
+                return true;
+            }
+        }
+        let text = err.to_string();
+        if DISK_FULL_ERRNOS
+            .iter()
+            .any(|n| text.contains(&format!("(os error {n})")))
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The bootstrap's error for the user; a full disk also gets what to do about it.
+fn explain_failure(
+    e: walrelay_basebackup::BootstrapError,
+    target: &std::path::Path,
+    progress: &BackupProgress,
+) -> anyhow::Error {
+    if !is_disk_full(&e) {
+        return e.into();
+    }
+    let mut msg = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !msg.contains(&c_text) {
+            msg.push_str(": ");
+            msg.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    let size = progress
+        .total_bytes()
+        .map(|b| format!(" (the base backup is about {}, plus WAL)", human_bytes(b)))
+        .unwrap_or_default();
+    anyhow::anyhow!(
+        "{msg}; the file system holding {} is full: free space there{size} or choose another directory",
+        target.display()
+    )
 }
 
 pub fn human_bytes(b: u64) -> String {
@@ -222,4 +301,47 @@ fn spawn_progress_bar(progress: BackupProgress) -> (ProgressBar, tokio::task::Jo
         }
     });
     (bar, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapper(std::io::Error);
+
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("could not write")
+        }
+    }
+
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn disk_full_is_found_in_the_chain_or_the_text() {
+        let enospc = Wrapper(std::io::Error::from_raw_os_error(28));
+        assert!(is_disk_full(&enospc));
+        let edquot = Wrapper(std::io::Error::from_raw_os_error(122));
+        assert!(is_disk_full(&edquot));
+        let eacces = Wrapper(std::io::Error::from_raw_os_error(13));
+        assert!(!is_disk_full(&eacces));
+        // The WAL stream's error arrives as text.
+        let text: Box<dyn std::error::Error + Send + Sync> =
+            "write 000000010000000000000003: No space left on device (os error 28)".into();
+        assert!(is_disk_full(text.as_ref()));
+        let other: Box<dyn std::error::Error + Send + Sync> = "os error 280".into();
+        assert!(!is_disk_full(other.as_ref()));
+    }
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 kB");
+        assert_eq!(human_bytes(23 << 20), "23.0 MB");
+    }
 }

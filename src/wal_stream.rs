@@ -1,5 +1,11 @@
 //! Bootstrap's WAL stream: the `receive` engine pointed at the new data directory's `pg_wal`, with an
 //! end position set once the base backup has ended (pg_basebackup `-X stream`).
+//!
+//! The engine's errors are written for `walrelay receive`; a bootstrap meets some of them for its
+//! own reasons and gets its own advice: no free WAL sender for the second connection (raise
+//! `max_wal_senders` or use `--wal-method fetch`), a slot another client streams from, and a stream
+//! the primary ended — which, when the primary sets `max_slot_wal_keep_size`, is most likely the
+//! slot's invalidation, so the primary is asked for that setting before the error is reported.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +15,8 @@ use tokio::task::JoinHandle;
 use walrelay_basebackup::{
     BoxFuture, StartWal, WalStreamError, WalStreamHandle, WalStreamer, WalSummary,
 };
+use walrelay_client::error::sqlstate;
+use walrelay_client::{ClientError, ConnectParams, Connection};
 use walrelay_protocol::Lsn;
 use walrelay_walreceiver::{
     DiskTaskConfig, ReceiveError, ReceiveSummary, ReceiverConfig, ReceiverStats, Target,
@@ -17,10 +25,24 @@ use walrelay_walreceiver::{
 /// How often the status is reported to the primary during bootstrap (keeps the slot moving).
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long explaining a failed stream may take (one extra connection to the primary).
+const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct EngineWalStreamer;
+
+/// How the engine's task ended.
+enum Ended {
+    Stopped(ReceiveSummary),
+    Failed(ReceiveError),
+    Crashed(String),
+}
 
 struct Handle {
     task: Option<JoinHandle<Result<ReceiveSummary, ReceiveError>>>,
+    /// Set once the task has ended (see [`Handle::wait_ended`]).
+    ended: Option<Ended>,
+    /// To ask the primary why the stream ended, if it does.
+    connect: ConnectParams,
     endpos: watch::Sender<Option<Lsn>>,
     shutdown: watch::Sender<bool>,
     stats: Arc<ReceiverStats>,
@@ -28,6 +50,84 @@ struct Handle {
 
 fn err(e: impl std::fmt::Display) -> WalStreamError {
     e.to_string().into()
+}
+
+/// The engine's error, with what to do about it when the cause is one a bootstrap typically meets.
+/// `limit` is the primary's `max_slot_wal_keep_size` when [`slot_wal_limit`] found one.
+fn stream_error(e: &ReceiveError, limit: Option<&str>) -> WalStreamError {
+    let hint = match &e {
+        ReceiveError::Client(c)
+            if c.sqlstate() == Some(sqlstate::TOO_MANY_CONNECTIONS)
+                && c.to_string().contains("max_wal_senders") =>
+        {
+            Some(
+                "bootstrap needs two free WAL senders (one for the base backup, one for the WAL stream): \
+                 raise max_wal_senders on the primary and restart it, or use --wal-method fetch"
+                    .to_string(),
+            )
+        }
+        ReceiveError::Client(c) if c.sqlstate() == Some(sqlstate::OBJECT_IN_USE) => Some(
+            "another client is streaming from that replication slot: stop it (the standby or \
+             receiver using the slot), or choose another slot"
+                .to_string(),
+        ),
+        // The checkpointer invalidates a slot that fell more than max_slot_wal_keep_size behind
+        // and terminates the walsender holding it ("terminating process … to release replication
+        // slot" in the primary's log). The client sees "terminating connection due to
+        // administrator command" — or, when the walsender exits with our unread status messages
+        // in its socket, only a connection reset. Either way the stream's WAL is gone.
+        ReceiveError::Client(c) if stream_ended_by_server(c) => Some(match limit {
+            Some(limit) => format!(
+                "the primary limits the WAL a slot may hold (max_slot_wal_keep_size = {limit}): if \
+                 the stream fell that far behind, the primary invalidated its slot and ended the \
+                 stream (see the primary's log) — raise max_slot_wal_keep_size, or check why the \
+                 stream was slow"
+            ),
+            None if c.sqlstate() == Some(sqlstate::ADMIN_SHUTDOWN) => {
+                "the primary ended the WAL stream: it is shutting down, or the walsender was \
+                 terminated (pg_terminate_backend)"
+                    .to_string()
+            }
+            None => return err(e),
+        }),
+        _ => None,
+    };
+    match hint {
+        Some(h) => format!("{e}; {h}").into(),
+        None => err(e),
+    }
+}
+
+/// The walsender was told to exit, or the connection broke.
+fn stream_ended_by_server(c: &ClientError) -> bool {
+    c.sqlstate() == Some(sqlstate::ADMIN_SHUTDOWN)
+        || matches!(c, ClientError::Io(_) | ClientError::Closed)
+}
+
+/// After the stream ended that way: the primary's `max_slot_wal_keep_size` if it sets one (PostgreSQL
+/// 13+; `-1` is no limit), asked on a new replication connection. `None` when there is no limit or
+/// the primary cannot be asked (it may be the one that went away).
+async fn slot_wal_limit(e: &ReceiveError, connect: &ConnectParams) -> Option<String> {
+    let ReceiveError::Client(c) = e else {
+        return None;
+    };
+    if !stream_ended_by_server(c) {
+        return None;
+    }
+    let ask = async {
+        let mut conn = Connection::connect(connect).await.ok()?;
+        let v = conn.show("max_slot_wal_keep_size").await.ok();
+        conn.close().await;
+        v
+    };
+    let v = tokio::time::timeout(DIAGNOSIS_TIMEOUT, ask).await.ok()??;
+    (v.trim() != "-1").then_some(v)
+}
+
+/// The engine's error as the bootstrap reports it (see [`stream_error`]).
+async fn explain(e: &ReceiveError, connect: &ConnectParams) -> WalStreamError {
+    let limit = slot_wal_limit(e, connect).await;
+    stream_error(e, limit.as_deref())
 }
 
 impl WalStreamer for EngineWalStreamer {
@@ -44,6 +144,7 @@ impl WalStreamer for EngineWalStreamer {
             } else {
                 None
             };
+            let connect = p.connect.clone();
             let config = ReceiverConfig {
                 connect: p.connect,
                 target: Target::PgWal {
@@ -78,7 +179,7 @@ impl WalStreamer for EngineWalStreamer {
                     r = &mut task => {
                         return Err(match r {
                             Ok(Ok(_)) => err("the WAL stream ended before it started"),
-                            Ok(Err(e)) => err(e),
+                            Ok(Err(e)) => explain(&e, &connect).await,
                             Err(e) => err(format!("WAL stream task failed: {e}")),
                         });
                     }
@@ -87,6 +188,8 @@ impl WalStreamer for EngineWalStreamer {
             }
             Ok(Box::new(Handle {
                 task: Some(task),
+                ended: None,
+                connect,
                 endpos: endpos_tx,
                 shutdown: shutdown_tx,
                 stats,
@@ -95,20 +198,39 @@ impl WalStreamer for EngineWalStreamer {
     }
 }
 
+impl Handle {
+    /// Waits for the engine's task to end and keeps how it ended. Cancellation-safe: the task is
+    /// awaited by reference, and only taken once it has finished.
+    async fn wait_ended(&mut self) -> &Ended {
+        let ended = match self.ended.take() {
+            Some(ended) => ended,
+            None => {
+                let ended = match self.task.as_mut() {
+                    Some(task) => match task.await {
+                        Ok(Ok(summary)) => Ended::Stopped(summary),
+                        Ok(Err(e)) => Ended::Failed(e),
+                        Err(e) => Ended::Crashed(format!("WAL stream task failed: {e}")),
+                    },
+                    None => Ended::Crashed("the WAL stream task is gone".into()),
+                };
+                self.task = None;
+                ended
+            }
+        };
+        self.ended.insert(ended)
+    }
+}
+
 impl WalStreamHandle for Handle {
+    /// Cancellation-safe: how the stream ended is kept in the handle, so a `failed()` dropped while
+    /// it asks the primary for the reason loses nothing — the next call (or `finish`) asks again.
     fn failed(&mut self) -> BoxFuture<'_, WalStreamError> {
         Box::pin(async move {
-            match self.task.as_mut() {
-                Some(task) => {
-                    let r = task.await;
-                    self.task = None;
-                    match r {
-                        Ok(Ok(_)) => err("the WAL stream stopped before the backup ended"),
-                        Ok(Err(e)) => err(e),
-                        Err(e) => err(format!("WAL stream task failed: {e}")),
-                    }
-                }
-                None => std::future::pending().await,
+            let connect = self.connect.clone();
+            match self.wait_ended().await {
+                Ended::Stopped(_) => err("the WAL stream stopped before the backup ended"),
+                Ended::Failed(e) => explain(e, &connect).await,
+                Ended::Crashed(m) => err(m),
             }
         })
     }
@@ -118,21 +240,24 @@ impl WalStreamHandle for Handle {
         end_lsn: Lsn,
     ) -> BoxFuture<'static, Result<WalSummary, WalStreamError>> {
         Box::pin(async move {
+            let stopped_early = self.ended.is_some();
             let _ = self.endpos.send(Some(end_lsn));
-            let Some(task) = self.task.take() else {
-                return Err(err("the WAL stream had already stopped"));
-            };
-            match task.await {
-                Ok(Ok(summary)) => {
-                    let s = self.stats.snapshot();
+            let connect = self.connect.clone();
+            let stats = self.stats.clone();
+            match self.wait_ended().await {
+                Ended::Stopped(_) if stopped_early => {
+                    Err(err("the WAL stream stopped before the backup ended"))
+                }
+                Ended::Stopped(summary) => {
+                    let s = stats.snapshot();
                     Ok(WalSummary {
                         flushed_lsn: summary.flushed,
                         segments: s.segments_completed + 1,
                         bytes: s.bytes_received,
                     })
                 }
-                Ok(Err(e)) => Err(err(e)),
-                Err(e) => Err(err(format!("WAL stream task failed: {e}"))),
+                Ended::Failed(e) => Err(explain(e, &connect).await),
+                Ended::Crashed(m) => Err(err(m)),
             }
         })
     }
@@ -153,5 +278,94 @@ impl Drop for Handle {
         if let Some(t) = self.task.take() {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walrelay_protocol::message::ErrorFields;
+
+    fn server(severity: &str, code: &str, message: &str) -> ReceiveError {
+        ReceiveError::Client(ClientError::server(ErrorFields {
+            severity: severity.into(),
+            code: code.into(),
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }))
+    }
+
+    #[test]
+    fn no_free_wal_sender_names_the_setting_and_the_alternative() {
+        let e = stream_error(
+            &server(
+                "FATAL",
+                "53300",
+                "number of requested standby connections exceeds max_wal_senders (currently 1)",
+            ),
+            None,
+        )
+        .to_string();
+        assert!(e.contains("(currently 1)"), "{e}");
+        assert!(e.contains("raise max_wal_senders"), "{e}");
+        assert!(e.contains("--wal-method fetch"), "{e}");
+        // Too many ordinary connections is another problem: no WAL sender advice.
+        let e = stream_error(
+            &server("FATAL", "53300", "sorry, too many clients already"),
+            None,
+        )
+        .to_string();
+        assert!(!e.contains("max_wal_senders"), "{e}");
+    }
+
+    #[test]
+    fn a_slot_in_use_says_what_to_do() {
+        let e = stream_error(
+            &server(
+                "ERROR",
+                "55006",
+                "replication slot \"s\" is active for PID 42",
+            ),
+            None,
+        )
+        .to_string();
+        assert!(e.contains("is active for PID 42"), "{e}");
+        assert!(e.contains("choose another slot"), "{e}");
+    }
+
+    #[test]
+    fn an_ended_stream_names_the_slot_limit_when_the_primary_has_one() {
+        let terminated = || {
+            server(
+                "FATAL",
+                "57P01",
+                "terminating connection due to administrator command",
+            )
+        };
+        let reset = || {
+            ReceiveError::Client(ClientError::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionReset,
+            )))
+        };
+        for e in [terminated(), reset()] {
+            let text = stream_error(&e, Some("1MB")).to_string();
+            assert!(text.contains("max_slot_wal_keep_size = 1MB"), "{text}");
+            assert!(text.contains("invalidated its slot"), "{text}");
+        }
+        let text = stream_error(&terminated(), None).to_string();
+        assert!(
+            text.starts_with("server error: FATAL:  terminating connection"),
+            "{text}"
+        );
+        assert!(text.contains("pg_terminate_backend"), "{text}");
+        assert!(!text.contains("max_slot_wal_keep_size"), "{text}");
+        // A plain reset with no limit to blame: the error as it is.
+        assert_eq!(
+            stream_error(&reset(), None).to_string(),
+            reset().to_string()
+        );
+        let plain = stream_error(&ReceiveError::Protocol("x".into()), Some("1MB")).to_string();
+        assert_eq!(plain, "protocol violation: x");
     }
 }

@@ -6,7 +6,9 @@
 //! 1. **Check the input before touching anything**: `-T` mappings, slot name, `--create-slot`
 //!    without `--slot`, max rate, label. Then the target: absent (created, mode 0700) or empty
 //!    (only what walrelay adds will be removed on failure), and writable; anything else is refused
-//!    with the directory's name.
+//!    with the directory's name. An empty target whose mode PostgreSQL would refuse (anything but
+//!    0700 or 0750, typically 0755 from `mkdir`) is set to 0700, with a log line, and gets its
+//!    mode back if the bootstrap fails.
 //! 2. **Connect** (replication), check the server version (10–18), `IDENTIFY_SYSTEM`,
 //!    `wal_segment_size`. A server with `max_wal_senders = 0` (which `wal_level = minimal`
 //!    requires) refuses the connection itself; the error says what to change.
@@ -30,7 +32,9 @@
 //!    manifest's `WAL-Ranges` need (or, without a manifest, the start..end range) must be in
 //!    `pg_wal`, complete.
 //! 6. **Standby configuration** (streaming with `primary_conninfo` from the user's own settings,
-//!    `dbname` from PostgreSQL 17, the slot if named; or sidecar), unless disabled.
+//!    `dbname` from PostgreSQL 17, the slot if named; or sidecar), unless disabled. A password is
+//!    written only if the user put it in the connection string: one from `PGPASSWORD`, a service
+//!    file or a password file stays out of the data directory.
 //! 7. **fsync** everything written (extracted files, WAL, directories), unless `--no-sync`.
 //! 8. **`backup_manifest` last**, atomically: a directory without it was never finished, so a crash
 //!    at any earlier point cannot leave something that looks like a complete backup.
@@ -57,7 +61,7 @@ use std::fmt;
 use std::fs;
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::str::FromStr;
@@ -67,7 +71,7 @@ use nix::unistd::AccessFlags;
 use thiserror::Error;
 use walrelay_client::error::sqlstate;
 use walrelay_client::{ClientError, ConnectParams, Connection, IdentifySystem};
-use walrelay_conninfo::{ConnectionConfig, PrimaryConninfoOptions};
+use walrelay_conninfo::{ConnectionConfig, PasswordSource, PrimaryConninfoOptions};
 use walrelay_durable::{create_dir_all_durable, DurableError, Owner};
 use walrelay_protocol::command::{
     self, BaseBackupOptions, CheckpointMode, CommandError, ServerVersion, MAX_SUPPORTED_MAJOR,
@@ -480,8 +484,17 @@ fn validate(config: &BootstrapConfig, have_streamer: bool) -> Result<Plan<'_>, B
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TargetState {
     Created,
-    ExistedEmpty,
+    /// It existed, empty; `original_mode` is set when walrelay tightened its permissions (and
+    /// restores them if the bootstrap fails).
+    ExistedEmpty {
+        original_mode: Option<u32>,
+    },
 }
+
+/// Permission bits PostgreSQL accepts on a data directory as they are: `u=rwx` (0700) or, for a
+/// cluster initialized with group access, `u=rwx,g=rx` (0750). `checkDataDir()` refuses to start
+/// on anything group-writable or accessible to others.
+const ACCEPTED_DATA_DIR_MODES: [u32; 2] = [0o700, 0o750];
 
 fn prepare_target(dir: &Path, owner: Owner) -> Result<TargetState, BootstrapError> {
     let state = match check_dir_empty_or_absent(dir) {
@@ -494,7 +507,9 @@ fn prepare_target(dir: &Path, owner: Owner) -> Result<TargetState, BootstrapErro
             })?;
             TargetState::Created
         }
-        Ok(DirState::Empty) => TargetState::ExistedEmpty,
+        Ok(DirState::Empty) => TargetState::ExistedEmpty {
+            original_mode: None,
+        },
         Err(TablespaceError::NotEmpty(p)) => return Err(BootstrapError::TargetNotEmpty(p)),
         Err(TablespaceError::NotADirectory(p)) => {
             return Err(BootstrapError::TargetNotADirectory(p))
@@ -518,7 +533,34 @@ fn prepare_target(dir: &Path, owner: Owner) -> Result<TargetState, BootstrapErro
             source,
         });
     }
-    Ok(state)
+    if state == TargetState::Created {
+        return Ok(state);
+    }
+    // An existing empty directory made with the default umask (0755) would hold a complete
+    // backup that PostgreSQL refuses to start on ("data directory has invalid permissions").
+    let mode = fs::metadata(dir)
+        .map_err(|source| BootstrapError::TargetAccess {
+            path: dir.to_path_buf(),
+            source,
+        })?
+        .mode()
+        & 0o7777;
+    if ACCEPTED_DATA_DIR_MODES.contains(&mode) {
+        return Ok(state);
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(DATA_DIR_MODE)).map_err(|source| {
+        BootstrapError::TargetAccess {
+            path: dir.to_path_buf(),
+            source,
+        }
+    })?;
+    tracing::info!(
+        dir = %dir.display(),
+        "data directory had mode {mode:04o}, set it to {DATA_DIR_MODE:04o}: PostgreSQL refuses to start on a data directory that others can access"
+    );
+    Ok(TargetState::ExistedEmpty {
+        original_mode: Some(mode),
+    })
 }
 
 /// What to undo if the bootstrap fails.
@@ -559,9 +601,16 @@ impl Cleanup {
                 tracing::info!(dir = %self.target.display(), "removing data directory");
                 remove_tree(&self.target);
             }
-            TargetState::ExistedEmpty => {
+            TargetState::ExistedEmpty { original_mode } => {
                 tracing::info!(dir = %self.target.display(), "removing contents of data directory");
                 remove_contents(&self.target);
+                if let Some(mode) = original_mode {
+                    if let Err(e) =
+                        fs::set_permissions(&self.target, fs::Permissions::from_mode(mode))
+                    {
+                        tracing::warn!(dir = %self.target.display(), error = %e, "could not restore the directory's mode {mode:04o}");
+                    }
+                }
             }
         }
         for ts in &self.tablespaces {
@@ -884,12 +933,21 @@ async fn run(
     }
 
     let mut standby_files = Vec::new();
+    let include_password = password_given_in_conninfo(&config.connection);
+    if config.standby == StandbySetup::Streaming
+        && config.connection.password().is_some()
+        && !include_password
+    {
+        tracing::warn!(
+            "primary_conninfo is written without the password used for this run (it did not come from the connection string): give the standby's OS user a ~/.pgpass entry, or put password= in -d to have it written"
+        );
+    }
     let standby_mode = match &config.standby {
         StandbySetup::None => None,
         StandbySetup::Streaming => Some(StandbyMode::Streaming {
             primary_conninfo: config.connection.primary_conninfo(PrimaryConninfoOptions {
                 include_dbname: version.major() >= 17,
-                include_password: true,
+                include_password,
             }),
             slot_name: config.slot.clone(),
         }),
@@ -1074,6 +1132,17 @@ fn add_wal_files(written: &mut WrittenPaths, pg_wal: &Path) -> Result<(), Bootst
     Ok(())
 }
 
+/// Whether `primary_conninfo` may carry the password: only when the user wrote it into the
+/// connection string (`-d "… password=…"` or a URI with `user:password@`). A password from
+/// `PGPASSWORD`, a service file or a password file was found in the environment of *this* run; it
+/// is not copied into a file of the new data directory, where it would outlive the shell that set
+/// it. The standby then finds its password as any libpq client does (its own `~/.pgpass`).
+fn password_given_in_conninfo(connection: &ConnectionConfig) -> bool {
+    connection
+        .password()
+        .is_some_and(|p| *p.source() == PasswordSource::ConnectionString)
+}
+
 /// `backup_manifest` gets group read when the data directory allows group access (a cluster
 /// initialized with `--allow-group-access`), as pg_basebackup's `pg_file_create_mode` does.
 fn manifest_mode(data_dir: &Path) -> u32 {
@@ -1168,7 +1237,9 @@ mod tests {
         );
         assert_eq!(
             prepare_target(&new, Owner::current()).unwrap(),
-            TargetState::ExistedEmpty
+            TargetState::ExistedEmpty {
+                original_mode: None
+            }
         );
         fs::write(new.join("x"), b"").unwrap();
         let e = prepare_target(&new, Owner::current()).unwrap_err();
@@ -1183,6 +1254,65 @@ mod tests {
             prepare_target(&new.join("x"), Owner::current()),
             Err(BootstrapError::TargetNotADirectory(_))
         ));
+    }
+
+    #[test]
+    fn empty_target_gets_a_mode_postgres_accepts_and_it_is_restored_on_failure() {
+        let d = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        for (given, expected, changed) in [
+            (0o755, 0o700, true),
+            (0o777, 0o700, true),
+            (0o711, 0o700, true),
+            (0o700, 0o700, false),
+            (0o750, 0o750, false),
+        ] {
+            let dir = d.path().join(format!("m{given:o}"));
+            fs::create_dir(&dir).unwrap();
+            fs::set_permissions(&dir, fs::Permissions::from_mode(given)).unwrap();
+            let state = prepare_target(&dir, Owner::current()).unwrap();
+            assert_eq!(
+                state,
+                TargetState::ExistedEmpty {
+                    original_mode: changed.then_some(given)
+                },
+                "{given:o}"
+            );
+            assert_eq!(mode(&dir), expected, "{given:o}");
+
+            // A failed bootstrap leaves the directory as it found it: empty, with its own mode.
+            fs::write(dir.join("PG_VERSION"), b"15\n").unwrap();
+            let mut cl = Cleanup {
+                target: dir.clone(),
+                target_state: state,
+                tablespaces: Vec::new(),
+                created_slot: None,
+                connect: config(&dir).connect,
+                gate: ExtractionGate::new(),
+                clean: true,
+                armed: false,
+            };
+            cl.remove_files();
+            assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+            assert_eq!(mode(&dir), given, "{given:o} restored");
+        }
+    }
+
+    #[test]
+    fn password_reaches_primary_conninfo_only_from_the_connection_string() {
+        let env = MapEnv::new()
+            .with_user("postgres")
+            .with_var("PGPASSWORD", "fromenv");
+        let from_env = ConnectionConfig::from_conninfo("host=h user=u", &env).unwrap();
+        assert!(from_env.password().is_some());
+        assert!(!password_given_in_conninfo(&from_env));
+        let given = ConnectionConfig::from_conninfo("host=h user=u password=typed", &env).unwrap();
+        assert!(password_given_in_conninfo(&given));
+        let uri = ConnectionConfig::from_conninfo("postgresql://u:typed@h/db", &env).unwrap();
+        assert!(password_given_in_conninfo(&uri));
+        let none = ConnectionConfig::from_conninfo("host=h user=u", &MapEnv::new().with_user("u"))
+            .unwrap();
+        assert!(!password_given_in_conninfo(&none));
     }
 
     #[test]
@@ -1229,7 +1359,12 @@ mod tests {
         let c = config(&created);
         for (dir, state) in [
             (&created, TargetState::Created),
-            (&existing, TargetState::ExistedEmpty),
+            (
+                &existing,
+                TargetState::ExistedEmpty {
+                    original_mode: None,
+                },
+            ),
         ] {
             let mut cl = Cleanup {
                 target: dir.clone(),

@@ -303,6 +303,11 @@ pub enum BackupError {
     },
     #[error("the primary's wal_level is too low for a base backup ({0}): set wal_level = replica (or logical) on the primary and restart it")]
     WalLevelTooLow(Box<ServerError>),
+    /// `WAL` (`--wal-method fetch`): the server recycled a segment the backup needs before it
+    /// could send it — nothing kept it (no slot, `wal_keep_size` too small for the backup's
+    /// duration).
+    #[error("the primary removed WAL this backup needs before sending it ({0}): use --wal-method stream (the default), or keep the WAL on the primary with a replication slot (-S NAME -C) or a larger wal_keep_size")]
+    WalRemoved(Box<ServerError>),
     #[error("{0}")]
     ChecksumFailures(Box<ChecksumFailures>),
     #[error(
@@ -333,7 +338,9 @@ impl BackupError {
     /// The server's error, if the server reported one.
     pub fn server_error(&self) -> Option<&ServerError> {
         match self {
-            BackupError::Server { error, .. } | BackupError::WalLevelTooLow(error) => Some(error),
+            BackupError::Server { error, .. }
+            | BackupError::WalLevelTooLow(error)
+            | BackupError::WalRemoved(error) => Some(error),
             BackupError::ChecksumFailures(c) => Some(&c.error),
             BackupError::Connection { source, .. } => source.server_error(),
             _ => None,
@@ -1121,6 +1128,13 @@ fn classify_server_error(
     {
         return BackupError::WalLevelTooLow(Box::new(error));
     }
+    // xlog.c CheckXLogRemoved(), called by basebackup.c before and while sending WAL: "requested
+    // WAL segment %s has already been removed". Its SQLSTATE comes from errcode_for_file_access()
+    // and so depends on whatever errno was at hand (58P01, or XX000), so the text decides; a
+    // translated message just gets the generic error.
+    if msg.contains("has already been removed") {
+        return BackupError::WalRemoved(Box::new(error));
+    }
     BackupError::Server {
         stage,
         error: Box::new(error),
@@ -1664,6 +1678,21 @@ mod tests {
         );
         assert!(sum.to_string().contains("base/1/2"), "{sum}");
         assert_eq!(sum.sqlstate(), Some("XX001"));
+        for code in ["58P01", "XX000"] {
+            let removed = classify_server_error(
+                BackupStage::Transfer,
+                e(
+                    code,
+                    "requested WAL segment 000000010000000000000218 has already been removed",
+                ),
+                vec![],
+            );
+            assert!(matches!(removed, BackupError::WalRemoved(_)), "{removed}");
+            let text = removed.to_string();
+            assert!(text.contains("000000010000000000000218"), "{text}");
+            assert!(text.contains("--wal-method stream"), "{text}");
+            assert_eq!(removed.sqlstate(), Some(code));
+        }
         let other =
             classify_server_error(BackupStage::Start, e("42501", "permission denied"), vec![]);
         assert!(matches!(other, BackupError::Server { .. }));

@@ -38,9 +38,9 @@ pub enum MappingError {
     MultipleEquals(String),
     #[error("invalid tablespace mapping format \"{0}\", must be \"OLDDIR=NEWDIR\"")]
     Format(String),
-    #[error("old directory is not an absolute path in tablespace mapping: {0}")]
+    #[error("old directory is not an absolute path in tablespace mapping: {0}; give the tablespace's location on the primary as an absolute path (pg_tablespace_location())")]
     OldNotAbsolute(String),
-    #[error("new directory is not an absolute path in tablespace mapping: {0}")]
+    #[error("new directory is not an absolute path in tablespace mapping: {0}; give the new location as an absolute path")]
     NewNotAbsolute(String),
 }
 
@@ -367,7 +367,7 @@ mod tests {
         assert_eq!(err("/x=y"), NewNotAbsolute("y".into()));
         assert_eq!(
             err("x=/y").to_string(),
-            "old directory is not an absolute path in tablespace mapping: x"
+            "old directory is not an absolute path in tablespace mapping: x; give the tablespace's location on the primary as an absolute path (pg_tablespace_location())"
         );
         assert_eq!(
             err("/x").to_string(),

@@ -1,0 +1,626 @@
+//! Shared pieces of walrelay's side-by-side benchmarks (`benches/bootstrap.rs`, `benches/receive.rs`).
+//!
+//! The benchmarks run real tools against a real cluster: walrelay (the binary cargo built for this
+//! bench, `CARGO_BIN_EXE_walrelay`) and PostgreSQL's own pg_basebackup / pg_receivewal, one after the
+//! other on the same cluster and data, alternating which goes first, for N rounds. They report
+//! medians, never assert timings, and fail only when a tool fails (or produces output that an oracle
+//! rejects).
+//!
+//! Each tool runs as a child process under GNU time (`/usr/bin/time -f … -o FILE`), which takes the
+//! child's resource usage from `wait4`: `ru_maxrss` is the peak resident set of the process (for
+//! pg_basebackup, whose `-X stream` WAL streamer is a forked child, the larger of the two, not their
+//! sum), and user/system CPU seconds come with it. Without GNU time the peak is sampled from
+//! `/proc/<pid>/status` (`VmHWM`) every 10 ms instead, and CPU times are not reported.
+//!
+//! Settings (environment):
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `WALRELAY_BENCH_ROUNDS` | rounds of every comparison | 3 |
+//! | `WALRELAY_BENCH_SCALE` | pgbench scale of the data set (shrink for a quick run) | per bench |
+//! | `WALRELAY_BENCH_PGBENCH_SECS` | length of each pgbench run (receive, synchronous standby) | 20 |
+//! | `WALRELAY_BENCH_ONLY` | comma list of parts to run (receive: `catchup`, `sync`) | all |
+
+// Each bench uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+/// GNU time, which reports the child's `wait4` resource usage.
+const GNU_TIME: &str = "/usr/bin/time";
+/// Marks our line in GNU time's output file (a failing command gets a "Command exited…" line first).
+const TIME_TAG: &str = "WALRELAY_BENCH_TIME";
+/// Period of the `/proc` sampler used without GNU time.
+const HWM_POLL: Duration = Duration::from_millis(10);
+/// Lines of a failing tool's output shown in the panic message.
+const LOG_TAIL_LINES: usize = 30;
+
+/// `WALRELAY_BENCH_ROUNDS`, at least 1.
+pub fn rounds() -> usize {
+    env_u64("WALRELAY_BENCH_ROUNDS", 3).max(1) as usize
+}
+
+/// A positive integer from the environment, or `default` when unset. Panics on a malformed value: a
+/// typo would otherwise silently run a different benchmark than the one asked for.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => match v.trim().parse::<u64>() {
+            Ok(n) if n > 0 => n,
+            _ => panic!("{name}={v:?}: expected a positive integer"),
+        },
+        _ => default,
+    }
+}
+
+/// Whether `part` is selected by `WALRELAY_BENCH_ONLY` (everything when unset).
+pub fn part_selected(part: &str) -> bool {
+    match std::env::var("WALRELAY_BENCH_ONLY") {
+        Ok(v) if !v.trim().is_empty() => v.split(',').any(|p| p.trim() == part),
+        _ => true,
+    }
+}
+
+/// `cargo bench` passes `--bench` to a `harness = false` target; `cargo test --benches` (or
+/// `--all-targets`) runs the same binary without it, where a benchmark that starts clusters and
+/// copies gigabytes has no business. Returns false (after saying so) in that case.
+pub fn invoked_by_cargo_bench(name: &str) -> bool {
+    if std::env::args().any(|a| a == "--bench") {
+        return true;
+    }
+    println!("{name}: benchmark skipped (run it with `cargo bench --bench {name}`)");
+    false
+}
+
+/// The walrelay binary built for this benchmark.
+pub fn walrelay_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_walrelay"))
+}
+
+/// A command for a PostgreSQL client tool or walrelay with a predictable environment: no `PG*`
+/// variables (the connection string says everything), C locale, no password file.
+pub fn tool_command(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("LC_ALL", "C")
+        .env("LANG", "C")
+        .env("PGPASSFILE", "/dev/null")
+        .env("PGSYSCONFDIR", "/nonexistent")
+        .env("WALRELAY_LOG", "info");
+    cmd
+}
+
+/// A directory for the tools' output, removed on drop. Root-owned like the tools that write into it,
+/// under testkit's temp base (`/tmp` unless `WALRELAY_TEST_TMPDIR`), so on the same file system as
+/// the cluster.
+pub fn work_dir(prefix: &str) -> tempfile::TempDir {
+    let base = walrelay_testkit::env::tmp_base();
+    tempfile::Builder::new()
+        .prefix(&format!("wr-bench-{prefix}-"))
+        .tempdir_in(&base)
+        .unwrap_or_else(|e| panic!("create a work directory in {}: {e}", base.display()))
+}
+
+/// What one tool run cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Measured {
+    pub wall: Duration,
+    /// Peak resident set in KiB.
+    pub max_rss_kib: Option<u64>,
+    /// User and system CPU seconds (GNU time only).
+    pub cpu: Option<(f64, f64)>,
+}
+
+impl Measured {
+    pub fn secs(&self) -> f64 {
+        self.wall.as_secs_f64()
+    }
+
+    pub fn cpu_secs(&self) -> Option<f64> {
+        self.cpu.map(|(u, s)| u + s)
+    }
+}
+
+/// How the peak RSS of a run is found.
+enum RssProbe {
+    /// GNU time writes `TIME_TAG elapsed user sys maxrss` to this file.
+    GnuTime(PathBuf),
+    /// A thread samples `VmHWM`; the highest value seen.
+    Sampler {
+        peak: Arc<AtomicU64>,
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+    },
+}
+
+/// A tool running as a child process, measured. Panics with the tail of its output when it fails.
+pub struct MeasuredChild {
+    label: String,
+    child: Child,
+    started: Instant,
+    log: PathBuf,
+    probe: RssProbe,
+}
+
+fn gnu_time_available() -> bool {
+    Command::new(GNU_TIME)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned()
+                + &String::from_utf8_lossy(&o.stderr);
+            text.contains("GNU")
+        })
+        .unwrap_or(false)
+}
+
+impl MeasuredChild {
+    /// Starts `cmd` in its own process group, its stdout and stderr going to `log`.
+    pub fn spawn(label: &str, cmd: Command, log: &Path) -> MeasuredChild {
+        let out = fs::File::create(log)
+            .unwrap_or_else(|e| panic!("create log file {}: {e}", log.display()));
+        let err = out
+            .try_clone()
+            .unwrap_or_else(|e| panic!("duplicate log file handle: {e}"));
+        let (mut run, probe) = if gnu_time_available() {
+            let time_file = log.with_extension("time");
+            let mut wrapped = Command::new(GNU_TIME);
+            wrapped
+                .arg("-f")
+                .arg(format!("{TIME_TAG} %e %U %S %M"))
+                .arg("-o")
+                .arg(&time_file)
+                .arg("--")
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => wrapped.env(k, v),
+                    None => wrapped.env_remove(k),
+                };
+            }
+            if let Some(dir) = cmd.get_current_dir() {
+                wrapped.current_dir(dir);
+            }
+            (wrapped, RssProbe::GnuTime(time_file))
+        } else {
+            let peak = Arc::new(AtomicU64::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            (
+                cmd,
+                RssProbe::Sampler {
+                    peak,
+                    stop,
+                    thread: None,
+                },
+            )
+        };
+        // Its own process group: an interrupt reaches the tool itself (GNU time ignores SIGINT while
+        // it waits), and never the benchmark.
+        run.process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        let started = Instant::now();
+        let child = run
+            .spawn()
+            .unwrap_or_else(|e| panic!("{label}: could not start {:?}: {e}", run.get_program()));
+        let mut probe = probe;
+        if let RssProbe::Sampler { peak, stop, thread } = &mut probe {
+            let (pid, peak, stop) = (child.id(), peak.clone(), stop.clone());
+            *thread = Some(std::thread::spawn(move || sample_hwm(pid, &peak, &stop)));
+        }
+        MeasuredChild {
+            label: label.to_string(),
+            child,
+            started,
+            log: log.to_path_buf(),
+            probe,
+        }
+    }
+
+    /// Whether the tool is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The tool's output so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Asks the tool to stop as its users would (SIGINT: both walrelay and pg_receivewal finish
+    /// cleanly and exit 0).
+    pub fn interrupt(&self) {
+        // The child leads its own process group (process_group(0)), so its pid is the group id.
+        let pgid = Pid::from_raw(self.child.id() as i32);
+        if let Err(e) = killpg(pgid, Signal::SIGINT) {
+            panic!("{}: could not interrupt: {e}", self.label);
+        }
+    }
+
+    /// Waits for the tool to exit; panics unless it succeeded.
+    pub fn wait(mut self) -> Measured {
+        let status = self
+            .child
+            .wait()
+            .unwrap_or_else(|e| panic!("{}: wait failed: {e}", self.label));
+        let wall = self.started.elapsed();
+        self.finish(status, wall)
+    }
+
+    /// Waits at most `limit`, then kills the tool and panics.
+    pub fn wait_with_deadline(mut self, limit: Duration) -> Measured {
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    let wall = self.started.elapsed();
+                    return self.finish(status, wall);
+                }
+                Ok(None) if self.started.elapsed() > limit => {
+                    let pgid = Pid::from_raw(self.child.id() as i32);
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                    let _ = self.child.wait();
+                    panic!(
+                        "{}: still running after {}s; killed. Output:\n{}",
+                        self.label,
+                        limit.as_secs(),
+                        tail(&self.log_text(), LOG_TAIL_LINES)
+                    );
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("{}: wait failed: {e}", self.label),
+            }
+        }
+    }
+
+    fn finish(mut self, status: ExitStatus, wall: Duration) -> Measured {
+        if !status.success() {
+            panic!(
+                "{} failed ({status}). Output:\n{}",
+                self.label,
+                tail(&self.log_text(), LOG_TAIL_LINES)
+            );
+        }
+        match &mut self.probe {
+            RssProbe::GnuTime(file) => {
+                let text = fs::read_to_string(&*file).unwrap_or_default();
+                let line = text
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with(TIME_TAG))
+                    .unwrap_or_else(|| {
+                        panic!("{}: GNU time wrote no usage line: {text:?}", self.label)
+                    });
+                let f: Vec<&str> = line.split_whitespace().skip(1).collect();
+                let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+                Measured {
+                    wall,
+                    max_rss_kib: num(3).map(|v| v as u64),
+                    cpu: num(1).zip(num(2)),
+                }
+            }
+            RssProbe::Sampler { peak, stop, thread } => {
+                stop.store(true, Ordering::Relaxed);
+                if let Some(t) = thread.take() {
+                    let _ = t.join();
+                }
+                let kib = peak.load(Ordering::Relaxed);
+                Measured {
+                    wall,
+                    max_rss_kib: (kib > 0).then_some(kib),
+                    cpu: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for MeasuredChild {
+    fn drop(&mut self) {
+        // A panicking benchmark never leaves a tool streaming from (or into) its cluster.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let pgid = Pid::from_raw(self.child.id() as i32);
+            let _ = killpg(pgid, Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Samples `VmHWM` of `pid` until it exits (a zombie has no memory map, so no `VmHWM` line).
+fn sample_hwm(pid: u32, peak: &AtomicU64, stop: &AtomicBool) {
+    let path = format!("/proc/{pid}/status");
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(status) = fs::read_to_string(&path) else {
+            return;
+        };
+        let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        else {
+            return;
+        };
+        peak.fetch_max(kib, Ordering::Relaxed);
+        std::thread::sleep(HWM_POLL);
+    }
+}
+
+/// Runs `cmd` to completion, measured.
+pub fn run_measured(label: &str, cmd: Command, log: &Path) -> Measured {
+    MeasuredChild::spawn(label, cmd, log).wait()
+}
+
+/// Flushes dirty pages of every file system so that one run's writeback does not slow the next.
+pub fn settle_disk() {
+    let _ = Command::new("sync").status();
+}
+
+/// Last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The median (the mean of the middle two for an even count); NaN when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// Measurements of one tool configuration over all rounds.
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    pub runs: Vec<Measured>,
+}
+
+impl Series {
+    pub fn push(&mut self, m: Measured) {
+        self.runs.push(m);
+    }
+
+    pub fn median_secs(&self) -> f64 {
+        median(&self.runs.iter().map(Measured::secs).collect::<Vec<_>>())
+    }
+
+    pub fn median_cpu_secs(&self) -> Option<f64> {
+        let v: Vec<f64> = self.runs.iter().filter_map(Measured::cpu_secs).collect();
+        (!v.is_empty()).then(|| median(&v))
+    }
+
+    /// The largest peak RSS of any round, in MiB.
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        self.runs
+            .iter()
+            .filter_map(|m| m.max_rss_kib)
+            .max()
+            .map(|k| k as f64 / 1024.0)
+    }
+
+    /// Every round's wall time, for the stability column.
+    pub fn all_secs(&self) -> String {
+        self.runs
+            .iter()
+            .map(|m| format!("{:.2}", m.secs()))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    }
+}
+
+/// A markdown table, printed as the benchmark's result (and pasted into docs/benchmarks.md).
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            header: header.iter().map(|s| s.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let cols = self.header.len();
+        let mut width = vec![3; cols];
+        for r in std::iter::once(&self.header).chain(&self.rows) {
+            for (i, c) in r.iter().enumerate().take(cols) {
+                width[i] = width[i].max(c.chars().count());
+            }
+        }
+        let line = |cells: &[String]| {
+            let mut s = String::from("|");
+            for (i, w) in width.iter().enumerate() {
+                let c = cells.get(i).map(String::as_str).unwrap_or("");
+                let _ = write!(s, " {c:<w$} |");
+            }
+            s
+        };
+        let mut out = line(&self.header);
+        out.push('\n');
+        out.push('|');
+        for w in &width {
+            out.push_str(&format!("{}|", "-".repeat(w + 2)));
+        }
+        for r in &self.rows {
+            out.push('\n');
+            out.push_str(&line(r));
+        }
+        out
+    }
+}
+
+/// `1.23` with two decimals, or `n/a`.
+pub fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{x:.decimals$}"),
+        _ => "n/a".to_string(),
+    }
+}
+
+/// Bytes in MiB with one decimal.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Total size of the regular files under `dir` (symlinks are not followed).
+pub fn tree_size(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for e in entries.flatten() {
+        let Ok(m) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if m.is_dir() {
+            total += tree_size(&e.path());
+        } else if m.is_file() {
+            total += m.len();
+        }
+    }
+    total
+}
+
+/// Removes a tool's output (ignoring absence).
+pub fn remove_tree(dir: &Path) {
+    if let Err(e) = fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            panic!("remove {}: {e}", dir.display());
+        }
+    }
+}
+
+/// The machine, for the report: CPUs, memory, kernel, the file system under `dir`, and the load.
+pub fn machine_description(dir: &Path) -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let cpu_model = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let fs_line = Command::new("df")
+        .args(["-h", "--output=source,fstype,size,avail"])
+        .arg(dir)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .nth(1)
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "{cpus} CPUs ({cpu_model}), {mem} RAM, Linux {kernel}, {} on {fs_line}; load average {}",
+        dir.display(),
+        load_average()
+    )
+}
+
+/// `/proc/loadavg`'s three averages.
+pub fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The version line of a tool (`--version`).
+pub fn tool_version(program: &Path) -> String {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Names of the complete segment files (24 hex digits, no suffix) in an archive directory, with
+/// their sizes.
+pub fn complete_segments(dir: &Path) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("list {}: {e}", dir.display()));
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            out.insert(name, len);
+        }
+    }
+    out
+}
+
+/// Whether two files have the same bytes.
+pub fn same_content(a: &Path, b: &Path) -> bool {
+    let open = |p: &Path| fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    let (mut fa, mut fb) = (open(a), open(b));
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = read_full(&mut fa, &mut ba);
+        let nb = read_full(&mut fb, &mut bb);
+        if na != nb || ba[..na] != bb[..nb] {
+            return false;
+        }
+        if na == 0 {
+            return true;
+        }
+    }
+}
+
+fn read_full(f: &mut fs::File, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    n
+}

@@ -1,0 +1,549 @@
+//! Benchmark: archiving WAL — `walrelay receive` against `pg_receivewal`.
+//!
+//! One throwaway PostgreSQL cluster; every comparison runs the tools one after the other on it,
+//! alternating the order from round to round, into fresh directories on the same file system.
+//!
+//! **Catch-up of a slot backlog** (`catchup`). A template slot is created, then `pgbench -i` (scale
+//! 40 by default, `WALRELAY_BENCH_SCALE`) writes the backlog: about 600 MB of WAL. For every run a
+//! fresh slot is copied from the template (`pg_copy_physical_replication_slot`), so every run streams
+//! exactly the same WAL, from the slot's restart position to a fixed end position:
+//!
+//! * `walrelay receive -d CONNINFO -D DIR -S SLOT -E ENDPOS --no-loop [options]` — defaults validate
+//!   every page header and record CRC before acknowledging and keep SHA-256 checksums of completed
+//!   segments; the variants turn those off (`--no-verify-wal`, `--no-checksums`) or compress
+//!   completed segments (`--compress gzip|lz4|zstd`);
+//! * `pg_receivewal -d CONNINFO -D DIR -S SLOT -E ENDPOS -n [--compress=gzip|lz4]` (PostgreSQL 15's
+//!   pg_receivewal has no zstd).
+//!
+//! In the first round, the complete segments of walrelay's and pg_receivewal's plain archives are
+//! compared byte for byte: a benchmark must not time a tool that writes the wrong thing.
+//!
+//! **Synchronous standby** (`sync`). `synchronous_standby_names` names the receiver, which connects
+//! with that `application_name`; once the server lists it as `sync`, `pgbench -N -c 4 -j 2 -T 20`
+//! (simple-update, `WALRELAY_BENCH_PGBENCH_SECS`) runs, so every commit waits for the receiver to
+//! fsync and report. `walrelay receive --synchronous` against `pg_receivewal --synchronous`, plus a
+//! baseline without a synchronous standby (the commit waits for the server's own fsync only).
+//!
+//! `WALRELAY_BENCH_ONLY=catchup` or `=sync` runs one part. Run with `cargo bench --bench receive`;
+//! see `benches/common/mod.rs` for the settings and `docs/benchmarks.md` for results.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{
+    fmt_opt, load_average, median, mib, remove_tree, settle_disk, tool_command, tree_size,
+    MeasuredChild, Series, Table,
+};
+use walrelay_testkit::{Cluster, Lsn, PgBench};
+
+/// pgbench scale of the backlog: 40 writes about 600 MB of WAL.
+const DEFAULT_SCALE: u64 = 40;
+/// pgbench scale for the synchronous-standby part when the catch-up part did not initialize.
+const SYNC_ONLY_SCALE: u32 = 10;
+/// `application_name` of the synchronous receiver.
+const SYNC_APP: &str = "bench_sync";
+/// The slot every catch-up run's slot is copied from.
+const TEMPLATE_SLOT: &str = "bench_template";
+/// Longest a single tool run may take before the benchmark gives up.
+const RUN_LIMIT: Duration = Duration::from_secs(1800);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Program {
+    Walrelay,
+    PgReceivewal,
+}
+
+/// One way of archiving the backlog.
+struct CatchupConfig {
+    label: &'static str,
+    program: Program,
+    args: &'static [&'static str],
+    /// The pg_receivewal configuration this one is compared with.
+    versus: Option<&'static str>,
+}
+
+const PG_RECEIVEWAL: &str = "pg_receivewal";
+const PG_RECEIVEWAL_GZIP: &str = "pg_receivewal --compress=gzip";
+const PG_RECEIVEWAL_LZ4: &str = "pg_receivewal --compress=lz4";
+const WALRELAY: &str = "walrelay receive";
+const WALRELAY_NO_VERIFY: &str = "walrelay receive --no-verify-wal";
+
+const CATCHUP: &[CatchupConfig] = &[
+    CatchupConfig {
+        label: PG_RECEIVEWAL,
+        program: Program::PgReceivewal,
+        args: &[],
+        versus: None,
+    },
+    CatchupConfig {
+        label: WALRELAY,
+        program: Program::Walrelay,
+        args: &[],
+        versus: Some(PG_RECEIVEWAL),
+    },
+    CatchupConfig {
+        label: WALRELAY_NO_VERIFY,
+        program: Program::Walrelay,
+        args: &["--no-verify-wal"],
+        versus: Some(PG_RECEIVEWAL),
+    },
+    CatchupConfig {
+        label: "walrelay receive --no-checksums",
+        program: Program::Walrelay,
+        args: &["--no-checksums"],
+        versus: Some(PG_RECEIVEWAL),
+    },
+    CatchupConfig {
+        label: "walrelay receive --no-verify-wal --no-checksums",
+        program: Program::Walrelay,
+        args: &["--no-verify-wal", "--no-checksums"],
+        versus: Some(PG_RECEIVEWAL),
+    },
+    CatchupConfig {
+        label: PG_RECEIVEWAL_GZIP,
+        program: Program::PgReceivewal,
+        args: &["--compress=gzip"],
+        versus: None,
+    },
+    CatchupConfig {
+        label: "walrelay receive --compress gzip",
+        program: Program::Walrelay,
+        args: &["--compress", "gzip"],
+        versus: Some(PG_RECEIVEWAL_GZIP),
+    },
+    CatchupConfig {
+        label: PG_RECEIVEWAL_LZ4,
+        program: Program::PgReceivewal,
+        args: &["--compress=lz4"],
+        versus: None,
+    },
+    CatchupConfig {
+        label: "walrelay receive --compress lz4",
+        program: Program::Walrelay,
+        args: &["--compress", "lz4"],
+        versus: Some(PG_RECEIVEWAL_LZ4),
+    },
+    CatchupConfig {
+        label: "walrelay receive --compress zstd",
+        program: Program::Walrelay,
+        args: &["--compress", "zstd"],
+        versus: Some(PG_RECEIVEWAL),
+    },
+];
+
+fn program_path(cluster: &Cluster, p: Program) -> PathBuf {
+    match p {
+        Program::Walrelay => common::walrelay_bin(),
+        Program::PgReceivewal => cluster.install().tools().pg_receivewal(),
+    }
+}
+
+fn slug(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+fn main() {
+    if !common::invoked_by_cargo_bench("receive") {
+        return;
+    }
+    let rounds = common::rounds();
+    let work = common::work_dir("receive");
+    println!("# walrelay receive vs pg_receivewal");
+    println!("machine: {}", common::machine_description(work.path()));
+    // No checkpoint may interrupt a timed run; the slots keep the WAL anyway.
+    let cluster = Cluster::builder()
+        .name("bench-receive")
+        .conf("max_wal_size = '8GB'")
+        .conf("checkpoint_timeout = '1h'")
+        .max_replication_slots(20)
+        .start();
+    println!(
+        "tools: {} | {} | PostgreSQL {}",
+        common::tool_version(&common::walrelay_bin()),
+        common::tool_version(&cluster.install().tools().pg_receivewal()),
+        cluster.psql("SHOW server_version"),
+    );
+    let mut initialized = false;
+    if common::part_selected("catchup") {
+        catchup(&cluster, work.path(), rounds);
+        initialized = true;
+    }
+    if common::part_selected("sync") {
+        if !initialized {
+            cluster.pgbench_init(SYNC_ONLY_SCALE);
+        }
+        synchronous_standby(&cluster, work.path(), rounds);
+    }
+    println!("load average at the end: {}", load_average());
+}
+
+// ------------------------------------------------------------------------------------- catch-up
+
+fn catchup_command(
+    cluster: &Cluster,
+    cfg: &CatchupConfig,
+    conninfo: &str,
+    dir: &Path,
+    slot: &str,
+    endpos: Lsn,
+) -> Command {
+    let mut cmd = tool_command(&program_path(cluster, cfg.program));
+    if cfg.program == Program::Walrelay {
+        cmd.arg("receive");
+    }
+    cmd.arg("-d")
+        .arg(conninfo)
+        .arg("-D")
+        .arg(dir)
+        .arg("-S")
+        .arg(slot)
+        .arg("-E")
+        .arg(endpos.to_string());
+    cmd.arg(match cfg.program {
+        Program::Walrelay => "--no-loop",
+        Program::PgReceivewal => "-n",
+    });
+    cmd.args(cfg.args);
+    cmd
+}
+
+fn catchup(cluster: &Cluster, work: &Path, rounds: usize) {
+    let scale = common::env_u64("WALRELAY_BENCH_SCALE", DEFAULT_SCALE) as u32;
+    cluster.psql(&format!(
+        "SELECT pg_create_physical_replication_slot('{TEMPLATE_SLOT}', true)"
+    ));
+    let restart: Lsn = cluster
+        .psql(&format!(
+            "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '{TEMPLATE_SLOT}'"
+        ))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("template slot has no restart_lsn: {e}"));
+    let prepared = Instant::now();
+    cluster.pgbench_init(scale);
+    let endpos = cluster.current_wal_lsn();
+    // pg_receivewal stops only once it has received WAL *past* the end position
+    // (`stop_streaming` in pg_receivewal.c compares with `<`), so some WAL must follow it; otherwise
+    // it waits for the server's next running-xacts record, up to 15 s.
+    cluster.psql("CREATE TABLE bench_past_endpos AS SELECT 1 AS one");
+    let seg = cluster.wal_segment_size() as u32;
+    let from = restart.segment_start(seg);
+    let backlog = endpos.saturating_sub(from);
+    println!();
+    println!("## catch-up of a slot backlog");
+    println!(
+        "backlog: {} of WAL from {from} to {endpos} (pgbench -i -s {scale}, written in {:.0} s); {rounds} rounds",
+        mib(backlog),
+        prepared.elapsed().as_secs_f64()
+    );
+    let conninfo = cluster.replication_conninfo();
+
+    let mut series: BTreeMap<&str, Series> = BTreeMap::new();
+    let mut sizes: BTreeMap<&str, u64> = BTreeMap::new();
+    for round in 0..rounds {
+        let mut order: Vec<&CatchupConfig> = CATCHUP.iter().collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        // Kept until both are done in the first round, for the byte comparison.
+        let mut plain_dirs: BTreeMap<&str, PathBuf> = BTreeMap::new();
+        let mut line = format!("round {}:", round + 1);
+        for (i, cfg) in order.iter().enumerate() {
+            let slot = format!("bench_r{round}_{i}");
+            cluster.psql(&format!(
+                "SELECT pg_copy_physical_replication_slot('{TEMPLATE_SLOT}', '{slot}')"
+            ));
+            let dir = work.join(format!("catchup-{}-{round}", slug(cfg.label)));
+            std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+            let log = work.join(format!("catchup-{}-{round}.log", slug(cfg.label)));
+            settle_disk();
+            let child = MeasuredChild::spawn(
+                cfg.label,
+                catchup_command(cluster, cfg, &conninfo, &dir, &slot, endpos),
+                &log,
+            );
+            let m = child.wait_with_deadline(RUN_LIMIT);
+            cluster.psql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
+            line.push_str(&format!(" [{} {:.2}s]", cfg.label, m.secs()));
+            series.entry(cfg.label).or_default().push(m);
+            if round == 0 {
+                sizes.insert(cfg.label, tree_size(&dir));
+            }
+            if round == 0 && (cfg.label == WALRELAY || cfg.label == PG_RECEIVEWAL) {
+                plain_dirs.insert(cfg.label, dir);
+            } else {
+                remove_tree(&dir);
+            }
+        }
+        if let (Some(a), Some(b)) = (plain_dirs.get(WALRELAY), plain_dirs.get(PG_RECEIVEWAL)) {
+            compare_archives(a, b, seg);
+        }
+        for dir in plain_dirs.values() {
+            remove_tree(dir);
+        }
+        println!("{line}; load {}", load_average());
+    }
+
+    let secs_of = |label: &str| series.get(label).map(Series::median_secs);
+    let mut table = Table::new(&[
+        "configuration",
+        "median s",
+        "rounds s",
+        "MB/s",
+        "throughput ratio (vs)",
+        "median CPU s",
+        "peak RSS MiB",
+        "archive size",
+    ]);
+    for cfg in CATCHUP {
+        let Some(s) = series.get(cfg.label) else {
+            continue;
+        };
+        let secs = s.median_secs();
+        let ratio = match cfg.versus.and_then(secs_of) {
+            Some(theirs) => format!(
+                "{:.2} (vs {})",
+                theirs / secs,
+                cfg.versus.unwrap_or_default()
+            ),
+            None => "—".to_string(),
+        };
+        table.row(vec![
+            cfg.label.to_string(),
+            format!("{secs:.2}"),
+            s.all_secs(),
+            format!("{:.0}", backlog as f64 / 1e6 / secs),
+            ratio,
+            fmt_opt(s.median_cpu_secs(), 2),
+            fmt_opt(s.peak_rss_mib(), 1),
+            sizes.get(cfg.label).map(|b| mib(*b)).unwrap_or_default(),
+        ]);
+    }
+    println!();
+    println!(
+        "MB/s = 10^6 bytes of backlog / median s; throughput ratio > 1 means walrelay is faster"
+    );
+    println!("{}", table.render());
+    if let (Some(with), Some(without)) = (secs_of(WALRELAY), secs_of(WALRELAY_NO_VERIFY)) {
+        println!();
+        println!(
+            "validation overhead (walrelay receive vs --no-verify-wal, medians): {:+.1}% (target < 10%)",
+            (with / without - 1.0) * 100.0
+        );
+    }
+    cluster.psql(&format!(
+        "SELECT pg_drop_replication_slot('{TEMPLATE_SLOT}')"
+    ));
+    cluster.psql("CHECKPOINT");
+}
+
+/// The complete segments of two plain archives made from the same backlog are the same files.
+fn compare_archives(walrelay: &Path, pg_receivewal: &Path, seg: u32) {
+    let a = common::complete_segments(walrelay);
+    let b = common::complete_segments(pg_receivewal);
+    if a.keys().ne(b.keys()) {
+        panic!(
+            "walrelay and pg_receivewal archived different segments from the same backlog:\n walrelay: {:?}\n pg_receivewal: {:?}",
+            a.keys().collect::<Vec<_>>(),
+            b.keys().collect::<Vec<_>>()
+        );
+    }
+    for (name, len) in &a {
+        if *len != u64::from(seg)
+            || !common::same_content(&walrelay.join(name), &pg_receivewal.join(name))
+        {
+            panic!("segment {name} differs between walrelay's and pg_receivewal's archive");
+        }
+    }
+    println!(
+        "check: {} complete segments, byte-identical in both archives",
+        a.len()
+    );
+}
+
+// --------------------------------------------------------------------------- synchronous standby
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SyncSetup {
+    /// `synchronous_standby_names` empty: commits wait for the server's own fsync only.
+    NoStandby,
+    Receiver(Program),
+}
+
+impl SyncSetup {
+    fn label(self) -> &'static str {
+        match self {
+            SyncSetup::NoStandby => "no synchronous standby (baseline)",
+            SyncSetup::Receiver(Program::Walrelay) => "walrelay receive --synchronous",
+            SyncSetup::Receiver(Program::PgReceivewal) => "pg_receivewal --synchronous",
+        }
+    }
+}
+
+/// Sets `synchronous_standby_names` and waits until new sessions see it.
+fn set_sync_names(cluster: &Cluster, value: &str) {
+    cluster.psql(&format!(
+        "ALTER SYSTEM SET synchronous_standby_names = '{value}'"
+    ));
+    cluster.psql("SELECT pg_reload_conf()");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.psql("SHOW synchronous_standby_names").trim() != value {
+        if Instant::now() > deadline {
+            panic!("synchronous_standby_names did not become {value:?} after a reload");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn receiver_command(cluster: &Cluster, program: Program, conninfo: &str, dir: &Path) -> Command {
+    let mut cmd = tool_command(&program_path(cluster, program));
+    match program {
+        Program::Walrelay => {
+            cmd.arg("receive");
+        }
+        Program::PgReceivewal => {}
+    }
+    cmd.arg("-d")
+        .arg(format!("{conninfo} application_name={SYNC_APP}"))
+        .arg("-D")
+        .arg(dir)
+        .arg("--synchronous")
+        .arg(match program {
+            Program::Walrelay => "--no-loop",
+            Program::PgReceivewal => "-n",
+        });
+    cmd
+}
+
+/// Waits until the server treats the receiver as its synchronous standby.
+fn wait_until_sync(cluster: &Cluster, child: &mut MeasuredChild, label: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let query = format!(
+        "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{SYNC_APP}' AND state = 'streaming'"
+    );
+    loop {
+        if cluster.psql(&query).trim() == "sync" {
+            return;
+        }
+        if !child.is_running() || Instant::now() > deadline {
+            panic!(
+                "{label} did not become the synchronous standby. Output:\n{}",
+                common::tail(&child.log_text(), 30)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn synchronous_standby(cluster: &Cluster, work: &Path, rounds: usize) {
+    let secs = common::env_u64("WALRELAY_BENCH_PGBENCH_SECS", 20);
+    let conninfo = cluster.replication_conninfo();
+    let setups = [
+        SyncSetup::NoStandby,
+        SyncSetup::Receiver(Program::Walrelay),
+        SyncSetup::Receiver(Program::PgReceivewal),
+    ];
+    println!();
+    println!("## synchronous standby under pgbench");
+    println!("pgbench -N -c 4 -j 2 -T {secs} (simple-update); {rounds} rounds");
+    let mut tps: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut receivers: BTreeMap<&str, Series> = BTreeMap::new();
+    for round in 0..rounds {
+        let mut order = setups.to_vec();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut line = format!("round {}:", round + 1);
+        for setup in order {
+            // Every run starts from a checkpoint, so none pays for the previous run's dirty pages.
+            cluster.psql("CHECKPOINT");
+            settle_disk();
+            let label = setup.label();
+            let run = match setup {
+                SyncSetup::NoStandby => {
+                    set_sync_names(cluster, "");
+                    None
+                }
+                SyncSetup::Receiver(program) => {
+                    set_sync_names(cluster, SYNC_APP);
+                    let dir = work.join(format!("sync-{}-{round}", slug(label)));
+                    std::fs::create_dir(&dir)
+                        .unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+                    let log = work.join(format!("sync-{}-{round}.log", slug(label)));
+                    let mut child = MeasuredChild::spawn(
+                        label,
+                        receiver_command(cluster, program, &conninfo, &dir),
+                        &log,
+                    );
+                    wait_until_sync(cluster, &mut child, label);
+                    Some((child, dir))
+                }
+            };
+            let summary = cluster.pgbench_run(
+                &PgBench::duration(Duration::from_secs(secs))
+                    .clients(4)
+                    .jobs(2)
+                    .arg("-N"),
+            );
+            let t = summary
+                .tps
+                .unwrap_or_else(|| panic!("pgbench printed no tps:\n{}", summary.output));
+            if summary.failed > 0 {
+                panic!("pgbench had {} failed transactions", summary.failed);
+            }
+            if let Some((child, dir)) = run {
+                child.interrupt();
+                let m = child.wait_with_deadline(Duration::from_secs(120));
+                receivers.entry(label).or_default().push(m);
+                remove_tree(&dir);
+            }
+            line.push_str(&format!(" [{label} {t:.0} tps]"));
+            tps.entry(label).or_default().push(t);
+        }
+        println!("{line}; load {}", load_average());
+    }
+    set_sync_names(cluster, "");
+
+    let med = |label: &str| tps.get(label).map(|v| median(v));
+    let theirs = med(SyncSetup::Receiver(Program::PgReceivewal).label());
+    let mut table = Table::new(&[
+        "synchronous standby",
+        "median tps",
+        "rounds tps",
+        "tps ratio (vs pg_receivewal)",
+        "receiver median CPU s",
+        "receiver peak RSS MiB",
+    ]);
+    for setup in setups {
+        let label = setup.label();
+        let Some(values) = tps.get(label) else {
+            continue;
+        };
+        let m = median(values);
+        let r = receivers.get(label);
+        table.row(vec![
+            label.to_string(),
+            format!("{m:.0}"),
+            values
+                .iter()
+                .map(|v| format!("{v:.0}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            match (setup, theirs) {
+                (SyncSetup::Receiver(_), Some(t)) => format!("{:.2}", m / t),
+                _ => "—".to_string(),
+            },
+            fmt_opt(r.and_then(Series::median_cpu_secs), 2),
+            fmt_opt(r.and_then(Series::peak_rss_mib), 1),
+        ]);
+    }
+    println!();
+    println!("{}", table.render());
+}

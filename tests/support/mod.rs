@@ -1,0 +1,27 @@
+//! Helpers of the `walrelay receive` integration tests (tests/receive.rs).
+//!
+//! * [`walrelay_cmd`]: the real `walrelay` binary as a child process — start, kill -9, SIGTERM, wait
+//!   with a deadline, its stderr kept in a file and shown when a test fails.
+//! * [`wal_files`]: judging what `receive` wrote — byte comparison with the server's own `pg_wal`,
+//!   the valid end of `.partial` files, pg_waldump over a whole range, a timeline view for pg_waldump
+//!   across a promotion.
+//! * [`server`]: what the server says about us (`pg_stat_replication`, `pg_replication_slots`).
+//! * [`poll`]: waiting for a condition with a deadline instead of sleeping.
+//!
+//! Helpers of the `walrelay bootstrap` integration tests (tests/bootstrap.rs):
+//!
+//! * [`bootstrap_cli`]: `walrelay bootstrap` as a one-shot run with a chosen environment, and the
+//!   contract of a refused run (exit code, exactly one error line, no panic).
+//! * [`tree_snapshot`]: a directory tree as data, to prove a refused run left it untouched.
+//! * [`scratch_mount`]: tmpfs mounts for a full disk and a read-only target.
+
+// Every test file that includes this module uses a different subset of it.
+#![allow(dead_code)]
+
+pub mod bootstrap_cli;
+pub mod poll;
+pub mod scratch_mount;
+pub mod server;
+pub mod tree_snapshot;
+pub mod wal_files;
+pub mod walrelay_cmd;

@@ -1,0 +1,45 @@
+//! Waiting with a deadline: tests poll for the state they need instead of sleeping a fixed time.
+
+use std::time::{Duration, Instant};
+
+/// How long a test waits for anything by default: `WALRELAY_TEST_TIMEOUT_SECS` (testkit's setting),
+/// else 120 s — generous, because two cores run several clusters at once.
+pub fn timeout() -> Duration {
+    walrelay_testkit::env::timeout()
+}
+
+/// Calls `f` every `every` until it returns `Some`, and returns that; panics naming `what` (and what
+/// `describe` says about the current state) after `limit`.
+pub fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    describe: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {}s waiting for {what}; {}",
+                limit.as_secs(),
+                describe()
+            );
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// [`wait_for`] a condition, with the default timeout and a 100 ms period.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool, describe: impl Fn() -> String) {
+    wait_for(
+        what,
+        timeout(),
+        Duration::from_millis(100),
+        || f().then_some(()),
+        describe,
+    )
+}
