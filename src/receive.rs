@@ -99,40 +99,38 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
 
     if args.create_slot || args.drop_slot {
         let slot = args.slot.as_deref().unwrap_or_default();
-        let mut conn = Connection::connect(&params)
-            .await
-            .context("connect for replication")?;
-        if args.drop_slot {
-            conn.drop_slot(slot, false)
-                .await
-                .with_context(|| format!("drop replication slot \"{slot}\""))?;
-            info!(slot, "replication slot dropped");
+        let action = if args.drop_slot { "drop" } else { "create" };
+        let mut conn = match Connection::connect(&params).await {
+            Ok(c) => c,
+            Err(e) => return Ok(slot_command_failed(action, slot, &e)),
+        };
+        let result = if args.drop_slot {
+            conn.drop_slot(slot, false).await.map(|()| "dropped")
         } else {
             match conn.create_physical_slot(slot, false, true).await {
-                Ok(_) => info!(slot, "replication slot created"),
+                Ok(_) => Ok("created"),
                 Err(e)
                     if args.if_not_exists && e.sqlstate() == Some(sqlstate::DUPLICATE_OBJECT) =>
                 {
-                    info!(slot, "replication slot exists already")
+                    Ok("exists already")
                 }
-                Err(e) => {
-                    return Err(anyhow::Error::new(e))
-                        .with_context(|| format!("create replication slot \"{slot}\""))
-                }
+                Err(e) => Err(e),
             }
-        }
+        };
         conn.close().await;
-        return Ok(0);
+        return Ok(match result {
+            Ok(what) => {
+                info!(slot, "replication slot {what}");
+                0
+            }
+            Err(e) => slot_command_failed(action, slot, &e),
+        });
     }
 
     let target = match (&args.directory, &args.pg_wal) {
         (Some(dir), None) => {
-            if !dir.is_dir() {
-                bail!(
-                    "archive directory {} does not exist or is not a directory: create it first (mkdir -p {})",
-                    dir.display(),
-                    dir.display()
-                );
+            if let Err(problem) = archive_dir_problem(dir) {
+                return Ok(local_error(&problem));
             }
             Target::Archive {
                 dir: dir.clone(),
@@ -143,16 +141,18 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
         (None, Some(pgdata)) => {
             let pg_wal = pgdata.join("pg_wal");
             if !pg_wal.is_dir() {
-                bail!(
+                return Ok(local_error(&format!(
                     "{} is not a PostgreSQL data directory (no pg_wal in it): pass the standby's PGDATA",
                     pgdata.display()
-                );
+                )));
             }
             Target::PgWal { pg_wal }
         }
         _ => bail!("give exactly one of -D DIR (archive) or --pg-wal PGDATA (sidecar)"),
     };
-    check_writable(target.dir())?;
+    if let Err(problem) = check_writable(target.dir()) {
+        return Ok(local_error(&problem));
+    }
     let owner = Owner::of_dir_if_root(target.dir());
 
     let apply_source = match &args.standby_conninfo {
@@ -219,21 +219,75 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
     }
 }
 
+/// Reports a failed `--create-slot` / `--drop-slot` in one line, with the fix, and returns the exit
+/// code of its class (see `receiver::exit_code`).
+fn slot_command_failed(action: &str, slot: &str, e: &walrelay_client::ClientError) -> i32 {
+    let cause = e
+        .server_error()
+        .map(|s| s.message().to_string())
+        .unwrap_or_else(|| e.to_string());
+    let (fix, code) = match e.sqlstate() {
+        Some(sqlstate::DUPLICATE_OBJECT) => (
+            "add --if-not-exists to accept the existing slot, or choose another name",
+            exit_code::SERVER_STATE,
+        ),
+        Some(sqlstate::UNDEFINED_OBJECT) => (
+            "nothing to drop; the server's slots are listed in pg_replication_slots",
+            exit_code::SERVER_STATE,
+        ),
+        Some(sqlstate::OBJECT_IN_USE) => (
+            "stop what streams from it (walrelay receive, a standby) and try again",
+            exit_code::SERVER_STATE,
+        ),
+        _ if e.is_auth_failure() => (
+            "check the user, the password and pg_hba.conf (a \"replication\" line)",
+            exit_code::CONNECTION,
+        ),
+        _ => ("", exit_code::ERROR),
+    };
+    let sep = if fix.is_empty() { "" } else { ": " };
+    eprintln!("walrelay: error: {action} replication slot \"{slot}\": {cause}{sep}{fix}");
+    code
+}
+
+/// Prints a problem with the local directory and returns its exit code.
+fn local_error(problem: &str) -> i32 {
+    eprintln!("walrelay: error: {problem}");
+    exit_code::LOCAL
+}
+
+/// Why `dir` cannot be an archive directory, if it cannot.
+fn archive_dir_problem(dir: &std::path::Path) -> std::result::Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!(
+            "archive directory {} is not a directory: pass a directory (walrelay creates its files inside)",
+            dir.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "archive directory {} does not exist: create it first (mkdir -p {})",
+            dir.display(),
+            dir.display()
+        )),
+        Err(e) => Err(format!(
+            "cannot use archive directory {}: {e}; fix its path or permissions",
+            dir.display()
+        )),
+    }
+}
+
 /// A directory we cannot write to is found now, not after connecting.
-fn check_writable(dir: &std::path::Path) -> Result<()> {
+fn check_writable(dir: &std::path::Path) -> std::result::Result<(), String> {
     let probe = dir.join(format!(".walrelay-write-test-{}", std::process::id()));
     match std::fs::File::create(&probe) {
         Ok(_) => {
             let _ = std::fs::remove_file(&probe);
             Ok(())
         }
-        Err(e) => {
-            eprintln!(
-                "walrelay: error: cannot write to {}: {e}; fix its permissions or run as its owner",
-                dir.display()
-            );
-            std::process::exit(exit_code::LOCAL);
-        }
+        Err(e) => Err(format!(
+            "cannot write to {}: {e}; fix its permissions or run as its owner",
+            dir.display()
+        )),
     }
 }
 

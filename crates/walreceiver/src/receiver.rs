@@ -19,6 +19,19 @@
 //!
 //! Each session restarts at a segment boundary chosen from what is really on disk (see
 //! [`crate::start`]), so a crash at any moment loses nothing and skips nothing.
+//!
+//! With an end position, whole messages are still written: the stream stops once the acknowledged
+//! position reaches it, which for a position inside a record means once that record arrived
+//! complete and passed its CRC.
+//!
+//! # How a stream ends
+//! * End of timeline: CopyDone, then a row with the next timeline and its start — followed on the
+//!   same connection (history file first).
+//! * The server shuts down: after we confirmed everything it sent, the walsender sends
+//!   CommandComplete *without* CopyDone and exits (`WalSndDone`) — transient, reconnect.
+//! * Silence: an idle walsender sends nothing while we keep replying, so after
+//!   [`SERVER_SILENCE_PING`] without a message we ask for a reply; no answer within
+//!   [`SERVER_SILENCE_TIMEOUT`] means a dead connection — transient, reconnect.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,7 +51,9 @@ use walrelay_wal::{ValidatorConfig, WalError, WalValidator};
 
 use crate::disk_task::{DiskProgress, DiskRequest, DiskTask, DiskTaskConfig};
 use crate::feedback::{Feedback, FeedbackConfig, FeedbackEvent, PgTimestamp};
-use crate::start::{find_streaming_start, StartError, StartOptions, StdWalDir};
+use crate::start::{
+    find_streaming_start, Layout, StartError, StartOptions, StartReason, StdWalDir, StreamStart,
+};
 use crate::stats::ReceiverStats;
 use crate::writer::{
     CompletedSegment, HookError, SegmentCompletion, SegmentWriter, WriterConfig, WriterError,
@@ -101,6 +116,14 @@ pub struct ReceiverConfig {
     pub disk: DiskTaskConfig,
 }
 
+/// Silence from the server after which walrelay asks it for a reply. An idle walsender sends nothing
+/// while its standby keeps replying, so without asking, "no message lately" could not tell an idle
+/// server from a dead connection (and the health check would fail on idle servers).
+pub const SERVER_SILENCE_PING: Duration = Duration::from_secs(10);
+/// Silence after which the connection is presumed dead and streaming reconnects: the default
+/// `wal_receiver_timeout` of a standby.
+pub const SERVER_SILENCE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Why the receiver stopped without an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -147,6 +170,13 @@ pub enum ReceiveError {
     SystemIdentifierMismatch { expected: u64, server: u64 },
     #[error("{0}")]
     ServerState(String),
+    /// The walsender ended the stream with CommandComplete and no next timeline: what a server that
+    /// shuts down cleanly does once we confirmed everything it sent (`WalSndDone` in walsender.c).
+    #[error("the server ended streaming because it is shutting down; reconnect once it is back (walrelay does so unless --no-loop)")]
+    ServerStopped,
+    /// Nothing from the server for [`SERVER_SILENCE_TIMEOUT`], although asked for a reply.
+    #[error("no message from the server for {0} s although a reply was requested; the connection is presumed dead (reconnecting unless --no-loop)")]
+    ServerSilent(u64),
     #[error("protocol violation: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -158,6 +188,7 @@ impl ReceiveError {
     pub fn is_transient(&self) -> bool {
         match self {
             ReceiveError::Client(e) => e.is_transient() || slot_in_use(e) || server_behind(e),
+            ReceiveError::ServerStopped | ReceiveError::ServerSilent(_) => true,
             _ => false,
         }
     }
@@ -168,7 +199,10 @@ impl ReceiveError {
             ReceiveError::Client(ClientError::Tls { .. } | ClientError::Config(_)) => {
                 exit_code::CONNECTION
             }
-            ReceiveError::Client(_) | ReceiveError::Protocol(_) => exit_code::ERROR,
+            ReceiveError::Client(_)
+            | ReceiveError::Protocol(_)
+            | ReceiveError::ServerStopped
+            | ReceiveError::ServerSilent(_) => exit_code::ERROR,
             ReceiveError::Start(_) | ReceiveError::Writer(_) | ReceiveError::Local(_) => {
                 exit_code::LOCAL
             }
@@ -197,9 +231,16 @@ fn classify_server_error(e: ClientError, slot: Option<&str>) -> ReceiveError {
     let msg = se.message().to_string();
     let code = se.code().to_string();
     if msg.contains("has already been removed") {
-        return ReceiveError::ServerState(format!(
-            "{msg}: the server no longer has the WAL this stream needs — use a replication slot (-S) so it is kept, and re-seed the standby or archive from a new base backup"
-        ));
+        return ReceiveError::ServerState(match slot {
+            // A slot keeps WAL unless the server invalidated it (max_slot_wal_keep_size, PG 13+) —
+            // or the directory's WAL is older than the slot.
+            Some(slot) => format!(
+                "{msg}: replication slot \"{slot}\" did not keep it — the slot was invalidated (max_slot_wal_keep_size) or is younger than the WAL already received; drop and recreate the slot, then re-seed the standby or archive from a new base backup"
+            ),
+            None => format!(
+                "{msg}: the server no longer has the WAL this stream needs — use a replication slot (-S) so it is kept, and re-seed the standby or archive from a new base backup"
+            ),
+        });
     }
     if code == sqlstate::UNDEFINED_OBJECT && msg.contains("replication slot") {
         return ReceiveError::ServerState(format!(
@@ -221,6 +262,36 @@ fn classify_server_error(e: ClientError, slot: Option<&str>) -> ReceiveError {
     ReceiveError::Client(e)
 }
 
+fn invalidated_slot(slot: &str) -> ReceiveError {
+    ReceiveError::ServerState(format!(
+        "replication slot \"{slot}\" was invalidated (wal_status lost, see max_slot_wal_keep_size) and the WAL it held is gone: drop and recreate it (walrelay receive --drop-slot / --create-slot -S {slot}), then re-seed the standby or archive from a new base backup"
+    ))
+}
+
+/// `pg_replication_slots.wal_status` of `slot` (PG 13+) over an ordinary SQL connection with the
+/// same settings; `None` when that cannot be found out (no SQL access, older server, no such slot).
+async fn slot_wal_status(params: &ConnectParams, slot: &str) -> Option<String> {
+    let mut params = params.clone();
+    params.replication = ReplicationMode::Off;
+    let query = async {
+        let mut conn = Connection::connect(&params).await.ok()?;
+        let sql = format!(
+            "SELECT wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = '{}'",
+            slot.replace('\'', "''")
+        );
+        let res = conn.simple_query(&sql).await;
+        conn.close().await;
+        res.ok()?
+            .first()
+            .and_then(|r| r.get_idx(0, 0))
+            .map(str::to_string)
+    };
+    tokio::time::timeout(Duration::from_secs(10), query)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Runs until shutdown, the end position, or a definite error. Transient errors reconnect with
 /// exponential backoff (unless `reconnect` is false).
 pub async fn run(mut cfg: ReceiverConfig) -> Result<ReceiveSummary, ReceiveError> {
@@ -230,6 +301,7 @@ pub async fn run(mut cfg: ReceiverConfig) -> Result<ReceiveSummary, ReceiveError
         last_flushed: Lsn::INVALID,
         timeline: TimelineId::FIRST,
         archive_caught_up: false,
+        streamed: false,
     };
     let mut delay = Duration::from_secs(1);
     loop {
@@ -237,12 +309,15 @@ pub async fn run(mut cfg: ReceiverConfig) -> Result<ReceiveSummary, ReceiveError
             return Ok(summary(&cfg, &state, StopReason::Shutdown));
         }
         let began = Instant::now();
+        state.streamed = false;
         let result = session(&mut cfg, &mut state).await;
         cfg.stats.set_connected(false);
         match result {
             Ok(stop) => return Ok(summary(&cfg, &state, stop)),
             Err(e) if e.is_transient() && cfg.reconnect => {
-                if began.elapsed() > Duration::from_secs(60) {
+                // Back off only while sessions keep failing before they stream: a server restart
+                // after hours (or seconds) of streaming is retried promptly every time.
+                if state.streamed || began.elapsed() > Duration::from_secs(60) {
                     delay = Duration::from_secs(1);
                 }
                 warn!(error = %e, retry_in_secs = delay.as_secs(), "streaming interrupted; reconnecting");
@@ -250,7 +325,7 @@ pub async fn run(mut cfg: ReceiverConfig) -> Result<ReceiveSummary, ReceiveError
                 let mut shutdown = cfg.shutdown.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.wait_for(|s| *s) => {
+                    _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
                         return Ok(summary(&cfg, &state, StopReason::Shutdown));
                     }
                 }
@@ -277,6 +352,8 @@ struct SessionState {
     last_flushed: Lsn,
     timeline: TimelineId,
     archive_caught_up: bool,
+    /// The current session got as far as START_REPLICATION.
+    streamed: bool,
 }
 
 /// Where to start and why.
@@ -318,7 +395,12 @@ async fn session(
         )));
     }
 
-    // Make what an earlier run left behind consistent before trusting it.
+    // What is on disk, read-only: a foreign or damaged directory is refused before anything in it
+    // is touched.
+    let on_disk = scan_directory(cfg, &ident, seg).await?;
+
+    // Finish what an earlier run left half done (checksums, compression) — only in a directory
+    // that passed the scan above.
     if let Target::Archive {
         dir,
         compression,
@@ -333,7 +415,7 @@ async fn session(
         }
     }
 
-    let start = choose_start(cfg, state, &mut conn, &ident, seg).await?;
+    let start = choose_start(cfg, state, &mut conn, &ident, seg, on_disk).await?;
     if start.timeline > ident.timeline {
         return Err(ReceiveError::ServerState(format!(
             "the WAL already received is on timeline {} but the server is on timeline {}: this is not the server (or a descendant of the server) that WAL came from",
@@ -404,23 +486,38 @@ async fn session(
     }
 }
 
-/// Chooses the start: the directory, then an explicit `--start` (first session), then the slot, then
-/// the server's current position. Always a segment boundary.
-async fn choose_start(
+/// Where the directory says to resume (see [`crate::start`]); refuses WAL of another cluster or
+/// segment size, and damaged files. Reads only.
+///
+/// In a standby's `pg_wal`, start discovery judges completeness by page headers. A segment that
+/// ends with an `XLOG_SWITCH` record (`pg_switch_wal()`, `archive_timeout`, the end of every base
+/// backup) is complete, but PostgreSQL 15 and later write its padding as all-zero pages — headers
+/// included — so the page scan calls it partial and stops there. Streaming would then restart at
+/// that old segment, which the server may long have removed. So a segment the page scan calls
+/// partial is checked record by record, and if its WAL really runs to the segment end, the scan
+/// continues after it.
+async fn scan_directory(
     cfg: &ReceiverConfig,
-    state: &mut SessionState,
-    conn: &mut Connection,
     ident: &walrelay_client::IdentifySystem,
     seg: WalSegmentSize,
-) -> Result<Start, ReceiveError> {
+) -> Result<Option<StreamStart>, ReceiveError> {
     let opts = match &cfg.target {
         Target::Archive { .. } => StartOptions::archive(seg),
         Target::PgWal { .. } => StartOptions::pg_wal(seg),
     }
     .with_system_identifier(ident.system_identifier);
     let dir = cfg.target.dir().to_path_buf();
-    let on_disk = blocking(move || {
-        let mut reader = StdWalDir::new(&dir).with_uncompressed_size(|path, _| {
+    blocking(move || scan_directory_blocking(&dir, opts)).await
+}
+
+/// [`scan_directory`] on the calling thread.
+fn scan_directory_blocking(
+    dir: &Path,
+    mut opts: StartOptions,
+) -> Result<Option<StreamStart>, ReceiveError> {
+    let seg = opts.wal_segment_size;
+    loop {
+        let mut reader = StdWalDir::new(dir).with_uncompressed_size(|path, _| {
             walrelay_archive::uncompressed_size(path)
                 .map(Some)
                 .map_err(|e| std::io::Error::other(e.to_string()))
@@ -429,10 +526,52 @@ async fn choose_start(
             file: dir.display().to_string(),
             source,
         })?;
-        Ok(find_streaming_start(&entries, &opts, &mut reader)?)
-    })
-    .await?;
+        let found = find_streaming_start(&entries, &opts, &mut reader)?;
+        if let Some(StreamStart {
+            lsn,
+            timeline,
+            reason: StartReason::Partial { file, .. },
+        }) = &found
+        {
+            let segment = SegmentId::new(*timeline, seg.segno(*lsn));
+            if opts.layout == Layout::PgWal
+                && complete_by_records(&dir.join(file), segment, seg, opts.system_identifier)
+            {
+                debug!(%file, "segment ends with an XLOG_SWITCH and its padding: complete");
+                opts = opts.with_scan_from(segment.end_lsn(seg), *timeline);
+                continue;
+            }
+        }
+        return Ok(found);
+    }
+}
 
+/// Whether the segment file at `path` holds valid WAL (headers and record CRCs) up to the segment
+/// end. Any doubt (unreadable, damaged, ends early) is "no": the segment is then streamed again.
+fn complete_by_records(
+    path: &Path,
+    segment: SegmentId,
+    seg: WalSegmentSize,
+    system_identifier: Option<u64>,
+) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    let mut check = walrelay_wal::SegmentCheck::new(seg);
+    check.system_identifier = system_identifier;
+    walrelay_wal::validate_segment_file(&bytes, segment, &check).is_ok_and(|r| r.is_complete())
+}
+
+/// Chooses the start: the directory, then an explicit `--start` (first session), then the slot, then
+/// the server's current position. Always a segment boundary.
+async fn choose_start(
+    cfg: &ReceiverConfig,
+    state: &mut SessionState,
+    conn: &mut Connection,
+    ident: &walrelay_client::IdentifySystem,
+    seg: WalSegmentSize,
+    on_disk: Option<StreamStart>,
+) -> Result<Start, ReceiveError> {
     let from_override = state.start_override.take();
     if let Some(lsn) = from_override {
         let lsn = lsn.segment_start(seg.bytes());
@@ -483,6 +622,12 @@ async fn choose_start(
                             why: format!("directory empty; slot \"{slot}\" restart_lsn {lsn}"),
                         });
                     }
+                    // No restart_lsn: a slot created without reserving WAL, or one the server
+                    // invalidated. Starting at the server's position is right for the first and
+                    // would hide the loss for the second; only SQL tells them apart.
+                    if slot_wal_status(&cfg.connect, slot).await.as_deref() == Some("lost") {
+                        return Err(invalidated_slot(slot));
+                    }
                 }
             }
         }
@@ -532,6 +677,7 @@ async fn stream(
                 .map_err(|e| classify_server_error(e, cfg.slot.as_deref()))?;
             cfg.stats.set_connected(true);
             cfg.stats.set_timeline(timeline.0);
+            state.streamed = true;
             state.timeline = timeline;
             let validator = if cfg.validate {
                 Some(
@@ -617,6 +763,9 @@ async fn copy_both(
     let mut apply_rx = spawn_apply_poller(cfg.apply_source.clone(), cfg.status_interval);
     let mut out = BytesMut::with_capacity(64);
     let mut endpos_reached = false;
+    // When the server last said anything, and whether we asked it to since.
+    let mut last_heard = Instant::now();
+    let mut pinged = false;
 
     // The position that may be acknowledged: durable and (if validating) validated.
     let acked = |p: &DiskProgress, v: &Option<WalValidator>| -> Lsn {
@@ -628,14 +777,20 @@ async fn copy_both(
 
     loop {
         let now = PgTimestamp::now();
+        let silence_limit = if pinged {
+            SERVER_SILENCE_TIMEOUT
+        } else {
+            SERVER_SILENCE_PING
+        };
         let wait = feedback
             .until_next_tick(now)
-            .unwrap_or(Duration::from_secs(3600));
+            .unwrap_or(Duration::from_secs(3600))
+            .min(silence_limit.saturating_sub(last_heard.elapsed()));
         tokio::select! {
             biased;
-            _ = shutdown.wait_for(|s| *s) => {
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
                 info!("shutdown requested; flushing and closing the stream");
-                return finish_copy(conn, disk, &mut feedback, &mut progress, &validator, state, cfg, StopReason::Shutdown).await;
+                return finish_copy(conn, disk, &mut feedback, &mut progress, &validator, state, cfg, next, StopReason::Shutdown).await;
             }
             changed = progress.changed() => {
                 if changed.is_err() {
@@ -656,7 +811,7 @@ async fn copy_both(
                 if endpos_reached {
                     let end = endpos_rx.borrow().unwrap_or(Lsn(u64::MAX));
                     if ack >= end {
-                        return finish_copy(conn, disk, &mut feedback, &mut progress, &validator, state, cfg, StopReason::EndPosition(end)).await;
+                        return finish_copy(conn, disk, &mut feedback, &mut progress, &validator, state, cfg, next, StopReason::EndPosition(end)).await;
                     }
                 }
             }
@@ -676,17 +831,31 @@ async fn copy_both(
                         disk.send(DiskRequest::Flush).await.map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
                         let p = *progress.borrow();
                         if acked(&p, &validator) >= end {
-                            return finish_copy(conn, disk, &mut feedback, &mut progress, &validator, state, cfg, StopReason::EndPosition(end)).await;
+                            return finish_copy(conn, disk, &mut feedback, &mut progress, &validator, state, cfg, next, StopReason::EndPosition(end)).await;
                         }
                     }
                 }
             }
             _ = tokio::time::sleep(wait) => {
+                let silent = last_heard.elapsed();
+                if silent >= SERVER_SILENCE_TIMEOUT {
+                    return Err(ReceiveError::ServerSilent(silent.as_secs()));
+                }
+                if !pinged && silent >= SERVER_SILENCE_PING {
+                    // A walsender with nothing to send stays silent as long as we keep replying, so
+                    // ask for a sign of life (what a walreceiver does at wal_receiver_timeout / 2).
+                    let mut u = feedback.current(PgTimestamp::now());
+                    u.reply_requested = true;
+                    send_update(conn, &mut out, &u, cfg).await?;
+                    pinged = true;
+                }
                 if let Some(u) = feedback.tick(PgTimestamp::now()) {
                     send_update(conn, &mut out, &u, cfg).await?;
                 }
             }
             msg = conn.read_message() => {
+                last_heard = Instant::now();
+                pinged = false;
                 match msg.map_err(|e| classify_server_error(e, cfg.slot.as_deref()))? {
                     BackendMessage::CopyData(payload) => {
                         cfg.stats.message();
@@ -700,16 +869,10 @@ async fn copy_both(
                                     )));
                                 }
                                 cfg.stats.server_end(x.wal_end);
-                                if endpos_reached {
-                                    continue;
-                                }
-                                let mut data = x.data;
-                                let end_limit = *endpos_rx.borrow();
-                                if let Some(end) = end_limit {
-                                    if next.0 + data.len() as u64 > end.0 {
-                                        data.truncate(end.0.saturating_sub(next.0) as usize);
-                                    }
-                                }
+                                // Whole messages are kept even past the end position: the record
+                                // holding it can only be validated (and so acknowledged) once its
+                                // last byte arrived, and pg_receivewal writes whole messages too.
+                                let data = x.data;
                                 if let Some(v) = validator.as_mut() {
                                     v.feed(next, &data).map_err(ReceiveError::InvalidWal)?;
                                 }
@@ -718,14 +881,15 @@ async fn copy_both(
                                     disk.send(DiskRequest::Write { lsn: next, data })
                                         .await
                                         .map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
+                                    // Waiting for a slow disk (backpressure) is not server silence:
+                                    // the server's next messages wait in the socket meanwhile.
+                                    last_heard = Instant::now();
                                 }
                                 next = Lsn(next.0 + len);
                                 cfg.stats.received(next, len);
-                                if let Some(end) = end_limit {
-                                    if next >= end {
-                                        endpos_reached = true;
-                                        disk.send(DiskRequest::Flush).await.map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
-                                    }
+                                if !endpos_reached && endpos_rx.borrow().is_some_and(|end| next >= end) {
+                                    endpos_reached = true;
+                                    disk.send(DiskRequest::Flush).await.map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
                                 }
                             }
                             ReplicationMessage::PrimaryKeepalive(k) => {
@@ -750,6 +914,13 @@ async fn copy_both(
                             Some(sw) => Ok(StreamEnd::Switch(sw)),
                             None => Err(ReceiveError::Client(ClientError::Closed)),
                         };
+                    }
+                    BackendMessage::CommandComplete { .. } => {
+                        // A walsender shutting down cleanly sends CommandComplete without CopyDone
+                        // (walsender.c, WalSndDone) and exits; libpq's PQgetCopyData reports that as
+                        // the end of the copy too. Everything queued is made durable by the caller.
+                        disk.send(DiskRequest::Flush).await.map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
+                        return Err(ReceiveError::ServerStopped);
                     }
                     BackendMessage::ErrorResponse(e) => {
                         let _ = conn.drain_until_ready().await;
@@ -799,21 +970,20 @@ async fn finish_copy(
     validator: &Option<WalValidator>,
     state: &mut SessionState,
     cfg: &ReceiverConfig,
+    received: Lsn,
     reason: StopReason,
 ) -> Result<StreamEnd, ReceiveError> {
     disk.send(DiskRequest::Flush)
         .await
         .map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
-    // Wait until everything queued is durable (the flush above is processed in order).
-    let target = match reason {
-        StopReason::EndPosition(end) => end,
-        StopReason::Shutdown => Lsn::INVALID,
-    };
+    // Wait until everything received is durable, so the final status update reports all of it. A
+    // published flush position that merely catches up with the write position is not enough: the
+    // disk task may not have taken the last writes off the queue yet.
     let deadline = tokio::time::sleep(Duration::from_secs(60));
     tokio::pin!(deadline);
     loop {
         let p = *progress.borrow_and_update();
-        if p.flush_lsn >= target && p.flush_lsn >= p.write_lsn {
+        if p.flush_lsn >= received {
             break;
         }
         tokio::select! {
@@ -992,4 +1162,158 @@ fn catch_up_archive(
 /// The segment holding `lsn` on `timeline`.
 pub fn segment_of(lsn: Lsn, timeline: TimelineId, seg: WalSegmentSize) -> SegmentId {
     SegmentId::new(timeline, seg.segno(lsn))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walrelay_protocol::ErrorFields;
+    use walrelay_wal::synth::{SynthConfig, WalBuilder};
+
+    const MB: u64 = 1024 * 1024;
+
+    fn seg() -> WalSegmentSize {
+        WalSegmentSize::new(MB).unwrap()
+    }
+
+    fn server_error(code: &str, message: &str) -> ClientError {
+        ClientError::server(ErrorFields {
+            severity: "ERROR".into(),
+            code: code.into(),
+            message: message.into(),
+            ..Default::default()
+        })
+    }
+
+    /// Segment `segno` (1 MB) holding a few records; ends with `XLOG_SWITCH` and its zeroed
+    /// padding (PostgreSQL 15), or with zeros where WAL never arrived.
+    fn segment(segno: u64, ends_with_switch: bool) -> Vec<u8> {
+        let start = Lsn(segno * MB);
+        let mut b = WalBuilder::new(SynthConfig::default(), start);
+        for i in 0..20u8 {
+            b.record(0x0A, 0x00, &[i; 300]);
+        }
+        if ends_with_switch {
+            b.switch();
+        } else {
+            b.zero_fill_to(Lsn(start.0 + MB));
+        }
+        let bytes = b.into_bytes();
+        assert_eq!(bytes.len() as u64, MB);
+        bytes
+    }
+
+    fn pg_wal_with(files: &[(u64, bool)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for &(segno, switch) in files {
+            let name =
+                SegmentId::new(TimelineId(1), walrelay_protocol::XLogSegNo(segno)).file_name(seg());
+            std::fs::write(d.path().join(name), segment(segno, switch)).unwrap();
+        }
+        d
+    }
+
+    fn pg_wal_opts() -> StartOptions {
+        StartOptions::pg_wal(seg()).with_system_identifier(SynthConfig::default().system_identifier)
+    }
+
+    #[test]
+    fn a_switch_ended_segment_is_complete_by_its_records() {
+        let d = pg_wal_with(&[(3, true), (4, false)]);
+        let sysid = Some(SynthConfig::default().system_identifier);
+        let id = |n| SegmentId::new(TimelineId(1), walrelay_protocol::XLogSegNo(n));
+        let path = |n| d.path().join(id(n).file_name(seg()));
+        assert!(complete_by_records(&path(3), id(3), seg(), sysid));
+        assert!(!complete_by_records(&path(4), id(4), seg(), sysid));
+        assert!(
+            !complete_by_records(&path(5), id(5), seg(), sysid),
+            "missing file"
+        );
+        // Another cluster's segment is not "complete" for us.
+        assert!(!complete_by_records(&path(3), id(3), seg(), Some(1)));
+    }
+
+    #[test]
+    fn pg_wal_scan_continues_past_switch_ended_segments() {
+        // What a standby's pg_wal looks like after a base backup (ends with the backup's switch)
+        // and some streaming: resume in segment 5, not at the backup's segment 3.
+        let d = pg_wal_with(&[(3, true), (4, true), (5, false)]);
+        let start = scan_directory_blocking(d.path(), pg_wal_opts())
+            .unwrap()
+            .unwrap();
+        assert_eq!(start.lsn, Lsn(5 * MB), "{start}");
+        assert!(
+            matches!(start.reason, StartReason::Partial { .. }),
+            "{start}"
+        );
+
+        // Only switch-ended segments: streaming continues after the last one.
+        let d = pg_wal_with(&[(3, true)]);
+        let start = scan_directory_blocking(d.path(), pg_wal_opts())
+            .unwrap()
+            .unwrap();
+        assert_eq!(start.lsn, Lsn(4 * MB), "{start}");
+    }
+
+    #[test]
+    fn archive_scan_is_not_changed_by_the_record_check() {
+        // In an archive a file is complete by its name; a .partial is restarted from its start
+        // even when its content happens to end with a switch (pg_receivewal's rule).
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("000000010000000000000003.partial"),
+            segment(3, true),
+        )
+        .unwrap();
+        let opts = StartOptions::archive(seg())
+            .with_system_identifier(SynthConfig::default().system_identifier);
+        let start = scan_directory_blocking(d.path(), opts).unwrap().unwrap();
+        assert_eq!(start.lsn, Lsn(3 * MB), "{start}");
+    }
+
+    #[test]
+    fn removed_wal_is_explained_with_and_without_a_slot() {
+        let removed = || {
+            server_error(
+                "58P01",
+                "requested WAL segment 000000010000000000000007 has already been removed",
+            )
+        };
+        let with_slot = classify_server_error(removed(), Some("s1")).to_string();
+        assert!(
+            with_slot.contains("\"s1\"") && with_slot.contains("invalidated"),
+            "{with_slot}"
+        );
+        assert!(!with_slot.contains("use a replication slot"), "{with_slot}");
+        let without = classify_server_error(removed(), None).to_string();
+        assert!(without.contains("use a replication slot (-S)"), "{without}");
+        let e = classify_server_error(removed(), None);
+        assert!(!e.is_transient());
+        assert_eq!(e.exit_code(), exit_code::SERVER_STATE);
+        let unknown = classify_server_error(
+            server_error(
+                sqlstate::UNDEFINED_OBJECT,
+                "replication slot \"nope\" does not exist",
+            ),
+            Some("nope"),
+        );
+        assert!(
+            unknown.to_string().contains("--create-slot -S nope"),
+            "{unknown}"
+        );
+        assert!(invalidated_slot("s2")
+            .to_string()
+            .contains("--create-slot -S s2"));
+        assert_eq!(invalidated_slot("s2").exit_code(), exit_code::SERVER_STATE);
+    }
+
+    #[test]
+    fn server_shutdown_and_silence_are_transient() {
+        for e in [ReceiveError::ServerStopped, ReceiveError::ServerSilent(60)] {
+            assert!(e.is_transient(), "{e}");
+            assert_eq!(e.exit_code(), exit_code::ERROR);
+            assert!(!e.to_string().contains('\n'));
+        }
+        assert!(SERVER_SILENCE_PING < SERVER_SILENCE_TIMEOUT);
+    }
 }
