@@ -83,11 +83,31 @@ fn parse_cli() -> Result<Cli, ExitCode> {
                 e.kind(),
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
             );
-            let _ = e.print();
             if is_info {
+                let _ = e.print();
                 return Err(ExitCode::SUCCESS);
             }
-            let under_restore = std::env::args().nth(1).as_deref() == Some("restore");
+            if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return Err(ExitCode::from(2));
+            }
+            // One line: clap's first line (the cause), and where to read more.
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            let known: Vec<String> = <Cli as clap::CommandFactory>::command()
+                .get_subcommands()
+                .map(|c| c.get_name().to_string())
+                .collect();
+            let sub = std::env::args().nth(1).filter(|a| known.contains(a));
+            eprintln!(
+                "walrelay: error: {first} (see walrelay {}--help)",
+                sub.as_deref().map(|s| format!("{s} ")).unwrap_or_default()
+            );
+            let under_restore = sub.as_deref() == Some("restore");
             let code = if under_restore {
                 walrelay_archive::RESTORE_EXIT_ERROR
             } else {
