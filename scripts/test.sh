@@ -11,6 +11,7 @@
 #   cargo fmt --all --check
 #   cargo clippy --workspace --all-targets -- -D warnings
 #   cargo test --workspace --no-fail-fast -- --test-threads=N
+#   scripts/compat-table.sh --check   (with majors: one pass/fail line per major, and the table)
 #
 # Every step runs even if an earlier one failed (one run shows every problem); the exit status is
 # non-zero if any failed. The last line is a summary: `summary: N passed, N failed, N skipped`.
@@ -119,9 +120,22 @@ if [ "$lint" = 1 ]; then
     record "clippy" $?
 fi
 
+# The version matrix (tests/matrix.rs) leaves one result per major here; clear old ones so that a run
+# which never reached a major cannot pass on a stale result (same rule as the test and the script).
+matrix_dir="${WALRELAY_MATRIX_DIR:-${CARGO_TARGET_DIR:-target}/matrix}"
+rm -f "$matrix_dir"/pg*.json
+
 banner "cargo test --workspace --no-fail-fast -- --test-threads=$threads ${cargo_test_args[*]}"
 cargo test --workspace --no-fail-fast -- --test-threads="$threads" "${cargo_test_args[@]}" 2>&1 | tee "$log_dir/test.log"
 record "tests" "${PIPESTATUS[0]}"
+tests_status=${step_results[${#step_results[@]}-1]}
+
+# One line per major with pass/fail, and the compatibility table, from the matrix results.
+if [ -n "$majors" ]; then
+    banner "PostgreSQL version matrix: scripts/compat-table.sh --check --majors $majors"
+    scripts/compat-table.sh --check --majors "$majors" --dir "$matrix_dir"
+    record "version matrix" $?
+fi
 
 # --- summary ------------------------------------------------------------------------------------
 
@@ -139,7 +153,6 @@ read -r passed failed_tests ignored < <(
 
 # A red cargo test with no failed test means it failed outside the tests (a build error, a crashed
 # test binary): count it, so the summary never reads "0 failed" for a failed run.
-tests_status=${step_results[${#step_results[@]}-1]}
 if [ "$tests_status" = FAILED ] && [ "$failed_tests" -eq 0 ]; then
     echo "test.sh: cargo test failed outside any single test (build error or crashed test binary?)"
     failed_tests=1

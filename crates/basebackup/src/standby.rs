@@ -20,6 +20,12 @@
 //!   `recovery_target_timeline = 'latest'` makes it follow timeline switches (the default from 12;
 //!   before 12 it must be set in `recovery.conf`).
 //!
+//! `primary_conninfo` is read by the *standby's* libpq, which rejects the whole string when it holds a
+//! keyword newer than itself ("invalid connection option"): a PostgreSQL 12 standby does not know
+//! `channel_binding` (13) or `sslsni` (14), even though walrelay (and a newer psql) accepted them. So
+//! [`StandbyConfig::new`] drops the keywords introduced after the server's major version
+//! ([`Keyword::introduced_in`]) and logs which; they only tuned this run's connection.
+//!
 //! `primary_conninfo` may contain a password, so every file written here is mode 0600. The file that
 //! makes the server a standby (`standby.signal` or `recovery.conf`) is written first: if the process
 //! dies in between, the server waits for WAL as a standby instead of starting as a new primary.
@@ -30,6 +36,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use thiserror::Error;
+use tracing::warn;
+use walrelay_conninfo::{ConnInfo, Keyword};
 use walrelay_durable::{write_file_atomic, DurableError, Owner};
 
 /// The header ALTER SYSTEM writes at the top of `postgresql.auto.conf`.
@@ -102,11 +110,14 @@ pub struct StandbyConfig {
 
 impl StandbyConfig {
     /// `server_major` is the major version (10, 11, …, 18), e.g. `server_version_num / 10000`.
-    pub fn new(server_major: u32, mode: StandbyMode) -> Result<Self, StandbyConfigError> {
+    ///
+    /// A streaming `primary_conninfo` loses the keywords the server's libpq does not know yet (see the
+    /// module docs).
+    pub fn new(server_major: u32, mut mode: StandbyMode) -> Result<Self, StandbyConfigError> {
         if server_major < MINIMUM_SUPPORTED_MAJOR {
             return Err(StandbyConfigError::UnsupportedVersion(server_major));
         }
-        match &mode {
+        match &mut mode {
             StandbyMode::Streaming {
                 primary_conninfo,
                 slot_name,
@@ -116,6 +127,14 @@ impl StandbyConfig {
                 }
                 if let Some(slot) = slot_name {
                     validate_slot_name(slot)?;
+                }
+                let (known, dropped) = conninfo_for_libpq(primary_conninfo, server_major);
+                if !dropped.is_empty() {
+                    warn!(
+                        dropped = %dropped.join(", "),
+                        "left out of primary_conninfo: the PostgreSQL {server_major} standby's libpq does not know them"
+                    );
+                    *primary_conninfo = known;
                 }
             }
             StandbyMode::Sidecar {
@@ -230,6 +249,30 @@ fn sidecar_server_settings(interval: Duration) -> String {
     );
     s.push_str(&setting("hot_standby", "on"));
     s
+}
+
+/// `conninfo` without the keywords that libpq of `major` does not know (introduced later), and the names
+/// of those dropped. Unchanged (same text) when nothing is dropped or when it does not parse as a
+/// connection string: then there is nothing this function can judge, and the standby reports it.
+pub fn conninfo_for_libpq(conninfo: &str, major: u32) -> (String, Vec<&'static str>) {
+    let Ok(mut info) = ConnInfo::parse(conninfo) else {
+        return (conninfo.to_string(), Vec::new());
+    };
+    let newer: Vec<Keyword> = info
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.introduced_in() > major)
+        .collect();
+    if newer.is_empty() {
+        return (conninfo.to_string(), Vec::new());
+    }
+    for k in &newer {
+        info.remove(*k);
+    }
+    (
+        info.to_connection_string(),
+        newer.iter().map(|k| k.name()).collect(),
+    )
 }
 
 /// `name = 'value'\n` with the value escaped as `escape_single_quotes_ascii` does.
@@ -425,6 +468,70 @@ mod tests {
             "{}",
             r[1].1
         );
+    }
+
+    #[test]
+    fn primary_conninfo_keeps_only_what_the_standby_libpq_knows() {
+        let all = "user=rep password='a b' host=10.0.0.1 port=5432 tcp_user_timeout=0 \
+                   channel_binding=prefer sslsni=1 sslcertmode=allow sslnegotiation=postgres";
+        let cases: [(u32, &[&str]); 6] = [
+            (
+                10,
+                &[
+                    "tcp_user_timeout",
+                    "channel_binding",
+                    "sslsni",
+                    "sslcertmode",
+                    "sslnegotiation",
+                ],
+            ),
+            (
+                12,
+                &["channel_binding", "sslsni", "sslcertmode", "sslnegotiation"],
+            ),
+            (13, &["sslsni", "sslcertmode", "sslnegotiation"]),
+            (14, &["sslcertmode", "sslnegotiation"]),
+            (16, &["sslnegotiation"]),
+            (17, &[]),
+        ];
+        for (major, dropped) in cases {
+            let (kept, mut gone) = conninfo_for_libpq(all, major);
+            gone.sort_unstable();
+            let mut dropped = dropped.to_vec();
+            dropped.sort_unstable();
+            assert_eq!(gone, dropped, "PG {major}");
+            let parsed = ConnInfo::parse(&kept).unwrap();
+            assert!(
+                parsed.iter().all(|(k, _)| k.introduced_in() <= major),
+                "PG {major}: {kept}"
+            );
+            assert_eq!(
+                parsed.get(Keyword::Password),
+                Some("a b"),
+                "PG {major}: {kept}"
+            );
+            assert_eq!(parsed.get(Keyword::Host), Some("10.0.0.1"));
+            assert_eq!(parsed.len() + dropped.len(), 9, "PG {major}: {kept}");
+        }
+        // Nothing to drop, or nothing understood: the text stays as it was.
+        assert_eq!(conninfo_for_libpq(all, 18).0, all);
+        assert_eq!(
+            conninfo_for_libpq("host='unterminated", 10).0,
+            "host='unterminated"
+        );
+
+        // Through the configuration: PG 11's recovery.conf and PG 13's postgresql.auto.conf.
+        let mode = StandbyMode::Streaming {
+            primary_conninfo: "host=h user=u sslsni=1 channel_binding=require".into(),
+            slot_name: None,
+        };
+        assert_eq!(
+            rendered(11, mode.clone(), None)[0].1,
+            "standby_mode = 'on'\nprimary_conninfo = 'user=u host=h'\n"
+        );
+        assert!(rendered(13, mode, None)[1]
+            .1
+            .ends_with("primary_conninfo = 'user=u channel_binding=require host=h'\n"));
     }
 
     #[test]
