@@ -696,21 +696,20 @@ fn refused(out: &support::walrelay_cmd::Finished, code: Option<i32>, needles: &[
     }
 }
 
-/// Asserts a command line clap refused: exit code 2, the cause on the first line of stderr; clap adds
-/// only its usage line and a hint to `--help` after it (main.rs prints clap's errors as they are).
+/// Asserts a command line clap refused: exit code 2 and exactly one line on stderr stating the cause
+/// (main.rs folds clap's usage text into a pointer to `--help` on the same line).
 fn refused_by_clap(out: &support::walrelay_cmd::Finished, needles: &[&str]) {
     assert_eq!(out.code(), Some(2), "{out:?}");
     let lines = out.stderr_lines();
-    assert!(
-        lines[0].starts_with("error: ") && needles.iter().all(|n| lines[0].contains(n)),
-        "the first line does not state the cause: {:#?}",
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one line on stderr: {:#?}",
         out.stderr
     );
     assert!(
-        lines[1..]
-            .iter()
-            .all(|l| l.starts_with("Usage: ") || l.starts_with("For more information")),
-        "more than clap's usage after the cause: {:#?}",
+        lines[0].starts_with("walrelay: error: ") && needles.iter().all(|n| lines[0].contains(n)),
+        "the line does not state the cause: {:#?}",
         out.stderr
     );
 }
