@@ -17,8 +17,9 @@
 # non-zero if any failed. The last line is a summary: `summary: N passed, N failed, N skipped`.
 #
 # Environment:
-#   WALRELAY_PG_MAJORS     comma list of majors for the version-matrix tests (installed first, then
-#                          exported to the tests); unset = matrix tests skip themselves
+#   WALRELAY_PG_MAJORS     comma list of majors for the version-matrix tests (default: all, 10 to 18;
+#                          set it empty to skip the matrix); installed first, then exported to
+#                          the tests
 #   WALRELAY_TEST_THREADS  test threads per test binary (default 2: integration tests start real
 #                          clusters, and the machine has two cores)
 #   any other WALRELAY_* variable the testkit reads (see crates/testkit/src/env.rs)
@@ -26,7 +27,9 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
 
-majors="${WALRELAY_PG_MAJORS:-}"
+# The whole suite includes the version matrix; `--majors 15` (or WALRELAY_PG_MAJORS=15) narrows it.
+ALL_MAJORS=10,11,12,13,14,15,16,17,18
+majors="${WALRELAY_PG_MAJORS-$ALL_MAJORS}"
 lint=1
 cargo_test_args=()
 while [ "$#" -gt 0 ]; do
