@@ -16,7 +16,7 @@ use walrelay_protocol::ServerVersion;
 
 use crate::error::{ClientError, Result, ServerError};
 use crate::params::{
-    AuthMethod, ChannelBindingMode, ConnectParams, Endpoint, ReplicationMode, SslMode,
+    AuthMethod, ChannelBindingMode, ConnectParams, Endpoint, ReplicationMode, SessionAttrs, SslMode,
 };
 use crate::stream::Stream;
 use crate::tls;
@@ -95,21 +95,68 @@ impl Connection {
                 "channel_binding=require needs TLS, but sslmode=disable".into(),
             ));
         }
+        // prefer-standby: a standby if any host is one, else any server (libpq's second pass).
+        let passes = match params.target_session_attrs {
+            SessionAttrs::PreferStandby => vec![SessionAttrs::Standby, SessionAttrs::Any],
+            a => vec![a],
+        };
         let mut errors = Vec::new();
-        for endpoint in &params.endpoints {
-            match Self::connect_endpoint(params, endpoint).await {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    debug!(%endpoint, error = %e, "connection attempt failed");
-                    errors.push(e);
+        for wanted in passes {
+            for endpoint in &params.endpoints {
+                match Self::connect_endpoint(params, endpoint).await {
+                    Ok(mut c) => match c.session_matches(wanted).await {
+                        Ok(true) => return Ok(c),
+                        Ok(false) => {
+                            debug!(%endpoint, wanted = wanted.as_str(), "server does not match target_session_attrs");
+                            c.close().await;
+                        }
+                        Err(e) => errors.push(e),
+                    },
+                    Err(e) => {
+                        debug!(%endpoint, error = %e, "connection attempt failed");
+                        errors.push(e);
+                    }
                 }
             }
+        }
+        if errors.is_empty() {
+            return Err(ClientError::Config(format!(
+                "none of the {} host(s) is a server with target_session_attrs={}",
+                params.endpoints.len(),
+                params.target_session_attrs.as_str()
+            )));
         }
         if errors.len() == 1 {
             Err(errors.remove(0))
         } else {
             Err(ClientError::AllHostsFailed(errors))
         }
+    }
+
+    /// Whether this server is of the kind `wanted`. PostgreSQL 14+ reports `in_hot_standby` at startup;
+    /// before that, and for read-only/read-write, `SHOW transaction_read_only` answers (also in
+    /// replication mode).
+    async fn session_matches(&mut self, wanted: SessionAttrs) -> Result<bool> {
+        if wanted == SessionAttrs::Any {
+            return Ok(true);
+        }
+        let read_only = match wanted {
+            SessionAttrs::Primary | SessionAttrs::Standby => match self.parameter("in_hot_standby")
+            {
+                Some(v) => v == "on",
+                None => self.show_bool("transaction_read_only").await?,
+            },
+            _ => self.show_bool("transaction_read_only").await?,
+        };
+        Ok(match wanted {
+            SessionAttrs::ReadWrite | SessionAttrs::Primary => !read_only,
+            _ => read_only,
+        })
+    }
+
+    async fn show_bool(&mut self, name: &str) -> Result<bool> {
+        let res = self.simple_query(&format!("SHOW {name}")).await?;
+        Ok(res.first().and_then(|r| r.get_idx(0, 0)) == Some("on"))
     }
 
     async fn connect_endpoint(params: &ConnectParams, endpoint: &Endpoint) -> Result<Connection> {

@@ -21,7 +21,7 @@ pub use connection::{Connection, QueryResult};
 pub use error::{ClientError, ServerError};
 pub use params::{
     AuthMethod, ChannelBindingMode, ConnectParams, Endpoint, PasswordLookup, ReplicationMode,
-    RootCerts, Secret, SslMode, TlsParams,
+    RootCerts, Secret, SessionAttrs, SslMode, TlsParams,
 };
 pub use replication::{IdentifySystem, ReplicationSlotInfo, TimelineSwitch};
 pub use resolve::connect_params;

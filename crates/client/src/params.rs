@@ -138,6 +138,33 @@ pub struct ConnectParams {
     pub allowed_auth: Option<Vec<AuthMethod>>,
     /// Further startup parameters (`datestyle`, `timezone`, `geqo` from `PGDATESTYLE`, …).
     pub extra_startup: Vec<(String, String)>,
+    /// Which kind of server is acceptable when several hosts are given (libpq `target_session_attrs`).
+    pub target_session_attrs: SessionAttrs,
+}
+
+/// libpq's `target_session_attrs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SessionAttrs {
+    #[default]
+    Any,
+    ReadWrite,
+    ReadOnly,
+    Primary,
+    Standby,
+    PreferStandby,
+}
+
+impl SessionAttrs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionAttrs::Any => "any",
+            SessionAttrs::ReadWrite => "read-write",
+            SessionAttrs::ReadOnly => "read-only",
+            SessionAttrs::Primary => "primary",
+            SessionAttrs::Standby => "standby",
+            SessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
 }
 
 impl fmt::Debug for ConnectParams {
@@ -187,6 +214,7 @@ impl ConnectParams {
             tcp_user_timeout: None,
             allowed_auth: None,
             extra_startup: Vec::new(),
+            target_session_attrs: SessionAttrs::Any,
         }
     }
 }

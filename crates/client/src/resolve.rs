@@ -7,7 +7,7 @@ use walrelay_conninfo as ci;
 use crate::error::ClientError;
 use crate::params::{
     AuthMethod, ChannelBindingMode, ConnectParams, Endpoint, PasswordLookup, ReplicationMode,
-    RootCerts, Secret, SslMode, TlsParams,
+    RootCerts, Secret, SessionAttrs, SslMode, TlsParams,
 };
 
 /// Builds connection parameters from resolved libpq settings. `replication` overrides the
@@ -44,7 +44,10 @@ pub fn connect_params(
         };
         pairs.push((ep, t.clone()));
     }
-    let endpoints = pairs.iter().map(|(e, _)| e.clone()).collect();
+    let mut endpoints: Vec<Endpoint> = pairs.iter().map(|(e, _)| e.clone()).collect();
+    if cfg.load_balance_hosts() == ci::LoadBalanceHosts::Random {
+        shuffle(&mut endpoints);
+    }
 
     let cfg_for_lookup = cfg.clone();
     let lookup: PasswordLookup = Arc::new(move |ep: &Endpoint| {
@@ -126,6 +129,14 @@ pub fn connect_params(
         .filter(|(k, _)| matches!(*k, "datestyle" | "timezone" | "geqo"))
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
+    let target_session_attrs = match cfg.target_session_attrs() {
+        ci::TargetSessionAttrs::Any => SessionAttrs::Any,
+        ci::TargetSessionAttrs::ReadWrite => SessionAttrs::ReadWrite,
+        ci::TargetSessionAttrs::ReadOnly => SessionAttrs::ReadOnly,
+        ci::TargetSessionAttrs::Primary => SessionAttrs::Primary,
+        ci::TargetSessionAttrs::Standby => SessionAttrs::Standby,
+        ci::TargetSessionAttrs::PreferStandby => SessionAttrs::PreferStandby,
+    };
     Ok(ConnectParams {
         endpoints,
         user: cfg.user().to_string(),
@@ -144,7 +155,26 @@ pub fn connect_params(
         tcp_user_timeout: cfg.tcp_user_timeout(),
         allowed_auth,
         extra_startup,
+        target_session_attrs,
     })
+}
+
+/// `load_balance_hosts=random`: a Fisher–Yates shuffle seeded from the clock and the process id (no
+/// cryptographic quality needed: it only spreads connections over hosts).
+fn shuffle<T>(v: &mut [T]) {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ (u64::from(std::process::id()) << 32);
+    for i in (1..v.len()).rev() {
+        // xorshift64*
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        let r = seed.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        v.swap(i, (r % (i as u64 + 1)) as usize);
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +200,30 @@ mod tests {
         let pw = (p.password.unwrap())(&p.endpoints[0]).unwrap();
         assert_eq!(pw.expose(), "pw");
         assert!(!format!("{pw:?}").contains("pw\""));
+    }
+
+    #[test]
+    fn session_attrs_and_load_balancing() {
+        let cfg =
+            resolve("host=a,b,c,d,e,f target_session_attrs=read-write load_balance_hosts=random");
+        let p = connect_params(&cfg, ReplicationMode::Physical, None).unwrap();
+        assert_eq!(p.target_session_attrs, SessionAttrs::ReadWrite);
+        let mut hosts: Vec<String> = p
+            .endpoints
+            .iter()
+            .map(|e| match e {
+                Endpoint::Tcp { host, .. } => host.clone(),
+                Endpoint::Unix { .. } => unreachable!(),
+            })
+            .collect();
+        hosts.sort();
+        assert_eq!(hosts, ["a", "b", "c", "d", "e", "f"]);
+        let mut v: Vec<u32> = (0..100).collect();
+        shuffle(&mut v);
+        let mut sorted = v.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_ne!(v, sorted, "a shuffle of 100 items left them in order");
     }
 
     #[test]

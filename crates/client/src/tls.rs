@@ -131,12 +131,13 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let meta = fs::metadata(path).map_err(|e| {
+    let could_not_open = |e: std::io::Error| {
         format!(
             "could not open private key file \"{}\": {e}",
             path.display()
         )
-    })?;
+    };
+    let meta = fs::metadata(path).map_err(could_not_open)?;
     // libpq: the key must not be group/world accessible, except 0640 owned by root (for system-wide keys).
     let mode = meta.mode() & 0o777;
     let ok = if meta.uid() == 0 {
@@ -150,12 +151,7 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
             path.display()
         ));
     }
-    let f = fs::File::open(path).map_err(|e| {
-        format!(
-            "could not open private key file \"{}\": {e}",
-            path.display()
-        )
-    })?;
+    let f = fs::File::open(path).map_err(could_not_open)?;
     rustls_pemfile::private_key(&mut BufReader::new(f))
         .map_err(|e| {
             format!(

@@ -251,3 +251,50 @@ fn errors_a_user_meets_are_one_line_and_never_show_the_password() {
     assert!(ConnectionConfig::from_conninfo("sslmode=sometimes", &MapEnv::new()).is_err());
     assert!(ConnectionConfig::from_conninfo("nokey=1", &MapEnv::new()).is_err());
 }
+
+#[test]
+fn target_session_attrs_picks_the_right_host() {
+    let primary = Cluster::builder().name("client-tsa-primary").start();
+    let backup = primary.pg_basebackup(&["-R", "-X", "stream", "-c", "fast"]);
+    let standby = primary.standby(&backup).start();
+    let (p, s) = (primary.port(), standby.port());
+    let port_of = |c: &Connection| match c.endpoint() {
+        walrelay_client::Endpoint::Tcp { port, .. } => *port,
+        other => panic!("{other:?}"),
+    };
+    rt().block_on(async {
+        for (attrs, hosts, want) in [
+            ("read-write", format!("{s},{p}"), p),
+            ("primary", format!("{s},{p}"), p),
+            ("read-only", format!("{p},{s}"), s),
+            ("standby", format!("{p},{s}"), s),
+            ("prefer-standby", format!("{p},{s}"), s),
+            ("prefer-standby", format!("{p}"), p),
+            ("any", format!("{s},{p}"), s),
+        ] {
+            let ci = format!(
+                "host=127.0.0.1,127.0.0.1 port={hosts} user=postgres target_session_attrs={attrs}"
+            );
+            let ci = if !hosts.contains(',') {
+                ci.replace("host=127.0.0.1,127.0.0.1", "host=127.0.0.1")
+            } else {
+                ci
+            };
+            let c = connect(&ci)
+                .await
+                .unwrap_or_else(|e| panic!("{attrs}: {e}"));
+            assert_eq!(port_of(&c), want, "{attrs} over {hosts}");
+            c.close().await;
+        }
+        let e = conn_err(
+            connect(&format!(
+                "host=127.0.0.1 port={s} user=postgres target_session_attrs=read-write"
+            ))
+            .await,
+        );
+        assert!(
+            e.to_string().contains("target_session_attrs=read-write"),
+            "{e}"
+        );
+    });
+}
