@@ -537,18 +537,12 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// [`crate::bootstrap::human_bytes`], with sizes below 1 kB spelled out in the reports.
 fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["bytes", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < UNITS.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
+    if n < 1024 {
         format!("{n} bytes")
     } else {
-        format!("{v:.1} {}", UNITS[i])
+        crate::bootstrap::human_bytes(n)
     }
 }
 

@@ -257,6 +257,7 @@ fn explain_failure(
     )
 }
 
+/// A size in binary units for operator output: `512 B`, `1.5 kB`, `23.0 MB`.
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = b as f64;

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use http_body_util::Full;
@@ -19,94 +19,89 @@ use walrelay_walreceiver::{ReceiverStats, StatsSnapshot};
 
 /// Renders the Prometheus text exposition of a snapshot.
 pub fn render(s: &StatsSnapshot) -> String {
+    /// How a value is exposed: a gauge can go down, a counter only up (and gets `_total`).
+    enum Kind {
+        Gauge(u64),
+        Counter(u64),
+    }
+    use Kind::{Counter as C, Gauge as G};
+    let age = s.since_last_message().map_or(0, |d| d.as_secs());
+    let metrics = [
+        (
+            "received_lsn",
+            "End of the WAL received (bytes)",
+            G(s.received_lsn.0),
+        ),
+        (
+            "written_lsn",
+            "End of the WAL written to files (bytes)",
+            G(s.written_lsn.0),
+        ),
+        (
+            "flushed_lsn",
+            "End of the durable WAL (bytes)",
+            G(s.flushed_lsn.0),
+        ),
+        (
+            "reported_flush_lsn",
+            "Flush position last reported to the server (bytes)",
+            G(s.reported_flush_lsn.0),
+        ),
+        (
+            "server_wal_end_lsn",
+            "The server's end of WAL as last seen (bytes)",
+            G(s.server_wal_end.0),
+        ),
+        (
+            "lag_bytes",
+            "Server end of WAL minus durable WAL",
+            G(s.server_wal_end.0.saturating_sub(s.flushed_lsn.0)),
+        ),
+        ("received_bytes", "WAL bytes received", C(s.bytes_received)),
+        (
+            "reconnects",
+            "Reconnections after transient failures",
+            C(s.reconnects),
+        ),
+        (
+            "segments_completed",
+            "Segments completed",
+            C(s.segments_completed),
+        ),
+        ("timeline", "Current timeline", G(u64::from(s.timeline))),
+        ("connected", "1 while streaming", G(u64::from(s.connected))),
+        (
+            "last_message_age_seconds",
+            "Seconds since the last message from the server",
+            G(age),
+        ),
+    ];
     let mut reg = Registry::with_prefix("walrelay_receive");
-    let gauge = |v: u64| {
-        let g: Gauge<i64> = Gauge::default();
-        g.set(i64::try_from(v).unwrap_or(i64::MAX));
-        g
-    };
-    let counter = |v: u64| {
-        let c: Counter = Counter::default();
-        c.inc_by(v);
-        c
-    };
-    reg.register(
-        "received_lsn",
-        "End of the WAL received (bytes)",
-        gauge(s.received_lsn.0),
-    );
-    reg.register(
-        "written_lsn",
-        "End of the WAL written to files (bytes)",
-        gauge(s.written_lsn.0),
-    );
-    reg.register(
-        "flushed_lsn",
-        "End of the durable WAL (bytes)",
-        gauge(s.flushed_lsn.0),
-    );
-    reg.register(
-        "reported_flush_lsn",
-        "Flush position last reported to the server (bytes)",
-        gauge(s.reported_flush_lsn.0),
-    );
-    reg.register(
-        "server_wal_end_lsn",
-        "The server's end of WAL as last seen (bytes)",
-        gauge(s.server_wal_end.0),
-    );
-    reg.register(
-        "lag_bytes",
-        "Server end of WAL minus durable WAL",
-        gauge(s.server_wal_end.0.saturating_sub(s.flushed_lsn.0)),
-    );
-    reg.register(
-        "received_bytes",
-        "WAL bytes received",
-        counter(s.bytes_received),
-    );
-    reg.register(
-        "reconnects",
-        "Reconnections after transient failures",
-        counter(s.reconnects),
-    );
-    reg.register(
-        "segments_completed",
-        "Segments completed",
-        counter(s.segments_completed),
-    );
-    reg.register("timeline", "Current timeline", gauge(u64::from(s.timeline)));
-    reg.register(
-        "connected",
-        "1 while streaming",
-        gauge(u64::from(s.connected)),
-    );
-    let age = if s.last_message_unix_ms == 0 {
-        0
-    } else {
-        now_ms().saturating_sub(s.last_message_unix_ms) / 1000
-    };
-    reg.register(
-        "last_message_age_seconds",
-        "Seconds since the last message from the server",
-        gauge(age),
-    );
+    for (name, help, value) in metrics {
+        match value {
+            Kind::Gauge(v) => {
+                let g: Gauge<i64> = Gauge::default();
+                g.set(i64::try_from(v).unwrap_or(i64::MAX));
+                reg.register(name, help, g);
+            }
+            Kind::Counter(v) => {
+                let c: Counter = Counter::default();
+                c.inc_by(v);
+                reg.register(name, help, c);
+            }
+        }
+    }
     let mut out = String::new();
     let _ = encode(&mut out, &reg);
     out
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Healthy while streaming and hearing from the server within a few status intervals.
 pub fn healthy(s: &StatsSnapshot, status_interval: Duration) -> bool {
     let limit = status_interval.max(Duration::from_secs(10)).as_millis() as u64 * 3;
-    s.connected && now_ms().saturating_sub(s.last_message_unix_ms) <= limit
+    s.connected
+        && s.since_last_message()
+            .is_some_and(|d| d.as_millis() as u64 <= limit)
 }
 
 /// Binds now (so a taken port is an error at startup) and serves in the background.
@@ -181,8 +176,48 @@ mod tests {
         assert!(text.contains("walrelay_receive_lag_bytes 50"), "{text}");
         assert!(text.contains("walrelay_receive_timeline 2"), "{text}");
         assert!(
+            text.contains("# TYPE walrelay_receive_reconnects counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("walrelay_receive_received_bytes_total 0"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# HELP ").count(), 12, "{text}");
+        assert!(
             !healthy(&s, Duration::from_secs(10)),
             "no message ever received"
         );
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let fresh = StatsSnapshot {
+            last_message_unix_ms: now_ms - 2_000,
+            ..s
+        };
+        assert!(healthy(&fresh, Duration::from_secs(10)));
+        let text = render(&fresh);
+        let age: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("walrelay_receive_last_message_age_seconds "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!((2..10).contains(&age), "{text}");
+        let stale = StatsSnapshot {
+            last_message_unix_ms: now_ms - 31_000,
+            ..s
+        };
+        assert!(
+            !healthy(&stale, Duration::from_secs(10)),
+            "30 s is the limit"
+        );
+        assert!(!healthy(
+            &StatsSnapshot {
+                connected: false,
+                ..fresh
+            },
+            Duration::from_secs(10)
+        ));
     }
 }

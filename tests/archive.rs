@@ -18,7 +18,7 @@ use std::process::{Command, Output, Stdio};
 use walrelay_archive::{compress_completed_segment, open_segment, Compression};
 use walrelay_durable::Owner;
 use walrelay_protocol::Lsn;
-use walrelay_testkit::{ClientTools, Cluster};
+use walrelay_testkit::{poll, ClientTools, Cluster};
 
 const MB: usize = 1024 * 1024;
 const SEG7: &str = "000000010000000000000007";
@@ -95,6 +95,17 @@ fn problem_lines(out: &str) -> Vec<&str> {
     out.lines().filter(|l| l.starts_with("  0")).collect()
 }
 
+/// `walrelay verify -D dir`, which must fail (exit 1) with exactly one problem: that problem's line,
+/// and the whole report for assertion messages.
+fn single_problem(dir: &Path) -> (String, String) {
+    let o = walrelay(&["verify", "-D", s(dir)]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    let out = stdout(&o);
+    let lines = problem_lines(&out);
+    assert_eq!(lines.len(), 1, "{out}");
+    (lines[0].to_string(), out)
+}
+
 // ------------------------------------------------------------------------------------- verify
 
 #[test]
@@ -136,12 +147,8 @@ fn verify_passes_a_good_archive_in_every_format() {
 fn verify_names_a_deleted_segment_as_a_gap() {
     let d = good_archive();
     fs::remove_file(d.path().join(format!("{SEG8}.gz"))).unwrap();
-    let o = walrelay(&["verify", "-D", s(d.path())]);
-    assert_eq!(code(&o), 1, "{}", stdout(&o));
-    let out = stdout(&o);
-    let lines = problem_lines(&out);
-    assert_eq!(lines.len(), 1, "{out}");
-    assert!(lines[0].starts_with(&format!("  {SEG8}: gap:")), "{out}");
+    let (line, out) = single_problem(d.path());
+    assert!(line.starts_with(&format!("  {SEG8}: gap:")), "{out}");
     assert!(out.contains("FAILED: 1 problems"), "{out}");
 
     let o = walrelay(&["verify", "-D", s(d.path()), "--json"]);
@@ -161,16 +168,12 @@ fn verify_names_file_and_lsn_of_a_flipped_byte() {
             b[0x48 + 30] ^= 0x01;
         }
     });
-    let o = walrelay(&["verify", "-D", s(d.path())]);
-    assert_eq!(code(&o), 1, "{}", stdout(&o));
-    let out = stdout(&o);
-    let lines = problem_lines(&out);
-    assert_eq!(lines.len(), 1, "{out}");
+    let (line, out) = single_problem(d.path());
     assert!(
-        lines[0].starts_with(&format!("  {SEG7}: content_check:")),
+        line.starts_with(&format!("  {SEG7}: content_check:")),
         "{out}"
     );
-    assert!(lines[0].contains("checksum in record at 0/700048"), "{out}");
+    assert!(line.contains("checksum in record at 0/700048"), "{out}");
 
     // In segment 9 (kept as .lz4, flipped before compressing, so the LZ4 checksum is fine): a
     // byte of the 3.2 MB record that begins in segment 7. Segment 9 alone is only continuation
@@ -180,17 +183,13 @@ fn verify_names_file_and_lsn_of_a_flipped_byte() {
             b[300_000] ^= 0x01;
         }
     });
-    let o = walrelay(&["verify", "-D", s(d.path())]);
-    assert_eq!(code(&o), 1, "{}", stdout(&o));
-    let out = stdout(&o);
-    let lines = problem_lines(&out);
-    assert_eq!(lines.len(), 1, "{out}");
+    let (line, out) = single_problem(d.path());
     assert!(
-        lines[0].starts_with(&format!("  {SEG7}: content_check:")),
+        line.starts_with(&format!("  {SEG7}: content_check:")),
         "{out}"
     );
-    assert!(lines[0].contains("record at 0/76B3B0"), "{out}");
-    assert!(lines[0].contains(SEGA), "names where it was found: {out}");
+    assert!(line.contains("record at 0/76B3B0"), "{out}");
+    assert!(line.contains(SEGA), "names where it was found: {out}");
 }
 
 #[test]
@@ -578,17 +577,6 @@ fn prune_refuses_age_alone_and_bad_input() {
 
 // ------------------------------------------------------------- archives written by real tools
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + walrelay_testkit::env::timeout();
-    while !f() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 fn new_dir(c: &Cluster, name: &str) -> PathBuf {
     let p = c.scratch_path(name);
     fs::create_dir_all(&p).unwrap();
@@ -660,7 +648,16 @@ fn verify_passes_archives_of_walrelay_receive_and_pg_receivewal() {
         );
         dirs.push((kind, dir));
     }
-    wait_for("archives", || dirs.iter().all(|(_, d)| names(d).len() >= 4));
+    poll::wait_until(
+        "archives",
+        || dirs.iter().all(|(_, d)| names(d).len() >= 4),
+        || {
+            format!(
+                "{:?}",
+                dirs.iter().map(|(_, d)| names(d)).collect::<Vec<_>>()
+            )
+        },
+    );
 
     for (kind, dir) in &dirs {
         let o = walrelay(&["verify", "-D", s(dir), "--json"]);

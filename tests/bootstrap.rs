@@ -31,8 +31,7 @@ mod basebackup_common;
 #[path = "../crates/basebackup/tests/support/fake_server.rs"]
 mod fake_server;
 
-use std::fs::{self, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,8 +39,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use walrelay_testkit::{
-    assert_same_dumpall, oracle::normalize_dump, pg_controldata, pg_verifybackup, AuthMethod,
-    ClientTools, Cluster, PgBench, StopMode, VerifyBackupOptions,
+    assert_same_dumpall, assert_tree_owned_by, oracle::normalize_dump, pg_controldata,
+    pg_verifybackup, server_user_ids, AuthMethod, ClientTools, Cluster, PgBench,
+    VerifyBackupOptions,
 };
 
 use support::bootstrap_cli::{absent, path_arg, Bootstrap, Outcome};
@@ -68,10 +68,9 @@ fn primary(name: &str) -> Cluster {
 
 /// The server user's ids (the tests run as root, like an operator seeding a standby).
 fn postgres_ids() -> (u32, u32) {
-    let u = nix::unistd::User::from_name("postgres")
+    server_user_ids()
         .unwrap()
-        .expect("a postgres OS user");
-    (u.uid.as_raw(), u.gid.as_raw())
+        .expect("these tests run as root, with a postgres OS user")
 }
 
 /// An empty directory made the way an operator would (`install -d -o postgres -m 0755`).
@@ -89,18 +88,6 @@ fn empty_dir_for_postgres(path: &Path, mode: u32) {
 
 fn mode_of(path: &Path) -> u32 {
     fs::metadata(path).unwrap().mode() & 0o7777
-}
-
-/// Every path under `root` (links not followed) belongs to `ids`.
-fn assert_owned_by(root: &Path, ids: (u32, u32)) {
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let m = fs::symlink_metadata(&p).unwrap();
-        assert_eq!((m.uid(), m.gid()), ids, "owner of {}", p.display());
-        if m.is_dir() {
-            stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
-        }
-    }
 }
 
 /// pg_verifybackup with its WAL check: the manifest matches every file, and the WAL from the backup's
@@ -218,7 +205,7 @@ fn under_pgbench_the_result_verifies_replays_and_dumps_identically() {
         out.stderr
     );
     assert_eq!(mode_of(&target), 0o700);
-    assert_owned_by(&target, postgres_ids());
+    assert_tree_owned_by(&target, postgres_ids());
 
     assert_verifies(&target);
     let control = pg_controldata(&target).unwrap();
@@ -763,19 +750,7 @@ fn one_free_wal_sender_is_not_enough_for_stream_but_is_for_fetch() {
 fn checksum_failure_on_the_primary_names_the_file() {
     let mut primary = primary_builder("bs-checksum").data_checksums(true).start();
     primary.psql("CREATE TABLE damaged AS SELECT generate_series(1, 5000) AS i; CHECKPOINT;");
-    let rel = primary.psql("SELECT pg_relation_filepath('damaged')");
-    primary.stop(StopMode::Fast);
-    {
-        // Tuple data in the first page, away from its header: pd_lsn must stay old, or the server
-        // would take the page for one being written and skip the check.
-        let mut f = OpenOptions::new()
-            .write(true)
-            .open(primary.data_dir().join(&rel))
-            .unwrap();
-        f.seek(SeekFrom::Start(4000)).unwrap();
-        f.write_all(&[0x5a; 64]).unwrap();
-    }
-    primary.start();
+    let rel = primary.damage_first_page("damaged");
     let target = primary.scratch_path("standby");
     Bootstrap::new(&primary.conninfo(), &target)
         .args(&["-c", "fast", "-S", "damaged_slot", "-C"])

@@ -125,6 +125,9 @@ fn exhausted_wal_senders_are_named() {
     let (code, out, _) = walrelay(&["check", "-d", &c.unix_conninfo()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("only one WAL sender is free"), "{out}");
+    // The check's own walsender may outlive its connection for a moment; pg_receivewal -n gives up
+    // at once if it finds no free sender.
+    wait_senders(&c, 1);
     let _b = occupy_sender(&c, &dir.join("b"));
     wait_senders(&c, 2);
     let (code, out, _) = walrelay(&["check", "-d", &c.unix_conninfo()]);

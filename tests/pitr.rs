@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use walrelay_protocol::{Lsn, WalSegmentSize};
-use walrelay_testkit::{Cluster, PgBench, StopMode};
+use walrelay_testkit::{poll, Cluster, PgBench, StopMode};
 
 const MB: u64 = 1024 * 1024;
 
@@ -35,18 +35,6 @@ fn seg() -> WalSegmentSize {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn timeout() -> Duration {
-    walrelay_testkit::env::timeout()
 }
 
 /// The walrelay binary where the `postgres` OS user can run it (the build directory may not be
@@ -114,7 +102,7 @@ impl Receiver {
         if let Ok(None) = self.child.try_wait() {
             let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
         }
-        let deadline = Instant::now() + timeout();
+        let deadline = Instant::now() + poll::timeout();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 assert!(
@@ -198,10 +186,14 @@ fn recover(
         b = b.conf(line);
     }
     let c = b.start();
-    wait_for(&format!("{name} to finish recovery"), timeout(), || {
-        c.try_psql("SELECT pg_is_in_recovery()")
-            .is_ok_and(|v| v == "f")
-    });
+    poll::wait_until(
+        &format!("{name} to finish recovery"),
+        || {
+            c.try_psql("SELECT pg_is_in_recovery()")
+                .is_ok_and(|v| v == "f")
+        },
+        || c.log_tail(20),
+    );
     c
 }
 
@@ -247,9 +239,11 @@ fn recovers_to_a_restore_point_from_each_compression() {
     let switched = primary.switch_wal();
     let last = segment_name(Lsn(switched.0 - 1));
     for (dir, r) in archives.iter().zip(&receivers) {
-        wait_for(&format!("{last} archived by {}", r.name), timeout(), || {
-            has_complete(dir, &last)
-        });
+        poll::wait_until(
+            &format!("{last} archived by {}", r.name),
+            || has_complete(dir, &last),
+            || r.log(),
+        );
     }
     primary.stop(StopMode::Fast);
     for r in &mut receivers {
@@ -331,9 +325,16 @@ fn partial_segment_recovers_the_last_transactions() {
         primary.psql(&format!("INSERT INTO marker VALUES ({i}, 'last')"));
     }
     let end = primary.current_wal_lsn();
-    wait_for("receive to confirm the last commit", timeout(), || {
-        slot_restart_lsn(&primary, "pitr_partial").is_some_and(|l| l >= end)
-    });
+    poll::wait_until(
+        "receive to confirm the last commit",
+        || slot_restart_lsn(&primary, "pitr_partial").is_some_and(|l| l >= end),
+        || {
+            format!(
+                "slot at {:?}, end {end}",
+                slot_restart_lsn(&primary, "pitr_partial")
+            )
+        },
+    );
     primary.stop(StopMode::Immediate);
     receiver.stop();
     let partial = format!("{}.partial", segment_name(end));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use walrelay_protocol::{SegmentId, TimelineId, WalSegmentSize};
-use walrelay_testkit::{Cluster, Lsn, PgBench, StopMode};
+use walrelay_testkit::{assert_tree_owned_by, server_user_ids, Cluster, Lsn, PgBench, StopMode};
 
 use support::walrelay_cmd::{receive_args, Walrelay};
 use support::{poll, server, wal_files};
@@ -74,6 +74,25 @@ fn wait_archived(archive: &Path, lsn: Lsn, timeline: u32, w: &mut Walrelay) {
     );
 }
 
+/// `walrelay receive` from `server` (as `application_name` `app`) into `archive` with `extra`
+/// options and status updates every second, started as `name`; returns once the server shows it
+/// streaming.
+fn receive_streaming(
+    name: &str,
+    server: &Cluster,
+    app: &str,
+    archive: &Path,
+    extra: &[&str],
+) -> Walrelay {
+    let conninfo = conninfo_as_app(server, app);
+    let mut args = vec!["-d", &conninfo, "-D", path(archive)];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--status-interval", "1"]);
+    let w = Walrelay::start(name, &receive_args(&args));
+    server::wait_streaming(server, app);
+    w
+}
+
 /// Stops walrelay with SIGTERM and asserts the clean exit.
 fn stop(w: &mut Walrelay) {
     w.signal(Signal::SIGTERM);
@@ -105,18 +124,7 @@ fn pgbench_with_segment_switches_is_byte_identical_and_gapless() {
     primary.pgbench_init(1);
     let archive = new_dir(&primary, "archive");
     let before = primary.current_wal_lsn();
-    let mut w = Walrelay::start(
-        "pgbench",
-        &receive_args(&[
-            "-d",
-            &conninfo_as_app(&primary, "wr_pgbench"),
-            "-D",
-            path(&archive),
-            "--status-interval",
-            "1",
-        ]),
-    );
-    server::wait_streaming(&primary, "wr_pgbench");
+    let mut w = receive_streaming("pgbench", &primary, "wr_pgbench", &archive, &[]);
     load_with_switches(&primary, 6, Duration::from_millis(700), &mut w);
     let end = primary.switch_wal();
     wait_archived(&archive, end, 1, &mut w);
@@ -280,18 +288,7 @@ fn kill_9_mid_segment_never_acknowledges_what_is_not_on_disk() {
 fn primary_restart_fast_and_immediate_reconnects_without_gap() {
     let mut primary = primary("recv-restart");
     let archive = new_dir(&primary, "archive");
-    let mut w = Walrelay::start(
-        "restart",
-        &receive_args(&[
-            "-d",
-            &conninfo_as_app(&primary, "wr_restart"),
-            "-D",
-            path(&archive),
-            "--status-interval",
-            "1",
-        ]),
-    );
-    server::wait_streaming(&primary, "wr_restart");
+    let mut w = receive_streaming("restart", &primary, "wr_restart", &archive, &[]);
     let first = primary.current_wal_lsn();
     for mode in [StopMode::Fast, StopMode::Immediate] {
         server::insert_rows(&primary, "t", 5000);
@@ -302,14 +299,12 @@ fn primary_restart_fast_and_immediate_reconnects_without_gap() {
         let at = server::insert_rows(&primary, "t", 2000);
         let row = server::wait_streaming(&primary, "wr_restart");
         assert!(row.sent_lsn.is_some(), "{row:?}");
-        poll::wait_until(
+        server::wait_reported(
+            &primary,
+            "wr_restart",
             &format!("walrelay to receive up to {at} after the {mode:?} restart"),
-            || {
-                server::replication_row(&primary, "wr_restart")
-                    .and_then(|r| r.write_lsn)
-                    .is_some_and(|l| l >= at)
-            },
-            || format!("{:?}", server::replication_row(&primary, "wr_restart")),
+            |r| r.write_lsn,
+            at,
         );
     }
     let end = primary.switch_wal();
@@ -350,18 +345,7 @@ fn promotion_of_the_upstream_standby_is_followed_to_the_new_timeline() {
     let mut standby = primary.standby(&backup).start();
     standby.catch_up(&primary);
     let archive = new_dir(&primary, "archive");
-    let mut w = Walrelay::start(
-        "promote",
-        &receive_args(&[
-            "-d",
-            &conninfo_as_app(&standby, "wr_promote"),
-            "-D",
-            path(&archive),
-            "--status-interval",
-            "1",
-        ]),
-    );
-    server::wait_streaming(&standby, "wr_promote");
+    let mut w = receive_streaming("promote", &standby, "wr_promote", &archive, &[]);
     let first = standby.replay_lsn().expect("standby replay position");
     for _ in 0..3 {
         server::insert_rows(&primary, "t", 3000);
@@ -369,14 +353,12 @@ fn promotion_of_the_upstream_standby_is_followed_to_the_new_timeline() {
     }
     server::insert_rows(&primary, "t", 500);
     let on_tli1 = standby.catch_up(&primary);
-    poll::wait_until(
+    server::wait_reported(
+        &standby,
+        "wr_promote",
         &format!("walrelay to receive timeline 1 up to {on_tli1}"),
-        || {
-            server::replication_row(&standby, "wr_promote")
-                .and_then(|r| r.write_lsn)
-                .is_some_and(|l| l >= on_tli1)
-        },
-        || format!("{:?}", server::replication_row(&standby, "wr_promote")),
+        |r| r.write_lsn,
+        on_tli1,
     );
     let pid = w.pid();
 
@@ -617,29 +599,14 @@ fn slots_are_created_dropped_and_refused_when_unknown_or_invalidated() {
 
     // An invalidated slot: walrelay streamed from it, stopped, and the server moved on without it.
     create_slot(&primary, "wr_lost");
-    let mut w = Walrelay::start(
-        "lost",
-        &receive_args(&[
-            "-d",
-            &conninfo_as_app(&primary, "wr_lost"),
-            "-D",
-            path(&archive),
-            "-S",
-            "wr_lost",
-            "--status-interval",
-            "1",
-        ]),
-    );
-    server::wait_streaming(&primary, "wr_lost");
+    let mut w = receive_streaming("lost", &primary, "wr_lost", &archive, &["-S", "wr_lost"]);
     let at = server::insert_rows(&primary, "t", 1000);
-    poll::wait_until(
+    server::wait_reported(
+        &primary,
+        "wr_lost",
         "walrelay to receive the rows",
-        || {
-            server::replication_row(&primary, "wr_lost")
-                .and_then(|r| r.write_lsn)
-                .is_some_and(|l| l >= at)
-        },
-        || format!("{:?}", server::replication_row(&primary, "wr_lost")),
+        |r| r.write_lsn,
+        at,
     );
     stop(&mut w);
     poll::wait_until(
@@ -835,30 +802,6 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     );
 }
 
-/// Uid of the `postgres` OS user (the owner of every cluster's files when tests run as root).
-fn postgres_uid() -> u32 {
-    nix::unistd::User::from_name("postgres")
-        .expect("look up the postgres user")
-        .expect("a postgres user")
-        .uid
-        .as_raw()
-}
-
-/// Regular files under `dir` (recursively) not owned by `uid`.
-fn not_owned_by(dir: &Path, uid: u32) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).expect("list").flatten() {
-        let m = e.metadata().expect("stat");
-        if m.is_dir() {
-            out.extend(not_owned_by(&e.path(), uid));
-        } else if m.uid() != uid {
-            out.push(format!("{} (uid {})", e.path().display(), m.uid()));
-        }
-    }
-    out
-}
-
 /// Waits until the standby shows `rows` rows in `table`; returns how long that took.
 fn wait_rows(standby: &Cluster, table: &str, rows: u32, w: &mut Walrelay) -> Duration {
     let began = std::time::Instant::now();
@@ -927,14 +870,12 @@ fn sidecar_feeds_a_standby_through_its_pg_wal() {
 
     // The primary sees the standby's replay position through walrelay.
     let at = primary.current_wal_lsn();
-    poll::wait_until(
+    server::wait_reported(
+        &primary,
+        "wr_sidecar",
         &format!("pg_stat_replication.replay_lsn to reach {at}"),
-        || {
-            server::replication_row(&primary, "wr_sidecar")
-                .and_then(|r| r.replay_lsn)
-                .is_some_and(|l| l >= at)
-        },
-        || format!("{:?}", server::replication_row(&primary, "wr_sidecar")),
+        |r| r.replay_lsn,
+        at,
     );
 
     // The backup's last segment ended with the XLOG_SWITCH of pg_backup_stop. Move on a few
@@ -993,11 +934,10 @@ fn sidecar_feeds_a_standby_through_its_pg_wal() {
     );
     stop(&mut w);
 
-    let foreign = not_owned_by(&backup.join("pg_wal"), postgres_uid());
-    assert!(
-        foreign.is_empty(),
-        "files in pg_wal not owned by postgres: {foreign:?}"
-    );
+    // Everything in pg_wal belongs to the server user (postgres, as the tests run as root).
+    if let Some(ids) = server_user_ids().expect("look up the postgres user") {
+        assert_tree_owned_by(&backup.join("pg_wal"), ids);
+    }
     assert!(
         std::fs::read_dir(backup.join("pg_wal/archive_status"))
             .expect("archive_status")
@@ -1023,20 +963,7 @@ fn sigterm_exits_cleanly_and_restart_resumes_the_partial_segment() {
     let primary = primary("recv-sigterm");
     create_slot(&primary, "wr_term");
     let archive = new_dir(&primary, "archive");
-    let mut w = Walrelay::start(
-        "sigterm",
-        &receive_args(&[
-            "-d",
-            &conninfo_as_app(&primary, "wr_term"),
-            "-D",
-            path(&archive),
-            "-S",
-            "wr_term",
-            "--status-interval",
-            "1",
-        ]),
-    );
-    server::wait_streaming(&primary, "wr_term");
+    let mut w = receive_streaming("sigterm", &primary, "wr_term", &archive, &["-S", "wr_term"]);
     let first = primary.current_wal_lsn();
     primary.switch_wal();
     let at = server::insert_rows(&primary, "t", 3000);
@@ -1152,20 +1079,13 @@ fn metrics_and_health_follow_the_stream() {
     let mut primary = primary("recv-metrics");
     let archive = new_dir(&primary, "archive");
     let port = free_port();
-    let mut w = Walrelay::start(
+    let mut w = receive_streaming(
         "metrics",
-        &receive_args(&[
-            "-d",
-            &conninfo_as_app(&primary, "wr_metrics"),
-            "-D",
-            path(&archive),
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-            "--status-interval",
-            "1",
-        ]),
+        &primary,
+        "wr_metrics",
+        &archive,
+        &["--metrics-addr", &format!("127.0.0.1:{port}")],
     );
-    server::wait_streaming(&primary, "wr_metrics");
     let at = server::insert_rows(&primary, "t", 2000);
     let body = poll::wait_for(
         &format!("walrelay_receive_flushed_lsn to reach {at}"),

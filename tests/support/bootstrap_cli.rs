@@ -133,10 +133,7 @@ impl Bootstrap {
 impl Outcome {
     /// The lines walrelay prints for a fatal error.
     pub fn error_lines(&self) -> Vec<&str> {
-        self.stderr
-            .lines()
-            .filter(|l| l.starts_with("walrelay: error:"))
-            .collect()
+        super::walrelay_cmd::error_lines(&self.stderr)
     }
 
     fn crash_signs(&self) -> Vec<&str> {

@@ -19,7 +19,7 @@
 #![allow(dead_code)]
 
 pub mod bootstrap_cli;
-pub mod poll;
+pub use walrelay_testkit::poll;
 pub mod scratch_mount;
 pub mod server;
 pub mod tree_snapshot;

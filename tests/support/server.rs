@@ -63,6 +63,26 @@ pub fn wait_streaming(server: &Cluster, application_name: &str) -> ReplicationRo
     )
 }
 
+/// Waits until the `pg_stat_replication` row of `application_name` shows `position` (e.g.
+/// `|r| r.write_lsn`) at or past `target`; on timeout the panic names `what` and shows the row.
+pub fn wait_reported(
+    server: &Cluster,
+    application_name: &str,
+    what: &str,
+    position: impl Fn(&ReplicationRow) -> Option<Lsn>,
+    target: Lsn,
+) {
+    poll::wait_until(
+        what,
+        || {
+            replication_row(server, application_name)
+                .and_then(|r| position(&r))
+                .is_some_and(|l| l >= target)
+        },
+        || format!("{:?}", replication_row(server, application_name)),
+    );
+}
+
 /// `pg_replication_slots` for one slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotRow {

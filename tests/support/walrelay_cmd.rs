@@ -14,37 +14,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// libpq environment variables that would change what walrelay connects to.
-const PG_ENV: &[&str] = &[
-    "PGAPPNAME",
-    "PGCHANNELBINDING",
-    "PGCONNECT_TIMEOUT",
-    "PGDATABASE",
-    "PGHOST",
-    "PGHOSTADDR",
-    "PGOPTIONS",
-    "PGPASSFILE",
-    "PGPASSWORD",
-    "PGPORT",
-    "PGSERVICE",
-    "PGSERVICEFILE",
-    "PGSSLCERT",
-    "PGSSLKEY",
-    "PGSSLMODE",
-    "PGSSLROOTCERT",
-    "PGTARGETSESSIONATTRS",
-    "PGUSER",
-    "WALRELAY_LOG",
-];
-
+/// The binary with the caller's libpq environment removed ([`walrelay_testkit::pg_command`]), and
+/// no `WALRELAY_LOG` either: the tests read walrelay's default log output.
 fn command(args: &[String]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_walrelay"));
-    for v in PG_ENV {
-        cmd.env_remove(v);
-    }
-    cmd.env("PGPASSFILE", "/dev/null")
-        .env("PGSYSCONFDIR", "/nonexistent")
-        .env("LC_ALL", "C")
+    let mut cmd = walrelay_testkit::pg_command(Path::new(env!("CARGO_BIN_EXE_walrelay")));
+    cmd.env_remove("WALRELAY_LOG")
         .args(args)
         .stdin(Stdio::null());
     cmd
@@ -81,11 +55,16 @@ impl Finished {
 
     /// The lines walrelay prints for a fatal error (`walrelay: error: …`).
     pub fn error_lines(&self) -> Vec<&str> {
-        self.stderr
-            .lines()
-            .filter(|l| l.starts_with("walrelay: error:"))
-            .collect()
+        error_lines(&self.stderr)
     }
+}
+
+/// The lines of `stderr` that walrelay prints for a fatal error (`walrelay: error: …`).
+pub fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("walrelay: error:"))
+        .collect()
 }
 
 /// Runs `walrelay ARGS` to completion (killed after `limit`).

@@ -2,14 +2,13 @@
 //! `--compress=gzip` and `lz4` from a throwaway PostgreSQL 15 cluster (1 MB segments), and our own
 //! compressed files read back by pg_receivewal, pg_waldump and the gzip/lz4/zstd tools.
 //!
-//! Needs PostgreSQL 15 in /usr/lib/postgresql/15/bin (or WALRELAY_PG_BIN); when run as root, the
-//! server runs as the `postgres` OS user. Without the binaries the test says so and passes.
+//! The cluster comes from walrelay-testkit (Debian's PostgreSQL 15, installed by
+//! `scripts/install-pg.sh` if missing); where it cannot be had, the test says so and passes.
 
 // Test-harness code: a failed setup step should panic with its message.
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -19,185 +18,61 @@ use walrelay_archive::{
 };
 use walrelay_durable::Owner;
 use walrelay_protocol::{Lsn, TimelineId, WalSegmentSize};
+use walrelay_testkit::install::DEBIAN_MAJOR;
+use walrelay_testkit::{pg_command, ClientTools, Cluster, PgInstall};
 
 const MB: u64 = 1024 * 1024;
 
-fn pg_bin() -> Option<PathBuf> {
-    let dir = std::env::var_os("WALRELAY_PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
-    dir.join("pg_receivewal").exists().then_some(dir)
+/// A PostgreSQL 15 primary with 1 MB segments that keeps all its WAL, or `None` (with a message)
+/// where PostgreSQL 15 cannot be installed.
+fn primary() -> Option<Cluster> {
+    let install = match PgInstall::for_major(DEBIAN_MAJOR) {
+        Ok(install) => install,
+        Err(e) => {
+            eprintln!("SKIPPED: no PostgreSQL 15 to test against ({e})");
+            return None;
+        }
+    };
+    Some(
+        Cluster::builder()
+            .name("archive-pg")
+            .install(install)
+            .wal_segsize_mb(1)
+            .fsync(false)
+            .conf("wal_keep_size = '1GB'")
+            .start(),
+    )
 }
 
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
+/// Runs a client program to completion; panics with its output unless it succeeded.
+fn run_ok(mut cmd: Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
-/// uid/gid of the `postgres` OS user, when we are root and must hand files to it.
-fn postgres_owner() -> Owner {
-    if !is_root() {
-        return Owner::current();
-    }
-    let u = nix::unistd::User::from_name("postgres")
-        .expect("look up user postgres")
-        .expect("PostgreSQL refuses to run as root: create the postgres OS user");
-    Owner::ids(u.uid.as_raw(), u.gid.as_raw())
+/// Debian's pg_receivewal from `primary` into `dir` up to `endpos`, without looping.
+fn receivewal(primary: &Cluster, dir: &Path, extra: &[&str], endpos: Lsn) -> Output {
+    let mut cmd = pg_command(&ClientTools::debian().unwrap().pg_receivewal());
+    cmd.arg("-d")
+        .arg(primary.replication_conninfo())
+        .arg("-D")
+        .arg(dir)
+        .args(["-n", "-v", "-E", &endpos.to_string()])
+        .args(extra);
+    run_ok(cmd)
 }
 
-struct Cluster {
-    bin: PathBuf,
-    root: tempfile::TempDir,
-    owner: Owner,
-}
-
-impl Cluster {
-    fn data(&self) -> PathBuf {
-        self.root.path().join("data")
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.root.path().join("sock")
-    }
-
-    /// Runs a PostgreSQL program (as the postgres user when we are root).
-    fn run(&self, prog: &str, args: &[&str]) -> Output {
-        let exe = self.bin.join(prog);
-        let mut cmd = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&exe);
-            c
-        } else {
-            Command::new(&exe)
-        };
-        cmd.args(args).current_dir(self.root.path());
-        let out = cmd.output().unwrap_or_else(|e| panic!("run {prog}: {e}"));
-        out
-    }
-
-    fn run_ok(&self, prog: &str, args: &[&str]) -> Output {
-        let out = self.run(prog, args);
-        assert!(
-            out.status.success(),
-            "{prog} {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn sql(&self, q: &str) -> String {
-        let sock = self.sock();
-        let out = self.run_ok(
-            "psql",
-            &[
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-h",
-                sock.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                q,
-            ],
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// A directory the postgres user can write.
-    fn mkdir(&self, name: &str) -> PathBuf {
-        let p = self.root.path().join(name);
-        fs::create_dir(&p).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).unwrap();
-        self.owner.apply(&p).unwrap();
-        p
-    }
-
-    fn receivewal(&self, dir: &Path, extra: &[&str], endpos: Lsn) -> Output {
-        let sock = self.sock();
-        let end = endpos.to_string();
-        let mut args = vec![
-            "-D",
-            dir.to_str().unwrap(),
-            "-h",
-            sock.to_str().unwrap(),
-            "-U",
-            "postgres",
-            "-n",
-            "-v",
-            "-E",
-            &end,
-        ];
-        args.extend_from_slice(extra);
-        self.run_ok("pg_receivewal", &args)
-    }
-
-    fn start(bin: PathBuf) -> Cluster {
-        let root = tempfile::Builder::new()
-            .prefix("walrelay-archive-pg")
-            .tempdir_in("/tmp")
-            .unwrap();
-        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let owner = postgres_owner();
-        owner.apply(root.path()).unwrap();
-        let c = Cluster { bin, root, owner };
-        c.mkdir("sock");
-        let data = c.data();
-        c.run_ok(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "--no-sync",
-                "--wal-segsize=1",
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-            ],
-        );
-        let conf = format!(
-            "listen_addresses = ''\nunix_socket_directories = '{}'\nwal_level = replica\n\
-             max_wal_senders = 8\nmax_replication_slots = 8\nfsync = off\nwal_keep_size = '1GB'\n",
-            c.sock().display()
-        );
-        let mut text = fs::read_to_string(data.join("postgresql.conf")).unwrap();
-        text.push_str(&conf);
-        fs::write(data.join("postgresql.conf"), text).unwrap();
-        let log = c.root.path().join("server.log");
-        c.run_ok(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "start",
-            ],
-        );
-        c
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let data = self.data();
-        let _ = self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
-    }
+/// A new directory in the cluster's scratch space (removed with it).
+fn new_dir(primary: &Cluster, name: &str) -> PathBuf {
+    let p = primary.scratch_path(name);
+    fs::create_dir(&p).unwrap();
+    p
 }
 
 fn seg() -> WalSegmentSize {
@@ -224,31 +99,29 @@ fn tool_ok(tool: &str, args: &[&str]) -> Option<bool> {
 
 #[test]
 fn pg_receivewal_15_directories_and_our_files_for_pg_tools() {
-    let Some(bin) = pg_bin() else {
-        eprintln!("SKIPPED: PostgreSQL 15 binaries not found (set WALRELAY_PG_BIN)");
+    let Some(c) = primary() else {
         return;
     };
-    let c = Cluster::start(bin);
     for slot in ["s_plain", "s_gz", "s_lz4"] {
-        c.sql(&format!(
+        c.psql(&format!(
             "SELECT pg_create_physical_replication_slot('{slot}', true)"
         ));
     }
     // Several full segments, each ended by a switch, then a little WAL in an unfinished segment.
-    c.sql("CREATE TABLE t (x int, pad text)");
+    c.psql("CREATE TABLE t (x int, pad text)");
     for _ in 0..4 {
-        c.sql("INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 6000) g");
-        c.sql("SELECT pg_switch_wal()");
+        c.psql("INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 6000) g");
+        c.switch_wal();
     }
-    c.sql("INSERT INTO t SELECT g, 'tail' FROM generate_series(1, 200) g");
-    let end: Lsn = c.sql("SELECT pg_current_wal_lsn()").parse().unwrap();
+    c.psql("INSERT INTO t SELECT g, 'tail' FROM generate_series(1, 200) g");
+    let end = c.current_wal_lsn();
 
-    let plain = c.mkdir("plain");
-    let gz = c.mkdir("gz");
-    let lz4 = c.mkdir("lz4");
-    c.receivewal(&plain, &["-S", "s_plain"], end);
-    c.receivewal(&gz, &["-S", "s_gz", "--compress=gzip"], end);
-    c.receivewal(&lz4, &["-S", "s_lz4", "--compress=lz4"], end);
+    let plain = new_dir(&c, "plain");
+    let gz = new_dir(&c, "gz");
+    let lz4 = new_dir(&c, "lz4");
+    receivewal(&c, &plain, &["-S", "s_plain"], end);
+    receivewal(&c, &gz, &["-S", "s_gz", "--compress=gzip"], end);
+    receivewal(&c, &lz4, &["-S", "s_lz4", "--compress=lz4"], end);
 
     let names = complete_segment_names(&plain);
     assert!(
@@ -261,7 +134,7 @@ fn pg_receivewal_15_directories_and_our_files_for_pg_tools() {
         walrelay_protocol::XLogSegNo(partial_name),
     )
     .file_name(seg());
-    let pg_wal = c.data().join("pg_wal");
+    let pg_wal = c.pg_wal_dir();
 
     // Scan and verify accept what pg_receivewal wrote, in all three forms.
     for (dir, state, partial_suffix) in [
@@ -296,7 +169,7 @@ fn pg_receivewal_15_directories_and_our_files_for_pg_tools() {
     }
 
     // Restore every complete segment from each directory: byte-identical to the server's pg_wal.
-    let restored = c.mkdir("restored");
+    let restored = new_dir(&c, "restored");
     for name in &names {
         let want = fs::read(pg_wal.join(name)).unwrap();
         assert_eq!(fs::read(plain.join(name)).unwrap(), want, "{name}");
@@ -318,15 +191,14 @@ fn pg_receivewal_15_directories_and_our_files_for_pg_tools() {
     // pg_waldump reads the restored segments as one stream of valid WAL.
     let first = names.first().unwrap();
     let last = names.last().unwrap();
-    c.run_ok(
-        "pg_waldump",
-        &["-p", restored.to_str().unwrap(), "-q", first, last],
-    );
+    let mut waldump = pg_command(&ClientTools::debian().unwrap().pg_waldump());
+    waldump.arg("-p").arg(&restored).args(["-q", first, last]);
+    run_ok(waldump);
 
     // --partial: the unfinished segment, zero-padded, its WAL identical to the server's.
     let server_partial = fs::read(pg_wal.join(&partial_name)).unwrap();
     for dir in [&plain, &gz, &lz4] {
-        let dest = c.root.path().join("RECOVERYXLOG");
+        let dest = c.scratch_path("RECOVERYXLOG");
         let opts = RestoreOptions {
             partial: true,
             ..Default::default()
@@ -359,10 +231,12 @@ fn pg_receivewal_15_directories_and_our_files_for_pg_tools() {
     // Our compressed files, read by PostgreSQL's tools: pg_receivewal's FindStreamingStart must see
     // them as complete (gzip ISIZE; LZ4 decompressed by LZ4F) and resume after the last one.
     for method in [Compression::Gzip { level: 6 }, Compression::Lz4] {
-        let ours = c.mkdir(&format!("ours_{}", method.suffix().trim_start_matches('.')));
+        let ours = new_dir(
+            &c,
+            &format!("ours_{}", method.suffix().trim_start_matches('.')),
+        );
         for name in &names {
             fs::copy(plain.join(name), ours.join(name)).unwrap();
-            c.owner.apply(&ours.join(name)).unwrap();
             let p = compress_completed_segment(&ours, name, method, Owner::of_dir_if_root(&ours))
                 .unwrap();
             let ok = match method {
@@ -371,7 +245,7 @@ fn pg_receivewal_15_directories_and_our_files_for_pg_tools() {
             };
             assert_ne!(ok, Some(false), "{} rejects {}", method, p.display());
         }
-        let out = c.receivewal(&ours, &[], end);
+        let out = receivewal(&c, &ours, &[], end);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let next = walrelay_protocol::WalFileName::parse(last)
             .unwrap()
@@ -386,7 +260,7 @@ fn pg_receivewal_15_directories_and_our_files_for_pg_tools() {
     }
 
     // zstd: readable by the zstd tool.
-    let ours_zst = c.mkdir("ours_zst");
+    let ours_zst = new_dir(&c, "ours_zst");
     fs::copy(plain.join(first), ours_zst.join(first)).unwrap();
     let p = compress_completed_segment(
         &ours_zst,

@@ -456,6 +456,21 @@ pub struct RawHeader {
     pub link_name: Vec<u8>,
 }
 
+/// The checksums of a header block (`tarChecksum`): the sum of all its bytes with the checksum
+/// field taken as spaces, summed as unsigned chars (the standard) and as signed chars.
+fn header_checksums(block: &[u8; BLOCK_SIZE]) -> (u64, i64) {
+    block
+        .iter()
+        .enumerate()
+        .fold((0, 0), |(unsigned, signed), (i, &b)| {
+            if (148..156).contains(&i) {
+                (unsigned + 32, signed + 32)
+            } else {
+                (unsigned + u64::from(b), signed + i64::from(b as i8))
+            }
+        })
+}
+
 impl RawHeader {
     /// Parses and checksums one header block; `offset` is its position, for error messages.
     pub fn parse(block: &[u8; BLOCK_SIZE], offset: u64) -> Result<RawHeader, TarError> {
@@ -463,30 +478,8 @@ impl RawHeader {
             field: "checksum",
             offset,
         })?;
-        // The checksum is the sum of all bytes with the checksum field taken as spaces
-        // (`tarChecksum`). Some old writers summed signed chars; accept either.
-        let unsigned: u64 = block
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    u64::from(b)
-                }
-            })
-            .sum();
-        let signed: i64 = block
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    i64::from(b as i8)
-                }
-            })
-            .sum();
+        // Some old writers summed signed chars; accept either.
+        let (unsigned, signed) = header_checksums(block);
         if stored != unsigned && i64::try_from(stored).ok() != Some(signed) {
             return Err(TarError::BadChecksum { offset });
         }
@@ -836,6 +829,21 @@ mod tests {
         ));
         let h = header(b"", b'0', 0, b"");
         assert!(matches!(read_all(&h), Err(TarError::EmptyName { .. })));
+    }
+
+    #[test]
+    fn signed_char_checksum_of_old_writers_is_accepted() {
+        // A name byte >= 0x80 makes the signed and unsigned sums differ by 256 per such byte.
+        let mut h = header("caf\u{e9}".as_bytes(), b'0', 0, b"");
+        let (unsigned, signed) = header_checksums(&h);
+        assert_eq!(i64::try_from(unsigned).unwrap() - signed, 2 * 256);
+        h[148..156].copy_from_slice(format!("{signed:06o}\0 ").as_bytes());
+        assert_eq!(read_all(&h).unwrap().len(), 1);
+        h[148..156].copy_from_slice(format!("{:06o}\0 ", signed - 1).as_bytes());
+        assert!(matches!(
+            read_all(&h),
+            Err(TarError::BadChecksum { offset: 0 })
+        ));
     }
 
     #[test]

@@ -15,9 +15,7 @@
 
 mod support;
 
-use std::fs::{self, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,7 +27,9 @@ use walrelay_basebackup::{
 use walrelay_client::ReplicationMode;
 use walrelay_conninfo::{ConnectionConfig, MapEnv};
 use walrelay_protocol::command::CheckpointMode;
-use walrelay_testkit::{pg_verifybackup, Cluster, StopMode, VerifyBackupOptions};
+use walrelay_testkit::{
+    assert_tree_owned_by, pg_verifybackup, server_user_ids, Cluster, VerifyBackupOptions,
+};
 
 fn config(primary: &Cluster, target: &Path) -> BootstrapConfig {
     let env = MapEnv::new().with_user("postgres");
@@ -65,28 +65,6 @@ fn standby_settings(primary: &Cluster, dir: &Path) -> String {
         "recovery.conf"
     };
     fs::read_to_string(dir.join(file)).unwrap()
-}
-
-fn postgres_ids() -> Option<(u32, u32)> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return None;
-    }
-    let u = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-    Some((u.uid.as_raw(), u.gid.as_raw()))
-}
-
-/// Every path under `root` (links not followed) has the expected owner.
-fn assert_owned_by(root: &Path, ids: (u32, u32)) {
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let m = fs::symlink_metadata(&p).unwrap();
-        assert_eq!((m.uid(), m.gid()), ids, "owner of {}", p.display());
-        if m.is_dir() {
-            for e in fs::read_dir(&p).unwrap() {
-                stack.push(e.unwrap().path());
-            }
-        }
-    }
 }
 
 fn slot_exists(primary: &Cluster, slot: &str) -> bool {
@@ -171,9 +149,9 @@ async fn fetch_with_mapped_tablespace_verifies_and_replays() {
         major >= 17,
         "dbname only from 17: {auto}"
     );
-    if let Some(ids) = postgres_ids() {
-        assert_owned_by(&target, ids);
-        assert_owned_by(&ts_new, ids);
+    if let Some(ids) = server_user_ids().unwrap() {
+        assert_tree_owned_by(&target, ids);
+        assert_tree_owned_by(&ts_new, ids);
     }
 
     verify_with_pg_verifybackup(&primary, &target);
@@ -295,20 +273,7 @@ async fn checksum_failure_names_the_file_and_cleans_up() {
         return;
     }
     primary.psql("CREATE TABLE damaged AS SELECT generate_series(1, 5000) AS i; CHECKPOINT;");
-    let rel = primary.psql("SELECT pg_relation_filepath('damaged')");
-    primary.stop(StopMode::Fast);
-    {
-        // Scribble over tuple data in the first page, away from its header (pd_lsn must stay
-        // old, or the server would take the page for one being written and skip the check).
-        let mut f = OpenOptions::new()
-            .write(true)
-            .open(primary.data_dir().join(&rel))
-            .unwrap();
-        f.seek(SeekFrom::Start(4000)).unwrap();
-        f.write_all(&[0x5a; 64]).unwrap();
-        f.sync_all().unwrap();
-    }
-    primary.start();
+    let rel = primary.damage_first_page("damaged");
 
     let target = primary.scratch_path("standby");
     let mut c = config(&primary, &target);
@@ -420,7 +385,7 @@ async fn cancel_cleans_up_and_drops_the_created_slot() {
 /// `postgres` everything, even under a root-owned parent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_target_owner_is_used() {
-    let Some(ids) = postgres_ids() else {
+    let Some(ids) = server_user_ids().unwrap() else {
         eprintln!("skipping: not running as root");
         return;
     };
@@ -439,5 +404,5 @@ async fn existing_target_owner_is_used() {
     c.sync = false;
     let summary = run(c, None).await.unwrap();
     assert!(summary.synced.is_none());
-    assert_owned_by(&target, ids);
+    assert_tree_owned_by(&target, ids);
 }

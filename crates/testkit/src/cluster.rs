@@ -32,6 +32,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::net::TcpListener;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -1066,47 +1067,51 @@ impl Cluster {
         })
     }
 
-    /// A single value that must parse as `T` (an LSN, a number).
-    fn psql_parse<T: std::str::FromStr>(&self, sql: &str) -> Result<T>
+    /// A single value that must parse as `T` (an LSN, a number); panics like the other helpers
+    /// without `try_`, naming `what`.
+    fn psql_value<T: std::str::FromStr>(&self, sql: &str, what: &str) -> T
     where
         T::Err: std::fmt::Display,
     {
-        let out = self.try_psql(sql)?;
-        out.trim().parse().map_err(|e| TestkitError::Parse {
-            tool: "psql",
-            detail: format!("{sql}: {out:?}: {e}"),
-        })
+        let r = self.try_psql(sql).and_then(|out| {
+            out.trim().parse().map_err(|e| TestkitError::Parse {
+                tool: "psql",
+                detail: format!("{sql}: {out:?}: {e}"),
+            })
+        });
+        self.check(r, what)
     }
 
     /// `pg_current_wal_lsn()` (primary only).
     pub fn current_wal_lsn(&self) -> Lsn {
-        let r = self.psql_parse("SELECT pg_current_wal_lsn()");
-        self.check(r, "current_wal_lsn")
+        self.psql_value("SELECT pg_current_wal_lsn()", "current_wal_lsn")
     }
 
     /// `pg_switch_wal()`: ends the current segment and returns the end of the switch record. The
     /// server does not switch when nothing was written since the last switch.
     pub fn switch_wal(&self) -> Lsn {
-        let r = self.psql_parse("SELECT pg_switch_wal()");
-        self.check(r, "switch_wal")
+        self.psql_value("SELECT pg_switch_wal()", "switch_wal")
     }
 
     /// The system identifier (as in IDENTIFY_SYSTEM and pg_controldata).
     pub fn system_identifier(&self) -> u64 {
-        let r = self.psql_parse("SELECT system_identifier FROM pg_control_system()");
-        self.check(r, "system_identifier")
+        self.psql_value(
+            "SELECT system_identifier FROM pg_control_system()",
+            "system_identifier",
+        )
     }
 
     /// `wal_segment_size` in bytes.
     pub fn wal_segment_size(&self) -> u64 {
-        let r = self.psql_parse("SELECT pg_size_bytes(current_setting('wal_segment_size'))");
-        self.check(r, "wal_segment_size")
+        self.psql_value(
+            "SELECT pg_size_bytes(current_setting('wal_segment_size'))",
+            "wal_segment_size",
+        )
     }
 
     /// `server_version_num`, e.g. 150018.
     pub fn server_version_num(&self) -> u32 {
-        let r = self.psql_parse("SHOW server_version_num");
-        self.check(r, "server_version_num")
+        self.psql_value("SHOW server_version_num", "server_version_num")
     }
 
     /// `pg_is_in_recovery()`.
@@ -1178,6 +1183,33 @@ impl Cluster {
         });
         self.check(r, "create_tablespace");
         dir
+    }
+
+    /// Damages the first page of `relation`'s main fork on disk, as a failing disk would, so that a
+    /// base backup verifying data checksums must notice: stops the server (fast), overwrites 64
+    /// bytes of tuple data, starts it again. Returns the file's path relative to the data directory
+    /// (`pg_relation_filepath`). Write and `CHECKPOINT` the relation first, so the page is on disk;
+    /// only a cluster built with [`ClusterBuilder::data_checksums`]`(true)` can tell.
+    pub fn damage_first_page(&mut self, relation: &str) -> String {
+        let rel = self.psql(&format!(
+            "SELECT pg_relation_filepath({})",
+            quote_literal(relation)
+        ));
+        self.stop(StopMode::Fast);
+        let path = self.data_dir.join(&rel);
+        // Tuple data, away from the page header: pd_lsn must stay old, or the server would take the
+        // page for one being written and skip the checksum check.
+        let r = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| {
+                f.write_all_at(&[0x5a; 64], 4000)?;
+                f.sync_all()
+            })
+            .map_err(|e| TestkitError::io("damage", &path, e));
+        self.check(r, "damage_first_page");
+        self.start();
+        rel
     }
 
     // ---------------------------------------------------------------- paths and connection strings

@@ -12,6 +12,8 @@
 //! * [`StandbyBuilder`] starts a second cluster on a directory a backup tool produced.
 //! * [`PgBench`] / [`PgBenchRun`] generate write load, in the background if needed.
 //! * [`oracle`]: pg_waldump, pg_verifybackup, pg_controldata and pg_dumpall as judges.
+//! * [`poll`]: waiting for a condition with a deadline instead of sleeping.
+//! * [`pg_command`]: a command for any libpq client with the caller's `PG*` environment removed.
 //!
 //! ```no_run
 //! use walrelay_testkit::{oracle, Cluster, StopMode};
@@ -36,6 +38,7 @@ pub mod error;
 pub mod install;
 pub mod oracle;
 pub mod pgbench;
+pub mod poll;
 mod process;
 pub mod tls;
 mod watchdog;
@@ -50,5 +53,6 @@ pub use oracle::{
     VerifyBackupOptions, WalDump, WalRecord,
 };
 pub use pgbench::{PgBench, PgBenchRun, PgBenchSummary};
+pub use process::{assert_tree_owned_by, pg_command, server_user_ids};
 pub use tls::{ClientCert, TestCa, TlsPaths};
 pub use walrelay_protocol::Lsn;

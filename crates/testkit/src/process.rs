@@ -52,9 +52,10 @@ const PG_ENV_VARS: &[&str] = &[
     "PSQLRC",
 ];
 
-/// A command for a PostgreSQL program with a predictable environment: no `PG*` variables, C locale
-/// messages (we parse tool output), and no password file lookups.
-pub(crate) fn pg_command(program: &Path) -> Command {
+/// A command for a PostgreSQL program (or any libpq client, walrelay included) with a predictable
+/// environment: no `PG*` variables, C locale messages (we parse tool output), and no password file
+/// or service file lookups.
+pub fn pg_command(program: &Path) -> Command {
     let mut cmd = Command::new(program);
     for var in PG_ENV_VARS {
         cmd.env_remove(var);
@@ -64,6 +65,37 @@ pub(crate) fn pg_command(program: &Path) -> Command {
         .env("PGPASSFILE", "/dev/null")
         .env("PGSYSCONFDIR", "/nonexistent");
     cmd
+}
+
+/// uid and gid of the OS user that runs the servers when it is not ourselves: `postgres` when the
+/// tests run as root, `None` otherwise. Files a server must own (or that a backup tool must hand over
+/// to it) belong to these ids.
+pub fn server_user_ids() -> Result<Option<(u32, u32)>> {
+    Ok(ServerUser::detect()?
+        .switch_to
+        .map(|(uid, gid, _)| (uid, gid)))
+}
+
+/// Panics unless every path under `root` (itself included; symlinks checked, not followed) belongs
+/// to `ids` (uid, gid), naming the first that does not — e.g. a data directory a backup tool wrote
+/// as root for a server that runs as `postgres`.
+pub fn assert_tree_owned_by(root: &Path, ids: (u32, u32)) {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = fs::symlink_metadata(&path)
+            .unwrap_or_else(|e| panic!("could not stat {}: {e}", path.display()));
+        assert_eq!((meta.uid(), meta.gid()), ids, "owner of {}", path.display());
+        if meta.is_dir() {
+            let entries = fs::read_dir(&path)
+                .unwrap_or_else(|e| panic!("could not list {}: {e}", path.display()));
+            for entry in entries {
+                let entry =
+                    entry.unwrap_or_else(|e| panic!("could not list {}: {e}", path.display()));
+                stack.push(entry.path());
+            }
+        }
+    }
 }
 
 /// The OS user that runs the server: `postgres` when we are root, else ourselves.

@@ -103,6 +103,22 @@ impl PageHeader {
         major_for_page_magic(self.magic)
     }
 
+    /// Appends the header as PostgreSQL lays it out: [`Self::size`] bytes, the padding zeroed. The
+    /// inverse of [`parse_page_header`], for synthetic WAL and test fixtures.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.magic.to_le_bytes());
+        out.extend_from_slice(&self.info.to_le_bytes());
+        out.extend_from_slice(&self.timeline.0.to_le_bytes());
+        out.extend_from_slice(&self.pageaddr.0.to_le_bytes());
+        out.extend_from_slice(&self.rem_len.to_le_bytes());
+        out.extend_from_slice(&[0; SHORT_PAGE_HEADER_SIZE - 20]);
+        if let Some(l) = &self.long {
+            out.extend_from_slice(&l.system_identifier.to_le_bytes());
+            out.extend_from_slice(&l.segment_size.to_le_bytes());
+            out.extend_from_slice(&l.block_size.to_le_bytes());
+        }
+    }
+
     /// The long header, if this is one.
     pub fn as_long(&self) -> Option<LongPageHeader> {
         self.long.map(|l| LongPageHeader {
@@ -115,6 +131,23 @@ impl PageHeader {
             segment_size: l.segment_size,
             block_size: l.block_size,
         })
+    }
+}
+
+impl From<LongPageHeader> for PageHeader {
+    fn from(l: LongPageHeader) -> Self {
+        PageHeader {
+            magic: l.magic,
+            info: l.info,
+            timeline: l.timeline,
+            pageaddr: l.pageaddr,
+            rem_len: l.rem_len,
+            long: Some(LongHeaderFields {
+                system_identifier: l.system_identifier,
+                segment_size: l.segment_size,
+                block_size: l.block_size,
+            }),
+        }
     }
 }
 
@@ -284,24 +317,9 @@ mod tests {
     use super::*;
     use walrelay_protocol::XLogSegNo;
 
-    /// Encodes a long header the way PostgreSQL lays it out.
-    fn long_header_bytes(h: &LongPageHeader) -> Vec<u8> {
-        let mut b = Vec::with_capacity(LONG_PAGE_HEADER_SIZE);
-        b.extend_from_slice(&h.magic.to_le_bytes());
-        b.extend_from_slice(&h.info.to_le_bytes());
-        b.extend_from_slice(&h.timeline.0.to_le_bytes());
-        b.extend_from_slice(&h.pageaddr.0.to_le_bytes());
-        b.extend_from_slice(&h.rem_len.to_le_bytes());
-        b.extend_from_slice(&[0; 4]);
-        b.extend_from_slice(&h.system_identifier.to_le_bytes());
-        b.extend_from_slice(&h.segment_size.to_le_bytes());
-        b.extend_from_slice(&h.block_size.to_le_bytes());
-        b
-    }
-
     /// Segment 0/3000000 of a PostgreSQL 15 cluster with 1 MB segments.
-    fn good() -> Vec<u8> {
-        long_header_bytes(&LongPageHeader {
+    fn good_header() -> LongPageHeader {
+        LongPageHeader {
             magic: 0xD110,
             info: XLP_LONG_HEADER | XLP_BKP_REMOVABLE,
             timeline: TimelineId(1),
@@ -310,7 +328,14 @@ mod tests {
             system_identifier: 7_123_456_789_012_345_678,
             segment_size: 1 << 20,
             block_size: 8192,
-        })
+        }
+    }
+
+    /// [`good_header`]'s bytes.
+    fn good() -> Vec<u8> {
+        let mut b = Vec::with_capacity(LONG_PAGE_HEADER_SIZE);
+        PageHeader::from(good_header()).encode_into(&mut b);
+        b
     }
 
     #[test]
@@ -320,19 +345,7 @@ mod tests {
         assert_eq!(h.major(), Some(15));
         assert!(!h.is_contrecord());
         let l = inspect_segment_start(&good()).unwrap();
-        assert_eq!(
-            l,
-            LongPageHeader {
-                magic: 0xD110,
-                info: XLP_LONG_HEADER | XLP_BKP_REMOVABLE,
-                timeline: TimelineId(1),
-                pageaddr: Lsn(0x300_0000),
-                rem_len: 0,
-                system_identifier: 7_123_456_789_012_345_678,
-                segment_size: 1 << 20,
-                block_size: 8192,
-            }
-        );
+        assert_eq!(l, good_header());
         let seg = WalSegmentSize::new(1 << 20).unwrap();
         let id = SegmentId::new(TimelineId(1), XLogSegNo(0x30));
         assert_eq!(
@@ -457,5 +470,67 @@ mod tests {
                 found: Lsn(0x300_2000)
             })
         );
+    }
+
+    /// The first 40 bytes of `000000010000000000000006` from a PostgreSQL 15 `initdb --wal-segsize=1`
+    /// (system identifier 7712898326429307183).
+    const PG15_SEGMENT_6_START: [u8; 40] = [
+        0x10, 0xd1, 0x07, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x60, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0xd9, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2f, 0x11, 0x86, 0xc7, 0x29, 0xb8,
+        0x09, 0x6b, 0x00, 0x00, 0x10, 0x00, 0x00, 0x20, 0x00, 0x00,
+    ];
+    /// Page 1 of that same file: stale content of segment 3, left there when initdb recycled the file.
+    const PG15_SEGMENT_6_PAGE_1: [u8; 24] = [
+        0x10, 0xd1, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x20, 0x30, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0xe4, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    ];
+
+    #[test]
+    fn reads_real_pg15_long_header() {
+        let h = inspect_segment_start(&PG15_SEGMENT_6_START).unwrap();
+        assert_eq!(
+            h,
+            LongPageHeader {
+                magic: 0xD110,
+                info: XLP_FIRST_IS_CONTRECORD | XLP_LONG_HEADER | XLP_BKP_REMOVABLE,
+                timeline: TimelineId(1),
+                pageaddr: Lsn(0x60_0000),
+                rem_len: 0xd9,
+                system_identifier: 7_712_898_326_429_307_183,
+                segment_size: 1024 * 1024,
+                block_size: 8192,
+            }
+        );
+        let mut encoded = Vec::new();
+        PageHeader::from(h).encode_into(&mut encoded);
+        assert_eq!(encoded, PG15_SEGMENT_6_START);
+    }
+
+    #[test]
+    fn reads_real_pg15_recycled_page() {
+        let h = parse_page_header(&PG15_SEGMENT_6_PAGE_1).unwrap();
+        assert_eq!(h.magic, 0xD110);
+        assert_eq!(h.timeline, TimelineId(1));
+        // Page 1 of segment 6 should be at 0/602000; the stale page says 0/302000.
+        assert_eq!(h.pageaddr, Lsn(0x30_2000));
+        assert_eq!(h.as_long(), None);
+        let mut encoded = Vec::new();
+        h.encode_into(&mut encoded);
+        assert_eq!(encoded, PG15_SEGMENT_6_PAGE_1);
+    }
+
+    proptest::proptest! {
+        /// Whatever parses encodes back to the same bytes (the padding aside), and never panics.
+        #[test]
+        fn parse_encode_round_trip(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48)) {
+            if let Ok(h) = parse_page_header(&bytes) {
+                let mut encoded = Vec::new();
+                h.encode_into(&mut encoded);
+                proptest::prop_assert_eq!(encoded.len(), h.size());
+                proptest::prop_assert_eq!(&encoded[..20], &bytes[..20]);
+                proptest::prop_assert_eq!(&encoded[24..], &bytes[24..h.size()]);
+            }
+            let _ = inspect_segment_start(&bytes);
+        }
     }
 }

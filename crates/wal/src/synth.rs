@@ -10,7 +10,7 @@ use walrelay_protocol::{Lsn, TimelineId, WalSegmentSize};
 
 use crate::magic::page_magic_for_major;
 use crate::page::{
-    DEFAULT_XLOG_BLCKSZ, XLP_BKP_REMOVABLE, XLP_FIRST_IS_CONTRECORD,
+    LongHeaderFields, PageHeader, DEFAULT_XLOG_BLCKSZ, XLP_BKP_REMOVABLE, XLP_FIRST_IS_CONTRECORD,
     XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER,
 };
 use crate::record::{maxalign, RM_XLOG_ID, XLOG_RECORD_CRC_OFFSET, XLOG_SWITCH};
@@ -212,19 +212,19 @@ impl WalBuilder {
         if std::mem::take(&mut self.overwrite_next_page) {
             info |= XLP_FIRST_IS_OVERWRITE_CONTRECORD;
         }
-        let mut h = Vec::with_capacity(40);
-        h.extend_from_slice(&self.cfg.page_magic.to_le_bytes());
-        h.extend_from_slice(&info.to_le_bytes());
-        h.extend_from_slice(&self.cfg.timeline.0.to_le_bytes());
-        h.extend_from_slice(&self.pos.to_le_bytes());
-        h.extend_from_slice(&(if contrecord { rem_len } else { 0 }).to_le_bytes());
-        h.extend_from_slice(&[0; 4]);
-        if long {
-            h.extend_from_slice(&self.cfg.system_identifier.to_le_bytes());
-            h.extend_from_slice(&self.cfg.segment_size.bytes().to_le_bytes());
-            h.extend_from_slice(&self.cfg.block_size.to_le_bytes());
-        }
-        self.buf.extend_from_slice(&h);
-        self.pos += h.len() as u64;
+        let header = PageHeader {
+            magic: self.cfg.page_magic,
+            info,
+            timeline: self.cfg.timeline,
+            pageaddr: Lsn(self.pos),
+            rem_len: if contrecord { rem_len } else { 0 },
+            long: long.then_some(LongHeaderFields {
+                system_identifier: self.cfg.system_identifier,
+                segment_size: self.cfg.segment_size.bytes(),
+                block_size: self.cfg.block_size,
+            }),
+        };
+        header.encode_into(&mut self.buf);
+        self.pos += header.size() as u64;
     }
 }

@@ -14,7 +14,7 @@
 //! * [`find_streaming_start`] ([`start`]): where to resume, from what is really on disk — pg_receivewal's
 //!   rules for archive directories, page-header validation for `pg_wal` (where recycled segments look
 //!   complete), and refusal of foreign or damaged directories.
-//! * [`page_header`]: a minimal WAL page-header reader, local until `walrelay-wal` provides one.
+//! * [`page_header`]: the page-header seam of start discovery, over `walrelay-wal`'s parser.
 //!
 //! References: `src/bin/pg_basebackup/{pg_receivewal.c,receivelog.c,walmethods.c}`,
 //! `src/backend/replication/walreceiver.c`, `src/include/access/xlog_internal.h`,
@@ -35,7 +35,7 @@ pub use feedback::{
     DEFAULT_STATUS_INTERVAL, POSTGRES_EPOCH_UNIX_SECONDS,
 };
 pub use fs::{SegmentFile, StdFs, WalFs};
-pub use page_header::{LongPageHeader, PageHeaderError, PageHeaderReader};
+pub use page_header::{LongPageHeader, PageHeaderError, PageHeaderReader, WalPageHeaderReader};
 pub use receiver::{run, ReceiveError, ReceiveSummary, ReceiverConfig, StopReason, Target};
 pub use start::{
     find_streaming_start, find_streaming_start_in_dir, find_streaming_start_with, DirEntryInfo,

@@ -45,11 +45,10 @@ use thiserror::Error;
 use tracing::{debug, warn};
 use walrelay_protocol::segment::Compression;
 use walrelay_protocol::{Lsn, SegmentId, TimelineId, WalFileName, WalSegmentSize, XLogSegNo};
+use walrelay_wal::page::{LONG_PAGE_HEADER_SIZE, SHORT_PAGE_HEADER_SIZE, XLP_LONG_HEADER};
+use walrelay_wal::WalError;
 
-use crate::page_header::{
-    LocalPageHeaderReader, LongPageHeader, PageHeaderError, PageHeaderReader,
-    SIZE_OF_LONG_PAGE_HEADER, SIZE_OF_SHORT_PAGE_HEADER, XLP_LONG_HEADER,
-};
+use crate::page_header::{LongPageHeader, PageHeaderError, PageHeaderReader, WalPageHeaderReader};
 
 /// Which directory layout is being resumed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,14 +219,15 @@ pub enum StartError {
 }
 
 /// Decides where to resume from the directory listing `entries`, reading file content through `dir`,
-/// with the local page-header reader. `Ok(None)`: nothing usable on disk (an empty directory) — the
-/// caller falls back to the slot's `restart_lsn`, then the server's flush position.
+/// with `walrelay-wal`'s page-header parser ([`WalPageHeaderReader`]). `Ok(None)`: nothing usable on
+/// disk (an empty directory) — the caller falls back to the slot's `restart_lsn`, then the server's
+/// flush position.
 pub fn find_streaming_start(
     entries: &[DirEntryInfo],
     options: &StartOptions,
     dir: &mut dyn WalDirReader,
 ) -> Result<Option<StreamStart>, StartError> {
-    find_streaming_start_with(entries, options, dir, &LocalPageHeaderReader)
+    find_streaming_start_with(entries, options, dir, &WalPageHeaderReader)
 }
 
 /// [`find_streaming_start`] with a pluggable page-header reader.
@@ -277,6 +277,37 @@ struct Candidate {
     segment: SegmentId,
     compression: Option<Compression>,
     partial: bool,
+}
+
+impl Candidate {
+    /// The file is not valid WAL for its name, because of `reason`.
+    fn corrupt(&self, reason: impl fmt::Display) -> StartError {
+        StartError::CorruptSegment {
+            file: self.name.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Streaming continues with the segment after this complete one.
+    fn resume_after(self, seg: WalSegmentSize) -> StreamStart {
+        StreamStart {
+            lsn: self.segment.end_lsn(seg),
+            timeline: self.segment.timeline,
+            reason: StartReason::AfterComplete { file: self.name },
+        }
+    }
+
+    /// Streaming restarts at the start of this partially received segment.
+    fn restart_at_start(self, seg: WalSegmentSize, valid_until: Option<Lsn>) -> StreamStart {
+        StreamStart {
+            lsn: self.segment.start_lsn(seg),
+            timeline: self.segment.timeline,
+            reason: StartReason::Partial {
+                file: self.name,
+                valid_until,
+            },
+        }
+    }
 }
 
 type UncompressedSize<'a> =
@@ -431,7 +462,7 @@ impl Scanner<'_> {
         if let Some(h) = self.long_headers.get(name) {
             return Ok(h.clone());
         }
-        let mut buf = [0u8; SIZE_OF_LONG_PAGE_HEADER];
+        let mut buf = [0u8; LONG_PAGE_HEADER_SIZE];
         let n = self.read_full(name, 0, &mut buf)?;
         // "Nothing written here" is decided here, whatever error a plugged-in reader would give.
         let h = if n > 0 && buf[..n].iter().all(|&b| b == 0) {
@@ -477,22 +508,11 @@ impl Scanner<'_> {
         Ok(())
     }
 
-    /// Whether the first page was written for this file's own segment and timeline.
-    fn belongs(&self, c: &Candidate, h: &LongPageHeader) -> Result<(), String> {
-        let start = c.segment.start_lsn(self.seg_size());
-        if h.pageaddr != start {
-            return Err(format!(
-                "its first page is addressed to {}, not {start}: a recycled or misnamed segment",
-                h.pageaddr
-            ));
-        }
-        if h.timeline > c.segment.timeline {
-            return Err(format!(
-                "its first page is on timeline {}, above the file's timeline {}",
-                h.timeline, c.segment.timeline
-            ));
-        }
-        Ok(())
+    /// Whether the first page was written for this file's own segment (`xlp_pageaddr`) and a
+    /// timeline not above the file's. The system identifier and segment size were checked for every
+    /// file first ([`Self::check_identities`]), so the error names the address or the timeline.
+    fn belongs(&self, c: &Candidate, h: &LongPageHeader) -> Result<(), WalError> {
+        h.check_segment(c.segment, self.seg_size(), None)
     }
 
     /// Whether page `index` (≥ 1) of `c` carries a header for its own address.
@@ -504,7 +524,7 @@ impl Scanner<'_> {
         min_tli: TimelineId,
     ) -> Result<Option<TimelineId>, StartError> {
         let offset = index * u64::from(first.block_size);
-        let mut buf = [0u8; SIZE_OF_SHORT_PAGE_HEADER];
+        let mut buf = [0u8; SHORT_PAGE_HEADER_SIZE];
         if self.read_full(&c.name, offset, &mut buf)? < buf.len() {
             return Ok(None);
         }
@@ -583,21 +603,13 @@ impl Scanner<'_> {
         let valid_until = match self.long_header(&c.name)? {
             Ok(h) => {
                 if let Err(reason) = self.belongs(c, &h) {
-                    return Err(StartError::CorruptSegment {
-                        file: c.name.clone(),
-                        reason,
-                    });
+                    return Err(c.corrupt(reason));
                 }
                 self.valid_until(c, &h)?
             }
             Err(PageHeaderError::Zeroed) => start,
             Err(PageHeaderError::Truncated { .. }) => return Err(inconsistent()),
-            Err(e) => {
-                return Err(StartError::CorruptSegment {
-                    file: c.name.clone(),
-                    reason: e.to_string(),
-                })
-            }
+            Err(e) => return Err(c.corrupt(e)),
         };
         // A short file is only acceptable as an interrupted preallocation: WAL pages, then zeros.
         if c.len != seg.as_u64() && !self.all_zero(&c.name, valid_until.0 - start.0, c.len)? {
@@ -634,18 +646,10 @@ impl Scanner<'_> {
                     match self.long_header(&c.name)? {
                         Ok(h) => {
                             if let Err(reason) = self.belongs(&c, &h) {
-                                return Err(StartError::CorruptSegment {
-                                    file: c.name,
-                                    reason,
-                                });
+                                return Err(c.corrupt(reason));
                             }
                         }
-                        Err(e) => {
-                            return Err(StartError::CorruptSegment {
-                                file: c.name,
-                                reason: e.to_string(),
-                            })
-                        }
+                        Err(e) => return Err(c.corrupt(e)),
                     }
                     (true, None)
                 }
@@ -684,20 +688,9 @@ impl Scanner<'_> {
         }
         Ok(best.map(|(c, complete, valid_until)| {
             if complete {
-                StreamStart {
-                    lsn: c.segment.end_lsn(seg),
-                    timeline: c.segment.timeline,
-                    reason: StartReason::AfterComplete { file: c.name },
-                }
+                c.resume_after(seg)
             } else {
-                StreamStart {
-                    lsn: c.segment.start_lsn(seg),
-                    timeline: c.segment.timeline,
-                    reason: StartReason::Partial {
-                        file: c.name,
-                        valid_until,
-                    },
-                }
+                c.restart_at_start(seg, valid_until)
             }
         }))
     }
@@ -770,14 +763,7 @@ impl Scanner<'_> {
                 }
                 Some((c, h, false)) => {
                     let valid_until = self.valid_until(&c, &h)?;
-                    return Ok(Some(StreamStart {
-                        lsn: c.segment.start_lsn(seg),
-                        timeline: c.segment.timeline,
-                        reason: StartReason::Partial {
-                            file: c.name,
-                            valid_until: Some(valid_until),
-                        },
-                    }));
+                    return Ok(Some(c.restart_at_start(seg, Some(valid_until))));
                 }
                 None => break,
             }
@@ -785,22 +771,10 @@ impl Scanner<'_> {
         if let Some((c, h)) = last_complete {
             // Its last page says complete; check every page before trusting it.
             let valid_until = self.valid_until(&c, &h)?;
-            let end = c.segment.end_lsn(seg);
-            return Ok(Some(if valid_until == end {
-                StreamStart {
-                    lsn: end,
-                    timeline: c.segment.timeline,
-                    reason: StartReason::AfterComplete { file: c.name },
-                }
+            return Ok(Some(if valid_until == c.segment.end_lsn(seg) {
+                c.resume_after(seg)
             } else {
-                StreamStart {
-                    lsn: c.segment.start_lsn(seg),
-                    timeline: c.segment.timeline,
-                    reason: StartReason::Partial {
-                        file: c.name,
-                        valid_until: Some(valid_until),
-                    },
-                }
+                c.restart_at_start(seg, Some(valid_until))
             }));
         }
         Ok(scan_from.map(|s| StreamStart {

@@ -4,7 +4,7 @@
 //! snapshot (each value is exact, the set is not one atomic transaction — fine for monitoring).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use walrelay_protocol::Lsn;
 
@@ -39,6 +39,15 @@ pub struct StatsSnapshot {
     pub timeline: u32,
     pub connected: bool,
     pub segments_completed: u64,
+}
+
+impl StatsSnapshot {
+    /// How long ago the last message from the server arrived; `None` before the first one. A clock
+    /// that went backwards reads as zero.
+    pub fn since_last_message(&self) -> Option<Duration> {
+        (self.last_message_unix_ms != 0)
+            .then(|| Duration::from_millis(now_ms().saturating_sub(self.last_message_unix_ms)))
+    }
 }
 
 fn now_ms() -> u64 {
@@ -104,5 +113,29 @@ impl ReceiverStats {
 
     pub(crate) fn segment_completed(&self) {
         self.segments_completed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_last_message() {
+        let stats = ReceiverStats::default();
+        assert_eq!(stats.snapshot().since_last_message(), None, "none yet");
+        stats.message();
+        let age = stats.snapshot().since_last_message().unwrap();
+        assert!(age < Duration::from_secs(60), "{age:?}");
+        let long_ago = StatsSnapshot {
+            last_message_unix_ms: 1,
+            ..Default::default()
+        };
+        assert!(long_ago.since_last_message().unwrap() > Duration::from_secs(365 * 86_400));
+        let future = StatsSnapshot {
+            last_message_unix_ms: u64::MAX,
+            ..Default::default()
+        };
+        assert_eq!(future.since_last_message(), Some(Duration::ZERO));
     }
 }

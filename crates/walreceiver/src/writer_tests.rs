@@ -17,6 +17,22 @@ fn seg() -> WalSegmentSize {
     WalSegmentSize::new(MB).unwrap()
 }
 
+/// The zero-fill writes that preallocate a new 1 MB test segment at `path`.
+fn pad_writes(path: &std::path::Path) -> Vec<FsOp> {
+    (0..MB as usize)
+        .step_by(PAD_CHUNK)
+        .map(|offset| FsOp::Write {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            len: PAD_CHUNK.min(MB as usize - offset),
+        })
+        .collect()
+}
+
+fn is_pad_write(op: &FsOp) -> bool {
+    matches!(op, FsOp::Write { len, .. } if *len == PAD_CHUNK)
+}
+
 const PAGE: u64 = 8192;
 const SYSID: u64 = 42;
 
@@ -226,7 +242,7 @@ fn small_chunks_are_coalesced_into_large_writes() {
     let data_writes = |fs: &FaultFs| {
         fs.ops()
             .into_iter()
-            .filter(|op| matches!(op, FsOp::Write { len, .. } if *len != MB as usize))
+            .filter(|op| matches!(op, FsOp::Write { .. }) && !is_pad_write(op))
             .count()
     };
     assert_eq!(
@@ -760,30 +776,25 @@ fn archive_order_create_flush_complete() {
     w.write(Lsn(0), &wal(0, 200_000)).unwrap();
     w.flush().unwrap();
     let ops = fs.ops();
+    let pad = pad_writes(&partial);
     assert_eq!(ops[0], FsOp::Create(partial.clone()));
+    assert_eq!(ops[1..=pad.len()], pad[..], "preallocated with zeros first");
+    let ops = &ops[pad.len()..];
     assert_eq!(
         ops[1],
-        FsOp::Write {
-            path: partial.clone(),
-            offset: 0,
-            len: MB as usize
-        }
-    );
-    assert_eq!(
-        ops[2],
         FsOp::Write {
             path: partial.clone(),
             offset: 0,
             len: 200_000
         }
     );
-    assert_eq!(ops[3], FsOp::SyncData(partial.clone()));
+    assert_eq!(ops[2], FsOp::SyncData(partial.clone()));
     assert_eq!(
-        ops[4],
+        ops[3],
         FsOp::FsyncDir(dir.clone()),
         "a new file's directory entry is fsynced"
     );
-    assert_eq!(ops.len(), 5);
+    assert_eq!(ops.len(), 4);
 
     fs.clear_log();
     w.flush().unwrap();
@@ -819,14 +830,12 @@ fn pg_wal_order_install_then_overwrite_then_mark_done() {
     let tmp = durable::temp_path_for(&seg_path);
     w.write(Lsn(0), &wal(0, MB as usize)).unwrap();
     let ops = fs.ops();
-    let expect_prefix = vec![
+    let mut expect_prefix = vec![
         FsOp::CreateDirAll(dir.join("archive_status")),
         FsOp::Create(tmp.clone()),
-        FsOp::Write {
-            path: tmp.clone(),
-            offset: 0,
-            len: MB as usize,
-        },
+    ];
+    expect_prefix.extend(pad_writes(&tmp));
+    expect_prefix.extend([
         FsOp::SyncData(tmp.clone()),
         FsOp::Rename {
             from: tmp.clone(),
@@ -845,7 +854,7 @@ fn pg_wal_order_install_then_overwrite_then_mark_done() {
             dir.join("archive_status")
                 .join(format!("{}.done", name(1, 0))),
         ),
-    ];
+    ]);
     assert_eq!(ops, expect_prefix);
 }
 

@@ -1,11 +1,15 @@
 //! Waiting with a deadline: tests poll for the state they need instead of sleeping a fixed time.
+//!
+//! For conditions on one cluster the [`crate::Cluster`] methods that wait (`wait_replay`, `catch_up`)
+//! report the server log too; these are for everything else (a file appearing, a row on another
+//! server, a child process's progress).
 
 use std::time::{Duration, Instant};
 
-/// How long a test waits for anything by default: `WALRELAY_TEST_TIMEOUT_SECS` (testkit's setting),
-/// else 120 s — generous, because two cores run several clusters at once.
+/// How long a test waits for anything by default: `WALRELAY_TEST_TIMEOUT_SECS`, else 120 s —
+/// generous, because two cores run several clusters at once ([`crate::env::timeout`]).
 pub fn timeout() -> Duration {
-    walrelay_testkit::env::timeout()
+    crate::env::timeout()
 }
 
 /// Calls `f` every `every` until it returns `Some`, and returns that; panics naming `what` (and what
