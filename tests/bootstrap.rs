@@ -492,9 +492,35 @@ fn input_errors_leave_the_target_untouched() {
     let before = snapshot(&full);
     for extra in [&[][..], &["-S", "s", "-C"][..]] {
         let out = Bootstrap::new(&dead, &full).args(extra).run();
-        out.assert_failed(1, &["exists but is not empty", &path_arg(&full)]);
+        out.assert_failed(1, &["holds a PostgreSQL data directory", &path_arg(&full)]);
         assert_unchanged(&full, &before, &snapshot(&full), "non-empty target");
     }
+
+    // What a killed bootstrap leaves: a backup_label without backup_manifest — named as such.
+    let killed = base.path().join("killed");
+    fs::create_dir(&killed).unwrap();
+    fs::write(killed.join("PG_VERSION"), b"15\n").unwrap();
+    fs::write(
+        killed.join("backup_label"),
+        b"START WAL LOCATION: 0/2000028\n",
+    )
+    .unwrap();
+    let before_killed = snapshot(&killed);
+    let out = Bootstrap::new(&dead, &killed).run();
+    out.assert_failed(1, &["unfinished base backup", "remove its contents"]);
+    assert_unchanged(
+        &killed,
+        &before_killed,
+        &snapshot(&killed),
+        "interrupted target",
+    );
+
+    // Anything else in the way.
+    let other = base.path().join("other");
+    fs::create_dir(&other).unwrap();
+    fs::write(other.join("notes.txt"), b"mine").unwrap();
+    let out = Bootstrap::new(&dead, &other).run();
+    out.assert_failed(1, &["exists but is not empty", &path_arg(&other)]);
 
     // Under a regular file, and a regular file itself.
     let file = base.path().join("file");

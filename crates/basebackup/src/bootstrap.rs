@@ -361,6 +361,10 @@ pub enum BootstrapError {
     NoWalStreamer,
     #[error("directory \"{0}\" exists but is not empty; choose an empty or new directory")]
     TargetNotEmpty(PathBuf),
+    #[error("directory \"{0}\" holds an unfinished base backup (backup_label but no backup_manifest: an earlier run was killed); remove its contents and run again")]
+    TargetInterrupted(PathBuf),
+    #[error("directory \"{0}\" holds a PostgreSQL data directory (PG_VERSION); refusing to overwrite it — choose an empty or new directory")]
+    TargetIsDataDirectory(PathBuf),
     #[error("\"{0}\" exists but is not a directory; choose an empty or new directory")]
     TargetNotADirectory(PathBuf),
     #[error("could not access directory \"{path}\": {source}; check its permissions or choose another directory")]
@@ -510,7 +514,18 @@ fn prepare_target(dir: &Path, owner: Owner) -> Result<TargetState, BootstrapErro
         Ok(DirState::Empty) => TargetState::ExistedEmpty {
             original_mode: None,
         },
-        Err(TablespaceError::NotEmpty(p)) => return Err(BootstrapError::TargetNotEmpty(p)),
+        Err(TablespaceError::NotEmpty(p)) => {
+            // Say what is in the way when it is recognisably ours or PostgreSQL's.
+            return Err(
+                if p.join("backup_label").exists() && !p.join("backup_manifest").exists() {
+                    BootstrapError::TargetInterrupted(p)
+                } else if p.join("PG_VERSION").exists() {
+                    BootstrapError::TargetIsDataDirectory(p)
+                } else {
+                    BootstrapError::TargetNotEmpty(p)
+                },
+            );
+        }
         Err(TablespaceError::NotADirectory(p)) => {
             return Err(BootstrapError::TargetNotADirectory(p))
         }
