@@ -10,7 +10,9 @@
 //! * `pg_basebackup -d CONNINFO -X stream -c fast -D Y` — base backup and streamed WAL, manifest
 //!   (CRC-32C) written but not checked, everything fsynced;
 //! * and, since walrelay's run includes the check, `pg_verifybackup Y` after pg_basebackup, reported
-//!   as a third line (pg_basebackup + pg_verifybackup).
+//!   as a third line (pg_basebackup + pg_verifybackup);
+//! * last in every round, a diagnostic `walrelay bootstrap … --no-verify` (no manifest check), to
+//!   show what the check costs.
 //!
 //! Before every run all file systems are synced, so that one run's writeback does not land on the
 //! next. The cluster's files stay in the page cache (nobody drops caches on a shared machine), for
@@ -39,6 +41,8 @@ const DEFAULT_SCALE: u64 = 70;
 enum Tool {
     Walrelay,
     PgBasebackup,
+    /// Diagnostic: walrelay without the manifest check, to show what the check costs.
+    WalrelayNoVerify,
 }
 
 impl Tool {
@@ -46,17 +50,21 @@ impl Tool {
         match self {
             Tool::Walrelay => "walrelay",
             Tool::PgBasebackup => "pg_basebackup",
+            Tool::WalrelayNoVerify => "walrelay-no-verify",
         }
     }
 }
 
-fn walrelay_command(conninfo: &str, target: &Path) -> Command {
+fn walrelay_command(conninfo: &str, target: &Path, verify: bool) -> Command {
     let mut cmd = tool_command(&common::walrelay_bin());
     cmd.arg("bootstrap")
         .arg("-d")
         .arg(conninfo)
         .args(["-c", "fast", "-D"])
         .arg(target);
+    if !verify {
+        cmd.arg("--no-verify");
+    }
     cmd
 }
 
@@ -114,14 +122,16 @@ fn main() {
     let conninfo = cluster.replication_conninfo();
 
     let mut walrelay = Series::default();
+    let mut no_verify = Series::default();
     let mut basebackup = Series::default();
     let mut verify = Series::default();
     let mut output_bytes = None;
     for round in 0..rounds {
+        // walrelay and pg_basebackup alternate which goes first; the diagnostic run comes last.
         let order = if round % 2 == 0 {
-            [Tool::Walrelay, Tool::PgBasebackup]
+            [Tool::Walrelay, Tool::PgBasebackup, Tool::WalrelayNoVerify]
         } else {
-            [Tool::PgBasebackup, Tool::Walrelay]
+            [Tool::PgBasebackup, Tool::Walrelay, Tool::WalrelayNoVerify]
         };
         let mut line = format!("round {}:", round + 1);
         for tool in order {
@@ -132,10 +142,14 @@ fn main() {
                 Tool::Walrelay => {
                     let m = run_measured(
                         "walrelay bootstrap",
-                        walrelay_command(&conninfo, &target),
+                        walrelay_command(&conninfo, &target, true),
                         &log,
                     );
-                    line.push_str(&format!(" walrelay {:.2}s", m.secs()));
+                    line.push_str(&format!(
+                        " walrelay {:.2}s (CPU {}s)",
+                        m.secs(),
+                        fmt_opt(m.cpu_secs(), 2)
+                    ));
                     walrelay.push(m);
                     if round == 0 {
                         // The oracle: what walrelay wrote is a valid backup with the WAL it needs.
@@ -146,13 +160,30 @@ fn main() {
                         output_bytes = Some(tree_size(&target));
                     }
                 }
+                Tool::WalrelayNoVerify => {
+                    let m = run_measured(
+                        "walrelay bootstrap --no-verify",
+                        walrelay_command(&conninfo, &target, false),
+                        &log,
+                    );
+                    line.push_str(&format!(
+                        " [--no-verify {:.2}s (CPU {}s)]",
+                        m.secs(),
+                        fmt_opt(m.cpu_secs(), 2)
+                    ));
+                    no_verify.push(m);
+                }
                 Tool::PgBasebackup => {
                     let m = run_measured(
                         "pg_basebackup",
                         pg_basebackup_command(&cluster, &conninfo, &target),
                         &log,
                     );
-                    line.push_str(&format!(" pg_basebackup {:.2}s", m.secs()));
+                    line.push_str(&format!(
+                        " pg_basebackup {:.2}s (CPU {}s)",
+                        m.secs(),
+                        fmt_opt(m.cpu_secs(), 2)
+                    ));
                     basebackup.push(m);
                     let vlog = work.path().join(format!("pg_verifybackup-{round}.log"));
                     let v = run_measured(
@@ -198,6 +229,7 @@ fn main() {
         ("walrelay bootstrap -c fast", &walrelay),
         ("pg_basebackup -X stream -c fast", &basebackup),
         ("pg_basebackup + pg_verifybackup", &both),
+        ("(walrelay bootstrap --no-verify)", &no_verify),
     ] {
         let secs = s.median_secs();
         table.row(vec![

@@ -4,7 +4,7 @@
 //! alternating the order from round to round, into fresh directories on the same file system.
 //!
 //! **Catch-up of a slot backlog** (`catchup`). A template slot is created, then `pgbench -i` (scale
-//! 40 by default, `WALRELAY_BENCH_SCALE`) writes the backlog: about 600 MB of WAL. For every run a
+//! 45 by default, `WALRELAY_BENCH_SCALE`) writes the backlog: about 580 MB of WAL. For every run a
 //! fresh slot is copied from the template (`pg_copy_physical_replication_slot`), so every run streams
 //! exactly the same WAL, from the slot's restart position to a fixed end position:
 //!
@@ -40,8 +40,8 @@ use common::{
 };
 use walrelay_testkit::{Cluster, Lsn, PgBench};
 
-/// pgbench scale of the backlog: 40 writes about 600 MB of WAL.
-const DEFAULT_SCALE: u64 = 40;
+/// pgbench scale of the backlog: 45 writes about 580 MB (10^6 bytes) of WAL.
+const DEFAULT_SCALE: u64 = 45;
 /// pgbench scale for the synchronous-standby part when the catch-up part did not initialize.
 const SYNC_ONLY_SCALE: u32 = 10;
 /// `application_name` of the synchronous receiver.

@@ -20,6 +20,7 @@
 //! | `WALRELAY_BENCH_SCALE` | pgbench scale of the data set (shrink for a quick run) | per bench |
 //! | `WALRELAY_BENCH_PGBENCH_SECS` | length of each pgbench run (receive, synchronous standby) | 20 |
 //! | `WALRELAY_BENCH_ONLY` | comma list of parts to run (receive: `catchup`, `sync`) | all |
+//! | `WALRELAY_BENCH_WALRELAY` | path of the walrelay binary to measure | the one cargo built |
 
 // Each bench uses a different subset of these helpers.
 #![allow(dead_code)]
@@ -84,9 +85,13 @@ pub fn invoked_by_cargo_bench(name: &str) -> bool {
     false
 }
 
-/// The walrelay binary built for this benchmark.
+/// The walrelay binary: the one cargo built for this benchmark, or `WALRELAY_BENCH_WALRELAY` (to
+/// compare another build, e.g. before and after a change, on the same cluster and data).
 pub fn walrelay_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_walrelay"))
+    match std::env::var_os("WALRELAY_BENCH_WALRELAY") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_walrelay")),
+    }
 }
 
 /// A command for a PostgreSQL client tool or walrelay with a predictable environment: no `PG*`

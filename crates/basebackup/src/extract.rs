@@ -28,7 +28,7 @@
 //!
 //! Nothing is fsynced here (that would make a backup of many small files crawl); every file and
 //! directory written is recorded for [`crate::sync::WrittenPaths::sync_all`]. File data is copied in
-//! large chunks (1 MB by default) and passed to an [`ExtractObserver`] on the way, so that manifest
+//! large chunks (256 kB by default) and passed to an [`ExtractObserver`] on the way, so that manifest
 //! checksums are computed without reading anything back.
 //!
 //! A local user who can write into the target while extraction runs could still race the checks
@@ -53,8 +53,11 @@ use crate::sync::WrittenPaths;
 use crate::tablespace::{canonicalize_path, PreparedTablespace};
 use crate::tar_stream::{MemberHeader, MemberKind, TarError, TarReader};
 
-/// Default size of the copy buffer: large writes are what makes extraction fast.
-pub const DEFAULT_WRITE_BUFFER: usize = 1024 * 1024;
+/// Default size of the copy buffer: large writes are what makes extraction fast, up to a point.
+/// 256 kB is one `write` per 256 kB of a big file; on the Linux 6.18 virtual machine we measured,
+/// writes of 1 MB into new files cost four to ten times the kernel CPU of writes of 512 kB or less
+/// for the same bytes (the copy into the page cache dominated; docs/benchmarks.md, "Fixes").
+pub const DEFAULT_WRITE_BUFFER: usize = 256 * 1024;
 
 /// Mode of directories created before the archive says otherwise (`pg_dir_create_mode`).
 const NEW_DIR_MODE: u32 = 0o700;

@@ -56,7 +56,8 @@ use crate::start::{
 };
 use crate::stats::ReceiverStats;
 use crate::writer::{
-    CompletedSegment, HookError, SegmentCompletion, SegmentWriter, WriterConfig, WriterError,
+    BackgroundCompletion, CompletedSegment, HookError, SegmentCompletion, SegmentWriter,
+    WriterConfig, WriterError, DEFAULT_COMPLETION_QUEUE,
 };
 
 /// Where the receiver writes.
@@ -455,11 +456,16 @@ async fn session(
     let (tli, lsn, owner) = (start.timeline, start.lsn, cfg.owner);
     let writer = blocking(move || {
         let mut w = SegmentWriter::new(writer_cfg, tli, lsn)?;
-        w.set_completion_hook(CompletionHook {
+        // Checksums and compression of a completed segment overlap with writing the next one.
+        let hook = CompletionHook {
             target,
             owner,
             stats,
-        });
+        };
+        let hook = BackgroundCompletion::spawn(hook, DEFAULT_COMPLETION_QUEUE).map_err(|e| {
+            ReceiveError::Local(format!("could not start the segment archiving thread: {e}"))
+        })?;
+        w.set_completion_hook(hook);
         Ok(w)
     })
     .await?;

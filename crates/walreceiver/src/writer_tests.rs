@@ -758,6 +758,139 @@ fn hook_failure_poisons_after_the_segment_is_durable() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Hooks on a thread of their own (BackgroundCompletion)
+
+/// A hook that records what it saw, the thread it ran on, and whether `finished` was called.
+#[derive(Clone, Default)]
+struct ThreadRecorder {
+    events: Arc<Mutex<Vec<String>>>,
+    threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
+    fail_on: Option<String>,
+}
+
+impl SegmentCompletion for ThreadRecorder {
+    fn segment_completed(&mut self, segment: &CompletedSegment) -> Result<(), HookError> {
+        self.threads
+            .lock()
+            .unwrap()
+            .push(std::thread::current().id());
+        if self.fail_on.as_deref() == Some(segment.file_name.as_str()) {
+            return Err("compressor out of memory".into());
+        }
+        // The segment is complete and durable before the hook hears of it.
+        assert_eq!(fs::metadata(&segment.path).unwrap().len(), MB);
+        self.events.lock().unwrap().push(segment.file_name.clone());
+        Ok(())
+    }
+
+    fn history_written(&mut self, timeline: TimelineId, _path: &Path) -> Result<(), HookError> {
+        self.events
+            .lock()
+            .unwrap()
+            .push(format!("history {timeline}"));
+        Ok(())
+    }
+
+    fn finished(&mut self) -> Result<(), HookError> {
+        self.events.lock().unwrap().push("finished".to_string());
+        Ok(())
+    }
+}
+
+#[test]
+fn background_hook_runs_elsewhere_in_order_and_close_waits_for_it() {
+    let d = tempfile::tempdir().unwrap();
+    let mut w = archive_writer(&d, 1, 0);
+    let rec = ThreadRecorder::default();
+    w.set_completion_hook(BackgroundCompletion::spawn(rec.clone(), 1).unwrap());
+    feed(&mut w, 0, 4 * MB as usize + 5000, &[131_072, 7000]);
+    w.switch_timeline(tli(2), Lsn(4 * MB + 4000)).unwrap();
+    w.write_history_file(tli(2), b"1\t0/400FA0\tno recovery target specified\n")
+        .unwrap();
+    w.write(Lsn(4 * MB), &wal(4 * MB, 1000)).unwrap();
+    w.close().unwrap();
+    // close() returned: everything queued was processed, in the writer's order.
+    assert_eq!(
+        *rec.events.lock().unwrap(),
+        vec![
+            name(1, 0),
+            name(1, 1),
+            name(1, 2),
+            name(1, 3),
+            format!("history {}", tli(2)),
+            "finished".to_string(),
+        ]
+    );
+    let threads = rec.threads.lock().unwrap();
+    assert!(threads.iter().all(|t| *t != std::thread::current().id()));
+}
+
+#[test]
+fn background_hook_failure_poisons_the_writer_at_its_next_call() {
+    let d = tempfile::tempdir().unwrap();
+    let mut w = archive_writer(&d, 1, 0);
+    let rec = ThreadRecorder {
+        fail_on: Some(name(1, 0)),
+        ..Default::default()
+    };
+    w.set_completion_hook(BackgroundCompletion::spawn(rec.clone(), 1).unwrap());
+    // The first segment completes; its hook fails on the other thread, after write() returned.
+    w.write(Lsn(0), &wal(0, MB as usize)).unwrap();
+    assert_eq!(w.flush_lsn(), Lsn(MB));
+    // A later completion collects the failure (the next one, unless the hook thread has not got
+    // as far yet: the queue holds one segment), naming the segment it was about.
+    let mut failed = None;
+    for segno in 1..6u64 {
+        if let Err(e) = w.write(Lsn(segno * MB), &wal(segno * MB, MB as usize)) {
+            failed = Some((segno, e));
+            break;
+        }
+    }
+    let (segno, e) = failed.expect("the hook's failure is reported within two segments");
+    assert!(segno <= 2, "reported only at segment {segno}");
+    assert!(matches!(e, WriterError::Completion { .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("compressor out of memory"), "{text}");
+    assert!(text.contains(&name(1, 0)), "{text}");
+    // The segment that reported it is complete and durable; the writer accepts nothing more.
+    assert_eq!(
+        fs::read(d.path().join(name(1, segno))).unwrap(),
+        wal(segno * MB, MB as usize)
+    );
+    assert!(matches!(w.flush(), Err(WriterError::Poisoned(_))));
+}
+
+#[test]
+fn background_hook_failure_is_reported_by_close() {
+    let d = tempfile::tempdir().unwrap();
+    let mut w = archive_writer(&d, 1, 0);
+    let rec = ThreadRecorder {
+        fail_on: Some(name(1, 0)),
+        ..Default::default()
+    };
+    w.set_completion_hook(BackgroundCompletion::spawn(rec.clone(), 2).unwrap());
+    w.write(Lsn(0), &wal(0, MB as usize + 100)).unwrap();
+    let e = w.close().unwrap_err();
+    assert!(matches!(e, WriterError::CompletionFinish(_)), "{e}");
+    assert!(e.to_string().contains(&name(1, 0)), "{e}");
+    assert!(!rec.events.lock().unwrap().contains(&"finished".to_string()));
+}
+
+#[test]
+fn dropping_a_writer_with_a_background_hook_waits_for_the_queue() {
+    let d = tempfile::tempdir().unwrap();
+    let mut w = archive_writer(&d, 1, 0);
+    let rec = ThreadRecorder::default();
+    w.set_completion_hook(BackgroundCompletion::spawn(rec.clone(), 4).unwrap());
+    feed(&mut w, 0, 3 * MB as usize, &[MB as usize]);
+    drop(w);
+    assert_eq!(
+        *rec.events.lock().unwrap(),
+        vec![name(1, 0), name(1, 1), name(1, 2), "finished".to_string()]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Order of durable steps, as recorded by the fake file system
 
 fn index_of(ops: &[FsOp], want: &FsOp) -> usize {
