@@ -527,33 +527,54 @@ fn header_size(path: &Path, method: CompressionMethod) -> Result<Option<u64>> {
 
 /// Compresses `data` with `method` into `out`.
 fn encode<W: Write>(method: Compression, data: &[u8], out: W) -> io::Result<W> {
+    encode_stream(method, data, data.len() as u64, out)
+}
+
+/// Compresses `len` bytes read from `src` into `out`, with constant memory (segments can be up to
+/// 1 GB). `len` goes into the LZ4 and zstd frame headers as the content size.
+fn encode_stream<R: Read, W: Write>(
+    method: Compression,
+    mut src: R,
+    len: u64,
+    out: W,
+) -> io::Result<W> {
+    fn copy_exact<R: Read, W: Write>(src: &mut R, dst: &mut W, len: u64) -> io::Result<()> {
+        let copied = io::copy(&mut src.take(len), dst)?;
+        if copied != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the segment shrank while being compressed ({copied} of {len} bytes)"),
+            ));
+        }
+        Ok(())
+    }
     match method {
         Compression::None => {
             let mut out = out;
-            out.write_all(data)?;
+            copy_exact(&mut src, &mut out, len)?;
             Ok(out)
         }
         Compression::Gzip { level } => {
             let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::new(level));
-            enc.write_all(data)?;
+            copy_exact(&mut src, &mut enc, len)?;
             enc.finish()
         }
         Compression::Lz4 => {
             let info = lz4_flex::frame::FrameInfo::new()
-                .content_size(Some(data.len() as u64))
+                .content_size(Some(len))
                 .content_checksum(true)
                 .block_size(lz4_flex::frame::BlockSize::Max4MB)
                 .block_mode(lz4_flex::frame::BlockMode::Independent);
             let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, out);
-            enc.write_all(data)?;
+            copy_exact(&mut src, &mut enc, len)?;
             enc.finish().map_err(io::Error::from)
         }
         Compression::Zstd { level } => {
             let mut enc = zstd::stream::write::Encoder::new(out, level)?;
             enc.include_checksum(true)?;
             enc.include_contentsize(true)?;
-            enc.set_pledged_src_size(Some(data.len() as u64))?;
-            enc.write_all(data)?;
+            enc.set_pledged_src_size(Some(len))?;
+            copy_exact(&mut src, &mut enc, len)?;
             enc.finish()
         }
     }
@@ -591,25 +612,19 @@ pub fn compress_completed_segment(
     if method == Compression::None {
         return Ok(plain);
     }
-    let data = fs::read(&plain).map_err(|e| ArchiveError::io("read", &plain, e))?;
-    if WalSegmentSize::new(data.len() as u64).is_err() {
+    let meta = fs::metadata(&plain).map_err(|e| ArchiveError::io("stat", &plain, e))?;
+    let len = meta.len();
+    if WalSegmentSize::new(len).is_err() {
         return Err(ArchiveError::corrupt(
             &plain,
-            format!(
-                "{} bytes is not a WAL segment size, so this is not a completed segment",
-                data.len()
-            ),
+            format!("{len} bytes is not a WAL segment size, so this is not a completed segment"),
         ));
     }
-    let mode = fs::metadata(&plain)
-        .map_err(|e| ArchiveError::io("stat", &plain, e))?
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = meta.permissions().mode() & 0o777;
     let target = dir.join(format!("{segment_file_name}{}", method.suffix()));
     let tmp = durable::temp_path_for(&target);
 
-    let written = write_compressed(&tmp, &data, method, mode, owner);
+    let written = write_compressed(&tmp, &plain, len, method, mode, owner);
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(e);
@@ -640,16 +655,22 @@ pub fn compress_completed_segment(
 }
 
 /// Writes the compressed temp file, fsyncs it, and reads it back to prove it decodes to `data`.
+/// Streams `plain` (`len` bytes) through the compressor into `tmp`, fsyncs it, then reads both back
+/// and compares them chunk by chunk, so that memory stays constant whatever the segment size.
 fn write_compressed(
     tmp: &Path,
-    data: &[u8],
+    plain: &Path,
+    len: u64,
     method: Compression,
     mode: u32,
     owner: Owner,
 ) -> Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let src = File::open(plain).map_err(|e| ArchiveError::io("open", plain, e))?;
     let file = durable::create_new_file(tmp, mode, owner)?;
     let out = io::BufWriter::with_capacity(1 << 16, file);
-    let out = encode(method, data, out).map_err(|e| ArchiveError::io("compress into", tmp, e))?;
+    let out = encode_stream(method, io::BufReader::with_capacity(CHUNK, src), len, out)
+        .map_err(|e| ArchiveError::io("compress into", tmp, e))?;
     let file = out
         .into_inner()
         .map_err(|e| ArchiveError::io("write", tmp, e.into_error()))?;
@@ -658,21 +679,49 @@ fn write_compressed(
     drop(file);
 
     // Read-back: the temp name has the compression suffix followed by `.tmp`, so decode explicitly.
-    let mut back = Vec::with_capacity(data.len());
     let f = File::open(tmp).map_err(|e| ArchiveError::io("open", tmp, e))?;
-    let reader =
-        decoder(method.method(), f).map_err(|e| ArchiveError::io("start decoder for", tmp, e))?;
-    reader
-        .take(data.len() as u64 + 1)
-        .read_to_end(&mut back)
-        .map_err(|e| read_error(tmp, e))?;
-    if back != data {
-        return Err(ArchiveError::corrupt(
+    let mut decoded = decoder(method.method(), f)
+        .map_err(|e| ArchiveError::io("start decoder for", tmp, e))?
+        .take(len + 1);
+    let mut original = File::open(plain).map_err(|e| ArchiveError::io("open", plain, e))?;
+    let mismatch = || {
+        ArchiveError::corrupt(
             tmp,
             "the compressed copy does not decompress to the segment it was made from",
-        ));
+        )
+    };
+    let (mut a, mut b) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let mut total = 0u64;
+    loop {
+        let n = read_full(&mut decoded, &mut a).map_err(|e| read_error(tmp, e))?;
+        let m = read_full(&mut original, &mut b[..n.max(1).min(CHUNK)])
+            .map_err(|e| ArchiveError::io("read", plain, e))?;
+        if n == 0 {
+            // The decoded stream ended: the original must end here too.
+            if m != 0 || total != len {
+                return Err(mismatch());
+            }
+            return Ok(());
+        }
+        if n != m || a[..n] != b[..m] {
+            return Err(mismatch());
+        }
+        total += n as u64;
     }
-    Ok(())
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 #[cfg(test)]
