@@ -526,6 +526,7 @@ fn header_size(path: &Path, method: CompressionMethod) -> Result<Option<u64>> {
 }
 
 /// Compresses `data` with `method` into `out`.
+#[cfg(test)]
 fn encode<W: Write>(method: Compression, data: &[u8], out: W) -> io::Result<W> {
     encode_stream(method, data, data.len() as u64, out)
 }
@@ -694,7 +695,7 @@ fn write_compressed(
     let mut total = 0u64;
     loop {
         let n = read_full(&mut decoded, &mut a).map_err(|e| read_error(tmp, e))?;
-        let m = read_full(&mut original, &mut b[..n.max(1).min(CHUNK)])
+        let m = read_full(&mut original, &mut b[..n.clamp(1, CHUNK)])
             .map_err(|e| ArchiveError::io("read", plain, e))?;
         if n == 0 {
             // The decoded stream ended: the original must end here too.
