@@ -19,12 +19,16 @@
 //! both tools alike. walrelay's first result is checked by pg_verifybackup (untimed), so the benchmark
 //! never measures a tool that produced a broken copy.
 //!
+//! `WALRELAY_BENCH_COMPARE=LABEL=PATH,…` adds other walrelay builds (say, the one before a change)
+//! as extra lines, run in the same rounds, in the alternating order, on the same data: an A/B
+//! comparison under the same load.
+//!
 //! Run with `cargo bench --bench bootstrap`; see `benches/common/mod.rs` for the settings and
 //! `docs/benchmarks.md` for results.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -43,20 +47,45 @@ enum Tool {
     PgBasebackup,
     /// Diagnostic: walrelay without the manifest check, to show what the check costs.
     WalrelayNoVerify,
+    /// Another walrelay build from `WALRELAY_BENCH_COMPARE` (index into the list).
+    Other(usize),
 }
 
 impl Tool {
-    fn slug(self) -> &'static str {
+    fn slug(self) -> String {
         match self {
-            Tool::Walrelay => "walrelay",
-            Tool::PgBasebackup => "pg_basebackup",
-            Tool::WalrelayNoVerify => "walrelay-no-verify",
+            Tool::Walrelay => "walrelay".into(),
+            Tool::PgBasebackup => "pg_basebackup".into(),
+            Tool::WalrelayNoVerify => "walrelay-no-verify".into(),
+            Tool::Other(i) => format!("other-{i}"),
         }
     }
 }
 
+/// `WALRELAY_BENCH_COMPARE`: `LABEL=PATH` pairs separated by commas.
+fn other_builds() -> Vec<(String, PathBuf)> {
+    let Ok(list) = std::env::var("WALRELAY_BENCH_COMPARE") else {
+        return Vec::new();
+    };
+    list.split(',')
+        .filter(|item| !item.trim().is_empty())
+        .map(|item| match item.split_once('=') {
+            Some((label, path)) if Path::new(path.trim()).is_file() => {
+                (label.trim().to_string(), PathBuf::from(path.trim()))
+            }
+            _ => panic!(
+                "WALRELAY_BENCH_COMPARE item {item:?}: expected LABEL=PATH of a walrelay binary"
+            ),
+        })
+        .collect()
+}
+
 fn walrelay_command(conninfo: &str, target: &Path, verify: bool) -> Command {
-    let mut cmd = tool_command(&common::walrelay_bin());
+    walrelay_command_of(&common::walrelay_bin(), conninfo, target, verify)
+}
+
+fn walrelay_command_of(bin: &Path, conninfo: &str, target: &Path, verify: bool) -> Command {
+    let mut cmd = tool_command(bin);
     cmd.arg("bootstrap")
         .arg("-d")
         .arg(conninfo)
@@ -121,18 +150,26 @@ fn main() {
     );
     let conninfo = cluster.replication_conninfo();
 
+    let others = other_builds();
+    for (label, path) in &others {
+        println!("compared: {label} = {}", path.display());
+    }
     let mut walrelay = Series::default();
     let mut no_verify = Series::default();
     let mut basebackup = Series::default();
     let mut verify = Series::default();
+    let mut other_series = vec![Series::default(); others.len()];
     let mut output_bytes = None;
     for round in 0..rounds {
-        // walrelay and pg_basebackup alternate which goes first; the diagnostic run comes last.
-        let order = if round % 2 == 0 {
-            [Tool::Walrelay, Tool::PgBasebackup, Tool::WalrelayNoVerify]
-        } else {
-            [Tool::PgBasebackup, Tool::Walrelay, Tool::WalrelayNoVerify]
-        };
+        // walrelay, the other builds and pg_basebackup take turns in an order that reverses from
+        // round to round; the diagnostic run comes last.
+        let mut order = vec![Tool::Walrelay];
+        order.extend((0..others.len()).map(Tool::Other));
+        order.push(Tool::PgBasebackup);
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        order.push(Tool::WalrelayNoVerify);
         let mut line = format!("round {}:", round + 1);
         for tool in order {
             let target = work.path().join(format!("{}-{round}", tool.slug()));
@@ -159,6 +196,20 @@ fn main() {
                             });
                         output_bytes = Some(tree_size(&target));
                     }
+                }
+                Tool::Other(i) => {
+                    let (label, bin) = &others[i];
+                    let m = run_measured(
+                        label,
+                        walrelay_command_of(bin, &conninfo, &target, true),
+                        &log,
+                    );
+                    line.push_str(&format!(
+                        " {label} {:.2}s (CPU {}s)",
+                        m.secs(),
+                        fmt_opt(m.cpu_secs(), 2)
+                    ));
+                    other_series[i].push(m);
                 }
                 Tool::WalrelayNoVerify => {
                     let m = run_measured(
@@ -225,15 +276,19 @@ fn main() {
         "peak RSS MiB",
     ]);
     let wr = walrelay.median_secs();
-    for (name, s) in [
-        ("walrelay bootstrap -c fast", &walrelay),
-        ("pg_basebackup -X stream -c fast", &basebackup),
-        ("pg_basebackup + pg_verifybackup", &both),
-        ("(walrelay bootstrap --no-verify)", &no_verify),
-    ] {
+    let mut lines: Vec<(String, &Series)> = vec![
+        ("walrelay bootstrap -c fast".into(), &walrelay),
+        ("pg_basebackup -X stream -c fast".into(), &basebackup),
+        ("pg_basebackup + pg_verifybackup".into(), &both),
+        ("(walrelay bootstrap --no-verify)".into(), &no_verify),
+    ];
+    for ((label, _), s) in others.iter().zip(&other_series) {
+        lines.push((format!("({label}: walrelay bootstrap -c fast)"), s));
+    }
+    for (name, s) in lines {
         let secs = s.median_secs();
         table.row(vec![
-            name.to_string(),
+            name,
             format!("{secs:.2}"),
             s.all_secs(),
             format!("{:.0}", bytes as f64 / 1e6 / secs),

@@ -136,7 +136,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(async {
+    let command = async move {
         match cli.command {
             Command::Bootstrap(a) => bootstrap::run(a).await,
             Command::Check(a) => check::run(a).await,
@@ -145,6 +145,12 @@ fn main() -> ExitCode {
             Command::Restore(a) => archive_cmds::run_restore(a).await,
             Command::Verify(a) => archive_cmds::run_verify(a).await,
             Command::Prune(a) => archive_cmds::run_prune(a).await,
+        }
+    };
+    let result = runtime.block_on(async {
+        match tokio::spawn(command).await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("the command stopped unexpectedly: {e}")),
         }
     });
     match result {

@@ -21,6 +21,7 @@
 //! | `WALRELAY_BENCH_PGBENCH_SECS` | length of each pgbench run (receive, synchronous standby) | 20 |
 //! | `WALRELAY_BENCH_ONLY` | comma list of parts to run (receive: `catchup`, `sync`) | all |
 //! | `WALRELAY_BENCH_WALRELAY` | path of the walrelay binary to measure | the one cargo built |
+//! | `WALRELAY_BENCH_SPREAD_DIRS` | `0`: do not spread the output directories over the file system (see [`work_dir`]) | spread |
 
 // Each bench uses a different subset of these helpers.
 #![allow(dead_code)]
@@ -114,12 +115,37 @@ pub fn tool_command(program: &Path) -> Command {
 /// A directory for the tools' output, removed on drop. Root-owned like the tools that write into it,
 /// under testkit's temp base (`/tmp` unless `WALRELAY_TEST_TMPDIR`), so on the same file system as
 /// the cluster.
+///
+/// On ext4 the directory gets the "top of directory hierarchy" attribute (`chattr +T`), so that the
+/// output directories made in it are spread over the file system's block groups like top-level
+/// directories, instead of all landing in the group of the one just deleted. This matters on a file
+/// system without a journal (the machine of docs/benchmarks.md): there ext4 will not reuse an inode
+/// freed in the last minute, and skips each one, through the buffer cache, on *every* file it
+/// creates in that group — a run following the removal of another run's thousand files spent 30–40%
+/// of its CPU time in `ext4_create` (`recently_deleted`), more with every round. That measures the
+/// order of the runs, not the tools. `WALRELAY_BENCH_SPREAD_DIRS=0` leaves the attribute off.
 pub fn work_dir(prefix: &str) -> tempfile::TempDir {
     let base = walrelay_testkit::env::tmp_base();
-    tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix(&format!("wr-bench-{prefix}-"))
         .tempdir_in(&base)
-        .unwrap_or_else(|e| panic!("create a work directory in {}: {e}", base.display()))
+        .unwrap_or_else(|e| panic!("create a work directory in {}: {e}", base.display()));
+    if std::env::var("WALRELAY_BENCH_SPREAD_DIRS").as_deref() != Ok("0") {
+        let spread = Command::new("chattr")
+            .arg("+T")
+            .arg(dir.path())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !spread {
+            println!(
+                "note: could not set the top-directory attribute on {} (not ext4, or no chattr): output directories are not spread",
+                dir.path().display()
+            );
+        }
+    } else {
+        println!("note: output directories are not spread (WALRELAY_BENCH_SPREAD_DIRS=0)");
+    }
+    dir
 }
 
 /// What one tool run cost.

@@ -73,18 +73,19 @@ use crate::tablespace::{
     prepare_tablespace_dirs, PreparedTablespace, TablespaceError, TablespaceLocation,
     TablespaceMapping,
 };
+use crate::tar_stream::ChunkRead;
 
 /// Items queued between the network task and the extractor thread: with data batches of at most
 /// [`FEED_BATCH_BYTES`] (plus one message), this bounds the queue to about 4 MB while still
 /// absorbing short stalls on either side.
-pub const FEED_CHANNEL_CHUNKS: usize = 16;
+pub const FEED_CHANNEL_CHUNKS: usize = 4;
 
 /// Archive data is handed to the extractor thread once this many bytes of CopyData payloads have
 /// arrived (or when the archive ends): PostgreSQL sends archive data in messages of 32 kB
 /// (`SINK_BUFFER_LENGTH` in `basebackup.c`), and one channel item per message cost one thread
 /// wake-up per message. Measured on PostgreSQL 15 with a 620 MB data directory, 256 kB batches
 /// halved the process's context switches (docs/benchmarks.md, "Fixes").
-pub const FEED_BATCH_BYTES: usize = 256 * 1024;
+pub const FEED_BATCH_BYTES: usize = 1024 * 1024;
 
 /// The largest manifest accepted. A manifest lists each file in about 150 bytes; this is room for
 /// millions of files while refusing a server that never stops sending one.
@@ -734,7 +735,8 @@ impl<'c> BaseBackupStream<'c> {
             target.data_dir.clone(),
             target.tablespaces.clone(),
             target.owner,
-        );
+        )
+        .with_writeback_behind();
         let extraction = Extraction::spawn(extractor, collector, target.gate.clone());
         tokio::pin!(abort);
         let mut session = Session {
@@ -837,29 +839,12 @@ impl<A: Future<Output = AbortReason>> Session<'_, '_, A> {
     /// Reads a result set (RowDescription, DataRow…, CommandComplete).
     async fn result_set(&mut self, stage: BackupStage) -> Result<Rows, BackupError> {
         let mut rows = Rows::default();
-        let mut described = false;
         loop {
-            match self.next(stage).await? {
-                BackendMessage::RowDescription(fields) if !described => {
-                    rows.columns = fields.into_iter().map(|f| f.name).collect();
-                    described = true;
-                }
-                BackendMessage::DataRow(values) if described => {
-                    if values.len() != rows.columns.len() {
-                        return Err(BackupError::protocol(
-                            "a result row has a different number of columns than its description",
-                        ));
-                    }
-                    rows.rows.push(values);
-                }
-                BackendMessage::CommandComplete { .. } if described => return Ok(rows),
-                BackendMessage::ErrorResponse(e) => return Err(self.server_failure(stage, e)),
-                other => {
-                    return Err(BackupError::protocol(format!(
-                        "unexpected {} while reading a result set ({stage})",
-                        walrelay_client::connection::message_name(&other)
-                    )))
-                }
+            let msg = self.next(stage).await?;
+            match rows.accept(msg, stage)? {
+                RowStep::More => {}
+                RowStep::Done => return Ok(rows),
+                RowStep::Failed(e) => return Err(self.server_failure(stage, e)),
             }
         }
     }
@@ -1220,9 +1205,46 @@ pub fn checksum_failure_files(notices: &[ErrorFields]) -> (Vec<String>, Vec<Stri
 struct Rows {
     columns: Vec<String>,
     rows: Vec<Vec<Option<Bytes>>>,
+    /// Whether the RowDescription has arrived.
+    described: bool,
+}
+
+/// Where a result set stands after one more message.
+enum RowStep {
+    More,
+    Done,
+    /// The server reported an error instead of (the rest of) the result.
+    Failed(ErrorFields),
 }
 
 impl Rows {
+    /// Takes the next message of a result set: RowDescription, DataRow…, CommandComplete.
+    fn accept(&mut self, msg: BackendMessage, stage: BackupStage) -> Result<RowStep, BackupError> {
+        match msg {
+            BackendMessage::RowDescription(fields) if !self.described => {
+                self.columns = fields.into_iter().map(|f| f.name).collect();
+                self.described = true;
+            }
+            BackendMessage::DataRow(values) if self.described => {
+                if values.len() != self.columns.len() {
+                    return Err(BackupError::protocol(
+                        "a result row has a different number of columns than its description",
+                    ));
+                }
+                self.rows.push(values);
+            }
+            BackendMessage::CommandComplete { .. } if self.described => return Ok(RowStep::Done),
+            BackendMessage::ErrorResponse(e) => return Ok(RowStep::Failed(e)),
+            other => {
+                return Err(BackupError::protocol(format!(
+                    "unexpected {} while reading a result set ({stage})",
+                    walrelay_client::connection::message_name(&other)
+                )))
+            }
+        }
+        Ok(RowStep::More)
+    }
+
     fn text(&self, row: usize, col: usize) -> Result<Option<&str>, BackupError> {
         match self.rows.get(row).and_then(|r| r.get(col)) {
             None => Err(BackupError::protocol(format!(
@@ -1238,37 +1260,19 @@ impl Rows {
 
 async fn read_result_set(conn: &mut Connection, stage: BackupStage) -> Result<Rows, BackupError> {
     let mut rows = Rows::default();
-    let mut described = false;
     loop {
         let msg = conn
             .read_message()
             .await
             .map_err(|source| BackupError::Connection { stage, source })?;
-        match msg {
-            BackendMessage::RowDescription(fields) if !described => {
-                rows.columns = fields.into_iter().map(|f| f.name).collect();
-                described = true;
-            }
-            BackendMessage::DataRow(values) if described => {
-                if values.len() != rows.columns.len() {
-                    return Err(BackupError::protocol(
-                        "a result row has a different number of columns than its description",
-                    ));
-                }
-                rows.rows.push(values);
-            }
-            BackendMessage::CommandComplete { .. } if described => return Ok(rows),
-            BackendMessage::ErrorResponse(e) => {
+        match rows.accept(msg, stage)? {
+            RowStep::More => {}
+            RowStep::Done => return Ok(rows),
+            RowStep::Failed(e) => {
                 // The command failed as a whole: the server sends ReadyForQuery next.
                 let notices = conn.take_notices();
                 let _ = conn.drain_until_ready().await;
                 return Err(classify_server_error(stage, e, notices));
-            }
-            other => {
-                return Err(BackupError::protocol(format!(
-                    "unexpected {} while reading a result set ({stage})",
-                    walrelay_client::connection::message_name(&other)
-                )))
             }
         }
     }
@@ -1532,8 +1536,8 @@ fn extract_all(
                     gate,
                 };
                 let summary = match collector.as_mut() {
-                    Some(c) => extractor.extract(kind, &mut reader, c),
-                    None => extractor.extract(kind, &mut reader, &mut ()),
+                    Some(c) => extractor.extract_chunks(kind, &mut reader, c),
+                    None => extractor.extract_chunks(kind, &mut reader, &mut ()),
                 }
                 .map_err(|e| {
                     if gate.is_aborted() {
@@ -1588,6 +1592,25 @@ impl FeedReader<'_> {
     }
 }
 
+impl FeedReader<'_> {
+    /// Waits for the next batch (or the end of the archive) when nothing is pending.
+    fn refill(&mut self) -> io::Result<()> {
+        match self.rx.blocking_recv() {
+            Some(Feed::Data(batch)) => self
+                .pending
+                .extend(batch.into_iter().filter(|b| !b.is_empty())),
+            Some(Feed::End) => self.ended = true,
+            Some(Feed::Abort) | None => return Err(io::Error::other("base backup aborted")),
+            Some(Feed::Begin(_) | Feed::Finish) => {
+                return Err(io::Error::other(
+                    "the archive stream ended without its end marker",
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Read for FeedReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
@@ -1614,18 +1637,30 @@ impl Read for FeedReader<'_> {
             if self.ended || buf.is_empty() {
                 return Ok(0);
             }
-            match self.rx.blocking_recv() {
-                Some(Feed::Data(batch)) => self
-                    .pending
-                    .extend(batch.into_iter().filter(|b| !b.is_empty())),
-                Some(Feed::End) => self.ended = true,
-                Some(Feed::Abort) | None => return Err(io::Error::other("base backup aborted")),
-                Some(Feed::Begin(_) | Feed::Finish) => {
-                    return Err(io::Error::other(
-                        "the archive stream ended without its end marker",
-                    ))
+            self.refill()?;
+        }
+    }
+}
+
+impl ChunkRead for FeedReader<'_> {
+    /// The payloads as they came off the network (or the first `max` bytes of one).
+    fn read_chunk(&mut self, max: usize) -> io::Result<Bytes> {
+        loop {
+            if self.gate.is_aborted() {
+                return Err(io::Error::other("base backup aborted"));
+            }
+            if let Some(front) = self.pending.front_mut() {
+                if front.len() > max {
+                    return Ok(front.split_to(max));
+                }
+                if let Some(chunk) = self.pending.pop_front() {
+                    return Ok(chunk);
                 }
             }
+            if self.ended || max == 0 {
+                return Ok(Bytes::new());
+            }
+            self.refill()?;
         }
     }
 }
@@ -1764,6 +1799,7 @@ mod tests {
                         .collect()
                 })
                 .collect(),
+            described: true,
         }
     }
 

@@ -27,9 +27,10 @@
 //!   the recorded mtime.
 //!
 //! Nothing is fsynced here (that would make a backup of many small files crawl); every file and
-//! directory written is recorded for [`crate::sync::WrittenPaths::sync_all`]. File data is copied in
-//! large chunks (256 kB by default) and passed to an [`ExtractObserver`] on the way, so that manifest
-//! checksums are computed without reading anything back.
+//! directory written is recorded for [`crate::sync::WrittenPaths::sync_all`]. File data is written
+//! straight from the buffers it arrived in ([`ArchiveExtractor::extract_chunks`]: one `writev` per
+//! 256 kB or so of CopyData payloads, no copy in between) and passed to an [`ExtractObserver`] on
+//! the way, so that manifest checksums are computed without reading anything back.
 //!
 //! A local user who can write into the target while extraction runs could still race the checks
 //! (replace a checked directory by a link); the target is expected to be private to the operator, as
@@ -37,7 +38,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -45,19 +46,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use thiserror::Error;
 use walrelay_durable::{create_dir_all_durable, DurableError, Owner};
 
 use crate::member_path::{resolve_relative_link, sanitize_member_path, UnsafePath};
-use crate::sync::WrittenPaths;
+use crate::sync::{WritebackBehind, WrittenPaths};
 use crate::tablespace::{canonicalize_path, PreparedTablespace};
-use crate::tar_stream::{MemberHeader, MemberKind, TarError, TarReader};
+use crate::tar_stream::{ChunkRead, CopyChunks, MemberHeader, MemberKind, TarError, TarReader};
 
-/// Default size of the copy buffer: large writes are what makes extraction fast, up to a point.
-/// 256 kB is one `write` per 256 kB of a big file; on the Linux 6.18 virtual machine we measured,
-/// writes of 1 MB into new files cost four to ten times the kernel CPU of writes of 512 kB or less
-/// for the same bytes (the copy into the page cache dominated; docs/benchmarks.md, "Fixes").
+/// Default size of one write: large writes are what makes extraction fast, up to a point. 256 kB
+/// is one `writev` per 256 kB of a big file; on the Linux 6.18 virtual machine we measured, writes
+/// of 1 MB into new files cost four to ten times the kernel CPU of writes of 512 kB or less for
+/// the same bytes (the copy into the page cache dominated; docs/benchmarks.md, "Fixes").
 pub const DEFAULT_WRITE_BUFFER: usize = 256 * 1024;
+
+/// Most buffers gathered into one `writev`. CopyData payloads are 32 kB, so 256 kB take about 9;
+/// the cap keeps a stream of tiny messages far from the kernel's `IOV_MAX` (1024).
+const MAX_WRITE_SLICES: usize = 64;
 
 /// Mode of directories created before the archive says otherwise (`pg_dir_create_mode`).
 const NEW_DIR_MODE: u32 = 0o700;
@@ -70,6 +76,12 @@ pub trait ExtractObserver {
     }
     fn file_data(&mut self, data: &[u8]) {
         let _ = data;
+    }
+    /// The same bytes as [`file_data`](Self::file_data), in the shared buffer they were written
+    /// from: an observer that works on another thread keeps a reference instead of a copy. Calls
+    /// `file_data` unless overridden; the extractor calls only this one.
+    fn file_chunk(&mut self, data: &Bytes) {
+        self.file_data(data);
     }
     fn file_finished(&mut self) {}
 }
@@ -187,10 +199,12 @@ pub struct ArchiveExtractor {
     data_dir: PathBuf,
     tablespaces: Vec<PreparedTablespace>,
     owner: Owner,
-    buffer: Vec<u8>,
+    /// Largest single write.
+    write_size: usize,
     progress: ExtractProgress,
     written: WrittenPaths,
     allow_tablespace_map: bool,
+    writeback: Option<WritebackBehind>,
 }
 
 impl ArchiveExtractor {
@@ -204,11 +218,19 @@ impl ArchiveExtractor {
             data_dir: data_dir.into(),
             tablespaces,
             owner,
-            buffer: Vec::new(),
+            write_size: DEFAULT_WRITE_BUFFER,
             progress: ExtractProgress::default(),
             written: WrittenPaths::new(),
             allow_tablespace_map: false,
+            writeback: None,
         }
+    }
+
+    /// Starts the writeback of every file as soon as it is complete, on a thread of its own
+    /// ([`WritebackBehind`]), so that a final [`WrittenPaths::sync_all`] has less left to wait for.
+    pub fn with_writeback_behind(mut self) -> Self {
+        self.writeback = WritebackBehind::start();
+        self
     }
 
     /// Accept a non-empty `tablespace_map` in the base archive (only for archives from a
@@ -218,9 +240,10 @@ impl ArchiveExtractor {
         self
     }
 
-    /// Size of the copy buffer (default [`DEFAULT_WRITE_BUFFER`]); at least 64 kB.
+    /// Largest single write (default [`DEFAULT_WRITE_BUFFER`]); at least 64 kB. Also the size of
+    /// the reads [`extract`](Self::extract) makes from a plain [`Read`].
     pub fn with_buffer_size(mut self, bytes: usize) -> Self {
-        self.buffer = vec![0u8; bytes.max(64 * 1024)];
+        self.write_size = bytes.max(64 * 1024);
         self
     }
 
@@ -246,6 +269,17 @@ impl ArchiveExtractor {
         reader: R,
         observer: &mut dyn ExtractObserver,
     ) -> Result<ArchiveSummary, ExtractError> {
+        self.extract_chunks(kind, CopyChunks::new(reader), observer)
+    }
+
+    /// [`extract`](Self::extract) from a source that lends its buffers: file data is written
+    /// straight from them, gathered into `writev` calls of up to the write size.
+    pub fn extract_chunks<R: ChunkRead>(
+        &mut self,
+        kind: ArchiveKind,
+        reader: R,
+        observer: &mut dyn ExtractObserver,
+    ) -> Result<ArchiveSummary, ExtractError> {
         let (root, manifest_prefix) = match kind {
             ArchiveKind::Base => (self.data_dir.clone(), PathBuf::new()),
             ArchiveKind::Tablespace(oid) => {
@@ -263,10 +297,6 @@ impl ArchiveExtractor {
         if !root.is_dir() {
             create_dir_all_durable(&root, NEW_DIR_MODE, self.owner)?;
         }
-        if self.buffer.is_empty() {
-            self.buffer = vec![0u8; DEFAULT_WRITE_BUFFER];
-        }
-        let mut buffer = std::mem::take(&mut self.buffer);
         let counting = CountingReader {
             inner: reader,
             counter: self.progress.0.clone(),
@@ -278,6 +308,7 @@ impl ArchiveExtractor {
             tablespaces: &self.tablespaces,
             owner: self.owner,
             allow_tablespace_map: self.allow_tablespace_map,
+            writeback: self.writeback.as_ref(),
             verified_dirs: HashSet::new(),
             created_links: HashSet::new(),
             deferred_dirs: Vec::new(),
@@ -286,8 +317,7 @@ impl ArchiveExtractor {
         };
         tracing::debug!(archive = ?kind, root = %root.display(), "extracting archive");
         let mut tar = TarReader::new(counting);
-        let result = run.extract_all(&mut tar, &mut buffer, observer);
-        self.buffer = buffer;
+        let result = run.extract_all(&mut tar, self.write_size, observer);
         run.summary.archive_bytes = tar.position();
         // Record what was written even on failure, so a caller that keeps a partial result can
         // still sync it; directories get their final metadata only on success.
@@ -318,6 +348,15 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
+impl<R: ChunkRead> ChunkRead for CountingReader<R> {
+    fn read_chunk(&mut self, max: usize) -> io::Result<Bytes> {
+        let chunk = self.inner.read_chunk(max)?;
+        self.counter
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok(chunk)
+    }
+}
+
 /// The state of extracting one archive into one root directory.
 struct ArchiveRun<'a> {
     kind: ArchiveKind,
@@ -326,6 +365,7 @@ struct ArchiveRun<'a> {
     tablespaces: &'a [PreparedTablespace],
     owner: Owner,
     allow_tablespace_map: bool,
+    writeback: Option<&'a WritebackBehind>,
     /// Paths (relative to `root`) known to be real directories, not links.
     verified_dirs: HashSet<PathBuf>,
     /// Symbolic links this archive created (relative to `root`): nothing may be written through them.
@@ -337,10 +377,10 @@ struct ArchiveRun<'a> {
 }
 
 impl ArchiveRun<'_> {
-    fn extract_all<R: Read>(
+    fn extract_all<R: ChunkRead>(
         &mut self,
         tar: &mut TarReader<R>,
-        buffer: &mut [u8],
+        write_size: usize,
         observer: &mut dyn ExtractObserver,
     ) -> Result<(), ExtractError> {
         while let Some(member) = tar.next_member()? {
@@ -351,7 +391,9 @@ impl ArchiveRun<'_> {
                 })?;
             match member.kind {
                 MemberKind::Directory => self.directory(&rel, &member)?,
-                MemberKind::Regular => self.regular_file(&rel, &member, tar, buffer, observer)?,
+                MemberKind::Regular => {
+                    self.regular_file(&rel, &member, tar, write_size, observer)?
+                }
                 MemberKind::Symlink => self.symlink(&rel, &member)?,
                 other => {
                     return Err(ExtractError::UnsupportedMember {
@@ -438,12 +480,12 @@ impl ArchiveRun<'_> {
         Ok(())
     }
 
-    fn regular_file<R: Read>(
+    fn regular_file<R: ChunkRead>(
         &mut self,
         rel: &Path,
         member: &MemberHeader,
         tar: &mut TarReader<R>,
-        buffer: &mut [u8],
+        write_size: usize,
         observer: &mut dyn ExtractObserver,
     ) -> Result<(), ExtractError> {
         if rel.as_os_str().is_empty() {
@@ -505,29 +547,37 @@ impl ArchiveRun<'_> {
 
         let manifest_path = self.manifest_prefix.join(rel);
         observer.file_started(&manifest_path, member.size);
-        let mut remaining = member.size;
-        while remaining > 0 {
-            let want = usize::try_from(remaining).map_or(buffer.len(), |r| r.min(buffer.len()));
-            let mut filled = 0;
-            while filled < want {
-                let n = tar.read_data(&mut buffer[filled..want])?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
+        // Gather the payload's buffers up to the write size, write them with one writev, show them
+        // to the observer, drop them (which lets the connection reuse their memory).
+        let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_WRITE_SLICES);
+        let mut batch_bytes = 0;
+        loop {
+            let chunk = tar.read_data_chunk(write_size - batch_bytes)?;
+            let done = chunk.is_empty();
+            if !done {
+                batch_bytes += chunk.len();
+                batch.push(chunk);
             }
-            if filled == 0 {
+            if !batch.is_empty()
+                && (done || batch_bytes >= write_size || batch.len() == MAX_WRITE_SLICES)
+            {
+                write_chunks(&mut file, &batch).map_err(io_err("write to file", &abs))?;
+                for chunk in batch.drain(..) {
+                    observer.file_chunk(&chunk);
+                }
+                batch_bytes = 0;
+            }
+            if done {
                 break;
             }
-            file.write_all(&buffer[..filled])
-                .map_err(io_err("write to file", &abs))?;
-            observer.file_data(&buffer[..filled]);
-            remaining -= filled as u64;
         }
         observer.file_finished();
         file.set_modified(system_time(member.mtime))
             .map_err(io_err("set modification time of", &abs))?;
-        drop(file);
+        match self.writeback {
+            Some(w) if member.size > 0 => w.submit(file),
+            _ => drop(file),
+        }
 
         self.written.add_file(abs);
         self.summary.files += 1;
@@ -638,6 +688,36 @@ impl ArchiveRun<'_> {
     }
 }
 
+/// Writes every byte of `chunks`, in order, with as few `writev` calls as the kernel allows
+/// (`chunks.len()` is at most [`MAX_WRITE_SLICES`]; more would only take more calls).
+fn write_chunks<W: Write>(file: &mut W, chunks: &[Bytes]) -> io::Result<()> {
+    // First chunk not completely written, and how much of it was.
+    let (mut first, mut offset) = (0, 0);
+    let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
+    while first < chunks.len() {
+        let mut n = 0;
+        for (i, chunk) in chunks[first..].iter().take(MAX_WRITE_SLICES).enumerate() {
+            let start = if i == 0 { offset } else { 0 };
+            slices[n] = IoSlice::new(&chunk[start..]);
+            n += 1;
+        }
+        let mut written = match file.write_vectored(&slices[..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(w) => w,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        // A short write (a signal, a full disk on the next call): resume where it stopped.
+        while first < chunks.len() && written >= chunks[first].len() - offset {
+            written -= chunks[first].len() - offset;
+            first += 1;
+            offset = 0;
+        }
+        offset += written;
+    }
+    Ok(())
+}
+
 fn system_time(mtime: i64) -> SystemTime {
     if mtime >= 0 {
         UNIX_EPOCH + Duration::from_secs(mtime.unsigned_abs())
@@ -672,6 +752,141 @@ mod tests {
             "1.tar.gz",
         ] {
             assert_eq!(ArchiveKind::from_archive_name(bad), None, "{bad}");
+        }
+    }
+
+    /// Takes at most `step` bytes per call, spread over the slices as a kernel would, and fails
+    /// with EINTR every third call.
+    struct Stingy {
+        out: Vec<u8>,
+        step: usize,
+        calls: usize,
+    }
+
+    impl Write for Stingy {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls.is_multiple_of(3) {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let mut left = self.step;
+            for b in bufs {
+                let n = left.min(b.len());
+                self.out.extend_from_slice(&b[..n]);
+                left -= n;
+                if left == 0 {
+                    break;
+                }
+            }
+            Ok(self.step - left)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn short_writes_resume_where_they_stopped() {
+        let chunks: Vec<Bytes> = (0..MAX_WRITE_SLICES)
+            .map(|i| Bytes::from(vec![i as u8; i * 13 % 97]))
+            .collect();
+        let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        for step in [1, 2, 7, 96, 97, 98, 1000, all.len(), all.len() + 1] {
+            let mut w = Stingy {
+                out: Vec::new(),
+                step,
+                calls: 0,
+            };
+            write_chunks(&mut w, &chunks).unwrap();
+            assert_eq!(w.out, all, "step {step}");
+        }
+        // A writer that takes nothing is an error, not a loop.
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Ok(0)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let e = write_chunks(&mut Full, &chunks[1..]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WriteZero);
+        write_chunks(&mut Full, &[]).unwrap();
+    }
+
+    /// Hands out an archive in pieces of 1 to 11 bytes: more pieces per write than
+    /// [`MAX_WRITE_SLICES`].
+    struct Crumbs(Bytes, usize);
+
+    impl Read for Crumbs {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let c = self.read_chunk(buf.len())?;
+            buf[..c.len()].copy_from_slice(&c);
+            Ok(c.len())
+        }
+    }
+
+    impl ChunkRead for Crumbs {
+        fn read_chunk(&mut self, max: usize) -> io::Result<Bytes> {
+            self.1 += 1;
+            let n = (1 + self.1 % 11).min(max).min(self.0.len());
+            Ok(self.0.split_to(n))
+        }
+    }
+
+    /// Sees the same bytes through `file_chunk` as were written.
+    #[derive(Default)]
+    struct Collect(Vec<(PathBuf, u64, Vec<u8>)>);
+
+    impl ExtractObserver for Collect {
+        fn file_started(&mut self, path: &Path, size: u64) {
+            self.0.push((path.to_path_buf(), size, Vec::new()));
+        }
+        fn file_chunk(&mut self, data: &Bytes) {
+            if let Some(f) = self.0.last_mut() {
+                f.2.extend_from_slice(data);
+            }
+        }
+    }
+
+    #[test]
+    fn files_are_written_from_the_pieces_they_arrive_in() {
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in [("big", &big[..]), ("empty", &[][..]), ("sub/small", b"x\n")] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        let archive = Bytes::from(b.into_inner().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        for write_size in [64 * 1024, DEFAULT_WRITE_BUFFER] {
+            let target = dir.path().join(format!("w{write_size}"));
+            let mut x = ArchiveExtractor::new(&target, Vec::new(), Owner::current())
+                .with_buffer_size(write_size);
+            let mut seen = Collect::default();
+            let summary = x
+                .extract_chunks(ArchiveKind::Base, Crumbs(archive.clone(), 0), &mut seen)
+                .unwrap();
+            assert_eq!(summary.files, 3);
+            assert_eq!(summary.archive_bytes, archive.len() as u64);
+            assert_eq!(fs::read(target.join("big")).unwrap(), big);
+            assert_eq!(fs::read(target.join("empty")).unwrap(), b"");
+            assert_eq!(fs::read(target.join("sub/small")).unwrap(), b"x\n");
+            assert_eq!(seen.0.len(), 3);
+            assert_eq!(
+                seen.0[0],
+                (PathBuf::from("big"), big.len() as u64, big.clone())
+            );
+            assert_eq!(seen.0[2].2, b"x\n");
+            assert_eq!(x.progress().bytes(), archive.len() as u64);
         }
     }
 

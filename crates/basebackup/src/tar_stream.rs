@@ -17,10 +17,61 @@
 //!   no end-of-archive blocks at all — the COPY simply ends;
 //! * end of input anywhere else (inside a header, a member's data or its padding) is a truncated
 //!   archive and an error.
+//!
+//! Payload comes out either copied into the caller's buffer ([`TarReader::read_data`]) or, from a
+//! [`ChunkRead`] input, as the input's own shared buffers ([`TarReader::read_data_chunk`]): the
+//! extractor writes a file's data straight from the network buffers it arrived in.
 
 use std::io::{self, Read};
 
+use bytes::{Bytes, BytesMut};
 use thiserror::Error;
+
+/// A byte stream that can hand out what it holds as shared buffers instead of copying it into the
+/// caller's: the base backup's CopyData payloads, which the extractor then writes with `writev`.
+pub trait ChunkRead: Read {
+    /// The next bytes of the stream, at most `max` of them (`max` > 0), in a buffer the caller
+    /// may keep; empty only at the end of the input.
+    fn read_chunk(&mut self, max: usize) -> io::Result<Bytes>;
+}
+
+impl<R: ChunkRead + ?Sized> ChunkRead for &mut R {
+    fn read_chunk(&mut self, max: usize) -> io::Result<Bytes> {
+        (**self).read_chunk(max)
+    }
+}
+
+/// [`ChunkRead`] for any [`Read`] (an archive in a file, a byte slice), copying into buffers of
+/// its own.
+pub struct CopyChunks<R> {
+    inner: R,
+    buf: BytesMut,
+}
+
+impl<R: Read> CopyChunks<R> {
+    pub fn new(inner: R) -> Self {
+        CopyChunks {
+            inner,
+            buf: BytesMut::new(),
+        }
+    }
+}
+
+impl<R: Read> Read for CopyChunks<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl<R: Read> ChunkRead for CopyChunks<R> {
+    fn read_chunk(&mut self, max: usize) -> io::Result<Bytes> {
+        self.buf.clear();
+        self.buf.resize(max, 0);
+        let n = self.inner.read(&mut self.buf)?;
+        self.buf.truncate(n);
+        Ok(self.buf.split().freeze())
+    }
+}
 
 /// Size of a tar block (`TAR_BLOCK_SIZE`).
 pub const BLOCK_SIZE: usize = 512;
@@ -314,6 +365,45 @@ impl<R: Read> TarReader<R> {
             padding,
         };
         Ok(n)
+    }
+
+    /// Like [`read_data`](Self::read_data), without copying: at most `max` bytes of the current
+    /// member's payload in the input's own buffer; empty when the payload is complete. End of
+    /// input before the payload is complete is [`TarError::TruncatedMember`].
+    pub fn read_data_chunk(&mut self, max: usize) -> Result<Bytes, TarError>
+    where
+        R: ChunkRead,
+    {
+        let (remaining, padding) = match self.state {
+            State::Data { remaining, padding } => (remaining, padding),
+            _ => return Ok(Bytes::new()),
+        };
+        if remaining == 0 || max == 0 {
+            return Ok(Bytes::new());
+        }
+        let want = usize::try_from(remaining).map_or(max, |r| r.min(max));
+        let chunk = loop {
+            match self.inner.read_chunk(want) {
+                Ok(c) => break c,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(TarError::Io(e)),
+            }
+        };
+        if chunk.is_empty() {
+            return Err(self.truncated(remaining));
+        }
+        if chunk.len() > want {
+            // A broken ChunkRead: framing would be lost, so stop rather than guess.
+            return Err(TarError::Io(io::Error::other(
+                "the archive input returned more bytes than asked for",
+            )));
+        }
+        self.position += chunk.len() as u64;
+        self.state = State::Data {
+            remaining: remaining - chunk.len() as u64,
+            padding,
+        };
+        Ok(chunk)
     }
 
     /// Payload bytes of the current member not read yet.
@@ -1028,7 +1118,150 @@ mod tests {
         assert_eq!(read_all(&h).unwrap()[0].0.path, b"prefix/name");
     }
 
+    /// A [`ChunkRead`] over pieces of a byte string, handing each out as it was cut (at most
+    /// `max` at a time), as the base backup's feed does with CopyData payloads.
+    struct Pieces(std::collections::VecDeque<Bytes>);
+
+    impl Pieces {
+        fn cut(bytes: &[u8], sizes: &[usize]) -> Pieces {
+            let mut rest = Bytes::copy_from_slice(bytes);
+            let mut pieces = std::collections::VecDeque::new();
+            for &size in sizes.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                pieces.push_back(rest.split_to(size.clamp(1, rest.len())));
+            }
+            Pieces(pieces)
+        }
+    }
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some(front) = self.0.front_mut() else {
+                return Ok(0);
+            };
+            let n = buf.len().min(front.len());
+            buf[..n].copy_from_slice(&front.split_to(n));
+            if front.is_empty() {
+                self.0.pop_front();
+            }
+            Ok(n)
+        }
+    }
+
+    impl ChunkRead for Pieces {
+        fn read_chunk(&mut self, max: usize) -> io::Result<Bytes> {
+            let Some(front) = self.0.front_mut() else {
+                return Ok(Bytes::new());
+            };
+            if front.len() > max {
+                return Ok(front.split_to(max));
+            }
+            Ok(self.0.pop_front().unwrap_or_default())
+        }
+    }
+
+    /// Like [`read_all`], taking payload through `read_data_chunk` in pieces of at most `max`.
+    fn read_all_chunks<R: ChunkRead>(
+        r: &mut TarReader<R>,
+        max: usize,
+    ) -> Result<Vec<(MemberHeader, Vec<u8>)>, TarError> {
+        let mut out = Vec::new();
+        while let Some(h) = r.next_member()? {
+            let mut data = Vec::new();
+            loop {
+                let chunk = r.read_data_chunk(max)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                assert!(chunk.len() <= max);
+                data.extend_from_slice(&chunk);
+            }
+            out.push((h, data));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn chunks_are_the_payload_without_copies() {
+        let mut tar = member(b"base/1/1259", &[7u8; 5000]);
+        tar.extend(member(b"PG_VERSION", b"15\n"));
+        tar.extend([0u8; 1024]);
+        let mut r = TarReader::new(Pieces::cut(&tar, &[700, 3, 4096]));
+        let got = read_all_chunks(&mut r, 1000).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].1, vec![7u8; 5000]);
+        assert_eq!(got[1].1, b"15\n");
+        assert_eq!(r.position(), tar.len() as u64);
+        // A payload in a single piece comes out as that very buffer.
+        let whole = Bytes::from(member(b"f", &[1u8; 512]));
+        let payload_at = whole.as_ptr() as usize + BLOCK_SIZE;
+        let mut r = TarReader::new(Pieces(
+            [whole.slice(..BLOCK_SIZE), whole.slice(BLOCK_SIZE..)].into(),
+        ));
+        r.next_member().unwrap().unwrap();
+        let chunk = r.read_data_chunk(1 << 20).unwrap();
+        assert_eq!(chunk.as_ptr() as usize, payload_at);
+        assert_eq!(chunk.len(), 512);
+        assert!(r.read_data_chunk(1 << 20).unwrap().is_empty());
+        // Outside a member's payload there is nothing to read.
+        assert!(r.read_data_chunk(10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn chunk_truncation_and_misbehaving_sources() {
+        let tar = member(b"global/pg_control", &[1u8; 8192]);
+        let mut r = TarReader::new(Pieces::cut(&tar[..BLOCK_SIZE + 4000], &[1000]));
+        match read_all_chunks(&mut r, 512) {
+            Err(TarError::TruncatedMember { expected, got, .. }) => {
+                assert_eq!((expected, got), (8192, 4000));
+            }
+            other => panic!("{other:?}"),
+        }
+        /// Returns more than asked for: the reader must stop, not lose its framing.
+        struct Greedy(Pieces);
+        impl Read for Greedy {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.0.read(buf)
+            }
+        }
+        impl ChunkRead for Greedy {
+            fn read_chunk(&mut self, _max: usize) -> io::Result<Bytes> {
+                self.0.read_chunk(usize::MAX)
+            }
+        }
+        let mut r = TarReader::new(Greedy(Pieces::cut(&tar, &[BLOCK_SIZE, 8192])));
+        r.next_member().unwrap().unwrap();
+        assert!(matches!(r.read_data_chunk(100), Err(TarError::Io(_))));
+        // A plain reader through CopyChunks reads the same archive.
+        let mut tar = member(b"a", &[3u8; 3000]);
+        tar.extend([0u8; 1024]);
+        let mut r = TarReader::new(CopyChunks::new(&tar[..]));
+        let got = read_all_chunks(&mut r, 1024).unwrap();
+        assert_eq!(got[0].1, vec![3u8; 3000]);
+    }
+
     proptest! {
+        #[test]
+        fn chunked_reads_match_copied_reads(
+            sizes in proptest::collection::vec(1usize..3000, 1..8),
+            lens in proptest::collection::vec(0usize..5000, 1..5),
+            max in 1usize..9000,
+        ) {
+            let mut tar = Vec::new();
+            for (i, len) in lens.iter().enumerate() {
+                let data: Vec<u8> = (0..*len).map(|j| (i * 7 + j) as u8).collect();
+                tar.extend(member(format!("f{i}").as_bytes(), &data));
+            }
+            tar.extend([0u8; 1024]);
+            let copied = read_all(&tar).unwrap();
+            let mut r = TarReader::new(Pieces::cut(&tar, &sizes));
+            let chunked = read_all_chunks(&mut r, max).unwrap();
+            prop_assert_eq!(copied, chunked);
+            prop_assert_eq!(r.position(), tar.len() as u64);
+        }
+
         #[test]
         fn never_panics_on_arbitrary_input(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
             let _ = read_all(&bytes);

@@ -50,12 +50,18 @@ impl QueryResult {
 
 /// How many server notices are kept for [`Connection::take_notices`].
 const MAX_KEPT_NOTICES: usize = 1000;
-/// Initial capacity of the read buffer; grows for large CopyData messages.
+/// Size of a read buffer; a message larger than that gets a buffer of its own size.
 const READ_BUFFER: usize = 256 * 1024;
+/// Free space below which reading moves on to another buffer rather than into a sliver of tail.
+const MIN_READ_SPACE: usize = 64 * 1024;
+/// Retired read buffers kept for reuse, in bytes: enough for what a connection's consumers hold at
+/// once (the base backup's extraction queue, about 4 MB; the WAL disk queue, 64 messages of at
+/// most 128 kB), so that steady streaming allocates nothing.
+const MAX_RETIRED_READ_BYTES: usize = 8 * 1024 * 1024;
 
 pub struct Connection {
     stream: Stream,
-    read_buf: BytesMut,
+    read_buf: ReadBuffer,
     write_buf: BytesMut,
     parameters: HashMap<String, String>,
     server_version: ServerVersion,
@@ -247,7 +253,7 @@ impl Connection {
         };
         let mut conn = Connection {
             stream,
-            read_buf: BytesMut::with_capacity(READ_BUFFER),
+            read_buf: ReadBuffer::new(),
             write_buf: BytesMut::with_capacity(8192),
             parameters: HashMap::new(),
             server_version: ServerVersion(0),
@@ -518,16 +524,26 @@ impl Connection {
         self.notices.drain(..).collect()
     }
 
-    /// Reads the next message, with no interpretation. Cancellation-safe.
+    /// Reads the next message, with no interpretation. Cancellation-safe: bytes read stay in the
+    /// buffer until a complete message is returned.
     async fn read_raw(&mut self) -> Result<BackendMessage> {
         loop {
-            if let Some(m) = BackendMessage::parse(&mut self.read_buf, MAX_MESSAGE_LEN)? {
-                return Ok(m);
+            let missing = self.read_buf.missing();
+            if missing.is_none() {
+                if let Some(m) = BackendMessage::parse(&mut self.read_buf.buf, MAX_MESSAGE_LEN)? {
+                    return Ok(m);
+                }
             }
-            if self.read_buf.capacity() - self.read_buf.len() < 8192 {
-                self.read_buf.reserve(READ_BUFFER);
-            }
-            let n = self.stream.read_buf(&mut self.read_buf).await?;
+            // `missing` is None only for a complete message or an invalid length, both of which
+            // parse() returned; read at least a byte rather than spin should that ever change.
+            let n = match self.read_buf.prepare(missing.unwrap_or(1)) {
+                None => self.stream.read_buf(&mut self.read_buf.buf).await?,
+                Some(limit) => {
+                    self.stream
+                        .read_buf(&mut (&mut self.read_buf.buf).limit(limit))
+                        .await?
+                }
+            };
             if n == 0 {
                 return Err(ClientError::Closed);
             }
@@ -552,16 +568,12 @@ impl Connection {
 
     /// Whether a complete message is already buffered (so `read_message` will not wait).
     pub fn has_buffered_message(&self) -> bool {
-        if self.read_buf.len() < 5 {
+        let buf = &self.read_buf.buf;
+        if buf.len() < 5 {
             return false;
         }
-        let len = i32::from_be_bytes([
-            self.read_buf[1],
-            self.read_buf[2],
-            self.read_buf[3],
-            self.read_buf[4],
-        ]);
-        len >= 4 && self.read_buf.len() > len as usize
+        let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        len >= 4 && buf.len() > len as usize
     }
 
     /// Queues a simple Query message (call [`flush`](Self::flush) to send).
@@ -692,6 +704,126 @@ impl Connection {
     }
 }
 
+/// The connection's read buffer, and the allocations it can go back to.
+///
+/// Messages are cut out of the buffer without copying (`split_to().freeze()`), and a CopyData
+/// payload may live on after it is returned: queued for the base backup's extraction thread or the
+/// WAL disk task, or waiting to be written. So when the buffer runs full its allocation is usually
+/// still shared, and a plain `reserve` allocates a fresh one — every 256 kB of a stream. Fresh
+/// memory is faulted in by the kernel page by page on the first `recv` into it, and handed back
+/// soon after by `free`; in a base backup of 1 GB, page faults and heap growth made up 11% of
+/// walrelay's CPU samples (docs/benchmarks.md). Instead a full buffer is *retired*: an empty handle
+/// to its allocation is kept, and as soon as every message cut from it has been dropped
+/// (`try_reclaim` succeeds) the allocation is read into again, its pages still mapped. At most
+/// [`MAX_RETIRED_READ_BYTES`] are kept; beyond that the oldest handle is let go (its memory is
+/// freed with its last message).
+///
+/// Two more rules keep copying down. A message is not left to straddle the end of a buffer when
+/// the tail can hold the rest of it: the read is limited to the message's remaining bytes, so the
+/// next buffer starts at a message boundary with nothing to carry over. And
+/// `BackendMessage::parse` is only called once the front message is complete (or its length is
+/// invalid, which it reports), so its own `reserve` never allocates behind our back.
+struct ReadBuffer {
+    buf: BytesMut,
+    /// Size of `buf`'s allocation.
+    alloc: usize,
+    /// Oldest first: empty handles to allocations that messages handed out may still use, with
+    /// their sizes.
+    retired: VecDeque<(BytesMut, usize)>,
+    retired_bytes: usize,
+    /// Allocations made so far (the first included), for tests.
+    allocations: u64,
+}
+
+impl ReadBuffer {
+    fn new() -> ReadBuffer {
+        ReadBuffer {
+            buf: BytesMut::with_capacity(READ_BUFFER),
+            alloc: READ_BUFFER,
+            retired: VecDeque::new(),
+            retired_bytes: 0,
+            allocations: 1,
+        }
+    }
+
+    /// Bytes the message at the front still needs before it can be parsed; `None` when it is
+    /// complete, or when its header carries a length the parser will refuse.
+    fn missing(&self) -> Option<usize> {
+        let b = &self.buf;
+        if b.len() < 5 {
+            return Some(5 - b.len());
+        }
+        let len = i32::from_be_bytes([b[1], b[2], b[3], b[4]]);
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|l| (4..=MAX_MESSAGE_LEN).contains(l))?;
+        (len + 1).checked_sub(b.len()).filter(|&m| m > 0)
+    }
+
+    /// Makes room to read at least `missing` bytes (the rest of the front message, which is all
+    /// the buffer holds) and returns how many to read at most: `None` for as many as fit.
+    fn prepare(&mut self, missing: usize) -> Option<usize> {
+        let len = self.buf.len();
+        let spare = self.buf.capacity() - len;
+        if missing <= spare {
+            if spare >= MIN_READ_SPACE {
+                return None;
+            }
+            if len > 0 {
+                // A short tail that can hold the rest of the message: end the read there.
+                return Some(missing);
+            }
+        }
+        self.switch(len.saturating_add(missing));
+        None
+    }
+
+    /// Moves on to an allocation with room for `min_capacity` bytes: this one again if nothing
+    /// else uses it, else the oldest retired one that is free, else a new one. The partial
+    /// message at the front moves with it.
+    fn switch(&mut self, min_capacity: usize) {
+        let len = self.buf.len();
+        let wanted = min_capacity.max(READ_BUFFER);
+        if self.buf.try_reclaim(wanted - len) {
+            return;
+        }
+        let free = self
+            .retired
+            .iter_mut()
+            .position(|(b, _)| b.try_reclaim(wanted));
+        let (mut next, alloc) = match free.and_then(|i| self.retired.remove(i)) {
+            Some((b, alloc)) => {
+                self.retired_bytes -= alloc;
+                (b, alloc)
+            }
+            None => {
+                self.allocations += 1;
+                (BytesMut::with_capacity(wanted), wanted)
+            }
+        };
+        next.extend_from_slice(&self.buf);
+        let mut old = std::mem::replace(&mut self.buf, next);
+        let old_alloc = std::mem::replace(&mut self.alloc, alloc);
+        old.clear();
+        self.retire(old, old_alloc);
+    }
+
+    fn retire(&mut self, handle: BytesMut, alloc: usize) {
+        // A buffer made for one large message is not worth keeping.
+        if alloc > 2 * READ_BUFFER {
+            return;
+        }
+        while self.retired_bytes + alloc > MAX_RETIRED_READ_BYTES {
+            match self.retired.pop_front() {
+                Some((_, a)) => self.retired_bytes -= a,
+                None => return,
+            }
+        }
+        self.retired_bytes += alloc;
+        self.retired.push_back((handle, alloc));
+    }
+}
+
 fn configure_tcp(tcp: &TcpStream, params: &ConnectParams) {
     let _ = tcp.set_nodelay(true);
     let sock = socket2::SockRef::from(tcp);
@@ -794,5 +926,255 @@ pub fn message_name(m: &BackendMessage) -> &'static str {
         BackendMessage::ParseComplete => "ParseComplete",
         BackendMessage::BindComplete => "BindComplete",
         BackendMessage::NoData => "NoData",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Buf;
+
+    /// One backend message on the wire: type byte, length, body.
+    fn wire(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![kind];
+        v.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// What a `recv` does: copies at most `max` bytes of `src` into the spare capacity.
+    fn recv(rb: &mut ReadBuffer, src: &mut &[u8], max: Option<usize>) -> usize {
+        let spare = rb.buf.capacity() - rb.buf.len();
+        let n = spare.min(src.len()).min(max.unwrap_or(usize::MAX));
+        rb.buf.extend_from_slice(&src[..n]);
+        src.advance(n);
+        n
+    }
+
+    /// Deterministic pseudo-random numbers (no dev-dependency needed for a shuffle of sizes).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self, below: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 33) as usize) % below.max(1)
+        }
+    }
+
+    /// Reads every message out of `stream` with the connection's loop, checks it against
+    /// `bodies`, and holds on to up to `hold` payloads at a time the way a consumer queue does.
+    /// Returns the number of buffers allocated.
+    fn read_all(stream: &[u8], bodies: &[Vec<u8>], seed: u64, hold: usize) -> u64 {
+        let mut rb = ReadBuffer::new();
+        let mut rng = Lcg(seed);
+        let mut src = stream;
+        let mut expected = bodies.iter();
+        let mut held: VecDeque<Bytes> = VecDeque::new();
+        loop {
+            let missing = rb.missing();
+            if missing.is_none() {
+                match BackendMessage::parse(&mut rb.buf, MAX_MESSAGE_LEN).unwrap() {
+                    Some(BackendMessage::CopyData(p)) => {
+                        assert_eq!(Some(&p[..]), expected.next().map(|b| &b[..]));
+                        held.push_back(p);
+                        while held.len() > rng.next(hold + 1) {
+                            held.pop_front();
+                        }
+                        continue;
+                    }
+                    Some(other) => panic!("unexpected {}", message_name(&other)),
+                    None => panic!("a complete message did not parse"),
+                }
+            }
+            if src.is_empty() {
+                break;
+            }
+            let limit = rb.prepare(missing.unwrap_or(1));
+            // A recv returns what the socket holds: anything from one byte to all that fits.
+            let arrived = 1 + rng.next(300 * 1024);
+            let max = limit.map_or(arrived, |l| l.min(arrived));
+            assert!(
+                recv(&mut rb, &mut src, Some(max)) > 0,
+                "no room to read into"
+            );
+        }
+        assert!(expected.next().is_none(), "messages missing");
+        assert!(rb.buf.is_empty(), "bytes left over");
+        assert!(rb.retired_bytes <= MAX_RETIRED_READ_BYTES);
+        rb.allocations
+    }
+
+    #[test]
+    fn missing_bytes_of_the_front_message() {
+        let mut rb = ReadBuffer::new();
+        assert_eq!(rb.missing(), Some(5));
+        let m = wire(b'd', &[7u8; 100]);
+        rb.buf.extend_from_slice(&m[..3]);
+        assert_eq!(rb.missing(), Some(2));
+        rb.buf.extend_from_slice(&m[3..50]);
+        assert_eq!(rb.missing(), Some(m.len() - 50));
+        rb.buf.extend_from_slice(&m[50..]);
+        assert_eq!(rb.missing(), None);
+        // A length the parser refuses: left to parse() to report.
+        let mut bad = ReadBuffer::new();
+        bad.buf.extend_from_slice(&[b'd', 0, 0, 0, 2]);
+        assert_eq!(bad.missing(), None);
+        assert!(BackendMessage::parse(&mut bad.buf, MAX_MESSAGE_LEN).is_err());
+        let mut huge = ReadBuffer::new();
+        huge.buf.extend_from_slice(&[b'd', 0x7f, 0xff, 0xff, 0xff]);
+        assert_eq!(huge.missing(), None);
+        assert!(BackendMessage::parse(&mut huge.buf, MAX_MESSAGE_LEN).is_err());
+    }
+
+    #[test]
+    fn a_short_tail_is_filled_up_to_the_message_end_only() {
+        let mut rb = ReadBuffer::new();
+        // Fill the buffer up to 1000 bytes before its end with one message, and consume it.
+        let first = wire(b'd', &vec![1u8; READ_BUFFER - 1000 - 5]);
+        let mut src = &first[..];
+        recv(&mut rb, &mut src, None);
+        let keep = BackendMessage::parse(&mut rb.buf, MAX_MESSAGE_LEN).unwrap();
+        // The next message starts in the tail: 100 bytes of it arrive.
+        let second = wire(b'd', &[2u8; 500]);
+        rb.buf.extend_from_slice(&second[..100]);
+        let missing = rb.missing().unwrap();
+        assert_eq!(missing, second.len() - 100);
+        assert_eq!(rb.prepare(missing), Some(missing));
+        // One that does not fit the tail moves to another buffer, carrying its start along.
+        let mut rb2 = ReadBuffer::new();
+        let mut src = &first[..];
+        recv(&mut rb2, &mut src, None);
+        let keep2 = BackendMessage::parse(&mut rb2.buf, MAX_MESSAGE_LEN).unwrap();
+        let third = wire(b'd', &[3u8; 5000]);
+        rb2.buf.extend_from_slice(&third[..100]);
+        let old = rb2.buf.as_ptr();
+        assert_eq!(rb2.prepare(rb2.missing().unwrap()), None);
+        assert_ne!(
+            rb2.buf.as_ptr(),
+            old,
+            "still shared with a held message: a new buffer"
+        );
+        assert_eq!(&rb2.buf[..], &third[..100]);
+        assert!(rb2.buf.capacity() >= READ_BUFFER);
+        assert_eq!(rb2.retired.len(), 1);
+        drop((keep, keep2));
+    }
+
+    #[test]
+    fn a_full_buffer_is_reused_once_its_messages_are_dropped() {
+        let mut rb = ReadBuffer::new();
+        let first_alloc = rb.buf.as_ptr() as usize;
+        let msg = wire(b'd', &vec![9u8; READ_BUFFER - 5]);
+        let mut src = &msg[..];
+        recv(&mut rb, &mut src, None);
+        let held = BackendMessage::parse(&mut rb.buf, MAX_MESSAGE_LEN).unwrap();
+        // Full and still shared: a second allocation.
+        assert_eq!(rb.prepare(5), None);
+        let second_alloc = rb.buf.as_ptr() as usize;
+        assert_ne!(second_alloc, first_alloc);
+        let mut src = &msg[..];
+        recv(&mut rb, &mut src, None);
+        let held2 = BackendMessage::parse(&mut rb.buf, MAX_MESSAGE_LEN).unwrap();
+        // The first message is gone: its allocation comes back, not a third one.
+        drop(held);
+        assert_eq!(rb.prepare(5), None);
+        assert_eq!(rb.buf.as_ptr() as usize, first_alloc);
+        // And with nothing held, a full buffer is simply read into again from its start.
+        drop(held2);
+        let mut src = &msg[..];
+        recv(&mut rb, &mut src, None);
+        drop(BackendMessage::parse(&mut rb.buf, MAX_MESSAGE_LEN).unwrap());
+        assert_eq!(rb.prepare(5), None);
+        assert_eq!(rb.buf.as_ptr() as usize, first_alloc);
+    }
+
+    /// 400 messages: empty, tiny, 32 kB (what a walsender sends) and, with `big`, some larger
+    /// than a buffer.
+    fn message_mix(seed: u64, big: bool) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let mut rng = Lcg(seed);
+        let mut stream = Vec::new();
+        let mut bodies = Vec::new();
+        for i in 0..400 {
+            let len = match rng.next(10) {
+                0 => 0,
+                1 => rng.next(20),
+                2 if big => 600 * 1024 + rng.next(100 * 1024),
+                _ => 32 * 1024 + rng.next(8),
+            };
+            let body: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
+            stream.extend(wire(b'd', &body));
+            bodies.push(body);
+        }
+        (stream, bodies)
+    }
+
+    #[test]
+    fn messages_come_out_intact_whatever_the_reads_and_consumers_do() {
+        for seed in 0..12u64 {
+            let hold = [0, 1, 16, 64][seed as usize % 4];
+            // 32 kB messages: the buffers in use are those the held messages pin, plus the one
+            // being read into — never one per 256 kB of the ~10 MB streamed.
+            let (stream, bodies) = message_mix(seed, false);
+            let allocations = read_all(&stream, &bodies, seed, hold);
+            let pinned = (hold * (32 * 1024 + 13)).div_ceil(READ_BUFFER) as u64;
+            assert!(
+                allocations <= pinned + 2,
+                "seed {seed}, hold {hold}: {allocations} allocations"
+            );
+            // Messages larger than a buffer get one of their own, never kept for reuse.
+            let (stream, bodies) = message_mix(seed, true);
+            let big = bodies.iter().filter(|b| b.len() > READ_BUFFER).count() as u64;
+            let allocations = read_all(&stream, &bodies, seed, hold);
+            assert!(
+                allocations <= big + pinned + 2 + hold as u64,
+                "seed {seed}, hold {hold}: {allocations} allocations for {big} large messages"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn read_raw_over_a_socket() {
+        let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
+        let mut conn = Connection {
+            stream: Stream::Unix(a),
+            read_buf: ReadBuffer::new(),
+            write_buf: BytesMut::new(),
+            parameters: HashMap::new(),
+            server_version: ServerVersion(150000),
+            endpoint: Endpoint::Unix {
+                socket: "/nonexistent".into(),
+                port: 5432,
+            },
+            process_id: 0,
+            notices: VecDeque::new(),
+        };
+        let mut stream = Vec::new();
+        for i in 0..200usize {
+            stream.extend(wire(b'd', &vec![i as u8; 1 + i * 997]));
+        }
+        stream.extend(wire(b'c', &[]));
+        let writer = tokio::spawn(async move {
+            for piece in stream.chunks(70_001) {
+                b.write_all(piece).await.unwrap();
+            }
+            b
+        });
+        for i in 0..200usize {
+            match conn.read_message().await.unwrap() {
+                BackendMessage::CopyData(p) => assert_eq!(p, vec![i as u8; 1 + i * 997]),
+                other => panic!("unexpected {}", message_name(&other)),
+            }
+        }
+        assert!(matches!(
+            conn.read_message().await.unwrap(),
+            BackendMessage::CopyDone
+        ));
+        drop(writer.await.unwrap());
+        assert!(matches!(
+            conn.read_message().await,
+            Err(ClientError::Closed)
+        ));
     }
 }

@@ -16,6 +16,14 @@
 //! * [`DiskProgress`] carries `write_lsn`/`flush_lsn` for the feedback state machine; `flush_lsn` is
 //!   published only after the fsyncs it depends on.
 //! * The first error stops the task; [`DiskTask::finish`] returns it.
+//!
+//! A synchronous standby wants the opposite trade: every commit on the primary waits for our flush,
+//! and the two thread hand-offs above (network task → disk thread → network task) sit on that path.
+//! [`DiskTask::inline`] runs the same writer on the network task itself, as pg_receivewal does:
+//! requests are applied as they are sent (`write` into the page cache), and the fsync comes when
+//! the network task has nothing more at hand ([`DiskTask::settle`]), so one fsync still covers every
+//! message already received (group commit). The published positions, the flush rules and the error
+//! behaviour are the same in both modes.
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -80,9 +88,20 @@ pub struct DiskTaskStopped;
 /// Handle of a running disk task.
 #[derive(Debug)]
 pub struct DiskTask {
-    tx: mpsc::Sender<DiskRequest>,
+    mode: Mode,
     progress: watch::Receiver<DiskProgress>,
-    join: JoinHandle<Result<Lsn, WriterError>>,
+}
+
+#[derive(Debug)]
+enum Mode {
+    /// On a blocking thread, fed through a channel.
+    Thread {
+        tx: mpsc::Sender<DiskRequest>,
+        join: JoinHandle<Result<Lsn, WriterError>>,
+    },
+    /// On the caller's task (see the module documentation). The mutex is never contended: only
+    /// the network task uses it; it keeps `send` on `&self` as in thread mode.
+    Inline(std::sync::Mutex<InlineDisk>),
 }
 
 impl DiskTask {
@@ -97,18 +116,56 @@ impl DiskTask {
         let join = tokio::task::spawn_blocking(move || {
             run(writer, rx, &progress_tx, config.max_unflushed_bytes)
         });
-        DiskTask { tx, progress, join }
+        DiskTask {
+            mode: Mode::Thread { tx, join },
+            progress,
+        }
     }
 
-    /// A sender for the network task.
-    pub fn sender(&self) -> mpsc::Sender<DiskRequest> {
-        self.tx.clone()
+    /// Keeps `writer` on the calling task: [`send`](Self::send) writes at once, and
+    /// [`settle`](Self::settle) flushes. For a synchronous standby, where the latency of every
+    /// flush counts and the throughput of catch-up does not.
+    pub fn inline<F>(writer: SegmentWriter<F>, config: DiskTaskConfig) -> DiskTask
+    where
+        F: WalFs + Send + 'static,
+        F::File: Send,
+    {
+        let (progress_tx, progress) = watch::channel(progress_of(&writer));
+        DiskTask {
+            mode: Mode::Inline(std::sync::Mutex::new(InlineDisk {
+                writer: Some(Box::new(writer)),
+                progress: Some(progress_tx),
+                error: None,
+                max_unflushed_bytes: config.max_unflushed_bytes,
+            })),
+            progress,
+        }
     }
 
-    /// Queues a request, waiting while the queue is full. Cancellation-safe: if the future is dropped
-    /// before it completes, the request was not queued.
+    /// A sender for the network task (thread mode only: an inline task has no queue).
+    pub fn sender(&self) -> Option<mpsc::Sender<DiskRequest>> {
+        match &self.mode {
+            Mode::Thread { tx, .. } => Some(tx.clone()),
+            Mode::Inline(_) => None,
+        }
+    }
+
+    /// Queues a request, waiting while the queue is full (inline: applies it now). Cancellation-safe:
+    /// if the future is dropped before it completes, the request was not queued.
     pub async fn send(&self, request: DiskRequest) -> Result<(), DiskTaskStopped> {
-        self.tx.send(request).await.map_err(|_| DiskTaskStopped)
+        match &self.mode {
+            Mode::Thread { tx, .. } => tx.send(request).await.map_err(|_| DiskTaskStopped),
+            Mode::Inline(disk) => lock(disk).apply(Some(request), false),
+        }
+    }
+
+    /// Tells the task that no more requests are at hand for now. Inline, this is where the
+    /// group-commit fsync happens; a disk thread notices an empty queue by itself.
+    pub fn settle(&self) -> Result<(), DiskTaskStopped> {
+        match &self.mode {
+            Mode::Thread { .. } => Ok(()),
+            Mode::Inline(disk) => lock(disk).apply(None, true),
+        }
     }
 
     /// Watch the published positions.
@@ -120,11 +177,125 @@ impl DiskTask {
     /// dropped too), waits for the queued requests, the final flush and close. Returns the final flush
     /// position, or the error that stopped the task.
     pub async fn finish(self) -> Result<Lsn, WriterError> {
-        drop(self.tx);
-        match self.join.await {
-            Ok(r) => r,
-            Err(e) => Err(WriterError::Poisoned(format!("WAL disk task failed: {e}"))),
+        match self.mode {
+            Mode::Thread { tx, join } => {
+                drop(tx);
+                match join.await {
+                    Ok(r) => r,
+                    Err(e) => Err(WriterError::Poisoned(format!("WAL disk task failed: {e}"))),
+                }
+            }
+            Mode::Inline(disk) => {
+                let disk = disk.into_inner().unwrap_or_else(|p| p.into_inner());
+                disk.finish()
+            }
         }
+    }
+}
+
+fn lock(disk: &std::sync::Mutex<InlineDisk>) -> std::sync::MutexGuard<'_, InlineDisk> {
+    // A panic while holding the lock leaves the writer poisoned by its own rules; carry on to
+    // report that rather than panic again.
+    disk.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The writer operations the inline mode needs, without its file-system type parameter.
+trait DiskSink: Send {
+    fn handle(&mut self, request: DiskRequest) -> Result<bool, WriterError>;
+    fn flush(&mut self) -> Result<(), WriterError>;
+    fn unflushed(&self) -> u64;
+    fn progress(&self) -> DiskProgress;
+    fn close(self: Box<Self>) -> Result<Lsn, WriterError>;
+}
+
+impl<F> DiskSink for SegmentWriter<F>
+where
+    F: WalFs + Send,
+    F::File: Send,
+{
+    fn handle(&mut self, request: DiskRequest) -> Result<bool, WriterError> {
+        handle(self, request)
+    }
+    fn flush(&mut self) -> Result<(), WriterError> {
+        SegmentWriter::flush(self).map(|_| ())
+    }
+    fn unflushed(&self) -> u64 {
+        self.next_lsn().saturating_sub(self.flush_lsn())
+    }
+    fn progress(&self) -> DiskProgress {
+        progress_of(self)
+    }
+    fn close(self: Box<Self>) -> Result<Lsn, WriterError> {
+        SegmentWriter::close(*self)
+    }
+}
+
+/// The inline mode's state: the writer until it fails, then the error.
+struct InlineDisk {
+    writer: Option<Box<dyn DiskSink>>,
+    /// Dropped with the writer, so that watchers see the task end as with a disk thread.
+    progress: Option<watch::Sender<DiskProgress>>,
+    error: Option<WriterError>,
+    max_unflushed_bytes: u64,
+}
+
+impl std::fmt::Debug for InlineDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineDisk")
+            .field("running", &self.writer.is_some())
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
+impl InlineDisk {
+    /// Applies `request` (if any), then flushes when asked to (`settle`), when the request asks
+    /// for it, or when too much is pending — the disk thread's rules, with "the queue drained"
+    /// replaced by `settle`. The first error ends the task, as on the thread.
+    fn apply(&mut self, request: Option<DiskRequest>, settle: bool) -> Result<(), DiskTaskStopped> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(DiskTaskStopped);
+        };
+        let result = (|| {
+            let flush_now = match request {
+                Some(r) => writer.handle(r)?,
+                None => false,
+            };
+            if settle || flush_now || writer.unflushed() > self.max_unflushed_bytes {
+                writer.flush()?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                if let Some(tx) = &self.progress {
+                    publish_progress(tx, writer.progress());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.error = Some(e);
+                self.writer = None;
+                self.progress = None;
+                Err(DiskTaskStopped)
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<Lsn, WriterError> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let Some(mut writer) = self.writer.take() else {
+            return Err(WriterError::Poisoned(
+                "WAL disk task already finished".into(),
+            ));
+        };
+        writer.flush()?;
+        if let Some(tx) = &self.progress {
+            tx.send_replace(writer.progress());
+        }
+        writer.close()
     }
 }
 
@@ -137,7 +308,11 @@ fn progress_of<F: WalFs>(w: &SegmentWriter<F>) -> DiskProgress {
 }
 
 fn publish<F: WalFs>(w: &SegmentWriter<F>, tx: &watch::Sender<DiskProgress>) {
-    let new = progress_of(w);
+    publish_progress(tx, progress_of(w));
+}
+
+/// Publishes `new`, waking the watchers only if something changed.
+fn publish_progress(tx: &watch::Sender<DiskProgress>, new: DiskProgress) {
     tx.send_if_modified(|p| {
         let changed = *p != new;
         *p = new;
@@ -222,6 +397,15 @@ mod tests {
 
     #[tokio::test]
     async fn streams_through_the_queue_and_finishes_durably() {
+        streams_and_finishes_durably(false).await;
+    }
+
+    #[tokio::test]
+    async fn streams_inline_and_finishes_durably() {
+        streams_and_finishes_durably(true).await;
+    }
+
+    async fn streams_and_finishes_durably(inline: bool) {
         let d = tempfile::tempdir().unwrap();
         let w = SegmentWriter::new(
             WriterConfig::archive(d.path(), seg()),
@@ -229,17 +413,22 @@ mod tests {
             Lsn(MB),
         )
         .unwrap();
-        let task = DiskTask::spawn(
-            w,
-            DiskTaskConfig {
-                queue_depth: 4,
-                ..Default::default()
-            },
-        );
+        let config = DiskTaskConfig {
+            queue_depth: 4,
+            ..Default::default()
+        };
+        let task = if inline {
+            DiskTask::inline(w, config)
+        } else {
+            DiskTask::spawn(w, config)
+        };
         let progress = task.progress();
         let total = 2 * MB as usize + 12_345;
-        for r in writes(MB, total, 100_000) {
+        for (i, r) in writes(MB, total, 100_000).into_iter().enumerate() {
             task.send(r).await.unwrap();
+            if i % 3 == 0 {
+                task.settle().unwrap();
+            }
         }
         let end = Lsn(MB + total as u64);
         assert_eq!(task.finish().await.unwrap(), end);
@@ -275,7 +464,7 @@ mod tests {
         )
         .unwrap();
         let task = DiskTask::spawn(w, DiskTaskConfig::default());
-        let tx = task.sender();
+        let tx = task.sender().unwrap();
         tx.send(DiskRequest::Write {
             lsn: Lsn(0),
             data: bytes(0, 5000),
@@ -348,6 +537,74 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("finish"), "{e}");
+        let e = task.finish().await.unwrap_err();
+        assert!(matches!(e, WriterError::SyncFailed(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn inline_fsyncs_when_settled_and_stops_at_the_first_error() {
+        let d = tempfile::tempdir().unwrap();
+        let fs = FaultFs::default();
+        let w = SegmentWriter::with_fs(
+            fs.clone(),
+            WriterConfig::archive(d.path(), seg()),
+            TimelineId(1),
+            Lsn(0),
+        )
+        .unwrap();
+        let task = DiskTask::inline(
+            w,
+            DiskTaskConfig {
+                queue_depth: 1,
+                max_unflushed_bytes: 50_000,
+            },
+        );
+        assert!(task.sender().is_none());
+        let mut progress = task.progress();
+        let syncs = || {
+            fs.ops()
+                .into_iter()
+                .filter(|op| matches!(op, FsOp::SyncData(_)))
+                .count()
+        };
+        // Taken at once (into the writer's buffer), durable only when settled: one fsync for
+        // three messages.
+        for r in writes(0, 30_000, 10_000) {
+            task.send(r).await.unwrap();
+        }
+        assert_eq!(progress.borrow_and_update().flush_lsn, Lsn(0));
+        let before = syncs();
+        task.settle().unwrap();
+        assert_eq!(syncs(), before + 1);
+        assert!(progress.has_changed().unwrap());
+        assert_eq!(progress.borrow_and_update().flush_lsn, Lsn(30_000));
+        // More than max_unflushed_bytes pending: flushed without waiting for settle.
+        for r in writes(30_000, 60_000, 10_000) {
+            task.send(r).await.unwrap();
+        }
+        assert!(progress.borrow_and_update().flush_lsn > Lsn(30_000));
+        // A Flush request flushes at once.
+        task.send(DiskRequest::Write {
+            lsn: Lsn(90_000),
+            data: bytes(90_000, 100),
+        })
+        .await
+        .unwrap();
+        task.send(DiskRequest::Flush).await.unwrap();
+        assert_eq!(progress.borrow_and_update().flush_lsn, Lsn(90_100));
+        // A failed fsync ends the task: nothing more is accepted, flush never moves past it, the
+        // watchers see the end, and finish() returns the error.
+        fs.fail_syncs_from(0, libc::EIO);
+        task.send(DiskRequest::Write {
+            lsn: Lsn(90_100),
+            data: bytes(90_100, 100),
+        })
+        .await
+        .unwrap();
+        assert!(task.settle().is_err());
+        assert!(progress.changed().await.is_err());
+        assert_eq!(progress.borrow().flush_lsn, Lsn(90_100));
+        assert!(task.send(DiskRequest::Flush).await.is_err());
         let e = task.finish().await.unwrap_err();
         assert!(matches!(e, WriterError::SyncFailed(_)), "{e}");
     }

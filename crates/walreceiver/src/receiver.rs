@@ -469,7 +469,14 @@ async fn session(
         Ok(w)
     })
     .await?;
-    let disk = DiskTask::spawn(writer, cfg.disk);
+    // A synchronous standby's flush latency is every commit's latency on the primary: keep the
+    // writer on the network task there (no thread hand-offs); elsewhere a disk thread lets network
+    // and disk work overlap.
+    let disk = if cfg.synchronous {
+        DiskTask::inline(writer, cfg.disk)
+    } else {
+        DiskTask::spawn(writer, cfg.disk)
+    };
 
     let result = stream(
         cfg,
@@ -896,6 +903,11 @@ async fn copy_both(
                                 if !endpos_reached && endpos_rx.borrow().is_some_and(|end| next >= end) {
                                     endpos_reached = true;
                                     disk.send(DiskRequest::Flush).await.map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
+                                }
+                                if !conn.has_buffered_message() {
+                                    // Nothing more at hand: an inline disk task fsyncs now (one
+                                    // fsync for every message read so far).
+                                    disk.settle().map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
                                 }
                             }
                             ReplicationMessage::PrimaryKeepalive(k) => {
