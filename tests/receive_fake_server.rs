@@ -111,9 +111,20 @@ struct Seen {
     disconnected: bool,
 }
 
+/// How the scripted walsender ends its stream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Keepalives asking for a reply every 50 ms, until the client goes away (30 s at most).
+    AskForReplies,
+    /// One keepalive that asks for nothing, in the same write as the last WAL, then silence until
+    /// a flush report reaches `until` (10 s at most), then the connection is closed: what an idle
+    /// walsender does after a commit.
+    QuietUntilFlushed { until: u64 },
+}
+
 /// Serves one replication connection: startup, IDENTIFY_SYSTEM, SHOW, START_REPLICATION, then `wal`
-/// from `START` in 8 kB XLogData messages, then keepalives asking for replies.
-fn serve(mut s: TcpStream, wal: Arc<Vec<u8>>, sysid: u64, seen: Arc<Mutex<Seen>>) {
+/// from `START` in 8 kB XLogData messages, then as `ending` says.
+fn serve(mut s: TcpStream, wal: Arc<Vec<u8>>, sysid: u64, seen: Arc<Mutex<Seen>>, ending: Ending) {
     // Startup, with an SSLRequest answered 'N' first.
     loop {
         let mut len = [0u8; 4];
@@ -174,6 +185,14 @@ fn serve(mut s: TcpStream, wal: Arc<Vec<u8>>, sysid: u64, seen: Arc<Mutex<Seen>>
                 }
                 seen_r.lock().unwrap().disconnected = true;
             });
+            let keepalive = |reply: bool| {
+                let mut k = vec![b'k'];
+                k.extend_from_slice(&end.to_be_bytes());
+                k.extend_from_slice(&0i64.to_be_bytes());
+                k.push(u8::from(reply));
+                msg(b'd', &k)
+            };
+            let chunks = wal.chunks(8192).count();
             for (i, chunk) in wal.chunks(8192).enumerate() {
                 let at = START + (i * 8192) as u64;
                 let mut m = vec![b'w'];
@@ -181,17 +200,31 @@ fn serve(mut s: TcpStream, wal: Arc<Vec<u8>>, sysid: u64, seen: Arc<Mutex<Seen>>
                 m.extend_from_slice(&end.to_be_bytes());
                 m.extend_from_slice(&0i64.to_be_bytes());
                 m.extend_from_slice(chunk);
-                if s.write_all(&msg(b'd', &m)).is_err() {
+                let mut out = msg(b'd', &m);
+                if i + 1 == chunks && ending != Ending::AskForReplies {
+                    out.extend(keepalive(false));
+                }
+                if s.write_all(&out).is_err() {
                     break;
                 }
             }
+            if let Ending::QuietUntilFlushed { until } = ending {
+                let t0 = Instant::now();
+                while t0.elapsed() < Duration::from_secs(10) {
+                    let seen = seen.lock().unwrap();
+                    if seen.disconnected || seen.flush_positions.iter().any(|&f| f >= until) {
+                        break;
+                    }
+                    drop(seen);
+                    thread::sleep(Duration::from_millis(20));
+                }
+                let _ = s.shutdown(std::net::Shutdown::Both);
+                let _ = r.join();
+                return;
+            }
             let t0 = Instant::now();
             while !seen.lock().unwrap().disconnected && t0.elapsed() < Duration::from_secs(30) {
-                let mut k = vec![b'k'];
-                k.extend_from_slice(&end.to_be_bytes());
-                k.extend_from_slice(&0i64.to_be_bytes());
-                k.push(1);
-                if s.write_all(&msg(b'd', &k)).is_err() {
+                if s.write_all(&keepalive(true)).is_err() {
                     break;
                 }
                 thread::sleep(Duration::from_millis(50));
@@ -213,6 +246,15 @@ fn run_against(
     sysid: u64,
     extra: &[&str],
 ) -> (i32, String, Vec<u64>, tempfile::TempDir) {
+    run_with_ending(wal, sysid, extra, Ending::AskForReplies)
+}
+
+fn run_with_ending(
+    wal: Vec<u8>,
+    sysid: u64,
+    extra: &[&str],
+    ending: Ending,
+) -> (i32, String, Vec<u64>, tempfile::TempDir) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -220,7 +262,7 @@ fn run_against(
     let (seen2, wal2) = (seen.clone(), wal.clone());
     thread::spawn(move || {
         if let Ok((s, _)) = listener.accept() {
-            serve(s, wal2, sysid, seen2);
+            serve(s, wal2, sysid, seen2, ending);
         }
     });
     let dir = tempfile::tempdir().unwrap();
@@ -319,5 +361,29 @@ fn good_wal_from_the_same_script_is_archived_and_acknowledged() {
     assert!(
         max >= 0xB0_0000,
         "flush {max:X} never reached the end position"
+    );
+}
+
+#[test]
+fn a_synchronous_flush_does_not_wait_for_more_wal() {
+    // The last WAL arrives together with a keepalive that asks for nothing, and then the server
+    // says nothing more, as after a commit on an idle primary. A synchronous receiver must still
+    // make that WAL durable and report it, or the commit waits forever.
+    let (mut wal, sysid) = fixture_segments(ALL_SEGMENTS);
+    wal.truncate(0xB0_2048 - START as usize);
+    let (_code, err, flushes, dir) = run_with_ending(
+        wal,
+        sysid,
+        &[],
+        Ending::QuietUntilFlushed { until: 0xB0_2048 },
+    );
+    let max = flushes.iter().copied().max().unwrap_or(0);
+    assert!(
+        max >= 0xB0_2048,
+        "flush {max:X} reported after the last WAL, expected B02048 (its end): {err}"
+    );
+    assert!(
+        dir.path().join("00000001000000000000000A").exists(),
+        "{err}"
     );
 }

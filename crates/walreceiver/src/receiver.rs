@@ -904,14 +904,19 @@ async fn copy_both(
                                     endpos_reached = true;
                                     disk.send(DiskRequest::Flush).await.map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
                                 }
-                                if !conn.has_buffered_message() {
-                                    // Nothing more at hand: an inline disk task fsyncs now (one
-                                    // fsync for every message read so far).
-                                    disk.settle().map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
-                                }
                             }
                             ReplicationMessage::PrimaryKeepalive(k) => {
                                 cfg.stats.server_end(k.wal_end);
+                                if k.reply_requested {
+                                    // Reply with everything received durable, as pg_receivewal
+                                    // does (an inline disk task flushes now; a disk thread has
+                                    // published what it has).
+                                    disk.settle().map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
+                                    let p = *progress.borrow();
+                                    let now = PgTimestamp::now();
+                                    let _ = feedback.step(FeedbackEvent::Written(p.write_lsn), now);
+                                    let _ = feedback.step(FeedbackEvent::Flushed(acked(&p, &validator)), now);
+                                }
                                 if let Some(u) = feedback.step(
                                     FeedbackEvent::Keepalive { wal_end: k.wal_end, reply_requested: k.reply_requested },
                                     PgTimestamp::now(),
@@ -919,6 +924,12 @@ async fn copy_both(
                                     send_update(conn, &mut out, &u, cfg).await?;
                                 }
                             }
+                        }
+                        if !conn.has_buffered_message() {
+                            // Nothing more at hand: an inline disk task fsyncs now, one fsync for
+                            // every message read so far (group commit). Also after a keepalive:
+                            // WAL read just before it must not wait for the next WAL to be flushed.
+                            disk.settle().map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
                         }
                     }
                     BackendMessage::CopyDone => {
