@@ -13,12 +13,17 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::scratch_mount::Tmpfs;
+
 const SEG: usize = 1024 * 1024;
 /// The fixtures start at 0/700000 (segment 7 of timeline 1, 1 MB segments).
 const START: u64 = 0x70_0000;
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/wal/tests/fixtures");
 /// walrelay's exit code for WAL that failed validation (README, receiver::exit_code::INVALID_WAL).
 const EXIT_INVALID_WAL: i32 = 6;
+/// walrelay's exit code for local failures such as a full disk (README, receiver::exit_code::LOCAL).
+const EXIT_LOCAL: i32 = 5;
 
 const ALL_SEGMENTS: &[&str] = &[
     "000000010000000000000007",
@@ -255,6 +260,21 @@ fn run_with_ending(
     extra: &[&str],
     ending: Ending,
 ) -> (i32, String, Vec<u64>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err, flushes) = run_into(dir.path(), wal, sysid, extra, ending, true);
+    (code, err, flushes, dir)
+}
+
+/// Runs `walrelay receive` into `dir` against the scripted server; returns the exit code, stderr
+/// and the flush positions the server was sent.
+fn run_into(
+    dir: &Path,
+    wal: Vec<u8>,
+    sysid: u64,
+    extra: &[&str],
+    ending: Ending,
+    synchronous: bool,
+) -> (i32, String, Vec<u64>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -265,19 +285,15 @@ fn run_with_ending(
             serve(s, wal2, sysid, seen2, ending);
         }
     });
-    let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_walrelay"))
-        .args([
-            "receive",
-            "--no-loop",
-            "--synchronous",
-            "-s",
-            "1",
-            "--start",
-            "0/700000",
-            "-D",
-        ])
-        .arg(dir.path())
+        .args(["receive", "--no-loop", "-s", "1", "--start", "0/700000"])
+        .args(if synchronous {
+            &["--synchronous"][..]
+        } else {
+            &[]
+        })
+        .arg("-D")
+        .arg(dir)
         .args(extra)
         .args([
             "-d",
@@ -291,7 +307,6 @@ fn run_with_ending(
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
         flushes,
-        dir,
     )
 }
 
@@ -386,4 +401,57 @@ fn a_synchronous_flush_does_not_wait_for_more_wal() {
         dir.path().join("00000001000000000000000A").exists(),
         "{err}"
     );
+}
+
+/// A full disk mid-stream (a 2.5 MB tmpfs for 4 MB of WAL in 1 MB segments), with the writer on its
+/// own thread and inline (`--synchronous`): the write error itself is reported in one line, the
+/// exit code is the local-failure one, no file gets a final segment name unless it is complete,
+/// and no flush position beyond the complete segments is ever reported.
+#[test]
+fn a_full_disk_is_named_and_nothing_short_looks_complete() {
+    let (mut wal, sysid) = fixture_segments(ALL_SEGMENTS);
+    wal.truncate(0xB0_2048 - START as usize);
+    for synchronous in [false, true] {
+        let scratch = tempfile::tempdir().unwrap();
+        let Some(small) = Tmpfs::mount(&scratch.path().join("small"), 2560, &[]) else {
+            eprintln!("skipping: no tmpfs mount here (needs root with CAP_SYS_ADMIN)");
+            return;
+        };
+        let (code, err, flushes) = run_into(
+            small.path(),
+            wal.clone(),
+            sysid,
+            &[],
+            Ending::AskForReplies,
+            synchronous,
+        );
+        let mode = if synchronous { "inline" } else { "thread" };
+        eprintln!("disk full ({mode}): {}", err.trim());
+        assert_eq!(code, EXIT_LOCAL, "{mode}: {err}");
+        assert!(err.contains("No space left on device"), "{mode}: {err}");
+        assert_eq!(
+            err.lines().filter(|l| l.contains("error")).count(),
+            1,
+            "{mode}: {err}"
+        );
+        let mut complete = 0u64;
+        for entry in std::fs::read_dir(small.path()).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            if name.len() == 24 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+                let len = entry.metadata().unwrap().len();
+                assert_eq!(
+                    len, SEG as u64,
+                    "{mode}: {name} is short but looks complete"
+                );
+                let seg = u64::from_str_radix(&name[16..], 16).unwrap();
+                complete = complete.max((seg + 1) * SEG as u64);
+            }
+        }
+        let max = flushes.iter().copied().max().unwrap_or(0);
+        assert!(
+            max <= complete.max(START),
+            "{mode}: flush {max:X} reported past the complete segments (up to {complete:X})"
+        );
+    }
 }

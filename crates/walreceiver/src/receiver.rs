@@ -652,6 +652,14 @@ async fn choose_start(
     })
 }
 
+/// What the stream reports when the disk task has ended; [`stream`] replaces it by the writer's
+/// own error.
+const DISK_STOPPED: &str = "the WAL disk task stopped";
+
+fn disk_stopped() -> ReceiveError {
+    ReceiveError::Local(DISK_STOPPED.into())
+}
+
 /// How one START_REPLICATION ended.
 enum StreamEnd {
     Stop(StopReason),
@@ -682,7 +690,7 @@ async fn stream(
                 let (_, content) = conn.timeline_history(timeline).await?;
                 d.send(DiskRequest::WriteHistory { timeline, content })
                     .await
-                    .map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
+                    .map_err(|_| disk_stopped())?;
             }
             let slot = cfg.slot.as_deref().or(cfg.temporary_slot.as_deref());
             conn.start_replication(slot, lsn, timeline)
@@ -722,7 +730,7 @@ async fn stream(
                         switch_lsn: sw.next_start,
                     })
                     .await
-                    .map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
+                    .map_err(|_| disk_stopped())?;
                     timeline = sw.next_timeline;
                     lsn = sw.next_start.segment_start(seg.bytes());
                 }
@@ -742,6 +750,8 @@ async fn stream(
             cfg.stats.disk(flushed, flushed);
         }
         (Ok(_), Err(e)) => return Err(e.into()),
+        // The stream stopped because the writer failed: its error (disk full, ...) is the cause.
+        (Err(ReceiveError::Local(m)), Err(e)) if m == DISK_STOPPED => return Err(e.into()),
         (Err(_), Err(e)) => warn!(error = %e, "could not flush the WAL received before the error"),
     }
     outcome
@@ -808,7 +818,7 @@ async fn copy_both(
             changed = progress.changed() => {
                 if changed.is_err() {
                     // The disk task ended: its error comes from finish().
-                    return Err(ReceiveError::Local("the WAL disk task stopped".into()));
+                    return Err(disk_stopped());
                 }
                 let p = *progress.borrow_and_update();
                 cfg.stats.disk(p.write_lsn, p.flush_lsn);
@@ -841,7 +851,7 @@ async fn copy_both(
                 if let Some(end) = end {
                     if next >= end {
                         endpos_reached = true;
-                        disk.send(DiskRequest::Flush).await.map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
+                        disk.send(DiskRequest::Flush).await.map_err(|_| disk_stopped())?;
                         let p = *progress.borrow();
                         if acked(&p, &validator) >= end {
                             return finish_copy(conn, disk, &mut feedback, &mut progress, &validator, state, cfg, next, StopReason::EndPosition(end)).await;
@@ -893,7 +903,7 @@ async fn copy_both(
                                 if len > 0 {
                                     disk.send(DiskRequest::Write { lsn: next, data })
                                         .await
-                                        .map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
+                                        .map_err(|_| disk_stopped())?;
                                     // Waiting for a slow disk (backpressure) is not server silence:
                                     // the server's next messages wait in the socket meanwhile.
                                     last_heard = Instant::now();
@@ -902,7 +912,7 @@ async fn copy_both(
                                 cfg.stats.received(next, len);
                                 if !endpos_reached && endpos_rx.borrow().is_some_and(|end| next >= end) {
                                     endpos_reached = true;
-                                    disk.send(DiskRequest::Flush).await.map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
+                                    disk.send(DiskRequest::Flush).await.map_err(|_| disk_stopped())?;
                                 }
                             }
                             ReplicationMessage::PrimaryKeepalive(k) => {
@@ -911,7 +921,7 @@ async fn copy_both(
                                     // Reply with everything received durable, as pg_receivewal
                                     // does (an inline disk task flushes now; a disk thread has
                                     // published what it has).
-                                    disk.settle().map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
+                                    disk.settle().map_err(|_| disk_stopped())?;
                                     let p = *progress.borrow();
                                     let now = PgTimestamp::now();
                                     let _ = feedback.step(FeedbackEvent::Written(p.write_lsn), now);
@@ -929,7 +939,7 @@ async fn copy_both(
                             // Nothing more at hand: an inline disk task fsyncs now, one fsync for
                             // every message read so far (group commit). Also after a keepalive:
                             // WAL read just before it must not wait for the next WAL to be flushed.
-                            disk.settle().map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
+                            disk.settle().map_err(|_| disk_stopped())?;
                         }
                     }
                     BackendMessage::CopyDone => {
@@ -938,7 +948,7 @@ async fn copy_both(
                         conn.flush().await?;
                         let switch = conn.finish_replication().await
                             .map_err(|e| classify_server_error(e, cfg.slot.as_deref()))?;
-                        disk.send(DiskRequest::Flush).await.map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
+                        disk.send(DiskRequest::Flush).await.map_err(|_| disk_stopped())?;
                         return match switch {
                             Some(sw) => Ok(StreamEnd::Switch(sw)),
                             None => Err(ReceiveError::Client(ClientError::Closed)),
@@ -948,7 +958,7 @@ async fn copy_both(
                         // A walsender shutting down cleanly sends CommandComplete without CopyDone
                         // (walsender.c, WalSndDone) and exits; libpq's PQgetCopyData reports that as
                         // the end of the copy too. Everything queued is made durable by the caller.
-                        disk.send(DiskRequest::Flush).await.map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
+                        disk.send(DiskRequest::Flush).await.map_err(|_| disk_stopped())?;
                         return Err(ReceiveError::ServerStopped);
                     }
                     BackendMessage::ErrorResponse(e) => {
@@ -1004,7 +1014,7 @@ async fn finish_copy(
 ) -> Result<StreamEnd, ReceiveError> {
     disk.send(DiskRequest::Flush)
         .await
-        .map_err(|_| ReceiveError::Local("WAL disk task stopped".into()))?;
+        .map_err(|_| disk_stopped())?;
     // Wait until everything received is durable, so the final status update reports all of it. A
     // published flush position that merely catches up with the write position is not enough: the
     // disk task may not have taken the last writes off the queue yet.
