@@ -395,6 +395,19 @@ mod tests {
             .collect()
     }
 
+    /// A writer at 0/0 on timeline 1 over a [`FaultFs`] (returned too, to inject failures).
+    fn fault_writer(dir: &std::path::Path) -> (FaultFs, SegmentWriter<FaultFs>) {
+        let fs = FaultFs::default();
+        let w = SegmentWriter::with_fs(
+            fs.clone(),
+            WriterConfig::archive(dir, seg()),
+            TimelineId(1),
+            Lsn(0),
+        )
+        .unwrap();
+        (fs, w)
+    }
+
     #[tokio::test]
     async fn streams_through_the_queue_and_finishes_durably() {
         streams_and_finishes_durably(false).await;
@@ -509,14 +522,7 @@ mod tests {
     #[tokio::test]
     async fn an_fsync_failure_stops_the_task_and_flush_is_never_published_past_it() {
         let d = tempfile::tempdir().unwrap();
-        let fs = FaultFs::default();
-        let w = SegmentWriter::with_fs(
-            fs.clone(),
-            WriterConfig::archive(d.path(), seg()),
-            TimelineId(1),
-            Lsn(0),
-        )
-        .unwrap();
+        let (fs, w) = fault_writer(d.path());
         fs.fail_syncs_from(0, libc::EIO);
         let task = DiskTask::spawn(w, DiskTaskConfig::default());
         let mut progress = task.progress();
@@ -544,14 +550,7 @@ mod tests {
     #[tokio::test]
     async fn inline_fsyncs_when_settled_and_stops_at_the_first_error() {
         let d = tempfile::tempdir().unwrap();
-        let fs = FaultFs::default();
-        let w = SegmentWriter::with_fs(
-            fs.clone(),
-            WriterConfig::archive(d.path(), seg()),
-            TimelineId(1),
-            Lsn(0),
-        )
-        .unwrap();
+        let (fs, w) = fault_writer(d.path());
         let task = DiskTask::inline(
             w,
             DiskTaskConfig {
@@ -612,14 +611,7 @@ mod tests {
     /// Runs the loop on this thread over a pre-filled queue and returns the recorded fsyncs.
     fn run_queued(requests: Vec<DiskRequest>, max_unflushed_bytes: u64) -> (Vec<FsOp>, Lsn) {
         let d = tempfile::tempdir().unwrap();
-        let fs = FaultFs::default();
-        let w = SegmentWriter::with_fs(
-            fs.clone(),
-            WriterConfig::archive(d.path(), seg()),
-            TimelineId(1),
-            Lsn(0),
-        )
-        .unwrap();
+        let (fs, w) = fault_writer(d.path());
         let (tx, rx) = mpsc::channel(requests.len() + 1);
         for r in requests {
             tx.try_send(r).unwrap();
