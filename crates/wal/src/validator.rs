@@ -138,6 +138,10 @@ pub struct WalValidator {
     latest_timeline: Option<TimelineId>,
     /// Start of the last record whose CRC matched: the next record's `xl_prev`.
     prev_record: Option<Lsn>,
+    /// Start of a record abandoned at an `XLP_FIRST_IS_OVERWRITE_CONTRECORD` page, while no record
+    /// has passed its checks since: `validated` stays there meanwhile, and the next record's
+    /// `xl_prev` must point before it (the abandoned record was never complete).
+    abandoned_record: Option<u64>,
     failed: Option<WalError>,
 
     page_hdr: [u8; LONG_PAGE_HEADER_SIZE],
@@ -185,6 +189,7 @@ impl WalValidator {
             first_page,
             latest_timeline: None,
             prev_record: None,
+            abandoned_record: None,
             failed: None,
             page_hdr: [0; LONG_PAGE_HEADER_SIZE],
             rec_hdr: [0; XLOG_RECORD_HEADER_SIZE],
@@ -318,7 +323,7 @@ impl WalValidator {
                 self.pos += need as u64;
                 data = &data[need..];
                 if !matches!(self.state, State::InRecord { .. }) {
-                    self.validated = self.pos;
+                    self.advance_validated();
                 }
                 continue;
             }
@@ -462,9 +467,12 @@ impl WalValidator {
                 if overwrite {
                     // Crash recovery found this record cut short and wrote a new record here:
                     // the partial record is not WAL any more, and the next record's xl_prev
-                    // points before it.
+                    // points before it. Its bytes are not vouched for, though: a damaged length
+                    // can make a good record look cut short, which only the next record's xl_prev
+                    // check reveals. So nothing counts as validated past the abandoned record's
+                    // start until a record after it has passed its checks.
                     self.state = State::BetweenRecords;
-                    self.validated = self.pos;
+                    self.abandoned_record = Some(start);
                     return Ok(());
                 }
                 if !contrecord {
@@ -515,7 +523,7 @@ impl WalValidator {
                         let n = pad.min(rest.len());
                         rest = &rest[n..];
                         self.pos += n as u64;
-                        self.validated = self.pos;
+                        self.advance_validated();
                         continue;
                     }
                     let start = self.pos;
@@ -662,7 +670,9 @@ impl WalValidator {
     fn check_prev(&self, start: u64, prev: Lsn) -> Result<(), WalError> {
         let ok = match self.prev_record {
             Some(expected) => prev == expected,
-            None => prev.0 < start,
+            // After an abandoned record, the link skips it: a record that links to it was
+            // complete once, and only damage made it look cut short.
+            None => prev.0 < self.abandoned_record.unwrap_or(start).min(start),
         };
         if ok {
             Ok(())
@@ -675,10 +685,19 @@ impl WalValidator {
         }
     }
 
+    /// Bytes up to `self.pos` between records (page headers, alignment) count as validated,
+    /// unless an abandoned record is still unvouched for.
+    fn advance_validated(&mut self) {
+        if self.abandoned_record.is_none() {
+            self.validated = self.pos;
+        }
+    }
+
     /// A record ending at `self.pos` passed its CRC check.
     fn record_done(&mut self, start: u64, h: &RecordHeader) {
         self.records += 1;
         self.prev_record = Some(Lsn(start));
+        self.abandoned_record = None;
         self.validated = self.pos;
         if h.is_switch() {
             self.last_switch = Some(Lsn(start));
