@@ -695,10 +695,29 @@ fn remove_contents(dir: &Path) {
     }
 }
 
+/// How long a failed bootstrap waits for its slot to be released before giving up on dropping it.
+const SLOT_RELEASE_TIMEOUT: Duration = Duration::from_secs(15);
+
 async fn drop_slot(connect: &ConnectParams, slot: &str) {
     let result = async {
         let mut conn = Connection::connect(connect).await?;
-        let r = conn.drop_slot(slot, false).await;
+        // The WAL stream of this very bootstrap may still hold the slot for a moment: its task is
+        // stopped without waiting when the bootstrap is cancelled, and the walsender releases the
+        // slot only once it has seen the connection close. Retry while the server says "active"
+        // (not `DROP_REPLICATION_SLOT … WAIT`: that would wait forever for a stranger's stream).
+        let deadline = Instant::now() + SLOT_RELEASE_TIMEOUT;
+        let r = loop {
+            match conn.drop_slot(slot, false).await {
+                Err(e)
+                    if e.sqlstate() == Some(sqlstate::OBJECT_IN_USE)
+                        && Instant::now() < deadline =>
+                {
+                    tracing::debug!(%slot, "the replication slot is still active; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => break r,
+            }
+        };
         conn.close().await;
         r
     }
