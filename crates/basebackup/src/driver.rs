@@ -1592,6 +1592,11 @@ impl FeedReader<'_> {
     }
 }
 
+/// What the extractor's reads return once the backup is aborted.
+fn feed_aborted() -> io::Error {
+    io::Error::other("base backup aborted")
+}
+
 impl FeedReader<'_> {
     /// Waits for the next batch (or the end of the archive) when nothing is pending.
     fn refill(&mut self) -> io::Result<()> {
@@ -1600,7 +1605,7 @@ impl FeedReader<'_> {
                 .pending
                 .extend(batch.into_iter().filter(|b| !b.is_empty())),
             Some(Feed::End) => self.ended = true,
-            Some(Feed::Abort) | None => return Err(io::Error::other("base backup aborted")),
+            Some(Feed::Abort) | None => return Err(feed_aborted()),
             Some(Feed::Begin(_) | Feed::Finish) => {
                 return Err(io::Error::other(
                     "the archive stream ended without its end marker",
@@ -1615,7 +1620,7 @@ impl Read for FeedReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if self.gate.is_aborted() {
-                return Err(io::Error::other("base backup aborted"));
+                return Err(feed_aborted());
             }
             // Fill as much of `buf` as is here: fewer, larger reads for the tar parser.
             let mut filled = 0;
@@ -1647,7 +1652,7 @@ impl ChunkRead for FeedReader<'_> {
     fn read_chunk(&mut self, max: usize) -> io::Result<Bytes> {
         loop {
             if self.gate.is_aborted() {
-                return Err(io::Error::other("base backup aborted"));
+                return Err(feed_aborted());
             }
             if let Some(front) = self.pending.front_mut() {
                 if front.len() > max {

@@ -77,12 +77,6 @@ pub trait ExtractObserver {
     fn file_data(&mut self, data: &[u8]) {
         let _ = data;
     }
-    /// The same bytes as [`file_data`](Self::file_data), in the shared buffer they were written
-    /// from: an observer that works on another thread keeps a reference instead of a copy. Calls
-    /// `file_data` unless overridden; the extractor calls only this one.
-    fn file_chunk(&mut self, data: &Bytes) {
-        self.file_data(data);
-    }
     fn file_finished(&mut self) {}
 }
 
@@ -563,7 +557,7 @@ impl ArchiveRun<'_> {
             {
                 write_chunks(&mut file, &batch).map_err(io_err("write to file", &abs))?;
                 for chunk in batch.drain(..) {
-                    observer.file_chunk(&chunk);
+                    observer.file_data(&chunk);
                 }
                 batch_bytes = 0;
             }
@@ -838,7 +832,7 @@ mod tests {
         }
     }
 
-    /// Sees the same bytes through `file_chunk` as were written.
+    /// Sees the same bytes through `file_data` as were written.
     #[derive(Default)]
     struct Collect(Vec<(PathBuf, u64, Vec<u8>)>);
 
@@ -846,7 +840,7 @@ mod tests {
         fn file_started(&mut self, path: &Path, size: u64) {
             self.0.push((path.to_path_buf(), size, Vec::new()));
         }
-        fn file_chunk(&mut self, data: &Bytes) {
+        fn file_data(&mut self, data: &[u8]) {
             if let Some(f) = self.0.last_mut() {
                 f.2.extend_from_slice(data);
             }

@@ -220,7 +220,7 @@ where
         SegmentWriter::flush(self).map(|_| ())
     }
     fn unflushed(&self) -> u64 {
-        self.next_lsn().saturating_sub(self.flush_lsn())
+        unflushed_bytes(self)
     }
     fn progress(&self) -> DiskProgress {
         progress_of(self)
@@ -320,6 +320,11 @@ fn publish_progress(tx: &watch::Sender<DiskProgress>, new: DiskProgress) {
     });
 }
 
+/// Bytes taken by the writer and not durable yet: the measure of `max_unflushed_bytes`.
+fn unflushed_bytes<F: WalFs>(w: &SegmentWriter<F>) -> u64 {
+    w.next_lsn().saturating_sub(w.flush_lsn())
+}
+
 /// Applies one request; returns whether it asks for an immediate flush.
 fn handle<F: WalFs>(w: &mut SegmentWriter<F>, request: DiskRequest) -> Result<bool, WriterError> {
     match request {
@@ -344,9 +349,7 @@ fn run<F: WalFs>(
     while let Some(request) = rx.blocking_recv() {
         let mut flush_now = handle(&mut writer, request)?;
         // Take whatever else is already queued before paying for an fsync.
-        while !flush_now
-            && writer.next_lsn().saturating_sub(writer.flush_lsn()) <= max_unflushed_bytes
-        {
+        while !flush_now && unflushed_bytes(&writer) <= max_unflushed_bytes {
             publish(&writer, progress);
             match rx.try_recv() {
                 Ok(request) => flush_now = handle(&mut writer, request)?,

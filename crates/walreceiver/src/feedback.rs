@@ -233,6 +233,20 @@ impl Feedback {
         }
     }
 
+    /// The disk's progress in one call: `written` as [`FeedbackEvent::Written`], then
+    /// `acknowledgeable` (durable, and validated where WAL is validated) as
+    /// [`FeedbackEvent::Flushed`]; returns the update either asks for.
+    pub fn disk_progress(
+        &mut self,
+        written: Lsn,
+        acknowledgeable: Lsn,
+        now: PgTimestamp,
+    ) -> Option<StandbyStatusUpdate> {
+        let on_write = self.step(FeedbackEvent::Written(written), now);
+        self.step(FeedbackEvent::Flushed(acknowledgeable), now)
+            .or(on_write)
+    }
+
     /// Called when time passes; returns a periodic update when one is due.
     pub fn tick(&mut self, now: PgTimestamp) -> Option<StandbyStatusUpdate> {
         if self.config.status_interval.is_zero() {
@@ -377,6 +391,34 @@ mod tests {
         assert_eq!(u.flush_lsn, lsn(0x100_0000), "nothing flushed yet");
         assert_eq!(f.tick(t(15)), None);
         assert!(f.tick(t(20)).is_some());
+    }
+
+    #[test]
+    fn disk_progress_reports_write_and_flush_together() {
+        // Synchronous: a flush that moves is sent at once, with the write position beside it.
+        let mut f = archive(10, true, true);
+        let u = f
+            .disk_progress(lsn(0x100_3000), lsn(0x100_2000), t(1))
+            .unwrap();
+        assert_eq!(
+            (u.write_lsn, u.flush_lsn),
+            (lsn(0x100_3000), lsn(0x100_2000))
+        );
+        assert_eq!(
+            f.disk_progress(lsn(0x100_4000), lsn(0x100_2000), t(2)),
+            None
+        );
+        // Not synchronous: recorded for the next update, nothing sent now.
+        let mut f = archive(10, false, true);
+        assert_eq!(
+            f.disk_progress(lsn(0x100_3000), lsn(0x100_2000), t(1)),
+            None
+        );
+        let u = f.current(t(1));
+        assert_eq!(
+            (u.write_lsn, u.flush_lsn),
+            (lsn(0x100_3000), lsn(0x100_2000))
+        );
     }
 
     #[test]

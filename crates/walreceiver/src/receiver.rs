@@ -790,14 +790,6 @@ async fn copy_both(
     let mut last_heard = Instant::now();
     let mut pinged = false;
 
-    // The position that may be acknowledged: durable and (if validating) validated.
-    let acked = |p: &DiskProgress, v: &Option<WalValidator>| -> Lsn {
-        match v {
-            Some(v) => p.flush_lsn.min(v.validated_lsn()),
-            None => p.flush_lsn,
-        }
-    };
-
     loop {
         let now = PgTimestamp::now();
         let silence_limit = if pinged {
@@ -822,12 +814,8 @@ async fn copy_both(
                 }
                 let p = *progress.borrow_and_update();
                 cfg.stats.disk(p.write_lsn, p.flush_lsn);
-                let ack = acked(&p, &validator);
-                let mut update = feedback.step(FeedbackEvent::Written(p.write_lsn), PgTimestamp::now());
-                if let Some(u) = feedback.step(FeedbackEvent::Flushed(ack), PgTimestamp::now()) {
-                    update = Some(u);
-                }
-                if let Some(u) = update {
+                let ack = acknowledgeable(&p, &validator);
+                if let Some(u) = feedback.disk_progress(p.write_lsn, ack, PgTimestamp::now()) {
                     send_update(conn, &mut out, &u, cfg).await?;
                 }
                 state.last_flushed = state.last_flushed.max(p.flush_lsn);
@@ -853,7 +841,7 @@ async fn copy_both(
                         endpos_reached = true;
                         disk.send(DiskRequest::Flush).await.map_err(|_| disk_stopped())?;
                         let p = *progress.borrow();
-                        if acked(&p, &validator) >= end {
+                        if acknowledgeable(&p, &validator) >= end {
                             return finish_copy(conn, disk, &mut feedback, &mut progress, &validator, state, cfg, next, StopReason::EndPosition(end)).await;
                         }
                     }
@@ -923,9 +911,7 @@ async fn copy_both(
                                     // published what it has).
                                     disk.settle().map_err(|_| disk_stopped())?;
                                     let p = *progress.borrow();
-                                    let now = PgTimestamp::now();
-                                    let _ = feedback.step(FeedbackEvent::Written(p.write_lsn), now);
-                                    let _ = feedback.step(FeedbackEvent::Flushed(acked(&p, &validator)), now);
+                                    let _ = feedback.disk_progress(p.write_lsn, acknowledgeable(&p, &validator), PgTimestamp::now());
                                 }
                                 if let Some(u) = feedback.step(
                                     FeedbackEvent::Keepalive { wal_end: k.wal_end, reply_requested: k.reply_requested },
@@ -974,6 +960,14 @@ async fn copy_both(
                 }
             }
         }
+    }
+}
+
+/// The position that may be acknowledged: durable and (if validating) validated.
+fn acknowledgeable(p: &DiskProgress, validator: &Option<WalValidator>) -> Lsn {
+    match validator {
+        Some(v) => p.flush_lsn.min(v.validated_lsn()),
+        None => p.flush_lsn,
     }
 }
 
@@ -1032,13 +1026,8 @@ async fn finish_copy(
     }
     let p = *progress.borrow();
     state.last_flushed = state.last_flushed.max(p.flush_lsn);
-    let ack = match validator {
-        Some(v) => p.flush_lsn.min(v.validated_lsn()),
-        None => p.flush_lsn,
-    };
     let now = PgTimestamp::now();
-    let _ = feedback.step(FeedbackEvent::Written(p.write_lsn), now);
-    let _ = feedback.step(FeedbackEvent::Flushed(ack), now);
+    let _ = feedback.disk_progress(p.write_lsn, acknowledgeable(&p, validator), now);
     let mut out = BytesMut::new();
     let update = feedback.current(now);
     let _ = send_update(conn, &mut out, &update, cfg).await;
