@@ -1529,12 +1529,7 @@ fn extract_all(
         }
         match rx.blocking_recv() {
             Some(Feed::Begin(kind)) => {
-                let mut reader = FeedReader {
-                    rx: &mut rx,
-                    pending: VecDeque::new(),
-                    ended: false,
-                    gate,
-                };
+                let mut reader = FeedReader::new(&mut rx, gate);
                 let summary = match collector.as_mut() {
                     Some(c) => extractor.extract_chunks(kind, &mut reader, c),
                     None => extractor.extract_chunks(kind, &mut reader, &mut ()),
@@ -1577,7 +1572,17 @@ struct FeedReader<'a> {
     gate: &'a ExtractionGate,
 }
 
-impl FeedReader<'_> {
+impl<'a> FeedReader<'a> {
+    /// A reader for the archive whose `Begin` was just taken from `rx`.
+    fn new(rx: &'a mut mpsc::Receiver<Feed>, gate: &'a ExtractionGate) -> Self {
+        FeedReader {
+            rx,
+            pending: VecDeque::new(),
+            ended: false,
+            gate,
+        }
+    }
+
     /// After the extractor saw the end of the archive, nothing but the end may follow.
     fn expect_end(&mut self, kind: ArchiveKind) -> Result<(), BackupError> {
         let mut probe = [0u8; 1];
@@ -1971,23 +1976,13 @@ mod tests {
             tx.send(Feed::End).await.unwrap();
         });
         let gate = ExtractionGate::new();
-        let mut r = FeedReader {
-            rx: &mut rx,
-            pending: VecDeque::new(),
-            ended: false,
-            gate: &gate,
-        };
+        let mut r = FeedReader::new(&mut rx, &gate);
         let mut s = String::new();
         r.read_to_string(&mut s).unwrap();
         assert_eq!(s, "hello world");
         assert!(r.expect_end(ArchiveKind::Base).is_ok());
         drop(tx);
-        let mut r = FeedReader {
-            rx: &mut rx,
-            pending: VecDeque::new(),
-            ended: false,
-            gate: &gate,
-        };
+        let mut r = FeedReader::new(&mut rx, &gate);
         // sender gone without End: an error, never a clean end of archive
         assert!(r.read(&mut [0u8; 4]).is_err());
     }
@@ -2013,12 +2008,7 @@ mod tests {
                 tx.send(Feed::End).await.unwrap();
             });
             let gate = ExtractionGate::new();
-            let mut r = FeedReader {
-                rx: &mut rx,
-                pending: VecDeque::new(),
-                ended: false,
-                gate: &gate,
-            };
+            let mut r = FeedReader::new(&mut rx, &gate);
             let mut got = Vec::new();
             let mut buf = vec![0u8; read_size];
             loop {
