@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{ArgGroup, Args};
 use serde::Serialize;
 use walrelay_archive::{
@@ -26,10 +26,6 @@ use walrelay_protocol::{Lsn, WalFileName, WalSegmentSize};
 
 /// Upper bound of the default `verify --jobs`: decompression and hashing scale, the disk may not.
 const MAX_DEFAULT_VERIFY_JOBS: usize = 4;
-
-/// Exit status of `walrelay verify` when it could not verify at all (directory missing, bad
-/// option value): distinct from 1, "the archive has problems".
-pub const VERIFY_EXIT_ERROR: i32 = 2;
 
 // ------------------------------------------------------------------------------------- restore
 
@@ -179,17 +175,9 @@ struct VerifyOutput<'a> {
 /// Runs `walrelay verify`: 0 when the archive has no problems, 1 when it has, 2 when it could not
 /// be verified.
 pub async fn run_verify(args: VerifyArgs) -> Result<i32> {
-    match tokio::task::spawn_blocking(move || verify_blocking(&args)).await {
-        Ok(Ok(code)) => Ok(code),
-        Ok(Err(e)) => {
-            eprintln!("walrelay: error: {e:#}");
-            Ok(VERIFY_EXIT_ERROR)
-        }
-        Err(e) => {
-            eprintln!("walrelay: error: verify failed unexpectedly: {e}");
-            Ok(VERIFY_EXIT_ERROR)
-        }
-    }
+    tokio::task::spawn_blocking(move || verify_blocking(&args))
+        .await
+        .context("verify failed unexpectedly")?
 }
 
 fn verify_blocking(args: &VerifyArgs) -> Result<i32> {
@@ -356,19 +344,19 @@ fn prune_blocking(args: &PruneArgs) -> Result<i32> {
     let dir = &args.directory;
     let keep_from = prune_point(args)?;
     match (&keep_from, args.older_than) {
-        (None, None) => bail!(
+        (None, None) => return Err(crate::exit::usage(
             "prune needs a point to keep from: --before WALFILE, --before-backup FILE or --before-lsn LSN"
-        ),
-        (None, Some(_)) if !args.force => bail!(
+        )),
+        (None, Some(_)) if !args.force => return Err(crate::exit::usage(
             "--older-than alone may remove WAL that a base backup still needs: add --before-backup FILE (or --before / --before-lsn), or --force if every backup is younger"
-        ),
+        )),
         _ => {}
     }
     if !dir.is_dir() {
-        bail!(
+        return Err(crate::exit::local(format!(
             "archive directory {} is missing or not a directory: fix the -D argument",
             dir.display()
-        );
+        )));
     }
     let needs_size = matches!(
         keep_from,
@@ -430,10 +418,10 @@ fn prune_point(args: &PruneArgs) -> Result<Option<PrunePoint>> {
         // pg_archivecleanup takes the name alone; its segment part is all that counts.
         return Ok(Some(PrunePoint::WalFile(name.to_string())));
     }
-    bail!(
+    Err(crate::exit::usage(format!(
         "backup file {} not found: pass a backup_manifest, a backup_label, or a NAME.XXXXXXXX.backup file",
         file.display()
-    )
+    )))
 }
 
 fn human_prune_report(r: &PruneReport, older_than: Option<Duration>) -> String {

@@ -107,7 +107,7 @@ fn parse_checkpoint(s: &str) -> Result<CheckpointMode, String> {
 fn owner_by_name(name: &str) -> Result<Owner> {
     let user = nix::unistd::User::from_name(name)
         .with_context(|| format!("look up user \"{name}\""))?
-        .with_context(|| format!("--owner: no such user \"{name}\""))?;
+        .ok_or_else(|| crate::exit::usage(format!("--owner: no such user \"{name}\"")))?;
     Ok(Owner::ids(user.uid.as_raw(), user.gid.as_raw()))
 }
 
@@ -199,62 +199,25 @@ pub async fn run(args: BootstrapArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// ENOSPC, EDQUOT.
-const DISK_FULL_ERRNOS: [i32; 2] = [28, 122];
-
-/// Whether the failure was a full file system (or an exhausted quota), wherever it happened: the
-/// extraction keeps the `io::Error` in its source chain; the WAL stream's error reaches us as text,
-/// which carries Rust's "(os error N)".
-fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io
-                .raw_os_error()
-                .is_some_and(|n| DISK_FULL_ERRNOS.contains(&n))
-            {
-                return true;
-            }
-        }
-        let text = err.to_string();
-        if DISK_FULL_ERRNOS
-            .iter()
-            .any(|n| text.contains(&format!("(os error {n})")))
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
 /// The bootstrap's error for the user; a full disk also gets what to do about it.
 fn explain_failure(
     e: walrelay_basebackup::BootstrapError,
     target: &std::path::Path,
     progress: &BackupProgress,
 ) -> anyhow::Error {
-    if !is_disk_full(&e) {
+    if !crate::exit::is_disk_full(&e) {
         return e.into();
     }
-    let mut msg = e.to_string();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        if !msg.contains(&c_text) {
-            msg.push_str(": ");
-            msg.push_str(&c_text);
-        }
-        cause = c.source();
-    }
+    let e = anyhow::Error::new(e);
+    let msg = crate::exit::one_line(&e);
     let size = progress
         .total_bytes()
         .map(|b| format!(" (the base backup is about {}, plus WAL)", human_bytes(b)))
         .unwrap_or_default();
-    anyhow::anyhow!(
+    e.context(format!(
         "{msg}; the file system holding {} is full: free space there{size} or choose another directory",
         target.display()
-    )
+    ))
 }
 
 /// A size in binary units for operator output: `512 B`, `1.5 kB`, `23.0 MB`.
@@ -307,37 +270,6 @@ fn spawn_progress_bar(progress: BackupProgress) -> (ProgressBar, tokio::task::Jo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug)]
-    struct Wrapper(std::io::Error);
-
-    impl std::fmt::Display for Wrapper {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("could not write")
-        }
-    }
-
-    impl std::error::Error for Wrapper {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
-        }
-    }
-
-    #[test]
-    fn disk_full_is_found_in_the_chain_or_the_text() {
-        let enospc = Wrapper(std::io::Error::from_raw_os_error(28));
-        assert!(is_disk_full(&enospc));
-        let edquot = Wrapper(std::io::Error::from_raw_os_error(122));
-        assert!(is_disk_full(&edquot));
-        let eacces = Wrapper(std::io::Error::from_raw_os_error(13));
-        assert!(!is_disk_full(&eacces));
-        // The WAL stream's error arrives as text.
-        let text: Box<dyn std::error::Error + Send + Sync> =
-            "write 000000010000000000000003: No space left on device (os error 28)".into();
-        assert!(is_disk_full(text.as_ref()));
-        let other: Box<dyn std::error::Error + Send + Sync> = "os error 280".into();
-        assert!(!is_disk_full(other.as_ref()));
-    }
 
     #[test]
     fn sizes_are_human() {

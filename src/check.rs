@@ -8,8 +8,7 @@
 use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
-use walrelay_client::error::sqlstate;
-use walrelay_client::{ClientError, Connection, ReplicationMode};
+use walrelay_client::{ClientError, Connection, ReplicationMode, ServerCondition};
 use walrelay_protocol::command::{MAX_SUPPORTED_MAJOR, MIN_SUPPORTED_MAJOR};
 
 use crate::connect::{ConnectionArgs, Resolved};
@@ -79,9 +78,7 @@ pub async fn run(args: CheckArgs) -> Result<i32> {
 }
 
 fn is_sender_exhaustion(e: &ClientError) -> bool {
-    e.sqlstate() == Some(sqlstate::TOO_MANY_CONNECTIONS)
-        && e.server_error()
-            .is_some_and(|s| s.message().contains("max_wal_senders"))
+    e.condition() == Some(ServerCondition::WalSendersExhausted)
 }
 
 async fn check(resolved: &Resolved, slot: Option<&str>) -> Result<CheckReport> {
@@ -117,16 +114,12 @@ async fn check(resolved: &Resolved, slot: Option<&str>) -> Result<CheckReport> {
             return Ok(r);
         }
         Err(e) => {
-            if e.is_auth_failure() {
-                if let Some(se) = e.server_error() {
-                    if se.message().contains("no pg_hba.conf entry") {
-                        r.problems.push(format!(
-                            "{e} — add a line like \"host replication {} <client-address>/32 scram-sha-256\" to pg_hba.conf and reload the server",
-                            params.user
-                        ));
-                        return Ok(r);
-                    }
-                }
+            if e.condition() == Some(ServerCondition::NoHbaEntry) {
+                r.problems.push(format!(
+                    "{e} — add a line like \"host replication {} <client-address>/32 scram-sha-256\" to pg_hba.conf and reload the server",
+                    params.user
+                ));
+                return Ok(r);
             }
             return Err(anyhow::Error::new(e).context("connect for replication"));
         }
@@ -353,7 +346,7 @@ async fn open_sql(resolved: &Resolved) -> Option<Connection> {
     let params = resolved.sql_params().ok()?;
     match Connection::connect(&params).await {
         Ok(c) => Some(c),
-        Err(e) if e.sqlstate() == Some("3D000") => {
+        Err(e) if e.condition() == Some(ServerCondition::UnknownDatabase) => {
             // The default database (named after the user) does not exist; `postgres` usually does.
             let mut p = params;
             p.dbname = Some("postgres".into());

@@ -8,6 +8,7 @@ mod bootstrap;
 mod check;
 mod connect;
 mod demo;
+mod exit;
 mod metrics;
 mod receive;
 mod wal_stream;
@@ -61,15 +62,7 @@ fn init_logging(filter: &str) {
 
 /// One line: the error and its causes, joined — never a backtrace.
 fn report_error(e: &anyhow::Error) {
-    let mut msg = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !msg.contains(&c) {
-            msg.push_str(": ");
-            msg.push_str(&c);
-        }
-    }
-    eprintln!("walrelay: error: {msg}");
+    eprintln!("walrelay: error: {}", exit::one_line(e));
 }
 
 /// Parses the command line. A usage error under `restore` must not exit 2: PostgreSQL reads any exit
@@ -111,7 +104,7 @@ fn parse_cli() -> Result<Cli, ExitCode> {
             let code = if under_restore {
                 walrelay_archive::RESTORE_EXIT_ERROR
             } else {
-                2
+                exit::USAGE
             };
             Err(ExitCode::from(code as u8))
         }
@@ -157,7 +150,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             report_error(&e);
-            ExitCode::from(1)
+            ExitCode::from(exit::code(exit::class_of(&e)) as u8)
         }
     }
 }

@@ -5,21 +5,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Args;
 use tokio::sync::watch;
 use tracing::info;
 use walrelay_archive::Compression;
-use walrelay_client::error::sqlstate;
-use walrelay_client::{Connection, ReplicationMode};
+use walrelay_client::{ClientError, Connection, ReplicationMode, ServerCondition};
 use walrelay_durable::Owner;
 use walrelay_protocol::command::validate_slot_name;
 use walrelay_protocol::Lsn;
-use walrelay_walreceiver::{
-    receiver::exit_code, DiskTaskConfig, ReceiverConfig, ReceiverStats, StopReason, Target,
-};
+use walrelay_walreceiver::{DiskTaskConfig, ReceiverConfig, ReceiverStats, StopReason, Target};
 
 use crate::connect::ConnectionArgs;
+use crate::exit::{self, Classified};
 
 /// Default `--status-interval`, as pg_receivewal.
 pub const DEFAULT_STATUS_INTERVAL_SECS: u64 = 10;
@@ -86,13 +84,17 @@ pub struct ReceiveArgs {
 
 pub async fn run(args: ReceiveArgs) -> Result<i32> {
     if let Some(slot) = &args.slot {
-        validate_slot_name(slot)?;
+        validate_slot_name(slot).map_err(|e| exit::usage(e.to_string()))?;
     }
     if (args.create_slot || args.drop_slot) && args.slot.is_none() {
-        bail!("--create-slot and --drop-slot need the slot name: add -S NAME");
+        return Err(exit::usage(
+            "--create-slot and --drop-slot need the slot name: add -S NAME",
+        ));
     }
     if args.pg_wal.is_some() && args.compress != Compression::None {
-        bail!("--compress applies to archive directories only; a standby's pg_wal needs plain segments");
+        return Err(exit::usage(
+            "--compress applies to archive directories only; a standby's pg_wal needs plain segments",
+        ));
     }
     let resolved = args.conn.resolve()?;
     let params = resolved.params(ReplicationMode::Physical)?;
@@ -102,7 +104,7 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
         let action = if args.drop_slot { "drop" } else { "create" };
         let mut conn = match Connection::connect(&params).await {
             Ok(c) => c,
-            Err(e) => return Ok(slot_command_failed(action, slot, &e)),
+            Err(e) => return Err(slot_command_failed(action, slot, e)),
         };
         let result = if args.drop_slot {
             conn.drop_slot(slot, false).await.map(|()| "dropped")
@@ -110,7 +112,8 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
             match conn.create_physical_slot(slot, false, true).await {
                 Ok(_) => Ok("created"),
                 Err(e)
-                    if args.if_not_exists && e.sqlstate() == Some(sqlstate::DUPLICATE_OBJECT) =>
+                    if args.if_not_exists
+                        && e.condition() == Some(ServerCondition::DuplicateObject) =>
                 {
                     Ok("exists already")
                 }
@@ -118,20 +121,18 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
             }
         };
         conn.close().await;
-        return Ok(match result {
+        return match result {
             Ok(what) => {
                 info!(slot, "replication slot {what}");
-                0
+                Ok(exit::SUCCESS)
             }
-            Err(e) => slot_command_failed(action, slot, &e),
-        });
+            Err(e) => Err(slot_command_failed(action, slot, e)),
+        };
     }
 
     let target = match (&args.directory, &args.pg_wal) {
         (Some(dir), None) => {
-            if let Err(problem) = archive_dir_problem(dir) {
-                return Ok(local_error(&problem));
-            }
+            archive_dir_problem(dir).map_err(exit::local)?;
             Target::Archive {
                 dir: dir.clone(),
                 compression: args.compress,
@@ -141,18 +142,20 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
         (None, Some(pgdata)) => {
             let pg_wal = pgdata.join("pg_wal");
             if !pg_wal.is_dir() {
-                return Ok(local_error(&format!(
+                return Err(exit::local(format!(
                     "{} is not a PostgreSQL data directory (no pg_wal in it): pass the standby's PGDATA",
                     pgdata.display()
                 )));
             }
             Target::PgWal { pg_wal }
         }
-        _ => bail!("give exactly one of -D DIR (archive) or --pg-wal PGDATA (sidecar)"),
+        _ => {
+            return Err(exit::usage(
+                "give exactly one of -D DIR (archive) or --pg-wal PGDATA (sidecar)",
+            ))
+        }
     };
-    if let Err(problem) = check_writable(target.dir()) {
-        return Ok(local_error(&problem));
-    }
+    check_writable(target.dir()).map_err(exit::local)?;
     let owner = Owner::of_dir_if_root(target.dir());
 
     let apply_source = match &args.standby_conninfo {
@@ -161,7 +164,7 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
                 s,
                 &walrelay_conninfo::ProcessEnv,
             )
-            .context("invalid --standby-conninfo")?;
+            .map_err(|e| exit::usage(format!("invalid --standby-conninfo: {e}")))?;
             Some(walrelay_client::connect_params(
                 &cfg,
                 ReplicationMode::Off,
@@ -210,50 +213,42 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
                     info!(endpos = %end, timeline = %summary.timeline, "end position reached")
                 }
             }
-            Ok(0)
+            Ok(exit::SUCCESS)
         }
-        Err(e) => {
-            eprintln!("walrelay: error: {e}");
-            Ok(e.exit_code())
-        }
+        Err(e) => Err(e.into()),
     }
 }
 
-/// Reports a failed `--create-slot` / `--drop-slot` in one line, with the fix, and returns the exit
-/// code of its class (see `receiver::exit_code`).
-fn slot_command_failed(action: &str, slot: &str, e: &walrelay_client::ClientError) -> i32 {
+/// A failed `--create-slot` / `--drop-slot` in one line, with the fix; its class is the server's
+/// condition (an existing or missing slot is the server's state, authentication is the
+/// connection's).
+fn slot_command_failed(action: &str, slot: &str, e: ClientError) -> anyhow::Error {
     let cause = e
         .server_error()
         .map(|s| s.message().to_string())
         .unwrap_or_else(|| e.to_string());
-    let (fix, code) = match e.sqlstate() {
-        Some(sqlstate::DUPLICATE_OBJECT) => (
-            "add --if-not-exists to accept the existing slot, or choose another name",
-            exit_code::SERVER_STATE,
-        ),
-        Some(sqlstate::UNDEFINED_OBJECT) => (
-            "nothing to drop; the server's slots are listed in pg_replication_slots",
-            exit_code::SERVER_STATE,
-        ),
-        Some(sqlstate::OBJECT_IN_USE) => (
-            "stop what streams from it (walrelay receive, a standby) and try again",
-            exit_code::SERVER_STATE,
-        ),
-        _ if e.is_auth_failure() => (
-            "check the user, the password and pg_hba.conf (a \"replication\" line)",
-            exit_code::CONNECTION,
-        ),
-        _ => ("", exit_code::ERROR),
+    let fix = match e.condition() {
+        Some(ServerCondition::DuplicateObject) => {
+            "add --if-not-exists to accept the existing slot, or choose another name"
+        }
+        Some(ServerCondition::SlotMissing) => {
+            "nothing to drop; the server's slots are listed in pg_replication_slots"
+        }
+        Some(ServerCondition::SlotInUse) => {
+            "stop what streams from it (walrelay receive, a standby) and try again"
+        }
+        Some(ServerCondition::AuthenticationFailed) => {
+            "check the user, the password and pg_hba.conf (a \"replication\" line)"
+        }
+        _ => "",
     };
     let sep = if fix.is_empty() { "" } else { ": " };
-    eprintln!("walrelay: error: {action} replication slot \"{slot}\": {cause}{sep}{fix}");
-    code
-}
-
-/// Prints a problem with the local directory and returns its exit code.
-fn local_error(problem: &str) -> i32 {
-    eprintln!("walrelay: error: {problem}");
-    exit_code::LOCAL
+    Classified {
+        class: walrelay_client::Classify::class(&e),
+        message: format!("{action} replication slot \"{slot}\": {cause}{sep}{fix}"),
+        source: Some(Box::new(e)),
+    }
+    .into()
 }
 
 /// Why `dir` cannot be an archive directory, if it cannot.
@@ -277,18 +272,19 @@ fn archive_dir_problem(dir: &std::path::Path) -> std::result::Result<(), String>
 }
 
 /// A directory we cannot write to is found now, not after connecting.
+///
+/// Asked of the kernel with the effective user's rights (`eaccess`), without creating anything:
+/// a probe file would appear for a moment in a live standby's `pg_wal`, where other tools walk
+/// the directory (a backup, a `chown -R`) and trip over a file that vanishes under them.
 fn check_writable(dir: &std::path::Path) -> std::result::Result<(), String> {
-    let probe = dir.join(format!(".walrelay-write-test-{}", std::process::id()));
-    match std::fs::File::create(&probe) {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(e) => Err(format!(
-            "cannot write to {}: {e}; fix its permissions or run as its owner",
-            dir.display()
-        )),
-    }
+    use nix::unistd::{eaccess, AccessFlags};
+    eaccess(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
+        format!(
+            "cannot write to {}: {}; fix its permissions or run as its owner",
+            dir.display(),
+            std::io::Error::from(e)
+        )
+    })
 }
 
 /// SIGINT/SIGTERM ask for a clean stop; a second one exits at once.

@@ -15,8 +15,7 @@ use tokio::task::JoinHandle;
 use walrelay_basebackup::{
     BoxFuture, StartWal, WalStreamError, WalStreamHandle, WalStreamer, WalSummary,
 };
-use walrelay_client::error::sqlstate;
-use walrelay_client::{ClientError, ConnectParams, Connection};
+use walrelay_client::{ClientError, ConnectParams, Connection, ServerCondition};
 use walrelay_protocol::Lsn;
 use walrelay_walreceiver::{
     DiskTaskConfig, ReceiveError, ReceiveSummary, ReceiverConfig, ReceiverStats, Target,
@@ -33,7 +32,7 @@ pub struct EngineWalStreamer;
 /// How the engine's task ended.
 enum Ended {
     Stopped(ReceiveSummary),
-    Failed(ReceiveError),
+    Failed(Arc<ReceiveError>),
     Crashed(String),
 }
 
@@ -52,21 +51,39 @@ fn err(e: impl std::fmt::Display) -> WalStreamError {
     e.to_string().into()
 }
 
-/// The engine's error, with what to do about it when the cause is one a bootstrap typically meets.
-/// `limit` is the primary's `max_slot_wal_keep_size` when [`slot_wal_limit`] found one.
-fn stream_error(e: &ReceiveError, limit: Option<&str>) -> WalStreamError {
-    let hint = match &e {
-        ReceiveError::Client(c)
-            if c.sqlstate() == Some(sqlstate::TOO_MANY_CONNECTIONS)
-                && c.to_string().contains("max_wal_senders") =>
-        {
-            Some(
-                "bootstrap needs two free WAL senders (one for the base backup, one for the WAL stream): \
-                 raise max_wal_senders on the primary and restart it, or use --wal-method fetch"
-                    .to_string(),
-            )
+/// The engine's error, kept as the source (so that its class and a full disk are found by type),
+/// with what to do about it when the cause is one a bootstrap typically meets.
+#[derive(Debug)]
+struct StreamFailure {
+    error: Arc<ReceiveError>,
+    hint: Option<String>,
+}
+
+impl std::fmt::Display for StreamFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.hint {
+            Some(h) => write!(f, "{}; {h}", self.error),
+            None => write!(f, "{}", self.error),
         }
-        ReceiveError::Client(c) if c.sqlstate() == Some(sqlstate::OBJECT_IN_USE) => Some(
+    }
+}
+
+impl std::error::Error for StreamFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.error.as_ref())
+    }
+}
+
+/// What to add to the engine's error when the cause is one a bootstrap typically meets. `limit` is
+/// the primary's `max_slot_wal_keep_size` when [`slot_wal_limit`] found one.
+fn stream_hint(e: &ReceiveError, limit: Option<&str>) -> Option<String> {
+    match e.condition() {
+        Some(ServerCondition::WalSendersExhausted) => Some(
+            "bootstrap needs two free WAL senders (one for the base backup, one for the WAL stream): \
+             raise max_wal_senders on the primary and restart it, or use --wal-method fetch"
+                .to_string(),
+        ),
+        Some(ServerCondition::SlotInUse) => Some(
             "another client is streaming from that replication slot: stop it (the standby or \
              receiver using the slot), or choose another slot"
                 .to_string(),
@@ -76,42 +93,45 @@ fn stream_error(e: &ReceiveError, limit: Option<&str>) -> WalStreamError {
         // slot" in the primary's log). The client sees "terminating connection due to
         // administrator command" — or, when the walsender exits with our unread status messages
         // in its socket, only a connection reset. Either way the stream's WAL is gone.
-        ReceiveError::Client(c) if stream_ended_by_server(c) => Some(match limit {
-            Some(limit) => format!(
+        _ if stream_ended_by_server(e) => match limit {
+            Some(limit) => Some(format!(
                 "the primary limits the WAL a slot may hold (max_slot_wal_keep_size = {limit}): if \
                  the stream fell that far behind, the primary invalidated its slot and ended the \
                  stream (see the primary's log) — raise max_slot_wal_keep_size, or check why the \
                  stream was slow"
-            ),
-            None if c.sqlstate() == Some(sqlstate::ADMIN_SHUTDOWN) => {
+            )),
+            None if e.condition() == Some(ServerCondition::ShuttingDown) => Some(
                 "the primary ended the WAL stream: it is shutting down, or the walsender was \
                  terminated (pg_terminate_backend)"
-                    .to_string()
-            }
-            None => return err(e),
-        }),
+                    .to_string(),
+            ),
+            None => None,
+        },
         _ => None,
-    };
-    match hint {
-        Some(h) => format!("{e}; {h}").into(),
-        None => err(e),
     }
 }
 
+fn stream_error(e: Arc<ReceiveError>, limit: Option<&str>) -> WalStreamError {
+    let hint = stream_hint(&e, limit);
+    Box::new(StreamFailure { error: e, hint })
+}
+
 /// The walsender was told to exit, or the connection broke.
-fn stream_ended_by_server(c: &ClientError) -> bool {
-    c.sqlstate() == Some(sqlstate::ADMIN_SHUTDOWN)
-        || matches!(c, ClientError::Io(_) | ClientError::Closed)
+fn stream_ended_by_server(e: &ReceiveError) -> bool {
+    match e {
+        ReceiveError::Client(c) => {
+            c.condition() == Some(ServerCondition::ShuttingDown)
+                || matches!(c, ClientError::Io(_) | ClientError::Closed)
+        }
+        _ => false,
+    }
 }
 
 /// After the stream ended that way: the primary's `max_slot_wal_keep_size` if it sets one (PostgreSQL
 /// 13+; `-1` is no limit), asked on a new replication connection. `None` when there is no limit or
 /// the primary cannot be asked (it may be the one that went away).
 async fn slot_wal_limit(e: &ReceiveError, connect: &ConnectParams) -> Option<String> {
-    let ReceiveError::Client(c) = e else {
-        return None;
-    };
-    if !stream_ended_by_server(c) {
+    if !stream_ended_by_server(e) {
         return None;
     }
     let ask = async {
@@ -124,9 +144,9 @@ async fn slot_wal_limit(e: &ReceiveError, connect: &ConnectParams) -> Option<Str
     (v.trim() != "-1").then_some(v)
 }
 
-/// The engine's error as the bootstrap reports it (see [`stream_error`]).
-async fn explain(e: &ReceiveError, connect: &ConnectParams) -> WalStreamError {
-    let limit = slot_wal_limit(e, connect).await;
+/// The engine's error as the bootstrap reports it (see [`stream_hint`]).
+async fn explain(e: Arc<ReceiveError>, connect: &ConnectParams) -> WalStreamError {
+    let limit = slot_wal_limit(&e, connect).await;
     stream_error(e, limit.as_deref())
 }
 
@@ -179,7 +199,7 @@ impl WalStreamer for EngineWalStreamer {
                     r = &mut task => {
                         return Err(match r {
                             Ok(Ok(_)) => err("the WAL stream ended before it started"),
-                            Ok(Err(e)) => explain(&e, &connect).await,
+                            Ok(Err(e)) => explain(Arc::new(e), &connect).await,
                             Err(e) => err(format!("WAL stream task failed: {e}")),
                         });
                     }
@@ -208,7 +228,7 @@ impl Handle {
                 let ended = match self.task.as_mut() {
                     Some(task) => match task.await {
                         Ok(Ok(summary)) => Ended::Stopped(summary),
-                        Ok(Err(e)) => Ended::Failed(e),
+                        Ok(Err(e)) => Ended::Failed(Arc::new(e)),
                         Err(e) => Ended::Crashed(format!("WAL stream task failed: {e}")),
                     },
                     None => Ended::Crashed("the WAL stream task is gone".into()),
@@ -229,7 +249,7 @@ impl WalStreamHandle for Handle {
             let connect = self.connect.clone();
             match self.wait_ended().await {
                 Ended::Stopped(_) => err("the WAL stream stopped before the backup ended"),
-                Ended::Failed(e) => explain(e, &connect).await,
+                Ended::Failed(e) => explain(e.clone(), &connect).await,
                 Ended::Crashed(m) => err(m),
             }
         })
@@ -256,7 +276,7 @@ impl WalStreamHandle for Handle {
                         bytes: s.bytes_received,
                     })
                 }
-                Ended::Failed(e) => Err(explain(e, &connect).await),
+                Ended::Failed(e) => Err(explain(e.clone(), &connect).await),
                 Ended::Crashed(m) => Err(err(m)),
             }
         })
@@ -285,6 +305,11 @@ impl Drop for Handle {
 mod tests {
     use super::*;
     use walrelay_protocol::message::ErrorFields;
+    use walrelay_walreceiver::StreamViolation;
+
+    fn explained(e: ReceiveError, limit: Option<&str>) -> String {
+        stream_error(Arc::new(e), limit).to_string()
+    }
 
     fn server(severity: &str, code: &str, message: &str) -> ReceiveError {
         ReceiveError::Client(ClientError::server(ErrorFields {
@@ -298,38 +323,35 @@ mod tests {
 
     #[test]
     fn no_free_wal_sender_names_the_setting_and_the_alternative() {
-        let e = stream_error(
-            &server(
+        let e = explained(
+            server(
                 "FATAL",
                 "53300",
                 "number of requested standby connections exceeds max_wal_senders (currently 1)",
             ),
             None,
-        )
-        .to_string();
+        );
         assert!(e.contains("(currently 1)"), "{e}");
         assert!(e.contains("raise max_wal_senders"), "{e}");
         assert!(e.contains("--wal-method fetch"), "{e}");
         // Too many ordinary connections is another problem: no WAL sender advice.
-        let e = stream_error(
-            &server("FATAL", "53300", "sorry, too many clients already"),
+        let e = explained(
+            server("FATAL", "53300", "sorry, too many clients already"),
             None,
-        )
-        .to_string();
+        );
         assert!(!e.contains("max_wal_senders"), "{e}");
     }
 
     #[test]
     fn a_slot_in_use_says_what_to_do() {
-        let e = stream_error(
-            &server(
+        let e = explained(
+            server(
                 "ERROR",
                 "55006",
                 "replication slot \"s\" is active for PID 42",
             ),
             None,
-        )
-        .to_string();
+        );
         assert!(e.contains("is active for PID 42"), "{e}");
         assert!(e.contains("choose another slot"), "{e}");
     }
@@ -349,11 +371,11 @@ mod tests {
             )))
         };
         for e in [terminated(), reset()] {
-            let text = stream_error(&e, Some("1MB")).to_string();
+            let text = explained(e, Some("1MB"));
             assert!(text.contains("max_slot_wal_keep_size = 1MB"), "{text}");
             assert!(text.contains("invalidated its slot"), "{text}");
         }
-        let text = stream_error(&terminated(), None).to_string();
+        let text = explained(terminated(), None);
         assert!(
             text.starts_with("server error: FATAL:  terminating connection"),
             "{text}"
@@ -361,11 +383,14 @@ mod tests {
         assert!(text.contains("pg_terminate_backend"), "{text}");
         assert!(!text.contains("max_slot_wal_keep_size"), "{text}");
         // A plain reset with no limit to blame: the error as it is.
-        assert_eq!(
-            stream_error(&reset(), None).to_string(),
-            reset().to_string()
+        assert_eq!(explained(reset(), None).to_string(), reset().to_string());
+        let plain = explained(
+            ReceiveError::Protocol(StreamViolation::EndWithoutNextTimeline),
+            Some("1MB"),
         );
-        let plain = stream_error(&ReceiveError::Protocol("x".into()), Some("1MB")).to_string();
-        assert_eq!(plain, "protocol violation: x");
+        assert_eq!(
+            plain,
+            "protocol violation: the server ended the stream without naming the next timeline"
+        );
     }
 }

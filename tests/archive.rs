@@ -254,9 +254,9 @@ fn verify_with_the_wrong_segment_size_fails_loudly() {
 #[test]
 fn verify_bad_input() {
     let d = tempfile::tempdir().unwrap();
-    // Missing directory: could not verify (2), one line.
+    // Missing directory: a local problem (5), one line.
     let o = walrelay(&["verify", "-D", s(&d.path().join("nope"))]);
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert_eq!(code(&o), 5, "{}", stderr(&o));
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
     assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
     // Malformed option values are usage errors.
@@ -513,7 +513,7 @@ fn prune_refuses_age_alone_and_bad_input() {
     let d = good_archive();
     let before = names(d.path());
     let o = walrelay(&["prune", "-D", s(d.path()), "--older-than", "7d"]);
-    assert_eq!(code(&o), 1);
+    assert_eq!(code(&o), 2, "a usage error");
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
     // Files are new: with --force nothing is old enough.
     let o = walrelay(&["prune", "-D", s(d.path()), "--older-than", "7d", "--force"]);
@@ -526,21 +526,22 @@ fn prune_refuses_age_alone_and_bad_input() {
 
     let dir = s(d.path());
     for (args, status, needle) in [
-        (vec!["prune", "-D", dir], 1, "--before"),
-        (vec!["prune", "-D", dir, "--before", "junk"], 1, "junk"),
+        // Usage errors exit 2, a missing archive directory (local) 5 — README, "Exit codes".
+        (vec!["prune", "-D", dir], 2, "--before"),
+        (vec!["prune", "-D", dir, "--before", "junk"], 2, "junk"),
         (
             vec!["prune", "-D", dir, "--before", "00000002.history"],
-            1,
+            2,
             "history",
         ),
         (
             vec!["prune", "-D", "/no/such/dir", "--before", SEG9],
-            1,
+            5,
             "/no/such/dir",
         ),
         (
             vec!["prune", "-D", dir, "--before-backup", "/no/backup_manifest"],
-            1,
+            2,
             "not found",
         ),
         (vec!["prune", "-D", dir, "--before-lsn", "x/y"], 2, "x/y"),

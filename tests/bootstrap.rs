@@ -48,7 +48,7 @@ use support::bootstrap_cli::{absent, path_arg, Bootstrap, Outcome};
 use support::scratch_mount::Tmpfs;
 use support::tree_snapshot::{assert_unchanged, snapshot};
 use support::walrelay_cmd::{receive_args, Walrelay};
-use support::{poll, server};
+use support::{exit_code, poll, server};
 
 /// 1 MB segments: a fresh cluster is small, and WAL can be recycled quickly where a test wants it.
 const SEGMENT_MB: u32 = 1;
@@ -413,12 +413,15 @@ fn passwords_reach_primary_conninfo_only_when_typed() {
     let wrong = primary.conninfo_for("postgres", Some("Wr0ng-guess-42"));
     let target = primary.scratch_path("wrong");
     let out = Bootstrap::new(&wrong, &target).args(&["-w"]).run();
-    out.assert_failed(1, &["password authentication failed for user \"postgres\""]);
+    out.assert_failed(
+        exit_code::CONNECTION,
+        &["password authentication failed for user \"postgres\""],
+    );
     out.assert_not_printed("Wr0ng-guess-42");
     assert!(!target.exists());
 
     let out = Bootstrap::new(&no_password, &target).args(&["-w"]).run();
-    out.assert_failed(1, &["password"]);
+    out.assert_failed(exit_code::CONNECTION, &["password"]);
     assert!(!target.exists());
 
     // From the environment: connects, writes no password.
@@ -492,7 +495,10 @@ fn input_errors_leave_the_target_untouched() {
     let before = snapshot(&full);
     for extra in [&[][..], &["-S", "s", "-C"][..]] {
         let out = Bootstrap::new(&dead, &full).args(extra).run();
-        out.assert_failed(1, &["holds a PostgreSQL data directory", &path_arg(&full)]);
+        out.assert_failed(
+            exit_code::LOCAL,
+            &["holds a PostgreSQL data directory", &path_arg(&full)],
+        );
         assert_unchanged(&full, &before, &snapshot(&full), "non-empty target");
     }
 
@@ -507,7 +513,10 @@ fn input_errors_leave_the_target_untouched() {
     .unwrap();
     let before_killed = snapshot(&killed);
     let out = Bootstrap::new(&dead, &killed).run();
-    out.assert_failed(1, &["unfinished base backup", "remove its contents"]);
+    out.assert_failed(
+        exit_code::LOCAL,
+        &["unfinished base backup", "remove its contents"],
+    );
     assert_unchanged(
         &killed,
         &before_killed,
@@ -520,7 +529,10 @@ fn input_errors_leave_the_target_untouched() {
     fs::create_dir(&other).unwrap();
     fs::write(other.join("notes.txt"), b"mine").unwrap();
     let out = Bootstrap::new(&dead, &other).run();
-    out.assert_failed(1, &["exists but is not empty", &path_arg(&other)]);
+    out.assert_failed(
+        exit_code::LOCAL,
+        &["exists but is not empty", &path_arg(&other)],
+    );
 
     // Under a regular file, and a regular file itself.
     let file = base.path().join("file");
@@ -528,10 +540,10 @@ fn input_errors_leave_the_target_untouched() {
     let file_before = snapshot(&file);
     Bootstrap::new(&dead, &file.join("sub"))
         .run()
-        .assert_failed(1, &["Not a directory", "file/sub"]);
+        .assert_failed(exit_code::LOCAL, &["Not a directory", "file/sub"]);
     Bootstrap::new(&dead, &file)
         .run()
-        .assert_failed(1, &["is not a directory"]);
+        .assert_failed(exit_code::LOCAL, &["is not a directory"]);
     assert_unchanged(&file, &file_before, &snapshot(&file), "regular file");
 
     // Usage errors, checked against an absent target and an empty 0755 one.
@@ -575,7 +587,7 @@ fn input_errors_leave_the_target_untouched() {
             Bootstrap::new(&dead, target)
                 .args(&args)
                 .run()
-                .assert_failed(1, needles);
+                .assert_failed(exit_code::USAGE, needles);
         }
     }
 
@@ -600,11 +612,11 @@ fn input_errors_leave_the_target_untouched() {
     for target in [&new, &empty] {
         for (conninfo, needle) in bad_conn {
             let out = Bootstrap::new(conninfo, target).run();
-            out.assert_failed(1, &["invalid connection", needle]);
+            out.assert_failed(exit_code::USAGE, &["invalid connection", needle]);
             out.assert_not_printed("hunter2");
         }
         Bootstrap::new(&dead, target).run().assert_failed(
-            1,
+            exit_code::ERROR,
             &["could not connect to the primary", "Connection refused"],
         );
     }
@@ -641,10 +653,14 @@ fn read_only_target_is_refused() {
     let before = snapshot(ro.path());
     Bootstrap::new(&dead, &ro.path().join("new"))
         .run()
-        .assert_failed(1, &["could not create directory", "Read-only file system"]);
-    Bootstrap::new(&dead, ro.path())
-        .run()
-        .assert_failed(1, &["is not writable", "Read-only file system"]);
+        .assert_failed(
+            exit_code::LOCAL,
+            &["could not create directory", "Read-only file system"],
+        );
+    Bootstrap::new(&dead, ro.path()).run().assert_failed(
+        exit_code::LOCAL,
+        &["is not writable", "Read-only file system"],
+    );
     assert_unchanged(ro.path(), &before, &snapshot(ro.path()), "read-only mount");
 }
 
@@ -663,7 +679,7 @@ fn server_refusals_clean_up_and_keep_what_was_there() {
             .args(&["-S", "nosuch"])
             .run();
         out.assert_failed(
-            1,
+            exit_code::SERVER_STATE,
             &[
                 "replication slot \"nosuch\" does not exist",
                 "--create-slot",
@@ -683,7 +699,10 @@ fn server_refusals_clean_up_and_keep_what_was_there() {
     let out = Bootstrap::new(&primary.conninfo(), &new)
         .args(&["-S", "taken", "-C"])
         .run();
-    out.assert_failed(1, &["replication slot \"taken\" already exists"]);
+    out.assert_failed(
+        exit_code::SERVER_STATE,
+        &["replication slot \"taken\" already exists"],
+    );
     assert_eq!(server::slot(&primary, "taken"), Some(before));
     assert!(!new.exists());
     assert_eq!(slot_names(&primary), ["taken"]);
@@ -710,7 +729,7 @@ fn server_refusals_clean_up_and_keep_what_was_there() {
         .args(&["-c", "fast", "-S", "taken"])
         .run();
     out.assert_failed(
-        1,
+        exit_code::SERVER_STATE,
         &[
             "is active for PID",
             "choose another slot",
@@ -736,7 +755,10 @@ fn wal_level_minimal_is_refused_with_the_fix() {
     let target = primary.scratch_path("standby");
     Bootstrap::new(&primary.conninfo(), &target)
         .run()
-        .assert_failed(1, &["wal_level = replica", "max_wal_senders"]);
+        .assert_failed(
+            exit_code::SERVER_STATE,
+            &["wal_level = replica", "max_wal_senders"],
+        );
     assert!(!target.exists());
 }
 
@@ -753,7 +775,7 @@ fn one_free_wal_sender_is_not_enough_for_stream_but_is_for_fetch() {
         .args(&["-c", "fast"])
         .run()
         .assert_failed(
-            1,
+            exit_code::ERROR,
             &[
                 "could not start streaming WAL",
                 "max_wal_senders (currently 1)",
@@ -782,7 +804,7 @@ fn checksum_failure_on_the_primary_names_the_file() {
         .args(&["-c", "fast", "-S", "damaged_slot", "-C"])
         .run()
         .assert_failed(
-            1,
+            exit_code::SERVER_STATE,
             &["data checksum failures", &rel, "--no-verify-checksums"],
         );
     assert!(!target.exists(), "the damaged copy was left behind");
@@ -877,7 +899,7 @@ fn wal_removed_before_it_was_copied() {
         stderr: log,
     };
     out.assert_failed(
-        1,
+        exit_code::SERVER_STATE,
         &[
             "has already been removed",
             "--wal-method stream",
@@ -903,7 +925,7 @@ fn wal_removed_before_it_was_copied() {
     };
     let out = stopped_stream(&primary, &lost, "stream lost", 20, &invalidated);
     out.assert_failed(
-        1,
+        exit_code::ERROR,
         &[
             "WAL streaming failed",
             "max_slot_wal_keep_size = 1MB",
@@ -969,7 +991,10 @@ fn manifest_mismatch_from_a_fake_server() {
     )
     .args(&["-c", "fast", "-X", "none", "--no-standby-config"])
     .run()
-    .assert_failed(1, &["checksum mismatch for file \"base/1/1259\""]);
+    .assert_failed(
+        exit_code::ERROR,
+        &["checksum mismatch for file \"base/1/1259\""],
+    );
     assert!(!target.exists());
     assert!(server
         .queries()
@@ -991,7 +1016,7 @@ fn disk_full_is_reported_and_cleaned() {
         .args(&["-c", "fast"])
         .run();
     let line = out.assert_failed(
-        1,
+        exit_code::LOCAL,
         &[
             "No space left on device",
             "is full: free space there",
@@ -1043,7 +1068,7 @@ fn sigint_and_sigterm_mid_backup_clean_up() {
             status: w.wait(poll::timeout()),
             stderr: w.log(),
         };
-        out.assert_failed(1, &["bootstrap cancelled"]);
+        out.assert_failed(exit_code::INTERRUPTED, &["bootstrap cancelled"]);
         assert!(
             out.stderr.contains(&format!("{signal} received")),
             "{}",

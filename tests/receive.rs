@@ -560,7 +560,7 @@ fn slots_are_created_dropped_and_refused_when_unknown_or_invalidated() {
     let out = run(&["--create-slot", "-S", "wr_slot"]);
     assert_eq!(
         out.code(),
-        Some(walrelay_walreceiver::receiver::exit_code::SERVER_STATE),
+        Some(support::exit_code::SERVER_STATE),
         "{out:?}"
     );
     one_error_line(&out, &["wr_slot", "already exists", "--if-not-exists"]);
@@ -577,7 +577,7 @@ fn slots_are_created_dropped_and_refused_when_unknown_or_invalidated() {
     let out = run(&["--drop-slot", "-S", "wr_slot"]);
     assert_eq!(
         out.code(),
-        Some(walrelay_walreceiver::receiver::exit_code::SERVER_STATE),
+        Some(support::exit_code::SERVER_STATE),
         "{out:?}"
     );
     one_error_line(&out, &["wr_slot", "does not exist", "nothing to drop"]);
@@ -587,7 +587,7 @@ fn slots_are_created_dropped_and_refused_when_unknown_or_invalidated() {
     let out = run(&["-D", path(&archive), "-S", "no_such_slot"]);
     assert_eq!(
         out.code(),
-        Some(walrelay_walreceiver::receiver::exit_code::SERVER_STATE),
+        Some(support::exit_code::SERVER_STATE),
         "{out:?}"
     );
     one_error_line(&out, &["no_such_slot", "does not exist", "--create-slot"]);
@@ -623,7 +623,7 @@ fn slots_are_created_dropped_and_refused_when_unknown_or_invalidated() {
     let out = run(&["-D", path(&archive), "-S", "wr_lost"]);
     assert_eq!(
         out.code(),
-        Some(walrelay_walreceiver::receiver::exit_code::SERVER_STATE),
+        Some(support::exit_code::SERVER_STATE),
         "{out:?}"
     );
     one_error_line(&out, &["wr_lost", "invalidated", "re-seed"]);
@@ -633,7 +633,7 @@ fn slots_are_created_dropped_and_refused_when_unknown_or_invalidated() {
     let out = run(&["-D", path(&fresh), "-S", "wr_lost"]);
     assert_eq!(
         out.code(),
-        Some(walrelay_walreceiver::receiver::exit_code::SERVER_STATE),
+        Some(support::exit_code::SERVER_STATE),
         "{out:?}"
     );
     one_error_line(&out, &["wr_lost", "invalidated"]);
@@ -694,7 +694,7 @@ fn fingerprint(p: &Path) -> (Vec<u8>, std::time::SystemTime) {
 /// created or changed — locally or on the server.
 #[test]
 fn bad_input_is_refused_in_one_line_and_changes_nothing() {
-    use walrelay_walreceiver::receiver::exit_code;
+    use support::exit_code;
     let primary = primary("recv-bad");
     let conn = primary.conninfo();
     let run = |args: &[&str]| {
@@ -789,7 +789,7 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     // Options that do not go together, and a malformed LSN: refused before connecting.
     let empty = new_dir(&primary, "empty");
     let out = run(&["--create-slot"]);
-    refused(&out, Some(1), &["-S"]);
+    refused(&out, Some(exit_code::USAGE), &["-S"]);
     let out = run(&["-D", path(&empty), "--synchronous", "--no-sync"]);
     refused_by_clap(&out, &["--synchronous", "--no-sync"]);
     let out = run(&["-D", path(&empty), "--start", "0/XYZ"]);
@@ -1123,7 +1123,7 @@ fn metrics_and_health_follow_the_stream() {
     // An idle server sends nothing on its own (only when replies stop coming), so walrelay asks for a
     // sign of life after SERVER_SILENCE_PING: health must not mean "WAL arrived recently", and the
     // age of the last message stays bounded.
-    let ping = walrelay_walreceiver::receiver::SERVER_SILENCE_PING.as_secs();
+    let ping = walrelay_walreceiver::SERVER_SILENCE_PING.as_secs();
     let idle_until = std::time::Instant::now() + Duration::from_secs(3 * ping + 5);
     while std::time::Instant::now() < idle_until {
         w.assert_running();

@@ -8,6 +8,8 @@
 //! * [`server`]: what the server says about us (`pg_stat_replication`, `pg_replication_slots`).
 //! * [`poll`]: waiting for a condition with a deadline instead of sleeping.
 //!
+//! [`exit_code`]: the documented exit codes.
+//!
 //! Helpers of the `walrelay bootstrap` integration tests (tests/bootstrap.rs):
 //!
 //! * [`bootstrap_cli`]: `walrelay bootstrap` as a one-shot run with a chosen environment, and the
@@ -19,6 +21,7 @@
 #![allow(dead_code)]
 
 pub mod bootstrap_cli;
+pub mod exit_code;
 pub use walrelay_testkit::poll;
 pub mod scratch_mount;
 pub mod server;

@@ -69,8 +69,9 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::AccessFlags;
 use thiserror::Error;
-use walrelay_client::error::sqlstate;
-use walrelay_client::{ClientError, ConnectParams, Connection, IdentifySystem};
+use walrelay_client::{
+    ClientError, ConnectParams, Connection, IdentifySystem, ServerCondition, StartedReplication,
+};
 use walrelay_conninfo::{ConnectionConfig, PasswordSource, PrimaryConninfoOptions};
 use walrelay_durable::{create_dir_all_durable, DurableError, Owner};
 use walrelay_protocol::command::{
@@ -709,7 +710,7 @@ async fn drop_slot(connect: &ConnectParams, slot: &str) {
         let r = loop {
             match conn.drop_slot(slot, false).await {
                 Err(e)
-                    if e.sqlstate() == Some(sqlstate::OBJECT_IN_USE)
+                    if e.condition() == Some(ServerCondition::SlotInUse)
                         && Instant::now() < deadline =>
                 {
                     tracing::debug!(%slot, "the replication slot is still active; retrying");
@@ -791,10 +792,7 @@ where
 }
 
 fn connect_error(e: ClientError) -> BootstrapError {
-    let refused = e.sqlstate() == Some(sqlstate::TOO_MANY_CONNECTIONS)
-        && e.server_error()
-            .is_some_and(|s| s.message().contains("max_wal_senders"));
-    if refused {
+    if e.condition() == Some(ServerCondition::WalSendersExhausted) {
         BootstrapError::ReplicationRefused(e)
     } else {
         BootstrapError::Connect(e)
@@ -851,7 +849,7 @@ async fn run(
                     slot_created = true;
                     tracing::info!(%slot, "created replication slot");
                 }
-                Err(e) if e.sqlstate() == Some(sqlstate::DUPLICATE_OBJECT) => {
+                Err(e) if e.condition() == Some(ServerCondition::DuplicateObject) => {
                     return Err(BootstrapError::SlotExists(slot.clone()))
                 }
                 Err(e) => return Err(command_error("CREATE_REPLICATION_SLOT")(e)),
@@ -1084,7 +1082,9 @@ async fn check_slot(
         .start_replication(Some(slot), start, ident.timeline)
         .await
     {
-        Ok(()) => {
+        // A start at the very end of a historic timeline answers without COPY: the slot exists.
+        Ok(StartedReplication::TimelineEnded(_)) => Ok(()),
+        Ok(StartedReplication::Streaming) => {
             conn.queue_copy_done();
             conn.flush()
                 .await
@@ -1094,14 +1094,16 @@ async fn check_slot(
                 .map_err(command_error("START_REPLICATION (slot check)"))?;
             Ok(())
         }
-        Err(e) if e.sqlstate() == Some(sqlstate::UNDEFINED_OBJECT) => {
-            Err(BootstrapError::SlotNotFound(slot.to_string()))
-        }
-        Err(e) if e.sqlstate() == Some(sqlstate::OBJECT_IN_USE) => Err(BootstrapError::SlotInUse {
-            slot: slot.to_string(),
-            source: e,
-        }),
-        Err(e) => Err(command_error("START_REPLICATION (slot check)")(e)),
+        Err(e) => match e.condition() {
+            Some(ServerCondition::SlotMissing) => {
+                Err(BootstrapError::SlotNotFound(slot.to_string()))
+            }
+            Some(ServerCondition::SlotInUse) => Err(BootstrapError::SlotInUse {
+                slot: slot.to_string(),
+                source: e,
+            }),
+            _ => Err(command_error("START_REPLICATION (slot check)")(e)),
+        },
     }
 }
 

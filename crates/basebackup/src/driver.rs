@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
-use walrelay_client::error::sqlstate;
+use walrelay_client::sqlstate;
 use walrelay_client::{ClientError, Connection, ServerError};
 use walrelay_durable::Owner;
 use walrelay_protocol::command::{
@@ -887,7 +887,7 @@ impl<A: Future<Output = AbortReason>> Session<'_, '_, A> {
             BackendMessage::ErrorResponse(e) => Err(self.server_failure(BackupStage::Transfer, e)),
             other => Err(BackupError::protocol(format!(
                 "expected the COPY of {what}, got {}",
-                walrelay_client::connection::message_name(&other)
+                walrelay_client::message_name(&other)
             ))),
         }
     }
@@ -966,7 +966,7 @@ impl<A: Future<Output = AbortReason>> Session<'_, '_, A> {
                 other => {
                     return Err(BackupError::protocol(format!(
                         "unexpected {} inside the archive stream",
-                        walrelay_client::connection::message_name(&other)
+                        walrelay_client::message_name(&other)
                     )))
                 }
             }
@@ -1001,7 +1001,7 @@ impl<A: Future<Output = AbortReason>> Session<'_, '_, A> {
                     other => {
                         return Err(BackupError::protocol(format!(
                             "unexpected {} inside the COPY of {}",
-                            walrelay_client::connection::message_name(&other),
+                            walrelay_client::message_name(&other),
                             archive_name(kind)
                         )))
                     }
@@ -1027,7 +1027,7 @@ impl<A: Future<Output = AbortReason>> Session<'_, '_, A> {
                 other => {
                     return Err(BackupError::protocol(format!(
                         "unexpected {} inside the COPY of the backup manifest",
-                        walrelay_client::connection::message_name(&other)
+                        walrelay_client::message_name(&other)
                     )))
                 }
             }
@@ -1047,7 +1047,7 @@ impl<A: Future<Output = AbortReason>> Session<'_, '_, A> {
                 other => {
                     return Err(BackupError::protocol(format!(
                         "unexpected {} after the end position",
-                        walrelay_client::connection::message_name(&other)
+                        walrelay_client::message_name(&other)
                     )))
                 }
             }
@@ -1238,7 +1238,7 @@ impl Rows {
             other => {
                 return Err(BackupError::protocol(format!(
                     "unexpected {} while reading a result set ({stage})",
-                    walrelay_client::connection::message_name(&other)
+                    walrelay_client::message_name(&other)
                 )))
             }
         }

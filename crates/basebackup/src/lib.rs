@@ -30,6 +30,7 @@
 //! <https://www.postgresql.org/docs/current/backup-manifest-format.html>.
 
 pub mod bootstrap;
+mod classify;
 pub mod driver;
 pub mod extract;
 pub mod manifest;

@@ -126,11 +126,10 @@ impl Connection {
             }
         }
         if errors.is_empty() {
-            return Err(ClientError::Config(format!(
-                "none of the {} host(s) is a server with target_session_attrs={}",
-                params.endpoints.len(),
-                params.target_session_attrs.as_str()
-            )));
+            return Err(ClientError::NoMatchingServer {
+                hosts: params.endpoints.len(),
+                wanted: params.target_session_attrs.as_str(),
+            });
         }
         if errors.len() == 1 {
             Err(errors.remove(0))
@@ -235,7 +234,19 @@ impl Connection {
             Endpoint::Tcp { host, addr, port } => {
                 let tcp = match addr {
                     Some(a) => TcpStream::connect((*a, *port)).await,
-                    None => TcpStream::connect((host.as_str(), *port)).await,
+                    None => {
+                        // Resolved apart from connecting, so that a name that does not resolve
+                        // (a typo: definite) is told from a server that is down (transient).
+                        let addrs: Vec<std::net::SocketAddr> =
+                            tokio::net::lookup_host((host.as_str(), *port))
+                                .await
+                                .map_err(|source| ClientError::Resolve {
+                                    host: host.clone(),
+                                    source,
+                                })?
+                                .collect();
+                        TcpStream::connect(&addrs[..]).await
+                    }
                 }
                 .map_err(|source| ClientError::Connect {
                     endpoint: format!(

@@ -39,32 +39,22 @@ impl std::fmt::Display for ServerError {
     }
 }
 
-/// SQLSTATE codes the client reacts to.
-pub mod sqlstate {
-    pub const INVALID_PASSWORD: &str = "28P01";
-    pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
-    pub const TOO_MANY_CONNECTIONS: &str = "53300";
-    pub const CANNOT_CONNECT_NOW: &str = "57P03";
-    pub const ADMIN_SHUTDOWN: &str = "57P01";
-    pub const CRASH_SHUTDOWN: &str = "57P02";
-    pub const UNDEFINED_OBJECT: &str = "42704";
-    pub const DUPLICATE_OBJECT: &str = "42710";
-    pub const OBJECT_IN_USE: &str = "55006";
-    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
-    pub const DATA_CORRUPTED: &str = "XX001";
-    pub const INVALID_DATABASE_DEFINITION: &str = "42P12";
-    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
-    pub const QUERY_CANCELED: &str = "57014";
-    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
-    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
-    pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
-}
+impl std::error::Error for ServerError {}
+
+use crate::condition::{Classify, ErrorClass, ServerCondition};
 
 #[derive(Debug, Error)]
 pub enum ClientError {
     #[error("could not connect to {endpoint}: {source}")]
     Connect {
         endpoint: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The host name did not resolve (DNS): a typo, or the resolver is down.
+    #[error("could not translate host name \"{host}\" to an address: {source}; check the host name (and the resolver, if it is right)")]
+    Resolve {
+        host: String,
         #[source]
         source: io::Error,
     },
@@ -79,6 +69,10 @@ pub enum ClientError {
     Tls { endpoint: String, reason: String },
     #[error("{0}")]
     Config(String),
+    /// Every host answered, none is of the kind `target_session_attrs` asks for — as during a
+    /// failover, before a standby is promoted.
+    #[error("none of the {hosts} host(s) is a server with target_session_attrs={wanted}")]
+    NoMatchingServer { hosts: usize, wanted: &'static str },
     #[error("authentication with {endpoint} failed: {reason}")]
     Auth { endpoint: String, reason: String },
     #[error("server error: {0}")]
@@ -114,24 +108,23 @@ impl ClientError {
         self.server_error().map(|e| e.code())
     }
 
+    /// What the server's error means, when the server reported one.
+    pub fn condition(&self) -> Option<ServerCondition> {
+        self.server_error().map(ServerCondition::of)
+    }
+
     /// Trying again later may succeed: the network failed, the server is starting or shutting down, or all
     /// connection slots are taken. Authentication failures, configuration mistakes and protocol
     /// violations are definite.
     pub fn is_transient(&self) -> bool {
+        self.class().is_transient()
+    }
+
+    /// The host name did not resolve (for one host, or for every host of a list).
+    pub fn is_name_resolution(&self) -> bool {
         match self {
-            ClientError::Connect { .. }
-            | ClientError::ConnectTimeout { .. }
-            | ClientError::Io(_)
-            | ClientError::Closed => true,
-            ClientError::Rejected { error, .. } | ClientError::Server(error) => matches!(
-                error.code(),
-                sqlstate::CANNOT_CONNECT_NOW
-                    | sqlstate::ADMIN_SHUTDOWN
-                    | sqlstate::CRASH_SHUTDOWN
-                    | sqlstate::TOO_MANY_CONNECTIONS
-                    | sqlstate::CONFIGURATION_LIMIT_EXCEEDED
-            ),
-            ClientError::AllHostsFailed(v) => v.iter().all(|e| e.is_transient()),
+            ClientError::Resolve { .. } => true,
+            ClientError::AllHostsFailed(v) => v.iter().all(|e| e.is_name_resolution()),
             _ => false,
         }
     }
@@ -142,9 +135,47 @@ impl ClientError {
             ClientError::Auth { .. } => true,
             ClientError::AllHostsFailed(v) => v.iter().any(|e| e.is_auth_failure()),
             _ => matches!(
-                self.sqlstate(),
-                Some(sqlstate::INVALID_PASSWORD | sqlstate::INVALID_AUTHORIZATION_SPECIFICATION)
+                self.condition(),
+                Some(ServerCondition::AuthenticationFailed | ServerCondition::NoHbaEntry)
             ),
+        }
+    }
+}
+
+impl Classify for ClientError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::ConnectTimeout { .. }
+            | ClientError::Io(_)
+            | ClientError::Closed
+            | ClientError::NoMatchingServer { .. } => ErrorClass::Transient,
+            ClientError::Resolve { .. }
+            | ClientError::Tls { .. }
+            | ClientError::Config(_)
+            | ClientError::Auth { .. } => ErrorClass::Connection,
+            // Refused at startup: a missing privilege (not a replication role) is as definite as
+            // a wrong password.
+            ClientError::Rejected { error, .. } => match ServerCondition::of(error) {
+                ServerCondition::InsufficientPrivilege | ServerCondition::UnknownDatabase => {
+                    ErrorClass::Connection
+                }
+                c => c.class(),
+            },
+            ClientError::Server(error) => ServerCondition::of(error).class(),
+            ClientError::Protocol(_) | ClientError::Unexpected(_) => ErrorClass::Other,
+            // Every host failed: transient only if every failure was; otherwise the most
+            // definite failure decides (a wrong password on one host is not cured by waiting).
+            ClientError::AllHostsFailed(v) => {
+                if v.iter().all(|e| e.class().is_transient()) {
+                    ErrorClass::Transient
+                } else {
+                    v.iter()
+                        .map(|e| e.class())
+                        .find(|c| !c.is_transient())
+                        .unwrap_or(ErrorClass::Other)
+                }
+            }
         }
     }
 }

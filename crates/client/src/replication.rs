@@ -33,6 +33,16 @@ pub struct TimelineSwitch {
     pub next_start: Lsn,
 }
 
+/// How the server answered START_REPLICATION.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartedReplication {
+    /// CopyBoth: WAL follows.
+    Streaming,
+    /// The start point is the end of a historic timeline: nothing to stream there, continue on
+    /// the next timeline at its start.
+    TimelineEnded(TimelineSwitch),
+}
+
 fn one_row<'a>(results: &'a [QueryResult], what: &str) -> Result<&'a QueryResult> {
     match results.first() {
         Some(r) if r.rows.len() == 1 => Ok(r),
@@ -157,20 +167,33 @@ impl Connection {
         }))
     }
 
-    /// Sends START_REPLICATION and waits for the CopyBoth stream to begin. From then on, read with
-    /// `read_message` and answer with `queue_copy_data`.
+    /// Sends START_REPLICATION and waits for the server's answer. On
+    /// [`StartedReplication::Streaming`] read with `read_message` and answer with
+    /// `queue_copy_data`; on [`StartedReplication::TimelineEnded`] the connection is ready for
+    /// the next command.
+    ///
+    /// A start point exactly at the end of a historic timeline (its switch point) gets no COPY at
+    /// all: the walsender (`StartReplication` in walsender.c) answers with the same one-row result
+    /// it sends after the COPY of a historic timeline — next timeline, its start — then
+    /// CommandComplete and ReadyForQuery.
     pub async fn start_replication(
         &mut self,
         slot: Option<&str>,
         start: Lsn,
         timeline: TimelineId,
-    ) -> Result<()> {
+    ) -> Result<StartedReplication> {
         let sql = command::start_replication(slot, start, timeline)
             .map_err(|e| ClientError::Config(e.to_string()))?;
         self.queue_query(&sql)?;
         self.flush().await?;
         match self.read_message().await? {
-            BackendMessage::CopyBothResponse(_) => Ok(()),
+            BackendMessage::CopyBothResponse(_) => Ok(StartedReplication::Streaming),
+            BackendMessage::RowDescription(_) => match self.finish_replication().await? {
+                Some(switch) => Ok(StartedReplication::TimelineEnded(switch)),
+                None => Err(ClientError::Unexpected(
+                    "START_REPLICATION returned a result without the next timeline".into(),
+                )),
+            },
             BackendMessage::ErrorResponse(e) => {
                 let _ = self.drain_until_ready().await;
                 Err(ClientError::server(e))

@@ -36,8 +36,13 @@ impl DurableError {
 
     /// True when the disk is full or the quota exhausted.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self.source.raw_os_error(), Some(ENOSPC | EDQUOT))
+        is_disk_full(&self.source)
     }
+}
+
+/// True when `e` says the disk is full or the quota exhausted (ENOSPC, EDQUOT).
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
 }
 
 const ENOSPC: i32 = 28;

@@ -1,42 +1,67 @@
-//! The disk side of walrelay's WAL receiver, and its feedback state machine.
+//! walrelay's WAL receiver: `START_REPLICATION` into an archive directory or a standby's `pg_wal`,
+//! durable and validated before anything is acknowledged, resumed with no gap, forever.
 //!
-//! The network side (connection, `START_REPLICATION`, CopyBoth decoding) lives in `walrelay-client`;
-//! this crate holds everything that needs no socket:
+//! ```text
+//!             ┌──────────── reconnect loop (backoff; transient vs definite errors) ───────────────┐
+//!             │ session: connect → IDENTIFY_SYSTEM → resume point → history → START_REPLICATION │
+//!             │                                                                                  │
+//!  server ──► StreamLoop ── validate page headers + record CRCs ── DiskRequest ──► DiskTask      │
+//!    ▲            │  keepalives, end of timeline (CopyDone + next TLI row)       (SegmentWriter:  │
+//!    │            │                                                               write, fsync,   │
+//!    └── 'r' ◄── Feedback state machine ◄── flush LSN (watch) ◄──────────────────  rename, hook) │
+//!             └──────────────────────────────────────────────────────────────────────────────────┘
+//! ```
 //!
-//! * [`SegmentWriter`] ([`writer`]): blocking code that writes a contiguous WAL stream into segment
-//!   files, in pg_receivewal's archive layout (`.partial` until complete) or straight into a standby's
-//!   `pg_wal` like a walreceiver; keeps `write_lsn` (handed to the kernel) apart from `flush_lsn`
-//!   (durable), and never reports a flush position that is not fsynced.
-//! * [`DiskTask`] ([`disk_task`]): runs the writer on a blocking thread behind a bounded channel, with
-//!   fsyncs batched when the queue drains.
-//! * [`Feedback`] ([`feedback`]): the pure state machine deciding when to send a standby status update
-//!   and with which positions.
-//! * [`find_streaming_start`] ([`start`]): where to resume, from what is really on disk — pg_receivewal's
-//!   rules for archive directories, page-header validation for `pg_wal` (where recycled segments look
-//!   complete), and refusal of foreign or damaged directories.
-//! * [`page_header`]: the page-header seam of start discovery, over `walrelay-wal`'s parser.
+//! What this crate owns:
+//!
+//! * the engine: [`run`] (the reconnect loop, `reconnect`), one session per connection
+//!   (`session`: resume point, history files, timeline after timeline), one CopyBoth stream as a
+//!   state machine (`stream_loop`), and why it stopped ([`ReceiveError`], classified for retry and
+//!   exit codes through [`walrelay_client::Classify`]);
+//! * the disk side: [`SegmentWriter`] writes a contiguous WAL stream into segment files, in
+//!   pg_receivewal's archive layout (`.partial` until complete) or straight into a standby's
+//!   `pg_wal`, keeping `write_lsn` apart from `flush_lsn`; [`DiskTask`] runs it on a blocking
+//!   thread behind a bounded channel (or inline, for a synchronous standby), fsyncs batched;
+//!   archive mode's checksums and compression of completed segments (`archiving`);
+//! * [`Feedback`]: the pure state machine deciding when to send a standby status update and with
+//!   which positions;
+//! * [`find_streaming_start`]: where to resume, from what is really on disk — pg_receivewal's rules
+//!   for archive directories, page-header validation for `pg_wal` (where recycled segments look
+//!   complete), refusal of foreign or damaged directories;
+//! * [`ReceiverStats`]: live counters for metrics and health checks.
 //!
 //! References: `src/bin/pg_basebackup/{pg_receivewal.c,receivelog.c,walmethods.c}`,
 //! `src/backend/replication/walreceiver.c`, `src/include/access/xlog_internal.h`,
 //! <https://www.postgresql.org/docs/current/protocol-replication.html>.
 
-pub mod disk_task;
-pub mod feedback;
-pub mod fs;
-pub mod page_header;
-pub mod receiver;
-pub mod start;
-pub mod stats;
-pub mod writer;
+mod archiving;
+mod config;
+mod disk_task;
+mod error;
+mod feedback;
+mod fs;
+mod page_header;
+mod reconnect;
+mod replay_poller;
+mod resume;
+mod session;
+mod start;
+mod stats;
+mod stream_loop;
+mod writer;
 
+pub use config::{
+    ReceiveSummary, ReceiverConfig, StopReason, Target, SERVER_SILENCE_PING, SERVER_SILENCE_TIMEOUT,
+};
 pub use disk_task::{DiskProgress, DiskRequest, DiskTask, DiskTaskConfig, DiskTaskStopped};
+pub use error::{ReceiveError, StreamViolation};
 pub use feedback::{
     Feedback, FeedbackConfig, FeedbackEvent, PgTimestamp, StandbyStatusUpdate,
     DEFAULT_STATUS_INTERVAL, POSTGRES_EPOCH_UNIX_SECONDS,
 };
 pub use fs::{SegmentFile, StdFs, WalFs};
 pub use page_header::{LongPageHeader, PageHeaderError, PageHeaderReader, WalPageHeaderReader};
-pub use receiver::{run, ReceiveError, ReceiveSummary, ReceiverConfig, StopReason, Target};
+pub use reconnect::run;
 pub use start::{
     find_streaming_start, find_streaming_start_in_dir, find_streaming_start_with, DirEntryInfo,
     Layout, ScanFrom, StartError, StartOptions, StartReason, StdWalDir, StreamStart, WalDirReader,

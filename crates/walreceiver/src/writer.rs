@@ -394,9 +394,32 @@ impl WriterError {
         match self {
             WriterError::DiskFull(_) => true,
             WriterError::SyncFailed(e) => e.is_disk_full(),
+            // Archiving a completed segment (checksum file, compression) can meet it too.
+            WriterError::Completion { source, .. }
+            | WriterError::HistoryHook { source, .. }
+            | WriterError::CompletionFinish(source) => hook_disk_full(source.as_ref()),
             _ => false,
         }
     }
+}
+
+/// Whether a hook's error (or anything in its source chain) is a full disk.
+fn hook_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(d) = err.downcast_ref::<DurableError>() {
+            if d.is_disk_full() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if walrelay_durable::is_disk_full(io) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn io_error(e: DurableError) -> WriterError {

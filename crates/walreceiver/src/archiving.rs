@@ -1,0 +1,121 @@
+//! Archive mode's work on completed segments: the SHA-256 checksum list and compression, run after
+//! a segment is complete and durable (never on the path of a flush position), and the catch-up of
+//! whatever a crash or a failed hook left half done.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tracing::info;
+use walrelay_archive::Compression as ArchiveCompression;
+use walrelay_durable::Owner;
+use walrelay_protocol::WalSegmentSize;
+
+use crate::config::Target;
+use crate::error::ReceiveError;
+use crate::stats::ReceiverStats;
+use crate::writer::{CompletedSegment, HookError, SegmentCompletion, WriterError};
+
+/// Archive mode: after a segment is complete and durable, record its checksum and compress it.
+pub(crate) struct CompletionHook {
+    pub target: Target,
+    pub owner: Owner,
+    pub stats: Arc<ReceiverStats>,
+}
+
+impl SegmentCompletion for CompletionHook {
+    fn segment_completed(&mut self, segment: &CompletedSegment) -> Result<(), HookError> {
+        self.stats.segment_completed();
+        if let Target::Archive {
+            dir,
+            compression,
+            checksums,
+        } = &self.target
+        {
+            archive_segment(
+                dir,
+                &segment.file_name,
+                *compression,
+                *checksums,
+                self.owner,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn archive_segment(
+    dir: &Path,
+    name: &str,
+    compression: ArchiveCompression,
+    checksums: bool,
+    owner: Owner,
+) -> Result<(), HookError> {
+    if checksums {
+        let sum = walrelay_archive::segment_sha256(&dir.join(name))?;
+        walrelay_archive::record_checksum(dir, name, &sum)?;
+    }
+    if compression != ArchiveCompression::None {
+        walrelay_archive::compress_completed_segment(dir, name, compression, owner)?;
+    }
+    Ok(())
+}
+
+/// Finishes what a crash or a failed hook left: temp files, complete plain segments not yet
+/// compressed or checksummed.
+pub(crate) fn catch_up_archive(
+    dir: &Path,
+    seg: WalSegmentSize,
+    compression: ArchiveCompression,
+    checksums: bool,
+    owner: Owner,
+) -> Result<(), ReceiveError> {
+    if !dir.is_dir() {
+        return Err(ReceiveError::ArchiveDirMissing(dir.to_path_buf()));
+    }
+    walrelay_archive::cleanup(dir, seg)?;
+    let known: std::collections::BTreeSet<String> = if checksums {
+        walrelay_archive::read_checksums(dir)?
+            .entries
+            .into_keys()
+            .collect()
+    } else {
+        Default::default()
+    };
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|source| ReceiveError::ListDir {
+            path: dir.to_path_buf(),
+            source,
+        })?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| {
+            matches!(
+                walrelay_protocol::WalFileName::parse(n),
+                Some(walrelay_protocol::WalFileName::Segment {
+                    compression: None,
+                    partial: false,
+                    ..
+                })
+            )
+        })
+        .collect();
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len != seg.as_u64() {
+            continue;
+        }
+        let needs_sum = checksums && !known.contains(&name);
+        if needs_sum || compression != ArchiveCompression::None {
+            info!(segment = %name, "finishing archiving of a segment completed by an earlier run");
+            archive_segment(dir, &name, compression, needs_sum, owner).map_err(|source| {
+                WriterError::Completion {
+                    file_name: name.clone(),
+                    source,
+                }
+            })?;
+        }
+    }
+    Ok(())
+}
