@@ -120,6 +120,45 @@ impl TimelineHistory {
     pub fn contains(&self, tli: TimelineId) -> bool {
         tli == self.timeline || self.ancestors.iter().any(|e| e.timeline == tli)
     }
+
+    /// The timeline that took over from ancestor `tli` at its switchpoint; `None` when `tli` is
+    /// not an ancestor.
+    pub fn child_of(&self, tli: TimelineId) -> Option<TimelineId> {
+        let i = self.ancestors.iter().position(|e| e.timeline == tli)?;
+        Some(
+            self.ancestors
+                .get(i + 1)
+                .map_or(self.timeline, |e| e.timeline),
+        )
+    }
+
+    /// Whether `self` describes the same past as `other` up to `self`'s own timeline: every
+    /// ancestor of `self` is an ancestor of `other` with the same switchpoint, and `self`'s
+    /// timeline is `other`'s or one of its ancestors. (A timeline created twice — two servers
+    /// promoted to the same timeline ID — fails this.)
+    pub fn is_prefix_of(&self, other: &TimelineHistory) -> bool {
+        other.contains(self.timeline)
+            && self.ancestors.iter().all(|mine| {
+                other
+                    .ancestors
+                    .iter()
+                    .any(|e| e.timeline == mine.timeline && e.switchpoint == mine.switchpoint)
+            })
+            && other
+                .ancestors
+                .iter()
+                .filter(|e| e.timeline < self.timeline)
+                .count()
+                == self.ancestors.len()
+    }
+
+    /// The history of timeline 1, which has no file and no ancestors.
+    pub fn first() -> Self {
+        TimelineHistory {
+            timeline: TimelineId::FIRST,
+            ancestors: Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +166,22 @@ mod tests {
     use super::*;
 
     const TLI3: &str = "1\t0/3000000\tno recovery target specified\n\n# comment\n2\t0/5000A28\tat restore point \"x\"\n";
+
+    #[test]
+    fn children_and_prefixes() {
+        let h3 = TimelineHistory::parse(TimelineId(3), TLI3.as_bytes()).unwrap();
+        assert_eq!(h3.child_of(TimelineId(1)), Some(TimelineId(2)));
+        assert_eq!(h3.child_of(TimelineId(2)), Some(TimelineId(3)));
+        assert_eq!(h3.child_of(TimelineId(3)), None);
+        let h2 = TimelineHistory::parse(TimelineId(2), b"1\t0/3000000\tx\n").unwrap();
+        assert!(h2.is_prefix_of(&h3));
+        assert!(TimelineHistory::first().is_prefix_of(&h3));
+        assert!(h3.is_prefix_of(&h3));
+        assert!(!h3.is_prefix_of(&h2));
+        // Timeline 2 created twice, at different points.
+        let other2 = TimelineHistory::parse(TimelineId(2), b"1\t0/3800000\tx\n").unwrap();
+        assert!(!other2.is_prefix_of(&h3));
+    }
 
     #[test]
     fn parses_real_format() {

@@ -11,6 +11,8 @@
 //! * [`validator`]: [`WalValidator`], the streaming validator, and its progress rule
 //!   ([`WalValidator::validated_lsn`]).
 //! * [`segment`]: [`validate_segment_file`] for a whole or partial segment file.
+//! * [`xact`]: commit and abort records decoded from records the validator kept (what a failover
+//!   lost).
 //! * [`synth`]: synthetic WAL for tests and benchmarks (and fake servers).
 //!
 //! Formats: `src/include/access/xlog_internal.h`, `src/include/access/xlogrecord.h`,
@@ -23,6 +25,7 @@ pub mod record;
 pub mod segment;
 pub mod synth;
 pub mod validator;
+pub mod xact;
 
 pub use error::WalError;
 pub use magic::{major_for_page_magic, page_magic_for_major};
@@ -31,4 +34,5 @@ pub use segment::{
     validate_segment_file, validate_segment_file_keeping_state, SegmentCheck, SegmentEnd,
     SegmentReport,
 };
-pub use validator::{StreamState, ValidatorConfig, WalValidator};
+pub use validator::{CapturedRecord, StreamState, ValidatorConfig, WalValidator};
+pub use xact::{XactEnd, XactKind};

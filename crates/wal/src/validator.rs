@@ -151,6 +151,28 @@ pub struct WalValidator {
     last_switch: Option<Lsn>,
     first_long_header: Option<LongPageHeader>,
     skipped_tail_end: Option<Lsn>,
+    capture: Option<Capture>,
+}
+
+/// A record that passed its checks, kept by [`WalValidator::capture_records`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapturedRecord {
+    /// Where the record starts.
+    pub lsn: Lsn,
+    pub header: RecordHeader,
+    /// The first bytes after the 24-byte header (block headers, then data), at most the limit
+    /// given to [`WalValidator::capture_records`].
+    pub body_prefix: Vec<u8>,
+}
+
+/// Which records to keep, and the ones kept.
+#[derive(Clone, Debug)]
+struct Capture {
+    rmid: u8,
+    max_body: usize,
+    /// The body of the record in progress, when it is one to keep.
+    current: Option<Vec<u8>>,
+    done: Vec<CapturedRecord>,
 }
 
 impl WalValidator {
@@ -197,7 +219,48 @@ impl WalValidator {
             last_switch: None,
             first_long_header: None,
             skipped_tail_end: None,
+            capture: None,
         })
+    }
+
+    /// From now on, keeps every record of resource manager `rmid` that passes its checks — its
+    /// header and the first `max_body` bytes after it — for [`Self::take_captured`]. Costs nothing
+    /// for other records.
+    pub fn capture_records(&mut self, rmid: u8, max_body: usize) {
+        self.capture = Some(Capture {
+            rmid,
+            max_body,
+            current: None,
+            done: Vec::new(),
+        });
+    }
+
+    /// The records kept since the last call (see [`Self::capture_records`]).
+    pub fn take_captured(&mut self) -> Vec<CapturedRecord> {
+        self.capture
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.done))
+            .unwrap_or_default()
+    }
+
+    /// A record's header is complete: start keeping its body if it is one to keep.
+    fn capture_begin(&mut self, rmid: u8, body: &[u8]) {
+        if let Some(c) = self.capture.as_mut() {
+            c.current = (rmid == c.rmid).then(|| body[..body.len().min(c.max_body)].to_vec());
+        }
+    }
+
+    /// More body bytes of the record in progress.
+    fn capture_more(&mut self, body: &[u8]) {
+        if let Some(Capture {
+            current: Some(buf),
+            max_body,
+            ..
+        }) = self.capture.as_mut()
+        {
+            let room = max_body.saturating_sub(buf.len());
+            buf.extend_from_slice(&body[..body.len().min(room)]);
+        }
     }
 
     /// Validates `bytes`, which must start at [`Self::position`] (where the previous feed ended).
@@ -473,6 +536,9 @@ impl WalValidator {
                     // start until a record after it has passed its checks.
                     self.state = State::BetweenRecords;
                     self.abandoned_record = Some(start);
+                    if let Some(c) = self.capture.as_mut() {
+                        c.current = None;
+                    }
                     return Ok(());
                 }
                 if !contrecord {
@@ -536,6 +602,7 @@ impl WalValidator {
                         if total <= rest.len() {
                             let body_crc = crc32c::crc32c(&rest[XLOG_RECORD_HEADER_SIZE..total]);
                             check_crc(start, &h, finish_record_crc(body_crc, hdr))?;
+                            self.capture_begin(h.rmid, &rest[XLOG_RECORD_HEADER_SIZE..total]);
                             rest = &rest[total..];
                             self.pos += total as u64;
                             self.record_done(start, &h);
@@ -543,6 +610,7 @@ impl WalValidator {
                         }
                         self.rec_hdr = *hdr;
                         let crc = crc32c::crc32c(&rest[XLOG_RECORD_HEADER_SIZE..]);
+                        self.capture_begin(h.rmid, &rest[XLOG_RECORD_HEADER_SIZE..]);
                         self.state = State::InRecord {
                             start,
                             total: h.tot_len,
@@ -592,6 +660,7 @@ impl WalValidator {
                         if got == hdr_size {
                             let h = RecordHeader::parse(&self.rec_hdr);
                             self.check_prev(start, h.prev)?;
+                            self.capture_begin(h.rmid, &[]);
                             if total == hdr_size {
                                 check_crc(start, &h, finish_record_crc(0, &self.rec_hdr))?;
                                 self.record_done(start, &h);
@@ -608,6 +677,7 @@ impl WalValidator {
                     }
                     let n = ((total - got) as usize).min(rest.len());
                     crc = crc32c::crc32c_append(crc, &rest[..n]);
+                    self.capture_more(&rest[..n]);
                     rest = &rest[n..];
                     self.pos += n as u64;
                     got += n as u32;
@@ -696,6 +766,15 @@ impl WalValidator {
     /// A record ending at `self.pos` passed its CRC check.
     fn record_done(&mut self, start: u64, h: &RecordHeader) {
         self.records += 1;
+        if let Some(c) = self.capture.as_mut() {
+            if let Some(body_prefix) = c.current.take() {
+                c.done.push(CapturedRecord {
+                    lsn: Lsn(start),
+                    header: *h,
+                    body_prefix,
+                });
+            }
+        }
         self.prev_record = Some(Lsn(start));
         self.abandoned_record = None;
         self.validated = self.pos;

@@ -49,10 +49,35 @@ pub enum ReceiveError {
     /// The start point is beyond where the server's history left our timeline.
     #[error("{0}: this server's history diverged from the WAL already received (was another server promoted?) — use a new directory or re-seed")]
     TimelineNotInHistory(#[source] Box<ServerError>),
-    #[error("the WAL already received is on timeline {ours} but the server is on timeline {server}: this is not the server (or a descendant of the server) that WAL came from")]
-    TimelineAhead {
+    /// The server is on an ancestor of the directory's timeline: an old primary that came back, or
+    /// a standby that has not followed the promotion yet. Another host (or later) may do better.
+    #[error("{endpoint} is on timeline {server}, an ancestor of timeline {ours} that the WAL already received follows: it has not followed the promotion (an old primary restarted, or a lagging standby) — waiting for a server on timeline {ours} or later")]
+    ServerBehind {
+        endpoint: String,
         ours: TimelineId,
         server: TimelineId,
+    },
+    /// Neither timeline history holds the other's timeline, or one timeline ID names two pasts.
+    #[error("the server's timeline {server} does not descend from timeline {ours} that the WAL already received follows (two servers promoted independently?): this archive cannot continue from this server — use a new directory, or point walrelay at the server that continued timeline {ours}")]
+    HistoryDiverged {
+        ours: TimelineId,
+        server: TimelineId,
+    },
+    /// Sidecar mode: the standby replayed WAL of the old timeline that the new primary never had.
+    #[error("the standby replayed up to {replayed} on timeline {old}, past {switchpoint} where the new primary's timeline {new} begins: it diverged from the new primary — rebuild it with pg_rewind (or a new bootstrap), then restart")]
+    StandbyDiverged {
+        old: TimelineId,
+        new: TimelineId,
+        switchpoint: Lsn,
+        replayed: Lsn,
+    },
+    /// Sidecar mode: WAL past the switchpoint is in the standby's `pg_wal`, and whether the
+    /// standby replayed it cannot be asked.
+    #[error("the new primary's timeline {new} begins at {switchpoint}, but the standby's pg_wal holds timeline {old} WAL past it, which the standby may have replayed: pass --standby-conninfo so walrelay can check the standby's replay position (if it is at or before {switchpoint} walrelay continues), otherwise rebuild the standby with pg_rewind")]
+    StandbyMayHaveDiverged {
+        old: TimelineId,
+        new: TimelineId,
+        switchpoint: Lsn,
     },
     #[error("PostgreSQL {major} is not supported (its WAL format is unknown to walrelay); supported: 10 to 18")]
     UnsupportedServer { major: u32 },
@@ -221,8 +246,11 @@ impl Classify for ReceiveError {
             | ReceiveError::SlotInvalidated { .. }
             | ReceiveError::SlotNotPhysical { .. }
             | ReceiveError::TimelineNotInHistory(_)
-            | ReceiveError::TimelineAhead { .. }
+            | ReceiveError::HistoryDiverged { .. }
+            | ReceiveError::StandbyDiverged { .. }
+            | ReceiveError::StandbyMayHaveDiverged { .. }
             | ReceiveError::UnsupportedServer { .. } => ErrorClass::ServerState,
+            ReceiveError::ServerBehind { .. } => ErrorClass::Transient,
             ReceiveError::Protocol(_) | ReceiveError::TaskFailed { .. } => ErrorClass::Other,
         }
     }

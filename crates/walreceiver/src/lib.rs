@@ -38,9 +38,11 @@ mod archiving;
 mod config;
 mod disk_task;
 mod error;
+mod failover;
 mod feedback;
 mod fs;
 mod page_header;
+mod promotion;
 mod reconnect;
 mod replay_poller;
 mod resume;
@@ -48,6 +50,7 @@ mod session;
 mod start;
 mod stats;
 mod stream_loop;
+mod timeline_plan;
 mod writer;
 
 pub use config::{

@@ -7,8 +7,13 @@
 
 use std::path::Path;
 
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
 use tracing::{info, warn};
-use walrelay_client::{Connection, IdentifySystem, StartedReplication, TimelineSwitch};
+use walrelay_client::{
+    ConnectParams, Connection, Endpoint, IdentifySystem, StartedReplication, TimelineSwitch,
+};
 use walrelay_protocol::{Lsn, TimelineId, WalSegmentSize};
 use walrelay_wal::{ValidatorConfig, WalValidator};
 
@@ -16,6 +21,7 @@ use crate::archiving::{catch_up_archive, CompletionHook};
 use crate::config::{ReceiverConfig, StopReason, Target};
 use crate::disk_task::{DiskRequest, DiskTask};
 use crate::error::{ReceiveError, StreamViolation};
+use crate::promotion::{self, ServerWal};
 use crate::resume::{choose_start, scan_directory, Start};
 use crate::stream_loop::{StreamEnd, StreamLoop};
 use crate::writer::{BackgroundCompletion, SegmentWriter, WriterConfig, DEFAULT_COMPLETION_QUEUE};
@@ -31,6 +37,11 @@ pub(crate) struct SessionState {
     pub streamed: bool,
     /// Some session got as far as START_REPLICATION: the set-up worked once.
     pub ever_streamed: bool,
+    /// Promotions already followed (old timeline, switchpoint), so that each is reported once.
+    pub forks_seen: HashSet<(TimelineId, Lsn)>,
+    /// A host that is behind the directory's timeline, and since when: the next sessions try the
+    /// other hosts of the list first.
+    pub avoid: Option<(Endpoint, Instant)>,
 }
 
 impl SessionState {
@@ -43,9 +54,31 @@ impl SessionState {
             archive_caught_up: false,
             streamed: false,
             ever_streamed: false,
+            forks_seen: HashSet::new(),
+            avoid: None,
         }
     }
 }
+
+impl SessionState {
+    /// The connection settings for the next session: a host found behind the directory's timeline
+    /// goes last for a while, so a host list reaches the server that followed the promotion.
+    fn connect_params(&self, params: &ConnectParams) -> ConnectParams {
+        let mut p = params.clone();
+        if let Some((avoid, since)) = &self.avoid {
+            if since.elapsed() < AVOID_BEHIND_HOST && p.endpoints.len() > 1 {
+                if let Some(i) = p.endpoints.iter().position(|e| e == avoid) {
+                    let e = p.endpoints.remove(i);
+                    p.endpoints.push(e);
+                }
+            }
+        }
+        p
+    }
+}
+
+/// How long a host found behind the directory's timeline goes last in the host list.
+const AVOID_BEHIND_HOST: Duration = Duration::from_secs(300);
 
 /// Runs blocking file work off the async threads.
 pub(crate) async fn blocking<T: Send + 'static>(
@@ -64,7 +97,7 @@ pub(crate) async fn session(
     cfg: &mut ReceiverConfig,
     state: &mut SessionState,
 ) -> Result<StopReason, ReceiveError> {
-    let mut conn = Connection::connect(&cfg.connect).await?;
+    let mut conn = Connection::connect(&state.connect_params(&cfg.connect)).await?;
     let ident = conn.identify_system().await?;
     if let Some(expected) = state.system_identifier {
         if expected != ident.system_identifier {
@@ -102,12 +135,21 @@ pub(crate) async fn session(
     }
 
     let start = choose_start(cfg, state, &mut conn, &ident, seg, on_disk).await?;
-    if start.timeline > ident.timeline {
-        return Err(ReceiveError::TimelineAhead {
-            ours: start.timeline,
-            server: ident.timeline,
-        });
-    }
+    let server = ServerWal {
+        ident: &ident,
+        seg,
+        page_magic,
+    };
+    let resolved = match promotion::resolve(cfg, state, &mut conn, server, start).await {
+        Ok(r) => r,
+        Err(e @ ReceiveError::ServerBehind { .. }) => {
+            state.avoid = Some((conn.endpoint().clone(), Instant::now()));
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    state.avoid = None;
+    let start = resolved.start;
     state.system_identifier = Some(ident.system_identifier);
     info!(
         start = %start.lsn,
@@ -127,6 +169,7 @@ pub(crate) async fn session(
         seg,
         page_magic,
         ident: &ident,
+        histories: resolved.histories,
     };
     let stop = stream.run(cfg, state, &mut conn, disk, start).await?;
     conn.close().await;
@@ -180,6 +223,8 @@ struct Timelines<'a> {
     seg: WalSegmentSize,
     page_magic: Option<u16>,
     ident: &'a IdentifySystem,
+    /// History files to store before anything is streamed.
+    histories: Vec<(TimelineId, bytes::Bytes)>,
 }
 
 impl Timelines<'_> {
@@ -220,6 +265,12 @@ impl Timelines<'_> {
         start: Start,
     ) -> Result<StopReason, ReceiveError> {
         let dir = cfg.target.dir().to_path_buf();
+        for (timeline, content) in self.histories.iter().cloned() {
+            info!(%timeline, "storing the timeline history file");
+            disk.send(DiskRequest::WriteHistory { timeline, content })
+                .await
+                .map_err(|_| ReceiveError::DiskTaskStopped)?;
+        }
         let mut timeline = start.timeline;
         let mut lsn = start.lsn;
         loop {

@@ -676,8 +676,12 @@ impl Scanner<'_> {
                 (true, None) => (false, Some(self.check_partial(&c)?)),
                 (true, Some(_)) => (false, None),
             };
+            // pg_receivewal takes the highest segment, then the highest timeline. After a
+            // failover the old timeline may hold orphaned segments beyond the new timeline's
+            // first ones (WAL the new primary never had): the highest timeline decides first,
+            // then its highest segment.
             let key =
-                |c: &Candidate, complete: bool| (c.segment.segno, c.segment.timeline, complete);
+                |c: &Candidate, complete: bool| (c.segment.timeline, c.segment.segno, complete);
             let better = match &best {
                 None => true,
                 Some((b, b_complete, _)) => key(&c, complete) > key(b, *b_complete),

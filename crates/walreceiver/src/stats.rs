@@ -21,6 +21,9 @@ pub struct ReceiverStats {
     timeline: AtomicU64,
     connected: AtomicU64,
     segments_completed: AtomicU64,
+    failovers: AtomicU64,
+    failover_lost_commits: AtomicU64,
+    failover_orphaned_bytes: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -39,6 +42,13 @@ pub struct StatsSnapshot {
     pub timeline: u32,
     pub connected: bool,
     pub segments_completed: u64,
+    /// Times the server's history left the timeline the directory was on (a promotion followed).
+    pub failovers: u64,
+    /// Commits found in orphaned WAL (past the switchpoint on an old timeline): transactions the
+    /// new primary never had.
+    pub failover_lost_commits: u64,
+    /// Bytes of orphaned WAL found.
+    pub failover_orphaned_bytes: u64,
 }
 
 impl StatsSnapshot {
@@ -72,6 +82,9 @@ impl ReceiverStats {
             timeline: self.timeline.load(Ordering::Relaxed) as u32,
             connected: self.connected.load(Ordering::Relaxed) != 0,
             segments_completed: self.segments_completed.load(Ordering::Relaxed),
+            failovers: self.failovers.load(Ordering::Relaxed),
+            failover_lost_commits: self.failover_lost_commits.load(Ordering::Relaxed),
+            failover_orphaned_bytes: self.failover_orphaned_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -109,6 +122,14 @@ impl ReceiverStats {
 
     pub(crate) fn set_connected(&self, c: bool) {
         self.connected.store(u64::from(c), Ordering::Relaxed);
+    }
+
+    pub(crate) fn failover(&self, lost_commits: u64, orphaned_bytes: u64) {
+        self.failovers.fetch_add(1, Ordering::Relaxed);
+        self.failover_lost_commits
+            .fetch_add(lost_commits, Ordering::Relaxed);
+        self.failover_orphaned_bytes
+            .fetch_add(orphaned_bytes, Ordering::Relaxed);
     }
 
     pub(crate) fn segment_completed(&self) {
