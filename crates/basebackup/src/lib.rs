@@ -5,11 +5,13 @@
 //!   running primary, like `pg_basebackup -R -X stream|fetch`: input checks, connection, slot,
 //!   `BASE_BACKUP`, WAL through a [`WalStreamer`] (or fetched), verification, standby
 //!   configuration, fsync, `backup_manifest` last — and cleanup of everything it added on failure;
-//! * [`driver`] — [`BaseBackupStream`] / [`run_base_backup`] run one `BASE_BACKUP` on a
+//! * [`stream`] — [`BaseBackupStream`] / [`run_base_backup`] run one `BASE_BACKUP` on a
 //!   `walrelay_client::Connection`: both message flows (PostgreSQL 15+'s single COPY with
 //!   `'n'`/`'d'`/`'p'`/`'m'` messages, and one COPY per tablespace plus one for the manifest before
-//!   15), extraction on a blocking thread behind a bounded channel, progress counters, typed server
-//!   errors (checksum failures with the damaged files named);
+//!   15, in `session`), the result sets read in `result_set` and parsed by
+//!   `walrelay_protocol::base_backup`; extraction on a blocking thread behind a bounded channel
+//!   ([`feed`], with the [`ExtractionGate`]), progress counters ([`progress`]), typed server errors
+//!   ([`mod@error`]: checksum failures with the damaged files named), `--max-rate` ([`max_rate`]);
 //! * [`extract`] — [`ArchiveExtractor`] unpacks `base.tar` and each `<oid>.tar` into the data directory
 //!   and the tablespace directories *while they arrive*, refusing anything that would write outside
 //!   them (absolute paths, `..`, symbolic links on the way, hard links, devices), and records what it
@@ -30,11 +32,17 @@
 //! <https://www.postgresql.org/docs/current/backup-manifest-format.html>.
 
 pub mod bootstrap;
-pub mod driver;
+pub mod error;
 pub mod extract;
+pub mod feed;
 pub mod manifest;
+pub mod max_rate;
 pub mod member_path;
+pub mod progress;
+mod result_set;
+mod session;
 pub mod standby;
+pub mod stream;
 pub mod sync;
 pub mod tablespace;
 pub mod tar_stream;
@@ -43,25 +51,29 @@ pub use bootstrap::{
     bootstrap, complete_segments, BootstrapConfig, BootstrapError, BootstrapSummary, BoxFuture,
     StandbySetup, StartWal, WalMethod, WalStreamError, WalStreamHandle, WalStreamer, WalSummary,
 };
-pub use driver::{
-    parse_max_rate, run_base_backup, validate_max_rate, AbortReason, BackupError, BackupPhase,
-    BackupPosition, BackupProgress, BackupSink, BackupStage, BaseBackupResult, BaseBackupStream,
-    ChecksumFailures, ExtractionGate, ReceiveTarget, ReceivedManifest, TablespaceHeader,
-};
+pub use error::{AbortReason, BackupError, BackupStage, ChecksumFailures};
 pub use extract::{
     ArchiveExtractor, ArchiveKind, ArchiveSummary, ExtractError, ExtractObserver, ExtractProgress,
     DEFAULT_WRITE_BUFFER,
 };
+pub use feed::ExtractionGate;
 pub use manifest::{
     store_manifest, verify_wal_ranges, BackupManifest, ChecksumAlgorithm, ChecksumCollector,
     ManifestError, ManifestFile, Problem, VerifyError, VerifySummary, WalRange, WalRangeError,
 };
+pub use max_rate::{parse_max_rate, validate_max_rate};
+pub use progress::{BackupPhase, BackupProgress};
 pub use standby::{
     write_standby_config, StandbyConfig, StandbyConfigError, StandbyMode,
     DEFAULT_SIDECAR_RETRY_INTERVAL,
+};
+pub use stream::{
+    run_base_backup, BackupSink, BaseBackupResult, BaseBackupStream, ReceiveTarget,
+    ReceivedManifest,
 };
 pub use sync::{SyncSummary, WrittenPaths};
 pub use tablespace::{
     canonicalize_path, check_dir_empty_or_absent, prepare_tablespace_dirs, MappingEntry,
     MappingError, PreparedTablespace, TablespaceError, TablespaceLocation, TablespaceMapping,
 };
+pub use walrelay_protocol::base_backup::{BackupPosition, TablespaceHeader};
