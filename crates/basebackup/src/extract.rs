@@ -197,7 +197,7 @@ impl ArchiveExtractor {
     }
 
     /// Starts the writeback of every file as soon as it is complete, on a thread of its own
-    /// ([`WritebackBehind`]), so that a final [`WrittenPaths::sync_all`] has less left to wait for.
+    /// (`WritebackBehind`), so that a final [`WrittenPaths::sync_all`] has less left to wait for.
     pub fn with_writeback_behind(mut self) -> Self {
         self.writeback = WritebackBehind::start();
         self
@@ -210,7 +210,7 @@ impl ArchiveExtractor {
         self
     }
 
-    /// Largest single write (default [`DEFAULT_WRITE_BUFFER`]); at least 64 kB. Also the size of
+    /// Largest single write (default `DEFAULT_WRITE_BUFFER`); at least 64 kB. Also the size of
     /// the reads [`extract`](Self::extract) makes from a plain [`Read`].
     pub fn with_buffer_size(mut self, bytes: usize) -> Self {
         self.write_size = bytes.max(64 * 1024);
@@ -244,7 +244,7 @@ impl ArchiveExtractor {
 
     /// [`extract`](Self::extract) from a source that lends its buffers: file data is written
     /// straight from them, gathered into `writev` calls of up to the write size.
-    pub fn extract_chunks<R: ChunkRead>(
+    pub(crate) fn extract_chunks<R: ChunkRead>(
         &mut self,
         kind: ArchiveKind,
         reader: R,

@@ -26,7 +26,7 @@ use bytes::{Buf, Bytes};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{AbortReason, BackupError};
-use crate::extract::{ArchiveExtractor, ArchiveKind, ArchiveSummary};
+use crate::extract::{ArchiveExtractor, ArchiveKind};
 use crate::manifest::ChecksumCollector;
 use crate::sync::WrittenPaths;
 use crate::tar_stream::ChunkRead;
@@ -170,7 +170,6 @@ pub(crate) enum Feed {
 pub(crate) struct ExtractOutcome {
     pub(crate) written: WrittenPaths,
     pub(crate) collector: Option<ChecksumCollector>,
-    pub(crate) archives: Vec<(ArchiveKind, ArchiveSummary)>,
 }
 
 /// The extractor thread as seen from the network task.
@@ -301,7 +300,6 @@ fn extract_all(
     mut collector: Option<ChecksumCollector>,
     gate: &ExtractionGate,
 ) -> Result<ExtractOutcome, BackupError> {
-    let mut archives = Vec::new();
     loop {
         if gate.is_aborted() {
             return Err(aborted_by_gate());
@@ -309,7 +307,7 @@ fn extract_all(
         match rx.blocking_recv() {
             Some(Feed::Begin(kind)) => {
                 let mut reader = FeedReader::new(&mut rx, gate);
-                let summary = match collector.as_mut() {
+                match collector.as_mut() {
                     Some(c) => extractor.extract_chunks(kind, &mut reader, c),
                     None => extractor.extract_chunks(kind, &mut reader, &mut ()),
                 }
@@ -321,13 +319,11 @@ fn extract_all(
                     }
                 })?;
                 reader.expect_end(kind)?;
-                archives.push((kind, summary));
             }
             Some(Feed::Finish) => {
                 return Ok(ExtractOutcome {
                     written: extractor.into_written(),
                     collector,
-                    archives,
                 })
             }
             Some(Feed::Abort) | None => return Err(aborted_by_gate()),

@@ -57,7 +57,7 @@ use walrelay_protocol::base_backup::{BackupPosition, PositionKind, TablespaceHea
 use walrelay_protocol::command::{self, BaseBackupOptions, ServerVersion};
 
 use crate::error::{AbortReason, BackupError, BackupStage};
-use crate::extract::{ArchiveExtractor, ArchiveKind, ArchiveSummary};
+use crate::extract::ArchiveExtractor;
 use crate::feed::{Extraction, ExtractionGate, Feed};
 use crate::manifest::{BackupManifest, ChecksumAlgorithm, ChecksumCollector, VerifySummary};
 use crate::max_rate::validate_max_rate;
@@ -89,16 +89,6 @@ pub struct ReceiveTarget {
     pub gate: ExtractionGate,
 }
 
-/// Everything [`run_base_backup`] needs besides the connection and the command options.
-#[derive(Clone, Debug)]
-pub struct BackupSink {
-    pub data_dir: PathBuf,
-    pub mapping: TablespaceMapping,
-    pub owner: Owner,
-    pub verify_manifest: bool,
-    pub progress: BackupProgress,
-}
-
 /// The manifest as received, and what checking it found.
 #[derive(Clone, Debug)]
 pub struct ReceivedManifest {
@@ -112,42 +102,20 @@ pub struct ReceivedManifest {
 
 /// A finished base backup.
 #[derive(Debug)]
-pub struct BaseBackupResult {
-    pub server_version: ServerVersion,
-    pub start: BackupPosition,
-    pub end: BackupPosition,
+pub(crate) struct BaseBackupResult {
+    /// Where the backup starts: the checkpoint's redo point, and its timeline.
+    pub(crate) start: BackupPosition,
+    /// The WAL position a restore must reach for the backup to be consistent.
+    pub(crate) end: BackupPosition,
     /// Every tablespace: oid, the server's location and where it was extracted.
-    pub tablespaces: Vec<PreparedTablespace>,
-    pub manifest: Option<ReceivedManifest>,
+    pub(crate) tablespaces: Vec<PreparedTablespace>,
+    pub(crate) manifest: Option<ReceivedManifest>,
     /// Everything extracted, for [`WrittenPaths::sync_all`].
-    pub written: WrittenPaths,
-    pub archives: Vec<(ArchiveKind, ArchiveSummary)>,
+    pub(crate) written: WrittenPaths,
     /// CopyData bytes received (archives and manifest).
-    pub bytes_received: u64,
+    pub(crate) bytes_received: u64,
     /// WARNING messages the server sent during the backup.
-    pub warnings: Vec<String>,
-}
-
-/// Runs one complete `BASE_BACKUP` into `sink.data_dir`: [`BaseBackupStream::begin`],
-/// [`BaseBackupStream::prepare_tablespaces`], [`BaseBackupStream::receive`]. Nothing is fsynced
-/// (see [`BaseBackupResult::written`]) and the manifest is not stored; the caller decides both.
-pub async fn run_base_backup(
-    conn: &mut Connection,
-    opts: &BaseBackupOptions,
-    sink: &BackupSink,
-) -> Result<BaseBackupResult, BackupError> {
-    let stream = BaseBackupStream::begin(conn, opts, &sink.progress).await?;
-    let tablespaces = stream.prepare_tablespaces(&sink.data_dir, &sink.mapping, sink.owner)?;
-    let target = ReceiveTarget {
-        data_dir: sink.data_dir.clone(),
-        tablespaces,
-        owner: sink.owner,
-        verify_manifest: sink.verify_manifest,
-        gate: ExtractionGate::new(),
-    };
-    stream
-        .receive(target, std::future::pending::<AbortReason>())
-        .await
+    pub(crate) warnings: Vec<String>,
 }
 
 /// A `BASE_BACKUP` whose start position and tablespace header have been read; the archives are
@@ -216,18 +184,9 @@ impl<'c> BaseBackupStream<'c> {
         })
     }
 
-    pub fn server_version(&self) -> ServerVersion {
-        self.version
-    }
-
     /// The start position (the checkpoint's redo point) and its timeline.
     pub fn start(&self) -> BackupPosition {
         self.start
-    }
-
-    /// The tablespace header as the server sent it (the data directory's row included).
-    pub fn header(&self) -> &[TablespaceHeader] {
-        &self.header
     }
 
     /// The tablespaces other than the data directory.
@@ -241,16 +200,6 @@ impl<'c> BaseBackupStream<'c> {
                 })
             })
             .collect()
-    }
-
-    /// The server's size estimate in bytes, when `PROGRESS` was requested.
-    pub fn total_bytes(&self) -> Option<u64> {
-        self.progress.total_bytes()
-    }
-
-    /// Whether a manifest will follow the archives.
-    pub fn manifest_expected(&self) -> bool {
-        self.manifest_algorithm.is_some()
     }
 
     /// Checks every tablespace's target directory (its `-T` mapping or its own location) and
@@ -353,13 +302,11 @@ impl<'c> BaseBackupStream<'c> {
         };
         tracing::info!(end = %end, bytes = received, "base backup received");
         Ok(BaseBackupResult {
-            server_version: version,
             start,
             end,
             tablespaces: target.tablespaces,
             manifest,
             written: outcome.written,
-            archives: outcome.archives,
             bytes_received: received,
             warnings,
         })

@@ -12,10 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::{raw_header, tree, Scratch, Tar, BLOCK};
-use walrelay_basebackup::tar_stream::TarError;
 use walrelay_basebackup::{
     prepare_tablespace_dirs, ArchiveExtractor, ArchiveKind, ChecksumAlgorithm, ChecksumCollector,
-    ExtractError, ExtractObserver, TablespaceLocation, TablespaceMapping,
+    ExtractError, ExtractObserver, TablespaceLocation, TablespaceMapping, TarError,
 };
 use walrelay_durable::Owner;
 
