@@ -11,7 +11,8 @@
 //! * [`validator`]: [`WalValidator`], the streaming validator, and its progress rule
 //!   ([`WalValidator::validated_lsn`]).
 //! * [`segment`]: [`validate_segment_file`] for a whole or partial segment file.
-//! * [`synth`]: synthetic WAL for tests and benchmarks (and fake servers).
+//! * `synth` (cargo feature `synth`, for dev-dependencies only): synthetic WAL for tests and
+//!   benchmarks (and fake servers).
 //!
 //! Formats: `src/include/access/xlog_internal.h`, `src/include/access/xlogrecord.h`,
 //! `src/backend/access/transam/xlogreader.c` in PostgreSQL's source.
@@ -21,6 +22,7 @@ pub mod magic;
 pub mod page;
 pub mod record;
 pub mod segment;
+#[cfg(feature = "synth")]
 pub mod synth;
 pub mod validator;
 
