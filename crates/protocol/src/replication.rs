@@ -134,6 +134,23 @@ pub struct StandbyStatusUpdate {
 }
 
 impl StandbyStatusUpdate {
+    /// Decodes the CopyData payload a standby sent (what a walsender reads).
+    pub fn parse(payload: &[u8]) -> Result<StandbyStatusUpdate, ProtocolError> {
+        let mut r = Reader::new(payload, "StandbyStatusUpdate");
+        if r.u8()? != b'r' {
+            return Err(malformed("StandbyStatusUpdate", "not an 'r' message"));
+        }
+        let update = StandbyStatusUpdate {
+            write_lsn: Lsn(r.u64()?),
+            flush_lsn: Lsn(r.u64()?),
+            apply_lsn: Lsn(r.u64()?),
+            client_time: r.u64()? as i64,
+            reply_requested: r.u8()? != 0,
+        };
+        r.finish()?;
+        Ok(update)
+    }
+
     /// The CopyData payload (without the CopyData framing).
     pub fn encode(&self, out: &mut BytesMut) {
         out.reserve(34);
@@ -322,14 +339,14 @@ mod tests {
     #[test]
     fn status_update_layout() {
         let mut out = BytesMut::new();
-        StandbyStatusUpdate {
+        let update = StandbyStatusUpdate {
             write_lsn: Lsn(1),
             flush_lsn: Lsn(2),
             apply_lsn: Lsn(3),
             client_time: 4,
             reply_requested: true,
-        }
-        .encode(&mut out);
+        };
+        update.encode(&mut out);
         assert_eq!(out.len(), 34);
         assert_eq!(out[0], b'r');
         assert_eq!(&out[1..9], &1u64.to_be_bytes());
@@ -337,6 +354,15 @@ mod tests {
         assert_eq!(&out[17..25], &3u64.to_be_bytes());
         assert_eq!(&out[25..33], &4i64.to_be_bytes());
         assert_eq!(out[33], 1);
+        assert_eq!(StandbyStatusUpdate::parse(&out).unwrap(), update);
+        assert!(StandbyStatusUpdate::parse(&out[..33]).is_err(), "truncated");
+        let mut long = out.to_vec();
+        long.push(0);
+        assert!(StandbyStatusUpdate::parse(&long).is_err(), "trailing byte");
+        let mut other = out.to_vec();
+        other[0] = b'h';
+        assert!(StandbyStatusUpdate::parse(&other).is_err(), "not 'r'");
+        assert!(StandbyStatusUpdate::parse(&[]).is_err(), "empty");
     }
 
     #[test]
@@ -460,6 +486,7 @@ mod tests {
             let b = Bytes::from(data);
             let _ = ReplicationMessage::parse(&b);
             let _ = BaseBackupMessage::parse(&b);
+            let _ = StandbyStatusUpdate::parse(&b);
         }
     }
 }
