@@ -99,3 +99,117 @@ pub(crate) async fn read_result_set(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use walrelay_protocol::message::FieldDescription;
+
+    use super::*;
+
+    fn description(columns: &[&str]) -> BackendMessage {
+        BackendMessage::RowDescription(columns.iter().map(|c| FieldDescription::text(c)).collect())
+    }
+
+    fn row(values: &[Option<&str>]) -> BackendMessage {
+        BackendMessage::DataRow(
+            values
+                .iter()
+                .map(|v| v.map(|s| Bytes::copy_from_slice(s.as_bytes())))
+                .collect(),
+        )
+    }
+
+    fn complete() -> BackendMessage {
+        BackendMessage::CommandComplete {
+            tag: "SELECT".into(),
+        }
+    }
+
+    /// Feeds messages until the result set is done; the last step.
+    fn read(msgs: Vec<BackendMessage>) -> Result<(Rows, bool), BackupError> {
+        let mut rows = Rows::default();
+        for m in msgs {
+            match rows.accept(m, BackupStage::Start)? {
+                RowStep::More => {}
+                RowStep::Done => return Ok((rows, true)),
+                RowStep::Failed(_) => return Ok((rows, false)),
+            }
+        }
+        Ok((rows, false))
+    }
+
+    /// A complete position result set with one row of (`recptr`, `tli`).
+    fn position_rows(recptr: &str, tli: &str) -> Rows {
+        let (rows, done) = read(vec![
+            description(&["recptr", "tli"]),
+            row(&[Some(recptr), Some(tli)]),
+            complete(),
+        ])
+        .unwrap();
+        assert!(done);
+        rows
+    }
+
+    #[test]
+    fn a_position_result_set_message_by_message() {
+        let p = position_rows("0/2000028", "1")
+            .position(PositionKind::Start)
+            .unwrap();
+        assert_eq!(p.to_string(), "0/2000028 on timeline 1");
+    }
+
+    #[test]
+    fn out_of_order_or_malformed_messages_are_protocol_violations() {
+        for msgs in [
+            // a row before its description
+            vec![row(&[None])],
+            // CommandComplete before any description
+            vec![complete()],
+            // two descriptions
+            vec![description(&["a"]), description(&["a"])],
+            // a row with a different number of columns
+            vec![description(&["a", "b"]), row(&[Some("x")])],
+            // something else entirely
+            vec![description(&["a"]), BackendMessage::CopyDone],
+        ] {
+            assert!(
+                matches!(read(msgs), Err(BackupError::Protocol(_))),
+                "accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn a_server_error_ends_the_result_set() {
+        let e = ErrorFields {
+            severity: "ERROR".into(),
+            code: "55000".into(),
+            message: "WAL level not sufficient".into(),
+            detail: None,
+            hint: None,
+        };
+        let (_, done) = read(vec![
+            description(&["recptr", "tli"]),
+            BackendMessage::ErrorResponse(e),
+        ])
+        .unwrap();
+        assert!(!done);
+    }
+
+    #[test]
+    fn malformed_rows_are_named_in_the_error() {
+        let e = position_rows("nope", "1")
+            .position(PositionKind::End)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "protocol violation during base backup: invalid end position; the server is not behaving like PostgreSQL"
+        );
+        let (rows, _) = read(vec![description(&["spcoid"]), complete()]).unwrap();
+        assert!(matches!(
+            rows.tablespace_header(),
+            Err(BackupError::Protocol(m)) if m == "the tablespace header has 1 columns, expected at least 2"
+        ));
+    }
+}
