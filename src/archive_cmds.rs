@@ -8,7 +8,7 @@
 //! is promoted. So restore never fails with such a status: a missing file is 1 (quietly), a damaged
 //! one `RESTORE_EXIT_CORRUPT` (200), anything else — IO errors, a bad command line that clap lets
 //! through, even a panic — `RESTORE_EXIT_ERROR` (201), which makes the startup process stop with
-//! FATAL (see `walrelay_archive::error`).
+//! FATAL (see `walrelay_archive::RESTORE_EXIT_CORRUPT`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

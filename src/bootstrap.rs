@@ -56,7 +56,7 @@ pub struct BootstrapArgs {
     )]
     pub wal_method: WalMethod,
     /// Backup label.
-    #[arg(short = 'l', long = "label", value_name = "LABEL", default_value = walrelay_basebackup::bootstrap::DEFAULT_LABEL)]
+    #[arg(short = 'l', long = "label", value_name = "LABEL", default_value = walrelay_basebackup::DEFAULT_LABEL)]
     pub label: String,
     /// Manifest checksum algorithm: CRC32C, SHA224, SHA256, SHA384, SHA512 or NONE.
     #[arg(

@@ -26,11 +26,6 @@
 
 mod support;
 
-#[path = "../crates/basebackup/tests/common/mod.rs"]
-mod basebackup_common;
-#[path = "../crates/basebackup/tests/support/fake_server.rs"]
-mod fake_server;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -936,12 +931,13 @@ fn wal_removed_before_it_was_copied() {
     assert!(slot_names(&primary).is_empty());
 }
 
-/// A manifest that does not match the files, from the scripted fake server of the basebackup
-/// crate's tests (a real server does not lie): the file is named, the target removed.
+/// A manifest that does not match the files, from the testkit's scripted fake walsender (a real
+/// server does not lie): the file is named, the target removed.
 #[test]
 fn manifest_mismatch_from_a_fake_server() {
-    use basebackup_common::Tar;
-    use fake_server::{manifest, pg15_steps, FakeBackup, FakeServer, Script};
+    use walrelay_testkit::fake_backup::{backup_manifest, pg15_steps};
+    use walrelay_testkit::tar_builder::Tar;
+    use walrelay_testkit::{FakeBackup, FakeWalsender, Script};
 
     let relfile: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
     let label = b"START WAL LOCATION: 0/2000028\n";
@@ -963,7 +959,7 @@ fn manifest_mismatch_from_a_fake_server() {
         timeline: 1,
         tablespaces: vec![],
         base,
-        manifest: Some(manifest(
+        manifest: Some(backup_manifest(
             &[
                 ("backup_label", label),
                 ("PG_VERSION", b"15\n"),
@@ -972,29 +968,22 @@ fn manifest_mismatch_from_a_fake_server() {
             &[(1, "0/2000028", "0/2000100")],
         )),
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt.block_on(FakeServer::start(Script {
+    let server = FakeWalsender::start(Script {
         base_backup: pg15_steps(&backup),
         ..Script::default()
-    }));
+    });
     let base_dir = tempfile::Builder::new()
         .prefix("wr-bs-fake-")
         .tempdir()
         .unwrap();
     let target = base_dir.path().join("standby");
-    Bootstrap::new(
-        &format!(
-            "host=127.0.0.1 port={} user=rep sslmode=disable",
-            server.port
-        ),
-        &target,
-    )
-    .args(&["-c", "fast", "-X", "none", "--no-standby-config"])
-    .run()
-    .assert_failed(
-        exit_code::ERROR,
-        &["checksum mismatch for file \"base/1/1259\""],
-    );
+    Bootstrap::new(&server.conninfo(), &target)
+        .args(&["-c", "fast", "-X", "none", "--no-standby-config"])
+        .run()
+        .assert_failed(
+            exit_code::ERROR,
+            &["checksum mismatch for file \"base/1/1259\""],
+        );
     assert!(!target.exists());
     assert!(server
         .queries()

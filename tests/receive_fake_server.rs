@@ -3,15 +3,14 @@
 //! Validation on arrival against a scripted walsender: real PostgreSQL 15 WAL (the wal crate's
 //! fixtures) with one byte damaged. `walrelay receive` must stop with the invalid-WAL exit code, name
 //! the position, never acknowledge a flush position at or past the damage, and never give the damaged
-//! segment its final name. A real server cannot be made to send bad WAL on purpose, hence the script.
+//! segment its final name. A real server cannot be made to send bad WAL on purpose, hence the script
+//! (`walrelay_testkit::FakeWalsender` with a scripted WAL stream).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+
+use walrelay_testkit::{Ending, FakeWalsender, Lsn, Script, WalStream};
 
 mod support;
 use support::scratch_mount::Tmpfs;
@@ -55,197 +54,6 @@ fn fixture_segments(names: &[&str]) -> (Vec<u8>, u64) {
     (all, sysid)
 }
 
-fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![kind];
-    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
-fn row_description(names: &[&str]) -> Vec<u8> {
-    let mut b = (names.len() as i16).to_be_bytes().to_vec();
-    for n in names {
-        b.extend_from_slice(n.as_bytes());
-        b.push(0);
-        b.extend_from_slice(&0i32.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&25i32.to_be_bytes());
-        b.extend_from_slice(&(-1i16).to_be_bytes());
-        b.extend_from_slice(&(-1i32).to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-    }
-    msg(b'T', &b)
-}
-
-fn data_row(values: &[Option<&str>]) -> Vec<u8> {
-    let mut b = (values.len() as i16).to_be_bytes().to_vec();
-    for v in values {
-        match v {
-            Some(s) => {
-                b.extend_from_slice(&(s.len() as i32).to_be_bytes());
-                b.extend_from_slice(s.as_bytes());
-            }
-            None => b.extend_from_slice(&(-1i32).to_be_bytes()),
-        }
-    }
-    msg(b'D', &b)
-}
-
-fn read_exact_or_eof(s: &mut TcpStream, buf: &mut [u8]) -> bool {
-    s.read_exact(buf).is_ok()
-}
-
-/// Reads one typed frontend message; None at EOF.
-fn read_message(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    let mut head = [0u8; 5];
-    if !read_exact_or_eof(s, &mut head) {
-        return None;
-    }
-    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    let mut body = vec![0u8; len - 4];
-    if !read_exact_or_eof(s, &mut body) {
-        return None;
-    }
-    Some((head[0], body))
-}
-
-/// What the fake server saw.
-#[derive(Default)]
-struct Seen {
-    flush_positions: Vec<u64>,
-    disconnected: bool,
-}
-
-/// How the scripted walsender ends its stream.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    /// Keepalives asking for a reply every 50 ms, until the client goes away (30 s at most).
-    AskForReplies,
-    /// One keepalive that asks for nothing, in the same write as the last WAL, then silence until
-    /// a flush report reaches `until` (10 s at most), then the connection is closed: what an idle
-    /// walsender does after a commit.
-    QuietUntilFlushed { until: u64 },
-}
-
-/// Serves one replication connection: startup, IDENTIFY_SYSTEM, SHOW, START_REPLICATION, then `wal`
-/// from `START` in 8 kB XLogData messages, then as `ending` says.
-fn serve(mut s: TcpStream, wal: Arc<Vec<u8>>, sysid: u64, seen: Arc<Mutex<Seen>>, ending: Ending) {
-    // Startup, with an SSLRequest answered 'N' first.
-    loop {
-        let mut len = [0u8; 4];
-        if !read_exact_or_eof(&mut s, &mut len) {
-            return;
-        }
-        let len = i32::from_be_bytes(len) as usize;
-        let mut body = vec![0u8; len - 4];
-        if !read_exact_or_eof(&mut s, &mut body) {
-            return;
-        }
-        if body[..4] == 80877103i32.to_be_bytes() {
-            s.write_all(b"N").unwrap();
-            continue;
-        }
-        break;
-    }
-    let mut out = msg(b'R', &0i32.to_be_bytes());
-    out.extend(msg(b'S', b"server_version\x0015.4\x00"));
-    out.extend(msg(b'K', &[0, 0, 0, 1, 0, 0, 0, 2]));
-    out.extend(msg(b'Z', b"I"));
-    s.write_all(&out).unwrap();
-    let end = START + wal.len() as u64;
-    while let Some((kind, body)) = read_message(&mut s) {
-        if kind != b'Q' {
-            break;
-        }
-        let q = String::from_utf8_lossy(&body[..body.len() - 1]).to_string();
-        let mut out = Vec::new();
-        if q.starts_with("IDENTIFY_SYSTEM") {
-            out.extend(row_description(&[
-                "systemid", "timeline", "xlogpos", "dbname",
-            ]));
-            let pos = format!("{:X}/{:X}", end >> 32, end & 0xffff_ffff);
-            out.extend(data_row(&[
-                Some(&sysid.to_string()),
-                Some("1"),
-                Some(&pos),
-                None,
-            ]));
-            out.extend(msg(b'C', b"IDENTIFY_SYSTEM\x00"));
-            out.extend(msg(b'Z', b"I"));
-        } else if q.starts_with("SHOW wal_segment_size") {
-            out.extend(row_description(&["wal_segment_size"]));
-            out.extend(data_row(&[Some("1MB")]));
-            out.extend(msg(b'C', b"SHOW\x00"));
-            out.extend(msg(b'Z', b"I"));
-        } else if q.starts_with("START_REPLICATION") {
-            s.write_all(&msg(b'W', &[0, 0, 0])).unwrap();
-            let mut reader = s.try_clone().unwrap();
-            let seen_r = seen.clone();
-            let r = thread::spawn(move || {
-                while let Some((kind, body)) = read_message(&mut reader) {
-                    if kind == b'd' && body.first() == Some(&b'r') && body.len() >= 17 {
-                        let flush = u64::from_be_bytes(body[9..17].try_into().unwrap());
-                        seen_r.lock().unwrap().flush_positions.push(flush);
-                    }
-                }
-                seen_r.lock().unwrap().disconnected = true;
-            });
-            let keepalive = |reply: bool| {
-                let mut k = vec![b'k'];
-                k.extend_from_slice(&end.to_be_bytes());
-                k.extend_from_slice(&0i64.to_be_bytes());
-                k.push(u8::from(reply));
-                msg(b'd', &k)
-            };
-            let chunks = wal.chunks(8192).count();
-            for (i, chunk) in wal.chunks(8192).enumerate() {
-                let at = START + (i * 8192) as u64;
-                let mut m = vec![b'w'];
-                m.extend_from_slice(&at.to_be_bytes());
-                m.extend_from_slice(&end.to_be_bytes());
-                m.extend_from_slice(&0i64.to_be_bytes());
-                m.extend_from_slice(chunk);
-                let mut out = msg(b'd', &m);
-                if i + 1 == chunks && ending != Ending::AskForReplies {
-                    out.extend(keepalive(false));
-                }
-                if s.write_all(&out).is_err() {
-                    break;
-                }
-            }
-            if let Ending::QuietUntilFlushed { until } = ending {
-                let t0 = Instant::now();
-                while t0.elapsed() < Duration::from_secs(10) {
-                    let seen = seen.lock().unwrap();
-                    if seen.disconnected || seen.flush_positions.iter().any(|&f| f >= until) {
-                        break;
-                    }
-                    drop(seen);
-                    thread::sleep(Duration::from_millis(20));
-                }
-                let _ = s.shutdown(std::net::Shutdown::Both);
-                let _ = r.join();
-                return;
-            }
-            let t0 = Instant::now();
-            while !seen.lock().unwrap().disconnected && t0.elapsed() < Duration::from_secs(30) {
-                if s.write_all(&keepalive(true)).is_err() {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-            let _ = r.join();
-            return;
-        } else {
-            let mut e = b"SERROR\x00C0A000\x00Mnot supported by the fake server\x00\x00".to_vec();
-            e.truncate(e.len());
-            out.extend(msg(b'E', &e));
-            out.extend(msg(b'Z', b"I"));
-        }
-        s.write_all(&out).unwrap();
-    }
-}
-
 fn run_against(
     wal: Vec<u8>,
     sysid: u64,
@@ -275,16 +83,18 @@ fn run_into(
     ending: Ending,
     synchronous: bool,
 ) -> (i32, String, Vec<u64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let wal = Arc::new(wal);
-    let (seen2, wal2) = (seen.clone(), wal.clone());
-    thread::spawn(move || {
-        if let Ok((s, _)) = listener.accept() {
-            serve(s, wal2, sysid, seen2, ending);
-        }
+    let stream = WalStream {
+        ending,
+        ..WalStream::new(Lsn(START), wal)
+    };
+    let server = FakeWalsender::start(Script {
+        system_identifier: sysid,
+        xlogpos: stream.end(),
+        wal_segment_size: "1MB".into(),
+        wal: Some(stream),
+        ..Script::default()
     });
+    let port = server.port();
     let out = Command::new(env!("CARGO_BIN_EXE_walrelay"))
         .args(["receive", "--no-loop", "-s", "1", "--start", "0/700000"])
         .args(if synchronous {
@@ -302,7 +112,7 @@ fn run_into(
         .env("WALRELAY_LOG", "warn")
         .output()
         .unwrap();
-    let flushes = seen.lock().unwrap().flush_positions.clone();
+    let flushes = server.flush_positions().iter().map(|f| f.0).collect();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -390,7 +200,9 @@ fn a_synchronous_flush_does_not_wait_for_more_wal() {
         wal,
         sysid,
         &[],
-        Ending::QuietUntilFlushed { until: 0xB0_2048 },
+        Ending::QuietUntilFlushed {
+            until: Lsn(0xB0_2048),
+        },
     );
     let max = flushes.iter().copied().max().unwrap_or(0);
     assert!(

@@ -3,11 +3,11 @@
 //! An archive directory holds
 //! * completed segments under their 24-hex-digit names, plain or compressed as one gzip member
 //!   (`.gz`), one LZ4 frame (`.lz4`, both as pg_receivewal 15 writes them) or one zstd frame (`.zst`,
-//!   walrelay's own) — see [`compression`];
+//!   walrelay's own) — see [`Compression`];
 //! * the segment being received as `NAME.partial` (pg_receivewal may also leave `NAME.gz.partial` or
 //!   `NAME.lz4.partial`);
 //! * timeline history files `TTTTTTTT.history`;
-//! * walrelay's checksum list `walrelay.sha256` ([`checksum`]).
+//! * walrelay's checksum list `walrelay.sha256` ([`read_checksums`], [`record_checksum`]).
 //!
 //! This crate scans such a directory ([`ArchiveDir::scan`], [`infer_segment_size`]), compresses
 //! segments as they complete ([`compress_completed_segment`]), serves `restore_command`
@@ -16,23 +16,19 @@
 //! longer needed ([`prune()`]), with the semantics of PostgreSQL's pg_receivewal, restore_command
 //! and pg_archivecleanup.
 //!
-//! Everything here is blocking std IO: call it from a blocking thread.
+//! Everything here is blocking std IO: call it from a blocking thread. The modules are private;
+//! the items below are what other crates use, and the types those return.
 
-pub mod checksum;
-pub mod compression;
-pub mod content_check;
-pub mod error;
-pub mod inventory;
-pub mod prune;
-pub mod restore;
-pub mod verify;
+mod checksum;
+mod compression;
+mod content_check;
+mod error;
+mod inventory;
+mod prune;
+mod restore;
+mod verify;
 
-/// The file-name compression suffixes (`.gz`, `.lz4`, `.zst`), as the protocol crate parses them.
-pub use walrelay_protocol::segment::Compression as CompressionMethod;
-
-pub use checksum::{
-    read_checksums, record_checksum, remove_checksums, ChecksumList, CHECKSUM_FILE_NAME,
-};
+pub use checksum::{read_checksums, record_checksum, ChecksumList};
 pub use compression::{
     compress_completed_segment, open_segment, segment_sha256, uncompressed_size, Compression,
 };
@@ -45,13 +41,11 @@ pub use inventory::{
     cleanup, infer_segment_size, ArchiveDir, CleanupReport, DamagedFile, Inventory, SegmentFile,
     SegmentFileState,
 };
-pub use prune::{
-    backup_start_from_label, backup_start_from_manifest, prune, PruneOptions, PrunePoint,
-    PruneReport,
-};
+pub use prune::{prune, PruneOptions, PrunePoint, PruneReport};
 pub use restore::{restore, RestoreOptions, RestoreOutcome, Restored};
 pub use verify::{
-    verify, NoContentCheck, Problem, ProblemKind, SegmentContentCheck, VerifyOptions, VerifyReport,
+    verify, Gap, NoContentCheck, Problem, ProblemKind, SegmentContentCheck, TimelineSummary,
+    VerifyOptions, VerifyReport,
 };
 
 #[cfg(test)]

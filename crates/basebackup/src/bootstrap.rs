@@ -80,19 +80,21 @@ use walrelay_protocol::command::{
 };
 use walrelay_protocol::{Lsn, SegmentId, TimelineId, WalFileName, WalSegmentSize};
 
-use crate::driver::{
-    validate_max_rate, BackupError, BackupPhase, BackupPosition, BackupProgress, BaseBackupStream,
-    ExtractionGate, ReceiveTarget, EXTRACTOR_STOP_TIMEOUT,
-};
+use crate::error::BackupError;
+use crate::feed::{ExtractionGate, EXTRACTOR_STOP_TIMEOUT};
 use crate::manifest::{
     store_manifest, verify_wal_ranges, ChecksumAlgorithm, VerifySummary, WalRange, WalRangeError,
 };
+use crate::max_rate::validate_max_rate;
+use crate::progress::{BackupPhase, BackupProgress};
 use crate::standby::{write_standby_config, StandbyConfig, StandbyConfigError, StandbyMode};
+use crate::stream::{BaseBackupStream, ReceiveTarget};
 use crate::sync::{SyncSummary, WrittenPaths};
 use crate::tablespace::{
     check_dir_empty_or_absent, DirState, MappingError, PreparedTablespace, TablespaceError,
     TablespaceMapping,
 };
+use walrelay_protocol::base_backup::BackupPosition;
 
 /// A boxed future that can cross threads, for the object-safe [`WalStreamer`] traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -258,7 +260,7 @@ pub struct BootstrapConfig {
     pub manifest_checksums: Option<ChecksumAlgorithm>,
     /// Let the server verify data checksums while sending (`--no-verify-checksums` turns it off).
     pub verify_checksums: bool,
-    /// `--max-rate` in kB/s (see [`crate::driver::parse_max_rate`]).
+    /// `--max-rate` in kB/s (see [`crate::max_rate::parse_max_rate`]).
     pub max_rate_kb: Option<u32>,
     /// Check the result against the manifest and the WAL it needs (`--no-verify` turns it off).
     pub verify: bool,

@@ -7,7 +7,7 @@
 use walrelay_client::{Classify, ErrorClass, ServerCondition};
 
 use crate::bootstrap::BootstrapError;
-use crate::driver::BackupError;
+use crate::error::BackupError;
 use crate::extract::ExtractError;
 use crate::standby::StandbyConfigError;
 use crate::tablespace::TablespaceError;

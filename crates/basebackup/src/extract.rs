@@ -50,6 +50,8 @@ use bytes::Bytes;
 use thiserror::Error;
 use walrelay_durable::{create_dir_all_durable, DurableError, Owner};
 
+pub use walrelay_protocol::base_backup::ArchiveKind;
+
 use crate::member_path::{resolve_relative_link, sanitize_member_path, UnsafePath};
 use crate::sync::{WritebackBehind, WrittenPaths};
 use crate::tablespace::{canonicalize_path, PreparedTablespace};
@@ -82,32 +84,6 @@ pub trait ExtractObserver {
 
 /// No observation.
 impl ExtractObserver for () {}
-
-/// Which archive of a base backup is being extracted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ArchiveKind {
-    /// `base.tar`: the main data directory.
-    Base,
-    /// `<oid>.tar`: one tablespace.
-    Tablespace(u32),
-}
-
-impl ArchiveKind {
-    /// Classifies an archive name as the server sends it in PostgreSQL 15+'s `'n'` message.
-    pub fn from_archive_name(name: &str) -> Option<ArchiveKind> {
-        let stem = name.strip_suffix(".tar")?;
-        if stem == "base" {
-            return Some(ArchiveKind::Base);
-        }
-        if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        stem.parse()
-            .ok()
-            .filter(|&oid| oid != 0)
-            .map(ArchiveKind::Tablespace)
-    }
-}
 
 /// Archive bytes consumed so far by one [`ArchiveExtractor`], over all its archives; readable from
 /// another thread for progress reports (compare with the server's `'p'` progress messages).
@@ -221,7 +197,7 @@ impl ArchiveExtractor {
     }
 
     /// Starts the writeback of every file as soon as it is complete, on a thread of its own
-    /// ([`WritebackBehind`]), so that a final [`WrittenPaths::sync_all`] has less left to wait for.
+    /// (`WritebackBehind`), so that a final [`WrittenPaths::sync_all`] has less left to wait for.
     pub fn with_writeback_behind(mut self) -> Self {
         self.writeback = WritebackBehind::start();
         self
@@ -234,7 +210,7 @@ impl ArchiveExtractor {
         self
     }
 
-    /// Largest single write (default [`DEFAULT_WRITE_BUFFER`]); at least 64 kB. Also the size of
+    /// Largest single write (default `DEFAULT_WRITE_BUFFER`); at least 64 kB. Also the size of
     /// the reads [`extract`](Self::extract) makes from a plain [`Read`].
     pub fn with_buffer_size(mut self, bytes: usize) -> Self {
         self.write_size = bytes.max(64 * 1024);
@@ -268,7 +244,7 @@ impl ArchiveExtractor {
 
     /// [`extract`](Self::extract) from a source that lends its buffers: file data is written
     /// straight from them, gathered into `writev` calls of up to the write size.
-    pub fn extract_chunks<R: ChunkRead>(
+    pub(crate) fn extract_chunks<R: ChunkRead>(
         &mut self,
         kind: ArchiveKind,
         reader: R,
@@ -725,29 +701,6 @@ fn system_time(mtime: i64) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn archive_names() {
-        assert_eq!(
-            ArchiveKind::from_archive_name("base.tar"),
-            Some(ArchiveKind::Base)
-        );
-        assert_eq!(
-            ArchiveKind::from_archive_name("16384.tar"),
-            Some(ArchiveKind::Tablespace(16384))
-        );
-        for bad in [
-            "base",
-            "0.tar",
-            ".tar",
-            "x.tar",
-            "99999999999.tar",
-            "pg_wal.tar",
-            "1.tar.gz",
-        ] {
-            assert_eq!(ArchiveKind::from_archive_name(bad), None, "{bad}");
-        }
-    }
 
     /// Takes at most `step` bytes per call, spread over the slices as a kernel would, and fails
     /// with EINTR every third call.

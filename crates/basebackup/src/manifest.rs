@@ -451,7 +451,7 @@ impl BackupManifest {
 
     /// Compares what was extracted with the manifest, as `pg_verifybackup` compares a directory:
     /// every file extracted must be listed with the same size and checksum, and every listed file
-    /// must have been extracted — except the paths in [`DEFAULT_IGNORED`] and `extra_ignored`
+    /// must have been extracted — except the paths in `DEFAULT_IGNORED` and `extra_ignored`
     /// (each ignoring itself and everything below it). For a version 2 manifest the system
     /// identifier in the extracted `global/pg_control` must match too.
     pub fn verify_files(

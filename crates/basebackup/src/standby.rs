@@ -155,7 +155,7 @@ impl StandbyConfig {
 
     /// The files to write, in the order to write them. `existing_auto_conf` is the current
     /// `postgresql.auto.conf` (from the archive), whose content is kept.
-    pub fn render(&self, existing_auto_conf: Option<&[u8]>) -> Vec<ConfigFile> {
+    pub(crate) fn render(&self, existing_auto_conf: Option<&[u8]>) -> Vec<ConfigFile> {
         let append_to_auto_conf = |settings: &str| {
             let mut contents = match existing_auto_conf {
                 Some(old) => old.to_vec(),

@@ -120,10 +120,6 @@ impl TablespaceMapping {
         Ok(())
     }
 
-    pub fn entries(&self) -> &[MappingEntry] {
-        &self.entries
-    }
-
     /// Where a tablespace at `location` (as the server reports it) goes: the mapped directory, or
     /// `location` itself (unchanged, as pg_basebackup returns it) when no mapping matches.
     pub fn map<'a>(&'a self, location: &'a str) -> Cow<'a, str> {
@@ -136,7 +132,10 @@ impl TablespaceMapping {
 
     /// Mappings whose OLDDIR matches none of the server's tablespaces: almost always a typo the
     /// operator wants to hear about.
-    pub fn unused<'a>(&'a self, tablespaces: &[TablespaceLocation]) -> Vec<&'a MappingEntry> {
+    pub(crate) fn unused<'a>(
+        &'a self,
+        tablespaces: &[TablespaceLocation],
+    ) -> Vec<&'a MappingEntry> {
         let canon: HashSet<String> = tablespaces
             .iter()
             .map(|t| canonicalize_path(&t.location))

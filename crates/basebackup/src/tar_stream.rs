@@ -18,9 +18,9 @@
 //! * end of input anywhere else (inside a header, a member's data or its padding) is a truncated
 //!   archive and an error.
 //!
-//! Payload comes out either copied into the caller's buffer ([`TarReader::read_data`]) or, from a
-//! [`ChunkRead`] input, as the input's own shared buffers ([`TarReader::read_data_chunk`]): the
-//! extractor writes a file's data straight from the network buffers it arrived in.
+//! Payload comes out, from a [`ChunkRead`] input, as the input's own shared buffers
+//! ([`TarReader::read_data_chunk`]): the extractor writes a file's data straight from the network
+//! buffers it arrived in. The tests also read it copied (`TarReader::read_data`) and compare.
 
 use std::io::{self, Read};
 
@@ -200,8 +200,8 @@ enum State {
 
 /// Streams members out of a tar archive read from `R`.
 ///
-/// Call [`TarReader::next_member`] for each header, then [`TarReader::read_data`] until it returns 0
-/// for the member's payload (unread payload is skipped by the next `next_member`).
+/// Call [`TarReader::next_member`] for each header, then [`TarReader::read_data_chunk`] until it
+/// returns nothing for the member's payload (unread payload is skipped by the next `next_member`).
 pub struct TarReader<R> {
     inner: R,
     state: State,
@@ -226,11 +226,6 @@ impl<R: Read> TarReader<R> {
     /// Bytes consumed from the underlying reader so far (headers, payload and padding).
     pub fn position(&self) -> u64 {
         self.position
-    }
-
-    /// Gives the underlying reader back.
-    pub fn into_inner(self) -> R {
-        self.inner
     }
 
     /// The next member's header, or `None` at the end of the archive (see the module docs for what
@@ -346,7 +341,9 @@ impl<R: Read> TarReader<R> {
     }
 
     /// Reads payload of the current member into `buf`; 0 means the payload is complete.
-    /// End of input before the payload is complete is [`TarError::TruncatedMember`].
+    /// End of input before the payload is complete is [`TarError::TruncatedMember`]. (Only the
+    /// tests copy payload out; the extractor takes it as chunks.)
+    #[cfg(test)]
     pub fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, TarError> {
         let (remaining, padding) = match self.state {
             State::Data { remaining, padding } => (remaining, padding),
@@ -367,7 +364,7 @@ impl<R: Read> TarReader<R> {
         Ok(n)
     }
 
-    /// Like [`read_data`](Self::read_data), without copying: at most `max` bytes of the current
+    /// Like `read_data`, without copying: at most `max` bytes of the current
     /// member's payload in the input's own buffer; empty when the payload is complete. End of
     /// input before the payload is complete is [`TarError::TruncatedMember`].
     pub fn read_data_chunk(&mut self, max: usize) -> Result<Bytes, TarError>
@@ -404,14 +401,6 @@ impl<R: Read> TarReader<R> {
             padding,
         };
         Ok(chunk)
-    }
-
-    /// Payload bytes of the current member not read yet.
-    pub fn remaining_in_member(&self) -> u64 {
-        match self.state {
-            State::Data { remaining, .. } => remaining,
-            _ => 0,
-        }
     }
 
     fn truncated(&self, remaining: u64) -> TarError {

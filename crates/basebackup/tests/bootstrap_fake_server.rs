@@ -1,4 +1,4 @@
-//! `bootstrap` against the scripted fake server (`support/fake_server.rs`): both message flows
+//! `bootstrap` against the scripted fake server (`walrelay_testkit::FakeWalsender`): both message flows
 //! (PostgreSQL 15+ single COPY, and one COPY per tablespace before 15) byte for byte, the slot
 //! probe before 15, and everything a real server will not do — hostile tar members, protocol
 //! violations, a manifest that does not match, a WAL stream that dies, a stalled server with the
@@ -15,11 +15,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Scratch, Tar};
-use support::fake_server::{
-    self, copy_data, copy_out_response, error_response, legacy_steps, manifest, notice, pg15_steps,
-    position, preamble, trailer, FakeBackup, FakeServer, Script, Step,
-};
+use common::Scratch;
 use support::wal_standin::FailingStreamer;
 use walrelay_basebackup::{
     bootstrap, BackupError, BackupProgress, BootstrapConfig, BootstrapError, BootstrapSummary,
@@ -28,6 +24,15 @@ use walrelay_basebackup::{
 use walrelay_client::ReplicationMode;
 use walrelay_conninfo::{ConnectionConfig, MapEnv};
 use walrelay_protocol::command::CheckpointMode;
+use walrelay_testkit::fake_backup::{
+    backup_manifest, legacy_steps, pg15_archive_steps, pg15_steps, preamble, trailer,
+};
+use walrelay_testkit::tar_builder::Tar;
+use walrelay_testkit::wire::{
+    archive_data, copy_data, copy_done, copy_out_response, error_response, new_archive, notice,
+    position, ready_for_query,
+};
+use walrelay_testkit::{FakeBackup, FakeWalsender, Script, Step};
 
 const TS_LOCATION: &str = "/srv/fake/ts1";
 const TS_DIR: &str = "PG_15_202209061";
@@ -108,7 +113,7 @@ fn good_manifest() -> Vec<u8> {
     let rel = relfile();
     let ts = ts_file();
     let ts_path = format!("pg_tblspc/16384/{TS_DIR}/5/16385");
-    manifest(
+    backup_manifest(
         &[
             ("backup_label", b"START WAL LOCATION: 0/2000028\n"),
             ("PG_VERSION", b"15\n"),
@@ -230,10 +235,10 @@ async fn usage_errors_come_before_connecting_or_creating() {
 #[tokio::test]
 async fn unsupported_server_versions_are_named() {
     for (version, shown) in [("9.6.24", "9.6.24"), ("19devel", "19devel")] {
-        let server = FakeServer::start(script(version, vec![])).await;
+        let server = FakeWalsender::start(script(version, vec![]));
         let d = tempfile::tempdir().unwrap();
         let target = d.path().join("data");
-        let e = run(config(server.port, &target), None).await.unwrap_err();
+        let e = run(config(server.port(), &target), None).await.unwrap_err();
         assert_eq!(
             e.to_string(),
             format!("the server runs PostgreSQL {shown}, which walrelay does not support: use a primary running PostgreSQL 10 to 18")
@@ -250,11 +255,11 @@ async fn unsupported_server_versions_are_named() {
 
 /// Runs a successful bootstrap against `steps`; returns the BASE_BACKUP command the server got.
 async fn happy_path(version: &str, steps: Vec<Step>, expect_manifest: bool) -> String {
-    let server = FakeServer::start(script(version, steps)).await;
+    let server = FakeWalsender::start(script(version, steps));
     let d = tempfile::tempdir().unwrap();
     let target = d.path().join("data");
     let ts_target = d.path().join("ts1");
-    let mut c = config(server.port, &target);
+    let mut c = config(server.port(), &target);
     c.tablespace_mappings = vec![format!("{TS_LOCATION}={}", ts_target.display())];
     c.standby = StandbySetup::Streaming;
     let progress = BackupProgress::new();
@@ -291,7 +296,7 @@ async fn happy_path(version: &str, steps: Vec<Step>, expect_manifest: bool) -> S
     assert!(
         auto.contains(&format!(
             "primary_conninfo = 'user=rep host=127.0.0.1 port={} sslmode=disable'",
-            server.port
+            server.port()
         )),
         "{auto}"
     );
@@ -359,10 +364,10 @@ async fn fetch_without_manifest_checks_the_wal_range_itself() {
         };
         let mut s = script("12.18", legacy_steps(&b));
         s.wal_segment_size = "1MB".into();
-        let server = FakeServer::start(s).await;
+        let server = FakeWalsender::start(s);
         let d = tempfile::tempdir().unwrap();
         let target = d.path().join("data");
-        let mut c = config(server.port, &target);
+        let mut c = config(server.port(), &target);
         c.wal_method = WalMethod::Fetch;
         let r = run(c, None).await;
         let bb = server
@@ -390,10 +395,10 @@ async fn slot_probe_before_15_uses_start_replication() {
     let b = backup(false, true);
     let mut s = script("14.9", legacy_steps(&b));
     s.slots = vec!["exists".into()];
-    let server = FakeServer::start(s).await;
+    let server = FakeWalsender::start(s);
     let d = tempfile::tempdir().unwrap();
 
-    let mut c = config(server.port, &d.path().join("a"));
+    let mut c = config(server.port(), &d.path().join("a"));
     c.slot = Some("exists".into());
     c.tablespace_mappings = vec![format!("{TS_LOCATION}={}", d.path().join("ts").display())];
     run(c, None).await.unwrap();
@@ -401,7 +406,7 @@ async fn slot_probe_before_15_uses_start_replication() {
         .queries()
         .contains(&"START_REPLICATION SLOT \"exists\" 0/3000000 TIMELINE 1".to_string()));
 
-    let mut c = config(server.port, &d.path().join("b"));
+    let mut c = config(server.port(), &d.path().join("b"));
     c.slot = Some("missing".into());
     let e = run(c, None).await.unwrap_err();
     assert!(matches!(e, BootstrapError::SlotNotFound(_)), "{e}");
@@ -413,16 +418,16 @@ async fn slot_check_on_15_reads_the_slot_and_create_refuses_existing() {
     let b = backup(true, true);
     let mut s = script("15.4", pg15_steps(&b));
     s.slots = vec!["exists".into()];
-    let server = FakeServer::start(s).await;
+    let server = FakeWalsender::start(s);
     let d = tempfile::tempdir().unwrap();
 
-    let mut c = config(server.port, &d.path().join("a"));
+    let mut c = config(server.port(), &d.path().join("a"));
     c.slot = Some("missing".into());
     assert!(matches!(
         run(c, None).await.unwrap_err(),
         BootstrapError::SlotNotFound(_)
     ));
-    let mut c = config(server.port, &d.path().join("b"));
+    let mut c = config(server.port(), &d.path().join("b"));
     c.slot = Some("exists".into());
     c.create_slot = true;
     assert!(matches!(
@@ -448,10 +453,10 @@ async fn created_slot_is_dropped_when_the_backup_fails() {
         "58P01",
         "could not open file \"base/1/1259\": No such file or directory",
     )));
-    steps.push(Step::Send(fake_server::ready_for_query()));
-    let server = FakeServer::start(script("15.4", steps)).await;
+    steps.push(Step::Send(ready_for_query()));
+    let server = FakeWalsender::start(script("15.4", steps));
     let d = tempfile::tempdir().unwrap();
-    let mut c = config(server.port, &d.path().join("data"));
+    let mut c = config(server.port(), &d.path().join("data"));
     c.slot = Some("fresh".into());
     c.create_slot = true;
     c.tablespace_mappings = vec![format!("{TS_LOCATION}={}", d.path().join("ts").display())];
@@ -477,9 +482,9 @@ async fn hostile(base: Vec<u8>, check: impl Fn(&BootstrapError) -> bool) {
         base,
         manifest: None,
     };
-    let server = FakeServer::start(script("15.4", pg15_steps(&b))).await;
+    let server = FakeWalsender::start(script("15.4", pg15_steps(&b)));
     let s = Scratch::new();
-    let mut c = config(server.port, &s.target);
+    let mut c = config(server.port(), &s.target);
     c.manifest_checksums = None;
     let e = run(c, None).await.unwrap_err();
     eprintln!("refused: {e}");
@@ -599,10 +604,10 @@ async fn hostile_tablespace_link_elsewhere() {
 // ------------------------------------------------------------------ protocol violations
 
 async fn violation(version: &str, steps: Vec<Step>) -> BootstrapError {
-    let server = FakeServer::start(script(version, steps)).await;
+    let server = FakeWalsender::start(script(version, steps));
     let d = tempfile::tempdir().unwrap();
     let target = d.path().join("data");
-    let mut c = config(server.port, &target);
+    let mut c = config(server.port(), &target);
     c.tablespace_mappings = vec![format!("{TS_LOCATION}={}", d.path().join("ts").display())];
     let e = run(c, None).await.unwrap_err();
     eprintln!("{e}");
@@ -619,23 +624,8 @@ fn pg15_stream(parts: &[Vec<u8>]) -> Step {
     for p in parts {
         out.extend(copy_data(p));
     }
-    out.extend(fake_server::copy_done());
+    out.extend(copy_done());
     Step::Send(out)
-}
-
-fn new_archive(name: &str, loc: &str) -> Vec<u8> {
-    let mut n = vec![b'n'];
-    n.extend(name.as_bytes());
-    n.push(0);
-    n.extend(loc.as_bytes());
-    n.push(0);
-    n
-}
-
-fn data(bytes: &[u8]) -> Vec<u8> {
-    let mut d = vec![b'd'];
-    d.extend(bytes);
-    d
 }
 
 #[tokio::test]
@@ -652,7 +642,7 @@ async fn protocol_violations_are_refused() {
         "15.4",
         with(pg15_stream(&[
             new_archive("16999.tar", "/x"),
-            data(&ts_tar(true)),
+            archive_data(&ts_tar(true)),
         ])),
     )
     .await;
@@ -661,14 +651,14 @@ async fn protocol_violations_are_refused() {
         "{e}"
     );
     // data before any archive
-    let e = violation("15.4", with(pg15_stream(&[data(b"xx")]))).await;
+    let e = violation("15.4", with(pg15_stream(&[archive_data(b"xx")]))).await;
     assert!(e.to_string().contains("before any archive"), "{e}");
     // the stream ends without the base archive
     let e = violation(
         "15.4",
         with(pg15_stream(&[
             new_archive("16384.tar", TS_LOCATION),
-            data(&ts_tar(true)),
+            archive_data(&ts_tar(true)),
         ])),
     )
     .await;
@@ -685,11 +675,11 @@ async fn protocol_violations_are_refused() {
         "15.4",
         with(pg15_stream(&[
             new_archive("16384.tar", TS_LOCATION),
-            data(&ts_tar(true)),
+            archive_data(&ts_tar(true)),
             new_archive("base.tar", ""),
-            data(&base[..1000]),
+            archive_data(&base[..1000]),
             b"m".to_vec(),
-            data(&good_manifest()),
+            archive_data(&good_manifest()),
         ])),
     )
     .await;
@@ -699,9 +689,9 @@ async fn protocol_violations_are_refused() {
         "15.4",
         with(pg15_stream(&[
             new_archive("16384.tar", TS_LOCATION),
-            data(&ts_tar(true)),
+            archive_data(&ts_tar(true)),
             new_archive("base.tar", ""),
-            data(&base),
+            archive_data(&base),
         ])),
     )
     .await;
@@ -723,7 +713,7 @@ async fn manifest_mismatch_fails_verification() {
     other[100] ^= 1;
     let ts = ts_file();
     let ts_path = format!("pg_tblspc/16384/{TS_DIR}/5/16385");
-    b.manifest = Some(manifest(
+    b.manifest = Some(backup_manifest(
         &[
             ("backup_label", b"START WAL LOCATION: 0/2000028\n"),
             ("PG_VERSION", b"15\n"),
@@ -769,7 +759,7 @@ async fn server_errors_are_classified() {
             "55000",
             "WAL level not sufficient for making an online backup",
         )),
-        Step::Send(fake_server::ready_for_query()),
+        Step::Send(ready_for_query()),
     ];
     let e = violation("15.4", steps).await;
     assert!(
@@ -791,14 +781,14 @@ async fn server_errors_are_classified() {
         "file \"./base/1/1259\" has a total of 1 checksum verification failures",
     ));
     steps.push(Step::Send(warn));
-    steps.extend(fake_server::pg15_archive_steps(&b));
+    steps.extend(pg15_archive_steps(&b));
     let mut end = position(&b.end, 1);
     end.extend(error_response(
         "ERROR",
         "XX001",
         "checksum verification failure during base backup",
     ));
-    end.extend(fake_server::ready_for_query());
+    end.extend(ready_for_query());
     steps.push(Step::Send(end));
     let e = violation("15.4", steps).await;
     match &e {
@@ -819,9 +809,9 @@ fn stalling_steps() -> Vec<Step> {
     let base = base_tar(true);
     let mut out = copy_out_response();
     out.extend(copy_data(&new_archive("16384.tar", TS_LOCATION)));
-    out.extend(copy_data(&data(&ts_tar(true))));
+    out.extend(copy_data(&archive_data(&ts_tar(true))));
     out.extend(copy_data(&new_archive("base.tar", "")));
-    out.extend(copy_data(&data(&base[..base.len() / 2])));
+    out.extend(copy_data(&archive_data(&base[..base.len() / 2])));
     steps.push(Step::Send(out));
     steps.push(Step::Stall);
     steps
@@ -829,10 +819,10 @@ fn stalling_steps() -> Vec<Step> {
 
 #[tokio::test]
 async fn wal_stream_failure_aborts_the_backup() {
-    let server = FakeServer::start(script("15.4", stalling_steps())).await;
+    let server = FakeWalsender::start(script("15.4", stalling_steps()));
     let d = tempfile::tempdir().unwrap();
     let target = d.path().join("data");
-    let mut c = config(server.port, &target);
+    let mut c = config(server.port(), &target);
     c.wal_method = WalMethod::Stream;
     c.tablespace_mappings = vec![format!("{TS_LOCATION}={}", d.path().join("ts").display())];
     let streamer = FailingStreamer::new(Duration::from_millis(300));
@@ -864,9 +854,9 @@ async fn wal_stream_failure_aborts_the_backup() {
 
 #[tokio::test]
 async fn cancel_future_stops_and_cleans() {
-    let server = FakeServer::start(script("15.4", stalling_steps())).await;
+    let server = FakeWalsender::start(script("15.4", stalling_steps()));
     let d = tempfile::tempdir().unwrap();
-    let mut c = config(server.port, &d.path().join("data"));
+    let mut c = config(server.port(), &d.path().join("data"));
     c.tablespace_mappings = vec![format!("{TS_LOCATION}={}", d.path().join("ts").display())];
     let e = bootstrap(
         c,
@@ -882,10 +872,10 @@ async fn cancel_future_stops_and_cleans() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_future_cleans_up() {
-    let server = FakeServer::start(script("15.4", stalling_steps())).await;
+    let server = FakeWalsender::start(script("15.4", stalling_steps()));
     let s = Scratch::new();
     let ts = s.dir.path().join("ts");
-    let mut c = config(server.port, &s.target);
+    let mut c = config(server.port(), &s.target);
     c.tablespace_mappings = vec![format!("{TS_LOCATION}={}", ts.display())];
     let progress = BackupProgress::new();
     let r = tokio::time::timeout(
@@ -919,10 +909,10 @@ async fn no_clean_keeps_the_partial_backup() {
         "terminating connection due to administrator command",
     )));
     steps.push(Step::Close);
-    let server = FakeServer::start(script("15.4", steps)).await;
+    let server = FakeWalsender::start(script("15.4", steps));
     let d = tempfile::tempdir().unwrap();
     let target = d.path().join("data");
-    let mut c = config(server.port, &target);
+    let mut c = config(server.port(), &target);
     c.clean_on_failure = false;
     c.tablespace_mappings = vec![format!("{TS_LOCATION}={}", d.path().join("ts").display())];
     let e = run(c, None).await.unwrap_err();

@@ -11,13 +11,13 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use common::{raw_header, tree, Scratch, Tar, BLOCK};
-use walrelay_basebackup::tar_stream::TarError;
+use common::{tree, Scratch};
 use walrelay_basebackup::{
     prepare_tablespace_dirs, ArchiveExtractor, ArchiveKind, ChecksumAlgorithm, ChecksumCollector,
-    ExtractError, ExtractObserver, TablespaceLocation, TablespaceMapping,
+    ExtractError, ExtractObserver, TablespaceLocation, TablespaceMapping, TarError,
 };
 use walrelay_durable::Owner;
+use walrelay_testkit::tar_builder::{raw_header, Tar, BLOCK};
 
 /// Records what the extractor reports.
 #[derive(Default)]

@@ -9,9 +9,9 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use walrelay_basebackup::manifest::{FileHasher, ManifestError};
 use walrelay_basebackup::{
-    BackupManifest, ChecksumAlgorithm, ChecksumCollector, ExtractObserver, WalRange,
+    BackupManifest, ChecksumAlgorithm, ChecksumCollector, ExtractObserver, FileHasher,
+    ManifestError, WalRange,
 };
 use walrelay_protocol::{Lsn, TimelineId};
 

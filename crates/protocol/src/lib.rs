@@ -4,16 +4,20 @@
 //! * timeline history files ([`history`]),
 //! * backend message framing and decoding beyond `postgres-protocol` ([`message`]),
 //! * the CopyData sub-messages of physical replication and `BASE_BACKUP` ([`replication`]),
-//! * replication command text for each server version ([`command`]).
+//! * replication command text for each server version ([`command`]), and what `BASE_BACKUP`
+//!   answers besides its archives ([`base_backup`]),
+//! * the server side: backend message encoders ([`server`]).
 //!
 //! Reference: <https://www.postgresql.org/docs/current/protocol-replication.html>.
 
+pub mod base_backup;
 pub mod command;
 pub mod history;
 pub mod lsn;
 pub mod message;
 pub mod replication;
 pub mod segment;
+pub mod server;
 pub mod timeline;
 
 pub use command::ServerVersion;

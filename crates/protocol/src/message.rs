@@ -203,7 +203,35 @@ impl CopyResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldDescription {
     pub name: String,
+    /// The table's OID if the column is a table column, else 0.
+    pub table_oid: u32,
+    /// The column's attribute number if it is a table column, else 0.
+    pub column_id: i16,
     pub type_oid: u32,
+    /// `pg_type.typlen`: negative for variable-width types.
+    pub type_size: i16,
+    /// `pg_attribute.atttypmod`: -1 when the type has none.
+    pub type_modifier: i32,
+    /// 0 text, 1 binary.
+    pub format: i16,
+}
+
+impl FieldDescription {
+    /// OID of the `text` type.
+    pub const TEXT_OID: u32 = 25;
+
+    /// A text column that is no table's: what the replication commands' results use.
+    pub fn text(name: &str) -> FieldDescription {
+        FieldDescription {
+            name: name.to_string(),
+            table_oid: 0,
+            column_id: 0,
+            type_oid: Self::TEXT_OID,
+            type_size: -1,
+            type_modifier: -1,
+            format: 0,
+        }
+    }
 }
 
 /// A backend message a replication client can meet.
@@ -350,14 +378,15 @@ impl BackendMessage {
                 }
                 let mut fields = Vec::with_capacity(n as usize);
                 for _ in 0..n {
-                    let name = r.cstr()?;
-                    let _table_oid = r.i32()?;
-                    let _attnum = r.i16()?;
-                    let type_oid = r.i32()? as u32;
-                    let _typlen = r.i16()?;
-                    let _typmod = r.i32()?;
-                    let _format = r.i16()?;
-                    fields.push(FieldDescription { name, type_oid });
+                    fields.push(FieldDescription {
+                        name: r.cstr()?,
+                        table_oid: r.i32()? as u32,
+                        column_id: r.i16()?,
+                        type_oid: r.i32()? as u32,
+                        type_size: r.i16()?,
+                        type_modifier: r.i32()?,
+                        format: r.i16()?,
+                    });
                 }
                 r.finish()?;
                 BackendMessage::RowDescription(fields)

@@ -8,6 +8,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::message::{malformed, ProtocolError, Reader};
+use crate::server::{put_cstr, EncodeError};
 use crate::Lsn;
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 00:00:00 UTC).
@@ -39,6 +40,32 @@ pub struct PrimaryKeepalive {
     pub reply_requested: bool,
 }
 
+impl XLogData {
+    /// The CopyData payload (without the CopyData framing): `'w'`, the header, then the WAL.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(XLOG_DATA_HEADER + self.data.len());
+        out.put_u8(b'w');
+        out.put_u64(self.data_start.0);
+        out.put_u64(self.wal_end.0);
+        out.put_i64(self.send_time);
+        out.put_slice(&self.data);
+    }
+}
+
+impl PrimaryKeepalive {
+    /// The CopyData payload (without the CopyData framing).
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(18);
+        out.put_u8(b'k');
+        out.put_u64(self.wal_end.0);
+        out.put_i64(self.send_time);
+        out.put_u8(u8::from(self.reply_requested));
+    }
+}
+
+/// Bytes before the WAL in an XLogData payload: type, start, end, send time.
+const XLOG_DATA_HEADER: usize = 1 + 8 + 8 + 8;
+
 /// A message the server sends inside the START_REPLICATION CopyBoth stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicationMessage {
@@ -54,7 +81,7 @@ impl ReplicationMessage {
         };
         match kind {
             b'w' => {
-                const HEADER: usize = 1 + 8 + 8 + 8;
+                const HEADER: usize = XLOG_DATA_HEADER;
                 let mut r = Reader::new(&payload[1..], "XLogData");
                 let data_start = Lsn(r.u64()?);
                 let wal_end = Lsn(r.u64()?);
@@ -107,6 +134,23 @@ pub struct StandbyStatusUpdate {
 }
 
 impl StandbyStatusUpdate {
+    /// Decodes the CopyData payload a standby sent (what a walsender reads).
+    pub fn parse(payload: &[u8]) -> Result<StandbyStatusUpdate, ProtocolError> {
+        let mut r = Reader::new(payload, "StandbyStatusUpdate");
+        if r.u8()? != b'r' {
+            return Err(malformed("StandbyStatusUpdate", "not an 'r' message"));
+        }
+        let update = StandbyStatusUpdate {
+            write_lsn: Lsn(r.u64()?),
+            flush_lsn: Lsn(r.u64()?),
+            apply_lsn: Lsn(r.u64()?),
+            client_time: r.u64()? as i64,
+            reply_requested: r.u8()? != 0,
+        };
+        r.finish()?;
+        Ok(update)
+    }
+
     /// The CopyData payload (without the CopyData framing).
     pub fn encode(&self, out: &mut BytesMut) {
         out.reserve(34);
@@ -158,6 +202,41 @@ pub enum BaseBackupMessage {
 }
 
 impl BaseBackupMessage {
+    /// The CopyData payload (without the CopyData framing). Fails only for a name or location
+    /// with a NUL byte in it; then `out` is left as it was.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        match self {
+            BaseBackupMessage::NewArchive {
+                archive_name,
+                tablespace_location,
+            } => {
+                let start = out.len();
+                out.put_u8(b'n');
+                let strings = put_cstr(out, archive_name, b'd')
+                    .and_then(|()| put_cstr(out, tablespace_location, b'd'));
+                if strings.is_err() {
+                    out.truncate(start);
+                }
+                strings
+            }
+            BaseBackupMessage::Data(data) => {
+                out.reserve(1 + data.len());
+                out.put_u8(b'd');
+                out.put_slice(data);
+                Ok(())
+            }
+            BaseBackupMessage::Progress(done) => {
+                out.put_u8(b'p');
+                out.put_u64(*done);
+                Ok(())
+            }
+            BaseBackupMessage::ManifestFollows => {
+                out.put_u8(b'm');
+                Ok(())
+            }
+        }
+    }
+
     pub fn parse(payload: &Bytes) -> Result<BaseBackupMessage, ProtocolError> {
         let Some(&kind) = payload.first() else {
             return Err(malformed("BASE_BACKUP CopyData", "empty message"));
@@ -260,14 +339,14 @@ mod tests {
     #[test]
     fn status_update_layout() {
         let mut out = BytesMut::new();
-        StandbyStatusUpdate {
+        let update = StandbyStatusUpdate {
             write_lsn: Lsn(1),
             flush_lsn: Lsn(2),
             apply_lsn: Lsn(3),
             client_time: 4,
             reply_requested: true,
-        }
-        .encode(&mut out);
+        };
+        update.encode(&mut out);
         assert_eq!(out.len(), 34);
         assert_eq!(out[0], b'r');
         assert_eq!(&out[1..9], &1u64.to_be_bytes());
@@ -275,6 +354,15 @@ mod tests {
         assert_eq!(&out[17..25], &3u64.to_be_bytes());
         assert_eq!(&out[25..33], &4i64.to_be_bytes());
         assert_eq!(out[33], 1);
+        assert_eq!(StandbyStatusUpdate::parse(&out).unwrap(), update);
+        assert!(StandbyStatusUpdate::parse(&out[..33]).is_err(), "truncated");
+        let mut long = out.to_vec();
+        long.push(0);
+        assert!(StandbyStatusUpdate::parse(&long).is_err(), "trailing byte");
+        let mut other = out.to_vec();
+        other[0] = b'h';
+        assert!(StandbyStatusUpdate::parse(&other).is_err(), "not 'r'");
+        assert!(StandbyStatusUpdate::parse(&[]).is_err(), "empty");
     }
 
     #[test]
@@ -326,6 +414,67 @@ mod tests {
     }
 
     #[test]
+    fn replication_payloads_round_trip() {
+        let x = XLogData {
+            data_start: Lsn(0x100_0000),
+            wal_end: Lsn(0x200_0000),
+            send_time: 12345,
+            data: Bytes::from_static(b"walbytes"),
+        };
+        let mut out = BytesMut::new();
+        x.encode(&mut out);
+        let out = out.freeze();
+        assert_eq!(out, xlogdata(0x100_0000, 0x200_0000, b"walbytes"));
+        assert_eq!(
+            ReplicationMessage::parse(&out).unwrap(),
+            ReplicationMessage::XLogData(x)
+        );
+        for reply_requested in [false, true] {
+            let k = PrimaryKeepalive {
+                wal_end: Lsn(0x300_0000),
+                send_time: 7,
+                reply_requested,
+            };
+            let mut out = BytesMut::new();
+            k.encode(&mut out);
+            assert_eq!(out.len(), 18);
+            assert_eq!(
+                ReplicationMessage::parse(&out.freeze()).unwrap(),
+                ReplicationMessage::PrimaryKeepalive(k)
+            );
+        }
+    }
+
+    #[test]
+    fn base_backup_messages_round_trip() {
+        for m in [
+            BaseBackupMessage::NewArchive {
+                archive_name: "base.tar".into(),
+                tablespace_location: String::new(),
+            },
+            BaseBackupMessage::NewArchive {
+                archive_name: "16384.tar".into(),
+                tablespace_location: "/srv/ts1".into(),
+            },
+            BaseBackupMessage::Data(Bytes::from_static(b"tar bytes")),
+            BaseBackupMessage::Data(Bytes::new()),
+            BaseBackupMessage::Progress(8192),
+            BaseBackupMessage::ManifestFollows,
+        ] {
+            let mut out = BytesMut::new();
+            m.encode(&mut out).unwrap();
+            assert_eq!(BaseBackupMessage::parse(&out.freeze()).unwrap(), m);
+        }
+        let mut out = BytesMut::from(&b"x"[..]);
+        let bad = BaseBackupMessage::NewArchive {
+            archive_name: "base.tar".into(),
+            tablespace_location: "/a\0b".into(),
+        };
+        assert!(bad.encode(&mut out).is_err());
+        assert_eq!(&out[..], b"x");
+    }
+
+    #[test]
     fn pg_epoch() {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(946_684_800);
         assert_eq!(to_pg_timestamp(t), 0);
@@ -337,6 +486,7 @@ mod tests {
             let b = Bytes::from(data);
             let _ = ReplicationMessage::parse(&b);
             let _ = BaseBackupMessage::parse(&b);
+            let _ = StandbyStatusUpdate::parse(&b);
         }
     }
 }

@@ -15,6 +15,16 @@
 //! * [`poll`]: waiting for a condition with a deadline instead of sleeping.
 //! * [`pg_command`]: a command for any libpq client with the caller's `PG*` environment removed.
 //!
+//! And for the misbehaviour a real server will not produce, one wire kit shared by every
+//! fake-server suite:
+//!
+//! * [`FakeWalsender`] ([`fake_walsender`]): a scripted walsender on `127.0.0.1:0` that answers
+//!   walrelay's replication commands, plays scripted `BASE_BACKUP` replies and streams scripted
+//!   (possibly damaged) WAL;
+//! * [`fake_backup`]: the `BASE_BACKUP` replies for a [`FakeBackup`] and its manifest, with
+//!   [`tar_builder::Tar`] for the archives;
+//! * [`wire`]: backend messages as bytes, encoded by the protocol crate.
+//!
 //! ```no_run
 //! use walrelay_testkit::{oracle, Cluster, StopMode};
 //!
@@ -35,18 +45,24 @@ pub mod config;
 mod csv;
 pub mod env;
 pub mod error;
+pub mod fake_backup;
+pub mod fake_walsender;
 pub mod install;
 pub mod oracle;
 pub mod pgbench;
 pub mod poll;
 mod process;
+pub mod tar_builder;
 pub mod tls;
 mod watchdog;
+pub mod wire;
 
 pub use cluster::{psql_conninfo, Cluster, ClusterBuilder, StandbyBuilder, StopMode};
 pub use config::{AuthMethod, Role, Tls};
 pub use env::{matrix_includes, matrix_majors};
 pub use error::{Result, TestkitError};
+pub use fake_backup::FakeBackup;
+pub use fake_walsender::{Ending, FakeWalsender, Script, Step, WalStream};
 pub use install::{ClientTools, PgInstall};
 pub use oracle::{
     assert_same_dumpall, pg_controldata, pg_dumpall, pg_verifybackup, pg_waldump, ControlData,

@@ -13,7 +13,8 @@
 //! * [`segment`]: [`validate_segment_file`] for a whole or partial segment file.
 //! * [`xact`]: commit and abort records decoded from records the validator kept (what a failover
 //!   lost).
-//! * [`synth`]: synthetic WAL for tests and benchmarks (and fake servers).
+//! * `synth` (cargo feature `synth`, for dev-dependencies only): synthetic WAL for tests and
+//!   benchmarks (and fake servers).
 //!
 //! Formats: `src/include/access/xlog_internal.h`, `src/include/access/xlogrecord.h`,
 //! `src/backend/access/transam/xlogreader.c` in PostgreSQL's source.
@@ -23,6 +24,7 @@ pub mod magic;
 pub mod page;
 pub mod record;
 pub mod segment;
+#[cfg(feature = "synth")]
 pub mod synth;
 pub mod validator;
 pub mod xact;

@@ -1,4 +1,4 @@
-//! Shared by the bootstrap integration tests: the scripted fake server and WAL stand-ins.
+//! Shared by the bootstrap integration tests: WAL stand-ins. The scripted fake server is
+//! `walrelay_testkit::FakeWalsender`.
 
-pub mod fake_server;
 pub mod wal_standin;
