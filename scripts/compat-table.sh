@@ -87,7 +87,7 @@ FEATURES = [
     ("manifest", "manifest verification"),
     ("receive", "receive"),
     ("slots", "slots"),
-    ("timeline", "timeline following"),
+    ("timeline", "failover following"),
     ("sidecar", "sidecar"),
 ]
 SYMBOL = {"pass": "✅", "fail": "❌", "skipped": "—", "not_run": "❔"}
@@ -187,7 +187,9 @@ def section():
         "standby that catches up with the primary; the backup manifest (13 to 16 by "
         "pg_verifybackup, 17 and 18 — manifest version 2 — by the SHA-256 of every file); "
         "`receive` across segment switches, byte-identical to the server's own WAL files; slots "
-        "created, advanced and dropped; a promotion followed onto the new timeline; and a standby "
+        "created, advanced and dropped; a failover followed through a host list (the primary crashed, "
+        "its standby promoted) onto the new timeline, the slot kept on the standby by `--failover` "
+        "from 11; and a standby "
         "fed through `receive --pg-wal` (sidecar).",
         width=104,
         break_on_hyphens=False,

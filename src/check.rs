@@ -47,11 +47,27 @@ pub struct CheckReport {
     pub wal_keep: Option<String>,
     pub data_checksums: Option<String>,
     pub slot: Option<SlotReport>,
+    /// With a host list: every host, as it answers now (the report's other fields describe the one
+    /// that `target_session_attrs` picks).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostReport>,
     /// Things that stop a replicant from being fed.
     pub problems: Vec<String>,
     /// Things an operator should know.
     pub warnings: Vec<String>,
     pub notes: Vec<String>,
+}
+
+/// One host of a host list.
+#[derive(Debug, Default, Serialize)]
+pub struct HostReport {
+    pub endpoint: String,
+    /// `primary`, `standby`, or `unreachable`.
+    pub role: String,
+    pub system_identifier: Option<String>,
+    pub timeline: Option<u32>,
+    pub wal_lsn: Option<String>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -90,6 +106,26 @@ async fn check(resolved: &Resolved, slot: Option<&str>) -> Result<CheckReport> {
         }
     }
     let params = resolved.params(ReplicationMode::Physical)?;
+    if params.endpoints.len() > 1 {
+        r.hosts = check_hosts(&params).await;
+        let systems: std::collections::BTreeSet<&str> = r
+            .hosts
+            .iter()
+            .filter_map(|h| h.system_identifier.as_deref())
+            .collect();
+        if systems.len() > 1 {
+            r.problems.push(format!(
+                "the hosts belong to different clusters (system identifiers {}): a host list must name servers of one cluster (a primary and its standbys)",
+                systems.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let primaries = r.hosts.iter().filter(|h| h.role == "primary").count();
+        if primaries > 1 {
+            r.warnings.push(format!(
+                "{primaries} hosts accept writes: after a failover the old primary must not come back as a primary (split brain); walrelay follows the one whose timeline continues its archive"
+            ));
+        }
+    }
     let mut sql = open_sql(resolved).await;
 
     let mut conn = match Connection::connect(&params).await {
@@ -251,6 +287,54 @@ async fn check(resolved: &Resolved, slot: Option<&str>) -> Result<CheckReport> {
     Ok(r)
 }
 
+/// Every host of the list on its own: role, timeline, position — so a failover set-up can be
+/// checked before the bad day (which host is the primary, are the standbys on its timeline).
+async fn check_hosts(params: &walrelay_client::ConnectParams) -> Vec<HostReport> {
+    let mut out = Vec::new();
+    for endpoint in &params.endpoints {
+        let mut one = params.clone();
+        one.endpoints = vec![endpoint.clone()];
+        one.target_session_attrs = walrelay_client::SessionAttrs::Any;
+        let mut h = HostReport {
+            endpoint: endpoint.to_string(),
+            ..Default::default()
+        };
+        match Connection::connect(&one).await {
+            Ok(mut c) => {
+                match c.identify_system().await {
+                    Ok(ident) => {
+                        h.system_identifier = Some(ident.system_identifier.to_string());
+                        h.timeline = Some(ident.timeline.0);
+                        h.wal_lsn = Some(ident.xlogpos.to_string());
+                    }
+                    Err(e) => h.error = Some(e.to_string()),
+                }
+                let standby = match c.parameter("in_hot_standby") {
+                    Some(v) => Some(v == "on"),
+                    None => c
+                        .show("transaction_read_only")
+                        .await
+                        .ok()
+                        .map(|v| v == "on"),
+                };
+                h.role = match standby {
+                    Some(true) => "standby",
+                    Some(false) => "primary",
+                    None => "unknown",
+                }
+                .to_string();
+                c.close().await;
+            }
+            Err(e) => {
+                h.role = "unreachable".to_string();
+                h.error = Some(e.to_string());
+            }
+        }
+        out.push(h);
+    }
+    out
+}
+
 async fn check_slot(
     conn: &mut Connection,
     sql: Option<&mut Connection>,
@@ -371,6 +455,21 @@ fn print_human(r: &CheckReport) {
             println!("  {k:<28} {v}");
         }
     };
+    if !r.hosts.is_empty() {
+        println!("hosts:");
+        for h in &r.hosts {
+            let detail = match (&h.error, h.timeline, &h.wal_lsn) {
+                (Some(e), _, _) if h.role == "unreachable" => e.clone(),
+                (_, Some(t), Some(l)) => format!(
+                    "timeline {t}, WAL at {l}, system {}",
+                    h.system_identifier.as_deref().unwrap_or("?")
+                ),
+                (Some(e), _, _) => e.clone(),
+                _ => String::new(),
+            };
+            println!("  {:<28} {:<11} {detail}", h.endpoint, h.role);
+        }
+    }
     if let Some(ep) = &r.endpoint {
         println!("connected to {ep}{}", if r.tls { " (TLS)" } else { "" });
     }

@@ -68,6 +68,21 @@ pub fn render(s: &StatsSnapshot) -> String {
             "Segments completed",
             C(s.segments_completed),
         ),
+        (
+            "failovers",
+            "Promotions followed: the server's history left the timeline the directory was on",
+            C(s.failovers),
+        ),
+        (
+            "failover_lost_commits",
+            "Transactions committed on an old primary that the new one never had (orphaned WAL)",
+            C(s.failover_lost_commits),
+        ),
+        (
+            "failover_orphaned_bytes",
+            "Bytes of WAL of an old timeline past the new timeline's switchpoint",
+            C(s.failover_orphaned_bytes),
+        ),
         ("timeline", "Current timeline", G(u64::from(s.timeline))),
         ("connected", "1 while streaming", G(u64::from(s.connected))),
         (

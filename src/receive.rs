@@ -41,6 +41,10 @@ pub struct ReceiveArgs {
     /// Create the slot named by --slot (reserving WAL at once) and exit.
     #[arg(long = "create-slot")]
     pub create_slot: bool,
+    /// Keep the slot on every standby of the host list too (created there, advanced to what the
+    /// archive holds), so that after a promotion the new primary has it (PostgreSQL 11+).
+    #[arg(long = "failover", requires = "slot")]
+    pub failover: bool,
     /// With --create-slot: do not fail when the slot exists.
     #[arg(long = "if-not-exists", requires = "create_slot")]
     pub if_not_exists: bool,
@@ -106,6 +110,14 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
             Ok(c) => c,
             Err(e) => return Err(slot_command_failed(action, slot, e)),
         };
+        let sysid = if args.failover && args.create_slot {
+            conn.identify_system()
+                .await
+                .map(|i| Some(i.system_identifier))
+                .map_err(|e| slot_command_failed(action, slot, e))?
+        } else {
+            None
+        };
         let result = if args.drop_slot {
             conn.drop_slot(slot, false).await.map(|()| "dropped")
         } else {
@@ -124,6 +136,12 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
         return match result {
             Ok(what) => {
                 info!(slot, "replication slot {what}");
+                if let Some(sysid) = sysid {
+                    for line in walrelay_walreceiver::create_on_standbys(&params, slot, sysid).await
+                    {
+                        info!(slot, "--failover: {line}");
+                    }
+                }
                 Ok(exit::SUCCESS)
             }
             Err(e) => Err(slot_command_failed(action, slot, e)),
@@ -187,6 +205,7 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
         connect: params,
         target,
         slot: args.slot.clone(),
+        failover_slot: args.failover,
         temporary_slot: None,
         start: args.start,
         endpos: endpos_rx,

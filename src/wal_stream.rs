@@ -171,6 +171,7 @@ impl WalStreamer for EngineWalStreamer {
                     pg_wal: p.pg_wal_dir,
                 },
                 slot: p.slot,
+                failover_slot: false,
                 temporary_slot,
                 start: Some(p.start_lsn),
                 endpos: endpos_rx,

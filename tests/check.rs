@@ -185,3 +185,63 @@ fn bad_input_is_one_line_without_the_password() {
         assert!(error_lines <= 1, "more than one error line: {err}");
     }
 }
+
+/// A host list is checked host by host: role, timeline and position of each, one that is down
+/// named as unreachable, while the report's other fields describe the server libpq would pick.
+#[test]
+fn a_host_list_reports_every_host() {
+    let primary = Cluster::builder().name("check-hosts").start();
+    let backup = primary.pg_basebackup(&["-X", "stream", "-c", "fast", "-R"]);
+    let standby = primary.standby(&backup).name("check-hosts-standby").start();
+    standby.catch_up(&primary);
+    // A third host that is down.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let hosts = format!(
+        "host=127.0.0.1,127.0.0.1,127.0.0.1 port={},{},{dead_port} user={} dbname=postgres target_session_attrs=read-write connect_timeout=3",
+        standby.port(),
+        primary.port(),
+        primary.superuser()
+    );
+    let (code, json, err) = walrelay(&["check", "-d", &hosts, "--json"]);
+    assert_eq!(code, 0, "{json}{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let hosts = v["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 3, "{json}");
+    assert_eq!(hosts[0]["role"], "standby", "{json}");
+    assert_eq!(hosts[1]["role"], "primary", "{json}");
+    assert_eq!(hosts[2]["role"], "unreachable", "{json}");
+    for h in &hosts[..2] {
+        assert_eq!(h["timeline"], 1);
+        assert_eq!(
+            h["system_identifier"],
+            primary.system_identifier().to_string()
+        );
+        assert!(h["wal_lsn"].is_string());
+    }
+    // target_session_attrs=read-write picked the primary for the rest of the report.
+    assert_eq!(v["in_recovery"], false, "{json}");
+    assert!(
+        v["endpoint"]
+            .as_str()
+            .unwrap()
+            .contains(&primary.port().to_string()),
+        "{json}"
+    );
+    let (code, text, _) = walrelay(&["check", "-d", &hosts_text(&primary, &standby)]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("hosts:") && text.contains("standby"),
+        "{text}"
+    );
+}
+
+fn hosts_text(primary: &Cluster, standby: &Cluster) -> String {
+    format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user={} dbname=postgres target_session_attrs=read-write",
+        primary.port(),
+        standby.port(),
+        primary.superuser()
+    )
+}

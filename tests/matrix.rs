@@ -16,7 +16,7 @@
 //! | `receive` | `receive --create-slot`, then `receive -S` across three `pg_switch_wal()`: complete segments byte-identical to the primary's, no gap; pg_waldump on 15 |
 //! | `slots` | the bootstrap's and receive's slots advance with what their clients flushed; duplicate creation refused; drop |
 //! | `sidecar` | `bootstrap --sidecar` + `receive --pg-wal`: a standby without a connection of its own replays what walrelay writes into its `pg_wal` |
-//! | `timeline` | `receive` streams from the bootstrapped standby, which is promoted: `00000002.history` stored, the new timeline's segments arrive byte-identical |
+//! | `timeline` | a failover: `receive -d "host=primary,standby target_session_attrs=read-write"`, the primary crashes (immediate stop), the bootstrapped standby is promoted: walrelay goes on by itself, `00000002.history` stored, the new timeline's segments byte-identical; from 11, `--failover` keeps the slot on the standby, which walrelay streams through after the promotion |
 //!
 //! A failure in one feature is recorded and the test goes on with the features that do not depend on
 //! it (see `support/matrix_report.rs`); the results go to `target/matrix/pgN.json`, which
@@ -40,7 +40,7 @@ use nix::sys::signal::Signal;
 use walrelay_conninfo::{ConnInfo, Keyword};
 use walrelay_protocol::{SegmentId, TimelineId, WalSegmentSize};
 use walrelay_testkit::{
-    matrix_includes, pg_verifybackup, Cluster, Lsn, PgBench, Role, VerifyBackupOptions,
+    matrix_includes, pg_verifybackup, Cluster, Lsn, PgBench, Role, StopMode, VerifyBackupOptions,
 };
 
 use matrix_report::MatrixReport;
@@ -55,6 +55,7 @@ const BOOTSTRAP_SLOT: &str = "matrix_bootstrap";
 const RECEIVE_SLOT: &str = "matrix_receive";
 const SIDECAR_SLOT: &str = "matrix_sidecar";
 const SCRATCH_SLOT: &str = "matrix_scratch";
+const FAILOVER_SLOT: &str = "matrix_failover";
 
 /// The tablespace created on the primary, and a table in it.
 const TABLESPACE: &str = "matrix_ts";
@@ -108,7 +109,7 @@ fn matrix(major: u32) {
     let mut report = MatrixReport::new(major);
     // Not a feature: without a primary nothing can be checked, and the test fails right here (the
     // report, dropped while panicking, still writes pgN.json with every feature not run).
-    let primary = start_primary(major);
+    let mut primary = start_primary(major);
     let version = primary.psql("SHOW server_version");
     report.set_server_version(&version);
     assert_eq!(
@@ -198,7 +199,7 @@ fn matrix(major: u32) {
 
     match standby.as_mut() {
         Some(s) => {
-            report.run("timeline", || follow_promotion(&primary, s, seg));
+            report.run("timeline", || follow_failover(&mut primary, s, major, seg));
         }
         None => report.not_run("timeline", "standby"),
     }
@@ -936,26 +937,64 @@ fn sidecar(primary: &Cluster, expected: &Expected) {
 // ------------------------------------------------------------------------------------------------
 // timeline following
 
-fn follow_promotion(primary: &Cluster, standby: &mut Cluster, seg: WalSegmentSize) {
+fn follow_failover(primary: &mut Cluster, standby: &mut Cluster, major: u32, seg: WalSegmentSize) {
     let archive = primary.scratch_path("archive-timeline");
     fs::create_dir_all(&archive).expect("archive directory");
-    let args = walrelay_cmd::receive_args(&[
-        "-d",
-        &conninfo_as(standby, "matrix_timeline"),
-        "-D",
-        path(&archive),
-        "-s",
-        "1",
-    ]);
-    let mut w = Walrelay::start("receive from the standby", &args);
-    server::wait_streaming(standby, "matrix_timeline");
+    // The HA set-up: both servers in a host list, the one that accepts writes wins.
+    let hosts = format!(
+        "{} target_session_attrs=read-write application_name=matrix_timeline connect_timeout=5",
+        primary
+            .replication_conninfo()
+            .replacen("host=127.0.0.1", "host=127.0.0.1,127.0.0.1", 1)
+            .replacen(
+                &format!("port={}", primary.port()),
+                &format!("port={},{}", primary.port(), standby.port()),
+                1
+            )
+    );
+    assert!(hosts.contains(','), "{hosts}");
+    // --failover (PostgreSQL 11+): the slot is kept on the standby too.
+    let keep_slot = major >= 11;
+    let mut args = vec!["-d", hosts.as_str(), "-D", path(&archive), "-s", "1"];
+    if keep_slot {
+        let created = walrelay_cmd::run(
+            &walrelay_cmd::receive_args(&[
+                "-d",
+                &hosts,
+                "-S",
+                FAILOVER_SLOT,
+                "--create-slot",
+                "--failover",
+            ]),
+            poll::timeout(),
+        );
+        assert_success(&created, "receive --create-slot --failover");
+        assert!(
+            slot_restart_lsn(standby, FAILOVER_SLOT).is_some(),
+            "--failover created no slot on the standby"
+        );
+        args.extend_from_slice(&["-S", FAILOVER_SLOT, "--failover"]);
+    }
+    let mut w = Walrelay::start(
+        "receive through a failover",
+        &walrelay_cmd::receive_args(&args),
+    );
+    server::wait_streaming(primary, "matrix_timeline");
 
-    // Timeline 1 through the standby (cascading).
     insert_rows(primary, "timeline_rows", 100);
     let end1 = primary.switch_wal();
     standby.wait_replay(end1);
     wait_complete_segment(&archive, end1, 1, seg, &mut w);
+    if keep_slot {
+        poll::wait_until(
+            "the standby's copy of the slot to follow the archive",
+            || slot_restart_lsn(standby, FAILOVER_SLOT).is_some_and(|l| l >= end1),
+            || format!("{:?}", slot_restart_lsn(standby, FAILOVER_SLOT)),
+        );
+    }
 
+    // The primary crashes; the standby is promoted; walrelay finds it through the host list.
+    primary.stop(StopMode::Immediate);
     standby.promote();
     assert_eq!(standby.current_timeline(), 2, "timeline after promotion");
     insert_rows(standby, "timeline_rows", 100);
@@ -974,7 +1013,16 @@ fn follow_promotion(primary: &Cluster, standby: &mut Cluster, seg: WalSegmentSiz
         history, theirs,
         "00000002.history differs from the server's"
     );
-    stop(&mut w, "receive from the standby");
+    if keep_slot {
+        let active = standby.psql(&format!(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = '{FAILOVER_SLOT}'"
+        ));
+        assert_eq!(
+            active, "t",
+            "walrelay does not stream through the kept slot"
+        );
+    }
+    stop(&mut w, "receive through a failover");
 
     let n2 = wal_files::assert_identical_on_timeline(
         &archive,

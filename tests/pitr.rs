@@ -17,7 +17,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs::{self, File};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +26,9 @@ use nix::unistd::Pid;
 use walrelay_protocol::{Lsn, WalSegmentSize};
 use walrelay_testkit::{poll, Cluster, PgBench, StopMode};
 
+mod support;
+use support::recovery::{archive_dir, recover, walrelay_for_postgres};
+
 const MB: u64 = 1024 * 1024;
 
 fn seg() -> WalSegmentSize {
@@ -35,31 +37,6 @@ fn seg() -> WalSegmentSize {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// The walrelay binary where the `postgres` OS user can run it (the build directory may not be
-/// reachable for it): a copy in the primary's directory, which lives as long as the test.
-fn walrelay_for_postgres(primary: &Cluster) -> PathBuf {
-    let to = primary.root_dir().join("walrelay");
-    fs::copy(env!("CARGO_BIN_EXE_walrelay"), &to).unwrap();
-    fs::set_permissions(&to, fs::Permissions::from_mode(0o755)).unwrap();
-    to
-}
-
-/// An empty archive directory owned by the server's OS user: `receive` (run by the test, maybe as
-/// root) gives its files the directory's owner, and `restore` runs as that user.
-fn archive_dir(primary: &Cluster, name: &str) -> PathBuf {
-    let dir = primary.scratch_path(name);
-    fs::create_dir_all(&dir).unwrap();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    let owner = fs::metadata(primary.data_dir()).unwrap();
-    std::os::unix::fs::chown(
-        &dir,
-        Some(std::os::unix::fs::MetadataExt::uid(&owner)),
-        Some(std::os::unix::fs::MetadataExt::gid(&owner)),
-    )
-    .unwrap();
-    dir
 }
 
 /// A running `walrelay receive`; killed on drop.
@@ -154,47 +131,6 @@ fn slot_restart_lsn(primary: &Cluster, slot: &str) -> Option<Lsn> {
         "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
     ));
     v.trim().parse().ok()
-}
-
-/// Recovers a copy of `backup` with `restore_command` and `extra` settings, waits for the end of
-/// recovery (promotion), and returns the new cluster.
-fn recover(
-    primary: &Cluster,
-    backup: &Path,
-    name: &str,
-    restore_command: &str,
-    extra: &[&str],
-) -> Cluster {
-    let data = primary.scratch_path(name);
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(backup)
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cp: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    File::create(data.join("recovery.signal")).unwrap();
-    let mut b = primary
-        .standby(&data)
-        .name(name)
-        .conf(&format!("restore_command = '{restore_command}'"));
-    for line in extra {
-        b = b.conf(line);
-    }
-    let c = b.start();
-    poll::wait_until(
-        &format!("{name} to finish recovery"),
-        || {
-            c.try_psql("SELECT pg_is_in_recovery()")
-                .is_ok_and(|v| v == "f")
-        },
-        || c.log_tail(20),
-    );
-    c
 }
 
 /// The marker table's rows, as `phase:count` sorted.

@@ -8,7 +8,7 @@
 //! * [`server`]: what the server says about us (`pg_stat_replication`, `pg_replication_slots`).
 //! * [`poll`]: waiting for a condition with a deadline instead of sleeping.
 //!
-//! [`exit_code`]: the documented exit codes.
+//! [`exit_code`]: the documented exit codes. [`recovery`]: PITR from an archive with `walrelay restore`.
 //!
 //! Helpers of the `walrelay bootstrap` integration tests (tests/bootstrap.rs):
 //!
@@ -23,6 +23,7 @@
 pub mod bootstrap_cli;
 pub mod exit_code;
 pub use walrelay_testkit::poll;
+pub mod recovery;
 pub mod scratch_mount;
 pub mod server;
 pub mod tree_snapshot;

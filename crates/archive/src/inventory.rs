@@ -92,6 +92,9 @@ pub struct Inventory {
     pub damaged: Vec<DamagedFile>,
     /// Anything else (ignored, reported for completeness).
     pub unrecognized: Vec<String>,
+    /// `TTTTTTTT.failover.json`: what a failover to timeline `TTTTTTTT` left orphaned on the old
+    /// timeline (written by `walrelay receive`).
+    pub failover_reports: BTreeMap<TimelineId, String>,
     pub has_checksum_file: bool,
 }
 
@@ -102,6 +105,18 @@ fn method_rank(m: Option<CompressionMethod>) -> u8 {
         Some(CompressionMethod::Lz4) => 2,
         Some(CompressionMethod::Zstd) => 3,
     }
+}
+
+/// The new timeline of a failover report's name (`TTTTTTTT.failover.json`).
+pub fn failover_report_timeline(name: &str) -> Option<TimelineId> {
+    let hex = name.strip_suffix(".failover.json")?;
+    if hex.len() != 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(hex, 16)
+        .ok()
+        .filter(|&t| t > 1)
+        .map(TimelineId)
 }
 
 impl ArchiveDir {
@@ -138,6 +153,7 @@ impl ArchiveDir {
             temp_files: Vec::new(),
             damaged: Vec::new(),
             unrecognized: Vec::new(),
+            failover_reports: BTreeMap::new(),
             has_checksum_file: false,
         };
         let entries = fs::read_dir(dir).map_err(|e| ArchiveError::io("list", dir, e))?;
@@ -233,6 +249,11 @@ impl ArchiveDir {
                 }
                 Some(WalFileName::BackupHistory { .. }) => inv.backup_histories.push(name),
                 None if name == CHECKSUM_FILE_NAME => inv.has_checksum_file = true,
+                None if failover_report_timeline(&name).is_some() => {
+                    if let Some(tli) = failover_report_timeline(&name) {
+                        inv.failover_reports.insert(tli, name);
+                    }
+                }
                 None if name.ends_with(".tmp") => inv.temp_files.push(name),
                 None => inv.unrecognized.push(name),
             }

@@ -110,8 +110,6 @@ pub enum ProblemKind {
     MissingHistory,
     /// A `.history` file does not parse.
     BadHistory,
-    /// A segment of a timeline starts at or after that timeline's switchpoint.
-    PastSwitchpoint,
     /// A segment of a timeline lies entirely before the timeline began.
     BeforeTimelineStart,
     /// An ancestor timeline whose WAL the archive should hold has no segments.
@@ -171,8 +169,27 @@ pub struct VerifyReport {
     /// Files whose SHA-256 matched `walrelay.sha256`.
     pub checksums_matched: u64,
     pub problems: Vec<Problem>,
-    /// Things worth knowing that are not damage (crash leftovers, WAL before the archive's start).
+    /// Things worth knowing that are not damage (crash leftovers, WAL before the archive's start,
+    /// orphaned WAL after a failover).
     pub notes: Vec<String>,
+    /// WAL of a timeline past the point where the next timeline's history says it ended: what the
+    /// old primary wrote after a failover that the new primary never had. Kept on purpose (as
+    /// PostgreSQL's archiver keeps it); recovery reads the new timeline's files there.
+    pub orphaned: Vec<OrphanedWal>,
+}
+
+/// One timeline's segments past its end (see [`VerifyReport::orphaned`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrphanedWal {
+    pub timeline: u32,
+    /// Where the timeline ends according to `history`.
+    pub switchpoint: String,
+    /// The history file that says so.
+    pub history: String,
+    /// The segment files that start at or past the switchpoint.
+    pub files: Vec<String>,
+    /// `TTTTTTTT.failover.json` written by `walrelay receive` when it followed that failover.
+    pub report: Option<String>,
 }
 
 impl VerifyReport {
@@ -183,6 +200,36 @@ impl VerifyReport {
     pub fn problems_of(&self, kind: ProblemKind) -> impl Iterator<Item = &Problem> {
         self.problems.iter().filter(move |p| p.kind == kind)
     }
+}
+
+/// One line about a failover report written by `walrelay receive`.
+fn failover_note(path: &Path, name: &str) -> String {
+    let Some(v) = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return format!("{name}: a failover report that cannot be read");
+    };
+    let text = |k: &str| v[k].as_str().unwrap_or("?").to_string();
+    let num = |k: &str| v[k].as_u64().unwrap_or(0);
+    let commits = num("lost_commits");
+    let when = match (
+        v["first_lost_commit"]["time"].as_str(),
+        v["last_lost_commit"]["time"].as_str(),
+    ) {
+        (Some(f), Some(l)) if commits > 1 => format!(" (committed between {f} and {l})"),
+        (Some(f), _) => format!(" (committed at {f})"),
+        _ => String::new(),
+    };
+    format!(
+        "{name}: the failover from timeline {} to {} at {} left {} bytes of the old timeline's WAL (to {}) that the new primary never had, holding {commits} committed transaction{}{when}",
+        num("old_timeline"),
+        num("new_timeline"),
+        text("switchpoint"),
+        num("orphaned_bytes"),
+        text("orphaned_end"),
+        if commits == 1 { "" } else { "s" },
+    )
 }
 
 fn problem(file: impl Into<String>, kind: ProblemKind, detail: impl Into<String>) -> Problem {
@@ -211,6 +258,7 @@ pub fn verify(
         checksums_matched: 0,
         problems: Vec::new(),
         notes: Vec::new(),
+        orphaned: Vec::new(),
     };
     for d in &inv.damaged {
         report
@@ -221,6 +269,9 @@ pub fn verify(
         report.notes.push(format!(
             "{t}: temp file (being written, or left by a crash; `cleanup` removes ours)"
         ));
+    }
+    for name in inv.failover_reports.values() {
+        report.notes.push(failover_note(&dir.join(name), name));
     }
 
     let checksums = match read_checksums(dir) {
@@ -416,16 +467,32 @@ fn check_timelines(
             ));
         }
         if let Some((end, by)) = ends.get(&tli) {
-            for segno in on_disk.keys().filter(|s| seg.segment_start(**s) >= *end) {
-                report.problems.push(problem(
-                    preferred_name(*segno),
-                    ProblemKind::PastSwitchpoint,
-                    format!(
-                        "starts at {}, but timeline {tli} ends at {end} per {}: WAL of a server that kept writing after the switch",
-                        seg.segment_start(*segno),
-                        by.history_file_name()
-                    ),
+            let files: Vec<String> = on_disk
+                .keys()
+                .filter(|s| seg.segment_start(**s) >= *end)
+                .map(|s| preferred_name(*s))
+                .collect();
+            if !files.is_empty() {
+                let report_file = inv.failover_reports.get(by).cloned();
+                report.notes.push(format!(
+                    "timeline {tli} has {} segment{} past its end at {end} per {} ({}{}): WAL the old primary wrote after the failover, which the new primary never had — kept, and not read by recovery, which takes timeline {by} from there{}",
+                    files.len(),
+                    if files.len() == 1 { "" } else { "s" },
+                    by.history_file_name(),
+                    files[0],
+                    if files.len() > 1 { format!(" to {}", files[files.len() - 1]) } else { String::new() },
+                    report_file
+                        .as_ref()
+                        .map(|f| format!("; what it held is in {f}"))
+                        .unwrap_or_default()
                 ));
+                report.orphaned.push(OrphanedWal {
+                    timeline: tli.0,
+                    switchpoint: end.to_string(),
+                    history: by.history_file_name(),
+                    files,
+                    report: report_file,
+                });
             }
         }
         if let Some(begin) = begins.get(&tli) {
@@ -1034,10 +1101,19 @@ mod tests {
         }
         put(d.path(), 2, 2, Compression::None); // before timeline 2 began
         put(d.path(), 3, 7, Compression::None); // no 00000003.history
-        let k = kinds(&run(d.path()));
+        let r = run(d.path());
+        let k = kinds(&r);
+        // Timeline 1's segment past its end is orphaned WAL after a failover: information.
+        assert!(!k.iter().any(|(f, _)| *f == name(1, 7)), "{k:?}");
+        assert_eq!(r.orphaned.len(), 1, "{:?}", r.orphaned);
+        assert_eq!(r.orphaned[0].files, vec![name(1, 7)]);
+        assert_eq!(r.orphaned[0].switchpoint, "0/500028");
         assert!(
-            k.contains(&(name(1, 7), ProblemKind::PastSwitchpoint)),
-            "{k:?}"
+            r.notes
+                .iter()
+                .any(|n| n.contains("past its end at 0/500028")),
+            "{:?}",
+            r.notes
         );
         assert!(
             k.contains(&(name(2, 2), ProblemKind::BeforeTimelineStart)),

@@ -15,6 +15,12 @@
 //! * `BASE_BACKUP`: the list of [`Step`]s in [`Script::base_backup`], usually built by
 //!   [`crate::fake_backup`] from a [`FakeBackup`](crate::fake_backup::FakeBackup), then edited to
 //!   misbehave;
+//! * `TIMELINE_HISTORY` of a timeline in [`Script::histories`];
+//! * `START_REPLICATION … TIMELINE t` for a timeline in [`Script::historic`] (one that ended on this
+//!   server): exactly what walsender.c does — a start past its end is refused ("not in this
+//!   server's history"), a start at its end gets the one-row result (next timeline, its start)
+//!   with no COPY, a start before it streams up to the end, sends CopyDone, waits for the client's
+//!   CopyDone and then sends that result; the connection goes on with the next command;
 //! * anything else: a syntax error.
 //!
 //! Every query is recorded ([`FakeWalsender::queries`]). The messages are encoded by the protocol
@@ -101,6 +107,22 @@ pub struct Script {
     pub base_backup: Vec<Step>,
     /// The reply to `START_REPLICATION`, if it streams WAL.
     pub wal: Option<WalStream>,
+    /// `TIMELINE_HISTORY` replies: (timeline, content of `TTTTTTTT.history`).
+    pub histories: Vec<(u32, String)>,
+    /// Timelines that ended on this server, for `START_REPLICATION … TIMELINE t` with `t` below
+    /// [`Script::timeline`].
+    pub historic: Vec<HistoricTimeline>,
+}
+
+/// A timeline that ended on the fake server.
+#[derive(Clone, Debug)]
+pub struct HistoricTimeline {
+    pub timeline: u32,
+    /// Its switchpoint: the first LSN of `next`.
+    pub end: Lsn,
+    pub next: u32,
+    /// Its WAL, from some segment start up to at least `end`, for starts before `end`.
+    pub wal: Option<WalStream>,
 }
 
 impl Default for Script {
@@ -114,6 +136,8 @@ impl Default for Script {
             slots: Vec::new(),
             base_backup: Vec::new(),
             wal: None,
+            histories: Vec::new(),
+            historic: Vec::new(),
         }
     }
 }
@@ -273,6 +297,10 @@ fn serve(mut sock: TcpStream, script: &Script, seen: &Arc<Mutex<Seen>>) -> io::R
                     if !run_steps(&mut sock, &script.base_backup)? {
                         return Ok(());
                     }
+                } else if let Some((h, start)) = historic_start(script, &q) {
+                    if !end_of_timeline(&mut sock, h, start, seen)? {
+                        return Ok(());
+                    }
                 } else if let (true, Some(wal)) = (q.starts_with("START_REPLICATION"), &script.wal)
                 {
                     return stream_wal(sock, wal, seen);
@@ -366,6 +394,25 @@ fn answer(s: &Script, q: &str, in_copy_both: &mut bool) -> Vec<u8> {
             ]));
             out.extend(wire::command_complete("CREATE_REPLICATION_SLOT"));
         }
+    } else if let Some(tli) = q.strip_prefix("TIMELINE_HISTORY ") {
+        let tli: u32 = tli.trim().parse().unwrap_or(0);
+        match s.histories.iter().find(|(t, _)| *t == tli) {
+            Some((_, content)) => {
+                out.extend(wire::row_description(&["filename", "content"]));
+                out.extend(wire::data_row(&[
+                    Some(&format!("{tli:08X}.history")),
+                    Some(content),
+                ]));
+                out.extend(wire::command_complete("TIMELINE_HISTORY"));
+            }
+            None => out.extend(wire::error_response(
+                "ERROR",
+                "58P01",
+                &format!(
+                    "could not open file \"pg_wal/{tli:08X}.history\": No such file or directory"
+                ),
+            )),
+        }
     } else if q.starts_with("DROP_REPLICATION_SLOT") {
         out.extend(wire::command_complete("DROP_REPLICATION_SLOT"));
     } else if q.starts_with("START_REPLICATION") {
@@ -388,6 +435,92 @@ fn answer(s: &Script, q: &str, in_copy_both: &mut bool) -> Vec<u8> {
     }
     out.extend(wire::ready_for_query());
     out
+}
+
+/// The historic timeline and start position a `START_REPLICATION … TIMELINE t` asks for, when `t`
+/// is one of [`Script::historic`].
+fn historic_start<'s>(script: &'s Script, q: &str) -> Option<(&'s HistoricTimeline, Lsn)> {
+    if !q.starts_with("START_REPLICATION") {
+        return None;
+    }
+    let words: Vec<&str> = q.split_whitespace().collect();
+    let tli: u32 = words
+        .iter()
+        .position(|w| *w == "TIMELINE")
+        .and_then(|i| words.get(i + 1))
+        .and_then(|t| t.parse().ok())?;
+    let start: Lsn = words.iter().find(|w| w.contains('/'))?.parse().ok()?;
+    script
+        .historic
+        .iter()
+        .find(|h| h.timeline == tli)
+        .map(|h| (h, start))
+}
+
+/// The end of a historic timeline as walsender.c's `StartReplication` handles it. False when the
+/// connection is to end.
+fn end_of_timeline(
+    sock: &mut TcpStream,
+    h: &HistoricTimeline,
+    start: Lsn,
+    seen: &Arc<Mutex<Seen>>,
+) -> io::Result<bool> {
+    if start > h.end {
+        let mut out = wire::error_response_detail(
+            "ERROR",
+            "XX000",
+            &format!(
+                "requested starting point {start} on timeline {} is not in this server's history",
+                h.timeline
+            ),
+            &format!(
+                "This server's history forked from timeline {} at {}.",
+                h.timeline, h.end
+            ),
+        );
+        out.extend(wire::ready_for_query());
+        sock.write_all(&out)?;
+        return Ok(true);
+    }
+    if start < h.end {
+        let Some(w) = &h.wal else {
+            return Ok(false);
+        };
+        sock.write_all(&wire::copy_both_response())?;
+        let from = (start.0.saturating_sub(w.start.0)) as usize;
+        let to = ((h.end.0 - w.start.0) as usize).min(w.wal.len());
+        let mut at = start;
+        for chunk in w.wal[from.min(to)..to].chunks(w.message_size.max(1)) {
+            sock.write_all(&wire::xlog_data(at, h.end, chunk))?;
+            at = Lsn(at.0 + chunk.len() as u64);
+        }
+        sock.write_all(&wire::copy_done())?;
+        // The walsender waits for the client's CopyDone before the result (WalSndLoop).
+        loop {
+            match read_message(sock)? {
+                Some((b'c', _)) => break,
+                Some((b'd', body)) => {
+                    if let Ok(update) = StandbyStatusUpdate::parse(&body) {
+                        lock(seen).flush_positions.push(update.flush_lsn);
+                    }
+                }
+                Some(_) => {}
+                None => return Ok(false),
+            }
+        }
+    }
+    // One row (next_tli int8, next_tli_startpos text), then CommandComplete twice: the second is
+    // the one libpqrcv_endstreaming needs ("START_REPLICATION" from 14 on, "SELECT" before).
+    let mut out = wire::row_description(&["next_tli", "next_tli_startpos"]);
+    out.extend(wire::data_row(&[
+        Some(&h.next.to_string()),
+        Some(&h.end.to_string()),
+    ]));
+    out.extend(wire::command_complete("START_STREAMING"));
+    out.extend(wire::command_complete("START_REPLICATION"));
+    out.extend(wire::ready_for_query());
+    sock.write_all(&out)?;
+    Ok(true)
 }
 
 /// `START_REPLICATION` with WAL to send: CopyBothResponse, the WAL, then the ending. A second

@@ -62,7 +62,7 @@ pub use config::{AuthMethod, Role, Tls};
 pub use env::{matrix_includes, matrix_majors};
 pub use error::{Result, TestkitError};
 pub use fake_backup::FakeBackup;
-pub use fake_walsender::{Ending, FakeWalsender, Script, Step, WalStream};
+pub use fake_walsender::{Ending, FakeWalsender, HistoricTimeline, Script, Step, WalStream};
 pub use install::{ClientTools, PgInstall};
 pub use oracle::{
     assert_same_dumpall, pg_controldata, pg_dumpall, pg_verifybackup, pg_waldump, ControlData,

@@ -85,6 +85,13 @@ pub fn error_response(severity: &str, code: &str, message: &str) -> Vec<u8> {
     encoded(|o| server::encode_error_response(&fields(severity, code, message), o))
 }
 
+/// `ErrorResponse` with severity, SQLSTATE, message and detail.
+pub fn error_response_detail(severity: &str, code: &str, message: &str, detail: &str) -> Vec<u8> {
+    let mut f = fields(severity, code, message);
+    f.detail = Some(detail.to_string());
+    encoded(|o| server::encode_error_response(&f, o))
+}
+
 /// `NoticeResponse` with severity, SQLSTATE and message.
 pub fn notice(severity: &str, code: &str, message: &str) -> Vec<u8> {
     encoded(|o| server::encode_notice_response(&fields(severity, code, message), o))

@@ -41,6 +41,9 @@ pub struct ReceiverConfig {
     pub target: Target,
     /// A permanent slot to stream from.
     pub slot: Option<String>,
+    /// Keep `slot` on every standby of the host list too, so that it survives a promotion
+    /// (`--failover`, see the slot keeper).
+    pub failover_slot: bool,
     /// Create a temporary slot with this name on every connection (bootstrap without `-S`): the
     /// server keeps our WAL while we are connected.
     pub temporary_slot: Option<String>,

@@ -81,6 +81,8 @@ pub enum ReceiveError {
     },
     #[error("PostgreSQL {major} is not supported (its WAL format is unknown to walrelay); supported: 10 to 18")]
     UnsupportedServer { major: u32 },
+    #[error("--failover keeps the slot on the standbys with pg_replication_slot_advance, which PostgreSQL {major} does not have (it exists from PostgreSQL 11): drop --failover, and after a failover create the slot on the new primary (walrelay receive --create-slot)")]
+    FailoverSlotUnsupported { major: u32 },
     /// The walsender ended the stream with CommandComplete and no next timeline: what a server that
     /// shuts down cleanly does once we confirmed everything it sent (`WalSndDone` in walsender.c).
     #[error("the server ended streaming because it is shutting down; reconnect once it is back (walrelay does so unless --no-loop)")]
@@ -249,7 +251,8 @@ impl Classify for ReceiveError {
             | ReceiveError::HistoryDiverged { .. }
             | ReceiveError::StandbyDiverged { .. }
             | ReceiveError::StandbyMayHaveDiverged { .. }
-            | ReceiveError::UnsupportedServer { .. } => ErrorClass::ServerState,
+            | ReceiveError::UnsupportedServer { .. }
+            | ReceiveError::FailoverSlotUnsupported { .. } => ErrorClass::ServerState,
             ReceiveError::ServerBehind { .. } => ErrorClass::Transient,
             ReceiveError::Protocol(_) | ReceiveError::TaskFailed { .. } => ErrorClass::Other,
         }

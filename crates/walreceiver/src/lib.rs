@@ -47,6 +47,7 @@ mod reconnect;
 mod replay_poller;
 mod resume;
 mod session;
+mod slot_keeper;
 mod start;
 mod stats;
 mod stream_loop;
@@ -65,6 +66,7 @@ pub use feedback::{
 pub use fs::{SegmentFile, StdFs, WalFs};
 pub use page_header::{LongPageHeader, PageHeaderError, PageHeaderReader, WalPageHeaderReader};
 pub use reconnect::run;
+pub use slot_keeper::create_on_standbys;
 pub use start::{
     find_streaming_start, find_streaming_start_in_dir, find_streaming_start_with, DirEntryInfo,
     Layout, ScanFrom, StartError, StartOptions, StartReason, StdWalDir, StreamStart, WalDirReader,

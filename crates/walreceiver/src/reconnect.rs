@@ -18,6 +18,7 @@ use walrelay_client::{Classify, ServerCondition};
 use crate::config::{ReceiveSummary, ReceiverConfig, StopReason};
 use crate::error::ReceiveError;
 use crate::session::{session, SessionState};
+use crate::slot_keeper;
 use crate::stream_loop::stop_requested;
 
 /// The first wait before reconnecting.
@@ -34,6 +35,16 @@ const SESSION_SUCCESS: Duration = Duration::from_secs(60);
 pub async fn run(mut cfg: ReceiverConfig) -> Result<ReceiveSummary, ReceiveError> {
     let mut state = SessionState::new(&cfg);
     let mut backoff = Backoff::new(cfg.max_reconnect_delay);
+    let _keeper = match (&cfg.slot, cfg.failover_slot) {
+        (Some(slot), true) => Some(KeeperGuard(slot_keeper::spawn(
+            cfg.connect.clone(),
+            slot.clone(),
+            cfg.status_interval,
+            cfg.stats.clone(),
+            cfg.shutdown.clone(),
+        ))),
+        _ => None,
+    };
     loop {
         if *cfg.shutdown.borrow() {
             return Ok(summary(&cfg, &state, StopReason::Shutdown));
@@ -62,6 +73,15 @@ pub async fn run(mut cfg: ReceiverConfig) -> Result<ReceiveSummary, ReceiveError
                 return Ok(summary(&cfg, &state, StopReason::Shutdown));
             }
         }
+    }
+}
+
+/// Stops the slot keeper when the receiver stops.
+struct KeeperGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for KeeperGuard {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

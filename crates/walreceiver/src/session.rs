@@ -113,6 +113,10 @@ pub(crate) async fn session(
     if page_magic.is_none() && cfg.validate {
         return Err(ReceiveError::UnsupportedServer { major });
     }
+    if cfg.failover_slot && major < 11 {
+        return Err(ReceiveError::FailoverSlotUnsupported { major });
+    }
+    cfg.stats.set_system_identifier(ident.system_identifier);
 
     // What is on disk, read-only: a foreign or damaged directory is refused before anything in it
     // is touched.

@@ -24,6 +24,8 @@ pub struct ReceiverStats {
     failovers: AtomicU64,
     failover_lost_commits: AtomicU64,
     failover_orphaned_bytes: AtomicU64,
+    /// The server's system identifier, once known (0 = not yet).
+    system_identifier: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -49,6 +51,8 @@ pub struct StatsSnapshot {
     pub failover_lost_commits: u64,
     /// Bytes of orphaned WAL found.
     pub failover_orphaned_bytes: u64,
+    /// The system identifier of the cluster streamed from, once a session learned it.
+    pub system_identifier: Option<u64>,
 }
 
 impl StatsSnapshot {
@@ -85,6 +89,8 @@ impl ReceiverStats {
             failovers: self.failovers.load(Ordering::Relaxed),
             failover_lost_commits: self.failover_lost_commits.load(Ordering::Relaxed),
             failover_orphaned_bytes: self.failover_orphaned_bytes.load(Ordering::Relaxed),
+            system_identifier: Some(self.system_identifier.load(Ordering::Relaxed))
+                .filter(|&s| s != 0),
         }
     }
 
@@ -118,6 +124,10 @@ impl ReceiverStats {
 
     pub(crate) fn set_timeline(&self, tli: u32) {
         self.timeline.store(u64::from(tli), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_system_identifier(&self, sysid: u64) {
+        self.system_identifier.store(sysid, Ordering::Relaxed);
     }
 
     pub(crate) fn set_connected(&self, c: bool) {
