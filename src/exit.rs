@@ -223,16 +223,10 @@ pub fn one_line(e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use walrelay_protocol::ErrorFields;
     use walrelay_walreceiver::{ReceiveError, WriterError};
 
     fn server(code: &str, message: &str) -> ClientError {
-        ClientError::server(ErrorFields {
-            severity: "ERROR".into(),
-            code: code.into(),
-            message: message.into(),
-            ..Default::default()
-        })
+        ServerError::new(code, message).into()
     }
 
     #[test]

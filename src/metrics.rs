@@ -198,7 +198,11 @@ mod tests {
             text.contains("walrelay_receive_received_bytes_total 0"),
             "{text}"
         );
-        assert_eq!(text.matches("# HELP ").count(), 12, "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 15, "{text}");
+        assert!(
+            text.contains("walrelay_receive_failover_lost_commits_total 0"),
+            "{text}"
+        );
         assert!(
             !healthy(&s, Duration::from_secs(10)),
             "no message ever received"

@@ -20,12 +20,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use walrelay_protocol::{SegmentId, TimelineId, WalSegmentSize};
+use walrelay_protocol::{TimelineId, WalSegmentSize};
 use walrelay_testkit::{poll, Cluster, Lsn, StopMode};
 
-use support::recovery::{archive_dir, recover, walrelay_for_postgres};
+use support::recovery::{archive_dir, copy_dir, recover, walrelay_for_postgres};
 use support::walrelay_cmd::{receive_args, Walrelay};
 use support::{exit_code, server, wal_files};
 
@@ -66,20 +65,6 @@ fn pair(name: &str) -> Pair {
     Pair { a, b, backup }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cp: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// `host=A,B target_session_attrs=read-write`, as an HA set-up names its servers.
 fn host_list(a: &Cluster, b: &Cluster) -> String {
     format!(
@@ -108,19 +93,6 @@ fn marker_ids(c: &Cluster) -> Vec<u32> {
         .collect()
 }
 
-/// Waits until the archive holds the complete segment holding the byte before `lsn`.
-fn wait_archived(archive: &Path, lsn: Lsn, timeline: u32, w: &mut Walrelay) {
-    let segment = SegmentId::new(TimelineId(timeline), seg().segno(Lsn(lsn.0 - 1)));
-    poll::wait_until(
-        &format!("{} in the archive", segment.file_name(seg())),
-        || {
-            w.assert_running();
-            wal_files::has_complete(archive, segment, seg())
-        },
-        || format!("archive: {}", wal_files::listing(archive)),
-    );
-}
-
 /// Waits until walrelay reported `lsn` as written to `server` (an archive without a slot reports
 /// no flush position, as pg_receivewal; walrelay is not the one that crashes here).
 fn wait_received(server: &Cluster, lsn: Lsn) {
@@ -145,6 +117,25 @@ fn fail_over(p: &mut Pair) {
     server::wait_streaming(&p.b, APP);
 }
 
+/// `walrelay receive` into `archive` from the host list, streaming from A.
+fn archive_from_hosts(label: &str, p: &Pair, archive: &Path) -> Walrelay {
+    let hosts = host_list(&p.a, &p.b);
+    let w = Walrelay::start(
+        label,
+        &receive_args(&["-d", &hosts, "-D", path(archive), "-s", "1"]),
+    );
+    server::wait_streaming(&p.a, APP);
+    w
+}
+
+/// [`fail_over`], then ten commits on B (ids 100–109) and a segment switch, archived on timeline 2.
+fn fail_over_and_write_on_b(p: &mut Pair, archive: &Path, w: &mut Walrelay) {
+    fail_over(p);
+    commit_markers(&p.b, 100, 10, "on B");
+    let end = p.b.switch_wal();
+    wal_files::wait_complete(archive, end, 2, seg(), w);
+}
+
 /// PITR of the pre-failover backup from the archive to the latest timeline.
 fn pitr(p: &Pair, archive: &Path, name: &str) -> Cluster {
     let bin = walrelay_for_postgres(&p.a);
@@ -162,30 +153,16 @@ fn pitr(p: &Pair, archive: &Path, name: &str) -> Cluster {
 fn a_caught_up_standby_promoted_at_a_segment_boundary() {
     let mut p = pair("fo-caught-up");
     let archive = archive_dir(&p.a, "archive");
-    let mut w = Walrelay::start(
-        "fo-caught-up",
-        &receive_args(&[
-            "-d",
-            &host_list(&p.a, &p.b),
-            "-D",
-            path(&archive),
-            "-s",
-            "1",
-        ]),
-    );
-    server::wait_streaming(&p.a, APP);
+    let mut w = archive_from_hosts("fo-caught-up", &p, &archive);
     commit_markers(&p.a, 1, 20, "on A");
     // A's last act: a segment switch that walrelay and B both have.
     let switched = p.a.switch_wal();
-    wait_archived(&archive, switched, 1, &mut w);
+    wal_files::wait_complete(&archive, switched, 1, seg(), &mut w);
     p.b.catch_up(&p.a);
     let pid = w.pid();
 
-    fail_over(&mut p);
+    fail_over_and_write_on_b(&mut p, &archive, &mut w);
     let history = std::fs::read_to_string(p.b.pg_wal_dir().join("00000002.history")).unwrap();
-    commit_markers(&p.b, 100, 10, "on B");
-    let end = p.b.switch_wal();
-    wait_archived(&archive, end, 2, &mut w);
     assert_eq!(w.pid(), pid, "walrelay went on by itself");
     let log = w.log();
     assert!(log.contains("nothing lost"), "{log}");
@@ -215,18 +192,7 @@ fn a_caught_up_standby_promoted_at_a_segment_boundary() {
 fn a_standby_behind_the_archive_is_followed_and_the_loss_counted() {
     let mut p = pair("fo-behind");
     let archive = archive_dir(&p.a, "archive");
-    let mut w = Walrelay::start(
-        "fo-behind",
-        &receive_args(&[
-            "-d",
-            &host_list(&p.a, &p.b),
-            "-D",
-            path(&archive),
-            "-s",
-            "1",
-        ]),
-    );
-    server::wait_streaming(&p.a, APP);
+    let mut w = archive_from_hosts("fo-behind", &p, &archive);
     commit_markers(&p.a, 1, 20, "on A and B");
     p.b.catch_up(&p.a);
     // B stops receiving; A commits on, walrelay archives it all.
@@ -238,11 +204,7 @@ fn a_standby_behind_the_archive_is_followed_and_the_loss_counted() {
     wait_received(&p.a, p.a.current_wal_lsn());
 
     // A crashes; B comes back and is promoted.
-    fail_over(&mut p);
-    commit_markers(&p.b, 100, 10, "on B");
-    let end = p.b.switch_wal();
-    wait_archived(&archive, end, 2, &mut w);
-    w.assert_running();
+    fail_over_and_write_on_b(&mut p, &archive, &mut w);
 
     // The report: exactly the commits B never had, at the times they were made.
     let report: serde_json::Value = serde_json::from_str(
@@ -288,17 +250,7 @@ fn a_standby_behind_the_archive_is_followed_and_the_loss_counted() {
     }
 
     // verify: accepted, the orphaned range named as information.
-    let out = Command::new(env!("CARGO_BIN_EXE_walrelay"))
-        .args(["verify", "-D", path(&archive)])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::walrelay_cmd::verify_accepts(&archive);
     assert!(
         text.contains(&format!("holding {lost} committed transactions")),
         "{text}"
@@ -438,7 +390,7 @@ fn with_failover_the_slot_is_kept_on_the_standby_and_used_after_the_promotion() 
     server::wait_streaming(&p.a, APP);
     commit_markers(&p.a, 1, 20, "on A");
     let end = p.a.switch_wal();
-    wait_archived(&archive, end, 1, &mut w);
+    wal_files::wait_complete(&archive, end, 1, seg(), &mut w);
     p.b.catch_up(&p.a);
     // The standby's copy follows what the archive holds.
     poll::wait_until(
@@ -455,7 +407,7 @@ fn with_failover_the_slot_is_kept_on_the_standby_and_used_after_the_promotion() 
     fail_over(&mut p);
     commit_markers(&p.b, 100, 10, "on B");
     let end2 = p.b.switch_wal();
-    wait_archived(&archive, end2, 2, &mut w);
+    wal_files::wait_complete(&archive, end2, 2, seg(), &mut w);
     let slot = server::slot(&p.b, "wr_slot").expect("the slot on the new primary");
     assert!(
         slot.active,

@@ -72,6 +72,26 @@ fn history(switch: Lsn) -> String {
     format!("1\t{switch}\tno recovery target specified\n")
 }
 
+/// A server promoted to timeline 2 at `switch`: timeline 1 historic (streamed from `old_wal` when
+/// asked for before the switch), timeline 2 streamed from `new_wal`.
+fn promoted(switch: Lsn, old_wal: Option<WalStream>, new_wal: WalStream) -> Script {
+    Script {
+        timeline: 2,
+        xlogpos: new_wal.end(),
+        wal_segment_size: "1MB".into(),
+        system_identifier: cfg().system_identifier,
+        histories: vec![(2, history(switch))],
+        historic: vec![HistoricTimeline {
+            timeline: 1,
+            end: switch,
+            next: 2,
+            wal: old_wal,
+        }],
+        wal: Some(new_wal),
+        ..Script::default()
+    }
+}
+
 /// Runs `walrelay receive -D dir` to `endpos` against `script`; returns (exit code, stderr, the
 /// server's queries).
 fn receive(dir: &Path, script: Script, endpos: Lsn) -> (i32, String, Vec<String>) {
@@ -116,24 +136,14 @@ fn a_start_at_the_end_of_a_historic_timeline_moves_on_without_copy() {
     let end = tl2.position();
     let tl2_bytes = tl2.into_bytes();
 
-    let script = Script {
-        timeline: 2,
-        xlogpos: end,
-        wal_segment_size: "1MB".into(),
-        system_identifier: cfg().system_identifier,
-        histories: vec![(2, history(switch))],
-        historic: vec![HistoricTimeline {
-            timeline: 1,
-            end: switch,
-            next: 2,
-            wal: None,
-        }],
-        wal: Some(WalStream {
+    let script = promoted(
+        switch,
+        None,
+        WalStream {
             ending: Ending::AskForReplies,
             ..WalStream::new(switch, tl2_bytes.clone())
-        }),
-        ..Script::default()
-    };
+        },
+    );
     let (code, stderr, queries) = receive(dir.path(), script, end);
     assert_eq!(code, 0, "{stderr}\n{queries:#?}");
     assert!(!stderr.contains("protocol violation"), "{stderr}");
@@ -178,25 +188,12 @@ fn a_historic_timeline_is_streamed_to_its_end_then_the_next_is_followed() {
     let tl2_bytes = tl2.into_bytes();
     let seg2 = MB as usize..2 * MB as usize;
 
-    let script = Script {
-        timeline: 2,
-        xlogpos: end,
-        wal_segment_size: "1MB".into(),
-        system_identifier: cfg().system_identifier,
-        histories: vec![(2, history(switch))],
-        historic: vec![HistoricTimeline {
-            timeline: 1,
-            end: switch,
-            next: 2,
-            wal: Some(WalStream::new(Lsn(MB), tl1.clone())),
-        }],
-        // The new timeline's copy of segment 2: timeline 1's WAL up to the switch, then its own.
-        wal: Some(WalStream::new(
-            Lsn(2 * MB),
-            tl2_bytes[seg2.start..].to_vec(),
-        )),
-        ..Script::default()
-    };
+    // The new timeline's copy of segment 2: timeline 1's WAL up to the switch, then its own.
+    let script = promoted(
+        switch,
+        Some(WalStream::new(Lsn(MB), tl1.clone())),
+        WalStream::new(Lsn(2 * MB), tl2_bytes[seg2.start..].to_vec()),
+    );
     let (code, stderr, queries) = receive(dir.path(), script, end);
     assert_eq!(code, 0, "{stderr}\n{queries:#?}");
     let on_tl1 = position_of(&queries, "START_REPLICATION 0/200000 TIMELINE 1");
@@ -239,24 +236,11 @@ fn a_promotion_behind_the_archive_is_followed_and_the_loss_reported() {
     let end = tl2.position();
     let tl2_bytes = tl2.into_bytes();
 
-    let script = Script {
-        timeline: 2,
-        xlogpos: end,
-        wal_segment_size: "1MB".into(),
-        system_identifier: cfg().system_identifier,
-        histories: vec![(2, history(switch))],
-        historic: vec![HistoricTimeline {
-            timeline: 1,
-            end: switch,
-            next: 2,
-            wal: None,
-        }],
-        wal: Some(WalStream::new(
-            Lsn(2 * MB),
-            tl2_bytes[MB as usize..].to_vec(),
-        )),
-        ..Script::default()
-    };
+    let script = promoted(
+        switch,
+        None,
+        WalStream::new(Lsn(2 * MB), tl2_bytes[MB as usize..].to_vec()),
+    );
     let (code, stderr, queries) = receive(dir.path(), script, end);
     assert_eq!(code, 0, "{stderr}\n{queries:#?}");
     assert!(
@@ -295,18 +279,7 @@ fn a_promotion_behind_the_archive_is_followed_and_the_loss_reported() {
     );
 
     // verify accepts the archive and names the orphaned range as information.
-    let out = Command::new(env!("CARGO_BIN_EXE_walrelay"))
-        .args(["verify", "-D"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::walrelay_cmd::verify_accepts(dir.path());
     assert!(text.contains("past its end"), "{text}");
     assert!(text.contains("00000002.failover.json"), "{text}");
     assert!(

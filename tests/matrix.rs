@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use walrelay_conninfo::{ConnInfo, Keyword};
-use walrelay_protocol::{SegmentId, TimelineId, WalSegmentSize};
+use walrelay_protocol::{TimelineId, WalSegmentSize};
 use walrelay_testkit::{
     matrix_includes, pg_verifybackup, Cluster, Lsn, PgBench, Role, StopMode, VerifyBackupOptions,
 };
@@ -289,30 +289,6 @@ fn insert_rows(cluster: &Cluster, table: &str, n: u32) -> Lsn {
          INSERT INTO {table} SELECT g, repeat('x', 100) FROM generate_series(1, {n}) g;"
     ));
     cluster.current_wal_lsn()
-}
-
-/// Waits until `dir` holds the complete segment containing the byte before `lsn`.
-fn wait_complete_segment(
-    dir: &Path,
-    lsn: Lsn,
-    timeline: u32,
-    seg: WalSegmentSize,
-    w: &mut Walrelay,
-) -> SegmentId {
-    let segment = SegmentId::new(TimelineId(timeline), seg.segno(Lsn(lsn.0 - 1)));
-    poll::wait_until(
-        &format!(
-            "{} to be complete in {}",
-            segment.file_name(seg),
-            dir.display()
-        ),
-        || {
-            w.assert_running();
-            wal_files::has_complete(dir, segment, seg)
-        },
-        || format!("files: {}", wal_files::listing(dir)),
-    );
-    segment
 }
 
 /// SIGTERM and a clean exit.
@@ -723,7 +699,9 @@ fn receive_switches(primary: &Cluster, major: u32, seg: WalSegmentSize) -> Recei
     for i in 0..3 {
         insert_rows(primary, "received", 200 + i);
         let end = primary.switch_wal();
-        last = Some(wait_complete_segment(&archive, end, timeline, seg, &mut w));
+        last = Some(wal_files::wait_complete(
+            &archive, end, timeline, seg, &mut w,
+        ));
     }
     let last = last.expect("three switches");
     let last_end = last.end_lsn(seg);
@@ -984,7 +962,7 @@ fn follow_failover(primary: &mut Cluster, standby: &mut Cluster, major: u32, seg
     insert_rows(primary, "timeline_rows", 100);
     let end1 = primary.switch_wal();
     standby.wait_replay(end1);
-    wait_complete_segment(&archive, end1, 1, seg, &mut w);
+    wal_files::wait_complete(&archive, end1, 1, seg, &mut w);
     if keep_slot {
         poll::wait_until(
             "the standby's copy of the slot to follow the archive",
@@ -999,7 +977,7 @@ fn follow_failover(primary: &mut Cluster, standby: &mut Cluster, major: u32, seg
     assert_eq!(standby.current_timeline(), 2, "timeline after promotion");
     insert_rows(standby, "timeline_rows", 100);
     let end2 = standby.switch_wal();
-    let on_tli2 = wait_complete_segment(&archive, end2, 2, seg, &mut w);
+    let on_tli2 = wal_files::wait_complete(&archive, end2, 2, seg, &mut w);
 
     let history = fs::read(archive.join("00000002.history")).unwrap_or_else(|e| {
         panic!(

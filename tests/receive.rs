@@ -56,24 +56,6 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
-/// The segment holding the byte just before `lsn`.
-fn segment_before(lsn: Lsn, timeline: u32) -> SegmentId {
-    SegmentId::new(TimelineId(timeline), seg().segno(Lsn(lsn.0 - 1)))
-}
-
-/// Waits until `archive` holds the complete segment that ends at or after `lsn` - 1.
-fn wait_archived(archive: &Path, lsn: Lsn, timeline: u32, w: &mut Walrelay) {
-    let segment = segment_before(lsn, timeline);
-    poll::wait_until(
-        &format!("{} in the archive", segment.file_name(seg())),
-        || {
-            w.assert_running();
-            wal_files::has_complete(archive, segment, seg())
-        },
-        || format!("archive: {}", wal_files::listing(archive)),
-    );
-}
-
 /// `walrelay receive` from `server` (as `application_name` `app`) into `archive` with `extra`
 /// options and status updates every second, started as `name`; returns once the server shows it
 /// streaming.
@@ -127,7 +109,7 @@ fn pgbench_with_segment_switches_is_byte_identical_and_gapless() {
     let mut w = receive_streaming("pgbench", &primary, "wr_pgbench", &archive, &[]);
     load_with_switches(&primary, 6, Duration::from_millis(700), &mut w);
     let end = primary.switch_wal();
-    wait_archived(&archive, end, 1, &mut w);
+    wal_files::wait_complete(&archive, end, 1, seg(), &mut w);
     stop(&mut w);
 
     let compared = wal_files::assert_identical_to_server(&archive, &primary.pg_wal_dir(), seg());
@@ -268,7 +250,7 @@ fn kill_9_mid_segment_never_acknowledges_what_is_not_on_disk() {
     server::wait_streaming(&primary, "wr_kill");
     load.stop();
     let end = primary.switch_wal();
-    wait_archived(&archive, end, 1, &mut w);
+    wal_files::wait_complete(&archive, end, 1, seg(), &mut w);
     stop(&mut w);
 
     wal_files::assert_identical_to_server(&archive, &primary.pg_wal_dir(), seg());
@@ -308,7 +290,7 @@ fn primary_restart_fast_and_immediate_reconnects_without_gap() {
         );
     }
     let end = primary.switch_wal();
-    wait_archived(&archive, end, 1, &mut w);
+    wal_files::wait_complete(&archive, end, 1, seg(), &mut w);
     stop(&mut w);
     let log = w.full_log();
     assert!(
@@ -368,7 +350,7 @@ fn promotion_of_the_upstream_standby_is_followed_to_the_new_timeline() {
     standby.switch_wal();
     server::insert_rows(&standby, "t2", 500);
     let end = standby.switch_wal();
-    wait_archived(&archive, end, 2, &mut w);
+    wal_files::wait_complete(&archive, end, 2, seg(), &mut w);
     assert_eq!(w.pid(), pid);
     stop(&mut w);
     let log = w.full_log();
@@ -512,7 +494,7 @@ fn synchronous_standby_lets_commits_proceed_and_holds_what_it_confirmed() {
     // Release the primary's commits before the test ends (the drop order stops walrelay first).
     primary.psql("ALTER SYSTEM RESET synchronous_standby_names; SELECT pg_reload_conf();");
     let end = primary.switch_wal();
-    wait_archived(&archive, end, 1, &mut w);
+    wal_files::wait_complete(&archive, end, 1, seg(), &mut w);
     stop(&mut w);
     wal_files::assert_identical_to_server(&archive, &primary.pg_wal_dir(), seg());
 }
@@ -1029,7 +1011,7 @@ fn sigterm_exits_cleanly_and_restart_resumes_the_partial_segment() {
     );
     server::insert_rows(&primary, "t", 3000);
     let end = primary.switch_wal();
-    wait_archived(&archive, end, 1, &mut w);
+    wal_files::wait_complete(&archive, end, 1, seg(), &mut w);
     stop(&mut w);
     assert!(
         !archive.join(&partial).exists(),

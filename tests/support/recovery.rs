@@ -20,6 +20,21 @@ pub fn walrelay_for_postgres(primary: &Cluster) -> PathBuf {
     to
 }
 
+/// `cp -a from to`: a data directory copied with its modes and owners.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// An empty archive directory owned by the server's OS user: `receive` (run by the test, maybe as
 /// root) gives its files the directory's owner, and `restore` runs as that user.
 pub fn archive_dir(primary: &Cluster, name: &str) -> PathBuf {
@@ -46,17 +61,7 @@ pub fn recover(
     extra: &[&str],
 ) -> Cluster {
     let data = primary.scratch_path(name);
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(backup)
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cp: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    copy_dir(backup, &data);
     File::create(data.join("recovery.signal")).unwrap();
     let mut b = primary
         .standby(&data)

@@ -313,3 +313,28 @@ pub fn timeline_view(archive: &Path, timeline: TimelineId, seg: WalSegmentSize, 
         fs::copy(f.path(archive), into.join(name)).expect("copy segment into the view");
     }
 }
+
+/// Waits until `dir` holds the complete segment of `timeline` holding the byte before `lsn` (while
+/// `w` keeps running); returns that segment.
+pub fn wait_complete(
+    dir: &Path,
+    lsn: Lsn,
+    timeline: u32,
+    seg: WalSegmentSize,
+    w: &mut super::walrelay_cmd::Walrelay,
+) -> SegmentId {
+    let segment = SegmentId::new(TimelineId(timeline), seg.segno(Lsn(lsn.0 - 1)));
+    super::poll::wait_until(
+        &format!(
+            "{} to be complete in {}",
+            segment.file_name(seg),
+            dir.display()
+        ),
+        || {
+            w.assert_running();
+            has_complete(dir, segment, seg)
+        },
+        || format!("files: {}", listing(dir)),
+    );
+    segment
+}

@@ -283,3 +283,20 @@ fn spawn(args: &[String], log: &Path) -> Child {
         .spawn()
         .expect("spawn walrelay")
 }
+
+/// `walrelay verify -D dir`: asserts it accepted the archive (exit 0) and returns what it printed.
+pub fn verify_accepts(dir: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["verify", "-D"])
+        .arg(dir)
+        .output()
+        .expect("run walrelay verify");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "verify refused the archive:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}

@@ -228,17 +228,9 @@ impl ServerCondition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use walrelay_protocol::ErrorFields;
 
     fn server(code: &str, message: &str) -> ServerError {
-        ServerError {
-            fields: ErrorFields {
-                severity: "ERROR".into(),
-                code: code.into(),
-                message: message.into(),
-                ..Default::default()
-            },
-        }
+        ServerError::new(code, message)
     }
 
     #[test]

@@ -12,6 +12,18 @@ pub struct ServerError {
 }
 
 impl ServerError {
+    /// An `ERROR` with this SQLSTATE and message (what a fake server or a test needs).
+    pub fn new(code: &str, message: &str) -> Self {
+        ServerError {
+            fields: ErrorFields {
+                severity: "ERROR".into(),
+                code: code.into(),
+                message: message.into(),
+                ..Default::default()
+            },
+        }
+    }
+
     pub fn code(&self) -> &str {
         &self.fields.code
     }
@@ -139,6 +151,12 @@ impl ClientError {
                 Some(ServerCondition::AuthenticationFailed | ServerCondition::NoHbaEntry)
             ),
         }
+    }
+}
+
+impl From<ServerError> for ClientError {
+    fn from(e: ServerError) -> Self {
+        ClientError::Server(Box::new(e))
     }
 }
 

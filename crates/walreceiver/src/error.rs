@@ -263,15 +263,9 @@ impl Classify for ReceiveError {
 mod tests {
     use super::*;
     use walrelay_client::sqlstate;
-    use walrelay_protocol::ErrorFields;
 
     fn server_error(code: &str, message: &str) -> ClientError {
-        ClientError::server(ErrorFields {
-            severity: "ERROR".into(),
-            code: code.into(),
-            message: message.into(),
-            ..Default::default()
-        })
+        ServerError::new(code, message).into()
     }
 
     #[test]

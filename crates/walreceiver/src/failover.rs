@@ -273,9 +273,8 @@ mod tests {
         (d, switchpoint.unwrap(), after)
     }
 
-    #[test]
-    fn orphaned_commits_are_counted_from_the_switchpoint() {
-        let (d, switchpoint, after) = archive_with_orphans();
+    /// The fork from timeline 1 to 2 at `switchpoint`, and the synthetic WAL's identity.
+    fn fork_at(switchpoint: Lsn) -> (Fork, WalIdentity) {
         let cfg = SynthConfig::default();
         let fork = Fork {
             old: TimelineId(1),
@@ -287,6 +286,13 @@ mod tests {
             page_magic: None,
             system_identifier: cfg.system_identifier,
         };
+        (fork, id)
+    }
+
+    #[test]
+    fn orphaned_commits_are_counted_from_the_switchpoint() {
+        let (d, switchpoint, after) = archive_with_orphans();
+        let (fork, id) = fork_at(switchpoint);
         let loss = scan_orphaned(d.path(), fork, id).unwrap().unwrap();
         assert_eq!(loss.lost_commits, after as u64);
         assert!(loss.aborts > 0);
@@ -309,17 +315,7 @@ mod tests {
     #[test]
     fn the_report_is_written_once() {
         let (d, switchpoint, _) = archive_with_orphans();
-        let cfg = SynthConfig::default();
-        let fork = Fork {
-            old: TimelineId(1),
-            switchpoint,
-            new: TimelineId(2),
-        };
-        let id = WalIdentity {
-            seg: cfg.segment_size,
-            page_magic: None,
-            system_identifier: cfg.system_identifier,
-        };
+        let (fork, id) = fork_at(switchpoint);
         let loss = scan_orphaned(d.path(), fork, id).unwrap().unwrap();
         let path = write_report(d.path(), &loss, Owner::current()).unwrap();
         assert!(path.ends_with("00000002.failover.json"));

@@ -131,19 +131,10 @@ fn summary(cfg: &ReceiverConfig, state: &SessionState, stop: StopReason) -> Rece
 #[cfg(test)]
 mod tests {
     use super::*;
-    use walrelay_client::ClientError;
-    use walrelay_protocol::ErrorFields;
+    use walrelay_client::{ClientError, ServerError};
 
     fn server(code: &str, message: &str) -> ReceiveError {
-        ReceiveError::from_server(
-            ClientError::server(ErrorFields {
-                severity: "ERROR".into(),
-                code: code.into(),
-                message: message.into(),
-                ..Default::default()
-            }),
-            Some("s"),
-        )
+        ReceiveError::from_server(ServerError::new(code, message).into(), Some("s"))
     }
 
     #[test]
