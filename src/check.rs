@@ -67,6 +67,10 @@ pub struct HostReport {
     pub system_identifier: Option<String>,
     pub timeline: Option<u32>,
     pub wal_lsn: Option<String>,
+    /// With `-S`: the slot's `restart_lsn` on this host, `missing`, or `unknown` (before
+    /// PostgreSQL 15 a replication connection cannot read slots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
     pub error: Option<String>,
 }
 
@@ -107,7 +111,17 @@ async fn check(resolved: &Resolved, slot: Option<&str>) -> Result<CheckReport> {
     }
     let params = resolved.params(ReplicationMode::Physical)?;
     if params.endpoints.len() > 1 {
-        r.hosts = check_hosts(&params).await;
+        r.hosts = check_hosts(&params, slot).await;
+        if let Some(name) = slot {
+            for h in r.hosts.iter().filter(|h| h.role == "standby") {
+                if h.slot.as_deref() == Some("missing") {
+                    r.warnings.push(format!(
+                        "standby {} has no slot \"{name}\": after a failover to it, nothing keeps the WAL a replicant needs — run walrelay receive with --failover (it keeps the slot on every standby of the list)",
+                        h.endpoint
+                    ));
+                }
+            }
+        }
         let systems: std::collections::BTreeSet<&str> = r
             .hosts
             .iter()
@@ -289,7 +303,10 @@ async fn check(resolved: &Resolved, slot: Option<&str>) -> Result<CheckReport> {
 
 /// Every host of the list on its own: role, timeline, position — so a failover set-up can be
 /// checked before the bad day (which host is the primary, are the standbys on its timeline).
-async fn check_hosts(params: &walrelay_client::ConnectParams) -> Vec<HostReport> {
+async fn check_hosts(
+    params: &walrelay_client::ConnectParams,
+    slot: Option<&str>,
+) -> Vec<HostReport> {
     let mut out = Vec::new();
     for endpoint in &params.endpoints {
         let mut one = params.clone();
@@ -323,6 +340,19 @@ async fn check_hosts(params: &walrelay_client::ConnectParams) -> Vec<HostReport>
                     None => "unknown",
                 }
                 .to_string();
+                if let Some(name) = slot {
+                    h.slot = Some(if c.server_version().major() >= 15 {
+                        match c.read_replication_slot(name).await {
+                            Ok(Some(info)) => info
+                                .restart_lsn
+                                .map_or("exists, no WAL reserved".into(), |l| l.to_string()),
+                            Ok(None) => "missing".into(),
+                            Err(_) => "unknown".into(),
+                        }
+                    } else {
+                        "unknown".into()
+                    });
+                }
                 c.close().await;
             }
             Err(e) => {
@@ -458,10 +488,15 @@ fn print_human(r: &CheckReport) {
     if !r.hosts.is_empty() {
         println!("hosts:");
         for h in &r.hosts {
+            let slot = h
+                .slot
+                .as_deref()
+                .map(|s| format!(", slot {s}"))
+                .unwrap_or_default();
             let detail = match (&h.error, h.timeline, &h.wal_lsn) {
                 (Some(e), _, _) if h.role == "unreachable" => e.clone(),
                 (_, Some(t), Some(l)) => format!(
-                    "timeline {t}, WAL at {l}, system {}",
+                    "timeline {t}, WAL at {l}, system {}{slot}",
                     h.system_identifier.as_deref().unwrap_or("?")
                 ),
                 (Some(e), _, _) => e.clone(),

@@ -117,6 +117,21 @@ fn fail_over(p: &mut Pair) {
     server::wait_streaming(&p.b, APP);
 }
 
+/// `walrelay check -d hosts -S slot --json`.
+fn check_json(hosts: &str, slot: &str) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["check", "-d", hosts, "-S", slot, "--json"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check --json ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// `walrelay receive` into `archive` from the host list, streaming from A.
 fn archive_from_hosts(label: &str, p: &Pair, archive: &Path) -> Walrelay {
     let hosts = host_list(&p.a, &p.b);
@@ -180,6 +195,26 @@ fn a_caught_up_standby_promoted_at_a_segment_boundary() {
     );
     assert!(n2 >= 1, "no timeline-2 segment compared");
     assert!(!archive.join("00000002.failover.json").exists());
+
+    // The new primary seeds a new standby: bootstrap's own WAL stream on timeline 2.
+    let seeded = p.b.scratch_path("seeded");
+    let out = support::walrelay_cmd::run(
+        &[
+            "bootstrap".to_string(),
+            "-d".into(),
+            p.b.replication_conninfo(),
+            "-D".into(),
+            path(&seeded).to_string(),
+            "-c".into(),
+            "fast".into(),
+        ],
+        poll::timeout(),
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(seeded.join("pg_wal/00000002.history").is_file());
+    let follower = p.b.standby(&seeded).name("fo-caught-up-seeded").start();
+    follower.catch_up(&p.b);
+    assert_eq!(marker_ids(&follower).len(), 30);
 
     let recovered = pitr(&p, &archive, "fo-caught-up-pitr");
     assert_eq!(recovered.current_timeline(), 3, "promoted after timeline 2");
@@ -361,6 +396,12 @@ fn with_failover_the_slot_is_kept_on_the_standby_and_used_after_the_promotion() 
     let mut p = pair("fo-slot");
     let archive = archive_dir(&p.a, "archive");
     let hosts = host_list(&p.a, &p.b);
+    // check names the standby that would have no slot after a failover.
+    let before = check_json(&hosts, "wr_slot");
+    assert!(
+        before["warnings"].to_string().contains("has no slot"),
+        "{before:#}"
+    );
     let created = support::walrelay_cmd::run(
         &receive_args(&["-d", &hosts, "-S", "wr_slot", "--create-slot", "--failover"]),
         poll::timeout(),
@@ -372,6 +413,13 @@ fn with_failover_the_slot_is_kept_on_the_standby_and_used_after_the_promotion() 
     );
     let on_b = server::slot(&p.b, "wr_slot").expect("slot created on the standby too");
     assert_eq!(on_b.slot_type, "physical");
+    let after = check_json(&hosts, "wr_slot");
+    for h in after["hosts"].as_array().unwrap() {
+        assert!(
+            h["slot"].as_str().is_some_and(|s| s.contains('/')),
+            "the slot on every host: {after:#}"
+        );
+    }
 
     let mut w = Walrelay::start(
         "fo-slot",
