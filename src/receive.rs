@@ -102,6 +102,11 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
     }
     let resolved = args.conn.resolve()?;
     let params = resolved.params(ReplicationMode::Physical)?;
+    if args.failover && params.endpoints.len() < 2 {
+        tracing::warn!(
+            "--failover keeps the slot on the other hosts of a host list, and only one host is given: name the primary and its standbys (host=A,B,…)"
+        );
+    }
 
     if args.create_slot || args.drop_slot {
         let slot = args.slot.as_deref().unwrap_or_default();

@@ -202,14 +202,23 @@ async fn keep(
         return Ok(Visit::Primary);
     }
     // `slot` is validated ([a-z0-9_]{1,63}): safe inside quotes.
-    let restart = one(
+    let existing = one(
         conn,
         &format!(
-            "SELECT coalesce(restart_lsn::text, '') FROM pg_catalog.pg_replication_slots \
+            "SELECT coalesce(restart_lsn::text, '') || CASE WHEN active THEN ' active' ELSE '' END \
+             FROM pg_catalog.pg_replication_slots \
              WHERE slot_name = '{slot}' AND slot_type = 'physical'"
         ),
     )
     .await?;
+    // A slot in use is someone's stream (ours, when we stream from this standby): leave it alone.
+    if let Some(active) = existing.as_deref().and_then(|v| v.strip_suffix(" active")) {
+        return Ok(Visit::Kept {
+            restart_lsn: active.parse().unwrap_or(Lsn::INVALID),
+            created: false,
+        });
+    }
+    let restart = existing;
     let created = restart.is_none();
     let restart: Lsn = match restart {
         Some(v) => v.parse().unwrap_or(Lsn::INVALID),
