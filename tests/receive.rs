@@ -759,7 +759,7 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     let out = run(&["-D", path(&foreign_dir)]);
     refused(
         &out,
-        Some(exit_code::LOCAL),
+        Some(exit_code::SERVER_STATE),
         &[
             &foreign_name,
             "another cluster",

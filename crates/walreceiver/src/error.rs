@@ -235,6 +235,11 @@ impl Classify for ReceiveError {
         match self {
             ReceiveError::Client(e) => e.class(),
             ReceiveError::ServerStopped | ReceiveError::ServerSilent(_) => ErrorClass::Transient,
+            // The server is another cluster than the WAL already received: the server's state,
+            // as with SystemIdentifierMismatch (the directory is left untouched either way).
+            ReceiveError::Start(StartError::SystemIdentifierMismatch { .. }) => {
+                ErrorClass::ServerState
+            }
             ReceiveError::Start(_)
             | ReceiveError::Writer(_)
             | ReceiveError::Archive(_)
