@@ -3,6 +3,9 @@
 //! * [`Connection`]: TCP or Unix socket, TLS with libpq's `sslmode` semantics, trust / password / md5 /
 //!   SCRAM-SHA-256 (with `tls-server-end-point` channel binding) authentication, simple queries, and raw
 //!   message access for COPY streams (BASE_BACKUP's CopyOut, START_REPLICATION's CopyBoth).
+//! * SQL beyond the simple query ([`Connection::query_params`], a [`Pipeline`] of prepared
+//!   statements with text parameters) and COPY streams in both directions
+//!   ([`Connection::copy_out`], [`Connection::copy_in`]) for ordinary sessions.
 //! * typed replication commands on [`Connection`] (IDENTIFY_SYSTEM, SHOW, TIMELINE_HISTORY, slots,
 //!   START_REPLICATION).
 //! * [`ConnectParams`]: a resolved target; [`connect_params`] builds one from libpq-style settings.
@@ -14,10 +17,12 @@
 
 mod condition;
 mod connection;
+mod copy;
 mod error;
 mod params;
 mod replication;
 mod resolve;
+mod sql;
 mod stream;
 mod tls;
 
@@ -30,3 +35,4 @@ pub use params::{
 };
 pub use replication::{IdentifySystem, ReplicationSlotInfo, StartedReplication, TimelineSwitch};
 pub use resolve::connect_params;
+pub use sql::{Execution, Pipeline};
