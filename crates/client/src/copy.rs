@@ -14,7 +14,7 @@ use walrelay_protocol::message::BackendMessage;
 
 use crate::connection::{message_name, Connection};
 use crate::error::{ClientError, Result, ServerError};
-use crate::sql::Execution;
+use crate::sql::rows_affected;
 
 /// Queued COPY data sent at once rather than kept.
 const COPY_SEND_THRESHOLD: usize = 256 * 1024;
@@ -95,12 +95,7 @@ impl Connection {
         }
         match error {
             Some(e) => Err(ClientError::Server(Box::new(e))),
-            None => Ok(Execution {
-                tag,
-                rows: Vec::new(),
-            }
-            .rows_affected()
-            .unwrap_or(0)),
+            None => Ok(rows_affected(&tag).unwrap_or(0)),
         }
     }
 

@@ -35,4 +35,4 @@ pub use params::{
 };
 pub use replication::{IdentifySystem, ReplicationSlotInfo, StartedReplication, TimelineSwitch};
 pub use resolve::connect_params;
-pub use sql::{Execution, Pipeline};
+pub use sql::{Batch, Pipeline};

@@ -29,18 +29,21 @@ const MAX_UNREAD_EXECUTIONS: usize = 1024;
 /// Queued bytes that are sent at once rather than kept (bounds the pipeline's memory).
 const SEND_THRESHOLD: usize = 256 * 1024;
 
-/// What one execution returned: its command tag and, for a query, its rows (text format).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Execution {
-    pub tag: String,
-    pub rows: Vec<Vec<Option<Bytes>>>,
+/// The row count at the end of a command tag (`UPDATE 3`, `INSERT 0 1`, `COPY 10`).
+pub fn rows_affected(tag: &str) -> Option<u64> {
+    tag.rsplit(' ').next()?.parse().ok()
 }
 
-impl Execution {
-    /// The row count at the end of the command tag (`UPDATE 3`, `INSERT 0 1`, `COPY 10`).
-    pub fn rows_affected(&self) -> Option<u64> {
-        self.tag.rsplit(' ').next()?.parse().ok()
-    }
+/// What a pipelined batch returned, in constant memory whatever its size: counts, and the rows of
+/// the executions that returned any (text format, in order).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub executions: u64,
+    /// UPDATE and DELETE commands that found no row.
+    pub unmatched: u64,
+    /// Rows affected, summed over every command that reports a count.
+    pub rows_affected: u64,
+    pub rows: Vec<Vec<Option<Bytes>>>,
 }
 
 fn encode_error(e: impl std::fmt::Display) -> ClientError {
@@ -154,12 +157,7 @@ impl Connection {
     /// rows it affected (0 when the tag has none).
     pub async fn execute_params(&mut self, sql: &str, params: &[Option<&str>]) -> Result<u64> {
         let r = self.query_params(sql, params).await?;
-        Ok(Execution {
-            tag: r.tag,
-            rows: Vec::new(),
-        }
-        .rows_affected()
-        .unwrap_or(0))
+        Ok(rows_affected(&r.tag).unwrap_or(0))
     }
 
     /// Runs statements through the simple query protocol and drops their results (`BEGIN`,
@@ -194,8 +192,7 @@ pub struct Pipeline {
     next_statement: u64,
     due: VecDeque<Due>,
     unread_executions: usize,
-    results: Vec<Execution>,
-    current: Option<Execution>,
+    batch: Batch,
     error: Option<ServerError>,
 }
 
@@ -217,8 +214,7 @@ impl Pipeline {
             next_statement: 0,
             due: VecDeque::new(),
             unread_executions: 0,
-            results: Vec::new(),
-            current: None,
+            batch: Batch::default(),
             error: None,
         }
     }
@@ -270,17 +266,16 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Sends Sync and waits for every answer: the executions' results in order, or the first
-    /// server error of the batch.
-    pub async fn sync(&mut self) -> Result<Vec<Execution>> {
+    /// Sends Sync and waits for every answer: what the batch returned, or its first server error.
+    pub async fn sync(&mut self) -> Result<Batch> {
         frontend::sync(self.conn.write_buf_mut());
         self.due.push_back(Due::Sync);
         self.conn.flush().await?;
         self.read_answers(true).await?;
-        let results = std::mem::take(&mut self.results);
+        let batch = std::mem::take(&mut self.batch);
         match self.error.take() {
             Some(e) => Err(ClientError::Server(Box::new(e))),
-            None => Ok(results),
+            None => Ok(batch),
         }
     }
 
@@ -317,10 +312,7 @@ impl Pipeline {
             }
             (BackendMessage::DataRow(_), Some(Due::Execute)) => {
                 if let BackendMessage::DataRow(cols) = msg {
-                    self.current
-                        .get_or_insert_with(Execution::default)
-                        .rows
-                        .push(cols);
+                    self.batch.rows.push(cols);
                 }
             }
             (BackendMessage::RowDescription(_) | BackendMessage::NoData, Some(Due::Execute)) => {}
@@ -328,11 +320,14 @@ impl Pipeline {
                 BackendMessage::CommandComplete { .. } | BackendMessage::EmptyQueryResponse,
                 Some(Due::Execute),
             ) => {
-                let mut e = self.current.take().unwrap_or_default();
-                if let BackendMessage::CommandComplete { tag } = msg {
-                    e.tag = tag;
+                if let BackendMessage::CommandComplete { tag } = &msg {
+                    let n = rows_affected(tag);
+                    self.batch.rows_affected += n.unwrap_or(0);
+                    if n == Some(0) && (tag.starts_with("UPDATE") || tag.starts_with("DELETE")) {
+                        self.batch.unmatched += 1;
+                    }
                 }
-                self.results.push(e);
+                self.batch.executions += 1;
                 self.due.pop_front();
                 self.unread_executions = self.unread_executions.saturating_sub(1);
             }
@@ -353,7 +348,6 @@ impl Pipeline {
     /// After an error the server skips every message up to the next Sync: nothing more comes for
     /// them. Statements whose Parse was skipped do not exist.
     fn skip_to_sync(&mut self) {
-        self.current = None;
         self.unread_executions = 0;
         while let Some(d) = self.due.front() {
             match d {

@@ -69,11 +69,23 @@ fn queries_pipelines_and_copy() {
         )
         .await
         .unwrap();
+        p.execute("DELETE FROM t WHERE id = $1", [Some(&b"-7"[..])])
+            .await
+            .unwrap();
+        p.execute("SELECT count(*) FROM t WHERE n IS NOT NULL", [])
+            .await
+            .unwrap();
         p.execute("COMMIT", []).await.unwrap();
-        let results = p.sync().await.unwrap();
-        assert_eq!(results.len(), 5003);
-        assert_eq!(results[5001].rows_affected(), Some(10));
-        assert_eq!(p.prepared_statements(), 4);
+        let batch = p.sync().await.unwrap();
+        assert_eq!(batch.executions, 5005);
+        assert_eq!(batch.unmatched, 1, "the DELETE of a missing row");
+        assert_eq!(
+            batch.rows_affected,
+            5000 + 10 + 1,
+            "inserts, update, one row selected"
+        );
+        assert_eq!(batch.rows, [vec![Some(bytes::Bytes::from_static(b"10"))]]);
+        assert_eq!(p.prepared_statements(), 6);
         assert!(!p.connection().in_transaction());
 
         // An error in the middle: the batch fails as a whole, the transaction is failed, and a
@@ -92,8 +104,8 @@ fn queries_pipelines_and_copy() {
         p.execute("DELETE FROM t WHERE id = $1", [Some(&b"2"[..])])
             .await
             .unwrap();
-        let r = p.sync().await.unwrap();
-        assert_eq!(r[0].rows_affected(), Some(1));
+        let b = p.sync().await.unwrap();
+        assert_eq!((b.rows_affected, b.unmatched), (1, 0));
         let mut c = p.into_inner();
 
         // COPY out of one session into another table, in chunks that cut rows apart.
