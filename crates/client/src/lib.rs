@@ -15,6 +15,7 @@
 //!
 //! Reference: <https://www.postgresql.org/docs/current/protocol-flow.html>.
 
+mod backoff;
 mod condition;
 mod connection;
 mod copy;
@@ -26,6 +27,7 @@ mod sql;
 mod stream;
 mod tls;
 
+pub use backoff::{Backoff, FIRST_RECONNECT_DELAY};
 pub use condition::{sqlstate, Classify, ErrorClass, ServerCondition};
 pub use connection::{message_name, Connection, QueryResult};
 pub use error::{ClientError, Result, ServerError};
