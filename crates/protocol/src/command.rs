@@ -325,8 +325,7 @@ pub fn start_logical_replication(
         });
     }
     if o.publication_names.is_empty()
-        || o
-            .publication_names
+        || o.publication_names
             .iter()
             .any(|p| p.is_empty() || p.contains('\0'))
     {
@@ -624,7 +623,10 @@ mod tests {
             "START_REPLICATION SLOT \"s\" LOGICAL 0/0 (proto_version '2', publication_names '\"p\"', binary 'true', streaming 'true')"
         );
         o.proto_version = 1;
-        assert!(start_logical_replication(V18, "s", Lsn(0), &o).is_err(), "streaming needs 2");
+        assert!(
+            start_logical_replication(V18, "s", Lsn(0), &o).is_err(),
+            "streaming needs 2"
+        );
         o.proto_version = 5;
         assert!(start_logical_replication(V18, "s", Lsn(0), &o).is_err());
         let mut o = PgOutputOptions::v1(&["p"]);

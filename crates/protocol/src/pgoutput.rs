@@ -822,7 +822,10 @@ mod tests {
         c.put_i64(7);
         assert!(matches!(
             decode_one(&c).unwrap(),
-            PgOutputMessage::Commit(Commit { end_lsn: Lsn(0x130), .. })
+            PgOutputMessage::Commit(Commit {
+                end_lsn: Lsn(0x130),
+                ..
+            })
         ));
         c[1] = 1;
         assert!(decode_one(&c).is_err(), "unknown commit flags");
@@ -943,7 +946,10 @@ mod tests {
         );
         assert!(!d.in_stream());
         encode(&PgOutputMessage::StreamStop, false, false, &mut buf);
-        assert!(d.decode(&buf.split().freeze()).is_err(), "stop without start");
+        assert!(
+            d.decode(&buf.split().freeze()).is_err(),
+            "stop without start"
+        );
     }
 
     #[test]
@@ -1061,13 +1067,11 @@ mod tests {
                     name,
                 })
             }),
-            (any::<u32>(), arb_tuple()).prop_map(|(relid, new)| PgOutputMessage::Insert(
-                Insert {
-                    xid: None,
-                    relid,
-                    new
-                }
-            )),
+            (any::<u32>(), arb_tuple()).prop_map(|(relid, new)| PgOutputMessage::Insert(Insert {
+                xid: None,
+                relid,
+                new
+            })),
             (any::<u32>(), proptest::option::of(arb_old()), arb_tuple()).prop_map(
                 |(relid, old, new)| PgOutputMessage::Update(Update {
                     xid: None,

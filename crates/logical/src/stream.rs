@@ -1,0 +1,624 @@
+//! One streaming session: the slot's changes read from the source and applied to the target.
+//!
+//! ```text
+//!  source ── START_REPLICATION SLOT walrelay_NAME LOGICAL <progress row> (proto_version '1') ──┐
+//!    ▲                                                                                         │
+//!    │  network task: XLogData → pgoutput decoder ── Event (bounded channel) ──► apply task:   │
+//!    │  keepalives answered, status updates sent        Applier (pure) → Pipeline on target:  │
+//!    │                                                  BEGIN; changes…; progress row; COMMIT  │
+//!    └── 'r' flush = durable ◄── watch ◄── Progress (pure): committed → flushed on the target ◄┘
+//! ```
+//!
+//! The two tasks run as two futures of one `try_join!`: the network one keeps answering the
+//! source (a status update at least every `status_interval`, at once when asked) while the apply
+//! one waits for the target; the channel's bound is the backpressure. Either failing ends the
+//! session; the target transaction in flight is then abandoned with its connection, so the
+//! progress row still names the last transaction that really committed — where the next session
+//! starts (see `progress` for the invariant).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+use walrelay_client::{Connection, Pipeline, ServerCondition};
+use walrelay_protocol::command::{self, PgOutputOptions};
+use walrelay_protocol::message::BackendMessage;
+use walrelay_protocol::pgoutput::{PgOutputDecoder, PgOutputMessage};
+use walrelay_protocol::replication::to_pg_timestamp;
+use walrelay_protocol::{Lsn, ReplicationMessage, StandbyStatusUpdate};
+
+use crate::apply::{Action, Applier, ApplyTable, TableSync};
+use crate::catalog;
+use crate::config::RunConfig;
+use crate::error::{Side, SubsetError};
+use crate::progress::Progress;
+use crate::state::{self, UPDATE_PROGRESS_IDLE, UPDATE_PROGRESS_ON_COMMIT};
+use crate::stats::{Phase, SubsetStats};
+
+/// Messages between the network and the apply task.
+const EVENTS_IN_FLIGHT: usize = 1024;
+/// How often the apply task looks at the target's WAL positions and writes idle progress.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(200);
+/// The progress row is written on its own at most this often.
+const IDLE_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a clean end waits for the source to acknowledge it.
+const END_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a session ended well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Everything up to the end position (`-E`) is applied and durable; the position reached.
+    EndPosition(Lsn),
+    /// Asked to stop; the position applied and durable.
+    Shutdown(Lsn),
+}
+
+/// What the network task hands to the apply task.
+#[derive(Debug)]
+enum Event {
+    Message { msg: PgOutputMessage, wal_end: Lsn },
+    Keepalive(Lsn),
+}
+
+/// Runs one session to its end. `streamed` is set once the source accepted START_REPLICATION.
+pub(crate) async fn session(
+    cfg: &RunConfig,
+    streamed: &mut bool,
+) -> Result<SessionEnd, SubsetError> {
+    let on_tgt = |what: &str| SubsetError::sql(Side::Target, what.to_string());
+    let tgt = Connection::connect(&cfg.target_apply())
+        .await
+        .map_err(SubsetError::connect(Side::Target))?;
+    let mut pipeline = Pipeline::new(tgt);
+    let unknown = || SubsetError::UnknownSubset {
+        name: cfg.name.to_string(),
+    };
+    let st = state::load(pipeline.connection(), &cfg.name)
+        .await
+        .map_err(on_tgt("read walrelay's state"))?
+        .ok_or_else(unknown)?;
+    let row = st.progress.clone().ok_or_else(unknown)?;
+    let mut tables = Vec::with_capacity(st.tables.len());
+    for ts in &st.tables {
+        let t = catalog::read_table(pipeline.connection(), &ts.table)
+            .await
+            .map_err(on_tgt("read the subset's tables"))?
+            .ok_or_else(|| {
+                SubsetError::Usage(format!(
+                    "table {} of the subset is gone from the target: create it again (or run `walrelay subset drop` and start over)",
+                    ts.table
+                ))
+            })?;
+        tables.push(ApplyTable {
+            name: ts.table.clone(),
+            sync: match ts.sync_lsn {
+                Some(lsn) if ts.is_synced() => TableSync::Synced(lsn),
+                _ => TableSync::Pending,
+            },
+            target_columns: t.replicated_columns().map(|c| c.name.clone()).collect(),
+            always_identity: t
+                .columns
+                .iter()
+                .filter(|c| c.identity == crate::schema::Identity::Always)
+                .map(|c| c.name.clone())
+                .collect(),
+        });
+    }
+    let start = row.applied_lsn;
+    cfg.stats.applied(start);
+    if cfg.endpos.is_some_and(|e| start >= e) {
+        return Ok(SessionEnd::EndPosition(start));
+    }
+
+    let mut repl = Connection::connect(&cfg.source_replication())
+        .await
+        .map_err(SubsetError::connect(Side::Source))?;
+    let ident = repl
+        .identify_system()
+        .await
+        .map_err(SubsetError::sql(Side::Source, "IDENTIFY_SYSTEM"))?;
+    if ident.system_identifier.to_string() != row.source_system_identifier {
+        return Err(SubsetError::OtherSource {
+            expected: row.source_system_identifier,
+            found: ident.system_identifier.to_string(),
+        });
+    }
+    start_streaming(cfg, &mut repl, start).await?;
+    *streamed = true;
+    info!(slot = %cfg.name.slot(), start = %start, tables = tables.len(), "streaming");
+    cfg.stats.set_phase(Phase::Streaming);
+    cfg.stats.set_connected(true);
+
+    let (tx, rx) = mpsc::channel(EVENTS_IN_FLIGHT);
+    let (durable_tx, durable_rx) = watch::channel(Lsn::INVALID);
+    let (done_tx, done_rx) = watch::channel(false);
+    let net = network(
+        &mut repl,
+        tx,
+        durable_rx,
+        done_rx,
+        start,
+        cfg.status_interval,
+        &cfg.stats,
+    );
+    let apply = ApplyTask {
+        cfg,
+        pipeline: &mut pipeline,
+        applier: Applier::new(tables),
+        progress: Progress::new(start),
+        received: start,
+        target_txn: None,
+        last_persist: Instant::now(),
+        durable_tx,
+        stats: &cfg.stats,
+    }
+    .run(rx, done_tx);
+    let ((), end) = tokio::try_join!(net, apply)?;
+    repl.close().await;
+    pipeline.into_inner().close().await;
+    Ok(end)
+}
+
+async fn start_streaming(
+    cfg: &RunConfig,
+    repl: &mut Connection,
+    start: Lsn,
+) -> Result<(), SubsetError> {
+    let on_src = |what: &str| SubsetError::sql(Side::Source, what.to_string());
+    let publication = cfg.name.publication();
+    let sql = command::start_logical_replication(
+        repl.server_version(),
+        &cfg.name.slot(),
+        start,
+        &PgOutputOptions::v1(&[&publication]),
+    )
+    .map_err(|e| SubsetError::Usage(e.to_string()))?;
+    repl.queue_query(&sql)
+        .map_err(on_src("START_REPLICATION"))?;
+    repl.flush().await.map_err(on_src("START_REPLICATION"))?;
+    match repl
+        .read_message()
+        .await
+        .map_err(on_src("START_REPLICATION"))?
+    {
+        BackendMessage::CopyBothResponse(_) => Ok(()),
+        BackendMessage::ErrorResponse(e) => {
+            let _ = repl.drain_until_ready().await;
+            let e = walrelay_client::ClientError::server(e);
+            if e.condition() == Some(ServerCondition::SlotMissing) {
+                return Err(SubsetError::SlotLost {
+                    slot: cfg.name.slot(),
+                });
+            }
+            Err(on_src("START_REPLICATION")(e))
+        }
+        other => Err(on_src("START_REPLICATION")(
+            walrelay_client::ClientError::Unexpected(format!(
+                "unexpected {} in reply to START_REPLICATION",
+                walrelay_client::message_name(&other)
+            )),
+        )),
+    }
+}
+
+/// Sends a standby status update: `flush` advances the slot.
+async fn send_status(
+    conn: &mut Connection,
+    received: Lsn,
+    durable: Lsn,
+    reply_requested: bool,
+) -> Result<(), SubsetError> {
+    let mut buf = BytesMut::with_capacity(34);
+    StandbyStatusUpdate {
+        write_lsn: received.max(durable),
+        flush_lsn: durable,
+        apply_lsn: durable,
+        client_time: to_pg_timestamp(std::time::SystemTime::now()),
+        reply_requested,
+    }
+    .encode(&mut buf);
+    conn.queue_copy_data(&buf);
+    conn.flush()
+        .await
+        .map_err(SubsetError::sql(Side::Source, "send a status update"))
+}
+
+/// The network task: decodes what the source sends, forwards it, and reports progress.
+/// Cancellation-safe at each `select!` arm (reads are; a status update in flight is resent).
+async fn network(
+    conn: &mut Connection,
+    tx: mpsc::Sender<Event>,
+    mut durable: watch::Receiver<Lsn>,
+    mut done: watch::Receiver<bool>,
+    start: Lsn,
+    status_interval: Duration,
+    stats: &SubsetStats,
+) -> Result<(), SubsetError> {
+    let mut decoder = PgOutputDecoder::new();
+    let mut received = start;
+    let mut reported = Lsn::INVALID;
+    let mut last_status = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: Option<Event> = None;
+    loop {
+        tokio::select! {
+            biased;
+            r = done.changed() => {
+                if r.is_err() || *done.borrow() {
+                    let flush = *durable.borrow();
+                    return end_stream(conn, received, flush).await;
+                }
+            }
+            r = durable.changed() => {
+                if r.is_err() {
+                    // The apply task ended: with an error that try_join reports, or done.
+                    let flush = *durable.borrow();
+                    return end_stream(conn, received, flush).await;
+                }
+                let flush = *durable.borrow();
+                if flush > reported {
+                    send_status(conn, received, flush, false).await?;
+                    reported = flush;
+                    last_status = Instant::now();
+                    stats.confirmed(flush);
+                }
+            }
+            _ = tick.tick() => {
+                if last_status.elapsed() >= status_interval {
+                    let flush = *durable.borrow();
+                    // Asking for a reply makes an idle source tell us where it is.
+                    send_status(conn, received, flush, true).await?;
+                    reported = reported.max(flush);
+                    last_status = Instant::now();
+                }
+            }
+            permit = tx.reserve(), if pending.is_some() => {
+                let Ok(permit) = permit else {
+                    let flush = *durable.borrow();
+                    return end_stream(conn, received, flush).await;
+                };
+                if let Some(ev) = pending.take() {
+                    permit.send(ev);
+                }
+            }
+            m = conn.read_message(), if pending.is_none() => {
+                let m = m.map_err(SubsetError::sql(Side::Source, "stream"))?;
+                pending = Some(match m {
+                    BackendMessage::CopyData(payload) => match ReplicationMessage::parse(&payload)? {
+                        ReplicationMessage::XLogData(x) => {
+                            received = received.max(x.wal_end);
+                            stats.received(x.wal_end);
+                            Event::Message { msg: decoder.decode(&x.data)?, wal_end: x.wal_end }
+                        }
+                        ReplicationMessage::PrimaryKeepalive(k) => {
+                            received = received.max(k.wal_end);
+                            stats.received(k.wal_end);
+                            if k.reply_requested {
+                                let flush = *durable.borrow();
+                                send_status(conn, received, flush, false).await?;
+                                reported = reported.max(flush);
+                                last_status = Instant::now();
+                            }
+                            Event::Keepalive(k.wal_end)
+                        }
+                    },
+                    BackendMessage::CopyDone => return Err(SubsetError::StreamEnded),
+                    BackendMessage::ErrorResponse(e) => {
+                        return Err(SubsetError::sql(Side::Source, "stream")(
+                            walrelay_client::ClientError::server(e),
+                        ))
+                    }
+                    other => {
+                        return Err(SubsetError::sql(Side::Source, "stream")(
+                            walrelay_client::ClientError::Unexpected(format!(
+                                "unexpected {} in the replication stream",
+                                walrelay_client::message_name(&other)
+                            )),
+                        ))
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Reports the final position, ends the COPY and gives the source a moment to acknowledge.
+async fn end_stream(conn: &mut Connection, received: Lsn, flush: Lsn) -> Result<(), SubsetError> {
+    send_status(conn, received, flush, false).await?;
+    conn.queue_copy_done();
+    let _ = conn.flush().await;
+    let _ = tokio::time::timeout(END_GRACE, async {
+        while let Ok(m) = conn.read_message().await {
+            if matches!(m, BackendMessage::ReadyForQuery { .. }) {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// The source transaction whose changes are being applied in a target transaction.
+#[derive(Debug, Clone, Copy)]
+struct TargetTxn {
+    final_lsn: Lsn,
+    xid: u32,
+}
+
+struct ApplyTask<'a> {
+    cfg: &'a RunConfig,
+    pipeline: &'a mut Pipeline,
+    applier: Applier,
+    progress: Progress,
+    /// The source's end of WAL as last seen.
+    received: Lsn,
+    /// The source transaction being received, once it had something for the target.
+    target_txn: Option<TargetTxn>,
+    last_persist: Instant,
+    durable_tx: watch::Sender<Lsn>,
+    stats: &'a Arc<SubsetStats>,
+}
+
+impl ApplyTask<'_> {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Event>,
+        done: watch::Sender<bool>,
+    ) -> Result<SessionEnd, SubsetError> {
+        let mut shutdown = self.cfg.shutdown.clone();
+        let mut maintenance = tokio::time::interval(MAINTENANCE_INTERVAL);
+        maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending_txn_begin = None;
+        let mut watching_shutdown = true;
+        loop {
+            if !self.applier.in_transaction() {
+                if let Some(end) = self.cfg.endpos.filter(|&e| self.progress.caught() >= e) {
+                    let reached = self.finish().await?;
+                    let _ = done.send(true);
+                    info!(endpos = %end, applied = %reached, "end position reached");
+                    return Ok(SessionEnd::EndPosition(reached));
+                }
+            }
+            if *shutdown.borrow() {
+                self.abandon_transaction().await?;
+                let reached = self.finish().await?;
+                let _ = done.send(true);
+                return Ok(SessionEnd::Shutdown(reached));
+            }
+            tokio::select! {
+                biased;
+                r = shutdown.changed(), if watching_shutdown => watching_shutdown = r.is_ok(),
+                _ = maintenance.tick(), if self.target_txn.is_none() => self.maintain().await?,
+                ev = rx.recv() => match ev {
+                    None => return Err(SubsetError::StreamEnded),
+                    Some(Event::Keepalive(lsn)) => {
+                        self.received = self.received.max(lsn);
+                        self.progress.keepalive(lsn);
+                    }
+                    Some(Event::Message { msg, wal_end }) => {
+                        self.received = self.received.max(wal_end);
+                        self.message(msg, &mut pending_txn_begin).await?;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn message(
+        &mut self,
+        msg: PgOutputMessage,
+        begin: &mut Option<TargetTxn>,
+    ) -> Result<(), SubsetError> {
+        match self.applier.on_message(msg)? {
+            Action::None => {}
+            Action::Begin { final_lsn, xid } => {
+                self.progress.begin();
+                *begin = Some(TargetTxn { final_lsn, xid });
+            }
+            Action::Execute(stmt) => {
+                if self.target_txn.is_none() {
+                    self.target_txn = *begin;
+                    self.pipeline
+                        .execute("BEGIN", [])
+                        .await
+                        .map_err(self.apply_failed())?;
+                }
+                self.stats.change(stmt.kind);
+                self.pipeline
+                    .execute(&stmt.sql, stmt.params.iter().map(|p| p.as_deref()))
+                    .await
+                    .map_err(self.apply_failed())?;
+            }
+            Action::Commit {
+                end_lsn,
+                commit_time,
+                ..
+            } => {
+                if self.target_txn.is_some() {
+                    let end = end_lsn.to_string();
+                    let time = commit_time.to_string();
+                    let received = self.received.to_string();
+                    self.pipeline
+                        .execute(
+                            UPDATE_PROGRESS_ON_COMMIT,
+                            [
+                                Some(end.as_bytes()),
+                                Some(time.as_bytes()),
+                                Some(received.as_bytes()),
+                                Some(self.cfg.name.as_str().as_bytes()),
+                            ],
+                        )
+                        .await
+                        .map_err(self.apply_failed())?;
+                    self.pipeline
+                        .execute("COMMIT", [])
+                        .await
+                        .map_err(self.apply_failed())?;
+                    let batch = self.pipeline.sync().await.map_err(self.apply_failed())?;
+                    if batch.rows.is_empty() {
+                        return Err(SubsetError::UnknownSubset {
+                            name: self.cfg.name.to_string(),
+                        });
+                    }
+                    if batch.unmatched > 0 {
+                        warn!(
+                            rows = batch.unmatched,
+                            source_lsn = %end_lsn,
+                            "UPDATE or DELETE found no row on the target: skipped, as PostgreSQL's own apply does"
+                        );
+                        self.stats.unmatched(batch.unmatched);
+                    }
+                    self.target_txn = None;
+                    self.progress.applied(end_lsn);
+                    self.stats.applied(end_lsn);
+                    self.stats.transaction(true);
+                } else {
+                    self.progress.skipped(end_lsn);
+                    self.stats.transaction(false);
+                }
+                *begin = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// What a failed target statement means: retried if the target says so (a deadlock, a lost
+    /// connection), else a stop naming the source transaction.
+    fn apply_failed(&self) -> impl FnOnce(walrelay_client::ClientError) -> SubsetError {
+        let what = match self.target_txn {
+            Some(t) => format!(
+                "apply the source transaction {} (commit LSN {})",
+                t.xid, t.final_lsn
+            ),
+            None => "apply the stream".to_string(),
+        };
+        SubsetError::sql(Side::Target, what)
+    }
+
+    /// Between transactions: write idle progress, learn what the target flushed, publish it.
+    async fn maintain(&mut self) -> Result<(), SubsetError> {
+        if let Some(lsn) = self.progress.to_persist() {
+            if self.last_persist.elapsed() >= IDLE_PERSIST_INTERVAL {
+                self.persist(lsn).await?;
+            }
+        }
+        if self.progress.needs_flush_check() {
+            let r = self
+                .pipeline
+                .connection()
+                .query_params(
+                    "SELECT pg_catalog.pg_current_wal_flush_lsn()::text AS f, \
+                            pg_catalog.pg_current_wal_insert_lsn()::text AS i",
+                    &[],
+                )
+                .await
+                .map_err(SubsetError::sql(
+                    Side::Target,
+                    "read the target's WAL position",
+                ))?;
+            let lsn = |c| r.get(0, c).and_then(|v| v.parse().ok());
+            if let (Some(f), Some(i)) = (lsn("f"), lsn("i")) {
+                self.progress.target_positions(f, i);
+            }
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        let d = self.progress.durable();
+        if d > *self.durable_tx.borrow() {
+            let _ = self.durable_tx.send(d);
+        }
+    }
+
+    /// Writes `lsn` into the progress row on its own (asynchronous commit).
+    async fn persist(&mut self, lsn: Lsn) -> Result<(), SubsetError> {
+        let l = lsn.to_string();
+        let received = self.received.to_string();
+        self.pipeline
+            .execute(
+                UPDATE_PROGRESS_IDLE,
+                [
+                    Some(l.as_bytes()),
+                    Some(received.as_bytes()),
+                    Some(self.cfg.name.as_str().as_bytes()),
+                ],
+            )
+            .await
+            .map_err(SubsetError::sql(Side::Target, "record progress"))?;
+        let batch = self
+            .pipeline
+            .sync()
+            .await
+            .map_err(SubsetError::sql(Side::Target, "record progress"))?;
+        if batch.rows.is_empty() {
+            return Err(SubsetError::UnknownSubset {
+                name: self.cfg.name.to_string(),
+            });
+        }
+        self.progress.persisted(lsn);
+        self.stats.applied(lsn);
+        self.last_persist = Instant::now();
+        Ok(())
+    }
+
+    /// A stop in the middle of a source transaction: its target transaction is rolled back.
+    async fn abandon_transaction(&mut self) -> Result<(), SubsetError> {
+        if self.target_txn.take().is_some() {
+            let _ = self.pipeline.execute("ROLLBACK", []).await;
+            let _ = self.pipeline.sync().await;
+            if self.pipeline.connection().in_transaction() {
+                self.pipeline
+                    .connection()
+                    .batch_execute("ROLLBACK")
+                    .await
+                    .map_err(SubsetError::sql(Side::Target, "roll back"))?;
+            }
+        }
+        self.progress.rolled_back();
+        Ok(())
+    }
+
+    /// Writes the final position with a synchronous commit, which also flushes every earlier
+    /// asynchronous one: everything committed is then durable and may be confirmed.
+    async fn finish(&mut self) -> Result<Lsn, SubsetError> {
+        let lsn = self.progress.caught().max(self.progress.committed());
+        let l = lsn.to_string();
+        let received = self.received.to_string();
+        let on_tgt = SubsetError::sql(Side::Target, "record the final progress");
+        let result: Result<_, walrelay_client::ClientError> = async {
+            self.pipeline.execute("BEGIN", []).await?;
+            self.pipeline
+                .execute("SET LOCAL synchronous_commit = on", [])
+                .await?;
+            self.pipeline
+                .execute(
+                    UPDATE_PROGRESS_IDLE,
+                    [
+                        Some(l.as_bytes()),
+                        Some(received.as_bytes()),
+                        Some(self.cfg.name.as_str().as_bytes()),
+                    ],
+                )
+                .await?;
+            self.pipeline.execute("COMMIT", []).await?;
+            self.pipeline.sync().await
+        }
+        .await;
+        let batch = result.map_err(on_tgt)?;
+        if batch.rows.is_empty() {
+            return Err(SubsetError::UnknownSubset {
+                name: self.cfg.name.to_string(),
+            });
+        }
+        self.progress.persisted(lsn);
+        self.progress.flushed();
+        self.stats.applied(lsn);
+        self.publish();
+        Ok(lsn)
+    }
+}
