@@ -1,7 +1,8 @@
 //! `walrelay`: copy a PostgreSQL cluster to another machine and keep it current.
 //!
 //! This binary only parses the command line and orchestrates; the work lives in the library crates
-//! (`walrelay-client`, `walrelay-basebackup`, `walrelay-walreceiver`, `walrelay-archive`).
+//! (`walrelay-client`, `walrelay-basebackup`, `walrelay-walreceiver`, `walrelay-archive`,
+//! `walrelay-logical`).
 
 mod archive_cmds;
 mod bootstrap;
@@ -11,6 +12,7 @@ mod demo;
 mod exit;
 mod metrics;
 mod receive;
+mod subset;
 mod wal_stream;
 
 use std::process::ExitCode;
@@ -48,6 +50,8 @@ enum Command {
     Verify(archive_cmds::VerifyArgs),
     /// Remove WAL older than a backup or WAL file from an archive (pg_archivecleanup semantics).
     Prune(archive_cmds::PruneArgs),
+    /// Copy chosen tables into another database and keep them current (logical replication).
+    Subset(subset::SubsetArgs),
 }
 
 fn init_logging(filter: &str) {
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
             Command::Restore(a) => archive_cmds::run_restore(a).await,
             Command::Verify(a) => archive_cmds::run_verify(a).await,
             Command::Prune(a) => archive_cmds::run_prune(a).await,
+            Command::Subset(a) => subset::run(a).await,
         }
     };
     let result = runtime.block_on(async {
