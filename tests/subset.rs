@@ -4,7 +4,7 @@
 //! | test | what |
 //! |---|---|
 //! | `pgbench_15_to_15_survives_kill_9` | 3 of the 4 pgbench tables under pgbench load; kill -9 during the initial copy and three times while streaming; then `-E`: every row equal, `pgbench_history` count exact, `verify` green, the fourth table absent on the target, the slot confirmed up to the end |
-//! | `pgbench_newer_source_into_older_target` | the same under load from PostgreSQL 17 into 12 (majors from `WALRELAY_PG_MAJORS`; skipped with a note when it lacks them), with one kill while streaming |
+//! | `pgbench_newer_source_into_older_target` | the same under load from PostgreSQL 17 into 12, with one kill while streaming; skipped with a note unless `WALRELAY_PG_MAJORS` lists both; `WALRELAY_SUBSET_PAIRS=10:18,18:10` runs other pairs |
 //! | `edges_toast_truncate_tables_added_and_removed` | a table without a key refused at preflight (nothing created, the source keeps taking writes); an unchanged TOASTed value kept through updates of other columns; TRUNCATE; a table added to a running subset copied at its own sync point and one removed; idle subset tables still let the slot advance; `status --json`, metrics, `drop --drop-tables` |
 
 mod support;
@@ -235,17 +235,38 @@ fn pgbench_15_to_15_survives_kill_9() {
     pgbench_under_load(15, 15, 3, 25, 3);
 }
 
+/// Source → target majors of the cross-version test: `WALRELAY_SUBSET_PAIRS` (`17:12,10:18`),
+/// else 17 → 12.
+fn version_pairs() -> Vec<(u32, u32)> {
+    let raw = std::env::var("WALRELAY_SUBSET_PAIRS").unwrap_or_else(|_| "17:12".into());
+    raw.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (a, b) = p
+                .trim()
+                .split_once(':')
+                .unwrap_or_else(|| panic!("WALRELAY_SUBSET_PAIRS: {p:?} is not SOURCE:TARGET"));
+            let m = |v: &str| {
+                v.parse::<u32>()
+                    .unwrap_or_else(|_| panic!("WALRELAY_SUBSET_PAIRS: bad major {v:?}"))
+            };
+            (m(a), m(b))
+        })
+        .collect()
+}
+
 #[test]
 fn pgbench_newer_source_into_older_target() {
-    let (src, tgt) = (17, 12);
-    if !(matrix_includes(src) && matrix_includes(tgt)) {
-        eprintln!(
-            "subset {src} -> {tgt} skipped: WALRELAY_PG_MAJORS ({:?}) does not list both",
-            std::env::var("WALRELAY_PG_MAJORS").unwrap_or_default()
-        );
-        return;
+    for (src, tgt) in version_pairs() {
+        if !(matrix_includes(src) && matrix_includes(tgt)) {
+            eprintln!(
+                "subset {src} -> {tgt} skipped: WALRELAY_PG_MAJORS ({:?}) does not list both",
+                std::env::var("WALRELAY_PG_MAJORS").unwrap_or_default()
+            );
+            continue;
+        }
+        pgbench_under_load(src, tgt, 1, 12, 1);
     }
-    pgbench_under_load(src, tgt, 1, 12, 1);
 }
 
 /// A plain HTTP GET of `path` on `addr`; the body.

@@ -100,6 +100,16 @@ pub enum SubsetError {
     Apply(#[from] ApplyError),
     #[error("the source ended the replication stream")]
     StreamEnded,
+    #[error("the source has sent nothing for {secs} s (status updates asked it to answer): reconnecting")]
+    SourceSilent { secs: u64 },
+    #[error("another `walrelay subset run` for subset \"{name}\" holds its lock on the target: only one may run at a time (a run killed a moment ago lets go as soon as the target notices)")]
+    AlreadyRunning { name: String },
+    #[error("{what} on the target failed: {source}: the target's rows no longer match the source's (was the table written to outside walrelay?); correct the row on the target, or copy the table again (run without it, empty it on the target, run with it)")]
+    Conflict {
+        what: String,
+        #[source]
+        source: ClientError,
+    },
     #[error("no subset named \"{name}\" on the target: check --name and --target (`walrelay subset status` lists what the target holds)")]
     UnknownSubset { name: String },
     #[error("the target has applied the source's changes up to {applied}, not yet up to {wanted}, after {seconds} s: is `walrelay subset run` running for this subset?")]
@@ -154,9 +164,12 @@ impl Classify for SubsetError {
             },
             SubsetError::SlotLost { .. }
             | SubsetError::OtherSource { .. }
-            | SubsetError::Apply(_) => ErrorClass::ServerState,
+            | SubsetError::Apply(_)
+            | SubsetError::Conflict { .. } => ErrorClass::ServerState,
             SubsetError::Protocol(_) | SubsetError::NotCaughtUp { .. } => ErrorClass::Other,
-            SubsetError::StreamEnded => ErrorClass::Transient,
+            SubsetError::StreamEnded
+            | SubsetError::SourceSilent { .. }
+            | SubsetError::AlreadyRunning { .. } => ErrorClass::Transient,
         }
     }
 }

@@ -73,6 +73,8 @@ pub(crate) struct Prepared {
     pub slot: Option<SlotInfo>,
     state_tables: bool,
     walrelay_schema: bool,
+    /// Schemas of new tables that the target lacks.
+    missing_schemas: BTreeSet<String>,
 }
 
 fn problem(side: Side, cause: impl Into<String>, fix: impl Into<String>) -> Problem {
@@ -504,6 +506,7 @@ pub(crate) async fn preflight(
         slot,
         state_tables,
         walrelay_schema,
+        missing_schemas,
     })
 }
 
@@ -523,14 +526,10 @@ pub(crate) async fn setup(
         sql.push_str(CREATE_STATE_TABLES);
         sql.push_str(";\n");
     }
-    let mut created_schemas = BTreeSet::new();
+    for schema in &p.missing_schemas {
+        sql.push_str(&format!("CREATE SCHEMA {};\n", quote_ident(schema)));
+    }
     for t in p.tables.iter().filter(|t| t.target.is_none()) {
-        if created_schemas.insert(t.source.name.schema.clone()) {
-            sql.push_str(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {};\n",
-                quote_ident(&t.source.name.schema)
-            ));
-        }
         for s in &t.ddl {
             sql.push_str(s);
             sql.push_str(";\n");

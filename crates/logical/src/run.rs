@@ -131,12 +131,45 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, SubsetError> {
 /// the copies in flight (their target transactions roll back); the stream stops cleanly itself.
 async fn attempt(cfg: &RunConfig, streamed: &mut bool) -> Result<SessionEnd, SubsetError> {
     cfg.stats.set_phase(Phase::Starting);
+    let lock = lock_subset(cfg).await?;
     let mut shutdown = cfg.shutdown.clone();
-    tokio::select! {
-        r = prepare_and_copy(cfg) => r?,
+    let result = tokio::select! {
+        r = prepare_and_copy(cfg) => r,
         _ = stop_requested(&mut shutdown) => return Ok(SessionEnd::Shutdown(Lsn::INVALID)),
+    };
+    let result = match result {
+        Ok(()) => stream::session(cfg, streamed).await,
+        Err(e) => Err(e),
+    };
+    lock.close().await;
+    result
+}
+
+/// Advisory-lock class of walrelay subsets (`WRSL`).
+const LOCK_CLASS: &str = "1465012044";
+
+/// Takes the subset's session lock on the target, so that two runs of one subset never copy or
+/// apply at the same time (their sync points would not agree). Held by the returned connection.
+async fn lock_subset(cfg: &RunConfig) -> Result<Connection, SubsetError> {
+    let mut c = Connection::connect(&cfg.target_sql())
+        .await
+        .map_err(SubsetError::connect(Side::Target))?;
+    let r = c
+        .query_params(
+            &format!(
+                "SELECT pg_catalog.pg_try_advisory_lock({LOCK_CLASS}, pg_catalog.hashtext($1)) AS locked"
+            ),
+            &[Some(&format!("walrelay subset {}", cfg.name))],
+        )
+        .await
+        .map_err(SubsetError::sql(Side::Target, "take the subset's lock"))?;
+    if r.get(0, "locked") != Some("t") {
+        c.close().await;
+        return Err(SubsetError::AlreadyRunning {
+            name: cfg.name.to_string(),
+        });
     }
-    stream::session(cfg, streamed).await
+    Ok(c)
 }
 
 async fn prepare_and_copy(cfg: &RunConfig) -> Result<(), SubsetError> {

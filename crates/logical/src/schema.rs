@@ -46,14 +46,6 @@ impl SubsetName {
     pub fn publication(&self) -> String {
         self.slot()
     }
-
-    /// The temporary slot whose snapshot copies tables added to a running subset.
-    pub fn sync_slot(&self) -> String {
-        format!(
-            "walrelay_{}_sync",
-            self.0.get(..MAX_SUBSET_NAME - 5).unwrap_or(&self.0)
-        )
-    }
 }
 
 impl fmt::Display for SubsetName {
@@ -275,8 +267,6 @@ mod tests {
         }
         let n = SubsetName::new(&"x".repeat(54)).unwrap();
         assert_eq!(n.slot().len(), 63);
-        assert!(n.sync_slot().len() <= 63);
-        assert_eq!(SubsetName::new("a").unwrap().sync_slot(), "walrelay_a_sync");
     }
 
     #[test]

@@ -45,6 +45,9 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(200);
 const IDLE_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a clean end waits for the source to acknowledge it.
 const END_GRACE: Duration = Duration::from_secs(5);
+/// A source silent for this long (and at least three status intervals), although every status
+/// update asks it to answer, is taken for gone.
+const SOURCE_SILENCE: Duration = Duration::from_secs(60);
 
 /// Why a session ended well.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,6 +243,8 @@ async fn network(
     let mut received = start;
     let mut reported = Lsn::INVALID;
     let mut last_status = Instant::now();
+    let mut last_heard = Instant::now();
+    let silence_limit = SOURCE_SILENCE.max(status_interval * 3);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending: Option<Event> = None;
@@ -267,6 +272,9 @@ async fn network(
                 }
             }
             _ = tick.tick() => {
+                if pending.is_none() && last_heard.elapsed() >= silence_limit {
+                    return Err(SubsetError::SourceSilent { secs: last_heard.elapsed().as_secs() });
+                }
                 if last_status.elapsed() >= status_interval {
                     let flush = *durable.borrow();
                     // Asking for a reply makes an idle source tell us where it is.
@@ -283,9 +291,12 @@ async fn network(
                 if let Some(ev) = pending.take() {
                     permit.send(ev);
                 }
+                // Not reading while the apply task was busy is not the source's silence.
+                last_heard = last_heard.max(Instant::now() - Duration::from_secs(1));
             }
             m = conn.read_message(), if pending.is_none() => {
                 let m = m.map_err(SubsetError::sql(Side::Source, "stream"))?;
+                last_heard = Instant::now();
                 pending = Some(match m {
                     BackendMessage::CopyData(payload) => match ReplicationMessage::parse(&payload)? {
                         ReplicationMessage::XLogData(x) => {
@@ -490,12 +501,18 @@ impl ApplyTask<'_> {
     fn apply_failed(&self) -> impl FnOnce(walrelay_client::ClientError) -> SubsetError {
         let what = match self.target_txn {
             Some(t) => format!(
-                "apply the source transaction {} (commit LSN {})",
+                "applying the source transaction {} (commit LSN {})",
                 t.xid, t.final_lsn
             ),
-            None => "apply the stream".to_string(),
+            None => "applying the stream".to_string(),
         };
-        SubsetError::sql(Side::Target, what)
+        move |e| {
+            if e.sqlstate().is_some_and(|s| s.starts_with("23")) {
+                SubsetError::Conflict { what, source: e }
+            } else {
+                SubsetError::sql(Side::Target, what)(e)
+            }
+        }
     }
 
     /// Between transactions: write idle progress, learn what the target flushed, publish it.

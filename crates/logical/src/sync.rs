@@ -23,6 +23,7 @@
 //! 256 kB chunks through a channel of four.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -129,13 +130,24 @@ pub(crate) async fn sync_pending(
                 repl.close().await;
                 return Ok(());
             }
-            created = source::create_slot(&mut repl, &cfg.name.sync_slot(), true)
+            created = source::create_slot(&mut repl, &sync_slot_name(), true)
                 .await
                 .map_err(on_src("create a temporary slot for the copy"))?;
         }
     }
     cfg.stats.set_phase(Phase::Copying);
     copy_tables(cfg, pending, created, repl).await
+}
+
+/// A temporary slot's name, unique to this attempt: the previous attempt's walsender, killed
+/// with it, may not have dropped its own yet.
+fn sync_slot_name() -> String {
+    static ATTEMPT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "walrelay_sync_{}_{}",
+        std::process::id(),
+        ATTEMPT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Copies `tables` under the slot's snapshot with up to `copy_jobs` sessions on each side.
