@@ -82,6 +82,12 @@ impl Progress {
         self.committed = self.committed.max(end_lsn);
     }
 
+    /// A source transaction ended and its changes wait, uncommitted, in a target transaction
+    /// with more (group commit): `caught` moves when the group commits ([`Progress::applied`]).
+    pub fn deferred(&mut self) {
+        self.in_transaction = false;
+    }
+
     /// A source transaction ended with nothing for the target.
     pub fn skipped(&mut self, end_lsn: Lsn) {
         self.in_transaction = false;

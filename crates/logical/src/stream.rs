@@ -152,7 +152,7 @@ pub(crate) async fn session(
         applier: Applier::new(tables),
         progress: Progress::new(start),
         received: start,
-        target_txn: None,
+        group: None,
         last_persist: Instant::now(),
         durable_tx,
         stats: &cfg.stats,
@@ -352,12 +352,29 @@ async fn end_stream(conn: &mut Connection, received: Lsn, flush: Lsn) -> Result<
     Ok(())
 }
 
-/// The source transaction whose changes are being applied in a target transaction.
-#[derive(Debug, Clone, Copy)]
-struct TargetTxn {
-    final_lsn: Lsn,
-    xid: u32,
+/// Source transactions applied in one target transaction (group commit).
+///
+/// Consecutive source transactions already waiting in the channel are applied in one target
+/// transaction, whose progress row names the last one: they commit together or not at all, so
+/// exactly-once holds, and a backlog costs one target commit and one round trip per group, not per
+/// transaction. Live, with nothing waiting, a group is one transaction.
+#[derive(Debug, Clone)]
+struct Group {
+    /// The source transaction being received (its Begin), once it had something for the target.
+    current: Option<(u32, Lsn)>,
+    /// The end and commit time of the last complete source transaction in the group.
+    end: Option<(Lsn, i64)>,
+    transactions: u64,
+    statements: u64,
+    opened: Instant,
 }
+
+/// A group commits once it holds this many source transactions…
+const GROUP_MAX_TRANSACTIONS: u64 = 1000;
+/// …or statements…
+const GROUP_MAX_STATEMENTS: u64 = 20_000;
+/// …or has been open this long, or nothing more is waiting.
+const GROUP_MAX_AGE: Duration = Duration::from_millis(250);
 
 struct ApplyTask<'a> {
     cfg: &'a RunConfig,
@@ -366,8 +383,8 @@ struct ApplyTask<'a> {
     progress: Progress,
     /// The source's end of WAL as last seen.
     received: Lsn,
-    /// The source transaction being received, once it had something for the target.
-    target_txn: Option<TargetTxn>,
+    /// The open target transaction.
+    group: Option<Group>,
     last_persist: Instant,
     durable_tx: watch::Sender<Lsn>,
     stats: &'a Arc<SubsetStats>,
@@ -382,11 +399,12 @@ impl ApplyTask<'_> {
         let mut shutdown = self.cfg.shutdown.clone();
         let mut maintenance = tokio::time::interval(MAINTENANCE_INTERVAL);
         maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut pending_txn_begin = None;
+        let mut begin = None;
         let mut watching_shutdown = true;
         loop {
             if !self.applier.in_transaction() {
                 if let Some(end) = self.cfg.endpos.filter(|&e| self.progress.caught() >= e) {
+                    self.commit_group().await?;
                     let reached = self.finish().await?;
                     let _ = done.send(true);
                     info!(endpos = %end, applied = %reached, "end position reached");
@@ -394,7 +412,11 @@ impl ApplyTask<'_> {
                 }
             }
             if *shutdown.borrow() {
-                self.abandon_transaction().await?;
+                if self.applier.in_transaction() {
+                    self.abandon_group().await?;
+                } else {
+                    self.commit_group().await?;
+                }
                 let reached = self.finish().await?;
                 let _ = done.send(true);
                 return Ok(SessionEnd::Shutdown(reached));
@@ -402,7 +424,7 @@ impl ApplyTask<'_> {
             tokio::select! {
                 biased;
                 r = shutdown.changed(), if watching_shutdown => watching_shutdown = r.is_ok(),
-                _ = maintenance.tick(), if self.target_txn.is_none() => self.maintain().await?,
+                _ = maintenance.tick(), if !self.applier.in_transaction() => self.maintain().await?,
                 ev = rx.recv() => match ev {
                     None => return Err(SubsetError::StreamEnded),
                     Some(Event::Keepalive(lsn)) => {
@@ -411,7 +433,8 @@ impl ApplyTask<'_> {
                     }
                     Some(Event::Message { msg, wal_end }) => {
                         self.received = self.received.max(wal_end);
-                        self.message(msg, &mut pending_txn_begin).await?;
+                        let more_waiting = !rx.is_empty();
+                        self.message(msg, &mut begin, more_waiting).await?;
                     }
                 },
             }
@@ -421,88 +444,140 @@ impl ApplyTask<'_> {
     async fn message(
         &mut self,
         msg: PgOutputMessage,
-        begin: &mut Option<TargetTxn>,
+        begin: &mut Option<(u32, Lsn)>,
+        more_waiting: bool,
     ) -> Result<(), SubsetError> {
         match self.applier.on_message(msg)? {
             Action::None => {}
             Action::Begin { final_lsn, xid } => {
                 self.progress.begin();
-                *begin = Some(TargetTxn { final_lsn, xid });
+                *begin = Some((xid, final_lsn));
             }
             Action::Execute(stmt) => {
-                if self.target_txn.is_none() {
-                    self.target_txn = *begin;
+                if self.group.is_none() {
                     self.pipeline
                         .execute("BEGIN", [])
                         .await
-                        .map_err(self.apply_failed())?;
+                        .map_err(SubsetError::sql(Side::Target, "begin a transaction"))?;
+                    self.group = Some(Group {
+                        current: None,
+                        end: None,
+                        transactions: 0,
+                        statements: 0,
+                        opened: Instant::now(),
+                    });
+                }
+                if let Some(g) = self.group.as_mut() {
+                    g.current = *begin;
+                    g.statements += 1;
                 }
                 self.stats.change(stmt.kind);
-                self.pipeline
+                let result = self
+                    .pipeline
                     .execute(&stmt.sql, stmt.params.iter().map(|p| p.as_deref()))
-                    .await
-                    .map_err(self.apply_failed())?;
+                    .await;
+                result.map_err(self.apply_failed())?;
             }
             Action::Commit {
                 end_lsn,
                 commit_time,
-                ..
+                changes,
             } => {
-                if self.target_txn.is_some() {
-                    let end = end_lsn.to_string();
-                    let time = commit_time.to_string();
-                    let received = self.received.to_string();
-                    self.pipeline
-                        .execute(
-                            UPDATE_PROGRESS_ON_COMMIT,
-                            [
-                                Some(end.as_bytes()),
-                                Some(time.as_bytes()),
-                                Some(received.as_bytes()),
-                                Some(self.cfg.name.as_str().as_bytes()),
-                            ],
-                        )
-                        .await
-                        .map_err(self.apply_failed())?;
-                    self.pipeline
-                        .execute("COMMIT", [])
-                        .await
-                        .map_err(self.apply_failed())?;
-                    let batch = self.pipeline.sync().await.map_err(self.apply_failed())?;
-                    if batch.rows.is_empty() {
-                        return Err(SubsetError::UnknownSubset {
-                            name: self.cfg.name.to_string(),
-                        });
-                    }
-                    if batch.unmatched > 0 {
-                        warn!(
-                            rows = batch.unmatched,
-                            source_lsn = %end_lsn,
-                            "UPDATE or DELETE found no row on the target: skipped, as PostgreSQL's own apply does"
-                        );
-                        self.stats.unmatched(batch.unmatched);
-                    }
-                    self.target_txn = None;
-                    self.progress.applied(end_lsn);
-                    self.stats.applied(end_lsn);
-                    self.stats.transaction(true);
-                } else {
-                    self.progress.skipped(end_lsn);
-                    self.stats.transaction(false);
-                }
                 *begin = None;
+                match self.group.as_mut() {
+                    Some(g) => {
+                        // An empty transaction joins an open group too: its end is covered.
+                        g.end = Some((end_lsn, commit_time));
+                        g.current = None;
+                        if changes > 0 {
+                            g.transactions += 1;
+                            self.stats.transaction(true);
+                        } else {
+                            self.stats.transaction(false);
+                        }
+                        self.progress.deferred();
+                        let full = g.transactions >= GROUP_MAX_TRANSACTIONS
+                            || g.statements >= GROUP_MAX_STATEMENTS
+                            || g.opened.elapsed() >= GROUP_MAX_AGE;
+                        let at_end = self.cfg.endpos.is_some_and(|e| end_lsn >= e);
+                        if full || at_end || !more_waiting {
+                            self.commit_group().await?;
+                        }
+                    }
+                    None => {
+                        self.progress.skipped(end_lsn);
+                        self.stats.transaction(false);
+                    }
+                }
             }
         }
         Ok(())
     }
 
+    /// Commits the open group with its progress row.
+    async fn commit_group(&mut self) -> Result<(), SubsetError> {
+        let Some(g) = self.group.clone() else {
+            return Ok(());
+        };
+        let Some((end_lsn, commit_time)) = g.end else {
+            // Nothing complete in it (only possible mid-transaction, which callers exclude).
+            return self.abandon_group().await;
+        };
+        let end = end_lsn.to_string();
+        let time = commit_time.to_string();
+        let received = self.received.to_string();
+        let result = async {
+            self.pipeline
+                .execute(
+                    UPDATE_PROGRESS_ON_COMMIT,
+                    [
+                        Some(end.as_bytes()),
+                        Some(time.as_bytes()),
+                        Some(received.as_bytes()),
+                        Some(self.cfg.name.as_str().as_bytes()),
+                    ],
+                )
+                .await?;
+            self.pipeline.execute("COMMIT", []).await?;
+            self.pipeline.sync().await
+        }
+        .await;
+        let batch = result.map_err(self.apply_failed())?;
+        self.group = None;
+        if batch.rows.is_empty() {
+            return Err(SubsetError::UnknownSubset {
+                name: self.cfg.name.to_string(),
+            });
+        }
+        if batch.unmatched > 0 {
+            warn!(
+                rows = batch.unmatched,
+                source_lsn = %end_lsn,
+                "UPDATE or DELETE found no row on the target: skipped, as PostgreSQL's own apply does"
+            );
+            self.stats.unmatched(batch.unmatched);
+        }
+        self.progress.applied(end_lsn);
+        self.stats.applied(end_lsn);
+        Ok(())
+    }
+
     /// What a failed target statement means: retried if the target says so (a deadlock, a lost
-    /// connection), else a stop naming the source transaction.
+    /// connection), else a stop naming the source transaction(s).
     fn apply_failed(&self) -> impl FnOnce(walrelay_client::ClientError) -> SubsetError {
-        let what = match self.target_txn {
-            Some(t) => format!(
-                "applying the source transaction {} (commit LSN {})",
-                t.xid, t.final_lsn
+        let what = match &self.group {
+            Some(Group {
+                current: Some((xid, final_lsn)),
+                transactions: 0,
+                ..
+            }) => format!("applying the source transaction {xid} (commit LSN {final_lsn})"),
+            Some(g) => format!(
+                "applying {} source transaction(s) from commit LSN {} on",
+                g.transactions + u64::from(g.current.is_some()),
+                g.current
+                    .map(|c| c.1)
+                    .or(g.end.map(|e| e.0))
+                    .unwrap_or(Lsn::INVALID)
             ),
             None => "applying the stream".to_string(),
         };
@@ -515,8 +590,12 @@ impl ApplyTask<'_> {
         }
     }
 
-    /// Between transactions: write idle progress, learn what the target flushed, publish it.
+    /// Between transactions: commit a group that waited long enough, write idle progress, learn
+    /// what the target flushed, publish it.
     async fn maintain(&mut self) -> Result<(), SubsetError> {
+        if self.group.is_some() {
+            self.commit_group().await?;
+        }
         if let Some(lsn) = self.progress.to_persist() {
             if self.last_persist.elapsed() >= IDLE_PERSIST_INTERVAL {
                 self.persist(lsn).await?;
@@ -583,9 +662,10 @@ impl ApplyTask<'_> {
         Ok(())
     }
 
-    /// A stop in the middle of a source transaction: its target transaction is rolled back.
-    async fn abandon_transaction(&mut self) -> Result<(), SubsetError> {
-        if self.target_txn.take().is_some() {
+    /// A stop in the middle of a source transaction: the open group is rolled back (the next
+    /// session streams its transactions again).
+    async fn abandon_group(&mut self) -> Result<(), SubsetError> {
+        if self.group.take().is_some() {
             let _ = self.pipeline.execute("ROLLBACK", []).await;
             let _ = self.pipeline.sync().await;
             if self.pipeline.connection().in_transaction() {
