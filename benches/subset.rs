@@ -11,14 +11,18 @@
 //!   copy and the exit) against `CREATE SUBSCRIPTION … PUBLICATION …` into tables created
 //!   beforehand with `pg_dump -s` (not timed), timed until every table is `ready` in
 //!   `pg_subscription_rel` (two table sync workers: `max_sync_workers_per_subscription`'s
-//!   default, and walrelay's `-j 2`).
-//! * **Apply** (`apply`): with walrelay stopped and the subscription disabled, `pgbench -c 4 -j 2 -T
-//!   20` (`WALRELAY_BENCH_PGBENCH_SECS`) writes a backlog, then a marker transaction; timed: walrelay
+//!   default, and walrelay's `-j 2`; the target's `wal_retrieve_retry_interval` is 200 ms so that
+//!   the launcher's throttle does not delay a subscription created right after the last one).
+//! * **Apply** (`apply`): with walrelay stopped and the subscription disabled, `pgbench -c 4 -j 2 -t
+//!   10000` (40 000 transactions; `WALRELAY_BENCH_PGBENCH_TXNS` per client) writes a backlog, then a
+//!   marker transaction; timed: walrelay
 //!   `subset run -E <position before the marker>` until it exits, and `ALTER SUBSCRIPTION … ENABLE`
 //!   until the subscription's replication origin is past the marker. Both apply asynchronously
 //!   committed transactions on the target (the subscription's `synchronous_commit = off` default).
 //!
-//! After each part the three databases are compared (row counts and sums of every pgbench
+//! The ratio reported is the median of the rounds' ratios (walrelay's time over the
+//! subscription's in the same round), which the machine's load drifting between rounds affects
+//! least. After each part the three databases are compared (row counts and sums of every pgbench
 //! table): a benchmark must not time a tool that writes the wrong thing. Run with
 //! `cargo bench --bench subset`; results in `docs/benchmarks.md`.
 
@@ -200,7 +204,7 @@ fn main() {
     }
     let rounds = common::rounds();
     let scale = common::env_u64("WALRELAY_BENCH_SCALE", DEFAULT_SCALE) as u32;
-    let pgbench_secs = common::env_u64("WALRELAY_BENCH_PGBENCH_SECS", 20);
+    let pgbench_txns = common::env_u64("WALRELAY_BENCH_PGBENCH_TXNS", 10_000);
     let work = common::work_dir("subset");
     println!("# walrelay subset vs CREATE SUBSCRIPTION");
     println!("machine: {}", common::machine_description(work.path()));
@@ -210,10 +214,14 @@ fn main() {
         .conf("max_wal_size = '8GB'")
         .conf("checkpoint_timeout = '1h'")
         .start();
+    // The subscription launcher starts workers at most every wal_retrieve_retry_interval (5 s):
+    // a subscription created less than that after the last one's workers started would wait for
+    // it, which is not the copy's speed.
     let tgt = Cluster::builder()
         .name("bench-subset-tgt")
         .conf("max_wal_size = '8GB'")
         .conf("checkpoint_timeout = '1h'")
+        .conf("wal_retrieve_retry_interval = '200ms'")
         .start();
     tgt.psql("CREATE DATABASE wr");
     tgt.psql("CREATE DATABASE native");
@@ -230,7 +238,7 @@ fn main() {
     ));
     src.psql("CHECKPOINT");
     println!(
-        "data: pgbench scale {scale} ({}); {rounds} rounds; backlog: pgbench -c 4 -j 2 -T {pgbench_secs}",
+        "data: pgbench scale {scale} ({}); {rounds} rounds; backlog: pgbench -c 4 -j 2 -t {pgbench_txns}",
         src.psql("SELECT pg_size_pretty(sum(pg_total_relation_size(c))) FROM unnest(ARRAY['pgbench_accounts','pgbench_branches','pgbench_tellers','pgbench_history']::regclass[]) c")
     );
 
@@ -272,11 +280,7 @@ fn main() {
 
         native_disable(&src, &tgt);
         let before = src.current_wal_lsn();
-        let run = src.pgbench_run(
-            &PgBench::duration(Duration::from_secs(pgbench_secs))
-                .clients(4)
-                .jobs(2),
-        );
+        let run = src.pgbench_run(&PgBench::transactions(pgbench_txns).clients(4).jobs(2));
         let marker = src.current_wal_lsn();
         src.psql("UPDATE pgbench_branches SET filler = 'marker' WHERE bid = 1");
         backlog_txns.push(run.transactions as f64);
@@ -330,7 +334,7 @@ fn main() {
         "median s",
         "rounds s",
         "throughput",
-        "time ratio (walrelay / native)",
+        "time ratio (walrelay / native, median of rounds)",
         "walrelay CPU s",
         "walrelay peak RSS MiB",
     ]);
@@ -338,7 +342,13 @@ fn main() {
         ("initial copy", &wr_copy, &nat_copy, "rows/s", rows_copied),
         ("apply a backlog", &wr_apply, &nat_apply, "txn/s", txns),
     ] {
-        let ratio = wr.median_secs() / nat.median_secs();
+        let ratios: Vec<f64> = wr
+            .runs
+            .iter()
+            .zip(&nat.runs)
+            .map(|(w, n)| w.secs() / n.secs())
+            .collect();
+        let ratio = common::median(&ratios);
         for (tool, s, mine) in [
             ("walrelay subset", wr, true),
             ("CREATE SUBSCRIPTION", nat, false),

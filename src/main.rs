@@ -88,13 +88,22 @@ fn parse_cli() -> Result<Cli, ExitCode> {
                 let _ = e.print();
                 return Err(ExitCode::from(2));
             }
-            // One line: clap's first line (the cause), and where to read more.
+            // One line: clap's first line (the cause) — with the indented lines that list what it
+            // announces ("…were not provided:") — and where to read more.
             let text = e.to_string();
-            let first = text
-                .lines()
+            let mut lines = text.lines();
+            let mut first = lines
                 .next()
                 .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
+                .trim_start_matches("error: ")
+                .to_string();
+            if first.ends_with(':') {
+                let listed: Vec<&str> = lines
+                    .take_while(|l| l.starts_with(' '))
+                    .map(str::trim)
+                    .collect();
+                first = format!("{} {}", first, listed.join(", "));
+            }
             let known: Vec<String> = <Cli as clap::CommandFactory>::command()
                 .get_subcommands()
                 .map(|c| c.get_name().to_string())

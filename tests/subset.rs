@@ -107,6 +107,21 @@ fn slot_confirmed(src: &Cluster, name: &str) -> Option<Lsn> {
     )
 }
 
+/// No publication and no slot on the source, and each of the target's counts 0.
+fn assert_nothing_left(src: &Cluster, tgt: &Cluster, target_counts: &[&str]) {
+    assert_eq!(src.psql("SELECT count(*) FROM pg_publication"), "0");
+    assert_eq!(src.psql("SELECT count(*) FROM pg_replication_slots"), "0");
+    for q in target_counts {
+        assert_eq!(tgt.psql(q), "0", "{q}");
+    }
+}
+
+/// SIGTERM, and a clean exit.
+fn stop(w: &mut Walrelay) {
+    w.signal(Signal::SIGTERM);
+    assert_eq!(w.wait(poll::timeout()).code(), Some(0), "{}", w.log());
+}
+
 /// Waits until the run logs that it streams.
 fn wait_streaming(w: &mut Walrelay) {
     w.wait_log("streaming", poll::timeout());
@@ -134,8 +149,7 @@ fn verify_green(src: &Cluster, tgt: &Cluster, name: &str) -> String {
         poll::timeout(),
     );
     assert_eq!(f.code(), Some(0), "verify: {}\n{}", f.stdout, f.stderr);
-    w.signal(Signal::SIGTERM);
-    assert_eq!(w.wait(poll::timeout()).code(), Some(0), "{}", w.log());
+    stop(&mut w);
     f.stdout
 }
 
@@ -206,8 +220,7 @@ fn pgbench_under_load(src_major: u32, tgt_major: u32, scale: u32, secs: u64, kil
         "pgbench did little: {summary:?}"
     );
     // A clean stop, then a run to the source's end.
-    w.signal(Signal::SIGTERM);
-    assert_eq!(w.wait(poll::timeout()).code(), Some(0), "{}", w.log());
+    stop(&mut w);
     run_to_end(&src, &tgt, name, &[]);
     assert_same_rows(&src, &tgt, &PGBENCH_TABLES);
     assert_eq!(
@@ -323,12 +336,13 @@ fn edges_toast_truncate_tables_added_and_removed() {
         "{}",
         errors[0]
     );
-    assert_eq!(src.psql("SELECT count(*) FROM pg_publication"), "0");
-    assert_eq!(src.psql("SELECT count(*) FROM pg_replication_slots"), "0");
-    assert_eq!(
-        tgt.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'walrelay'")
-            + &tgt.psql("SELECT count(*) FROM pg_class WHERE relname IN ('nokey', 'docs')"),
-        "00"
+    assert_nothing_left(
+        &src,
+        &tgt,
+        &[
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'walrelay'",
+            "SELECT count(*) FROM pg_class WHERE relname IN ('nokey', 'docs')",
+        ],
     );
     src.psql("UPDATE nokey SET b = 'y'; DELETE FROM nokey; INSERT INTO nokey VALUES (2, 'z')");
 
@@ -420,8 +434,7 @@ fn edges_toast_truncate_tables_added_and_removed() {
         Some(2),
         "{status}"
     );
-    w.signal(Signal::SIGTERM);
-    assert_eq!(w.wait(poll::timeout()).code(), Some(0), "{}", w.log());
+    stop(&mut w);
 
     // A table added later (changed before and after its copy) and one removed.
     src.psql(
@@ -436,8 +449,7 @@ fn edges_toast_truncate_tables_added_and_removed() {
     );
     wait_streaming(&mut w);
     src.psql("INSERT INTO late (v, w) VALUES (0.1, 0.1); DELETE FROM late WHERE id = 3; UPDATE docs SET n = 100 WHERE id = 1");
-    w.signal(Signal::SIGTERM);
-    assert_eq!(w.wait(poll::timeout()).code(), Some(0), "{}", w.log());
+    stop(&mut w);
     run_to_end(&src, &tgt, "edge", &[]);
     assert_same_rows(&src, &tgt, &["docs", "late"]);
     assert_eq!(
@@ -458,11 +470,12 @@ fn edges_toast_truncate_tables_added_and_removed() {
         poll::timeout(),
     );
     assert_eq!(f.code(), Some(0), "{}", f.stderr);
-    assert_eq!(src.psql("SELECT count(*) FROM pg_replication_slots"), "0");
-    assert_eq!(src.psql("SELECT count(*) FROM pg_publication"), "0");
-    assert_eq!(
-        tgt.psql("SELECT count(*) FROM walrelay.subset_progress")
-            + &tgt.psql("SELECT count(*) FROM pg_class WHERE relname IN ('docs', 'late')"),
-        "00"
+    assert_nothing_left(
+        &src,
+        &tgt,
+        &[
+            "SELECT count(*) FROM walrelay.subset_progress",
+            "SELECT count(*) FROM pg_class WHERE relname IN ('docs', 'late')",
+        ],
     );
 }

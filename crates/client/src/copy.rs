@@ -22,12 +22,7 @@ const COPY_SEND_THRESHOLD: usize = 256 * 1024;
 impl Connection {
     /// Sends `sql` (a `COPY … TO STDOUT`) and waits for the CopyOutResponse.
     pub async fn copy_out(&mut self, sql: &str) -> Result<()> {
-        self.queue_query(sql)?;
-        self.flush().await?;
-        match self.read_message().await? {
-            BackendMessage::CopyOutResponse(_) => Ok(()),
-            other => Err(self.copy_refused(other, "COPY TO STDOUT").await),
-        }
+        self.start_copy(sql, false).await
     }
 
     /// The next payload of a COPY OUT; `None` once the COPY ended and the session is ready again.
@@ -54,12 +49,7 @@ impl Connection {
 
     /// Sends `sql` (a `COPY … FROM STDIN`) and waits for the CopyInResponse.
     pub async fn copy_in(&mut self, sql: &str) -> Result<()> {
-        self.queue_query(sql)?;
-        self.flush().await?;
-        match self.read_message().await? {
-            BackendMessage::CopyInResponse(_) => Ok(()),
-            other => Err(self.copy_refused(other, "COPY FROM STDIN").await),
-        }
+        self.start_copy(sql, true).await
     }
 
     /// Queues COPY data; sends what is queued once it passes 256 kB.
@@ -108,19 +98,22 @@ impl Connection {
         self.drain_until_ready().await.map(|_| ())
     }
 
-    /// The error for a COPY the server did not start: its own error if it sent one.
-    async fn copy_refused(&mut self, got: BackendMessage, what: &str) -> ClientError {
-        match got {
+    /// Sends a COPY and waits for the server to start it (CopyInResponse or CopyOutResponse); a
+    /// server error is returned once the session is ready again.
+    async fn start_copy(&mut self, sql: &str, copy_in: bool) -> Result<()> {
+        self.queue_query(sql)?;
+        self.flush().await?;
+        match self.read_message().await? {
+            BackendMessage::CopyInResponse(_) if copy_in => Ok(()),
+            BackendMessage::CopyOutResponse(_) if !copy_in => Ok(()),
             BackendMessage::ErrorResponse(e) => {
-                if let Err(lost) = self.drain_until_ready().await {
-                    return lost;
-                }
-                ClientError::server(e)
+                self.drain_until_ready().await?;
+                Err(ClientError::server(e))
             }
-            other => ClientError::Unexpected(format!(
-                "unexpected {} in reply to {what}",
+            other => Err(ClientError::Unexpected(format!(
+                "unexpected {} in reply to {sql:?}",
                 message_name(&other)
-            )),
+            ))),
         }
     }
 }

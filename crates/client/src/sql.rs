@@ -50,14 +50,13 @@ fn encode_error(e: impl std::fmt::Display) -> ClientError {
     ClientError::Config(format!("could not encode a statement: {e}"))
 }
 
-/// Queues Bind (text parameters, text results) and Execute of the unnamed portal.
-fn queue_bind_execute<'p>(
+/// Queues Bind of the unnamed portal: text parameters (`None` is NULL), text results.
+fn queue_bind<'p>(
     conn: &mut Connection,
     statement: &str,
     params: impl IntoIterator<Item = Option<&'p [u8]>>,
 ) -> Result<()> {
-    let buf = conn.write_buf_mut();
-    let bound = frontend::bind(
+    frontend::bind(
         "",
         statement,
         Some(0),
@@ -72,14 +71,11 @@ fn queue_bind_execute<'p>(
             })
         },
         None::<i16>,
-        buf,
-    );
-    if bound.is_err() {
-        return Err(ClientError::Config(
-            "could not encode the parameters of a statement (too many?)".into(),
-        ));
-    }
-    frontend::execute("", 0, buf).map_err(encode_error)
+        conn.write_buf_mut(),
+    )
+    .map_err(|_| {
+        ClientError::Config("could not encode the parameters of a statement (too many?)".into())
+    })
 }
 
 impl Connection {
@@ -91,25 +87,8 @@ impl Connection {
         params: &[Option<&str>],
     ) -> Result<QueryResult> {
         frontend::parse("", sql, None, self.write_buf_mut()).map_err(encode_error)?;
+        queue_bind(self, "", params.iter().map(|p| p.map(str::as_bytes)))?;
         let buf = self.write_buf_mut();
-        frontend::bind(
-            "",
-            "",
-            Some(0),
-            params.iter().map(|p| p.map(str::as_bytes)),
-            |v, buf| {
-                Ok(match v {
-                    Some(bytes) => {
-                        buf.put_slice(bytes);
-                        IsNull::No
-                    }
-                    None => IsNull::Yes,
-                })
-            },
-            None::<i16>,
-            buf,
-        )
-        .map_err(|_| ClientError::Config("could not encode query parameters".into()))?;
         frontend::describe(b'P', "", buf).map_err(encode_error)?;
         frontend::execute("", 0, buf).map_err(encode_error)?;
         frontend::sync(buf);
@@ -252,7 +231,8 @@ impl Pipeline {
                 name
             }
         };
-        queue_bind_execute(&mut self.conn, &name, params)?;
+        queue_bind(&mut self.conn, &name, params)?;
+        frontend::execute("", 0, self.conn.write_buf_mut()).map_err(encode_error)?;
         self.due.push_back(Due::Bind);
         self.due.push_back(Due::Execute);
         self.unread_executions += 1;

@@ -81,22 +81,27 @@ fn problem(side: Side, cause: impl Into<String>, fix: impl Into<String>) -> Prob
     Problem::new(side, cause, fix)
 }
 
-/// The source's checks that do not depend on tables.
-fn check_source(f: &ServerFacts, problems: &mut Vec<Problem>) {
+/// What both servers must be: PostgreSQL 10 or later, and a primary.
+fn check_server(side: Side, f: &ServerFacts, where_to: &str, problems: &mut Vec<Problem>) {
     if f.version_num < 100_000 {
         problems.push(problem(
-            Side::Source,
-            format!("the source runs PostgreSQL {}", f.version),
-            "walrelay subset needs PostgreSQL 10 or later (logical replication with pgoutput)",
+            side,
+            format!("the {side} runs PostgreSQL {}", f.version),
+            "walrelay subset needs PostgreSQL 10 or later on both sides (pgoutput)",
         ));
     }
     if f.in_recovery {
         problems.push(problem(
-            Side::Source,
-            "the source is a standby",
-            "point -d at the primary: publications can only be created there",
+            side,
+            format!("the {side} is a standby (read-only)"),
+            format!("point {where_to} at the primary"),
         ));
     }
+}
+
+/// The source's checks that do not depend on tables.
+fn check_source(f: &ServerFacts, problems: &mut Vec<Problem>) {
+    check_server(Side::Source, f, "-d", problems);
     if f.wal_level != "logical" {
         problems.push(problem(
             Side::Source,
@@ -112,23 +117,6 @@ fn check_source(f: &ServerFacts, problems: &mut Vec<Problem>) {
                 "ALTER ROLE {} REPLICATION on the source, or connect as a role that has it",
                 quote_ident(&f.user)
             ),
-        ));
-    }
-}
-
-fn check_target(f: &ServerFacts, problems: &mut Vec<Problem>) {
-    if f.version_num < 100_000 {
-        problems.push(problem(
-            Side::Target,
-            format!("the target runs PostgreSQL {}", f.version),
-            "use a target running PostgreSQL 10 or later",
-        ));
-    }
-    if f.in_recovery {
-        problems.push(problem(
-            Side::Target,
-            "the target is a standby (read-only)",
-            "point --target at a primary",
         ));
     }
 }
@@ -252,7 +240,7 @@ pub(crate) async fn preflight(
         .await
         .map_err(read_tgt("read the target's settings"))?;
     check_source(&sf, &mut problems);
-    check_target(&tf, &mut problems);
+    check_server(Side::Target, &tf, "--target", &mut problems);
     let target_version = ServerVersion(tf.version_num);
 
     let state = state::load(tgt, &cfg.name)

@@ -5,10 +5,11 @@
 //! Publication first, slot second: decoding resolves the publication in the catalog snapshot of
 //! each change, so a slot whose start predates its publication fails on 10–17 (`LoadPublications`).
 
-use walrelay_client::{ClientError, Connection, QueryResult};
+use walrelay_client::{ClientError, ConnectParams, Connection, QueryResult};
 use walrelay_protocol::command::{self, SnapshotAction};
 use walrelay_protocol::Lsn;
 
+use crate::error::{Side, SubsetError};
 use crate::schema::{quote_ident, TableName};
 
 /// What preflight needs to know about a server (source or target).
@@ -249,6 +250,20 @@ pub async fn drop_slot(conn: &mut Connection, name: &str) -> Result<bool, Client
         )
         .await?;
     Ok(!r.rows.is_empty())
+}
+
+/// A `replication=database` session on the source, and the source's system identifier.
+pub async fn replication_session(
+    params: &ConnectParams,
+) -> Result<(Connection, String), SubsetError> {
+    let mut repl = Connection::connect(params)
+        .await
+        .map_err(SubsetError::connect(Side::Source))?;
+    let ident = repl
+        .identify_system()
+        .await
+        .map_err(SubsetError::sql(Side::Source, "IDENTIFY_SYSTEM"))?;
+    Ok((repl, ident.system_identifier.to_string()))
 }
 
 /// A slot just created with an exported snapshot.

@@ -46,25 +46,19 @@ CREATE TABLE IF NOT EXISTS walrelay.subset_tables (
     PRIMARY KEY (subset, schema_name, table_name)
 )";
 
-/// The progress row update of an apply transaction: `$1` end LSN, `$2` commit time (microseconds
-/// since 2000-01-01), `$3` the source's end of WAL as last seen, `$4` the subset. Returns a row
-/// only if the subset still exists (a concurrent `subset drop` must stop the apply).
-pub const UPDATE_PROGRESS_ON_COMMIT: &str = "\
+/// The progress row moves to `$1` (never backwards): in an apply transaction with the commit time
+/// of its last source transaction (`$2`, microseconds since 2000-01-01), or on its own with `$2`
+/// NULL; `$3` is the source's end of WAL as last seen, `$4` the subset. Returns a row only if the
+/// subset still exists (a concurrent `subset drop` must stop the apply).
+pub const UPDATE_PROGRESS: &str = "\
 UPDATE walrelay.subset_progress
-   SET applied_lsn = $1::pg_lsn,
-       last_commit_time = '2000-01-01 00:00:00+00'::timestamptz + $2::bigint * interval '1 microsecond',
+   SET applied_lsn = GREATEST(applied_lsn, $1::pg_lsn),
+       last_commit_time = COALESCE(
+           '2000-01-01 00:00:00+00'::timestamptz + $2::bigint * interval '1 microsecond',
+           last_commit_time),
        source_wal_end = GREATEST(source_wal_end, $3::pg_lsn),
        updated_at = now()
  WHERE subset = $4
-RETURNING 1";
-
-/// The progress row moved forward on its own (nothing to apply up to `$1`).
-pub const UPDATE_PROGRESS_IDLE: &str = "\
-UPDATE walrelay.subset_progress
-   SET applied_lsn = GREATEST(applied_lsn, $1::pg_lsn),
-       source_wal_end = GREATEST(source_wal_end, $2::pg_lsn),
-       updated_at = now()
- WHERE subset = $3
 RETURNING 1";
 
 /// A table's state.

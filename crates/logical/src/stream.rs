@@ -34,7 +34,8 @@ use crate::catalog;
 use crate::config::RunConfig;
 use crate::error::{Side, SubsetError};
 use crate::progress::Progress;
-use crate::state::{self, UPDATE_PROGRESS_IDLE, UPDATE_PROGRESS_ON_COMMIT};
+use crate::source;
+use crate::state::{self, UPDATE_PROGRESS};
 use crate::stats::{Phase, SubsetStats};
 
 /// Messages between the network and the apply task.
@@ -115,17 +116,11 @@ pub(crate) async fn session(
         return Ok(SessionEnd::EndPosition(start));
     }
 
-    let mut repl = Connection::connect(&cfg.source_replication())
-        .await
-        .map_err(SubsetError::connect(Side::Source))?;
-    let ident = repl
-        .identify_system()
-        .await
-        .map_err(SubsetError::sql(Side::Source, "IDENTIFY_SYSTEM"))?;
-    if ident.system_identifier.to_string() != row.source_system_identifier {
+    let (mut repl, sysid) = source::replication_session(&cfg.source_replication()).await?;
+    if sysid != row.source_system_identifier {
         return Err(SubsetError::OtherSource {
             expected: row.source_system_identifier,
-            found: ident.system_identifier.to_string(),
+            found: sysid,
         });
     }
     start_streaming(cfg, &mut repl, start).await?;
@@ -523,32 +518,15 @@ impl ApplyTask<'_> {
             // Nothing complete in it (only possible mid-transaction, which callers exclude).
             return self.abandon_group().await;
         };
-        let end = end_lsn.to_string();
-        let time = commit_time.to_string();
-        let received = self.received.to_string();
         let result = async {
-            self.pipeline
-                .execute(
-                    UPDATE_PROGRESS_ON_COMMIT,
-                    [
-                        Some(end.as_bytes()),
-                        Some(time.as_bytes()),
-                        Some(received.as_bytes()),
-                        Some(self.cfg.name.as_str().as_bytes()),
-                    ],
-                )
-                .await?;
+            self.queue_progress(end_lsn, Some(commit_time)).await?;
             self.pipeline.execute("COMMIT", []).await?;
             self.pipeline.sync().await
         }
         .await;
         let batch = result.map_err(self.apply_failed())?;
         self.group = None;
-        if batch.rows.is_empty() {
-            return Err(SubsetError::UnknownSubset {
-                name: self.cfg.name.to_string(),
-            });
-        }
+        self.progress_row_written(&batch)?;
         if batch.unmatched > 0 {
             warn!(
                 rows = batch.unmatched,
@@ -633,32 +611,45 @@ impl ApplyTask<'_> {
 
     /// Writes `lsn` into the progress row on its own (asynchronous commit).
     async fn persist(&mut self, lsn: Lsn) -> Result<(), SubsetError> {
+        let on_tgt = |e| SubsetError::sql(Side::Target, "record progress")(e);
+        self.queue_progress(lsn, None).await.map_err(on_tgt)?;
+        let batch = self.pipeline.sync().await.map_err(on_tgt)?;
+        self.progress_row_written(&batch)?;
+        self.progress.persisted(lsn);
+        self.stats.applied(lsn);
+        self.last_persist = Instant::now();
+        Ok(())
+    }
+
+    /// Queues the progress row's update.
+    async fn queue_progress(
+        &mut self,
+        lsn: Lsn,
+        commit_time: Option<i64>,
+    ) -> Result<(), walrelay_client::ClientError> {
         let l = lsn.to_string();
+        let time = commit_time.map(|t| t.to_string());
         let received = self.received.to_string();
         self.pipeline
             .execute(
-                UPDATE_PROGRESS_IDLE,
+                UPDATE_PROGRESS,
                 [
                     Some(l.as_bytes()),
+                    time.as_deref().map(str::as_bytes),
                     Some(received.as_bytes()),
                     Some(self.cfg.name.as_str().as_bytes()),
                 ],
             )
             .await
-            .map_err(SubsetError::sql(Side::Target, "record progress"))?;
-        let batch = self
-            .pipeline
-            .sync()
-            .await
-            .map_err(SubsetError::sql(Side::Target, "record progress"))?;
+    }
+
+    /// A progress update that found no row: the subset was dropped under us.
+    fn progress_row_written(&self, batch: &walrelay_client::Batch) -> Result<(), SubsetError> {
         if batch.rows.is_empty() {
             return Err(SubsetError::UnknownSubset {
                 name: self.cfg.name.to_string(),
             });
         }
-        self.progress.persisted(lsn);
-        self.stats.applied(lsn);
-        self.last_persist = Instant::now();
         Ok(())
     }
 
@@ -684,34 +675,18 @@ impl ApplyTask<'_> {
     /// asynchronous one: everything committed is then durable and may be confirmed.
     async fn finish(&mut self) -> Result<Lsn, SubsetError> {
         let lsn = self.progress.caught().max(self.progress.committed());
-        let l = lsn.to_string();
-        let received = self.received.to_string();
-        let on_tgt = SubsetError::sql(Side::Target, "record the final progress");
         let result: Result<_, walrelay_client::ClientError> = async {
             self.pipeline.execute("BEGIN", []).await?;
             self.pipeline
                 .execute("SET LOCAL synchronous_commit = on", [])
                 .await?;
-            self.pipeline
-                .execute(
-                    UPDATE_PROGRESS_IDLE,
-                    [
-                        Some(l.as_bytes()),
-                        Some(received.as_bytes()),
-                        Some(self.cfg.name.as_str().as_bytes()),
-                    ],
-                )
-                .await?;
+            self.queue_progress(lsn, None).await?;
             self.pipeline.execute("COMMIT", []).await?;
             self.pipeline.sync().await
         }
         .await;
-        let batch = result.map_err(on_tgt)?;
-        if batch.rows.is_empty() {
-            return Err(SubsetError::UnknownSubset {
-                name: self.cfg.name.to_string(),
-            });
-        }
+        let batch = result.map_err(SubsetError::sql(Side::Target, "record the final progress"))?;
+        self.progress_row_written(&batch)?;
         self.progress.persisted(lsn);
         self.progress.flushed();
         self.stats.applied(lsn);

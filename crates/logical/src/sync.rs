@@ -61,14 +61,7 @@ pub(crate) async fn sync_pending(
         .await
         .map_err(on_tgt("read walrelay's state"))?;
     let progress = state.as_ref().and_then(|s| s.progress.clone());
-    let mut repl = Connection::connect(&cfg.source_replication())
-        .await
-        .map_err(SubsetError::connect(Side::Source))?;
-    let ident = repl
-        .identify_system()
-        .await
-        .map_err(on_src("IDENTIFY_SYSTEM"))?;
-    let sysid = ident.system_identifier.to_string();
+    let (mut repl, sysid) = source::replication_session(&cfg.source_replication()).await?;
     let pending: Vec<TableSchema>;
     let created: CreatedSlot;
     match progress {
