@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `pgbench_15_to_15_survives_kill_9` | 3 of the 4 pgbench tables under pgbench load; kill -9 during the initial copy and three times while streaming; then `-E`: every row equal, `pgbench_history` count exact, `verify` green, the fourth table absent on the target, the slot confirmed up to the end |
 //! | `pgbench_newer_source_into_older_target` | the same under load from PostgreSQL 17 into 12, with one kill while streaming; skipped with a note unless `WALRELAY_PG_MAJORS` lists both; `WALRELAY_SUBSET_PAIRS=10:18,18:10` runs other pairs |
-//! | `edges_toast_truncate_tables_added_and_removed` | a table without a key refused at preflight (nothing created, the source keeps taking writes); an unchanged TOASTed value kept through updates of other columns; TRUNCATE; a table added to a running subset copied at its own sync point and one removed; idle subset tables still let the slot advance; `status --json`, metrics, `drop --drop-tables` |
+//! | `edges_toast_truncate_tables_added_and_removed` | a table without a key refused at preflight (nothing created, the source keeps taking writes); `--check` creates nothing; an unchanged TOASTed value kept through updates of other columns; TRUNCATE; a table added to a running subset copied at its own sync point and one removed; a subset table dropped on the target copied again; idle subset tables still let the slot advance; `status --json`, metrics, `verify`, `drop --drop-tables` |
 
 mod support;
 
@@ -461,6 +461,11 @@ fn edges_toast_truncate_tables_added_and_removed() {
         "b",
         "t2 left the subset"
     );
+    // A subset table dropped on the target is copied again, not streamed into empty.
+    tgt.psql("DROP TABLE late");
+    src.psql("UPDATE late SET v = v + 1 WHERE id < 5");
+    run_to_end(&src, &tgt, "edge", &[]);
+    assert_same_rows(&src, &tgt, &["docs", "late"]);
     let out = verify_green(&src, &tgt, "edge");
     assert!(out.contains("public.late: ok (51 rows)"), "{out}");
 

@@ -153,6 +153,8 @@ pub struct Applier {
     /// By the source's relid; `None` for a relation that is not one of the subset's tables.
     relations: HashMap<u32, Option<RelationPlan>>,
     txn: Option<Transaction>,
+    /// Relations the source described that are not the subset's tables, not yet reported.
+    foreign: Vec<TableName>,
 }
 
 impl Applier {
@@ -161,7 +163,15 @@ impl Applier {
             tables: tables.into_iter().map(|t| (t.name.clone(), t)).collect(),
             relations: HashMap::new(),
             txn: None,
+            foreign: Vec::new(),
         }
+    }
+
+    /// Relations the source sent that are not among the subset's tables, once each: a table
+    /// removed from the subset whose older changes still arrive, or one renamed on the source
+    /// (whose changes are then not applied).
+    pub fn take_foreign_relations(&mut self) -> Vec<TableName> {
+        std::mem::take(&mut self.foreign)
     }
 
     /// Whether a source transaction is open (between Begin and Commit).
@@ -362,7 +372,9 @@ impl Applier {
         };
         let name = TableName::new(schema, &r.name);
         let Some(table) = self.tables.get(&name) else {
-            self.relations.insert(r.relid, None);
+            if self.relations.insert(r.relid, None).is_none() {
+                self.foreign.push(name);
+            }
             return Ok(());
         };
         for c in &r.columns {
@@ -668,6 +680,12 @@ mod tests {
         for (relid, name) in [(1, "early"), (2, "late"), (3, "pending"), (4, "other")] {
             a.on_message(relation(relid, name)).unwrap();
         }
+        assert_eq!(
+            a.take_foreign_relations(),
+            [TableName::new("public", "other")]
+        );
+        a.on_message(relation(4, "other")).unwrap();
+        assert!(a.take_foreign_relations().is_empty(), "reported once");
         let ins = |relid| {
             PgOutputMessage::Insert(Insert {
                 xid: None,

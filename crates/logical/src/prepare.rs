@@ -288,10 +288,15 @@ pub(crate) async fn preflight(
             .await
             .map_err(read_src(&format!("read table {name}")))?
         else {
+            let in_subset = state.as_ref().is_some_and(|st| st.table(name).is_some());
             problems.push(problem(
                 Side::Source,
                 format!("table {name} does not exist on the source"),
-                "check the name (schema.table; quote mixed-case names: '\"Schema\".\"Table\"')",
+                if in_subset {
+                    "it is in the subset: was it dropped or renamed there? Run with -t listing the tables the subset should keep"
+                } else {
+                    "check the name (schema.table; quote mixed-case names: '\"Schema\".\"Table\"')"
+                },
             ));
             continue;
         };
@@ -529,6 +534,15 @@ pub(crate) async fn setup(
             "DELETE FROM walrelay.subset_tables WHERE subset = {subset} AND schema_name = {} AND table_name = {};\n",
             quote_literal(&r.schema),
             quote_literal(&r.name)
+        ));
+    }
+    for t in p.tables.iter().filter(|t| t.in_state && t.target.is_none()) {
+        // Gone from the target although copied once: copy it again from a fresh snapshot.
+        sql.push_str(&format!(
+            "UPDATE walrelay.subset_tables SET state = 'copying', sync_lsn = NULL, created_by_walrelay = true \
+             WHERE subset = {subset} AND schema_name = {} AND table_name = {};\n",
+            quote_literal(&t.source.name.schema),
+            quote_literal(&t.source.name.name)
         ));
     }
     for t in p.tables.iter().filter(|t| !t.in_state) {

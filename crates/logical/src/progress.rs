@@ -14,8 +14,9 @@
 //! * `caught`: every transaction committing before it is applied or concerns none of the
 //!   subset's tables. It moves with each applied transaction (to its commit's end), with each
 //!   transaction that had nothing for the target, and with the source's keepalives while no
-//!   transaction is open (a keepalive's position is the end of what the walsender has decoded,
-//!   never past a transaction it is still sending).
+//!   transaction is open and none waits uncommitted in a target transaction (a keepalive's
+//!   position is the end of what the walsender has decoded, never past a transaction it is still
+//!   sending).
 //! * `committed`: the position written by the last target transaction that committed. Apply
 //!   commits carry their transaction's end; between them, `caught` is written on its own
 //!   ([`Progress::to_persist`]) so that idle tables still let the slot advance.
@@ -37,6 +38,9 @@ pub struct Progress {
     /// target's flush position reaches the latter.
     waiting: Option<(Lsn, Lsn)>,
     in_transaction: bool,
+    /// Complete source transactions wait, uncommitted, in an open target transaction (group
+    /// commit): a keepalive must not move `caught` past them, or a rollback would skip them.
+    uncommitted: bool,
 }
 
 impl Progress {
@@ -49,6 +53,7 @@ impl Progress {
             durable: Lsn::INVALID,
             waiting: None,
             in_transaction: false,
+            uncommitted: false,
         }
     }
 
@@ -73,11 +78,13 @@ impl Progress {
     /// The source transaction in progress was abandoned (its target transaction rolled back).
     pub fn rolled_back(&mut self) {
         self.in_transaction = false;
+        self.uncommitted = false;
     }
 
     /// The target committed a transaction whose progress row says `end_lsn`.
     pub fn applied(&mut self, end_lsn: Lsn) {
         self.in_transaction = false;
+        self.uncommitted = false;
         self.caught = self.caught.max(end_lsn);
         self.committed = self.committed.max(end_lsn);
     }
@@ -86,6 +93,7 @@ impl Progress {
     /// with more (group commit): `caught` moves when the group commits ([`Progress::applied`]).
     pub fn deferred(&mut self) {
         self.in_transaction = false;
+        self.uncommitted = true;
     }
 
     /// A source transaction ended with nothing for the target.
@@ -96,7 +104,7 @@ impl Progress {
 
     /// The source's keepalive: everything before `wal_end` has been sent.
     pub fn keepalive(&mut self, wal_end: Lsn) {
-        if !self.in_transaction {
+        if !self.in_transaction && !self.uncommitted {
             self.caught = self.caught.max(wal_end);
         }
     }
@@ -104,7 +112,8 @@ impl Progress {
     /// The position to write in the progress row on its own, if the row is behind and no
     /// transaction is open.
     pub fn to_persist(&self) -> Option<Lsn> {
-        (!self.in_transaction && self.caught > self.committed).then_some(self.caught)
+        (!self.in_transaction && !self.uncommitted && self.caught > self.committed)
+            .then_some(self.caught)
     }
 
     /// The progress row now says `lsn` (committed).
@@ -169,6 +178,30 @@ mod tests {
         p.target_positions(Lsn(7000), Lsn(7000));
         assert_eq!(p.durable(), Lsn(300));
         assert!(!p.needs_flush_check());
+    }
+
+    #[test]
+    fn a_rolled_back_group_is_never_skipped() {
+        let mut p = Progress::new(Lsn(100));
+        // Two source transactions wait uncommitted in one target transaction…
+        p.begin();
+        p.deferred();
+        p.begin();
+        p.deferred();
+        // …a keepalive past them must not count them as done…
+        p.keepalive(Lsn(900));
+        assert_eq!(p.caught(), Lsn(100));
+        assert_eq!(p.to_persist(), None);
+        // …so that when a stop mid-transaction rolls the group back, nothing is skipped.
+        p.begin();
+        p.rolled_back();
+        assert_eq!(p.caught().max(p.committed()), Lsn(100));
+        // Committed, the group counts, and keepalives count again.
+        p.begin();
+        p.deferred();
+        p.applied(Lsn(400));
+        p.keepalive(Lsn(900));
+        assert_eq!(p.caught(), Lsn(900));
     }
 
     #[test]

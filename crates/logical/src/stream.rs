@@ -443,7 +443,14 @@ impl ApplyTask<'_> {
         more_waiting: bool,
     ) -> Result<(), SubsetError> {
         match self.applier.on_message(msg)? {
-            Action::None => {}
+            Action::None => {
+                for t in self.applier.take_foreign_relations() {
+                    warn!(
+                        table = %t,
+                        "the source sends changes to a table that is not in the subset (removed from it, or renamed on the source?): they are not applied"
+                    );
+                }
+            }
             Action::Begin { final_lsn, xid } => {
                 self.progress.begin();
                 *begin = Some((xid, final_lsn));
