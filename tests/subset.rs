@@ -3,7 +3,7 @@
 //!
 //! | test | what |
 //! |---|---|
-//! | `pgbench_15_to_15_survives_kill_9` | 3 of the 4 pgbench tables under pgbench load; kill -9 during the initial copy and three times while streaming; then `-E`: every row equal, `pgbench_history` count exact, `verify` green, the fourth table absent on the target, the slot confirmed up to the end |
+//! | `pgbench_15_to_15_survives_kill_9` | 3 of the 4 pgbench tables under pgbench load; kill -9 during the initial copy and three times while streaming, one SIGTERM while streaming; then `-E`: every row equal, `pgbench_history` count exact, `verify` green, the fourth table absent on the target, the slot confirmed up to the end |
 //! | `pgbench_newer_source_into_older_target` | the same under load from PostgreSQL 17 into 12, with one kill while streaming; skipped with a note unless `WALRELAY_PG_MAJORS` lists both; `WALRELAY_SUBSET_PAIRS=10:18,18:10` runs other pairs |
 //! | `edges_toast_truncate_tables_added_and_removed` | a table without a key refused at preflight (nothing created, the source keeps taking writes); `--check` creates nothing; an unchanged TOASTed value kept through updates of other columns; TRUNCATE; a table added to a running subset copied at its own sync point and one removed; a subset table dropped on the target copied again; idle subset tables still let the slot advance; `status --json`, metrics, `verify`, `drop --drop-tables` |
 
@@ -212,6 +212,11 @@ fn pgbench_under_load(src_major: u32, tgt_major: u32, scale: u32, secs: u64, kil
         std::thread::sleep(Duration::from_millis(1500 + 700 * i as u64));
         w.kill9();
     }
+    // A clean stop under load: the transaction in flight is rolled back or committed whole.
+    w.restart();
+    wait_streaming(&mut w);
+    std::thread::sleep(Duration::from_millis(800));
+    stop(&mut w);
     w.restart();
     wait_streaming(&mut w);
     let summary = load.wait().expect("pgbench");
@@ -278,7 +283,7 @@ fn pgbench_newer_source_into_older_target() {
             );
             continue;
         }
-        pgbench_under_load(src, tgt, 1, 12, 1);
+        pgbench_under_load(src, tgt, 2, 12, 1);
     }
 }
 
