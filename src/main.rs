@@ -1,7 +1,8 @@
 //! `walrelay`: copy a PostgreSQL cluster to another machine and keep it current.
 //!
 //! This binary only parses the command line and orchestrates; the work lives in the library crates
-//! (`walrelay-client`, `walrelay-basebackup`, `walrelay-walreceiver`, `walrelay-archive`).
+//! (`walrelay-client`, `walrelay-basebackup`, `walrelay-walreceiver`, `walrelay-archive`,
+//! `walrelay-logical`).
 
 mod archive_cmds;
 mod bootstrap;
@@ -11,6 +12,7 @@ mod demo;
 mod exit;
 mod metrics;
 mod receive;
+mod subset;
 mod wal_stream;
 
 use std::process::ExitCode;
@@ -48,6 +50,8 @@ enum Command {
     Verify(archive_cmds::VerifyArgs),
     /// Remove WAL older than a backup or WAL file from an archive (pg_archivecleanup semantics).
     Prune(archive_cmds::PruneArgs),
+    /// Copy chosen tables into another database and keep them current (logical replication).
+    Subset(subset::SubsetArgs),
 }
 
 fn init_logging(filter: &str) {
@@ -84,13 +88,22 @@ fn parse_cli() -> Result<Cli, ExitCode> {
                 let _ = e.print();
                 return Err(ExitCode::from(2));
             }
-            // One line: clap's first line (the cause), and where to read more.
+            // One line: clap's first line (the cause) — with the indented lines that list what it
+            // announces ("…were not provided:") — and where to read more.
             let text = e.to_string();
-            let first = text
-                .lines()
+            let mut lines = text.lines();
+            let mut first = lines
                 .next()
                 .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
+                .trim_start_matches("error: ")
+                .to_string();
+            if first.ends_with(':') {
+                let listed: Vec<&str> = lines
+                    .take_while(|l| l.starts_with(' '))
+                    .map(str::trim)
+                    .collect();
+                first = format!("{} {}", first, listed.join(", "));
+            }
             let known: Vec<String> = <Cli as clap::CommandFactory>::command()
                 .get_subcommands()
                 .map(|c| c.get_name().to_string())
@@ -138,6 +151,7 @@ fn main() -> ExitCode {
             Command::Restore(a) => archive_cmds::run_restore(a).await,
             Command::Verify(a) => archive_cmds::run_verify(a).await,
             Command::Prune(a) => archive_cmds::run_prune(a).await,
+            Command::Subset(a) => subset::run(a).await,
         }
     };
     let result = runtime.block_on(async {

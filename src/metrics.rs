@@ -1,4 +1,5 @@
-//! `--metrics-addr`: Prometheus metrics and a health check for a running receiver.
+//! `--metrics-addr`: Prometheus metrics and a health check for a running command (`receive`,
+//! `subset run`), each describing itself through an [`Exporter`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,13 +18,74 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 use walrelay_walreceiver::{ReceiverStats, StatsSnapshot};
 
+/// How a value is exposed: a gauge can go down, a counter only up (and gets `_total`).
+pub enum Kind {
+    Gauge(u64),
+    Counter(u64),
+}
+
+/// What a command serves on `--metrics-addr`.
+pub trait Exporter: Send + Sync + 'static {
+    /// The Prometheus text exposition.
+    fn render(&self) -> String;
+    /// Whether `/health` answers 200.
+    fn healthy(&self) -> bool;
+}
+
+/// The Prometheus text exposition of `(name, help, value)` metrics under `prefix`.
+pub fn render_metrics(
+    prefix: &str,
+    metrics: impl IntoIterator<Item = (&'static str, &'static str, Kind)>,
+) -> String {
+    let mut reg = Registry::with_prefix(prefix);
+    for (name, help, value) in metrics {
+        match value {
+            Kind::Gauge(v) => {
+                let g: Gauge<i64> = Gauge::default();
+                g.set(i64::try_from(v).unwrap_or(i64::MAX));
+                reg.register(name, help, g);
+            }
+            Kind::Counter(v) => {
+                let c: Counter = Counter::default();
+                c.inc_by(v);
+                reg.register(name, help, c);
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+/// Whether a stream heard from its server recently enough: within three status intervals (at
+/// least 30 s), while connected.
+pub fn heard_recently(
+    connected: bool,
+    since_last_message: Option<Duration>,
+    status_interval: Duration,
+) -> bool {
+    let limit = status_interval.max(Duration::from_secs(10)).as_millis() as u64 * 3;
+    connected && since_last_message.is_some_and(|d| d.as_millis() as u64 <= limit)
+}
+
+/// `receive`'s metrics.
+pub struct ReceiveExporter {
+    pub stats: Arc<ReceiverStats>,
+    pub status_interval: Duration,
+}
+
+impl Exporter for ReceiveExporter {
+    fn render(&self) -> String {
+        render(&self.stats.snapshot())
+    }
+
+    fn healthy(&self) -> bool {
+        healthy(&self.stats.snapshot(), self.status_interval)
+    }
+}
+
 /// Renders the Prometheus text exposition of a snapshot.
 pub fn render(s: &StatsSnapshot) -> String {
-    /// How a value is exposed: a gauge can go down, a counter only up (and gets `_total`).
-    enum Kind {
-        Gauge(u64),
-        Counter(u64),
-    }
     use Kind::{Counter as C, Gauge as G};
     let age = s.since_last_message().map_or(0, |d| d.as_secs());
     let metrics = [
@@ -91,40 +153,16 @@ pub fn render(s: &StatsSnapshot) -> String {
             G(age),
         ),
     ];
-    let mut reg = Registry::with_prefix("walrelay_receive");
-    for (name, help, value) in metrics {
-        match value {
-            Kind::Gauge(v) => {
-                let g: Gauge<i64> = Gauge::default();
-                g.set(i64::try_from(v).unwrap_or(i64::MAX));
-                reg.register(name, help, g);
-            }
-            Kind::Counter(v) => {
-                let c: Counter = Counter::default();
-                c.inc_by(v);
-                reg.register(name, help, c);
-            }
-        }
-    }
-    let mut out = String::new();
-    let _ = encode(&mut out, &reg);
-    out
+    render_metrics("walrelay_receive", metrics)
 }
 
 /// Healthy while streaming and hearing from the server within a few status intervals.
 pub fn healthy(s: &StatsSnapshot, status_interval: Duration) -> bool {
-    let limit = status_interval.max(Duration::from_secs(10)).as_millis() as u64 * 3;
-    s.connected
-        && s.since_last_message()
-            .is_some_and(|d| d.as_millis() as u64 <= limit)
+    heard_recently(s.connected, s.since_last_message(), status_interval)
 }
 
 /// Binds now (so a taken port is an error at startup) and serves in the background.
-pub async fn serve(
-    addr: SocketAddr,
-    stats: Arc<ReceiverStats>,
-    status_interval: Duration,
-) -> Result<()> {
+pub async fn serve(addr: SocketAddr, exporter: Arc<dyn Exporter>) -> Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("listen for metrics on {addr}"))?;
@@ -139,15 +177,15 @@ pub async fn serve(
                     continue;
                 }
             };
-            let stats = stats.clone();
+            let exporter = exporter.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let snap = stats.snapshot();
+                    let exporter = exporter.clone();
                     async move {
                         let (status, body) = match req.uri().path() {
-                            "/metrics" => (StatusCode::OK, render(&snap)),
+                            "/metrics" => (StatusCode::OK, exporter.render()),
                             "/health" | "/healthz" => {
-                                if healthy(&snap, status_interval) {
+                                if exporter.healthy() {
                                     (StatusCode::OK, "ok\n".to_string())
                                 } else {
                                     (

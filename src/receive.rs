@@ -203,7 +203,11 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
     let stats = Arc::new(ReceiverStats::default());
     let status_interval = Duration::from_secs(args.status_interval);
     if let Some(addr) = args.metrics_addr {
-        crate::metrics::serve(addr, stats.clone(), status_interval).await?;
+        let exporter = crate::metrics::ReceiveExporter {
+            stats: stats.clone(),
+            status_interval,
+        };
+        crate::metrics::serve(addr, Arc::new(exporter)).await?;
     }
 
     let config = ReceiverConfig {

@@ -43,10 +43,16 @@ fn every_subcommand_has_help() {
         "verify",
         "prune",
         "demo",
+        "subset",
     ] {
         let (code, out) = run(&[sub, "--help"]);
         assert_eq!(code, 0, "{sub}: {out}");
         assert!(out.contains("Usage: walrelay"), "{sub}: {out}");
+    }
+    for sub in ["run", "status", "verify", "drop"] {
+        let (code, out) = run(&["subset", sub, "--help"]);
+        assert_eq!(code, 0, "subset {sub}: {out}");
+        assert!(out.contains("--target <CONNSTR>"), "subset {sub}: {out}");
     }
 }
 
@@ -70,6 +76,25 @@ fn malformed_options_name_the_problem() {
         (
             &["bootstrap", "-D", "/tmp/x", "-X", "sideways"],
             "invalid wal-method",
+        ),
+        (
+            &[
+                "subset", "run", "--target", "dbname=x", "--name", "Bad", "-t", "t",
+            ],
+            "invalid --name \"Bad\"",
+        ),
+        (
+            &[
+                "subset", "run", "--target", "dbname=x", "--name", "ok", "-t", "a.b.c",
+            ],
+            "invalid table name \"a.b.c\"",
+        ),
+        (&["subset", "run", "--name", "ok"], "--target <CONNSTR>"),
+        (
+            &[
+                "subset", "verify", "--target", "dbname=x", "--name", "ok", "--wait", "x",
+            ],
+            "invalid value 'x'",
         ),
     ];
     for (args, want) in cases {

@@ -272,6 +272,9 @@ fn a_standby_behind_the_archive_is_followed_and_the_loss_counted() {
         log.contains(&format!("holding {lost} committed transactions")),
         "{log}"
     );
+    if std::env::var_os("WALRELAY_TEST_SHOW_LOG").is_some() {
+        eprintln!("{log}");
+    }
 
     // Timeline 2 byte-identical to the new primary's; the orphaned timeline-1 WAL kept.
     wal_files::assert_identical_on_timeline(

@@ -68,6 +68,9 @@ pub struct Connection {
     endpoint: Endpoint,
     process_id: i32,
     notices: VecDeque<ErrorFields>,
+    /// The status byte of the last ReadyForQuery: `I` idle, `T` in a transaction block, `E` in a
+    /// failed transaction block.
+    transaction_status: u8,
 }
 
 impl std::fmt::Debug for Connection {
@@ -271,6 +274,7 @@ impl Connection {
             endpoint: endpoint.clone(),
             process_id: 0,
             notices: VecDeque::new(),
+            transaction_status: b'I',
         };
         conn.startup(params).await?;
         Ok(conn)
@@ -572,7 +576,12 @@ impl Connection {
                     self.parameters.insert(name, value);
                 }
                 BackendMessage::NotificationResponse => {}
-                m => return Ok(m),
+                m => {
+                    if let BackendMessage::ReadyForQuery { status } = m {
+                        self.transaction_status = status;
+                    }
+                    return Ok(m);
+                }
             }
         }
     }
@@ -603,6 +612,22 @@ impl Connection {
 
     pub fn queue_copy_done(&mut self) {
         frontend::copy_done(&mut self.write_buf);
+    }
+
+    /// The buffer of messages queued and not yet sent, for the encoders of the other modules.
+    pub(crate) fn write_buf_mut(&mut self) -> &mut BytesMut {
+        &mut self.write_buf
+    }
+
+    /// Bytes queued and not yet sent.
+    pub fn queued_bytes(&self) -> usize {
+        self.write_buf.len()
+    }
+
+    /// Whether the session is inside a transaction block (open or failed), as of the last
+    /// ReadyForQuery.
+    pub fn in_transaction(&self) -> bool {
+        self.transaction_status != b'I'
     }
 
     /// Sends everything queued.
@@ -1160,6 +1185,7 @@ mod tests {
             },
             process_id: 0,
             notices: VecDeque::new(),
+            transaction_status: b'I',
         };
         let mut stream = Vec::new();
         for i in 0..200usize {

@@ -3,6 +3,9 @@
 //! * [`Connection`]: TCP or Unix socket, TLS with libpq's `sslmode` semantics, trust / password / md5 /
 //!   SCRAM-SHA-256 (with `tls-server-end-point` channel binding) authentication, simple queries, and raw
 //!   message access for COPY streams (BASE_BACKUP's CopyOut, START_REPLICATION's CopyBoth).
+//! * SQL beyond the simple query ([`Connection::query_params`], a [`Pipeline`] of prepared
+//!   statements with text parameters) and COPY streams in both directions
+//!   ([`Connection::copy_out`], [`Connection::copy_in`]) for ordinary sessions.
 //! * typed replication commands on [`Connection`] (IDENTIFY_SYSTEM, SHOW, TIMELINE_HISTORY, slots,
 //!   START_REPLICATION).
 //! * [`ConnectParams`]: a resolved target; [`connect_params`] builds one from libpq-style settings.
@@ -12,15 +15,19 @@
 //!
 //! Reference: <https://www.postgresql.org/docs/current/protocol-flow.html>.
 
+mod backoff;
 mod condition;
 mod connection;
+mod copy;
 mod error;
 mod params;
 mod replication;
 mod resolve;
+mod sql;
 mod stream;
 mod tls;
 
+pub use backoff::{Backoff, FIRST_RECONNECT_DELAY};
 pub use condition::{sqlstate, Classify, ErrorClass, ServerCondition};
 pub use connection::{message_name, Connection, QueryResult};
 pub use error::{ClientError, Result, ServerError};
@@ -30,3 +37,4 @@ pub use params::{
 };
 pub use replication::{IdentifySystem, ReplicationSlotInfo, StartedReplication, TimelineSwitch};
 pub use resolve::connect_params;
+pub use sql::{Batch, Pipeline};

@@ -184,6 +184,200 @@ pub fn start_replication(
     Ok(s)
 }
 
+/// What `CREATE_REPLICATION_SLOT … LOGICAL` does with the slot's initial snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotAction {
+    /// Export it: its name comes back in the result, and `SET TRANSACTION SNAPSHOT` imports it
+    /// until the next command on the same connection.
+    Export,
+    /// Do not keep it.
+    Nothing,
+    /// Install it in the (REPEATABLE READ, read-only) transaction open on this connection.
+    Use,
+}
+
+/// `CREATE_REPLICATION_SLOT name [TEMPORARY] LOGICAL plugin …`: before PostgreSQL 15 with the
+/// keywords `EXPORT_SNAPSHOT` / `NOEXPORT_SNAPSHOT` / `USE_SNAPSHOT` (15+ still accepts them), from
+/// 15 with the parenthesized `(SNAPSHOT 'export')`, as the core subscriber sends them.
+pub fn create_logical_slot(
+    version: ServerVersion,
+    name: &str,
+    plugin: &str,
+    temporary: bool,
+    snapshot: SnapshotAction,
+) -> Result<String, CommandError> {
+    validate_slot_name(name)?;
+    if plugin.is_empty()
+        || !plugin
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(CommandError::InvalidValue {
+            what: "output plugin name",
+            reason: "use only letters, digits and underscores",
+        });
+    }
+    let mut s = format!("CREATE_REPLICATION_SLOT \"{name}\"");
+    if temporary {
+        s.push_str(" TEMPORARY");
+    }
+    let _ = write!(s, " LOGICAL {plugin}");
+    if version.uses_new_option_syntax() {
+        let v = match snapshot {
+            SnapshotAction::Export => "export",
+            SnapshotAction::Nothing => "nothing",
+            SnapshotAction::Use => "use",
+        };
+        let _ = write!(s, " (SNAPSHOT '{v}')");
+    } else {
+        s.push_str(match snapshot {
+            SnapshotAction::Export => " EXPORT_SNAPSHOT",
+            SnapshotAction::Nothing => " NOEXPORT_SNAPSHOT",
+            SnapshotAction::Use => " USE_SNAPSHOT",
+        });
+    }
+    Ok(s)
+}
+
+/// The highest pgoutput `proto_version` a server accepts: 1 on 10–13, 2 (streaming) on 14,
+/// 3 (two-phase) on 15, 4 (parallel streaming) from 16 — the ladder of the core subscriber.
+pub fn max_pgoutput_proto_version(version: ServerVersion) -> u32 {
+    match version.major() {
+        ..=13 => 1,
+        14 => 2,
+        15 => 3,
+        _ => 4,
+    }
+}
+
+/// How pgoutput streams large in-progress transactions (option `streaming`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StreamingMode {
+    /// Not at all: the publisher spills them and sends them at commit.
+    #[default]
+    Off,
+    /// In chunks (protocol 2, 14+).
+    On,
+    /// In chunks, with abort positions for parallel apply (protocol 4, 16+).
+    Parallel,
+}
+
+/// Options of `START_REPLICATION … LOGICAL` for pgoutput. Only what the server knows is sent:
+/// an unknown option is an ERROR on every major.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgOutputOptions {
+    pub proto_version: u32,
+    /// Publication names, case kept (each is quoted as an identifier).
+    pub publication_names: Vec<String>,
+    /// Binary column values where the type has a send function (14+).
+    pub binary: bool,
+    /// `pg_logical_emit_message()` payloads (14+).
+    pub messages: bool,
+    pub streaming: StreamingMode,
+    /// `origin 'none'` (16+): only changes that did not come through replication.
+    pub origin_none: bool,
+}
+
+impl PgOutputOptions {
+    /// Protocol version 1, text values: what every major from 10 to 18 accepts.
+    pub fn v1(publications: &[&str]) -> Self {
+        PgOutputOptions {
+            proto_version: 1,
+            publication_names: publications.iter().map(|p| p.to_string()).collect(),
+            binary: false,
+            messages: false,
+            streaming: StreamingMode::Off,
+            origin_none: false,
+        }
+    }
+}
+
+/// An identifier in double quotes, `"` doubled.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `START_REPLICATION SLOT name LOGICAL X/X (proto_version '1', publication_names '"p"', …)`.
+pub fn start_logical_replication(
+    version: ServerVersion,
+    slot: &str,
+    start: Lsn,
+    o: &PgOutputOptions,
+) -> Result<String, CommandError> {
+    validate_slot_name(slot)?;
+    let major = version.major();
+    let needs = |option: &'static str, needs: u32| {
+        if major < needs {
+            Err(CommandError::Unsupported {
+                option,
+                needs,
+                server: major,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    let max = max_pgoutput_proto_version(version);
+    if o.proto_version == 0 || o.proto_version > max {
+        return Err(CommandError::InvalidValue {
+            what: "pgoutput proto_version",
+            reason: "the server does not support it (1 on 10-13, up to 2 on 14, 3 on 15, 4 on 16+)",
+        });
+    }
+    if o.publication_names.is_empty()
+        || o.publication_names
+            .iter()
+            .any(|p| p.is_empty() || p.contains('\0'))
+    {
+        return Err(CommandError::InvalidValue {
+            what: "publication names",
+            reason: "give at least one non-empty name",
+        });
+    }
+    let names: Vec<String> = o.publication_names.iter().map(|p| quote_ident(p)).collect();
+    let mut opts = vec![
+        format!("proto_version '{}'", o.proto_version),
+        format!("publication_names {}", quote_literal(&names.join(","))),
+    ];
+    if o.binary {
+        needs("binary", 14)?;
+        opts.push("binary 'true'".into());
+    }
+    if o.messages {
+        needs("messages", 14)?;
+        opts.push("messages 'true'".into());
+    }
+    match o.streaming {
+        StreamingMode::Off => {}
+        StreamingMode::On => {
+            needs("streaming", 14)?;
+            opts.push(if major >= 16 {
+                "streaming 'on'".into()
+            } else {
+                "streaming 'true'".into()
+            });
+        }
+        StreamingMode::Parallel => {
+            needs("streaming 'parallel'", 16)?;
+            opts.push("streaming 'parallel'".into());
+        }
+    }
+    if o.streaming != StreamingMode::Off && o.proto_version < 2 {
+        return Err(CommandError::InvalidValue {
+            what: "pgoutput options",
+            reason: "streaming needs proto_version 2 or later",
+        });
+    }
+    if o.origin_none {
+        needs("origin", 16)?;
+        opts.push("origin 'none'".into());
+    }
+    Ok(format!(
+        "START_REPLICATION SLOT \"{slot}\" LOGICAL {start} ({})",
+        opts.join(", ")
+    ))
+}
+
 /// Checkpoint mode for `BASE_BACKUP`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum CheckpointMode {
@@ -384,6 +578,67 @@ mod tests {
         assert_eq!(show("wal_segment_size").unwrap(), "SHOW wal_segment_size");
         assert!(show("x; DROP").is_err());
         assert_eq!(timeline_history(TimelineId(3)), "TIMELINE_HISTORY 3");
+    }
+
+    #[test]
+    fn logical_slot_per_version() {
+        assert_eq!(
+            create_logical_slot(V10, "walrelay_x", "pgoutput", false, SnapshotAction::Export)
+                .unwrap(),
+            "CREATE_REPLICATION_SLOT \"walrelay_x\" LOGICAL pgoutput EXPORT_SNAPSHOT"
+        );
+        assert_eq!(
+            create_logical_slot(V13, "s", "pgoutput", true, SnapshotAction::Nothing).unwrap(),
+            "CREATE_REPLICATION_SLOT \"s\" TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT"
+        );
+        assert_eq!(
+            create_logical_slot(V15, "s", "pgoutput", true, SnapshotAction::Export).unwrap(),
+            "CREATE_REPLICATION_SLOT \"s\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"
+        );
+        assert_eq!(
+            create_logical_slot(V18, "s", "pgoutput", false, SnapshotAction::Use).unwrap(),
+            "CREATE_REPLICATION_SLOT \"s\" LOGICAL pgoutput (SNAPSHOT 'use')"
+        );
+        assert!(create_logical_slot(V15, "s", "pg output", false, SnapshotAction::Use).is_err());
+        assert!(create_logical_slot(V15, "S", "pgoutput", false, SnapshotAction::Use).is_err());
+    }
+
+    #[test]
+    fn start_logical_replication_options() {
+        let o = PgOutputOptions::v1(&["walrelay_x", "My\"Pub"]);
+        assert_eq!(
+            start_logical_replication(V10, "walrelay_x", Lsn(0x1_0000_0010), &o).unwrap(),
+            "START_REPLICATION SLOT \"walrelay_x\" LOGICAL 1/10 (proto_version '1', publication_names '\"walrelay_x\",\"My\"\"Pub\"')"
+        );
+        let mut o = PgOutputOptions::v1(&["p"]);
+        o.binary = true;
+        assert!(matches!(
+            start_logical_replication(V13, "s", Lsn(0), &o),
+            Err(CommandError::Unsupported { needs: 14, .. })
+        ));
+        o.proto_version = 2;
+        o.streaming = StreamingMode::On;
+        assert_eq!(
+            start_logical_replication(ServerVersion(140010), "s", Lsn(0), &o).unwrap(),
+            "START_REPLICATION SLOT \"s\" LOGICAL 0/0 (proto_version '2', publication_names '\"p\"', binary 'true', streaming 'true')"
+        );
+        o.proto_version = 1;
+        assert!(
+            start_logical_replication(V18, "s", Lsn(0), &o).is_err(),
+            "streaming needs 2"
+        );
+        o.proto_version = 5;
+        assert!(start_logical_replication(V18, "s", Lsn(0), &o).is_err());
+        let mut o = PgOutputOptions::v1(&["p"]);
+        o.origin_none = true;
+        assert!(start_logical_replication(V15, "s", Lsn(0), &o).is_err());
+        assert!(start_logical_replication(V18, "s", Lsn(0), &o)
+            .unwrap()
+            .ends_with("origin 'none')"));
+        assert!(start_logical_replication(V18, "s", Lsn(0), &PgOutputOptions::v1(&[])).is_err());
+        assert_eq!(max_pgoutput_proto_version(V10), 1);
+        assert_eq!(max_pgoutput_proto_version(V15), 3);
+        assert_eq!(max_pgoutput_proto_version(V18), 4);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! * the CopyData sub-messages of physical replication and `BASE_BACKUP` ([`replication`]),
 //! * replication command text for each server version ([`command`]), and what `BASE_BACKUP`
 //!   answers besides its archives ([`base_backup`]),
+//! * the messages of `pgoutput`, the logical replication output plugin ([`pgoutput`]),
 //! * the server side: backend message encoders ([`server`]).
 //!
 //! Reference: <https://www.postgresql.org/docs/current/protocol-replication.html>.
@@ -15,6 +16,7 @@ pub mod command;
 pub mod history;
 pub mod lsn;
 pub mod message;
+pub mod pgoutput;
 pub mod replication;
 pub mod segment;
 pub mod server;

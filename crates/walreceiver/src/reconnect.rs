@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use tracing::warn;
-use walrelay_client::{Classify, ServerCondition};
+use walrelay_client::{Backoff, Classify, ServerCondition};
 
 use crate::config::{ReceiveSummary, ReceiverConfig, StopReason};
 use crate::error::ReceiveError;
@@ -21,8 +21,6 @@ use crate::session::{session, SessionState};
 use crate::slot_keeper;
 use crate::stream_loop::stop_requested;
 
-/// The first wait before reconnecting.
-const FIRST_DELAY: Duration = Duration::from_secs(1);
 /// A session that lasted this long counts as a success for the backoff.
 const SESSION_SUCCESS: Duration = Duration::from_secs(60);
 
@@ -92,33 +90,6 @@ pub(crate) fn worth_retrying(e: &ReceiveError) -> bool {
     e.class().is_transient() || e.condition() == Some(ServerCondition::SlotInUse)
 }
 
-/// Exponential backoff from [`FIRST_DELAY`] up to a ceiling.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(max: Duration) -> Self {
-        Backoff {
-            next: FIRST_DELAY.min(max),
-            max,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = FIRST_DELAY.min(self.max);
-    }
-
-    /// The wait before this attempt; doubles the next one.
-    fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-}
-
 fn summary(cfg: &ReceiverConfig, state: &SessionState, stop: StopReason) -> ReceiveSummary {
     ReceiveSummary {
         stop,
@@ -135,15 +106,6 @@ mod tests {
 
     fn server(code: &str, message: &str) -> ReceiveError {
         ReceiveError::from_server(ServerError::new(code, message).into(), Some("s"))
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_ceiling_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(5));
-        let got: Vec<u64> = (0..5).map(|_| b.next_delay().as_secs()).collect();
-        assert_eq!(got, [1, 2, 4, 5, 5]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_secs(1));
     }
 
     #[test]

@@ -1,0 +1,125 @@
+//! What a subset run is given, and the session settings walrelay uses on each side.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use walrelay_client::{ConnectParams, ReplicationMode};
+use walrelay_protocol::Lsn;
+
+use crate::schema::{SubsetName, TableName};
+use crate::stats::SubsetStats;
+
+/// Default parallel table copies.
+pub const DEFAULT_COPY_JOBS: usize = 4;
+/// Default interval of status updates to the source.
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// `walrelay subset run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub name: SubsetName,
+    /// Where the tables come from (any replication mode: walrelay picks per session).
+    pub source: ConnectParams,
+    pub target: ConnectParams,
+    /// The tables wanted (`-t`); with `schemas`, the whole desired set. Both empty: the set the
+    /// target's state lists.
+    pub tables: Vec<TableName>,
+    /// Every permanent table of these schemas (`--schema`), as the source has them now.
+    pub schemas: Vec<String>,
+    /// Stop once everything up to this source LSN is applied (`-E`).
+    pub endpos: Option<Lsn>,
+    /// Tables copied at the same time.
+    pub copy_jobs: usize,
+    pub status_interval: Duration,
+    /// Retry transient failures with backoff (else stop at the first).
+    pub reconnect: bool,
+    pub max_reconnect_delay: Duration,
+    pub stats: Arc<SubsetStats>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Settings that make every text form portable between majors: what PostgreSQL's own
+/// subscriber asks of its publisher (libpqwalreceiver), and no timeouts cutting a long copy.
+const TEXT_FORMS: &[(&str, &str)] = &[
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+];
+const NO_TIMEOUTS: &[(&str, &str)] = &[
+    ("statement_timeout", "0"),
+    ("lock_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
+];
+
+fn with_settings(
+    p: &ConnectParams,
+    mode: ReplicationMode,
+    app: &str,
+    settings: &[&[(&str, &str)]],
+) -> ConnectParams {
+    let mut p = p.clone();
+    p.replication = mode;
+    if p.application_name
+        .as_deref()
+        .is_none_or(|a| a == "walrelay")
+    {
+        p.application_name = Some(app.to_string());
+    }
+    for (k, v) in settings.iter().flat_map(|s| s.iter()) {
+        p.extra_startup
+            .retain(|(ek, _)| !ek.eq_ignore_ascii_case(k));
+        p.extra_startup.push((k.to_string(), v.to_string()));
+    }
+    p
+}
+
+impl RunConfig {
+    /// An SQL session on the source (catalogs, copies).
+    pub fn source_sql(&self) -> ConnectParams {
+        source_sql(&self.source, &self.name)
+    }
+
+    /// The logical replication session (slots, the stream).
+    pub fn source_replication(&self) -> ConnectParams {
+        with_settings(
+            &self.source,
+            ReplicationMode::Database,
+            &self.name.slot(),
+            &[TEXT_FORMS],
+        )
+    }
+
+    /// An SQL session on the target (DDL, copies).
+    pub fn target_sql(&self) -> ConnectParams {
+        target_sql(&self.target, &self.name)
+    }
+
+    /// The apply session: asynchronous commits, made safe by `progress`'s flush tracking.
+    pub fn target_apply(&self) -> ConnectParams {
+        with_settings(
+            &self.target,
+            ReplicationMode::Off,
+            &self.name.slot(),
+            &[TEXT_FORMS, NO_TIMEOUTS, &[("synchronous_commit", "off")]],
+        )
+    }
+}
+
+pub fn source_sql(p: &ConnectParams, name: &SubsetName) -> ConnectParams {
+    with_settings(
+        p,
+        ReplicationMode::Off,
+        &name.slot(),
+        &[TEXT_FORMS, NO_TIMEOUTS],
+    )
+}
+
+pub fn target_sql(p: &ConnectParams, name: &SubsetName) -> ConnectParams {
+    with_settings(
+        p,
+        ReplicationMode::Off,
+        &name.slot(),
+        &[TEXT_FORMS, NO_TIMEOUTS],
+    )
+}

@@ -1,0 +1,97 @@
+//! `subset drop`: the slot and the publication on the source, walrelay's state on the target and,
+//! if asked, the subset's tables there. Every step is skipped when already done, so a drop that
+//! was interrupted can simply be run again.
+
+use serde::Serialize;
+use tracing::info;
+use walrelay_client::{ConnectParams, Connection, ServerCondition};
+
+use crate::config::{source_sql, target_sql};
+use crate::error::{Problem, Side, SubsetError};
+use crate::schema::{quote_literal, SubsetName, TableName};
+use crate::source;
+use crate::state;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DropReport {
+    pub slot_dropped: bool,
+    pub publication_dropped: bool,
+    pub state_removed: bool,
+    pub tables_dropped: Vec<TableName>,
+}
+
+impl DropReport {
+    pub fn nothing_dropped(&self) -> bool {
+        !self.slot_dropped
+            && !self.publication_dropped
+            && !self.state_removed
+            && self.tables_dropped.is_empty()
+    }
+}
+
+pub async fn drop_subset(
+    source_params: &ConnectParams,
+    target: &ConnectParams,
+    name: &SubsetName,
+    drop_tables: bool,
+) -> Result<DropReport, SubsetError> {
+    let mut report = DropReport::default();
+    let mut src = Connection::connect(&source_sql(source_params, name))
+        .await
+        .map_err(SubsetError::connect(Side::Source))?;
+    let slot = name.slot();
+    match source::drop_slot(&mut src, &slot).await {
+        Ok(dropped) => report.slot_dropped = dropped,
+        Err(e) if e.condition() == Some(ServerCondition::SlotInUse) => {
+            return Err(SubsetError::Preflight(vec![Problem::new(
+                Side::Source,
+                format!("replication slot {slot} is in use"),
+                "stop `walrelay subset run` for this subset first, then drop again",
+            )]))
+        }
+        Err(e) => {
+            return Err(SubsetError::sql(Side::Source, "drop the replication slot")(
+                e,
+            ))
+        }
+    }
+    let publication = name.publication();
+    report.publication_dropped = source::publication(&mut src, &publication)
+        .await
+        .map_err(SubsetError::sql(Side::Source, "read the publication"))?
+        .is_some();
+    source::drop_publication(&mut src, &publication)
+        .await
+        .map_err(SubsetError::sql(Side::Source, "drop the publication"))?;
+    src.close().await;
+
+    let mut tgt = Connection::connect(&target_sql(target, name))
+        .await
+        .map_err(SubsetError::connect(Side::Target))?;
+    let on_tgt = |what: &str| SubsetError::sql(Side::Target, what.to_string());
+    if let Some(st) = state::load(&mut tgt, name)
+        .await
+        .map_err(on_tgt("read walrelay's state"))?
+    {
+        let subset = quote_literal(name.as_str());
+        let mut sql = String::from("BEGIN;\n");
+        if drop_tables {
+            for t in &st.tables {
+                sql.push_str(&format!("DROP TABLE IF EXISTS {};\n", t.table.quoted()));
+                report.tables_dropped.push(t.table.clone());
+            }
+        }
+        sql.push_str(&format!(
+            "DELETE FROM walrelay.subset_tables WHERE subset = {subset};
+             DELETE FROM walrelay.subset_progress WHERE subset = {subset};
+             COMMIT"
+        ));
+        tgt.batch_execute(&sql)
+            .await
+            .map_err(on_tgt("remove the subset's state"))?;
+        report.state_removed = true;
+    }
+    tgt.close().await;
+    info!(subset = %name, ?report, "dropped");
+    Ok(report)
+}

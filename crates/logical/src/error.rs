@@ -1,0 +1,210 @@
+//! Why a subset stopped, classified like every walrelay error ([`Classify`]): transient failures
+//! (a connection lost on either side, a server restarting, a deadlock on the target) are retried
+//! with backoff by `run`; everything else stops it with one line naming the cause and the fix.
+
+use std::fmt;
+
+use thiserror::Error;
+use walrelay_client::{Classify, ClientError, ErrorClass, ServerCondition};
+use walrelay_protocol::{Lsn, ProtocolError};
+
+use crate::apply::ApplyError;
+
+/// Which server a problem is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Source,
+    Target,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        })
+    }
+}
+
+/// One reason a subset cannot run as asked: what is wrong, and what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub side: Side,
+    pub cause: String,
+    pub fix: String,
+    #[serde(skip)]
+    pub class: ErrorClass,
+}
+
+impl Problem {
+    /// A problem of the server's state (exit class `ServerState`).
+    pub fn new(side: Side, cause: impl Into<String>, fix: impl Into<String>) -> Problem {
+        Problem {
+            side,
+            cause: cause.into(),
+            fix: fix.into(),
+            class: ErrorClass::ServerState,
+        }
+    }
+
+    pub fn with_class(mut self, class: ErrorClass) -> Problem {
+        self.class = class;
+        self
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.cause, self.fix)
+    }
+}
+
+fn problems_line(p: &[Problem]) -> String {
+    match p {
+        [] => "preflight failed".to_string(),
+        [one] => one.to_string(),
+        [first, rest @ ..] => format!("{first} (and {} more problem(s), listed above)", rest.len()),
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum SubsetError {
+    #[error("invalid subset name {0:?}: use 1 to 54 lower-case letters, digits and underscores")]
+    InvalidName(String),
+    #[error("{0}")]
+    Usage(String),
+    /// The preflight checks failed; nothing was created.
+    #[error("{}", problems_line(.0))]
+    Preflight(Vec<Problem>),
+    #[error("could not connect to the {side}: {source}")]
+    Connect {
+        side: Side,
+        #[source]
+        source: ClientError,
+    },
+    #[error("{what} on the {side} failed: {source}")]
+    Sql {
+        side: Side,
+        what: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("replication slot \"{slot}\" is gone from the source (dropped, invalidated, or the source was replaced): the target cannot be kept in step from where it is; run `walrelay subset drop` with --drop-tables and start the subset again")]
+    SlotLost { slot: String },
+    #[error("the source is another server (system identifier {found}; the subset was started from {expected}): point -d at the subset's source, or drop the subset and start again")]
+    OtherSource { expected: String, found: String },
+    #[error("the source sent a malformed replication message: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("{0}")]
+    Apply(#[from] ApplyError),
+    #[error("the source ended the replication stream")]
+    StreamEnded,
+    #[error("the source has sent nothing for {secs} s (status updates asked it to answer): reconnecting")]
+    SourceSilent { secs: u64 },
+    #[error("another `walrelay subset run` for subset \"{name}\" holds its lock on the target: only one may run at a time (a run killed a moment ago lets go as soon as the target notices)")]
+    AlreadyRunning { name: String },
+    #[error("{what} on the target failed: {source}: the target's rows no longer match the source's (was the table written to outside walrelay?); correct the row on the target, or copy the table again (run without it, empty it on the target, run with it)")]
+    Conflict {
+        what: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("no subset named \"{name}\" on the target: check --name and --target (`walrelay subset status` lists what the target holds)")]
+    UnknownSubset { name: String },
+    #[error("the target has applied the source's changes up to {applied}, not yet up to {wanted}, after {seconds} s: is `walrelay subset run` running for this subset?")]
+    NotCaughtUp {
+        applied: Lsn,
+        wanted: Lsn,
+        seconds: u64,
+    },
+}
+
+impl SubsetError {
+    pub(crate) fn sql(side: Side, what: impl Into<String>) -> impl FnOnce(ClientError) -> Self {
+        let what = what.into();
+        move |source| SubsetError::Sql { side, what, source }
+    }
+
+    pub(crate) fn connect(side: Side) -> impl FnOnce(ClientError) -> Self {
+        move |source| SubsetError::Connect { side, source }
+    }
+
+    /// Whether another attempt may succeed: every transient error, and a slot still held by a
+    /// walsender — after a reconnect usually our own previous one, which the server ends once it
+    /// notices the old connection is gone.
+    pub fn is_retryable(&self) -> bool {
+        let client = match self {
+            SubsetError::Connect { source, .. } | SubsetError::Sql { source, .. } => Some(source),
+            _ => None,
+        };
+        self.class().is_transient()
+            || client.and_then(|c| c.condition()) == Some(ServerCondition::SlotInUse)
+    }
+}
+
+/// SQLSTATEs of the target that a retry resolves: serialization failure, deadlock, lock not
+/// available.
+const RETRY_SQLSTATES: &[&str] = &["40001", "40P01", "55P03"];
+
+impl Classify for SubsetError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            SubsetError::InvalidName(_)
+            | SubsetError::Usage(_)
+            | SubsetError::UnknownSubset { .. } => ErrorClass::Usage,
+            SubsetError::Preflight(p) => p.first().map_or(ErrorClass::ServerState, |p| p.class),
+            SubsetError::Connect { source, .. } => source.class(),
+            SubsetError::Sql { source, .. } => match source.sqlstate() {
+                Some(s) if RETRY_SQLSTATES.contains(&s) => ErrorClass::Transient,
+                // Integrity violations (a duplicate key, a NOT NULL): the target is not what the
+                // stream expects; waiting does not change that.
+                Some(s) if s.starts_with("23") => ErrorClass::ServerState,
+                _ => source.class(),
+            },
+            SubsetError::SlotLost { .. }
+            | SubsetError::OtherSource { .. }
+            | SubsetError::Apply(_)
+            | SubsetError::Conflict { .. } => ErrorClass::ServerState,
+            SubsetError::Protocol(_) | SubsetError::NotCaughtUp { .. } => ErrorClass::Other,
+            SubsetError::StreamEnded
+            | SubsetError::SourceSilent { .. }
+            | SubsetError::AlreadyRunning { .. } => ErrorClass::Transient,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walrelay_protocol::ErrorFields;
+
+    fn server(code: &str) -> ClientError {
+        ClientError::server(ErrorFields {
+            severity: "ERROR".into(),
+            code: code.into(),
+            message: "m".into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn classes() {
+        let sql = |code| SubsetError::sql(Side::Target, "apply")(server(code));
+        assert!(sql("40P01").is_retryable());
+        assert_eq!(sql("23505").class(), ErrorClass::ServerState);
+        assert!(!sql("23505").is_retryable());
+        assert!(sql("55006").is_retryable(), "slot in use");
+        assert!(SubsetError::connect(Side::Source)(ClientError::Closed).is_retryable());
+        assert_eq!(
+            SubsetError::InvalidName("X".into()).class(),
+            ErrorClass::Usage
+        );
+        let p = SubsetError::Preflight(vec![
+            Problem::new(Side::Source, "a", "b"),
+            Problem::new(Side::Target, "c", "d"),
+        ]);
+        assert_eq!(p.to_string(), "a: b (and 1 more problem(s), listed above)");
+        assert_eq!(p.class(), ErrorClass::ServerState);
+    }
+}

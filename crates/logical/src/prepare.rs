@@ -1,0 +1,575 @@
+//! Preflight and setup of `subset run`.
+//!
+//! Preflight only reads. It checks both servers and every table, collects **all** problems (each
+//! one line: the cause and the fix) and stops before anything is created if there is one: a
+//! table without a key never reaches the publication, so no write on the source can start
+//! failing because walrelay published it (`CheckCmdReplicaIdentity` refuses UPDATE and DELETE on
+//! a published table without a replica identity).
+//!
+//! Setup then makes the servers match the request, idempotently: on the target, in one
+//! transaction, the `walrelay` state tables, missing schemas and tables, and a state row per table
+//! (`copying` until its copy commits); on the source, the publication with exactly the requested
+//! tables (created, or altered to add and drop).
+
+use std::collections::BTreeSet;
+
+use tracing::{info, warn};
+use walrelay_client::{Connection, ErrorClass};
+use walrelay_protocol::ServerVersion;
+
+use crate::catalog;
+use crate::config::RunConfig;
+use crate::ddl;
+use crate::error::{Problem, Side, SubsetError};
+use crate::schema::{quote_ident, quote_literal, ReplicaIdentity, TableName, TableSchema};
+use crate::source::{self, PublicationInfo, ServerFacts, SlotInfo};
+use crate::state::{self, SubsetState, TableState, CREATE_STATE_TABLES};
+
+/// What walrelay will do with a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TableAction {
+    /// Create it on the target, then copy it.
+    Create,
+    /// Copy into the (empty) table that exists on the target.
+    CopyIntoExisting,
+    /// Copy again: a copy was started and did not finish.
+    Recopy,
+    /// Copied already: stream only.
+    Stream,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TablePlan {
+    pub table: TableName,
+    pub action: TableAction,
+    /// The source's estimate (`pg_class.relpages` × 8 kB).
+    pub size_bytes: i64,
+}
+
+/// Preflight's findings: the servers, what happens to each table, and remarks.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CheckReport {
+    pub source: ServerFacts,
+    pub target: ServerFacts,
+    pub tables: Vec<TablePlan>,
+    /// Tables of the subset that are no longer requested: dropped from the publication (the target
+    /// tables stay).
+    pub removed: Vec<TableName>,
+    pub notes: Vec<String>,
+}
+
+pub(crate) struct Planned {
+    pub source: TableSchema,
+    pub target: Option<TableSchema>,
+    ddl: Vec<String>,
+    in_state: bool,
+}
+
+pub(crate) struct Prepared {
+    pub report: CheckReport,
+    pub tables: Vec<Planned>,
+    publication: Option<PublicationInfo>,
+    pub slot: Option<SlotInfo>,
+    state_tables: bool,
+    walrelay_schema: bool,
+    /// Schemas of new tables that the target lacks.
+    missing_schemas: BTreeSet<String>,
+}
+
+fn problem(side: Side, cause: impl Into<String>, fix: impl Into<String>) -> Problem {
+    Problem::new(side, cause, fix)
+}
+
+/// What both servers must be: PostgreSQL 10 or later, and a primary.
+fn check_server(side: Side, f: &ServerFacts, where_to: &str, problems: &mut Vec<Problem>) {
+    if f.version_num < 100_000 {
+        problems.push(problem(
+            side,
+            format!("the {side} runs PostgreSQL {}", f.version),
+            "walrelay subset needs PostgreSQL 10 or later on both sides (pgoutput)",
+        ));
+    }
+    if f.in_recovery {
+        problems.push(problem(
+            side,
+            format!("the {side} is a standby (read-only)"),
+            format!("point {where_to} at the primary"),
+        ));
+    }
+}
+
+/// The source's checks that do not depend on tables.
+fn check_source(f: &ServerFacts, problems: &mut Vec<Problem>) {
+    check_server(Side::Source, f, "-d", problems);
+    if f.wal_level != "logical" {
+        problems.push(problem(
+            Side::Source,
+            format!("wal_level is {} on the source, and logical decoding needs logical", f.wal_level),
+            "set wal_level = logical on the source (ALTER SYSTEM SET wal_level = logical) and restart it",
+        ));
+    }
+    if !f.can_replicate {
+        problems.push(problem(
+            Side::Source,
+            format!("role {} may not start replication on the source", f.user),
+            format!(
+                "ALTER ROLE {} REPLICATION on the source, or connect as a role that has it",
+                quote_ident(&f.user)
+            ),
+        ));
+    }
+}
+
+/// Why a source table cannot be in a subset, if it cannot.
+fn check_source_table(t: &TableSchema, f: &ServerFacts, published: bool) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let name = &t.name;
+    match t.relkind {
+        'r' => {}
+        'p' => out.push(problem(
+            Side::Source,
+            format!("{name} is a partitioned table, which walrelay subset does not copy yet"),
+            "list its partitions with -t instead",
+        )),
+        k => out.push(problem(
+            Side::Source,
+            format!("{name} is not a table (relkind '{k}')"),
+            "name tables only: views, sequences and foreign tables are not replicated",
+        )),
+    }
+    if t.persistence != 'p' {
+        out.push(problem(
+            Side::Source,
+            format!("{name} is unlogged or temporary: PostgreSQL does not replicate it"),
+            format!(
+                "ALTER TABLE {} SET LOGGED on the source, or leave it out",
+                name.quoted()
+            ),
+        ));
+    }
+    if !t.has_usable_key() {
+        let cause = if t.replica_identity == ReplicaIdentity::Full {
+            format!("{name} has REPLICA IDENTITY FULL and no key, which walrelay subset does not apply yet")
+        } else {
+            format!("{name} has no primary key or replica identity index, so its updated and deleted rows cannot be found on the target")
+        };
+        out.push(problem(
+            Side::Source,
+            cause,
+            format!(
+                "give it one on the source (ALTER TABLE {q} ADD PRIMARY KEY (…), or ALTER TABLE {q} REPLICA IDENTITY USING INDEX <a unique index on NOT NULL columns>), or leave it out",
+                q = name.quoted()
+            ),
+        ));
+    }
+    if !t.can_read {
+        out.push(problem(
+            Side::Source,
+            format!("role {} may not read {name} on the source", f.user),
+            format!(
+                "GRANT SELECT ON {} TO {}",
+                name.quoted(),
+                quote_ident(&f.user)
+            ),
+        ));
+    }
+    if !published && !t.owned {
+        out.push(problem(
+            Side::Source,
+            format!("role {} does not own {name}, and only its owner (or a superuser) may add it to a publication", f.user),
+            "run as the table's owner, or add it to the publication yourself as its owner",
+        ));
+    }
+    out
+}
+
+/// The tables the run is about: `-t` and `--schema`, else those the target's state lists.
+async fn desired_tables(
+    cfg: &RunConfig,
+    src: &mut Connection,
+    state: Option<&SubsetState>,
+) -> Result<Vec<TableName>, SubsetError> {
+    let mut names = cfg.tables.clone();
+    for schema in &cfg.schemas {
+        let found = catalog::tables_in_schema(src, schema)
+            .await
+            .map_err(SubsetError::sql(
+                Side::Source,
+                format!("list the tables of schema {schema}"),
+            ))?;
+        if found.is_empty() {
+            return Err(SubsetError::Preflight(vec![problem(
+                Side::Source,
+                format!("schema {schema} has no tables on the source"),
+                "check the schema name (--schema is case-sensitive once quoted)",
+            )
+            .with_class(ErrorClass::Usage)]));
+        }
+        names.extend(found);
+    }
+    if names.is_empty() {
+        if let Some(s) = state {
+            names = s.tables.iter().map(|t| t.table.clone()).collect();
+        }
+    }
+    if names.is_empty() {
+        return Err(SubsetError::Usage(
+            "no tables: name them with -t SCHEMA.TABLE (repeatable) or --schema SCHEMA".into(),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    Ok(names)
+}
+
+/// Checks everything and plans the run; creates nothing.
+pub(crate) async fn preflight(
+    cfg: &RunConfig,
+    src: &mut Connection,
+    tgt: &mut Connection,
+) -> Result<Prepared, SubsetError> {
+    let read_src = |what: &str| SubsetError::sql(Side::Source, what.to_string());
+    let read_tgt = |what: &str| SubsetError::sql(Side::Target, what.to_string());
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    let sf = source::facts(src, &cfg.name.slot())
+        .await
+        .map_err(read_src("read the source's settings"))?;
+    let tf = source::facts(tgt, &cfg.name.slot())
+        .await
+        .map_err(read_tgt("read the target's settings"))?;
+    check_source(&sf, &mut problems);
+    check_server(Side::Target, &tf, "--target", &mut problems);
+    let target_version = ServerVersion(tf.version_num);
+
+    let state = state::load(tgt, &cfg.name)
+        .await
+        .map_err(read_tgt("read walrelay's state"))?;
+    let names = desired_tables(cfg, src, state.as_ref()).await?;
+    let pub_name = cfg.name.publication();
+    let publication = source::publication(src, &pub_name)
+        .await
+        .map_err(read_src("read the publication"))?;
+    if publication.as_ref().is_some_and(|p| p.all_tables) {
+        problems.push(problem(
+            Side::Source,
+            format!(
+                "publication {pub_name} exists and is FOR ALL TABLES; walrelay did not create it"
+            ),
+            format!(
+                "drop it (DROP PUBLICATION {}) or choose another --name",
+                quote_ident(&pub_name)
+            ),
+        ));
+    }
+    let slot = source::slot(src, &cfg.name.slot())
+        .await
+        .map_err(read_src("read the replication slots"))?;
+    if let Some(s) = &slot {
+        if s.plugin.as_deref() != Some("pgoutput") || s.database.as_deref() != Some(&sf.database) {
+            problems.push(problem(
+                Side::Source,
+                format!(
+                    "replication slot {} exists but is not a pgoutput slot of database {}",
+                    cfg.name.slot(),
+                    sf.database
+                ),
+                "drop it (SELECT pg_drop_replication_slot('…')) or choose another --name",
+            ));
+        }
+    }
+
+    let mut tables = Vec::new();
+    let mut plans = Vec::new();
+    let mut missing_schemas: BTreeSet<String> = BTreeSet::new();
+    for name in &names {
+        let Some(s) = catalog::read_table(src, name)
+            .await
+            .map_err(read_src(&format!("read table {name}")))?
+        else {
+            let in_subset = state.as_ref().is_some_and(|st| st.table(name).is_some());
+            problems.push(problem(
+                Side::Source,
+                format!("table {name} does not exist on the source"),
+                if in_subset {
+                    "it is in the subset: was it dropped or renamed there? Run with -t listing the tables the subset should keep"
+                } else {
+                    "check the name (schema.table; quote mixed-case names: '\"Schema\".\"Table\"')"
+                },
+            ));
+            continue;
+        };
+        let published = publication
+            .as_ref()
+            .is_some_and(|p| p.tables.contains(name));
+        problems.extend(check_source_table(&s, &sf, published || sf.superuser));
+        let in_state: Option<&TableState> = state.as_ref().and_then(|st| st.table(name));
+        let target = catalog::read_table(tgt, name)
+            .await
+            .map_err(read_tgt(&format!("read table {name}")))?;
+        let mut ddl_statements = Vec::new();
+        let action = match &target {
+            None => {
+                match ddl::create_table(&s, target_version) {
+                    Ok((stmts, dropped)) => {
+                        ddl_statements = stmts;
+                        for d in dropped {
+                            notes.push(format!(
+                                "{name}: the default of column {d} is not created on the target (it may not mean the same there)"
+                            ));
+                        }
+                    }
+                    Err(p) => problems.push(p),
+                }
+                let mut seen_types = BTreeSet::new();
+                for (ty, col) in s
+                    .columns
+                    .iter()
+                    .map(|c| (c.type_name.as_str(), c.name.as_str()))
+                    .filter(|(ty, _)| seen_types.insert(*ty))
+                {
+                    if !catalog::type_exists(tgt, ty)
+                        .await
+                        .map_err(read_tgt("look up types"))?
+                    {
+                        problems.push(problem(
+                            Side::Target,
+                            format!(
+                                "type {ty} of column {col} of {name} does not exist on the target (PostgreSQL {})",
+                                tf.version
+                            ),
+                            "create it on the target first (CREATE TYPE, CREATE EXTENSION), or leave the table out",
+                        ));
+                    }
+                }
+                if !missing_schemas.contains(&name.schema) {
+                    let (present, can_create) = catalog::schema_access(tgt, &name.schema)
+                        .await
+                        .map_err(read_tgt("look up schemas"))?;
+                    if !can_create {
+                        problems.push(problem(
+                            Side::Target,
+                            if present {
+                                format!("role {} may not create tables in schema {} on the target", tf.user, name.schema)
+                            } else {
+                                format!("schema {} does not exist on the target and role {} may not create it", name.schema, tf.user)
+                            },
+                            if present {
+                                format!("GRANT CREATE ON SCHEMA {} TO {} on the target", quote_ident(&name.schema), quote_ident(&tf.user))
+                            } else {
+                                format!("CREATE SCHEMA {} on the target, or GRANT CREATE ON DATABASE {} TO {}", quote_ident(&name.schema), quote_ident(&tf.database), quote_ident(&tf.user))
+                            },
+                        ));
+                    }
+                    if !present {
+                        missing_schemas.insert(name.schema.clone());
+                    }
+                }
+                TableAction::Create
+            }
+            Some(t) => {
+                let (p, n) = ddl::check_existing(&s, t);
+                problems.extend(p);
+                notes.extend(n);
+                if !t.can_read || !t.can_write {
+                    problems.push(problem(
+                        Side::Target,
+                        format!("role {} may not read and write {name} on the target", tf.user),
+                        format!(
+                            "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON {} TO {} on the target",
+                            name.quoted(),
+                            quote_ident(&tf.user)
+                        ),
+                    ));
+                } else if in_state.is_none()
+                    && t.relkind == 'r'
+                    && catalog::has_rows(tgt, name)
+                        .await
+                        .map_err(read_tgt(&format!("look into {name}")))?
+                {
+                    problems.push(problem(
+                        Side::Target,
+                        format!("{name} exists on the target and is not empty"),
+                        format!(
+                            "empty it (TRUNCATE {}) or drop it on the target; walrelay copies into empty tables only",
+                            name.quoted()
+                        ),
+                    ));
+                }
+                match in_state {
+                    Some(st) if st.is_synced() => TableAction::Stream,
+                    Some(_) => TableAction::Recopy,
+                    None => TableAction::CopyIntoExisting,
+                }
+            }
+        };
+        plans.push(TablePlan {
+            table: name.clone(),
+            action,
+            size_bytes: s.pages.saturating_mul(8192),
+        });
+        tables.push(Planned {
+            source: s,
+            target,
+            ddl: ddl_statements,
+            in_state: in_state.is_some(),
+        });
+    }
+    let removed: Vec<TableName> = state
+        .iter()
+        .flat_map(|s| s.tables.iter())
+        .map(|t| t.table.clone())
+        .filter(|t| !names.contains(t))
+        .collect();
+
+    let state_tables = state::exists(tgt)
+        .await
+        .map_err(read_tgt("look up walrelay's state"))?;
+    let (walrelay_schema, can_create_state) = catalog::schema_access(tgt, "walrelay")
+        .await
+        .map_err(read_tgt("look up schema walrelay"))?;
+    if !state_tables && !can_create_state {
+        problems.push(problem(
+            Side::Target,
+            format!("walrelay keeps its progress in schema walrelay on the target, and role {} may not create it", tf.user),
+            format!(
+                "GRANT CREATE ON DATABASE {} TO {} on the target (or create schema walrelay owned by that role)",
+                quote_ident(&tf.database),
+                quote_ident(&tf.user)
+            ),
+        ));
+    }
+    if publication.is_none() && !sf.can_create_in_database {
+        problems.push(problem(
+            Side::Source,
+            format!(
+                "role {} may not create publications in database {} on the source",
+                sf.user, sf.database
+            ),
+            format!(
+                "GRANT CREATE ON DATABASE {} TO {} on the source",
+                quote_ident(&sf.database),
+                quote_ident(&sf.user)
+            ),
+        ));
+    }
+    let copies = plans.iter().any(|p| p.action != TableAction::Stream);
+    let slots_needed = i64::from(slot.is_none()) + i64::from(slot.is_some() && copies);
+    if slots_needed > sf.free_slots() {
+        problems.push(problem(
+            Side::Source,
+            format!(
+                "the source has {} free replication slot(s) of max_replication_slots = {}, and walrelay needs {slots_needed}",
+                sf.free_slots().max(0),
+                sf.max_replication_slots
+            ),
+            "raise max_replication_slots on the source (restart needed) or drop unused slots (pg_replication_slots)",
+        ));
+    }
+    if sf.free_senders() < 1 {
+        problems.push(problem(
+            Side::Source,
+            format!(
+                "the source has no free WAL sender (max_wal_senders = {}, all in use)",
+                sf.max_wal_senders
+            ),
+            "raise max_wal_senders on the source (restart needed) or stop a client that streams from it",
+        ));
+    }
+    for n in &notes {
+        info!("{n}");
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            warn!(side = %p.side, "{p}");
+        }
+        return Err(SubsetError::Preflight(problems));
+    }
+    Ok(Prepared {
+        report: CheckReport {
+            source: sf,
+            target: tf,
+            tables: plans,
+            removed,
+            notes,
+        },
+        tables,
+        publication,
+        slot,
+        state_tables,
+        walrelay_schema,
+        missing_schemas,
+    })
+}
+
+/// Creates what preflight planned. Idempotent: a second run finds everything in place.
+pub(crate) async fn setup(
+    cfg: &RunConfig,
+    p: &Prepared,
+    src: &mut Connection,
+    tgt: &mut Connection,
+) -> Result<(), SubsetError> {
+    let on_target = |what: &str| SubsetError::sql(Side::Target, what.to_string());
+    let mut sql = String::from("BEGIN;\n");
+    if !p.state_tables {
+        if !p.walrelay_schema {
+            sql.push_str("CREATE SCHEMA walrelay;\n");
+        }
+        sql.push_str(CREATE_STATE_TABLES);
+        sql.push_str(";\n");
+    }
+    for schema in &p.missing_schemas {
+        sql.push_str(&format!("CREATE SCHEMA {};\n", quote_ident(schema)));
+    }
+    for t in p.tables.iter().filter(|t| t.target.is_none()) {
+        for s in &t.ddl {
+            sql.push_str(s);
+            sql.push_str(";\n");
+        }
+    }
+    let subset = quote_literal(cfg.name.as_str());
+    for r in &p.report.removed {
+        sql.push_str(&format!(
+            "DELETE FROM walrelay.subset_tables WHERE subset = {subset} AND schema_name = {} AND table_name = {};\n",
+            quote_literal(&r.schema),
+            quote_literal(&r.name)
+        ));
+    }
+    for t in p.tables.iter().filter(|t| t.in_state && t.target.is_none()) {
+        // Gone from the target although copied once: copy it again from a fresh snapshot.
+        sql.push_str(&format!(
+            "UPDATE walrelay.subset_tables SET state = 'copying', sync_lsn = NULL, created_by_walrelay = true \
+             WHERE subset = {subset} AND schema_name = {} AND table_name = {};\n",
+            quote_literal(&t.source.name.schema),
+            quote_literal(&t.source.name.name)
+        ));
+    }
+    for t in p.tables.iter().filter(|t| !t.in_state) {
+        sql.push_str(&format!(
+            "INSERT INTO walrelay.subset_tables (subset, schema_name, table_name, state, created_by_walrelay) \
+             VALUES ({subset}, {}, {}, 'copying', {});\n",
+            quote_literal(&t.source.name.schema),
+            quote_literal(&t.source.name.name),
+            t.target.is_none()
+        ));
+    }
+    sql.push_str("COMMIT");
+    tgt.batch_execute(&sql)
+        .await
+        .map_err(on_target("create the subset's tables and state"))?;
+    for t in p.tables.iter().filter(|t| t.target.is_none()) {
+        info!(table = %t.source.name, "created on the target");
+    }
+    for r in &p.report.removed {
+        info!(table = %r, "no longer in the subset (the target table stays)");
+    }
+    let names: Vec<TableName> = p.tables.iter().map(|t| t.source.name.clone()).collect();
+    source::ensure_publication(src, &cfg.name.publication(), &names, p.publication.as_ref())
+        .await
+        .map_err(SubsetError::sql(
+            Side::Source,
+            "create or update the publication",
+        ))?;
+    Ok(())
+}

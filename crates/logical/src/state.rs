@@ -1,0 +1,191 @@
+//! walrelay's state on the target, in the `walrelay` schema: one progress row per subset and one
+//! row per table. These rows are the truth a restart resumes from (see `progress` for the
+//! invariant); they are written only in target transactions — the progress row together with the
+//! changes it covers, a table's row together with its copied data.
+//!
+//! ```sql
+//! walrelay.subset_progress (subset PK, source_system_identifier, source_database, slot_name,
+//!                           publication, applied_lsn, source_wal_end, last_commit_time,
+//!                           updated_at, created_at, format)
+//! walrelay.subset_tables   (subset, schema_name, table_name PK; state 'copying' | 'synced',
+//!                           sync_lsn, rows_copied, created_by_walrelay, synced_at)
+//! ```
+
+use walrelay_client::{ClientError, Connection, QueryResult};
+use walrelay_protocol::Lsn;
+
+use crate::schema::{SubsetName, TableName};
+
+/// Version of the layout below, stored in every progress row.
+pub const STATE_FORMAT: i32 = 1;
+
+/// Creates the state tables (the schema exists by then).
+pub const CREATE_STATE_TABLES: &str = "\
+CREATE TABLE IF NOT EXISTS walrelay.subset_progress (
+    subset text PRIMARY KEY,
+    source_system_identifier text NOT NULL,
+    source_database text NOT NULL,
+    slot_name text NOT NULL,
+    publication text NOT NULL,
+    applied_lsn pg_lsn NOT NULL,
+    source_wal_end pg_lsn,
+    last_commit_time timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    format integer NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS walrelay.subset_tables (
+    subset text NOT NULL,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    state text NOT NULL CHECK (state IN ('copying', 'synced')),
+    sync_lsn pg_lsn,
+    rows_copied bigint,
+    created_by_walrelay boolean NOT NULL DEFAULT false,
+    synced_at timestamptz,
+    PRIMARY KEY (subset, schema_name, table_name)
+)";
+
+/// The progress row moves to `$1` (never backwards): in an apply transaction with the commit time
+/// of its last source transaction (`$2`, microseconds since 2000-01-01), or on its own with `$2`
+/// NULL; `$3` is the source's end of WAL as last seen, `$4` the subset. Returns a row only if the
+/// subset still exists (a concurrent `subset drop` must stop the apply).
+pub const UPDATE_PROGRESS: &str = "\
+UPDATE walrelay.subset_progress
+   SET applied_lsn = GREATEST(applied_lsn, $1::pg_lsn),
+       last_commit_time = COALESCE(
+           '2000-01-01 00:00:00+00'::timestamptz + $2::bigint * interval '1 microsecond',
+           last_commit_time),
+       source_wal_end = GREATEST(source_wal_end, $3::pg_lsn),
+       updated_at = now()
+ WHERE subset = $4
+RETURNING 1";
+
+/// A table's state.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TableState {
+    pub table: TableName,
+    /// `copying` (not copied yet, or its copy did not commit) or `synced`.
+    pub state: String,
+    pub sync_lsn: Option<Lsn>,
+    pub rows_copied: Option<i64>,
+    pub created_by_walrelay: bool,
+    pub synced_at: Option<String>,
+}
+
+impl TableState {
+    pub fn is_synced(&self) -> bool {
+        self.state == "synced" && self.sync_lsn.is_some()
+    }
+}
+
+/// A subset's progress row.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ProgressRow {
+    pub source_system_identifier: String,
+    pub source_database: String,
+    pub slot_name: String,
+    pub publication: String,
+    pub applied_lsn: Lsn,
+    pub source_wal_end: Option<Lsn>,
+    pub last_commit_time: Option<String>,
+    pub updated_at: String,
+    /// Seconds since `updated_at`, and since the last applied commit, by the target's clock.
+    pub updated_age_secs: f64,
+    pub commit_age_secs: Option<f64>,
+}
+
+/// What the target holds for a subset.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubsetState {
+    pub progress: Option<ProgressRow>,
+    pub tables: Vec<TableState>,
+}
+
+impl SubsetState {
+    pub fn table(&self, t: &TableName) -> Option<&TableState> {
+        self.tables.iter().find(|s| &s.table == t)
+    }
+}
+
+fn lsn_at(r: &QueryResult, row: usize, col: &str) -> Option<Lsn> {
+    r.get(row, col).and_then(|v| v.parse().ok())
+}
+
+/// Whether the state tables exist on this server.
+pub async fn exists(conn: &mut Connection) -> Result<bool, ClientError> {
+    let r = conn
+        .query_params(
+            "SELECT to_regclass('walrelay.subset_progress') IS NOT NULL \
+               AND to_regclass('walrelay.subset_tables') IS NOT NULL AS present",
+            &[],
+        )
+        .await?;
+    Ok(r.get(0, "present") == Some("t"))
+}
+
+/// Reads a subset's state; `None` when the target holds nothing for it.
+pub async fn load(
+    conn: &mut Connection,
+    subset: &SubsetName,
+) -> Result<Option<SubsetState>, ClientError> {
+    if !exists(conn).await? {
+        return Ok(None);
+    }
+    let p = conn
+        .query_params(
+            "SELECT source_system_identifier, source_database, slot_name, publication, \
+                    applied_lsn::text AS applied_lsn, source_wal_end::text AS source_wal_end, \
+                    last_commit_time::text AS last_commit_time, updated_at::text AS updated_at, \
+                    extract(epoch FROM now() - updated_at)::float8 AS updated_age, \
+                    extract(epoch FROM now() - last_commit_time)::float8 AS commit_age \
+               FROM walrelay.subset_progress WHERE subset = $1",
+            &[Some(subset.as_str())],
+        )
+        .await?;
+    let progress = if p.rows.is_empty() {
+        None
+    } else {
+        let text = |c: &str| p.get(0, c).unwrap_or_default().to_string();
+        Some(ProgressRow {
+            source_system_identifier: text("source_system_identifier"),
+            source_database: text("source_database"),
+            slot_name: text("slot_name"),
+            publication: text("publication"),
+            applied_lsn: lsn_at(&p, 0, "applied_lsn").unwrap_or(Lsn::INVALID),
+            source_wal_end: lsn_at(&p, 0, "source_wal_end"),
+            last_commit_time: p.get(0, "last_commit_time").map(str::to_string),
+            updated_at: text("updated_at"),
+            updated_age_secs: p
+                .get(0, "updated_age")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0),
+            commit_age_secs: p.get(0, "commit_age").and_then(|v| v.parse().ok()),
+        })
+    };
+    let t = conn
+        .query_params(
+            "SELECT schema_name, table_name, state, sync_lsn::text AS sync_lsn, rows_copied, \
+                    created_by_walrelay, synced_at::text AS synced_at \
+               FROM walrelay.subset_tables WHERE subset = $1 ORDER BY schema_name, table_name",
+            &[Some(subset.as_str())],
+        )
+        .await?;
+    let tables: Vec<TableState> = (0..t.rows.len())
+        .map(|i| TableState {
+            table: TableName::new(
+                t.get(i, "schema_name").unwrap_or_default(),
+                t.get(i, "table_name").unwrap_or_default(),
+            ),
+            state: t.get(i, "state").unwrap_or_default().to_string(),
+            sync_lsn: lsn_at(&t, i, "sync_lsn"),
+            rows_copied: t.get(i, "rows_copied").and_then(|v| v.parse().ok()),
+            created_by_walrelay: t.get(i, "created_by_walrelay") == Some("t"),
+            synced_at: t.get(i, "synced_at").map(str::to_string),
+        })
+        .collect();
+    if progress.is_none() && tables.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(SubsetState { progress, tables }))
+}

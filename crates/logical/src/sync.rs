@@ -1,0 +1,325 @@
+//! The initial copy: tables copied from one consistent snapshot of the source, each into its
+//! target table in one target transaction that also marks it synced.
+//!
+//! ```text
+//!  replication conn ── CREATE_REPLICATION_SLOT … LOGICAL pgoutput EXPORT_SNAPSHOT ──► (point C, snapshot S)
+//!  source session 1..J ── BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT S ──► all hold S
+//!  replication conn closed (a temporary slot goes; the imported snapshots stay)
+//!  worker k: COPY t TO STDOUT (source, in S) ──► bounded channel ──► COPY t FROM STDIN (target)
+//!            target txn: TRUNCATE ONLY t; COPY … WITH (FREEZE); sequences; state 'synced' at C; COMMIT
+//! ```
+//!
+//! **Sync points.** The snapshot holds exactly the transactions that committed before C, and the
+//! slot streams exactly the others (`start_decoding_at`, snapbuild.c). So a table copied under S is
+//! complete up to C, and the stream applies to it only transactions with `final_lsn >= C`
+//! (`apply`). The very first copy uses the permanent slot's own snapshot, so every table's point
+//! is where the stream starts. Tables added later — or whose copy was cut short by a crash — are
+//! copied under the snapshot of a temporary slot created then, at a later point; the permanent
+//! slot, which never confirmed anything beyond the target's progress row, still streams
+//! everything after it.
+//!
+//! **Crash safety.** A copy that did not commit leaves its table empty and `copying` on the
+//! target; the next run copies it again from a fresh snapshot. Memory is bounded: rows travel in
+//! 256 kB chunks through a channel of four.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::info;
+use walrelay_client::Connection;
+use walrelay_protocol::Lsn;
+
+use crate::config::RunConfig;
+use crate::error::{Side, SubsetError};
+use crate::prepare::Prepared;
+use crate::schema::{quote_literal, SubsetName, TableSchema};
+use crate::source::{self, CreatedSlot};
+use crate::state::{self, STATE_FORMAT};
+use crate::stats::{Phase, SubsetStats};
+
+/// Rows are forwarded in chunks of this size.
+const CHUNK: usize = 256 * 1024;
+/// Chunks in flight between a table's reader and writer.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Copies every table that is not synced yet (creating the permanent slot on the first run).
+pub(crate) async fn sync_pending(
+    cfg: &RunConfig,
+    prepared: &Prepared,
+    src: &mut Connection,
+    tgt: &mut Connection,
+) -> Result<(), SubsetError> {
+    let on_src = |what: &str| SubsetError::sql(Side::Source, what.to_string());
+    let on_tgt = |what: &str| SubsetError::sql(Side::Target, what.to_string());
+    let slot_name = cfg.name.slot();
+    let state = state::load(tgt, &cfg.name)
+        .await
+        .map_err(on_tgt("read walrelay's state"))?;
+    let progress = state.as_ref().and_then(|s| s.progress.clone());
+    let (mut repl, sysid) = source::replication_session(&cfg.source_replication()).await?;
+    let pending: Vec<TableSchema>;
+    let created: CreatedSlot;
+    match progress {
+        None => {
+            // A slot without a progress row is what a first run left when it died right after
+            // creating it: nothing was applied from it.
+            if prepared.slot.is_some() {
+                source::drop_slot(src, &slot_name)
+                    .await
+                    .map_err(on_src("drop the unused replication slot"))?;
+            }
+            created = source::create_slot(&mut repl, &slot_name, false)
+                .await
+                .map_err(on_src("create the replication slot"))?;
+            info!(slot = %slot_name, consistent_point = %created.consistent_point, "replication slot created");
+            let subset = quote_literal(cfg.name.as_str());
+            tgt.batch_execute(&format!(
+                "BEGIN;
+                 INSERT INTO walrelay.subset_progress
+                     (subset, source_system_identifier, source_database, slot_name, publication, applied_lsn, format)
+                 VALUES ({subset}, {}, {}, {}, {}, '{}', {STATE_FORMAT});
+                 UPDATE walrelay.subset_tables SET state = 'copying', sync_lsn = NULL WHERE subset = {subset};
+                 COMMIT",
+                quote_literal(&sysid),
+                quote_literal(&prepared.report.source.database),
+                quote_literal(&slot_name),
+                quote_literal(&cfg.name.publication()),
+                created.consistent_point,
+            ))
+            .await
+            .map_err(on_tgt("record the subset's start"))?;
+            pending = prepared.tables.iter().map(|t| t.source.clone()).collect();
+        }
+        Some(p) => {
+            match source::slot(src, &slot_name)
+                .await
+                .map_err(on_src("read the replication slot"))?
+            {
+                Some(s) if !s.lost => {}
+                _ => return Err(SubsetError::SlotLost { slot: slot_name }),
+            }
+            if p.source_system_identifier != sysid {
+                return Err(SubsetError::OtherSource {
+                    expected: p.source_system_identifier,
+                    found: sysid,
+                });
+            }
+            let st = state.as_ref();
+            pending = prepared
+                .tables
+                .iter()
+                .filter(|t| {
+                    !st.and_then(|s| s.table(&t.source.name))
+                        .is_some_and(|s| s.is_synced())
+                })
+                .map(|t| t.source.clone())
+                .collect();
+            if pending.is_empty() {
+                repl.close().await;
+                return Ok(());
+            }
+            created = source::create_slot(&mut repl, &sync_slot_name(), true)
+                .await
+                .map_err(on_src("create a temporary slot for the copy"))?;
+        }
+    }
+    cfg.stats.set_phase(Phase::Copying);
+    copy_tables(cfg, pending, created, repl).await
+}
+
+/// A temporary slot's name, unique to this attempt: the previous attempt's walsender, killed
+/// with it, may not have dropped its own yet.
+fn sync_slot_name() -> String {
+    static ATTEMPT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "walrelay_sync_{}_{}",
+        std::process::id(),
+        ATTEMPT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Copies `tables` under the slot's snapshot with up to `copy_jobs` sessions on each side.
+async fn copy_tables(
+    cfg: &RunConfig,
+    mut tables: Vec<TableSchema>,
+    slot: CreatedSlot,
+    repl: Connection,
+) -> Result<(), SubsetError> {
+    let jobs = cfg.copy_jobs.clamp(1, tables.len().max(1));
+    info!(
+        tables = tables.len(),
+        sessions = jobs,
+        snapshot = %slot.snapshot,
+        sync_point = %slot.consistent_point,
+        "copying"
+    );
+    // Every session imports the snapshot before the replication connection does anything else:
+    // the export ends with its next command.
+    let mut sessions = Vec::with_capacity(jobs);
+    for _ in 0..jobs {
+        let mut s = Connection::connect(&cfg.source_sql())
+            .await
+            .map_err(SubsetError::connect(Side::Source))?;
+        s.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(&slot.snapshot)
+        ))
+        .await
+        .map_err(SubsetError::sql(Side::Source, "import the copy's snapshot"))?;
+        let t = Connection::connect(&cfg.target_sql())
+            .await
+            .map_err(SubsetError::connect(Side::Target))?;
+        sessions.push((s, t));
+    }
+    repl.close().await;
+    tables.sort_by_key(|t| std::cmp::Reverse(t.pages));
+    let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
+    let mut workers = JoinSet::new();
+    for (src, tgt) in sessions {
+        workers.spawn(worker(
+            src,
+            tgt,
+            queue.clone(),
+            cfg.name.clone(),
+            slot.consistent_point,
+            cfg.stats.clone(),
+        ));
+    }
+    while let Some(done) = workers.join_next().await {
+        let result = match done {
+            Ok(r) => r,
+            Err(e) => Err(SubsetError::Usage(format!("a copy task failed: {e}"))),
+        };
+        if let Err(e) = result {
+            workers.abort_all();
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+async fn worker(
+    mut src: Connection,
+    mut tgt: Connection,
+    queue: Arc<Mutex<VecDeque<TableSchema>>>,
+    subset: SubsetName,
+    sync_lsn: Lsn,
+    stats: Arc<SubsetStats>,
+) -> Result<(), SubsetError> {
+    loop {
+        let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+        let Some(t) = next else { break };
+        let began = Instant::now();
+        let rows = copy_table(&mut src, &mut tgt, &t, &subset, sync_lsn, &stats).await?;
+        stats.table_synced(rows);
+        info!(
+            table = %t.name,
+            rows,
+            secs = format_args!("{:.1}", began.elapsed().as_secs_f64()),
+            "table copied"
+        );
+    }
+    let _ = src.batch_execute("COMMIT").await;
+    src.close().await;
+    tgt.close().await;
+    Ok(())
+}
+
+/// One table: its rows, its sequences' positions and its state, in one target transaction.
+async fn copy_table(
+    src: &mut Connection,
+    tgt: &mut Connection,
+    t: &TableSchema,
+    subset: &SubsetName,
+    sync_lsn: Lsn,
+    stats: &SubsetStats,
+) -> Result<u64, SubsetError> {
+    let name = &t.name;
+    let on_src = |what: &str| SubsetError::sql(Side::Source, format!("{what} {name}"));
+    let on_tgt = |what: &str| SubsetError::sql(Side::Target, format!("{what} {name}"));
+    let q = name.quoted();
+    let cols = t.copy_column_list();
+    tgt.batch_execute(&format!("BEGIN; TRUNCATE ONLY {q}"))
+        .await
+        .map_err(on_tgt("empty"))?;
+    // FREEZE: the rows are written frozen, as the table was emptied in this transaction; no
+    // later VACUUM has to rewrite every page of a freshly copied table.
+    tgt.copy_in(&format!("COPY {q} {cols} FROM STDIN WITH (FREEZE)"))
+        .await
+        .map_err(on_tgt("copy into"))?;
+    src.copy_out(&format!("COPY {q} {cols} TO STDOUT"))
+        .await
+        .map_err(on_src("copy"))?;
+    let (tx, mut rx) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
+    let read = async {
+        let mut chunk = BytesMut::with_capacity(CHUNK);
+        while let Some(row) = src.copy_out_next().await.map_err(on_src("copy"))? {
+            chunk.extend_from_slice(&row);
+            if chunk.len() >= CHUNK && tx.send(chunk.split().freeze()).await.is_err() {
+                return Ok(());
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.send(chunk.freeze()).await;
+        }
+        drop(tx);
+        Ok::<(), SubsetError>(())
+    };
+    let write = async {
+        while let Some(c) = rx.recv().await {
+            tgt.copy_in_send(&c).await.map_err(on_tgt("copy into"))?;
+            stats.copied_bytes(c.len() as u64);
+        }
+        tgt.copy_in_finish().await.map_err(on_tgt("copy into"))
+    };
+    let ((), rows) = tokio::try_join!(read, write)?;
+    for s in &t.sequences {
+        let r = src
+            .query_params(
+                "SELECT last_value::text AS v FROM pg_catalog.pg_sequences \
+                  WHERE schemaname = $1 AND sequencename = $2",
+                &[Some(&s.name.schema), Some(&s.name.name)],
+            )
+            .await
+            .map_err(on_src("read the sequences of"))?;
+        if let Some(v) = r.get(0, "v") {
+            tgt.query_params(
+                "SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence($1, $2), $3::bigint, true)",
+                &[Some(&q), Some(&s.column), Some(v)],
+            )
+            .await
+            .map_err(on_tgt("set the sequences of"))?;
+        }
+    }
+    let rows_text = rows.to_string();
+    let lsn_text = sync_lsn.to_string();
+    let marked = tgt
+        .execute_params(
+            "UPDATE walrelay.subset_tables \
+                SET state = 'synced', sync_lsn = $1::pg_lsn, rows_copied = $2::bigint, synced_at = now() \
+              WHERE subset = $3 AND schema_name = $4 AND table_name = $5",
+            &[
+                Some(&lsn_text),
+                Some(&rows_text),
+                Some(subset.as_str()),
+                Some(&name.schema),
+                Some(&name.name),
+            ],
+        )
+        .await
+        .map_err(on_tgt("record the copy of"))?;
+    if marked != 1 {
+        return Err(SubsetError::Usage(format!(
+            "the subset's state row for {name} disappeared from the target during the copy (was the subset dropped?)"
+        )));
+    }
+    tgt.batch_execute("COMMIT")
+        .await
+        .map_err(on_tgt("commit the copy of"))?;
+    Ok(rows)
+}
