@@ -48,6 +48,9 @@ enum Command {
     Verify(archive_cmds::VerifyArgs),
     /// Remove WAL older than a backup or WAL file from an archive (pg_archivecleanup semantics).
     Prune(archive_cmds::PruneArgs),
+    /// Background fetcher started by `restore --prefetch` (not for use by hand).
+    #[command(hide = true)]
+    RestorePrefetch(archive_cmds::PrefetchArgs),
 }
 
 fn init_logging(filter: &str) {
@@ -138,6 +141,7 @@ fn main() -> ExitCode {
             Command::Restore(a) => archive_cmds::run_restore(a).await,
             Command::Verify(a) => archive_cmds::run_verify(a).await,
             Command::Prune(a) => archive_cmds::run_prune(a).await,
+            Command::RestorePrefetch(a) => archive_cmds::run_prefetch(a).await,
         }
     };
     let result = runtime.block_on(async {

@@ -15,16 +15,88 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
+use walrelay_store::{UploadSnapshot, UploadStats};
 use walrelay_walreceiver::{ReceiverStats, StatsSnapshot};
 
-/// Renders the Prometheus text exposition of a snapshot.
-pub fn render(s: &StatsSnapshot) -> String {
-    /// How a value is exposed: a gauge can go down, a counter only up (and gets `_total`).
-    enum Kind {
-        Gauge(u64),
-        Counter(u64),
+/// How a value is exposed: a gauge can go down, a counter only up (and gets `_total`).
+enum Kind {
+    Gauge(u64),
+    Counter(u64),
+}
+use Kind::{Counter as C, Gauge as G};
+
+/// Registers `(name, help, value)` metrics.
+fn register(reg: &mut Registry, metrics: Vec<(&str, &str, Kind)>) {
+    for (name, help, value) in metrics {
+        match value {
+            Kind::Gauge(v) => {
+                let g: Gauge<i64> = Gauge::default();
+                g.set(i64::try_from(v).unwrap_or(i64::MAX));
+                reg.register(name, help, g);
+            }
+            Kind::Counter(v) => {
+                let c: Counter = Counter::default();
+                c.inc_by(v);
+                reg.register(name, help, c);
+            }
+        }
     }
-    use Kind::{Counter as C, Gauge as G};
+}
+
+/// The uploader's metrics (`receive -D s3://… --spool DIR`), prefix `walrelay_upload_`.
+fn register_upload(reg: &mut Registry, u: &UploadSnapshot) {
+    let age = if u.last_success_unix_ms == 0 {
+        0
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        now.saturating_sub(u.last_success_unix_ms) / 1000
+    };
+    register(
+        reg,
+        vec![
+            (
+                "uploaded_lsn",
+                "End of the WAL whose segments are all in the object store (bytes)",
+                G(u.uploaded_lsn.0),
+            ),
+            ("files", "Files uploaded", C(u.uploaded_files)),
+            ("bytes", "Bytes uploaded", C(u.uploaded_bytes)),
+            (
+                "already_there",
+                "Uploads that found an identical object already stored",
+                C(u.already_there),
+            ),
+            ("failures", "Failed upload attempts", C(u.failures)),
+            (
+                "spool_pending_files",
+                "Files in the spool waiting for an upload",
+                G(u.pending_files),
+            ),
+            (
+                "spool_pending_bytes",
+                "Bytes in the spool waiting for an upload",
+                G(u.pending_bytes),
+            ),
+            ("failing", "1 while uploads fail", G(u64::from(u.failing))),
+            (
+                "last_success_age_seconds",
+                "Seconds since the last successful upload (0: none yet)",
+                G(age),
+            ),
+        ],
+    );
+}
+
+/// Renders the Prometheus text exposition of a snapshot.
+#[cfg(test)]
+pub fn render(s: &StatsSnapshot) -> String {
+    render_with_upload(s, None)
+}
+
+/// [`render`], plus the uploader's metrics when WAL goes to object storage.
+pub fn render_with_upload(s: &StatsSnapshot, upload: Option<&UploadSnapshot>) -> String {
     let age = s.since_last_message().map_or(0, |d| d.as_secs());
     let metrics = [
         (
@@ -91,20 +163,10 @@ pub fn render(s: &StatsSnapshot) -> String {
             G(age),
         ),
     ];
-    let mut reg = Registry::with_prefix("walrelay_receive");
-    for (name, help, value) in metrics {
-        match value {
-            Kind::Gauge(v) => {
-                let g: Gauge<i64> = Gauge::default();
-                g.set(i64::try_from(v).unwrap_or(i64::MAX));
-                reg.register(name, help, g);
-            }
-            Kind::Counter(v) => {
-                let c: Counter = Counter::default();
-                c.inc_by(v);
-                reg.register(name, help, c);
-            }
-        }
+    let mut reg = Registry::with_prefix("walrelay");
+    register(reg.sub_registry_with_prefix("receive"), metrics.into());
+    if let Some(u) = upload {
+        register_upload(reg.sub_registry_with_prefix("upload"), u);
     }
     let mut out = String::new();
     let _ = encode(&mut out, &reg);
@@ -123,6 +185,7 @@ pub fn healthy(s: &StatsSnapshot, status_interval: Duration) -> bool {
 pub async fn serve(
     addr: SocketAddr,
     stats: Arc<ReceiverStats>,
+    upload: Option<Arc<UploadStats>>,
     status_interval: Duration,
 ) -> Result<()> {
     let listener = TcpListener::bind(addr)
@@ -140,12 +203,14 @@ pub async fn serve(
                 }
             };
             let stats = stats.clone();
+            let upload = upload.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let snap = stats.snapshot();
+                    let up = upload.as_ref().map(|u| u.snapshot());
                     async move {
                         let (status, body) = match req.uri().path() {
-                            "/metrics" => (StatusCode::OK, render(&snap)),
+                            "/metrics" => (StatusCode::OK, render_with_upload(&snap, up.as_ref())),
                             "/health" | "/healthz" => {
                                 if healthy(&snap, status_interval) {
                                     (StatusCode::OK, "ok\n".to_string())

@@ -55,7 +55,7 @@ use crate::layout::{is_archivable, WalLayout};
 use crate::store::{put_new, ArchiveStore, ObjectAttrs, Stored};
 
 /// Default number of uploads in flight.
-pub const DEFAULT_UPLOAD_CONCURRENCY: usize = 4;
+pub const DEFAULT_UPLOAD_CONCURRENCY: u16 = 4;
 /// How often the spool is looked at when nothing happens.
 pub const SPOOL_POLL: Duration = Duration::from_millis(250);
 /// Longest wait between attempts while the store fails.
