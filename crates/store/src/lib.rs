@@ -48,3 +48,31 @@ pub fn open_store(url: &StoreUrl) -> Result<Arc<dyn ArchiveStore>> {
         _ => Arc::new(ObjectStoreArchive::open(url)?),
     })
 }
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    #![allow(clippy::unwrap_used)]
+    use walrelay_protocol::{Lsn, SegmentId, TimelineId, WalSegmentSize, XLogSegNo};
+
+    pub const MB: u64 = 1024 * 1024;
+
+    /// A valid 1 MB segment of cluster `sysid` (synthetic WAL: page headers, a record, zeros).
+    pub fn segment(segno: u64, seed: u8, sysid: u64) -> Vec<u8> {
+        use walrelay_wal::synth::{SynthConfig, WalBuilder};
+        let cfg = SynthConfig {
+            system_identifier: sysid,
+            ..Default::default()
+        };
+        let mut b = WalBuilder::new(cfg, Lsn(segno * MB));
+        b.record(0x0A, 0x10, &[seed; 300]);
+        b.zero_fill_to(Lsn((segno + 1) * MB));
+        let v = b.into_bytes();
+        assert_eq!(v.len() as u64, MB);
+        v
+    }
+
+    /// The name of segment `segno` of timeline 1 (1 MB segments).
+    pub fn name(segno: u64) -> String {
+        SegmentId::new(TimelineId(1), XLogSegNo(segno)).file_name(WalSegmentSize::new(MB).unwrap())
+    }
+}

@@ -369,3 +369,138 @@ async fn prefetch_one(
     fs::rename(&tmp, &target).map_err(|e| StoreError::io("rename", &tmp, e))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::{put_new, ObjectAttrs};
+    use crate::testutil::{name, segment};
+
+    const SYSID: u64 = 7_400_000_000_000_000_001;
+
+    async fn stored(
+        segnos: std::ops::RangeInclusive<u64>,
+    ) -> (tempfile::TempDir, Arc<dyn ArchiveStore>) {
+        let root = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ArchiveStore> =
+            Arc::new(crate::LocalDirStore::open(root.path()).unwrap());
+        let layout = WalLayout::new(SYSID);
+        for segno in segnos {
+            let wal = segment(segno, segno as u8, SYSID);
+            let sha: [u8; 32] = Sha256::digest(&wal).into();
+            let mut enc = zstd::stream::encode_all(&wal[..], 1).unwrap();
+            enc.shrink_to_fit();
+            put_new(
+                store.as_ref(),
+                &layout.object(&format!("{}.zst", name(segno))),
+                Bytes::from(enc),
+                &ObjectAttrs {
+                    wal_sha256: Some(sha),
+                },
+            )
+            .await
+            .unwrap();
+        }
+        put_new(
+            store.as_ref(),
+            &layout.object("00000002.history"),
+            Bytes::from_static(b"1\t0/3000000\tx\n"),
+            &ObjectAttrs::default(),
+        )
+        .await
+        .unwrap();
+        (root, store)
+    }
+
+    fn opts(prefetch: usize, cache: &Path) -> StoreRestoreOptions {
+        StoreRestoreOptions {
+            restore: RestoreOptions::default(),
+            system_identifier: Some(SYSID),
+            prefetch,
+            cache: Some(cache.to_path_buf()),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restores_segments_histories_and_prefetches_ahead() {
+        let (_root, store) = stored(1..=4).await;
+        let pg_wal = tempfile::tempdir().unwrap();
+        let cache = pg_wal.path().join(DEFAULT_CACHE_DIR_NAME);
+        let dest = pg_wal.path().join("RECOVERYXLOG");
+
+        let (out, plan) = restore_from_store(store.as_ref(), &name(1), &dest, &opts(2, &cache))
+            .await
+            .unwrap();
+        assert!(matches!(out, RestoreOutcome::Restored(_)), "{out:?}");
+        assert_eq!(fs::read(&dest).unwrap(), segment(1, 1, SYSID));
+        let plan = plan.unwrap();
+        assert_eq!(plan.names, vec![name(2), name(3)]);
+        prefetch_worker(store.as_ref(), &plan, None).await;
+        assert!(cache.join(name(2)).is_file() && cache.join(name(3)).is_file());
+
+        // The next one comes from the cache (and leaves it); the plan moves on.
+        let (out, plan) = restore_from_store(store.as_ref(), &name(2), &dest, &opts(2, &cache))
+            .await
+            .unwrap();
+        let RestoreOutcome::Restored(r) = out else {
+            panic!()
+        };
+        assert_eq!(r.source, cache.join(name(2)));
+        assert_eq!(fs::read(&dest).unwrap(), segment(2, 2, SYSID));
+        assert!(!cache.join(name(2)).exists());
+        assert_eq!(plan.unwrap().names, vec![name(4)], "3 is cached already");
+        // Past the end of the archive: not found, and prefetch of missing segments is harmless.
+        let (out, _) = restore_from_store(store.as_ref(), &name(9), &dest, &opts(2, &cache))
+            .await
+            .unwrap();
+        assert_eq!(out, RestoreOutcome::NotFound);
+        // History files, and ones that do not exist.
+        let h = pg_wal.path().join("RECOVERYHISTORY");
+        let (out, _) = restore_from_store(store.as_ref(), "00000002.history", &h, &opts(0, &cache))
+            .await
+            .unwrap();
+        assert!(matches!(out, RestoreOutcome::Restored(_)));
+        assert_eq!(fs::read_to_string(&h).unwrap(), "1\t0/3000000\tx\n");
+        let (out, _) = restore_from_store(store.as_ref(), "00000003.history", &h, &opts(0, &cache))
+            .await
+            .unwrap();
+        assert_eq!(out, RestoreOutcome::NotFound);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn damaged_objects_and_a_damaged_cache_are_caught() {
+        let (root, store) = stored(1..=2).await;
+        let pg_wal = tempfile::tempdir().unwrap();
+        let cache = pg_wal.path().join("cache");
+        fs::create_dir_all(&cache).unwrap();
+        let dest = pg_wal.path().join("RECOVERYXLOG");
+        // A cached copy that is not a whole segment is dropped and fetched again.
+        fs::write(cache.join(name(1)), b"short").unwrap();
+        let (out, _) = restore_from_store(store.as_ref(), &name(1), &dest, &opts(1, &cache))
+            .await
+            .unwrap();
+        assert!(matches!(out, RestoreOutcome::Restored(_)));
+        assert_eq!(fs::read(&dest).unwrap(), segment(1, 1, SYSID));
+        // An object whose WAL does not match the SHA-256 stored with it: damaged (exit 200).
+        let attr = root
+            .path()
+            .join(WalLayout::new(SYSID).object(&format!("{}.zst.sha256", name(2))));
+        fs::write(&attr, format!("{}  x\n", "00".repeat(32))).unwrap();
+        let e = restore_from_store(store.as_ref(), &name(2), &dest, &opts(0, &cache))
+            .await
+            .unwrap_err();
+        assert!(e.is_corruption(), "{e}");
+        // Another cluster's WAL is never handed out: it is not there for this one.
+        let mut o = opts(0, &cache);
+        o.system_identifier = Some(42);
+        let (out, _) = restore_from_store(store.as_ref(), &name(1), &dest, &o)
+            .await
+            .unwrap();
+        assert_eq!(out, RestoreOutcome::NotFound);
+    }
+}

@@ -636,4 +636,130 @@ mod tests {
         let s = scan_spool(p, Compression::None, true, &HashSet::new()).unwrap();
         assert!(s.ready.iter().any(|r| r.name == "000000010000000000000002"));
     }
+
+    use crate::testutil::{name, segment, MB};
+
+    fn uploader(spool: &Path, store: Arc<dyn ArchiveStore>) -> UploaderConfig {
+        UploaderConfig {
+            spool: spool.to_path_buf(),
+            store,
+            compression: Compression::None,
+            checksums: true,
+            concurrency: 2,
+            system_identifier: Arc::new(|| None),
+        }
+    }
+
+    /// Runs the uploader until it has nothing left to do (or fails).
+    async fn drain(cfg: UploaderConfig) -> Result<UploadSnapshot> {
+        let stats = Arc::new(UploadStats::default());
+        let (tx, rx) = watch::channel(false);
+        let s2 = stats.clone();
+        let task = tokio::spawn(run_uploader(cfg, s2, rx));
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if task.is_finished() {
+                break;
+            }
+            let snap = stats.snapshot();
+            if snap.pending_files == 0 && snap.uploaded_files + snap.already_there > 0 {
+                break;
+            }
+        }
+        let _ = tx.send(true);
+        task.await
+            .map_err(|e| StoreError::io("join", "", io::Error::other(e.to_string())))??;
+        Ok(stats.snapshot())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploads_then_removes_all_but_the_newest_and_is_idempotent() {
+        let spool = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ArchiveStore> =
+            Arc::new(crate::LocalDirStore::open(root.path()).unwrap());
+        let sysid = 7_400_000_000_000_000_001;
+        for segno in 1..=3 {
+            let data = segment(segno, segno as u8, sysid);
+            fs::write(spool.path().join(name(segno)), &data).unwrap();
+            let sha: [u8; 32] = Sha256::digest(&data).into();
+            walrelay_archive::record_checksum(spool.path(), &name(segno), &sha).unwrap();
+        }
+        fs::write(spool.path().join("00000002.history"), "1\t0/3000000\tx\n").unwrap();
+        let snap = drain(uploader(spool.path(), store.clone())).await.unwrap();
+        assert_eq!(snap.uploaded_files, 4, "{snap:?}");
+        assert_eq!(snap.uploaded_lsn, Lsn(4 * MB));
+        let layout = WalLayout::new(sysid);
+        for segno in 1..=3 {
+            let f = store
+                .get(&layout.object(&name(segno)))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(f.bytes.len() as u64, MB);
+            assert!(f.attrs.wal_sha256.is_some());
+        }
+        // The newest segment and the history file stay in the spool; the rest and their
+        // checksum entries are gone.
+        let mut left: Vec<String> = fs::read_dir(spool.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![name(3), "00000002.history".into(), "walrelay.sha256".into()]
+        );
+        let list = walrelay_archive::read_checksums(spool.path()).unwrap();
+        assert_eq!(
+            list.entries.keys().cloned().collect::<Vec<_>>(),
+            vec![name(3)]
+        );
+        // A restart uploads what is left again and finds it identical.
+        let snap = drain(uploader(spool.path(), store.clone())).await.unwrap();
+        assert_eq!(
+            (snap.uploaded_files, snap.already_there),
+            (0, 2),
+            "{snap:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_different_object_under_the_same_name_stops_the_uploader() {
+        let spool = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ArchiveStore> =
+            Arc::new(crate::LocalDirStore::open(root.path()).unwrap());
+        let sysid = 7_400_000_000_000_000_001;
+        let ours = segment(1, 1, sysid);
+        let theirs = segment(1, 2, sysid);
+        fs::write(spool.path().join(name(1)), &ours).unwrap();
+        fs::write(spool.path().join(format!("{}.partial", name(2))), b"").unwrap();
+        let mut cfg = uploader(spool.path(), store.clone());
+        cfg.checksums = false;
+        let object = WalLayout::new(sysid).object(&name(1));
+        store
+            .put_if_absent(
+                &object,
+                Bytes::from(theirs.clone()),
+                &ObjectAttrs::default(),
+            )
+            .await
+            .unwrap();
+        let e = drain(cfg).await.unwrap_err();
+        assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains(&crate::sha256_hex(&ours)), "{text}");
+        assert!(text.contains(&crate::sha256_hex(&theirs)), "{text}");
+        assert!(spool.path().join(name(1)).exists(), "kept in the spool");
+
+        // WAL of another cluster in the spool is refused too.
+        let spool2 = tempfile::tempdir().unwrap();
+        fs::write(spool2.path().join(name(5)), segment(5, 1, 42)).unwrap();
+        let mut cfg = uploader(spool2.path(), store);
+        cfg.checksums = false;
+        cfg.system_identifier = Arc::new(move || Some(sysid));
+        let e = drain(cfg).await.unwrap_err();
+        assert!(matches!(e, StoreError::SystemMismatch { .. }), "{e}");
+    }
 }

