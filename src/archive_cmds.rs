@@ -11,7 +11,7 @@
 //! FATAL (see `walrelay_archive::RESTORE_EXIT_CORRUPT`).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,16 +90,34 @@ pub async fn run_restore(args: RestoreArgs) -> Result<i32> {
     }
 }
 
-fn restore_blocking(args: &RestoreArgs) -> i32 {
-    let fail = |msg: String| {
-        eprintln!("walrelay: error: {msg}");
-        RESTORE_EXIT_ERROR
-    };
+/// One failure line for PostgreSQL's log; the status that stops recovery.
+fn restore_failed(msg: String) -> i32 {
+    eprintln!("walrelay: error: {msg}");
+    RESTORE_EXIT_ERROR
+}
+
+/// `%f`, `%p` and the segment size from the command line, or the failure's exit status.
+fn restore_inputs(args: &RestoreArgs) -> Result<(&str, &Path, Option<WalSegmentSize>), i32> {
     let (Some(wal_file), Some(dest)) = (&args.wal_file, &args.dest) else {
-        return fail(
-            "restore needs the file name and the destination: restore_command = 'walrelay restore %f %p -D /path/to/archive'"
+        return Err(restore_failed(
+            "restore needs the file name and the destination: restore_command = 'walrelay restore %f %p -D ARCHIVE'"
                 .into(),
-        );
+        ));
+    };
+    let seg_size = args
+        .wal_segsize
+        .as_deref()
+        .map(parse_segment_size)
+        .transpose()
+        .map_err(restore_failed)?;
+    Ok((wal_file, dest, seg_size))
+}
+
+fn restore_blocking(args: &RestoreArgs) -> i32 {
+    let fail = restore_failed;
+    let (wal_file, dest, seg_size) = match restore_inputs(args) {
+        Ok(i) => i,
+        Err(code) => return code,
     };
     let dir = match args.directory.as_deref().map(ArchiveLocation::parse) {
         None => return fail("restore needs the archive directory: add -D /path/to/archive".into()),
@@ -110,15 +128,6 @@ fn restore_blocking(args: &RestoreArgs) -> i32 {
         }
     };
     let dir = &dir;
-    let seg_size = match args
-        .wal_segsize
-        .as_deref()
-        .map(parse_segment_size)
-        .transpose()
-    {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
     let opts = RestoreOptions {
         seg_size,
         partial: args.partial,
@@ -162,39 +171,21 @@ fn restore_blocking(args: &RestoreArgs) -> i32 {
 /// `walrelay restore` from object storage: the same exit codes as from a directory (an
 /// unreachable store is 201, so recovery stops instead of ending early).
 async fn restore_from_store(args: &RestoreArgs, url: &StoreUrl) -> i32 {
-    let fail = |msg: String| {
-        eprintln!("walrelay: error: {msg}");
-        RESTORE_EXIT_ERROR
-    };
-    let (Some(wal_file), Some(dest)) = (&args.wal_file, &args.dest) else {
-        return fail(
-            "restore needs the file name and the destination: restore_command = 'walrelay restore %f %p -D s3://bucket/prefix'"
-                .into(),
-        );
-    };
-    let seg_size = match args
-        .wal_segsize
-        .as_deref()
-        .map(parse_segment_size)
-        .transpose()
-    {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+    let (wal_file, dest, seg_size) = match restore_inputs(args) {
+        Ok(i) => i,
+        Err(code) => return code,
     };
     let store = match walrelay_store::open_store(url) {
         Ok(s) => s,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return restore_failed(e.to_string()),
     };
-    let opts = StoreRestoreOptions {
-        restore: RestoreOptions {
-            seg_size,
-            partial: args.partial,
-            owner: None,
-        },
-        system_identifier: args.system_identifier,
-        prefetch: usize::from(args.prefetch),
-        cache: args.cache.clone(),
+    let restore = RestoreOptions {
+        seg_size,
+        partial: args.partial,
+        owner: None,
     };
+    let opts = StoreRestoreOptions::new(restore, args.system_identifier)
+        .with_prefetch(usize::from(args.prefetch), args.cache.clone());
     match walrelay_store::restore_from_store(store.as_ref(), wal_file, dest, &opts).await {
         Ok((outcome, plan)) => {
             if args.verbose {
@@ -356,16 +347,26 @@ fn verify_options(args: &VerifyArgs) -> VerifyOptions {
     }
 }
 
+/// The store a URL names and the layout of the cluster to work on (`wanted`, else the only one).
+async fn open_cluster_store(
+    url: &StoreUrl,
+    wanted: Option<u64>,
+) -> Result<(
+    Arc<dyn walrelay_store::ArchiveStore>,
+    walrelay_store::WalLayout,
+)> {
+    let store = walrelay_store::open_store(url)?;
+    match walrelay_store::choose_system(store.as_ref(), wanted).await? {
+        Some(sysid) => Ok((store, walrelay_store::WalLayout::new(sysid))),
+        None => Err(crate::exit::local(format!(
+            "{url} holds no WAL of any cluster (no SYSID/wal/ objects): check the URL and the prefix"
+        ))),
+    }
+}
+
 /// `verify` of one cluster's WAL in object storage: the same checks and report.
 async fn verify_store_cmd(args: &VerifyArgs, url: &StoreUrl) -> Result<i32> {
-    let store = walrelay_store::open_store(url)?;
-    let Some(sysid) = walrelay_store::choose_system(store.as_ref(), args.system_identifier).await?
-    else {
-        return Err(crate::exit::local(format!(
-            "{url} holds no WAL of any cluster (no SYSID/wal/ objects): check the URL and the prefix"
-        )));
-    };
-    let layout = walrelay_store::WalLayout::new(sysid);
+    let (store, layout) = open_cluster_store(url, args.system_identifier).await?;
     let (seg_size, from) = match args.wal_segsize {
         Some(s) => (s, "option"),
         None => match walrelay_store::infer_store_segment_size(store.as_ref(), layout).await? {
@@ -581,14 +582,7 @@ fn prune_needs_size(keep_from: &Option<PrunePoint>) -> bool {
 /// `prune` of one cluster's WAL in object storage: the same rules, objects deleted.
 async fn prune_store_cmd(args: &PruneArgs, url: &StoreUrl) -> Result<i32> {
     let keep_from = checked_prune_point(args)?;
-    let store = walrelay_store::open_store(url)?;
-    let Some(sysid) = walrelay_store::choose_system(store.as_ref(), args.system_identifier).await?
-    else {
-        return Err(crate::exit::local(format!(
-            "{url} holds no WAL of any cluster (no SYSID/wal/ objects): check the URL and the prefix"
-        )));
-    };
-    let layout = walrelay_store::WalLayout::new(sysid);
+    let (store, layout) = open_cluster_store(url, args.system_identifier).await?;
     let seg_size = match args.wal_segsize {
         Some(s) => s,
         None if prune_needs_size(&keep_from) => {

@@ -26,7 +26,7 @@ mod support;
 use support::bucket::{self, has_segment, mirror, segment_before};
 use support::recovery::{recover, walrelay_for_postgres};
 use support::wal_files::{assert_contiguous, assert_identical_to_server};
-use support::walrelay_cmd::{receive_args, Walrelay};
+use support::walrelay_cmd::Walrelay;
 
 const MB: u64 = 1024 * 1024;
 
@@ -79,30 +79,6 @@ fn walrelay(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
-fn metrics(port: u16) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
-fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn archives_into_s3_and_recovers_from_the_bucket() {
     let server = server();
@@ -112,36 +88,23 @@ fn archives_into_s3_and_recovers_from_the_bucket() {
     let bin = walrelay_for_postgres(&primary);
     primary.pgbench_init(1);
     primary.psql("CREATE TABLE marker (id int PRIMARY KEY)");
-    primary.psql("SELECT pg_create_physical_replication_slot('s3_pitr', true)");
-    let spool = primary.scratch_path("spool");
-    fs::create_dir_all(&spool).unwrap();
-    let port = free_port();
-    let metrics_addr = format!("127.0.0.1:{port}");
-    let mut w = Walrelay::start(
-        "receive s3",
-        &receive_args(&[
-            "-d",
-            &primary.replication_conninfo(),
-            "-D",
-            &url,
-            "--spool",
-            s(&spool),
-            "-S",
-            "s3_pitr",
-            "--compress",
-            "zstd",
-            "--metrics-addr",
-            &metrics_addr,
-        ]),
+    let (metrics_addr, port) = bucket::metrics_addr();
+    let (mut w, spool) = bucket::start_receive(
+        &primary,
+        &url,
+        "s3_pitr",
+        &["--compress", "zstd", "--metrics-addr", &metrics_addr],
     );
     let backup = primary.pg_basebackup(&["-X", "fetch", "-c", "fast"]);
 
-    let load = primary.pgbench(
+    let mut load = primary.pgbench(
         &PgBench::duration(Duration::from_secs(6))
             .clients(2)
             .rate(300),
     );
-    for i in 1..=50 {
+    let mut i = 0;
+    while load.is_running() {
+        i += 1;
         primary.psql(&format!("INSERT INTO marker VALUES ({i})"));
     }
     load.wait().unwrap();
@@ -153,8 +116,8 @@ fn archives_into_s3_and_recovers_from_the_bucket() {
     // newest segment file, which a restart resumes from).
     poll::wait_until(
         "walrelay_upload_uploaded_lsn to reach the switch",
-        || metric(&metrics(port), "walrelay_upload_uploaded_lsn").is_some_and(|l| l >= end.0 - 1),
-        || metrics(port),
+        || bucket::metric(&bucket::metrics(port), "walrelay_upload_uploaded_lsn") >= end.0 - 1,
+        || bucket::metrics(port),
     );
     let in_spool: Vec<String> = fs::read_dir(&spool)
         .unwrap()
@@ -203,12 +166,17 @@ fn archives_into_s3_and_recovers_from_the_bucket() {
         let recovered = recover(&primary, &backup, "s3-recovered", &restore, &[]);
         assert_eq!(
             recovered.psql("SELECT max(id), count(*) FROM marker"),
-            "1000|51"
+            format!("1000|{}", i + 1),
+            "every commit up to the last"
         );
         let log = recovered.log_tail(400);
         assert!(
             log.contains("restored log file"),
             "WAL came from the bucket: {log}"
+        );
+        assert!(
+            log.contains(".walrelay-prefetch/"),
+            "segments came from the prefetch cache: {log}"
         );
     }
 
@@ -237,25 +205,11 @@ fn kill9_during_uploads_leaves_the_bucket_complete() {
     let primary = primary("s3-kill9");
     let sysid = primary.system_identifier();
     primary.pgbench_init(1);
-    primary.psql("SELECT pg_create_physical_replication_slot('s3_kill9', true)");
-    let spool = primary.scratch_path("spool");
-    fs::create_dir_all(&spool).unwrap();
-    let mut w = Walrelay::start(
-        "receive s3 kill9",
-        &receive_args(&[
-            "-d",
-            &primary.replication_conninfo(),
-            "-D",
-            &url,
-            "--spool",
-            s(&spool),
-            "-S",
-            "s3_kill9",
-            "--compress",
-            "lz4",
-            "--upload-concurrency",
-            "2",
-        ]),
+    let (mut w, _spool) = bucket::start_receive(
+        &primary,
+        &url,
+        "s3_kill9",
+        &["--compress", "lz4", "--upload-concurrency", "2"],
     );
     let load = primary.pgbench(
         &PgBench::duration(Duration::from_secs(12))

@@ -13,31 +13,13 @@ use walrelay_protocol::{Lsn, TimelineId, WalSegmentSize};
 use walrelay_testkit::{poll, Cluster, PgBench};
 
 mod support;
-use support::bucket::{self, has_segment, mirror, segment_before};
+use support::bucket::{self, has_segment, metric, metrics, mirror, segment_before};
 use support::wal_files::{assert_contiguous, assert_identical_to_server};
-use support::walrelay_cmd::{receive_args, Walrelay};
 
 const OUTAGE: Duration = Duration::from_secs(30);
 
 fn seg() -> WalSegmentSize {
     WalSegmentSize::new(1024 * 1024).unwrap()
-}
-
-fn metrics(port: u16) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn slot_lsn(primary: &Cluster) -> Lsn {
@@ -59,32 +41,19 @@ fn store_outage_under_load_only_grows_the_spool() {
         .start();
     let sysid = primary.system_identifier();
     primary.pgbench_init(1);
-    primary.psql("SELECT pg_create_physical_replication_slot('outage', true)");
-    let spool = primary.scratch_path("spool");
-    fs::create_dir_all(&spool).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut w = Walrelay::start(
-        "receive s3 outage",
-        &receive_args(&[
-            "-d",
-            &primary.replication_conninfo(),
-            "-D",
-            &url,
-            "--spool",
-            spool.to_str().unwrap(),
-            "-S",
-            "outage",
+    let (metrics_addr, port) = bucket::metrics_addr();
+    let (mut w, _spool) = bucket::start_receive(
+        &primary,
+        &url,
+        "outage",
+        &[
             "--compress",
             "gzip:1",
             "-s",
             "1",
             "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ]),
+            &metrics_addr,
+        ],
     );
     let store = bucket::store(&url);
     let log_path = w.log_path().to_path_buf();

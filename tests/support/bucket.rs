@@ -125,3 +125,62 @@ pub fn mirror(
 pub fn segment_before(lsn: walrelay_protocol::Lsn, seg: WalSegmentSize) -> SegmentId {
     SegmentId::new(TimelineId(1), seg.segno(walrelay_protocol::Lsn(lsn.0 - 1)))
 }
+
+/// `walrelay receive -D URL --spool SPOOL -S SLOT` (the slot is created first, the spool is a new
+/// scratch directory of the primary) plus `extra` options, running in the background; and SPOOL.
+pub fn start_receive(
+    primary: &walrelay_testkit::Cluster,
+    url: &str,
+    slot: &str,
+    extra: &[&str],
+) -> (super::walrelay_cmd::Walrelay, std::path::PathBuf) {
+    primary.psql(&format!(
+        "SELECT pg_create_physical_replication_slot('{slot}', true)"
+    ));
+    let spool = primary.scratch_path(&format!("spool-{slot}"));
+    fs::create_dir_all(&spool).unwrap();
+    let conninfo = primary.replication_conninfo();
+    let mut args = vec![
+        "-d",
+        &conninfo,
+        "-D",
+        url,
+        "--spool",
+        spool.to_str().unwrap(),
+        "-S",
+        slot,
+    ];
+    args.extend_from_slice(extra);
+    let w = super::walrelay_cmd::Walrelay::start(
+        &format!("receive into {url}"),
+        &super::walrelay_cmd::receive_args(&args),
+    );
+    (w, spool)
+}
+
+/// A loopback address for `--metrics-addr` and its port.
+pub fn metrics_addr() -> (String, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    (format!("127.0.0.1:{port}"), port)
+}
+
+/// The text of `/metrics` on `port` (empty when nothing answers).
+pub fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut out = String::new();
+    if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+        let _ = s.read_to_string(&mut out);
+    }
+    out
+}
+
+/// One value of a metrics text (0 when absent).
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}

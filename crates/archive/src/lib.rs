@@ -28,7 +28,9 @@ mod prune;
 mod restore;
 mod verify;
 
-pub use checksum::{read_checksums, record_checksum, remove_checksums, ChecksumList};
+pub use checksum::{
+    read_checksums, record_checksum, recorded_names, remove_checksums, ChecksumList,
+};
 pub use compression::{
     compress_completed_segment, decode_bytes, open_segment, segment_sha256, suffix_info,
     uncompressed_size, Compression,

@@ -11,9 +11,11 @@ use walrelay_durable::DurableError;
 /// Everything that can go wrong with an archive in object storage.
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// `-D` names no usable archive.
     #[error("invalid archive location {input:?}: {reason}")]
     BadLocation { input: String, reason: String },
 
+    /// The store's client cannot be configured from the environment.
     #[error("cannot set up {location}: {reason}")]
     Setup { location: String, reason: String },
 
@@ -27,39 +29,40 @@ pub enum StoreError {
         source: object_store::Error,
     },
 
-    #[error("{object} exists with different content (stored SHA-256 {stored}, ours {ours}): objects are never replaced; find out which receiver wrote it — two clusters or receivers must not share a prefix and system identifier")]
-    Conflict {
-        object: String,
-        stored: String,
-        ours: String,
-    },
+    /// Put-if-absent found other bytes under the name: never replaced, never ignored.
+    #[error("{0}")]
+    Conflict(Box<Conflict>),
 
+    /// An object or spool file that is not what its name says (size, decoding, checksum).
     #[error("{object} is damaged: {reason}; restore it from another copy or re-upload it from the spool")]
     Corrupt { object: String, reason: String },
 
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+
+    /// The store holds several clusters and nothing says which one is meant.
     #[error("{location} holds the WAL of several clusters (system identifiers {found}): pass --system-identifier, or run restore in the recovering data directory")]
     AmbiguousSystem { location: String, found: String },
 
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+
+    /// WAL of another cluster where one cluster's WAL is expected.
     #[error("{what} belongs to the cluster with system identifier {found}, but this archive is for {expected}: a spool or archive must hold one cluster's WAL only")]
     SystemMismatch {
         what: String,
         expected: u64,
         found: u64,
     },
+}
 
-    #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-
-    #[error(transparent)]
-    Durable(#[from] DurableError),
-
-    #[error(transparent)]
-    Archive(#[from] ArchiveError),
+/// Two different contents under one object name.
+#[derive(Debug, Error)]
+#[error("{object} exists with different content (stored SHA-256 {stored}, ours {ours}): objects are never replaced; find out which receiver wrote it — two clusters or receivers must not share a prefix and system identifier")]
+pub struct Conflict {
+    pub object: String,
+    pub stored: String,
+    pub ours: String,
 }
 
 fn remote_fix(e: &object_store::Error) -> &'static str {
@@ -74,12 +77,9 @@ fn remote_fix(e: &object_store::Error) -> &'static str {
 }
 
 impl StoreError {
+    /// A local file operation failed (the spool, the prefetch cache, a `file://` store).
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        StoreError::Io {
-            action,
-            path: path.into(),
-            source,
-        }
+        StoreError::Durable(DurableError::new(action, path, source))
     }
 
     pub(crate) fn remote(
@@ -98,7 +98,7 @@ impl StoreError {
     /// reports it with its "damaged" exit code.
     pub fn is_corruption(&self) -> bool {
         match self {
-            StoreError::Corrupt { .. } | StoreError::Conflict { .. } => true,
+            StoreError::Corrupt { .. } | StoreError::Conflict(_) => true,
             StoreError::Archive(a) => a.is_corruption(),
             _ => false,
         }
@@ -118,10 +118,9 @@ impl Classify for StoreError {
                 O::NotImplemented { .. } | O::NotSupported { .. } => ErrorClass::Connection,
                 _ => ErrorClass::Transient,
             },
-            StoreError::Conflict { .. }
+            StoreError::Conflict(_)
             | StoreError::Corrupt { .. }
             | StoreError::SystemMismatch { .. }
-            | StoreError::Io { .. }
             | StoreError::Durable(_) => ErrorClass::Local,
             StoreError::Archive(a) => match a {
                 ArchiveError::BadFileName { .. }

@@ -27,7 +27,7 @@ pub mod upload;
 
 use std::sync::Arc;
 
-pub use error::{Result, StoreError};
+pub use error::{Conflict, Result, StoreError};
 pub use layout::{choose_system, WalLayout};
 pub use local::LocalDirStore;
 pub use location::{ArchiveLocation, Service, StoreUrl};
@@ -37,7 +37,8 @@ pub use restore::{
     prefetch_worker, restore_from_store, PrefetchPlan, StoreRestoreOptions, DEFAULT_CACHE_DIR_NAME,
 };
 pub use store::{
-    put_new, sha256_hex, ArchiveStore, Fetched, ObjectAttrs, ObjectInfo, PutIfAbsent, Stored,
+    put_new, sha256_hex, ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, PutIfAbsent,
+    StoreFuture, Stored,
 };
 pub use upload::{run_uploader, UploadSnapshot, UploadStats, UploaderConfig};
 

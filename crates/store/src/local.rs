@@ -15,12 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::FutureExt;
 use walrelay_durable::{self as durable, Owner};
 
 use crate::error::{Result, StoreError};
-use crate::store::{ArchiveStore, Fetched, ObjectAttrs, ObjectInfo, PutIfAbsent};
+use crate::store::{
+    ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, PutIfAbsent, StoreFuture,
+};
 
 /// Suffix of the attribute files beside objects.
 const ATTR_SUFFIX: &str = ".sha256";
@@ -139,7 +140,7 @@ impl ArchiveStore for LocalDirStore {
         format!("file://{}", self.root.display())
     }
 
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>>> {
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectInfo>> {
         let root = self.root.clone();
         let prefix = prefix.to_string();
         Self::blocking(move || {
@@ -152,7 +153,7 @@ impl ArchiveStore for LocalDirStore {
         .boxed()
     }
 
-    fn list_dirs<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
+    fn list_dirs<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
         let dir = self.root.join(prefix.trim_end_matches('/'));
         Self::blocking(move || {
             let entries = match fs::read_dir(&dir) {
@@ -173,7 +174,7 @@ impl ArchiveStore for LocalDirStore {
         .boxed()
     }
 
-    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Fetched>>> {
+    fn get<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<Fetched>> {
         let path = self.path(name);
         async move {
             let path = path?;
@@ -199,14 +200,9 @@ impl ArchiveStore for LocalDirStore {
         .boxed()
     }
 
-    fn put_if_absent<'a>(
-        &'a self,
-        name: &'a str,
-        data: Bytes,
-        attrs: &'a ObjectAttrs,
-    ) -> BoxFuture<'a, Result<PutIfAbsent>> {
+    fn put_if_absent<'a>(&'a self, name: &'a str, put: NewObject) -> StoreFuture<'a, PutIfAbsent> {
         let path = self.path(name);
-        let attrs = attrs.clone();
+        let NewObject { data, attrs } = put;
         let name = name.to_string();
         async move {
             let path = path?;
@@ -238,7 +234,7 @@ impl ArchiveStore for LocalDirStore {
         .boxed()
     }
 
-    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn delete<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()> {
         let path = self.path(name);
         async move {
             let path = path?;

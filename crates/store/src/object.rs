@@ -18,8 +18,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{
@@ -29,7 +27,9 @@ use object_store::{
 
 use crate::error::{Result, StoreError};
 use crate::location::{Service, StoreUrl};
-use crate::store::{ArchiveStore, Fetched, ObjectAttrs, ObjectInfo, PutIfAbsent};
+use crate::store::{
+    ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, PutIfAbsent, StoreFuture,
+};
 
 /// The metadata key of [`ObjectAttrs::wal_sha256`].
 pub const SHA256_METADATA_KEY: &str = "walrelay-sha256";
@@ -76,6 +76,18 @@ impl ObjectStoreArchive {
         let mut client = ClientOptions::new()
             .with_timeout(REQUEST_TIMEOUT)
             .with_connect_timeout(CONNECT_TIMEOUT);
+        // Every service's builder: our client options and retries, then build.
+        macro_rules! configured {
+            ($builder:expr) => {
+                Arc::new(
+                    $builder
+                        .with_client_options(client)
+                        .with_retry(retry_config())
+                        .build()
+                        .map_err(setup)?,
+                )
+            };
+        }
         let inner: Arc<dyn ObjectStore> = match url.service {
             Service::S3 => {
                 let endpoint = std::env::var("AWS_ENDPOINT_URL")
@@ -85,28 +97,14 @@ impl ObjectStoreArchive {
                     client = client.with_allow_http(true);
                 }
                 // from_env reads AWS_REGION and AWS_DEFAULT_REGION; the default is us-east-1.
-                let b = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(&url.bucket)
-                    .with_client_options(client)
-                    .with_retry(retry_config());
-                Arc::new(b.build().map_err(setup)?)
+                configured!(
+                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&url.bucket)
+                )
             }
-            Service::Gcs => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_bucket_name(&url.bucket)
-                    .with_client_options(client)
-                    .with_retry(retry_config())
-                    .build()
-                    .map_err(setup)?,
-            ),
-            Service::Azure => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_container_name(&url.bucket)
-                    .with_client_options(client)
-                    .with_retry(retry_config())
-                    .build()
-                    .map_err(setup)?,
-            ),
+            Service::Gcs => configured!(object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(&url.bucket)),
+            Service::Azure => configured!(object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_container_name(&url.bucket)),
             Service::File => {
                 return Err(StoreError::Setup {
                     location: url.to_string(),
@@ -173,7 +171,7 @@ impl ArchiveStore for ObjectStoreArchive {
         self.url.to_string()
     }
 
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>>> {
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectInfo>> {
         async move {
             // object_store lists by path segments: list the deepest whole directory, then filter.
             let (dir, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
@@ -201,7 +199,7 @@ impl ArchiveStore for ObjectStoreArchive {
         .boxed()
     }
 
-    fn list_dirs<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
+    fn list_dirs<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
         async move {
             let p = prefix.trim_end_matches('/');
             let path = if p.is_empty() {
@@ -223,7 +221,7 @@ impl ArchiveStore for ObjectStoreArchive {
         .boxed()
     }
 
-    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Fetched>>> {
+    fn get<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<Fetched>> {
         async move {
             let r = match self.inner.get(&self.path(name)).await {
                 Ok(r) => r,
@@ -240,21 +238,16 @@ impl ArchiveStore for ObjectStoreArchive {
         .boxed()
     }
 
-    fn put_if_absent<'a>(
-        &'a self,
-        name: &'a str,
-        data: Bytes,
-        attrs: &'a ObjectAttrs,
-    ) -> BoxFuture<'a, Result<PutIfAbsent>> {
+    fn put_if_absent<'a>(&'a self, name: &'a str, put: NewObject) -> StoreFuture<'a, PutIfAbsent> {
         async move {
             let opts = PutOptions {
                 mode: PutMode::Create,
-                attributes: attributes(attrs),
+                attributes: attributes(&put.attrs),
                 ..Default::default()
             };
             match self
                 .inner
-                .put_opts(&self.path(name), PutPayload::from_bytes(data), opts)
+                .put_opts(&self.path(name), PutPayload::from_bytes(put.data), opts)
                 .await
             {
                 Ok(_) => Ok(PutIfAbsent::Created),
@@ -266,7 +259,7 @@ impl ArchiveStore for ObjectStoreArchive {
         .boxed()
     }
 
-    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn delete<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()> {
         async move {
             match self.inner.delete(&self.path(name)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

@@ -40,28 +40,42 @@ use crate::store::ArchiveStore;
 
 /// The cache directory's name beside `%p` (in `pg_wal`) when `--cache` is not given.
 pub const DEFAULT_CACHE_DIR_NAME: &str = ".walrelay-prefetch";
-/// Largest number of fetches the prefetcher runs at once.
-const PREFETCH_CONCURRENCY: usize = 4;
 
-/// How to restore from a store.
+/// How to restore from a store: [`StoreRestoreOptions::new`], then
+/// [`StoreRestoreOptions::with_prefetch`].
 #[derive(Clone, Debug, Default)]
 pub struct StoreRestoreOptions {
-    pub restore: RestoreOptions,
+    restore: RestoreOptions,
     /// The cluster; default: the data directory's `global/pg_control`, else the only one stored.
-    pub system_identifier: Option<u64>,
+    system_identifier: Option<u64>,
     /// Segments to fetch ahead.
-    pub prefetch: usize,
+    prefetch: usize,
     /// Where prefetched segments wait; default: [`DEFAULT_CACHE_DIR_NAME`] beside `%p`.
-    pub cache: Option<PathBuf>,
+    cache: Option<PathBuf>,
 }
 
-/// Segments a background fetcher should bring into the cache.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PrefetchPlan {
-    pub system_identifier: u64,
-    pub cache: PathBuf,
-    pub names: Vec<String>,
+impl StoreRestoreOptions {
+    /// Restore with `restore`'s rules, the WAL of `system_identifier` (default: the data
+    /// directory's, else the only cluster stored), no prefetch.
+    pub fn new(restore: RestoreOptions, system_identifier: Option<u64>) -> Self {
+        StoreRestoreOptions {
+            restore,
+            system_identifier,
+            prefetch: 0,
+            cache: None,
+        }
+    }
+
+    /// Fetch `depth` segments ahead into `cache` (default: [`DEFAULT_CACHE_DIR_NAME`] beside `%p`).
+    pub fn with_prefetch(mut self, depth: usize, cache: Option<PathBuf>) -> Self {
+        self.prefetch = depth;
+        self.cache = cache;
+        self
+    }
 }
+
+/// Largest number of fetches the prefetcher runs at once.
+const PREFETCH_CONCURRENCY: usize = 4;
 
 /// The system identifier in `global/pg_control` of the current directory (a data directory).
 fn sysid_from_pg_control() -> Option<u64> {
@@ -315,6 +329,14 @@ fn plan_prefetch(
     })
 }
 
+/// Segments a background fetcher should bring into the cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefetchPlan {
+    pub system_identifier: u64,
+    pub cache: PathBuf,
+    pub names: Vec<String>,
+}
+
 /// Whether a fetcher holds the segment's lock right now.
 fn busy(cache: &Path, name: &str) -> bool {
     match File::open(lock_path(cache, name)) {
@@ -418,12 +440,8 @@ mod tests {
     }
 
     fn opts(prefetch: usize, cache: &Path) -> StoreRestoreOptions {
-        StoreRestoreOptions {
-            restore: RestoreOptions::default(),
-            system_identifier: Some(SYSID),
-            prefetch,
-            cache: Some(cache.to_path_buf()),
-        }
+        StoreRestoreOptions::new(RestoreOptions::default(), Some(SYSID))
+            .with_prefetch(prefetch, Some(cache.to_path_buf()))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

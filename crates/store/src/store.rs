@@ -55,6 +55,13 @@ pub struct Fetched {
     pub attrs: ObjectAttrs,
 }
 
+/// An object to create: its bytes and attributes.
+#[derive(Clone, Debug)]
+pub struct NewObject {
+    pub data: Bytes,
+    pub attrs: ObjectAttrs,
+}
+
 /// What [`ArchiveStore::put_if_absent`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PutIfAbsent {
@@ -71,6 +78,9 @@ pub enum Stored {
     AlreadyThere,
 }
 
+/// What the store's methods return.
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T>>;
+
 /// An archive's object storage. Every method is cancellation-safe in the sense that dropping the
 /// future leaves no partial object under a final name (object stores create objects atomically;
 /// [`crate::LocalDirStore`] writes a temp file first).
@@ -80,25 +90,21 @@ pub trait ArchiveStore: Send + Sync + fmt::Debug {
 
     /// Every object whose name starts with `prefix` (not only a directory's direct children), in
     /// no particular order.
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>>>;
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectInfo>>;
 
     /// The "directories" directly under `prefix` (a name ending in `/` or empty): their names
     /// without the prefix and without a trailing `/`.
-    fn list_dirs<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>>;
+    fn list_dirs<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>>;
 
     /// The whole object, or `None` when there is none of that name.
-    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Fetched>>>;
+    fn get<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<Fetched>>;
 
-    /// Creates the object unless one of that name exists; never replaces one.
-    fn put_if_absent<'a>(
-        &'a self,
-        name: &'a str,
-        data: Bytes,
-        attrs: &'a ObjectAttrs,
-    ) -> BoxFuture<'a, Result<PutIfAbsent>>;
+    /// Creates the object `name` with `data` and `attrs` unless one of that name exists; never
+    /// replaces one.
+    fn put_if_absent<'a>(&'a self, name: &'a str, put: NewObject) -> StoreFuture<'a, PutIfAbsent>;
 
     /// Removes the object; a missing object is not an error.
-    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>>;
+    fn delete<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()>;
 }
 
 /// SHA-256 as lower-case hex.
@@ -117,7 +123,11 @@ pub async fn put_new(
     // Twice at most: an object that exists but is gone when fetched was deleted in between
     // (a prune), and the name is free again.
     for _ in 0..2 {
-        if store.put_if_absent(name, data.clone(), attrs).await? == PutIfAbsent::Created {
+        let put = NewObject {
+            data: data.clone(),
+            attrs: attrs.clone(),
+        };
+        if store.put_if_absent(name, put).await? == PutIfAbsent::Created {
             return Ok(Stored::Created);
         }
         let Some(existing) = store.get(name).await? else {
@@ -127,11 +137,11 @@ pub async fn put_new(
         return if ours == theirs {
             Ok(Stored::AlreadyThere)
         } else {
-            Err(StoreError::Conflict {
+            Err(StoreError::Conflict(Box::new(crate::error::Conflict {
                 object: format!("{}/{name}", store.location()),
                 stored: theirs,
                 ours,
-            })
+            })))
         };
     }
     Err(StoreError::Corrupt {

@@ -185,13 +185,9 @@ fn scan_spool(
             modified: None,
         });
     }
-    let recorded: BTreeSet<String> = if checksums {
-        walrelay_archive::read_checksums(spool)?
-            .entries
-            .into_keys()
-            .collect()
-    } else {
-        BTreeSet::new()
+    let recorded = match checksums {
+        true => walrelay_archive::recorded_names(spool)?,
+        false => BTreeSet::new(),
     };
     let mut scan = SpoolScan {
         newest: files
@@ -357,10 +353,7 @@ pub async fn run_uploader(
 
 /// Errors that retrying cannot fix.
 fn is_definite(e: &StoreError) -> bool {
-    !matches!(
-        e,
-        StoreError::Remote { .. } | StoreError::Io { .. } | StoreError::Durable(_)
-    )
+    !matches!(e, StoreError::Remote { .. } | StoreError::Durable(_))
 }
 
 impl Uploader {
@@ -672,13 +665,20 @@ mod tests {
         Ok(stats.snapshot())
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn uploads_then_removes_all_but_the_newest_and_is_idempotent() {
+    const SYSID: u64 = 7_400_000_000_000_000_001;
+
+    /// A spool and a `file://` store, both empty.
+    fn spool_and_store() -> (tempfile::TempDir, tempfile::TempDir, Arc<dyn ArchiveStore>) {
         let spool = tempfile::tempdir().unwrap();
         let root = tempfile::tempdir().unwrap();
-        let store: Arc<dyn ArchiveStore> =
-            Arc::new(crate::LocalDirStore::open(root.path()).unwrap());
-        let sysid = 7_400_000_000_000_000_001;
+        let store = Arc::new(crate::LocalDirStore::open(root.path()).unwrap());
+        (spool, root, store)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploads_then_removes_all_but_the_newest_and_is_idempotent() {
+        let (spool, _root, store) = spool_and_store();
+        let sysid = SYSID;
         for segno in 1..=3 {
             let data = segment(segno, segno as u8, sysid);
             fs::write(spool.path().join(name(segno)), &data).unwrap();
@@ -701,15 +701,14 @@ mod tests {
         }
         // The newest segment and the history file stay in the spool; the rest and their
         // checksum entries are gone.
-        let mut left: Vec<String> = fs::read_dir(spool.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        assert_eq!(
-            left,
-            vec![name(3), "00000002.history".into(), "walrelay.sha256".into()]
-        );
+        for (file, kept) in [
+            (name(1), false),
+            (name(2), false),
+            (name(3), true),
+            ("00000002.history".into(), true),
+        ] {
+            assert_eq!(spool.path().join(&file).exists(), kept, "{file}");
+        }
         let list = walrelay_archive::read_checksums(spool.path()).unwrap();
         assert_eq!(
             list.entries.keys().cloned().collect::<Vec<_>>(),
@@ -726,11 +725,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_different_object_under_the_same_name_stops_the_uploader() {
-        let spool = tempfile::tempdir().unwrap();
-        let root = tempfile::tempdir().unwrap();
-        let store: Arc<dyn ArchiveStore> =
-            Arc::new(crate::LocalDirStore::open(root.path()).unwrap());
-        let sysid = 7_400_000_000_000_000_001;
+        let (spool, _root, store) = spool_and_store();
+        let sysid = SYSID;
         let ours = segment(1, 1, sysid);
         let theirs = segment(1, 2, sysid);
         fs::write(spool.path().join(name(1)), &ours).unwrap();
@@ -738,16 +734,13 @@ mod tests {
         let mut cfg = uploader(spool.path(), store.clone());
         cfg.checksums = false;
         let object = WalLayout::new(sysid).object(&name(1));
-        store
-            .put_if_absent(
-                &object,
-                Bytes::from(theirs.clone()),
-                &ObjectAttrs::default(),
-            )
-            .await
-            .unwrap();
+        let put = crate::NewObject {
+            data: Bytes::from(theirs.clone()),
+            attrs: ObjectAttrs::default(),
+        };
+        store.put_if_absent(&object, put).await.unwrap();
         let e = drain(cfg).await.unwrap_err();
-        assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+        assert!(matches!(e, StoreError::Conflict(_)), "{e}");
         let text = e.to_string();
         assert!(text.contains(&crate::sha256_hex(&ours)), "{text}");
         assert!(text.contains(&crate::sha256_hex(&theirs)), "{text}");

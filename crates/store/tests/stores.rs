@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use walrelay_store::{
-    open_store, put_new, sha256_hex, ArchiveLocation, ArchiveStore, ObjectAttrs, PutIfAbsent,
-    StoreError, Stored,
+    open_store, put_new, sha256_hex, ArchiveLocation, ArchiveStore, NewObject, ObjectAttrs,
+    PutIfAbsent, StoreError, Stored,
 };
 use walrelay_testkit::S3Server;
 
@@ -28,16 +28,21 @@ async fn contract(store: &dyn ArchiveStore) {
         wal_sha256: Some([7u8; 32]),
     };
     assert_eq!(store.get(name).await.unwrap().map(|f| f.bytes), None);
+    let first = NewObject {
+        data: a.clone(),
+        attrs: attrs.clone(),
+    };
+    let other = NewObject {
+        data: Bytes::from_static(b"other"),
+        attrs: ObjectAttrs::default(),
+    };
     assert_eq!(
-        store.put_if_absent(name, a.clone(), &attrs).await.unwrap(),
+        store.put_if_absent(name, first).await.unwrap(),
         PutIfAbsent::Created
     );
     // The raw put never replaces.
     assert_eq!(
-        store
-            .put_if_absent(name, Bytes::from_static(b"other"), &ObjectAttrs::default())
-            .await
-            .unwrap(),
+        store.put_if_absent(name, other).await.unwrap(),
         PutIfAbsent::Exists
     );
     let got = store.get(name).await.unwrap().unwrap();
@@ -55,7 +60,7 @@ async fn contract(store: &dyn ArchiveStore) {
     );
     let b = Bytes::from_static(b"second content");
     let e = put_new(store, name, b.clone(), &attrs).await.unwrap_err();
-    assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
     let text = e.to_string();
     assert!(
         text.contains(&sha256_hex(&a)) && text.contains(&sha256_hex(&b)),
@@ -68,39 +73,29 @@ async fn contract(store: &dyn ArchiveStore) {
     );
 
     // Listing by prefix and by directory.
-    put_new(
-        store,
-        "42/wal/00000002.history",
-        Bytes::from_static(b"1\t0/3000000\tx\n"),
-        &ObjectAttrs::default(),
-    )
-    .await
-    .unwrap();
-    put_new(
-        store,
-        "43/wal/000000010000000000000001",
-        Bytes::from_static(b"x"),
-        &ObjectAttrs::default(),
-    )
-    .await
-    .unwrap();
-    let mut names: Vec<String> = store
-        .list("42/wal/")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.name)
-        .collect();
-    names.sort();
-    assert_eq!(names, vec![name, "42/wal/00000002.history"]);
-    let one: Vec<String> = store
-        .list("42/wal/0000000100")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.name)
-        .collect();
-    assert_eq!(one, vec![name]);
+    for (object, data) in [
+        ("42/wal/00000002.history", &b"1\t0/3000000\tx\n"[..]),
+        ("43/wal/000000010000000000000001", b"x"),
+    ] {
+        let data = Bytes::copy_from_slice(data);
+        put_new(store, object, data, &ObjectAttrs::default())
+            .await
+            .unwrap();
+    }
+    for (prefix, want) in [
+        ("42/wal/", vec![name, "42/wal/00000002.history"]),
+        ("42/wal/0000000100", vec![name]),
+    ] {
+        let mut names: Vec<String> = store
+            .list(prefix)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, want, "{prefix}");
+    }
     let mut dirs = store.list_dirs("").await.unwrap();
     dirs.sort();
     assert_eq!(dirs, vec!["42", "43"]);
