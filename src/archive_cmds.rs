@@ -29,6 +29,28 @@ use walrelay_store::{ArchiveLocation, PrefetchPlan, StoreRestoreOptions, StoreUr
 /// Upper bound of the default `verify --jobs`: decompression and hashing scale, the disk may not.
 const MAX_DEFAULT_VERIFY_JOBS: usize = 4;
 
+/// A `-D` value (directory or URL), parsed after clap: clap's own refusal would repeat the value,
+/// and a refused URL may hold a key. [`ArchiveArg::get`] gives the location or a usage error
+/// that does not repeat it.
+#[derive(Clone, Debug)]
+pub struct ArchiveArg(std::result::Result<ArchiveLocation, String>);
+
+impl std::str::FromStr for ArchiveArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(ArchiveArg(
+            ArchiveLocation::parse(s).map_err(|e| e.to_string()),
+        ))
+    }
+}
+
+impl ArchiveArg {
+    pub fn get(&self) -> Result<&ArchiveLocation> {
+        self.0.as_ref().map_err(|e| crate::exit::usage(e.clone()))
+    }
+}
+
 // ------------------------------------------------------------------------------------- restore
 
 /// `restore_command = 'walrelay restore %f %p -D /archive'`.
@@ -287,7 +309,7 @@ pub async fn run_prefetch(args: PrefetchArgs) -> Result<i32> {
 pub struct VerifyArgs {
     /// Archive: a directory or object storage (s3://BUCKET/PREFIX, gs://…, az://…, file:///PATH).
     #[arg(short = 'D', long = "directory", value_name = "DIR|URL")]
-    pub directory: ArchiveLocation,
+    pub directory: ArchiveArg,
     /// Object storage: the cluster to verify (default: the only one stored).
     #[arg(long = "system-identifier", value_name = "N")]
     pub system_identifier: Option<u64>,
@@ -325,7 +347,7 @@ struct VerifyOutput<'a> {
 /// Runs `walrelay verify`: 0 when the archive has no problems, 1 when it has, 2 when it could not
 /// be verified.
 pub async fn run_verify(args: VerifyArgs) -> Result<i32> {
-    if let ArchiveLocation::Store(url) = &args.directory {
+    if let ArchiveLocation::Store(url) = args.directory.get()? {
         return verify_store_cmd(&args, url).await;
     }
     tokio::task::spawn_blocking(move || verify_blocking(&args))
@@ -388,7 +410,7 @@ async fn verify_store_cmd(args: &VerifyArgs, url: &StoreUrl) -> Result<i32> {
 }
 
 fn verify_blocking(args: &VerifyArgs) -> Result<i32> {
-    let ArchiveLocation::Dir(dir) = &args.directory else {
+    let ArchiveLocation::Dir(dir) = args.directory.get()? else {
         return Err(anyhow::anyhow!(
             "internal: a store URL reached the directory verify"
         ));
@@ -513,7 +535,7 @@ fn human_verify_report(r: &VerifyReport, content: bool) -> String {
 pub struct PruneArgs {
     /// Archive: a directory or object storage (s3://BUCKET/PREFIX, gs://…, az://…, file:///PATH).
     #[arg(short = 'D', long = "directory", value_name = "DIR|URL")]
-    pub directory: ArchiveLocation,
+    pub directory: ArchiveArg,
     /// Object storage: the cluster to prune (default: the only one stored).
     #[arg(long = "system-identifier", value_name = "N")]
     pub system_identifier: Option<u64>,
@@ -548,7 +570,7 @@ pub struct PruneArgs {
 
 /// Runs `walrelay prune`.
 pub async fn run_prune(args: PruneArgs) -> Result<i32> {
-    if let ArchiveLocation::Store(url) = &args.directory {
+    if let ArchiveLocation::Store(url) = args.directory.get()? {
         return prune_store_cmd(&args, url).await;
     }
     tokio::task::spawn_blocking(move || prune_blocking(&args))
@@ -614,7 +636,7 @@ fn print_prune_report(args: &PruneArgs, report: &PruneReport) -> Result<i32> {
 }
 
 fn prune_blocking(args: &PruneArgs) -> Result<i32> {
-    let ArchiveLocation::Dir(dir) = &args.directory else {
+    let ArchiveLocation::Dir(dir) = args.directory.get()? else {
         return Err(anyhow::anyhow!(
             "internal: a store URL reached the directory prune"
         ));
@@ -656,7 +678,7 @@ fn prune_point(args: &PruneArgs) -> Result<Option<PrunePoint>> {
     };
     // A bare .backup name is looked up in the archive directory, where the archiver put it.
     let mut candidates = vec![file.clone()];
-    if let ArchiveLocation::Dir(dir) = &args.directory {
+    if let Ok(ArchiveLocation::Dir(dir)) = args.directory.get() {
         candidates.push(dir.join(file));
     }
     if let Some(path) = candidates.iter().find(|p| p.is_file()) {
@@ -884,7 +906,7 @@ mod tests {
 
     fn prune_args(dir: &Path) -> PruneArgs {
         PruneArgs {
-            directory: ArchiveLocation::Dir(dir.to_path_buf()),
+            directory: dir.to_string_lossy().parse().unwrap(),
             system_identifier: None,
             before: None,
             before_backup: None,

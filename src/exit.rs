@@ -254,6 +254,19 @@ mod tests {
     }
 
     #[test]
+    fn object_storage_errors_have_their_classes() {
+        let conflict = walrelay_store::StoreError::Conflict(Box::new(walrelay_store::Conflict {
+            object: "s3://b/p/1/wal/000000010000000000000001".into(),
+            stored: "aa".into(),
+            ours: "bb".into(),
+        }));
+        let e = anyhow::Error::new(conflict).context("uploading WAL to the archive stopped");
+        assert_eq!(code(class_of(&e)), LOCAL);
+        let bad = walrelay_store::ArchiveLocation::parse("ftp://x").unwrap_err();
+        assert_eq!(code(class_of(&anyhow::Error::new(bad))), USAGE);
+    }
+
+    #[test]
     fn a_wrapper_lets_its_cause_decide() {
         let full = walrelay_durable::DurableError::new(
             "write",

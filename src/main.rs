@@ -54,7 +54,14 @@ enum Command {
 }
 
 fn init_logging(filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // object_store logs every retry at info; walrelay reports what failed once, where it is
+    // handled (a filter naming object_store itself decides otherwise).
+    if !filter.to_string().contains("object_store") {
+        if let Ok(quiet) = "object_store=warn".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -18,6 +18,7 @@ use walrelay_store::upload::DEFAULT_UPLOAD_CONCURRENCY;
 use walrelay_store::{ArchiveLocation, ArchiveStore, UploadStats, UploaderConfig};
 use walrelay_walreceiver::{DiskTaskConfig, ReceiverConfig, ReceiverStats, StopReason, Target};
 
+use crate::archive_cmds::ArchiveArg;
 use crate::connect::ConnectionArgs;
 use crate::exit::{self, Classified};
 
@@ -34,10 +35,10 @@ pub struct ReceiveArgs {
     /// Archive: a directory (pg_receivewal layout: complete segments, the one in progress as
     /// .partial) or object storage, s3://BUCKET/PREFIX, gs://…, az://…, file:///PATH (needs --spool).
     #[arg(short = 'D', long = "directory", value_name = "DIR|URL", required_unless_present_any = ["pg_wal", "drop_slot", "create_slot"], conflicts_with = "pg_wal")]
-    pub directory: Option<ArchiveLocation>,
+    pub directory: Option<ArchiveArg>,
     /// For an archive in object storage: the local directory WAL is received into (durable and
     /// acknowledged there), then uploaded from in the background and removed once confirmed.
-    #[arg(long = "spool", value_name = "DIR")]
+    #[arg(long = "spool", value_name = "DIR", conflicts_with = "pg_wal")]
     pub spool: Option<PathBuf>,
     /// Uploads to object storage in flight at once.
     #[arg(long = "upload-concurrency", value_name = "N", default_value_t = DEFAULT_UPLOAD_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -159,7 +160,8 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
     }
 
     let mut store: Option<Arc<dyn ArchiveStore>> = None;
-    let target = match (&args.directory, &args.pg_wal) {
+    let location = args.directory.as_ref().map(ArchiveArg::get).transpose()?;
+    let target = match (location, &args.pg_wal) {
         (Some(ArchiveLocation::Dir(dir)), None) => {
             if args.spool.is_some() {
                 return Err(exit::usage(

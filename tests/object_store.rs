@@ -250,3 +250,27 @@ fn kill9_during_uploads_leaves_the_bucket_complete() {
         w.full_log()
     );
 }
+
+#[test]
+fn remote_archive_usage_errors() {
+    // An archive in object storage needs a spool; credentials never go into a URL, and the
+    // refusal does not repeat them.
+    let (code, _, err) = walrelay(&["receive", "-d", "host=127.0.0.1", "-D", "s3://b/p"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--spool"), "{err}");
+    let (code, _, err) = walrelay(&["verify", "-D", "s3://AKIDEXAMPLE:hunter2@bucket/p"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        !err.contains("hunter2") && !err.contains("AKIDEXAMPLE"),
+        "{err}"
+    );
+    // restore_command with a bad URL: 201, never 1 or 2 (PostgreSQL would end recovery early).
+    let (code, _, err) = walrelay(&[
+        "restore",
+        "000000010000000000000001",
+        "/tmp/x",
+        "-D",
+        "ftp://x/y",
+    ]);
+    assert_eq!(code, Some(201), "{err}");
+}

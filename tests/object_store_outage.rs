@@ -76,6 +76,19 @@ fn store_outage_under_load_only_grows_the_spool() {
     server.stop();
     let stopped = Instant::now();
     let acked_at_stop = slot_lsn(&primary);
+    // restore_command against a store that is down: 201, which stops recovery (never 1, which
+    // would end it early).
+    let dest = tempfile::tempdir().unwrap();
+    let restore = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["restore", "000000010000000000000001"])
+        .arg(dest.path().join("RECOVERYXLOG"))
+        .args(["-D", &url, "--system-identifier", &sysid.to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&restore.stderr);
+    assert_eq!(restore.status.code(), Some(201), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(!err.contains(walrelay_testkit::s3::SECRET_KEY), "{err}");
     let mut max_pending = 0;
     while stopped.elapsed() < OUTAGE {
         w.assert_running();

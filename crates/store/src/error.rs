@@ -47,6 +47,14 @@ pub enum StoreError {
     #[error(transparent)]
     Archive(#[from] ArchiveError),
 
+    /// Nothing of the cluster is stored: a wrong URL or prefix must not look like "not in the
+    /// archive" to restore_command (PostgreSQL would end recovery early).
+    #[error("{location} holds no WAL of the cluster with system identifier {system_identifier}: check the URL and its prefix")]
+    NoCluster {
+        location: String,
+        system_identifier: u64,
+    },
+
     /// WAL of another cluster where one cluster's WAL is expected.
     #[error("{what} belongs to the cluster with system identifier {found}, but this archive is for {expected}: a spool or archive must hold one cluster's WAL only")]
     SystemMismatch {
@@ -109,9 +117,9 @@ impl Classify for StoreError {
     fn class(&self) -> ErrorClass {
         use object_store::Error as O;
         match self {
-            StoreError::BadLocation { .. } | StoreError::AmbiguousSystem { .. } => {
-                ErrorClass::Usage
-            }
+            StoreError::BadLocation { .. }
+            | StoreError::AmbiguousSystem { .. }
+            | StoreError::NoCluster { .. } => ErrorClass::Usage,
             StoreError::Setup { .. } => ErrorClass::Connection,
             StoreError::Remote { source, .. } => match source {
                 O::Unauthenticated { .. } | O::PermissionDenied { .. } => ErrorClass::Connection,

@@ -235,14 +235,17 @@ pub async fn restore_from_store(
     let is_segment = walrelay_archive::requested_is_segment(wal_file_name)?;
     let wanted = opts.system_identifier.or_else(sysid_from_pg_control);
     let Some(sysid) = choose_system(store, wanted).await? else {
-        return Ok((RestoreOutcome::NotFound, None));
+        return Err(StoreError::NoCluster {
+            location: store.location(),
+            system_identifier: wanted.unwrap_or_default(),
+        });
     };
     let layout = WalLayout::new(sysid);
 
     if !is_segment {
         let object = layout.object(wal_file_name);
         let Some(fetched) = store.get(&object).await? else {
-            return Ok((RestoreOutcome::NotFound, None));
+            return not_found(store, sysid).await;
         };
         let shown = PathBuf::from(format!("{}/{object}", store.location()));
         let r = walrelay_archive::restore_bytes(
@@ -277,7 +280,7 @@ pub async fn restore_from_store(
             let Some(wal) =
                 fetch_segment(store, layout, wal_file_name, opts.restore.seg_size).await?
             else {
-                return Ok((RestoreOutcome::NotFound, None));
+                return not_found(store, sysid).await;
             };
             walrelay_archive::restore_bytes(
                 wal_file_name,
@@ -294,6 +297,22 @@ pub async fn restore_from_store(
         None
     };
     Ok((RestoreOutcome::Restored(restored), plan))
+}
+
+/// "Not in the archive" — if the archive holds the cluster at all: a store without any of its
+/// WAL is a wrong URL or prefix, an error that stops recovery.
+async fn not_found(
+    store: &dyn ArchiveStore,
+    sysid: u64,
+) -> Result<(RestoreOutcome, Option<PrefetchPlan>)> {
+    if crate::layout::systems(store).await?.contains(&sysid) {
+        Ok((RestoreOutcome::NotFound, None))
+    } else {
+        Err(StoreError::NoCluster {
+            location: store.location(),
+            system_identifier: sysid,
+        })
+    }
 }
 
 /// The next segments to prefetch: neither cached nor being fetched.
@@ -513,12 +532,20 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.is_corruption(), "{e}");
-        // Another cluster's WAL is never handed out: it is not there for this one.
+        // Another cluster's WAL is never handed out; a store without the cluster's WAL is a
+        // wrong URL, an error (never "not found", which would end recovery early).
         let mut o = opts(0, &cache);
         o.system_identifier = Some(42);
-        let (out, _) = restore_from_store(store.as_ref(), &name(1), &dest, &o)
+        let e = restore_from_store(store.as_ref(), &name(1), &dest, &o)
             .await
-            .unwrap();
-        assert_eq!(out, RestoreOutcome::NotFound);
+            .unwrap_err();
+        assert!(matches!(e, StoreError::NoCluster { .. }), "{e}");
+        let empty = tempfile::tempdir().unwrap();
+        let empty: Arc<dyn ArchiveStore> =
+            Arc::new(crate::LocalDirStore::open(empty.path()).unwrap());
+        let e = restore_from_store(empty.as_ref(), &name(1), &dest, &opts(0, &cache))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::NoCluster { .. }), "{e}");
     }
 }
