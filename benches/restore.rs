@@ -25,11 +25,14 @@
 //! Run with `cargo bench --bench restore`; results in `docs/benchmarks.md`.
 
 mod common;
+// The integration tests' recovery helpers (copying a backup as the server needs it).
+#[allow(dead_code)]
+#[path = "../tests/support/recovery.rs"]
+mod recovery;
 
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{load_average, median, tool_command, Table};
@@ -214,19 +217,8 @@ fn chown_like(dir: &Path, like: &Path) {
 /// start to the end of recovery.
 fn recover(primary: &Cluster, backup: &Path, restore_command: &str, round: usize, i: usize) -> f64 {
     let data: PathBuf = primary.scratch_path(&format!("recover-{round}-{i}"));
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(backup)
-        .arg(&data)
-        .output()
-        .expect("cp the backup");
-    assert!(
-        out.status.success(),
-        "cp: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    recovery::copy_dir(backup, &data);
     File::create(data.join("recovery.signal")).expect("recovery.signal");
-    chown_like(&data.join("recovery.signal"), &data);
     let started = Instant::now();
     let c = primary
         .standby(&data)

@@ -46,7 +46,8 @@ pub use inventory::{
 };
 pub use prune::{plan_prune, prune, ListedFile, PruneOptions, PrunePlan, PrunePoint, PruneReport};
 pub use restore::{
-    requested_is_segment, restore, restore_bytes, RestoreOptions, RestoreOutcome, Restored,
+    requested_is_segment, restore, restore_by_rename, restore_bytes, RestoreOptions,
+    RestoreOutcome, Restored,
 };
 pub use verify::{
     verify, verify_files, ArchiveFiles, Gap, NoContentCheck, Problem, ProblemKind,

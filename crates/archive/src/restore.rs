@@ -289,6 +289,28 @@ fn check_segment_size(src: &Path, bytes: u64, seg_size: Option<WalSegmentSize>) 
     ))
 }
 
+/// Moves a complete segment that is already a plain, checked file on the destination's file
+/// system (a prefetch cache in `pg_wal`) to `dest` (`%p`): its size is checked, it gets the mode
+/// and owner [`restore`] would give it, and it is renamed into place durably — no copy. `Ok(false)`
+/// when it cannot be renamed there (another file system): the caller copies instead.
+pub fn restore_by_rename(src: &Path, dest: &Path, opts: &RestoreOptions) -> Result<bool> {
+    let target = Target::for_dest(dest, opts)?;
+    let len = fs::metadata(src)
+        .map_err(|e| ArchiveError::io("stat", src, e))?
+        .len();
+    check_segment_size(src, len, opts.seg_size)?;
+    fs::set_permissions(src, fs::Permissions::from_mode(target.mode))
+        .map_err(|e| ArchiveError::io("set the mode of", src, e))?;
+    target.owner.apply(src)?;
+    match fs::rename(src, dest) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => return Ok(false),
+        Err(e) => return Err(ArchiveError::io("rename into place", src, e)),
+    }
+    durable::fsync_parent(dest)?;
+    Ok(true)
+}
+
 /// Restores `wal_file_name` (`%f`) from bytes fetched elsewhere — an object store, a prefetch
 /// cache — to `dest` (`%p`), with the same checks and the same atomic write as [`restore`].
 /// `shown_as` is where the bytes came from (for messages; its file name's suffix says how they

@@ -183,12 +183,23 @@ fn take_cached(
         Ok(f) => Flock::lock(f, FlockArg::LockExclusive).ok(),
         Err(_) => None,
     };
-    let bytes = match fs::read(&cached) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StoreError::io("read", &cached, e)),
+    if !cached.is_file() {
+        return Ok(None);
+    }
+    // The fetcher checked it (whole segment, SHA-256) and fsynced it: on the same file system it
+    // is renamed into place; elsewhere copied.
+    let result = match walrelay_archive::restore_by_rename(&cached, dest, opts) {
+        Ok(true) => Ok(Restored {
+            source: cached.clone(),
+            bytes: fs::metadata(dest).map(|m| m.len()).unwrap_or_default(),
+            padded_from: None,
+        }),
+        Ok(false) => {
+            let bytes = fs::read(&cached).map_err(|e| StoreError::io("read", &cached, e))?;
+            walrelay_archive::restore_bytes(name, &cached, &bytes, dest, opts)
+        }
+        Err(e) => Err(e),
     };
-    let result = walrelay_archive::restore_bytes(name, &cached, &bytes, dest, opts);
     let _ = fs::remove_file(&cached);
     match result {
         Ok(r) => Ok(Some(r)),
@@ -405,8 +416,11 @@ async fn prefetch_one(
     let Some(wal) = fetch_segment(store, layout, name, seg_size).await? else {
         return Ok(());
     };
+    // Durable before it gets its name: restore renames it into pg_wal as it is.
     let tmp = cache.join(format!(".{name}.tmp"));
-    fs::write(&tmp, &wal).map_err(|e| StoreError::io("write", &tmp, e))?;
+    let mut f = fs::File::create(&tmp).map_err(|e| StoreError::io("create", &tmp, e))?;
+    std::io::Write::write_all(&mut f, &wal).map_err(|e| StoreError::io("write", &tmp, e))?;
+    f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
     fs::rename(&tmp, &target).map_err(|e| StoreError::io("rename", &tmp, e))?;
     Ok(())
 }
