@@ -180,8 +180,19 @@ fn archives_into_s3_and_recovers_from_the_bucket() {
         );
     }
 
-    // prune on the bucket: segments before the point go, on every timeline; .history never.
+    // prune on the bucket: segments before the point go, on every timeline; .history never (an
+    // old timeline's history, as a failover would have left it).
     let keep = &names[names.len() / 2];
+    let history = walrelay_store::WalLayout::new(sysid).object("00000001.history");
+    bucket::runtime()
+        .block_on(walrelay_store::put_new(
+            store.as_ref(),
+            &history,
+            bytes::Bytes::from_static(b""),
+            &walrelay_store::ObjectAttrs::default(),
+        ))
+        .unwrap();
+    let objects = bucket::wal_names(store.as_ref(), sysid);
     let (code, out, err) = walrelay(&["prune", "-D", &url, "--before", keep, "--dry-run"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(
@@ -192,8 +203,14 @@ fn archives_into_s3_and_recovers_from_the_bucket() {
     let (code, out, err) = walrelay(&["prune", "-D", &url, "--before", keep, "--json"]);
     assert_eq!(code, Some(0), "{out}{err}");
     let left = bucket::wal_names(store.as_ref(), sysid);
-    assert!(left.iter().all(|n| n.as_str() >= keep.as_str()), "{left:?}");
+    assert!(
+        left.iter()
+            .all(|n| n.as_str() >= keep.as_str() || n.ends_with(".history")),
+        "{left:?}"
+    );
+    assert!(left.contains(&"00000001.history".to_string()), "{left:?}");
     assert_eq!(left.len(), objects.len() - names.len() / 2, "{out}");
+    bucket::runtime().block_on(store.delete(&history)).unwrap();
     let (code, out, err) = walrelay(&["verify", "-D", &url]);
     assert_eq!(code, Some(0), "verify after prune: {out}{err}");
 }
