@@ -329,7 +329,12 @@ pub async fn run_uploader(
     };
     info!(store = %up.cfg.store.location(), spool = %up.cfg.spool.display(), "uploading completed WAL from the spool");
     loop {
-        let round = up.round().await;
+        // A stop request cancels the round: an upload cut short leaves no object, and its file
+        // stays in the spool for the next start.
+        let round = tokio::select! {
+            r = up.round() => r,
+            _ = shutdown.changed() => return Ok(()),
+        };
         let wait = match round {
             Ok(true) => Duration::ZERO,
             Ok(false) => SPOOL_POLL,
