@@ -173,19 +173,44 @@ impl ArchiveStore for ObjectStoreArchive {
 
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectInfo>> {
         async move {
-            // object_store lists by path segments: list the deepest whole directory, then filter.
-            let (dir, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+            // object_store lists by path segments: list the deepest whole directory. A prefix
+            // inside a name (a segment's `NAME` for its `NAME.zst`) starts the listing just
+            // before it (S3's start-after, GCS's startOffset), so that finding one segment's
+            // objects costs one request, not a listing of the whole WAL directory.
+            let (dir, partial) = prefix.rsplit_once('/').unwrap_or(("", prefix));
             let dir_path = if dir.is_empty() {
                 (!self.url.prefix.is_empty()).then(|| ObjPath::from(self.url.prefix.as_str()))
             } else {
                 Some(self.path(dir))
             };
-            let metas: Vec<object_store::ObjectMeta> = self
-                .inner
-                .list(dir_path.as_ref())
-                .try_collect()
-                .await
-                .map_err(|e| StoreError::remote("list", self.display(prefix), e))?;
+            let failed = |e| StoreError::remote("list", self.display(prefix), e);
+            let ordered = matches!(self.url.service, Service::S3 | Service::Gcs);
+            let stem = partial.get(..partial.len().saturating_sub(1)).unwrap_or("");
+            let metas: Vec<object_store::ObjectMeta> = if ordered && !stem.is_empty() {
+                let offset = self.path(&format!(
+                    "{dir}{}{stem}",
+                    if dir.is_empty() { "" } else { "/" }
+                ));
+                let wanted = self.path(prefix);
+                let wanted = wanted.as_ref().to_string();
+                self.inner
+                    .list_with_offset(dir_path.as_ref(), &offset)
+                    .try_skip_while(|m| {
+                        futures::future::ready(Ok(!m.location.as_ref().starts_with(&wanted)))
+                    })
+                    .try_take_while(|m| {
+                        futures::future::ready(Ok(m.location.as_ref().starts_with(&wanted)))
+                    })
+                    .try_collect()
+                    .await
+                    .map_err(failed)?
+            } else {
+                self.inner
+                    .list(dir_path.as_ref())
+                    .try_collect()
+                    .await
+                    .map_err(failed)?
+            };
             Ok(metas
                 .into_iter()
                 .map(|m| ObjectInfo {

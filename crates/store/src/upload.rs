@@ -48,7 +48,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use walrelay_archive::{Compression, ListedFile};
-use walrelay_protocol::{Lsn, SegmentId, TimelineId, WalFileName, WalSegmentSize, XLogSegNo};
+use walrelay_protocol::{Lsn, TimelineId, WalFileName, WalSegmentSize};
 
 use crate::error::{Result, StoreError};
 use crate::layout::{is_archivable, WalLayout};
@@ -571,22 +571,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::io("run file task", "", io::Error::other(e.to_string())))?
-}
-
-/// The segment after the newest complete one in the store: where a receiver with an empty spool
-/// resumes. `None` when the store has no segment of this cluster.
-pub async fn resume_point(
-    store: &dyn ArchiveStore,
-    layout: WalLayout,
-    seg: WalSegmentSize,
-) -> Result<Option<(TimelineId, Lsn)>> {
-    let objects = store.list(&layout.wal_prefix()).await?;
-    let newest = objects
-        .iter()
-        .filter_map(|o| layout.file_name(&o.name))
-        .filter_map(|n| WalFileName::parse(n)?.segment_id(seg))
-        .max_by_key(|id: &SegmentId| (id.timeline, id.segno));
-    Ok(newest.map(|id| (id.timeline, seg.segment_start(XLogSegNo(id.segno.0 + 1)))))
 }
 
 #[cfg(test)]
