@@ -11,7 +11,8 @@
 //! FATAL (see `walrelay_archive::RESTORE_EXIT_CORRUPT`).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -23,9 +24,32 @@ use walrelay_archive::{
     WalContentCheck, RESTORE_EXIT_ERROR,
 };
 use walrelay_protocol::{Lsn, WalFileName, WalSegmentSize};
+use walrelay_store::{ArchiveLocation, PrefetchPlan, StoreRestoreOptions, StoreUrl};
 
 /// Upper bound of the default `verify --jobs`: decompression and hashing scale, the disk may not.
 const MAX_DEFAULT_VERIFY_JOBS: usize = 4;
+
+/// A `-D` value (directory or URL), parsed after clap: clap's own refusal would repeat the value,
+/// and a refused URL may hold a key. [`ArchiveArg::get`] gives the location or a usage error
+/// that does not repeat it.
+#[derive(Clone, Debug)]
+pub struct ArchiveArg(std::result::Result<ArchiveLocation, String>);
+
+impl std::str::FromStr for ArchiveArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(ArchiveArg(
+            ArchiveLocation::parse(s).map_err(|e| e.to_string()),
+        ))
+    }
+}
+
+impl ArchiveArg {
+    pub fn get(&self) -> Result<&ArchiveLocation> {
+        self.0.as_ref().map_err(|e| crate::exit::usage(e.clone()))
+    }
+}
 
 // ------------------------------------------------------------------------------------- restore
 
@@ -41,9 +65,21 @@ pub struct RestoreArgs {
     /// Where to write it (%p, e.g. pg_wal/RECOVERYXLOG), atomically.
     #[arg(value_name = "DEST")]
     pub dest: Option<PathBuf>,
-    /// Archive directory (written by `walrelay receive -D` or pg_receivewal).
-    #[arg(short = 'D', long = "directory", value_name = "DIR")]
-    pub directory: Option<PathBuf>,
+    /// Archive: a directory (written by `walrelay receive -D` or pg_receivewal) or object storage
+    /// (s3://BUCKET/PREFIX, gs://…, az://…, file:///PATH).
+    #[arg(short = 'D', long = "directory", value_name = "DIR|URL")]
+    pub directory: Option<String>,
+    /// Object storage: fetch the next N segments in the background into --cache, so that
+    /// recovery does not wait a round trip per segment.
+    #[arg(long = "prefetch", value_name = "N", default_value_t = 0)]
+    pub prefetch: u16,
+    /// Object storage: where prefetched segments wait (default: pg_wal/.walrelay-prefetch).
+    #[arg(long = "cache", value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Object storage: the cluster whose WAL to restore (default: the data directory's
+    /// global/pg_control, else the only cluster stored).
+    #[arg(long = "system-identifier", value_name = "N")]
+    pub system_identifier: Option<u64>,
     /// When a segment has no complete copy, serve its newest .partial, zero-padded (recovery to the
     /// last received byte after losing the primary).
     #[arg(long = "partial")]
@@ -59,6 +95,13 @@ pub struct RestoreArgs {
 /// Runs `walrelay restore`; always returns `Ok` with the exit status PostgreSQL must see, having
 /// printed at most one line (more with `-v`).
 pub async fn run_restore(args: RestoreArgs) -> Result<i32> {
+    if let Some(ArchiveLocation::Store(url)) = args
+        .directory
+        .as_deref()
+        .and_then(|d| ArchiveLocation::parse(d).ok())
+    {
+        return Ok(restore_from_store(&args, &url).await);
+    }
     match tokio::task::spawn_blocking(move || restore_blocking(&args)).await {
         Ok(code) => Ok(code),
         Err(e) => {
@@ -69,29 +112,44 @@ pub async fn run_restore(args: RestoreArgs) -> Result<i32> {
     }
 }
 
-fn restore_blocking(args: &RestoreArgs) -> i32 {
-    let fail = |msg: String| {
-        eprintln!("walrelay: error: {msg}");
-        RESTORE_EXIT_ERROR
-    };
+/// One failure line for PostgreSQL's log; the status that stops recovery.
+fn restore_failed(msg: String) -> i32 {
+    eprintln!("walrelay: error: {msg}");
+    RESTORE_EXIT_ERROR
+}
+
+/// `%f`, `%p` and the segment size from the command line, or the failure's exit status.
+fn restore_inputs(args: &RestoreArgs) -> Result<(&str, &Path, Option<WalSegmentSize>), i32> {
     let (Some(wal_file), Some(dest)) = (&args.wal_file, &args.dest) else {
-        return fail(
-            "restore needs the file name and the destination: restore_command = 'walrelay restore %f %p -D /path/to/archive'"
+        return Err(restore_failed(
+            "restore needs the file name and the destination: restore_command = 'walrelay restore %f %p -D ARCHIVE'"
                 .into(),
-        );
+        ));
     };
-    let Some(dir) = &args.directory else {
-        return fail("restore needs the archive directory: add -D /path/to/archive".into());
-    };
-    let seg_size = match args
+    let seg_size = args
         .wal_segsize
         .as_deref()
         .map(parse_segment_size)
         .transpose()
-    {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+        .map_err(restore_failed)?;
+    Ok((wal_file, dest, seg_size))
+}
+
+fn restore_blocking(args: &RestoreArgs) -> i32 {
+    let fail = restore_failed;
+    let (wal_file, dest, seg_size) = match restore_inputs(args) {
+        Ok(i) => i,
+        Err(code) => return code,
     };
+    let dir = match args.directory.as_deref().map(ArchiveLocation::parse) {
+        None => return fail("restore needs the archive directory: add -D /path/to/archive".into()),
+        Some(Err(e)) => return fail(e.to_string()),
+        Some(Ok(ArchiveLocation::Dir(d))) => d,
+        Some(Ok(ArchiveLocation::Store(_))) => {
+            return fail("internal: a store URL reached the directory restore".into())
+        }
+    };
+    let dir = &dir;
     let opts = RestoreOptions {
         seg_size,
         partial: args.partial,
@@ -132,15 +190,129 @@ fn restore_blocking(args: &RestoreArgs) -> i32 {
     }
 }
 
+/// `walrelay restore` from object storage: the same exit codes as from a directory (an
+/// unreachable store is 201, so recovery stops instead of ending early).
+async fn restore_from_store(args: &RestoreArgs, url: &StoreUrl) -> i32 {
+    let (wal_file, dest, seg_size) = match restore_inputs(args) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    let store = match walrelay_store::open_store(url) {
+        Ok(s) => s,
+        Err(e) => return restore_failed(e.to_string()),
+    };
+    let restore = RestoreOptions {
+        seg_size,
+        partial: args.partial,
+        owner: None,
+    };
+    let opts = StoreRestoreOptions::new(restore, args.system_identifier)
+        .with_prefetch(usize::from(args.prefetch), args.cache.clone());
+    match walrelay_store::restore_from_store(store.as_ref(), wal_file, dest, &opts).await {
+        Ok((outcome, plan)) => {
+            if args.verbose {
+                match &outcome {
+                    RestoreOutcome::Restored(r) => eprintln!(
+                        "walrelay: restored {wal_file} from {} ({} bytes)",
+                        r.source.display(),
+                        r.bytes
+                    ),
+                    RestoreOutcome::NotFound => eprintln!("walrelay: {wal_file} is not in {url}"),
+                }
+            }
+            if let Some(plan) = plan {
+                spawn_prefetcher(url, &plan, seg_size);
+            }
+            outcome.exit_code()
+        }
+        Err(e) => {
+            eprintln!("walrelay: error: restore {wal_file}: {e}");
+            if e.is_corruption() {
+                walrelay_archive::RESTORE_EXIT_CORRUPT
+            } else {
+                RESTORE_EXIT_ERROR
+            }
+        }
+    }
+}
+
+/// Starts `walrelay restore-prefetch` detached (its own process group, no terminal, no output):
+/// restore returns at once, the fetcher fills the cache for the next calls. Credentials stay in
+/// the environment it inherits, never on its command line.
+fn spawn_prefetcher(url: &StoreUrl, plan: &PrefetchPlan, seg_size: Option<WalSegmentSize>) {
+    use std::os::unix::process::CommandExt;
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("restore-prefetch")
+        .arg("-D")
+        .arg(url.to_string())
+        .arg("--cache")
+        .arg(&plan.cache)
+        .arg("--system-identifier")
+        .arg(plan.system_identifier.to_string());
+    if let Some(s) = seg_size {
+        cmd.arg("--wal-segsize").arg(s.as_u64().to_string());
+    }
+    cmd.args(&plan.names)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    if let Err(e) = cmd.spawn() {
+        tracing::debug!(error = %e, "could not start the prefetcher");
+    }
+}
+
+/// `walrelay restore-prefetch` (started by restore, not by hand).
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
+pub struct PrefetchArgs {
+    #[arg(short = 'D', long = "directory", value_name = "URL")]
+    pub directory: ArchiveLocation,
+    #[arg(long = "cache", value_name = "DIR")]
+    pub cache: PathBuf,
+    #[arg(long = "system-identifier", value_name = "N")]
+    pub system_identifier: u64,
+    #[arg(long = "wal-segsize", value_name = "SIZE", value_parser = parse_segment_size)]
+    pub wal_segsize: Option<WalSegmentSize>,
+    /// Segment names to fetch.
+    pub names: Vec<String>,
+}
+
+/// Runs the background fetcher; always exits 0 (restore fetches what the fetcher did not).
+pub async fn run_prefetch(args: PrefetchArgs) -> Result<i32> {
+    let ArchiveLocation::Store(url) = &args.directory else {
+        return Ok(0);
+    };
+    let store = walrelay_store::open_store(url)?;
+    let names = args
+        .names
+        .into_iter()
+        .filter(|n| walrelay_archive::requested_is_segment(n).unwrap_or(false))
+        .collect();
+    let plan = PrefetchPlan {
+        system_identifier: args.system_identifier,
+        cache: args.cache,
+        names,
+    };
+    walrelay_store::prefetch_worker(store.as_ref(), &plan, args.wal_segsize).await;
+    Ok(0)
+}
+
 // -------------------------------------------------------------------------------------- verify
 
-/// `walrelay verify -D DIR`.
+/// `walrelay verify -D DIR|URL`.
 #[derive(Args, Debug)]
 #[command(disable_help_flag = true)]
 pub struct VerifyArgs {
-    /// Archive directory.
-    #[arg(short = 'D', long = "directory", value_name = "DIR")]
-    pub directory: PathBuf,
+    /// Archive: a directory or object storage (s3://BUCKET/PREFIX, gs://…, az://…, file:///PATH).
+    #[arg(short = 'D', long = "directory", value_name = "DIR|URL")]
+    pub directory: ArchiveArg,
+    /// Object storage: the cluster to verify (default: the only one stored).
+    #[arg(long = "system-identifier", value_name = "N")]
+    pub system_identifier: Option<u64>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -175,13 +347,74 @@ struct VerifyOutput<'a> {
 /// Runs `walrelay verify`: 0 when the archive has no problems, 1 when it has, 2 when it could not
 /// be verified.
 pub async fn run_verify(args: VerifyArgs) -> Result<i32> {
+    if let ArchiveLocation::Store(url) = args.directory.get()? {
+        return verify_store_cmd(&args, url).await;
+    }
     tokio::task::spawn_blocking(move || verify_blocking(&args))
         .await
         .context("verify failed unexpectedly")?
 }
 
+fn verify_options(args: &VerifyArgs) -> VerifyOptions {
+    let jobs = match args.jobs {
+        Some(n) => usize::from(n),
+        None => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_DEFAULT_VERIFY_JOBS),
+    };
+    VerifyOptions {
+        read_content: !args.no_content,
+        require_checksums: args.require_checksums,
+        jobs,
+    }
+}
+
+/// The store a URL names and the layout of the cluster to work on (`wanted`, else the only one).
+async fn open_cluster_store(
+    url: &StoreUrl,
+    wanted: Option<u64>,
+) -> Result<(
+    Arc<dyn walrelay_store::ArchiveStore>,
+    walrelay_store::WalLayout,
+)> {
+    let store = walrelay_store::open_store(url)?;
+    match walrelay_store::choose_system(store.as_ref(), wanted).await? {
+        Some(sysid) => Ok((store, walrelay_store::WalLayout::new(sysid))),
+        None => Err(crate::exit::local(format!(
+            "{url} holds no WAL of any cluster (no SYSID/wal/ objects): check the URL and the prefix"
+        ))),
+    }
+}
+
+/// `verify` of one cluster's WAL in object storage: the same checks and report.
+async fn verify_store_cmd(args: &VerifyArgs, url: &StoreUrl) -> Result<i32> {
+    let (store, layout) = open_cluster_store(url, args.system_identifier).await?;
+    let (seg_size, from) = match args.wal_segsize {
+        Some(s) => (s, "option"),
+        None => match walrelay_store::infer_store_segment_size(store.as_ref(), layout).await? {
+            Some(s) => (s, "wal"),
+            None => (WalSegmentSize::default(), "default"),
+        },
+    };
+    let wal_check = Arc::new(WalContentCheck::new(seg_size));
+    let checks: Arc<dyn SegmentContentCheck> = if args.no_content {
+        Arc::new(NoContentCheck)
+    } else {
+        wal_check.clone()
+    };
+    let report =
+        walrelay_store::verify_store(store, layout, seg_size, checks, verify_options(args))
+            .await
+            .with_context(|| format!("verify {url}"))?;
+    print_verify_report(args, report, from, wal_check.boundaries_skipped())
+}
+
 fn verify_blocking(args: &VerifyArgs) -> Result<i32> {
-    let dir = &args.directory;
+    let ArchiveLocation::Dir(dir) = args.directory.get()? else {
+        return Err(anyhow::anyhow!(
+            "internal: a store URL reached the directory verify"
+        ));
+    };
     let (seg_size, from) = match args.wal_segsize {
         Some(s) => (s, "option"),
         None => match infer_segment_size(dir)? {
@@ -189,26 +422,25 @@ fn verify_blocking(args: &VerifyArgs) -> Result<i32> {
             None => (WalSegmentSize::default(), "default"),
         },
     };
-    let jobs = match args.jobs {
-        Some(n) => usize::from(n),
-        None => std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_DEFAULT_VERIFY_JOBS),
-    };
-    let opts = VerifyOptions {
-        read_content: !args.no_content,
-        require_checksums: args.require_checksums,
-        jobs,
-    };
+    let opts = verify_options(args);
     let wal_check = WalContentCheck::new(seg_size);
     let checks: &dyn SegmentContentCheck = if args.no_content {
         &NoContentCheck
     } else {
         &wal_check
     };
-    let mut report = verify(dir, seg_size, checks, &opts)
+    let report = verify(dir, seg_size, checks, &opts)
         .with_context(|| format!("verify {}", dir.display()))?;
-    let skipped = wal_check.boundaries_skipped();
+    print_verify_report(args, report, from, wal_check.boundaries_skipped())
+}
+
+/// Prints the report as the options ask; the exit status: 0 no problems, 1 problems.
+fn print_verify_report(
+    args: &VerifyArgs,
+    mut report: VerifyReport,
+    from: &'static str,
+    skipped: u64,
+) -> Result<i32> {
     if skipped > 0 {
         report.notes.push(format!(
             "{skipped} segment boundaries were not followed (records too large to hold in memory); each segment was still checked on its own"
@@ -301,9 +533,12 @@ fn human_verify_report(r: &VerifyReport, content: bool) -> String {
 #[command(disable_help_flag = true)]
 #[command(group(ArgGroup::new("point").multiple(false).args(["before", "before_backup", "before_lsn"])))]
 pub struct PruneArgs {
-    /// Archive directory.
-    #[arg(short = 'D', long = "directory", value_name = "DIR")]
-    pub directory: PathBuf,
+    /// Archive: a directory or object storage (s3://BUCKET/PREFIX, gs://…, az://…, file:///PATH).
+    #[arg(short = 'D', long = "directory", value_name = "DIR|URL")]
+    pub directory: ArchiveArg,
+    /// Object storage: the cluster to prune (default: the only one stored).
+    #[arg(long = "system-identifier", value_name = "N")]
+    pub system_identifier: Option<u64>,
     /// Keep this WAL file and everything after it, on every timeline (pg_archivecleanup's
     /// OLDESTKEPTWALFILE): a segment, NAME.partial or NAME.XXXXXXXX.backup name.
     #[arg(long = "before", value_name = "WALFILE")]
@@ -335,13 +570,16 @@ pub struct PruneArgs {
 
 /// Runs `walrelay prune`.
 pub async fn run_prune(args: PruneArgs) -> Result<i32> {
+    if let ArchiveLocation::Store(url) = args.directory.get()? {
+        return prune_store_cmd(&args, url).await;
+    }
     tokio::task::spawn_blocking(move || prune_blocking(&args))
         .await
         .context("prune failed unexpectedly")?
 }
 
-fn prune_blocking(args: &PruneArgs) -> Result<i32> {
-    let dir = &args.directory;
+/// The point to keep from, checked against `--older-than` and `--force`.
+fn checked_prune_point(args: &PruneArgs) -> Result<Option<PrunePoint>> {
     let keep_from = prune_point(args)?;
     match (&keep_from, args.older_than) {
         (None, None) => return Err(crate::exit::usage(
@@ -352,19 +590,67 @@ fn prune_blocking(args: &PruneArgs) -> Result<i32> {
         )),
         _ => {}
     }
+    Ok(keep_from)
+}
+
+/// Whether the point to keep from needs the segment size (an LSN does; names compare as names).
+fn prune_needs_size(keep_from: &Option<PrunePoint>) -> bool {
+    matches!(
+        keep_from,
+        Some(PrunePoint::Lsn(_) | PrunePoint::BackupManifest(_) | PrunePoint::BackupLabel(_))
+    )
+}
+
+/// `prune` of one cluster's WAL in object storage: the same rules, objects deleted.
+async fn prune_store_cmd(args: &PruneArgs, url: &StoreUrl) -> Result<i32> {
+    let keep_from = checked_prune_point(args)?;
+    let (store, layout) = open_cluster_store(url, args.system_identifier).await?;
+    let seg_size = match args.wal_segsize {
+        Some(s) => s,
+        None if prune_needs_size(&keep_from) => {
+            walrelay_store::infer_store_segment_size(store.as_ref(), layout)
+                .await
+                .context("find the archive's segment size (or pass --wal-segsize)")?
+                .unwrap_or_default()
+        }
+        None => WalSegmentSize::default(),
+    };
+    let opts = PruneOptions {
+        keep_from,
+        older_than: args.older_than,
+        dry_run: args.dry_run,
+    };
+    let report = walrelay_store::prune_store(store.as_ref(), layout, seg_size, &opts)
+        .await
+        .with_context(|| format!("prune {url}"))?;
+    print_prune_report(args, &report)
+}
+
+fn print_prune_report(args: &PruneArgs, report: &PruneReport) -> Result<i32> {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", human_prune_report(report, args.older_than));
+    }
+    Ok(0)
+}
+
+fn prune_blocking(args: &PruneArgs) -> Result<i32> {
+    let ArchiveLocation::Dir(dir) = args.directory.get()? else {
+        return Err(anyhow::anyhow!(
+            "internal: a store URL reached the directory prune"
+        ));
+    };
+    let keep_from = checked_prune_point(args)?;
     if !dir.is_dir() {
         return Err(crate::exit::local(format!(
             "archive directory {} is missing or not a directory: fix the -D argument",
             dir.display()
         )));
     }
-    let needs_size = matches!(
-        keep_from,
-        Some(PrunePoint::Lsn(_) | PrunePoint::BackupManifest(_) | PrunePoint::BackupLabel(_))
-    );
     let seg_size = match args.wal_segsize {
         Some(s) => s,
-        None if needs_size => infer_segment_size(dir)
+        None if prune_needs_size(&keep_from) => infer_segment_size(dir)
             .context("find the archive's segment size (or pass --wal-segsize)")?
             .unwrap_or_default(),
         // Names are compared as names: the size does not matter.
@@ -376,12 +662,7 @@ fn prune_blocking(args: &PruneArgs) -> Result<i32> {
         dry_run: args.dry_run,
     };
     let report = prune(dir, seg_size, &opts).with_context(|| format!("prune {}", dir.display()))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", human_prune_report(&report, args.older_than));
-    }
-    Ok(0)
+    print_prune_report(args, &report)
 }
 
 /// The point to keep from, with `--before-backup FILE` resolved by the file's content.
@@ -395,8 +676,11 @@ fn prune_point(args: &PruneArgs) -> Result<Option<PrunePoint>> {
     let Some(file) = &args.before_backup else {
         return Ok(None);
     };
-    // A bare .backup name is looked up in the archive, where the archiver put it.
-    let candidates = [file.clone(), args.directory.join(file)];
+    // A bare .backup name is looked up in the archive directory, where the archiver put it.
+    let mut candidates = vec![file.clone()];
+    if let Ok(ArchiveLocation::Dir(dir)) = args.directory.get() {
+        candidates.push(dir.join(file));
+    }
     if let Some(path) = candidates.iter().find(|p| p.is_file()) {
         let head = std::fs::read(path)
             .map(|b| b.into_iter().find(|c| !c.is_ascii_whitespace()))
@@ -622,7 +906,8 @@ mod tests {
 
     fn prune_args(dir: &Path) -> PruneArgs {
         PruneArgs {
-            directory: dir.to_path_buf(),
+            directory: dir.to_string_lossy().parse().unwrap(),
+            system_identifier: None,
             before: None,
             before_backup: None,
             before_lsn: None,

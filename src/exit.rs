@@ -114,6 +114,7 @@ fn class_of_one(e: &(dyn StdError + 'static)) -> Option<ErrorClass> {
         walrelay_basebackup::BackupError,
         walrelay_basebackup::ExtractError,
         walrelay_logical::SubsetError,
+        walrelay_store::StoreError,
         ClientError,
     );
     if let Some(c) = e.downcast_ref::<Classified>() {
@@ -251,6 +252,19 @@ mod tests {
         assert_eq!(code(class_of(&usage("bad"))), USAGE);
         assert_eq!(code(class_of(&local("full"))), LOCAL);
         assert_eq!(code(class_of(&anyhow::anyhow!("plain"))), ERROR);
+    }
+
+    #[test]
+    fn object_storage_errors_have_their_classes() {
+        let conflict = walrelay_store::StoreError::Conflict(Box::new(walrelay_store::Conflict {
+            object: "s3://b/p/1/wal/000000010000000000000001".into(),
+            stored: "aa".into(),
+            ours: "bb".into(),
+        }));
+        let e = anyhow::Error::new(conflict).context("uploading WAL to the archive stopped");
+        assert_eq!(code(class_of(&e)), LOCAL);
+        let bad = walrelay_store::ArchiveLocation::parse("ftp://x").unwrap_err();
+        assert_eq!(code(class_of(&anyhow::Error::new(bad))), USAGE);
     }
 
     #[test]

@@ -52,10 +52,20 @@ enum Command {
     Prune(archive_cmds::PruneArgs),
     /// Copy chosen tables into another database and keep them current (logical replication).
     Subset(subset::SubsetArgs),
+    /// Background fetcher started by `restore --prefetch` (not for use by hand).
+    #[command(hide = true)]
+    RestorePrefetch(archive_cmds::PrefetchArgs),
 }
 
 fn init_logging(filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // object_store logs every retry at info; walrelay reports what failed once, where it is
+    // handled (a filter naming object_store itself decides otherwise).
+    if !filter.to_string().contains("object_store") {
+        if let Ok(quiet) = "object_store=warn".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -152,6 +162,7 @@ fn main() -> ExitCode {
             Command::Verify(a) => archive_cmds::run_verify(a).await,
             Command::Prune(a) => archive_cmds::run_prune(a).await,
             Command::Subset(a) => subset::run(a).await,
+            Command::RestorePrefetch(a) => archive_cmds::run_prefetch(a).await,
         }
     };
     let result = runtime.block_on(async {

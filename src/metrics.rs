@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
+use walrelay_store::{UploadSnapshot, UploadStats};
 use walrelay_walreceiver::{ReceiverStats, StatsSnapshot};
 
 /// How a value is exposed: a gauge can go down, a counter only up (and gets `_total`).
@@ -37,7 +38,22 @@ pub fn render_metrics(
     prefix: &str,
     metrics: impl IntoIterator<Item = (&'static str, &'static str, Kind)>,
 ) -> String {
-    let mut reg = Registry::with_prefix(prefix);
+    render_groups(vec![(prefix, metrics.into_iter().collect())])
+}
+
+/// One exposition of several groups of metrics, each under its own prefix.
+pub fn render_groups(groups: Vec<(&str, Vec<(&'static str, &'static str, Kind)>)>) -> String {
+    let mut reg = Registry::default();
+    for (prefix, metrics) in groups {
+        register(reg.sub_registry_with_prefix(prefix), metrics);
+    }
+    let mut out = String::new();
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+/// Registers `(name, help, value)` metrics.
+fn register(reg: &mut Registry, metrics: Vec<(&'static str, &'static str, Kind)>) {
     for (name, help, value) in metrics {
         match value {
             Kind::Gauge(v) => {
@@ -52,9 +68,6 @@ pub fn render_metrics(
             }
         }
     }
-    let mut out = String::new();
-    let _ = encode(&mut out, &reg);
-    out
 }
 
 /// Whether a stream heard from its server recently enough: within three status intervals (at
@@ -68,15 +81,17 @@ pub fn heard_recently(
     connected && since_last_message.is_some_and(|d| d.as_millis() as u64 <= limit)
 }
 
-/// `receive`'s metrics.
+/// `receive`'s metrics, and the uploader's when WAL goes to object storage.
 pub struct ReceiveExporter {
     pub stats: Arc<ReceiverStats>,
+    pub upload: Option<Arc<UploadStats>>,
     pub status_interval: Duration,
 }
 
 impl Exporter for ReceiveExporter {
     fn render(&self) -> String {
-        render(&self.stats.snapshot())
+        let upload = self.upload.as_ref().map(|u| u.snapshot());
+        render_with_upload(&self.stats.snapshot(), upload.as_ref())
     }
 
     fn healthy(&self) -> bool {
@@ -84,8 +99,58 @@ impl Exporter for ReceiveExporter {
     }
 }
 
+/// The uploader's metrics (`receive -D s3://… --spool DIR`), prefix `walrelay_upload_`.
+fn upload_metrics(u: &UploadSnapshot) -> Vec<(&'static str, &'static str, Kind)> {
+    use Kind::{Counter as C, Gauge as G};
+    let age = if u.last_success_unix_ms == 0 {
+        0
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        now.saturating_sub(u.last_success_unix_ms) / 1000
+    };
+    vec![
+        (
+            "uploaded_lsn",
+            "End of the WAL whose segments are all in the object store (bytes)",
+            G(u.uploaded_lsn.0),
+        ),
+        ("files", "Files uploaded", C(u.uploaded_files)),
+        ("bytes", "Bytes uploaded", C(u.uploaded_bytes)),
+        (
+            "already_there",
+            "Uploads that found an identical object already stored",
+            C(u.already_there),
+        ),
+        ("failures", "Failed upload attempts", C(u.failures)),
+        (
+            "spool_pending_files",
+            "Files in the spool waiting for an upload",
+            G(u.pending_files),
+        ),
+        (
+            "spool_pending_bytes",
+            "Bytes in the spool waiting for an upload",
+            G(u.pending_bytes),
+        ),
+        ("failing", "1 while uploads fail", G(u64::from(u.failing))),
+        (
+            "last_success_age_seconds",
+            "Seconds since the last successful upload (0: none yet)",
+            G(age),
+        ),
+    ]
+}
+
 /// Renders the Prometheus text exposition of a snapshot.
+#[cfg(test)]
 pub fn render(s: &StatsSnapshot) -> String {
+    render_with_upload(s, None)
+}
+
+/// The receive metrics, plus the uploader's metrics when WAL goes to object storage.
+pub fn render_with_upload(s: &StatsSnapshot, upload: Option<&UploadSnapshot>) -> String {
     use Kind::{Counter as C, Gauge as G};
     let age = s.since_last_message().map_or(0, |d| d.as_secs());
     let metrics = [
@@ -153,7 +218,11 @@ pub fn render(s: &StatsSnapshot) -> String {
             G(age),
         ),
     ];
-    render_metrics("walrelay_receive", metrics)
+    let mut groups = vec![("walrelay_receive", metrics.into())];
+    if let Some(u) = upload {
+        groups.push(("walrelay_upload", upload_metrics(u)));
+    }
+    render_groups(groups)
 }
 
 /// Healthy while streaming and hearing from the server within a few status intervals.

@@ -14,8 +14,11 @@ use walrelay_client::{ClientError, Connection, ReplicationMode, ServerCondition}
 use walrelay_durable::Owner;
 use walrelay_protocol::command::validate_slot_name;
 use walrelay_protocol::Lsn;
+use walrelay_store::upload::DEFAULT_UPLOAD_CONCURRENCY;
+use walrelay_store::{ArchiveLocation, ArchiveStore, UploadStats, UploaderConfig};
 use walrelay_walreceiver::{DiskTaskConfig, ReceiverConfig, ReceiverStats, StopReason, Target};
 
+use crate::archive_cmds::ArchiveArg;
 use crate::connect::ConnectionArgs;
 use crate::exit::{self, Classified};
 
@@ -29,9 +32,17 @@ pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 pub struct ReceiveArgs {
     #[command(flatten)]
     pub conn: ConnectionArgs,
-    /// Archive directory (pg_receivewal layout: complete segments, the one in progress as .partial).
-    #[arg(short = 'D', long = "directory", value_name = "DIR", required_unless_present_any = ["pg_wal", "drop_slot", "create_slot"], conflicts_with = "pg_wal")]
-    pub directory: Option<PathBuf>,
+    /// Archive: a directory (pg_receivewal layout: complete segments, the one in progress as
+    /// .partial) or object storage, s3://BUCKET/PREFIX, gs://…, az://…, file:///PATH (needs --spool).
+    #[arg(short = 'D', long = "directory", value_name = "DIR|URL", required_unless_present_any = ["pg_wal", "drop_slot", "create_slot"], conflicts_with = "pg_wal")]
+    pub directory: Option<ArchiveArg>,
+    /// For an archive in object storage: the local directory WAL is received into (durable and
+    /// acknowledged there), then uploaded from in the background and removed once confirmed.
+    #[arg(long = "spool", value_name = "DIR", conflicts_with = "pg_wal")]
+    pub spool: Option<PathBuf>,
+    /// Uploads to object storage in flight at once.
+    #[arg(long = "upload-concurrency", value_name = "N", default_value_t = DEFAULT_UPLOAD_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub upload_concurrency: u16,
     /// Feed a standby: write WAL into PGDATA/pg_wal under real segment names (sidecar mode).
     #[arg(long = "pg-wal", value_name = "PGDATA")]
     pub pg_wal: Option<PathBuf>,
@@ -153,11 +164,32 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
         };
     }
 
-    let target = match (&args.directory, &args.pg_wal) {
-        (Some(dir), None) => {
+    let mut store: Option<Arc<dyn ArchiveStore>> = None;
+    let location = args.directory.as_ref().map(ArchiveArg::get).transpose()?;
+    let target = match (location, &args.pg_wal) {
+        (Some(ArchiveLocation::Dir(dir)), None) => {
+            if args.spool.is_some() {
+                return Err(exit::usage(
+                    "--spool is for archives in object storage (-D s3://…); a directory archive is written directly",
+                ));
+            }
             archive_dir_problem(dir).map_err(exit::local)?;
             Target::Archive {
                 dir: dir.clone(),
+                compression: args.compress,
+                checksums: !args.no_checksums,
+            }
+        }
+        (Some(ArchiveLocation::Store(url)), None) => {
+            let Some(spool) = &args.spool else {
+                return Err(exit::usage(format!(
+                    "an archive in object storage ({url}) needs --spool DIR: a local directory where WAL is durable before it is acknowledged and uploaded"
+                )));
+            };
+            archive_dir_problem(spool).map_err(exit::local)?;
+            store = Some(walrelay_store::open_store(url)?);
+            Target::Archive {
+                dir: spool.clone(),
                 compression: args.compress,
                 checksums: !args.no_checksums,
             }
@@ -198,17 +230,40 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    spawn_signal_handler(shutdown_tx);
+    let shutdown_tx = Arc::new(shutdown_tx);
+    spawn_signal_handler(shutdown_tx.clone());
     let (_endpos_tx, endpos_rx) = watch::channel(args.endpos);
     let stats = Arc::new(ReceiverStats::default());
+    let upload_stats = store.as_ref().map(|_| Arc::new(UploadStats::default()));
     let status_interval = Duration::from_secs(args.status_interval);
     if let Some(addr) = args.metrics_addr {
         let exporter = crate::metrics::ReceiveExporter {
             stats: stats.clone(),
+            upload: upload_stats.clone(),
             status_interval,
         };
         crate::metrics::serve(addr, Arc::new(exporter)).await?;
     }
+    let uploader = match (&store, &upload_stats) {
+        (Some(store), Some(upload_stats)) => {
+            let s = stats.clone();
+            let cfg = UploaderConfig {
+                spool: target.dir().to_path_buf(),
+                store: store.clone(),
+                compression: args.compress,
+                checksums: !args.no_checksums,
+                concurrency: usize::from(args.upload_concurrency),
+                system_identifier: Arc::new(move || s.snapshot().system_identifier),
+            };
+            Some(spawn_uploader(
+                cfg,
+                upload_stats.clone(),
+                shutdown_rx.clone(),
+                shutdown_tx.clone(),
+            ))
+        }
+        _ => None,
+    };
 
     let config = ReceiverConfig {
         connect: params,
@@ -231,7 +286,23 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
         max_reconnect_delay: MAX_RECONNECT_DELAY,
         disk: DiskTaskConfig::default(),
     };
-    match walrelay_walreceiver::run(config).await {
+    let received = walrelay_walreceiver::run(config).await;
+    // The receiver stopped: the uploader finishes what is in flight (the rest waits in the spool
+    // for the next start) and reports a definite error it stopped on.
+    let _ = shutdown_tx.send(true);
+    let uploaded = match uploader {
+        Some(task) => task.await.unwrap_or_else(|e| {
+            Err(walrelay_store::StoreError::Setup {
+                location: "the uploader".into(),
+                reason: e.to_string(),
+            })
+        }),
+        None => Ok(()),
+    };
+    if let Err(e) = uploaded {
+        return Err(anyhow::Error::new(e).context("uploading WAL to the archive stopped"));
+    }
+    match received {
         Ok(summary) => {
             match summary.stop {
                 StopReason::Shutdown => {
@@ -315,8 +386,26 @@ fn check_writable(dir: &std::path::Path) -> std::result::Result<(), String> {
     })
 }
 
+/// Runs the uploader; a definite error it stops on (a conflicting object, a damaged spool file,
+/// another cluster's WAL) also stops the receiver, which then exits with it.
+fn spawn_uploader(
+    cfg: UploaderConfig,
+    stats: Arc<UploadStats>,
+    shutdown: watch::Receiver<bool>,
+    stop_receiver: Arc<watch::Sender<bool>>,
+) -> tokio::task::JoinHandle<walrelay_store::Result<()>> {
+    tokio::spawn(async move {
+        let result = walrelay_store::run_uploader(cfg, stats, shutdown).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "uploads stopped; stopping the receiver");
+            let _ = stop_receiver.send(true);
+        }
+        result
+    })
+}
+
 /// SIGINT/SIGTERM ask for a clean stop; a second one exits at once.
-pub fn spawn_signal_handler(tx: watch::Sender<bool>) {
+pub fn spawn_signal_handler(tx: Arc<watch::Sender<bool>>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut int), Ok(mut term)) = (

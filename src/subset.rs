@@ -203,7 +203,7 @@ async fn run_subset(a: RunArgs) -> Result<i32> {
         print_check(&report);
         return Ok(exit::SUCCESS);
     }
-    crate::receive::spawn_signal_handler(shutdown_tx);
+    crate::receive::spawn_signal_handler(Arc::new(shutdown_tx));
     if let Some(addr) = a.metrics_addr {
         let exporter = SubsetExporter {
             stats: stats.clone(),

@@ -8,6 +8,8 @@
 //! * [`server`]: what the server says about us (`pg_stat_replication`, `pg_replication_slots`).
 //! * [`poll`]: waiting for a condition with a deadline instead of sleeping.
 //!
+//! [`bucket`]: what `receive -D s3://…` put into a bucket, fetched and checked.
+//!
 //! [`exit_code`]: the documented exit codes. [`recovery`]: PITR from an archive with `walrelay restore`.
 //!
 //! Helpers of the `walrelay bootstrap` integration tests (tests/bootstrap.rs):
@@ -21,6 +23,7 @@
 #![allow(dead_code)]
 
 pub mod bootstrap_cli;
+pub mod bucket;
 pub mod exit_code;
 pub use walrelay_testkit::poll;
 pub mod recovery;

@@ -193,6 +193,11 @@ pub fn read_checksums(dir: &Path) -> Result<ChecksumList> {
     Ok(parse_checksums(&text))
 }
 
+/// The names `dir/walrelay.sha256` has an entry for (none when the list is missing).
+pub fn recorded_names(dir: &Path) -> Result<BTreeSet<String>> {
+    Ok(read_checksums(dir)?.entries.into_keys().collect())
+}
+
 /// Removes the entries for `names` (all of their lines, and malformed lines) by rewriting the list
 /// atomically. Returns how many lines were dropped. A missing list is left missing.
 pub fn remove_checksums(dir: &Path, names: &BTreeSet<String>) -> Result<usize> {

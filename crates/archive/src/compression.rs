@@ -274,9 +274,12 @@ impl<R: BufRead> Read for Lz4Frames<R> {
     }
 }
 
-/// A decompressing reader for `method` over `file`.
-fn decoder(method: Option<CompressionMethod>, file: File) -> io::Result<Box<dyn Read + Send>> {
-    let buffered = BufReader::with_capacity(1 << 16, file);
+/// A decompressing reader for `method` over `src` (a file, or bytes fetched from object storage).
+fn decoder<'a, R: Read + Send + 'a>(
+    method: Option<CompressionMethod>,
+    src: R,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
+    let buffered = BufReader::with_capacity(1 << 16, src);
     Ok(match method {
         None => Box::new(buffered),
         Some(CompressionMethod::Gzip) => Box::new(SingleGzipMember {
@@ -346,6 +349,39 @@ pub(crate) fn copy_content(
         }
     }
     let reader = open_segment(path)?;
+    copy_decoded(reader, path, out, max_len, tolerate_truncation)
+}
+
+/// Decodes `bytes`, the stored content of the file or object `name` (its suffix says how), into
+/// memory: at most `max_len` bytes, see [`copy_content`]. Errors name `shown_as`.
+pub fn decode_bytes(
+    shown_as: &Path,
+    bytes: &[u8],
+    max_len: u64,
+    tolerate_truncation: bool,
+) -> Result<(Vec<u8>, bool)> {
+    let (method, _) = suffix_info(&file_name_of(shown_as));
+    if method.is_some() && !tolerate_truncation && bytes.is_empty() {
+        return Err(ArchiveError::corrupt(
+            shown_as,
+            "empty file, no compressed stream",
+        ));
+    }
+    let reader =
+        decoder(method, bytes).map_err(|e| ArchiveError::io("start decoder for", shown_as, e))?;
+    let mut v = Vec::new();
+    let c = copy_decoded(reader, shown_as, &mut v, max_len, tolerate_truncation)?;
+    Ok((v, c.truncated))
+}
+
+/// Copies what `reader` decodes to `out` (see [`copy_content`]).
+fn copy_decoded(
+    reader: Box<dyn Read + Send + '_>,
+    path: &Path,
+    out: &mut dyn Write,
+    max_len: u64,
+    tolerate_truncation: bool,
+) -> Result<Copied> {
     let mut limited = reader.take(max_len.saturating_add(1));
     let mut buf = vec![0u8; 1 << 16];
     let mut copied = Copied {

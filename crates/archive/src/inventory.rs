@@ -140,22 +140,10 @@ impl ArchiveDir {
     /// pg_receivewal does for `.lz4`.
     pub fn scan(&self) -> Result<Inventory> {
         let dir = &self.path;
-        let seg = self.seg_size.as_u64();
         if !dir.is_dir() {
             return Err(ArchiveError::NotADirectory { path: dir.clone() });
         }
-        let mut inv = Inventory {
-            dir: dir.clone(),
-            seg_size: self.seg_size,
-            segments: BTreeMap::new(),
-            histories: BTreeMap::new(),
-            backup_histories: Vec::new(),
-            temp_files: Vec::new(),
-            damaged: Vec::new(),
-            unrecognized: Vec::new(),
-            failover_reports: BTreeMap::new(),
-            has_checksum_file: false,
-        };
+        let mut inv = Inventory::empty(dir.clone(), self.seg_size);
         let entries = fs::read_dir(dir).map_err(|e| ArchiveError::io("list", dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| ArchiveError::io("list", dir, e))?;
@@ -176,90 +164,129 @@ impl ArchiveDir {
                 inv.unrecognized.push(name);
                 continue;
             }
-            let parsed = WalFileName::parse(&name);
-            match parsed {
-                Some(
-                    ref n @ WalFileName::Segment {
-                        compression,
-                        partial,
-                        ..
-                    },
-                ) => {
-                    let Some(id) = n.segment_id(self.seg_size) else {
-                        inv.damaged.push(DamagedFile {
-                            reason: format!(
-                                "not a valid segment name for wal_segment_size {}: is the segment size right?",
-                                self.seg_size
-                            ),
+            inv.add(name, meta.len(), meta.modified().ok(), || {
+                uncompressed_size(&path)
+            });
+        }
+        inv.sort();
+        Ok(inv)
+    }
+}
+
+impl Inventory {
+    /// An inventory with nothing in it yet, for files listed elsewhere (object storage): fill it
+    /// with [`Inventory::add`], then call [`Inventory::sort`].
+    pub fn empty(location: PathBuf, seg_size: WalSegmentSize) -> Inventory {
+        Inventory {
+            dir: location,
+            seg_size,
+            segments: BTreeMap::new(),
+            histories: BTreeMap::new(),
+            backup_histories: Vec::new(),
+            temp_files: Vec::new(),
+            damaged: Vec::new(),
+            unrecognized: Vec::new(),
+            failover_reports: BTreeMap::new(),
+            has_checksum_file: false,
+        }
+    }
+
+    /// Classifies one file of `len` bytes (see the module docs for "complete" and "damaged").
+    /// `decoded_size` tells how many WAL bytes a complete compressed file holds; it is only called
+    /// for those.
+    pub fn add(
+        &mut self,
+        name: String,
+        len: u64,
+        modified: Option<SystemTime>,
+        decoded_size: impl FnOnce() -> Result<u64>,
+    ) {
+        let seg = self.seg_size.as_u64();
+        match WalFileName::parse(&name) {
+            Some(
+                ref n @ WalFileName::Segment {
+                    compression,
+                    partial,
+                    ..
+                },
+            ) => {
+                let Some(id) = n.segment_id(self.seg_size) else {
+                    self.damaged.push(DamagedFile {
+                        reason: format!(
+                            "not a valid segment name for wal_segment_size {}: is the segment size right?",
+                            self.seg_size
+                        ),
+                        name,
+                    });
+                    return;
+                };
+                let (state, wal_bytes) = match (compression, partial) {
+                    (None, false) if len == seg => (SegmentFileState::Complete, Some(len)),
+                    (None, false) => {
+                        self.damaged.push(DamagedFile {
+                            reason: format!("{len} bytes, but a complete segment has {seg}"),
                             name,
                         });
-                        continue;
-                    };
-                    let len = meta.len();
-                    let (state, wal_bytes) = match (compression, partial) {
-                        (None, false) if len == seg => (SegmentFileState::Complete, Some(len)),
-                        (None, false) => {
-                            inv.damaged.push(DamagedFile {
-                                reason: format!("{len} bytes, but a complete segment has {seg}"),
-                                name,
-                            });
-                            continue;
-                        }
-                        (Some(_), false) => match uncompressed_size(&path) {
-                            Ok(n) if n == seg => (SegmentFileState::CompleteCompressed, Some(n)),
-                            Ok(n) => {
-                                inv.damaged.push(DamagedFile {
-                                    reason: format!(
-                                        "decompresses to {n} bytes, but a complete segment has {seg}"
-                                    ),
-                                    name,
-                                });
-                                continue;
-                            }
-                            Err(e) => {
-                                inv.damaged.push(DamagedFile {
-                                    reason: e.to_string(),
-                                    name,
-                                });
-                                continue;
-                            }
-                        },
-                        (None, true) if len <= seg => (SegmentFileState::Partial, Some(len)),
-                        (None, true) => {
-                            inv.damaged.push(DamagedFile {
-                                reason: format!("{len} bytes, more than a segment ({seg})"),
-                                name,
-                            });
-                            continue;
-                        }
-                        (Some(_), true) => (SegmentFileState::CompressedPartial, None),
-                    };
-                    inv.segments.entry(id).or_default().push(SegmentFile {
-                        name,
-                        id,
-                        state,
-                        compression,
-                        file_size: len,
-                        wal_bytes,
-                        modified: meta.modified().ok(),
-                    });
-                }
-                Some(WalFileName::History(tli)) => {
-                    inv.histories.insert(tli, name);
-                }
-                Some(WalFileName::BackupHistory { .. }) => inv.backup_histories.push(name),
-                None if name == CHECKSUM_FILE_NAME => inv.has_checksum_file = true,
-                None if failover_report_timeline(&name).is_some() => {
-                    if let Some(tli) = failover_report_timeline(&name) {
-                        inv.failover_reports.insert(tli, name);
+                        return;
                     }
-                }
-                None if name.ends_with(".tmp") => inv.temp_files.push(name),
-                None => inv.unrecognized.push(name),
+                    (Some(_), false) => match decoded_size() {
+                        Ok(n) if n == seg => (SegmentFileState::CompleteCompressed, Some(n)),
+                        Ok(n) => {
+                            self.damaged.push(DamagedFile {
+                                reason: format!(
+                                    "decompresses to {n} bytes, but a complete segment has {seg}"
+                                ),
+                                name,
+                            });
+                            return;
+                        }
+                        Err(e) => {
+                            self.damaged.push(DamagedFile {
+                                reason: e.to_string(),
+                                name,
+                            });
+                            return;
+                        }
+                    },
+                    (None, true) if len <= seg => (SegmentFileState::Partial, Some(len)),
+                    (None, true) => {
+                        self.damaged.push(DamagedFile {
+                            reason: format!("{len} bytes, more than a segment ({seg})"),
+                            name,
+                        });
+                        return;
+                    }
+                    (Some(_), true) => (SegmentFileState::CompressedPartial, None),
+                };
+                self.segments.entry(id).or_default().push(SegmentFile {
+                    name,
+                    id,
+                    state,
+                    compression,
+                    file_size: len,
+                    wal_bytes,
+                    modified,
+                });
             }
+            Some(WalFileName::History(tli)) => {
+                self.histories.insert(tli, name);
+            }
+            Some(WalFileName::BackupHistory { .. }) => self.backup_histories.push(name),
+            None if name == CHECKSUM_FILE_NAME => self.has_checksum_file = true,
+            None => match failover_report_timeline(&name) {
+                Some(tli) => {
+                    self.failover_reports.insert(tli, name);
+                }
+                None if name.ends_with(".tmp") => self.temp_files.push(name),
+                None => self.unrecognized.push(name),
+            },
         }
-        for files in inv.segments.values_mut() {
-            // Complete files first, ranked by format; then partials, newest first.
+    }
+
+    /// Puts every list in its order: a segment's files best first (complete files ranked by
+    /// format, then partials newest first), the other lists by name.
+    pub fn sort(&mut self) {
+        for files in self.segments.values_mut() {
             files.sort_by(|a, b| {
                 let (pa, pb) = (!a.state.is_complete(), !b.state.is_complete());
                 pa.cmp(&pb).then_with(|| {
@@ -271,15 +298,12 @@ impl ArchiveDir {
                 })
             });
         }
-        inv.backup_histories.sort();
-        inv.temp_files.sort();
-        inv.damaged.sort_by(|a, b| a.name.cmp(&b.name));
-        inv.unrecognized.sort();
-        Ok(inv)
+        self.backup_histories.sort();
+        self.temp_files.sort();
+        self.damaged.sort_by(|a, b| a.name.cmp(&b.name));
+        self.unrecognized.sort();
     }
-}
 
-impl Inventory {
     /// Timelines that have at least one segment file.
     pub fn timelines(&self) -> BTreeSet<TimelineId> {
         self.segments.keys().map(|id| id.timeline).collect()

@@ -28,24 +28,30 @@ mod prune;
 mod restore;
 mod verify;
 
-pub use checksum::{read_checksums, record_checksum, ChecksumList};
+pub use checksum::{
+    read_checksums, record_checksum, recorded_names, remove_checksums, ChecksumList,
+};
 pub use compression::{
-    compress_completed_segment, open_segment, segment_sha256, uncompressed_size, Compression,
+    compress_completed_segment, decode_bytes, open_segment, segment_sha256, suffix_info,
+    uncompressed_size, Compression,
 };
 pub use content_check::WalContentCheck;
 pub use error::{
-    ArchiveError, RESTORE_EXIT_CORRUPT, RESTORE_EXIT_ERROR, RESTORE_EXIT_NOT_FOUND,
+    ArchiveError, Result, RESTORE_EXIT_CORRUPT, RESTORE_EXIT_ERROR, RESTORE_EXIT_NOT_FOUND,
     RESTORE_EXIT_RESTORED,
 };
 pub use inventory::{
-    cleanup, infer_segment_size, ArchiveDir, CleanupReport, DamagedFile, Inventory, SegmentFile,
-    SegmentFileState,
+    cleanup, failover_report_timeline, infer_segment_size, ArchiveDir, CleanupReport, DamagedFile,
+    Inventory, SegmentFile, SegmentFileState,
 };
-pub use prune::{prune, PruneOptions, PrunePoint, PruneReport};
-pub use restore::{restore, RestoreOptions, RestoreOutcome, Restored};
+pub use prune::{plan_prune, prune, ListedFile, PruneOptions, PrunePlan, PrunePoint, PruneReport};
+pub use restore::{
+    requested_is_segment, restore, restore_by_rename, restore_bytes, RestoreOptions,
+    RestoreOutcome, Restored,
+};
 pub use verify::{
-    verify, Gap, NoContentCheck, Problem, ProblemKind, SegmentContentCheck, TimelineSummary,
-    VerifyOptions, VerifyReport,
+    verify, verify_files, ArchiveFiles, Gap, NoContentCheck, Problem, ProblemKind,
+    SegmentContentCheck, TimelineSummary, VerifyOptions, VerifyReport,
 };
 
 #[cfg(test)]

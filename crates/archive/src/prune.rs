@@ -169,15 +169,34 @@ fn cutoff(point: &PrunePoint, seg_size: WalSegmentSize) -> Result<LogSeg> {
     Ok(((segno / per) as u32, (segno % per) as u32))
 }
 
-/// Removes old WAL from the archive `dir` (see the module docs).
-pub fn prune(dir: &Path, seg_size: WalSegmentSize, opts: &PruneOptions) -> Result<PruneReport> {
+/// One file of an archive as a listing gives it (a directory entry, an object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedFile {
+    pub name: String,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+}
+
+/// What [`plan_prune`] chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrunePlan {
+    /// The oldest segment name kept by the point (`XXXXXXXX` for the ignored timeline).
+    pub keep_from: Option<String>,
+    /// The files to remove, oldest first.
+    pub victims: Vec<ListedFile>,
+}
+
+/// Chooses what [`prune`] removes from an archive holding `files` — wherever they are (a
+/// directory, a bucket): segment files (any format, `.partial` included) before the point to keep
+/// and older than the age limit; never `.history`, `.backup` or anything else. A file without a
+/// modification time is kept when an age limit is given.
+pub fn plan_prune(
+    files: impl IntoIterator<Item = ListedFile>,
+    seg_size: WalSegmentSize,
+    opts: &PruneOptions,
+) -> Result<PrunePlan> {
     if opts.keep_from.is_none() && opts.older_than.is_none() {
         return Err(ArchiveError::NoPruneCriterion);
-    }
-    if !dir.is_dir() {
-        return Err(ArchiveError::NotADirectory {
-            path: dir.to_path_buf(),
-        });
     }
     let limit = opts
         .keep_from
@@ -189,18 +208,43 @@ pub fn prune(dir: &Path, seg_size: WalSegmentSize, opts: &PruneOptions) -> Resul
             .checked_sub(age)
             .unwrap_or(SystemTime::UNIX_EPOCH)
     });
+    let mut victims: Vec<(LogSeg, ListedFile)> = files
+        .into_iter()
+        .filter_map(|f| match WalFileName::parse(&f.name) {
+            Some(WalFileName::Segment { log, seg, .. }) => Some(((log, seg), f)),
+            _ => None,
+        })
+        .filter(|(ls, _)| limit.is_none_or(|l| *ls < l))
+        .filter(|(_, f)| match max_mtime {
+            Some(max) => f.modified.is_some_and(|m| m < max),
+            None => true,
+        })
+        .collect();
+    victims.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
+    Ok(PrunePlan {
+        keep_from: limit.map(|(log, seg)| format!("XXXXXXXX{log:08X}{seg:08X}")),
+        victims: victims.into_iter().map(|(_, f)| f).collect(),
+    })
+}
 
-    let mut victims: Vec<(LogSeg, String, u64)> = Vec::new();
+/// Removes old WAL from the archive `dir` (see the module docs).
+pub fn prune(dir: &Path, seg_size: WalSegmentSize, opts: &PruneOptions) -> Result<PruneReport> {
+    if opts.keep_from.is_none() && opts.older_than.is_none() {
+        return Err(ArchiveError::NoPruneCriterion);
+    }
+    if !dir.is_dir() {
+        return Err(ArchiveError::NotADirectory {
+            path: dir.to_path_buf(),
+        });
+    }
+    let mut listed = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| ArchiveError::io("list", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| ArchiveError::io("list", dir, e))?;
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        let Some(WalFileName::Segment { log, seg, .. }) = WalFileName::parse(&name) else {
-            continue;
-        };
-        if limit.is_some_and(|l| (log, seg) >= l) {
+        if !matches!(WalFileName::parse(&name), Some(WalFileName::Segment { .. })) {
             continue;
         }
         let meta = match entry.metadata() {
@@ -211,27 +255,32 @@ pub fn prune(dir: &Path, seg_size: WalSegmentSize, opts: &PruneOptions) -> Resul
         if !meta.is_file() {
             continue;
         }
-        if let Some(max) = max_mtime {
-            let mtime = meta
-                .modified()
-                .map_err(|e| ArchiveError::io("read modification time of", entry.path(), e))?;
-            if mtime >= max {
-                continue;
-            }
-        }
-        victims.push(((log, seg), name, meta.len()));
+        let modified = match opts.older_than {
+            Some(_) => Some(
+                meta.modified()
+                    .map_err(|e| ArchiveError::io("read modification time of", entry.path(), e))?,
+            ),
+            None => None,
+        };
+        listed.push(ListedFile {
+            name,
+            size: meta.len(),
+            modified,
+        });
     }
-    victims.sort();
+    let plan = plan_prune(listed, seg_size, opts)?;
+    let victims: Vec<(String, u64)> = plan.victims.into_iter().map(|f| (f.name, f.size)).collect();
+    let limit = plan.keep_from;
 
     let mut report = PruneReport {
-        keep_from: limit.map(|(log, seg)| format!("XXXXXXXX{log:08X}{seg:08X}")),
+        keep_from: limit,
         removed: Vec::new(),
         bytes: 0,
         dry_run: opts.dry_run,
         checksum_entries_removed: 0,
     };
     if opts.dry_run {
-        for (_, name, len) in victims {
+        for (name, len) in victims {
             report.bytes += len;
             report.removed.push(name);
         }
@@ -239,7 +288,7 @@ pub fn prune(dir: &Path, seg_size: WalSegmentSize, opts: &PruneOptions) -> Resul
     }
 
     let mut failure = None;
-    for (_, name, len) in victims {
+    for (name, len) in victims {
         let p = dir.join(&name);
         match fs::remove_file(&p) {
             Ok(()) => {

@@ -37,7 +37,7 @@ use walrelay_durable::{self as durable, Owner};
 use walrelay_protocol::segment::MAX_WAL_SEGMENT_SIZE;
 use walrelay_protocol::{WalFileName, WalSegmentSize};
 
-use crate::compression::{copy_content, read_content, Copied};
+use crate::compression::{copy_content, decode_bytes, read_content, Copied};
 use crate::error::{ArchiveError, Result, RESTORE_EXIT_NOT_FOUND, RESTORE_EXIT_RESTORED};
 
 /// History files are a few lines per timeline switch; anything this large is not one.
@@ -92,43 +92,13 @@ pub fn restore(
     dest: &Path,
     opts: &RestoreOptions,
 ) -> Result<RestoreOutcome> {
-    let kind = WalFileName::parse(wal_file_name);
-    let is_segment = match kind {
-        Some(WalFileName::Segment {
-            compression: None,
-            partial: false,
-            ..
-        }) => true,
-        Some(WalFileName::History(_)) | Some(WalFileName::BackupHistory { .. }) => false,
-        _ => return Err(ArchiveError::BadFileName {
-            name: wal_file_name.to_string(),
-            reason:
-                "restore_command is asked for segment (24 hex digits), .history or .backup names",
-        }),
-    };
+    let is_segment = requested_is_segment(wal_file_name)?;
     if !dir.is_dir() {
         return Err(ArchiveError::NotADirectory {
             path: dir.to_path_buf(),
         });
     }
-    let dest_dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let dir_mode = fs::metadata(&dest_dir)
-        .map_err(|e| ArchiveError::io("stat destination directory", &dest_dir, e))?
-        .permissions()
-        .mode();
-    // pg_file_create_mode: group-readable files in a group-accessible data directory.
-    let mode = if dir_mode & 0o050 == 0o050 {
-        0o640
-    } else {
-        0o600
-    };
-    let owner = opts
-        .owner
-        .unwrap_or_else(|| Owner::of_dir_if_root(&dest_dir));
-    let target = Target { dest, mode, owner };
+    let target = Target::for_dest(dest, opts)?;
 
     if !is_segment {
         let src = dir.join(wal_file_name);
@@ -202,6 +172,24 @@ pub fn restore(
     }
 }
 
+/// Checks a name PostgreSQL asks restore_command for (`%f`): true for a segment, false for a
+/// `.history` or `.backup` file, an error for anything else.
+pub fn requested_is_segment(wal_file_name: &str) -> Result<bool> {
+    match WalFileName::parse(wal_file_name) {
+        Some(WalFileName::Segment {
+            compression: None,
+            partial: false,
+            ..
+        }) => Ok(true),
+        Some(WalFileName::History(_)) | Some(WalFileName::BackupHistory { .. }) => Ok(false),
+        _ => Err(ArchiveError::BadFileName {
+            name: wal_file_name.to_string(),
+            reason:
+                "restore_command is asked for segment (24 hex digits), .history or .backup names",
+        }),
+    }
+}
+
 fn is_file(p: &Path) -> Result<bool> {
     match fs::metadata(p) {
         Ok(m) => Ok(m.is_file()),
@@ -217,7 +205,29 @@ struct Target<'a> {
     owner: Owner,
 }
 
-impl Target<'_> {
+impl<'a> Target<'a> {
+    /// Where `dest` goes: its mode follows the directory (pg_file_create_mode: group-readable files
+    /// in a group-accessible data directory), its owner is the directory's when running as root.
+    fn for_dest(dest: &'a Path, opts: &RestoreOptions) -> Result<Target<'a>> {
+        let dest_dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let dir_mode = fs::metadata(&dest_dir)
+            .map_err(|e| ArchiveError::io("stat destination directory", &dest_dir, e))?
+            .permissions()
+            .mode();
+        let mode = if dir_mode & 0o050 == 0o050 {
+            0o640
+        } else {
+            0o600
+        };
+        let owner = opts
+            .owner
+            .unwrap_or_else(|| Owner::of_dir_if_root(&dest_dir));
+        Ok(Target { dest, mode, owner })
+    }
+
     /// Writes `dest.tmp` with `fill`, fsyncs it and renames it to `dest`; removes the temp file on
     /// any failure, including `fill` rejecting the content.
     fn write_with<T>(&self, fill: impl FnOnce(&mut dyn Write) -> Result<T>) -> Result<T> {
@@ -250,25 +260,94 @@ fn restore_complete(
     let max = seg_size.map_or(u64::from(MAX_WAL_SEGMENT_SIZE), WalSegmentSize::as_u64);
     let copied = target.write_with(|out| {
         let c = copy_content(src, out, max, false)?;
-        let size_ok = match seg_size {
-            Some(s) => c.bytes == s.as_u64(),
-            None => WalSegmentSize::new(c.bytes).is_ok(),
-        };
-        if !size_ok {
-            let expected = seg_size.map_or_else(
-                || "a power of two between 1 MB and 1 GB".to_string(),
-                |s| s.as_u64().to_string(),
-            );
-            return Err(ArchiveError::corrupt(
-                src,
-                format!("holds {} bytes of WAL, expected {expected}", c.bytes),
-            ));
-        }
+        check_segment_size(src, c.bytes, seg_size)?;
         Ok(c)
     })?;
     Ok(Restored {
         source: src.to_path_buf(),
         bytes: copied.bytes,
+        padded_from: None,
+    })
+}
+
+/// A complete segment holds exactly the segment size (or, when unknown, a valid one).
+fn check_segment_size(src: &Path, bytes: u64, seg_size: Option<WalSegmentSize>) -> Result<()> {
+    let size_ok = match seg_size {
+        Some(s) => bytes == s.as_u64(),
+        None => WalSegmentSize::new(bytes).is_ok(),
+    };
+    if size_ok {
+        return Ok(());
+    }
+    let expected = seg_size.map_or_else(
+        || "a power of two between 1 MB and 1 GB".to_string(),
+        |s| s.as_u64().to_string(),
+    );
+    Err(ArchiveError::corrupt(
+        src,
+        format!("holds {bytes} bytes of WAL, expected {expected}"),
+    ))
+}
+
+/// Moves a complete segment that is already a plain, checked file on the destination's file
+/// system (a prefetch cache in `pg_wal`) to `dest` (`%p`): its size is checked, it gets the mode
+/// and owner [`restore`] would give it, and it is renamed into place durably — no copy. `Ok(false)`
+/// when it cannot be renamed there (another file system): the caller copies instead.
+pub fn restore_by_rename(src: &Path, dest: &Path, opts: &RestoreOptions) -> Result<bool> {
+    let target = Target::for_dest(dest, opts)?;
+    let len = fs::metadata(src)
+        .map_err(|e| ArchiveError::io("stat", src, e))?
+        .len();
+    check_segment_size(src, len, opts.seg_size)?;
+    fs::set_permissions(src, fs::Permissions::from_mode(target.mode))
+        .map_err(|e| ArchiveError::io("set the mode of", src, e))?;
+    target.owner.apply(src)?;
+    match fs::rename(src, dest) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => return Ok(false),
+        Err(e) => return Err(ArchiveError::io("rename into place", src, e)),
+    }
+    durable::fsync_parent(dest)?;
+    Ok(true)
+}
+
+/// Restores `wal_file_name` (`%f`) from bytes fetched elsewhere — an object store, a prefetch
+/// cache — to `dest` (`%p`), with the same checks and the same atomic write as [`restore`].
+/// `shown_as` is where the bytes came from (for messages; its file name's suffix says how they
+/// are compressed). A segment must decode to a whole segment; `.history` and `.backup` files are
+/// written as they are.
+pub fn restore_bytes(
+    wal_file_name: &str,
+    shown_as: &Path,
+    stored: &[u8],
+    dest: &Path,
+    opts: &RestoreOptions,
+) -> Result<Restored> {
+    let is_segment = requested_is_segment(wal_file_name)?;
+    let target = Target::for_dest(dest, opts)?;
+    let bytes = if is_segment {
+        let max = opts
+            .seg_size
+            .map_or(u64::from(MAX_WAL_SEGMENT_SIZE), WalSegmentSize::as_u64);
+        let (decoded, _) = decode_bytes(shown_as, stored, max, false)?;
+        check_segment_size(shown_as, decoded.len() as u64, opts.seg_size)?;
+        std::borrow::Cow::Owned(decoded)
+    } else {
+        if stored.len() as u64 > MAX_HISTORY_FILE {
+            return Err(ArchiveError::corrupt(
+                shown_as,
+                "too large for a history file",
+            ));
+        }
+        std::borrow::Cow::Borrowed(stored)
+    };
+    target.write_with(|out| {
+        out.write_all(&bytes)
+            .map_err(|e| ArchiveError::io("write", target.dest, e))
+    })?;
+    Ok(Restored {
+        source: shown_as.to_path_buf(),
+        bytes: bytes.len() as u64,
         padded_from: None,
     })
 }

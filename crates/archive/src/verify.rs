@@ -32,6 +32,63 @@ use crate::compression::read_content;
 use crate::error::{ArchiveError, Result};
 use crate::inventory::{ArchiveDir, Inventory};
 
+/// Where [`verify_files`] reads an archive from: a directory ([`ArchiveDir`]), or object storage
+/// (walrelay-store's bucket reader). Thread-safe: files are read in parallel.
+pub trait ArchiveFiles: Sync {
+    /// The directory or URL, for the report.
+    fn location(&self) -> PathBuf;
+    /// Every file, classified.
+    fn inventory(&self) -> Result<Inventory>;
+    /// The WAL a segment file holds, decompressed (at most `max_len` bytes; with
+    /// `tolerate_truncation` a compressed stream that just stops ends the data), and the SHA-256
+    /// stored with the file, if the store keeps one per file.
+    fn read_wal(
+        &self,
+        name: &str,
+        max_len: u64,
+        tolerate_truncation: bool,
+    ) -> Result<(Vec<u8>, Option<[u8; 32]>)>;
+    /// A small file as it is stored (history files, failover reports), at most `max_len` bytes.
+    fn read_raw(&self, name: &str, max_len: u64) -> Result<Vec<u8>>;
+    /// The archive's checksum list (`walrelay.sha256` in a directory).
+    fn checksums(&self) -> Result<ChecksumList>;
+}
+
+/// History files and failover reports are a few lines.
+const MAX_SMALL_FILE: u64 = 64 * 1024 * 1024;
+
+impl ArchiveFiles for ArchiveDir {
+    fn location(&self) -> PathBuf {
+        self.path().to_path_buf()
+    }
+
+    fn inventory(&self) -> Result<Inventory> {
+        self.scan()
+    }
+
+    fn read_wal(
+        &self,
+        name: &str,
+        max_len: u64,
+        tolerate_truncation: bool,
+    ) -> Result<(Vec<u8>, Option<[u8; 32]>)> {
+        read_content(&self.path().join(name), max_len, tolerate_truncation).map(|(b, _)| (b, None))
+    }
+
+    fn read_raw(&self, name: &str, max_len: u64) -> Result<Vec<u8>> {
+        let path = self.path().join(name);
+        let f = fs::File::open(&path).map_err(|e| ArchiveError::io("open", &path, e))?;
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, max_len), &mut out)
+            .map_err(|e| ArchiveError::io("read", &path, e))?;
+        Ok(out)
+    }
+
+    fn checksums(&self) -> Result<ChecksumList> {
+        read_checksums(self.path())
+    }
+}
+
 /// Validation of a segment's WAL content, supplied by the caller ([`crate::WalContentCheck`]: the
 /// wal crate's page-header and record checks). Must be thread-safe: verify may read files in
 /// parallel, in any order, and calls it once per file (a segment kept in two formats is checked
@@ -203,8 +260,9 @@ impl VerifyReport {
 }
 
 /// One line about a failover report written by `walrelay receive`.
-fn failover_note(path: &Path, name: &str) -> String {
-    let Some(v) = std::fs::read(path)
+fn failover_note(files: &dyn ArchiveFiles, name: &str) -> String {
+    let Some(v) = files
+        .read_raw(name, MAX_SMALL_FILE)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
     else {
@@ -248,9 +306,19 @@ pub fn verify(
     checks: &dyn SegmentContentCheck,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport> {
-    let inv = ArchiveDir::new(dir, seg_size).scan()?;
+    verify_files(&ArchiveDir::new(dir, seg_size), seg_size, checks, opts)
+}
+
+/// [`verify`] of an archive wherever its files are (see [`ArchiveFiles`]).
+pub fn verify_files(
+    files: &dyn ArchiveFiles,
+    seg_size: WalSegmentSize,
+    checks: &dyn SegmentContentCheck,
+    opts: &VerifyOptions,
+) -> Result<VerifyReport> {
+    let inv = files.inventory()?;
     let mut report = VerifyReport {
-        directory: dir.to_path_buf(),
+        directory: files.location(),
         wal_segment_size: seg_size.as_u64(),
         timelines: Vec::new(),
         files_read: 0,
@@ -271,10 +339,10 @@ pub fn verify(
         ));
     }
     for name in inv.failover_reports.values() {
-        report.notes.push(failover_note(&dir.join(name), name));
+        report.notes.push(failover_note(files, name));
     }
 
-    let checksums = match read_checksums(dir) {
+    let checksums = match files.checksums() {
         Ok(c) => c,
         Err(e) => {
             report.problems.push(problem(
@@ -298,10 +366,10 @@ pub fn verify(
         ));
     }
 
-    let histories = check_histories(&inv, &checksums, opts, &mut report);
+    let histories = check_histories(files, &inv, &checksums, opts, &mut report);
     check_timelines(&inv, &histories, &mut report);
     if opts.read_content {
-        check_contents(&inv, &checksums, checks, opts, &mut report);
+        check_contents(files, &inv, &checksums, checks, opts, &mut report);
     }
 
     let present: BTreeSet<String> = inv
@@ -337,6 +405,7 @@ fn logical_name(name: &str) -> String {
 
 /// Parses every history file (and checks its checksum). Returns the ones that parse.
 fn check_histories(
+    files: &dyn ArchiveFiles,
     inv: &Inventory,
     checksums: &ChecksumList,
     opts: &VerifyOptions,
@@ -344,8 +413,7 @@ fn check_histories(
 ) -> BTreeMap<TimelineId, TimelineHistory> {
     let mut parsed = BTreeMap::new();
     for (&tli, name) in &inv.histories {
-        let path = inv.dir.join(name);
-        let bytes = match fs::read(&path) {
+        let bytes = match files.read_raw(name, MAX_SMALL_FILE) {
             Ok(b) => b,
             Err(e) => {
                 report
@@ -655,6 +723,7 @@ struct FileOutcome {
 }
 
 fn check_contents(
+    source: &dyn ArchiveFiles,
     inv: &Inventory,
     checksums: &ChecksumList,
     checks: &dyn SegmentContentCheck,
@@ -675,7 +744,9 @@ fn check_contents(
                         let complete = f.state.is_complete();
                         mine.push((
                             i,
-                            check_file(inv, f.id, &f.name, complete, checksums, checks, opts),
+                            check_file(
+                                source, inv, f.id, &f.name, complete, checksums, checks, opts,
+                            ),
                         ));
                     }
                     mine
@@ -726,7 +797,9 @@ fn check_contents(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_file(
+    source: &dyn ArchiveFiles,
     inv: &Inventory,
     id: SegmentId,
     name: &str,
@@ -745,7 +818,7 @@ fn check_file(
         problems: Vec::new(),
     };
     let seg = inv.seg_size.as_u64();
-    let (bytes, _) = match read_content(&inv.dir.join(name), seg, !complete) {
+    let (bytes, recorded) = match source.read_wal(name, seg, !complete) {
         Ok(r) => r,
         Err(e) => {
             let kind = match e {
@@ -775,7 +848,7 @@ fn check_file(
     let sha: [u8; 32] = Sha256::digest(&bytes).into();
     out.sha256 = Some(sha);
     let logical = logical_name(name);
-    match checksums.entries.get(&logical) {
+    match recorded.as_ref().or_else(|| checksums.entries.get(&logical)) {
         Some(want) if *want == sha => out.checksum_matched = true,
         Some(want) => out.problems.push(problem(
             name,

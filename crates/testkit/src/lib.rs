@@ -13,6 +13,7 @@
 //! * [`PgBench`] / [`PgBenchRun`] generate write load, in the background if needed.
 //! * [`oracle`]: pg_waldump, pg_verifybackup, pg_controldata and pg_dumpall as judges.
 //! * [`poll`]: waiting for a condition with a deadline instead of sleeping.
+//! * [`S3Server`] ([`s3`]): a real S3-compatible server (SeaweedFS `weed mini`) on loopback ports.
 //! * [`pg_command`]: a command for any libpq client with the caller's `PG*` environment removed.
 //!
 //! And for the misbehaviour a real server will not produce, one wire kit shared by every
@@ -52,6 +53,7 @@ pub mod oracle;
 pub mod pgbench;
 pub mod poll;
 mod process;
+pub mod s3;
 pub mod tar_builder;
 pub mod tls;
 mod watchdog;
@@ -70,5 +72,6 @@ pub use oracle::{
 };
 pub use pgbench::{PgBench, PgBenchRun, PgBenchSummary};
 pub use process::{assert_tree_owned_by, pg_command, server_user_ids};
+pub use s3::S3Server;
 pub use tls::{ClientCert, TestCa, TlsPaths};
 pub use walrelay_protocol::Lsn;

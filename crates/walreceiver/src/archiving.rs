@@ -73,11 +73,8 @@ pub(crate) fn catch_up_archive(
         return Err(ReceiveError::ArchiveDirMissing(dir.to_path_buf()));
     }
     walrelay_archive::cleanup(dir, seg)?;
-    let known: std::collections::BTreeSet<String> = if checksums {
-        walrelay_archive::read_checksums(dir)?
-            .entries
-            .into_keys()
-            .collect()
+    let known = if checksums {
+        walrelay_archive::recorded_names(dir)?
     } else {
         Default::default()
     };

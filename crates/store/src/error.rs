@@ -1,0 +1,143 @@
+//! The store crate's one error type, classified for retries and exit codes.
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+use walrelay_archive::ArchiveError;
+use walrelay_client::{Classify, ErrorClass};
+use walrelay_durable::DurableError;
+
+/// Everything that can go wrong with an archive in object storage.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// `-D` names no usable archive.
+    #[error("invalid archive location {input:?}: {reason}")]
+    BadLocation { input: String, reason: String },
+
+    /// The store's client cannot be configured from the environment.
+    #[error("cannot set up {location}: {reason}")]
+    Setup { location: String, reason: String },
+
+    /// The store answered with an error or could not be reached. The text of `source` comes from
+    /// object_store, which never includes credentials.
+    #[error("{action} {object}: {source}; {}", remote_fix(.source))]
+    Remote {
+        action: &'static str,
+        object: String,
+        #[source]
+        source: object_store::Error,
+    },
+
+    /// Put-if-absent found other bytes under the name: never replaced, never ignored.
+    #[error("{0}")]
+    Conflict(Box<Conflict>),
+
+    /// An object or spool file that is not what its name says (size, decoding, checksum).
+    #[error("{object} is damaged: {reason}; restore it from another copy or re-upload it from the spool")]
+    Corrupt { object: String, reason: String },
+
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+
+    /// The store holds several clusters and nothing says which one is meant.
+    #[error("{location} holds the WAL of several clusters (system identifiers {found}): pass --system-identifier, or run restore in the recovering data directory")]
+    AmbiguousSystem { location: String, found: String },
+
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+
+    /// Nothing of the cluster is stored: a wrong URL or prefix must not look like "not in the
+    /// archive" to restore_command (PostgreSQL would end recovery early).
+    #[error("{location} holds no WAL of the cluster with system identifier {system_identifier}: check the URL and its prefix")]
+    NoCluster {
+        location: String,
+        system_identifier: u64,
+    },
+
+    /// WAL of another cluster where one cluster's WAL is expected.
+    #[error("{what} belongs to the cluster with system identifier {found}, but this archive is for {expected}: a spool or archive must hold one cluster's WAL only")]
+    SystemMismatch {
+        what: String,
+        expected: u64,
+        found: u64,
+    },
+}
+
+/// Two different contents under one object name.
+#[derive(Debug, Error)]
+#[error("{object} exists with different content (stored SHA-256 {stored}, ours {ours}): objects are never replaced; find out which receiver wrote it — two clusters or receivers must not share a prefix and system identifier")]
+pub struct Conflict {
+    pub object: String,
+    pub stored: String,
+    pub ours: String,
+}
+
+fn remote_fix(e: &object_store::Error) -> &'static str {
+    match e {
+        object_store::Error::Unauthenticated { .. }
+        | object_store::Error::PermissionDenied { .. } => {
+            "check the credentials in the environment and the bucket's permissions"
+        }
+        object_store::Error::NotFound { .. } => "check the bucket name and that it exists",
+        _ => "check the endpoint, the network and the store's health",
+    }
+}
+
+impl StoreError {
+    /// A local file operation failed (the spool, the prefetch cache, a `file://` store).
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        StoreError::Durable(DurableError::new(action, path, source))
+    }
+
+    pub(crate) fn remote(
+        action: &'static str,
+        object: impl Into<String>,
+        source: object_store::Error,
+    ) -> Self {
+        StoreError::Remote {
+            action,
+            object: object.into(),
+            source,
+        }
+    }
+
+    /// True when the content of the archive is wrong (damaged or conflicting objects): restore
+    /// reports it with its "damaged" exit code.
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            StoreError::Corrupt { .. } | StoreError::Conflict(_) => true,
+            StoreError::Archive(a) => a.is_corruption(),
+            _ => false,
+        }
+    }
+}
+
+impl Classify for StoreError {
+    fn class(&self) -> ErrorClass {
+        use object_store::Error as O;
+        match self {
+            StoreError::BadLocation { .. }
+            | StoreError::AmbiguousSystem { .. }
+            | StoreError::NoCluster { .. } => ErrorClass::Usage,
+            StoreError::Setup { .. } => ErrorClass::Connection,
+            StoreError::Remote { source, .. } => match source {
+                O::Unauthenticated { .. } | O::PermissionDenied { .. } => ErrorClass::Connection,
+                O::NotImplemented { .. } | O::NotSupported { .. } => ErrorClass::Connection,
+                _ => ErrorClass::Transient,
+            },
+            StoreError::Conflict(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::SystemMismatch { .. }
+            | StoreError::Durable(_) => ErrorClass::Local,
+            StoreError::Archive(a) => match a {
+                ArchiveError::BadFileName { .. }
+                | ArchiveError::BadCompression { .. }
+                | ArchiveError::UnknownSegmentSize { .. } => ErrorClass::Usage,
+                _ => ErrorClass::Local,
+            },
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,296 @@
+//! [`ObjectStoreArchive`]: [`ArchiveStore`] over the `object_store` crate — Amazon S3 and
+//! S3-compatible stores, Google Cloud Storage, Azure Blob Storage.
+//!
+//! Configuration comes from the environment, as each service's own tools read it (the builders'
+//! `from_env`): for S3 `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+//! `AWS_REGION`, `AWS_ENDPOINT_URL` (S3-compatible stores), `AWS_WEB_IDENTITY_TOKEN_FILE` +
+//! `AWS_ROLE_ARN`, or the instance's metadata service; for GCS `GOOGLE_APPLICATION_CREDENTIALS`
+//! or `GOOGLE_SERVICE_ACCOUNT`; for Azure `AZURE_STORAGE_ACCOUNT_NAME` with
+//! `AZURE_STORAGE_ACCOUNT_KEY`, a SAS token or a managed identity. An `http://` endpoint is
+//! allowed when one is configured explicitly (a store on a private network or on loopback).
+//!
+//! Put-if-absent is `PutMode::Create`: S3's `If-None-Match: *` (supported by AWS S3 since 2024,
+//! MinIO, SeaweedFS, R2), GCS's `ifGenerationMatch=0`, Azure's `If-None-Match: *`.
+//!
+//! TLS is rustls with the ring provider (no OpenSSL, no aws-lc); it is installed as the process's
+//! default provider the first time a store is built.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, TryStreamExt};
+use object_store::path::Path as ObjPath;
+use object_store::{
+    Attribute, AttributeValue, Attributes, BackoffConfig, ClientOptions, ObjectStore,
+    ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+};
+
+use crate::error::{Result, StoreError};
+use crate::location::{Service, StoreUrl};
+use crate::store::{
+    ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, PutIfAbsent, StoreFuture,
+};
+
+/// The metadata key of [`ObjectAttrs::wal_sha256`].
+pub const SHA256_METADATA_KEY: &str = "walrelay-sha256";
+
+/// How long one request may take (a 16 MB segment over a slow link included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Retries inside one call: short, so that an unreachable store is reported within seconds and
+/// the caller (the uploader, restore) decides what happens next.
+fn retry_config() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(15),
+    }
+}
+
+/// An archive in object storage.
+#[derive(Debug)]
+pub struct ObjectStoreArchive {
+    inner: Arc<dyn ObjectStore>,
+    url: StoreUrl,
+}
+
+/// Installs rustls's ring provider for the process (reqwest is built without a provider of its
+/// own). Idempotent; a provider installed earlier stays.
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl ObjectStoreArchive {
+    /// Builds the client for `url` from the environment. Nothing is contacted yet.
+    pub fn open(url: &StoreUrl) -> Result<ObjectStoreArchive> {
+        install_tls_provider();
+        let setup = |e: object_store::Error| StoreError::Setup {
+            location: url.to_string(),
+            reason: e.to_string(),
+        };
+        let mut client = ClientOptions::new()
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(CONNECT_TIMEOUT);
+        // Every service's builder: our client options and retries, then build.
+        macro_rules! configured {
+            ($builder:expr) => {
+                Arc::new(
+                    $builder
+                        .with_client_options(client)
+                        .with_retry(retry_config())
+                        .build()
+                        .map_err(setup)?,
+                )
+            };
+        }
+        let inner: Arc<dyn ObjectStore> = match url.service {
+            Service::S3 => {
+                let endpoint = std::env::var("AWS_ENDPOINT_URL")
+                    .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                    .unwrap_or_default();
+                if endpoint.starts_with("http://") {
+                    client = client.with_allow_http(true);
+                }
+                // from_env reads AWS_REGION and AWS_DEFAULT_REGION; the default is us-east-1.
+                configured!(
+                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&url.bucket)
+                )
+            }
+            Service::Gcs => configured!(object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(&url.bucket)),
+            Service::Azure => configured!(object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_container_name(&url.bucket)),
+            Service::File => {
+                return Err(StoreError::Setup {
+                    location: url.to_string(),
+                    reason: "file:// archives are local directories (LocalDirStore)".into(),
+                })
+            }
+        };
+        Ok(ObjectStoreArchive {
+            inner,
+            url: url.clone(),
+        })
+    }
+
+    fn path(&self, name: &str) -> ObjPath {
+        if self.url.prefix.is_empty() {
+            ObjPath::from(name)
+        } else {
+            ObjPath::from(format!("{}/{name}", self.url.prefix))
+        }
+    }
+
+    /// The object's name relative to the root, from its full path.
+    fn relative(&self, full: &ObjPath) -> String {
+        let s = full.as_ref();
+        if self.url.prefix.is_empty() {
+            return s.to_string();
+        }
+        s.strip_prefix(&self.url.prefix)
+            .map(|r| r.trim_start_matches('/'))
+            .unwrap_or(s)
+            .to_string()
+    }
+
+    fn display(&self, name: &str) -> String {
+        format!("{}/{name}", self.url)
+    }
+}
+
+fn attributes(attrs: &ObjectAttrs) -> Attributes {
+    let mut a = Attributes::new();
+    if let Some(sha) = attrs.wal_sha256 {
+        a.insert(
+            Attribute::Metadata(SHA256_METADATA_KEY.into()),
+            AttributeValue::from(hex::encode(sha)),
+        );
+    }
+    a
+}
+
+fn parse_attributes(a: &Attributes) -> ObjectAttrs {
+    let sha = a
+        .get(&Attribute::Metadata(SHA256_METADATA_KEY.into()))
+        .and_then(|v| {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(v.as_ref(), &mut out)
+                .ok()
+                .map(|()| out)
+        });
+    ObjectAttrs { wal_sha256: sha }
+}
+
+impl ArchiveStore for ObjectStoreArchive {
+    fn location(&self) -> String {
+        self.url.to_string()
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectInfo>> {
+        async move {
+            // object_store lists by path segments: list the deepest whole directory. A prefix
+            // inside a name (a segment's `NAME` for its `NAME.zst`) starts the listing just
+            // before it (S3's start-after, GCS's startOffset), so that finding one segment's
+            // objects costs one request, not a listing of the whole WAL directory.
+            let (dir, partial) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+            let dir_path = if dir.is_empty() {
+                (!self.url.prefix.is_empty()).then(|| ObjPath::from(self.url.prefix.as_str()))
+            } else {
+                Some(self.path(dir))
+            };
+            let failed = |e| StoreError::remote("list", self.display(prefix), e);
+            let ordered = matches!(self.url.service, Service::S3 | Service::Gcs);
+            let stem = partial.get(..partial.len().saturating_sub(1)).unwrap_or("");
+            let metas: Vec<object_store::ObjectMeta> = if ordered && !stem.is_empty() {
+                let offset = self.path(&format!(
+                    "{dir}{}{stem}",
+                    if dir.is_empty() { "" } else { "/" }
+                ));
+                let wanted = self.path(prefix);
+                let wanted = wanted.as_ref().to_string();
+                self.inner
+                    .list_with_offset(dir_path.as_ref(), &offset)
+                    .try_skip_while(|m| {
+                        futures::future::ready(Ok(!m.location.as_ref().starts_with(&wanted)))
+                    })
+                    .try_take_while(|m| {
+                        futures::future::ready(Ok(m.location.as_ref().starts_with(&wanted)))
+                    })
+                    .try_collect()
+                    .await
+                    .map_err(failed)?
+            } else {
+                self.inner
+                    .list(dir_path.as_ref())
+                    .try_collect()
+                    .await
+                    .map_err(failed)?
+            };
+            Ok(metas
+                .into_iter()
+                .map(|m| ObjectInfo {
+                    name: self.relative(&m.location),
+                    size: m.size,
+                    modified: Some(std::time::SystemTime::from(m.last_modified)),
+                })
+                .filter(|o| o.name.starts_with(prefix))
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn list_dirs<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
+        async move {
+            let p = prefix.trim_end_matches('/');
+            let path = if p.is_empty() {
+                (!self.url.prefix.is_empty()).then(|| ObjPath::from(self.url.prefix.as_str()))
+            } else {
+                Some(self.path(p))
+            };
+            let listed = self
+                .inner
+                .list_with_delimiter(path.as_ref())
+                .await
+                .map_err(|e| StoreError::remote("list", self.display(prefix), e))?;
+            Ok(listed
+                .common_prefixes
+                .iter()
+                .filter_map(|c| c.filename().map(str::to_string))
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn get<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<Fetched>> {
+        async move {
+            let r = match self.inner.get(&self.path(name)).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(StoreError::remote("get", self.display(name), e)),
+            };
+            let attrs = parse_attributes(&r.attributes);
+            let bytes = r
+                .bytes()
+                .await
+                .map_err(|e| StoreError::remote("read", self.display(name), e))?;
+            Ok(Some(Fetched { bytes, attrs }))
+        }
+        .boxed()
+    }
+
+    fn put_if_absent<'a>(&'a self, name: &'a str, put: NewObject) -> StoreFuture<'a, PutIfAbsent> {
+        async move {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                attributes: attributes(&put.attrs),
+                ..Default::default()
+            };
+            match self
+                .inner
+                .put_opts(&self.path(name), PutPayload::from_bytes(put.data), opts)
+                .await
+            {
+                Ok(_) => Ok(PutIfAbsent::Created),
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => Ok(PutIfAbsent::Exists),
+                Err(e) => Err(StoreError::remote("upload", self.display(name), e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()> {
+        async move {
+            match self.inner.delete(&self.path(name)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(StoreError::remote("delete", self.display(name), e)),
+            }
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,151 @@
+//! The one seam between walrelay and the place an archive's objects live: [`ArchiveStore`] — list,
+//! get, put-if-absent, delete — with two implementations: [`crate::ObjectStoreArchive`] (S3, GCS,
+//! Azure through the `object_store` crate) and [`crate::LocalDirStore`] (`file://`, a directory with
+//! crash-safe files).
+//!
+//! # The rule that makes an object store an archive: never replace
+//!
+//! Every write is [`ArchiveStore::put_if_absent`]: the object is created whole or not at all (a
+//! single PUT, atomic in every store), and an existing object is never overwritten. [`put_new`] adds
+//! the comparison on top: when the name exists, the stored object is fetched and compared; identical
+//! content is success (an upload retried after a crash, or the same segment received twice), other
+//! content is [`StoreError::Conflict`] naming both SHA-256 values.
+//!
+//! # Objects are whole files
+//!
+//! A WAL segment (16 MB by default, at most 1 GB) is uploaded in one request from memory; so is
+//! every object this crate writes. Large streamed objects (base backups, issue 16) will be written
+//! under a temporary name with a multipart upload and made final by a small descriptor object put
+//! with [`ArchiveStore::put_if_absent`] — the seam stays the same.
+//!
+//! Names are relative to the store's root (the URL's prefix), `/`-separated, built by
+//! [`crate::layout`].
+
+use std::fmt;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, StoreError};
+
+/// One object of a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The name relative to the store's root.
+    pub name: String,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+}
+
+/// Attributes stored with an object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectAttrs {
+    /// SHA-256 of the WAL the object holds (decompressed), as `walrelay.sha256` records it for a
+    /// directory archive. Stored as user metadata (`x-amz-meta-walrelay-sha256` and its GCS and
+    /// Azure equivalents).
+    pub wal_sha256: Option<[u8; 32]>,
+}
+
+/// A fetched object.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    pub bytes: Bytes,
+    pub attrs: ObjectAttrs,
+}
+
+/// An object to create: its bytes and attributes.
+#[derive(Clone, Debug)]
+pub struct NewObject {
+    pub data: Bytes,
+    pub attrs: ObjectAttrs,
+}
+
+/// What [`ArchiveStore::put_if_absent`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutIfAbsent {
+    Created,
+    /// An object of that name exists (not compared, not changed).
+    Exists,
+}
+
+/// What [`put_new`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    Created,
+    /// The object existed with identical content.
+    AlreadyThere,
+}
+
+/// What the store's methods return.
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T>>;
+
+/// An archive's object storage. Every method is cancellation-safe in the sense that dropping the
+/// future leaves no partial object under a final name (object stores create objects atomically;
+/// [`crate::LocalDirStore`] writes a temp file first).
+pub trait ArchiveStore: Send + Sync + fmt::Debug {
+    /// The location for messages: the URL without credentials.
+    fn location(&self) -> String;
+
+    /// Every object whose name starts with `prefix` (not only a directory's direct children), in
+    /// no particular order.
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectInfo>>;
+
+    /// The "directories" directly under `prefix` (a name ending in `/` or empty): their names
+    /// without the prefix and without a trailing `/`.
+    fn list_dirs<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>>;
+
+    /// The whole object, or `None` when there is none of that name.
+    fn get<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<Fetched>>;
+
+    /// Creates the object `name` with `data` and `attrs` unless one of that name exists; never
+    /// replaces one.
+    fn put_if_absent<'a>(&'a self, name: &'a str, put: NewObject) -> StoreFuture<'a, PutIfAbsent>;
+
+    /// Removes the object; a missing object is not an error.
+    fn delete<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()>;
+}
+
+/// SHA-256 as lower-case hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Stores `data` under `name` unless that name exists; an existing object with the same bytes is
+/// success, one with other bytes is [`StoreError::Conflict`] (see the module docs).
+pub async fn put_new(
+    store: &dyn ArchiveStore,
+    name: &str,
+    data: Bytes,
+    attrs: &ObjectAttrs,
+) -> Result<Stored> {
+    // Twice at most: an object that exists but is gone when fetched was deleted in between
+    // (a prune), and the name is free again.
+    for _ in 0..2 {
+        let put = NewObject {
+            data: data.clone(),
+            attrs: attrs.clone(),
+        };
+        if store.put_if_absent(name, put).await? == PutIfAbsent::Created {
+            return Ok(Stored::Created);
+        }
+        let Some(existing) = store.get(name).await? else {
+            continue;
+        };
+        let (ours, theirs) = (sha256_hex(&data), sha256_hex(&existing.bytes));
+        return if ours == theirs {
+            Ok(Stored::AlreadyThere)
+        } else {
+            Err(StoreError::Conflict(Box::new(crate::error::Conflict {
+                object: format!("{}/{name}", store.location()),
+                stored: theirs,
+                ours,
+            })))
+        };
+    }
+    Err(StoreError::Corrupt {
+        object: format!("{}/{name}", store.location()),
+        reason: "the store says it exists but returns nothing for it".into(),
+    })
+}

@@ -1,0 +1,166 @@
+//! The [`ArchiveStore`] contract, against a real S3-compatible server (SeaweedFS, started by the
+//! testkit) and against the local-directory store: put-if-absent never replaces, an identical
+//! object is success and a different one an error naming both SHA-256 values, the WAL checksum
+//! attribute round-trips, listings and deletes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use walrelay_store::{
+    open_store, put_new, sha256_hex, ArchiveLocation, ArchiveStore, NewObject, ObjectAttrs,
+    PutIfAbsent, StoreError, Stored,
+};
+use walrelay_testkit::S3Server;
+
+fn store_for(url: &str) -> Arc<dyn ArchiveStore> {
+    let ArchiveLocation::Store(u) = ArchiveLocation::parse(url).unwrap() else {
+        panic!("{url} is not a store URL")
+    };
+    open_store(&u).unwrap()
+}
+
+async fn contract(store: &dyn ArchiveStore) {
+    let name = "42/wal/000000010000000000000003.zst";
+    let a = Bytes::from_static(b"first content");
+    let attrs = ObjectAttrs {
+        wal_sha256: Some([7u8; 32]),
+    };
+    assert_eq!(store.get(name).await.unwrap().map(|f| f.bytes), None);
+    let first = NewObject {
+        data: a.clone(),
+        attrs: attrs.clone(),
+    };
+    let other = NewObject {
+        data: Bytes::from_static(b"other"),
+        attrs: ObjectAttrs::default(),
+    };
+    assert_eq!(
+        store.put_if_absent(name, first).await.unwrap(),
+        PutIfAbsent::Created
+    );
+    // The raw put never replaces.
+    assert_eq!(
+        store.put_if_absent(name, other).await.unwrap(),
+        PutIfAbsent::Exists
+    );
+    let got = store.get(name).await.unwrap().unwrap();
+    assert_eq!(got.bytes, a);
+    assert_eq!(
+        got.attrs.wal_sha256,
+        Some([7u8; 32]),
+        "the checksum attribute round-trips"
+    );
+
+    // Identical content: success; different content: an error naming both checksums.
+    assert_eq!(
+        put_new(store, name, a.clone(), &attrs).await.unwrap(),
+        Stored::AlreadyThere
+    );
+    let b = Bytes::from_static(b"second content");
+    let e = put_new(store, name, b.clone(), &attrs).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&sha256_hex(&a)) && text.contains(&sha256_hex(&b)),
+        "{text}"
+    );
+    assert_eq!(
+        store.get(name).await.unwrap().unwrap().bytes,
+        a,
+        "unchanged"
+    );
+
+    // Listing by prefix and by directory.
+    for (object, data) in [
+        ("42/wal/00000002.history", &b"1\t0/3000000\tx\n"[..]),
+        ("43/wal/000000010000000000000001", b"x"),
+    ] {
+        let data = Bytes::copy_from_slice(data);
+        put_new(store, object, data, &ObjectAttrs::default())
+            .await
+            .unwrap();
+    }
+    for (prefix, want) in [
+        ("42/wal/", vec![name, "42/wal/00000002.history"]),
+        ("42/wal/0000000100", vec![name]),
+    ] {
+        let mut names: Vec<String> = store
+            .list(prefix)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, want, "{prefix}");
+    }
+    let mut dirs = store.list_dirs("").await.unwrap();
+    dirs.sort();
+    assert_eq!(dirs, vec!["42", "43"]);
+    assert_eq!(
+        walrelay_store::layout::systems(store).await.unwrap(),
+        vec![42, 43]
+    );
+    assert!(
+        walrelay_store::choose_system(store, None).await.is_err(),
+        "two clusters: ambiguous"
+    );
+
+    // Delete, and deleting what is gone.
+    store.delete(name).await.unwrap();
+    store.delete(name).await.unwrap();
+    assert!(store.get(name).await.unwrap().is_none());
+    assert_eq!(
+        put_new(store, name, b.clone(), &attrs).await.unwrap(),
+        Stored::Created,
+        "the name is free again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_store_keeps_the_contract() {
+    let server = tokio::task::spawn_blocking(|| S3Server::start("walrelay-contract"))
+        .await
+        .unwrap()
+        .unwrap();
+    for (k, v) in server.env() {
+        std::env::set_var(k, v);
+    }
+    let store = store_for(&server.url("archive/one"));
+    contract(store.as_ref()).await;
+    // The prefix isolates: nothing of it shows at another prefix.
+    let other = store_for(&server.url("archive/two"));
+    assert!(other.list("").await.unwrap().is_empty());
+
+    // A store that is down is an error the uploader retries (transient), named by the object.
+    let mut server = server;
+    tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    })
+    .await
+    .unwrap();
+    let e = store.get("42/wal/00000002.history").await.unwrap_err();
+    assert_eq!(
+        walrelay_client::Classify::class(&e),
+        walrelay_client::ErrorClass::Transient,
+        "{e}"
+    );
+    assert!(e.to_string().contains("00000002.history"), "{e}");
+    assert!(
+        !e.to_string().contains(walrelay_testkit::s3::SECRET_KEY),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn local_store_keeps_the_contract() {
+    let d = tempfile::tempdir().unwrap();
+    let store = store_for(&format!("file://{}", d.path().display()));
+    contract(store.as_ref()).await;
+    // No temp files are left, and the attribute files do not show in listings.
+    let all = store.list("").await.unwrap();
+    assert!(all.iter().all(|o| !o.name.ends_with(".sha256")), "{all:?}");
+}

