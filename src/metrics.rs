@@ -41,8 +41,11 @@ pub fn render_metrics(
     render_groups(vec![(prefix, metrics.into_iter().collect())])
 }
 
+/// One metric: name, help text and value.
+pub type Metric = (&'static str, &'static str, Kind);
+
 /// One exposition of several groups of metrics, each under its own prefix.
-pub fn render_groups(groups: Vec<(&str, Vec<(&'static str, &'static str, Kind)>)>) -> String {
+pub fn render_groups(groups: Vec<(&str, Vec<Metric>)>) -> String {
     let mut reg = Registry::default();
     for (prefix, metrics) in groups {
         register(reg.sub_registry_with_prefix(prefix), metrics);
