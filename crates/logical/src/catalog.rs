@@ -33,6 +33,16 @@ SELECT c.oid::int8 AS oid, c.relkind::text AS relkind, c.relpersistence::text AS
   LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = pg_catalog.pg_get_replica_identity_index(c.oid)
  WHERE n.nspname = $1 AND c.relname = $2";
 
+/// Whether a column's type (through a domain, and for an array its element's) has an equality
+/// PostgreSQL can use to match rows: a default btree or hash operator class, or an enum or range.
+/// `json`, `xml`, `point` and the like have none; REPLICA IDENTITY FULL matching compares their
+/// text instead.
+const EQUALITY: &str = "\
+CASE WHEN coalesce(et.typtype, bt.typtype) IN ('e', 'r', 'm') THEN true
+     ELSE EXISTS (SELECT 1 FROM pg_catalog.pg_opclass oc JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod
+                   WHERE oc.opcdefault AND am.amname IN ('btree', 'hash')
+                     AND oc.opcintype = coalesce(et.oid, bt.oid)) END";
+
 fn columns_query(major: u32) -> String {
     let generated = if major >= 12 {
         "a.attgenerated::text"
@@ -43,6 +53,7 @@ fn columns_query(major: u32) -> String {
         "\
 SELECT a.attnum::int4 AS attnum, a.attname::text AS name,
        pg_catalog.format_type(a.atttypid, a.atttypmod) AS type, a.atttypid::int8 AS typoid,
+       a.atttypmod::int4 AS typmod, {equality} AS has_equality,
        a.attnotnull AS not_null, a.attidentity::text AS identity, {generated} AS generated,
        pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS default_expr,
        CASE WHEN a.attcollation <> t.typcollation AND a.attcollation <> 0 THEN
@@ -52,11 +63,14 @@ SELECT a.attnum::int4 AS attnum, a.attname::text AS name,
        a.atttypid IN ('pg_catalog.float4'::pg_catalog.regtype, 'pg_catalog.float8'::pg_catalog.regtype) AS is_float
   FROM pg_catalog.pg_attribute a
   JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+  JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+  LEFT JOIN pg_catalog.pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
   LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
   LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
   LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
  WHERE a.attrelid = $1::pg_catalog.oid AND a.attnum > 0 AND NOT a.attisdropped
- ORDER BY a.attnum"
+ ORDER BY a.attnum",
+        equality = EQUALITY
     )
 }
 
@@ -119,6 +133,9 @@ pub async fn read_table(
         attnums.push(number::<i32>(&c, i, "attnum")?);
         let generated = c.get(i, "generated").unwrap_or_default();
         columns.push(Column {
+            attnum: number(&c, i, "attnum")?,
+            type_mod: number(&c, i, "typmod")?,
+            has_equality: flag(&c, i, "has_equality"),
             name: field(&c, i, "name")?.to_string(),
             type_name: field(&c, i, "type")?.to_string(),
             type_oid: number(&c, i, "typoid")?,

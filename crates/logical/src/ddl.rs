@@ -112,14 +112,22 @@ pub fn create_table(
 }
 
 fn sequence_options(s: &OwnedSequence) -> String {
+    sequence_clauses(s.increment, s.min, s.max, s.start, s.cache, s.cycle)
+}
+
+/// ` INCREMENT BY … MINVALUE … MAXVALUE … START WITH … CACHE … [NO] CYCLE`.
+pub fn sequence_clauses(
+    increment: i64,
+    min: i64,
+    max: i64,
+    start: i64,
+    cache: i64,
+    cycle: bool,
+) -> String {
     format!(
-        " INCREMENT BY {} MINVALUE {} MAXVALUE {} START WITH {} CACHE {}{}",
-        s.increment,
-        s.min,
-        s.max,
-        s.start,
-        s.cache.max(1),
-        if s.cycle { " CYCLE" } else { " NO CYCLE" }
+        " INCREMENT BY {increment} MINVALUE {min} MAXVALUE {max} START WITH {start} CACHE {}{}",
+        cache.max(1),
+        if cycle { " CYCLE" } else { " NO CYCLE" }
     )
 }
 
@@ -359,9 +367,12 @@ mod tests {
 
     fn col(name: &str, ty: &str) -> Column {
         Column {
+            attnum: 0,
             name: name.into(),
             type_name: ty.into(),
             type_oid: 0,
+            type_mod: -1,
+            has_equality: true,
             not_null: false,
             default: None,
             identity: Identity::None,

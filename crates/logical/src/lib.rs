@@ -35,26 +35,33 @@
 //! <https://www.postgresql.org/docs/current/protocol-logical-replication.html>.
 
 mod apply;
+mod apply_session;
 mod catalog;
 mod config;
 mod ddl;
 mod drop;
 mod error;
+mod follow;
 mod prepare;
 mod progress;
 mod run;
 mod schema;
+mod sequences;
 mod source;
+mod spool;
 mod state;
+mod statements;
 mod stats;
 mod status;
 mod stream;
 mod sync;
 mod verify;
 
-pub use config::{RunConfig, DEFAULT_COPY_JOBS, DEFAULT_STATUS_INTERVAL};
+pub use config::{
+    OnConflict, RunConfig, DEFAULT_COPY_JOBS, DEFAULT_SEQUENCE_INTERVAL, DEFAULT_STATUS_INTERVAL,
+};
 pub use drop::{drop_subset, DropReport};
-pub use error::{Problem, Side, SubsetError};
+pub use error::{ConflictReport, Problem, Side, SubsetError};
 pub use prepare::{CheckReport, TableAction, TablePlan};
 pub use run::{check, run, RunSummary, StopReason};
 pub use schema::{SubsetName, TableName};

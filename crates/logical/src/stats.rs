@@ -70,7 +70,11 @@ counters!(
     updates,
     deletes,
     truncates,
-    unmatched,
+    streamed_transactions,
+    streamed_bytes,
+    schema_changes,
+    skipped_transactions,
+    sequences_advanced,
     reconnects,
     connected,
     last_message_unix_ms,
@@ -149,8 +153,24 @@ impl SubsetStats {
         );
     }
 
-    pub(crate) fn unmatched(&self, n: u64) {
-        add(&self.unmatched, n);
+    pub(crate) fn streamed_transaction(&self) {
+        add(&self.streamed_transactions, 1);
+    }
+
+    pub(crate) fn streamed_bytes(&self, n: u64) {
+        add(&self.streamed_bytes, n);
+    }
+
+    pub(crate) fn schema_change(&self) {
+        add(&self.schema_changes, 1);
+    }
+
+    pub(crate) fn skipped_transaction(&self) {
+        add(&self.skipped_transactions, 1);
+    }
+
+    pub(crate) fn sequences_advanced(&self, n: u64) {
+        add(&self.sequences_advanced, n);
     }
 
     pub(crate) fn reconnect(&self) {

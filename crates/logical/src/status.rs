@@ -19,6 +19,10 @@ pub struct SlotStatus {
     pub active: bool,
     pub confirmed_flush_lsn: Option<Lsn>,
     pub lost: bool,
+    /// Why it was invalidated ("invalidated (…)"), when it was.
+    pub invalidation: Option<String>,
+    /// A failover slot (PostgreSQL 17+).
+    pub failover: Option<bool>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -78,7 +82,9 @@ pub async fn status(
             exists: s.is_some(),
             active: s.as_ref().is_some_and(|s| s.active),
             confirmed_flush_lsn: s.as_ref().and_then(|s| s.confirmed_flush),
-            lost: s.as_ref().is_some_and(|s| s.lost),
+            lost: s.as_ref().is_some_and(|s| s.invalidation().is_some()),
+            invalidation: s.as_ref().and_then(|s| s.invalidation()),
+            failover: s.as_ref().and_then(|s| s.failover),
         });
         src.close().await;
     }

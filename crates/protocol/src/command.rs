@@ -206,6 +206,19 @@ pub fn create_logical_slot(
     temporary: bool,
     snapshot: SnapshotAction,
 ) -> Result<String, CommandError> {
+    create_logical_slot_with(version, name, plugin, temporary, snapshot, false)
+}
+
+/// [`create_logical_slot`], optionally a failover slot (`FAILOVER`, PostgreSQL 17+: synced to
+/// standbys that run `sync_replication_slots`; never temporary).
+pub fn create_logical_slot_with(
+    version: ServerVersion,
+    name: &str,
+    plugin: &str,
+    temporary: bool,
+    snapshot: SnapshotAction,
+    failover: bool,
+) -> Result<String, CommandError> {
     validate_slot_name(name)?;
     if plugin.is_empty()
         || !plugin
@@ -216,6 +229,21 @@ pub fn create_logical_slot(
             what: "output plugin name",
             reason: "use only letters, digits and underscores",
         });
+    }
+    if failover {
+        if version.major() < 17 {
+            return Err(CommandError::Unsupported {
+                option: "FAILOVER",
+                needs: 17,
+                server: version.major(),
+            });
+        }
+        if temporary {
+            return Err(CommandError::InvalidValue {
+                what: "slot options",
+                reason: "a temporary slot cannot be a failover slot",
+            });
+        }
     }
     let mut s = format!("CREATE_REPLICATION_SLOT \"{name}\"");
     if temporary {
@@ -228,7 +256,11 @@ pub fn create_logical_slot(
             SnapshotAction::Nothing => "nothing",
             SnapshotAction::Use => "use",
         };
-        let _ = write!(s, " (SNAPSHOT '{v}')");
+        let _ = write!(s, " (SNAPSHOT '{v}'");
+        if failover {
+            s.push_str(", FAILOVER");
+        }
+        s.push(')');
     } else {
         s.push_str(match snapshot {
             SnapshotAction::Export => " EXPORT_SNAPSHOT",
@@ -237,6 +269,25 @@ pub fn create_logical_slot(
         });
     }
     Ok(s)
+}
+
+/// `ALTER_REPLICATION_SLOT name (FAILOVER true|false)` (PostgreSQL 17+).
+pub fn alter_slot_failover(
+    version: ServerVersion,
+    name: &str,
+    failover: bool,
+) -> Result<String, CommandError> {
+    validate_slot_name(name)?;
+    if version.major() < 17 {
+        return Err(CommandError::Unsupported {
+            option: "ALTER_REPLICATION_SLOT",
+            needs: 17,
+            server: version.major(),
+        });
+    }
+    Ok(format!(
+        "ALTER_REPLICATION_SLOT \"{name}\" (FAILOVER {failover})"
+    ))
 }
 
 /// The highest pgoutput `proto_version` a server accepts: 1 on 10–13, 2 (streaming) on 14,
@@ -497,6 +548,36 @@ pub fn base_backup(version: ServerVersion, o: &BaseBackupOptions) -> Result<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failover_slots() {
+        let v17 = ServerVersion(170004);
+        assert_eq!(
+            create_logical_slot_with(v17, "s", "pgoutput", false, SnapshotAction::Export, true)
+                .unwrap(),
+            "CREATE_REPLICATION_SLOT \"s\" LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER)"
+        );
+        assert!(matches!(
+            create_logical_slot_with(
+                ServerVersion(160000),
+                "s",
+                "pgoutput",
+                false,
+                SnapshotAction::Export,
+                true
+            ),
+            Err(CommandError::Unsupported { needs: 17, .. })
+        ));
+        assert!(
+            create_logical_slot_with(v17, "s", "pgoutput", true, SnapshotAction::Export, true)
+                .is_err()
+        );
+        assert_eq!(
+            alter_slot_failover(v17, "s", true).unwrap(),
+            "ALTER_REPLICATION_SLOT \"s\" (FAILOVER true)"
+        );
+        assert!(alter_slot_failover(ServerVersion(160000), "s", true).is_err());
+    }
 
     const V10: ServerVersion = ServerVersion(100023);
     const V11: ServerVersion = ServerVersion(110022);
