@@ -194,6 +194,24 @@ pub async fn read_table(
     }))
 }
 
+/// The name of the table with this OID, if there is one.
+pub async fn table_name_of(
+    conn: &mut Connection,
+    oid: u32,
+) -> Result<Option<TableName>, ClientError> {
+    let r = conn
+        .query_params(
+            "SELECT n.nspname::text AS schema, c.relname::text AS name FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+              WHERE c.oid = $1::pg_catalog.oid AND c.relkind IN ('r', 'p')",
+            &[Some(&oid.to_string())],
+        )
+        .await?;
+    Ok(r.get(0, "schema")
+        .zip(r.get(0, "name"))
+        .map(|(s, n)| TableName::new(s, n)))
+}
+
 /// The permanent tables of a schema (partitions included, partitioned parents not).
 pub async fn tables_in_schema(
     conn: &mut Connection,

@@ -333,7 +333,7 @@ async fn add_column(
                 .map_err(|e| format!("could not look into the table on the target: {e}"))?;
             if empty.first().and_then(|r| r.get_idx(0, 0)) != Some("t") {
                 return Err(format!(
-                    "its column {} was added with the default {d}, whose values for the rows that existed then were never sent (a volatile default rewrites the table; a default set after ADD COLUMN leaves them NULL — walrelay cannot tell which): {}, or add the column on the target yourself with the right values and run again",
+                    "its column {} was added with the default {d}, whose values for the rows that existed then were never sent (a volatile default rewrites the table; a default set after ADD COLUMN leaves them NULL — walrelay cannot tell which): choose {}, or add the column on the target yourself with the right values and run again",
                     cat.name,
                     resync(table)
                 ));

@@ -555,16 +555,29 @@ pub(crate) async fn preflight(
             .await
             .map_err(read_src(&format!("read table {name}")))?
         else {
-            let in_subset = state.as_ref().is_some_and(|st| st.table(name).is_some());
-            problems.push(problem(
-                Side::Source,
-                format!("table {name} does not exist on the source"),
-                if in_subset {
-                    "it is in the subset: was it dropped or renamed there? Run with -t listing the tables the subset should keep (a renamed table under its new name)"
-                } else {
-                    "check the name (schema.table; quote mixed-case names: '\"Schema\".\"Table\"')"
-                },
-            ));
+            let in_subset = state.as_ref().and_then(|st| st.table(name));
+            let renamed = match in_subset.and_then(|t| t.source_oid) {
+                Some(oid) => catalog::table_name_of(src, oid)
+                    .await
+                    .map_err(read_src("look up a table by OID"))?,
+                None => None,
+            };
+            problems.push(match renamed {
+                Some(new) => problem(
+                    Side::Source,
+                    format!("table {name} of the subset was renamed to {new} on the source"),
+                    format!("run with -t {new} in place of -t {name} (walrelay copies it under its new name; drop {name} on the target afterwards), or rename it back on the source"),
+                ),
+                None => problem(
+                    Side::Source,
+                    format!("table {name} does not exist on the source"),
+                    if in_subset.is_some() {
+                        "it is in the subset: was it dropped there? Run with -t listing the tables the subset should keep"
+                    } else {
+                        "check the name (schema.table; quote mixed-case names: '\"Schema\".\"Table\"')"
+                    },
+                ),
+            });
             continue;
         };
         let published = publication
@@ -608,7 +621,12 @@ pub(crate) async fn preflight(
         let mut recreate = false;
         let mut create = target.is_none();
         if let Some(t) = &target {
-            let (p, n) = ddl::check_existing(&s, t);
+            let (mut p, n) = ddl::check_existing(&s, t);
+            if !resync && in_state.is_some_and(TableState::is_synced) {
+                // Streaming: the source's columns may be ahead of the stream; the stream follows
+                // (or names) each change when it gets there.
+                p.clear();
+            }
             if resync && !p.is_empty() && in_state.is_some_and(|st| st.created_by_walrelay) {
                 // Its source columns changed (the stop that led to --resync): walrelay made it,
                 // so walrelay makes it again.
