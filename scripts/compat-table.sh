@@ -325,42 +325,38 @@ if mode == "check":
     sys.exit(0)
 
 # mode == "write"
-new = None if subset_only else section()
+
+
+def replace_section(text, start, end, new):
+    """text with its section between start and end (markers included) replaced by new."""
+    s = text.find(start)
+    e = text.find(end) + len(end)
+    rest = text[e:]
+    if rest.startswith("\n"):
+        rest = rest[1:]
+    return text[:s] + new + rest
+
+
 # The heading belongs to the README around the markers; it is written only with a new section.
 if subset_only:
     if text is None or current_section(text) is None:
         die(f"--subset-only: {readme} has no compatibility section yet: run the whole matrix first")
     updated = text
 elif text is None:
-    updated = "## Compatibility\n\n" + new
+    updated = "## Compatibility\n\n" + section()
 elif current_section(text) is None:
     if START in text or END in text:
         die(f"{readme} has only one of the markers {START} / {END}: fix it by hand")
-    updated = text.rstrip("\n") + "\n\n## Compatibility\n\n" + new
+    updated = text.rstrip("\n") + "\n\n## Compatibility\n\n" + section()
 else:
-    s = text.find(START)
-    e = text.find(END) + len(END)
-    rest = text[e:]
-    if rest.startswith("\n"):
-        rest = rest[1:]
-    updated = text[:s] + new + rest
-new_subset = subset_section()
+    updated = replace_section(text, START, END, section())
 if current_section(updated, SUBSET_START, SUBSET_END) is None:
     if SUBSET_START in updated or SUBSET_END in updated:
         die(f"{readme} has only one of the markers {SUBSET_START} / {SUBSET_END}: fix it by hand")
-    # Right after the first table's section.
-    e = updated.find(END) + len(END)
-    rest = updated[e:]
-    if rest.startswith("\n"):
-        rest = rest[1:]
-    updated = updated[:e] + "\n\n" + new_subset + ("\n" if rest and not rest.startswith("\n") else "") + rest
+    # A new subset section goes right after the first one.
+    updated = replace_section(updated, START, END, current_section(updated) + "\n" + subset_section())
 else:
-    s = updated.find(SUBSET_START)
-    e = updated.find(SUBSET_END) + len(SUBSET_END)
-    rest = updated[e:]
-    if rest.startswith("\n"):
-        rest = rest[1:]
-    updated = updated[:s] + new_subset + rest
+    updated = replace_section(updated, SUBSET_START, SUBSET_END, subset_section())
 if updated != text:
     tmp = readme + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -125,11 +125,7 @@ matrix_subset_tests! {
 /// `walrelay subset` with `major` as the source into the newest major of the matrix, and as the
 /// target from it.
 fn matrix_subset(major: u32) {
-    if !matrix_includes(major) {
-        eprintln!(
-            "matrix subset: PostgreSQL {major} skipped: WALRELAY_PG_MAJORS ({:?}) does not list it",
-            std::env::var("WALRELAY_PG_MAJORS").unwrap_or_default()
-        );
+    if !listed(major, "matrix subset") {
         return;
     }
     let newest = walrelay_testkit::matrix_majors()
@@ -138,22 +134,20 @@ fn matrix_subset(major: u32) {
         .unwrap_or(major);
     let mut report = MatrixReport::subset(major);
     report.set_extra("newest", newest.into());
-    let started = std::time::Instant::now();
-    if let Some((version, _)) = report.run("source", || subset_pair::check_pair(major, newest)) {
-        report.set_server_version(&version);
+    for (feature, from, to) in [("source", major, newest), ("target", newest, major)] {
+        let started = std::time::Instant::now();
+        if let Some(versions) = report.run(feature, || subset_pair::check_pair(from, to)) {
+            report.set_server_version(if from == major {
+                &versions.0
+            } else {
+                &versions.1
+            });
+        }
+        eprintln!(
+            "matrix subset: {from} -> {to} in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
     }
-    eprintln!(
-        "matrix subset: {major} -> {newest} in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    let started = std::time::Instant::now();
-    if let Some((_, version)) = report.run("target", || subset_pair::check_pair(newest, major)) {
-        report.set_server_version(&version);
-    }
-    eprintln!(
-        "matrix subset: {newest} -> {major} in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
     report.finish();
 }
 
@@ -165,12 +159,20 @@ struct Expected {
     after_rows: u64,
 }
 
-fn matrix(major: u32) {
-    if !matrix_includes(major) {
+/// Whether `WALRELAY_PG_MAJORS` lists `major`; a note when it does not.
+fn listed(major: u32, label: &str) -> bool {
+    let listed = matrix_includes(major);
+    if !listed {
         eprintln!(
-            "matrix: PostgreSQL {major} skipped: WALRELAY_PG_MAJORS ({:?}) does not list it",
+            "{label}: PostgreSQL {major} skipped: WALRELAY_PG_MAJORS ({:?}) does not list it",
             std::env::var("WALRELAY_PG_MAJORS").unwrap_or_default()
         );
+    }
+    listed
+}
+
+fn matrix(major: u32) {
+    if !listed(major, "matrix") {
         return;
     }
     let mut report = MatrixReport::new(major);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use walrelay_testkit::{matrix_includes, Cluster, Lsn, PgBench};
 
-use support::walrelay_cmd::{self, Walrelay};
+use support::walrelay_cmd::{self, subset_args as args, Walrelay};
 use support::{exit_code, poll};
 
 /// The pgbench tables walrelay copies; `pgbench_tellers` stays behind.
@@ -44,25 +44,6 @@ fn target(name: &str, major: u32) -> Cluster {
         .major(major)
         .fsync(false)
         .start()
-}
-
-/// `subset CMD -d SOURCE --target TARGET --name NAME EXTRA…`
-fn args(cmd: &str, src: &Cluster, tgt: &Cluster, name: &str, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "subset",
-        cmd,
-        "-d",
-        &src.conninfo(),
-        "--target",
-        &tgt.conninfo(),
-        "--name",
-        name,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
 }
 
 /// `-t T` for each table.
@@ -139,6 +120,12 @@ fn run_end(src: &Cluster, tgt: &Cluster, name: &str, extra: &[&str]) -> walrelay
 fn run_to_end(src: &Cluster, tgt: &Cluster, name: &str, extra: &[&str]) {
     let f = run_end(src, tgt, name, extra);
     assert_eq!(f.code(), Some(0), "run -E failed: {}", f.stderr);
+}
+
+/// [`run_to_end`], then every row of `tables` equal on both sides.
+fn caught_up(src: &Cluster, tgt: &Cluster, name: &str, extra: &[&str], tables: &[&str]) {
+    run_to_end(src, tgt, name, extra);
+    assert_same_rows(src, tgt, tables);
 }
 
 /// [`run_end`], which must stop with exit 4 and exactly one error line containing each of
@@ -244,8 +231,7 @@ fn pgbench_under_load(src_major: u32, tgt_major: u32, scale: u32, secs: u64, kil
     );
     // A clean stop, then a run to the source's end.
     stop(&mut w);
-    run_to_end(&src, &tgt, name, &[]);
-    assert_same_rows(&src, &tgt, &PGBENCH_TABLES);
+    caught_up(&src, &tgt, name, &[], &PGBENCH_TABLES);
     assert_eq!(
         src.psql("SELECT count(*) FROM pgbench_history"),
         tgt.psql("SELECT count(*) FROM pgbench_history"),
@@ -473,8 +459,7 @@ fn edges_toast_truncate_tables_added_and_removed() {
     wait_streaming(&mut w);
     src.psql("INSERT INTO late (v, w) VALUES (0.1, 0.1); DELETE FROM late WHERE id = 3; UPDATE docs SET n = 100 WHERE id = 1");
     stop(&mut w);
-    run_to_end(&src, &tgt, "edge", &[]);
-    assert_same_rows(&src, &tgt, &["docs", "late"]);
+    caught_up(&src, &tgt, "edge", &[], &["docs", "late"]);
     assert_eq!(
         src.psql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_publication_tables WHERE pubname = 'walrelay_edge'"),
         "docs,late"
@@ -487,8 +472,7 @@ fn edges_toast_truncate_tables_added_and_removed() {
     // A subset table dropped on the target is copied again, not streamed into empty.
     tgt.psql("DROP TABLE late");
     src.psql("UPDATE late SET v = v + 1 WHERE id < 5");
-    run_to_end(&src, &tgt, "edge", &[]);
-    assert_same_rows(&src, &tgt, &["docs", "late"]);
+    caught_up(&src, &tgt, "edge", &[], &["docs", "late"]);
     let out = verify_green(&src, &tgt, "edge");
     assert!(out.contains("public.late: ok (51 rows)"), "{out}");
 
@@ -518,6 +502,15 @@ fn script(c: &Cluster, name: &str, text: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// Waits until `sql` returns `want` on the target, showing walrelay's log if it does not.
+fn wait_target(tgt: &Cluster, w: &Walrelay, sql: &str, want: &str) {
+    poll::wait_until(
+        &format!("{sql} = {want} on the target"),
+        || tgt.psql(sql) == want,
+        || w.full_log(),
+    );
+}
+
 fn number(c: &Cluster, sql: &str) -> i64 {
     let v = c.psql(sql);
     v.trim()
@@ -536,6 +529,7 @@ fn schema_changes_under_load_stops_resync_and_sequences_at_cut_over() {
          INSERT INTO other SELECT i, 'o' FROM generate_series(1, 50) i;
          CREATE SEQUENCE tickets START 100;",
     );
+    let stops = |needles: &[&str]| run_stops(&src, &tgt, "ddl", &[], needles);
     let load_script = script(
         &src,
         "items.sql",
@@ -597,8 +591,7 @@ fn schema_changes_under_load_stops_resync_and_sequences_at_cut_over() {
         "{}",
         w.full_log()
     );
-    run_to_end(&src, &tgt, "ddl", &[]);
-    assert_same_rows(&src, &tgt, &["items", "other"]);
+    caught_up(&src, &tgt, "ddl", &[], &["items", "other"]);
     assert_eq!(
         tgt.psql("SELECT count(*) FROM items WHERE flag IS NULL"),
         "0"
@@ -621,22 +614,15 @@ fn schema_changes_under_load_stops_resync_and_sequences_at_cut_over() {
         "ALTER TABLE items ALTER COLUMN v TYPE bigint;
          UPDATE items SET v = v + 1 WHERE id = 1; INSERT INTO other VALUES (1000, 'during')",
     );
-    run_stops(
-        &src,
-        &tgt,
-        "ddl",
-        &[],
-        &[
-            "public.items",
-            "column v changed type",
-            "bigint",
-            "ALTER COLUMN \"v\" TYPE bigint",
-            "--resync public.items",
-        ],
-    );
+    stops(&[
+        "public.items",
+        "column v changed type",
+        "bigint",
+        "ALTER COLUMN \"v\" TYPE bigint",
+        "--resync public.items",
+    ]);
     tgt.psql("ALTER TABLE items ALTER COLUMN v TYPE bigint");
-    run_to_end(&src, &tgt, "ddl", &[]);
-    assert_same_rows(&src, &tgt, &["items", "other"]);
+    caught_up(&src, &tgt, "ddl", &[], &["items", "other"]);
 
     // A column renamed: stop; --resync copies the table again, the other keeps streaming.
     let other_copied = "SELECT synced_at FROM walrelay.subset_tables WHERE table_name = 'other'";
@@ -645,18 +631,12 @@ fn schema_changes_under_load_stops_resync_and_sequences_at_cut_over() {
         "ALTER TABLE items RENAME COLUMN v TO qty;
          UPDATE items SET qty = qty + 1 WHERE id <= 3; INSERT INTO other VALUES (1001, 'x')",
     );
-    run_stops(
-        &src,
-        &tgt,
-        "ddl",
-        &[],
-        &[
-            "public.items",
-            "column v was renamed to qty",
-            "RENAME COLUMN",
-            "--resync public.items",
-        ],
-    );
+    stops(&[
+        "public.items",
+        "column v was renamed to qty",
+        "RENAME COLUMN",
+        "--resync public.items",
+    ]);
     let began = Instant::now();
     run_to_end(&src, &tgt, "ddl", &["--resync", "public.items"]);
     eprintln!(
@@ -675,15 +655,8 @@ fn schema_changes_under_load_stops_resync_and_sequences_at_cut_over() {
         "ALTER TABLE items ADD COLUMN seen timestamptz DEFAULT clock_timestamp();
          UPDATE items SET qty = 0 WHERE id = 2",
     );
-    run_stops(
-        &src,
-        &tgt,
-        "ddl",
-        &[],
-        &["public.items", "column seen", "--resync public.items"],
-    );
-    run_to_end(&src, &tgt, "ddl", &["--resync", "public.items"]);
-    assert_same_rows(&src, &tgt, &["items"]);
+    stops(&["public.items", "column seen", "--resync public.items"]);
+    caught_up(&src, &tgt, "ddl", &["--resync", "public.items"], &["items"]);
 
     // A table renamed on the source while streaming: a clear stop naming the new name; and
     // again at the next start.
@@ -707,17 +680,11 @@ fn schema_changes_under_load_stops_resync_and_sequences_at_cut_over() {
             && stop_line[0].contains("-t public.other2"),
         "{log}"
     );
-    run_stops(
-        &src,
-        &tgt,
-        "ddl",
-        &[],
-        &[
-            "public.other",
-            "renamed to public.other2",
-            "-t public.other2",
-        ],
-    );
+    stops(&[
+        "public.other",
+        "renamed to public.other2",
+        "-t public.other2",
+    ]);
     run_to_end(
         &src,
         &tgt,
@@ -962,11 +929,7 @@ fn a_big_transaction_is_streamed_spilled_and_applied_atomically() {
          SAVEPOINT s; INSERT INTO big SELECT g, 'b' FROM generate_series(20001, 40000) g; ROLLBACK TO s;
          INSERT INTO big SELECT g, 'c' FROM generate_series(40001, 60000) g; COMMIT",
     );
-    poll::wait_until(
-        "the streamed transaction with a savepoint",
-        || tgt.psql("SELECT count(*) FROM small") == "1",
-        || w.log(),
-    );
+    wait_target(&tgt, &w, "SELECT count(*) FROM small", "1");
     assert_eq!(
         tgt.psql("SELECT count(*) || ' ' || count(*) FILTER (WHERE pad = 'b') FROM big"),
         "40000 0"
@@ -1088,11 +1051,7 @@ fn a_failover_slot_survives_a_promotion() {
     );
     wait_streaming(&mut w);
     a.psql("INSERT INTO fo SELECT g, 'b' FROM generate_series(101, 200) g");
-    poll::wait_until(
-        "the rows on the target",
-        || tgt.psql("SELECT count(*) FROM fo") == "200",
-        || w.log(),
-    );
+    wait_target(&tgt, &w, "SELECT count(*) FROM fo", "200");
     assert_eq!(
         a.psql("SELECT failover FROM pg_replication_slots WHERE slot_name = 'walrelay_fo'"),
         "t"
@@ -1116,22 +1075,14 @@ fn a_failover_slot_survives_a_promotion() {
         t0.elapsed().as_secs_f64()
     );
     a.psql("INSERT INTO fo SELECT g, 'c' FROM generate_series(201, 300) g");
-    poll::wait_until(
-        "more rows on the target",
-        || tgt.psql("SELECT count(*) FROM fo") == "300",
-        || w.log(),
-    );
+    wait_target(&tgt, &w, "SELECT count(*) FROM fo", "300");
     b.catch_up(&a);
     // The primary crashes; its standby is promoted; walrelay goes on there by itself.
     a.stop(walrelay_testkit::StopMode::Immediate);
     b.promote();
     b.psql("INSERT INTO fo SELECT g, 'after' FROM generate_series(301, 400) g; UPDATE fo SET v = 'u' WHERE id <= 10");
     let t0 = Instant::now();
-    poll::wait_until(
-        "the rows written after the promotion",
-        || tgt.psql("SELECT count(*) FROM fo") == "400",
-        || w.full_log(),
-    );
+    wait_target(&tgt, &w, "SELECT count(*) FROM fo", "400");
     eprintln!(
         "subset --failover: streaming again from the promoted standby {:.1} s after the promotion",
         t0.elapsed().as_secs_f64()

@@ -63,21 +63,10 @@ fn cluster(name: &str, major: u32, source: bool) -> Cluster {
 }
 
 fn subset(cmd: &str, src: &Cluster, tgt: &Cluster, extra: &[&str]) -> walrelay_cmd::Finished {
-    let mut a: Vec<String> = [
-        "subset",
-        cmd,
-        "-d",
-        &src.conninfo(),
-        "--target",
-        &tgt.conninfo(),
-        "--name",
-        "pair",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.extend(extra.iter().map(|s| s.to_string()));
-    walrelay_cmd::run(&a, poll::timeout())
+    walrelay_cmd::run(
+        &walrelay_cmd::subset_args(cmd, src, tgt, "pair", extra),
+        poll::timeout(),
+    )
 }
 
 /// `run -E <the source's position>`, which must succeed; its log.

@@ -32,7 +32,7 @@ use crate::progress::Progress;
 use crate::sequences::{self, SequencePair};
 use crate::spool::Spool;
 use crate::state::UPDATE_PROGRESS;
-use crate::stats::SubsetStats;
+use crate::stats::{Count, SubsetStats};
 use crate::stream::{target_columns, Event, SessionEnd};
 
 /// How often the apply task looks at the target's WAL positions and writes idle progress.
@@ -209,7 +209,7 @@ impl<'a> ApplyTask<'a> {
             }
             PgOutputMessage::StreamCommit(c) => return self.replay(c, more_waiting).await,
             _ if self.spool.in_block() => {
-                self.stats.streamed_bytes(raw.len() as u64);
+                self.stats.count(Count::StreamedBytes, raw.len() as u64);
                 return self.spool.append(change_xid(&msg), &raw);
             }
             _ => {}
@@ -250,7 +250,7 @@ impl<'a> ApplyTask<'a> {
             more_waiting,
         )
         .await?;
-        self.stats.streamed_transaction();
+        self.stats.count(Count::StreamedTransactions, 1);
         info!(xid = c.xid, commit_lsn = %c.commit_lsn, messages = changes, secs = format_args!("{:.1}", began.elapsed().as_secs_f64()), "streamed transaction applied");
         Ok(())
     }
@@ -503,7 +503,7 @@ impl<'a> ApplyTask<'a> {
             })?;
         self.applier
             .schema_followed(&diff.table, target_columns(&t), followed.source_columns);
-        self.stats.schema_change();
+        self.stats.count(Count::SchemaChanges, 1);
         Ok(())
     }
 
@@ -540,7 +540,7 @@ impl<'a> ApplyTask<'a> {
         }
         warn!(commit_lsn = %lsn, changes, "source transaction left out as --skip-lsn asked (recorded in walrelay.subset_conflicts)");
         self.skip_settled = true;
-        self.stats.skipped_transaction();
+        self.stats.count(Count::SkippedTransactions, 1);
         Ok(())
     }
 
@@ -638,7 +638,7 @@ impl<'a> ApplyTask<'a> {
             &self.sequences,
         )
         .await?;
-        self.stats.sequences_advanced(moved as u64);
+        self.stats.count(Count::SequencesAdvanced, moved as u64);
         Ok(())
     }
 

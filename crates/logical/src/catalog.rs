@@ -8,13 +8,28 @@
 //! After the core's own `fetch_remote_table_info` (tablesync.c): the replica identity columns are
 //! those of `pg_get_replica_identity_index()`, the primary key by default.
 
-use walrelay_client::{ClientError, Connection, QueryResult};
+use walrelay_client::{ClientError, ConnectParams, Connection, QueryResult};
 
-use crate::schema::{Column, Identity, OwnedSequence, ReplicaIdentity, TableName, TableSchema};
+use crate::error::{Side, SubsetError};
+
+use crate::schema::{
+    Column, Identity, OwnedSequence, ReplicaIdentity, SequenceOptions, TableName, TableSchema,
+};
 
 /// Prepares a session for catalog queries and DDL: names come out schema-qualified.
 pub async fn catalog_session(conn: &mut Connection) -> Result<(), ClientError> {
     conn.batch_execute("SET search_path = ''").await
+}
+
+/// A new session on one side, prepared by [`catalog_session`].
+pub async fn connect(params: &ConnectParams, side: Side) -> Result<Connection, SubsetError> {
+    let mut conn = Connection::connect(params)
+        .await
+        .map_err(SubsetError::connect(side))?;
+    catalog_session(&mut conn)
+        .await
+        .map_err(SubsetError::sql(side, "prepare the session"))?;
+    Ok(conn)
 }
 
 const TABLE_QUERY: &str = "\
@@ -110,6 +125,20 @@ fn first_char(r: &QueryResult, row: usize, col: &str) -> char {
         .unwrap_or(' ')
 }
 
+/// The columns `type, seqstart, seqincrement, seqmin, seqmax, seqcache, seqcycle` of a row of
+/// `pg_sequence` (the type as `format_type` prints it).
+pub fn sequence_options(r: &QueryResult, row: usize) -> Result<SequenceOptions, ClientError> {
+    Ok(SequenceOptions {
+        data_type: field(r, row, "type")?.to_string(),
+        start: number(r, row, "seqstart")?,
+        increment: number(r, row, "seqincrement")?,
+        min: number(r, row, "seqmin")?,
+        max: number(r, row, "seqmax")?,
+        cache: number(r, row, "seqcache")?,
+        cycle: flag(r, row, "seqcycle"),
+    })
+}
+
 /// Reads a table; `None` when there is no relation of that name.
 pub async fn read_table(
     conn: &mut Connection,
@@ -167,13 +196,7 @@ pub async fn read_table(
             name: TableName::new(field(&s, i, "schema")?, field(&s, i, "name")?),
             column: field(&s, i, "column_name")?.to_string(),
             identity: flag(&s, i, "identity"),
-            data_type: field(&s, i, "type")?.to_string(),
-            start: number(&s, i, "seqstart")?,
-            increment: number(&s, i, "seqincrement")?,
-            min: number(&s, i, "seqmin")?,
-            max: number(&s, i, "seqmax")?,
-            cache: number(&s, i, "seqcache")?,
-            cycle: flag(&s, i, "seqcycle"),
+            options: sequence_options(&s, i)?,
         });
     }
     Ok(Some(TableSchema {

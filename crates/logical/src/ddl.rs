@@ -12,7 +12,9 @@
 use walrelay_protocol::ServerVersion;
 
 use crate::error::{Problem, Side};
-use crate::schema::{quote_ident, Identity, OwnedSequence, TableSchema};
+use crate::schema::{
+    quote_ident, Identity, OwnedSequence, SequenceOptions, TableName, TableSchema,
+};
 
 /// The statements that create `t` on a target of version `target`, in order, and the defaults
 /// left out (as `column: expression`) because they would not mean the same there.
@@ -23,12 +25,7 @@ pub fn create_table(
     let mut statements = Vec::new();
     let mut dropped_defaults = Vec::new();
     for s in t.sequences.iter().filter(|s| !s.identity) {
-        statements.push(format!(
-            "CREATE SEQUENCE IF NOT EXISTS {} AS {}{}",
-            s.name.quoted(),
-            s.data_type,
-            sequence_options(s)
-        ));
+        statements.push(create_sequence(&s.name, &s.options));
     }
     let mut defs = Vec::new();
     for c in &t.columns {
@@ -62,7 +59,7 @@ pub fn create_table(
                 d.push_str(&format!(
                     " (SEQUENCE NAME {}{})",
                     s.name.quoted(),
-                    sequence_options(s)
+                    s.options.clauses()
                 ));
             }
         } else if let Some(expr) = &c.default {
@@ -111,23 +108,13 @@ pub fn create_table(
     Ok((statements, dropped_defaults))
 }
 
-fn sequence_options(s: &OwnedSequence) -> String {
-    sequence_clauses(s.increment, s.min, s.max, s.start, s.cache, s.cycle)
-}
-
-/// ` INCREMENT BY … MINVALUE … MAXVALUE … START WITH … CACHE … [NO] CYCLE`.
-pub fn sequence_clauses(
-    increment: i64,
-    min: i64,
-    max: i64,
-    start: i64,
-    cache: i64,
-    cycle: bool,
-) -> String {
+/// `CREATE SEQUENCE IF NOT EXISTS name AS type …` with these options.
+pub fn create_sequence(name: &TableName, options: &SequenceOptions) -> String {
     format!(
-        " INCREMENT BY {increment} MINVALUE {min} MAXVALUE {max} START WITH {start} CACHE {}{}",
-        cache.max(1),
-        if cycle { " CYCLE" } else { " NO CYCLE" }
+        "CREATE SEQUENCE IF NOT EXISTS {} AS {}{}",
+        name.quoted(),
+        options.data_type,
+        options.clauses()
     )
 }
 
@@ -405,13 +392,15 @@ mod tests {
             name: TableName::new("public", &format!("orders_{column}_seq")),
             column: column.into(),
             identity,
-            data_type: "bigint".into(),
-            start: 1,
-            increment: 1,
-            min: 1,
-            max: i64::MAX,
-            cache: 1,
-            cycle: false,
+            options: SequenceOptions {
+                data_type: "bigint".into(),
+                start: 1,
+                increment: 1,
+                min: 1,
+                max: i64::MAX,
+                cache: 1,
+                cycle: false,
+            },
         }
     }
 

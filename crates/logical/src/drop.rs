@@ -6,7 +6,7 @@ use serde::Serialize;
 use tracing::info;
 use walrelay_client::{ConnectParams, Connection, ServerCondition};
 
-use crate::catalog::catalog_session;
+use crate::catalog;
 use crate::config::{source_sql, target_sql};
 use crate::error::{Problem, Side, SubsetError};
 use crate::schema::{quote_literal, SubsetName, TableName};
@@ -40,9 +40,7 @@ pub async fn drop_subset(
     drop_tables: bool,
 ) -> Result<DropReport, SubsetError> {
     let mut report = DropReport::default();
-    let mut src = Connection::connect(&source_sql(source_params, name))
-        .await
-        .map_err(SubsetError::connect(Side::Source))?;
+    let mut src = catalog::connect(&source_sql(source_params, name), Side::Source).await?;
     let mut tgt = Connection::connect(&target_sql(target, name))
         .await
         .map_err(SubsetError::connect(Side::Target))?;
@@ -53,9 +51,6 @@ pub async fn drop_subset(
     if let (Some(st), false) = (&st, drop_tables) {
         // The cut-over's last step: the target's sequences beyond every value the source handed
         // out (its writers have stopped by now).
-        catalog_session(&mut src)
-            .await
-            .map_err(SubsetError::sql(Side::Source, "prepare the session"))?;
         let tables: Vec<TableName> = st.tables.iter().map(|t| t.table.clone()).collect();
         let pairs = sequences::pairs(&mut src, &mut tgt, &tables, &st.sequences).await?;
         report.sequences_advanced = sequences::advance(&mut src, &mut tgt, name, &pairs).await?;

@@ -419,7 +419,7 @@ async fn plan_sequences(
                 if !missing_schemas.contains(&name.schema) {
                     check_schema_access(tgt, &name.schema, tf, missing_schemas, problems).await?;
                 }
-                Some(sequences::create_sql(&def))
+                Some(ddl::create_sequence(&def.name, &def.options))
             }
         };
         out.push(PlannedSequence { name, create });

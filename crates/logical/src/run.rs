@@ -12,7 +12,7 @@ use tracing::warn;
 use walrelay_client::{Backoff, Connection};
 use walrelay_protocol::Lsn;
 
-use crate::catalog::catalog_session;
+use crate::catalog;
 use crate::config::RunConfig;
 use crate::error::{Side, SubsetError};
 use crate::prepare::{self, CheckReport};
@@ -50,18 +50,8 @@ pub async fn check(cfg: &RunConfig) -> Result<CheckReport, SubsetError> {
 }
 
 async fn connect_sql(cfg: &RunConfig) -> Result<(Connection, Connection), SubsetError> {
-    let mut src = Connection::connect(&cfg.source_sql())
-        .await
-        .map_err(SubsetError::connect(Side::Source))?;
-    catalog_session(&mut src)
-        .await
-        .map_err(SubsetError::sql(Side::Source, "prepare the session"))?;
-    let mut tgt = Connection::connect(&cfg.target_sql())
-        .await
-        .map_err(SubsetError::connect(Side::Target))?;
-    catalog_session(&mut tgt)
-        .await
-        .map_err(SubsetError::sql(Side::Target, "prepare the session"))?;
+    let src = catalog::connect(&cfg.source_sql(), Side::Source).await?;
+    let tgt = catalog::connect(&cfg.target_sql(), Side::Target).await?;
     Ok((src, tgt))
 }
 

@@ -191,12 +191,9 @@ pub struct Column {
     pub is_float: bool,
 }
 
-/// A sequence owned by a column: `serial` (`OWNED BY`) or an identity column's.
+/// How a sequence counts, as `pg_sequence` (10+) says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct OwnedSequence {
-    pub name: TableName,
-    pub column: String,
-    pub identity: bool,
+pub struct SequenceOptions {
     /// `format_type` of `pg_sequence.seqtypid`.
     pub data_type: String,
     pub start: i64,
@@ -205,6 +202,31 @@ pub struct OwnedSequence {
     pub max: i64,
     pub cache: i64,
     pub cycle: bool,
+}
+
+impl SequenceOptions {
+    /// ` INCREMENT BY … MINVALUE … MAXVALUE … START WITH … CACHE … [NO] CYCLE` (the type is
+    /// the caller's: an identity column's sequence takes the column's).
+    pub fn clauses(&self) -> String {
+        format!(
+            " INCREMENT BY {} MINVALUE {} MAXVALUE {} START WITH {} CACHE {}{}",
+            self.increment,
+            self.min,
+            self.max,
+            self.start,
+            self.cache.max(1),
+            if self.cycle { " CYCLE" } else { " NO CYCLE" }
+        )
+    }
+}
+
+/// A sequence owned by a column: `serial` (`OWNED BY`) or an identity column's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OwnedSequence {
+    pub name: TableName,
+    pub column: String,
+    pub identity: bool,
+    pub options: SequenceOptions,
 }
 
 /// A column of a subset table as the source had it when walrelay last followed it.

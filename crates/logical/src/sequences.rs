@@ -11,22 +11,15 @@
 use tracing::debug;
 use walrelay_client::{ClientError, Connection};
 
-use crate::ddl::sequence_clauses;
+use crate::catalog::sequence_options;
 use crate::error::{Side, SubsetError};
-use crate::schema::{quote_literal, SubsetName, TableName};
+use crate::schema::{quote_literal, SequenceOptions, SubsetName, TableName};
 
 /// A sequence as `pg_sequence` describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SequenceDef {
     pub name: TableName,
-    /// `format_type` of `seqtypid`.
-    pub data_type: String,
-    pub start: i64,
-    pub increment: i64,
-    pub min: i64,
-    pub max: i64,
-    pub cache: i64,
-    pub cycle: bool,
+    pub options: SequenceOptions,
     /// The role may read its value (SELECT or USAGE).
     pub can_read: bool,
 }
@@ -52,32 +45,11 @@ pub async fn read_definition(
     if r.rows.is_empty() {
         return Ok(None);
     }
-    let num = |c: &str| -> Result<i64, ClientError> {
-        r.get(0, c)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| ClientError::Unexpected(format!("pg_sequence returned a bad {c}")))
-    };
     Ok(Some(SequenceDef {
         name: name.clone(),
-        data_type: r.get(0, "type").unwrap_or("bigint").to_string(),
-        start: num("seqstart")?,
-        increment: num("seqincrement")?,
-        min: num("seqmin")?,
-        max: num("seqmax")?,
-        cache: num("seqcache")?,
-        cycle: r.get(0, "seqcycle") == Some("t"),
+        options: sequence_options(&r, 0)?,
         can_read: r.get(0, "can_read") == Some("t"),
     }))
-}
-
-/// `CREATE SEQUENCE IF NOT EXISTS …` with the source's options.
-pub fn create_sql(d: &SequenceDef) -> String {
-    format!(
-        "CREATE SEQUENCE IF NOT EXISTS {} AS {}{}",
-        d.name.quoted(),
-        d.data_type,
-        sequence_clauses(d.increment, d.min, d.max, d.start, d.cache, d.cycle)
-    )
 }
 
 /// A sequence whose position goes from the source to the target.

@@ -80,6 +80,21 @@ counters!(
     last_message_unix_ms,
 );
 
+/// Events counted by [`SubsetStats::count`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Count {
+    /// A transaction streamed before its commit was applied.
+    StreamedTransactions,
+    /// Bytes of streamed transactions spilled.
+    StreamedBytes,
+    /// A schema change followed on the target.
+    SchemaChanges,
+    /// A transaction left out (`--skip-lsn`).
+    SkippedTransactions,
+    /// Target sequences moved.
+    SequencesAdvanced,
+}
+
 fn max(a: &AtomicU64, v: u64) {
     a.fetch_max(v, Ordering::Relaxed);
 }
@@ -153,24 +168,17 @@ impl SubsetStats {
         );
     }
 
-    pub(crate) fn streamed_transaction(&self) {
-        add(&self.streamed_transactions, 1);
-    }
-
-    pub(crate) fn streamed_bytes(&self, n: u64) {
-        add(&self.streamed_bytes, n);
-    }
-
-    pub(crate) fn schema_change(&self) {
-        add(&self.schema_changes, 1);
-    }
-
-    pub(crate) fn skipped_transaction(&self) {
-        add(&self.skipped_transactions, 1);
-    }
-
-    pub(crate) fn sequences_advanced(&self, n: u64) {
-        add(&self.sequences_advanced, n);
+    pub(crate) fn count(&self, what: Count, n: u64) {
+        add(
+            match what {
+                Count::StreamedTransactions => &self.streamed_transactions,
+                Count::StreamedBytes => &self.streamed_bytes,
+                Count::SchemaChanges => &self.schema_changes,
+                Count::SkippedTransactions => &self.skipped_transactions,
+                Count::SequencesAdvanced => &self.sequences_advanced,
+            },
+            n,
+        );
     }
 
     pub(crate) fn reconnect(&self) {

@@ -31,14 +31,14 @@ use walrelay_protocol::{Lsn, ReplicationMessage, StandbyStatusUpdate};
 
 use crate::apply::{ApplyTable, TableSync, TargetColumn};
 use crate::apply_session::{ApplySession, ApplyTask};
-use crate::catalog::{self, catalog_session};
+use crate::catalog;
 use crate::config::RunConfig;
 use crate::error::{Side, SubsetError};
 use crate::schema::{quote_literal, Identity, SourceColumn, TableName, TableSchema};
 use crate::sequences;
 use crate::source;
 use crate::state::{self, SubsetState};
-use crate::stats::{Phase, SubsetStats};
+use crate::stats::{Count, Phase, SubsetStats};
 
 /// Messages between the network and the apply task.
 const EVENTS_IN_FLIGHT: usize = 1024;
@@ -90,12 +90,7 @@ pub(crate) async fn session(
         .map_err(on_tgt("read walrelay's state"))?
         .ok_or_else(unknown)?;
     let row = st.progress.clone().ok_or_else(unknown)?;
-    let mut src = Connection::connect(&cfg.source_sql())
-        .await
-        .map_err(SubsetError::connect(Side::Source))?;
-    catalog_session(&mut src)
-        .await
-        .map_err(SubsetError::sql(Side::Source, "prepare the session"))?;
+    let mut src = catalog::connect(&cfg.source_sql(), Side::Source).await?;
     let tables = apply_tables(cfg, &st, &mut src, pipeline.connection()).await?;
     let start = row.applied_lsn;
     cfg.stats.applied(start);
@@ -106,7 +101,7 @@ pub(crate) async fn session(
     let sequences =
         sequences::pairs(&mut src, pipeline.connection(), &names, &st.sequences).await?;
     let moved = sequences::advance(&mut src, pipeline.connection(), &cfg.name, &sequences).await?;
-    cfg.stats.sequences_advanced(moved as u64);
+    cfg.stats.count(Count::SequencesAdvanced, moved as u64);
 
     let (mut repl, sysid) = source::replication_session(&cfg.source_replication()).await?;
     if sysid != row.source_system_identifier {

@@ -51,6 +51,18 @@ impl ServerVersion {
     pub fn uses_new_option_syntax(self) -> bool {
         self.major() >= 15
     }
+
+    /// `Ok` when the server is at least `needs` (a major), else what `option` needs.
+    pub fn requires(self, option: &'static str, needs: u32) -> Result<(), CommandError> {
+        if self.major() < needs {
+            return Err(CommandError::Unsupported {
+                option,
+                needs,
+                server: self.major(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Oldest and newest majors walrelay speaks to.
@@ -159,13 +171,7 @@ pub fn drop_slot(name: &str, wait: bool) -> Result<String, CommandError> {
 /// `READ_REPLICATION_SLOT name` (PostgreSQL 15+).
 pub fn read_replication_slot(version: ServerVersion, name: &str) -> Result<String, CommandError> {
     validate_slot_name(name)?;
-    if version.major() < 15 {
-        return Err(CommandError::Unsupported {
-            option: "READ_REPLICATION_SLOT",
-            needs: 15,
-            server: version.major(),
-        });
-    }
+    version.requires("READ_REPLICATION_SLOT", 15)?;
     Ok(format!("READ_REPLICATION_SLOT \"{name}\""))
 }
 
@@ -231,13 +237,7 @@ pub fn create_logical_slot_with(
         });
     }
     if failover {
-        if version.major() < 17 {
-            return Err(CommandError::Unsupported {
-                option: "FAILOVER",
-                needs: 17,
-                server: version.major(),
-            });
-        }
+        version.requires("FAILOVER", 17)?;
         if temporary {
             return Err(CommandError::InvalidValue {
                 what: "slot options",
@@ -278,13 +278,7 @@ pub fn alter_slot_failover(
     failover: bool,
 ) -> Result<String, CommandError> {
     validate_slot_name(name)?;
-    if version.major() < 17 {
-        return Err(CommandError::Unsupported {
-            option: "ALTER_REPLICATION_SLOT",
-            needs: 17,
-            server: version.major(),
-        });
-    }
+    version.requires("ALTER_REPLICATION_SLOT", 17)?;
     Ok(format!(
         "ALTER_REPLICATION_SLOT \"{name}\" (FAILOVER {failover})"
     ))
@@ -357,17 +351,7 @@ pub fn start_logical_replication(
 ) -> Result<String, CommandError> {
     validate_slot_name(slot)?;
     let major = version.major();
-    let needs = |option: &'static str, needs: u32| {
-        if major < needs {
-            Err(CommandError::Unsupported {
-                option,
-                needs,
-                server: major,
-            })
-        } else {
-            Ok(())
-        }
-    };
+    let needs = |option: &'static str, needs: u32| version.requires(option, needs);
     let max = max_pgoutput_proto_version(version);
     if o.proto_version == 0 || o.proto_version > max {
         return Err(CommandError::InvalidValue {

@@ -106,9 +106,24 @@ fn insert(relid: u32, row: Vec<TupleValue>) -> PgOutputMessage {
     })
 }
 
-fn stmt(a: Action) -> Statement {
-    match a {
-        Action::Execute(s) => s,
+fn update(relid: u32, old: Option<OldTuple>, row: Vec<TupleValue>) -> PgOutputMessage {
+    PgOutputMessage::Update(Update {
+        xid: None,
+        relid,
+        old,
+        new: TupleData(row),
+    })
+}
+
+/// An UPDATE of row 1 of relation 1 setting `v`, its big column unchanged (TOAST).
+fn big_unchanged(v: &str) -> PgOutputMessage {
+    update(1, None, vec![t("1"), t(v), TupleValue::UnchangedToast])
+}
+
+/// The statement `m` makes.
+fn exec(a: &mut Applier, m: PgOutputMessage) -> Statement {
+    match a.on_message(m) {
+        Ok(Action::Execute(s)) => s,
         other => panic!("expected a statement, got {other:?}"),
     }
 }
@@ -120,7 +135,7 @@ fn inserts_updates_deletes_and_unchanged_toast() {
     a.on_message(begin(0x200)).unwrap();
     let ins = insert(1, vec![t("1"), TupleValue::Null, t("x")]);
     assert_eq!(a.pending_schema_change(&ins), None);
-    let s = stmt(a.on_message(ins).unwrap());
+    let s = exec(&mut a, ins);
     assert_eq!(
         &*s.sql,
         "INSERT INTO \"public\".\"t\" (\"id\", \"v\", \"big\") VALUES ($1, $2, $3)"
@@ -128,15 +143,7 @@ fn inserts_updates_deletes_and_unchanged_toast() {
     assert_eq!(s.params, [p("1"), None, p("x")]);
     assert_eq!(s.key, None, "keys are described only when asked");
     // The big column unchanged: not in SET; the key from the new row.
-    let s = stmt(
-        a.on_message(PgOutputMessage::Update(Update {
-            xid: None,
-            relid: 1,
-            old: None,
-            new: TupleData(vec![t("1"), t("v2"), TupleValue::UnchangedToast]),
-        }))
-        .unwrap(),
-    );
+    let s = exec(&mut a, big_unchanged("v2"));
     assert_eq!(
         &*s.sql,
         "UPDATE \"public\".\"t\" SET \"id\" = $1, \"v\" = $2 WHERE \"id\" = $3"
@@ -144,18 +151,17 @@ fn inserts_updates_deletes_and_unchanged_toast() {
     assert_eq!(s.params, [p("1"), p("v2"), p("1")]);
     // A key change: the old key finds the row.
     a.set_describe(true);
-    let s = stmt(
-        a.on_message(PgOutputMessage::Update(Update {
-            xid: None,
-            relid: 1,
-            old: Some(OldTuple::Key(TupleData(vec![
+    let s = exec(
+        &mut a,
+        update(
+            1,
+            Some(OldTuple::Key(TupleData(vec![
                 t("1"),
                 TupleValue::Null,
                 TupleValue::Null,
             ]))),
-            new: TupleData(vec![t("2"), t("v3"), t("y")]),
-        }))
-        .unwrap(),
+            vec![t("2"), t("v3"), t("y")],
+        ),
     );
     assert_eq!(
         &*s.sql,
@@ -163,13 +169,13 @@ fn inserts_updates_deletes_and_unchanged_toast() {
     );
     assert_eq!(s.params, [p("2"), p("v3"), p("y"), p("1")]);
     assert_eq!(s.key.as_deref(), Some("(id)=(1)"));
-    let s = stmt(
-        a.on_message(PgOutputMessage::Delete(Delete {
+    let s = exec(
+        &mut a,
+        PgOutputMessage::Delete(Delete {
             xid: None,
             relid: 1,
             old: OldTuple::Key(TupleData(vec![t("2"), TupleValue::Null, TupleValue::Null])),
-        }))
-        .unwrap(),
+        }),
     );
     assert_eq!(&*s.sql, "DELETE FROM \"public\".\"t\" WHERE \"id\" = $1");
     assert_eq!(s.params, [p("2")]);
@@ -215,13 +221,13 @@ fn sync_points_other_tables_and_truncate() {
     // At the sync point exactly: applied (the snapshot has what committed before it).
     a.on_message(begin(0x500)).unwrap();
     assert!(matches!(a.on_message(ins(2)).unwrap(), Action::Execute(_)));
-    let s = stmt(
-        a.on_message(PgOutputMessage::Truncate(Truncate {
+    let s = exec(
+        &mut a,
+        PgOutputMessage::Truncate(Truncate {
             xid: None,
             flags: 3,
             relids: vec![1, 2, 3, 4],
-        }))
-        .unwrap(),
+        }),
     );
     assert_eq!(
         &*s.sql,
@@ -347,7 +353,7 @@ fn schema_changes_are_found_before_the_first_change_that_applies() {
         vec![scol("id", 1), scol("big", 3), scol("w", 4)],
     );
     assert_eq!(a.pending_schema_change(&ins), None);
-    let s = stmt(a.on_message(ins).unwrap());
+    let s = exec(&mut a, ins);
     assert!(s.sql.contains("(\"id\", \"big\", \"w\")"), "{}", s.sql);
     // A type change.
     let mut retyped = changed;
@@ -390,13 +396,13 @@ fn replica_identity_full_matches_whole_rows() {
     }
     a.on_message(PgOutputMessage::Relation(r)).unwrap();
     a.on_message(begin(0x10)).unwrap();
-    let s = stmt(
-        a.on_message(PgOutputMessage::Delete(Delete {
+    let s = exec(
+        &mut a,
+        PgOutputMessage::Delete(Delete {
             xid: None,
             relid: 1,
             old: OldTuple::Full(TupleData(vec![t("1"), TupleValue::Null, t("{}")])),
-        }))
-        .unwrap(),
+        }),
     );
     assert_eq!(
         &*s.sql,
@@ -447,10 +453,7 @@ fn conflicts_are_recorded_with_the_change() {
     );
     a.on_message(relation(1, "t")).unwrap();
     a.on_message(begin(0x20)).unwrap();
-    let s = stmt(
-        a.on_message(insert(1, vec![t("1"), TupleValue::Null, t("b")]))
-            .unwrap(),
-    );
+    let s = exec(&mut a, insert(1, vec![t("1"), TupleValue::Null, t("b")]));
     assert!(s.sql.contains("ON CONFLICT DO NOTHING"), "{}", s.sql);
     assert_eq!(
         s.params[3..],
@@ -470,36 +473,24 @@ fn identity_always_on_the_target() {
     let mut a = applier([tb]);
     a.on_message(relation(1, "t")).unwrap();
     a.on_message(begin(0x10)).unwrap();
-    let s = stmt(
-        a.on_message(insert(1, vec![t("1"), t("a"), t("b")]))
-            .unwrap(),
-    );
+    let s = exec(&mut a, insert(1, vec![t("1"), t("a"), t("b")]));
     assert!(s.sql.contains("OVERRIDING SYSTEM VALUE"), "{}", s.sql);
-    let s = stmt(
-        a.on_message(PgOutputMessage::Update(Update {
-            xid: None,
-            relid: 1,
-            old: None,
-            new: TupleData(vec![t("1"), t("c"), TupleValue::UnchangedToast]),
-        }))
-        .unwrap(),
-    );
+    let s = exec(&mut a, big_unchanged("c"));
     assert_eq!(
         &*s.sql,
         "UPDATE \"public\".\"t\" SET \"v\" = $1 WHERE \"id\" = $2"
     );
     // Nothing left to set: nothing to do.
     assert_eq!(
-        a.on_message(PgOutputMessage::Update(Update {
-            xid: None,
-            relid: 1,
-            old: None,
-            new: TupleData(vec![
+        a.on_message(update(
+            1,
+            None,
+            vec![
                 t("1"),
                 TupleValue::UnchangedToast,
                 TupleValue::UnchangedToast
-            ]),
-        }))
+            ]
+        ))
         .unwrap(),
         Action::None
     );
