@@ -395,6 +395,15 @@ fn print_status(s: &SubsetStatus) {
             );
         }
     }
+    for q in &s.sequences {
+        println!("  sequence {q}: copied with the tables (--sequence)");
+    }
+    if s.conflicts_recorded > 0 {
+        println!(
+            "{} change(s) left out or applied differently are recorded in walrelay.subset_conflicts on the target",
+            s.conflicts_recorded
+        );
+    }
     for t in &s.tables {
         match (t.is_synced(), t.sync_lsn) {
             (true, Some(at)) => println!(

@@ -45,7 +45,12 @@ SELECT c.oid::int8 AS oid, c.relkind::text AS relkind, c.relpersistence::text AS
          AS can_write
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = pg_catalog.pg_get_replica_identity_index(c.oid)
+  -- The replica identity index; for REPLICA IDENTITY FULL (which has none) the primary key, so
+  -- that the target gets it and finds rows by it.
+  LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = coalesce(
+       pg_catalog.pg_get_replica_identity_index(c.oid),
+       CASE WHEN c.relreplident = 'f' THEN
+            (SELECT p.indexrelid FROM pg_catalog.pg_index p WHERE p.indrelid = c.oid AND p.indisprimary) END)
  WHERE n.nspname = $1 AND c.relname = $2";
 
 /// Whether a column's type (through a domain, and for an array its element's) has an equality

@@ -250,8 +250,8 @@ pub struct TableSchema {
     pub persistence: char,
     #[serde(skip)]
     pub replica_identity: ReplicaIdentity,
-    /// The replica identity columns in index order (the primary key's by default); empty when the
-    /// table has none.
+    /// The replica identity columns in index order (the primary key's by default; with REPLICA
+    /// IDENTITY FULL the primary key's, if any); empty when the table has none.
     pub key: Vec<String>,
     pub key_is_primary: bool,
     pub columns: Vec<Column>,

@@ -7,7 +7,7 @@ use walrelay_protocol::Lsn;
 
 use crate::config::{source_sql, target_sql};
 use crate::error::{Side, SubsetError};
-use crate::schema::SubsetName;
+use crate::schema::{SubsetName, TableName};
 use crate::source;
 use crate::state::{self, TableState};
 
@@ -46,6 +46,10 @@ pub struct SubsetStatus {
     pub updated_age_seconds: Option<f64>,
     pub slot: Option<SlotStatus>,
     pub tables: Vec<TableState>,
+    /// Sequences chosen with `--sequence`.
+    pub sequences: Vec<TableName>,
+    /// Changes recorded in `walrelay.subset_conflicts` (`--on-conflict`, `--skip-lsn`).
+    pub conflicts_recorded: u64,
 }
 
 pub async fn status(
@@ -62,6 +66,26 @@ pub async fn status(
         .ok_or_else(|| SubsetError::UnknownSubset {
             name: name.to_string(),
         })?;
+    let conflicts_recorded = if state::layout(&mut tgt)
+        .await
+        .map_err(SubsetError::sql(Side::Target, "read walrelay's state"))?
+        >= 2
+    {
+        tgt.query_params(
+            "SELECT count(*) AS n FROM walrelay.subset_conflicts WHERE subset = $1",
+            &[Some(name.as_str())],
+        )
+        .await
+        .map_err(SubsetError::sql(
+            Side::Target,
+            "count the recorded conflicts",
+        ))?
+        .get(0, "n")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+    } else {
+        0
+    };
     tgt.close().await;
     let (mut current, mut slot) = (None, None);
     if let Some(p) = source_params {
@@ -118,5 +142,7 @@ pub async fn status(
         updated_age_seconds: p.map(|p| p.updated_age_secs),
         slot,
         tables: st.tables,
+        sequences: st.sequences,
+        conflicts_recorded,
     })
 }
