@@ -704,6 +704,13 @@ fn schema_changes_under_load_stops_resync_and_sequences_at_cut_over() {
     );
     assert_same_rows(&src, &tgt, &["items", "other2"]);
 
+    // A table dropped and created again on the source under the same name: copied again.
+    src.psql(
+        "DROP TABLE other2; CREATE TABLE other2 (id int PRIMARY KEY, v text);
+         INSERT INTO other2 VALUES (1, 'new')",
+    );
+    caught_up(&src, &tgt, "ddl", &[], &["items", "other2"]);
+
     // Cut-over: the source hands out more values, its writers stop, `drop` copies the sequences
     // one last time: nextval on the target is beyond every value the source handed out.
     src.psql(

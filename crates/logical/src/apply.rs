@@ -75,6 +75,8 @@ pub enum ApplyError {
     },
     #[error("the source sent a {0} message, which walrelay did not ask for")]
     Unexpected(&'static str),
+    #[error("{table} on the source is another table than the one walrelay copied (dropped and created again there?), and its changes cannot be applied to the copy: run `walrelay subset run … --resync {table}` to copy it again")]
+    Replaced { table: TableName },
 }
 
 /// Whether a table's copy is done, and from which point the stream applies to it.
@@ -215,6 +217,8 @@ struct RelationPlan {
 enum RelEntry {
     /// Not one of the subset's tables.
     Foreign,
+    /// A table of a subset table's name but another OID than the one copied.
+    Replaced(TableName),
     Subset(Box<RelationPlan>),
 }
 
@@ -427,7 +431,7 @@ impl Applier {
                                 lsn: final_lsn,
                             })
                         }
-                        Some(RelEntry::Foreign) => {}
+                        Some(RelEntry::Foreign) | Some(RelEntry::Replaced(_)) => {}
                         Some(RelEntry::Subset(plan)) => {
                             if self.applies(&plan.statements.table, final_lsn) {
                                 names.push(plan.statements.table.quoted());
@@ -482,6 +486,14 @@ impl Applier {
                 })
             }
             Some(RelEntry::Foreign) => return Ok(Action::None),
+            Some(RelEntry::Replaced(name)) => {
+                if self.applies(name, final_lsn) {
+                    return Err(ApplyError::Replaced {
+                        table: name.clone(),
+                    });
+                }
+                return Ok(Action::None);
+            }
             Some(RelEntry::Subset(plan)) => plan.statements.table.clone(),
         };
         if !self.applies(&table, final_lsn) {
@@ -527,7 +539,9 @@ impl Applier {
     fn learn_relation(&mut self, r: Relation) {
         let name = relation_name(&r);
         let Some(table_name) = self.match_table(r.relid, &name) else {
-            if !matches!(
+            if self.tables.contains_key(&name) {
+                self.relations.insert(r.relid, RelEntry::Replaced(name));
+            } else if !matches!(
                 self.relations.insert(r.relid, RelEntry::Foreign),
                 Some(RelEntry::Foreign)
             ) {

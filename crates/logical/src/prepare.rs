@@ -613,7 +613,17 @@ pub(crate) async fn preflight(
             ));
         }
         let in_state: Option<&TableState> = state.as_ref().and_then(|st| st.table(name));
-        let resync = in_state.is_some() && (cfg.resync_all || cfg.resync.contains(name));
+        // Dropped and created again on the source since its copy: the copy is of another table.
+        let recreated = in_state
+            .and_then(|st| st.source_oid)
+            .is_some_and(|oid| oid != s.oid);
+        if recreated {
+            notes.push(format!(
+                "{name} was dropped and created again on the source since walrelay copied it: copied again"
+            ));
+        }
+        let resync =
+            in_state.is_some() && (recreated || cfg.resync_all || cfg.resync.contains(name));
         let target = catalog::read_table(tgt, name)
             .await
             .map_err(read_tgt(&format!("read table {name}")))?;

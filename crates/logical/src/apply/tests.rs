@@ -383,6 +383,28 @@ fn schema_changes_are_found_before_the_first_change_that_applies() {
 }
 
 #[test]
+fn a_table_created_again_under_the_same_name_is_not_the_copy() {
+    let mut copied = table("t", TableSync::Synced(Lsn(0x100)));
+    copied.source_oid = Some(1);
+    let mut a = applier([copied]);
+    a.on_message(relation(2, "t")).unwrap();
+    assert!(a.take_foreign_relations().is_empty());
+    a.on_message(begin(0x50)).unwrap();
+    let ins = || insert(2, vec![t("1"), t("a"), t("b")]);
+    assert_eq!(
+        a.on_message(ins()).unwrap(),
+        Action::None,
+        "before its sync point"
+    );
+    a.on_message(commit(0x50)).unwrap();
+    a.on_message(begin(0x200)).unwrap();
+    assert!(matches!(
+        a.on_message(ins()),
+        Err(ApplyError::Replaced { .. })
+    ));
+}
+
+#[test]
 fn replica_identity_full_matches_whole_rows() {
     let mut tb = table("t", TableSync::Synced(Lsn(1)));
     tb.target_columns[2].has_equality = false;
