@@ -9,6 +9,7 @@
 //! | `schema_changes_under_load_stops_resync_and_sequences_at_cut_over` | under pgbench-style load a column added with a default (existing rows get it, never NULL), one without, one dropped — followed; a type change stops naming table, column and choices, altering the target too goes on; a column rename stops, `--resync` copies that table again while the other is not copied again; a volatile default stops; a table renamed while streaming stops naming its new name (and again at preflight), running with the new name goes on; a chosen sequence copied while streaming, and `drop` leaves `nextval` on the target beyond the source's sequences |
 //! | `conflicts_stop_skip_lsn_resumes_on_conflict_records_replica_identity_full` | `--replica-identity-full` says its cost at `--check` and sets FULL; a DELETE of one of two identical rows removes one, json matched by text; an INSERT conflict stops naming table, key, commit LSN and xid, `--skip-lsn` leaves that transaction out and records it; an UPDATE of a missing row stops, `--on-conflict skip` and `upsert` resolve and record each case; `status` counts them |
 //! | `a_big_transaction_is_streamed_spilled_and_applied_atomically` | protocol-2 streaming (`logical_decoding_work_mem` 64 kB): an aborted streamed transaction discarded, a rolled-back savepoint dropped, a `WALRELAY_SUBSET_BIG_ROWS` (default 200 000) row transaction never seen partly on the target, walrelay's peak RSS reported and under 100 MB, spill files removed |
+//! | `a_lost_slot_is_named_and_resync_all_copies_again` | a slot invalidated by `max_slot_wal_keep_size`, then one dropped: each stop names the slot, why, and `--resync-all`, which copies every table again under a new slot |
 //! | `a_failover_slot_survives_a_promotion` | PostgreSQL 17+ (the newest of `WALRELAY_PG_MAJORS` from 17, else skipped): `--failover` slot synced to a standby (`sync_replication_slots`), the primary crashes, the standby is promoted, `run` goes on there through the host list; every row equal |
 
 mod support;
@@ -1106,4 +1107,64 @@ fn a_failover_slot_survives_a_promotion() {
     );
     stop(&mut w);
     assert_same_rows(&b, &tgt, &["fo"]);
+}
+
+#[test]
+fn a_lost_slot_is_named_and_resync_all_copies_again() {
+    let src = Cluster::builder()
+        .name("subset-lost-src")
+        .major(15)
+        .wal_level("logical")
+        .wal_segsize_mb(1)
+        .fsync(false)
+        .conf("max_slot_wal_keep_size = '2MB'")
+        .conf("max_wal_size = '32MB'")
+        .start();
+    let tgt = target("subset-lost-tgt", 15);
+    src.psql(
+        "CREATE TABLE kept (id int PRIMARY KEY, v text);
+         INSERT INTO kept SELECT g, 'a' FROM generate_series(1, 100) g;
+         CREATE TABLE noise (id serial PRIMARY KEY, pad text);",
+    );
+    run_to_end(&src, &tgt, "lost", &["-t", "public.kept"]);
+    // Invalidated while walrelay is away: more WAL than max_slot_wal_keep_size, checkpoints.
+    src.psql("UPDATE kept SET v = 'b' WHERE id <= 10");
+    for _ in 0..3 {
+        src.psql("INSERT INTO noise (pad) SELECT repeat('x', 500) FROM generate_series(1, 5000); SELECT pg_switch_wal(); CHECKPOINT");
+    }
+    assert_eq!(
+        src.psql("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walrelay_lost'"),
+        "lost"
+    );
+    run_stops(
+        &src,
+        &tgt,
+        "lost",
+        &[],
+        &[
+            "replication slot walrelay_lost",
+            "invalidated",
+            "max_slot_wal_keep_size",
+            "--resync-all",
+        ],
+    );
+    caught_up(&src, &tgt, "lost", &["--resync-all"], &["kept"]);
+    // Missing altogether (dropped by someone): the same way out.
+    src.psql(
+        "SELECT pg_drop_replication_slot('walrelay_lost'); UPDATE kept SET v = 'c' WHERE id <= 5",
+    );
+    run_stops(
+        &src,
+        &tgt,
+        "lost",
+        &[],
+        &["walrelay_lost", "missing", "--resync-all"],
+    );
+    caught_up(&src, &tgt, "lost", &["--resync-all"], &["kept"]);
+    let f = walrelay_cmd::run(&args("status", &src, &tgt, "lost", &[]), poll::timeout());
+    assert!(
+        f.stdout.contains("slot walrelay_lost: inactive"),
+        "{}",
+        f.stdout
+    );
 }
