@@ -85,6 +85,10 @@ pub struct RunArgs {
     /// target (see docs/subset.md).
     #[arg(long = "replica-identity-full", value_name = "SCHEMA.TABLE")]
     pub replica_identity_full: Vec<String>,
+    /// `full`: every table of the run without a primary key gets REPLICA IDENTITY FULL on the
+    /// source (each named, with its cost, by the preflight).
+    #[arg(long = "replica-identity", value_name = "MODE", value_enum)]
+    pub replica_identity: Option<IdentityMode>,
     /// A sequence to copy besides the tables' own (repeatable); created on the target if absent.
     #[arg(long = "sequence", value_name = "SCHEMA.SEQUENCE")]
     pub sequences: Vec<String>,
@@ -121,6 +125,12 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on /metrics and a health check on /health.
     #[arg(long = "metrics-addr", value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+}
+
+/// `--replica-identity`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdentityMode {
+    Full,
 }
 
 /// `--on-conflict`.
@@ -259,6 +269,7 @@ async fn run_subset(a: RunArgs) -> Result<i32> {
         resync: parse_tables(&a.resync)?,
         resync_all: a.resync_all,
         replica_identity_full: parse_tables(&a.replica_identity_full)?,
+        replica_identity_full_all: a.replica_identity == Some(IdentityMode::Full),
         sequences: parse_names(&a.sequences, "sequence", "SCHEMA.SEQUENCE")?,
         sequence_interval: Duration::from_secs(a.sequence_interval.max(1)),
         on_conflict: a.on_conflict.into(),

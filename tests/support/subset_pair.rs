@@ -99,8 +99,8 @@ pub fn check_pair(source_major: u32, target_major: u32) -> (String, String) {
             "public.pair_full",
             "-t",
             "public.pair_trunc",
-            "--replica-identity-full",
-            "public.pair_full",
+            "--replica-identity",
+            "full",
         ],
     );
     src.psql(CHANGES);

@@ -62,6 +62,9 @@ pub struct RunConfig {
     pub resync_all: bool,
     /// Tables without a key given `REPLICA IDENTITY FULL` on the source (`--replica-identity-full`).
     pub replica_identity_full: Vec<TableName>,
+    /// Every table of the run without a key given `REPLICA IDENTITY FULL` (`--replica-identity
+    /// full`).
+    pub replica_identity_full_all: bool,
     /// Sequences copied besides the tables' own (`--sequence`). Empty with no tables named: the
     /// ones the subset has.
     pub sequences: Vec<TableName>,

@@ -185,7 +185,7 @@ fn check_source_table(
             Side::Source,
             format!("{name} has no primary key or replica identity index, so its updated and deleted rows cannot be found on the target"),
             format!(
-                "give it one on the source (ALTER TABLE {q} ADD PRIMARY KEY (…), or ALTER TABLE {q} REPLICA IDENTITY USING INDEX <a unique index on NOT NULL columns>), or run with --replica-identity-full {name} (walrelay sets REPLICA IDENTITY FULL on it: {FULL_IDENTITY_COST}), or leave it out",
+                "give it one on the source (ALTER TABLE {q} ADD PRIMARY KEY (…), or ALTER TABLE {q} REPLICA IDENTITY USING INDEX <a unique index on NOT NULL columns>), or run with --replica-identity-full {name} (or --replica-identity full for every such table: walrelay sets REPLICA IDENTITY FULL on it; {FULL_IDENTITY_COST}), or leave it out",
                 q = name.quoted()
             ),
         ));
@@ -584,7 +584,8 @@ pub(crate) async fn preflight(
             .as_ref()
             .is_some_and(|p| p.tables.contains(name));
         let already_full = s.replica_identity == ReplicaIdentity::Full;
-        let wants_full = cfg.replica_identity_full.contains(name);
+        let wants_full = cfg.replica_identity_full.contains(name)
+            || (cfg.replica_identity_full_all && !s.has_usable_key());
         let set_full = wants_full && !already_full && !s.has_usable_key();
         problems.extend(check_source_table(
             &s,
