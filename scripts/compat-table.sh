@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # scripts/compat-table.sh — the PostgreSQL compatibility table, from the version-matrix test results.
 #
-# Usage: scripts/compat-table.sh [--check | --print] [--majors 10,11,...] [--dir DIR] [--readme FILE]
+# Usage: scripts/compat-table.sh [--check | --print] [--subset-only] [--majors 10,11,...] [--dir DIR] [--readme FILE]
 #
 # tests/matrix.rs writes one JSON file per major it ran (pgN.json: the major, the server version and,
-# per feature, pass / fail / skipped / not_run). This script turns them into a Markdown table
-# (major × feature) and:
+# per feature, pass / fail / skipped / not_run), and one per major for `walrelay subset` (pgN-subset.json:
+# that major as the source of a subset into the newest major of the run, and as its target). This
+# script turns them into two Markdown tables (major × feature) and:
 #
-#   (default)  rewrites the README section between `<!-- compat-table:start -->` and
-#              `<!-- compat-table:end -->` (README.md is created with just that section if it does not
-#              exist; the section is appended if the markers are missing), and prints the table;
+#   (default)  rewrites the README sections between `<!-- compat-table:start -->` and
+#              `<!-- compat-table:end -->`, and between `<!-- subset-compat-table:start -->` and
+#              `<!-- subset-compat-table:end -->` (README.md is created with just these if it does not
+#              exist; a section is appended if its markers are missing), and prints the tables;
 #   --check    writes nothing; prints one line per major (`PostgreSQL 13: pass` or the failed features)
 #              and the table, and says whether the README's section is up to date — what CI runs;
 #   --print    prints the table only.
+#
+# --subset-only reads, checks and writes only the `walrelay subset` table (after
+# `cargo test --test matrix subset`, which runs only that part of the matrix).
 #
 # The majors are --majors, else WALRELAY_PG_MAJORS, else 10-18. Every one of them must have a result:
 # a listed major without one makes the script fail (exit 1) — in every mode, and before anything is
@@ -26,6 +31,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
 mode=write
+only=all
 majors="${WALRELAY_PG_MAJORS:-}"
 dir=""
 readme="README.md"
@@ -33,6 +39,7 @@ while [ "$#" -gt 0 ]; do
     case "$1" in
         --check) mode=check; shift ;;
         --print) mode=print; shift ;;
+        --subset-only) only=subset; shift ;;
         --majors)
             [ "$#" -ge 2 ] || { echo "compat-table.sh: --majors needs a value" >&2; exit 2; }
             majors=$2; shift 2 ;;
@@ -68,16 +75,19 @@ command -v python3 >/dev/null 2>&1 || {
     exit 1
 }
 
-exec python3 - "$mode" "$majors" "$dir" "$readme" <<'PYTHON'
+exec python3 - "$mode" "$majors" "$dir" "$readme" "$only" <<'PYTHON'
 import json
 import os
 import sys
 import textwrap
 
-mode, majors_arg, results_dir, readme = sys.argv[1:5]
+mode, majors_arg, results_dir, readme, only = sys.argv[1:6]
+subset_only = only == "subset"
 
 START = "<!-- compat-table:start -->"
 END = "<!-- compat-table:end -->"
+SUBSET_START = "<!-- subset-compat-table:start -->"
+SUBSET_END = "<!-- subset-compat-table:end -->"
 
 # JSON key, column title; the order of the table.
 FEATURES = [
@@ -90,6 +100,7 @@ FEATURES = [
     ("timeline", "failover following"),
     ("sidecar", "sidecar"),
 ]
+SUBSET_FEATURES = [("source", "source"), ("target", "target")]
 SYMBOL = {"pass": "✅", "fail": "❌", "skipped": "—", "not_run": "❔"}
 
 
@@ -109,36 +120,42 @@ for part in majors_arg.split(","):
         majors.append(int(part))
 majors.sort()
 
-results = {}
-missing = []
-for major in majors:
-    path = os.path.join(results_dir, f"pg{major}.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        missing.append(major)
-        continue
-    except (OSError, ValueError) as e:
-        die(f"{path}: unreadable result ({e}); run the matrix test again")
-    if data.get("major") != major:
-        die(f"{path}: holds the result of major {data.get('major')!r}, not {major}")
-    features = data.get("features")
-    if not isinstance(features, dict):
-        die(f"{path}: no 'features' object")
-    for key, _ in FEATURES:
-        status = features.get(key, {}).get("status")
-        if status not in SYMBOL:
-            die(f"{path}: feature {key!r} has status {status!r}, not one of {sorted(SYMBOL)}")
-    results[major] = data
+def load(suffix, features):
+    found = {}
+    missing = []
+    for major in majors:
+        path = os.path.join(results_dir, f"pg{major}{suffix}.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            missing.append(major)
+            continue
+        except (OSError, ValueError) as e:
+            die(f"{path}: unreadable result ({e}); run the matrix test again")
+        if data.get("major") != major:
+            die(f"{path}: holds the result of major {data.get('major')!r}, not {major}")
+        feats = data.get("features")
+        if not isinstance(feats, dict):
+            die(f"{path}: no 'features' object")
+        for key, _ in features:
+            status = feats.get(key, {}).get("status")
+            if status not in SYMBOL:
+                die(f"{path}: feature {key!r} has status {status!r}, not one of {sorted(SYMBOL)}")
+        found[major] = data
+    if missing:
+        die(
+            f"no matrix result pgN{suffix}.json for PostgreSQL "
+            + ", ".join(str(m) for m in missing)
+            + f" in {results_dir}: run `WALRELAY_PG_MAJORS={majors_arg} cargo test --test matrix` "
+            "(scripts/test.sh does) and look at that test's output"
+        )
+    return found
 
-if missing:
-    die(
-        "no matrix result for PostgreSQL "
-        + ", ".join(str(m) for m in missing)
-        + f" in {results_dir}: run `WALRELAY_PG_MAJORS={majors_arg} cargo test --test matrix` "
-        "(scripts/test.sh does) and look at that test's output"
-    )
+
+results = {} if subset_only else load("", FEATURES)
+subset_results = load("-subset", SUBSET_FEATURES)
+newest = max((d.get("newest") or 0 for d in subset_results.values()), default=0) or max(majors)
 
 
 def short_version(v):
@@ -146,16 +163,16 @@ def short_version(v):
     return (v or "?").split()[0]
 
 
-def table():
+def table(results=results, features=FEATURES):
     lines = [
-        "| PostgreSQL | server | " + " | ".join(title for _, title in FEATURES) + " |",
-        "|---|---|" + "---|" * len(FEATURES),
+        "| PostgreSQL | server | " + " | ".join(title for _, title in features) + " |",
+        "|---|---|" + "---|" * len(features),
     ]
     notes = {}
     for major in majors:
         data = results[major]
         cells = []
-        for key, title in FEATURES:
+        for key, title in features:
             entry = data["features"][key]
             status = entry["status"]
             cell = SYMBOL[status]
@@ -204,6 +221,31 @@ def section():
     )
 
 
+def subset_section():
+    intro = textwrap.fill(
+        f"`walrelay subset` is tested with every major as the source of a subset into the newest major "
+        f"({newest}), and as its target from the newest (`tests/matrix.rs`, `matrix_subset_pgN`; "
+        f"so {majors[0]} → {newest} and {newest} → {majors[0]} among them): the tables created on the "
+        "target from the source's catalogs and copied; then updates that leave a TOASTed value alone, "
+        "deletes, TRUNCATE (sources from 11), a column added with a default and one dropped — followed "
+        "on the target —, a 3 000-row transaction (streamed before its commit from a 14+ source), a "
+        "table without a key under REPLICA IDENTITY FULL with two identical rows and json; every row "
+        "compared on both sides, and `subset drop` leaving the target's identity sequence beyond every "
+        "value the source handed out.",
+        width=104,
+        break_on_hyphens=False,
+    )
+    titles = [("source", f"as source, into {newest}"), ("target", f"as target, from {newest}")]
+    return (
+        f"{SUBSET_START}\n"
+        + intro
+        + "\n\n"
+        + table(subset_results, titles)
+        + "\nGenerated by `scripts/compat-table.sh` from the test results; do not edit by hand.\n"
+        f"{SUBSET_END}\n"
+    )
+
+
 def first_line(text):
     lines = (text or "").strip().splitlines()
     return lines[0] if lines else "failed (no message)"
@@ -211,7 +253,7 @@ def first_line(text):
 
 def per_major_lines():
     out = []
-    for major in majors:
+    for major in [] if subset_only else majors:
         data = results[major]
         failed = [k for k, _ in FEATURES if data["features"][k]["status"] == "fail"]
         not_run = [k for k, _ in FEATURES if data["features"][k]["status"] == "not_run"]
@@ -224,26 +266,42 @@ def per_major_lines():
         else:
             line = f"PostgreSQL {major} ({version}): pass"
         out.append((line, bool(failed or not_run)))
+    for major in majors:
+        data = subset_results[major]
+        bad = [k for k, _ in SUBSET_FEATURES if data["features"][k]["status"] != "pass"]
+        if bad:
+            causes = "; ".join(
+                f"{k}: {first_line(data['features'][k].get('detail'))}" for k in bad
+            )
+            out.append((f"PostgreSQL {major} subset: FAILED — {causes}", True))
+        else:
+            out.append((f"PostgreSQL {major} subset: pass (to and from {newest})", False))
     return out
 
 
-def current_section(text):
-    s = text.find(START)
-    e = text.find(END)
+def current_section(text, start=START, end=END):
+    s = text.find(start)
+    e = text.find(end)
     if s == -1 or e == -1 or e < s:
         return None
-    return text[s : e + len(END)] + "\n"
+    return text[s : e + len(end)] + "\n"
 
 
 if mode == "print":
-    sys.stdout.write(table())
+    if not subset_only:
+        sys.stdout.write(table())
+        print()
+    sys.stdout.write(table(subset_results, SUBSET_FEATURES))
     sys.exit(0)
 
 lines = per_major_lines()
 for line, _ in lines:
     print(line)
 print()
-sys.stdout.write(table())
+if not subset_only:
+    sys.stdout.write(table())
+    print()
+sys.stdout.write(table(subset_results, SUBSET_FEATURES))
 bad = [l for l, b in lines if b]
 
 try:
@@ -253,7 +311,11 @@ except FileNotFoundError:
     text = None
 
 if mode == "check":
-    if text is None or current_section(text) != section():
+    if (
+        text is None
+        or (not subset_only and current_section(text) != section())
+        or current_section(text, SUBSET_START, SUBSET_END) != subset_section()
+    ):
         print(
             f"\nnote: the Compatibility section of {readme} differs from these results; "
             "scripts/compat-table.sh rewrites it"
@@ -263,21 +325,38 @@ if mode == "check":
     sys.exit(0)
 
 # mode == "write"
-new = section()
-# The heading belongs to the README around the markers; it is written only with a new section.
-if text is None:
-    updated = "## Compatibility\n\n" + new
-elif current_section(text) is None:
-    if START in text or END in text:
-        die(f"{readme} has only one of the markers {START} / {END}: fix it by hand")
-    updated = text.rstrip("\n") + "\n\n## Compatibility\n\n" + new
-else:
-    s = text.find(START)
-    e = text.find(END) + len(END)
+
+
+def replace_section(text, start, end, new):
+    """text with its section between start and end (markers included) replaced by new."""
+    s = text.find(start)
+    e = text.find(end) + len(end)
     rest = text[e:]
     if rest.startswith("\n"):
         rest = rest[1:]
-    updated = text[:s] + new + rest
+    return text[:s] + new + rest
+
+
+# The heading belongs to the README around the markers; it is written only with a new section.
+if subset_only:
+    if text is None or current_section(text) is None:
+        die(f"--subset-only: {readme} has no compatibility section yet: run the whole matrix first")
+    updated = text
+elif text is None:
+    updated = "## Compatibility\n\n" + section()
+elif current_section(text) is None:
+    if START in text or END in text:
+        die(f"{readme} has only one of the markers {START} / {END}: fix it by hand")
+    updated = text.rstrip("\n") + "\n\n## Compatibility\n\n" + section()
+else:
+    updated = replace_section(text, START, END, section())
+if current_section(updated, SUBSET_START, SUBSET_END) is None:
+    if SUBSET_START in updated or SUBSET_END in updated:
+        die(f"{readme} has only one of the markers {SUBSET_START} / {SUBSET_END}: fix it by hand")
+    # A new subset section goes right after the first one.
+    updated = replace_section(updated, START, END, current_section(updated) + "\n" + subset_section())
+else:
+    updated = replace_section(updated, SUBSET_START, SUBSET_END, subset_section())
 if updated != text:
     tmp = readme + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use tracing::info;
 use walrelay_client::{ConnectParams, ReplicationMode};
 use walrelay_logical::{
-    CheckReport, RunConfig, StopReason, SubsetName, SubsetStats, SubsetStatus, TableAction,
-    TableName, VerifyReport,
+    CheckReport, OnConflict, RunConfig, StopReason, SubsetName, SubsetStats, SubsetStatus,
+    TableAction, TableName, VerifyReport,
 };
 use walrelay_protocol::Lsn;
 
@@ -34,7 +34,7 @@ pub struct SubsetArgs {
 #[derive(Subcommand, Debug)]
 pub enum SubsetCommand {
     /// Create the subset's tables on the target, copy them, then apply the source's changes forever.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show a subset's phase, tables, applied position and lag.
     Status(StatusArgs),
     /// Compare row counts and content hashes of every table on both sides (exit 1 on a difference).
@@ -72,6 +72,44 @@ pub struct RunArgs {
     /// Exit once everything up to this source LSN is applied.
     #[arg(short = 'E', long = "endpos", value_name = "LSN")]
     pub endpos: Option<Lsn>,
+    /// Copy this table of the subset again from a fresh snapshot (repeatable); the other tables
+    /// keep streaming from where they are. After a schema change walrelay stopped at.
+    #[arg(long = "resync", value_name = "SCHEMA.TABLE")]
+    pub resync: Vec<String>,
+    /// Copy every table again under a new replication slot: after the slot was lost
+    /// (invalidated, dropped, or missing on a promoted standby).
+    #[arg(long = "resync-all")]
+    pub resync_all: bool,
+    /// A table without a primary key to copy anyway, by setting REPLICA IDENTITY FULL on it on
+    /// the source (repeatable). Costs WAL on the source and a row search per change on the
+    /// target (see docs/subset.md).
+    #[arg(long = "replica-identity-full", value_name = "SCHEMA.TABLE")]
+    pub replica_identity_full: Vec<String>,
+    /// `full`: every table of the run without a primary key gets REPLICA IDENTITY FULL on the
+    /// source (each named, with its cost, by the preflight).
+    #[arg(long = "replica-identity", value_name = "MODE", value_enum)]
+    pub replica_identity: Option<IdentityMode>,
+    /// A sequence to copy besides the tables' own (repeatable); created on the target if absent.
+    #[arg(long = "sequence", value_name = "SCHEMA.SEQUENCE")]
+    pub sequences: Vec<String>,
+    /// Seconds between two copies of the sequences' positions while streaming.
+    #[arg(long = "sequence-interval", value_name = "SECS", default_value_t = walrelay_logical::DEFAULT_SEQUENCE_INTERVAL.as_secs())]
+    pub sequence_interval: u64,
+    /// What a change the target's rows contradict does: stop (error), win (upsert), or is left
+    /// out (skip). upsert and skip record each one in walrelay.subset_conflicts on the target.
+    #[arg(long = "on-conflict", value_name = "MODE", value_enum, default_value_t = ConflictMode::Error)]
+    pub on_conflict: ConflictMode,
+    /// Leave out the source transaction that commits at this LSN (the one a conflict named).
+    #[arg(long = "skip-lsn", value_name = "LSN")]
+    pub skip_lsn: Option<Lsn>,
+    /// Make the slot a failover slot (PostgreSQL 17+), kept on standbys that run
+    /// sync_replication_slots, so that the stream survives a promotion (name every host in -d).
+    #[arg(long = "failover")]
+    pub failover: bool,
+    /// Where large transactions streamed before their commit are spilled (default: the
+    /// system's temporary directory).
+    #[arg(long = "spool-dir", value_name = "DIR")]
+    pub spool_dir: Option<std::path::PathBuf>,
     /// Tables copied at the same time during the initial copy.
     #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = walrelay_logical::DEFAULT_COPY_JOBS)]
     pub jobs: usize,
@@ -87,6 +125,30 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on /metrics and a health check on /health.
     #[arg(long = "metrics-addr", value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+}
+
+/// `--replica-identity`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdentityMode {
+    Full,
+}
+
+/// `--on-conflict`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConflictMode {
+    Error,
+    Upsert,
+    Skip,
+}
+
+impl From<ConflictMode> for OnConflict {
+    fn from(m: ConflictMode) -> OnConflict {
+        match m {
+            ConflictMode::Error => OnConflict::Error,
+            ConflictMode::Upsert => OnConflict::Upsert,
+            ConflictMode::Skip => OnConflict::Skip,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -131,7 +193,7 @@ pub struct DropArgs {
 
 pub async fn run(args: SubsetArgs) -> Result<i32> {
     match args.command {
-        SubsetCommand::Run(a) => run_subset(a).await,
+        SubsetCommand::Run(a) => run_subset(*a).await,
         SubsetCommand::Status(a) => status(a).await,
         SubsetCommand::Verify(a) => verify(a).await,
         SubsetCommand::Drop(a) => drop(a).await,
@@ -164,12 +226,16 @@ fn source_params(conn: &ConnectionArgs) -> Result<ConnectParams> {
 }
 
 fn parse_tables(tables: &[String]) -> Result<Vec<TableName>> {
-    tables
+    parse_names(tables, "table", "SCHEMA.TABLE")
+}
+
+fn parse_names(names: &[String], what: &str, form: &str) -> Result<Vec<TableName>> {
+    names
         .iter()
         .map(|t| {
             TableName::parse(t).ok_or_else(|| {
                 exit::usage(format!(
-                    "invalid table name {t:?}: use SCHEMA.TABLE (quote mixed case: '\"Schema\".\"Table\"')"
+                    "invalid {what} name {t:?}: use {form} (quote mixed case: '\"Schema\".\"Name\"')"
                 ))
             })
         })
@@ -184,13 +250,32 @@ async fn run_subset(a: RunArgs) -> Result<i32> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let stats = Arc::new(SubsetStats::default());
     let status_interval = Duration::from_secs(a.status_interval.max(1));
+    if a.resync_all && !a.resync.is_empty() {
+        return Err(exit::usage(
+            "--resync-all copies every table again: leave out --resync",
+        ));
+    }
+    let source = source_params(&a.conn)?;
+    if a.failover && source.endpoints.len() < 2 {
+        tracing::warn!("--failover: -d names one host; after a promotion walrelay reaches the new primary only through a host list (host=A,B target_session_attrs=read-write)");
+    }
     let cfg = RunConfig {
         name: name.clone(),
-        source: source_params(&a.conn)?,
+        source,
         target: target_params(&a.subset.target)?,
         tables: parse_tables(&a.tables)?,
         schemas: a.schemas.clone(),
         endpos: a.endpos,
+        resync: parse_tables(&a.resync)?,
+        resync_all: a.resync_all,
+        replica_identity_full: parse_tables(&a.replica_identity_full)?,
+        replica_identity_full_all: a.replica_identity == Some(IdentityMode::Full),
+        sequences: parse_names(&a.sequences, "sequence", "SCHEMA.SEQUENCE")?,
+        sequence_interval: Duration::from_secs(a.sequence_interval.max(1)),
+        on_conflict: a.on_conflict.into(),
+        skip_lsn: a.skip_lsn,
+        failover: a.failover,
+        spool_dir: a.spool_dir.clone(),
         copy_jobs: a.jobs,
         status_interval,
         reconnect: !a.no_loop,
@@ -240,6 +325,7 @@ fn print_check(r: &CheckReport) {
             TableAction::Create => "create on the target, then copy",
             TableAction::CopyIntoExisting => "copy into the existing (empty) target table",
             TableAction::Recopy => "copy again (an earlier copy did not finish)",
+            TableAction::Resync => "copy again from a fresh snapshot (--resync)",
             TableAction::Stream => "copied already: stream changes",
         };
         println!(
@@ -304,13 +390,29 @@ fn print_status(s: &SubsetStatus) {
         println!(
             "slot {}: {}, confirmed up to {}",
             slot.name,
-            match (slot.exists, slot.lost, slot.active) {
-                (false, _, _) => "MISSING",
-                (true, true, _) => "LOST (invalidated)",
-                (true, false, true) => "active",
-                (true, false, false) => "inactive",
+            match (slot.exists, &slot.invalidation, slot.active) {
+                (false, _, _) => "MISSING: copy every table again with --resync-all".to_string(),
+                (true, Some(why), _) =>
+                    format!("LOST, {why}: copy every table again with --resync-all"),
+                (true, None, true) => "active".to_string(),
+                (true, None, false) => "inactive".to_string(),
             },
             lsn(slot.confirmed_flush_lsn)
+        );
+        if slot.failover == Some(true) {
+            println!(
+                "slot {}: failover slot (synced to standbys that run sync_replication_slots)",
+                slot.name
+            );
+        }
+    }
+    for q in &s.sequences {
+        println!("  sequence {q}: copied with the tables (--sequence)");
+    }
+    if s.conflicts_recorded > 0 {
+        println!(
+            "{} change(s) left out or applied differently are recorded in walrelay.subset_conflicts on the target",
+            s.conflicts_recorded
         );
     }
     for t in &s.tables {
@@ -377,6 +479,12 @@ async fn drop(a: DropArgs) -> Result<i32> {
     let target = target_params(&a.subset.target)?;
     let source = source_params(&a.conn)?;
     let r = walrelay_logical::drop_subset(&source, &target, &name, a.drop_tables).await?;
+    if r.sequences_advanced > 0 {
+        println!(
+            "subset {name}: {} sequence(s) moved forward on the target to the source's positions",
+            r.sequences_advanced
+        );
+    }
     if r.nothing_dropped() {
         println!("subset {name}: nothing to drop");
     } else {
@@ -470,9 +578,29 @@ impl Exporter for SubsetExporter {
                 ("deletes", "Rows deleted", C(s.deletes)),
                 ("truncates", "TRUNCATEs applied", C(s.truncates)),
                 (
-                    "unmatched",
-                    "UPDATEs and DELETEs that found no row on the target",
-                    C(s.unmatched),
+                    "streamed_transactions",
+                    "Large transactions streamed before their commit, spilled and applied",
+                    C(s.streamed_transactions),
+                ),
+                (
+                    "streamed_bytes",
+                    "Bytes of streamed transactions spilled to disk",
+                    C(s.streamed_bytes),
+                ),
+                (
+                    "schema_changes",
+                    "Schema changes of the source followed on the target",
+                    C(s.schema_changes),
+                ),
+                (
+                    "skipped_transactions",
+                    "Source transactions left out by --skip-lsn",
+                    C(s.skipped_transactions),
+                ),
+                (
+                    "sequences_advanced",
+                    "Times a target sequence was moved to the source's position",
+                    C(s.sequences_advanced),
                 ),
                 (
                     "reconnects",

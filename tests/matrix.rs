@@ -18,6 +18,13 @@
 //! | `sidecar` | `bootstrap --sidecar` + `receive --pg-wal`: a standby without a connection of its own replays what walrelay writes into its `pg_wal` |
 //! | `timeline` | a failover: `receive -d "host=primary,standby target_session_attrs=read-write"`, the primary crashes (immediate stop), the bootstrapped standby is promoted: walrelay goes on by itself, `00000002.history` stored, the new timeline's segments byte-identical; from 11, `--failover` keeps the slot on the standby, which walrelay streams through after the promotion |
 //!
+//! `walrelay subset` has its own part (`matrix_subset_pg10` … `matrix_subset_pg18`, run alone with
+//! `cargo test --test matrix subset`): each major as the source of a subset into the newest major of
+//! `WALRELAY_PG_MAJORS` (feature `source`), and as its target from that newest major (feature
+//! `target`) — so 10 → 18 and 18 → 10 among them, and 18 → 18. What one pair checks is in
+//! `support/subset_pair.rs`; the results go to `target/matrix/pgN-subset.json`, the second table of
+//! the README's compatibility section.
+//!
 //! A failure in one feature is recorded and the test goes on with the features that do not depend on
 //! it (see `support/matrix_report.rs`); the results go to `target/matrix/pgN.json`, which
 //! `scripts/compat-table.sh` turns into the README's compatibility table, and one summary line is
@@ -30,6 +37,8 @@ mod support;
 
 #[path = "support/matrix_report.rs"]
 mod matrix_report;
+#[path = "support/subset_pair.rs"]
+mod subset_pair;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -90,6 +99,58 @@ matrix_tests! {
     matrix_pg18 => 18,
 }
 
+macro_rules! matrix_subset_tests {
+    ($($name:ident => $major:expr),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                matrix_subset($major);
+            }
+        )*
+    };
+}
+
+matrix_subset_tests! {
+    matrix_subset_pg10 => 10,
+    matrix_subset_pg11 => 11,
+    matrix_subset_pg12 => 12,
+    matrix_subset_pg13 => 13,
+    matrix_subset_pg14 => 14,
+    matrix_subset_pg15 => 15,
+    matrix_subset_pg16 => 16,
+    matrix_subset_pg17 => 17,
+    matrix_subset_pg18 => 18,
+}
+
+/// `walrelay subset` with `major` as the source into the newest major of the matrix, and as the
+/// target from it.
+fn matrix_subset(major: u32) {
+    if !listed(major, "matrix subset") {
+        return;
+    }
+    let newest = walrelay_testkit::matrix_majors()
+        .into_iter()
+        .max()
+        .unwrap_or(major);
+    let mut report = MatrixReport::subset(major);
+    report.set_extra("newest", newest.into());
+    for (feature, from, to) in [("source", major, newest), ("target", newest, major)] {
+        let started = std::time::Instant::now();
+        if let Some(versions) = report.run(feature, || subset_pair::check_pair(from, to)) {
+            report.set_server_version(if from == major {
+                &versions.0
+            } else {
+                &versions.1
+            });
+        }
+        eprintln!(
+            "matrix subset: {from} -> {to} in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    report.finish();
+}
+
 /// What the primary's test data looks like, for the checks on the standbys.
 struct Expected {
     /// Rows of `ts_data` (in the tablespace).
@@ -98,12 +159,20 @@ struct Expected {
     after_rows: u64,
 }
 
-fn matrix(major: u32) {
-    if !matrix_includes(major) {
+/// Whether `WALRELAY_PG_MAJORS` lists `major`; a note when it does not.
+fn listed(major: u32, label: &str) -> bool {
+    let listed = matrix_includes(major);
+    if !listed {
         eprintln!(
-            "matrix: PostgreSQL {major} skipped: WALRELAY_PG_MAJORS ({:?}) does not list it",
+            "{label}: PostgreSQL {major} skipped: WALRELAY_PG_MAJORS ({:?}) does not list it",
             std::env::var("WALRELAY_PG_MAJORS").unwrap_or_default()
         );
+    }
+    listed
+}
+
+fn matrix(major: u32) {
+    if !listed(major, "matrix") {
         return;
     }
     let mut report = MatrixReport::new(major);

@@ -30,6 +30,10 @@ pub const FEATURES: [&str; 8] = [
     "sidecar",
 ];
 
+/// The features of the `walrelay subset` part of the matrix (`pgN-subset.json`): this major as
+/// the source of a subset into the newest major of the matrix, and as its target.
+pub const SUBSET_FEATURES: [&str; 2] = ["source", "target"];
+
 /// What happened to one feature.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -80,6 +84,12 @@ struct Entry {
 /// The results of one major's matrix test; see the module docs.
 pub struct MatrixReport {
     major: u32,
+    /// The features reported, in table order.
+    features: &'static [&'static str],
+    /// `matrix` or `matrix subset`, in printed lines.
+    label: &'static str,
+    /// Further top-level keys of the JSON document.
+    extra: serde_json::Map<String, serde_json::Value>,
     server_version: Option<String>,
     entries: Vec<Entry>,
     started: Instant,
@@ -112,7 +122,38 @@ impl MatrixReport {
 
     /// [`MatrixReport::new`] writing into `dir`.
     pub fn new_in(dir: &Path, major: u32) -> MatrixReport {
-        let path = dir.join(format!("pg{major}.json"));
+        MatrixReport::of_kind(dir, major, &FEATURES, "matrix", &format!("pg{major}.json"))
+    }
+
+    /// The record of the `walrelay subset` pairs of `major` (`pgN-subset.json`).
+    pub fn subset(major: u32) -> MatrixReport {
+        MatrixReport::subset_in(&results_dir(), major)
+    }
+
+    /// [`MatrixReport::subset`] writing into `dir`.
+    pub fn subset_in(dir: &Path, major: u32) -> MatrixReport {
+        MatrixReport::of_kind(
+            dir,
+            major,
+            &SUBSET_FEATURES,
+            "matrix subset",
+            &format!("pg{major}-subset.json"),
+        )
+    }
+
+    /// A top-level key of the JSON document besides the standard ones.
+    pub fn set_extra(&mut self, key: &str, value: serde_json::Value) {
+        self.extra.insert(key.to_string(), value);
+    }
+
+    fn of_kind(
+        dir: &Path,
+        major: u32,
+        features: &'static [&'static str],
+        label: &'static str,
+        file: &str,
+    ) -> MatrixReport {
+        let path = dir.join(file);
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -123,6 +164,9 @@ impl MatrixReport {
         }
         MatrixReport {
             major,
+            features,
+            label,
+            extra: serde_json::Map::new(),
             server_version: None,
             entries: Vec::new(),
             started: Instant::now(),
@@ -147,7 +191,8 @@ impl MatrixReport {
             Err(payload) => (Outcome::Fail(panic_message(payload.as_ref())), None),
         };
         eprintln!(
-            "matrix: PostgreSQL {}: {feature} {} in {:.1} s",
+            "{}: PostgreSQL {}: {feature} {} in {:.1} s",
+            self.label,
             self.major,
             outcome.word(),
             duration.as_secs_f64()
@@ -182,8 +227,9 @@ impl MatrixReport {
 
     fn assert_known(&self, feature: &str) {
         assert!(
-            FEATURES.contains(&feature),
-            "matrix feature {feature:?} is not one of {FEATURES:?}"
+            self.features.contains(&feature),
+            "matrix feature {feature:?} is not one of {:?}",
+            self.features
         );
         assert!(
             self.outcome(feature).is_none(),
@@ -201,12 +247,12 @@ impl MatrixReport {
 
     /// The one-line summary: `matrix: PostgreSQL 13 (13.23): check ok, bootstrap ok, …`.
     pub fn summary_line(&self) -> String {
-        let mut line = format!("matrix: PostgreSQL {}", self.major);
+        let mut line = format!("{}: PostgreSQL {}", self.label, self.major);
         if let Some(v) = &self.server_version {
             let _ = write!(line, " ({v})");
         }
         line.push(':');
-        for (i, f) in FEATURES.iter().enumerate() {
+        for (i, f) in self.features.iter().enumerate() {
             let word = self.outcome(f).map_or("not run", Outcome::word);
             let _ = write!(line, "{} {f} {word}", if i == 0 { "" } else { "," });
         }
@@ -217,7 +263,7 @@ impl MatrixReport {
     /// The JSON document (see `scripts/compat-table.sh` for the reader).
     pub fn to_json(&self) -> serde_json::Value {
         let mut features = serde_json::Map::new();
-        for f in FEATURES {
+        for &f in self.features {
             let entry = self.entries.iter().find(|e| e.feature == f);
             let (status, detail, secs) = match entry {
                 Some(e) => (
@@ -243,12 +289,16 @@ impl MatrixReport {
             );
             features.insert(f.to_string(), obj.into());
         }
-        serde_json::json!({
+        let mut doc = serde_json::json!({
             "major": self.major,
             "server_version": self.server_version,
             "features": features,
             "seconds": (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-        })
+        });
+        if let Some(obj) = doc.as_object_mut() {
+            obj.extend(self.extra.clone());
+        }
+        doc
     }
 
     fn write(&self) {
@@ -361,5 +411,24 @@ mod tests {
             serde_json::from_str(&fs::read_to_string(dir.path().join("pg99.json")).unwrap())
                 .unwrap();
         assert_eq!(written["features"]["check"]["status"], "pass");
+    }
+
+    #[test]
+    fn the_subset_part_has_its_own_features_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = MatrixReport::subset_in(dir.path(), 98);
+        r.set_extra("newest", 18.into());
+        r.run("source", || ());
+        r.skip("target", "not today");
+        assert!(r
+            .summary_line()
+            .starts_with("matrix subset: PostgreSQL 98: source ok, target n/a"));
+        r.finish();
+        let written: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(dir.path().join("pg98-subset.json")).unwrap())
+                .unwrap();
+        assert_eq!(written["newest"], 18);
+        assert_eq!(written["features"]["source"]["status"], "pass");
+        assert!(written["features"].get("check").is_none());
     }
 }

@@ -32,6 +32,31 @@ pub fn receive_args(args: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// `subset CMD -d SOURCE --target TARGET --name NAME EXTRA…`
+pub fn subset_args(
+    cmd: &str,
+    src: &walrelay_testkit::Cluster,
+    tgt: &walrelay_testkit::Cluster,
+    name: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "subset",
+        cmd,
+        "-d",
+        &src.conninfo(),
+        "--target",
+        &tgt.conninfo(),
+        "--name",
+        name,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
 /// A finished one-shot run.
 #[derive(Debug)]
 pub struct Finished {

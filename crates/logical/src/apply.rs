@@ -9,13 +9,22 @@
 //!   if its transaction commits at or after the table's sync point: `final_lsn >= sync_lsn`
 //!   (`should_apply_changes_for_rel`). The copy's snapshot holds exactly the transactions that
 //!   committed before the point, the stream exactly the others.
+//! * **Which table.** A Relation message names the source's table by OID and by name; it is the
+//!   subset table of that OID (recorded with its copy), else of that name. A subset table the
+//!   source now calls otherwise was renamed there.
 //! * **Matching rows.** UPDATE and DELETE find their row by the replica identity columns (the
 //!   columns the Relation message flags): from the old key (`'K'`) when the key changed, else from
-//!   the new row.
+//!   the new row; with REPLICA IDENTITY FULL by the whole old row (`'O'`), one row at a time
+//!   (`statements`).
 //! * **Unchanged TOAST.** A column sent as `'u'` (an out-of-line value the update did not touch)
 //!   is left out of the UPDATE's SET list, so the target keeps what it has.
 //! * **TRUNCATE** empties the subset's tables among those listed (`ONLY`, never CASCADE), with
 //!   RESTART IDENTITY when the source asked for it.
+//! * **Schema changes.** Before the first change of a table that applies, its Relation is compared
+//!   with the columns walrelay last followed ([`Applier::pending_schema_change`]); a difference is
+//!   the caller's to follow or refuse (`follow`) before the change is applied.
+//! * **Skipping.** The transaction committing at `--skip-lsn` is left out whole; the caller
+//!   records it.
 //! * Relations are learnt from Relation messages, which the source sends before a table's first
 //!   change in every session: the map is rebuilt from scratch on each reconnect.
 
@@ -24,10 +33,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use thiserror::Error;
-use walrelay_protocol::pgoutput::{OldTuple, PgOutputMessage, Relation, TupleData, TupleValue};
+use walrelay_protocol::pgoutput::{
+    OldTuple, PgOutputMessage, Relation, RelationColumn, ReplicaIdentity, TupleData, TupleValue,
+};
 use walrelay_protocol::Lsn;
 
-use crate::schema::{quote_ident, TableName};
+use crate::config::OnConflict;
+use crate::schema::{SourceColumn, SubsetName, TableName};
+use crate::statements::{json_object, StatementColumn, TableStatements};
 
 /// Why a message cannot be applied. All definite: the stream is not what the target can follow.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -42,13 +55,7 @@ pub enum ApplyError {
         "the source sent a change for relation {relid} before describing it (at source LSN {lsn})"
     )]
     UnknownRelation { relid: u32, lsn: Lsn },
-    #[error("{table} changed on the source: its column {column} is not on the target; walrelay does not follow schema changes yet: add the column on the target (ALTER TABLE {quoted} ADD COLUMN …) and run again")]
-    ColumnMissing {
-        table: TableName,
-        column: String,
-        quoted: String,
-    },
-    #[error("{table} has no replica identity on the source any more (its primary key was dropped?): walrelay cannot find the rows an UPDATE or DELETE means; give it a primary key again and run again")]
+    #[error("{table} has no replica identity on the source any more (its primary key was dropped?): walrelay cannot find the rows an UPDATE or DELETE means; give it a primary key again (or REPLICA IDENTITY FULL) and run again")]
     NoKey { table: TableName },
     #[error(
         "the source sent a row of {got} columns for {table}, which has {want} (source LSN {lsn})"
@@ -68,6 +75,8 @@ pub enum ApplyError {
     },
     #[error("the source sent a {0} message, which walrelay did not ask for")]
     Unexpected(&'static str),
+    #[error("{table} on the source is another table than the one walrelay copied (dropped and created again there?), and its changes cannot be applied to the copy: run `walrelay subset run … --resync {table}` to copy it again")]
+    Replaced { table: TableName },
 }
 
 /// Whether a table's copy is done, and from which point the stream applies to it.
@@ -79,16 +88,43 @@ pub enum TableSync {
     Synced(Lsn),
 }
 
+/// A column of a subset table on the target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetColumn {
+    pub name: String,
+    pub type_name: String,
+    /// The type has an equality (else REPLICA IDENTITY FULL compares its text).
+    pub has_equality: bool,
+    /// `GENERATED ALWAYS AS IDENTITY`: inserts need `OVERRIDING SYSTEM VALUE`, updates leave it.
+    pub always_identity: bool,
+}
+
 /// A subset table as the apply needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApplyTable {
     pub name: TableName,
     pub sync: TableSync,
-    /// The target's columns (a source column not among them stops the stream).
-    pub target_columns: Vec<String>,
-    /// Target columns `GENERATED ALWAYS AS IDENTITY`: inserts need `OVERRIDING SYSTEM VALUE`,
-    /// updates leave them alone.
-    pub always_identity: Vec<String>,
+    /// The table's OID on the source, when known (recorded with the copy).
+    pub source_oid: Option<u32>,
+    /// The target's columns that the source writes (not generated ones).
+    pub target_columns: Vec<TargetColumn>,
+    /// The source's columns as walrelay last followed them (empty: not known).
+    pub source_columns: Vec<SourceColumn>,
+}
+
+impl ApplyTable {
+    fn target_column(&self, name: &str) -> Option<&TargetColumn> {
+        self.target_columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// How the session applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyOptions {
+    pub subset: SubsetName,
+    pub on_conflict: OnConflict,
+    /// The commit LSN of a source transaction to leave out.
+    pub skip_lsn: Option<Lsn>,
 }
 
 /// One statement for the target, text parameters (`None` is NULL).
@@ -97,14 +133,29 @@ pub struct Statement {
     pub sql: Arc<str>,
     pub params: Vec<Option<Bytes>>,
     pub kind: ChangeKind,
+    /// The source relation it applies a change of.
+    pub relid: u32,
+    /// With [`Applier::set_describe`]: the row's key, as `(id)=(5)`.
+    pub key: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ChangeKind {
     Insert,
     Update,
     Delete,
     Truncate,
+}
+
+impl ChangeKind {
+    pub fn as_sql(self) -> &'static str {
+        match self {
+            ChangeKind::Insert => "INSERT",
+            ChangeKind::Update => "UPDATE",
+            ChangeKind::Delete => "DELETE",
+            ChangeKind::Truncate => "TRUNCATE",
+        }
+    }
 }
 
 /// What a message means for the target.
@@ -116,60 +167,102 @@ pub enum Action {
     Begin { final_lsn: Lsn, xid: u32 },
     /// Run this in the target transaction of the current source transaction.
     Execute(Statement),
-    /// The source transaction commits; `changes` statements were produced for it.
+    /// The source transaction commits; `changes` statements were produced for it. `skipped`:
+    /// it was left out whole (`--skip-lsn`), with that many changes.
     Commit {
         end_lsn: Lsn,
         commit_time: i64,
         changes: u64,
+        skipped: Option<u64>,
     },
 }
+
+/// How a subset table's Relation differs from what walrelay followed last.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaDiff {
+    pub relid: u32,
+    pub table: TableName,
+    /// The source's name for the table, when it is not the subset's (renamed on the source).
+    pub renamed_to: Option<TableName>,
+    /// Columns the source sends that walrelay did not follow yet.
+    pub added: Vec<RelationColumn>,
+    /// Columns followed before that the source no longer sends.
+    pub removed: Vec<SourceColumn>,
+    /// Columns whose type (or type modifier) differs: as followed, as sent now.
+    pub retyped: Vec<(SourceColumn, RelationColumn)>,
+    /// Columns the source sends, followed before, that the target lacks.
+    pub missing_on_target: Vec<String>,
+    /// The source transaction whose change met it.
+    pub lsn: Lsn,
+    pub xid: u32,
+}
+
+/// What tells two UPDATE or DELETE texts apart: the kind, the columns set, which key values are
+/// NULL, and whether an upsert inserts the whole row.
+type Shape = (ChangeKind, Vec<bool>, Vec<bool>, bool);
 
 /// A Relation message matched to a subset table, with its statements.
 #[derive(Debug)]
 struct RelationPlan {
-    table: TableName,
-    /// Relation column names, in tuple order.
-    columns: Vec<String>,
-    /// Indexes of the replica identity columns.
-    key: Vec<usize>,
-    /// Columns an UPDATE never sets (target identity ALWAYS).
-    never_set: Vec<bool>,
+    relation: Relation,
+    statements: TableStatements,
+    /// Compared with what walrelay followed (before the first change that applies).
+    checked: bool,
     insert: Arc<str>,
-    delete: Arc<str>,
-    /// UPDATE statements by the set of columns they set.
-    updates: HashMap<Vec<bool>, Arc<str>>,
+    /// UPDATE and DELETE texts by shape.
+    shapes: HashMap<Shape, Arc<str>>,
+}
+
+#[derive(Debug)]
+enum RelEntry {
+    /// Not one of the subset's tables.
+    Foreign,
+    /// A table of a subset table's name but another OID than the one copied.
+    Replaced(TableName),
+    Subset(Box<RelationPlan>),
 }
 
 #[derive(Debug)]
 struct Transaction {
     final_lsn: Lsn,
+    xid: u32,
     changes: u64,
+    /// Left out whole (`--skip-lsn`).
+    skip: bool,
 }
 
 /// The apply core for one session.
 #[derive(Debug)]
 pub struct Applier {
     tables: HashMap<TableName, ApplyTable>,
-    /// By the source's relid; `None` for a relation that is not one of the subset's tables.
-    relations: HashMap<u32, Option<RelationPlan>>,
+    options: ApplyOptions,
+    relations: HashMap<u32, RelEntry>,
     txn: Option<Transaction>,
     /// Relations the source described that are not the subset's tables, not yet reported.
     foreign: Vec<TableName>,
+    describe: bool,
 }
 
 impl Applier {
-    pub fn new(tables: impl IntoIterator<Item = ApplyTable>) -> Self {
+    pub fn new(tables: impl IntoIterator<Item = ApplyTable>, options: ApplyOptions) -> Self {
         Applier {
             tables: tables.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            options,
             relations: HashMap::new(),
             txn: None,
             foreign: Vec::new(),
+            describe: false,
         }
     }
 
+    /// Whether statements carry their row's key (to name it in a conflict); costs an allocation
+    /// per change.
+    pub fn set_describe(&mut self, on: bool) {
+        self.describe = on;
+    }
+
     /// Relations the source sent that are not among the subset's tables, once each: a table
-    /// removed from the subset whose older changes still arrive, or one renamed on the source
-    /// (whose changes are then not applied).
+    /// removed from the subset whose older changes still arrive.
     pub fn take_foreign_relations(&mut self) -> Vec<TableName> {
         std::mem::take(&mut self.foreign)
     }
@@ -177,6 +270,99 @@ impl Applier {
     /// Whether a source transaction is open (between Begin and Commit).
     pub fn in_transaction(&self) -> bool {
         self.txn.is_some()
+    }
+
+    /// The open source transaction: its id and commit LSN.
+    pub fn current(&self) -> Option<(u32, Lsn)> {
+        self.txn.as_ref().map(|t| (t.xid, t.final_lsn))
+    }
+
+    pub fn table(&self, name: &TableName) -> Option<&ApplyTable> {
+        self.tables.get(name)
+    }
+
+    /// The subset table a source relation is, if it is one.
+    pub fn table_of(&self, relid: u32) -> Option<&TableName> {
+        match self.relations.get(&relid) {
+            Some(RelEntry::Subset(p)) => Some(&p.statements.table),
+            _ => None,
+        }
+    }
+
+    /// The source's latest description of a subset table.
+    pub fn relation(&self, relid: u32) -> Option<&Relation> {
+        match self.relations.get(&relid) {
+            Some(RelEntry::Subset(p)) => Some(&p.relation),
+            _ => None,
+        }
+    }
+
+    /// Whether a change committed at `final_lsn` applies to `table`.
+    fn applies(&self, table: &TableName, final_lsn: Lsn) -> bool {
+        match self.tables.get(table).map(|t| t.sync) {
+            Some(TableSync::Synced(at)) => final_lsn >= at,
+            Some(TableSync::Pending) | None => false,
+        }
+    }
+
+    /// Before `msg` is applied: a difference between its table's Relation and what walrelay
+    /// followed, which the caller must follow (then [`Applier::schema_followed`]) or refuse.
+    /// Only for a change that applies, so that a table copied after a schema change is never
+    /// compared with the Relation of a transaction its copy already holds.
+    pub fn pending_schema_change(&mut self, msg: &PgOutputMessage) -> Option<SchemaDiff> {
+        let relid = match msg {
+            PgOutputMessage::Insert(i) => i.relid,
+            PgOutputMessage::Update(u) => u.relid,
+            PgOutputMessage::Delete(d) => d.relid,
+            _ => return None,
+        };
+        let (xid, final_lsn) = self.current()?;
+        let table_name = match self.relations.get(&relid) {
+            Some(RelEntry::Subset(p)) if !p.checked => p.statements.table.clone(),
+            _ => return None,
+        };
+        if !self.applies(&table_name, final_lsn) {
+            return None;
+        }
+        let table = self.tables.get(&table_name)?;
+        let Some(RelEntry::Subset(plan)) = self.relations.get_mut(&relid) else {
+            return None;
+        };
+        let diff = diff(&plan.relation, table, relid, final_lsn, xid);
+        if diff.is_none() {
+            plan.checked = true;
+        }
+        diff
+    }
+
+    /// The caller followed a schema change of `table` on the target: its columns are now these.
+    pub fn schema_followed(
+        &mut self,
+        table: &TableName,
+        target_columns: Vec<TargetColumn>,
+        source_columns: Vec<SourceColumn>,
+    ) {
+        if let Some(t) = self.tables.get_mut(table) {
+            t.target_columns = target_columns;
+            t.source_columns = source_columns;
+        }
+        let relids: Vec<u32> = self
+            .relations
+            .iter()
+            .filter_map(|(id, e)| match e {
+                RelEntry::Subset(p) if &p.statements.table == table => Some(*id),
+                _ => None,
+            })
+            .collect();
+        for relid in relids {
+            if let Some(RelEntry::Subset(p)) = self.relations.remove(&relid) {
+                let relation = p.relation;
+                self.learn_relation(relation);
+                if let Some(RelEntry::Subset(p)) = self.relations.get_mut(&relid) {
+                    p.checked = true;
+                }
+            }
+        }
     }
 
     pub fn on_message(&mut self, msg: PgOutputMessage) -> Result<Action, ApplyError> {
@@ -187,7 +373,9 @@ impl Applier {
                 }
                 self.txn = Some(Transaction {
                     final_lsn: b.final_lsn,
+                    xid: b.xid,
                     changes: 0,
+                    skip: self.options.skip_lsn == Some(b.final_lsn),
                 });
                 Ok(Action::Begin {
                     final_lsn: b.final_lsn,
@@ -208,76 +396,32 @@ impl Applier {
                 Ok(Action::Commit {
                     end_lsn: c.end_lsn,
                     commit_time: c.commit_time,
-                    changes: txn.changes,
+                    changes: if txn.skip { 0 } else { txn.changes },
+                    skipped: txn.skip.then_some(txn.changes),
                 })
             }
             PgOutputMessage::Relation(r) => {
-                self.relation(r)?;
+                self.learn_relation(r);
                 Ok(Action::None)
             }
             PgOutputMessage::Origin(_) | PgOutputMessage::Type(_) | PgOutputMessage::Message(_) => {
                 Ok(Action::None)
             }
-            PgOutputMessage::Insert(i) => self.change(i.relid, |plan, lsn| {
-                let params = values(&plan.table, &i.new, plan.columns.len(), lsn)?;
-                if params.iter().any(|p| p.is_unchanged()) {
-                    return Err(ApplyError::UnexpectedValue {
-                        what: "unchanged-TOAST",
-                        table: plan.table.clone(),
-                    });
-                }
-                Ok(Some(Statement {
-                    sql: plan.insert.clone(),
-                    params: params.into_iter().map(Param::into_value).collect(),
-                    kind: ChangeKind::Insert,
-                }))
+            PgOutputMessage::Insert(i) => {
+                self.change(i.relid, |plan, ctx| plan.insert(&i.new, ctx))
+            }
+            PgOutputMessage::Update(u) => self.change(u.relid, |plan, ctx| {
+                plan.update(u.old.as_ref(), &u.new, ctx)
             }),
-            PgOutputMessage::Update(u) => self.change(u.relid, |plan, lsn| {
-                let new = values(&plan.table, &u.new, plan.columns.len(), lsn)?;
-                let key_source = match &u.old {
-                    Some(old) => values(&plan.table, old.tuple(), plan.columns.len(), lsn)?,
-                    None => new.clone(),
-                };
-                let key = plan.key_params(&key_source, lsn)?;
-                let set: Vec<bool> = new
-                    .iter()
-                    .zip(&plan.never_set)
-                    .map(|(v, never)| !v.is_unchanged() && !never)
-                    .collect();
-                if !set.contains(&true) {
-                    return Ok(None);
-                }
-                let sql = plan.update_sql(&set);
-                let mut params: Vec<Option<Bytes>> = new
-                    .into_iter()
-                    .zip(&set)
-                    .filter(|(_, s)| **s)
-                    .map(|(v, _)| v.into_value())
-                    .collect();
-                params.extend(key);
-                Ok(Some(Statement {
-                    sql,
-                    params,
-                    kind: ChangeKind::Update,
-                }))
-            }),
-            PgOutputMessage::Delete(d) => self.change(d.relid, |plan, lsn| {
-                let old = match &d.old {
-                    OldTuple::Key(t) | OldTuple::Full(t) => t,
-                };
-                let old = values(&plan.table, old, plan.columns.len(), lsn)?;
-                Ok(Some(Statement {
-                    sql: plan.delete.clone(),
-                    params: plan.key_params(&old, lsn)?,
-                    kind: ChangeKind::Delete,
-                }))
-            }),
+            PgOutputMessage::Delete(d) => {
+                self.change(d.relid, |plan, ctx| plan.delete(&d.old, ctx))
+            }
             PgOutputMessage::Truncate(t) => {
                 let txn = self
                     .txn
                     .as_ref()
                     .ok_or(ApplyError::OutsideTransaction("Truncate"))?;
-                let final_lsn = txn.final_lsn;
+                let (final_lsn, skip) = (txn.final_lsn, txn.skip);
                 let mut names = Vec::new();
                 for relid in &t.relids {
                     match self.relations.get(relid) {
@@ -287,10 +431,10 @@ impl Applier {
                                 lsn: final_lsn,
                             })
                         }
-                        Some(None) => {}
-                        Some(Some(plan)) => {
-                            if self.applies(&plan.table, final_lsn) {
-                                names.push(plan.table.quoted());
+                        Some(RelEntry::Foreign) | Some(RelEntry::Replaced(_)) => {}
+                        Some(RelEntry::Subset(plan)) => {
+                            if self.applies(&plan.statements.table, final_lsn) {
+                                names.push(plan.statements.table.quoted());
                             }
                         }
                     }
@@ -298,18 +442,23 @@ impl Applier {
                 if names.is_empty() {
                     return Ok(Action::None);
                 }
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.changes += 1;
+                }
+                if skip {
+                    return Ok(Action::None);
+                }
                 let restart = if t.restart_identity() {
                     " RESTART IDENTITY"
                 } else {
                     ""
                 };
-                if let Some(txn) = self.txn.as_mut() {
-                    txn.changes += 1;
-                }
                 Ok(Action::Execute(Statement {
                     sql: format!("TRUNCATE ONLY {}{restart}", names.join(", ")).into(),
                     params: Vec::new(),
                     kind: ChangeKind::Truncate,
+                    relid: t.relids.first().copied().unwrap_or(0),
+                    key: None,
                 }))
             }
             PgOutputMessage::StreamStart(_) => Err(ApplyError::Unexpected("Stream Start")),
@@ -319,24 +468,16 @@ impl Applier {
         }
     }
 
-    /// Whether a change committed at `final_lsn` applies to `table`.
-    fn applies(&self, table: &TableName, final_lsn: Lsn) -> bool {
-        match self.tables.get(table).map(|t| t.sync) {
-            Some(TableSync::Synced(at)) => final_lsn >= at,
-            Some(TableSync::Pending) | None => false,
-        }
-    }
-
     fn change(
         &mut self,
         relid: u32,
-        build: impl FnOnce(&mut RelationPlan, Lsn) -> Result<Option<Statement>, ApplyError>,
+        build: impl FnOnce(&mut RelationPlan, &ChangeContext) -> Result<Option<Statement>, ApplyError>,
     ) -> Result<Action, ApplyError> {
-        let final_lsn = self
+        let txn = self
             .txn
             .as_ref()
-            .ok_or(ApplyError::OutsideTransaction("change"))?
-            .final_lsn;
+            .ok_or(ApplyError::OutsideTransaction("change"))?;
+        let (final_lsn, xid, skip) = (txn.final_lsn, txn.xid, txn.skip);
         let table = match self.relations.get(&relid) {
             None => {
                 return Err(ApplyError::UnknownRelation {
@@ -344,16 +485,36 @@ impl Applier {
                     lsn: final_lsn,
                 })
             }
-            Some(None) => return Ok(Action::None),
-            Some(Some(plan)) => plan.table.clone(),
+            Some(RelEntry::Foreign) => return Ok(Action::None),
+            Some(RelEntry::Replaced(name)) => {
+                if self.applies(name, final_lsn) {
+                    return Err(ApplyError::Replaced {
+                        table: name.clone(),
+                    });
+                }
+                return Ok(Action::None);
+            }
+            Some(RelEntry::Subset(plan)) => plan.statements.table.clone(),
         };
         if !self.applies(&table, final_lsn) {
             return Ok(Action::None);
         }
-        let Some(Some(plan)) = self.relations.get_mut(&relid) else {
+        if skip {
+            if let Some(txn) = self.txn.as_mut() {
+                txn.changes += 1;
+            }
+            return Ok(Action::None);
+        }
+        let ctx = ChangeContext {
+            lsn: final_lsn,
+            xid,
+            relid,
+            describe: self.describe,
+        };
+        let Some(RelEntry::Subset(plan)) = self.relations.get_mut(&relid) else {
             return Ok(Action::None);
         };
-        match build(plan, final_lsn)? {
+        match build(plan, &ctx)? {
             Some(stmt) => {
                 if let Some(txn) = self.txn.as_mut() {
                     txn.changes += 1;
@@ -364,124 +525,358 @@ impl Applier {
         }
     }
 
-    fn relation(&mut self, r: Relation) -> Result<(), ApplyError> {
-        let schema = if r.namespace.is_empty() {
-            "pg_catalog"
-        } else {
-            &r.namespace
-        };
-        let name = TableName::new(schema, &r.name);
-        let Some(table) = self.tables.get(&name) else {
-            if self.relations.insert(r.relid, None).is_none() {
+    /// Which subset table a relation is: by OID when the table's is known, else by name.
+    fn match_table(&self, relid: u32, name: &TableName) -> Option<TableName> {
+        if let Some(t) = self.tables.values().find(|t| t.source_oid == Some(relid)) {
+            return Some(t.name.clone());
+        }
+        self.tables
+            .get(name)
+            .filter(|t| t.source_oid.is_none())
+            .map(|t| t.name.clone())
+    }
+
+    fn learn_relation(&mut self, r: Relation) {
+        let name = relation_name(&r);
+        let Some(table_name) = self.match_table(r.relid, &name) else {
+            if self.tables.contains_key(&name) {
+                self.relations.insert(r.relid, RelEntry::Replaced(name));
+            } else if !matches!(
+                self.relations.insert(r.relid, RelEntry::Foreign),
+                Some(RelEntry::Foreign)
+            ) {
                 self.foreign.push(name);
             }
-            return Ok(());
+            return;
         };
-        for c in &r.columns {
-            if !table.target_columns.contains(&c.name) {
-                return Err(ApplyError::ColumnMissing {
-                    quoted: name.quoted(),
-                    table: name,
-                    column: c.name.clone(),
-                });
-            }
-        }
-        let columns: Vec<String> = r.columns.iter().map(|c| c.name.clone()).collect();
-        let key: Vec<usize> = r
+        let Some(table) = self.tables.get(&table_name) else {
+            return;
+        };
+        let columns: Vec<StatementColumn> = r
             .columns
             .iter()
-            .enumerate()
-            .filter(|(_, c)| c.is_key())
-            .map(|(i, _)| i)
+            .map(|c| {
+                let t = table.target_column(&c.name);
+                StatementColumn {
+                    name: c.name.clone(),
+                    type_name: t.map_or_else(|| "text".to_string(), |t| t.type_name.clone()),
+                    text_compare: t.is_some_and(|t| !t.has_equality),
+                    never_set: t.is_some_and(|t| t.always_identity),
+                }
+            })
             .collect();
-        let never_set = columns
-            .iter()
-            .map(|c| table.always_identity.contains(c))
-            .collect();
-        let quoted_cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-        let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
-        let overriding = if table.always_identity.is_empty() {
-            ""
-        } else {
-            " OVERRIDING SYSTEM VALUE"
+        let statements = TableStatements {
+            table: table_name,
+            key: r
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.is_key())
+                .map(|(i, _)| i)
+                .collect(),
+            full: r.replica_identity == ReplicaIdentity::Full,
+            overriding: table.target_columns.iter().any(|c| c.always_identity),
+            columns,
+            on_conflict: self.options.on_conflict,
+            subset: self.options.subset.clone(),
         };
-        let insert = format!(
-            "INSERT INTO {} ({}){overriding} VALUES ({})",
-            name.quoted(),
-            quoted_cols.join(", "),
-            placeholders.join(", ")
-        );
-        let delete = format!(
-            "DELETE FROM {} WHERE {}",
-            name.quoted(),
-            key_condition(&columns, &key, 1)
-        );
+        let insert: Arc<str> = statements.insert().into();
         self.relations.insert(
             r.relid,
-            Some(RelationPlan {
-                table: name,
-                columns,
-                key,
-                never_set,
-                insert: insert.into(),
-                delete: delete.into(),
-                updates: HashMap::new(),
-            }),
+            RelEntry::Subset(Box::new(RelationPlan {
+                relation: r,
+                statements,
+                checked: false,
+                insert,
+                shapes: HashMap::new(),
+            })),
         );
-        Ok(())
     }
 }
 
-/// `"a" = $n AND "b" = $n+1` over the key columns.
-fn key_condition(columns: &[String], key: &[usize], first: usize) -> String {
-    key.iter()
-        .enumerate()
-        .map(|(i, &k)| format!("{} = ${}", quote_ident(&columns[k]), first + i))
-        .collect::<Vec<_>>()
-        .join(" AND ")
+fn relation_name(r: &Relation) -> TableName {
+    let schema = if r.namespace.is_empty() {
+        "pg_catalog"
+    } else {
+        &r.namespace
+    };
+    TableName::new(schema, &r.name)
+}
+
+/// Compares a Relation with what walrelay followed of `table`.
+fn diff(r: &Relation, table: &ApplyTable, relid: u32, lsn: Lsn, xid: u32) -> Option<SchemaDiff> {
+    let name = relation_name(r);
+    let renamed_to = (name != table.name).then_some(name);
+    let mut added = Vec::new();
+    let mut retyped = Vec::new();
+    let mut missing_on_target = Vec::new();
+    for c in &r.columns {
+        if table.source_columns.is_empty() {
+            // Not known (a subset of an older walrelay): the target's columns stand for them.
+            if table.target_column(&c.name).is_none() {
+                added.push(c.clone());
+            }
+            continue;
+        }
+        match table.source_columns.iter().find(|s| s.name == c.name) {
+            None => added.push(c.clone()),
+            Some(s) if s.type_oid != c.type_oid || s.type_mod != c.type_modifier => {
+                retyped.push((s.clone(), c.clone()))
+            }
+            Some(_) if table.target_column(&c.name).is_none() => {
+                missing_on_target.push(c.name.clone())
+            }
+            Some(_) => {}
+        }
+    }
+    let removed: Vec<SourceColumn> = table
+        .source_columns
+        .iter()
+        .filter(|s| !r.columns.iter().any(|c| c.name == s.name))
+        .cloned()
+        .collect();
+    if renamed_to.is_none()
+        && added.is_empty()
+        && removed.is_empty()
+        && retyped.is_empty()
+        && missing_on_target.is_empty()
+    {
+        return None;
+    }
+    Some(SchemaDiff {
+        relid,
+        table: table.name.clone(),
+        renamed_to,
+        added,
+        removed,
+        retyped,
+        missing_on_target,
+        lsn,
+        xid,
+    })
+}
+
+/// The source transaction and relation of a change, and whether to describe its key.
+struct ChangeContext {
+    lsn: Lsn,
+    xid: u32,
+    relid: u32,
+    describe: bool,
 }
 
 impl RelationPlan {
-    fn update_sql(&mut self, set: &[bool]) -> Arc<str> {
-        if let Some(s) = self.updates.get(set) {
+    fn table(&self) -> &TableName {
+        &self.statements.table
+    }
+
+    fn width(&self) -> usize {
+        self.statements.columns.len()
+    }
+
+    fn recording(&self) -> bool {
+        self.statements.on_conflict != OnConflict::Error
+    }
+
+    fn shape(
+        &mut self,
+        kind: ChangeKind,
+        set: &[bool],
+        nulls: &[bool],
+        upsert_row: bool,
+    ) -> Arc<str> {
+        let key = (kind, set.to_vec(), nulls.to_vec(), upsert_row);
+        if let Some(s) = self.shapes.get(&key) {
             return s.clone();
         }
-        let assignments: Vec<String> = self
-            .columns
-            .iter()
-            .zip(set)
-            .filter(|(_, s)| **s)
-            .enumerate()
-            .map(|(i, (c, _))| format!("{} = ${}", quote_ident(c), i + 1))
-            .collect();
-        let sql: Arc<str> = format!(
-            "UPDATE {} SET {} WHERE {}",
-            self.table.quoted(),
-            assignments.join(", "),
-            key_condition(&self.columns, &self.key, assignments.len() + 1)
-        )
+        let sql: Arc<str> = match kind {
+            ChangeKind::Update => self.statements.update(set, nulls, upsert_row),
+            _ => self.statements.delete(nulls),
+        }
         .into();
-        self.updates.insert(set.to_vec(), sql.clone());
+        self.shapes.insert(key, sql.clone());
         sql
     }
 
-    /// The key columns' values of a row, which must all be present.
-    fn key_params(&self, row: &[Param], lsn: Lsn) -> Result<Vec<Option<Bytes>>, ApplyError> {
-        if self.key.is_empty() {
+    /// The key values of a row (non-NULL ones, in key order) and which are NULL. Without
+    /// REPLICA IDENTITY FULL every key value must be there.
+    fn key_values(
+        &self,
+        row: &[Param],
+        lsn: Lsn,
+    ) -> Result<(Vec<Option<Bytes>>, Vec<bool>), ApplyError> {
+        let s = &self.statements;
+        if s.key.is_empty() {
             return Err(ApplyError::NoKey {
-                table: self.table.clone(),
+                table: self.table().clone(),
             });
         }
-        self.key
+        let mut values = Vec::with_capacity(s.key.len());
+        let mut nulls = Vec::with_capacity(s.key.len());
+        for &k in &s.key {
+            match row.get(k) {
+                Some(Param::Value(Some(v))) => {
+                    values.push(Some(v.clone()));
+                    nulls.push(false);
+                }
+                Some(Param::Value(None)) if s.full => nulls.push(true),
+                _ => {
+                    return Err(ApplyError::BadKey {
+                        table: self.table().clone(),
+                        lsn,
+                    })
+                }
+            }
+        }
+        Ok((values, nulls))
+    }
+
+    /// `(id)=(5)`: a row's key for messages.
+    fn describe_key(&self, row: &[Param]) -> String {
+        let s = &self.statements;
+        let names: Vec<&str> = s.key.iter().map(|&k| s.columns[k].name.as_str()).collect();
+        let values: Vec<String> = s
+            .key
             .iter()
             .map(|&k| match row.get(k) {
-                Some(Param::Value(v)) => Ok(v.clone()),
-                _ => Err(ApplyError::BadKey {
-                    table: self.table.clone(),
-                    lsn,
-                }),
+                Some(Param::Value(Some(v))) => String::from_utf8_lossy(v).into_owned(),
+                _ => "NULL".to_string(),
             })
-            .collect()
+            .collect();
+        format!("({})=({})", names.join(", "), values.join(", "))
+    }
+
+    /// The four parameters of a conflict record: commit LSN, xid, key, row (as JSON).
+    fn record_params(
+        &self,
+        ctx: &ChangeContext,
+        key_row: &[Param],
+        row: &[Param],
+    ) -> [Option<Bytes>; 4] {
+        let s = &self.statements;
+        let pairs = |idx: &mut dyn Iterator<Item = usize>, r: &[Param]| {
+            let items: Vec<(&str, Option<&[u8]>)> = idx
+                .filter_map(|i| match r.get(i) {
+                    Some(Param::Value(v)) => Some((s.columns[i].name.as_str(), v.as_deref())),
+                    _ => None,
+                })
+                .collect();
+            json_object(items)
+        };
+        let key = pairs(&mut s.key.iter().copied(), key_row);
+        let row = pairs(&mut (0..s.columns.len()), row);
+        [
+            Some(Bytes::from(ctx.lsn.to_string())),
+            Some(Bytes::from(ctx.xid.to_string())),
+            Some(Bytes::from(key)),
+            Some(Bytes::from(row)),
+        ]
+    }
+
+    fn statement(
+        &self,
+        sql: Arc<str>,
+        params: Vec<Option<Bytes>>,
+        kind: ChangeKind,
+        ctx: &ChangeContext,
+        key_row: &[Param],
+    ) -> Statement {
+        Statement {
+            sql,
+            params,
+            kind,
+            relid: ctx.relid,
+            key: ctx.describe.then(|| self.describe_key(key_row)),
+        }
+    }
+
+    fn insert(
+        &mut self,
+        new: &TupleData,
+        ctx: &ChangeContext,
+    ) -> Result<Option<Statement>, ApplyError> {
+        let row = values(self.table(), new, self.width(), ctx.lsn)?;
+        if row.iter().any(Param::is_unchanged) {
+            return Err(ApplyError::UnexpectedValue {
+                what: "unchanged-TOAST",
+                table: self.table().clone(),
+            });
+        }
+        let mut params: Vec<Option<Bytes>> = row.iter().map(Param::value).collect();
+        if self.recording() {
+            params.extend(self.record_params(ctx, &row, &row));
+        }
+        Ok(Some(self.statement(
+            self.insert.clone(),
+            params,
+            ChangeKind::Insert,
+            ctx,
+            &row,
+        )))
+    }
+
+    fn update(
+        &mut self,
+        old: Option<&OldTuple>,
+        new: &TupleData,
+        ctx: &ChangeContext,
+    ) -> Result<Option<Statement>, ApplyError> {
+        let new = values(self.table(), new, self.width(), ctx.lsn)?;
+        let key_row = match old {
+            Some(old) => values(self.table(), old.tuple(), self.width(), ctx.lsn)?,
+            None => new.clone(),
+        };
+        let (key, nulls) = self.key_values(&key_row, ctx.lsn)?;
+        let set: Vec<bool> = new
+            .iter()
+            .zip(&self.statements.columns)
+            .map(|(v, c)| !v.is_unchanged() && !c.never_set)
+            .collect();
+        if !set.contains(&true) {
+            return Ok(None);
+        }
+        let upsert_row = self.statements.on_conflict == OnConflict::Upsert
+            && !new.iter().any(Param::is_unchanged);
+        let sql = self.shape(ChangeKind::Update, &set, &nulls, upsert_row);
+        let mut params: Vec<Option<Bytes>> = if upsert_row {
+            new.iter().map(Param::value).collect()
+        } else {
+            new.iter()
+                .zip(&set)
+                .filter(|(_, s)| **s)
+                .map(|(v, _)| v.value())
+                .collect()
+        };
+        params.extend(key);
+        if self.recording() {
+            params.extend(self.record_params(ctx, &key_row, &new));
+        }
+        Ok(Some(self.statement(
+            sql,
+            params,
+            ChangeKind::Update,
+            ctx,
+            &key_row,
+        )))
+    }
+
+    fn delete(
+        &mut self,
+        old: &OldTuple,
+        ctx: &ChangeContext,
+    ) -> Result<Option<Statement>, ApplyError> {
+        let old = values(self.table(), old.tuple(), self.width(), ctx.lsn)?;
+        let (mut params, nulls) = self.key_values(&old, ctx.lsn)?;
+        let sql = self.shape(ChangeKind::Delete, &[], &nulls, false);
+        if self.recording() {
+            params.extend(self.record_params(ctx, &old, &old));
+        }
+        Ok(Some(self.statement(
+            sql,
+            params,
+            ChangeKind::Delete,
+            ctx,
+            &old,
+        )))
     }
 }
 
@@ -497,9 +892,9 @@ impl Param {
         matches!(self, Param::Unchanged)
     }
 
-    fn into_value(self) -> Option<Bytes> {
+    fn value(&self) -> Option<Bytes> {
         match self {
-            Param::Value(v) => v,
+            Param::Value(v) => v.clone(),
             Param::Unchanged => None,
         }
     }
@@ -533,337 +928,4 @@ fn values(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use walrelay_protocol::pgoutput::{
-        Begin, Commit, Delete, Insert, RelationColumn, ReplicaIdentity, Truncate, Update,
-    };
-
-    fn t(s: &str) -> TupleValue {
-        TupleValue::Text(Bytes::copy_from_slice(s.as_bytes()))
-    }
-
-    fn p(s: &str) -> Option<Bytes> {
-        Some(Bytes::copy_from_slice(s.as_bytes()))
-    }
-
-    fn table(name: &str, sync: TableSync) -> ApplyTable {
-        ApplyTable {
-            name: TableName::new("public", name),
-            sync,
-            target_columns: vec!["id".into(), "v".into(), "big".into()],
-            always_identity: vec![],
-        }
-    }
-
-    fn relation(relid: u32, name: &str) -> PgOutputMessage {
-        let col = |name: &str, key: bool| RelationColumn {
-            flags: u8::from(key),
-            name: name.into(),
-            type_oid: 25,
-            type_modifier: -1,
-        };
-        PgOutputMessage::Relation(Relation {
-            xid: None,
-            relid,
-            namespace: "public".into(),
-            name: name.into(),
-            replica_identity: ReplicaIdentity::Default,
-            columns: vec![col("id", true), col("v", false), col("big", false)],
-        })
-    }
-
-    fn begin(lsn: u64) -> PgOutputMessage {
-        PgOutputMessage::Begin(Begin {
-            final_lsn: Lsn(lsn),
-            commit_time: 1,
-            xid: 7,
-        })
-    }
-
-    fn commit(lsn: u64) -> PgOutputMessage {
-        PgOutputMessage::Commit(Commit {
-            flags: 0,
-            commit_lsn: Lsn(lsn),
-            end_lsn: Lsn(lsn + 0x30),
-            commit_time: 1,
-        })
-    }
-
-    fn stmt(a: Action) -> Statement {
-        match a {
-            Action::Execute(s) => s,
-            other => panic!("expected a statement, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn inserts_updates_deletes_and_unchanged_toast() {
-        let mut a = Applier::new([table("t", TableSync::Synced(Lsn(0x100)))]);
-        a.on_message(relation(1, "t")).unwrap();
-        a.on_message(begin(0x200)).unwrap();
-        let s = stmt(
-            a.on_message(PgOutputMessage::Insert(Insert {
-                xid: None,
-                relid: 1,
-                new: TupleData(vec![t("1"), TupleValue::Null, t("x")]),
-            }))
-            .unwrap(),
-        );
-        assert_eq!(
-            &*s.sql,
-            "INSERT INTO \"public\".\"t\" (\"id\", \"v\", \"big\") VALUES ($1, $2, $3)"
-        );
-        assert_eq!(s.params, [p("1"), None, p("x")]);
-        // The big column unchanged: not in SET; the key from the new row.
-        let s = stmt(
-            a.on_message(PgOutputMessage::Update(Update {
-                xid: None,
-                relid: 1,
-                old: None,
-                new: TupleData(vec![t("1"), t("v2"), TupleValue::UnchangedToast]),
-            }))
-            .unwrap(),
-        );
-        assert_eq!(
-            &*s.sql,
-            "UPDATE \"public\".\"t\" SET \"id\" = $1, \"v\" = $2 WHERE \"id\" = $3"
-        );
-        assert_eq!(s.params, [p("1"), p("v2"), p("1")]);
-        // A key change: the old key finds the row.
-        let s = stmt(
-            a.on_message(PgOutputMessage::Update(Update {
-                xid: None,
-                relid: 1,
-                old: Some(OldTuple::Key(TupleData(vec![
-                    t("1"),
-                    TupleValue::Null,
-                    TupleValue::Null,
-                ]))),
-                new: TupleData(vec![t("2"), t("v3"), t("y")]),
-            }))
-            .unwrap(),
-        );
-        assert_eq!(
-            &*s.sql,
-            "UPDATE \"public\".\"t\" SET \"id\" = $1, \"v\" = $2, \"big\" = $3 WHERE \"id\" = $4"
-        );
-        assert_eq!(s.params, [p("2"), p("v3"), p("y"), p("1")]);
-        let s = stmt(
-            a.on_message(PgOutputMessage::Delete(Delete {
-                xid: None,
-                relid: 1,
-                old: OldTuple::Key(TupleData(vec![t("2"), TupleValue::Null, TupleValue::Null])),
-            }))
-            .unwrap(),
-        );
-        assert_eq!(&*s.sql, "DELETE FROM \"public\".\"t\" WHERE \"id\" = $1");
-        assert_eq!(s.params, [p("2")]);
-        assert_eq!(
-            a.on_message(commit(0x200)).unwrap(),
-            Action::Commit {
-                end_lsn: Lsn(0x230),
-                commit_time: 1,
-                changes: 4
-            }
-        );
-        assert!(!a.in_transaction());
-    }
-
-    #[test]
-    fn sync_points_other_tables_and_truncate() {
-        let mut a = Applier::new([
-            table("early", TableSync::Synced(Lsn(0x100))),
-            table("late", TableSync::Synced(Lsn(0x500))),
-            table("pending", TableSync::Pending),
-        ]);
-        for (relid, name) in [(1, "early"), (2, "late"), (3, "pending"), (4, "other")] {
-            a.on_message(relation(relid, name)).unwrap();
-        }
-        assert_eq!(
-            a.take_foreign_relations(),
-            [TableName::new("public", "other")]
-        );
-        a.on_message(relation(4, "other")).unwrap();
-        assert!(a.take_foreign_relations().is_empty(), "reported once");
-        let ins = |relid| {
-            PgOutputMessage::Insert(Insert {
-                xid: None,
-                relid,
-                new: TupleData(vec![t("1"), t("a"), t("b")]),
-            })
-        };
-        // Before late's sync point: only early.
-        a.on_message(begin(0x400)).unwrap();
-        assert!(matches!(a.on_message(ins(1)).unwrap(), Action::Execute(_)));
-        assert_eq!(a.on_message(ins(2)).unwrap(), Action::None);
-        assert_eq!(a.on_message(ins(3)).unwrap(), Action::None);
-        assert_eq!(a.on_message(ins(4)).unwrap(), Action::None);
-        assert!(matches!(
-            a.on_message(commit(0x400)).unwrap(),
-            Action::Commit { changes: 1, .. }
-        ));
-        // At the sync point exactly: applied (the snapshot has what committed before it).
-        a.on_message(begin(0x500)).unwrap();
-        assert!(matches!(a.on_message(ins(2)).unwrap(), Action::Execute(_)));
-        let s = stmt(
-            a.on_message(PgOutputMessage::Truncate(Truncate {
-                xid: None,
-                flags: 3,
-                relids: vec![1, 2, 3, 4],
-            }))
-            .unwrap(),
-        );
-        assert_eq!(
-            &*s.sql,
-            "TRUNCATE ONLY \"public\".\"early\", \"public\".\"late\" RESTART IDENTITY"
-        );
-        assert_eq!(
-            a.on_message(PgOutputMessage::Truncate(Truncate {
-                xid: None,
-                flags: 0,
-                relids: vec![3, 4],
-            }))
-            .unwrap(),
-            Action::None
-        );
-        a.on_message(commit(0x500)).unwrap();
-        // An empty transaction.
-        a.on_message(begin(0x600)).unwrap();
-        assert!(matches!(
-            a.on_message(commit(0x600)).unwrap(),
-            Action::Commit { changes: 0, .. }
-        ));
-    }
-
-    #[test]
-    fn what_cannot_be_applied() {
-        let mut a = Applier::new([table("t", TableSync::Synced(Lsn(1)))]);
-        assert_eq!(
-            a.on_message(commit(5)).unwrap_err(),
-            ApplyError::OutsideTransaction("Commit")
-        );
-        a.on_message(begin(0x10)).unwrap();
-        assert!(matches!(
-            a.on_message(PgOutputMessage::Insert(Insert {
-                xid: None,
-                relid: 9,
-                new: TupleData(vec![])
-            })),
-            Err(ApplyError::UnknownRelation { relid: 9, .. })
-        ));
-        a.on_message(relation(1, "t")).unwrap();
-        assert!(matches!(
-            a.on_message(PgOutputMessage::Insert(Insert {
-                xid: None,
-                relid: 1,
-                new: TupleData(vec![t("1")])
-            })),
-            Err(ApplyError::ColumnCount {
-                got: 1,
-                want: 3,
-                ..
-            })
-        ));
-        assert!(matches!(
-            a.on_message(PgOutputMessage::Delete(Delete {
-                xid: None,
-                relid: 1,
-                old: OldTuple::Key(TupleData(vec![
-                    TupleValue::UnchangedToast,
-                    TupleValue::Null,
-                    TupleValue::Null
-                ]))
-            })),
-            Err(ApplyError::BadKey { .. })
-        ));
-        assert_eq!(
-            a.on_message(begin(0x20)).unwrap_err(),
-            ApplyError::NestedBegin
-        );
-        assert!(matches!(
-            a.on_message(PgOutputMessage::Commit(Commit {
-                flags: 0,
-                commit_lsn: Lsn(0x11),
-                end_lsn: Lsn(0x40),
-                commit_time: 0
-            })),
-            Err(ApplyError::CommitMismatch { .. })
-        ));
-        // A column the target does not have: stop, naming it.
-        let mut a = Applier::new([ApplyTable {
-            target_columns: vec!["id".into(), "v".into()],
-            ..table("t", TableSync::Synced(Lsn(1)))
-        }]);
-        let e = a.on_message(relation(1, "t")).unwrap_err();
-        assert!(
-            e.to_string().contains("column big is not on the target"),
-            "{e}"
-        );
-        // A table whose key went away.
-        let mut a = Applier::new([table("t", TableSync::Synced(Lsn(1)))]);
-        let PgOutputMessage::Relation(mut r) = relation(1, "t") else {
-            unreachable!()
-        };
-        for c in &mut r.columns {
-            c.flags = 0;
-        }
-        a.on_message(PgOutputMessage::Relation(r)).unwrap();
-        a.on_message(begin(0x10)).unwrap();
-        assert!(matches!(
-            a.on_message(PgOutputMessage::Delete(Delete {
-                xid: None,
-                relid: 1,
-                old: OldTuple::Full(TupleData(vec![t("1"), t("a"), t("b")]))
-            })),
-            Err(ApplyError::NoKey { .. })
-        ));
-    }
-
-    #[test]
-    fn identity_always_on_the_target() {
-        let mut a = Applier::new([ApplyTable {
-            always_identity: vec!["id".into()],
-            ..table("t", TableSync::Synced(Lsn(1)))
-        }]);
-        a.on_message(relation(1, "t")).unwrap();
-        a.on_message(begin(0x10)).unwrap();
-        let s = stmt(
-            a.on_message(PgOutputMessage::Insert(Insert {
-                xid: None,
-                relid: 1,
-                new: TupleData(vec![t("1"), t("a"), t("b")]),
-            }))
-            .unwrap(),
-        );
-        assert!(s.sql.contains("OVERRIDING SYSTEM VALUE"), "{}", s.sql);
-        let s = stmt(
-            a.on_message(PgOutputMessage::Update(Update {
-                xid: None,
-                relid: 1,
-                old: None,
-                new: TupleData(vec![t("1"), t("c"), TupleValue::UnchangedToast]),
-            }))
-            .unwrap(),
-        );
-        assert_eq!(
-            &*s.sql,
-            "UPDATE \"public\".\"t\" SET \"v\" = $1 WHERE \"id\" = $2"
-        );
-        // Nothing left to set: nothing to do.
-        assert_eq!(
-            a.on_message(PgOutputMessage::Update(Update {
-                xid: None,
-                relid: 1,
-                old: None,
-                new: TupleData(vec![
-                    t("1"),
-                    TupleValue::UnchangedToast,
-                    TupleValue::UnchangedToast
-                ]),
-            }))
-            .unwrap(),
-            Action::None
-        );
-    }
-}
+mod tests;

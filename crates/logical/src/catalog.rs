@@ -8,13 +8,28 @@
 //! After the core's own `fetch_remote_table_info` (tablesync.c): the replica identity columns are
 //! those of `pg_get_replica_identity_index()`, the primary key by default.
 
-use walrelay_client::{ClientError, Connection, QueryResult};
+use walrelay_client::{ClientError, ConnectParams, Connection, QueryResult};
 
-use crate::schema::{Column, Identity, OwnedSequence, ReplicaIdentity, TableName, TableSchema};
+use crate::error::{Side, SubsetError};
+
+use crate::schema::{
+    Column, Identity, OwnedSequence, ReplicaIdentity, SequenceOptions, TableName, TableSchema,
+};
 
 /// Prepares a session for catalog queries and DDL: names come out schema-qualified.
 pub async fn catalog_session(conn: &mut Connection) -> Result<(), ClientError> {
     conn.batch_execute("SET search_path = ''").await
+}
+
+/// A new session on one side, prepared by [`catalog_session`].
+pub async fn connect(params: &ConnectParams, side: Side) -> Result<Connection, SubsetError> {
+    let mut conn = Connection::connect(params)
+        .await
+        .map_err(SubsetError::connect(side))?;
+    catalog_session(&mut conn)
+        .await
+        .map_err(SubsetError::sql(side, "prepare the session"))?;
+    Ok(conn)
 }
 
 const TABLE_QUERY: &str = "\
@@ -30,8 +45,23 @@ SELECT c.oid::int8 AS oid, c.relkind::text AS relkind, c.relpersistence::text AS
          AS can_write
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = pg_catalog.pg_get_replica_identity_index(c.oid)
+  -- The replica identity index; for REPLICA IDENTITY FULL (which has none) the primary key, so
+  -- that the target gets it and finds rows by it.
+  LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = coalesce(
+       pg_catalog.pg_get_replica_identity_index(c.oid),
+       CASE WHEN c.relreplident = 'f' THEN
+            (SELECT p.indexrelid FROM pg_catalog.pg_index p WHERE p.indrelid = c.oid AND p.indisprimary) END)
  WHERE n.nspname = $1 AND c.relname = $2";
+
+/// Whether a column's type (through a domain, and for an array its element's) has an equality
+/// PostgreSQL can use to match rows: a default btree or hash operator class, or an enum or range.
+/// `json`, `xml`, `point` and the like have none; REPLICA IDENTITY FULL matching compares their
+/// text instead.
+const EQUALITY: &str = "\
+CASE WHEN coalesce(et.typtype, bt.typtype) IN ('e', 'r', 'm') THEN true
+     ELSE EXISTS (SELECT 1 FROM pg_catalog.pg_opclass oc JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod
+                   WHERE oc.opcdefault AND am.amname IN ('btree', 'hash')
+                     AND oc.opcintype = coalesce(et.oid, bt.oid)) END";
 
 fn columns_query(major: u32) -> String {
     let generated = if major >= 12 {
@@ -43,6 +73,7 @@ fn columns_query(major: u32) -> String {
         "\
 SELECT a.attnum::int4 AS attnum, a.attname::text AS name,
        pg_catalog.format_type(a.atttypid, a.atttypmod) AS type, a.atttypid::int8 AS typoid,
+       a.atttypmod::int4 AS typmod, {equality} AS has_equality,
        a.attnotnull AS not_null, a.attidentity::text AS identity, {generated} AS generated,
        pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS default_expr,
        CASE WHEN a.attcollation <> t.typcollation AND a.attcollation <> 0 THEN
@@ -52,11 +83,14 @@ SELECT a.attnum::int4 AS attnum, a.attname::text AS name,
        a.atttypid IN ('pg_catalog.float4'::pg_catalog.regtype, 'pg_catalog.float8'::pg_catalog.regtype) AS is_float
   FROM pg_catalog.pg_attribute a
   JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+  JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+  LEFT JOIN pg_catalog.pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
   LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
   LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
   LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
  WHERE a.attrelid = $1::pg_catalog.oid AND a.attnum > 0 AND NOT a.attisdropped
- ORDER BY a.attnum"
+ ORDER BY a.attnum",
+        equality = EQUALITY
     )
 }
 
@@ -96,6 +130,20 @@ fn first_char(r: &QueryResult, row: usize, col: &str) -> char {
         .unwrap_or(' ')
 }
 
+/// The columns `type, seqstart, seqincrement, seqmin, seqmax, seqcache, seqcycle` of a row of
+/// `pg_sequence` (the type as `format_type` prints it).
+pub fn sequence_options(r: &QueryResult, row: usize) -> Result<SequenceOptions, ClientError> {
+    Ok(SequenceOptions {
+        data_type: field(r, row, "type")?.to_string(),
+        start: number(r, row, "seqstart")?,
+        increment: number(r, row, "seqincrement")?,
+        min: number(r, row, "seqmin")?,
+        max: number(r, row, "seqmax")?,
+        cache: number(r, row, "seqcache")?,
+        cycle: flag(r, row, "seqcycle"),
+    })
+}
+
 /// Reads a table; `None` when there is no relation of that name.
 pub async fn read_table(
     conn: &mut Connection,
@@ -119,6 +167,9 @@ pub async fn read_table(
         attnums.push(number::<i32>(&c, i, "attnum")?);
         let generated = c.get(i, "generated").unwrap_or_default();
         columns.push(Column {
+            attnum: number(&c, i, "attnum")?,
+            type_mod: number(&c, i, "typmod")?,
+            has_equality: flag(&c, i, "has_equality"),
             name: field(&c, i, "name")?.to_string(),
             type_name: field(&c, i, "type")?.to_string(),
             type_oid: number(&c, i, "typoid")?,
@@ -150,13 +201,7 @@ pub async fn read_table(
             name: TableName::new(field(&s, i, "schema")?, field(&s, i, "name")?),
             column: field(&s, i, "column_name")?.to_string(),
             identity: flag(&s, i, "identity"),
-            data_type: field(&s, i, "type")?.to_string(),
-            start: number(&s, i, "seqstart")?,
-            increment: number(&s, i, "seqincrement")?,
-            min: number(&s, i, "seqmin")?,
-            max: number(&s, i, "seqmax")?,
-            cache: number(&s, i, "seqcache")?,
-            cycle: flag(&s, i, "seqcycle"),
+            options: sequence_options(&s, i)?,
         });
     }
     Ok(Some(TableSchema {
@@ -175,6 +220,24 @@ pub async fn read_table(
         can_write: flag(&t, 0, "can_write"),
         owned: flag(&t, 0, "owned"),
     }))
+}
+
+/// The name of the table with this OID, if there is one.
+pub async fn table_name_of(
+    conn: &mut Connection,
+    oid: u32,
+) -> Result<Option<TableName>, ClientError> {
+    let r = conn
+        .query_params(
+            "SELECT n.nspname::text AS schema, c.relname::text AS name FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+              WHERE c.oid = $1::pg_catalog.oid AND c.relkind IN ('r', 'p')",
+            &[Some(&oid.to_string())],
+        )
+        .await?;
+    Ok(r.get(0, "schema")
+        .zip(r.get(0, "name"))
+        .map(|(s, n)| TableName::new(s, n)))
 }
 
 /// The permanent tables of a schema (partitions included, partitioned parents not).

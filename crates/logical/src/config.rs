@@ -1,5 +1,6 @@
 //! What a subset run is given, and the session settings walrelay uses on each side.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,32 @@ use crate::stats::SubsetStats;
 pub const DEFAULT_COPY_JOBS: usize = 4;
 /// Default interval of status updates to the source.
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// Default interval between two copies of the sequences' positions to the target.
+pub const DEFAULT_SEQUENCE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What the apply does with a change the target's rows contradict: an INSERT of a key the target
+/// already has, an UPDATE or DELETE of a row the target does not have.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Stop, naming the table, the key, the source transaction and its commit LSN.
+    #[default]
+    Error,
+    /// The source's row wins: an INSERT updates the existing row, an UPDATE of a missing row
+    /// inserts it; a DELETE of a missing row is left out. Each recorded.
+    Upsert,
+    /// The change is left out and recorded.
+    Skip,
+}
+
+impl OnConflict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnConflict::Error => "error",
+            OnConflict::Upsert => "upsert",
+            OnConflict::Skip => "skip",
+        }
+    }
+}
 
 /// `walrelay subset run`.
 #[derive(Debug, Clone)]
@@ -29,6 +56,29 @@ pub struct RunConfig {
     pub schemas: Vec<String>,
     /// Stop once everything up to this source LSN is applied (`-E`).
     pub endpos: Option<Lsn>,
+    /// Tables to copy again from a fresh snapshot (`--resync`); the others keep streaming.
+    pub resync: Vec<TableName>,
+    /// Copy every table again under a new slot (`--resync-all`): after the slot was lost.
+    pub resync_all: bool,
+    /// Tables without a key given `REPLICA IDENTITY FULL` on the source (`--replica-identity-full`).
+    pub replica_identity_full: Vec<TableName>,
+    /// Every table of the run without a key given `REPLICA IDENTITY FULL` (`--replica-identity
+    /// full`).
+    pub replica_identity_full_all: bool,
+    /// Sequences copied besides the tables' own (`--sequence`). Empty with no tables named: the
+    /// ones the subset has.
+    pub sequences: Vec<TableName>,
+    /// How often the sequences' positions are copied to the target while streaming.
+    pub sequence_interval: Duration,
+    pub on_conflict: OnConflict,
+    /// Leave out the source transaction that commits at this LSN (`--skip-lsn`).
+    pub skip_lsn: Option<Lsn>,
+    /// Make the slot a failover slot (PostgreSQL 17+), synced to standbys with
+    /// `sync_replication_slots`.
+    pub failover: bool,
+    /// Where streamed in-progress transactions are spilled (`--spool-dir`; the system's
+    /// temporary directory by default).
+    pub spool_dir: Option<PathBuf>,
     /// Tables copied at the same time.
     pub copy_jobs: usize,
     pub status_interval: Duration,

@@ -12,7 +12,9 @@
 use walrelay_protocol::ServerVersion;
 
 use crate::error::{Problem, Side};
-use crate::schema::{quote_ident, Identity, OwnedSequence, TableSchema};
+use crate::schema::{
+    quote_ident, Identity, OwnedSequence, SequenceOptions, TableName, TableSchema,
+};
 
 /// The statements that create `t` on a target of version `target`, in order, and the defaults
 /// left out (as `column: expression`) because they would not mean the same there.
@@ -23,12 +25,7 @@ pub fn create_table(
     let mut statements = Vec::new();
     let mut dropped_defaults = Vec::new();
     for s in t.sequences.iter().filter(|s| !s.identity) {
-        statements.push(format!(
-            "CREATE SEQUENCE IF NOT EXISTS {} AS {}{}",
-            s.name.quoted(),
-            s.data_type,
-            sequence_options(s)
-        ));
+        statements.push(create_sequence(&s.name, &s.options));
     }
     let mut defs = Vec::new();
     for c in &t.columns {
@@ -62,7 +59,7 @@ pub fn create_table(
                 d.push_str(&format!(
                     " (SEQUENCE NAME {}{})",
                     s.name.quoted(),
-                    sequence_options(s)
+                    s.options.clauses()
                 ));
             }
         } else if let Some(expr) = &c.default {
@@ -111,15 +108,13 @@ pub fn create_table(
     Ok((statements, dropped_defaults))
 }
 
-fn sequence_options(s: &OwnedSequence) -> String {
+/// `CREATE SEQUENCE IF NOT EXISTS name AS type …` with these options.
+pub fn create_sequence(name: &TableName, options: &SequenceOptions) -> String {
     format!(
-        " INCREMENT BY {} MINVALUE {} MAXVALUE {} START WITH {} CACHE {}{}",
-        s.increment,
-        s.min,
-        s.max,
-        s.start,
-        s.cache.max(1),
-        if s.cycle { " CYCLE" } else { " NO CYCLE" }
+        "CREATE SEQUENCE IF NOT EXISTS {} AS {}{}",
+        name.quoted(),
+        options.data_type,
+        options.clauses()
     )
 }
 
@@ -359,9 +354,12 @@ mod tests {
 
     fn col(name: &str, ty: &str) -> Column {
         Column {
+            attnum: 0,
             name: name.into(),
             type_name: ty.into(),
             type_oid: 0,
+            type_mod: -1,
+            has_equality: true,
             not_null: false,
             default: None,
             identity: Identity::None,
@@ -394,13 +392,15 @@ mod tests {
             name: TableName::new("public", &format!("orders_{column}_seq")),
             column: column.into(),
             identity,
-            data_type: "bigint".into(),
-            start: 1,
-            increment: 1,
-            min: 1,
-            max: i64::MAX,
-            cache: 1,
-            cycle: false,
+            options: SequenceOptions {
+                data_type: "bigint".into(),
+                start: 1,
+                increment: 1,
+                min: 1,
+                max: i64::MAX,
+                cache: 1,
+                cycle: false,
+            },
         }
     }
 

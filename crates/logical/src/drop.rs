@@ -6,14 +6,18 @@ use serde::Serialize;
 use tracing::info;
 use walrelay_client::{ConnectParams, Connection, ServerCondition};
 
+use crate::catalog;
 use crate::config::{source_sql, target_sql};
 use crate::error::{Problem, Side, SubsetError};
 use crate::schema::{quote_literal, SubsetName, TableName};
+use crate::sequences;
 use crate::source;
 use crate::state;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DropReport {
+    /// Sequences moved forward on the target (a last copy, for the cut-over).
+    pub sequences_advanced: usize,
     pub slot_dropped: bool,
     pub publication_dropped: bool,
     pub state_removed: bool,
@@ -36,9 +40,21 @@ pub async fn drop_subset(
     drop_tables: bool,
 ) -> Result<DropReport, SubsetError> {
     let mut report = DropReport::default();
-    let mut src = Connection::connect(&source_sql(source_params, name))
+    let mut src = catalog::connect(&source_sql(source_params, name), Side::Source).await?;
+    let mut tgt = Connection::connect(&target_sql(target, name))
         .await
-        .map_err(SubsetError::connect(Side::Source))?;
+        .map_err(SubsetError::connect(Side::Target))?;
+    let on_tgt = |what: &str| SubsetError::sql(Side::Target, what.to_string());
+    let st = state::load(&mut tgt, name)
+        .await
+        .map_err(on_tgt("read walrelay's state"))?;
+    if let (Some(st), false) = (&st, drop_tables) {
+        // The cut-over's last step: the target's sequences beyond every value the source handed
+        // out (its writers have stopped by now).
+        let tables: Vec<TableName> = st.tables.iter().map(|t| t.table.clone()).collect();
+        let pairs = sequences::pairs(&mut src, &mut tgt, &tables, &st.sequences).await?;
+        report.sequences_advanced = sequences::advance(&mut src, &mut tgt, name, &pairs).await?;
+    }
     let slot = name.slot();
     match source::drop_slot(&mut src, &slot).await {
         Ok(dropped) => report.slot_dropped = dropped,
@@ -65,14 +81,7 @@ pub async fn drop_subset(
         .map_err(SubsetError::sql(Side::Source, "drop the publication"))?;
     src.close().await;
 
-    let mut tgt = Connection::connect(&target_sql(target, name))
-        .await
-        .map_err(SubsetError::connect(Side::Target))?;
-    let on_tgt = |what: &str| SubsetError::sql(Side::Target, what.to_string());
-    if let Some(st) = state::load(&mut tgt, name)
-        .await
-        .map_err(on_tgt("read walrelay's state"))?
-    {
+    if let Some(st) = st {
         let subset = quote_literal(name.as_str());
         let mut sql = String::from("BEGIN;\n");
         if drop_tables {
@@ -80,6 +89,17 @@ pub async fn drop_subset(
                 sql.push_str(&format!("DROP TABLE IF EXISTS {};\n", t.table.quoted()));
                 report.tables_dropped.push(t.table.clone());
             }
+        }
+        if state::layout(&mut tgt)
+            .await
+            .map_err(on_tgt("read walrelay's state"))?
+            >= 2
+        {
+            sql.push_str(&format!(
+                "DELETE FROM walrelay.subset_columns WHERE subset = {subset};
+                 DELETE FROM walrelay.subset_sequences WHERE subset = {subset};
+                 DELETE FROM walrelay.subset_conflicts WHERE subset = {subset};\n"
+            ));
         }
         sql.push_str(&format!(
             "DELETE FROM walrelay.subset_tables WHERE subset = {subset};

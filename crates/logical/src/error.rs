@@ -9,6 +9,7 @@ use walrelay_client::{Classify, ClientError, ErrorClass, ServerCondition};
 use walrelay_protocol::{Lsn, ProtocolError};
 
 use crate::apply::ApplyError;
+use crate::schema::TableName;
 
 /// Which server a problem is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -68,6 +69,39 @@ fn problems_line(p: &[Problem]) -> String {
     }
 }
 
+/// How to go on once the slot lost what the target still needs.
+pub const SLOT_LOST_FIX: &str = "copy every table again with `walrelay subset run … --resync-all` (a new slot; each target table emptied and copied from its snapshot; the other settings kept), or drop the subset; where a standby may be promoted, give the slot --failover (PostgreSQL 17+) so that it survives";
+
+/// Which change found the target's rows not as the source's stream expects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConflictReport {
+    pub table: TableName,
+    /// `INSERT`, `UPDATE`, `DELETE`.
+    pub change: &'static str,
+    /// `(id)=(5)`, or the whole row for a table without a key.
+    pub key: String,
+    /// What the target said or did.
+    pub problem: String,
+    /// The source transaction's commit LSN (what `--skip-lsn` takes) and id.
+    pub lsn: Lsn,
+    pub xid: u32,
+}
+
+impl fmt::Display for ConflictReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "conflict on the target in source transaction {xid} (commit LSN {lsn}): {change} of {table} key {key}: {problem}; was the table written outside walrelay? Decide which row is right, then correct the target and run again, or run again with --skip-lsn {lsn} to leave out that whole source transaction, or with --on-conflict upsert|skip (each conflict then recorded in walrelay.subset_conflicts)",
+            xid = self.xid,
+            lsn = self.lsn,
+            change = self.change,
+            table = self.table,
+            key = self.key,
+            problem = self.problem,
+        )
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum SubsetError {
     #[error("invalid subset name {0:?}: use 1 to 54 lower-case letters, digits and underscores")]
@@ -90,8 +124,8 @@ pub enum SubsetError {
         #[source]
         source: ClientError,
     },
-    #[error("replication slot \"{slot}\" is gone from the source (dropped, invalidated, or the source was replaced): the target cannot be kept in step from where it is; run `walrelay subset drop` with --drop-tables and start the subset again")]
-    SlotLost { slot: String },
+    #[error("replication slot {slot} is {why} on the source: the changes the target still needs are gone from it; {SLOT_LOST_FIX}")]
+    SlotLost { slot: String, why: String },
     #[error("the source is another server (system identifier {found}; the subset was started from {expected}): point -d at the subset's source, or drop the subset and start again")]
     OtherSource { expected: String, found: String },
     #[error("the source sent a malformed replication message: {0}")]
@@ -100,15 +134,34 @@ pub enum SubsetError {
     Apply(#[from] ApplyError),
     #[error("the source ended the replication stream")]
     StreamEnded,
+    #[error("the source sent a later chunk of streamed transaction {xid} without its first: reconnecting (the source streams it again from its start)")]
+    StreamGap { xid: u32 },
     #[error("the source has sent nothing for {secs} s (status updates asked it to answer): reconnecting")]
     SourceSilent { secs: u64 },
     #[error("another `walrelay subset run` for subset \"{name}\" holds its lock on the target: only one may run at a time (a run killed a moment ago lets go as soon as the target notices)")]
     AlreadyRunning { name: String },
-    #[error("{what} on the target failed: {source}: the target's rows no longer match the source's (was the table written to outside walrelay?); correct the row on the target, or copy the table again (run without it, empty it on the target, run with it)")]
-    Conflict {
-        what: String,
+    #[error("{0}")]
+    Conflict(Box<ConflictReport>),
+    /// A group of source transactions conflicted on the target: it was rolled back, and the next
+    /// session applies the transactions up to `until` one statement at a time to name the change.
+    #[error("a change conflicts with the target's rows in the source transactions up to commit LSN {until}: applying them one at a time to name it")]
+    ConflictFound { until: Lsn },
+    /// A table's columns changed on the source in a way walrelay does not follow.
+    #[error(
+        "{table} changed on the source (source transaction {xid}, commit LSN {lsn}): {detail}"
+    )]
+    SchemaChanged {
+        table: TableName,
+        detail: String,
+        lsn: Lsn,
+        xid: u32,
+    },
+    #[error("could not {what} {path}: {source}: free space there, or point --spool-dir at a file system with room for the largest source transaction")]
+    Spool {
+        what: &'static str,
+        path: std::path::PathBuf,
         #[source]
-        source: ClientError,
+        source: std::io::Error,
     },
     #[error("no subset named \"{name}\" on the target: check --name and --target (`walrelay subset status` lists what the target holds)")]
     UnknownSubset { name: String },
@@ -165,9 +218,13 @@ impl Classify for SubsetError {
             SubsetError::SlotLost { .. }
             | SubsetError::OtherSource { .. }
             | SubsetError::Apply(_)
-            | SubsetError::Conflict { .. } => ErrorClass::ServerState,
+            | SubsetError::Conflict(_)
+            | SubsetError::SchemaChanged { .. } => ErrorClass::ServerState,
+            SubsetError::Spool { .. } => ErrorClass::Local,
+            SubsetError::ConflictFound { .. } => ErrorClass::Transient,
             SubsetError::Protocol(_) | SubsetError::NotCaughtUp { .. } => ErrorClass::Other,
             SubsetError::StreamEnded
+            | SubsetError::StreamGap { .. }
             | SubsetError::SourceSilent { .. }
             | SubsetError::AlreadyRunning { .. } => ErrorClass::Transient,
         }

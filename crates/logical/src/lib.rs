@@ -6,8 +6,8 @@
 //!  ┌───────────────────────────┐   COPY … TO STDOUT (snapshot S)   ┌──────────────────────────────────┐
 //!  │ publication walrelay_NAME │ ───────────────────────────────►  │ tables (created from the source's │
 //!  │ slot walrelay_NAME        │   pgoutput stream from the slot   │ catalogs, for the target's major) │
-//!  │  (pgoutput, proto 1)      │ ───────────────────────────────►  │ walrelay.subset_progress          │
-//!  └───────────────────────────┘ ◄── flush = what the target made │ walrelay.subset_tables            │
+//!  │  (pgoutput, proto 1 / 2)  │ ───────────────────────────────►  │ walrelay.subset_progress          │
+//!  └───────────────────────────┘ ◄── flush = what the target made │ walrelay.subset_tables, …         │
 //!                                     durable                      └──────────────────────────────────┘
 //! ```
 //!
@@ -16,9 +16,12 @@
 //!   tables, the publication.
 //! * `sync`: the initial copy under a slot's exported snapshot, several tables in parallel, each
 //!   committed with its sync point; tables added later get their own snapshot and point.
-//! * `stream`: one session — network task and apply task joined by a bounded channel; `apply` is
-//!   the pure core that turns pgoutput messages into statements, `progress` the pure core that
-//!   decides what may be confirmed to the source.
+//! * `stream`: one session — network task and apply task (`apply_session`) joined by a bounded
+//!   channel; `apply` is the pure core that turns pgoutput messages into statements (their SQL in
+//!   `statements`: REPLICA IDENTITY FULL matching, `--on-conflict`), `progress` the pure core that
+//!   decides what may be confirmed to the source; `follow` follows (or refuses, naming the
+//!   choices) schema changes of the source; `spool` keeps transactions the source streams before
+//!   their commit (protocol 2, 14+) on disk; `sequences` copies sequence positions.
 //! * `run`: sessions after sessions with backoff, like `receive`.
 //! * [`status`], [`verify`] (row counts and an order-independent content hash on both sides),
 //!   [`drop_subset`].
@@ -35,26 +38,33 @@
 //! <https://www.postgresql.org/docs/current/protocol-logical-replication.html>.
 
 mod apply;
+mod apply_session;
 mod catalog;
 mod config;
 mod ddl;
 mod drop;
 mod error;
+mod follow;
 mod prepare;
 mod progress;
 mod run;
 mod schema;
+mod sequences;
 mod source;
+mod spool;
 mod state;
+mod statements;
 mod stats;
 mod status;
 mod stream;
 mod sync;
 mod verify;
 
-pub use config::{RunConfig, DEFAULT_COPY_JOBS, DEFAULT_STATUS_INTERVAL};
+pub use config::{
+    OnConflict, RunConfig, DEFAULT_COPY_JOBS, DEFAULT_SEQUENCE_INTERVAL, DEFAULT_STATUS_INTERVAL,
+};
 pub use drop::{drop_subset, DropReport};
-pub use error::{Problem, Side, SubsetError};
+pub use error::{ConflictReport, Problem, Side, SubsetError};
 pub use prepare::{CheckReport, TableAction, TablePlan};
 pub use run::{check, run, RunSummary, StopReason};
 pub use schema::{SubsetName, TableName};

@@ -18,12 +18,16 @@ use walrelay_client::{Connection, ErrorClass};
 use walrelay_protocol::ServerVersion;
 
 use crate::catalog;
+use crate::config::OnConflict;
 use crate::config::RunConfig;
 use crate::ddl;
 use crate::error::{Problem, Side, SubsetError};
 use crate::schema::{quote_ident, quote_literal, ReplicaIdentity, TableName, TableSchema};
+use crate::sequences;
 use crate::source::{self, PublicationInfo, ServerFacts, SlotInfo};
-use crate::state::{self, SubsetState, TableState, CREATE_STATE_TABLES};
+use crate::state::{
+    self, SubsetState, TableState, CREATE_STATE_TABLES, MIGRATE_STATE, STATE_FORMAT,
+};
 
 /// What walrelay will do with a table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -35,6 +39,8 @@ pub enum TableAction {
     CopyIntoExisting,
     /// Copy again: a copy was started and did not finish.
     Recopy,
+    /// Copy again from a fresh snapshot, as asked (`--resync`, `--resync-all`).
+    Resync,
     /// Copied already: stream only.
     Stream,
 }
@@ -64,6 +70,20 @@ pub(crate) struct Planned {
     pub target: Option<TableSchema>,
     ddl: Vec<String>,
     in_state: bool,
+    /// Copy it again (`--resync`): its state goes back to `copying` at setup.
+    resync: bool,
+    /// The target table is dropped and created again at setup (a resync of a table walrelay
+    /// created, whose source columns changed).
+    recreate: bool,
+    /// `REPLICA IDENTITY FULL` is set on the source at setup.
+    set_full_identity: bool,
+}
+
+/// A sequence chosen with `--sequence`, as preflight found it.
+pub(crate) struct PlannedSequence {
+    pub name: TableName,
+    /// The statement that creates it on the target, when it is missing there.
+    create: Option<String>,
 }
 
 pub(crate) struct Prepared {
@@ -72,7 +92,10 @@ pub(crate) struct Prepared {
     publication: Option<PublicationInfo>,
     pub slot: Option<SlotInfo>,
     state_tables: bool,
+    /// The state tables are of an older layout ([`state::MIGRATE_STATE`] runs at setup).
+    state_migrate: bool,
     walrelay_schema: bool,
+    pub sequences: Vec<PlannedSequence>,
     /// Schemas of new tables that the target lacks.
     missing_schemas: BTreeSet<String>,
 }
@@ -121,8 +144,17 @@ fn check_source(f: &ServerFacts, problems: &mut Vec<Problem>) {
     }
 }
 
-/// Why a source table cannot be in a subset, if it cannot.
-fn check_source_table(t: &TableSchema, f: &ServerFacts, published: bool) -> Vec<Problem> {
+/// What REPLICA IDENTITY FULL costs, said wherever walrelay sets or accepts it.
+const FULL_IDENTITY_COST: &str = "every UPDATE and DELETE of it then writes the whole old row into the source's WAL, and walrelay finds each changed row on the target by comparing every column (a scan of the table unless an index covers the columns compared; types without equality, such as json, compared by their text)";
+
+/// Why a source table cannot be in a subset, if it cannot. `full_ok`: the table may go without a
+/// key because it has (or is given, `--replica-identity-full`) REPLICA IDENTITY FULL.
+fn check_source_table(
+    t: &TableSchema,
+    f: &ServerFacts,
+    published: bool,
+    full_ok: bool,
+) -> Vec<Problem> {
     let mut out = Vec::new();
     let name = &t.name;
     match t.relkind {
@@ -148,17 +180,12 @@ fn check_source_table(t: &TableSchema, f: &ServerFacts, published: bool) -> Vec<
             ),
         ));
     }
-    if !t.has_usable_key() {
-        let cause = if t.replica_identity == ReplicaIdentity::Full {
-            format!("{name} has REPLICA IDENTITY FULL and no key, which walrelay subset does not apply yet")
-        } else {
-            format!("{name} has no primary key or replica identity index, so its updated and deleted rows cannot be found on the target")
-        };
+    if !t.has_usable_key() && !full_ok {
         out.push(problem(
             Side::Source,
-            cause,
+            format!("{name} has no primary key or replica identity index, so its updated and deleted rows cannot be found on the target"),
             format!(
-                "give it one on the source (ALTER TABLE {q} ADD PRIMARY KEY (…), or ALTER TABLE {q} REPLICA IDENTITY USING INDEX <a unique index on NOT NULL columns>), or leave it out",
+                "give it one on the source (ALTER TABLE {q} ADD PRIMARY KEY (…), or ALTER TABLE {q} REPLICA IDENTITY USING INDEX <a unique index on NOT NULL columns>), or run with --replica-identity-full {name} (or --replica-identity full for every such table: walrelay sets REPLICA IDENTITY FULL on it; {FULL_IDENTITY_COST}), or leave it out",
                 q = name.quoted()
             ),
         ));
@@ -182,6 +209,222 @@ fn check_source_table(t: &TableSchema, f: &ServerFacts, published: bool) -> Vec<
         ));
     }
     out
+}
+
+/// The slot must still hold the subset's stream (unless it is being started again), and
+/// `--failover` needs logical failover slots (PostgreSQL 17+).
+fn check_slot_health(
+    cfg: &RunConfig,
+    sf: &ServerFacts,
+    slot: Option<&SlotInfo>,
+    started: bool,
+    standby_slots: Option<&str>,
+    problems: &mut Vec<Problem>,
+    notes: &mut Vec<String>,
+) {
+    let name = cfg.name.slot();
+    if started && !cfg.resync_all {
+        let why = match slot {
+            None => Some("missing".to_string()),
+            Some(s) => s.invalidation(),
+        };
+        if let Some(why) = why {
+            problems.push(problem(
+                Side::Source,
+                format!("replication slot {name} of the subset is {why} on the source: the changes the target still needs are gone from it"),
+                crate::error::SLOT_LOST_FIX,
+            ));
+        }
+    }
+    if cfg.failover {
+        if sf.version_num < 170_000 {
+            problems.push(problem(
+                Side::Source,
+                format!("--failover needs logical failover slots, which PostgreSQL {} does not have (17 and later)", sf.version),
+                "run without --failover; after a promotion of a standby of this source the subset is then copied again (--resync-all)",
+            ));
+        } else if standby_slots.is_none_or(str::is_empty) {
+            notes.push(format!(
+                "--failover: synchronized_standby_slots is empty on the source, so walrelay may apply changes a standby never received; after its promotion the target would hold them and the new primary not: list the standbys' physical slots in synchronized_standby_slots (slot {name} is synced to standbys with sync_replication_slots = on)"
+            ));
+        }
+    }
+}
+
+/// What the command line asks of tables must concern tables of the run.
+fn check_request(
+    cfg: &RunConfig,
+    names: &[TableName],
+    state: Option<&SubsetState>,
+    problems: &mut Vec<Problem>,
+) {
+    let usage =
+        |cause: String, fix: &str| problem(Side::Source, cause, fix).with_class(ErrorClass::Usage);
+    for t in &cfg.resync {
+        if !names.contains(t) || state.is_none_or(|s| s.table(t).is_none()) {
+            problems.push(usage(
+                format!("--resync {t}: it is not a table of the subset"),
+                "name a table the subset has (`walrelay subset status` lists them); a new table is added with -t",
+            ));
+        }
+    }
+    for t in &cfg.replica_identity_full {
+        if !names.contains(t) {
+            problems.push(usage(
+                format!("--replica-identity-full {t}: the run does not copy it"),
+                "list it with -t as well",
+            ));
+        }
+    }
+    if let (Some(skip), Some(p)) = (cfg.skip_lsn, state.and_then(|s| s.progress.as_ref())) {
+        if skip < p.applied_lsn {
+            problems.push(usage(
+                format!("--skip-lsn {skip}: the subset has applied the source's changes up to {}, past it", p.applied_lsn),
+                "give the commit LSN the stop named (nothing needs skipping when the subset is past it)",
+            ));
+        }
+    }
+}
+
+/// Every type of a table to be created must exist on the target.
+async fn check_types_exist(
+    tgt: &mut Connection,
+    s: &TableSchema,
+    tf: &ServerFacts,
+    problems: &mut Vec<Problem>,
+) -> Result<(), SubsetError> {
+    let mut seen_types = BTreeSet::new();
+    for (ty, col) in s
+        .columns
+        .iter()
+        .map(|c| (c.type_name.as_str(), c.name.as_str()))
+        .filter(|(ty, _)| seen_types.insert(*ty))
+    {
+        if !catalog::type_exists(tgt, ty)
+            .await
+            .map_err(SubsetError::sql(Side::Target, "look up types"))?
+        {
+            problems.push(problem(
+                Side::Target,
+                format!(
+                    "type {ty} of column {col} of {} does not exist on the target (PostgreSQL {})",
+                    s.name, tf.version
+                ),
+                "create it on the target first (CREATE TYPE, CREATE EXTENSION), or leave the table out",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The role must be able to create objects in `schema` on the target, or the schema itself.
+async fn check_schema_access(
+    tgt: &mut Connection,
+    schema: &str,
+    tf: &ServerFacts,
+    missing_schemas: &mut BTreeSet<String>,
+    problems: &mut Vec<Problem>,
+) -> Result<(), SubsetError> {
+    let (present, can_create) = catalog::schema_access(tgt, schema)
+        .await
+        .map_err(SubsetError::sql(Side::Target, "look up schemas"))?;
+    if !can_create {
+        problems.push(problem(
+            Side::Target,
+            if present {
+                format!(
+                    "role {} may not create objects in schema {schema} on the target",
+                    tf.user
+                )
+            } else {
+                format!(
+                    "schema {schema} does not exist on the target and role {} may not create it",
+                    tf.user
+                )
+            },
+            if present {
+                format!(
+                    "GRANT CREATE ON SCHEMA {} TO {} on the target",
+                    quote_ident(schema),
+                    quote_ident(&tf.user)
+                )
+            } else {
+                format!(
+                    "CREATE SCHEMA {} on the target, or GRANT CREATE ON DATABASE {} TO {}",
+                    quote_ident(schema),
+                    quote_ident(&tf.database),
+                    quote_ident(&tf.user)
+                )
+            },
+        ));
+    }
+    if !present {
+        missing_schemas.insert(schema.to_string());
+    }
+    Ok(())
+}
+
+/// The sequences chosen with `--sequence` (with no table named: the ones the subset has): each
+/// must exist on the source and be readable; a missing one is created on the target.
+async fn plan_sequences(
+    cfg: &RunConfig,
+    state: Option<&SubsetState>,
+    src: &mut Connection,
+    tgt: &mut Connection,
+    tf: &ServerFacts,
+    missing_schemas: &mut BTreeSet<String>,
+    problems: &mut Vec<Problem>,
+) -> Result<Vec<PlannedSequence>, SubsetError> {
+    let named = !cfg.tables.is_empty() || !cfg.schemas.is_empty() || !cfg.sequences.is_empty();
+    let names = if named {
+        cfg.sequences.clone()
+    } else {
+        state.map(|s| s.sequences.clone()).unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let Some(def) = sequences::read_definition(src, &name)
+            .await
+            .map_err(SubsetError::sql(
+                Side::Source,
+                format!("read sequence {name}"),
+            ))?
+        else {
+            problems.push(problem(
+                Side::Source,
+                format!("sequence {name} does not exist on the source"),
+                "check the name (--sequence SCHEMA.SEQUENCE)",
+            ));
+            continue;
+        };
+        if !def.can_read {
+            problems.push(problem(
+                Side::Source,
+                format!("role may not read sequence {name} on the source"),
+                format!(
+                    "GRANT SELECT ON SEQUENCE {} TO the role walrelay connects as",
+                    name.quoted()
+                ),
+            ));
+        }
+        let on_target = sequences::read_definition(tgt, &name)
+            .await
+            .map_err(SubsetError::sql(
+                Side::Target,
+                format!("read sequence {name}"),
+            ))?;
+        let create = match on_target {
+            Some(_) => None,
+            None => {
+                if !missing_schemas.contains(&name.schema) {
+                    check_schema_access(tgt, &name.schema, tf, missing_schemas, problems).await?;
+                }
+                Some(ddl::create_sequence(&def.name, &def.options))
+            }
+        };
+        out.push(PlannedSequence { name, create });
+    }
+    Ok(out)
 }
 
 /// The tables the run is about: `-t` and `--schema`, else those the target's state lists.
@@ -280,6 +523,30 @@ pub(crate) async fn preflight(
         }
     }
 
+    let started = state.as_ref().is_some_and(|st| st.progress.is_some());
+    let standby_slots = if cfg.failover && sf.version_num >= 170_000 {
+        src.query_params(
+            "SELECT pg_catalog.current_setting('synchronized_standby_slots', true) AS v",
+            &[],
+        )
+        .await
+        .map_err(read_src("read synchronized_standby_slots"))?
+        .get(0, "v")
+        .map(str::to_string)
+    } else {
+        None
+    };
+    check_slot_health(
+        cfg,
+        &sf,
+        slot.as_ref(),
+        started,
+        standby_slots.as_deref(),
+        &mut problems,
+        &mut notes,
+    );
+    check_request(cfg, &names, state.as_ref(), &mut problems);
+
     let mut tables = Vec::new();
     let mut plans = Vec::new();
     let mut missing_schemas: BTreeSet<String> = BTreeSet::new();
@@ -288,88 +555,99 @@ pub(crate) async fn preflight(
             .await
             .map_err(read_src(&format!("read table {name}")))?
         else {
-            let in_subset = state.as_ref().is_some_and(|st| st.table(name).is_some());
-            problems.push(problem(
-                Side::Source,
-                format!("table {name} does not exist on the source"),
-                if in_subset {
-                    "it is in the subset: was it dropped or renamed there? Run with -t listing the tables the subset should keep"
-                } else {
-                    "check the name (schema.table; quote mixed-case names: '\"Schema\".\"Table\"')"
-                },
-            ));
+            let in_subset = state.as_ref().and_then(|st| st.table(name));
+            let renamed = match in_subset.and_then(|t| t.source_oid) {
+                Some(oid) => catalog::table_name_of(src, oid)
+                    .await
+                    .map_err(read_src("look up a table by OID"))?,
+                None => None,
+            };
+            problems.push(match renamed {
+                Some(new) => problem(
+                    Side::Source,
+                    format!("table {name} of the subset was renamed to {new} on the source"),
+                    format!("run with -t {new} in place of -t {name} (walrelay copies it under its new name; drop {name} on the target afterwards), or rename it back on the source"),
+                ),
+                None => problem(
+                    Side::Source,
+                    format!("table {name} does not exist on the source"),
+                    if in_subset.is_some() {
+                        "it is in the subset: was it dropped there? Run with -t listing the tables the subset should keep"
+                    } else {
+                        "check the name (schema.table; quote mixed-case names: '\"Schema\".\"Table\"')"
+                    },
+                ),
+            });
             continue;
         };
         let published = publication
             .as_ref()
             .is_some_and(|p| p.tables.contains(name));
-        problems.extend(check_source_table(&s, &sf, published || sf.superuser));
+        let already_full = s.replica_identity == ReplicaIdentity::Full;
+        let wants_full = cfg.replica_identity_full.contains(name)
+            || (cfg.replica_identity_full_all && !s.has_usable_key());
+        let set_full = wants_full && !already_full && !s.has_usable_key();
+        problems.extend(check_source_table(
+            &s,
+            &sf,
+            published || sf.superuser,
+            already_full || wants_full,
+        ));
+        if set_full {
+            if !s.owned && !sf.superuser {
+                problems.push(problem(
+                    Side::Source,
+                    format!("role {} does not own {name}, and only its owner may set its REPLICA IDENTITY", sf.user),
+                    format!("run as the table's owner, or run ALTER TABLE {} REPLICA IDENTITY FULL yourself as its owner", name.quoted()),
+                ));
+            }
+            notes.push(format!(
+                "{name}: REPLICA IDENTITY FULL is set on the source (--replica-identity-full): {FULL_IDENTITY_COST}"
+            ));
+        } else if wants_full && s.has_usable_key() {
+            notes.push(format!(
+                "{name} has a key already: its REPLICA IDENTITY stays as it is (--replica-identity-full is for tables without one)"
+            ));
+        } else if already_full {
+            notes.push(format!(
+                "{name} has REPLICA IDENTITY FULL on the source: {FULL_IDENTITY_COST}"
+            ));
+        }
         let in_state: Option<&TableState> = state.as_ref().and_then(|st| st.table(name));
+        // Dropped and created again on the source since its copy: the copy is of another table.
+        let recreated = in_state
+            .and_then(|st| st.source_oid)
+            .is_some_and(|oid| oid != s.oid);
+        if recreated {
+            notes.push(format!(
+                "{name} was dropped and created again on the source since walrelay copied it: copied again"
+            ));
+        }
+        let resync =
+            in_state.is_some() && (recreated || cfg.resync_all || cfg.resync.contains(name));
         let target = catalog::read_table(tgt, name)
             .await
             .map_err(read_tgt(&format!("read table {name}")))?;
         let mut ddl_statements = Vec::new();
-        let action = match &target {
-            None => {
-                match ddl::create_table(&s, target_version) {
-                    Ok((stmts, dropped)) => {
-                        ddl_statements = stmts;
-                        for d in dropped {
-                            notes.push(format!(
-                                "{name}: the default of column {d} is not created on the target (it may not mean the same there)"
-                            ));
-                        }
-                    }
-                    Err(p) => problems.push(p),
-                }
-                let mut seen_types = BTreeSet::new();
-                for (ty, col) in s
-                    .columns
-                    .iter()
-                    .map(|c| (c.type_name.as_str(), c.name.as_str()))
-                    .filter(|(ty, _)| seen_types.insert(*ty))
-                {
-                    if !catalog::type_exists(tgt, ty)
-                        .await
-                        .map_err(read_tgt("look up types"))?
-                    {
-                        problems.push(problem(
-                            Side::Target,
-                            format!(
-                                "type {ty} of column {col} of {name} does not exist on the target (PostgreSQL {})",
-                                tf.version
-                            ),
-                            "create it on the target first (CREATE TYPE, CREATE EXTENSION), or leave the table out",
-                        ));
-                    }
-                }
-                if !missing_schemas.contains(&name.schema) {
-                    let (present, can_create) = catalog::schema_access(tgt, &name.schema)
-                        .await
-                        .map_err(read_tgt("look up schemas"))?;
-                    if !can_create {
-                        problems.push(problem(
-                            Side::Target,
-                            if present {
-                                format!("role {} may not create tables in schema {} on the target", tf.user, name.schema)
-                            } else {
-                                format!("schema {} does not exist on the target and role {} may not create it", name.schema, tf.user)
-                            },
-                            if present {
-                                format!("GRANT CREATE ON SCHEMA {} TO {} on the target", quote_ident(&name.schema), quote_ident(&tf.user))
-                            } else {
-                                format!("CREATE SCHEMA {} on the target, or GRANT CREATE ON DATABASE {} TO {}", quote_ident(&name.schema), quote_ident(&tf.database), quote_ident(&tf.user))
-                            },
-                        ));
-                    }
-                    if !present {
-                        missing_schemas.insert(name.schema.clone());
-                    }
-                }
-                TableAction::Create
+        let mut recreate = false;
+        let mut create = target.is_none();
+        if let Some(t) = &target {
+            let (mut p, n) = ddl::check_existing(&s, t);
+            if !resync && in_state.is_some_and(TableState::is_synced) {
+                // Streaming: the source's columns may be ahead of the stream; the stream follows
+                // (or names) each change when it gets there.
+                p.clear();
             }
-            Some(t) => {
-                let (p, n) = ddl::check_existing(&s, t);
+            if resync && !p.is_empty() && in_state.is_some_and(|st| st.created_by_walrelay) {
+                // Its source columns changed (the stop that led to --resync): walrelay made it,
+                // so walrelay makes it again.
+                notes.push(format!(
+                    "{name}: the target table is created again (its columns differ from the source's)"
+                ));
+                ddl_statements.push(format!("DROP TABLE {}", name.quoted()));
+                recreate = true;
+                create = true;
+            } else {
                 problems.extend(p);
                 notes.extend(n);
                 if !t.can_read || !t.can_write {
@@ -397,12 +675,52 @@ pub(crate) async fn preflight(
                         ),
                     ));
                 }
-                match in_state {
-                    Some(st) if st.is_synced() => TableAction::Stream,
-                    Some(_) => TableAction::Recopy,
-                    None => TableAction::CopyIntoExisting,
+                if cfg.on_conflict == OnConflict::Upsert && s.has_usable_key() {
+                    let mut want = s.key.clone();
+                    let mut have = t.key.clone();
+                    want.sort();
+                    have.sort();
+                    if want != have {
+                        problems.push(problem(
+                            Side::Target,
+                            format!(
+                                "--on-conflict upsert needs a unique index on ({}) of {name} on the target, and it has none",
+                                s.key.join(", ")
+                            ),
+                            format!(
+                                "CREATE UNIQUE INDEX ON {} ({}) on the target, or use --on-conflict skip",
+                                name.quoted(),
+                                s.key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ")
+                            ),
+                        ));
+                    }
                 }
             }
+        }
+        if create {
+            match ddl::create_table(&s, target_version) {
+                Ok((stmts, dropped)) => {
+                    ddl_statements.extend(stmts);
+                    for d in dropped {
+                        notes.push(format!(
+                            "{name}: the default of column {d} is not created on the target (it may not mean the same there)"
+                        ));
+                    }
+                }
+                Err(p) => problems.push(p),
+            }
+            check_types_exist(tgt, &s, &tf, &mut problems).await?;
+            if target.is_none() && !missing_schemas.contains(&name.schema) {
+                check_schema_access(tgt, &name.schema, &tf, &mut missing_schemas, &mut problems)
+                    .await?;
+            }
+        }
+        let action = match (&target, in_state) {
+            (None, _) => TableAction::Create,
+            _ if resync => TableAction::Resync,
+            (Some(_), Some(st)) if st.is_synced() => TableAction::Stream,
+            (Some(_), Some(_)) => TableAction::Recopy,
+            (Some(_), None) => TableAction::CopyIntoExisting,
         };
         plans.push(TablePlan {
             table: name.clone(),
@@ -414,8 +732,21 @@ pub(crate) async fn preflight(
             target,
             ddl: ddl_statements,
             in_state: in_state.is_some(),
+            resync,
+            recreate,
+            set_full_identity: set_full,
         });
     }
+    let sequences = plan_sequences(
+        cfg,
+        state.as_ref(),
+        src,
+        tgt,
+        &tf,
+        &mut missing_schemas,
+        &mut problems,
+    )
+    .await?;
     let removed: Vec<TableName> = state
         .iter()
         .flat_map(|s| s.tables.iter())
@@ -423,9 +754,10 @@ pub(crate) async fn preflight(
         .filter(|t| !names.contains(t))
         .collect();
 
-    let state_tables = state::exists(tgt)
+    let layout = state::layout(tgt)
         .await
         .map_err(read_tgt("look up walrelay's state"))?;
+    let state_tables = layout > 0;
     let (walrelay_schema, can_create_state) = catalog::schema_access(tgt, "walrelay")
         .await
         .map_err(read_tgt("look up schema walrelay"))?;
@@ -498,8 +830,10 @@ pub(crate) async fn preflight(
         publication,
         slot,
         state_tables,
+        state_migrate: state_tables && layout < STATE_FORMAT,
         walrelay_schema,
         missing_schemas,
+        sequences,
     })
 }
 
@@ -519,21 +853,75 @@ pub(crate) async fn setup(
         sql.push_str(CREATE_STATE_TABLES);
         sql.push_str(";\n");
     }
+    if !p.state_tables || p.state_migrate {
+        sql.push_str(MIGRATE_STATE);
+        sql.push_str(";\n");
+    }
     for schema in &p.missing_schemas {
         sql.push_str(&format!("CREATE SCHEMA {};\n", quote_ident(schema)));
     }
-    for t in p.tables.iter().filter(|t| t.target.is_none()) {
+    for t in p.tables.iter().filter(|t| t.target.is_none() || t.recreate) {
         for s in &t.ddl {
             sql.push_str(s);
             sql.push_str(";\n");
         }
     }
     let subset = quote_literal(cfg.name.as_str());
+    let table_row = |t: &TableName| {
+        format!(
+            "subset = {subset} AND schema_name = {} AND table_name = {}",
+            quote_literal(&t.schema),
+            quote_literal(&t.name)
+        )
+    };
     for r in &p.report.removed {
         sql.push_str(&format!(
-            "DELETE FROM walrelay.subset_tables WHERE subset = {subset} AND schema_name = {} AND table_name = {};\n",
-            quote_literal(&r.schema),
-            quote_literal(&r.name)
+            "DELETE FROM walrelay.subset_tables WHERE {w};\nDELETE FROM walrelay.subset_columns WHERE {w};\n",
+            w = table_row(r)
+        ));
+    }
+    if cfg.resync_all {
+        sql.push_str(&format!(
+            "DELETE FROM walrelay.subset_progress WHERE subset = {subset};\n"
+        ));
+    }
+    for t in p.tables.iter().filter(|t| t.resync) {
+        sql.push_str(&format!(
+            "UPDATE walrelay.subset_tables SET state = 'copying', sync_lsn = NULL WHERE {};\n",
+            table_row(&t.source.name)
+        ));
+    }
+    let chosen: Vec<String> = p
+        .sequences
+        .iter()
+        .map(|q| {
+            format!(
+                "({}, {})",
+                quote_literal(&q.name.schema),
+                quote_literal(&q.name.name)
+            )
+        })
+        .collect();
+    sql.push_str(&format!(
+        "DELETE FROM walrelay.subset_sequences WHERE subset = {subset}{};\n",
+        if chosen.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " AND (schema_name, sequence_name) NOT IN ({})",
+                chosen.join(", ")
+            )
+        }
+    ));
+    for q in &p.sequences {
+        if let Some(create) = &q.create {
+            sql.push_str(create);
+            sql.push_str(";\n");
+        }
+        sql.push_str(&format!(
+            "INSERT INTO walrelay.subset_sequences (subset, schema_name, sequence_name) VALUES ({subset}, {}, {}) ON CONFLICT DO NOTHING;\n",
+            quote_literal(&q.name.schema),
+            quote_literal(&q.name.name)
         ));
     }
     for t in p.tables.iter().filter(|t| t.in_state && t.target.is_none()) {
@@ -563,6 +951,20 @@ pub(crate) async fn setup(
     }
     for r in &p.report.removed {
         info!(table = %r, "no longer in the subset (the target table stays)");
+    }
+    // Before the publication: from the moment a table is published, UPDATE and DELETE on it
+    // need its replica identity.
+    for t in p.tables.iter().filter(|t| t.set_full_identity) {
+        src.batch_execute(&format!(
+            "ALTER TABLE {} REPLICA IDENTITY FULL",
+            t.source.name.quoted()
+        ))
+        .await
+        .map_err(SubsetError::sql(
+            Side::Source,
+            format!("set REPLICA IDENTITY FULL on {}", t.source.name),
+        ))?;
+        warn!(table = %t.source.name, "REPLICA IDENTITY FULL set on the source: {FULL_IDENTITY_COST}");
     }
     let names: Vec<TableName> = p.tables.iter().map(|t| t.source.name.clone()).collect();
     source::ensure_publication(src, &cfg.name.publication(), &names, p.publication.as_ref())

@@ -12,7 +12,7 @@ use tracing::warn;
 use walrelay_client::{Backoff, Connection};
 use walrelay_protocol::Lsn;
 
-use crate::catalog::catalog_session;
+use crate::catalog;
 use crate::config::RunConfig;
 use crate::error::{Side, SubsetError};
 use crate::prepare::{self, CheckReport};
@@ -50,18 +50,8 @@ pub async fn check(cfg: &RunConfig) -> Result<CheckReport, SubsetError> {
 }
 
 async fn connect_sql(cfg: &RunConfig) -> Result<(Connection, Connection), SubsetError> {
-    let mut src = Connection::connect(&cfg.source_sql())
-        .await
-        .map_err(SubsetError::connect(Side::Source))?;
-    catalog_session(&mut src)
-        .await
-        .map_err(SubsetError::sql(Side::Source, "prepare the session"))?;
-    let mut tgt = Connection::connect(&cfg.target_sql())
-        .await
-        .map_err(SubsetError::connect(Side::Target))?;
-    catalog_session(&mut tgt)
-        .await
-        .map_err(SubsetError::sql(Side::Target, "prepare the session"))?;
+    let src = catalog::connect(&cfg.source_sql(), Side::Source).await?;
+    let tgt = catalog::connect(&cfg.target_sql(), Side::Target).await?;
     Ok((src, tgt))
 }
 
@@ -85,6 +75,7 @@ async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
 pub async fn run(cfg: RunConfig) -> Result<RunSummary, SubsetError> {
     let mut backoff = Backoff::new(cfg.max_reconnect_delay);
     let mut shutdown = cfg.shutdown.clone();
+    let mut retry = Retry::default();
     loop {
         if *shutdown.borrow() {
             return Ok(RunSummary {
@@ -94,7 +85,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, SubsetError> {
         }
         let began = Instant::now();
         let mut streamed = false;
-        let result = attempt(&cfg, &mut streamed).await;
+        let result = attempt(&cfg, &mut streamed, &mut retry).await;
         cfg.stats.set_connected(false);
         let e = match result {
             Ok(SessionEnd::EndPosition(applied)) => {
@@ -108,6 +99,12 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, SubsetError> {
                     stop: StopReason::Shutdown,
                     applied,
                 })
+            }
+            Err(SubsetError::ConflictFound { until }) => {
+                // At once, without backoff: the next session names the conflict.
+                warn!(until = %until, "a change conflicts with the target's rows: applying the source transactions up to commit LSN {until} one at a time to name it");
+                retry.precise_until = Some(until);
+                continue;
             }
             Err(e) if cfg.reconnect && e.is_retryable() => e,
             Err(e) => return Err(e),
@@ -127,20 +124,38 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, SubsetError> {
     }
 }
 
+/// What an attempt carries over to the next.
+#[derive(Debug, Default)]
+struct Retry {
+    /// Preflight, setup and the copies are done: a later attempt only streams (it finds the
+    /// state it needs on the target, and a lost slot or a changed source are errors there).
+    prepared: bool,
+    /// Apply the source transactions up to here one statement at a time (a conflict was found).
+    precise_until: Option<Lsn>,
+}
+
 /// One attempt: prepare, copy what is not copied, stream. A stop request before streaming drops
 /// the copies in flight (their target transactions roll back); the stream stops cleanly itself.
-async fn attempt(cfg: &RunConfig, streamed: &mut bool) -> Result<SessionEnd, SubsetError> {
+async fn attempt(
+    cfg: &RunConfig,
+    streamed: &mut bool,
+    retry: &mut Retry,
+) -> Result<SessionEnd, SubsetError> {
     cfg.stats.set_phase(Phase::Starting);
     let lock = lock_subset(cfg).await?;
     let mut shutdown = cfg.shutdown.clone();
-    let result = tokio::select! {
-        r = prepare_and_copy(cfg) => r,
-        _ = stop_requested(&mut shutdown) => return Ok(SessionEnd::Shutdown(Lsn::INVALID)),
-    };
-    let result = match result {
-        Ok(()) => stream::session(cfg, streamed).await,
-        Err(e) => Err(e),
-    };
+    if !retry.prepared {
+        let result = tokio::select! {
+            r = prepare_and_copy(cfg) => r,
+            _ = stop_requested(&mut shutdown) => return Ok(SessionEnd::Shutdown(Lsn::INVALID)),
+        };
+        if let Err(e) = result {
+            lock.close().await;
+            return Err(e);
+        }
+        retry.prepared = true;
+    }
+    let result = stream::session(cfg, streamed, retry.precise_until).await;
     lock.close().await;
     result
 }

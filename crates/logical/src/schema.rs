@@ -168,10 +168,17 @@ pub enum Identity {
 /// name outside `pg_catalog` is schema-qualified).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Column {
+    /// `pg_attribute.attnum` on the server read.
+    pub attnum: i32,
     pub name: String,
     /// `format_type(atttypid, atttypmod)`: `integer`, `character varying(20)`, `public.mood[]`.
     pub type_name: String,
     pub type_oid: u32,
+    /// `atttypmod` (-1 when none).
+    pub type_mod: i32,
+    /// Whether the type has an equality usable to match rows (see `catalog`): not `json`, `xml`,
+    /// `point`, …
+    pub has_equality: bool,
     pub not_null: bool,
     /// The default expression, or the generation expression of a generated column.
     pub default: Option<String>,
@@ -184,12 +191,9 @@ pub struct Column {
     pub is_float: bool,
 }
 
-/// A sequence owned by a column: `serial` (`OWNED BY`) or an identity column's.
+/// How a sequence counts, as `pg_sequence` (10+) says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct OwnedSequence {
-    pub name: TableName,
-    pub column: String,
-    pub identity: bool,
+pub struct SequenceOptions {
     /// `format_type` of `pg_sequence.seqtypid`.
     pub data_type: String,
     pub start: i64,
@@ -198,6 +202,41 @@ pub struct OwnedSequence {
     pub max: i64,
     pub cache: i64,
     pub cycle: bool,
+}
+
+impl SequenceOptions {
+    /// ` INCREMENT BY … MINVALUE … MAXVALUE … START WITH … CACHE … [NO] CYCLE` (the type is
+    /// the caller's: an identity column's sequence takes the column's).
+    pub fn clauses(&self) -> String {
+        format!(
+            " INCREMENT BY {} MINVALUE {} MAXVALUE {} START WITH {} CACHE {}{}",
+            self.increment,
+            self.min,
+            self.max,
+            self.start,
+            self.cache.max(1),
+            if self.cycle { " CYCLE" } else { " NO CYCLE" }
+        )
+    }
+}
+
+/// A sequence owned by a column: `serial` (`OWNED BY`) or an identity column's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OwnedSequence {
+    pub name: TableName,
+    pub column: String,
+    pub identity: bool,
+    pub options: SequenceOptions,
+}
+
+/// A column of a subset table as the source had it when walrelay last followed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceColumn {
+    pub name: String,
+    /// `pg_attribute.attnum` on the source: a renamed column keeps it, a new one never reuses it.
+    pub attnum: i32,
+    pub type_oid: u32,
+    pub type_mod: i32,
 }
 
 /// A table as one server's catalogs describe it.
@@ -211,8 +250,8 @@ pub struct TableSchema {
     pub persistence: char,
     #[serde(skip)]
     pub replica_identity: ReplicaIdentity,
-    /// The replica identity columns in index order (the primary key's by default); empty when the
-    /// table has none.
+    /// The replica identity columns in index order (the primary key's by default; with REPLICA
+    /// IDENTITY FULL the primary key's, if any); empty when the table has none.
     pub key: Vec<String>,
     pub key_is_primary: bool,
     pub columns: Vec<Column>,
@@ -244,6 +283,18 @@ impl TableSchema {
             .map(|c| quote_ident(&c.name))
             .collect();
         format!("({})", cols.join(", "))
+    }
+
+    /// The replicated columns as the source's state records them.
+    pub fn source_columns(&self) -> Vec<SourceColumn> {
+        self.replicated_columns()
+            .map(|c| SourceColumn {
+                name: c.name.clone(),
+                attnum: c.attnum,
+                type_oid: c.type_oid,
+                type_mod: c.type_mod,
+            })
+            .collect()
     }
 
     /// Whether changes to it can be matched to rows: a primary key or replica identity index.

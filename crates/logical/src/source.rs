@@ -105,19 +105,51 @@ pub struct SlotInfo {
     pub confirmed_flush: Option<Lsn>,
     /// `wal_status = 'lost'` (13+): the slot was invalidated.
     pub lost: bool,
+    /// `invalidation_reason` (17+; `conflicting` on 16): why the slot was invalidated.
+    pub invalidation_reason: Option<String>,
+    /// `failover` (17+): synced to standbys that run `sync_replication_slots`.
+    pub failover: Option<bool>,
+}
+
+impl SlotInfo {
+    /// Why the slot cannot stream any more, if it cannot: "invalidated (…)".
+    pub fn invalidation(&self) -> Option<String> {
+        let why = match self.invalidation_reason.as_deref() {
+            Some("wal_removed") => "the source removed WAL it still needed: max_slot_wal_keep_size",
+            Some("rows_removed") => "rows it needed were vacuumed away (a standby's conflict)",
+            Some("wal_level_insufficient") => "wal_level was lowered below logical",
+            Some("idle_timeout") => "it was idle longer than idle_replication_slot_timeout",
+            Some(other) => other,
+            None if self.lost => "the source removed WAL it still needed: max_slot_wal_keep_size",
+            None => return None,
+        };
+        Some(format!("invalidated ({why})"))
+    }
 }
 
 pub async fn slot(conn: &mut Connection, name: &str) -> Result<Option<SlotInfo>, ClientError> {
-    let lost = if conn.server_version().major() >= 13 {
+    let major = conn.server_version().major();
+    let lost = if major >= 13 {
         "wal_status = 'lost'"
     } else {
         "false"
+    };
+    let reason = match major {
+        17.. => "invalidation_reason::text",
+        16 => "CASE WHEN conflicting THEN 'rows_removed' END",
+        _ => "NULL::text",
+    };
+    let failover = if major >= 17 {
+        "failover"
+    } else {
+        "NULL::bool"
     };
     let r = conn
         .query_params(
             &format!(
                 "SELECT plugin::text AS plugin, database::text AS database, active, \
-                        confirmed_flush_lsn::text AS confirmed_flush, {lost} AS lost \
+                        confirmed_flush_lsn::text AS confirmed_flush, {lost} AS lost, \
+                        {reason} AS reason, {failover} AS failover \
                    FROM pg_catalog.pg_replication_slots WHERE slot_name = $1"
             ),
             &[Some(name)],
@@ -132,6 +164,8 @@ pub async fn slot(conn: &mut Connection, name: &str) -> Result<Option<SlotInfo>,
         active: flag(&r, "active"),
         confirmed_flush: r.get(0, "confirmed_flush").and_then(|v| v.parse().ok()),
         lost: flag(&r, "lost"),
+        invalidation_reason: r.get(0, "reason").map(str::to_string),
+        failover: r.get(0, "failover").map(|v| v == "t"),
     }))
 }
 
@@ -282,13 +316,15 @@ pub async fn create_slot(
     repl: &mut Connection,
     name: &str,
     temporary: bool,
+    failover: bool,
 ) -> Result<CreatedSlot, ClientError> {
-    let sql = command::create_logical_slot(
+    let sql = command::create_logical_slot_with(
         repl.server_version(),
         name,
         "pgoutput",
         temporary,
         SnapshotAction::Export,
+        failover,
     )
     .map_err(|e| ClientError::Config(e.to_string()))?;
     let r = repl.simple_query(&sql).await?;
@@ -322,4 +358,29 @@ pub async fn current_lsn(conn: &mut Connection) -> Result<Lsn, ClientError> {
     r.get(0, "lsn")
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| ClientError::Unexpected("pg_current_wal_lsn() returned no LSN".into()))
+}
+
+/// Makes the subset's slot a failover slot (PostgreSQL 17+) if it is not one yet, so that
+/// standbys with `sync_replication_slots = on` keep a copy that a promotion makes usable.
+pub async fn ensure_failover(
+    src: &mut Connection,
+    repl: &mut Connection,
+    name: &str,
+) -> Result<(), SubsetError> {
+    let info = slot(src, name)
+        .await
+        .map_err(SubsetError::sql(Side::Source, "read the replication slot"))?;
+    if info.and_then(|s| s.failover) == Some(false) {
+        let sql = command::alter_slot_failover(repl.server_version(), name, true)
+            .map_err(|e| SubsetError::Usage(format!("--failover: {e}")))?;
+        repl.simple_query(&sql).await.map_err(SubsetError::sql(
+            Side::Source,
+            "make the slot a failover slot",
+        ))?;
+        tracing::info!(
+            slot = name,
+            "slot made a failover slot (synced to standbys that run sync_replication_slots)"
+        );
+    }
+    Ok(())
 }

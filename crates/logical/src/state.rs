@@ -8,16 +8,29 @@
 //!                           publication, applied_lsn, source_wal_end, last_commit_time,
 //!                           updated_at, created_at, format)
 //! walrelay.subset_tables   (subset, schema_name, table_name PK; state 'copying' | 'synced',
-//!                           sync_lsn, rows_copied, created_by_walrelay, synced_at)
+//!                           sync_lsn, rows_copied, created_by_walrelay, synced_at, source_oid)
+//! walrelay.subset_columns  (subset, schema_name, table_name, column_name PK; source_attnum,
+//!                           source_type_oid, source_typmod): the source's columns as walrelay
+//!                           last followed them — written with the copy and with each schema
+//!                           change followed, in the same target transaction
+//! walrelay.subset_sequences (subset, schema_name, sequence_name PK; last_value, synced_at): the
+//!                           sequences chosen with --sequence
+//! walrelay.subset_conflicts (id PK, subset, recorded_at, source_commit_lsn, source_xid,
+//!                           schema_name, table_name, change, conflict, resolution, key_values,
+//!                           row_values): every change left out or applied differently
+//!                           (--on-conflict, --skip-lsn), written in the transaction it concerns
 //! ```
+//!
+//! Format 2 added `source_oid` and the last three tables; [`MIGRATE_STATE`] brings a format-1
+//! target there (idempotent, run by every `subset run` that finds it needed).
 
 use walrelay_client::{ClientError, Connection, QueryResult};
 use walrelay_protocol::Lsn;
 
-use crate::schema::{SubsetName, TableName};
+use crate::schema::{quote_literal, SourceColumn, SubsetName, TableName};
 
 /// Version of the layout below, stored in every progress row.
-pub const STATE_FORMAT: i32 = 1;
+pub const STATE_FORMAT: i32 = 2;
 
 /// Creates the state tables (the schema exists by then).
 pub const CREATE_STATE_TABLES: &str = "\
@@ -46,6 +59,79 @@ CREATE TABLE IF NOT EXISTS walrelay.subset_tables (
     PRIMARY KEY (subset, schema_name, table_name)
 )";
 
+/// From format 1 to 2 (and a no-op on format 2): the source's table OIDs and columns, the chosen
+/// sequences, the conflict record.
+pub const MIGRATE_STATE: &str = "\
+ALTER TABLE walrelay.subset_tables ADD COLUMN IF NOT EXISTS source_oid bigint;
+CREATE TABLE IF NOT EXISTS walrelay.subset_columns (
+    subset text NOT NULL,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    column_name text NOT NULL,
+    source_attnum integer NOT NULL,
+    source_type_oid bigint NOT NULL,
+    source_typmod integer NOT NULL,
+    PRIMARY KEY (subset, schema_name, table_name, column_name)
+);
+CREATE TABLE IF NOT EXISTS walrelay.subset_sequences (
+    subset text NOT NULL,
+    schema_name text NOT NULL,
+    sequence_name text NOT NULL,
+    last_value bigint,
+    synced_at timestamptz,
+    PRIMARY KEY (subset, schema_name, sequence_name)
+);
+CREATE TABLE IF NOT EXISTS walrelay.subset_conflicts (
+    id bigserial PRIMARY KEY,
+    subset text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    source_commit_lsn pg_lsn,
+    source_xid bigint,
+    schema_name text,
+    table_name text,
+    change text NOT NULL,
+    conflict text NOT NULL,
+    resolution text NOT NULL,
+    key_values json,
+    row_values json
+)";
+
+/// The SQL that records `columns` as `table`'s source columns (replacing what was there), with
+/// literals: for a simple-query batch inside the transaction that copies or alters the table.
+pub fn record_columns_sql(
+    subset: &SubsetName,
+    table: &TableName,
+    columns: &[SourceColumn],
+) -> String {
+    let (s, sch, tab) = (
+        quote_literal(subset.as_str()),
+        quote_literal(&table.schema),
+        quote_literal(&table.name),
+    );
+    let mut sql = format!(
+        "DELETE FROM walrelay.subset_columns WHERE subset = {s} AND schema_name = {sch} AND table_name = {tab};\n"
+    );
+    if !columns.is_empty() {
+        let rows: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "({s}, {sch}, {tab}, {}, {}, {}, {})",
+                    quote_literal(&c.name),
+                    c.attnum,
+                    c.type_oid,
+                    c.type_mod
+                )
+            })
+            .collect();
+        sql.push_str(&format!(
+            "INSERT INTO walrelay.subset_columns (subset, schema_name, table_name, column_name, source_attnum, source_type_oid, source_typmod) VALUES {};\n",
+            rows.join(", ")
+        ));
+    }
+    sql
+}
+
 /// The progress row moves to `$1` (never backwards): in an apply transaction with the commit time
 /// of its last source transaction (`$2`, microseconds since 2000-01-01), or on its own with `$2`
 /// NULL; `$3` is the source's end of WAL as last seen, `$4` the subset. Returns a row only if the
@@ -71,6 +157,9 @@ pub struct TableState {
     pub rows_copied: Option<i64>,
     pub created_by_walrelay: bool,
     pub synced_at: Option<String>,
+    /// The table's OID on the source (format 2; recorded with the copy).
+    #[serde(skip)]
+    pub source_oid: Option<u32>,
 }
 
 impl TableState {
@@ -100,6 +189,8 @@ pub struct ProgressRow {
 pub struct SubsetState {
     pub progress: Option<ProgressRow>,
     pub tables: Vec<TableState>,
+    /// Sequences chosen with `--sequence`.
+    pub sequences: Vec<TableName>,
 }
 
 impl SubsetState {
@@ -114,14 +205,68 @@ fn lsn_at(r: &QueryResult, row: usize, col: &str) -> Option<Lsn> {
 
 /// Whether the state tables exist on this server.
 pub async fn exists(conn: &mut Connection) -> Result<bool, ClientError> {
+    Ok(layout(conn).await? > 0)
+}
+
+/// The layout of the state tables on this server: 0 (none), 1 or [`STATE_FORMAT`].
+pub async fn layout(conn: &mut Connection) -> Result<i32, ClientError> {
     let r = conn
         .query_params(
-            "SELECT to_regclass('walrelay.subset_progress') IS NOT NULL \
-               AND to_regclass('walrelay.subset_tables') IS NOT NULL AS present",
+            "SELECT CASE WHEN to_regclass('walrelay.subset_progress') IS NULL \
+                          OR to_regclass('walrelay.subset_tables') IS NULL THEN 0 \
+                         WHEN to_regclass('walrelay.subset_conflicts') IS NULL \
+                          OR to_regclass('walrelay.subset_sequences') IS NULL \
+                          OR to_regclass('walrelay.subset_columns') IS NULL \
+                          OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute \
+                                          WHERE attrelid = pg_catalog.to_regclass('walrelay.subset_tables') \
+                                            AND attname = 'source_oid' AND NOT attisdropped) THEN 1 \
+                         ELSE 2 END AS format",
             &[],
         )
         .await?;
-    Ok(r.get(0, "present") == Some("t"))
+    Ok(r.get(0, "format").and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// The source columns recorded for each of a subset's tables (format 2).
+pub async fn load_columns(
+    conn: &mut Connection,
+    subset: &SubsetName,
+) -> Result<Vec<(TableName, SourceColumn)>, ClientError> {
+    if layout(conn).await? < 2 {
+        return Ok(Vec::new());
+    }
+    let r = conn
+        .query_params(
+            "SELECT schema_name, table_name, column_name, source_attnum, source_type_oid, source_typmod \
+               FROM walrelay.subset_columns WHERE subset = $1 \
+              ORDER BY schema_name, table_name, source_attnum",
+            &[Some(subset.as_str())],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(r.rows.len());
+    for i in 0..r.rows.len() {
+        let num = |c: &str| r.get(i, c).and_then(|v| v.parse::<i64>().ok());
+        let (Some(attnum), Some(type_oid), Some(type_mod)) = (
+            num("source_attnum"),
+            num("source_type_oid"),
+            num("source_typmod"),
+        ) else {
+            continue;
+        };
+        out.push((
+            TableName::new(
+                r.get(i, "schema_name").unwrap_or_default(),
+                r.get(i, "table_name").unwrap_or_default(),
+            ),
+            SourceColumn {
+                name: r.get(i, "column_name").unwrap_or_default().to_string(),
+                attnum: attnum as i32,
+                type_oid: type_oid as u32,
+                type_mod: type_mod as i32,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 /// Reads a subset's state; `None` when the target holds nothing for it.
@@ -163,11 +308,19 @@ pub async fn load(
             commit_age_secs: p.get(0, "commit_age").and_then(|v| v.parse().ok()),
         })
     };
+    let v2 = layout(conn).await? >= 2;
+    let oid = if v2 {
+        "source_oid"
+    } else {
+        "NULL::bigint AS source_oid"
+    };
     let t = conn
         .query_params(
-            "SELECT schema_name, table_name, state, sync_lsn::text AS sync_lsn, rows_copied, \
-                    created_by_walrelay, synced_at::text AS synced_at \
-               FROM walrelay.subset_tables WHERE subset = $1 ORDER BY schema_name, table_name",
+            &format!(
+                "SELECT schema_name, table_name, state, sync_lsn::text AS sync_lsn, rows_copied, \
+                        created_by_walrelay, synced_at::text AS synced_at, {oid} \
+                   FROM walrelay.subset_tables WHERE subset = $1 ORDER BY schema_name, table_name"
+            ),
             &[Some(subset.as_str())],
         )
         .await?;
@@ -182,10 +335,33 @@ pub async fn load(
             rows_copied: t.get(i, "rows_copied").and_then(|v| v.parse().ok()),
             created_by_walrelay: t.get(i, "created_by_walrelay") == Some("t"),
             synced_at: t.get(i, "synced_at").map(str::to_string),
+            source_oid: t.get(i, "source_oid").and_then(|v| v.parse().ok()),
         })
         .collect();
+    let mut sequences = Vec::new();
+    if v2 {
+        let s = conn
+            .query_params(
+                "SELECT schema_name, sequence_name FROM walrelay.subset_sequences \
+                  WHERE subset = $1 ORDER BY 1, 2",
+                &[Some(subset.as_str())],
+            )
+            .await?;
+        sequences = (0..s.rows.len())
+            .map(|i| {
+                TableName::new(
+                    s.get(i, "schema_name").unwrap_or_default(),
+                    s.get(i, "sequence_name").unwrap_or_default(),
+                )
+            })
+            .collect();
+    }
     if progress.is_none() && tables.is_empty() {
         return Ok(None);
     }
-    Ok(Some(SubsetState { progress, tables }))
+    Ok(Some(SubsetState {
+        progress,
+        tables,
+        sequences,
+    }))
 }

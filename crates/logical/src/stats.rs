@@ -70,11 +70,30 @@ counters!(
     updates,
     deletes,
     truncates,
-    unmatched,
+    streamed_transactions,
+    streamed_bytes,
+    schema_changes,
+    skipped_transactions,
+    sequences_advanced,
     reconnects,
     connected,
     last_message_unix_ms,
 );
+
+/// Events counted by [`SubsetStats::count`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Count {
+    /// A transaction streamed before its commit was applied.
+    StreamedTransactions,
+    /// Bytes of streamed transactions spilled.
+    StreamedBytes,
+    /// A schema change followed on the target.
+    SchemaChanges,
+    /// A transaction left out (`--skip-lsn`).
+    SkippedTransactions,
+    /// Target sequences moved.
+    SequencesAdvanced,
+}
 
 fn max(a: &AtomicU64, v: u64) {
     a.fetch_max(v, Ordering::Relaxed);
@@ -149,8 +168,17 @@ impl SubsetStats {
         );
     }
 
-    pub(crate) fn unmatched(&self, n: u64) {
-        add(&self.unmatched, n);
+    pub(crate) fn count(&self, what: Count, n: u64) {
+        add(
+            match what {
+                Count::StreamedTransactions => &self.streamed_transactions,
+                Count::StreamedBytes => &self.streamed_bytes,
+                Count::SchemaChanges => &self.schema_changes,
+                Count::SkippedTransactions => &self.skipped_transactions,
+                Count::SequencesAdvanced => &self.sequences_advanced,
+            },
+            n,
+        );
     }
 
     pub(crate) fn reconnect(&self) {

@@ -7,7 +7,7 @@ use walrelay_protocol::Lsn;
 
 use crate::config::{source_sql, target_sql};
 use crate::error::{Side, SubsetError};
-use crate::schema::SubsetName;
+use crate::schema::{SubsetName, TableName};
 use crate::source;
 use crate::state::{self, TableState};
 
@@ -19,6 +19,10 @@ pub struct SlotStatus {
     pub active: bool,
     pub confirmed_flush_lsn: Option<Lsn>,
     pub lost: bool,
+    /// Why it was invalidated ("invalidated (…)"), when it was.
+    pub invalidation: Option<String>,
+    /// A failover slot (PostgreSQL 17+).
+    pub failover: Option<bool>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -42,6 +46,10 @@ pub struct SubsetStatus {
     pub updated_age_seconds: Option<f64>,
     pub slot: Option<SlotStatus>,
     pub tables: Vec<TableState>,
+    /// Sequences chosen with `--sequence`.
+    pub sequences: Vec<TableName>,
+    /// Changes recorded in `walrelay.subset_conflicts` (`--on-conflict`, `--skip-lsn`).
+    pub conflicts_recorded: u64,
 }
 
 pub async fn status(
@@ -58,6 +66,26 @@ pub async fn status(
         .ok_or_else(|| SubsetError::UnknownSubset {
             name: name.to_string(),
         })?;
+    let conflicts_recorded = if state::layout(&mut tgt)
+        .await
+        .map_err(SubsetError::sql(Side::Target, "read walrelay's state"))?
+        >= 2
+    {
+        tgt.query_params(
+            "SELECT count(*) AS n FROM walrelay.subset_conflicts WHERE subset = $1",
+            &[Some(name.as_str())],
+        )
+        .await
+        .map_err(SubsetError::sql(
+            Side::Target,
+            "count the recorded conflicts",
+        ))?
+        .get(0, "n")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+    } else {
+        0
+    };
     tgt.close().await;
     let (mut current, mut slot) = (None, None);
     if let Some(p) = source_params {
@@ -78,7 +106,9 @@ pub async fn status(
             exists: s.is_some(),
             active: s.as_ref().is_some_and(|s| s.active),
             confirmed_flush_lsn: s.as_ref().and_then(|s| s.confirmed_flush),
-            lost: s.as_ref().is_some_and(|s| s.lost),
+            lost: s.as_ref().is_some_and(|s| s.invalidation().is_some()),
+            invalidation: s.as_ref().and_then(|s| s.invalidation()),
+            failover: s.as_ref().and_then(|s| s.failover),
         });
         src.close().await;
     }
@@ -112,5 +142,7 @@ pub async fn status(
         updated_age_seconds: p.map(|p| p.updated_age_secs),
         slot,
         tables: st.tables,
+        sequences: st.sequences,
+        conflicts_recorded,
     })
 }

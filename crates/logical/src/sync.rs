@@ -39,7 +39,7 @@ use crate::error::{Side, SubsetError};
 use crate::prepare::Prepared;
 use crate::schema::{quote_literal, SubsetName, TableSchema};
 use crate::source::{self, CreatedSlot};
-use crate::state::{self, STATE_FORMAT};
+use crate::state::{self, record_columns_sql, STATE_FORMAT};
 use crate::stats::{Phase, SubsetStats};
 
 /// Rows are forwarded in chunks of this size.
@@ -73,7 +73,7 @@ pub(crate) async fn sync_pending(
                     .await
                     .map_err(on_src("drop the unused replication slot"))?;
             }
-            created = source::create_slot(&mut repl, &slot_name, false)
+            created = source::create_slot(&mut repl, &slot_name, false, cfg.failover)
                 .await
                 .map_err(on_src("create the replication slot"))?;
             info!(slot = %slot_name, consistent_point = %created.consistent_point, "replication slot created");
@@ -100,8 +100,20 @@ pub(crate) async fn sync_pending(
                 .await
                 .map_err(on_src("read the replication slot"))?
             {
-                Some(s) if !s.lost => {}
-                _ => return Err(SubsetError::SlotLost { slot: slot_name }),
+                None => {
+                    return Err(SubsetError::SlotLost {
+                        slot: slot_name,
+                        why: "missing".into(),
+                    })
+                }
+                Some(s) => {
+                    if let Some(why) = s.invalidation() {
+                        return Err(SubsetError::SlotLost {
+                            slot: slot_name,
+                            why,
+                        });
+                    }
+                }
             }
             if p.source_system_identifier != sysid {
                 return Err(SubsetError::OtherSource {
@@ -123,7 +135,7 @@ pub(crate) async fn sync_pending(
                 repl.close().await;
                 return Ok(());
             }
-            created = source::create_slot(&mut repl, &sync_slot_name(), true)
+            created = source::create_slot(&mut repl, &sync_slot_name(), true, false)
                 .await
                 .map_err(on_src("create a temporary slot for the copy"))?;
         }
@@ -243,6 +255,16 @@ async fn copy_table(
     let on_src = |what: &str| SubsetError::sql(Side::Source, format!("{what} {name}"));
     let on_tgt = |what: &str| SubsetError::sql(Side::Target, format!("{what} {name}"));
     let q = name.quoted();
+    // The table as the snapshot has it: its columns are what the copy holds, and what the stream
+    // compares schema changes with (recorded below).
+    let t = &crate::catalog::read_table(src, name)
+        .await
+        .map_err(on_src("read, in the copy's snapshot, the table"))?
+        .ok_or_else(|| {
+            SubsetError::Usage(format!(
+                "table {name} is gone from the source (dropped or renamed since the run began): run again"
+            ))
+        })?;
     let cols = t.copy_column_list();
     tgt.batch_execute(&format!("BEGIN; TRUNCATE ONLY {q}"))
         .await
@@ -298,10 +320,15 @@ async fn copy_table(
     }
     let rows_text = rows.to_string();
     let lsn_text = sync_lsn.to_string();
+    let oid_text = t.oid.to_string();
+    tgt.batch_execute(&record_columns_sql(subset, name, &t.source_columns()))
+        .await
+        .map_err(on_tgt("record the columns of"))?;
     let marked = tgt
         .execute_params(
             "UPDATE walrelay.subset_tables \
-                SET state = 'synced', sync_lsn = $1::pg_lsn, rows_copied = $2::bigint, synced_at = now() \
+                SET state = 'synced', sync_lsn = $1::pg_lsn, rows_copied = $2::bigint, synced_at = now(), \
+                    source_oid = $6::bigint \
               WHERE subset = $3 AND schema_name = $4 AND table_name = $5",
             &[
                 Some(&lsn_text),
@@ -309,6 +336,7 @@ async fn copy_table(
                 Some(subset.as_str()),
                 Some(&name.schema),
                 Some(&name.name),
+                Some(&oid_text),
             ],
         )
         .await

@@ -51,6 +51,18 @@ impl ServerVersion {
     pub fn uses_new_option_syntax(self) -> bool {
         self.major() >= 15
     }
+
+    /// `Ok` when the server is at least `needs` (a major), else what `option` needs.
+    pub fn requires(self, option: &'static str, needs: u32) -> Result<(), CommandError> {
+        if self.major() < needs {
+            return Err(CommandError::Unsupported {
+                option,
+                needs,
+                server: self.major(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Oldest and newest majors walrelay speaks to.
@@ -159,13 +171,7 @@ pub fn drop_slot(name: &str, wait: bool) -> Result<String, CommandError> {
 /// `READ_REPLICATION_SLOT name` (PostgreSQL 15+).
 pub fn read_replication_slot(version: ServerVersion, name: &str) -> Result<String, CommandError> {
     validate_slot_name(name)?;
-    if version.major() < 15 {
-        return Err(CommandError::Unsupported {
-            option: "READ_REPLICATION_SLOT",
-            needs: 15,
-            server: version.major(),
-        });
-    }
+    version.requires("READ_REPLICATION_SLOT", 15)?;
     Ok(format!("READ_REPLICATION_SLOT \"{name}\""))
 }
 
@@ -206,6 +212,19 @@ pub fn create_logical_slot(
     temporary: bool,
     snapshot: SnapshotAction,
 ) -> Result<String, CommandError> {
+    create_logical_slot_with(version, name, plugin, temporary, snapshot, false)
+}
+
+/// [`create_logical_slot`], optionally a failover slot (`FAILOVER`, PostgreSQL 17+: synced to
+/// standbys that run `sync_replication_slots`; never temporary).
+pub fn create_logical_slot_with(
+    version: ServerVersion,
+    name: &str,
+    plugin: &str,
+    temporary: bool,
+    snapshot: SnapshotAction,
+    failover: bool,
+) -> Result<String, CommandError> {
     validate_slot_name(name)?;
     if plugin.is_empty()
         || !plugin
@@ -216,6 +235,15 @@ pub fn create_logical_slot(
             what: "output plugin name",
             reason: "use only letters, digits and underscores",
         });
+    }
+    if failover {
+        version.requires("FAILOVER", 17)?;
+        if temporary {
+            return Err(CommandError::InvalidValue {
+                what: "slot options",
+                reason: "a temporary slot cannot be a failover slot",
+            });
+        }
     }
     let mut s = format!("CREATE_REPLICATION_SLOT \"{name}\"");
     if temporary {
@@ -228,7 +256,11 @@ pub fn create_logical_slot(
             SnapshotAction::Nothing => "nothing",
             SnapshotAction::Use => "use",
         };
-        let _ = write!(s, " (SNAPSHOT '{v}')");
+        let _ = write!(s, " (SNAPSHOT '{v}'");
+        if failover {
+            s.push_str(", FAILOVER");
+        }
+        s.push(')');
     } else {
         s.push_str(match snapshot {
             SnapshotAction::Export => " EXPORT_SNAPSHOT",
@@ -237,6 +269,19 @@ pub fn create_logical_slot(
         });
     }
     Ok(s)
+}
+
+/// `ALTER_REPLICATION_SLOT name (FAILOVER true|false)` (PostgreSQL 17+).
+pub fn alter_slot_failover(
+    version: ServerVersion,
+    name: &str,
+    failover: bool,
+) -> Result<String, CommandError> {
+    validate_slot_name(name)?;
+    version.requires("ALTER_REPLICATION_SLOT", 17)?;
+    Ok(format!(
+        "ALTER_REPLICATION_SLOT \"{name}\" (FAILOVER {failover})"
+    ))
 }
 
 /// The highest pgoutput `proto_version` a server accepts: 1 on 10–13, 2 (streaming) on 14,
@@ -306,17 +351,7 @@ pub fn start_logical_replication(
 ) -> Result<String, CommandError> {
     validate_slot_name(slot)?;
     let major = version.major();
-    let needs = |option: &'static str, needs: u32| {
-        if major < needs {
-            Err(CommandError::Unsupported {
-                option,
-                needs,
-                server: major,
-            })
-        } else {
-            Ok(())
-        }
-    };
+    let needs = |option: &'static str, needs: u32| version.requires(option, needs);
     let max = max_pgoutput_proto_version(version);
     if o.proto_version == 0 || o.proto_version > max {
         return Err(CommandError::InvalidValue {
@@ -497,6 +532,36 @@ pub fn base_backup(version: ServerVersion, o: &BaseBackupOptions) -> Result<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failover_slots() {
+        let v17 = ServerVersion(170004);
+        assert_eq!(
+            create_logical_slot_with(v17, "s", "pgoutput", false, SnapshotAction::Export, true)
+                .unwrap(),
+            "CREATE_REPLICATION_SLOT \"s\" LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER)"
+        );
+        assert!(matches!(
+            create_logical_slot_with(
+                ServerVersion(160000),
+                "s",
+                "pgoutput",
+                false,
+                SnapshotAction::Export,
+                true
+            ),
+            Err(CommandError::Unsupported { needs: 17, .. })
+        ));
+        assert!(
+            create_logical_slot_with(v17, "s", "pgoutput", true, SnapshotAction::Export, true)
+                .is_err()
+        );
+        assert_eq!(
+            alter_slot_failover(v17, "s", true).unwrap(),
+            "ALTER_REPLICATION_SLOT \"s\" (FAILOVER true)"
+        );
+        assert!(alter_slot_failover(ServerVersion(160000), "s", true).is_err());
+    }
 
     const V10: ServerVersion = ServerVersion(100023);
     const V11: ServerVersion = ServerVersion(110022);
