@@ -69,8 +69,14 @@ pub struct ReceiveArgs {
     /// Exit on connection loss instead of reconnecting.
     #[arg(short = 'n', long = "no-loop")]
     pub no_loop: bool,
-    /// Compress completed segments: none, gzip[:LEVEL], lz4, zstd[:LEVEL] (archive mode).
-    #[arg(long = "compress", value_name = "METHOD", default_value = "none")]
+    /// Compress completed segments: none, gzip[:LEVEL], lz4, zstd[:LEVEL] (archive mode); as in
+    /// pg_receivewal, a bare level is gzip (`-Z 5`) and 0 is none.
+    #[arg(
+        short = 'Z',
+        long = "compress",
+        value_name = "METHOD",
+        default_value = "none"
+    )]
     pub compress: Compression,
     /// Do not keep SHA-256 checksums of completed segments (archive mode).
     #[arg(long = "no-checksums")]
