@@ -19,7 +19,7 @@ impl Classify for BootstrapError {
             E::CreateSlotWithoutName | E::InvalidSlotName(_) | E::Mapping(_) | E::InvalidLabel => {
                 ErrorClass::Usage
             }
-            E::TargetNotEmpty(_)
+            E::TargetNotEmpty { .. }
             | E::TargetInterrupted(_)
             | E::TargetIsDataDirectory(_)
             | E::TargetNotADirectory(_)

@@ -210,13 +210,14 @@ impl<'c> BaseBackupStream<'c> {
         data_dir: &Path,
         mapping: &TablespaceMapping,
         owner: Owner,
+        dir_mode: u32,
     ) -> Result<Vec<PreparedTablespace>, BackupError> {
         let locations = self.tablespace_locations();
         for unused in mapping.unused(&locations) {
             tracing::warn!(old_dir = %unused.old_dir, "tablespace mapping matches no tablespace of the server");
         }
         Ok(prepare_tablespace_dirs(
-            data_dir, &locations, mapping, owner,
+            data_dir, &locations, mapping, owner, dir_mode,
         )?)
     }
 
