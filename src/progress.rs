@@ -100,11 +100,11 @@ impl Moment {
                 }
                 match self.total {
                     Some(t) => s.push_str(&format!(
-                        "{}/{}",
+                        "copied {} of {}",
                         human_bytes(self.done),
                         human_bytes(t.max(self.done))
                     )),
-                    None => s.push_str(&human_bytes(self.done)),
+                    None => s.push_str(&format!("copied {}", human_bytes(self.done))),
                 }
                 if let Some(p) = self.percent() {
                     s.push_str(&format!(" ({p}%)"));
@@ -116,7 +116,6 @@ impl Moment {
                         s.push_str(&format!(", about {left} s left"));
                     }
                 }
-                s.push_str(" copied");
                 s
             }
             BackupPhase::Finishing => {
@@ -327,7 +326,9 @@ mod tests {
         assert_eq!(m.kb_line(), "23552/47104 kB (50%)");
         let text = m.describe(true);
         assert!(
-            text.starts_with("[===============               ] 23.0 MB/46.0 MB (50%), 2.0 MB/s"),
+            text.starts_with(
+                "[===============               ] copied 23.0 MB of 46.0 MB (50%), 2.0 MB/s"
+            ),
             "{text}"
         );
         assert!(text.contains("about 12 s left"), "{text}");

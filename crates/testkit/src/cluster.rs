@@ -716,7 +716,8 @@ impl Cluster {
         let mut conf =
             fs::read_to_string(&conf_path).map_err(|e| TestkitError::io("read", &conf_path, e))?;
         conf.push_str(&format!("\n{}\n", include_line()));
-        self.user.write_file(&conf_path, conf.as_bytes(), self.data_file_mode())
+        self.user
+            .write_file(&conf_path, conf.as_bytes(), self.data_file_mode())
     }
 
     /// Mode of the configuration files the testkit writes into the data directory: 0640 in a data
@@ -762,7 +763,8 @@ impl Cluster {
             fs::read_to_string(&conf_path).map_err(|e| TestkitError::io("read", &conf_path, e))?;
         if !has_include(&conf) {
             let conf = format!("{conf}\n{}\n", include_line());
-            self.user.write_file(&conf_path, conf.as_bytes(), self.data_file_mode())?;
+            self.user
+                .write_file(&conf_path, conf.as_bytes(), self.data_file_mode())?;
         }
         self.user.write_file(
             &self.data_dir.join(TESTKIT_CONF),
@@ -1026,8 +1028,11 @@ impl Cluster {
     }
 
     fn write_hba(&self, text: &str) -> Result<()> {
-        self.user
-            .write_file(&self.data_dir.join("pg_hba.conf"), text.as_bytes(), self.data_file_mode())
+        self.user.write_file(
+            &self.data_dir.join("pg_hba.conf"),
+            text.as_bytes(),
+            self.data_file_mode(),
+        )
     }
 
     // ---------------------------------------------------------------- SQL

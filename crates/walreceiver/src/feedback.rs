@@ -31,10 +31,10 @@
 //! (`sendFeedback` in receivelog.c): the walsender computes `replay_lag` from the apply position
 //! (`ProcessStandbyReplyMessage` → `LagTrackerRead(SYNC_REP_WAIT_APPLY, applyPtr, now)` in
 //! walsender.c). An apply position that never moves keeps its read head at the oldest sample;
-//! once the 8192-sample buffer is full (minutes of traffic), releases with the lag tracker's
-//! overflow entry (PostgreSQL 13.23, 14.20, 15.15, 16.11, 17.7, 18.1 and later) report
-//! `now - time of that sample` — a `replay_lag` that grows for as long as the connection lasts,
-//! for pg_receivewal too, and trips every replay-lag alert. Reported as the durable position,
+//! once the 8192-sample buffer is full (minutes of traffic), minor releases with the lag tracker's
+//! overflow entry (15.15 and 18.3 have it) report `now - time of that sample` — a `replay_lag`
+//! that grows for as long as the connection lasts, for pg_receivewal too (seen: 19 minutes after
+//! 20 with 15.18), and trips every replay-lag alert. Reported as the durable position,
 //! `replay_lag` equals the flush lag, and two consecutive replies at the server's send position
 //! clear it, as for a caught-up standby (`clearLagTimes`). The flush position keeps
 //! pg_receivewal's rule (reported only with a slot or `--synchronous`, because a valid flush
