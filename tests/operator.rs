@@ -359,15 +359,12 @@ fn a_receiver_in_service_mode_is_observable() {
         primary.switch_wal();
         std::thread::sleep(Duration::from_millis(300));
     }
-    let end = primary.current_wal_lsn();
-    poll::wait_until(
+    server::wait_reported(
+        &primary,
+        "wr_service",
         "the archive's replay_lsn to reach the end of the load",
-        || {
-            server::replication_row(&primary, "wr_service")
-                .and_then(|r| r.replay_lsn)
-                .is_some_and(|l| l >= end)
-        },
-        || primary.psql("SELECT * FROM pg_stat_replication"),
+        |r| r.replay_lsn,
+        primary.current_wal_lsn(),
     );
     let row = primary.psql_rows(
         "SELECT replay_lsn = flush_lsn, coalesce(extract(epoch FROM replay_lag), 0) FROM pg_stat_replication WHERE application_name = 'wr_service'",
@@ -491,4 +488,35 @@ fn a_sidecar_standby_with_its_own_walreceiver_is_refused() {
         lines[0]
     );
     assert!(lines[0].contains("primary_conninfo"), "{}", lines[0]);
+}
+
+/// Item 3: a tablespace whose directory is in the way (here the primary's own, on the same host,
+/// and no `-T`) is reported before the checkpoint — not after a spread checkpoint that would take
+/// 27 minutes here.
+#[test]
+fn a_tablespace_clash_is_reported_before_the_checkpoint() {
+    let primary = Cluster::builder()
+        .name("op-tblspc")
+        .fsync(false)
+        .conf("checkpoint_timeout = '30min'")
+        .conf("checkpoint_completion_target = 0.9")
+        .start();
+    let location = primary.create_tablespace("ts1");
+    primary.psql("CREATE TABLE big TABLESPACE ts1 AS SELECT g FROM generate_series(1, 10000) g");
+    let target = primary.scratch_path("standby");
+    let t0 = std::time::Instant::now();
+    let out = Bootstrap::new(&primary.conninfo(), &target)
+        .args(&["-c", "spread"])
+        .run_within(Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(exit_code::LOCAL), "{}", out.stderr);
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    let lines = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("walrelay: error:"))
+        .collect::<Vec<_>>();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert!(lines[0].contains(path(&location)), "{}", lines[0]);
+    assert!(lines[0].contains("-T OLDDIR=NEWDIR"), "{}", lines[0]);
+    assert!(!target.exists(), "nothing left behind");
 }

@@ -23,7 +23,7 @@
 use std::time::{Duration, Instant};
 
 use tracing::warn;
-use walrelay_client::{Classify, ServerCondition};
+use walrelay_client::{Classify, ClientError, ServerCondition};
 
 use crate::config::{ReceiveSummary, ReceiverConfig, StopReason};
 use crate::error::ReceiveError;
@@ -117,7 +117,18 @@ pub(crate) fn worth_retrying(e: &ReceiveError, ever_streamed: bool, since_start:
     if e.condition() == Some(ServerCondition::SlotInUse) {
         return ever_streamed || since_start < SLOT_BUSY_GRACE;
     }
-    ever_streamed && matches!(e, ReceiveError::Client(c) if c.is_name_resolution())
+    ever_streamed && matches!(e, ReceiveError::Client(c) if resolves_later(c))
+}
+
+/// A failure of name resolution, or of a host list where every host failed either that way or
+/// transiently (one name gone from DNS while the other host restarts, mid-failover).
+fn resolves_later(e: &ClientError) -> bool {
+    match e {
+        ClientError::AllHostsFailed(v) => {
+            v.iter().all(|h| h.is_name_resolution() || h.is_transient())
+        }
+        other => other.is_name_resolution(),
+    }
 }
 
 /// A slot that stayed active for another client since the start, as the error that says so.
@@ -171,7 +182,7 @@ fn summary(cfg: &ReceiverConfig, state: &SessionState, stop: StopReason) -> Rece
 #[cfg(test)]
 mod tests {
     use super::*;
-    use walrelay_client::{ClientError, ServerError};
+    use walrelay_client::ServerError;
 
     fn server(code: &str, message: &str) -> ReceiveError {
         ReceiveError::from_server(ServerError::new(code, message).into(), Some("s"))
@@ -224,8 +235,20 @@ mod tests {
         let early = Duration::from_secs(1);
         // A name that never resolved: a typo, not worth a retry.
         assert!(!worth_retrying(&dns(), false, early));
-        // After streaming: the resolver's bad minute.
+        // After streaming: the resolver's bad minute, also for one host of a list while the
+        // other is down.
         assert!(worth_retrying(&dns(), true, early));
+        let list = || {
+            let ReceiveError::Client(resolve) = dns() else {
+                unreachable!()
+            };
+            ReceiveError::Client(ClientError::AllHostsFailed(vec![
+                resolve,
+                ClientError::Closed,
+            ]))
+        };
+        assert!(!worth_retrying(&list(), false, early));
+        assert!(worth_retrying(&list(), true, early));
         let busy = || server("55006", "replication slot \"s\" is active for PID 7");
         assert!(
             worth_retrying(&busy(), false, early),
