@@ -1384,7 +1384,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             format!(
-                "directory \"{}\" exists but is not empty; choose an empty or new directory",
+                "directory \"{}\" exists but is not empty (it holds \"x\"); choose an empty or new directory",
                 new.display()
             )
         );

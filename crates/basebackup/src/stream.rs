@@ -173,7 +173,7 @@ impl<'c> BaseBackupStream<'c> {
         let total_kb: u64 = header.iter().filter_map(|h| h.size_kb).sum();
         progress.set_total(total_kb.saturating_mul(1024));
         progress.set_done(0);
-        tracing::info!(start = %start, tablespaces = header.len() - 1, total_kb, "base backup started");
+        tracing::info!(start_lsn = %start.lsn, timeline = %start.timeline, tablespaces = header.len() - 1, total_kb, "base backup started");
         Ok(BaseBackupStream {
             conn,
             version,
@@ -301,7 +301,7 @@ impl<'c> BaseBackupStream<'c> {
                 })
             }
         };
-        tracing::info!(end = %end, bytes = received, "base backup received");
+        tracing::info!(end_lsn = %end.lsn, timeline = %end.timeline, bytes = received, "base backup received");
         Ok(BaseBackupResult {
             start,
             end,
