@@ -81,6 +81,10 @@ pub struct BootstrapArgs {
     /// Output format: plain (p) only, as a standby needs a data directory (pg_basebackup's -F).
     #[arg(short = 'F', long = "format", value_name = "p|plain", default_value = "plain", value_parser = parse_format)]
     pub format: String,
+    /// Put the WAL in this directory (absolute; absent or empty), pg_wal being a symbolic link to
+    /// it (pg_basebackup's --waldir).
+    #[arg(long = "waldir", value_name = "WALDIR")]
+    pub waldir: Option<PathBuf>,
     /// Stream WAL without a temporary replication slot when no --slot is given (pg_basebackup's
     /// --no-slot): the primary may then remove WAL before it is streamed.
     #[arg(long = "no-slot", conflicts_with_all = ["slot", "create_slot"])]
@@ -203,6 +207,7 @@ pub async fn run(args: BootstrapArgs) -> Result<i32> {
     config.clean_on_failure = !args.no_clean;
     config.owner = owner;
     config.temporary_slot = !args.no_slot;
+    config.wal_dir = args.waldir.clone();
 
     let progress = BackupProgress::new();
     let display = Display::choose(args.progress, progress::stderr_is_terminal());

@@ -141,16 +141,14 @@ fn subcommand_habit(name: &str) -> Option<&'static str> {
 
 /// What to use instead of a pg_basebackup or pg_receivewal option walrelay does not take. The
 /// options that have a meaning in walrelay are accepted under their pg names (`-R`, `-N`, `-n`,
-/// `-F p`, `--no-slot`, `-Z`, `-v`, `-?`); these are the ones that have none.
+/// `-F p`, `--no-slot`, `--waldir`, `-Z`, `-v`, `-?`); these are the ones that have none.
 fn option_habit(sub: Option<&str>, arg: &str) -> Option<&'static str> {
     let name = arg.split(['=', ' ']).next().unwrap_or(arg);
     let tip = match (sub, name) {
         (Some("bootstrap"), "-z" | "--gzip" | "-Z" | "--compress") => {
             "a standby's data directory is written plain; for a compressed stored backup use pg_basebackup -F t -z"
         }
-        (Some("bootstrap"), "--waldir" | "--xlogdir") => {
-            "move pg_wal after the bootstrap, before the first start: mv DIR/pg_wal WALDIR && ln -s WALDIR DIR/pg_wal"
-        }
+        (Some("bootstrap"), "--xlogdir") => "use --waldir WALDIR",
         (Some("bootstrap"), "-t" | "--target") => {
             "walrelay writes to a local directory only; for server-side backup targets use pg_basebackup --target"
         }
@@ -189,7 +187,7 @@ mod tests {
 
     #[test]
     fn habits_have_tips() {
-        assert!(option_habit(Some("bootstrap"), "--waldir=/x").is_some());
+        assert!(option_habit(Some("bootstrap"), "--xlogdir=/x").is_some());
         assert!(option_habit(Some("bootstrap"), "-Z").is_some());
         assert!(
             option_habit(Some("receive"), "-Z").is_none(),

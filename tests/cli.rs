@@ -139,8 +139,8 @@ fn usage_errors_keep_clap_s_whole_message() {
             &["invalid value 'slow' for '--checkpoint <fast|spread>'"],
         ),
         (
-            &["bootstrap", "-D", "/tmp/x", "--waldir", "/w"],
-            &["'--waldir'", "ln -s WALDIR DIR/pg_wal"],
+            &["bootstrap", "-D", "/tmp/x", "--xlogdir", "/w"],
+            &["'--xlogdir'", "use --waldir WALDIR"],
         ),
         (
             &["bootstrap", "-D", "/tmp/x", "-F", "t"],

@@ -520,3 +520,65 @@ fn a_tablespace_clash_is_reported_before_the_checkpoint() {
     assert!(lines[0].contains("-T OLDDIR=NEWDIR"), "{}", lines[0]);
     assert!(!target.exists(), "nothing left behind");
 }
+
+/// Item 11: `--waldir` as pg_basebackup has it — the WAL in another directory, `pg_wal` a symbolic
+/// link to it — streamed or fetched, and the result starts as a standby; a failed run removes the
+/// WAL directory it created.
+#[test]
+fn waldir_puts_the_wal_elsewhere_behind_a_link() {
+    let primary = Cluster::builder().name("op-waldir").fsync(false).start();
+    primary.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    for method in ["stream", "fetch"] {
+        let target = primary.scratch_path(&format!("standby-{method}"));
+        let waldir = primary.scratch_path(&format!("wal-{method}"));
+        let out = Bootstrap::new(&primary.conninfo(), &target)
+            .args(&["-c", "fast", "-X", method, "--waldir", path(&waldir)])
+            .run();
+        assert!(out.status.success(), "{method}: {}", out.stderr);
+        let link = target.join("pg_wal");
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{method}: pg_wal is a link"
+        );
+        assert_eq!(fs::read_link(&link).unwrap(), waldir, "{method}");
+        let segments = fs::read_dir(&waldir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().len() == 24)
+            .count();
+        assert!(segments > 0, "{method}: no WAL in {}", waldir.display());
+        assert!(waldir.join("archive_status").is_dir(), "{method}");
+        if method == "stream" {
+            let standby = primary.standby(&target).name("op-waldir-standby").start();
+            primary.psql("INSERT INTO t SELECT g FROM generate_series(1, 1000) g");
+            standby.catch_up(&primary);
+            assert_eq!(standby.psql("SELECT count(*) FROM t"), "2000");
+        }
+    }
+    let target = primary.scratch_path("standby-failed");
+    let waldir = primary.scratch_path("wal-failed");
+    let out = Bootstrap::new(&primary.conninfo(), &target)
+        .args(&["-c", "fast", "-S", "nosuch", "--waldir", path(&waldir)])
+        .run();
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code::SERVER_STATE),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !waldir.exists() && !target.exists(),
+        "a failed run leaves nothing"
+    );
+    let out = Bootstrap::new(&primary.conninfo(), &target)
+        .args(&["--waldir", "relative/wal"])
+        .run();
+    assert_eq!(out.status.code(), Some(exit_code::USAGE), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not an absolute path"),
+        "{}",
+        out.stderr
+    );
+}

@@ -19,6 +19,8 @@
 //!    `START_REPLICATION SLOT` at the current position that is ended at once with CopyDone. That
 //!    probe changes nothing: a physical slot only moves when the client reports a flush position,
 //!    and the probe reports none. A slot in use by another walsender is reported as such.
+//!    With `--waldir` the WAL directory (absent or empty, checked with the target) is created
+//!    and `DIR/pg_wal` made a symbolic link to it before the backup, as pg_basebackup does.
 //! 4. **BASE_BACKUP** ([`BaseBackupStream`]) with a manifest (PostgreSQL 13+), the checkpoint mode,
 //!    label, checksum verification and rate limit asked for. As soon as the start position is
 //!    known the tablespace directories are prepared and, with [`WalMethod::Stream`], the WAL
@@ -275,6 +277,9 @@ pub struct BootstrapConfig {
     /// Without `slot`, stream the WAL through a temporary slot (pg_basebackup's default; false is
     /// its `--no-slot`).
     pub temporary_slot: bool,
+    /// `--waldir`: the WAL goes into this directory (absolute; absent or empty), and `pg_wal` in
+    /// the data directory is a symbolic link to it, as pg_basebackup makes it.
+    pub wal_dir: Option<PathBuf>,
 }
 
 impl BootstrapConfig {
@@ -305,6 +310,7 @@ impl BootstrapConfig {
             clean_on_failure: true,
             owner: None,
             temporary_slot: true,
+            wal_dir: None,
         }
     }
 }
@@ -364,6 +370,10 @@ pub enum BootstrapError {
     Mapping(#[from] MappingError),
     #[error("the backup label contains a NUL byte: remove it")]
     InvalidLabel,
+    #[error("--waldir {0} is not an absolute path: give the WAL directory's absolute path")]
+    WalDirNotAbsolute(PathBuf),
+    #[error("--waldir {0} is the data directory itself or inside it: choose a directory outside the data directory")]
+    WalDirInsideTarget(PathBuf),
     #[error("--wal-method stream needs a WAL streamer and none is available here: use --wal-method fetch or none")]
     NoWalStreamer,
     #[error("directory \"{}\" exists but is not empty (it holds \"{entry}\"){}; choose an empty or new directory", dir.display(), lost_found_hint(entry))]
@@ -488,6 +498,14 @@ fn validate(config: &BootstrapConfig, have_streamer: bool) -> Result<Plan<'_>, B
     if config.wal_method == WalMethod::Stream && !have_streamer {
         return Err(BootstrapError::NoWalStreamer);
     }
+    if let Some(w) = &config.wal_dir {
+        if !w.is_absolute() {
+            return Err(BootstrapError::WalDirNotAbsolute(w.clone()));
+        }
+        if w.starts_with(&config.target_dir) {
+            return Err(BootstrapError::WalDirInsideTarget(w.clone()));
+        }
+    }
     Ok(Plan { config, mapping })
 }
 
@@ -590,6 +608,8 @@ struct Cleanup {
     target: PathBuf,
     target_state: TargetState,
     tablespaces: Vec<PreparedTablespace>,
+    /// The `--waldir` directory once prepared, and whether walrelay created it.
+    wal_dir: Option<(PathBuf, bool)>,
     created_slot: Option<String>,
     connect: ConnectParams,
     gate: ExtractionGate,
@@ -634,6 +654,11 @@ impl Cleanup {
                     }
                 }
             }
+        }
+        match &self.wal_dir {
+            Some((dir, true)) => remove_tree(dir),
+            Some((dir, false)) => remove_contents(dir),
+            None => {}
         }
         for ts in &self.tablespaces {
             if ts.in_place {
@@ -764,11 +789,15 @@ where
     let owner = config
         .owner
         .unwrap_or_else(|| Owner::of_dir_if_root(&config.target_dir));
+    if let Some(w) = &config.wal_dir {
+        check_wal_dir(w)?;
+    }
     let target_state = prepare_target(&config.target_dir, owner)?;
     let mut cleanup = Cleanup {
         target: config.target_dir.clone(),
         target_state,
         tablespaces: Vec::new(),
+        wal_dir: None,
         created_slot: None,
         connect: config.connect.clone(),
         gate: ExtractionGate::new(),
@@ -849,6 +878,9 @@ async fn run(
     );
     follow_server_mode(target, cleanup.target_state, modes)?;
     precheck_tablespaces(config, &plan.mapping).await?;
+    if let Some(w) = &config.wal_dir {
+        cleanup.wal_dir = Some(link_wal_dir(target, w, modes, owner)?);
+    }
 
     let mut slot_created = false;
     if let Some(slot) = &config.slot {
@@ -924,6 +956,7 @@ async fn run(
         owner,
         verify_manifest: config.verify,
         gate: cleanup.gate.clone(),
+        wal_dir: config.wal_dir.clone(),
     };
     let received = match handle.as_mut() {
         Some(h) => stream.receive(receive_target, h.failed()).await,
@@ -1231,6 +1264,53 @@ fn follow_server_mode(
     Ok(())
 }
 
+/// `--waldir` must be absent or empty, like the target; checked before anything is created.
+fn check_wal_dir(dir: &Path) -> Result<(), BootstrapError> {
+    match check_dir_empty_or_absent(dir) {
+        Ok(_) => Ok(()),
+        Err(TablespaceError::NotEmpty { dir, entry }) => {
+            Err(BootstrapError::TargetNotEmpty { dir, entry })
+        }
+        Err(TablespaceError::NotADirectory(p)) => Err(BootstrapError::TargetNotADirectory(p)),
+        Err(TablespaceError::Access { path, source }) => {
+            Err(BootstrapError::TargetAccess { path, source })
+        }
+        Err(other) => Err(BootstrapError::TargetAccess {
+            path: dir.to_path_buf(),
+            source: io::Error::other(other.to_string()),
+        }),
+    }
+}
+
+/// Creates the `--waldir` directory (with the data directory's modes and owner) if it is absent,
+/// and `target/pg_wal` as a symbolic link to it, durably. Returns it and whether it was created,
+/// for the cleanup.
+fn link_wal_dir(
+    target: &Path,
+    wal_dir: &Path,
+    modes: CreateModes,
+    owner: Owner,
+) -> Result<(PathBuf, bool), BootstrapError> {
+    let create_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BootstrapError::CreateWalDir { path, source }
+    };
+    let created = !wal_dir.exists();
+    if created {
+        create_dir_all_durable(wal_dir, modes.dir, owner).map_err(create_err(wal_dir))?;
+    } else {
+        owner.apply(wal_dir).map_err(create_err(wal_dir))?;
+    }
+    let link = target.join("pg_wal");
+    std::os::unix::fs::symlink(wal_dir, &link).map_err(|e| BootstrapError::CreateWalDir {
+        path: link.clone(),
+        source: DurableError::new("create symbolic link", &link, e),
+    })?;
+    owner.apply(&link).map_err(create_err(&link))?;
+    walrelay_durable::fsync_dir(target).map_err(create_err(target))?;
+    Ok((wal_dir.to_path_buf(), created))
+}
+
 /// How long the tablespace pre-check may take (one SQL connection to the primary).
 const TABLESPACE_PRECHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1424,6 +1504,7 @@ mod tests {
                 target: dir.clone(),
                 target_state: state,
                 tablespaces: Vec::new(),
+                wal_dir: None,
                 created_slot: None,
                 connect: config(&dir).connect,
                 gate: ExtractionGate::new(),
@@ -1508,6 +1589,7 @@ mod tests {
                 target: dir.clone(),
                 target_state: state,
                 tablespaces: vec![ts(1, &ts_created, true), ts(2, &ts_existing, false)],
+                wal_dir: None,
                 created_slot: None,
                 connect: c.connect.clone(),
                 gate: ExtractionGate::new(),

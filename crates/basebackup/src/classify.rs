@@ -16,9 +16,12 @@ impl Classify for BootstrapError {
     fn class(&self) -> ErrorClass {
         use BootstrapError as E;
         match self {
-            E::CreateSlotWithoutName | E::InvalidSlotName(_) | E::Mapping(_) | E::InvalidLabel => {
-                ErrorClass::Usage
-            }
+            E::CreateSlotWithoutName
+            | E::InvalidSlotName(_)
+            | E::Mapping(_)
+            | E::InvalidLabel
+            | E::WalDirNotAbsolute(_)
+            | E::WalDirInsideTarget(_) => ErrorClass::Usage,
             E::TargetNotEmpty { .. }
             | E::TargetInterrupted(_)
             | E::TargetIsDataDirectory(_)

@@ -87,6 +87,8 @@ pub struct ReceiveTarget {
     /// Compute checksums while extracting and check the manifest against them.
     pub verify_manifest: bool,
     pub gate: ExtractionGate,
+    /// `data_dir/pg_wal` is a link to this directory (`--waldir`), made before the backup.
+    pub wal_dir: Option<PathBuf>,
 }
 
 /// The manifest as received, and what checking it found.
@@ -251,6 +253,7 @@ impl<'c> BaseBackupStream<'c> {
             target.tablespaces.clone(),
             target.owner,
         )
+        .with_wal_dir_link(target.wal_dir.clone())
         .with_writeback_behind();
         let extraction = Extraction::spawn(extractor, collector, target.gate.clone());
         tokio::pin!(abort);
