@@ -6,7 +6,6 @@
 //! other and no stale copy of the bar is left above the log.
 
 use std::io::{self, Write};
-use std::str::FromStr;
 use std::sync::Mutex;
 
 use indicatif::ProgressBar;
@@ -14,25 +13,13 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 /// `--log-format`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
+    /// For people.
     #[default]
     Text,
+    /// One JSON object per line, for log shippers.
     Json,
-}
-
-impl FromStr for LogFormat {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            _ => Err(format!(
-                "invalid log format \"{s}\", must be \"text\" or \"json\""
-            )),
-        }
-    }
 }
 
 /// The format chosen at start-up (progress lines follow it: plain text, or JSON log events).

@@ -80,8 +80,9 @@ pub fn render(e: &clap::Error, sub: Option<&str>) -> String {
         } else if problem.is_empty() {
             problem = line.trim_start_matches("error: ").to_string();
         } else {
-            // The list under "the following required arguments were not provided:".
-            if !problem.ends_with(':') {
+            // The list under "the following required arguments were not provided:", or clap's
+            // "[possible values: …]".
+            if !problem.ends_with(':') && !line.starts_with('[') {
                 problem.push(',');
             }
             problem.push(' ');
