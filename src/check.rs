@@ -80,6 +80,8 @@ pub struct SlotReport {
     pub exists: bool,
     pub slot_type: Option<String>,
     pub active: Option<bool>,
+    /// Who streams from it when it is active: `pg_stat_replication`'s application name and state.
+    pub active_client: Option<String>,
     pub restart_lsn: Option<String>,
     pub wal_status: Option<String>,
     pub safe_wal_size: Option<String>,
@@ -267,6 +269,10 @@ async fn check(resolved: &Resolved, slot: Option<&str>) -> Result<CheckReport> {
             r.warnings.push(format!(
                 "max_slot_wal_keep_size = {kb}: a slot whose consumer falls that far behind is invalidated and the replicant must be re-seeded"
             ));
+        } else if let Some(name) = slot {
+            r.warnings.push(format!(
+                "max_slot_wal_keep_size = -1: replication slot \"{name}\" retains WAL without limit — if its consumer stops, pg_wal grows until the primary's disk is full; set max_slot_wal_keep_size to bound it (the slot is then invalidated instead, and the replicant re-seeded)"
+            ));
         }
     }
     if let Some(t) = r.idle_replication_slot_timeout.as_deref() {
@@ -286,6 +292,7 @@ async fn check(resolved: &Resolved, slot: Option<&str>) -> Result<CheckReport> {
                 major,
                 &mut r.problems,
                 &mut r.warnings,
+                &mut r.notes,
             )
             .await,
         );
@@ -372,6 +379,7 @@ async fn check_slot(
     major: u32,
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
+    notes: &mut Vec<String>,
 ) -> SlotReport {
     let mut s = SlotReport {
         name: name.to_string(),
@@ -386,7 +394,7 @@ async fn check_slot(
             _ => "slot_type, active, restart_lsn, NULL, NULL, NULL",
         };
         let q = format!(
-            "SELECT {cols} FROM pg_replication_slots WHERE slot_name = '{}'",
+            "SELECT {cols}, (SELECT format('PID %s, application_name \"%s\", %s', r.pid, r.application_name, r.state) FROM pg_stat_replication r WHERE r.pid = s.active_pid) FROM pg_replication_slots s WHERE slot_name = '{}'",
             name // validated: [a-z0-9_] only
         );
         if let Ok(res) = sql.simple_query(&q).await {
@@ -399,6 +407,7 @@ async fn check_slot(
                     s.wal_status = r.get_idx(0, 3).map(str::to_string);
                     s.safe_wal_size = r.get_idx(0, 4).map(str::to_string);
                     s.invalidation_reason = r.get_idx(0, 5).map(str::to_string);
+                    s.active_client = r.get_idx(0, 6).map(str::to_string);
                 }
             }
         }
@@ -426,9 +435,12 @@ async fn check_slot(
             s.slot_type.as_deref().unwrap_or("non-physical")
         ));
     }
+    // In use is what a healthy slot is while its receiver runs: `check -S` is also the probe that
+    // monitors it. A replicant about to be started on it needs it free, which the note says.
     if s.active == Some(true) {
-        problems.push(format!(
-            "replication slot \"{name}\" is in use by another client; stop it or use another slot"
+        notes.push(format!(
+            "replication slot \"{name}\" is in use{}: healthy while its consumer streams; a new replicant can use it only once that client stops",
+            s.active_client.as_deref().map(|c| format!(" ({c})")).unwrap_or_default()
         ));
     }
     match s.wal_status.as_deref() {

@@ -10,26 +10,39 @@ mod check;
 mod connect;
 mod demo;
 mod exit;
+mod logging;
 mod metrics;
+mod progress;
 mod receive;
 mod subset;
+mod usage;
 mod wal_stream;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// PostgreSQL standby seeding and WAL streaming.
 #[derive(Parser, Debug)]
 #[command(name = "walrelay", version, about, long_about = None, disable_help_flag = true)]
 struct Cli {
-    /// Print help (`-h` is the host, as in pg_basebackup).
-    #[arg(long, global = true, action = clap::ArgAction::Help)]
+    /// Print help (also `-?`, as PostgreSQL's tools; `-h` is the host, as in pg_basebackup).
+    #[arg(short = '?', long, global = true, action = clap::ArgAction::Help)]
     help: Option<bool>,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive). Also WALRELAY_LOG.
     #[arg(long, global = true, env = "WALRELAY_LOG", default_value = "info")]
     log: String,
+    /// Log format: text (for people) or json (one object per line, for log shippers).
+    #[arg(
+        long = "log-format",
+        global = true,
+        value_name = "text|json",
+        default_value = "text"
+    )]
+    log_format: logging::LogFormat,
+    /// More detail: debug logs (-vv: trace); under restore, one line per file.
+    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,74 +70,43 @@ enum Command {
     RestorePrefetch(archive_cmds::PrefetchArgs),
 }
 
-fn init_logging(filter: &str) {
-    let mut filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    // object_store logs every retry at info; walrelay reports what failed once, where it is
-    // handled (a filter naming object_store itself decides otherwise).
-    if !filter.to_string().contains("object_store") {
-        if let Ok(quiet) = "object_store=warn".parse() {
-            filter = filter.add_directive(quiet);
-        }
-    }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
-}
-
 /// One line: the error and its causes, joined — never a backtrace.
 fn report_error(e: &anyhow::Error) {
     eprintln!("walrelay: error: {}", exit::one_line(e));
 }
 
-/// Parses the command line. A usage error under `restore` must not exit 2: PostgreSQL reads any exit
-/// status up to 125 from a `restore_command` as "file not found" and would end recovery early on a
-/// typo, so it exits with [`walrelay_archive::RESTORE_EXIT_ERROR`] instead.
+/// Parses the command line (options also from `WALRELAY_*`, see [`usage`]). A usage error prints
+/// clap's message on one line (see [`usage::render`]) and exits 2 — except under `restore`:
+/// PostgreSQL reads any exit status up to 125 from a `restore_command` as "file not found" and would
+/// end recovery early on a typo, so it exits with [`walrelay_archive::RESTORE_EXIT_ERROR`] instead.
 fn parse_cli() -> Result<Cli, ExitCode> {
-    match Cli::try_parse() {
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `walrelay -h` asks for help: at the top level there is no host to name.
+    if argv.len() == 2 && argv[1] == "-h" {
+        argv[1] = "--help".into();
+    }
+    let cmd = usage::with_env_vars(Cli::command());
+    let sub = usage::subcommand_of(&cmd, &argv);
+    let parsed = cmd
+        .try_get_matches_from(&argv)
+        .and_then(|mut m| Cli::from_arg_matches_mut(&mut m));
+    match parsed {
         Ok(cli) => Ok(cli),
         Err(e) => {
-            let is_info = matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            );
-            if is_info {
-                let _ = e.print();
-                return Err(ExitCode::SUCCESS);
+            use clap::error::ErrorKind;
+            match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    return Err(ExitCode::SUCCESS);
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    return Err(ExitCode::from(exit::USAGE as u8));
+                }
+                _ => {}
             }
-            if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                let _ = e.print();
-                return Err(ExitCode::from(2));
-            }
-            // One line: clap's first line (the cause) — with the indented lines that list what it
-            // announces ("…were not provided:") — and where to read more.
-            let text = e.to_string();
-            let mut lines = text.lines();
-            let mut first = lines
-                .next()
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ")
-                .to_string();
-            if first.ends_with(':') {
-                let listed: Vec<&str> = lines
-                    .take_while(|l| l.starts_with(' '))
-                    .map(str::trim)
-                    .collect();
-                first = format!("{} {}", first, listed.join(", "));
-            }
-            let known: Vec<String> = <Cli as clap::CommandFactory>::command()
-                .get_subcommands()
-                .map(|c| c.get_name().to_string())
-                .collect();
-            let sub = std::env::args().nth(1).filter(|a| known.contains(a));
-            eprintln!(
-                "walrelay: error: {first} (see walrelay {}--help)",
-                sub.as_deref().map(|s| format!("{s} ")).unwrap_or_default()
-            );
-            let under_restore = sub.as_deref() == Some("restore");
-            let code = if under_restore {
+            eprintln!("{}", usage::render(&e, sub.as_deref()));
+            let code = if sub.as_deref() == Some("restore") {
                 walrelay_archive::RESTORE_EXIT_ERROR
             } else {
                 exit::USAGE
@@ -139,9 +121,24 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let mut cli = cli;
     // The demo narrates itself; its library logs would only interleave with the story.
     let quiet_demo = matches!(cli.command, Command::Demo(_)) && cli.log == "info";
-    init_logging(if quiet_demo { "warn" } else { &cli.log });
+    let is_restore = matches!(cli.command, Command::Restore(_));
+    let filter = match (quiet_demo, cli.verbose) {
+        (true, 0) => "warn",
+        // restore's -v is a line per file, not debug logs in the server's log.
+        _ if is_restore => cli.log.as_str(),
+        (_, 0) => cli.log.as_str(),
+        // -v raises the default level only; an explicit --log wins.
+        (_, 1) if cli.log == "info" => "debug",
+        (_, _) if cli.log == "info" => "trace",
+        _ => cli.log.as_str(),
+    };
+    logging::init(filter, cli.log_format);
+    if let Command::Restore(a) = &mut cli.command {
+        a.verbose = cli.verbose > 0;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

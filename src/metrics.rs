@@ -1,6 +1,20 @@
 //! `--metrics-addr`: Prometheus metrics and a health check for a running command (`receive`,
 //! `subset run`), each describing itself through an [`Exporter`].
+//!
+//! `/metrics` speaks both exposition formats and picks by the request's `Accept` header (the
+//! highest `q` wins): OpenMetrics 1.0.0 (`application/openmetrics-text`, what Prometheus asks for
+//! first) or the classic text format 0.0.4 (`text/plain; version=0.0.4`, anything else). The two
+//! differ where a parser notices: in 0.0.4 a counter's `# TYPE` line names the sample itself
+//! (`x_total`), there is no `info` type (a gauge of 1) and no `# EOF`; in OpenMetrics a counter
+//! family is named without `_total` and its sample with it, and the exposition ends with `# EOF`.
+//!
+//! Every `walrelay_receive_*` series carries `slot` (empty without one) and `mode` (`archive` or
+//! `pg_wal`); `walrelay_receive_stream_info` adds the timeline and the system identifier, and
+//! `walrelay_build_info` (on every endpoint) the version. LSNs are exposed as numbers: the byte
+//! position in the WAL, `X/Y` being `X * 2^32 + Y` — so the difference of two of them is a
+//! distance in bytes, as `pg_wal_lsn_diff` gives it (exact up to 2^53 bytes, 8 PiB of WAL).
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,67 +24,240 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 use walrelay_store::{UploadSnapshot, UploadStats};
 use walrelay_walreceiver::{ReceiverStats, StatsSnapshot};
 
-/// How a value is exposed: a gauge can go down, a counter only up (and gets `_total`).
+/// `Content-Type` of the classic text format.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// `Content-Type` of OpenMetrics.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Which exposition format to answer with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4.
+    Text,
+    /// OpenMetrics 1.0.0.
+    OpenMetrics,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => TEXT_CONTENT_TYPE,
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+        }
+    }
+}
+
+/// The format an `Accept` header asks for: the supported media range with the highest `q`
+/// (OpenMetrics on a tie); the text format when nothing supported is named, or no header is sent.
+pub fn negotiate(accept: Option<&str>) -> Format {
+    let Some(accept) = accept else {
+        return Format::Text;
+    };
+    let mut best: Option<(f32, Format)> = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let mut q = 1.0f32;
+        let mut version = None;
+        for p in parts {
+            if let Some((k, v)) = p.split_once('=') {
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = v.trim().parse().unwrap_or(0.0),
+                    "version" => version = Some(v.trim().to_string()),
+                    _ => {}
+                }
+            }
+        }
+        let format = match (media.as_str(), version.as_deref()) {
+            ("application/openmetrics-text", None | Some("1.0.0") | Some("0.0.1")) => {
+                Format::OpenMetrics
+            }
+            ("text/plain", None | Some("0.0.4")) | ("*/*" | "text/*", _) => Format::Text,
+            _ => continue,
+        };
+        if q <= 0.0 {
+            continue;
+        }
+        let better = match best {
+            None => true,
+            Some((bq, bf)) => q > bq || (q == bq && format == Format::OpenMetrics && bf != format),
+        };
+        if better {
+            best = Some((q, format));
+        }
+    }
+    best.map_or(Format::Text, |(_, f)| f)
+}
+
+/// How a family is typed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FamilyType {
+    Gauge,
+    /// Only goes up; its samples are `<name>_total`.
+    Counter,
+    /// Constant 1 with labels describing something (a gauge in 0.0.4); its samples are
+    /// `<name>_info`.
+    Info,
+}
+
+/// A sample's value: integers stay exact (LSNs pass 2^53 only past 8 PiB of WAL, but byte counts
+/// should never print in exponent notation).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    Int(u64),
+    #[allow(dead_code)] // until a command exposes a fraction
+    Float(f64),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::Float(v) => write!(f, "{v:.3}"),
+        }
+    }
+}
+
+/// The labels of one sample, in order.
+pub type LabelSet = Vec<(&'static str, String)>;
+
+/// One metric family: its name (without `_total` / `_info`), help, type and samples.
+#[derive(Clone, Debug)]
+pub struct Family {
+    pub name: String,
+    pub help: &'static str,
+    pub kind: FamilyType,
+    pub samples: Vec<(LabelSet, Value)>,
+}
+
+impl Family {
+    /// A family of one sample.
+    pub fn one(
+        name: impl Into<String>,
+        help: &'static str,
+        kind: FamilyType,
+        labels: LabelSet,
+        value: Value,
+    ) -> Self {
+        Family {
+            name: name.into(),
+            help,
+            kind,
+            samples: vec![(labels, value)],
+        }
+    }
+
+    fn sample_name(&self) -> String {
+        match self.kind {
+            FamilyType::Gauge => self.name.clone(),
+            FamilyType::Counter => format!("{}_total", self.name),
+            FamilyType::Info => format!("{}_info", self.name),
+        }
+    }
+}
+
+/// A plain value for [`families`]: a gauge can go down, a counter only up (and gets `_total`).
 pub enum Kind {
     Gauge(u64),
     Counter(u64),
 }
 
+/// Unlabelled families `PREFIX_NAME` from `(name, help, value)`.
+pub fn families(
+    prefix: &str,
+    metrics: impl IntoIterator<Item = (&'static str, &'static str, Kind)>,
+) -> Vec<Family> {
+    metrics
+        .into_iter()
+        .map(|(name, help, value)| {
+            let (kind, v) = match value {
+                Kind::Gauge(v) => (FamilyType::Gauge, v),
+                Kind::Counter(v) => (FamilyType::Counter, v),
+            };
+            Family::one(
+                format!("{prefix}_{name}"),
+                help,
+                kind,
+                Vec::new(),
+                Value::Int(v),
+            )
+        })
+        .collect()
+}
+
 /// What a command serves on `--metrics-addr`.
 pub trait Exporter: Send + Sync + 'static {
-    /// The Prometheus text exposition.
-    fn render(&self) -> String;
+    /// The command's metric families (`walrelay_build_info` is added by [`serve`]).
+    fn families(&self) -> Vec<Family>;
     /// Whether `/health` answers 200.
     fn healthy(&self) -> bool;
 }
 
-/// The Prometheus text exposition of `(name, help, value)` metrics under `prefix`.
-pub fn render_metrics(
-    prefix: &str,
-    metrics: impl IntoIterator<Item = (&'static str, &'static str, Kind)>,
-) -> String {
-    render_groups(vec![(prefix, metrics.into_iter().collect())])
+/// `walrelay_build_info`: walrelay's version.
+fn build_info() -> Family {
+    Family::one(
+        "walrelay_build",
+        "walrelay's version",
+        FamilyType::Info,
+        vec![("version", env!("CARGO_PKG_VERSION").to_string())],
+        Value::Int(1),
+    )
 }
 
-/// One metric: name, help text and value.
-pub type Metric = (&'static str, &'static str, Kind);
+/// `"` `\` and newlines escaped, as both formats want label values.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
 
-/// One exposition of several groups of metrics, each under its own prefix.
-pub fn render_groups(groups: Vec<(&str, Vec<Metric>)>) -> String {
-    let mut reg = Registry::default();
-    for (prefix, metrics) in groups {
-        register(reg.sub_registry_with_prefix(prefix), metrics);
-    }
+/// The exposition of `families` in `format`.
+pub fn render(families: &[Family], format: Format) -> String {
     let mut out = String::new();
-    let _ = encode(&mut out, &reg);
-    out
-}
-
-/// Registers `(name, help, value)` metrics.
-fn register(reg: &mut Registry, metrics: Vec<(&'static str, &'static str, Kind)>) {
-    for (name, help, value) in metrics {
-        match value {
-            Kind::Gauge(v) => {
-                let g: Gauge<i64> = Gauge::default();
-                g.set(i64::try_from(v).unwrap_or(i64::MAX));
-                reg.register(name, help, g);
+    for f in families {
+        let sample = f.sample_name();
+        match format {
+            Format::Text => {
+                let kind = match f.kind {
+                    FamilyType::Counter => "counter",
+                    FamilyType::Gauge | FamilyType::Info => "gauge",
+                };
+                let _ = writeln!(out, "# HELP {sample} {}", f.help);
+                let _ = writeln!(out, "# TYPE {sample} {kind}");
             }
-            Kind::Counter(v) => {
-                let c: Counter = Counter::default();
-                c.inc_by(v);
-                reg.register(name, help, c);
+            Format::OpenMetrics => {
+                let kind = match f.kind {
+                    FamilyType::Counter => "counter",
+                    FamilyType::Gauge => "gauge",
+                    FamilyType::Info => "info",
+                };
+                let _ = writeln!(out, "# TYPE {} {kind}", f.name);
+                let _ = writeln!(out, "# HELP {} {}", f.name, f.help.replace('"', "\\\""));
+            }
+        }
+        for (labels, value) in &f.samples {
+            let labels = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                .collect::<Vec<_>>()
+                .join(",");
+            if labels.is_empty() {
+                let _ = writeln!(out, "{sample} {value}");
+            } else {
+                let _ = writeln!(out, "{sample}{{{labels}}} {value}");
             }
         }
     }
+    if format == Format::OpenMetrics {
+        out.push_str("# EOF\n");
+    }
+    out
 }
 
 /// Whether a stream heard from its server recently enough: within three status intervals (at
@@ -84,22 +271,158 @@ pub fn heard_recently(
     connected && since_last_message.is_some_and(|d| d.as_millis() as u64 <= limit)
 }
 
+/// Labels on every `walrelay_receive_*` series.
+#[derive(Clone, Debug, Default)]
+pub struct Labels {
+    /// The slot streamed from; empty without one.
+    pub slot: String,
+    /// `archive` or `pg_wal`.
+    pub mode: &'static str,
+}
+
 /// `receive`'s metrics, and the uploader's when WAL goes to object storage.
 pub struct ReceiveExporter {
     pub stats: Arc<ReceiverStats>,
+    pub labels: Labels,
     pub upload: Option<Arc<UploadStats>>,
     pub status_interval: Duration,
 }
 
 impl Exporter for ReceiveExporter {
-    fn render(&self) -> String {
-        let upload = self.upload.as_ref().map(|u| u.snapshot());
-        render_with_upload(&self.stats.snapshot(), upload.as_ref())
+    fn families(&self) -> Vec<Family> {
+        let mut out = receive_families(&self.stats.snapshot(), &self.labels);
+        if let Some(u) = &self.upload {
+            out.extend(families("walrelay_upload", upload_metrics(&u.snapshot())));
+        }
+        out
     }
 
     fn healthy(&self) -> bool {
         healthy(&self.stats.snapshot(), self.status_interval)
     }
+}
+
+/// The `walrelay_receive_*` families of a snapshot.
+pub fn receive_families(s: &StatsSnapshot, labels: &Labels) -> Vec<Family> {
+    use FamilyType::{Counter, Gauge, Info};
+    let common = || {
+        vec![
+            ("slot", labels.slot.clone()),
+            ("mode", labels.mode.to_string()),
+        ]
+    };
+    let age = s.since_last_message().map_or(0, |d| d.as_secs());
+    let receive: [(&'static str, &'static str, FamilyType, u64); 15] = [
+        (
+            "walrelay_receive_received_lsn",
+            "End of the WAL received, as a byte position (LSN X/Y = X*2^32+Y; differences are bytes)",
+            Gauge,
+            s.received_lsn.0,
+        ),
+        (
+            "walrelay_receive_written_lsn",
+            "End of the WAL written to files, as a byte position",
+            Gauge,
+            s.written_lsn.0,
+        ),
+        (
+            "walrelay_receive_flushed_lsn",
+            "End of the durable (fsynced) WAL, as a byte position",
+            Gauge,
+            s.flushed_lsn.0,
+        ),
+        (
+            "walrelay_receive_reported_flush_lsn",
+            "Flush position last reported to the server (pg_stat_replication.flush_lsn), as a byte position; 0 when flush positions are not reported (no slot, not --synchronous)",
+            Gauge,
+            s.reported_flush_lsn.0,
+        ),
+        (
+            "walrelay_receive_server_wal_end_lsn",
+            "The server's end of WAL as last seen, as a byte position",
+            Gauge,
+            s.server_wal_end.0,
+        ),
+        (
+            "walrelay_receive_lag_bytes",
+            "Bytes of WAL the server has that are not durable here: server_wal_end_lsn - flushed_lsn",
+            Gauge,
+            s.server_wal_end.0.saturating_sub(s.flushed_lsn.0),
+        ),
+        (
+            "walrelay_receive_timeline",
+            "Timeline being received",
+            Gauge,
+            u64::from(s.timeline),
+        ),
+        (
+            "walrelay_receive_connected",
+            "1 while streaming, 0 otherwise",
+            Gauge,
+            u64::from(s.connected),
+        ),
+        (
+            "walrelay_receive_last_message_age_seconds",
+            "Seconds since the last message from the server (walrelay asks an idle server for one every 10 s)",
+            Gauge,
+            age,
+        ),
+        (
+            "walrelay_receive_received_bytes",
+            "WAL bytes received",
+            Counter,
+            s.bytes_received,
+        ),
+        (
+            "walrelay_receive_reconnects",
+            "Reconnections after transient failures",
+            Counter,
+            s.reconnects,
+        ),
+        (
+            "walrelay_receive_segments_completed",
+            "Segments completed (durable under their final name)",
+            Counter,
+            s.segments_completed,
+        ),
+        (
+            "walrelay_receive_failovers",
+            "Promotions followed: the server's history left the timeline the directory was on",
+            Counter,
+            s.failovers,
+        ),
+        (
+            "walrelay_receive_failover_lost_commits",
+            "Transactions committed on an old primary that the new one never had (orphaned WAL)",
+            Counter,
+            s.failover_lost_commits,
+        ),
+        (
+            "walrelay_receive_failover_orphaned_bytes",
+            "Bytes of WAL of an old timeline past the new timeline's switchpoint",
+            Counter,
+            s.failover_orphaned_bytes,
+        ),
+    ];
+    let mut info_labels = common();
+    info_labels.push(("timeline", s.timeline.to_string()));
+    info_labels.push((
+        "system_identifier",
+        s.system_identifier
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+    ));
+    let mut out = vec![Family::one(
+        "walrelay_receive_stream",
+        "What is being received: slot, mode (archive or pg_wal), timeline, system identifier",
+        Info,
+        info_labels,
+        Value::Int(1),
+    )];
+    out.extend(receive.into_iter().map(|(name, help, kind, value)| {
+        Family::one(name, help, kind, common(), Value::Int(value))
+    }));
+    out
 }
 
 /// The uploader's metrics (`receive -D s3://… --spool DIR`), prefix `walrelay_upload_`.
@@ -116,7 +439,7 @@ fn upload_metrics(u: &UploadSnapshot) -> Vec<(&'static str, &'static str, Kind)>
     vec![
         (
             "uploaded_lsn",
-            "End of the WAL whose segments are all in the object store (bytes)",
+            "End of the WAL whose segments are all in the object store, as a byte position",
             G(u.uploaded_lsn.0),
         ),
         ("files", "Files uploaded", C(u.uploaded_files)),
@@ -146,88 +469,6 @@ fn upload_metrics(u: &UploadSnapshot) -> Vec<(&'static str, &'static str, Kind)>
     ]
 }
 
-/// Renders the Prometheus text exposition of a snapshot.
-#[cfg(test)]
-pub fn render(s: &StatsSnapshot) -> String {
-    render_with_upload(s, None)
-}
-
-/// The receive metrics, plus the uploader's metrics when WAL goes to object storage.
-pub fn render_with_upload(s: &StatsSnapshot, upload: Option<&UploadSnapshot>) -> String {
-    use Kind::{Counter as C, Gauge as G};
-    let age = s.since_last_message().map_or(0, |d| d.as_secs());
-    let metrics = [
-        (
-            "received_lsn",
-            "End of the WAL received (bytes)",
-            G(s.received_lsn.0),
-        ),
-        (
-            "written_lsn",
-            "End of the WAL written to files (bytes)",
-            G(s.written_lsn.0),
-        ),
-        (
-            "flushed_lsn",
-            "End of the durable WAL (bytes)",
-            G(s.flushed_lsn.0),
-        ),
-        (
-            "reported_flush_lsn",
-            "Flush position last reported to the server (bytes)",
-            G(s.reported_flush_lsn.0),
-        ),
-        (
-            "server_wal_end_lsn",
-            "The server's end of WAL as last seen (bytes)",
-            G(s.server_wal_end.0),
-        ),
-        (
-            "lag_bytes",
-            "Server end of WAL minus durable WAL",
-            G(s.server_wal_end.0.saturating_sub(s.flushed_lsn.0)),
-        ),
-        ("received_bytes", "WAL bytes received", C(s.bytes_received)),
-        (
-            "reconnects",
-            "Reconnections after transient failures",
-            C(s.reconnects),
-        ),
-        (
-            "segments_completed",
-            "Segments completed",
-            C(s.segments_completed),
-        ),
-        (
-            "failovers",
-            "Promotions followed: the server's history left the timeline the directory was on",
-            C(s.failovers),
-        ),
-        (
-            "failover_lost_commits",
-            "Transactions committed on an old primary that the new one never had (orphaned WAL)",
-            C(s.failover_lost_commits),
-        ),
-        (
-            "failover_orphaned_bytes",
-            "Bytes of WAL of an old timeline past the new timeline's switchpoint",
-            C(s.failover_orphaned_bytes),
-        ),
-        ("timeline", "Current timeline", G(u64::from(s.timeline))),
-        ("connected", "1 while streaming", G(u64::from(s.connected))),
-        (
-            "last_message_age_seconds",
-            "Seconds since the last message from the server",
-            G(age),
-        ),
-    ];
-    let mut groups = vec![("walrelay_receive", metrics.into())];
-    if let Some(u) = upload {
-        groups.push(("walrelay_upload", upload_metrics(u)));
-    }
-    render_groups(groups)
-}
-
 /// Healthy while streaming and hearing from the server within a few status intervals.
 pub fn healthy(s: &StatsSnapshot, status_interval: Duration) -> bool {
     heard_recently(s.connected, s.since_last_message(), status_interval)
@@ -252,25 +493,39 @@ pub async fn serve(addr: SocketAddr, exporter: Arc<dyn Exporter>) -> Result<()> 
             let exporter = exporter.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let exporter = exporter.clone();
-                    async move {
-                        let (status, body) = match req.uri().path() {
-                            "/metrics" => (StatusCode::OK, exporter.render()),
-                            "/health" | "/healthz" => {
-                                if exporter.healthy() {
-                                    (StatusCode::OK, "ok\n".to_string())
-                                } else {
-                                    (
-                                        StatusCode::SERVICE_UNAVAILABLE,
-                                        "not streaming\n".to_string(),
-                                    )
-                                }
+                    let accept = req
+                        .headers()
+                        .get(hyper::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let (status, content_type, body) = match req.uri().path() {
+                        "/metrics" => {
+                            let format = negotiate(accept.as_deref());
+                            let mut all = vec![build_info()];
+                            all.extend(exporter.families());
+                            (StatusCode::OK, format.content_type(), render(&all, format))
+                        }
+                        "/health" | "/healthz" => {
+                            if exporter.healthy() {
+                                (StatusCode::OK, "text/plain", "ok\n".to_string())
+                            } else {
+                                (
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    "text/plain",
+                                    "not streaming\n".to_string(),
+                                )
                             }
-                            _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
-                        };
+                        }
+                        _ => (
+                            StatusCode::NOT_FOUND,
+                            "text/plain",
+                            "not found\n".to_string(),
+                        ),
+                    };
+                    async move {
                         Response::builder()
                             .status(status)
-                            .header("content-type", "text/plain; version=0.0.4")
+                            .header("content-type", content_type)
                             .body(Full::new(Bytes::from(body)))
                     }
                 });
@@ -287,52 +542,132 @@ pub async fn serve(addr: SocketAddr, exporter: Arc<dyn Exporter>) -> Result<()> 
 mod tests {
     use super::*;
 
+    fn labels() -> Labels {
+        Labels {
+            slot: "a1".into(),
+            mode: "archive",
+        }
+    }
+
+    fn page(s: &StatsSnapshot, format: Format) -> String {
+        let mut all = vec![build_info()];
+        all.extend(receive_families(s, &labels()));
+        render(&all, format)
+    }
+
     #[test]
-    fn renders_all_metrics() {
+    fn accept_decides_the_format() {
+        // What Prometheus 2.5x / 3.x sends by default: OpenMetrics first.
+        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert_eq!(negotiate(Some(prometheus)), Format::OpenMetrics);
+        // scrape_protocols: [PrometheusText0.0.4]
+        assert_eq!(
+            negotiate(Some("text/plain;version=0.0.4;q=1,*/*;q=0.1")),
+            Format::Text
+        );
+        assert_eq!(negotiate(None), Format::Text);
+        assert_eq!(negotiate(Some("*/*")), Format::Text);
+        assert_eq!(negotiate(Some("application/json")), Format::Text);
+        assert_eq!(
+            negotiate(Some("application/openmetrics-text; version=2.0.0")),
+            Format::Text,
+            "a version we do not speak"
+        );
+        assert_eq!(
+            negotiate(Some("text/plain;q=0.9, application/openmetrics-text;q=0.8")),
+            Format::Text
+        );
+    }
+
+    #[test]
+    fn both_formats_type_every_sample() {
         let s = StatsSnapshot {
             flushed_lsn: walrelay_protocol::Lsn(100),
             server_wal_end: walrelay_protocol::Lsn(150),
             timeline: 2,
             connected: true,
+            reconnects: 3,
             ..Default::default()
         };
-        let text = render(&s);
-        assert!(text.contains("walrelay_receive_flushed_lsn 100"), "{text}");
-        assert!(text.contains("walrelay_receive_lag_bytes 50"), "{text}");
-        assert!(text.contains("walrelay_receive_timeline 2"), "{text}");
+        let text = page(&s, Format::Text);
+        assert!(!text.contains("# EOF"), "{text}");
         assert!(
-            text.contains("# TYPE walrelay_receive_reconnects counter"),
+            text.contains("# TYPE walrelay_receive_reconnects_total counter\nwalrelay_receive_reconnects_total{slot=\"a1\",mode=\"archive\"} 3\n"),
             "{text}"
         );
         assert!(
-            text.contains("walrelay_receive_received_bytes_total 0"),
+            text.contains("walrelay_receive_lag_bytes{slot=\"a1\",mode=\"archive\"} 50"),
             "{text}"
         );
-        assert_eq!(text.matches("# HELP ").count(), 15, "{text}");
+        assert!(text.contains("# TYPE walrelay_build_info gauge"), "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 17, "{text}");
+        let om = page(&s, Format::OpenMetrics);
+        assert!(om.ends_with("# EOF\n"), "{om}");
         assert!(
-            text.contains("walrelay_receive_failover_lost_commits_total 0"),
+            om.contains("# TYPE walrelay_receive_reconnects counter\n"),
+            "{om}"
+        );
+        assert!(om.contains("walrelay_receive_reconnects_total{"), "{om}");
+        assert!(om.contains("# TYPE walrelay_build info\n"), "{om}");
+        assert!(
+            om.contains("walrelay_receive_stream_info{slot=\"a1\",mode=\"archive\",timeline=\"2\",system_identifier=\"\"} 1"),
+            "{om}"
+        );
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn plain_families_and_several_samples() {
+        let mut fams = families(
+            "walrelay_upload",
+            [
+                ("failures", "Failed upload attempts", Kind::Counter(2)),
+                ("failing", "1 while uploads fail", Kind::Gauge(1)),
+            ],
+        );
+        fams.push(Family {
+            name: "walrelay_x_lag_seconds".into(),
+            help: "lag",
+            kind: FamilyType::Gauge,
+            samples: vec![
+                (vec![("pid", "1".into())], Value::Float(0.25)),
+                (vec![("pid", "2".into())], Value::Int(3)),
+            ],
+        });
+        let text = render(&fams, Format::Text);
+        assert!(
+            text.contains("walrelay_upload_failures_total 2\n"),
             "{text}"
         );
+        assert!(text.contains("walrelay_upload_failing 1\n"), "{text}");
+        assert!(
+            text.contains(
+                "walrelay_x_lag_seconds{pid=\"1\"} 0.250\nwalrelay_x_lag_seconds{pid=\"2\"} 3\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE walrelay_x_lag_seconds").count(), 1);
+    }
+
+    #[test]
+    fn health_follows_the_stream() {
+        let s = StatsSnapshot {
+            connected: true,
+            ..Default::default()
+        };
         assert!(
             !healthy(&s, Duration::from_secs(10)),
             "no message ever received"
         );
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
         let fresh = StatsSnapshot {
             last_message_unix_ms: now_ms - 2_000,
             ..s
         };
         assert!(healthy(&fresh, Duration::from_secs(10)));
-        let text = render(&fresh);
-        let age: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("walrelay_receive_last_message_age_seconds "))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{text}"));
-        assert!((2..10).contains(&age), "{text}");
         let stale = StatsSnapshot {
             last_message_unix_ms: now_ms - 31_000,
             ..s

@@ -10,7 +10,7 @@ use clap::Args;
 use tokio::sync::watch;
 use tracing::info;
 use walrelay_archive::Compression;
-use walrelay_client::{ClientError, Connection, ReplicationMode, ServerCondition};
+use walrelay_client::{ClientError, ConnectParams, Connection, ReplicationMode, ServerCondition};
 use walrelay_durable::Owner;
 use walrelay_protocol::command::validate_slot_name;
 use walrelay_protocol::Lsn;
@@ -80,8 +80,14 @@ pub struct ReceiveArgs {
     /// Exit on connection loss instead of reconnecting.
     #[arg(short = 'n', long = "no-loop")]
     pub no_loop: bool,
-    /// Compress completed segments: none, gzip[:LEVEL], lz4, zstd[:LEVEL] (archive mode).
-    #[arg(long = "compress", value_name = "METHOD", default_value = "none")]
+    /// Compress completed segments: none, gzip[:LEVEL], lz4, zstd[:LEVEL] (archive mode); as in
+    /// pg_receivewal, a bare level is gzip (`-Z 5`) and 0 is none.
+    #[arg(
+        short = 'Z',
+        long = "compress",
+        value_name = "METHOD",
+        default_value = "none"
+    )]
     pub compress: Compression,
     /// Do not keep SHA-256 checksums of completed segments (archive mode).
     #[arg(long = "no-checksums")]
@@ -220,11 +226,9 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
                 &walrelay_conninfo::ProcessEnv,
             )
             .map_err(|e| exit::usage(format!("invalid --standby-conninfo: {e}")))?;
-            Some(walrelay_client::connect_params(
-                &cfg,
-                ReplicationMode::Off,
-                None,
-            )?)
+            let params = walrelay_client::connect_params(&cfg, ReplicationMode::Off, None)?;
+            refuse_standby_with_own_walreceiver(&params).await?;
+            Some(params)
         }
         None => None,
     };
@@ -239,6 +243,13 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
     if let Some(addr) = args.metrics_addr {
         let exporter = crate::metrics::ReceiveExporter {
             stats: stats.clone(),
+            labels: crate::metrics::Labels {
+                slot: args.slot.clone().unwrap_or_default(),
+                mode: match &target {
+                    Target::Archive { .. } => "archive",
+                    Target::PgWal { .. } => "pg_wal",
+                },
+            },
             upload: upload_stats.clone(),
             status_interval,
         };
@@ -348,6 +359,74 @@ fn slot_command_failed(action: &str, slot: &str, e: ClientError) -> anyhow::Erro
         source: Some(Box::new(e)),
     }
     .into()
+}
+
+/// How long the sidecar's look at its standby may take before receive goes on without it.
+const STANDBY_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A standby fed through its `pg_wal` must not also stream from the primary: its own walreceiver
+/// would write into the same `pg_wal` and hold the slot, and walrelay would retry "slot is active"
+/// for ever. Asked of the standby itself (`pg_stat_wal_receiver`, and `primary_conninfo` from
+/// PostgreSQL 12, where it is a setting) when `--standby-conninfo` reaches it; a standby that is
+/// not up yet is checked no further.
+async fn refuse_standby_with_own_walreceiver(params: &ConnectParams) -> Result<()> {
+    let look = async {
+        let mut conn = Connection::connect(params).await.ok()?;
+        let major = conn.server_version().major();
+        let receiver = conn
+            .simple_query("SELECT status, coalesce(slot_name, '') FROM pg_stat_wal_receiver")
+            .await
+            .ok()
+            .and_then(|r| {
+                let r = r.first()?;
+                Some((r.get_idx(0, 0)?.to_string(), r.get_idx(0, 1)?.to_string()))
+            });
+        let primary_conninfo = if major >= 12 {
+            conn.show("primary_conninfo")
+                .await
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+        } else {
+            None
+        };
+        let endpoint = conn.endpoint().to_string();
+        conn.close().await;
+        Some((major, endpoint, receiver, primary_conninfo))
+    };
+    let Ok(Some((major, endpoint, receiver, primary_conninfo))) =
+        tokio::time::timeout(STANDBY_CHECK_TIMEOUT, look).await
+    else {
+        tracing::warn!("could not reach the standby through --standby-conninfo to check that it has no replication connection of its own; going on");
+        return Ok(());
+    };
+    let what = match (&receiver, &primary_conninfo) {
+        (Some((status, slot)), _) => format!(
+            "runs its own walreceiver ({status}{})",
+            if slot.is_empty() {
+                String::new()
+            } else {
+                format!(", slot \"{slot}\"")
+            }
+        ),
+        (None, Some(_)) => {
+            "has primary_conninfo set, so it starts its own walreceiver whenever pg_wal runs dry"
+                .to_string()
+        }
+        (None, None) => return Ok(()),
+    };
+    let fix = if major >= 12 {
+        "clear it on the standby (ALTER SYSTEM SET primary_conninfo = ''; ALTER SYSTEM SET primary_slot_name = ''; then SELECT pg_reload_conf() on PostgreSQL 13+, a restart on 12), or bootstrap the standby with --sidecar"
+    } else {
+        "remove primary_conninfo from the standby's recovery.conf and restart it, or bootstrap the standby with --sidecar"
+    };
+    Err(Classified {
+        class: walrelay_client::ErrorClass::ServerState,
+        message: format!(
+            "the standby at {endpoint} {what}: it streams from the primary itself into the pg_wal that receive --pg-wal writes to — {fix}"
+        ),
+        source: None,
+    }
+    .into())
 }
 
 /// Why `dir` cannot be an archive directory, if it cannot.

@@ -18,7 +18,7 @@ use walrelay_protocol::Lsn;
 
 use crate::connect::ConnectionArgs;
 use crate::exit;
-use crate::metrics::{heard_recently, render_metrics, Exporter, Kind};
+use crate::metrics::{families, heard_recently, Exporter, Family, Kind};
 
 /// Longest wait between attempts after transient failures.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
@@ -513,7 +513,7 @@ struct SubsetExporter {
 }
 
 impl Exporter for SubsetExporter {
-    fn render(&self) -> String {
+    fn families(&self) -> Vec<Family> {
         let s = self.stats.snapshot();
         use Kind::{Counter as C, Gauge as G};
         let phase = match s.phase {
@@ -522,7 +522,7 @@ impl Exporter for SubsetExporter {
             walrelay_logical::Phase::Streaming => 2,
         };
         let age = s.since_last_message().map_or(0, |d| d.as_secs());
-        render_metrics(
+        families(
             "walrelay_subset",
             [
                 ("phase", "0 starting, 1 copying, 2 streaming", G(phase)),

@@ -104,3 +104,346 @@ fn malformed_options_name_the_problem() {
         assert!(!out.contains("panicked"), "{out}");
     }
 }
+
+/// Runs walrelay with `env` added (and no WALRELAY_* or PG* from the caller); exit code, stdout,
+/// stderr.
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_walrelay"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WALRELAY_") || k.starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The lines walrelay printed for a fatal error.
+fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("walrelay: error:"))
+        .collect()
+}
+
+/// Issue 18, item 2: a usage error keeps clap's whole message — the argument's name, the value,
+/// the "did you mean" tip — on one line, exit 2 (restore: above 125); item 5: pg habits that have
+/// no meaning in walrelay say what to use instead.
+#[test]
+fn usage_errors_keep_clap_s_whole_message() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["bootstrap"],
+            &["the following required arguments were not provided: --pgdata <DIR>"],
+        ),
+        (
+            &["boostrap"],
+            &[
+                "unrecognized subcommand 'boostrap'",
+                "a similar subcommand exists: 'bootstrap'",
+            ],
+        ),
+        (
+            &["receive", "-D", "/tmp", "--synchronus"],
+            &[
+                "unexpected argument '--synchronus'",
+                "a similar argument exists: '--synchronous'",
+            ],
+        ),
+        (
+            &["bootstrap", "-D", "/tmp/x", "-c", "slow"],
+            &["invalid value 'slow' for '--checkpoint <fast|spread>'"],
+        ),
+        (
+            &["bootstrap", "-D", "/tmp/x", "--xlogdir", "/w"],
+            &["'--xlogdir'", "use --waldir WALDIR"],
+        ),
+        (
+            &["bootstrap", "-D", "/tmp/x", "-F", "t"],
+            &["'--format <p|plain>'", "pg_basebackup -F t"],
+        ),
+        (
+            &["bootstrap", "-D", "/tmp/x", "-z"],
+            &["'-z'", "pg_basebackup -F t -z"],
+        ),
+        (
+            &["pg_receivewal"],
+            &["walrelay receive takes pg_receivewal's options"],
+        ),
+        (
+            &["receive", "-D", "/tmp", "--status-interval", "ten"],
+            &["invalid value 'ten' for '--status-interval <SECS>'"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let (code, out, err) = run_env(args, &[]);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {err}");
+        assert!(lines[0].starts_with("walrelay: error: "), "{err}");
+        for n in *needles {
+            assert!(lines[0].contains(n), "{args:?}: {:?} lacks {n:?}", lines[0]);
+        }
+        assert!(lines[0].contains("--help)"), "{err}");
+    }
+    let (code, _, err) = run_env(&["restore", "--bogus", "a", "b"], &[]);
+    assert!(code > 125, "restore: {code} {err}");
+    assert!(err.contains("unexpected argument '--bogus'"), "{err}");
+}
+
+/// Item 5: help as PostgreSQL's tools spell it, and pg_basebackup / pg_receivewal options that mean
+/// something in walrelay are accepted (the runs then fail on the unreachable server, not on usage).
+#[test]
+fn pg_habits_are_accepted() {
+    for args in [
+        &["-h"][..],
+        &["-?"],
+        &["bootstrap", "-?"],
+        &["receive", "-?"],
+    ] {
+        let (code, out, err) = run_env(args, &[]);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.contains("Usage: walrelay"), "{args:?}: {out}");
+    }
+    let dead = "host=127.0.0.1 port=1 connect_timeout=2";
+    let d = tempfile::tempdir().unwrap();
+    let target = d.path().join("standby");
+    let target = target.to_str().unwrap();
+    let archive = d.path().to_str().unwrap();
+    for args in [
+        &[
+            "bootstrap",
+            "-d",
+            dead,
+            "-D",
+            target,
+            "-R",
+            "-N",
+            "-n",
+            "-F",
+            "p",
+            "-v",
+            "-X",
+            "s",
+        ][..],
+        &[
+            "bootstrap",
+            "-d",
+            dead,
+            "-D",
+            target,
+            "--no-slot",
+            "--format=plain",
+        ],
+        &["receive", "-d", dead, "-D", archive, "-Z", "5", "-v", "-n"],
+        &[
+            "receive",
+            "-d",
+            dead,
+            "-D",
+            archive,
+            "--compress=gzip:level=3",
+            "-n",
+        ],
+    ] {
+        let (code, _, err) = run_env(args, &[]);
+        assert_ne!(code, 2, "{args:?}: {err}");
+        assert!(!err.contains("unexpected argument"), "{args:?}: {err}");
+        assert_eq!(error_lines(&err).len(), 1, "{args:?}: {err}");
+    }
+}
+
+/// Item 6: every option also comes from WALRELAY_<LONG_NAME> (switches as true/false), the command
+/// line wins, and --help names the variable without showing its value.
+#[test]
+fn every_option_has_an_environment_variable() {
+    let (code, _, err) = run_env(
+        &["receive"],
+        &[
+            ("WALRELAY_DIRECTORY", "/nonexistent-walrelay-env"),
+            ("WALRELAY_NO_LOOP", "true"),
+            ("WALRELAY_STATUS_INTERVAL", "5"),
+        ],
+    );
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        err.contains("/nonexistent-walrelay-env does not exist"),
+        "{err}"
+    );
+    let (code, _, err) = run_env(
+        &["receive", "-D", "/nonexistent-from-argv"],
+        &[("WALRELAY_DIRECTORY", "/nonexistent-walrelay-env")],
+    );
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("/nonexistent-from-argv"), "{err}");
+    let (code, _, err) = run_env(
+        &["receive", "-D", "/tmp"],
+        &[("WALRELAY_STATUS_INTERVAL", "ten")],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--status-interval"), "{err}");
+    let (code, out, _) = run_env(
+        &["bootstrap", "--help"],
+        &[("WALRELAY_DBNAME", "password=sekrit")],
+    );
+    assert_eq!(code, 0);
+    for var in [
+        "WALRELAY_PGDATA",
+        "WALRELAY_SLOT",
+        "WALRELAY_NO_SYNC",
+        "WALRELAY_DBNAME",
+        "WALRELAY_LOG_FORMAT",
+    ] {
+        assert!(out.contains(&format!("[env: {var}]")), "{var}: {out}");
+    }
+    assert!(!out.contains("sekrit"), "{out}");
+    assert!(!out.contains("WALRELAY_PASSWORD"), "-W is a prompt: {out}");
+}
+
+/// Item 7: the documented exit code for each class a command can meet without a server (the
+/// server's classes are in tests/operator.rs), every command.
+#[test]
+fn exit_codes_per_command_without_a_server() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap().to_string();
+    let file = d.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let damaged = d.path().join("wal");
+    std::fs::create_dir(&damaged).unwrap();
+    std::fs::write(damaged.join("000000010000000000000001"), vec![0u8; 100]).unwrap();
+    let damaged = damaged.to_str().unwrap().to_string();
+    let out = format!("{dir}/restored");
+    let dns = "host=nosuchhost.invalid";
+    let table: Vec<(Vec<&str>, i32)> = vec![
+        (vec!["check", "--bogus"], 2),
+        (vec!["check", "-d", dns], 3),
+        (
+            vec!["bootstrap", "-D", "/tmp/x", "-r", "20MB", "-d", dns],
+            2,
+        ),
+        (vec!["bootstrap", "-D", "/tmp/x", "-C", "-d", dns], 2),
+        (vec!["bootstrap", "-D", &file, "-d", dns], 5),
+        (
+            vec!["bootstrap", "-D", "/tmp/walrelay-cli-dns", "-d", dns],
+            3,
+        ),
+        (vec!["receive", "--create-slot", "-d", dns], 2),
+        (vec!["receive", "-D", "/nonexistent-walrelay", "-d", dns], 5),
+        (vec!["receive", "-D", &dir, "-d", dns], 3),
+        (vec!["verify", "-D", &dir, "--wal-segsize", "3MB"], 2),
+        (vec!["verify", "-D", "/nonexistent-walrelay"], 5),
+        (vec!["verify", "-D", &damaged, "--wal-segsize", "16MB"], 1),
+        (vec!["prune", "-D", &dir, "--before", "27"], 2),
+        (vec!["prune", "-D", &dir], 2),
+        (
+            vec![
+                "prune",
+                "-D",
+                "/nonexistent-walrelay",
+                "--before",
+                "000000010000000000000002",
+            ],
+            5,
+        ),
+        (
+            vec!["prune", "-D", &dir, "--before", "000000010000000000000002"],
+            0,
+        ),
+        (
+            vec!["restore", "000000010000000000000009", &out, "-D", &damaged],
+            1,
+        ),
+        (
+            vec!["restore", "000000010000000000000001", &out, "-D", &damaged],
+            200,
+        ),
+        (vec!["restore", "000000010000000000000001", &out], 201),
+        (vec!["demo", "--rows", "many"], 2),
+    ];
+    for (args, want) in table {
+        let (code, stdout, err) = run_env(&args, &[]);
+        assert_eq!(code, want, "{args:?}: {stdout}{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        if want != 0 && want != 1 {
+            assert_eq!(error_lines(&err).len(), 1, "{args:?}: {err}");
+        }
+    }
+}
+
+/// Item 8: a host name that does not resolve is a definite error before the first stream: receive
+/// (which reconnects for ever after transient failures) exits at once, naming the name, exit 3.
+#[test]
+fn dns_failure_exits_at_start_up() {
+    let d = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    let (code, _, err) = run_env(
+        &[
+            "receive",
+            "-h",
+            "nosuchhost.invalid",
+            "-D",
+            d.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(30));
+    let lines = error_lines(&err);
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("\"nosuchhost.invalid\""), "{err}");
+    assert!(!err.contains("reconnecting"), "no retry: {err}");
+}
+
+/// Item 9: the traps a bootstrap can see before connecting are said at once — a root-owned target
+/// (the result would be root's, which PostgreSQL refuses), a slot that nothing uses, and a non-empty
+/// directory names what is in it.
+#[test]
+fn bootstrap_names_its_traps_before_connecting() {
+    let dead = "host=127.0.0.1 port=1 connect_timeout=2";
+    let d = tempfile::tempdir().unwrap();
+    let target = d.path().join("standby");
+    let target = target.to_str().unwrap();
+    let (_, _, err) = run_env(
+        &[
+            "bootstrap",
+            "-d",
+            dead,
+            "-D",
+            target,
+            "-S",
+            "s1",
+            "-X",
+            "none",
+            "--no-standby-config",
+        ],
+        &[],
+    );
+    assert!(err.contains("does nothing with the slot"), "{err}");
+    if nix::unistd::Uid::effective().is_root() {
+        assert!(err.contains("add --owner postgres"), "{err}");
+        let (_, _, err) = run_env(
+            &["bootstrap", "-d", dead, "-D", target, "--owner", "root"],
+            &[],
+        );
+        assert!(!err.contains("add --owner"), "{err}");
+    }
+    let mounted = d.path().join("mnt");
+    std::fs::create_dir_all(mounted.join("lost+found")).unwrap();
+    let (code, _, err) = run_env(
+        &["bootstrap", "-d", dead, "-D", mounted.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("(it holds \"lost+found\")"), "{err}");
+    assert!(err.contains("mount point"), "{err}");
+}

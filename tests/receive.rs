@@ -1048,10 +1048,16 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// A metric's value in the Prometheus text exposition.
+/// A metric's value in the Prometheus text exposition (whatever its labels).
 fn metric(body: &str, name: &str) -> Option<u64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    body.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let value = match rest.strip_prefix('{') {
+            Some(labelled) => labelled.split_once("} ")?.1,
+            None => rest.strip_prefix(' ')?,
+        };
+        value.trim().parse().ok()
+    })
 }
 
 /// Issue scenario 10: --metrics-addr serves walrelay_receive_flushed_lsn on /metrics, following the

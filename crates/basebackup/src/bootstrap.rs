@@ -19,6 +19,8 @@
 //!    `START_REPLICATION SLOT` at the current position that is ended at once with CopyDone. That
 //!    probe changes nothing: a physical slot only moves when the client reports a flush position,
 //!    and the probe reports none. A slot in use by another walsender is reported as such.
+//!    With `--waldir` the WAL directory (absent or empty, checked with the target) is created
+//!    and `DIR/pg_wal` made a symbolic link to it before the backup, as pg_basebackup does.
 //! 4. **BASE_BACKUP** ([`BaseBackupStream`]) with a manifest (PostgreSQL 13+), the checkpoint mode,
 //!    label, checksum verification and rate limit asked for. As soon as the start position is
 //!    known the tablespace directories are prepared and, with [`WalMethod::Stream`], the WAL
@@ -73,7 +75,7 @@ use walrelay_client::{
     ClientError, ConnectParams, Connection, IdentifySystem, ServerCondition, StartedReplication,
 };
 use walrelay_conninfo::{ConnectionConfig, PasswordSource, PrimaryConninfoOptions};
-use walrelay_durable::{create_dir_all_durable, DurableError, Owner};
+use walrelay_durable::{create_dir_all_durable, CreateModes, DurableError, Owner};
 use walrelay_protocol::command::{
     self, BaseBackupOptions, CheckpointMode, CommandError, ServerVersion, MAX_SUPPORTED_MAJOR,
     MIN_SUPPORTED_MAJOR,
@@ -91,8 +93,8 @@ use crate::standby::{write_standby_config, StandbyConfig, StandbyConfigError, St
 use crate::stream::{BaseBackupStream, ReceiveTarget};
 use crate::sync::{SyncSummary, WrittenPaths};
 use crate::tablespace::{
-    check_dir_empty_or_absent, DirState, MappingError, PreparedTablespace, TablespaceError,
-    TablespaceMapping,
+    check_dir_empty_or_absent, lost_found_hint, plan_tablespace_dirs, DirState, MappingError,
+    PreparedTablespace, TablespaceError, TablespaceLocation, TablespaceMapping,
 };
 use walrelay_protocol::base_backup::BackupPosition;
 
@@ -272,6 +274,12 @@ pub struct BootstrapConfig {
     pub clean_on_failure: bool,
     /// Owner of everything created; `None`: see the module docs.
     pub owner: Option<Owner>,
+    /// Without `slot`, stream the WAL through a temporary slot (pg_basebackup's default; false is
+    /// its `--no-slot`).
+    pub temporary_slot: bool,
+    /// `--waldir`: the WAL goes into this directory (absolute; absent or empty), and `pg_wal` in
+    /// the data directory is a symbolic link to it, as pg_basebackup makes it.
+    pub wal_dir: Option<PathBuf>,
 }
 
 impl BootstrapConfig {
@@ -301,6 +309,8 @@ impl BootstrapConfig {
             sync_threads: DEFAULT_SYNC_THREADS,
             clean_on_failure: true,
             owner: None,
+            temporary_slot: true,
+            wal_dir: None,
         }
     }
 }
@@ -360,10 +370,14 @@ pub enum BootstrapError {
     Mapping(#[from] MappingError),
     #[error("the backup label contains a NUL byte: remove it")]
     InvalidLabel,
+    #[error("--waldir {0} is not an absolute path: give the WAL directory's absolute path")]
+    WalDirNotAbsolute(PathBuf),
+    #[error("--waldir {0} is the data directory itself or inside it: choose a directory outside the data directory")]
+    WalDirInsideTarget(PathBuf),
     #[error("--wal-method stream needs a WAL streamer and none is available here: use --wal-method fetch or none")]
     NoWalStreamer,
-    #[error("directory \"{0}\" exists but is not empty; choose an empty or new directory")]
-    TargetNotEmpty(PathBuf),
+    #[error("directory \"{}\" exists but is not empty (it holds \"{entry}\"){}; choose an empty or new directory", dir.display(), lost_found_hint(entry))]
+    TargetNotEmpty { dir: PathBuf, entry: String },
     #[error("directory \"{0}\" holds an unfinished base backup (backup_label but no backup_manifest: an earlier run was killed); remove its contents and run again")]
     TargetInterrupted(PathBuf),
     #[error("directory \"{0}\" holds a PostgreSQL data directory (PG_VERSION); refusing to overwrite it — choose an empty or new directory")]
@@ -484,6 +498,14 @@ fn validate(config: &BootstrapConfig, have_streamer: bool) -> Result<Plan<'_>, B
     if config.wal_method == WalMethod::Stream && !have_streamer {
         return Err(BootstrapError::NoWalStreamer);
     }
+    if let Some(w) = &config.wal_dir {
+        if !w.is_absolute() {
+            return Err(BootstrapError::WalDirNotAbsolute(w.clone()));
+        }
+        if w.starts_with(&config.target_dir) {
+            return Err(BootstrapError::WalDirInsideTarget(w.clone()));
+        }
+    }
     Ok(Plan { config, mapping })
 }
 
@@ -517,7 +539,7 @@ fn prepare_target(dir: &Path, owner: Owner) -> Result<TargetState, BootstrapErro
         Ok(DirState::Empty) => TargetState::ExistedEmpty {
             original_mode: None,
         },
-        Err(TablespaceError::NotEmpty(p)) => {
+        Err(TablespaceError::NotEmpty { dir: p, entry }) => {
             // Say what is in the way when it is recognisably ours or PostgreSQL's.
             return Err(
                 if p.join("backup_label").exists() && !p.join("backup_manifest").exists() {
@@ -525,7 +547,7 @@ fn prepare_target(dir: &Path, owner: Owner) -> Result<TargetState, BootstrapErro
                 } else if p.join("PG_VERSION").exists() {
                     BootstrapError::TargetIsDataDirectory(p)
                 } else {
-                    BootstrapError::TargetNotEmpty(p)
+                    BootstrapError::TargetNotEmpty { dir: p, entry }
                 },
             );
         }
@@ -586,6 +608,8 @@ struct Cleanup {
     target: PathBuf,
     target_state: TargetState,
     tablespaces: Vec<PreparedTablespace>,
+    /// The `--waldir` directory once prepared, and whether walrelay created it.
+    wal_dir: Option<(PathBuf, bool)>,
     created_slot: Option<String>,
     connect: ConnectParams,
     gate: ExtractionGate,
@@ -630,6 +654,11 @@ impl Cleanup {
                     }
                 }
             }
+        }
+        match &self.wal_dir {
+            Some((dir, true)) => remove_tree(dir),
+            Some((dir, false)) => remove_contents(dir),
+            None => {}
         }
         for ts in &self.tablespaces {
             if ts.in_place {
@@ -760,11 +789,15 @@ where
     let owner = config
         .owner
         .unwrap_or_else(|| Owner::of_dir_if_root(&config.target_dir));
+    if let Some(w) = &config.wal_dir {
+        check_wal_dir(w)?;
+    }
     let target_state = prepare_target(&config.target_dir, owner)?;
     let mut cleanup = Cleanup {
         target: config.target_dir.clone(),
         target_state,
         tablespaces: Vec::new(),
+        wal_dir: None,
         created_slot: None,
         connect: config.connect.clone(),
         gate: ExtractionGate::new(),
@@ -835,12 +868,19 @@ async fn run(
         .wal_segment_size()
         .await
         .map_err(command_error("SHOW wal_segment_size"))?;
+    let modes = create_modes(&mut conn).await;
     tracing::info!(
         server_version = version.0,
         system_identifier = ident.system_identifier,
         timeline = %ident.timeline,
+        group_access = modes.has_group_access(),
         "connected to the primary"
     );
+    follow_server_mode(target, cleanup.target_state, modes)?;
+    precheck_tablespaces(config, &plan.mapping).await?;
+    if let Some(w) = &config.wal_dir {
+        cleanup.wal_dir = Some(link_wal_dir(target, w, modes, owner)?);
+    }
 
     let mut slot_created = false;
     if let Some(slot) = &config.slot {
@@ -874,7 +914,7 @@ async fn run(
     };
     let stream = BaseBackupStream::begin(&mut conn, &opts, progress).await?;
     let start = stream.start();
-    let tablespaces = stream.prepare_tablespaces(target, &plan.mapping, owner)?;
+    let tablespaces = stream.prepare_tablespaces(target, &plan.mapping, owner, modes.dir)?;
     cleanup.tablespaces = tablespaces.clone();
 
     let mut handle: Option<Box<dyn WalStreamHandle>> = None;
@@ -883,7 +923,7 @@ async fn run(
         let pg_wal = target.join("pg_wal");
         // The stream may write before the archive's own pg_wal entry arrives.
         let status = pg_wal.join("archive_status");
-        create_dir_all_durable(&status, DATA_DIR_MODE, owner).map_err(|source| {
+        create_dir_all_durable(&status, modes.dir, owner).map_err(|source| {
             BootstrapError::CreateWalDir {
                 path: status.clone(),
                 source,
@@ -897,7 +937,7 @@ async fn run(
             start_lsn: start.lsn.segment_start(seg_size.bytes()),
             wal_segment_size: seg_size,
             slot: config.slot.clone(),
-            create_temporary_slot: config.slot.is_none(),
+            create_temporary_slot: config.slot.is_none() && config.temporary_slot,
             pg_wal_dir: pg_wal,
             owner,
         };
@@ -916,6 +956,7 @@ async fn run(
         owner,
         verify_manifest: config.verify,
         gate: cleanup.gate.clone(),
+        wal_dir: config.wal_dir.clone(),
     };
     let received = match handle.as_mut() {
         Some(h) => stream.receive(receive_target, h.failed()).await,
@@ -993,7 +1034,7 @@ async fn run(
     };
     if let Some(mode) = standby_mode {
         let standby = StandbyConfig::new(version.major(), mode)?;
-        standby_files = write_standby_config(target, &standby, owner)?;
+        standby_files = write_standby_config(target, &standby, owner, modes.file)?;
     }
 
     let synced = if config.sync {
@@ -1022,7 +1063,7 @@ async fn run(
     let mut manifest_stored = false;
     let mut verified = None;
     if let Some(m) = &result.manifest {
-        store_manifest(target, &m.text, manifest_mode(target), owner)
+        store_manifest(target, &m.text, modes.file, owner)
             .map_err(BootstrapError::StoreManifest)?;
         manifest_stored = true;
         verified = m.verified;
@@ -1031,8 +1072,9 @@ async fn run(
     let duration = started.elapsed();
     tracing::info!(
         bytes = result.bytes_received,
-        seconds = duration.as_secs_f64(),
-        end = %result.end,
+        seconds = %format_args!("{:.2}", duration.as_secs_f64()),
+        end_lsn = %result.end.lsn,
+        timeline = %result.end.timeline,
         "bootstrap complete"
     );
     Ok(BootstrapSummary {
@@ -1181,13 +1223,151 @@ fn password_given_in_conninfo(connection: &ConnectionConfig) -> bool {
         .is_some_and(|p| *p.source() == PasswordSource::ConnectionString)
 }
 
-/// `backup_manifest` gets group read when the data directory allows group access (a cluster
-/// initialized with `--allow-group-access`), as pg_basebackup's `pg_file_create_mode` does.
-fn manifest_mode(data_dir: &Path) -> u32 {
-    match fs::metadata(data_dir) {
-        Ok(m) if m.mode() & 0o050 == 0o050 => 0o640,
-        _ => 0o600,
+/// The modes of everything the bootstrap creates: the primary's `data_directory_mode` decides
+/// (PostgreSQL 11+; before 11 there is no group access), as pg_basebackup's
+/// `RetrieveDataDirCreatePerm` does — 0750/0640 for a cluster with group access, else 0700/0600.
+async fn create_modes(conn: &mut Connection) -> CreateModes {
+    if conn.server_version().major() < 11 {
+        return CreateModes::OWNER_ONLY;
     }
+    match conn.show("data_directory_mode").await {
+        Ok(v) => CreateModes::from_show(&v),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the primary's data_directory_mode; the copy gets owner-only modes");
+            CreateModes::OWNER_ONLY
+        }
+    }
+}
+
+/// Gives the target the primary's directory mode when walrelay made it or chose its mode (a new
+/// directory, or an empty one whose mode PostgreSQL would refuse); a mode the user set stays.
+fn follow_server_mode(
+    target: &Path,
+    state: TargetState,
+    modes: CreateModes,
+) -> Result<(), BootstrapError> {
+    let ours = matches!(
+        state,
+        TargetState::Created
+            | TargetState::ExistedEmpty {
+                original_mode: Some(_)
+            }
+    );
+    if ours && modes.dir != DATA_DIR_MODE {
+        fs::set_permissions(target, fs::Permissions::from_mode(modes.dir)).map_err(|source| {
+            BootstrapError::TargetAccess {
+                path: target.to_path_buf(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// `--waldir` must be absent or empty, like the target; checked before anything is created.
+fn check_wal_dir(dir: &Path) -> Result<(), BootstrapError> {
+    match check_dir_empty_or_absent(dir) {
+        Ok(_) => Ok(()),
+        Err(TablespaceError::NotEmpty { dir, entry }) => {
+            Err(BootstrapError::TargetNotEmpty { dir, entry })
+        }
+        Err(TablespaceError::NotADirectory(p)) => Err(BootstrapError::TargetNotADirectory(p)),
+        Err(TablespaceError::Access { path, source }) => {
+            Err(BootstrapError::TargetAccess { path, source })
+        }
+        Err(other) => Err(BootstrapError::TargetAccess {
+            path: dir.to_path_buf(),
+            source: io::Error::other(other.to_string()),
+        }),
+    }
+}
+
+/// Creates the `--waldir` directory (with the data directory's modes and owner) if it is absent,
+/// and `target/pg_wal` as a symbolic link to it, durably. Returns it and whether it was created,
+/// for the cleanup.
+fn link_wal_dir(
+    target: &Path,
+    wal_dir: &Path,
+    modes: CreateModes,
+    owner: Owner,
+) -> Result<(PathBuf, bool), BootstrapError> {
+    let create_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BootstrapError::CreateWalDir { path, source }
+    };
+    let created = !wal_dir.exists();
+    if created {
+        create_dir_all_durable(wal_dir, modes.dir, owner).map_err(create_err(wal_dir))?;
+    } else {
+        owner.apply(wal_dir).map_err(create_err(wal_dir))?;
+    }
+    let link = target.join("pg_wal");
+    std::os::unix::fs::symlink(wal_dir, &link).map_err(|e| BootstrapError::CreateWalDir {
+        path: link.clone(),
+        source: DurableError::new("create symbolic link", &link, e),
+    })?;
+    owner.apply(&link).map_err(create_err(&link))?;
+    walrelay_durable::fsync_dir(target).map_err(create_err(target))?;
+    Ok((wal_dir.to_path_buf(), created))
+}
+
+/// How long the tablespace pre-check may take (one SQL connection to the primary).
+const TABLESPACE_PRECHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks the tablespace targets before `BASE_BACKUP`, so that a clash (a tablespace whose
+/// directory exists and is not empty, on a machine that has the primary's paths) is reported before
+/// the checkpoint wait, not after it. The list comes from `pg_tablespace` over an SQL session;
+/// when the role cannot open one (pg_hba.conf may allow replication only), the same check runs as
+/// soon as `BASE_BACKUP` names the tablespaces.
+async fn precheck_tablespaces(
+    config: &BootstrapConfig,
+    mapping: &TablespaceMapping,
+) -> Result<(), BootstrapError> {
+    let list = tokio::time::timeout(
+        TABLESPACE_PRECHECK_TIMEOUT,
+        list_tablespaces(&config.connect),
+    )
+    .await
+    .ok()
+    .flatten();
+    let Some(locations) = list else {
+        tracing::debug!("no SQL session to list the tablespaces before the backup; they are checked when it starts");
+        return Ok(());
+    };
+    plan_tablespace_dirs(&config.target_dir, &locations, mapping)
+        .map(|_| ())
+        .map_err(BootstrapError::from)
+}
+
+/// The primary's tablespaces (`oid`, location) over an SQL session; `None` when none can be opened.
+async fn list_tablespaces(connect: &ConnectParams) -> Option<Vec<TablespaceLocation>> {
+    let mut params = connect.clone();
+    params.replication = walrelay_client::ReplicationMode::Off;
+    let mut conn = match Connection::connect(&params).await {
+        Ok(c) => c,
+        Err(e) if e.condition() == Some(ServerCondition::UnknownDatabase) => {
+            // The default database (named after the user) does not exist; `postgres` usually does.
+            params.dbname = Some("postgres".into());
+            Connection::connect(&params).await.ok()?
+        }
+        Err(_) => return None,
+    };
+    let rows = conn
+        .simple_query(
+            "SELECT oid, pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')",
+        )
+        .await
+        .ok();
+    conn.close().await;
+    let rows = rows?;
+    let result = rows.first()?;
+    let mut out = Vec::new();
+    for i in 0..result.rows.len() {
+        let oid = result.get_idx(i, 0)?.parse().ok()?;
+        let location = result.get_idx(i, 1)?.to_string();
+        out.push(TablespaceLocation { oid, location });
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -1284,7 +1464,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             format!(
-                "directory \"{}\" exists but is not empty; choose an empty or new directory",
+                "directory \"{}\" exists but is not empty (it holds \"x\"); choose an empty or new directory",
                 new.display()
             )
         );
@@ -1324,6 +1504,7 @@ mod tests {
                 target: dir.clone(),
                 target_state: state,
                 tablespaces: Vec::new(),
+                wal_dir: None,
                 created_slot: None,
                 connect: config(&dir).connect,
                 gate: ExtractionGate::new(),
@@ -1408,6 +1589,7 @@ mod tests {
                 target: dir.clone(),
                 target_state: state,
                 tablespaces: vec![ts(1, &ts_created, true), ts(2, &ts_existing, false)],
+                wal_dir: None,
                 created_slot: None,
                 connect: c.connect.clone(),
                 gate: ExtractionGate::new(),

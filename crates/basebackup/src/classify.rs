@@ -16,10 +16,13 @@ impl Classify for BootstrapError {
     fn class(&self) -> ErrorClass {
         use BootstrapError as E;
         match self {
-            E::CreateSlotWithoutName | E::InvalidSlotName(_) | E::Mapping(_) | E::InvalidLabel => {
-                ErrorClass::Usage
-            }
-            E::TargetNotEmpty(_)
+            E::CreateSlotWithoutName
+            | E::InvalidSlotName(_)
+            | E::Mapping(_)
+            | E::InvalidLabel
+            | E::WalDirNotAbsolute(_)
+            | E::WalDirInsideTarget(_) => ErrorClass::Usage,
+            E::TargetNotEmpty { .. }
             | E::TargetInterrupted(_)
             | E::TargetIsDataDirectory(_)
             | E::TargetNotADirectory(_)

@@ -10,7 +10,8 @@
 //! * member paths must be relative and free of `..` ([`crate::member_path`]);
 //! * no member is written through a symbolic link — neither one the archive created nor one that was
 //!   already on disk: every directory on the way is checked with `lstat` once (then remembered), and
-//!   files are opened with `O_NOFOLLOW`;
+//!   files are opened with `O_NOFOLLOW` — except the base archive's `pg_wal` when the caller made it
+//!   a link to the `--waldir` directory it names ([`ArchiveExtractor::with_wal_dir_link`]);
 //! * symbolic links: `pg_tblspc/<oid>` in the base archive must name a tablespace the server announced,
 //!   and is pointed at that tablespace's mapped directory; any other link must be relative and resolve
 //!   inside the archive root without passing through another link; a link never replaces an existing
@@ -175,6 +176,9 @@ pub struct ArchiveExtractor {
     written: WrittenPaths,
     allow_tablespace_map: bool,
     writeback: Option<WritebackBehind>,
+    /// `pg_wal` in the base archive's root is a link to this directory, made by the caller
+    /// (pg_basebackup's `--waldir`): written through, the one link that may be.
+    wal_link: Option<PathBuf>,
 }
 
 impl ArchiveExtractor {
@@ -193,7 +197,16 @@ impl ArchiveExtractor {
             written: WrittenPaths::new(),
             allow_tablespace_map: false,
             writeback: None,
+            wal_link: None,
         }
+    }
+
+    /// `DATA_DIR/pg_wal` is a symbolic link to `wal_dir` that the caller made (`--waldir`): the
+    /// base archive's `pg_wal` entries are written through it. Any other link, or this one
+    /// pointing elsewhere, is still refused.
+    pub fn with_wal_dir_link(mut self, wal_dir: Option<PathBuf>) -> Self {
+        self.wal_link = wal_dir;
+        self
     }
 
     /// Starts the writeback of every file as soon as it is complete, on a thread of its own
@@ -279,6 +292,10 @@ impl ArchiveExtractor {
             owner: self.owner,
             allow_tablespace_map: self.allow_tablespace_map,
             writeback: self.writeback.as_ref(),
+            wal_link: match kind {
+                ArchiveKind::Base => self.wal_link.as_deref(),
+                ArchiveKind::Tablespace(_) => None,
+            },
             verified_dirs: HashSet::new(),
             created_links: HashSet::new(),
             deferred_dirs: Vec::new(),
@@ -336,6 +353,8 @@ struct ArchiveRun<'a> {
     owner: Owner,
     allow_tablespace_map: bool,
     writeback: Option<&'a WritebackBehind>,
+    /// The `--waldir` link's target, for the base archive.
+    wal_link: Option<&'a Path>,
     /// Paths (relative to `root`) known to be real directories, not links.
     verified_dirs: HashSet<PathBuf>,
     /// Symbolic links this archive created (relative to `root`): nothing may be written through them.
@@ -418,6 +437,7 @@ impl ArchiveRun<'_> {
                 self.owner.apply(&abs)?;
             }
             Err(e) => return Err(io_err("examine", &abs)(e)),
+            Ok(m) if m.file_type().is_symlink() && self.is_wal_link(rel, &abs) => {}
             Ok(m) if m.file_type().is_symlink() => {
                 return Err(ExtractError::ThroughSymlink {
                     path: lossy(&member.path),
@@ -625,6 +645,14 @@ impl ArchiveRun<'_> {
             }
             _ => None,
         }
+    }
+
+    /// `pg_wal` as the caller linked it to the `--waldir` directory.
+    fn is_wal_link(&self, rel: &Path, abs: &Path) -> bool {
+        rel == Path::new("pg_wal")
+            && self
+                .wal_link
+                .is_some_and(|target| fs::read_link(abs).is_ok_and(|t| t == target))
     }
 
     /// A link target inside the root may not pass through a link (ours or pre-existing): checks

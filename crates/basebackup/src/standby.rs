@@ -26,7 +26,7 @@
 //! [`StandbyConfig::new`] drops the keywords introduced after the server's major version
 //! ([`Keyword::introduced_in`]) and logs which; they only tuned this run's connection.
 //!
-//! `primary_conninfo` may contain a password, so every file written here is mode 0600. The file that
+//! `primary_conninfo` may contain a password, so every file written here is mode 0600 (0640 in a data directory with group access, as the server's own). The file that
 //! makes the server a standby (`standby.signal` or `recovery.conf`) is written first: if the process
 //! dies in between, the server waits for WAL as a standby instead of starting as a new primary.
 
@@ -308,11 +308,13 @@ pub fn validate_slot_name(name: &str) -> Result<(), StandbyConfigError> {
 }
 
 /// Writes the standby configuration into `data_dir`: reads the current `postgresql.auto.conf`,
-/// renders, and writes each file atomically (mode 0600, `owner`). Returns the names written.
+/// renders, and writes each file atomically (`file_mode`: 0600, or 0640 in a data directory with
+/// group access, as the server's own files; `owner`). Returns the names written.
 pub fn write_standby_config(
     data_dir: &Path,
     config: &StandbyConfig,
     owner: Owner,
+    file_mode: u32,
 ) -> Result<Vec<&'static str>, StandbyConfigError> {
     let auto_conf = data_dir.join("postgresql.auto.conf");
     let existing = match fs::read(&auto_conf) {
@@ -328,7 +330,7 @@ pub fn write_standby_config(
     let files = config.render(existing.as_deref());
     let mut names = Vec::with_capacity(files.len());
     for f in files {
-        write_file_atomic(&data_dir.join(f.name), &f.contents, f.mode, owner)?;
+        write_file_atomic(&data_dir.join(f.name), &f.contents, file_mode, owner)?;
         names.push(f.name);
     }
     Ok(names)
@@ -583,7 +585,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("postgresql.auto.conf"), PRIMARY_AUTO_CONF).unwrap();
         let cfg = StandbyConfig::new(16, streaming(Some("s1"))).unwrap();
-        let names = write_standby_config(d.path(), &cfg, Owner::current()).unwrap();
+        let names =
+            write_standby_config(d.path(), &cfg, Owner::current(), CONFIG_FILE_MODE).unwrap();
         assert_eq!(names, ["standby.signal", "postgresql.auto.conf"]);
         let auto = fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
         assert!(auto.starts_with(PRIMARY_AUTO_CONF));
@@ -597,7 +600,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let cfg = StandbyConfig::new(11, streaming(None)).unwrap();
         assert_eq!(
-            write_standby_config(d.path(), &cfg, Owner::current()).unwrap(),
+            write_standby_config(d.path(), &cfg, Owner::current(), CONFIG_FILE_MODE).unwrap(),
             ["recovery.conf"]
         );
         assert!(!d.path().join("standby.signal").exists());

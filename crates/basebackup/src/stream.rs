@@ -87,6 +87,8 @@ pub struct ReceiveTarget {
     /// Compute checksums while extracting and check the manifest against them.
     pub verify_manifest: bool,
     pub gate: ExtractionGate,
+    /// `data_dir/pg_wal` is a link to this directory (`--waldir`), made before the backup.
+    pub wal_dir: Option<PathBuf>,
 }
 
 /// The manifest as received, and what checking it found.
@@ -173,7 +175,7 @@ impl<'c> BaseBackupStream<'c> {
         let total_kb: u64 = header.iter().filter_map(|h| h.size_kb).sum();
         progress.set_total(total_kb.saturating_mul(1024));
         progress.set_done(0);
-        tracing::info!(start = %start, tablespaces = header.len() - 1, total_kb, "base backup started");
+        tracing::info!(start_lsn = %start.lsn, timeline = %start.timeline, tablespaces = header.len() - 1, total_kb, "base backup started");
         Ok(BaseBackupStream {
             conn,
             version,
@@ -210,13 +212,14 @@ impl<'c> BaseBackupStream<'c> {
         data_dir: &Path,
         mapping: &TablespaceMapping,
         owner: Owner,
+        dir_mode: u32,
     ) -> Result<Vec<PreparedTablespace>, BackupError> {
         let locations = self.tablespace_locations();
         for unused in mapping.unused(&locations) {
             tracing::warn!(old_dir = %unused.old_dir, "tablespace mapping matches no tablespace of the server");
         }
         Ok(prepare_tablespace_dirs(
-            data_dir, &locations, mapping, owner,
+            data_dir, &locations, mapping, owner, dir_mode,
         )?)
     }
 
@@ -250,6 +253,7 @@ impl<'c> BaseBackupStream<'c> {
             target.tablespaces.clone(),
             target.owner,
         )
+        .with_wal_dir_link(target.wal_dir.clone())
         .with_writeback_behind();
         let extraction = Extraction::spawn(extractor, collector, target.gate.clone());
         tokio::pin!(abort);
@@ -300,7 +304,7 @@ impl<'c> BaseBackupStream<'c> {
                 })
             }
         };
-        tracing::info!(end = %end, bytes = received, "base backup received");
+        tracing::info!(end_lsn = %end.lsn, timeline = %end.timeline, bytes = received, "base backup received");
         Ok(BaseBackupResult {
             start,
             end,

@@ -26,9 +26,6 @@ use crate::member_path::sanitize_member_path;
 /// `MAXPGPATH`: pg_basebackup refuses mapping directories this long or longer.
 pub const MAXPGPATH: usize = 1024;
 
-/// Mode of directories walrelay creates for tablespaces (`pg_dir_create_mode`).
-pub const TABLESPACE_DIR_MODE: u32 = 0o700;
-
 /// Why a `-T` argument is not a valid mapping. Messages match pg_basebackup's.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum MappingError {
@@ -204,8 +201,8 @@ pub struct PreparedTablespace {
 /// Why the tablespaces cannot be placed.
 #[derive(Debug, Error)]
 pub enum TablespaceError {
-    #[error("directory \"{0}\" exists but is not empty: empty it, remove it, or map the tablespace elsewhere with -T OLDDIR=NEWDIR")]
-    NotEmpty(PathBuf),
+    #[error("directory \"{}\" exists but is not empty (it holds \"{entry}\"){}: empty it, remove it, or map the tablespace elsewhere with -T OLDDIR=NEWDIR", dir.display(), lost_found_hint(entry))]
+    NotEmpty { dir: PathBuf, entry: String },
     #[error("\"{0}\" exists but is not a directory: remove it or map the tablespace elsewhere with -T OLDDIR=NEWDIR")]
     NotADirectory(PathBuf),
     #[error("could not access directory \"{path}\": {source}")]
@@ -226,6 +223,15 @@ pub enum TablespaceError {
     DuplicateOid(u32),
     #[error(transparent)]
     Create(#[from] DurableError),
+}
+
+/// `lost+found` is what a freshly made file system holds: the directory is a mount point.
+pub(crate) fn lost_found_hint(entry: &str) -> &'static str {
+    if entry == "lost+found" {
+        ", so it is a file system's mount point: use a directory below it"
+    } else {
+        ""
+    }
 }
 
 /// What a directory looks like before a backup is written into it.
@@ -255,7 +261,10 @@ pub fn check_dir_empty_or_absent(dir: &Path) -> Result<DirState, TablespaceError
             })?;
             match entries.next() {
                 None => Ok(DirState::Empty),
-                Some(Ok(_)) => Err(TablespaceError::NotEmpty(dir.to_path_buf())),
+                Some(Ok(first)) => Err(TablespaceError::NotEmpty {
+                    dir: dir.to_path_buf(),
+                    entry: first.file_name().to_string_lossy().into_owned(),
+                }),
                 Some(Err(e)) => Err(TablespaceError::Access {
                     path: dir.to_path_buf(),
                     source: e,
@@ -266,14 +275,38 @@ pub fn check_dir_empty_or_absent(dir: &Path) -> Result<DirState, TablespaceError
 }
 
 /// Works out every tablespace's target directory, checks that each is absent or empty, and only
-/// then creates the missing ones (mode 0700, `owner`). Nothing is created when any check fails.
+/// then creates the missing ones (`dir_mode`: 0700, or 0750 for a primary with group access;
+/// `owner`). Nothing is created when any check fails.
 pub fn prepare_tablespace_dirs(
     data_dir: &Path,
     tablespaces: &[TablespaceLocation],
     mapping: &TablespaceMapping,
     owner: Owner,
+    dir_mode: u32,
 ) -> Result<Vec<PreparedTablespace>, TablespaceError> {
-    let mut planned: Vec<(PreparedTablespace, DirState)> = Vec::new();
+    let planned = plan_tablespace_dirs(data_dir, tablespaces, mapping)?;
+    let mut out = Vec::with_capacity(planned.len());
+    for ts in planned {
+        if ts.created {
+            create_dir_all_durable(&ts.target, dir_mode, owner)?;
+        } else {
+            owner.apply(&ts.target)?;
+        }
+        out.push(ts);
+    }
+    Ok(out)
+}
+
+/// Works out every tablespace's target directory and checks that each is absent or empty (and that
+/// no two share one), creating nothing: `created` says which are absent. A bootstrap runs it once
+/// before the backup's checkpoint, with the tablespaces an SQL session lists, so a clash is
+/// reported before the wait.
+pub fn plan_tablespace_dirs(
+    data_dir: &Path,
+    tablespaces: &[TablespaceLocation],
+    mapping: &TablespaceMapping,
+) -> Result<Vec<PreparedTablespace>, TablespaceError> {
+    let mut planned: Vec<PreparedTablespace> = Vec::new();
     let mut oids = HashSet::new();
     for ts in tablespaces {
         if !oids.insert(ts.oid) {
@@ -293,7 +326,7 @@ pub fn prepare_tablespace_dirs(
             }
             (data_dir.join(rel), true)
         };
-        if let Some((other, _)) = planned.iter().find(|(p, _)| p.target == target) {
+        if let Some(other) = planned.iter().find(|p| p.target == target) {
             return Err(TablespaceError::SameTarget {
                 first: other.oid,
                 second: ts.oid,
@@ -301,27 +334,15 @@ pub fn prepare_tablespace_dirs(
             });
         }
         let state = check_dir_empty_or_absent(&target)?;
-        planned.push((
-            PreparedTablespace {
-                oid: ts.oid,
-                server_location: ts.location.clone(),
-                target,
-                in_place,
-                created: state == DirState::Absent,
-            },
-            state,
-        ));
+        planned.push(PreparedTablespace {
+            oid: ts.oid,
+            server_location: ts.location.clone(),
+            target,
+            in_place,
+            created: state == DirState::Absent,
+        });
     }
-    let mut out = Vec::with_capacity(planned.len());
-    for (ts, state) in planned {
-        if state == DirState::Absent {
-            create_dir_all_durable(&ts.target, TABLESPACE_DIR_MODE, owner)?;
-        } else {
-            owner.apply(&ts.target)?;
-        }
-        out.push(ts);
-    }
-    Ok(out)
+    Ok(planned)
 }
 
 #[cfg(test)]
@@ -438,16 +459,16 @@ mod tests {
                 location: "/srv/b".into(),
             },
         ];
-        let e = prepare_tablespace_dirs(&data, &ts, &m, Owner::current()).unwrap_err();
+        let e = prepare_tablespace_dirs(&data, &ts, &m, Owner::current(), 0o700).unwrap_err();
         assert!(
-            matches!(e, TablespaceError::NotEmpty(ref p) if *p == busy),
+            matches!(e, TablespaceError::NotEmpty { ref dir, .. } if *dir == busy),
             "{e}"
         );
         assert!(e.to_string().contains("exists but is not empty"));
         assert!(!free.exists(), "nothing may be created when a check fails");
 
         fs::remove_file(busy.join("x")).unwrap();
-        let prepared = prepare_tablespace_dirs(&data, &ts, &m, Owner::current()).unwrap();
+        let prepared = prepare_tablespace_dirs(&data, &ts, &m, Owner::current(), 0o700).unwrap();
         assert_eq!(prepared[0].target, free);
         assert!(prepared[0].created);
         assert!(!prepared[1].created);
@@ -467,6 +488,7 @@ mod tests {
             }],
             &m,
             Owner::current(),
+            0o700,
         )
         .unwrap();
         assert!(p[0].in_place);
@@ -480,6 +502,7 @@ mod tests {
                 }],
                 &m,
                 Owner::current(),
+                0o700,
             )
             .unwrap_err();
             assert!(
@@ -506,6 +529,7 @@ mod tests {
             ],
             &m,
             Owner::current(),
+            0o700,
         )
         .unwrap_err();
         assert!(matches!(e, TablespaceError::SameTarget { .. }), "{e}");
@@ -529,7 +553,7 @@ mod tests {
         ));
         assert!(matches!(
             check_dir_empty_or_absent(d.path()),
-            Err(TablespaceError::NotEmpty(_))
+            Err(TablespaceError::NotEmpty { .. })
         ));
     }
 }

@@ -172,7 +172,7 @@ async fn non_empty_target_is_refused_and_untouched() {
     assert_eq!(
         e.to_string(),
         format!(
-            "directory \"{}\" exists but is not empty; choose an empty or new directory",
+            "directory \"{}\" exists but is not empty (it holds \"precious\"); choose an empty or new directory",
             s.target.display()
         )
     );

@@ -399,6 +399,7 @@ fn tablespaces_land_in_mapped_directories() {
         }],
         &mapping,
         Owner::current(),
+        0o700,
     )
     .unwrap();
     let mut x = ArchiveExtractor::new(&s.target, prepared, Owner::current());
@@ -451,6 +452,7 @@ fn tablespace_links_must_match_the_announced_tablespaces() {
         }],
         &mapping,
         Owner::current(),
+        0o700,
     )
     .unwrap();
     let run = |archive: &[u8], kind: ArchiveKind| {

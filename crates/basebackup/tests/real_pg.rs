@@ -227,7 +227,7 @@ fn streaming_standby_configured_by_walrelay_replicates() {
         },
     )
     .unwrap();
-    let written = write_standby_config(&standby_dir, &config, owner()).unwrap();
+    let written = write_standby_config(&standby_dir, &config, owner(), 0o600).unwrap();
     assert_eq!(written, ["standby.signal", "postgresql.auto.conf"]);
 
     let standby = c.standby(&standby_dir).start();
@@ -263,7 +263,7 @@ fn sidecar_standby_replays_segments_dropped_into_pg_wal() {
         },
     )
     .unwrap();
-    write_standby_config(&standby_dir, &config, owner()).unwrap();
+    write_standby_config(&standby_dir, &config, owner(), 0o600).unwrap();
     let standby = c.standby(&standby_dir).start();
     assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "t");
     // no replication connection of its own
@@ -321,7 +321,8 @@ fn tablespaces_extract_to_mapped_directories_and_verify() {
         oid,
         location: location.to_string(),
     }];
-    let prepared = prepare_tablespace_dirs(&target, &tablespaces, &mapping, owner()).unwrap();
+    let prepared =
+        prepare_tablespace_dirs(&target, &tablespaces, &mapping, owner(), 0o700).unwrap();
     assert_eq!(prepared[0].target, mapped);
 
     // pg_basebackup -Ft asks for TABLESPACE_MAP: refused by default...
@@ -336,7 +337,8 @@ fn tablespaces_extract_to_mapped_directories_and_verify() {
     mapping
         .push_arg(&format!("{location}={}", mapped.display()))
         .unwrap();
-    let prepared = prepare_tablespace_dirs(&target, &tablespaces, &mapping, owner()).unwrap();
+    let prepared =
+        prepare_tablespace_dirs(&target, &tablespaces, &mapping, owner(), 0o700).unwrap();
     let x = ArchiveExtractor::new(&target, prepared, owner()).allow_tablespace_map(true);
     let (r, sums, _) = extract_backup(&bk, ChecksumAlgorithm::Crc32c, x, &[(oid, location)]);
     r.unwrap();

@@ -134,6 +134,58 @@ pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The modes of what walrelay creates in or for a data directory, as PostgreSQL decides them
+/// (`SetDataDirectoryCreatePerm` in `common/file_perm.c`): owner only (0700 directories, 0600
+/// files), or — for a cluster initialized with group access (`initdb -g`, `data_directory_mode`
+/// 0750) — group read as well (0750, 0640). pg_basebackup and pg_receivewal follow the server's
+/// mode the same way (`RetrieveDataDirCreatePerm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreateModes {
+    pub dir: u32,
+    pub file: u32,
+}
+
+impl CreateModes {
+    /// `pg_dir_create_mode` / `pg_file_create_mode` without group access.
+    pub const OWNER_ONLY: CreateModes = CreateModes {
+        dir: 0o700,
+        file: 0o600,
+    };
+    /// With group access (`PG_DIR_MODE_GROUP`, `PG_FILE_MODE_GROUP`).
+    pub const GROUP_READ: CreateModes = CreateModes {
+        dir: 0o750,
+        file: 0o640,
+    };
+
+    /// The modes for a data directory of mode `mode` (as `SHOW data_directory_mode` or `stat` gives
+    /// it): group access when the group may read and enter it.
+    pub fn for_data_directory_mode(mode: u32) -> CreateModes {
+        if mode & Self::GROUP_READ.dir == Self::GROUP_READ.dir {
+            Self::GROUP_READ
+        } else {
+            Self::OWNER_ONLY
+        }
+    }
+
+    /// `SHOW data_directory_mode`'s value (`0750`, octal); owner only when it cannot be read.
+    pub fn from_show(value: &str) -> CreateModes {
+        u32::from_str_radix(value.trim(), 8)
+            .map(Self::for_data_directory_mode)
+            .unwrap_or(Self::OWNER_ONLY)
+    }
+
+    /// The modes that fit the existing directory `dir` (owner only if it cannot be read).
+    pub fn of_dir(dir: &Path) -> CreateModes {
+        fs::metadata(dir)
+            .map(|m| Self::for_data_directory_mode(m.mode() & 0o7777))
+            .unwrap_or(Self::OWNER_ONLY)
+    }
+
+    pub fn has_group_access(&self) -> bool {
+        *self == Self::GROUP_READ
+    }
+}
+
 /// Creates a directory (and missing parents) with `mode`, owned by `owner`, fsyncing each new entry's
 /// parent. Existing directories are left as they are.
 pub fn create_dir_all_durable(dir: &Path, mode: u32, owner: Owner) -> Result<()> {
@@ -221,6 +273,20 @@ mod tests {
         let p = d.path().join("missing/f");
         let e = write_file_atomic(&p, b"x", 0o600, Owner::current()).unwrap_err();
         assert!(e.to_string().contains("create"), "{e}");
+    }
+
+    #[test]
+    fn create_modes_follow_the_data_directory() {
+        assert_eq!(CreateModes::from_show("0750"), CreateModes::GROUP_READ);
+        assert_eq!(CreateModes::from_show("0700"), CreateModes::OWNER_ONLY);
+        assert_eq!(CreateModes::from_show("garbage"), CreateModes::OWNER_ONLY);
+        assert_eq!(
+            CreateModes::for_data_directory_mode(0o710),
+            CreateModes::OWNER_ONLY
+        );
+        let d = tempfile::tempdir().unwrap();
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o750)).unwrap();
+        assert_eq!(CreateModes::of_dir(d.path()), CreateModes::GROUP_READ);
     }
 
     #[test]

@@ -111,6 +111,7 @@ pub struct ClusterBuilder {
     conf: Vec<String>,
     data_checksums: Option<bool>,
     initdb_sync: bool,
+    group_access: bool,
     fsync: bool,
     port: u16,
 }
@@ -139,6 +140,7 @@ impl Default for ClusterBuilder {
             conf: Vec::new(),
             data_checksums: None,
             initdb_sync: false,
+            group_access: false,
             fsync: true,
             port: 0,
         }
@@ -273,6 +275,12 @@ impl ClusterBuilder {
     /// Let initdb fsync its files (default: `--no-sync`).
     pub fn initdb_sync(mut self, sync: bool) -> Self {
         self.initdb_sync = sync;
+        self
+    }
+
+    /// `initdb --allow-group-access` (PostgreSQL 11+): the data directory 0750, its files 0640.
+    pub fn group_access(mut self, on: bool) -> Self {
+        self.group_access = on;
         self
     }
 
@@ -685,6 +693,9 @@ impl Cluster {
         if !b.initdb_sync {
             cmd.arg("--no-sync");
         }
+        if b.group_access && major >= 11 {
+            cmd.arg("--allow-group-access");
+        }
         if let Some(mb) = b.wal_segsize_mb {
             if major >= 11 {
                 cmd.arg(format!("--wal-segsize={mb}"));
@@ -705,7 +716,18 @@ impl Cluster {
         let mut conf =
             fs::read_to_string(&conf_path).map_err(|e| TestkitError::io("read", &conf_path, e))?;
         conf.push_str(&format!("\n{}\n", include_line()));
-        self.user.write_file(&conf_path, conf.as_bytes(), 0o600)
+        self.user
+            .write_file(&conf_path, conf.as_bytes(), self.data_file_mode())
+    }
+
+    /// Mode of the configuration files the testkit writes into the data directory: 0640 in a data
+    /// directory with group access (`initdb -g`), as the server's own files, else 0600.
+    fn data_file_mode(&self) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        match fs::metadata(&self.data_dir) {
+            Ok(m) if m.permissions().mode() & 0o750 == 0o750 => 0o640,
+            _ => 0o600,
+        }
     }
 
     /// Creates the CA's server certificate files in `tls/` and records them in the settings.
@@ -741,12 +763,13 @@ impl Cluster {
             fs::read_to_string(&conf_path).map_err(|e| TestkitError::io("read", &conf_path, e))?;
         if !has_include(&conf) {
             let conf = format!("{conf}\n{}\n", include_line());
-            self.user.write_file(&conf_path, conf.as_bytes(), 0o600)?;
+            self.user
+                .write_file(&conf_path, conf.as_bytes(), self.data_file_mode())?;
         }
         self.user.write_file(
             &self.data_dir.join(TESTKIT_CONF),
             self.settings.render().as_bytes(),
-            0o600,
+            self.data_file_mode(),
         )
     }
 
@@ -1005,8 +1028,11 @@ impl Cluster {
     }
 
     fn write_hba(&self, text: &str) -> Result<()> {
-        self.user
-            .write_file(&self.data_dir.join("pg_hba.conf"), text.as_bytes(), 0o600)
+        self.user.write_file(
+            &self.data_dir.join("pg_hba.conf"),
+            text.as_bytes(),
+            self.data_file_mode(),
+        )
     }
 
     // ---------------------------------------------------------------- SQL

@@ -23,21 +23,37 @@ pub(crate) struct CompletionHook {
 }
 
 impl SegmentCompletion for CompletionHook {
+    /// Archives the segment, then says so at INFO: one line per segment is a healthy receiver's
+    /// sign of life in a service's log.
     fn segment_completed(&mut self, segment: &CompletedSegment) -> Result<(), HookError> {
         self.stats.segment_completed();
-        if let Target::Archive {
-            dir,
-            compression,
-            checksums,
-        } = &self.target
-        {
-            archive_segment(
+        match &self.target {
+            Target::Archive {
                 dir,
-                &segment.file_name,
-                *compression,
-                *checksums,
-                self.owner,
-            )?;
+                compression,
+                checksums,
+            } => {
+                archive_segment(
+                    dir,
+                    &segment.file_name,
+                    *compression,
+                    *checksums,
+                    self.owner,
+                )?;
+                info!(
+                    segment = %segment.file_name,
+                    timeline = segment.segment.timeline.0,
+                    end_lsn = %segment.end_lsn,
+                    compression = %compression,
+                    "segment complete"
+                );
+            }
+            Target::PgWal { .. } => info!(
+                segment = %segment.file_name,
+                timeline = segment.segment.timeline.0,
+                end_lsn = %segment.end_lsn,
+                "segment complete"
+            ),
         }
         Ok(())
     }

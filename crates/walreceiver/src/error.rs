@@ -44,6 +44,13 @@ pub enum ReceiveError {
         slot: String,
         server: Option<Box<ServerError>>,
     },
+    /// The slot stayed active for another process from the start (see `reconnect`).
+    #[error("{}: another client has been streaming from replication slot \"{slot}\" for all {waited_secs} s since walrelay started — stop it or choose another slot (a standby fed by receive --pg-wal must not stream from the primary itself: remove its primary_conninfo)", error.message())]
+    SlotBusy {
+        slot: String,
+        waited_secs: u64,
+        error: Box<ServerError>,
+    },
     #[error("replication slot \"{slot}\" is a {kind} slot; walrelay needs a physical slot")]
     SlotNotPhysical { slot: String, kind: String },
     /// The start point is beyond where the server's history left our timeline.
@@ -211,6 +218,7 @@ impl ReceiveError {
             ReceiveError::WalRemoved { error, .. } => Some(error),
             ReceiveError::SlotInvalidated { server, .. } => server.as_deref(),
             ReceiveError::TimelineNotInHistory(e) => Some(e),
+            ReceiveError::SlotBusy { error, .. } => Some(error),
             _ => None,
         }
     }
@@ -252,6 +260,7 @@ impl Classify for ReceiveError {
             | ReceiveError::SlotMissing { .. }
             | ReceiveError::SlotInvalidated { .. }
             | ReceiveError::SlotNotPhysical { .. }
+            | ReceiveError::SlotBusy { .. }
             | ReceiveError::TimelineNotInHistory(_)
             | ReceiveError::HistoryDiverged { .. }
             | ReceiveError::StandbyDiverged { .. }

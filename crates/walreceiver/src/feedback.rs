@@ -22,9 +22,24 @@
 //! * `flush_lsn`: end of the durable WAL — or `0/0` (invalid) when flush reporting is off: pg_receivewal
 //!   reports it only with a slot or `--synchronous`, because a valid flush position makes the client
 //!   eligible as a synchronous standby.
-//! * `apply_lsn`: `0/0` in archive mode (pg_receivewal never sends one); in pg_wal mode the standby's
-//!   replay position, capped at our flush position (a standby reading our files cannot have durably
-//!   applied what we have not durably written).
+//! * `apply_lsn`: in archive mode the durable position — an archive has nothing to replay, WAL in
+//!   it is as far as it will ever get; in pg_wal mode the standby's replay position, capped at our
+//!   flush position (a standby reading our files cannot have durably applied what we have not
+//!   durably written), or `0/0` when it cannot be asked.
+//!
+//! Why an archive reports an apply position although pg_receivewal sends `0/0`
+//! (`sendFeedback` in receivelog.c): the walsender computes `replay_lag` from the apply position
+//! (`ProcessStandbyReplyMessage` → `LagTrackerRead(SYNC_REP_WAIT_APPLY, applyPtr, now)` in
+//! walsender.c). An apply position that never moves keeps its read head at the oldest sample;
+//! once the 8192-sample buffer is full (minutes of traffic), minor releases with the lag tracker's
+//! overflow entry (15.15 and 18.3 have it) report `now - time of that sample` — a `replay_lag`
+//! that grows for as long as the connection lasts, for pg_receivewal too (seen: 19 minutes after
+//! 20 with 15.18), and trips every replay-lag alert. Reported as the durable position,
+//! `replay_lag` equals the flush lag, and two consecutive replies at the server's send position
+//! clear it, as for a caught-up standby (`clearLagTimes`). The flush position keeps
+//! pg_receivewal's rule (reported only with a slot or `--synchronous`, because a valid flush
+//! position makes the client a synchronous standby candidate); the apply position does not
+//! make it one (`SyncRepGetCandidateStandbys` looks at the flush position only).
 //!
 //! Each is monotonic (a smaller value than before is never sent, e.g. after a timeline switch restarts
 //! the stream at a segment start) and `flush_lsn <= write_lsn` always (flushed data was written).
@@ -119,17 +134,21 @@ pub struct FeedbackConfig {
     pub report_flush: bool,
     /// Report the apply position (otherwise `0/0`).
     pub report_apply: bool,
+    /// The apply position is the durable position (an archive), not a replay position fed with
+    /// [`FeedbackEvent::Applied`].
+    pub apply_is_flush: bool,
 }
 
 impl FeedbackConfig {
-    /// pg_receivewal's behaviour: the flush position is reported only with a slot or in synchronous
-    /// mode, the apply position never.
+    /// pg_receivewal's rule for the flush position (reported only with a slot or in synchronous
+    /// mode); the durable position as the apply position (see the module documentation).
     pub fn archive(status_interval: Duration, synchronous: bool, with_slot: bool) -> Self {
         FeedbackConfig {
             status_interval,
             synchronous,
             report_flush: with_slot || synchronous,
-            report_apply: false,
+            report_apply: true,
+            apply_is_flush: true,
         }
     }
 
@@ -140,6 +159,7 @@ impl FeedbackConfig {
             synchronous: true,
             report_flush: true,
             report_apply: true,
+            apply_is_flush: false,
         }
     }
 }
@@ -291,10 +311,10 @@ impl Feedback {
             } else {
                 Lsn::INVALID
             },
-            apply_lsn: if self.config.report_apply {
-                self.apply.min(flush)
-            } else {
-                Lsn::INVALID
+            apply_lsn: match (self.config.report_apply, self.config.apply_is_flush) {
+                (false, _) => Lsn::INVALID,
+                (true, true) => flush,
+                (true, false) => self.apply.min(flush),
             },
             client_time_micros: now.micros(),
             reply_requested: false,
@@ -460,8 +480,8 @@ mod tests {
                 steps: vec![
                     (FeedbackEvent::Written(lsn(s + 100)), None),
                     (k(s + 500, false), None),
-                    (k(s + 500, true), Some((s + 100, s, 0))),
-                    (k(s + 500, true), Some((s + 100, s, 0))),
+                    (k(s + 500, true), Some((s + 100, s, s))),
+                    (k(s + 500, true), Some((s + 100, s, s))),
                 ],
             },
             Case {
@@ -470,7 +490,7 @@ mod tests {
                 steps: vec![
                     (FeedbackEvent::Written(lsn(s + 100)), None),
                     (FeedbackEvent::Flushed(lsn(s + 100)), None),
-                    (k(0, true), Some((s + 100, 0, 0))),
+                    (k(0, true), Some((s + 100, 0, s + 100))),
                 ],
             },
             Case {
@@ -480,14 +500,14 @@ mod tests {
                     (FeedbackEvent::Written(lsn(s + 100)), None),
                     (
                         FeedbackEvent::Flushed(lsn(s + 100)),
-                        Some((s + 100, s + 100, 0)),
+                        Some((s + 100, s + 100, s + 100)),
                     ),
                     (FeedbackEvent::Flushed(lsn(s + 100)), None),
                     (FeedbackEvent::Flushed(lsn(s + 50)), None),
                     (FeedbackEvent::Written(lsn(s + 300)), None),
                     (
                         FeedbackEvent::Flushed(lsn(s + 300)),
-                        Some((s + 300, s + 300, 0)),
+                        Some((s + 300, s + 300, s + 300)),
                     ),
                 ],
             },
@@ -502,11 +522,11 @@ mod tests {
                 steps: vec![
                     (
                         FeedbackEvent::Flushed(lsn(s + 0x800)),
-                        Some((s + 0x800, s + 0x800, 0)),
+                        Some((s + 0x800, s + 0x800, s + 0x800)),
                     ),
                     (FeedbackEvent::Written(lsn(s)), None),
                     (FeedbackEvent::Flushed(lsn(s)), None),
-                    (k(0, true), Some((s + 0x800, s + 0x800, 0))),
+                    (k(0, true), Some((s + 0x800, s + 0x800, s + 0x800))),
                 ],
             },
             Case {
@@ -514,17 +534,17 @@ mod tests {
                 feedback: archive(10, true, true),
                 steps: vec![(
                     FeedbackEvent::Flushed(lsn(s + 64)),
-                    Some((s + 64, s + 64, 0)),
+                    Some((s + 64, s + 64, s + 64)),
                 )],
             },
             Case {
-                name: "archive mode never reports apply",
+                name: "archive mode reports the durable position as applied, whatever replays",
                 feedback: archive(10, true, true),
                 steps: vec![
                     (FeedbackEvent::Applied(lsn(s + 64)), None),
                     (
                         FeedbackEvent::Flushed(lsn(s + 64)),
-                        Some((s + 64, s + 64, 0)),
+                        Some((s + 64, s + 64, s + 64)),
                     ),
                 ],
             },
@@ -619,6 +639,9 @@ mod tests {
                     }
                     if !config.report_apply {
                         prop_assert_eq!(u.apply_lsn, Lsn::INVALID);
+                    }
+                    if config.apply_is_flush && config.report_flush {
+                        prop_assert_eq!(u.apply_lsn, u.flush_lsn);
                     }
                     prop_assert!(!u.reply_requested);
                     if let Some(p) = prev {

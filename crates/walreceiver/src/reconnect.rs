@@ -8,12 +8,22 @@
 //! ```
 //!
 //! Which errors are worth another session is decided by [`worth_retrying`]: the error's class
-//! ([`walrelay_client::ErrorClass`]) first, plus the cases only this loop can judge.
+//! ([`walrelay_client::ErrorClass`]) first, plus the cases only this loop can judge, because they
+//! depend on whether the set-up ever worked:
+//!
+//! * a host name that does not resolve is definite at start-up (a typo: exit at once, naming it)
+//!   but transient once a session has streamed (the resolver or the DNS entry is having a bad
+//!   minute, as during a failover that moves a name);
+//! * a slot active for another process is retried — after a reconnect that is usually our own
+//!   previous walsender, which the server ends once it notices the old connection is gone — but
+//!   not for ever when no session ever streamed: after [`SLOT_BUSY_GRACE`] (the server's default
+//!   `wal_sender_timeout` and a margin) something else streams from it, typically a standby fed
+//!   by `--pg-wal` that still has its own `primary_conninfo`.
 
 use std::time::{Duration, Instant};
 
 use tracing::warn;
-use walrelay_client::{Backoff, Classify, ServerCondition};
+use walrelay_client::{Backoff, Classify, ClientError, ServerCondition};
 
 use crate::config::{ReceiveSummary, ReceiverConfig, StopReason};
 use crate::error::ReceiveError;
@@ -23,6 +33,10 @@ use crate::stream_loop::stop_requested;
 
 /// A session that lasted this long counts as a success for the backoff.
 const SESSION_SUCCESS: Duration = Duration::from_secs(60);
+/// How long a slot may stay active for another process before the first stream, before walrelay
+/// stops retrying: longer than the default `wal_sender_timeout` (60 s), after which a walsender
+/// whose client died (a walrelay killed a moment ago) has released the slot.
+pub const SLOT_BUSY_GRACE: Duration = Duration::from_secs(75);
 
 /// Runs until shutdown, the end position, or a definite error. Transient errors reconnect with
 /// exponential backoff (unless `reconnect` is false).
@@ -33,6 +47,7 @@ const SESSION_SUCCESS: Duration = Duration::from_secs(60);
 pub async fn run(mut cfg: ReceiverConfig) -> Result<ReceiveSummary, ReceiveError> {
     let mut state = SessionState::new(&cfg);
     let mut backoff = Backoff::new(cfg.max_reconnect_delay);
+    let started = Instant::now();
     let _keeper = match (&cfg.slot, cfg.failover_slot) {
         (Some(slot), true) => Some(KeeperGuard(slot_keeper::spawn(
             cfg.connect.clone(),
@@ -53,7 +68,14 @@ pub async fn run(mut cfg: ReceiverConfig) -> Result<ReceiveSummary, ReceiveError
         cfg.stats.set_connected(false);
         let e = match result {
             Ok(stop) => return Ok(summary(&cfg, &state, stop)),
-            Err(e) if cfg.reconnect && worth_retrying(&e) => e,
+            Err(e)
+                if cfg.reconnect && worth_retrying(&e, state.ever_streamed, started.elapsed()) =>
+            {
+                e
+            }
+            Err(e) if cfg.reconnect && e.condition() == Some(ServerCondition::SlotInUse) => {
+                return Err(slot_busy(e, cfg.slot.as_deref(), started.elapsed()))
+            }
             Err(e) => return Err(e),
         };
         // Back off only while sessions keep failing before they stream: a server restart after
@@ -83,11 +105,40 @@ impl Drop for KeeperGuard {
     }
 }
 
-/// Whether another session may succeed where this one failed: every transient error, and a slot
-/// still active — after a reconnect that is usually our own previous walsender, which the server
-/// ends once it notices the old connection is gone.
-pub(crate) fn worth_retrying(e: &ReceiveError) -> bool {
-    e.class().is_transient() || e.condition() == Some(ServerCondition::SlotInUse)
+/// Whether another session may succeed where this one failed (see the module documentation):
+/// every transient error; a host name that did not resolve once a session streamed; a slot still
+/// active once a session streamed, or for [`SLOT_BUSY_GRACE`] after the start.
+pub(crate) fn worth_retrying(e: &ReceiveError, ever_streamed: bool, since_start: Duration) -> bool {
+    if e.class().is_transient() {
+        return true;
+    }
+    if e.condition() == Some(ServerCondition::SlotInUse) {
+        return ever_streamed || since_start < SLOT_BUSY_GRACE;
+    }
+    ever_streamed && matches!(e, ReceiveError::Client(c) if resolves_later(c))
+}
+
+/// A failure of name resolution, or of a host list where every host failed either that way or
+/// transiently (one name gone from DNS while the other host restarts, mid-failover).
+fn resolves_later(e: &ClientError) -> bool {
+    match e {
+        ClientError::AllHostsFailed(v) => {
+            v.iter().all(|h| h.is_name_resolution() || h.is_transient())
+        }
+        other => other.is_name_resolution(),
+    }
+}
+
+/// A slot that stayed active for another client since the start, as the error that says so.
+fn slot_busy(e: ReceiveError, slot: Option<&str>, waited: Duration) -> ReceiveError {
+    match e.server_error().cloned() {
+        Some(error) => ReceiveError::SlotBusy {
+            slot: slot.unwrap_or_default().to_string(),
+            waited_secs: waited.as_secs(),
+            error: Box::new(error),
+        },
+        None => e,
+    }
 }
 
 fn summary(cfg: &ReceiverConfig, state: &SessionState, stop: StopReason) -> ReceiveSummary {
@@ -102,7 +153,7 @@ fn summary(cfg: &ReceiverConfig, state: &SessionState, stop: StopReason) -> Rece
 #[cfg(test)]
 mod tests {
     use super::*;
-    use walrelay_client::{ClientError, ServerError};
+    use walrelay_client::ServerError;
 
     fn server(code: &str, message: &str) -> ReceiveError {
         ReceiveError::from_server(ServerError::new(code, message).into(), Some("s"))
@@ -110,27 +161,68 @@ mod tests {
 
     #[test]
     fn what_is_worth_another_session() {
-        assert!(worth_retrying(&ReceiveError::ServerStopped));
-        assert!(worth_retrying(&ReceiveError::Client(ClientError::Closed)));
-        assert!(worth_retrying(&server(
+        let retry = |e: &ReceiveError| worth_retrying(e, true, Duration::from_secs(3600));
+        assert!(retry(&ReceiveError::ServerStopped));
+        assert!(retry(&ReceiveError::Client(ClientError::Closed)));
+        assert!(retry(&server(
             "55006",
             "replication slot \"s\" is active for PID 7"
         )));
-        assert!(worth_retrying(&server(
+        assert!(retry(&server(
             "XX000",
             "requested starting point 0/5000000 is ahead of the WAL flush position of this server 0/4000000"
         )));
-        assert!(!worth_retrying(&server(
+        assert!(!retry(&server(
             "58P01",
             "requested WAL segment 000000010000000000000003 has already been removed"
         )));
-        assert!(!worth_retrying(&server(
+        assert!(!retry(&server(
             "28P01",
             "password authentication failed for user \"r\""
         )));
-        assert!(!worth_retrying(&ReceiveError::SystemIdentifierMismatch {
+        assert!(!retry(&ReceiveError::SystemIdentifierMismatch {
             expected: 1,
             server: 2
         }));
+    }
+
+    #[test]
+    fn a_setup_that_never_worked_is_not_retried_for_ever() {
+        let dns = || {
+            ReceiveError::Client(ClientError::Resolve {
+                host: "nosuchhost.invalid".into(),
+                source: std::io::Error::other("Name or service not known"),
+            })
+        };
+        let early = Duration::from_secs(1);
+        // A name that never resolved: a typo, not worth a retry.
+        assert!(!worth_retrying(&dns(), false, early));
+        // After streaming: the resolver's bad minute, also for one host of a list while the
+        // other is down.
+        assert!(worth_retrying(&dns(), true, early));
+        let list = || {
+            let ReceiveError::Client(resolve) = dns() else {
+                unreachable!()
+            };
+            ReceiveError::Client(ClientError::AllHostsFailed(vec![
+                resolve,
+                ClientError::Closed,
+            ]))
+        };
+        assert!(!worth_retrying(&list(), false, early));
+        assert!(worth_retrying(&list(), true, early));
+        let busy = || server("55006", "replication slot \"s\" is active for PID 7");
+        assert!(
+            worth_retrying(&busy(), false, early),
+            "maybe our own old walsender"
+        );
+        let late = SLOT_BUSY_GRACE + Duration::from_secs(1);
+        assert!(!worth_retrying(&busy(), false, late));
+        assert!(worth_retrying(&busy(), true, late));
+        let e = slot_busy(busy(), Some("s"), late);
+        assert_eq!(e.class(), walrelay_client::ErrorClass::ServerState);
+        let text = e.to_string();
+        assert!(text.contains("is active for PID 7"), "{text}");
+        assert!(text.contains("primary_conninfo"), "{text}");
     }
 }

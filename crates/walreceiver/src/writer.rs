@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 use tracing::{debug, info};
-use walrelay_durable::{self as durable, DurableError, Owner};
+use walrelay_durable::{self as durable, CreateModes, DurableError, Owner};
 use walrelay_protocol::history::HistoryError;
 use walrelay_protocol::segment::Compression;
 use walrelay_protocol::{Lsn, SegmentId, TimelineHistory, TimelineId, WalSegmentSize, XLogSegNo};
@@ -63,9 +63,9 @@ use crate::fs::{SegmentFile, StdFs, WalFs};
 /// straight through and only trickles are coalesced.
 pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 128 * 1024;
 /// Mode of segment, history and status files (`pg_file_create_mode` without group access).
-pub const DEFAULT_FILE_MODE: u32 = 0o600;
+pub const DEFAULT_FILE_MODE: u32 = CreateModes::OWNER_ONLY.file;
 /// Mode of an `archive_status` directory walrelay has to create.
-const STATUS_DIR_MODE: u32 = 0o700;
+const STATUS_DIR_MODE: u32 = CreateModes::OWNER_ONLY.dir;
 /// pg_receivewal's suffix for a segment still being received.
 pub const PARTIAL_SUFFIX: &str = ".partial";
 /// Largest zero-fill write when preallocating a segment. Not larger: on the Linux 6.18 virtual
@@ -115,6 +115,8 @@ pub struct WriterConfig {
     pub owner: Owner,
     /// Mode of created files.
     pub file_mode: u32,
+    /// Mode of a created `archive_status` directory (pg_wal layout).
+    pub dir_mode: u32,
     /// Coalescing threshold, see [`DEFAULT_WRITE_BUFFER_SIZE`].
     pub write_buffer_size: usize,
     /// fsync on [`SegmentWriter::flush`] (`--no-sync` turns it off: positions are then reported as
@@ -131,14 +133,18 @@ impl WriterConfig {
             wal_segment_size,
             owner: Owner::current(),
             file_mode: DEFAULT_FILE_MODE,
+            dir_mode: STATUS_DIR_MODE,
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
             sync: true,
         }
     }
 
-    /// A standby's `pg_wal`, files owned by its owner when running as root, `.done` markers.
+    /// A standby's `pg_wal`, files owned by its owner when running as root, `.done` markers. Modes
+    /// follow the directory as PostgreSQL's own files do: 0640 where `pg_wal` grants the group
+    /// access (a cluster with group access), else 0600.
     pub fn pg_wal(pg_wal: impl Into<PathBuf>, wal_segment_size: WalSegmentSize) -> Self {
         let pg_wal = pg_wal.into();
+        let modes = CreateModes::of_dir(&pg_wal);
         WriterConfig {
             owner: Owner::of_dir_if_root(&pg_wal),
             destination: Destination::PgWal {
@@ -146,7 +152,8 @@ impl WriterConfig {
                 status: ArchiveStatusMarker::Done,
             },
             wal_segment_size,
-            file_mode: DEFAULT_FILE_MODE,
+            file_mode: modes.file,
+            dir_mode: modes.dir,
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
             sync: true,
         }
@@ -500,7 +507,7 @@ impl<F: WalFs> SegmentWriter<F> {
         if let Destination::PgWal { pg_wal, .. } = &config.destination {
             fs.create_dir_all(
                 &pg_wal.join("archive_status"),
-                STATUS_DIR_MODE,
+                config.dir_mode,
                 config.owner,
             )
             .map_err(io_error)?;

@@ -383,8 +383,32 @@ fn close_flushes_and_keeps_partial() {
 // ---------------------------------------------------------------------------------------------
 // pg_wal layout
 
+/// A `pg_wal` as initdb makes it: 0700 (files there follow its group bits).
 fn pg_wal_dir() -> TempDir {
-    tempfile::tempdir().unwrap()
+    let d = tempfile::tempdir().unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    d
+}
+
+#[test]
+fn pg_wal_files_follow_a_group_access_directory() {
+    let d = pg_wal_dir();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o750)).unwrap();
+    let cfg = WriterConfig::pg_wal(d.path(), seg());
+    assert_eq!((cfg.file_mode, cfg.dir_mode), (0o640, 0o750));
+    let mut w = SegmentWriter::new(cfg, tli(1), Lsn(0)).unwrap();
+    w.write(Lsn(0), &wal(0, MB as usize)).unwrap();
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&d.path().join("archive_status")), 0o750);
+    assert_eq!(mode(&d.path().join(name(1, 0))), 0o640);
+    assert_eq!(
+        mode(
+            &d.path()
+                .join("archive_status")
+                .join(format!("{}.done", name(1, 0)))
+        ),
+        0o640
+    );
 }
 
 #[test]
