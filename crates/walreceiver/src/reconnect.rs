@@ -10,6 +10,7 @@
 //! Which errors are worth another session is decided by [`worth_retrying`]: the error's class
 //! ([`walrelay_client::ErrorClass`]) first, plus the cases only this loop can judge.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -20,6 +21,7 @@ use crate::error::ReceiveError;
 use crate::session::{session, SessionState};
 use crate::slot_keeper;
 use crate::stream_loop::stop_requested;
+use crate::tap::StreamTap;
 
 /// The first wait before reconnecting.
 const FIRST_DELAY: Duration = Duration::from_secs(1);
@@ -32,8 +34,26 @@ const SESSION_SUCCESS: Duration = Duration::from_secs(60);
 /// Cancellation: dropping the returned future drops the session in the middle of whatever it
 /// does (the disk task's thread finishes its queue on its own); ask for a clean stop through
 /// `shutdown` instead.
-pub async fn run(mut cfg: ReceiverConfig) -> Result<ReceiveSummary, ReceiveError> {
+pub async fn run(cfg: ReceiverConfig) -> Result<ReceiveSummary, ReceiveError> {
+    run_with(cfg, None).await
+}
+
+/// [`run`] with a relay's seam into the engine (see [`crate::tap`]): the WAL as received, the
+/// acknowledged position, a cap on the flush position reported upstream, hot standby feedback
+/// to forward. Without a tap the engine behaves exactly as [`run`].
+pub async fn run_tapped(
+    cfg: ReceiverConfig,
+    tap: StreamTap,
+) -> Result<ReceiveSummary, ReceiveError> {
+    run_with(cfg, Some(Arc::new(tap))).await
+}
+
+async fn run_with(
+    mut cfg: ReceiverConfig,
+    tap: Option<Arc<StreamTap>>,
+) -> Result<ReceiveSummary, ReceiveError> {
     let mut state = SessionState::new(&cfg);
+    state.tap = tap;
     let mut backoff = Backoff::new(cfg.max_reconnect_delay);
     let _keeper = match (&cfg.slot, cfg.failover_slot) {
         (Some(slot), true) => Some(KeeperGuard(slot_keeper::spawn(
