@@ -249,6 +249,8 @@ impl ArchiveDir {
                 }
                 Some(WalFileName::BackupHistory { .. }) => inv.backup_histories.push(name),
                 None if name == CHECKSUM_FILE_NAME => inv.has_checksum_file = true,
+                // A relay's slot list: walrelay's own, not a stray file.
+                None if name == crate::slots::SLOTS_FILE_NAME => {}
                 None if failover_report_timeline(&name).is_some() => {
                     if let Some(tli) = failover_report_timeline(&name) {
                         inv.failover_reports.insert(tli, name);

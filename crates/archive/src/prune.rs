@@ -12,6 +12,10 @@
 //! and `.backup` files are never removed (they are tiny, and recovery to any point needs the
 //! histories). Removal goes oldest first, then the directory is fsynced and the removed segments'
 //! entries leave `walrelay.sha256`.
+//!
+//! The slots a relay keeps for its downstreams (`walrelay.slots`, see [`crate::slots`]) are a
+//! floor: the segment holding the oldest slot's restart position and everything after it stay,
+//! whatever point or age was given.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -64,6 +68,8 @@ pub struct PruneReport {
     pub dry_run: bool,
     /// Lines dropped from `walrelay.sha256`.
     pub checksum_entries_removed: usize,
+    /// The oldest position a relay's slot (`walrelay.slots`) still needs: kept whatever was asked.
+    pub slot_floor: Option<Lsn>,
 }
 
 /// The position part of a segment name (`XXXXXXXXYYYYYYYY`) as numbers: pg_archivecleanup's
@@ -179,11 +185,20 @@ pub fn prune(dir: &Path, seg_size: WalSegmentSize, opts: &PruneOptions) -> Resul
             path: dir.to_path_buf(),
         });
     }
-    let limit = opts
+    let asked = opts
         .keep_from
         .as_ref()
         .map(|p| cutoff(p, seg_size))
         .transpose()?;
+    // A relay's slots hold WAL whatever was asked: their consumers still need it.
+    let slot_floor = crate::slots::slot_floor(dir)?;
+    let held = slot_floor
+        .map(|l| cutoff(&PrunePoint::Lsn(l), seg_size))
+        .transpose()?;
+    let limit = match (asked, held) {
+        (Some(a), Some(h)) => Some(a.min(h)),
+        (a, h) => a.or(h),
+    };
     let max_mtime = opts.older_than.map(|age| {
         SystemTime::now()
             .checked_sub(age)
@@ -229,6 +244,7 @@ pub fn prune(dir: &Path, seg_size: WalSegmentSize, opts: &PruneOptions) -> Resul
         bytes: 0,
         dry_run: opts.dry_run,
         checksum_entries_removed: 0,
+        slot_floor,
     };
     if opts.dry_run {
         for (_, name, len) in victims {
@@ -324,6 +340,39 @@ mod tests {
         ] {
             fs::write(dir.join(n), n).unwrap();
         }
+    }
+
+    #[test]
+    fn a_relay_slot_holds_wal() {
+        let d = tempfile::tempdir().unwrap();
+        populate(d.path());
+        crate::slots::write_slots(
+            d.path(),
+            &[crate::slots::PersistentSlot {
+                name: "standby1".into(),
+                restart_lsn: Some(Lsn(0x300_0010)),
+                restart_timeline: None,
+            }],
+        )
+        .unwrap();
+        let opts = PruneOptions {
+            keep_from: Some(PrunePoint::WalFile("000000020000000000000005".into())),
+            ..Default::default()
+        };
+        let r = prune(d.path(), seg16(), &opts).unwrap();
+        assert_eq!(r.slot_floor, Some(Lsn(0x300_0010)));
+        assert_eq!(
+            r.removed,
+            ["000000010000000000000001", "000000010000000000000002.gz"]
+        );
+        assert!(d.path().join("000000010000000000000003.lz4").exists());
+        // An age alone never goes past the slot either.
+        let opts = PruneOptions {
+            older_than: Some(Duration::ZERO),
+            ..Default::default()
+        };
+        let r = prune(d.path(), seg16(), &opts).unwrap();
+        assert!(r.removed.is_empty(), "{:?}", r.removed);
     }
 
     #[test]
