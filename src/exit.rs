@@ -113,6 +113,7 @@ fn class_of_one(e: &(dyn StdError + 'static)) -> Option<ErrorClass> {
         walrelay_basebackup::BootstrapError,
         walrelay_basebackup::BackupError,
         walrelay_basebackup::ExtractError,
+        walrelay_relay::RelayError,
         ClientError,
     );
     if let Some(c) = e.downcast_ref::<Classified>() {

@@ -1,7 +1,8 @@
 //! `walrelay`: copy a PostgreSQL cluster to another machine and keep it current.
 //!
 //! This binary only parses the command line and orchestrates; the work lives in the library crates
-//! (`walrelay-client`, `walrelay-basebackup`, `walrelay-walreceiver`, `walrelay-archive`).
+//! (`walrelay-client`, `walrelay-basebackup`, `walrelay-walreceiver`, `walrelay-archive`,
+//! `walrelay-relay`).
 
 mod archive_cmds;
 mod bootstrap;
@@ -11,6 +12,7 @@ mod demo;
 mod exit;
 mod metrics;
 mod receive;
+mod serve;
 mod wal_stream;
 
 use std::process::ExitCode;
@@ -42,6 +44,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Stream WAL into an archive directory or a standby's pg_wal, durably, forever.
     Receive(receive::ReceiveArgs),
+    /// Relay: one connection to the primary, the replication protocol served to many standbys.
+    Serve(serve::ServeArgs),
     /// restore_command: copy one WAL file from the archive (exit 1 if absent, >125 if damaged).
     Restore(archive_cmds::RestoreArgs),
     /// Check an archive: gaps, timelines, checksums, every page header and record CRC.
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
             Command::Check(a) => check::run(a).await,
             Command::Demo(a) => demo::run(a).await,
             Command::Receive(a) => receive::run(a).await,
+            Command::Serve(a) => serve::run(a).await,
             Command::Restore(a) => archive_cmds::run_restore(a).await,
             Command::Verify(a) => archive_cmds::run_verify(a).await,
             Command::Prune(a) => archive_cmds::run_prune(a).await,

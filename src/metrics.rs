@@ -1,4 +1,5 @@
-//! `--metrics-addr`: Prometheus metrics and a health check for a running receiver.
+//! `--metrics-addr`: Prometheus metrics and a health check for a running receiver (and, for
+//! `walrelay serve`, its downstreams).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,8 +14,11 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::fmt::Write as _;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
+
+use walrelay_relay::{DownstreamSnapshot, RelayStats};
 use walrelay_walreceiver::{ReceiverStats, StatsSnapshot};
 
 /// Renders the Prometheus text exposition of a snapshot.
@@ -125,10 +129,121 @@ pub async fn serve(
     stats: Arc<ReceiverStats>,
     status_interval: Duration,
 ) -> Result<()> {
+    serve_pages(addr, move || {
+        let snap = stats.snapshot();
+        (render(&snap), healthy(&snap, status_interval))
+    })
+    .await
+}
+
+/// `walrelay serve`'s endpoint: the upstream stream's metrics, then one series per downstream.
+pub async fn serve_relay(
+    addr: SocketAddr,
+    stats: Arc<ReceiverStats>,
+    relay: Arc<RelayStats>,
+    status_interval: Duration,
+) -> Result<()> {
+    serve_pages(addr, move || {
+        let snap = stats.snapshot();
+        let mut text = render(&snap);
+        text.push_str(&render_downstreams(&relay.snapshot()));
+        (text, healthy(&snap, status_interval))
+    })
+    .await
+}
+
+/// The downstreams of a relay in the Prometheus text format: a gauge per position and lag, each
+/// labelled with the downstream's pid, application_name and client address, and its state as a
+/// separate series (`state="streaming"` = 1).
+pub fn render_downstreams(downstreams: &[DownstreamSnapshot]) -> String {
+    fn label(v: &str) -> String {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP walrelay_serve_downstreams Downstream connections\n# TYPE walrelay_serve_downstreams gauge\nwalrelay_serve_downstreams {}",
+        downstreams.len()
+    );
+    type Value = fn(&DownstreamSnapshot) -> String;
+    let series: [(&str, &str, Value); 7] = [
+        ("sent_lsn", "End of the WAL sent (bytes)", |d| {
+            d.sent_lsn.0.to_string()
+        }),
+        (
+            "write_lsn",
+            "Write position the downstream reported (bytes)",
+            |d| d.write_lsn.0.to_string(),
+        ),
+        (
+            "flush_lsn",
+            "Flush position the downstream reported (bytes)",
+            |d| d.flush_lsn.0.to_string(),
+        ),
+        (
+            "apply_lsn",
+            "Replay position the downstream reported (bytes)",
+            |d| d.apply_lsn.0.to_string(),
+        ),
+        (
+            "lag_bytes",
+            "Servable WAL the downstream has not confirmed as flushed (bytes)",
+            |d| d.lag_bytes.to_string(),
+        ),
+        (
+            "lag_seconds",
+            "Age of the oldest WAL the downstream has not confirmed as flushed",
+            |d| format!("{:.3}", d.lag.as_secs_f64()),
+        ),
+        ("timeline", "Timeline streamed", |d| {
+            d.timeline.map_or(0, |t| t.0).to_string()
+        }),
+    ];
+    for (name, help, value) in series {
+        let _ = writeln!(
+            out,
+            "# HELP walrelay_serve_downstream_{name} {help}\n# TYPE walrelay_serve_downstream_{name} gauge"
+        );
+        for d in downstreams {
+            let _ = writeln!(
+                out,
+                "walrelay_serve_downstream_{name}{{pid=\"{}\",application_name=\"{}\",client_addr=\"{}\"}} {}",
+                d.pid,
+                label(&d.application_name),
+                d.client_addr.ip(),
+                value(d)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP walrelay_serve_downstream_state 1 for the state the downstream is in\n# TYPE walrelay_serve_downstream_state gauge"
+    );
+    for d in downstreams {
+        let _ = writeln!(
+            out,
+            "walrelay_serve_downstream_state{{pid=\"{}\",application_name=\"{}\",client_addr=\"{}\",state=\"{}\"}} 1",
+            d.pid,
+            label(&d.application_name),
+            d.client_addr.ip(),
+            d.state.as_str()
+        );
+    }
+    out
+}
+
+/// Serves `/metrics` and `/health` from `page` (text, healthy) in the background.
+async fn serve_pages(
+    addr: SocketAddr,
+    page: impl Fn() -> (String, bool) + Send + Sync + 'static,
+) -> Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("listen for metrics on {addr}"))?;
     info!(%addr, "serving metrics on /metrics and health on /health");
+    let page = Arc::new(page);
     tokio::spawn(async move {
         loop {
             let (sock, _) = match listener.accept().await {
@@ -139,15 +254,15 @@ pub async fn serve(
                     continue;
                 }
             };
-            let stats = stats.clone();
+            let page = page.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let snap = stats.snapshot();
+                    let (text, healthy) = page();
                     async move {
                         let (status, body) = match req.uri().path() {
-                            "/metrics" => (StatusCode::OK, render(&snap)),
+                            "/metrics" => (StatusCode::OK, text),
                             "/health" | "/healthz" => {
-                                if healthy(&snap, status_interval) {
+                                if healthy {
                                     (StatusCode::OK, "ok\n".to_string())
                                 } else {
                                     (

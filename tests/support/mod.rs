@@ -8,6 +8,9 @@
 //! * [`server`]: what the server says about us (`pg_stat_replication`, `pg_replication_slots`).
 //! * [`poll`]: waiting for a condition with a deadline instead of sleeping.
 //!
+//! [`relay`]: `walrelay serve` started for a test, its metrics, and a raw protocol client for
+//! misbehaving downstreams.
+//!
 //! [`exit_code`]: the documented exit codes. [`recovery`]: PITR from an archive with `walrelay restore`.
 //!
 //! Helpers of the `walrelay bootstrap` integration tests (tests/bootstrap.rs):
@@ -24,6 +27,7 @@ pub mod bootstrap_cli;
 pub mod exit_code;
 pub use walrelay_testkit::poll;
 pub mod recovery;
+pub mod relay;
 pub mod scratch_mount;
 pub mod server;
 pub mod tree_snapshot;

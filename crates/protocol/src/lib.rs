@@ -31,6 +31,7 @@ pub use command::ServerVersion;
 pub use history::{TimelineHistory, TimelineHistoryEntry};
 pub use lsn::Lsn;
 pub use message::{BackendMessage, ErrorFields, ProtocolError};
+pub use replication::encode_xlog_data_message;
 pub use replication::{
     BaseBackupMessage, HotStandbyFeedback, PrimaryKeepalive, ReplicationMessage,
     StandbyStatusUpdate, XLogData,

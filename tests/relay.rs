@@ -1,0 +1,371 @@
+//! `walrelay serve` end to end, with PostgreSQL's own programs as the relay's clients and judges:
+//! hot standbys whose `primary_conninfo` points at the relay, pg_receivewal, pg_basebackup and
+//! pg_verifybackup (Debian's PostgreSQL 15), and the primary's `pg_stat_replication`, which must
+//! show the relay alone.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use walrelay_protocol::WalSegmentSize;
+use walrelay_testkit::{pg_command, Cluster, Lsn, PgBench, Role, VerifyBackupOptions};
+
+use support::relay::{metrics, walsenders, Relay};
+use support::{poll, server, wal_files};
+
+const SEGMENT_MB: u32 = 1;
+/// The relay's application_name on the primary.
+const RELAY_APP: &str = "relay";
+
+fn seg() -> WalSegmentSize {
+    WalSegmentSize::new(u64::from(SEGMENT_MB) << 20).expect("segment size")
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+fn primary(name: &str, conf: &[&str]) -> Cluster {
+    let mut b = Cluster::builder()
+        .name(name)
+        .wal_segsize_mb(SEGMENT_MB)
+        .tcp_auth(walrelay_testkit::AuthMethod::ScramSha256)
+        .superuser_password("su")
+        .role(Role::new("replicator").password("rep").replication())
+        // The primary's durability is not under test; its fsyncs only slow two shared cores.
+        .fsync(false)
+        .conf("checkpoint_timeout = '30min'");
+    for c in conf {
+        b = b.conf(c);
+    }
+    b.start()
+}
+
+/// The relay's upstream connection string.
+fn upstream(primary: &Cluster) -> String {
+    format!(
+        "{} application_name={RELAY_APP}",
+        primary.replication_conninfo()
+    )
+}
+
+/// A Debian 15 client tool with a clean environment.
+fn tool(primary: &Cluster, name: &str) -> Command {
+    pg_command(&primary.install().tools().tool(name))
+}
+
+fn run_ok(mut cmd: Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A standby in `dir` (made by a backup tool with `-R`, so it follows whatever it was taken
+/// from), named so the relay's metrics tell it apart.
+fn start_standby(primary: &Cluster, dir: &Path, name: &str) -> Cluster {
+    primary
+        .standby(dir)
+        .name(name)
+        .conf(&format!("cluster_name = '{name}'"))
+        .conf("hot_standby_feedback = on")
+        .conf("wal_receiver_status_interval = 1")
+        .start()
+}
+
+/// A physical slot on the primary for the relay, reserving WAL now.
+fn create_slot(primary: &Cluster, name: &str) {
+    primary.psql(&format!(
+        "SELECT pg_create_physical_replication_slot('{name}', true)"
+    ));
+}
+
+/// The pgbench state both sides must agree on.
+fn pgbench_state(c: &Cluster) -> (String, String) {
+    (
+        c.psql("SELECT count(*), sum(delta) FROM pgbench_history"),
+        c.psql("SELECT sum(abalance), count(*) FROM pgbench_accounts"),
+    )
+}
+
+/// Three hot standbys behind the relay under pgbench, seeded by pg_basebackup through the relay
+/// (verified by pg_verifybackup); the relay killed with SIGKILL and restarted mid-load; at the end
+/// all three hold the primary's data, and the primary's only walsender is the relay's.
+#[test]
+fn standbys_follow_the_primary_through_the_relay() {
+    let primary = primary("relay-primary", &["wal_keep_size = '64MB'"]);
+    primary.pgbench_init(2);
+    create_slot(&primary, "relay_slot");
+    let archive = primary.scratch_path("relay-archive");
+    let metrics_port = support::relay::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let mut relay = Relay::start(
+        &upstream(&primary),
+        &archive,
+        &[
+            "-S",
+            "relay_slot",
+            "--status-interval",
+            "1",
+            "--metrics-addr",
+            &metrics_addr,
+        ],
+    );
+    server::wait_streaming(&primary, RELAY_APP);
+
+    // pg_basebackup -X stream -R through the relay: BASE_BACKUP proxied, WAL from the relay
+    // (a temporary slot there), then pg_verifybackup — WAL included — accepts it.
+    let backup = primary.scratch_path("backup-through-relay");
+    run_ok(
+        {
+            let mut c = tool(&primary, "pg_basebackup");
+            c.args(["-d", &relay.conninfo("replicator", Some("rep"))])
+                .args([
+                    "-D",
+                    path(&backup),
+                    "-X",
+                    "stream",
+                    "-R",
+                    "-c",
+                    "fast",
+                    "--no-sync",
+                ]);
+            c
+        },
+        "pg_basebackup through the relay",
+    );
+    let verified = walrelay_testkit::pg_verifybackup(&backup, &VerifyBackupOptions::default())
+        .unwrap_or_else(|e| {
+            panic!("pg_verifybackup rejected the backup taken through the relay: {e}")
+        });
+    assert!(verified.contains("successfully verified"), "{verified}");
+    let auto = std::fs::read_to_string(backup.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        auto.contains(&format!("port={}", relay.port)),
+        "pg_basebackup -R did not point the standby at the relay:\n{auto}"
+    );
+
+    // Three standbys from that backup, all following the relay.
+    let names = ["standby1", "standby2", "standby3"];
+    let dirs: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let d = primary.scratch_path(n);
+            support::recovery::copy_dir(&backup, &d);
+            d
+        })
+        .collect();
+    let load = primary.pgbench(
+        &PgBench::duration(Duration::from_secs(600))
+            .clients(2)
+            .rate(100),
+    );
+    let standbys: Vec<Cluster> = names
+        .iter()
+        .zip(&dirs)
+        .map(|(n, d)| start_standby(&primary, d, n))
+        .collect();
+    for s in &standbys {
+        assert!(s.is_in_recovery());
+        s.catch_up(&primary);
+    }
+    poll::wait_until(
+        "the relay's metrics to show three streaming standbys",
+        || {
+            let m = metrics(metrics_addr.parse().unwrap());
+            names.iter().all(|n| {
+                m.lines().any(|l| {
+                    l.starts_with("walrelay_serve_downstream_state")
+                        && l.contains(&format!("application_name=\"{n}\""))
+                        && l.contains("state=\"streaming\"")
+                })
+            })
+        },
+        || metrics(metrics_addr.parse().unwrap()),
+    );
+    let m = metrics(metrics_addr.parse().unwrap());
+    assert!(m.contains("walrelay_serve_downstream_lag_seconds{"), "{m}");
+    assert!(m.contains("walrelay_receive_flushed_lsn"), "{m}");
+    assert_eq!(walsenders(&primary), vec![RELAY_APP.to_string()]);
+
+    // kill -9 of the relay under load; the standbys reconnect to the restarted relay by
+    // themselves and continue.
+    relay.w.kill9();
+    let during = primary.current_wal_lsn();
+    std::thread::sleep(Duration::from_secs(2));
+    relay.restart();
+    for s in &standbys {
+        s.wait_replay(during);
+        s.catch_up(&primary);
+    }
+
+    load.stop();
+    let end = primary.current_wal_lsn();
+    for s in &standbys {
+        s.wait_replay(end);
+        assert_eq!(pgbench_state(s), pgbench_state(&primary), "{}", s.name());
+    }
+    walrelay_testkit::assert_same_dumpall(&primary, &standbys[0]);
+    assert_eq!(
+        walsenders(&primary),
+        vec![RELAY_APP.to_string()],
+        "the primary streams to the relay only"
+    );
+    // The relay's slot on the primary follows what the relay made durable.
+    let slot = server::slot(&primary, "relay_slot").expect("the relay's slot");
+    assert!(slot.active && slot.restart_lsn.is_some(), "{slot:?}");
+    relay.assert_healthy();
+    drop(standbys);
+    relay.w.signal(Signal::SIGTERM);
+    assert!(relay.w.wait(poll::timeout()).success());
+}
+
+/// pg_receivewal through the relay (its slot created on the relay with --create-slot): every
+/// complete segment is byte-identical to the primary's own.
+#[test]
+fn pg_receivewal_through_the_relay_writes_the_primary_s_segments() {
+    let primary = primary("relay-receivewal", &["wal_keep_size = '256MB'"]);
+    let archive = primary.scratch_path("relay-archive");
+    let mut relay = Relay::start(&upstream(&primary), &archive, &["--status-interval", "1"]);
+    server::wait_streaming(&primary, RELAY_APP);
+    let conninfo = relay.conninfo("replicator", Some("rep"));
+    run_ok(
+        {
+            let mut c = tool(&primary, "pg_receivewal");
+            c.args(["-d", &conninfo, "-S", "archiver", "--create-slot"]);
+            c
+        },
+        "pg_receivewal --create-slot through the relay",
+    );
+    // Again: the slot exists; --if-not-exists takes 42710 as success.
+    run_ok(
+        {
+            let mut c = tool(&primary, "pg_receivewal");
+            c.args([
+                "-d",
+                &conninfo,
+                "-S",
+                "archiver",
+                "--create-slot",
+                "--if-not-exists",
+            ]);
+            c
+        },
+        "pg_receivewal --create-slot --if-not-exists",
+    );
+    let dir = primary.scratch_path("pg_receivewal");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut receivewal = tool(&primary, "pg_receivewal")
+        .args([
+            "-d",
+            &conninfo,
+            "-D",
+            path(&dir),
+            "-S",
+            "archiver",
+            "-s",
+            "1",
+            "-v",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start pg_receivewal");
+    let mut last = Lsn(0);
+    for i in 0..4 {
+        server::insert_rows(&primary, "through_relay", 2000 + i);
+        last = primary.switch_wal();
+    }
+    let want = seg().segno(Lsn(last.0 - 1));
+    poll::wait_until(
+        "pg_receivewal (through the relay) to complete the last switched segment",
+        || {
+            wal_files::complete_segments(&dir, seg())
+                .iter()
+                .any(|f| f.segment.segno == want)
+        },
+        || wal_files::listing(&dir),
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(receivewal.id() as i32),
+        Signal::SIGINT,
+    );
+    let _ = receivewal.wait();
+    let compared = wal_files::assert_identical_to_server(&dir, &primary.pg_wal_dir(), seg());
+    assert!(compared >= 4, "only {compared} segments compared");
+    // The relay's slot follows pg_receivewal's flush (READ_REPLICATION_SLOT shows it).
+    let slots = walrelay_archive::read_slots(&archive).unwrap();
+    let archiver = slots
+        .iter()
+        .find(|s| s.name == "archiver")
+        .expect("slot saved");
+    assert!(archiver.restart_lsn.is_some(), "{slots:?}");
+    run_ok(
+        {
+            let mut c = tool(&primary, "pg_receivewal");
+            c.args(["-d", &conninfo, "-S", "archiver", "--drop-slot"]);
+            c
+        },
+        "pg_receivewal --drop-slot",
+    );
+    assert!(walrelay_archive::read_slots(&archive).unwrap().is_empty());
+    relay.assert_healthy();
+}
+
+/// A standby from a backup taken long before catches up from the relay's archive after the
+/// primary recycled that WAL: the relay's archive as an unbounded wal_keep_size.
+#[test]
+fn an_old_backup_catches_up_from_the_relay_after_the_primary_recycled_its_wal() {
+    let primary = primary(
+        "relay-recycled",
+        &[
+            "wal_keep_size = 0",
+            "max_wal_size = '32MB'",
+            "min_wal_size = '2MB'",
+        ],
+    );
+    primary.pgbench_init(1);
+    create_slot(&primary, "relay_slot");
+    let archive = primary.scratch_path("relay-archive");
+    let relay = Relay::start(
+        &upstream(&primary),
+        &archive,
+        &["-S", "relay_slot", "--status-interval", "1"],
+    );
+    server::wait_streaming(&primary, RELAY_APP);
+    // The backup: straight from the primary, WAL fetched, then told to follow the relay.
+    let old = primary.pg_basebackup(&["-X", "fetch", "-c", "fast"]);
+    let backup_end = primary.current_wal_lsn();
+    let first_needed = seg().segno(backup_end);
+    // Much WAL and checkpoints later, the primary no longer has what the backup needs next.
+    primary.pgbench_run(&PgBench::transactions(4000).clients(2));
+    for _ in 0..3 {
+        server::insert_rows(&primary, "later", 5000);
+        primary.switch_wal();
+        primary.psql("CHECKPOINT");
+    }
+    let name = walrelay_protocol::SegmentId::new(walrelay_protocol::TimelineId(1), first_needed)
+        .file_name(seg());
+    assert!(
+        !primary.pg_wal_dir().join(&name).exists(),
+        "the primary still has {name}; the test needs it recycled"
+    );
+    let standby = primary
+        .standby(&old)
+        .name("old-backup")
+        .follow(&relay.conninfo("replicator", Some("rep")))
+        .start();
+    standby.catch_up(&primary);
+    assert_eq!(
+        standby.psql("SELECT count(*) FROM later"),
+        primary.psql("SELECT count(*) FROM later")
+    );
+    assert_eq!(walsenders(&primary), vec![RELAY_APP.to_string()]);
+}
