@@ -172,6 +172,13 @@ async fn check(resolved: &Resolved, slot: Option<&str>) -> Result<CheckReport> {
             r.server_version.clone().unwrap_or_default()
         ));
     }
+    let relay = conn.parameter(walrelay_relay::RELAY_PARAMETER).is_some();
+    if relay {
+        r.notes.push(format!(
+            "this is walrelay serve, relaying PostgreSQL {}: the settings shown are the relay's (its slots, senders and WAL it keeps) or its upstream's; SQL checks do not go through a relay",
+            r.server_version.as_deref().unwrap_or("?")
+        ));
+    }
     let ident = conn.identify_system().await?;
     r.system_identifier = Some(ident.system_identifier.to_string());
     r.timeline = Some(ident.timeline.0);
@@ -270,6 +277,7 @@ async fn check(resolved: &Resolved, slot: Option<&str>) -> Result<CheckReport> {
                 sql.as_mut(),
                 name,
                 major,
+                relay,
                 &mut r.problems,
                 &mut r.warnings,
             )
@@ -340,6 +348,7 @@ async fn check_slot(
     sql: Option<&mut Connection>,
     name: &str,
     major: u32,
+    relay: bool,
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> SlotReport {
@@ -377,6 +386,19 @@ async fn check_slot(
             s.exists = true;
             s.slot_type = Some(info.slot_type);
             s.restart_lsn = info.restart_lsn.map(|l| l.to_string());
+        }
+    } else if relay {
+        // A relay answers READ_REPLICATION_SLOT for its own slots whatever major it relays.
+        let q = format!("READ_REPLICATION_SLOT {name}");
+        if let Ok(res) = conn.simple_query(&q).await {
+            if let Some(slot_type) = res.first().and_then(|r| r.get_idx(0, 0)) {
+                s.exists = true;
+                s.slot_type = Some(slot_type.to_string());
+                s.restart_lsn = res
+                    .first()
+                    .and_then(|r| r.get_idx(0, 1))
+                    .map(str::to_string);
+            }
         }
     } else {
         warnings.push(format!(

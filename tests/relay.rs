@@ -1,3 +1,6 @@
+// Test-only helpers: a failed step panics with its message.
+#![allow(clippy::unwrap_used)]
+
 //! `walrelay serve` end to end, with PostgreSQL's own programs as the relay's clients and judges:
 //! hot standbys whose `primary_conninfo` points at the relay, pg_receivewal, pg_basebackup and
 //! pg_verifybackup (Debian's PostgreSQL 15), and the primary's `pg_stat_replication`, which must
@@ -195,6 +198,28 @@ fn standbys_follow_the_primary_through_the_relay() {
     assert!(m.contains("walrelay_serve_downstream_lag_seconds{"), "{m}");
     assert!(m.contains("walrelay_receive_flushed_lsn"), "{m}");
     assert_eq!(walsenders(&primary), vec![RELAY_APP.to_string()]);
+    // The standbys' hot standby feedback reaches the primary through the relay (on its slot).
+    poll::wait_until(
+        "the relay's slot on the primary to hold the standbys' xmin",
+        || {
+            !primary
+                .psql("SELECT xmin FROM pg_replication_slots WHERE slot_name = 'relay_slot'")
+                .is_empty()
+        },
+        || primary.psql("SELECT slot_name, xmin, catalog_xmin FROM pg_replication_slots"),
+    );
+    // walrelay check through the relay: ready, and it knows it talks to a relay.
+    let check = support::walrelay_cmd::run(
+        &[
+            "check".to_string(),
+            "-d".to_string(),
+            relay.conninfo("replicator", Some("rep")),
+        ],
+        poll::timeout(),
+    );
+    assert!(check.status.success(), "{}{}", check.stdout, check.stderr);
+    assert!(check.stdout.contains("READY"), "{}", check.stdout);
+    assert!(check.stdout.contains("walrelay serve"), "{}", check.stdout);
 
     // kill -9 of the relay under load; the standbys reconnect to the restarted relay by
     // themselves and continue.
@@ -368,4 +393,66 @@ fn an_old_backup_catches_up_from_the_relay_after_the_primary_recycled_its_wal() 
         primary.psql("SELECT count(*) FROM later")
     );
     assert_eq!(walsenders(&primary), vec![RELAY_APP.to_string()]);
+}
+
+/// `--sync-quorum 1` with the relay as the primary's synchronous standby: a commit waits until a
+/// downstream of the relay has it durable — with none connected it waits, once a standby behind
+/// the relay confirms it, it completes.
+#[test]
+fn sync_quorum_makes_commits_wait_for_a_downstream() {
+    let primary = primary("relay-sync", &["wal_keep_size = '64MB'"]);
+    // The standby's data directory, taken before the primary waits for anyone.
+    let standby_dir = primary.pg_basebackup(&["-X", "stream", "-c", "fast"]);
+    primary.psql("CREATE TABLE s (i int)");
+    primary.psql("ALTER SYSTEM SET synchronous_standby_names = 'relay'");
+    primary.reload();
+    let archive = primary.scratch_path("relay-archive");
+    let relay = Relay::start(
+        &upstream(&primary),
+        &archive,
+        &["--sync-quorum", "1", "--status-interval", "1"],
+    );
+    server::wait_streaming(&primary, RELAY_APP);
+    let mut commit = tool(&primary, "psql")
+        .args([
+            "-d",
+            &primary.conninfo(),
+            "-X",
+            "-c",
+            "INSERT INTO s VALUES (1)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    poll::wait_until(
+        "the commit to wait for synchronous replication",
+        || {
+            primary.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+                == "1"
+        },
+        || primary.psql("SELECT pid, state, wait_event FROM pg_stat_activity"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        commit.try_wait().unwrap().is_none(),
+        "the commit did not wait for a downstream of the relay"
+    );
+    let standby = primary
+        .standby(&standby_dir)
+        .name("sync-standby")
+        .follow(&relay.conninfo("replicator", Some("rep")))
+        .conf("wal_receiver_status_interval = 1")
+        .start();
+    let status = poll::wait_for(
+        "the commit to complete once a standby behind the relay has it",
+        poll::timeout(),
+        Duration::from_millis(100),
+        || commit.try_wait().unwrap(),
+        || primary.psql("SELECT application_name, flush_lsn, sync_state FROM pg_stat_replication"),
+    );
+    assert!(status.success());
+    standby.catch_up(&primary);
+    assert_eq!(standby.psql("SELECT count(*) FROM s"), "1");
+    let row = server::replication_row(&primary, RELAY_APP).expect("the relay's walsender");
+    assert_eq!(row.sync_state, "sync", "{row:?}");
 }

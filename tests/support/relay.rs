@@ -221,6 +221,62 @@ impl RawClient {
         (c, msgs)
     }
 
+    /// Logs in with SCRAM-SHA-256 as a replication connection (postgres-protocol's client side,
+    /// what walrelay's own client uses); returns the client and every message the server sent,
+    /// up to ReadyForQuery or the error that ended the attempt.
+    pub fn login_scram(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+    ) -> (RawClient, Vec<BackendMessage>) {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+        use postgres_protocol::message::frontend;
+        use walrelay_protocol::message::Authentication;
+        let mut c = RawClient::connect(addr);
+        c.startup(&[("user", user), ("replication", "true")]);
+        let mut seen = Vec::new();
+        let Some(first) = c.read() else {
+            return (c, seen);
+        };
+        let is_sasl = matches!(
+            &first,
+            BackendMessage::Authentication(Authentication::Sasl { .. })
+        );
+        seen.push(first);
+        if !is_sasl {
+            return (c, seen);
+        }
+        let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+        let mut out = BytesMut::new();
+        frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut out).unwrap();
+        c.send(&out);
+        match c.read() {
+            Some(BackendMessage::Authentication(Authentication::SaslContinue { data })) => {
+                scram.update(&data).unwrap();
+            }
+            other => {
+                seen.extend(other);
+                return (c, seen);
+            }
+        }
+        let mut out = BytesMut::new();
+        frontend::sasl_response(scram.message(), &mut out).unwrap();
+        c.send(&out);
+        match c.read() {
+            Some(BackendMessage::Authentication(Authentication::SaslFinal { data })) => {
+                scram
+                    .finish(&data)
+                    .expect("the relay proved it knows the verifier");
+            }
+            other => {
+                seen.extend(other);
+                return (c, seen);
+            }
+        }
+        seen.extend(c.until_ready());
+        (c, seen)
+    }
+
     /// Whether the server closed the connection, waiting at most `limit`.
     pub fn closed_within(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;

@@ -63,6 +63,7 @@ use walrelay_walreceiver::{
 pub use allow::{AllowList, Network};
 pub use config::{Auth, RelayConfig};
 pub use downstreams::{DownstreamSnapshot, DownstreamState, RelayStats};
+pub use session::RELAY_PARAMETER;
 pub use tls::ServerTls;
 pub use userlist::{UserList, UserListError};
 

@@ -19,6 +19,8 @@ mod io;
 mod startup;
 mod stream;
 
+pub use startup::RELAY_PARAMETER;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

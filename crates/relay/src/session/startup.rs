@@ -38,6 +38,9 @@ use crate::config::{Auth, AUTHENTICATION_TIMEOUT};
 use crate::random::random_bytes;
 use crate::shared::Shared;
 
+/// The ParameterStatus that marks a relay: its value is walrelay's version.
+pub const RELAY_PARAMETER: &str = "walrelay_serve";
+
 /// What the client asked for in its startup packet.
 #[derive(Clone, Debug)]
 pub struct Startup {
@@ -357,6 +360,9 @@ async fn admit(
         // Values with a NUL byte cannot come from a startup packet (it is NUL-separated).
         let _ = encode_parameter_status(name, &value, &mut io.tx.out);
     }
+    // Tells walrelay's own tools (`walrelay check`) that a relay answers, not a server; libpq
+    // keeps unknown parameters without a word.
+    let _ = encode_parameter_status(RELAY_PARAMETER, env!("CARGO_PKG_VERSION"), &mut io.tx.out);
     let mut key = [0u8; 4];
     random_bytes(&mut key).map_err(|_| Refused::Quietly)?;
     let _ = encode_backend_key_data(pid, &key, &mut io.tx.out);
