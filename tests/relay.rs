@@ -456,3 +456,113 @@ fn sync_quorum_makes_commits_wait_for_a_downstream() {
     let row = server::replication_row(&primary, RELAY_APP).expect("the relay's walsender");
     assert_eq!(row.sync_state, "sync", "{row:?}");
 }
+
+/// TLS for downstreams: libpq's `sslmode=verify-full` against the relay's certificate, and
+/// `channel_binding=require`, which only SCRAM-SHA-256-PLUS satisfies — pg_receivewal streams to
+/// its end position, walrelay's own client checks the relay the same way.
+#[test]
+fn tls_and_scram_channel_binding_for_downstreams() {
+    use std::os::unix::fs::PermissionsExt;
+    let primary = primary("relay-tls", &["wal_keep_size = '64MB'"]);
+    let ca = walrelay_testkit::TestCa::new().expect("a test CA");
+    let server = ca.issue_server().expect("a server certificate");
+    let dir = primary.scratch_path("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key, root) = (
+        dir.join("relay.crt"),
+        dir.join("relay.key"),
+        dir.join("ca.crt"),
+    );
+    std::fs::write(&cert, &server.cert_pem).unwrap();
+    std::fs::write(&key, &server.key_pem).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&root, ca.cert_pem()).unwrap();
+    let verifier = primary.psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'replicator'");
+    let users = dir.join("users.txt");
+    std::fs::write(&users, format!("\"replicator\" \"{verifier}\"\n")).unwrap();
+    let archive = primary.scratch_path("relay-archive");
+    let mut relay = Relay::start(
+        &upstream(&primary),
+        &archive,
+        &[
+            "--tls-cert",
+            path(&cert),
+            "--tls-key",
+            path(&key),
+            "--auth",
+            "scram",
+            "--auth-file",
+            path(&users),
+        ],
+    );
+    server::wait_streaming(&primary, RELAY_APP);
+    let secure = format!(
+        "{} sslmode=verify-full sslrootcert={} channel_binding=require",
+        relay.conninfo("replicator", Some("rep")),
+        path(&root)
+    );
+    let out_dir = primary.scratch_path("received-over-tls");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut receivewal = tool(&primary, "pg_receivewal")
+        .args(["-d", &secure, "-D", path(&out_dir), "-s", "1", "-n"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("pg_receivewal over TLS");
+    poll::wait_until(
+        "pg_receivewal over TLS to open its segment",
+        || {
+            wal_files::segment_files(&out_dir, seg())
+                .iter()
+                .any(|f| f.partial)
+        },
+        || wal_files::listing(&out_dir),
+    );
+    server::insert_rows(&primary, "over_tls", 500);
+    let end = primary.switch_wal();
+    let want = seg().segno(Lsn(end.0 - 1));
+    poll::wait_until(
+        "pg_receivewal over TLS to complete a segment",
+        || {
+            assert!(
+                receivewal.try_wait().unwrap().is_none(),
+                "pg_receivewal over TLS exited"
+            );
+            wal_files::complete_segments(&out_dir, seg())
+                .iter()
+                .any(|f| f.segment.segno == want)
+        },
+        || wal_files::listing(&out_dir),
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(receivewal.id() as i32),
+        Signal::SIGINT,
+    );
+    let _ = receivewal.wait();
+    assert!(wal_files::assert_identical_to_server(&out_dir, &primary.pg_wal_dir(), seg()) >= 1);
+    let check = support::walrelay_cmd::run(
+        &["check".to_string(), "-d".to_string(), secure.clone()],
+        poll::timeout(),
+    );
+    assert!(check.status.success(), "{}{}", check.stdout, check.stderr);
+    assert!(check.stdout.contains("(TLS)"), "{}", check.stdout);
+    // A wrong CA is refused by the client, as against any server.
+    let other = walrelay_testkit::TestCa::new().unwrap();
+    let wrong_root = dir.join("other-ca.crt");
+    std::fs::write(&wrong_root, other.cert_pem()).unwrap();
+    let out = tool(&primary, "pg_receivewal")
+        .args([
+            "-d",
+            &format!(
+                "{} sslmode=verify-full sslrootcert={}",
+                relay.conninfo("replicator", Some("rep")),
+                path(&wrong_root)
+            ),
+            "-D",
+            path(&out_dir),
+            "-n",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    relay.assert_healthy();
+}
