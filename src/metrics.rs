@@ -156,10 +156,18 @@ pub async fn serve_relay(
 /// labelled with the downstream's pid, application_name and client address, and its state as a
 /// separate series (`state="streaming"` = 1).
 pub fn render_downstreams(downstreams: &[DownstreamSnapshot]) -> String {
-    fn label(v: &str) -> String {
-        v.replace('\\', "\\\\")
+    /// The labels naming one downstream.
+    fn labels(d: &DownstreamSnapshot) -> String {
+        let name = d
+            .application_name
+            .replace('\\', "\\\\")
             .replace('"', "\\\"")
-            .replace('\n', "\\n")
+            .replace('\n', "\\n");
+        format!(
+            "pid=\"{}\",application_name=\"{name}\",client_addr=\"{}\"",
+            d.pid,
+            d.client_addr.ip()
+        )
     }
     let mut out = String::new();
     let _ = writeln!(
@@ -168,7 +176,7 @@ pub fn render_downstreams(downstreams: &[DownstreamSnapshot]) -> String {
         downstreams.len()
     );
     type Value = fn(&DownstreamSnapshot) -> String;
-    let series: [(&str, &str, Value); 7] = [
+    let series: [(&str, &str, Value); 8] = [
         ("sent_lsn", "End of the WAL sent (bytes)", |d| {
             d.sent_lsn.0.to_string()
         }),
@@ -200,6 +208,11 @@ pub fn render_downstreams(downstreams: &[DownstreamSnapshot]) -> String {
         ("timeline", "Timeline streamed", |d| {
             d.timeline.map_or(0, |t| t.0).to_string()
         }),
+        (
+            "state",
+            "1 for the state the downstream is in (label state)",
+            |_| "1".to_string(),
+        ),
     ];
     for (name, help, value) in series {
         let _ = writeln!(
@@ -207,29 +220,18 @@ pub fn render_downstreams(downstreams: &[DownstreamSnapshot]) -> String {
             "# HELP walrelay_serve_downstream_{name} {help}\n# TYPE walrelay_serve_downstream_{name} gauge"
         );
         for d in downstreams {
+            let extra = if name == "state" {
+                format!(",state=\"{}\"", d.state.as_str())
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "walrelay_serve_downstream_{name}{{pid=\"{}\",application_name=\"{}\",client_addr=\"{}\"}} {}",
-                d.pid,
-                label(&d.application_name),
-                d.client_addr.ip(),
+                "walrelay_serve_downstream_{name}{{{}{extra}}} {}",
+                labels(d),
                 value(d)
             );
         }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP walrelay_serve_downstream_state 1 for the state the downstream is in\n# TYPE walrelay_serve_downstream_state gauge"
-    );
-    for d in downstreams {
-        let _ = writeln!(
-            out,
-            "walrelay_serve_downstream_state{{pid=\"{}\",application_name=\"{}\",client_addr=\"{}\",state=\"{}\"}} 1",
-            d.pid,
-            label(&d.application_name),
-            d.client_addr.ip(),
-            d.state.as_str()
-        );
     }
     out
 }

@@ -825,31 +825,51 @@ fn check_slots(primary: &Cluster, after_bootstrap: Lsn, standby_replayed: Lsn, r
 // ------------------------------------------------------------------------------------------------
 // sidecar
 
-fn sidecar(primary: &Cluster, expected: &Expected) {
-    let dir = primary.scratch_path("sidecar");
-    let ts_new = primary.scratch_path("tablespace-sidecar");
-    let ts_old = fs::read_dir(primary.data_dir().join("pg_tblspc"))
+/// Where the primary's tablespace is (its `pg_tblspc` link).
+fn primary_tablespace(primary: &Cluster) -> PathBuf {
+    fs::read_dir(primary.data_dir().join("pg_tblspc"))
         .expect("primary pg_tblspc")
         .map(|e| fs::read_link(e.expect("entry").path()).expect("tablespace link"))
         .next()
-        .expect("the primary's tablespace");
-    let conninfo = primary.replication_conninfo();
-    let mapping = format!("{}={}", path(&ts_old), path(&ts_new));
-    let out = walrelay(&[
+        .expect("the primary's tablespace")
+}
+
+/// `walrelay bootstrap -d CONNINFO -D DIR -c fast EXTRA…` with the primary's tablespace mapped
+/// to a fresh directory named `tablespace` (the standby runs on the same machine).
+fn bootstrap_mapped(
+    primary: &Cluster,
+    conninfo: &str,
+    dir: &Path,
+    tablespace: &str,
+    extra: &[&str],
+) -> Finished {
+    let ts_new = primary.scratch_path(tablespace);
+    let mapping = format!("{}={}", path(&primary_tablespace(primary)), path(&ts_new));
+    let mut args = vec![
         "bootstrap",
         "-d",
-        &conninfo,
+        conninfo,
         "-D",
-        path(&dir),
+        path(dir),
         "-T",
         &mapping,
-        "-C",
-        "-S",
-        SIDECAR_SLOT,
         "-c",
         "fast",
-        "--sidecar",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    walrelay(&args)
+}
+
+fn sidecar(primary: &Cluster, expected: &Expected) {
+    let dir = primary.scratch_path("sidecar");
+    let conninfo = primary.replication_conninfo();
+    let out = bootstrap_mapped(
+        primary,
+        &conninfo,
+        &dir,
+        "tablespace-sidecar",
+        &["-C", "-S", SIDECAR_SLOT, "--sidecar"],
+    );
     assert_success(&out, "bootstrap --sidecar");
     let auto = fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap_or_default();
     let recovery = fs::read_to_string(dir.join("recovery.conf")).unwrap_or_default();
@@ -931,28 +951,11 @@ fn relay_standby(primary: &Cluster) {
     let senders_before = primary.psql("SELECT count(*) FROM pg_stat_replication");
 
     let dir = primary.scratch_path("relay-standby");
-    let ts_new = primary.scratch_path("tablespace-relay");
-    let ts_old = fs::read_dir(primary.data_dir().join("pg_tblspc"))
-        .expect("primary pg_tblspc")
-        .map(|e| fs::read_link(e.expect("entry").path()).expect("tablespace link"))
-        .next()
-        .expect("the primary's tablespace");
     let conninfo = format!(
         "{} {NEWER_LIBPQ_OPTIONS}",
         relay.conninfo("replicator", Some("rep"))
     );
-    let mapping = format!("{}={}", path(&ts_old), path(&ts_new));
-    let out = walrelay(&[
-        "bootstrap",
-        "-d",
-        &conninfo,
-        "-D",
-        path(&dir),
-        "-T",
-        &mapping,
-        "-c",
-        "fast",
-    ]);
+    let out = bootstrap_mapped(primary, &conninfo, &dir, "tablespace-relay", &[]);
     assert_success(&out, "walrelay bootstrap through walrelay serve");
     let standby = primary.standby(&dir).name("matrix-relay-standby").start();
     let lsn = insert_rows(primary, "through_relay", 400);

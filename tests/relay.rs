@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use walrelay_protocol::WalSegmentSize;
-use walrelay_testkit::{pg_command, Cluster, Lsn, PgBench, Role, VerifyBackupOptions};
+use walrelay_testkit::{pg_command, Cluster, Lsn, PgBench, VerifyBackupOptions};
 
-use support::relay::{metrics, walsenders, Relay};
+use support::relay::{
+    interrupt, metrics, pg_basebackup_through, primary, wait_complete_segment, walsenders, Relay,
+};
 use support::{poll, server, wal_files};
 
 const SEGMENT_MB: u32 = 1;
@@ -31,28 +33,20 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
-fn primary(name: &str, conf: &[&str]) -> Cluster {
-    let mut b = Cluster::builder()
-        .name(name)
-        .wal_segsize_mb(SEGMENT_MB)
-        .tcp_auth(walrelay_testkit::AuthMethod::ScramSha256)
-        .superuser_password("su")
-        .role(Role::new("replicator").password("rep").replication())
-        // The primary's durability is not under test; its fsyncs only slow two shared cores.
-        .fsync(false)
-        .conf("checkpoint_timeout = '30min'");
-    for c in conf {
-        b = b.conf(c);
-    }
-    b.start()
-}
-
 /// The relay's upstream connection string.
 fn upstream(primary: &Cluster) -> String {
     format!(
         "{} application_name={RELAY_APP}",
         primary.replication_conninfo()
     )
+}
+
+/// `walrelay serve` in front of `primary` with `extra` options, once the primary streams to it.
+fn relay_for(primary: &Cluster, extra: &[&str]) -> Relay {
+    let archive = primary.scratch_path("relay-archive");
+    let relay = Relay::start(&upstream(primary), &archive, extra);
+    server::wait_streaming(primary, RELAY_APP);
+    relay
 }
 
 /// A Debian 15 client tool with a clean environment.
@@ -127,24 +121,7 @@ fn standbys_follow_the_primary_through_the_relay() {
     // pg_basebackup -X stream -R through the relay: BASE_BACKUP proxied, WAL from the relay
     // (a temporary slot there), then pg_verifybackup — WAL included — accepts it.
     let backup = primary.scratch_path("backup-through-relay");
-    run_ok(
-        {
-            let mut c = tool(&primary, "pg_basebackup");
-            c.args(["-d", &relay.conninfo("replicator", Some("rep"))])
-                .args([
-                    "-D",
-                    path(&backup),
-                    "-X",
-                    "stream",
-                    "-R",
-                    "-c",
-                    "fast",
-                    "--no-sync",
-                ]);
-            c
-        },
-        "pg_basebackup through the relay",
-    );
+    pg_basebackup_through(&primary, &relay, &backup);
     let verified = walrelay_testkit::pg_verifybackup(&backup, &VerifyBackupOptions::default())
         .unwrap_or_else(|e| {
             panic!("pg_verifybackup rejected the backup taken through the relay: {e}")
@@ -258,9 +235,7 @@ fn standbys_follow_the_primary_through_the_relay() {
 #[test]
 fn pg_receivewal_through_the_relay_writes_the_primary_s_segments() {
     let primary = primary("relay-receivewal", &["wal_keep_size = '256MB'"]);
-    let archive = primary.scratch_path("relay-archive");
-    let mut relay = Relay::start(&upstream(&primary), &archive, &["--status-interval", "1"]);
-    server::wait_streaming(&primary, RELAY_APP);
+    let mut relay = relay_for(&primary, &["--status-interval", "1"]);
     let conninfo = relay.conninfo("replicator", Some("rep"));
     run_ok(
         {
@@ -308,25 +283,12 @@ fn pg_receivewal_through_the_relay_writes_the_primary_s_segments() {
         server::insert_rows(&primary, "through_relay", 2000 + i);
         last = primary.switch_wal();
     }
-    let want = seg().segno(Lsn(last.0 - 1));
-    poll::wait_until(
-        "pg_receivewal (through the relay) to complete the last switched segment",
-        || {
-            wal_files::complete_segments(&dir, seg())
-                .iter()
-                .any(|f| f.segment.segno == want)
-        },
-        || wal_files::listing(&dir),
-    );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(receivewal.id() as i32),
-        Signal::SIGINT,
-    );
-    let _ = receivewal.wait();
+    wait_complete_segment(&dir, last, seg(), &mut receivewal);
+    interrupt(&mut receivewal);
     let compared = wal_files::assert_identical_to_server(&dir, &primary.pg_wal_dir(), seg());
     assert!(compared >= 4, "only {compared} segments compared");
     // The relay's slot follows pg_receivewal's flush (READ_REPLICATION_SLOT shows it).
-    let slots = walrelay_archive::read_slots(&archive).unwrap();
+    let slots = walrelay_archive::read_slots(&relay.archive).unwrap();
     let archiver = slots
         .iter()
         .find(|s| s.name == "archiver")
@@ -340,7 +302,9 @@ fn pg_receivewal_through_the_relay_writes_the_primary_s_segments() {
         },
         "pg_receivewal --drop-slot",
     );
-    assert!(walrelay_archive::read_slots(&archive).unwrap().is_empty());
+    assert!(walrelay_archive::read_slots(&relay.archive)
+        .unwrap()
+        .is_empty());
     relay.assert_healthy();
 }
 
@@ -358,13 +322,7 @@ fn an_old_backup_catches_up_from_the_relay_after_the_primary_recycled_its_wal() 
     );
     primary.pgbench_init(1);
     create_slot(&primary, "relay_slot");
-    let archive = primary.scratch_path("relay-archive");
-    let relay = Relay::start(
-        &upstream(&primary),
-        &archive,
-        &["-S", "relay_slot", "--status-interval", "1"],
-    );
-    server::wait_streaming(&primary, RELAY_APP);
+    let relay = relay_for(&primary, &["-S", "relay_slot", "--status-interval", "1"]);
     // The backup: straight from the primary, WAL fetched, then told to follow the relay.
     let old = primary.pg_basebackup(&["-X", "fetch", "-c", "fast"]);
     let backup_end = primary.current_wal_lsn();
@@ -406,13 +364,7 @@ fn sync_quorum_makes_commits_wait_for_a_downstream() {
     primary.psql("CREATE TABLE s (i int)");
     primary.psql("ALTER SYSTEM SET synchronous_standby_names = 'relay'");
     primary.reload();
-    let archive = primary.scratch_path("relay-archive");
-    let relay = Relay::start(
-        &upstream(&primary),
-        &archive,
-        &["--sync-quorum", "1", "--status-interval", "1"],
-    );
-    server::wait_streaming(&primary, RELAY_APP);
+    let relay = relay_for(&primary, &["--sync-quorum", "1", "--status-interval", "1"]);
     let mut commit = tool(&primary, "psql")
         .args([
             "-d",
@@ -480,10 +432,8 @@ fn tls_and_scram_channel_binding_for_downstreams() {
     let verifier = primary.psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'replicator'");
     let users = dir.join("users.txt");
     std::fs::write(&users, format!("\"replicator\" \"{verifier}\"\n")).unwrap();
-    let archive = primary.scratch_path("relay-archive");
-    let mut relay = Relay::start(
-        &upstream(&primary),
-        &archive,
+    let mut relay = relay_for(
+        &primary,
         &[
             "--tls-cert",
             path(&cert),
@@ -495,7 +445,6 @@ fn tls_and_scram_channel_binding_for_downstreams() {
             path(&users),
         ],
     );
-    server::wait_streaming(&primary, RELAY_APP);
     let secure = format!(
         "{} sslmode=verify-full sslrootcert={} channel_binding=require",
         relay.conninfo("replicator", Some("rep")),
@@ -519,25 +468,8 @@ fn tls_and_scram_channel_binding_for_downstreams() {
     );
     server::insert_rows(&primary, "over_tls", 500);
     let end = primary.switch_wal();
-    let want = seg().segno(Lsn(end.0 - 1));
-    poll::wait_until(
-        "pg_receivewal over TLS to complete a segment",
-        || {
-            assert!(
-                receivewal.try_wait().unwrap().is_none(),
-                "pg_receivewal over TLS exited"
-            );
-            wal_files::complete_segments(&out_dir, seg())
-                .iter()
-                .any(|f| f.segment.segno == want)
-        },
-        || wal_files::listing(&out_dir),
-    );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(receivewal.id() as i32),
-        Signal::SIGINT,
-    );
-    let _ = receivewal.wait();
+    wait_complete_segment(&out_dir, end, seg(), &mut receivewal);
+    interrupt(&mut receivewal);
     assert!(wal_files::assert_identical_to_server(&out_dir, &primary.pg_wal_dir(), seg()) >= 1);
     let check = support::walrelay_cmd::run(
         &["check".to_string(), "-d".to_string(), secure.clone()],

@@ -8,28 +8,14 @@
 
 mod support;
 
-use std::path::Path;
+use walrelay_testkit::StopMode;
 
-use walrelay_testkit::{pg_command, Cluster, Role, StopMode};
-
-use support::relay::{walsenders, Relay};
+use support::relay::{pg_basebackup_through, primary, walsenders, Relay};
 use support::{poll, server};
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
 
 #[test]
 fn downstream_standbys_follow_a_promotion_upstream() {
-    let mut primary = Cluster::builder()
-        .name("relay-fo-primary")
-        .wal_segsize_mb(1)
-        .tcp_auth(walrelay_testkit::AuthMethod::ScramSha256)
-        .superuser_password("su")
-        .role(Role::new("replicator").password("rep").replication())
-        .fsync(false)
-        .conf("wal_keep_size = '128MB'")
-        .start();
+    let mut primary = primary("relay-fo-primary", &["wal_keep_size = '128MB'"]);
     server::insert_rows(&primary, "before", 1000);
 
     // The primary's own standby, which will be promoted.
@@ -54,25 +40,7 @@ fn downstream_standbys_follow_a_promotion_upstream() {
 
     // The relay's standby, seeded through the relay.
     let d_dir = primary.scratch_path("downstream");
-    let out = pg_command(&primary.install().tools().pg_basebackup())
-        .args(["-d", &relay.conninfo("replicator", Some("rep"))])
-        .args([
-            "-D",
-            path(&d_dir),
-            "-X",
-            "stream",
-            "-R",
-            "-c",
-            "fast",
-            "--no-sync",
-        ])
-        .output()
-        .expect("pg_basebackup");
-    assert!(
-        out.status.success(),
-        "pg_basebackup through the relay: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pg_basebackup_through(&primary, &relay, &d_dir);
     let d = primary
         .standby(&d_dir)
         .name("relay-fo-d")

@@ -16,12 +16,11 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use walrelay_protocol::{BackendMessage, Lsn, WalSegmentSize};
-use walrelay_testkit::{pg_command, Cluster, Role};
+use walrelay_testkit::{pg_command, Cluster};
 
-use support::relay::{error_of, RawClient, Relay};
-use support::{poll, server, wal_files};
+use support::relay::{error_of, interrupt, primary, wait_complete_segment, RawClient, Relay};
+use support::{server, wal_files};
 
 /// The relay drops a silent streaming client after this.
 const SENDER_TIMEOUT_SECS: u64 = 4;
@@ -81,15 +80,7 @@ fn spawn_receivewal(primary: &Cluster, conninfo: &str, dir: &Path) -> Child {
 
 #[test]
 fn hostile_clients_get_errors_and_nobody_else_notices() {
-    let primary = Cluster::builder()
-        .name("relay-hostile")
-        .wal_segsize_mb(1)
-        .tcp_auth(walrelay_testkit::AuthMethod::ScramSha256)
-        .superuser_password("su")
-        .role(Role::new("replicator").password("rep").replication())
-        .fsync(false)
-        .conf("wal_keep_size = '128MB'")
-        .start();
+    let primary = primary("relay-hostile", &["wal_keep_size = '128MB'"]);
     let archive = primary.scratch_path("relay-archive");
     std::fs::create_dir_all(&archive).unwrap();
     // The replicator's verifier as the primary stores it, and a user with a plain password.
@@ -129,38 +120,13 @@ fn hostile_clients_get_errors_and_nobody_else_notices() {
     // Wrong password, unknown user: what libpq clients print.
     let empty = primary.scratch_path("never-written");
     std::fs::create_dir_all(&empty).unwrap();
-    let (ok, err) = tool(
-        &primary,
-        "pg_receivewal",
-        &[
-            "-d",
-            &relay.conninfo("replicator", Some("wrong")),
-            "-D",
-            path(&empty),
-            "-n",
-            "-w",
-        ],
-    );
-    assert!(
-        !ok && err.contains("password authentication failed for user \"replicator\""),
-        "{err}"
-    );
-    let (ok, err) = tool(
-        &primary,
-        "pg_receivewal",
-        &[
-            "-d",
-            &relay.conninfo("mallory", Some("x")),
-            "-D",
-            path(&empty),
-            "-n",
-            "-w",
-        ],
-    );
-    assert!(
-        !ok && err.contains("password authentication failed for user \"mallory\""),
-        "{err}"
-    );
+    for (user, password) in [("replicator", "wrong"), ("mallory", "x")] {
+        let conninfo = relay.conninfo(user, Some(password));
+        let args = ["-d", &conninfo, "-D", path(&empty), "-n", "-w"];
+        let (ok, err) = tool(&primary, "pg_receivewal", &args);
+        let want = format!("password authentication failed for user \"{user}\"");
+        assert!(!ok && err.contains(&want), "{err}");
+    }
     // The same through the raw client: FATAL 28P01, then the connection closes.
     let (mut c, msgs) = RawClient::login_scram(addr, "replicator", "nope");
     assert_eq!(code(&msgs), "28P01");
@@ -335,17 +301,7 @@ fn hostile_clients_get_errors_and_nobody_else_notices() {
         server::insert_rows(&primary, "while_stuck", 4000 + i);
         last = primary.switch_wal();
     }
-    let want = seg().segno(Lsn(last.0 - 1));
-    poll::wait_until(
-        "the good pg_receivewal to get the WAL written while a client is stuck",
-        || {
-            assert!(good.try_wait().unwrap().is_none(), "pg_receivewal exited");
-            wal_files::complete_segments(&good_dir, seg())
-                .iter()
-                .any(|f| f.segment.segno == want)
-        },
-        || wal_files::listing(&good_dir),
-    );
+    wait_complete_segment(&good_dir, last, seg(), &mut good);
     std::thread::sleep(Duration::from_secs(SENDER_TIMEOUT_SECS + 2));
     assert!(
         stuck.closed_within(Duration::from_secs(SENDER_TIMEOUT_SECS)),
@@ -361,7 +317,6 @@ fn hostile_clients_get_errors_and_nobody_else_notices() {
     let compared = wal_files::assert_identical_to_server(&good_dir, &primary.pg_wal_dir(), seg());
     assert!(compared >= 6, "{compared}");
     assert!(good.try_wait().unwrap().is_none(), "pg_receivewal exited");
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(good.id() as i32), Signal::SIGINT);
-    let _ = good.wait();
+    interrupt(&mut good);
     relay.assert_healthy();
 }

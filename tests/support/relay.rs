@@ -11,11 +11,78 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use walrelay_protocol::message::MAX_MESSAGE_LEN;
-use walrelay_protocol::{BackendMessage, ErrorFields};
-use walrelay_testkit::Cluster;
+use walrelay_protocol::{BackendMessage, ErrorFields, Lsn, WalSegmentSize};
+use walrelay_testkit::{pg_command, Cluster, Role};
 
 use super::walrelay_cmd::Walrelay;
+use super::{poll, wal_files};
+
+/// A primary for relay tests: 1 MB segments, SCRAM over TCP, a `replicator` role (password
+/// `rep`), no fsync (its durability is not under test), and `conf` lines.
+pub fn primary(name: &str, conf: &[&str]) -> Cluster {
+    let mut b = Cluster::builder()
+        .name(name)
+        .wal_segsize_mb(1)
+        .tcp_auth(walrelay_testkit::AuthMethod::ScramSha256)
+        .superuser_password("su")
+        .role(Role::new("replicator").password("rep").replication())
+        .fsync(false)
+        .conf("checkpoint_timeout = '30min'");
+    for c in conf {
+        b = b.conf(c);
+    }
+    b.start()
+}
+
+/// `pg_basebackup -X stream -R -c fast` (Debian 15's) through the relay into `dir`: the standby
+/// it makes follows the relay.
+pub fn pg_basebackup_through(primary: &Cluster, relay: &Relay, dir: &Path) {
+    let out = pg_command(&primary.install().tools().pg_basebackup())
+        .args(["-d", &relay.conninfo("replicator", Some("rep"))])
+        .arg("-D")
+        .arg(dir)
+        .args(["-X", "stream", "-R", "-c", "fast", "--no-sync"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_basebackup through the relay: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until `dir` holds the complete segment with the byte before `end`, while `receiver`
+/// (a pg_receivewal) keeps running.
+pub fn wait_complete_segment(
+    dir: &Path,
+    end: Lsn,
+    seg: WalSegmentSize,
+    receiver: &mut std::process::Child,
+) {
+    let want = seg.segno(Lsn(end.0 - 1));
+    poll::wait_until(
+        &format!("{} to get the segment before {end}", dir.display()),
+        || {
+            assert!(
+                receiver.try_wait().unwrap().is_none(),
+                "the receiver exited"
+            );
+            wal_files::complete_segments(dir, seg)
+                .iter()
+                .any(|f| f.segment.segno == want)
+        },
+        || wal_files::listing(dir),
+    );
+}
+
+/// SIGINT (pg_receivewal's clean stop), then waits for the exit.
+pub fn interrupt(child: &mut std::process::Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
+    let _ = child.wait();
+}
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {

@@ -14,7 +14,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
 
-use crate::message::{ProtocolError, Reader};
+use crate::message::{split_message, ProtocolError, Reader};
 
 /// `PG_PROTOCOL(3, 0)`, the protocol every PostgreSQL from 7.4 speaks.
 pub const PROTOCOL_3_0: i32 = 3 << 16;
@@ -168,29 +168,10 @@ impl FrontendMessage {
         buf: &mut BytesMut,
         max_len: usize,
     ) -> Result<Option<FrontendMessage>, FrontendError> {
-        if buf.len() < 5 {
-            return Ok(None);
+        match split_message(buf, max_len)? {
+            Some((kind, body)) => Self::decode(kind, body).map(Some),
+            None => Ok(None),
         }
-        let kind = buf[0];
-        let raw_len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-        let len = usize::try_from(raw_len)
-            .ok()
-            .filter(|&l| l >= 4)
-            .ok_or(FrontendError::InvalidLength { len: raw_len })?;
-        if len > max_len {
-            return Err(FrontendError::MessageTooLong {
-                kind: char::from(kind),
-                len,
-                max: max_len,
-            });
-        }
-        if buf.len() < 1 + len {
-            buf.reserve(1 + len - buf.len());
-            return Ok(None);
-        }
-        buf.advance(5);
-        let body = buf.split_to(len - 4).freeze();
-        Self::decode(kind, body).map(Some)
     }
 
     fn decode(kind: u8, body: Bytes) -> Result<FrontendMessage, FrontendError> {

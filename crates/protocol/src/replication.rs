@@ -347,25 +347,13 @@ mod tests {
 
     #[test]
     fn xlog_data_message_from_parts_is_copy_data_of_xlog_data() {
-        let x = XLogData {
-            data_start: Lsn(0x100_0000),
-            wal_end: Lsn(0x100_2000),
-            send_time: 77,
-            data: Bytes::from_static(b"abcdef"),
-        };
-        let mut payload = BytesMut::new();
-        x.encode(&mut payload);
         let mut want = BytesMut::new();
-        crate::server::encode_copy_data(&payload, &mut want).unwrap();
+        crate::server::encode_copy_data(&xlogdata(0x100_0000, 0x100_2000, b"abcdef"), &mut want)
+            .unwrap();
         let mut got = BytesMut::new();
-        encode_xlog_data_message(
-            x.data_start,
-            x.wal_end,
-            77,
-            &[b"ab", b"", b"cdef"],
-            &mut got,
-        )
-        .unwrap();
+        let parts: [&[u8]; 3] = [b"ab", b"", b"cdef"];
+        encode_xlog_data_message(Lsn(0x100_0000), Lsn(0x100_2000), 12345, &parts, &mut got)
+            .unwrap();
         assert_eq!(got, want);
     }
     use proptest::prelude::*;

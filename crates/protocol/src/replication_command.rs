@@ -412,29 +412,36 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn accept_keyword(&mut self, k: Keyword) -> Result<bool, CommandError> {
-        if self.peek()? == Some(&Token::Keyword(k)) {
+    /// Takes the next token if it is `t`.
+    fn accept(&mut self, t: Token) -> Result<bool, CommandError> {
+        let found = self.peek()? == Some(&t);
+        if found {
             self.next()?;
-            Ok(true)
-        } else {
-            Ok(false)
         }
+        Ok(found)
+    }
+
+    fn accept_keyword(&mut self, k: Keyword) -> Result<bool, CommandError> {
+        self.accept(Token::Keyword(k))
     }
 
     fn accept_char(&mut self, c: u8) -> Result<bool, CommandError> {
-        if self.peek()? == Some(&Token::Char(c)) {
-            self.next()?;
-            Ok(true)
-        } else {
-            Ok(false)
+        self.accept(Token::Char(c))
+    }
+
+    /// The next token as `pick` reads it; the grammar's error if it gives the token back.
+    fn take<T>(&mut self, pick: impl FnOnce(Token) -> Result<T, Token>) -> Result<T, CommandError> {
+        match self.next()? {
+            Some(t) => pick(t).map_err(|t| Self::unexpected(Some(t))),
+            None => Err(Self::unexpected(None)),
         }
     }
 
     fn ident(&mut self) -> Result<String, CommandError> {
-        match self.next()? {
-            Some(Token::Ident(s)) => Ok(s),
-            other => Err(Self::unexpected(other)),
-        }
+        self.take(|t| match t {
+            Token::Ident(s) => Ok(s),
+            t => Err(t),
+        })
     }
 
     /// `var_name: IDENT | var_name '.' IDENT`
@@ -448,10 +455,10 @@ impl<'a> Parser<'a> {
     }
 
     fn recptr(&mut self) -> Result<Lsn, CommandError> {
-        match self.next()? {
-            Some(Token::RecPtr(l)) => Ok(l),
-            other => Err(Self::unexpected(other)),
-        }
+        self.take(|t| match t {
+            Token::RecPtr(l) => Ok(l),
+            t => Err(t),
+        })
     }
 
     fn timeline(&mut self) -> Result<TimelineId, CommandError> {
@@ -709,30 +716,31 @@ mod tests {
             }
         );
         // walreceiver, pg_receivewal, pg_basebackup.
-        assert_eq!(
-            parse("START_REPLICATION 0/3000000 TIMELINE 1"),
-            ReplicationCommand::StartReplication {
-                slot: None,
-                start: Lsn(0x3000000),
-                timeline: Some(TimelineId(1))
-            }
-        );
-        assert_eq!(
-            parse("START_REPLICATION SLOT \"pg_basebackup_4711\" 1A/FF000000 TIMELINE 3"),
-            ReplicationCommand::StartReplication {
-                slot: Some("pg_basebackup_4711".into()),
-                start: Lsn(0x1A_FF00_0000),
-                timeline: Some(TimelineId(3))
-            }
-        );
-        assert_eq!(
-            parse("START_REPLICATION SLOT s PHYSICAL 0/0"),
-            ReplicationCommand::StartReplication {
-                slot: Some("s".into()),
-                start: Lsn(0),
-                timeline: None
-            }
-        );
+        for (text, slot, start, timeline) in [
+            (
+                "START_REPLICATION 0/3000000 TIMELINE 1",
+                None,
+                0x300_0000,
+                Some(1),
+            ),
+            (
+                "START_REPLICATION SLOT \"pg_basebackup_4711\" 1A/FF000000 TIMELINE 3",
+                Some("pg_basebackup_4711"),
+                0x1A_FF00_0000,
+                Some(3),
+            ),
+            ("START_REPLICATION SLOT s PHYSICAL 0/0", Some("s"), 0, None),
+        ] {
+            assert_eq!(
+                parse(text),
+                ReplicationCommand::StartReplication {
+                    slot: slot.map(str::to_string),
+                    start: Lsn(start),
+                    timeline: timeline.map(TimelineId)
+                },
+                "{text}"
+            );
+        }
         // pg_receivewal 15+: the slot name unquoted, so down-cased.
         assert_eq!(
             parse("READ_REPLICATION_SLOT Archive_1"),

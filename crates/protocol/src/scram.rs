@@ -579,83 +579,73 @@ mod tests {
         let secret: ScramSecret = postgres_protocol::password::scram_sha_256(b"rep-pass")
             .parse()
             .unwrap();
-        assert_eq!(
-            exchange(
-                "rep-pass",
-                &secret,
-                ChannelBinding::unrequested(),
-                None,
-                SCRAM_SHA_256
-            ),
-            Ok(())
+        /// The client's channel binding: `y`, `n`, or bound to a certificate hash of 32 × byte.
+        enum Cb {
+            Unrequested,
+            Unsupported,
+            Bound(u8),
+        }
+        let y_refused = ScramError::ChannelBinding(
+            "the client supports SCRAM channel binding but thinks the server does not; this server does support channel binding",
         );
-        assert_eq!(
-            exchange(
+        let cases = [
+            ("rep-pass", Cb::Unrequested, None, SCRAM_SHA_256, Ok(())),
+            (
                 "rep-pasS",
-                &secret,
-                ChannelBinding::unrequested(),
+                Cb::Unrequested,
                 None,
-                SCRAM_SHA_256
+                SCRAM_SHA_256,
+                Err(ScramError::AuthenticationFailed),
             ),
-            Err(ScramError::AuthenticationFailed)
-        );
-        // Channel binding over TLS: the client hashes the certificate the same way.
-        let cert_hash = vec![9u8; 32];
-        assert_eq!(
-            exchange(
+            // Over TLS: the client hashes the certificate the way the server does.
+            (
                 "rep-pass",
-                &secret,
-                ChannelBinding::tls_server_end_point(cert_hash.clone()),
-                Some(cert_hash.clone()),
-                SCRAM_SHA_256_PLUS
+                Cb::Bound(9),
+                Some(9),
+                SCRAM_SHA_256_PLUS,
+                Ok(()),
             ),
-            Ok(())
-        );
-        // A client bound to another certificate (a man in the middle) fails.
-        assert_eq!(
-            exchange(
+            // Bound to another certificate (a man in the middle): refused.
+            (
                 "rep-pass",
-                &secret,
-                ChannelBinding::tls_server_end_point(vec![8u8; 32]),
-                Some(cert_hash.clone()),
-                SCRAM_SHA_256_PLUS
+                Cb::Bound(8),
+                Some(9),
+                SCRAM_SHA_256_PLUS,
+                Err(ScramError::ChannelBinding(
+                    "SCRAM channel binding check failed",
+                )),
             ),
-            Err(ScramError::ChannelBinding(
-                "SCRAM channel binding check failed"
-            ))
-        );
-        // "y": the client could bind, but thinks we cannot — refused when we can.
-        assert!(matches!(
-            exchange(
+            // "y": the client could bind, but thinks we cannot — refused when we can.
+            (
                 "rep-pass",
-                &secret,
-                ChannelBinding::unrequested(),
-                Some(cert_hash.clone()),
-                SCRAM_SHA_256
+                Cb::Unrequested,
+                Some(9),
+                SCRAM_SHA_256,
+                Err(y_refused),
             ),
-            Err(ScramError::ChannelBinding(_))
-        ));
-        // Without TLS "n" (the client cannot bind) is fine, and -PLUS was never offered.
-        assert_eq!(
-            exchange(
+            // Without TLS "n" is fine, and -PLUS was never offered.
+            ("rep-pass", Cb::Unsupported, None, SCRAM_SHA_256, Ok(())),
+            (
                 "rep-pass",
-                &secret,
-                ChannelBinding::unsupported(),
+                Cb::Unrequested,
                 None,
-                SCRAM_SHA_256
+                SCRAM_SHA_256_PLUS,
+                Err(ScramError::InvalidMechanism),
             ),
-            Ok(())
-        );
-        assert_eq!(
-            exchange(
-                "rep-pass",
-                &secret,
-                ChannelBinding::unrequested(),
-                None,
-                SCRAM_SHA_256_PLUS
-            ),
-            Err(ScramError::InvalidMechanism)
-        );
+        ];
+        for (password, cb, server, mechanism, want) in cases {
+            let binding = match cb {
+                Cb::Unrequested => ChannelBinding::unrequested(),
+                Cb::Unsupported => ChannelBinding::unsupported(),
+                Cb::Bound(b) => ChannelBinding::tls_server_end_point(vec![b; 32]),
+            };
+            let server_binding = server.map(|b| vec![b; 32]);
+            assert_eq!(
+                exchange(password, &secret, binding, server_binding, mechanism),
+                want,
+                "{password} {mechanism}"
+            );
+        }
         assert_eq!(mechanisms(false), [SCRAM_SHA_256]);
         assert_eq!(mechanisms(true), [SCRAM_SHA_256_PLUS, SCRAM_SHA_256]);
     }

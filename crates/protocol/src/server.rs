@@ -111,17 +111,22 @@ pub fn encode_authentication_sasl(
     })
 }
 
+/// An authentication request carrying a SASL mechanism's data.
+fn encode_sasl_data(code: i32, data: &[u8], out: &mut BytesMut) -> Result<(), EncodeError> {
+    frame(b'R', out, |out| {
+        out.put_i32(code);
+        out.put_slice(data);
+        Ok(())
+    })
+}
+
 /// `AuthenticationSASLContinue` ('R', code 11) with the mechanism's data (SCRAM's server-first
 /// message).
 pub fn encode_authentication_sasl_continue(
     data: &[u8],
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    frame(b'R', out, |out| {
-        out.put_i32(11);
-        out.put_slice(data);
-        Ok(())
-    })
+    encode_sasl_data(11, data, out)
 }
 
 /// `AuthenticationSASLFinal` ('R', code 12) with the outcome's data (SCRAM's server-final
@@ -130,11 +135,7 @@ pub fn encode_authentication_sasl_final(
     data: &[u8],
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    frame(b'R', out, |out| {
-        out.put_i32(12);
-        out.put_slice(data);
-        Ok(())
-    })
+    encode_sasl_data(12, data, out)
 }
 
 /// `NegotiateProtocolVersion` ('v'): the newest minor version of protocol 3 the server speaks,

@@ -303,6 +303,16 @@ mod tests {
         BackendMessage::CommandComplete { tag: t.into() }
     }
 
+    /// A DataRow of text values (`None` is NULL).
+    fn row(values: &[Option<&'static str>]) -> BackendMessage {
+        BackendMessage::DataRow(
+            values
+                .iter()
+                .map(|v| v.map(|t| Bytes::from_static(t.as_bytes())))
+                .collect(),
+        )
+    }
+
     #[test]
     fn identify_system_bytes_for_pg15() {
         let mut out = BytesMut::new();
@@ -339,12 +349,7 @@ mod tests {
         let msgs = decode_all(out);
         assert_eq!(
             msgs[1],
-            BackendMessage::DataRow(vec![
-                Some(Bytes::from_static(b"7300000000000000001")),
-                Some(Bytes::from_static(b"1")),
-                Some(Bytes::from_static(b"3/148")),
-                None
-            ])
+            row(&[Some("7300000000000000001"), Some("1"), Some("3/148"), None])
         );
         assert_eq!(msgs[2], tag("IDENTIFY_SYSTEM"));
         assert_eq!(msgs.len(), 3);
@@ -408,13 +413,7 @@ mod tests {
         end_of_streaming(17, Some((TimelineId(3), Lsn(0x5000_0A28))), &mut out).unwrap();
         let msgs = decode_all(out);
         assert_eq!(msgs.len(), 4);
-        assert_eq!(
-            msgs[1],
-            BackendMessage::DataRow(vec![
-                Some(Bytes::from_static(b"3")),
-                Some(Bytes::from_static(b"0/50000A28"))
-            ])
-        );
+        assert_eq!(msgs[1], row(&[Some("3"), Some("0/50000A28")]));
         assert_eq!(msgs[3], tag("START_REPLICATION"));
         let mut out = BytesMut::new();
         copy_both_response(&mut out);
@@ -428,10 +427,7 @@ mod tests {
     fn slot_replies() {
         let mut out = BytesMut::new();
         read_replication_slot(None, &mut out).unwrap();
-        assert_eq!(
-            decode_all(out)[1],
-            BackendMessage::DataRow(vec![None, None, None])
-        );
+        assert_eq!(decode_all(out)[1], row(&[None, None, None]));
         let mut out = BytesMut::new();
         read_replication_slot(
             Some(SlotInfo {
@@ -443,24 +439,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             decode_all(out)[1],
-            BackendMessage::DataRow(vec![
-                Some(Bytes::from_static(b"physical")),
-                Some(Bytes::from_static(b"0/1000000")),
-                Some(Bytes::from_static(b"1"))
-            ])
+            row(&[Some("physical"), Some("0/1000000"), Some("1")])
         );
         let mut out = BytesMut::new();
         create_replication_slot(10, "s", &mut out).unwrap();
         let msgs = decode_all(out);
-        assert_eq!(
-            msgs[1],
-            BackendMessage::DataRow(vec![
-                Some(Bytes::from_static(b"s")),
-                Some(Bytes::from_static(b"0/0")),
-                None,
-                None
-            ])
-        );
+        assert_eq!(msgs[1], row(&[Some("s"), Some("0/0"), None, None]));
         assert_eq!(msgs[2], tag("SELECT"));
         let mut out = BytesMut::from(&b"kept"[..]);
         assert!(show(15, "a\0b", "v", &mut out).is_err());

@@ -33,15 +33,22 @@ pub const DEFAULT_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 /// The downstream side of a relay.
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
+    /// Where downstreams connect (`--listen`); port 0 picks a free one.
     pub listen: SocketAddr,
+    /// How they prove who they are (`--auth`, `--auth-file`).
     pub auth: Auth,
+    /// The client networks let in at all (`--allow`).
     pub allow: AllowList,
+    /// `--tls-cert`/`--tls-key`: TLS offered to clients that ask (and SCRAM-SHA-256-PLUS).
     pub tls: Option<ServerTls>,
     /// Silence after which a streaming downstream is dropped (0 disables), as the server's
     /// `wal_sender_timeout`; at half of it the relay asks for a reply.
     pub wal_sender_timeout: Duration,
+    /// Downstream sessions at once, streaming or not (the relay's `max_wal_senders`).
     pub max_senders: usize,
+    /// Replication slots the relay keeps, persistent and temporary.
     pub max_slots: usize,
+    /// Capacity of the fan-out buffer of the newest WAL.
     pub buffer_bytes: usize,
     /// The downstreams, shared with the metrics endpoint; `--sync-quorum K` is set when it is
     /// made ([`RelayStats::new`]).

@@ -48,16 +48,22 @@ impl DownstreamState {
 /// One downstream as the metrics show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DownstreamSnapshot {
+    /// The process id the session reported in BackendKeyData.
     pub pid: i32,
+    /// From the startup packet (a standby's `cluster_name`, or `walreceiver`).
     pub application_name: String,
     pub user: String,
     pub client_addr: SocketAddr,
     pub state: DownstreamState,
+    /// The timeline streamed (none before START_REPLICATION).
     pub timeline: Option<TimelineId>,
+    /// End of the WAL sent.
     pub sent_lsn: Lsn,
+    /// What its last standby status update said (0/0: not reported).
     pub write_lsn: Lsn,
     pub flush_lsn: Lsn,
     pub apply_lsn: Lsn,
+    /// The relay's slot it streams through, if any.
     pub slot: Option<String>,
     /// The relay's servable position minus the downstream's flush position (0 when it reports
     /// none: pg_receivewal without a slot).

@@ -13,12 +13,17 @@ use crate::upstream::UpstreamInfo;
 use crate::wal_feed::WalFeed;
 
 pub struct Shared {
+    /// The relay's settings (`--listen`, `--auth`, limits).
     pub config: RelayConfig,
+    /// Who the relay speaks for: the upstream's identity, version and settings.
     pub upstream: UpstreamInfo,
     /// How to reach the upstream for proxied commands (BASE_BACKUP).
     pub upstream_params: ConnectParams,
+    /// What may be served, and the bytes.
     pub feed: Arc<WalFeed>,
+    /// The relay's replication slots.
     pub slots: SlotRegistry,
+    /// Every downstream's state (metrics, quorum, feedback).
     pub stats: Arc<RelayStats>,
     /// Set when the relay stops: sessions say goodbye and close.
     pub shutdown: watch::Receiver<bool>,

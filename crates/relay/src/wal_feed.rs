@@ -262,6 +262,13 @@ mod tests {
         (f, tx)
     }
 
+    fn historic(end: u64, next: u32) -> Option<Limit> {
+        Some(Limit::Historic {
+            end: Lsn(end),
+            next: TimelineId(next),
+        })
+    }
+
     fn at(t: u32, l: u64) -> TimelinePosition {
         TimelinePosition {
             timeline: TimelineId(t),
@@ -288,57 +295,32 @@ mod tests {
         // switch point, which is servable already (timeline 1's file holds it).
         tx.send(at(2, 0x30_0000)).unwrap();
         assert_eq!(f.current().unwrap(), at(2, 0x35_0000));
-        assert_eq!(
-            f.limit(TimelineId(1)).unwrap(),
-            Some(Limit::Historic {
-                end: Lsn(0x35_0000),
-                next: TimelineId(2)
-            })
-        );
+        assert_eq!(f.limit(TimelineId(1)).unwrap(), historic(0x35_0000, 2));
         tx.send(at(3, 0x90_0000)).unwrap();
         assert_eq!(
             f.limit(TimelineId(1)).unwrap(),
-            Some(Limit::Historic {
-                end: Lsn(0x35_0000),
-                next: TimelineId(2)
-            }),
+            historic(0x35_0000, 2),
             "the immediate child, not the newest"
         );
-        assert_eq!(
-            f.limit(TimelineId(2)).unwrap(),
-            Some(Limit::Historic {
-                end: Lsn(0x80_0028),
-                next: TimelineId(3)
-            })
-        );
+        assert_eq!(f.limit(TimelineId(2)).unwrap(), historic(0x80_0028, 3));
         assert_eq!(f.limit(TimelineId(4)).unwrap(), None);
         assert_eq!(f.timeline_of(Lsn(0x40_0000)).unwrap(), TimelineId(2));
         // Files: the owner first, then a timeline beginning in the same segment.
-        let t = |v: &[u32]| v.iter().map(|&x| TimelineId(x)).collect::<Vec<_>>();
-        assert_eq!(
-            f.file_timelines(TimelineId(3), Lsn(0x10_0000)).unwrap(),
-            t(&[1])
-        );
-        assert_eq!(
-            f.file_timelines(TimelineId(3), Lsn(0x30_0000)).unwrap(),
-            t(&[1, 2])
-        );
-        assert_eq!(
-            f.file_timelines(TimelineId(3), Lsn(0x36_0000)).unwrap(),
-            t(&[2])
-        );
-        assert_eq!(
-            f.file_timelines(TimelineId(3), Lsn(0x80_0000)).unwrap(),
-            t(&[2, 3])
-        );
-        assert_eq!(
-            f.file_timelines(TimelineId(3), Lsn(0x90_0000)).unwrap(),
-            t(&[3])
-        );
-        assert_eq!(
-            f.file_timelines(TimelineId(1), Lsn(0x90_0000)).unwrap(),
-            t(&[1])
-        );
+        for (streamed, lsn, files) in [
+            (3, 0x10_0000, &[1][..]),
+            (3, 0x30_0000, &[1, 2]),
+            (3, 0x36_0000, &[2]),
+            (3, 0x80_0000, &[2, 3]),
+            (3, 0x90_0000, &[3]),
+            (1, 0x90_0000, &[1]),
+        ] {
+            let want: Vec<TimelineId> = files.iter().map(|&t| TimelineId(t)).collect();
+            assert_eq!(
+                f.file_timelines(TimelineId(streamed), Lsn(lsn)).unwrap(),
+                want,
+                "timeline {streamed} at {lsn:X}"
+            );
+        }
         assert!(f.history(TimelineId(7)).unwrap().is_none());
     }
 

@@ -46,14 +46,7 @@ pub(super) async fn proxy(s: &mut Session, text: &str, is_backup: bool) -> Resul
         Some(c) => c,
         None => match Connection::connect(&s.shared.upstream_params).await {
             Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "could not connect to the upstream for {what}");
-                s.send_error(&error(
-                    "08006",
-                    &format!("walrelay serve could not connect to its upstream for {what}: {e}"),
-                ));
-                return Ok(());
-            }
+            Err(e) => return upstream_failed(s, &format!("connecting for {what}"), e),
         },
     };
     if conn.server_version().major() != s.major() {
@@ -98,11 +91,7 @@ async fn forward(
         Err(e) => Err(e),
     };
     if let Err(e) = sent {
-        s.send_error(&error(
-            "08006",
-            &format!("the upstream connection failed: {e}"),
-        ));
-        return Ok(());
+        return upstream_failed(s, what, e);
     }
     let stall = s.write_limit();
     let mut copy_in = false;
@@ -129,30 +118,21 @@ async fn forward(
                             s.send_error(&error("XX000", &e.to_string()));
                         }
                     }
-                    Err(e) => {
-                        warn!(error = %e, "the upstream connection failed during {what}");
-                        s.send_error(&error(
-                            "08006",
-                            &format!("the upstream connection failed during {what}: {e}"),
-                        ));
-                        return Ok(());
-                    }
+                    Err(e) => return upstream_failed(s, what, e),
                 }
             }
             msg = s.io.rx.read_message() => match msg {
                 Ok(FrontendMessage::CopyData(d)) if copy_in => {
                     conn.queue_copy_data(&d);
                     if let Err(e) = conn.flush().await {
-                        s.send_error(&error("08006", &format!("the upstream connection failed: {e}")));
-                        return Ok(());
+                        return upstream_failed(s, what, e);
                     }
                 }
                 Ok(FrontendMessage::CopyDone) if copy_in => {
                     copy_in = false;
                     conn.queue_copy_done();
                     if let Err(e) = conn.flush().await {
-                        s.send_error(&error("08006", &format!("the upstream connection failed: {e}")));
-                        return Ok(());
+                        return upstream_failed(s, what, e);
                     }
                 }
                 Ok(FrontendMessage::CopyFail(reason)) if copy_in => {
@@ -177,6 +157,21 @@ async fn forward(
             }
         }
     }
+}
+
+/// The upstream connection failed (`during` says in what): logged, the client is told, the
+/// command is over.
+fn upstream_failed(
+    s: &mut Session,
+    during: &str,
+    e: walrelay_client::ClientError,
+) -> Result<(), End> {
+    warn!(error = %e, "the upstream connection failed ({during})");
+    s.send_error(&error(
+        "08006",
+        &format!("walrelay serve's connection to its upstream failed ({during}): {e}"),
+    ));
+    Ok(())
 }
 
 /// Re-encodes one upstream message for the client. An upstream FATAL becomes an ERROR: the
