@@ -119,6 +119,9 @@ impl WalFeed {
 
     /// Where `timeline` begins: its parent's switch point (0/0 for timeline 1).
     fn timeline_begin(&self, timeline: TimelineId) -> Result<Lsn, io::Error> {
+        if timeline == TimelineId::FIRST {
+            return Ok(Lsn::INVALID);
+        }
         Ok(self
             .history(timeline)?
             .and_then(|h| h.parsed.ancestors.last().map(|a| a.switchpoint))
