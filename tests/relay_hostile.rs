@@ -320,3 +320,84 @@ fn hostile_clients_get_errors_and_nobody_else_notices() {
     interrupt(&mut good);
     relay.assert_healthy();
 }
+
+/// Bad command lines: one error line naming the problem, exit 2 (usage), nothing started.
+#[test]
+fn serve_refuses_malformed_options() {
+    let run = |args: &[&str]| {
+        let args: Vec<String> = std::iter::once("serve")
+            .chain(args.iter().copied())
+            .map(str::to_string)
+            .collect();
+        support::walrelay_cmd::run(&args, std::time::Duration::from_secs(30))
+    };
+    let help = run(&["--help"]);
+    assert!(
+        help.status.success() && help.stdout.contains("--sync-quorum"),
+        "{}",
+        help.stdout
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let users = dir.path().join("users.txt");
+    std::fs::write(&users, "\"u\" \"md5a3556571e93b0d20722ba62be61e8c2d\"\n").unwrap();
+    let users = users.to_str().unwrap();
+    for (args, want) in [
+        (&["-D", d, "--listen", "nope"][..], "HOST:PORT"),
+        (
+            &["-D", d, "--listen", "127.0.0.1:0", "--allow", "10.0.0.0/33"],
+            "invalid network",
+        ),
+        (
+            &["-D", d, "--listen", "127.0.0.1:0", "--auth", "scram"],
+            "needs --auth-file",
+        ),
+        (
+            &[
+                "-D",
+                d,
+                "--listen",
+                "127.0.0.1:0",
+                "--auth",
+                "trust",
+                "--auth-file",
+                users,
+            ],
+            "takes no --auth-file",
+        ),
+        (
+            &["-D", d, "--listen", "127.0.0.1:0", "--auth-file", users],
+            "MD5",
+        ),
+        (
+            &["-D", d, "--listen", "127.0.0.1:0", "--sync-quorum", "0"],
+            "at least 1",
+        ),
+        (
+            &[
+                "-D",
+                d,
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                "/nonexistent.crt",
+            ],
+            "required arguments were not provided",
+        ),
+        (
+            &["-D", d, "--listen", "127.0.0.1:0", "-S", "Bad-Slot"],
+            "invalid replication slot name",
+        ),
+    ] {
+        let out = run(args);
+        assert_eq!(out.code(), Some(2), "{args:?}: {}", out.stderr);
+        let errors = out.error_lines();
+        assert_eq!(errors.len(), 1, "{args:?}: {}", out.stderr);
+        assert!(
+            errors[0].contains(want),
+            "{args:?}: {:?} lacks {want:?}",
+            errors[0]
+        );
+        assert!(!out.stderr.contains("panicked"));
+    }
+}
