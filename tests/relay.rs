@@ -322,7 +322,21 @@ fn an_old_backup_catches_up_from_the_relay_after_the_primary_recycled_its_wal() 
     );
     primary.pgbench_init(1);
     create_slot(&primary, "relay_slot");
-    let relay = relay_for(&primary, &["-S", "relay_slot", "--status-interval", "1"]);
+    // A 1 MB fan-out buffer and compressed segments: the catch-up reads the archive's files,
+    // decompressing them.
+    let relay = relay_for(
+        &primary,
+        &[
+            "-S",
+            "relay_slot",
+            "--status-interval",
+            "1",
+            "--buffer-mb",
+            "1",
+            "--compress",
+            "zstd",
+        ],
+    );
     // The backup: straight from the primary, WAL fetched, then told to follow the relay.
     let old = primary.pg_basebackup(&["-X", "fetch", "-c", "fast"]);
     let backup_end = primary.current_wal_lsn();
@@ -340,6 +354,12 @@ fn an_old_backup_catches_up_from_the_relay_after_the_primary_recycled_its_wal() 
         !primary.pg_wal_dir().join(&name).exists(),
         "the primary still has {name}; the test needs it recycled"
     );
+    poll::wait_until(
+        &format!("{name} to be compressed in the relay's archive"),
+        || relay.archive.join(format!("{name}.zst")).is_file(),
+        || wal_files::listing(&relay.archive),
+    );
+    assert!(!relay.archive.join(&name).exists());
     let standby = primary
         .standby(&old)
         .name("old-backup")
