@@ -99,6 +99,7 @@ FEATURES = [
     ("slots", "slots"),
     ("timeline", "failover following"),
     ("sidecar", "sidecar"),
+    ("relay", "relay (serve)"),
 ]
 SUBSET_FEATURES = [("source", "source"), ("target", "target")]
 SYMBOL = {"pass": "✅", "fail": "❌", "skipped": "—", "not_run": "❔"}
@@ -206,8 +207,9 @@ def section():
         "`receive` across segment switches, byte-identical to the server's own WAL files; slots "
         "created, advanced and dropped; a failover followed through a host list (the primary crashed, "
         "its standby promoted) onto the new timeline, the slot kept on the standby by `--failover` "
-        "from 11; and a standby "
-        "fed through `receive --pg-wal` (sidecar).",
+        "from 11; a standby "
+        "fed through `receive --pg-wal` (sidecar); and a standby of that major seeded by `bootstrap` "
+        "through `walrelay serve` and streaming from the relay (relay).",
         width=104,
         break_on_hyphens=False,
     )

@@ -719,6 +719,12 @@ fn human_prune_report(r: &PruneReport, older_than: Option<Duration>) -> String {
         rule.push(format!("older than {}", human_duration(age)));
     }
     let rule = rule.join(" and ");
+    if let Some(floor) = r.slot_floor {
+        let _ = writeln!(
+            s,
+            "kept: WAL from {floor} on, which a slot of walrelay serve still needs"
+        );
+    }
     let verb = if r.dry_run { "would remove" } else { "removed" };
     if r.removed.is_empty() {
         let _ = writeln!(s, "nothing to remove: no WAL {rule}");

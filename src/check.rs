@@ -188,6 +188,13 @@ async fn check(resolved: &Resolved, slot: Option<&str>) -> Result<CheckReport> {
             r.server_version.clone().unwrap_or_default()
         ));
     }
+    let relay = conn.parameter(walrelay_relay::RELAY_PARAMETER).is_some();
+    if relay {
+        r.notes.push(format!(
+            "this is walrelay serve, relaying PostgreSQL {}: the settings shown are the relay's (its slots, senders and WAL it keeps) or its upstream's; SQL checks do not go through a relay",
+            r.server_version.as_deref().unwrap_or("?")
+        ));
+    }
     let ident = conn.identify_system().await?;
     r.system_identifier = Some(ident.system_identifier.to_string());
     r.timeline = Some(ident.timeline.0);
@@ -290,9 +297,12 @@ async fn check(resolved: &Resolved, slot: Option<&str>) -> Result<CheckReport> {
                 sql.as_mut(),
                 name,
                 major,
-                &mut r.problems,
-                &mut r.warnings,
-                &mut r.notes,
+                relay,
+                Findings {
+                    problems: &mut r.problems,
+                    warnings: &mut r.warnings,
+                    notes: &mut r.notes,
+                },
             )
             .await,
         );
@@ -372,15 +382,26 @@ async fn check_hosts(
     out
 }
 
+/// Where a check puts what it finds.
+struct Findings<'a> {
+    problems: &'a mut Vec<String>,
+    warnings: &'a mut Vec<String>,
+    notes: &'a mut Vec<String>,
+}
+
 async fn check_slot(
     conn: &mut Connection,
     sql: Option<&mut Connection>,
     name: &str,
     major: u32,
-    problems: &mut Vec<String>,
-    warnings: &mut Vec<String>,
-    notes: &mut Vec<String>,
+    relay: bool,
+    found: Findings<'_>,
 ) -> SlotReport {
+    let Findings {
+        problems,
+        warnings,
+        notes,
+    } = found;
     let mut s = SlotReport {
         name: name.to_string(),
         ..Default::default()
@@ -416,6 +437,19 @@ async fn check_slot(
             s.exists = true;
             s.slot_type = Some(info.slot_type);
             s.restart_lsn = info.restart_lsn.map(|l| l.to_string());
+        }
+    } else if relay {
+        // A relay answers READ_REPLICATION_SLOT for its own slots whatever major it relays.
+        let q = format!("READ_REPLICATION_SLOT {name}");
+        if let Ok(res) = conn.simple_query(&q).await {
+            if let Some(slot_type) = res.first().and_then(|r| r.get_idx(0, 0)) {
+                s.exists = true;
+                s.slot_type = Some(slot_type.to_string());
+                s.restart_lsn = res
+                    .first()
+                    .and_then(|r| r.get_idx(0, 1))
+                    .map(str::to_string);
+            }
         }
     } else {
         warnings.push(format!(

@@ -2,7 +2,7 @@
 //!
 //! This binary only parses the command line and orchestrates; the work lives in the library crates
 //! (`walrelay-client`, `walrelay-basebackup`, `walrelay-walreceiver`, `walrelay-archive`,
-//! `walrelay-logical`).
+//! `walrelay-logical`, `walrelay-store`, `walrelay-relay`).
 
 mod archive_cmds;
 mod bootstrap;
@@ -14,6 +14,7 @@ mod logging;
 mod metrics;
 mod progress;
 mod receive;
+mod serve;
 mod subset;
 mod usage;
 mod wal_stream;
@@ -57,6 +58,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Stream WAL into an archive directory or a standby's pg_wal, durably, forever.
     Receive(receive::ReceiveArgs),
+    /// Relay: one connection to the primary, the replication protocol served to many standbys.
+    Serve(serve::ServeArgs),
     /// restore_command: copy one WAL file from the archive (exit 1 if absent, >125 if damaged).
     Restore(archive_cmds::RestoreArgs),
     /// Check an archive: gaps, timelines, checksums, every page header and record CRC.
@@ -155,6 +158,7 @@ fn main() -> ExitCode {
             Command::Check(a) => check::run(a).await,
             Command::Demo(a) => demo::run(a).await,
             Command::Receive(a) => receive::run(a).await,
+            Command::Serve(a) => serve::run(a).await,
             Command::Restore(a) => archive_cmds::run_restore(a).await,
             Command::Verify(a) => archive_cmds::run_verify(a).await,
             Command::Prune(a) => archive_cmds::run_prune(a).await,

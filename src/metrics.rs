@@ -1,5 +1,6 @@
 //! `--metrics-addr`: Prometheus metrics and a health check for a running command (`receive`,
-//! `subset run`), each describing itself through an [`Exporter`].
+//! `serve` — with one series per downstream —, `subset run`), each describing itself through an
+//! [`Exporter`].
 //!
 //! `/metrics` speaks both exposition formats and picks by the request's `Accept` header (the
 //! highest `q` wins): OpenMetrics 1.0.0 (`application/openmetrics-text`, what Prometheus asks for
@@ -26,6 +27,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
+use walrelay_relay::{DownstreamSnapshot, RelayStats};
 use walrelay_store::{UploadSnapshot, UploadStats};
 use walrelay_walreceiver::{ReceiverStats, StatsSnapshot};
 
@@ -111,7 +113,6 @@ pub enum FamilyType {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Value {
     Int(u64),
-    #[allow(dead_code)] // until a command exposes a fraction
     Float(f64),
 }
 
@@ -300,6 +301,100 @@ impl Exporter for ReceiveExporter {
     fn healthy(&self) -> bool {
         healthy(&self.stats.snapshot(), self.status_interval)
     }
+}
+
+/// `serve`'s metrics: the upstream stream's, then one series per downstream.
+pub struct RelayExporter {
+    pub receive: ReceiveExporter,
+    pub relay: Arc<RelayStats>,
+}
+
+impl Exporter for RelayExporter {
+    fn families(&self) -> Vec<Family> {
+        let mut out = self.receive.families();
+        out.extend(downstream_families(&self.relay.snapshot()));
+        out
+    }
+
+    fn healthy(&self) -> bool {
+        self.receive.healthy()
+    }
+}
+
+/// The downstreams of a relay: their number, then a gauge per position and lag, each labelled
+/// with the downstream's pid, application_name and client address, and its state as a separate
+/// series (`state="streaming"` = 1).
+pub fn downstream_families(downstreams: &[DownstreamSnapshot]) -> Vec<Family> {
+    fn labels(d: &DownstreamSnapshot) -> LabelSet {
+        vec![
+            ("pid", d.pid.to_string()),
+            ("application_name", d.application_name.clone()),
+            ("client_addr", d.client_addr.ip().to_string()),
+        ]
+    }
+    type Read = fn(&DownstreamSnapshot) -> Value;
+    let series: [(&str, &'static str, Read); 7] = [
+        ("sent_lsn", "End of the WAL sent, as a byte position", |d| {
+            Value::Int(d.sent_lsn.0)
+        }),
+        (
+            "write_lsn",
+            "Write position the downstream reported, as a byte position",
+            |d| Value::Int(d.write_lsn.0),
+        ),
+        (
+            "flush_lsn",
+            "Flush position the downstream reported, as a byte position",
+            |d| Value::Int(d.flush_lsn.0),
+        ),
+        (
+            "apply_lsn",
+            "Replay position the downstream reported, as a byte position",
+            |d| Value::Int(d.apply_lsn.0),
+        ),
+        (
+            "lag_bytes",
+            "Servable WAL the downstream has not confirmed as flushed (bytes)",
+            |d| Value::Int(d.lag_bytes),
+        ),
+        (
+            "lag_seconds",
+            "Age of the oldest WAL the downstream has not confirmed as flushed",
+            |d| Value::Float(d.lag.as_secs_f64()),
+        ),
+        ("timeline", "Timeline streamed", |d| {
+            Value::Int(d.timeline.map_or(0, |t| u64::from(t.0)))
+        }),
+    ];
+    let mut out = vec![Family::one(
+        "walrelay_serve_downstreams",
+        "Downstream connections",
+        FamilyType::Gauge,
+        Vec::new(),
+        Value::Int(downstreams.len() as u64),
+    )];
+    for (name, help, read) in series {
+        out.push(Family {
+            name: format!("walrelay_serve_downstream_{name}"),
+            help,
+            kind: FamilyType::Gauge,
+            samples: downstreams.iter().map(|d| (labels(d), read(d))).collect(),
+        });
+    }
+    out.push(Family {
+        name: "walrelay_serve_downstream_state".into(),
+        help: "1 for the state the downstream is in (label state)",
+        kind: FamilyType::Gauge,
+        samples: downstreams
+            .iter()
+            .map(|d| {
+                let mut l = labels(d);
+                l.push(("state", d.state.as_str().to_string()));
+                (l, Value::Int(1))
+            })
+            .collect(),
+    });
+    out
 }
 
 /// The `walrelay_receive_*` families of a snapshot.

@@ -430,7 +430,7 @@ async fn refuse_standby_with_own_walreceiver(params: &ConnectParams) -> Result<(
 }
 
 /// Why `dir` cannot be an archive directory, if it cannot.
-fn archive_dir_problem(dir: &std::path::Path) -> std::result::Result<(), String> {
+pub(crate) fn archive_dir_problem(dir: &std::path::Path) -> std::result::Result<(), String> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(format!(

@@ -16,6 +16,7 @@
 //! | `receive` | `receive --create-slot`, then `receive -S` across three `pg_switch_wal()`: complete segments byte-identical to the primary's, no gap; pg_waldump on 15 |
 //! | `slots` | the bootstrap's and receive's slots advance with what their clients flushed; duplicate creation refused; drop |
 //! | `sidecar` | `bootstrap --sidecar` + `receive --pg-wal`: a standby without a connection of its own replays what walrelay writes into its `pg_wal` |
+//! | `relay` | `walrelay serve` in front of the primary; `walrelay bootstrap` through it (BASE_BACKUP proxied in the major's syntax, WAL from the relay's temporary slot) seeds a standby of this major whose `primary_conninfo` points at the relay; rows inserted on the primary reach it through the relay, which the primary serves with one walsender |
 //! | `timeline` | a failover: `receive -d "host=primary,standby target_session_attrs=read-write"`, the primary crashes (immediate stop), the bootstrapped standby is promoted: walrelay goes on by itself, `00000002.history` stored, the new timeline's segments byte-identical; from 11, `--failover` keeps the slot on the standby, which walrelay streams through after the promotion |
 //!
 //! `walrelay subset` has its own part (`matrix_subset_pg10` … `matrix_subset_pg18`, run alone with
@@ -53,6 +54,7 @@ use walrelay_testkit::{
 };
 
 use matrix_report::MatrixReport;
+use support::relay::Relay;
 use support::walrelay_cmd::{self, Finished, Walrelay};
 use support::{poll, server, wal_files};
 
@@ -265,6 +267,8 @@ fn matrix(major: u32) {
     }
 
     report.run("sidecar", || sidecar(&primary, &expected));
+
+    report.run("relay", || relay_standby(&primary));
 
     match standby.as_mut() {
         Some(s) => {
@@ -890,31 +894,51 @@ fn check_slots(primary: &Cluster, after_bootstrap: Lsn, standby_replayed: Lsn, r
 // ------------------------------------------------------------------------------------------------
 // sidecar
 
-fn sidecar(primary: &Cluster, expected: &Expected) {
-    let dir = primary.scratch_path("sidecar");
-    let ts_new = primary.scratch_path("tablespace-sidecar");
-    let ts_old = fs::read_dir(primary.data_dir().join("pg_tblspc"))
+/// Where the primary's tablespace is (its `pg_tblspc` link).
+fn primary_tablespace(primary: &Cluster) -> PathBuf {
+    fs::read_dir(primary.data_dir().join("pg_tblspc"))
         .expect("primary pg_tblspc")
         .map(|e| fs::read_link(e.expect("entry").path()).expect("tablespace link"))
         .next()
-        .expect("the primary's tablespace");
-    let conninfo = primary.replication_conninfo();
-    let mapping = format!("{}={}", path(&ts_old), path(&ts_new));
-    let out = walrelay(&[
+        .expect("the primary's tablespace")
+}
+
+/// `walrelay bootstrap -d CONNINFO -D DIR -c fast EXTRA…` with the primary's tablespace mapped
+/// to a fresh directory named `tablespace` (the standby runs on the same machine).
+fn bootstrap_mapped(
+    primary: &Cluster,
+    conninfo: &str,
+    dir: &Path,
+    tablespace: &str,
+    extra: &[&str],
+) -> Finished {
+    let ts_new = primary.scratch_path(tablespace);
+    let mapping = format!("{}={}", path(&primary_tablespace(primary)), path(&ts_new));
+    let mut args = vec![
         "bootstrap",
         "-d",
-        &conninfo,
+        conninfo,
         "-D",
-        path(&dir),
+        path(dir),
         "-T",
         &mapping,
-        "-C",
-        "-S",
-        SIDECAR_SLOT,
         "-c",
         "fast",
-        "--sidecar",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    walrelay(&args)
+}
+
+fn sidecar(primary: &Cluster, expected: &Expected) {
+    let dir = primary.scratch_path("sidecar");
+    let conninfo = primary.replication_conninfo();
+    let out = bootstrap_mapped(
+        primary,
+        &conninfo,
+        &dir,
+        "tablespace-sidecar",
+        &["-C", "-S", SIDECAR_SLOT, "--sidecar"],
+    );
     assert_success(&out, "bootstrap --sidecar");
     let auto = fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap_or_default();
     let recovery = fs::read_to_string(dir.join("recovery.conf")).unwrap_or_default();
@@ -979,6 +1003,53 @@ fn sidecar(primary: &Cluster, expected: &Expected) {
         "--drop-slot",
     ]);
     assert_success(&dropped, "receive --drop-slot");
+}
+
+// ------------------------------------------------------------------------------------------------
+// relay
+
+/// A standby of this major behind `walrelay serve`, seeded through the relay too.
+fn relay_standby(primary: &Cluster) {
+    let archive = primary.scratch_path("relay-archive");
+    let mut relay = Relay::start(
+        &conninfo_as(primary, "matrix_relay"),
+        &archive,
+        &["--status-interval", "1"],
+    );
+    server::wait_streaming(primary, "matrix_relay");
+    let senders_before = primary.psql("SELECT count(*) FROM pg_stat_replication");
+
+    let dir = primary.scratch_path("relay-standby");
+    let conninfo = format!(
+        "{} {NEWER_LIBPQ_OPTIONS}",
+        relay.conninfo("replicator", Some("rep"))
+    );
+    let out = bootstrap_mapped(primary, &conninfo, &dir, "tablespace-relay", &[]);
+    assert_success(&out, "walrelay bootstrap through walrelay serve");
+    let standby = primary.standby(&dir).name("matrix-relay-standby").start();
+    let lsn = insert_rows(primary, "through_relay", 400);
+    poll::wait_until(
+        &format!("the standby behind the relay to replay to {lsn}"),
+        || {
+            relay.w.assert_running();
+            standby.replay_lsn().is_some_and(|r| r >= lsn)
+        },
+        || format!("replayed {:?}", standby.replay_lsn()),
+    );
+    assert_eq!(standby.psql("SELECT count(*) FROM through_relay"), "400");
+    let receiver = standby.psql("SELECT conninfo FROM pg_stat_wal_receiver");
+    assert!(
+        receiver.contains(&format!("port={}", relay.port)),
+        "the standby streams from {receiver:?}, not from the relay"
+    );
+    assert_eq!(
+        primary.psql("SELECT count(*) FROM pg_stat_replication"),
+        senders_before,
+        "the standby behind the relay took a walsender of the primary"
+    );
+    drop(standby);
+    relay.assert_healthy();
+    stop(&mut relay.w, "serve");
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 /// Every feature a matrix test reports, in table order. The names are the JSON keys
 /// `scripts/compat-table.sh` reads.
-pub const FEATURES: [&str; 8] = [
+pub const FEATURES: [&str; 9] = [
     "check",
     "bootstrap",
     "standby",
@@ -28,6 +28,7 @@ pub const FEATURES: [&str; 8] = [
     "receive",
     "timeline",
     "sidecar",
+    "relay",
 ];
 
 /// The features of the `walrelay subset` part of the matrix (`pgN-subset.json`): this major as

@@ -9,6 +9,8 @@
 //! * [`poll`]: waiting for a condition with a deadline instead of sleeping.
 //!
 //! [`bucket`]: what `receive -D s3://…` put into a bucket, fetched and checked.
+//! [`relay`]: `walrelay serve` started for a test, its metrics, and a raw protocol client for
+//! misbehaving downstreams.
 //!
 //! [`exit_code`]: the documented exit codes. [`recovery`]: PITR from an archive with `walrelay restore`.
 //!
@@ -27,6 +29,7 @@ pub mod bucket;
 pub mod exit_code;
 pub use walrelay_testkit::poll;
 pub mod recovery;
+pub mod relay;
 pub mod scratch_mount;
 pub mod server;
 pub mod tree_snapshot;

@@ -273,6 +273,8 @@ impl Inventory {
             }
             Some(WalFileName::BackupHistory { .. }) => self.backup_histories.push(name),
             None if name == CHECKSUM_FILE_NAME => self.has_checksum_file = true,
+            // A relay's slot list: walrelay's own, not a stray file.
+            None if name == crate::slots::SLOTS_FILE_NAME => {}
             None => match failover_report_timeline(&name) {
                 Some(tli) => {
                     self.failover_reports.insert(tli, name);

@@ -7,7 +7,9 @@
 //! * the segment being received as `NAME.partial` (pg_receivewal may also leave `NAME.gz.partial` or
 //!   `NAME.lz4.partial`);
 //! * timeline history files `TTTTTTTT.history`;
-//! * walrelay's checksum list `walrelay.sha256` ([`read_checksums`], [`record_checksum`]).
+//! * walrelay's checksum list `walrelay.sha256` ([`read_checksums`], [`record_checksum`]);
+//! * the replication slots a relay keeps for its downstreams, `walrelay.slots` ([`read_slots`],
+//!   [`write_slots`]), which [`prune()`] never prunes past.
 //!
 //! This crate scans such a directory ([`ArchiveDir::scan`], [`infer_segment_size`]), compresses
 //! segments as they complete ([`compress_completed_segment`]), serves `restore_command`
@@ -26,6 +28,7 @@ mod error;
 mod inventory;
 mod prune;
 mod restore;
+mod slots;
 mod verify;
 
 pub use checksum::{
@@ -49,6 +52,7 @@ pub use restore::{
     requested_is_segment, restore, restore_by_rename, restore_bytes, RestoreOptions,
     RestoreOutcome, Restored,
 };
+pub use slots::{read_slots, slot_floor, write_slots, PersistentSlot, SLOTS_FILE_NAME};
 pub use verify::{
     verify, verify_files, ArchiveFiles, Gap, NoContentCheck, Problem, ProblemKind,
     SegmentContentCheck, TimelineSummary, VerifyOptions, VerifyReport,

@@ -12,6 +12,10 @@
 //! and `.backup` files are never removed (they are tiny, and recovery to any point needs the
 //! histories). Removal goes oldest first, then the directory is fsynced and the removed segments'
 //! entries leave `walrelay.sha256`.
+//!
+//! The slots a relay keeps for its downstreams (`walrelay.slots`, see [`crate::slots`]) are a
+//! floor: the segment holding the oldest slot's restart position and everything after it stay,
+//! whatever point or age was given.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -64,6 +68,8 @@ pub struct PruneReport {
     pub dry_run: bool,
     /// Lines dropped from `walrelay.sha256`.
     pub checksum_entries_removed: usize,
+    /// The oldest position a relay's slot (`walrelay.slots`) still needs: kept whatever was asked.
+    pub slot_floor: Option<Lsn>,
 }
 
 /// The position part of a segment name (`XXXXXXXXYYYYYYYY`) as numbers: pg_archivecleanup's
@@ -189,20 +195,30 @@ pub struct PrunePlan {
 /// Chooses what [`prune`] removes from an archive holding `files` — wherever they are (a
 /// directory, a bucket): segment files (any format, `.partial` included) before the point to keep
 /// and older than the age limit; never `.history`, `.backup` or anything else. A file without a
-/// modification time is kept when an age limit is given.
+/// modification time is kept when an age limit is given. `held_from` (a relay's oldest slot) is a
+/// floor: the segment holding it and everything after stay, whatever was asked.
 pub fn plan_prune(
     files: impl IntoIterator<Item = ListedFile>,
     seg_size: WalSegmentSize,
     opts: &PruneOptions,
+    held_from: Option<Lsn>,
 ) -> Result<PrunePlan> {
     if opts.keep_from.is_none() && opts.older_than.is_none() {
         return Err(ArchiveError::NoPruneCriterion);
     }
-    let limit = opts
+    let asked = opts
         .keep_from
         .as_ref()
         .map(|p| cutoff(p, seg_size))
         .transpose()?;
+    // A relay's slots hold WAL whatever was asked: their consumers still need it.
+    let held = held_from
+        .map(|l| cutoff(&PrunePoint::Lsn(l), seg_size))
+        .transpose()?;
+    let limit = match (asked, held) {
+        (Some(a), Some(h)) => Some(a.min(h)),
+        (a, h) => a.or(h),
+    };
     let max_mtime = opts.older_than.map(|age| {
         SystemTime::now()
             .checked_sub(age)
@@ -268,7 +284,8 @@ pub fn prune(dir: &Path, seg_size: WalSegmentSize, opts: &PruneOptions) -> Resul
             modified,
         });
     }
-    let plan = plan_prune(listed, seg_size, opts)?;
+    let slot_floor = crate::slots::slot_floor(dir)?;
+    let plan = plan_prune(listed, seg_size, opts, slot_floor)?;
     let victims: Vec<(String, u64)> = plan.victims.into_iter().map(|f| (f.name, f.size)).collect();
     let limit = plan.keep_from;
 
@@ -278,6 +295,7 @@ pub fn prune(dir: &Path, seg_size: WalSegmentSize, opts: &PruneOptions) -> Resul
         bytes: 0,
         dry_run: opts.dry_run,
         checksum_entries_removed: 0,
+        slot_floor,
     };
     if opts.dry_run {
         for (name, len) in victims {
@@ -373,6 +391,39 @@ mod tests {
         ] {
             fs::write(dir.join(n), n).unwrap();
         }
+    }
+
+    #[test]
+    fn a_relay_slot_holds_wal() {
+        let d = tempfile::tempdir().unwrap();
+        populate(d.path());
+        crate::slots::write_slots(
+            d.path(),
+            &[crate::slots::PersistentSlot {
+                name: "standby1".into(),
+                restart_lsn: Some(Lsn(0x300_0010)),
+                restart_timeline: None,
+            }],
+        )
+        .unwrap();
+        let opts = PruneOptions {
+            keep_from: Some(PrunePoint::WalFile("000000020000000000000005".into())),
+            ..Default::default()
+        };
+        let r = prune(d.path(), seg16(), &opts).unwrap();
+        assert_eq!(r.slot_floor, Some(Lsn(0x300_0010)));
+        assert_eq!(
+            r.removed,
+            ["000000010000000000000001", "000000010000000000000002.gz"]
+        );
+        assert!(d.path().join("000000010000000000000003.lz4").exists());
+        // An age alone never goes past the slot either.
+        let opts = PruneOptions {
+            older_than: Some(Duration::ZERO),
+            ..Default::default()
+        };
+        let r = prune(d.path(), seg16(), &opts).unwrap();
+        assert!(r.removed.is_empty(), "{:?}", r.removed);
     }
 
     #[test]

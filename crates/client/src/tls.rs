@@ -107,7 +107,8 @@ fn webpki_verifier(
         .map_err(|e| format!("root certificates: {e}"))
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The PEM certificates of `path` (at least one).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let f = fs::File::open(path).map_err(|e| {
         format!(
             "could not open certificate file \"{}\": {e}",
@@ -130,7 +131,8 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+/// The PEM private key of `path`, refused when others may read it (libpq's and the server's rule).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let could_not_open = |e: std::io::Error| {
         format!(
             "could not open private key file \"{}\": {e}",

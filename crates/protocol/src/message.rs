@@ -239,6 +239,37 @@ impl FieldDescription {
     }
 }
 
+/// Cuts one typed message (`byte type, int32 length, body`) off the front of `buf` — how messages
+/// are framed in both directions. `Ok(None)` until the whole message is buffered (nothing is
+/// consumed); a length below 4 or above `max_len` is refused before anything is buffered.
+pub(crate) fn split_message(
+    buf: &mut BytesMut,
+    max_len: usize,
+) -> Result<Option<(u8, Bytes)>, ProtocolError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let kind = buf[0];
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 {
+        return Err(ProtocolError::InvalidLength { len });
+    }
+    let len = len as usize;
+    if len > max_len {
+        return Err(ProtocolError::MessageTooLong {
+            kind: kind as char,
+            len,
+            max: max_len,
+        });
+    }
+    if buf.len() < 1 + len {
+        buf.reserve(1 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(5);
+    Ok(Some((kind, buf.split_to(len - 4).freeze())))
+}
+
 /// A backend message a replication client can meet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendMessage {
@@ -285,29 +316,10 @@ impl BackendMessage {
         buf: &mut BytesMut,
         max_len: usize,
     ) -> Result<Option<BackendMessage>, ProtocolError> {
-        if buf.len() < 5 {
-            return Ok(None);
+        match split_message(buf, max_len)? {
+            Some((kind, body)) => Self::decode(kind, body).map(Some),
+            None => Ok(None),
         }
-        let kind = buf[0];
-        let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-        if len < 4 {
-            return Err(ProtocolError::InvalidLength { len });
-        }
-        let len = len as usize;
-        if len > max_len {
-            return Err(ProtocolError::MessageTooLong {
-                kind: kind as char,
-                len,
-                max: max_len,
-            });
-        }
-        if buf.len() < 1 + len {
-            buf.reserve(1 + len - buf.len());
-            return Ok(None);
-        }
-        buf.advance(5);
-        let body = buf.split_to(len - 4).freeze();
-        Self::decode(kind, body).map(Some)
     }
 
     fn decode(kind: u8, body: Bytes) -> Result<BackendMessage, ProtocolError> {

@@ -52,6 +52,32 @@ impl XLogData {
     }
 }
 
+/// A complete CopyData message carrying an XLogData whose WAL is `parts`, in order — what a
+/// walsender writes, without first gathering the parts into one buffer. Fails only when the
+/// message would exceed the protocol's 32-bit length.
+pub fn encode_xlog_data_message(
+    data_start: Lsn,
+    wal_end: Lsn,
+    send_time: i64,
+    parts: &[&[u8]],
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let wal: usize = parts.iter().map(|p| p.len()).sum();
+    let len = 4 + XLOG_DATA_HEADER + wal;
+    let len = i32::try_from(len).map_err(|_| EncodeError::MessageTooLong { kind: 'd', len })?;
+    out.reserve(1 + len as usize);
+    out.put_u8(b'd');
+    out.put_i32(len);
+    out.put_u8(b'w');
+    out.put_u64(data_start.0);
+    out.put_u64(wal_end.0);
+    out.put_i64(send_time);
+    for p in parts {
+        out.put_slice(p);
+    }
+    Ok(())
+}
+
 impl PrimaryKeepalive {
     /// The CopyData payload (without the CopyData framing).
     pub fn encode(&self, out: &mut BytesMut) {
@@ -174,6 +200,28 @@ pub struct HotStandbyFeedback {
 }
 
 impl HotStandbyFeedback {
+    /// Decodes the CopyData payload a standby sent (what a walsender reads).
+    pub fn parse(payload: &[u8]) -> Result<HotStandbyFeedback, ProtocolError> {
+        let mut r = Reader::new(payload, "HotStandbyFeedback");
+        if r.u8()? != b'h' {
+            return Err(malformed("HotStandbyFeedback", "not an 'h' message"));
+        }
+        let client_time = r.u64()? as i64;
+        let mut u32_field = || -> Result<u32, ProtocolError> {
+            let b = r.bytes(4)?;
+            Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let feedback = HotStandbyFeedback {
+            client_time,
+            xmin: u32_field()?,
+            xmin_epoch: u32_field()?,
+            catalog_xmin: u32_field()?,
+            catalog_xmin_epoch: u32_field()?,
+        };
+        r.finish()?;
+        Ok(feedback)
+    }
+
     pub fn encode(&self, out: &mut BytesMut) {
         out.reserve(25);
         out.put_u8(b'h');
@@ -279,6 +327,35 @@ impl BaseBackupMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hot_standby_feedback_round_trips() {
+        let h = HotStandbyFeedback {
+            client_time: 5,
+            xmin: 1000,
+            xmin_epoch: 1,
+            catalog_xmin: 0,
+            catalog_xmin_epoch: 0,
+        };
+        let mut b = BytesMut::new();
+        h.encode(&mut b);
+        assert_eq!(b.len(), 25);
+        assert_eq!(HotStandbyFeedback::parse(&b), Ok(h));
+        assert!(HotStandbyFeedback::parse(&b[..24]).is_err());
+        assert!(HotStandbyFeedback::parse(b"r").is_err());
+    }
+
+    #[test]
+    fn xlog_data_message_from_parts_is_copy_data_of_xlog_data() {
+        let mut want = BytesMut::new();
+        crate::server::encode_copy_data(&xlogdata(0x100_0000, 0x100_2000, b"abcdef"), &mut want)
+            .unwrap();
+        let mut got = BytesMut::new();
+        let parts: [&[u8]; 3] = [b"ab", b"", b"cdef"];
+        encode_xlog_data_message(Lsn(0x100_0000), Lsn(0x100_2000), 12345, &parts, &mut got)
+            .unwrap();
+        assert_eq!(got, want);
+    }
     use proptest::prelude::*;
 
     fn xlogdata(start: u64, end: u64, data: &[u8]) -> Bytes {

@@ -96,6 +96,70 @@ pub fn encode_authentication_ok(out: &mut BytesMut) {
     out.put_i32(0);
 }
 
+/// `AuthenticationSASL` ('R', code 10): the SASL mechanisms the server offers, best first.
+pub fn encode_authentication_sasl(
+    mechanisms: &[&str],
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    frame(b'R', out, |out| {
+        out.put_i32(10);
+        for m in mechanisms {
+            put_cstr(out, m, b'R')?;
+        }
+        out.put_u8(0);
+        Ok(())
+    })
+}
+
+/// An authentication request carrying a SASL mechanism's data.
+fn encode_sasl_data(code: i32, data: &[u8], out: &mut BytesMut) -> Result<(), EncodeError> {
+    frame(b'R', out, |out| {
+        out.put_i32(code);
+        out.put_slice(data);
+        Ok(())
+    })
+}
+
+/// `AuthenticationSASLContinue` ('R', code 11) with the mechanism's data (SCRAM's server-first
+/// message).
+pub fn encode_authentication_sasl_continue(
+    data: &[u8],
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    encode_sasl_data(11, data, out)
+}
+
+/// `AuthenticationSASLFinal` ('R', code 12) with the outcome's data (SCRAM's server-final
+/// message); AuthenticationOk follows.
+pub fn encode_authentication_sasl_final(
+    data: &[u8],
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    encode_sasl_data(12, data, out)
+}
+
+/// `NegotiateProtocolVersion` ('v'): the newest minor version of protocol 3 the server speaks,
+/// and the protocol options (`_pq_.*`) of the startup packet it does not know.
+pub fn encode_negotiate_protocol_version(
+    newest_minor: i32,
+    unrecognized_options: &[&str],
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    frame(b'v', out, |out| {
+        out.put_i32((3 << 16) | newest_minor);
+        let n =
+            i32::try_from(unrecognized_options.len()).map_err(|_| EncodeError::TooManyEntries {
+                kind: 'v',
+                count: unrecognized_options.len(),
+            })?;
+        out.put_i32(n);
+        for o in unrecognized_options {
+            put_cstr(out, o, b'v')?;
+        }
+        Ok(())
+    })
+}
+
 /// `ParameterStatus` ('S'): a run-time parameter the client should know (`server_version`, …).
 pub fn encode_parameter_status(
     name: &str,
@@ -227,6 +291,14 @@ pub fn encode_copy_out_response(
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
     frame(b'H', out, |out| put_copy_response(out, response, b'H'))
+}
+
+/// `CopyInResponse` ('G'): `UPLOAD_MANIFEST` asks the client for the manifest with one.
+pub fn encode_copy_in_response(
+    response: &CopyResponse,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    frame(b'G', out, |out| put_copy_response(out, response, b'G'))
 }
 
 /// `CopyBothResponse` ('W'): `START_REPLICATION` switches to it.
@@ -411,6 +483,46 @@ mod tests {
         let mut out = BytesMut::new();
         encode_copy_done(&mut out);
         assert_eq!(decode_one(out), BackendMessage::CopyDone);
+    }
+
+    #[test]
+    fn authentication_and_negotiation_round_trip() {
+        let out =
+            encoded(|o| encode_authentication_sasl(&["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"], o));
+        assert_eq!(
+            decode_one(out),
+            BackendMessage::Authentication(Authentication::Sasl {
+                mechanisms: vec!["SCRAM-SHA-256-PLUS".into(), "SCRAM-SHA-256".into()]
+            })
+        );
+        let out = encoded(|o| encode_authentication_sasl_continue(b"r=abc,s=c2FsdA==,i=4096", o));
+        assert_eq!(
+            decode_one(out),
+            BackendMessage::Authentication(Authentication::SaslContinue {
+                data: Bytes::from_static(b"r=abc,s=c2FsdA==,i=4096")
+            })
+        );
+        let out = encoded(|o| encode_authentication_sasl_final(b"v=xyz", o));
+        assert_eq!(
+            decode_one(out),
+            BackendMessage::Authentication(Authentication::SaslFinal {
+                data: Bytes::from_static(b"v=xyz")
+            })
+        );
+        let out = encoded(|o| encode_negotiate_protocol_version(0, &["_pq_.test"], o));
+        assert_eq!(
+            decode_one(out),
+            BackendMessage::NegotiateProtocolVersion {
+                newest_minor: 196608,
+                unrecognized_options: vec!["_pq_.test".into()]
+            }
+        );
+        let text = CopyResponse {
+            binary: false,
+            column_formats: vec![],
+        };
+        let out = encoded(|o| encode_copy_in_response(&text, o));
+        assert_eq!(decode_one(out), BackendMessage::CopyInResponse(text));
     }
 
     #[test]

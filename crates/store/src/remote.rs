@@ -211,13 +211,15 @@ pub async fn prune_store(
             modified: o.modified,
         })
     });
-    let plan = plan_prune(listed, seg_size, opts)?;
+    // A relay serves from a local directory only: a bucket has no slots to hold WAL for.
+    let plan = plan_prune(listed, seg_size, opts, None)?;
     let mut report = PruneReport {
         keep_from: plan.keep_from,
         removed: Vec::new(),
         bytes: 0,
         dry_run: opts.dry_run,
         checksum_entries_removed: 0,
+        slot_floor: None,
     };
     for f in plan.victims {
         if !opts.dry_run {

@@ -28,7 +28,9 @@
 //! * [`find_streaming_start`]: where to resume, from what is really on disk — pg_receivewal's rules
 //!   for archive directories, page-header validation for `pg_wal` (where recycled segments look
 //!   complete), refusal of foreign or damaged directories;
-//! * [`ReceiverStats`]: live counters for metrics and health checks.
+//! * [`ReceiverStats`]: live counters for metrics and health checks;
+//! * [`tap`]: the seam a relay (`walrelay serve`) uses to serve what the engine receives
+//!   ([`run_tapped`]).
 //!
 //! References: `src/bin/pg_basebackup/{pg_receivewal.c,receivelog.c,walmethods.c}`,
 //! `src/backend/replication/walreceiver.c`, `src/include/access/xlog_internal.h`,
@@ -51,6 +53,7 @@ mod slot_keeper;
 mod start;
 mod stats;
 mod stream_loop;
+pub mod tap;
 mod timeline_plan;
 mod writer;
 
@@ -65,13 +68,14 @@ pub use feedback::{
 };
 pub use fs::{SegmentFile, StdFs, WalFs};
 pub use page_header::{LongPageHeader, PageHeaderError, PageHeaderReader, WalPageHeaderReader};
-pub use reconnect::run;
+pub use reconnect::{run, run_tapped};
 pub use slot_keeper::create_on_standbys;
 pub use start::{
     find_streaming_start, find_streaming_start_in_dir, find_streaming_start_with, DirEntryInfo,
     Layout, ScanFrom, StartError, StartOptions, StartReason, StdWalDir, StreamStart, WalDirReader,
 };
 pub use stats::{ReceiverStats, StatsSnapshot};
+pub use tap::{StreamTap, TimelinePosition, WalObserver};
 pub use writer::{
     ArchiveStatusMarker, CompletedSegment, Destination, HookError, SegmentCompletion,
     SegmentWriter, WriterConfig, WriterError,

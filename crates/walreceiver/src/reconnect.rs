@@ -20,6 +20,7 @@
 //!   `wal_sender_timeout` and a margin) something else streams from it, typically a standby fed
 //!   by `--pg-wal` that still has its own `primary_conninfo`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -30,6 +31,7 @@ use crate::error::ReceiveError;
 use crate::session::{session, SessionState};
 use crate::slot_keeper;
 use crate::stream_loop::stop_requested;
+use crate::tap::StreamTap;
 
 /// A session that lasted this long counts as a success for the backoff.
 const SESSION_SUCCESS: Duration = Duration::from_secs(60);
@@ -44,8 +46,26 @@ pub const SLOT_BUSY_GRACE: Duration = Duration::from_secs(75);
 /// Cancellation: dropping the returned future drops the session in the middle of whatever it
 /// does (the disk task's thread finishes its queue on its own); ask for a clean stop through
 /// `shutdown` instead.
-pub async fn run(mut cfg: ReceiverConfig) -> Result<ReceiveSummary, ReceiveError> {
+pub async fn run(cfg: ReceiverConfig) -> Result<ReceiveSummary, ReceiveError> {
+    run_with(cfg, None).await
+}
+
+/// [`run`] with a relay's seam into the engine (see [`crate::tap`]): the WAL as received, the
+/// acknowledged position, a cap on the flush position reported upstream, hot standby feedback
+/// to forward. Without a tap the engine behaves exactly as [`run`].
+pub async fn run_tapped(
+    cfg: ReceiverConfig,
+    tap: StreamTap,
+) -> Result<ReceiveSummary, ReceiveError> {
+    run_with(cfg, Some(Arc::new(tap))).await
+}
+
+async fn run_with(
+    mut cfg: ReceiverConfig,
+    tap: Option<Arc<StreamTap>>,
+) -> Result<ReceiveSummary, ReceiveError> {
     let mut state = SessionState::new(&cfg);
+    state.tap = tap;
     let mut backoff = Backoff::new(cfg.max_reconnect_delay);
     let started = Instant::now();
     let _keeper = match (&cfg.slot, cfg.failover_slot) {

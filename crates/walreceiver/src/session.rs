@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -24,6 +25,7 @@ use crate::error::{ReceiveError, StreamViolation};
 use crate::promotion::{self, ServerWal};
 use crate::resume::{choose_start, scan_directory, Start};
 use crate::stream_loop::{StreamEnd, StreamLoop};
+use crate::tap::StreamTap;
 use crate::writer::{BackgroundCompletion, SegmentWriter, WriterConfig, DEFAULT_COMPLETION_QUEUE};
 
 /// What survives from one session to the next.
@@ -42,6 +44,8 @@ pub(crate) struct SessionState {
     /// A host that is behind the directory's timeline, and since when: the next sessions try the
     /// other hosts of the list first.
     pub avoid: Option<(Endpoint, Instant)>,
+    /// A relay's seam into the engine ([`crate::tap`]), if any.
+    pub tap: Option<Arc<StreamTap>>,
 }
 
 impl SessionState {
@@ -56,6 +60,7 @@ impl SessionState {
             ever_streamed: false,
             forks_seen: HashSet::new(),
             avoid: None,
+            tap: None,
         }
     }
 }

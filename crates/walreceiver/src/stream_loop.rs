@@ -29,6 +29,7 @@
 //! timer lose nothing), so whichever event wins, the others are simply asked again. The handlers
 //! themselves run to completion and are never raced against anything.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -36,7 +37,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 use walrelay_client::{message_name, ClientError, Connection, TimelineSwitch};
 use walrelay_protocol::message::BackendMessage;
-use walrelay_protocol::{Lsn, PrimaryKeepalive, ReplicationMessage, XLogData};
+use walrelay_protocol::{HotStandbyFeedback, Lsn, PrimaryKeepalive, ReplicationMessage, XLogData};
 use walrelay_wal::WalValidator;
 
 use crate::config::{
@@ -47,6 +48,7 @@ use crate::error::{ReceiveError, StreamViolation};
 use crate::feedback::{Feedback, FeedbackConfig, FeedbackEvent, PgTimestamp, StandbyStatusUpdate};
 use crate::replay_poller::spawn_replay_poller;
 use crate::session::SessionState;
+use crate::tap::{StreamTap, TimelinePosition};
 
 /// How one START_REPLICATION ended.
 pub(crate) enum StreamEnd {
@@ -94,6 +96,22 @@ pub(crate) struct StreamLoop<'a> {
     last_heard: Instant,
     pinged: bool,
     out: BytesMut,
+    /// A relay's seam ([`crate::tap`]) and the two watches it feeds back.
+    tap: Option<Arc<StreamTap>>,
+    flush_cap: Option<watch::Receiver<Lsn>>,
+    hot_standby_feedback: Option<watch::Receiver<Option<HotStandbyFeedback>>>,
+}
+
+/// Resolves when the watch changes; never, without one. A watch whose sender is gone is
+/// dropped (it cannot change any more).
+async fn changed<T>(rx: &mut Option<watch::Receiver<T>>) {
+    let alive = match rx.as_mut() {
+        Some(r) => r.changed().await.is_ok(),
+        None => std::future::pending().await,
+    };
+    if !alive {
+        *rx = None;
+    }
 }
 
 impl<'a> StreamLoop<'a> {
@@ -105,10 +123,13 @@ impl<'a> StreamLoop<'a> {
         start: Lsn,
         validator: Option<WalValidator>,
     ) -> Self {
+        let tap = state.tap.clone();
+        // A flush cap (a relay's --sync-quorum) is reported as soon as it moves.
+        let capped = tap.as_ref().is_some_and(|t| t.flush_cap.is_some());
         let fb_config = match cfg.target {
             Target::Archive { .. } => FeedbackConfig::archive(
                 cfg.status_interval,
-                cfg.synchronous,
+                cfg.synchronous || capped,
                 cfg.slot.is_some() || cfg.temporary_slot.is_some(),
             ),
             Target::PgWal { .. } => {
@@ -133,6 +154,9 @@ impl<'a> StreamLoop<'a> {
             last_heard: Instant::now(),
             pinged: false,
             out: BytesMut::with_capacity(64),
+            flush_cap: tap.as_ref().and_then(|t| t.flush_cap.clone()),
+            hot_standby_feedback: tap.as_ref().map(|t| t.hot_standby_feedback.clone()),
+            tap,
         }
     }
 
@@ -140,6 +164,8 @@ impl<'a> StreamLoop<'a> {
     /// final status update); the caller stops it through the shutdown watch.
     pub async fn run(mut self) -> Result<StreamEnd, ReceiveError> {
         let polls_replay = self.cfg.apply_source.is_some();
+        // A new stream (a new walsender) learns the feedback at once.
+        self.send_hot_standby_feedback().await?;
         loop {
             let wait = self.until_next_timer();
             let next = tokio::select! {
@@ -148,6 +174,11 @@ impl<'a> StreamLoop<'a> {
                 changed = self.progress.changed() => self.on_disk_progress(changed.is_ok()).await?,
                 replayed = self.replay.changed(), if polls_replay => self.on_replayed(replayed.is_ok()).await?,
                 _ = self.endpos.changed(), if !self.endpos_reached => self.on_endpos_set().await?,
+                _ = changed(&mut self.flush_cap) => self.on_flush_cap().await?,
+                _ = changed(&mut self.hot_standby_feedback) => {
+                    self.send_hot_standby_feedback().await?;
+                    Next::Continue
+                }
                 _ = tokio::time::sleep(wait) => self.on_timer().await?,
                 msg = self.conn.read_message() => self.on_message(msg).await?,
             };
@@ -183,9 +214,19 @@ impl<'a> StreamLoop<'a> {
         let p = *self.progress.borrow_and_update();
         self.cfg.stats.disk(p.write_lsn, p.flush_lsn);
         let ack = acknowledgeable(&p, &self.validator);
-        if let Some(u) = self
-            .feedback
-            .disk_progress(p.write_lsn, ack, PgTimestamp::now())
+        if let Some(tap) = &self.tap {
+            // The disk task reports the timeline it writes; right after a switch it may still
+            // describe the previous one.
+            if p.timeline == self.state.timeline {
+                tap.acknowledge(TimelinePosition {
+                    timeline: p.timeline,
+                    lsn: ack,
+                });
+            }
+        }
+        if let Some(u) =
+            self.feedback
+                .disk_progress(p.write_lsn, self.reportable(ack), PgTimestamp::now())
         {
             self.send_update(&u).await?;
         }
@@ -197,6 +238,49 @@ impl<'a> StreamLoop<'a> {
             }
         }
         Ok(Next::Continue)
+    }
+
+    /// The flush position to report for an acknowledgeable `ack`: capped by a relay's quorum.
+    fn reportable(&self, ack: Lsn) -> Lsn {
+        match &self.tap {
+            Some(tap) => tap.cap(ack),
+            None => ack,
+        }
+    }
+
+    /// The relay's quorum moved: report at once what it now allows.
+    async fn on_flush_cap(&mut self) -> Result<Next, ReceiveError> {
+        let p = *self.progress.borrow();
+        let ack = self.reportable(acknowledgeable(&p, &self.validator));
+        if let Some(u) = self
+            .feedback
+            .disk_progress(p.write_lsn, ack, PgTimestamp::now())
+        {
+            self.send_update(&u).await?;
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Sends the relay's hot standby feedback ('h'), if it has any.
+    async fn send_hot_standby_feedback(&mut self) -> Result<(), ReceiveError> {
+        let Some(mut hs) = self
+            .hot_standby_feedback
+            .as_mut()
+            .and_then(|rx| *rx.borrow_and_update())
+        else {
+            return Ok(());
+        };
+        hs.client_time = PgTimestamp::now().micros();
+        self.out.clear();
+        hs.encode(&mut self.out);
+        self.conn.queue_copy_data(&self.out);
+        self.conn.flush().await?;
+        debug!(
+            xmin = hs.xmin,
+            catalog_xmin = hs.catalog_xmin,
+            "hot standby feedback sent"
+        );
+        Ok(())
     }
 
     async fn on_replayed(&mut self, alive: bool) -> Result<Next, ReceiveError> {
@@ -242,6 +326,10 @@ impl<'a> StreamLoop<'a> {
         }
         if let Some(u) = self.feedback.tick(PgTimestamp::now()) {
             self.send_update(&u).await?;
+            // Feedback goes with every periodic update, as a walreceiver sends it.
+            if let Some(rx) = self.hot_standby_feedback.as_mut() {
+                rx.mark_changed();
+            }
         }
         Ok(Next::Continue)
     }
@@ -303,6 +391,9 @@ impl<'a> StreamLoop<'a> {
         if let Some(v) = self.validator.as_mut() {
             v.feed(self.next, &data).map_err(ReceiveError::InvalidWal)?;
         }
+        if let Some(tap) = &self.tap {
+            tap.observer.received(self.state.timeline, self.next, &data);
+        }
         let len = data.len() as u64;
         if len > 0 {
             let lsn = self.next;
@@ -331,7 +422,7 @@ impl<'a> StreamLoop<'a> {
             let p = *self.progress.borrow();
             let _ = self.feedback.disk_progress(
                 p.write_lsn,
-                acknowledgeable(&p, &self.validator),
+                self.reportable(acknowledgeable(&p, &self.validator)),
                 PgTimestamp::now(),
             );
         }
@@ -383,7 +474,7 @@ impl<'a> StreamLoop<'a> {
         let p = *self.progress.borrow();
         self.state.last_flushed = self.state.last_flushed.max(p.flush_lsn);
         let now = PgTimestamp::now();
-        let ack = acknowledgeable(&p, &self.validator);
+        let ack = self.reportable(acknowledgeable(&p, &self.validator));
         let _ = self.feedback.disk_progress(p.write_lsn, ack, now);
         let update = self.feedback.current(now);
         let _ = self.send_update(&update).await;

@@ -1,0 +1,108 @@
+//! What the relay learns from its upstream before it serves anyone: the cluster's identity, the
+//! version it speaks for, and the settings downstreams ask about with `SHOW`.
+//!
+//! The relay presents itself as the upstream's major: it reports the upstream's `server_version`
+//! verbatim (pg_basebackup and pg_receivewal refuse a server newer than themselves, and every
+//! client branches on the version) and answers each command as that major would
+//! ([`walrelay_protocol::walsender`]).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tracing::{info, warn};
+use walrelay_client::{Classify, ClientError, ConnectParams, Connection};
+use walrelay_protocol::{ServerVersion, TimelineId, WalSegmentSize};
+
+/// The upstream as the relay describes it to downstreams.
+#[derive(Clone, Debug)]
+pub struct UpstreamInfo {
+    pub system_identifier: u64,
+    /// `server_version` as the upstream reported it (e.g. `15.4 (Debian 15.4-1)`).
+    pub server_version: String,
+    pub version: ServerVersion,
+    pub segment_size: WalSegmentSize,
+    /// The upstream's timeline when the relay started.
+    pub timeline: TimelineId,
+    /// Settings read with `SHOW` (those that exist on this major).
+    pub settings: BTreeMap<String, String>,
+}
+
+impl UpstreamInfo {
+    pub fn major(&self) -> u32 {
+        self.version.major()
+    }
+}
+
+/// The upstream's settings a downstream may ask about (`walrelay check`, pg_basebackup's
+/// `data_directory_mode`); the relay's own ones are answered by the relay.
+const UPSTREAM_SETTINGS: &[(&str, u32)] = &[
+    ("wal_level", 10),
+    ("data_checksums", 10),
+    ("block_size", 10),
+    ("wal_block_size", 10),
+    ("server_version_num", 10),
+    ("full_page_writes", 10),
+    ("wal_log_hints", 10),
+    ("data_directory_mode", 11),
+];
+
+/// Connects once and reads what [`UpstreamInfo`] holds.
+pub async fn probe(params: &ConnectParams) -> Result<UpstreamInfo, ClientError> {
+    let mut conn = Connection::connect(params).await?;
+    let ident = conn.identify_system().await?;
+    let segment_size = conn.wal_segment_size().await?;
+    let version = conn.server_version();
+    let server_version = conn
+        .parameter("server_version")
+        .unwrap_or_default()
+        .to_string();
+    let mut settings = BTreeMap::new();
+    for (name, since) in UPSTREAM_SETTINGS {
+        if version.major() >= *since {
+            if let Ok(v) = conn.show(name).await {
+                settings.insert(name.to_string(), v);
+            }
+        }
+    }
+    conn.close().await;
+    Ok(UpstreamInfo {
+        system_identifier: ident.system_identifier,
+        server_version,
+        version,
+        segment_size,
+        timeline: ident.timeline,
+        settings,
+    })
+}
+
+/// [`probe`], retried while the failure is transient (the upstream is down or restarting), until
+/// `stop` says to give up. A definite failure (authentication, a bad setting) returns at once.
+pub async fn probe_until_ready(
+    params: &ConnectParams,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<UpstreamInfo>, ClientError> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match probe(params).await {
+            Ok(info) => {
+                info!(
+                    server_version = %info.server_version,
+                    system_identifier = info.system_identifier,
+                    timeline = %info.timeline,
+                    wal_segment_size = %info.segment_size,
+                    "upstream identified"
+                );
+                return Ok(Some(info));
+            }
+            Err(e) if e.class().is_transient() => {
+                warn!(error = %e, retry_in_secs = delay.as_secs(), "upstream not reachable yet; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(None),
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
