@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use walrelay_protocol::WalSegmentSize;
-use walrelay_testkit::{pg_command, Cluster, Lsn, PgBench, VerifyBackupOptions};
+use walrelay_testkit::{pg_command, Cluster, Lsn, PgBench, StopMode, VerifyBackupOptions};
 
 use support::relay::{
     interrupt, metrics, pg_basebackup_through, primary, wait_complete_segment, walsenders, Relay,
@@ -516,5 +516,67 @@ fn tls_and_scram_channel_binding_for_downstreams() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    relay.assert_healthy();
+}
+
+/// A relay restarted while its primary is down serves what its archive holds, presenting itself as
+/// the upstream it recorded (`walrelay.upstream`): pg_receivewal through it gets the archived
+/// segments byte for byte. When the primary is back, the relay streams from it again.
+#[test]
+fn a_relay_restarted_while_the_primary_is_down_serves_its_archive() {
+    let mut primary = primary("relay-offline", &["wal_keep_size = '256MB'"]);
+    let mut relay = relay_for(&primary, &["--status-interval", "1"]);
+    let mut last = Lsn(0);
+    for i in 0..4 {
+        server::insert_rows(&primary, "offline", 1000 + i);
+        last = primary.switch_wal();
+    }
+    let want = seg().segno(Lsn(last.0 - 1));
+    poll::wait_until(
+        "the relay to archive the segment before the last switch",
+        || {
+            wal_files::complete_segments(&relay.archive, seg())
+                .iter()
+                .any(|f| f.segment.segno == want)
+        },
+        || wal_files::listing(&relay.archive),
+    );
+    let recorded = walrelay_archive::read_relay_upstream(&relay.archive)
+        .unwrap()
+        .expect("the relay recorded its upstream");
+    assert_eq!(recorded.system_identifier, primary.system_identifier());
+
+    relay.w.kill9();
+    primary.stop(StopMode::Fast);
+    relay.restart();
+    relay.w.wait_log(
+        "upstream not reachable; serving the archive",
+        poll::timeout(),
+    );
+
+    // pg_receivewal resumes after the oldest complete segment it is given, so it asks the relay
+    // for archived WAL only.
+    let dir = primary.scratch_path("offline-receivewal");
+    std::fs::create_dir_all(&dir).unwrap();
+    let complete = wal_files::complete_segments(&relay.archive, seg());
+    let seed = complete
+        .iter()
+        .find(|f| f.segment.segno.0 + 2 <= want.0)
+        .expect("an older complete segment");
+    std::fs::copy(seed.path(&relay.archive), dir.join(&seed.name)).unwrap();
+    let conninfo = relay.conninfo("replicator", Some("rep"));
+    let mut receivewal = tool(&primary, "pg_receivewal")
+        .args(["-d", &conninfo, "-D", path(&dir), "-s", "1", "-v"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start pg_receivewal");
+    wait_complete_segment(&dir, last, seg(), &mut receivewal);
+    interrupt(&mut receivewal);
+    let compared = wal_files::assert_identical_to_server(&dir, &primary.pg_wal_dir(), seg());
+    assert!(compared >= 3, "only {compared} segments compared");
+
+    // The primary is back: the relay's engine reconnects by itself.
+    primary.start();
+    server::wait_streaming(&primary, RELAY_APP);
     relay.assert_healthy();
 }

@@ -273,8 +273,9 @@ impl Inventory {
             }
             Some(WalFileName::BackupHistory { .. }) => self.backup_histories.push(name),
             None if name == CHECKSUM_FILE_NAME => self.has_checksum_file = true,
-            // A relay's slot list: walrelay's own, not a stray file.
-            None if name == crate::slots::SLOTS_FILE_NAME => {}
+            // A relay's slot list and upstream record: walrelay's own, not stray files.
+            None if name == crate::slots::SLOTS_FILE_NAME
+                || name == crate::relay_upstream::UPSTREAM_FILE_NAME => {}
             None => match failover_report_timeline(&name) {
                 Some(tli) => {
                     self.failover_reports.insert(tli, name);

@@ -9,7 +9,8 @@
 //! * timeline history files `TTTTTTTT.history`;
 //! * walrelay's checksum list `walrelay.sha256` ([`read_checksums`], [`record_checksum`]);
 //! * the replication slots a relay keeps for its downstreams, `walrelay.slots` ([`read_slots`],
-//!   [`write_slots`]), which [`prune()`] never prunes past.
+//!   [`write_slots`]), which [`prune()`] never prunes past, and the upstream it last identified,
+//!   `walrelay.upstream` ([`read_relay_upstream`]).
 //!
 //! This crate scans such a directory ([`ArchiveDir::scan`], [`infer_segment_size`]), compresses
 //! segments as they complete ([`compress_completed_segment`]), serves `restore_command`
@@ -27,6 +28,7 @@ mod content_check;
 mod error;
 mod inventory;
 mod prune;
+mod relay_upstream;
 mod restore;
 mod slots;
 mod verify;
@@ -48,6 +50,9 @@ pub use inventory::{
     Inventory, SegmentFile, SegmentFileState,
 };
 pub use prune::{plan_prune, prune, ListedFile, PruneOptions, PrunePlan, PrunePoint, PruneReport};
+pub use relay_upstream::{
+    read_relay_upstream, write_relay_upstream, RelayUpstream, UPSTREAM_FILE_NAME,
+};
 pub use restore::{
     requested_is_segment, restore, restore_by_rename, restore_bytes, RestoreOptions,
     RestoreOutcome, Restored,

@@ -130,10 +130,7 @@ pub async fn serve(
         ));
     }
     let mut stop = engine.shutdown.clone();
-    let Some(upstream) = upstream::probe_until_ready(&engine.connect, &mut stop)
-        .await
-        .map_err(RelayError::Upstream)?
-    else {
+    let Some(upstream) = upstream::identify(&engine.connect, &dir, &mut stop).await? else {
         return Ok(ReceiveSummary {
             stop: StopReason::Shutdown,
             flushed: Lsn::INVALID,

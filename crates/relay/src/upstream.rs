@@ -5,13 +5,21 @@
 //! verbatim (pg_basebackup and pg_receivewal refuse a server newer than themselves, and every
 //! client branches on the version) and answers each command as that major would
 //! ([`walrelay_protocol::walsender`]).
+//!
+//! What was learned is kept in the archive (`walrelay.upstream`): a relay restarted while its
+//! upstream is down presents itself from that record and serves what the archive holds, while
+//! the engine keeps trying to reach the upstream.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use tracing::{info, warn};
+use walrelay_archive::RelayUpstream;
 use walrelay_client::{Classify, ClientError, ConnectParams, Connection};
 use walrelay_protocol::{ServerVersion, TimelineId, WalSegmentSize};
+
+use crate::RelayError;
 
 /// The upstream as the relay describes it to downstreams.
 #[derive(Clone, Debug)]
@@ -31,6 +39,93 @@ impl UpstreamInfo {
     pub fn major(&self) -> u32 {
         self.version.major()
     }
+
+    /// The record kept in the archive.
+    pub fn to_record(&self) -> RelayUpstream {
+        RelayUpstream {
+            system_identifier: self.system_identifier,
+            server_version: self.server_version.clone(),
+            server_version_num: self.version.0,
+            wal_segment_size: self.segment_size.as_u64(),
+            timeline: self.timeline,
+            settings: self.settings.clone(),
+        }
+    }
+
+    /// From the archive's record; `None` if it holds an impossible segment size.
+    pub fn from_record(r: RelayUpstream) -> Option<UpstreamInfo> {
+        Some(UpstreamInfo {
+            system_identifier: r.system_identifier,
+            server_version: r.server_version,
+            version: ServerVersion(r.server_version_num),
+            segment_size: WalSegmentSize::new(r.wal_segment_size).ok()?,
+            timeline: r.timeline,
+            settings: r.settings,
+        })
+    }
+}
+
+/// The upstream the relay presents: identified now and recorded in the archive `dir`; or, when
+/// the upstream cannot be reached for now (a transient failure) and a relay recorded it earlier,
+/// that record — the archive's WAL is then served while the engine keeps trying to connect;
+/// without a record, retried until it answers or `stop` says to give up (`None`).
+pub async fn identify(
+    params: &ConnectParams,
+    dir: &Path,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<UpstreamInfo>, RelayError> {
+    let first = match probe(params).await {
+        Ok(info) => Some(info),
+        Err(e) if e.class().is_transient() => {
+            let record = walrelay_archive::read_relay_upstream(dir)?;
+            match record.and_then(UpstreamInfo::from_record) {
+                Some(info) => {
+                    warn!(
+                        error = %e,
+                        server_version = %info.server_version,
+                        system_identifier = info.system_identifier,
+                        "upstream not reachable; serving the archive as the upstream last identified, while reconnecting"
+                    );
+                    return Ok(Some(info));
+                }
+                None => None,
+            }
+        }
+        Err(e) => return Err(RelayError::Upstream(e)),
+    };
+    let info = match first {
+        Some(info) => info,
+        None => match probe_until_ready(params, stop)
+            .await
+            .map_err(RelayError::Upstream)?
+        {
+            Some(info) => info,
+            None => return Ok(None),
+        },
+    };
+    info!(
+        server_version = %info.server_version,
+        system_identifier = info.system_identifier,
+        timeline = %info.timeline,
+        wal_segment_size = %info.segment_size,
+        "upstream identified"
+    );
+    if let Some(stored) = walrelay_archive::read_relay_upstream(dir)? {
+        if stored.system_identifier != info.system_identifier {
+            return Err(RelayError::Config(format!(
+                "the archive {} belongs to system {}, but the upstream is system {}: serve another cluster from a new directory",
+                dir.display(),
+                stored.system_identifier,
+                info.system_identifier
+            )));
+        }
+    }
+    let record = info.to_record();
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || walrelay_archive::write_relay_upstream(&dir, &record))
+        .await
+        .map_err(|e| RelayError::Config(format!("recording the upstream failed: {e}")))??;
+    Ok(Some(info))
 }
 
 /// The upstream's settings a downstream may ask about (`walrelay check`, pg_basebackup's
@@ -84,16 +179,7 @@ pub async fn probe_until_ready(
     let mut delay = Duration::from_secs(1);
     loop {
         match probe(params).await {
-            Ok(info) => {
-                info!(
-                    server_version = %info.server_version,
-                    system_identifier = info.system_identifier,
-                    timeline = %info.timeline,
-                    wal_segment_size = %info.segment_size,
-                    "upstream identified"
-                );
-                return Ok(Some(info));
-            }
+            Ok(info) => return Ok(Some(info)),
             Err(e) if e.class().is_transient() => {
                 warn!(error = %e, retry_in_secs = delay.as_secs(), "upstream not reachable yet; retrying");
             }
