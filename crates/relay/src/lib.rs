@@ -77,6 +77,15 @@ use crate::wal_feed::{BufferObserver, WalFeed};
 pub enum RelayError {
     #[error("{0}")]
     Config(String),
+    #[error(
+        "the archive {} belongs to system {archive}, but the upstream is system {upstream}: serve another cluster from a new directory",
+        dir.display()
+    )]
+    OtherSystem {
+        dir: std::path::PathBuf,
+        archive: u64,
+        upstream: u64,
+    },
     #[error("could not identify the upstream server")]
     Upstream(#[source] ClientError),
     #[error("cannot listen on {addr}: {source}")]
@@ -96,6 +105,7 @@ impl Classify for RelayError {
         match self {
             RelayError::Config(_) => ErrorClass::Usage,
             RelayError::Upstream(e) => e.class(),
+            RelayError::OtherSystem { .. } => ErrorClass::ServerState,
             RelayError::Listen { .. } | RelayError::Archive(_) => ErrorClass::Local,
             RelayError::Engine(e) => e.class(),
         }

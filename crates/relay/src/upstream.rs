@@ -112,12 +112,11 @@ pub async fn identify(
     );
     if let Some(stored) = walrelay_archive::read_relay_upstream(dir)? {
         if stored.system_identifier != info.system_identifier {
-            return Err(RelayError::Config(format!(
-                "the archive {} belongs to system {}, but the upstream is system {}: serve another cluster from a new directory",
-                dir.display(),
-                stored.system_identifier,
-                info.system_identifier
-            )));
+            return Err(RelayError::OtherSystem {
+                dir: dir.to_path_buf(),
+                archive: stored.system_identifier,
+                upstream: info.system_identifier,
+            });
         }
     }
     let record = info.to_record();
