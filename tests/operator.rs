@@ -206,13 +206,6 @@ fn scrape(port: u16, accept: &str) -> (String, String) {
     (content_type, body.to_string())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Items 4, 6, 9 and 10 on one receiver running as a service would: JSON logs, metrics, a slot.
 #[test]
 fn a_receiver_in_service_mode_is_observable() {
@@ -230,7 +223,7 @@ fn a_receiver_in_service_mode_is_observable() {
         poll::timeout(),
     );
     assert_eq!(created.code(), Some(0), "{created:?}");
-    let port = free_port();
+    let port = support::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut w = Walrelay::start(
         "service",

@@ -1023,14 +1023,6 @@ fn sigterm_exits_cleanly_and_restart_resumes_the_partial_segment() {
     wal_files::assert_waldump(&archive, None, seg().segment_start(first_seg), end);
 }
 
-/// A TCP port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
-
 /// `GET path` over plain HTTP/1.1: the status code and the body (None if nobody answers).
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
@@ -1066,7 +1058,7 @@ fn metric(body: &str, name: &str) -> Option<u64> {
 fn metrics_and_health_follow_the_stream() {
     let mut primary = primary("recv-metrics");
     let archive = new_dir(&primary, "archive");
-    let port = free_port();
+    let port = support::free_port();
     let mut w = receive_streaming(
         "metrics",
         &primary,

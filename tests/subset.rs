@@ -309,13 +309,6 @@ fn http_get(addr: &str, path: &str) -> String {
     out
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 #[test]
 fn edges_toast_truncate_tables_added_and_removed() {
     let src = source("subset-edge-src", 15);
@@ -377,7 +370,7 @@ fn edges_toast_truncate_tables_added_and_removed() {
     assert_eq!(src.psql("SELECT count(*) FROM pg_replication_slots"), "0");
 
     // Streaming docs and t2, with metrics.
-    let metrics = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", support::free_port());
     let run_args = with(
         args(
             "run",
@@ -914,7 +907,7 @@ fn a_big_transaction_is_streamed_spilled_and_applied_atomically() {
     );
     let spool = tempfile::tempdir().expect("spool dir");
     let spool_path = spool.path().to_string_lossy().into_owned();
-    let metrics = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", support::free_port());
     let mut w = Walrelay::start(
         "subset run (big)",
         &with(

@@ -35,3 +35,9 @@ pub mod server;
 pub mod tree_snapshot;
 pub mod wal_files;
 pub mod walrelay_cmd;
+
+/// A port free on 127.0.0.1 a moment ago, never handed out twice in this test binary (metrics
+/// endpoints, relays and fake servers of parallel tests must not race for one).
+pub fn free_port() -> u16 {
+    walrelay_testkit::free_port().expect("a free port")
+}

@@ -1635,7 +1635,7 @@ fn sanitize(name: &str) -> String {
 
 /// A port that was free on 127.0.0.1 a moment ago, never the same twice in this process (parallel
 /// tests would otherwise race for the kernel's next ephemeral port).
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let mut handed = HANDED_OUT
         .lock()

@@ -59,7 +59,7 @@ pub mod tls;
 mod watchdog;
 pub mod wire;
 
-pub use cluster::{psql_conninfo, Cluster, ClusterBuilder, StandbyBuilder, StopMode};
+pub use cluster::{free_port, psql_conninfo, Cluster, ClusterBuilder, StandbyBuilder, StopMode};
 pub use config::{AuthMethod, Role, Tls};
 pub use env::{matrix_includes, matrix_majors};
 pub use error::{Result, TestkitError};
