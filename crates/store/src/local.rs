@@ -20,7 +20,8 @@ use walrelay_durable::{self as durable, Owner};
 
 use crate::error::{Result, StoreError};
 use crate::store::{
-    ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, PutIfAbsent, StoreFuture,
+    ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, ObjectReader, PutIfAbsent,
+    StoreFuture,
 };
 
 /// Suffix of the attribute files beside objects.
@@ -135,6 +136,39 @@ fn link_new(target: &Path, data: &[u8]) -> Result<bool> {
     Ok(created)
 }
 
+/// `EXDEV`: a hard link across file systems.
+fn libc_exdev() -> i32 {
+    nix::errno::Errno::EXDEV as i32
+}
+
+/// Copies `source` to a temp file beside `target`, fsyncs it and links it to `target` unless
+/// that exists (false then).
+fn copy_new(source: &Path, target: &Path) -> Result<bool> {
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    let base = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{base}.{}.{}.tmp",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = durable::create_new_file(&tmp, FILE_MODE, Owner::current())?;
+        let mut src = fs::File::open(source).map_err(|e| StoreError::io("open", source, e))?;
+        io::copy(&mut src, &mut f).map_err(|e| StoreError::io("copy to", &tmp, e))?;
+        f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
+        match fs::hard_link(&tmp, target) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(StoreError::io("link", target, e)),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
 impl ArchiveStore for LocalDirStore {
     fn location(&self) -> String {
         format!("file://{}", self.root.display())
@@ -230,6 +264,52 @@ impl ArchiveStore for LocalDirStore {
                 })
             })
             .await
+        }
+        .boxed()
+    }
+
+    /// A hard link from the (fsynced) file when it is on the same file system — no copy, and
+    /// `link` never replaces an existing name; otherwise a copy to a temp name, fsynced, then
+    /// linked the same way.
+    fn put_file_if_absent<'a>(
+        &'a self,
+        name: &'a str,
+        source: &'a Path,
+    ) -> StoreFuture<'a, PutIfAbsent> {
+        let path = self.path(name);
+        let source = source.to_path_buf();
+        async move {
+            let path = path?;
+            Self::blocking(move || {
+                let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+                durable::create_dir_all_durable(&dir, DIR_MODE, Owner::current())?;
+                let created = match fs::hard_link(&source, &path) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                    Err(e) if e.raw_os_error() == Some(libc_exdev()) => copy_new(&source, &path)?,
+                    Err(e) => return Err(StoreError::io("link", &path, e)),
+                };
+                durable::fsync_dir(&dir)?;
+                Ok(if created {
+                    PutIfAbsent::Created
+                } else {
+                    PutIfAbsent::Exists
+                })
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn reader<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<ObjectReader>> {
+        let path = self.path(name);
+        async move {
+            let path = path?;
+            match tokio::fs::File::open(&path).await {
+                Ok(f) => Ok(Some(Box::new(f) as ObjectReader)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StoreError::io("open", &path, e)),
+            }
         }
         .boxed()
     }

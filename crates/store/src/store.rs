@@ -81,6 +81,9 @@ pub enum Stored {
 /// What the store's methods return.
 pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T>>;
 
+/// An object's bytes as they arrive (from [`ArchiveStore::reader`]).
+pub type ObjectReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
 /// An archive's object storage. Every method is cancellation-safe in the sense that dropping the
 /// future leaves no partial object under a final name (object stores create objects atomically;
 /// [`crate::LocalDirStore`] writes a temp file first).
@@ -105,6 +108,38 @@ pub trait ArchiveStore: Send + Sync + fmt::Debug {
 
     /// Removes the object; a missing object is not an error.
     fn delete<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Creates the object `name` from the local file `path` (complete and fsynced) unless one of
+    /// that name exists; never replaces one. For large objects (base backups): the implementations
+    /// stream the file (a multipart upload, a hard link) instead of holding it in memory; this
+    /// default reads it whole.
+    fn put_file_if_absent<'a>(
+        &'a self,
+        name: &'a str,
+        path: &'a std::path::Path,
+    ) -> StoreFuture<'a, PutIfAbsent> {
+        Box::pin(async move {
+            let data = tokio::fs::read(path)
+                .await
+                .map_err(|e| StoreError::io("read", path, e))?;
+            let put = NewObject {
+                data: Bytes::from(data),
+                attrs: ObjectAttrs::default(),
+            };
+            self.put_if_absent(name, put).await
+        })
+    }
+
+    /// The object's bytes as a stream (bounded memory for large objects), or `None` when there is
+    /// none of that name. This default fetches it whole.
+    fn reader<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<ObjectReader>> {
+        Box::pin(async move {
+            Ok(self
+                .get(name)
+                .await?
+                .map(|f| Box::new(std::io::Cursor::new(f.bytes)) as ObjectReader))
+        })
+    }
 }
 
 /// SHA-256 as lower-case hex.

@@ -1,0 +1,182 @@
+//! The backups of an archive: opening the archive, listing, deleting, retention.
+//!
+//! A directory archive keeps its backups under `DIR/backups/` (beside the WAL, which stays in
+//! pg_receivewal's flat layout); object storage under `PREFIX/SYSID/backups/`. Both go through
+//! the store seam ([`ArchiveStore`]): a directory archive is a [`LocalDirStore`] rooted at it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use walrelay_protocol::Lsn;
+use walrelay_store::{choose_system, open_store, ArchiveLocation, ArchiveStore, LocalDirStore};
+
+use crate::descriptor::{BackupDescriptor, BackupNames, DESCRIPTOR, STARTED};
+use crate::error::{BackupJobError, Result};
+use crate::select::{retain, Retention};
+
+/// An archive opened for its backups.
+#[derive(Clone, Debug)]
+pub struct OpenedArchive {
+    pub store: Arc<dyn ArchiveStore>,
+    pub names: BackupNames,
+    /// The cluster (object storage: from the server or the store; a directory: unknown).
+    pub system_identifier: Option<u64>,
+    /// A local directory archive: its path.
+    pub dir: Option<PathBuf>,
+}
+
+impl OpenedArchive {
+    /// Opens `location`. For object storage the cluster is `system_identifier`, or the only one
+    /// stored (`Ok(None)`-like: an error naming the fix when there is none or several).
+    pub async fn open(
+        location: &ArchiveLocation,
+        system_identifier: Option<u64>,
+    ) -> Result<OpenedArchive> {
+        match location {
+            ArchiveLocation::Dir(dir) => {
+                if !dir.is_dir() {
+                    return Err(BackupJobError::Usage(format!(
+                        "archive directory {} does not exist: create it (owned by the user who runs walrelay receive) or fix -D",
+                        dir.display()
+                    )));
+                }
+                let dir = std::path::absolute(dir)
+                    .map_err(|e| BackupJobError::io("resolve", dir.clone(), e))?;
+                Ok(OpenedArchive {
+                    store: Arc::new(LocalDirStore::open(&dir)?),
+                    names: BackupNames::new(""),
+                    system_identifier,
+                    dir: Some(dir),
+                })
+            }
+            ArchiveLocation::Store(url) => {
+                let store = open_store(url)?;
+                let sysid = match system_identifier {
+                    Some(s) => s,
+                    None => choose_system(store.as_ref(), None).await?.ok_or_else(|| {
+                        BackupJobError::NoBackup(format!(
+                            "{url} holds no cluster: check the URL and its prefix, or take a backup with walrelay backup"
+                        ))
+                    })?,
+                };
+                Ok(OpenedArchive {
+                    store,
+                    names: BackupNames::new(sysid.to_string()),
+                    system_identifier: Some(sysid),
+                    dir: None,
+                })
+            }
+        }
+    }
+}
+
+/// What `backup list` shows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Catalog {
+    /// Complete backups, oldest first.
+    pub backups: Vec<BackupDescriptor>,
+    /// Labels with objects but no descriptor: running, or failed (remove with `backup delete`).
+    pub incomplete: Vec<String>,
+}
+
+/// Lists the archive's backups, reading every descriptor.
+pub async fn list_backups(archive: &OpenedArchive) -> Result<Catalog> {
+    let prefix = archive.names.backups_prefix();
+    let objects = archive.store.list(&prefix).await?;
+    let mut labels: Vec<(String, bool)> = Vec::new();
+    for o in &objects {
+        let Some(rest) = o.name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((label, name)) = rest.split_once('/') else {
+            continue;
+        };
+        let complete = name == DESCRIPTOR;
+        match labels.iter_mut().find(|(l, _)| l == label) {
+            Some(entry) => entry.1 |= complete,
+            None => labels.push((label.to_string(), complete)),
+        }
+    }
+    let mut catalog = Catalog::default();
+    for (label, complete) in labels {
+        if !complete {
+            catalog.incomplete.push(label);
+            continue;
+        }
+        let name = archive.names.object(&label, DESCRIPTOR);
+        let Some(fetched) = archive.store.get(&name).await? else {
+            catalog.incomplete.push(label); // deleted meanwhile
+            continue;
+        };
+        catalog
+            .backups
+            .push(BackupDescriptor::parse(&label, &fetched.bytes)?);
+    }
+    catalog.backups = crate::select::ordered(catalog.backups);
+    catalog.incomplete.sort();
+    Ok(catalog)
+}
+
+/// Removes a backup: its descriptor first (from then on it is incomplete and never restored),
+/// then its other objects, the claim last. Returns the number of objects removed.
+pub async fn delete_backup(archive: &OpenedArchive, label: &str) -> Result<usize> {
+    crate::descriptor::validate_label(label)?;
+    let prefix = archive.names.backup_prefix(label);
+    let objects = archive.store.list(&prefix).await?;
+    if objects.is_empty() {
+        return Err(BackupJobError::NoBackup(format!(
+            "the archive has no backup labelled {label:?}: see walrelay backup list"
+        )));
+    }
+    let descriptor = archive.names.object(label, DESCRIPTOR);
+    let started = archive.names.object(label, STARTED);
+    archive.store.delete(&descriptor).await?;
+    for o in &objects {
+        if o.name != descriptor && o.name != started {
+            archive.store.delete(&o.name).await?;
+        }
+    }
+    archive.store.delete(&started).await?;
+    if let Some(dir) = &archive.dir {
+        // A directory archive: leave no empty directories behind.
+        let path = dir.join(prefix.trim_end_matches('/'));
+        let _ = std::fs::remove_dir(path.join(crate::descriptor::WAL_DIR));
+        let _ = std::fs::remove_dir(&path);
+    }
+    tracing::info!(%label, objects = objects.len(), "backup deleted");
+    Ok(objects.len())
+}
+
+/// What `prune --keep-backups/--keep-days` did (or would do).
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupPrune {
+    pub kept: Vec<String>,
+    pub removed: Vec<String>,
+    /// The oldest kept backup's start: WAL before its segment is not needed by any kept backup.
+    pub keep_wal_from: Option<Lsn>,
+    pub wal_segment_size: Option<u32>,
+}
+
+/// Applies the retention rule to the complete backups; removes the others unless `dry_run`.
+pub async fn prune_backups(
+    archive: &OpenedArchive,
+    rule: Retention,
+    now_unix: i64,
+    dry_run: bool,
+) -> Result<BackupPrune> {
+    let catalog = list_backups(archive).await?;
+    let (kept, removed) = retain(&catalog.backups, rule, now_unix);
+    if !dry_run {
+        for b in &removed {
+            delete_backup(archive, &b.label).await?;
+        }
+    }
+    let oldest = kept.first();
+    Ok(BackupPrune {
+        kept: kept.iter().map(|b| b.label.clone()).collect(),
+        removed: removed.iter().map(|b| b.label.clone()).collect(),
+        keep_wal_from: oldest.map(|b| b.start_lsn),
+        wal_segment_size: oldest.map(|b| b.wal_segment_size),
+    })
+}
