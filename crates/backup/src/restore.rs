@@ -104,7 +104,20 @@ pub async fn restore_backup(config: RestoreConfig) -> Result<RestoreSummary> {
             create_dir_all_durable(&target, DATA_DIR_MODE, owner)?;
             true
         }
-        Ok(DirState::Empty) => false,
+        Ok(DirState::Empty) => {
+            // PostgreSQL refuses a data directory others can access (0755 from mkdir).
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&target)
+                .map_err(|e| BackupJobError::io("stat", &target, e))?
+                .permissions()
+                .mode()
+                & 0o7777;
+            if mode != 0o700 && mode != 0o750 {
+                fs::set_permissions(&target, fs::Permissions::from_mode(DATA_DIR_MODE))
+                    .map_err(|e| BackupJobError::io("set the mode of", &target, e))?;
+            }
+            false
+        }
         Err(TablespaceError::NotEmpty(p)) => return Err(BackupJobError::TargetNotEmpty(p)),
         Err(e) => return Err(e.into()),
     };
