@@ -360,8 +360,13 @@ pub async fn run_from_archive(args: &BootstrapArgs) -> Result<i32> {
         owner,
         sync: !args.no_sync,
     };
-    let s = restore_backup(config)
-        .await
+    // A signal drops the restore, whose cleanup removes what it wrote.
+    let cancel = crate::bootstrap::stop_signals()?;
+    let restored = tokio::select! {
+        r = restore_backup(config) => r,
+        () = cancel => Err(walrelay_backup::BackupJobError::Cancelled),
+    };
+    let s = restored
         .with_context(|| format!("restore {} from {archive_text}", args.pgdata.display()))?;
     eprintln!(
         "walrelay: restored backup {} (PostgreSQL {}, ended {} at {}) into {}: {} files checked against its manifest, {} WAL files; {}",

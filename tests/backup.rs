@@ -421,6 +421,38 @@ fn backup_into_s3_and_restore_from_the_bucket() {
         "{objects:?}"
     );
 
+    // Large objects go up as multipart uploads from the file and come back as a stream.
+    {
+        let store = support::bucket::store(&url);
+        let big = primary.scratch_path("big-object");
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let data: Vec<u8> = (0..40 * MB)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fs::write(&big, &data).unwrap();
+        let name = "multipart-check/big";
+        let rt = support::bucket::runtime();
+        let put = |s: &dyn walrelay_store::ArchiveStore| {
+            rt.block_on(s.put_file_if_absent(name, &big)).unwrap()
+        };
+        assert_eq!(put(store.as_ref()), walrelay_store::PutIfAbsent::Created);
+        assert_eq!(put(store.as_ref()), walrelay_store::PutIfAbsent::Exists);
+        let back = rt.block_on(async {
+            use tokio::io::AsyncReadExt;
+            let mut r = store.reader(name).await.unwrap().unwrap();
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).await.unwrap();
+            v
+        });
+        assert!(back == data, "the object reads back byte for byte");
+        rt.block_on(store.delete(name)).unwrap();
+    }
+
     let data = empty_data_dir(&primary, "from-s3");
     let (code, out, err) = run(
         &bin,
@@ -469,4 +501,124 @@ fn backup_into_s3_and_restore_from_the_bucket() {
     );
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("no complete backup"), "{err}");
+}
+
+/// Bad input: exit 2 with one line naming the cause and the fix; nothing created.
+#[test]
+fn bad_input_is_refused_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("archive");
+    fs::create_dir(&archive).unwrap();
+    let a = s(&archive);
+    let target = tmp.path().join("target");
+    let t = s(&target);
+    let bin = Path::new(env!("CARGO_BIN_EXE_walrelay"));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["backup", "-d", "host=/nonexistent"],
+            "needs the archive",
+        ),
+        (
+            vec!["backup", "-d", "host=/nonexistent", "-D", a, "-l", "../x"],
+            "invalid backup label",
+        ),
+        (
+            vec!["backup", "-D", a, "--compress", "xz"],
+            "invalid compression",
+        ),
+        (
+            vec!["bootstrap", "--from-archive", a, "-D", t],
+            "--target-time",
+        ),
+        (
+            vec![
+                "bootstrap",
+                "--from-archive",
+                a,
+                "--target-time",
+                "2024-06-01 12:00:00",
+                "-D",
+                t,
+            ],
+            "no UTC offset",
+        ),
+        (
+            vec![
+                "bootstrap",
+                "--from-archive",
+                a,
+                "--target",
+                "immediate",
+                "--standby",
+                "-D",
+                t,
+            ],
+            "cannot be used with",
+        ),
+        (
+            vec!["bootstrap", "--from-archive", a, "--standby", "-D", t],
+            "-d CONNSTR",
+        ),
+        (
+            vec![
+                "bootstrap",
+                "--from-archive",
+                "/nonexistent/a",
+                "--target",
+                "immediate",
+                "-D",
+                t,
+            ],
+            "does not exist",
+        ),
+        (
+            vec![
+                "bootstrap",
+                "--from-archive",
+                a,
+                "--target",
+                "immediate",
+                "-D",
+                t,
+            ],
+            "no complete backup",
+        ),
+        (
+            vec!["bootstrap", "--target", "immediate", "-D", t],
+            "--from-archive",
+        ),
+        (
+            vec!["prune", "-D", a, "--keep-backups", "1"],
+            "no complete backup",
+        ),
+        (
+            vec![
+                "prune",
+                "-D",
+                a,
+                "--keep-backups",
+                "1",
+                "--before-lsn",
+                "0/1000000",
+            ],
+            "leave out --before",
+        ),
+        (
+            vec!["backup", "delete", "nosuch", "-D", a],
+            "no backup labelled",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (code, out, err) = run(bin, &args);
+        assert_eq!(code, Some(2), "{args:?}: {out}{err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {err}");
+        assert!(lines[0].contains(expected), "{args:?}: {err}");
+        assert!(!target.exists(), "{args:?} created the target");
+    }
+    assert_eq!(
+        fs::read_dir(&archive).unwrap().count(),
+        0,
+        "the archive is untouched"
+    );
 }

@@ -168,8 +168,8 @@ impl BackupDescriptor {
             .sum()
     }
 
-    /// End time as seconds since the epoch.
-    pub fn end_unix(&self) -> Option<i64> {
+    /// End time as seconds since the epoch (with fractions).
+    pub fn end_seconds(&self) -> Option<f64> {
         parse_rfc3339(&self.end_time)
     }
 }
@@ -212,11 +212,23 @@ pub fn rfc3339(unix_seconds: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Seconds since the epoch of an RFC 3339 time.
-pub fn parse_rfc3339(text: &str) -> Option<i64> {
+/// RFC 3339 in UTC with the clock's fractions: a backup's end time is compared with recovery
+/// target times, which have microseconds.
+pub fn rfc3339_precise(at: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(at)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn seconds(t: time::OffsetDateTime) -> f64 {
+    t.unix_timestamp() as f64 + f64::from(t.nanosecond()) / 1e9
+}
+
+/// Seconds since the epoch (with fractions) of an RFC 3339 time.
+pub fn parse_rfc3339(text: &str) -> Option<f64> {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .ok()
-        .map(|t| t.unix_timestamp())
+        .map(seconds)
 }
 
 /// A recovery target time as PostgreSQL's `recovery_target_time` reads it — `2024-06-01
@@ -258,7 +270,7 @@ pub fn parse_target_time(text: &str) -> Result<f64, String> {
     let parsed =
         time::OffsetDateTime::parse(&whole, &time::format_description::well_known::Rfc3339)
             .map_err(|e| fix(&e.to_string()))?;
-    Ok(parsed.unix_timestamp_nanos() as f64 / 1e9)
+    Ok(seconds(parsed))
 }
 
 /// Object names inside an archive for the backups under `root` (`""` for a directory archive,
@@ -351,7 +363,12 @@ mod tests {
         assert!(String::from_utf8_lossy(&text).contains("\"start_lsn\": \"0/3000028\""));
         assert_eq!(d.stored_bytes(), 15);
         assert_eq!(d.data_bytes(), 100);
-        assert_eq!(d.end_unix(), Some(1_700_000_060));
+        assert_eq!(d.end_seconds(), Some(1_700_000_060.0));
+        let precise = rfc3339_precise(
+            std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_060_250_000),
+        );
+        assert_eq!(precise, "2023-11-14T22:14:20.25Z");
+        assert_eq!(parse_rfc3339(&precise), Some(1_700_000_060.25));
         assert_eq!(d.server_major(), 15);
         // another label, garbage, bad names, bad checksums, no base
         assert!(BackupDescriptor::parse("b2", &text).is_err());

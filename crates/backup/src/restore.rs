@@ -18,6 +18,9 @@
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio_util::io::SyncIoBridge;
@@ -126,6 +129,7 @@ pub async fn restore_backup(config: RestoreConfig) -> Result<RestoreSummary> {
         created,
         tablespaces: Vec::new(),
         armed: true,
+        stop: StopFlag::default(),
     };
     let result = restore_into(
         &config,
@@ -233,8 +237,14 @@ async fn restore_into(
         let mut col = std::mem::replace(&mut collector, ChecksumCollector::new(&[]));
         let obj = object.clone();
         let lab = label.to_string();
+        let stop = cleanup.stop.clone();
         let (ex, col, outcome) = tokio::task::spawn_blocking(move || {
-            let r = extract_object(&mut ex, &mut col, bridge, codec, kind, &obj, &lab);
+            let _active = stop.enter();
+            let input = Stoppable {
+                inner: bridge,
+                stop: stop.clone(),
+            };
+            let r = extract_object(&mut ex, &mut col, input, codec, kind, &obj, &lab);
             (ex, col, r)
         })
         .await
@@ -422,12 +432,61 @@ fn extract_object<R: Read + Send>(
     check_stored(label, object, hashing.bytes, &sha)
 }
 
+/// Stops the extraction thread when the restore is dropped (a signal), and lets the cleanup wait
+/// until it no longer writes.
+#[derive(Clone, Debug, Default)]
+struct StopFlag {
+    stop: Arc<AtomicBool>,
+    active: Arc<AtomicUsize>,
+}
+
+/// Counts one running extraction thread.
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl StopFlag {
+    fn enter(&self) -> Active {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Active(self.active.clone())
+    }
+
+    /// Stops the thread at its next read and waits (up to 30 s) until it has stopped.
+    fn stop_and_wait(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A reader that fails once the restore is stopped.
+struct Stoppable<R> {
+    inner: R,
+    stop: StopFlag,
+}
+
+impl<R: Read> Read for Stoppable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.stop.load(Ordering::SeqCst) {
+            return Err(io::Error::other("the restore was stopped"));
+        }
+        self.inner.read(buf)
+    }
+}
+
 /// Undoes a failed restore.
 struct Cleanup {
     target: PathBuf,
     created: bool,
     tablespaces: Vec<PreparedTablespace>,
     armed: bool,
+    stop: StopFlag,
 }
 
 impl Cleanup {
@@ -436,6 +495,7 @@ impl Cleanup {
             return;
         }
         self.armed = false;
+        self.stop.stop_and_wait();
         tracing::info!(dir = %self.target.display(), "restore failed: removing what it wrote");
         if self.created {
             let _ = fs::remove_dir_all(&self.target);

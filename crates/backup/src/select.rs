@@ -37,7 +37,14 @@ pub enum TargetBound {
 /// The complete backups ordered oldest first (by end position, then end time, then label).
 pub fn ordered(mut backups: Vec<BackupDescriptor>) -> Vec<BackupDescriptor> {
     backups.sort_by(|a, b| {
-        (a.end_lsn, a.end_unix(), &a.label).cmp(&(b.end_lsn, b.end_unix(), &b.label))
+        a.end_lsn
+            .cmp(&b.end_lsn)
+            .then(
+                a.end_seconds()
+                    .partial_cmp(&b.end_seconds())
+                    .unwrap_or(std::cmp::Ordering::Equal),
+            )
+            .then(a.label.cmp(&b.label))
     });
     backups
 }
@@ -51,7 +58,7 @@ pub fn choose(
     let all = ordered(backups.to_vec());
     let fits = |b: &BackupDescriptor| match bound {
         TargetBound::None => true,
-        TargetBound::Time(t) => b.end_unix().is_some_and(|e| (e as f64) < *t),
+        TargetBound::Time(t) => b.end_seconds().is_some_and(|e| e < *t),
         TargetBound::Lsn(l) => b.end_lsn <= *l,
     };
     match choice {
@@ -103,9 +110,10 @@ pub fn retain(
     for (i, b) in all.into_iter().enumerate() {
         let from_newest = n - 1 - i;
         let by_count = rule.keep_backups.is_some_and(|k| from_newest < k);
-        let by_age = rule
-            .keep_seconds
-            .is_some_and(|s| b.end_unix().is_some_and(|e| now_unix - e <= s));
+        let by_age = rule.keep_seconds.is_some_and(|s| {
+            b.end_seconds()
+                .is_some_and(|e| now_unix as f64 - e <= s as f64)
+        });
         if by_count || by_age || from_newest == 0 {
             kept.push(b);
         } else {

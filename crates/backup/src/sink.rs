@@ -30,6 +30,9 @@ use crate::codec::Codec;
 /// Two tar blocks of zeros: the end of an archive.
 const END_OF_ARCHIVE: [u8; 1024] = [0; 1024];
 
+/// Mode of spool files (they become the archive's objects: a directory archive hard-links them).
+const SPOOL_FILE_MODE: u32 = 0o640;
+
 /// Largest chunk of member data shown to the observer at once.
 const OBSERVE_CHUNK: usize = 1024 * 1024;
 
@@ -225,7 +228,7 @@ impl ArchiveSink for SpoolSink {
         let name = format!("{}{}", kind.archive_name(), self.codec.suffix());
         let path = self.spool.join(&name);
         let partial = self.spool.join(format!("{name}.partial"));
-        let file = walrelay_durable::create_new_file(&partial, 0o600, self.owner)?;
+        let file = walrelay_durable::create_new_file(&partial, SPOOL_FILE_MODE, self.owner)?;
         let prefix = match kind {
             ArchiveKind::Base => PathBuf::new(),
             ArchiveKind::Tablespace(oid) => Path::new("pg_tblspc").join(oid.to_string()),
@@ -260,9 +263,15 @@ impl ArchiveSink for SpoolSink {
 }
 
 /// Compresses the file `from` into `to` (fsynced), returning (raw, stored, SHA-256 of stored).
-pub fn compress_file(from: &Path, to: &Path, codec: Codec) -> io::Result<(u64, u64, String)> {
+pub fn compress_file(
+    from: &Path,
+    to: &Path,
+    codec: Codec,
+    owner: Owner,
+) -> io::Result<(u64, u64, String)> {
     let mut input = File::open(from)?;
-    let file = File::create(to)?;
+    let file = walrelay_durable::create_new_file(to, SPOOL_FILE_MODE, owner)
+        .map_err(|e| io::Error::other(e.to_string()))?;
     let mut enc = codec.encoder(HashingWriter::new(io::BufWriter::new(file)))?;
     let raw = io::copy(&mut input, &mut enc)?;
     let (buffered, stored, sha) = enc.finish()?.finish();

@@ -36,8 +36,8 @@ use walrelay_store::{put_new, ArchiveLocation, ObjectAttrs, PutIfAbsent, Stored}
 use crate::catalog::OpenedArchive;
 use crate::codec::Codec;
 use crate::descriptor::{
-    default_label, rfc3339, validate_label, wal_object_name, BackupDescriptor, ObjectKind,
-    StoredObject, DESCRIPTOR, FORMAT_VERSION, MANIFEST, STARTED,
+    default_label, rfc3339, rfc3339_precise, validate_label, wal_object_name, BackupDescriptor,
+    ObjectKind, StoredObject, DESCRIPTOR, FORMAT_VERSION, MANIFEST, STARTED,
 };
 use crate::error::{BackupJobError, Result};
 use crate::sink::{compress_file, SpoolSink};
@@ -213,7 +213,13 @@ impl Job<'_> {
     ) -> Result<BackupDescriptor> {
         let config = self.config;
         let version = conn.server_version();
-        let owner = Owner::current();
+        // A directory archive: its owner (when running as root), as receive does.
+        let owner = self
+            .archive
+            .dir
+            .as_deref()
+            .map(Owner::of_dir_if_root)
+            .unwrap_or_else(Owner::current);
         if self.spool.exists() {
             // left by an interrupted run of this label (the claim made it ours)
             fs::remove_dir_all(self.spool)
@@ -293,7 +299,7 @@ impl Job<'_> {
         if let Some(v) = result.manifest.as_ref().and_then(|m| m.verified.as_ref()) {
             tracing::info!(summary = ?v, "every file matched the backup manifest");
         }
-        let end_unix = now_unix();
+        let end_time = SystemTime::now();
 
         // What goes into the archive.
         let mut objects: Vec<(StoredObject, PathBuf)> = Vec::new();
@@ -323,7 +329,7 @@ impl Job<'_> {
                 a.path.clone(),
             ));
         }
-        objects.extend(self.compress_wal(&pg_wal)?);
+        objects.extend(self.compress_wal(&pg_wal, owner)?);
 
         for (object, path) in &objects {
             let name = self.archive.names.object(self.label, &object.name);
@@ -357,7 +363,7 @@ impl Job<'_> {
             end_lsn: result.end.lsn,
             end_timeline: result.end.timeline.0,
             start_time: rfc3339(self.start_unix),
-            end_time: rfc3339(end_unix),
+            end_time: rfc3339_precise(end_time),
             compression: config.codec.name().to_string(),
             manifest: manifest.is_some(),
             objects: objects.into_iter().map(|(o, _)| o).collect(),
@@ -380,9 +386,9 @@ impl Job<'_> {
     }
 
     /// Compresses the streamed WAL (complete segments and history files) in the spool.
-    fn compress_wal(&self, pg_wal: &Path) -> Result<Vec<(StoredObject, PathBuf)>> {
+    fn compress_wal(&self, pg_wal: &Path, owner: Owner) -> Result<Vec<(StoredObject, PathBuf)>> {
         let out_dir = self.spool.join("wal");
-        create_dir_all_durable(&out_dir, 0o700, Owner::current())?;
+        create_dir_all_durable(&out_dir, 0o700, owner)?;
         let mut names: Vec<String> = fs::read_dir(pg_wal)
             .map_err(|e| BackupJobError::io("list", pg_wal, e))?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -403,7 +409,7 @@ impl Job<'_> {
             let object = wal_object_name(&n, self.config.codec.suffix());
             let to = out_dir.join(format!("{n}{}", self.config.codec.suffix()));
             let from = pg_wal.join(&n);
-            let (raw, stored, sha256) = compress_file(&from, &to, self.config.codec)
+            let (raw, stored, sha256) = compress_file(&from, &to, self.config.codec, owner)
                 .map_err(|e| BackupJobError::io("compress", &from, e))?;
             out.push((
                 StoredObject {

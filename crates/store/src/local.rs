@@ -33,6 +33,9 @@ const DIR_MODE: u32 = 0o750;
 #[derive(Debug, Clone)]
 pub struct LocalDirStore {
     root: PathBuf,
+    /// Owner of what is created: the root's owner when running as root (as `receive` does for a
+    /// directory archive), else the current user.
+    owner: Owner,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -48,6 +51,7 @@ impl LocalDirStore {
         }
         Ok(LocalDirStore {
             root: root.to_path_buf(),
+            owner: Owner::of_dir_if_root(root),
         })
     }
 
@@ -108,7 +112,7 @@ fn list_tree(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<()> {
 
 /// Writes `data` to a temp file beside `target`, fsyncs it, and links it to `target` unless that
 /// exists. Returns false when it existed.
-fn link_new(target: &Path, data: &[u8]) -> Result<bool> {
+fn link_new(target: &Path, data: &[u8], owner: Owner) -> Result<bool> {
     let dir = target.parent().unwrap_or(Path::new("/"));
     let base = target
         .file_name()
@@ -120,7 +124,7 @@ fn link_new(target: &Path, data: &[u8]) -> Result<bool> {
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut f = durable::create_new_file(&tmp, FILE_MODE, Owner::current())?;
+        let mut f = durable::create_new_file(&tmp, FILE_MODE, owner)?;
         f.write_all(data)
             .map_err(|e| StoreError::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
@@ -143,7 +147,7 @@ fn libc_exdev() -> i32 {
 
 /// Copies `source` to a temp file beside `target`, fsyncs it and links it to `target` unless
 /// that exists (false then).
-fn copy_new(source: &Path, target: &Path) -> Result<bool> {
+fn copy_new(source: &Path, target: &Path, owner: Owner) -> Result<bool> {
     let dir = target.parent().unwrap_or(Path::new("/"));
     let base = target
         .file_name()
@@ -155,7 +159,7 @@ fn copy_new(source: &Path, target: &Path) -> Result<bool> {
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut f = durable::create_new_file(&tmp, FILE_MODE, Owner::current())?;
+        let mut f = durable::create_new_file(&tmp, FILE_MODE, owner)?;
         let mut src = fs::File::open(source).map_err(|e| StoreError::io("open", source, e))?;
         io::copy(&mut src, &mut f).map_err(|e| StoreError::io("copy to", &tmp, e))?;
         f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
@@ -236,13 +240,14 @@ impl ArchiveStore for LocalDirStore {
 
     fn put_if_absent<'a>(&'a self, name: &'a str, put: NewObject) -> StoreFuture<'a, PutIfAbsent> {
         let path = self.path(name);
+        let owner = self.owner;
         let NewObject { data, attrs } = put;
         let name = name.to_string();
         async move {
             let path = path?;
             Self::blocking(move || {
                 let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-                durable::create_dir_all_durable(&dir, DIR_MODE, Owner::current())?;
+                durable::create_dir_all_durable(&dir, DIR_MODE, owner)?;
                 if path.exists() {
                     return Ok(PutIfAbsent::Exists);
                 }
@@ -250,14 +255,9 @@ impl ArchiveStore for LocalDirStore {
                     let base = name.rsplit('/').next().unwrap_or(&name);
                     let line = format!("{}  {base}\n", hex::encode(sha));
                     let attr_path = PathBuf::from(format!("{}{ATTR_SUFFIX}", path.display()));
-                    durable::write_file_atomic(
-                        &attr_path,
-                        line.as_bytes(),
-                        FILE_MODE,
-                        Owner::current(),
-                    )?;
+                    durable::write_file_atomic(&attr_path, line.as_bytes(), FILE_MODE, owner)?;
                 }
-                Ok(if link_new(&path, &data)? {
+                Ok(if link_new(&path, &data, owner)? {
                     PutIfAbsent::Created
                 } else {
                     PutIfAbsent::Exists
@@ -277,16 +277,19 @@ impl ArchiveStore for LocalDirStore {
         source: &'a Path,
     ) -> StoreFuture<'a, PutIfAbsent> {
         let path = self.path(name);
+        let owner = self.owner;
         let source = source.to_path_buf();
         async move {
             let path = path?;
             Self::blocking(move || {
                 let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-                durable::create_dir_all_durable(&dir, DIR_MODE, Owner::current())?;
+                durable::create_dir_all_durable(&dir, DIR_MODE, owner)?;
                 let created = match fs::hard_link(&source, &path) {
                     Ok(()) => true,
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-                    Err(e) if e.raw_os_error() == Some(libc_exdev()) => copy_new(&source, &path)?,
+                    Err(e) if e.raw_os_error() == Some(libc_exdev()) => {
+                        copy_new(&source, &path, owner)?
+                    }
                     Err(e) => return Err(StoreError::io("link", &path, e)),
                 };
                 durable::fsync_dir(&dir)?;
