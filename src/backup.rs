@@ -283,6 +283,15 @@ pub async fn run_from_archive(args: &BootstrapArgs) -> Result<i32> {
     let Some(archive_text) = fa.from_archive.as_deref() else {
         return Err(anyhow::anyhow!("internal: --from-archive missing"));
     };
+    if args.create_slot {
+        return Err(crate::exit::usage(
+            "--create-slot does not apply to --from-archive: create the standby's slot on the primary (SELECT pg_create_physical_replication_slot('NAME')) and pass -S NAME",
+        ));
+    }
+    if let Some(slot) = &args.slot {
+        walrelay_protocol::command::validate_slot_name(slot)
+            .map_err(|e| crate::exit::usage(e.to_string()))?;
+    }
     let location = location(archive_text)?;
     let archive_for_restore_command = match &location {
         ArchiveLocation::Dir(d) => std::path::absolute(d)

@@ -121,6 +121,20 @@ pub async fn take_backup<C: Future<Output = ()>>(
             source,
         })?;
     let archive = OpenedArchive::open(&config.location, Some(ident.system_identifier)).await?;
+    // A directory archive holds one cluster: its other backups say which.
+    if archive.dir.is_some() {
+        let catalog = crate::catalog::list_backups(&archive).await?;
+        if let Some(other) = catalog
+            .backups
+            .iter()
+            .find(|b| b.system_identifier != ident.system_identifier)
+        {
+            return Err(BackupJobError::SystemMismatch {
+                archive: other.system_identifier,
+                server: ident.system_identifier,
+            });
+        }
+    }
     claim(&archive, &label, ident.system_identifier, start_unix).await?;
     let spool = match (&config.spool, &archive.dir) {
         (Some(dir), _) => dir.join(format!("walrelay-backup-{label}")),
