@@ -622,3 +622,93 @@ fn bad_input_is_refused_with_one_line() {
         "the archive is untouched"
     );
 }
+
+/// The majors of the version matrix (`WALRELAY_PG_MAJORS`, as tests/matrix.rs; none by default):
+/// for each, a backup into a directory archive, a restore to consistency (`--target immediate`,
+/// which PostgreSQL 10 and 11 read from `recovery.conf`) that starts with every row, checked by
+/// pg_verifybackup where Debian's 15 reads the manifest (13–16), and a `--standby` that replays
+/// a row written after the backup.
+#[test]
+fn backup_and_restore_on_the_matrix_majors() {
+    for major in walrelay_testkit::env::matrix_majors() {
+        let primary = Cluster::builder()
+            .name(&format!("backup-pg{major}"))
+            .major(major)
+            .start();
+        let bin = walrelay_for_postgres(&primary);
+        primary.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i");
+        let archive = archive_dir(&primary, "archive");
+        let conn = primary.replication_conninfo();
+        run_ok(
+            &bin,
+            &[
+                "backup",
+                "-d",
+                &conn,
+                "-D",
+                s(&archive),
+                "-l",
+                "m",
+                "-c",
+                "fast",
+            ],
+        );
+        let restored = empty_data_dir(&primary, "restored");
+        run_ok(
+            &bin,
+            &[
+                "bootstrap",
+                "--from-archive",
+                s(&archive),
+                "--target",
+                "immediate",
+                "-D",
+                s(&restored),
+            ],
+        );
+        let legacy = major < 12;
+        assert_eq!(
+            restored.join("recovery.conf").is_file(),
+            legacy,
+            "PG {major}"
+        );
+        assert_eq!(
+            restored.join("recovery.signal").is_file(),
+            !legacy,
+            "PG {major}"
+        );
+        if (13..=16).contains(&major) {
+            let v = pg_verifybackup(&restored, &VerifyBackupOptions::default()).unwrap();
+            assert!(
+                v.contains("backup successfully verified"),
+                "PG {major}: {v}"
+            );
+        }
+        {
+            let c = start_recovered(&primary, &restored, &format!("restored-pg{major}"));
+            assert_eq!(c.psql("SELECT count(*) FROM t"), "1000", "PG {major}");
+        }
+        let standby_dir = empty_data_dir(&primary, "standby");
+        run_ok(
+            &bin,
+            &[
+                "bootstrap",
+                "--from-archive",
+                s(&archive),
+                "--standby",
+                "-d",
+                &conn,
+                "-D",
+                s(&standby_dir),
+            ],
+        );
+        let standby = primary
+            .standby(&standby_dir)
+            .name(&format!("standby-pg{major}"))
+            .start();
+        primary.psql("INSERT INTO t VALUES (1001)");
+        standby.wait_replay(primary.current_wal_lsn());
+        assert_eq!(standby.psql("SELECT count(*) FROM t"), "1001", "PG {major}");
+        eprintln!("PostgreSQL {major}: backup, restore and standby from the archive passed");
+    }
+}
