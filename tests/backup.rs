@@ -627,8 +627,7 @@ fn bad_input_is_refused_with_one_line() {
 /// for each, a backup into a directory archive, a restore to consistency (`--target immediate`,
 /// which PostgreSQL 10 and 11 read from `recovery.conf`) that starts with every row, checked by
 /// pg_verifybackup where Debian's 15 reads the manifest (13–16; its WAL check on 15 only), and a
-/// `--standby` that replays
-/// a row written after the backup.
+/// `--standby` that replays a row written after the backup.
 #[test]
 fn backup_and_restore_on_the_matrix_majors() {
     for major in walrelay_testkit::env::matrix_majors() {
