@@ -38,7 +38,7 @@ pub use restore::{
 };
 pub use store::{
     put_new, sha256_hex, ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, ObjectReader,
-    PutIfAbsent, StoreFuture, Stored,
+    PutIfAbsent, StoreFuture, Stored, StreamChunk,
 };
 pub use upload::{run_uploader, UploadSnapshot, UploadStats, UploaderConfig};
 

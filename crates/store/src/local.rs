@@ -21,7 +21,7 @@ use walrelay_durable::{self as durable, Owner};
 use crate::error::{Result, StoreError};
 use crate::store::{
     ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, ObjectReader, PutIfAbsent,
-    StoreFuture,
+    StoreFuture, StreamChunk,
 };
 
 /// Suffix of the attribute files beside objects.
@@ -292,6 +292,65 @@ impl ArchiveStore for LocalDirStore {
                     }
                     Err(e) => return Err(StoreError::io("link", &path, e)),
                 };
+                durable::fsync_dir(&dir)?;
+                Ok(if created {
+                    PutIfAbsent::Created
+                } else {
+                    PutIfAbsent::Exists
+                })
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    /// Written to a temp file beside the object as the chunks arrive, fsynced at the end and
+    /// linked to the name (never replacing); an abandoned stream leaves nothing.
+    fn put_stream<'a>(
+        &'a self,
+        name: &'a str,
+        mut chunks: tokio::sync::mpsc::Receiver<StreamChunk>,
+    ) -> StoreFuture<'a, PutIfAbsent> {
+        let path = self.path(name);
+        let owner = self.owner;
+        let shown = name.to_string();
+        async move {
+            let path = path?;
+            Self::blocking(move || {
+                let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+                durable::create_dir_all_durable(&dir, DIR_MODE, owner)?;
+                if path.exists() {
+                    return Ok(PutIfAbsent::Exists);
+                }
+                let base = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let tmp = dir.join(format!(
+                    ".{base}.{}.{}.tmp",
+                    std::process::id(),
+                    TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+                ));
+                let result = (|| {
+                    let mut f = durable::create_new_file(&tmp, FILE_MODE, owner)?;
+                    loop {
+                        match chunks.blocking_recv() {
+                            Some(StreamChunk::Data(b)) => f
+                                .write_all(&b)
+                                .map_err(|e| StoreError::io("write", &tmp, e))?,
+                            Some(StreamChunk::End) => break,
+                            None => return Err(StreamChunk::abandoned(&shown)),
+                        }
+                    }
+                    f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
+                    match fs::hard_link(&tmp, &path) {
+                        Ok(()) => Ok(true),
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                        Err(e) => Err(StoreError::io("link", &path, e)),
+                    }
+                })();
+                let _ = fs::remove_file(&tmp);
+                let created = result?;
                 durable::fsync_dir(&dir)?;
                 Ok(if created {
                     PutIfAbsent::Created

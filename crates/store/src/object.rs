@@ -29,7 +29,7 @@ use crate::error::{Result, StoreError};
 use crate::location::{Service, StoreUrl};
 use crate::store::{
     ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, ObjectReader, PutIfAbsent,
-    StoreFuture,
+    StoreFuture, StreamChunk,
 };
 
 /// Files up to this size are uploaded with one conditional PUT; larger ones as a multipart
@@ -39,6 +39,9 @@ const SINGLE_PUT_MAX: u64 = 16 * 1024 * 1024;
 const PART_SIZE: usize = 16 * 1024 * 1024;
 /// Parts in flight at once: memory is about `PART_SIZE * (PARTS_IN_FLIGHT + 1)`.
 const PARTS_IN_FLIGHT: usize = 4;
+/// Parts in flight for [`ArchiveStore::put_stream`] (a backup streaming while it arrives; the
+/// producer waits when they are all in flight): about 50 MB of memory at most.
+const STREAM_PARTS_IN_FLIGHT: usize = 2;
 
 /// The metadata key of [`ObjectAttrs::wal_sha256`].
 pub const SHA256_METADATA_KEY: &str = "walrelay-sha256";
@@ -344,6 +347,58 @@ impl ArchiveStore for ObjectStoreArchive {
                         .await
                         .map_err(|e| StoreError::remote("upload", self.display(name), e))?;
                     writer.write(&buf[..n]);
+                }
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    writer.finish().await.map_err(|e| {
+                        StoreError::remote("complete upload of", self.display(name), e)
+                    })?;
+                    Ok(PutIfAbsent::Created)
+                }
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    Err(e)
+                }
+            }
+        }
+        .boxed()
+    }
+
+    /// A multipart upload fed as the chunks arrive; the name is checked first (see
+    /// [`put_file_if_absent`](Self::put_file_if_absent)); an abandoned stream aborts the upload.
+    fn put_stream<'a>(
+        &'a self,
+        name: &'a str,
+        mut chunks: tokio::sync::mpsc::Receiver<StreamChunk>,
+    ) -> StoreFuture<'a, PutIfAbsent> {
+        async move {
+            let path = self.path(name);
+            match self.inner.head(&path).await {
+                Ok(_) => return Ok(PutIfAbsent::Exists),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(StoreError::remote("check", self.display(name), e)),
+            }
+            let upload = self
+                .inner
+                .put_multipart(&path)
+                .await
+                .map_err(|e| StoreError::remote("start upload of", self.display(name), e))?;
+            let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            let result: Result<()> = async {
+                loop {
+                    match chunks.recv().await {
+                        Some(StreamChunk::Data(b)) => {
+                            writer
+                                .wait_for_capacity(STREAM_PARTS_IN_FLIGHT)
+                                .await
+                                .map_err(|e| StoreError::remote("upload", self.display(name), e))?;
+                            writer.put(b);
+                        }
+                        Some(StreamChunk::End) => return Ok(()),
+                        None => return Err(StreamChunk::abandoned(&self.display(name))),
+                    }
                 }
             }
             .await;

@@ -84,6 +84,16 @@ pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T>>;
 /// An object's bytes as they arrive (from [`ArchiveStore::reader`]).
 pub type ObjectReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 
+/// What a writer sends [`ArchiveStore::put_stream`].
+#[derive(Debug)]
+pub enum StreamChunk {
+    /// The next bytes of the object.
+    Data(Bytes),
+    /// The object is complete: make it visible. A channel that closes without `End` means the
+    /// writer failed, and the upload is abandoned (no object appears).
+    End,
+}
+
 /// An archive's object storage. Every method is cancellation-safe in the sense that dropping the
 /// future leaves no partial object under a final name (object stores create objects atomically;
 /// [`crate::LocalDirStore`] writes a temp file first).
@@ -130,6 +140,33 @@ pub trait ArchiveStore: Send + Sync + fmt::Debug {
         })
     }
 
+    /// Creates `name` from chunks as they are produced (a base backup's tar stream while it
+    /// arrives) unless it exists; never replaces one. The object appears only after
+    /// [`StreamChunk::End`]; if the channel closes before, nothing appears and this fails. Memory
+    /// is bounded by the implementations (a multipart upload's parts in flight, a temp file);
+    /// this default collects the chunks in memory.
+    fn put_stream<'a>(
+        &'a self,
+        name: &'a str,
+        mut chunks: tokio::sync::mpsc::Receiver<StreamChunk>,
+    ) -> StoreFuture<'a, PutIfAbsent> {
+        Box::pin(async move {
+            let mut data = Vec::new();
+            loop {
+                match chunks.recv().await {
+                    Some(StreamChunk::Data(b)) => data.extend_from_slice(&b),
+                    Some(StreamChunk::End) => break,
+                    None => return Err(StreamChunk::abandoned(name)),
+                }
+            }
+            let put = NewObject {
+                data: Bytes::from(data),
+                attrs: ObjectAttrs::default(),
+            };
+            self.put_if_absent(name, put).await
+        })
+    }
+
     /// The object's bytes as a stream (bounded memory for large objects), or `None` when there is
     /// none of that name. This default fetches it whole.
     fn reader<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<ObjectReader>> {
@@ -139,6 +176,17 @@ pub trait ArchiveStore: Send + Sync + fmt::Debug {
                 .await?
                 .map(|f| Box::new(std::io::Cursor::new(f.bytes)) as ObjectReader))
         })
+    }
+}
+
+impl StreamChunk {
+    /// The error of a stream whose writer stopped before [`StreamChunk::End`].
+    pub fn abandoned(name: &str) -> StoreError {
+        StoreError::io(
+            "upload",
+            name,
+            std::io::Error::other("the writer stopped before the end; nothing was stored"),
+        )
     }
 }
 
