@@ -10,9 +10,14 @@
 //!   the two markers, with `--backup latest`, picks b1 (the oldest kept backup) and lands exactly
 //!   between them; `pg_verifybackup` accepts the restored directory before it starts; `--standby`
 //!   seeds a standby from the archive that ends up streaming from the primary.
-//! * [`backup_into_s3_and_restore_from_the_bucket`]: the same backup into a bucket under pgbench,
-//!   listed, restored with `--target immediate` and started: consistent, every row of the
-//!   backup's time there; `backup delete` leaves nothing of it.
+//! * [`backup_into_s3_and_restore_from_the_bucket`]: the same backup into a bucket under pgbench
+//!   (each tar stream uploaded while it arrives), listed, restored with `--target immediate` and
+//!   started: consistent, every row of the backup's time there; a label in use is refused; a
+//!   40 MB object goes up as a multipart upload from a file and reads back byte for byte; the
+//!   same into a `file://` archive; `backup delete` leaves nothing of it.
+//! * [`bad_input_is_refused_with_one_line`]: usage errors, one line each, nothing created.
+//! * [`backup_and_restore_on_the_matrix_majors`]: PostgreSQL 10–18 when `WALRELAY_PG_MAJORS`
+//!   lists them.
 
 #![allow(clippy::unwrap_used)]
 
@@ -396,6 +401,10 @@ fn backup_into_s3_and_restore_from_the_bucket() {
         ],
     );
     assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("archive stored archive=base.tar.zst") && err.contains("streamed=true"),
+        "the tar stream goes up while it arrives: {err}"
+    );
     load.wait().unwrap();
     assert_eq!(
         fs::read_dir(&spool).unwrap().count(),
@@ -478,6 +487,36 @@ fn backup_into_s3_and_restore_from_the_bucket() {
             restored.psql("SELECT count(*) FROM pgbench_accounts"),
             "200000"
         );
+        assert_eq!(restored.psql("SELECT count(*) FROM pgbench_branches"), "2");
+    }
+
+    // The object layout in a local directory (file://): streamed into place the same way.
+    {
+        let root = archive_dir(&primary, "file-archive");
+        let file_url = format!("file://{}", s(&root));
+        run_ok(
+            &bin,
+            &[
+                "backup", "-d", &conn, "-D", &file_url, "-l", "local", "-c", "fast",
+            ],
+        );
+        assert!(root
+            .join(format!("{sysid}/backups/local/descriptor.json"))
+            .is_file());
+        let data = empty_data_dir(&primary, "from-file");
+        run_ok(
+            &bin,
+            &[
+                "bootstrap",
+                "--from-archive",
+                &file_url,
+                "--target",
+                "immediate",
+                "-D",
+                s(&data),
+            ],
+        );
+        let restored = start_recovered(&primary, &data, "from-file");
         assert_eq!(restored.psql("SELECT count(*) FROM pgbench_branches"), "2");
     }
 

@@ -1,13 +1,17 @@
 //! [`SpoolSink`]: the [`ArchiveSink`] of `walrelay backup` — each tar stream of a `BASE_BACKUP`
-//! compressed into a spool file while it arrives, and parsed on the way so that every file's
-//! bytes reach the manifest checksum collector (the backup is verified as it is written, without
-//! reading anything back).
+//! compressed while it arrives, into a spool file (a directory archive, which then hard-links
+//! it into place) or straight into object storage (a multipart upload fed as the bytes come,
+//! [`Destination::Upload`]), and parsed on the way so that every file's bytes reach the manifest
+//! checksum collector (the backup is verified as it is written, without reading anything back).
 //!
 //! ```text
 //!  feed ──► Tee ──► compress ──► hash (SHA-256, size) ──► SPOOL/base.tar.zst.partial
 //!            │                                              fsync, rename to base.tar.zst
+//!            │                                       or ──► channel (2 × 4 MB) ──► put_stream
 //!            └──► TarReader ──► ExtractObserver (manifest checksums)
 //! ```
+//!
+//! A streamed object becomes visible only when its upload completes; a failure abandons it.
 //!
 //! Servers before 15 send no end-of-archive blocks; the stored stream gets them, so that every
 //! stored tar is a complete tar file (`tar -t` reads it).
@@ -19,11 +23,13 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 use walrelay_basebackup::{
     sanitize_member_path, ArchiveKind, ArchiveSink, ChunkRead, ExtractError, ExtractObserver,
     MemberKind, TarReader, WrittenPaths,
 };
 use walrelay_durable::{fsync_dir, Owner};
+use walrelay_store::{ArchiveStore, PutIfAbsent, StoreError, StreamChunk};
 
 use crate::codec::Codec;
 
@@ -36,13 +42,39 @@ const SPOOL_FILE_MODE: u32 = 0o640;
 /// Largest chunk of member data shown to the observer at once.
 const OBSERVE_CHUNK: usize = 1024 * 1024;
 
-/// One tar stream in the spool, complete and fsynced.
+/// Bytes handed to the uploader at once.
+const UPLOAD_CHUNK: usize = 4 * 1024 * 1024;
+
+/// Where the tar streams go.
+pub enum Destination {
+    /// Files in this spool directory, uploaded afterwards.
+    Spool(PathBuf),
+    /// Straight into the store, under `prefix` (the backup's directory, ending in `/`).
+    Upload {
+        store: std::sync::Arc<dyn ArchiveStore>,
+        prefix: String,
+        runtime: tokio::runtime::Handle,
+        /// Why an upload failed, typed (the sink's own error is an IO error).
+        failure: Arc<Mutex<Option<UploadFailure>>>,
+    },
+}
+
+/// A failed streamed upload, for the caller to report with its real cause.
+#[derive(Debug)]
+pub enum UploadFailure {
+    Store(StoreError),
+    /// The object name was taken.
+    Exists(String),
+}
+
+/// One tar stream stored, complete: in the spool (fsynced) or already uploaded.
 #[derive(Clone, Debug)]
 pub struct SpooledArchive {
     pub kind: ArchiveKind,
     /// The object name (`base.tar.zst`).
     pub name: String,
-    pub path: PathBuf,
+    /// The spool file; `None` when it was streamed into the store.
+    pub path: Option<PathBuf>,
     pub raw_bytes: u64,
     pub stored_bytes: u64,
     pub sha256: String,
@@ -51,16 +83,16 @@ pub struct SpooledArchive {
 /// Stores each archive compressed in `spool`; what it stored is readable through the handle from
 /// [`SpoolSink::spooled`].
 pub struct SpoolSink {
-    spool: PathBuf,
+    dest: Destination,
     codec: Codec,
     owner: Owner,
     done: Arc<Mutex<Vec<SpooledArchive>>>,
 }
 
 impl SpoolSink {
-    pub fn new(spool: impl Into<PathBuf>, codec: Codec, owner: Owner) -> SpoolSink {
+    pub fn new(dest: Destination, codec: Codec, owner: Owner) -> SpoolSink {
         SpoolSink {
-            spool: spool.into(),
+            dest,
             codec,
             owner,
             done: Arc::default(),
@@ -218,6 +250,144 @@ pub fn store_tar<W: Write>(
     Ok((raw, out))
 }
 
+/// Hands what is written to the uploader in chunks of [`UPLOAD_CHUNK`] (a bounded channel: a
+/// slow upload slows the backup down). Dropped without [`ChannelWriter::end`], the upload is
+/// abandoned.
+struct ChannelWriter {
+    tx: mpsc::Sender<StreamChunk>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(UPLOAD_CHUNK));
+        self.tx
+            .blocking_send(StreamChunk::Data(Bytes::from(chunk)))
+            .map_err(|_| io::Error::other("the upload stopped"))
+    }
+
+    fn end(mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.send()?;
+        }
+        self.tx
+            .blocking_send(StreamChunk::End)
+            .map_err(|_| io::Error::other("the upload stopped"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        if self.buf.len() >= UPLOAD_CHUNK {
+            self.send()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SpoolSink {
+    fn to_spool(
+        &self,
+        spool: &Path,
+        name: &str,
+        reader: &mut dyn ChunkRead,
+        prefix: &Path,
+        observer: &mut dyn ExtractObserver,
+    ) -> Result<(u64, u64, String, Option<PathBuf>), ExtractError> {
+        let path = spool.join(name);
+        let partial = spool.join(format!("{name}.partial"));
+        let file = walrelay_durable::create_new_file(&partial, SPOOL_FILE_MODE, self.owner)?;
+        let out = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file));
+        let (raw, out) = store_tar(reader, out, self.codec, prefix, observer, &partial)?;
+        let (buffered, stored, sha256) = out.finish();
+        let file = buffered
+            .into_inner()
+            .map_err(|e| io_err("write", &partial)(e.into_error()))?;
+        file.sync_all().map_err(io_err("fsync", &partial))?;
+        drop(file);
+        fs::rename(&partial, &path).map_err(io_err("rename", &partial))?;
+        fsync_dir(spool)?;
+        Ok((raw, stored, sha256, Some(path)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn to_store(
+        &self,
+        store: &std::sync::Arc<dyn ArchiveStore>,
+        object: String,
+        runtime: &tokio::runtime::Handle,
+        failure: &Mutex<Option<UploadFailure>>,
+        reader: &mut dyn ChunkRead,
+        prefix: &Path,
+        observer: &mut dyn ExtractObserver,
+    ) -> Result<(u64, u64, String, Option<PathBuf>), ExtractError> {
+        let (tx, rx) = mpsc::channel(2);
+        let task = {
+            let store = store.clone();
+            let object = object.clone();
+            runtime.spawn(async move { store.put_stream(&object, rx).await })
+        };
+        let shown = PathBuf::from(&object);
+        let writer = ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(UPLOAD_CHUNK),
+        };
+        let stored = store_tar(
+            reader,
+            HashingWriter::new(writer),
+            self.codec,
+            prefix,
+            observer,
+            &shown,
+        );
+        let (raw, out) = match stored {
+            Ok(v) => v,
+            Err(e) => {
+                // the writer is gone: the upload is abandoned; wait until it is
+                let _ = runtime.block_on(task);
+                return Err(e);
+            }
+        };
+        let (writer, stored, sha256) = out.finish();
+        let ended = writer.end();
+        let uploaded = runtime.block_on(task);
+        let upload_failed = |what: String, cause: UploadFailure| {
+            if let Ok(mut f) = failure.lock() {
+                *f = Some(cause);
+            }
+            ExtractError::Io {
+                action: "upload",
+                path: shown.clone(),
+                source: io::Error::other(what),
+            }
+        };
+        match uploaded {
+            Ok(Ok(PutIfAbsent::Created)) => {}
+            Ok(Ok(PutIfAbsent::Exists)) => {
+                return Err(upload_failed(
+                    "the object exists".into(),
+                    UploadFailure::Exists(object),
+                ))
+            }
+            Ok(Err(e)) => return Err(upload_failed(e.to_string(), UploadFailure::Store(e))),
+            Err(e) => {
+                return Err(ExtractError::Io {
+                    action: "upload",
+                    path: shown,
+                    source: io::Error::other(e.to_string()),
+                })
+            }
+        }
+        ended.map_err(io_err("upload", &shown))?;
+        Ok((raw, stored, sha256, None))
+    }
+}
+
 impl ArchiveSink for SpoolSink {
     fn archive(
         &mut self,
@@ -226,24 +396,28 @@ impl ArchiveSink for SpoolSink {
         observer: &mut dyn ExtractObserver,
     ) -> Result<(), ExtractError> {
         let name = format!("{}{}", kind.archive_name(), self.codec.suffix());
-        let path = self.spool.join(&name);
-        let partial = self.spool.join(format!("{name}.partial"));
-        let file = walrelay_durable::create_new_file(&partial, SPOOL_FILE_MODE, self.owner)?;
         let prefix = match kind {
             ArchiveKind::Base => PathBuf::new(),
             ArchiveKind::Tablespace(oid) => Path::new("pg_tblspc").join(oid.to_string()),
         };
-        let out = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file));
-        let (raw, out) = store_tar(reader, out, self.codec, &prefix, observer, &partial)?;
-        let (buffered, stored, sha256) = out.finish();
-        let file = buffered
-            .into_inner()
-            .map_err(|e| io_err("write", &partial)(e.into_error()))?;
-        file.sync_all().map_err(io_err("fsync", &partial))?;
-        drop(file);
-        fs::rename(&partial, &path).map_err(io_err("rename", &partial))?;
-        fsync_dir(&self.spool)?;
-        tracing::info!(archive = %name, raw_bytes = raw, stored_bytes = stored, "archive stored in the spool");
+        let (raw, stored, sha256, path) = match &self.dest {
+            Destination::Spool(spool) => self.to_spool(spool, &name, reader, &prefix, observer)?,
+            Destination::Upload {
+                store,
+                prefix: object_prefix,
+                runtime,
+                failure,
+            } => self.to_store(
+                store,
+                format!("{object_prefix}{name}"),
+                runtime,
+                failure,
+                reader,
+                &prefix,
+                observer,
+            )?,
+        };
+        tracing::info!(archive = %name, raw_bytes = raw, stored_bytes = stored, streamed = path.is_none(), "archive stored");
         if let Ok(mut done) = self.done.lock() {
             done.push(SpooledArchive {
                 kind,

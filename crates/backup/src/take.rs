@@ -18,6 +18,7 @@
 use std::fs;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -40,7 +41,7 @@ use crate::descriptor::{
     ObjectKind, StoredObject, DESCRIPTOR, FORMAT_VERSION, MANIFEST, STARTED,
 };
 use crate::error::{BackupJobError, Result};
-use crate::sink::{compress_file, SpoolSink};
+use crate::sink::{compress_file, Destination, SpoolSink, UploadFailure};
 
 /// First major with backup manifests.
 const MANIFEST_MAJOR: u32 = 13;
@@ -274,7 +275,20 @@ impl Job<'_> {
             .start(params)
             .await
             .map_err(BackupJobError::WalStreamStart)?;
-        let sink = SpoolSink::new(self.spool, config.codec, owner);
+        // A directory archive: a spool inside it, hard-linked into place; object storage: each
+        // tar stream uploaded while it arrives.
+        let failure = Arc::new(Mutex::new(None));
+        let dest = if self.archive.dir.is_some() {
+            Destination::Spool(self.spool.to_path_buf())
+        } else {
+            Destination::Upload {
+                store: self.archive.store.clone(),
+                prefix: self.archive.names.backup_prefix(self.label),
+                runtime: tokio::runtime::Handle::current(),
+                failure: failure.clone(),
+            }
+        };
+        let sink = SpoolSink::new(dest, config.codec, owner);
         let spooled = sink.spooled();
         let received = stream
             .receive_into(
@@ -289,7 +303,15 @@ impl Job<'_> {
             Ok(r) => r,
             Err(e) => {
                 handle.abort().await;
-                return Err(e.into());
+                let typed = failure.lock().ok().and_then(|mut f| f.take());
+                return Err(match typed {
+                    Some(UploadFailure::Store(s)) => BackupJobError::Store(s),
+                    Some(UploadFailure::Exists(object)) => BackupJobError::LabelExists {
+                        label: self.label.to_string(),
+                        object,
+                    },
+                    None => e.into(),
+                });
             }
         };
         progress.set_phase(BackupPhase::Finishing);
@@ -316,7 +338,7 @@ impl Job<'_> {
         let end_time = SystemTime::now();
 
         // What goes into the archive.
-        let mut objects: Vec<(StoredObject, PathBuf)> = Vec::new();
+        let mut objects: Vec<(StoredObject, Option<PathBuf>)> = Vec::new();
         let archives = spooled.lock().map(|v| v.clone()).unwrap_or_default();
         for a in &archives {
             let (kind, oid, location) = match a.kind {
@@ -343,9 +365,16 @@ impl Job<'_> {
                 a.path.clone(),
             ));
         }
-        objects.extend(self.compress_wal(&pg_wal, owner)?);
+        objects.extend(
+            self.compress_wal(&pg_wal, owner)?
+                .into_iter()
+                .map(|(o, p)| (o, Some(p))),
+        );
 
         for (object, path) in &objects {
+            let Some(path) = path else {
+                continue; // streamed into the store while it arrived
+            };
             let name = self.archive.names.object(self.label, &object.name);
             tracing::debug!(object = %name, bytes = object.stored_bytes, "uploading");
             if self.archive.store.put_file_if_absent(&name, path).await? == PutIfAbsent::Exists {

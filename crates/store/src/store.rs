@@ -14,9 +14,13 @@
 //! # Objects are whole files
 //!
 //! A WAL segment (16 MB by default, at most 1 GB) is uploaded in one request from memory; so is
-//! every object this crate writes. Large streamed objects (base backups, issue 16) will be written
-//! under a temporary name with a multipart upload and made final by a small descriptor object put
-//! with [`ArchiveStore::put_if_absent`] — the seam stays the same.
+//! every small object. Large objects (a base backup's tar streams) go through
+//! [`ArchiveStore::put_stream`] (chunks as they are produced) or
+//! [`ArchiveStore::put_file_if_absent`] (a file): a multipart upload for object storage, which
+//! makes the object visible only when it completes, after a check that the name is free (a
+//! multipart upload cannot be conditional everywhere: the backup that writes it has claimed its
+//! label with a conditional put first, and is made complete by a descriptor put last);
+//! [`ArchiveStore::reader`] reads them back as a stream.
 //!
 //! Names are relative to the store's root (the URL's prefix), `/`-separated, built by
 //! [`crate::layout`].
