@@ -124,6 +124,17 @@ pub async fn delete_backup(archive: &OpenedArchive, label: &str) -> Result<usize
     crate::descriptor::validate_label(label)?;
     let prefix = archive.names.backup_prefix(label);
     let objects = archive.store.list(&prefix).await?;
+    // A directory archive: the spool of a backup that was killed (it holds nothing listed).
+    let spool = archive.dir.as_ref().map(|d| {
+        d.join(crate::descriptor::BACKUPS_DIR)
+            .join(format!(".{label}.spool"))
+    });
+    if let Some(spool) = spool.as_ref().filter(|p| p.exists()) {
+        std::fs::remove_dir_all(spool).map_err(|e| BackupJobError::io("remove", spool, e))?;
+        if objects.is_empty() {
+            return Ok(0);
+        }
+    }
     if objects.is_empty() {
         return Err(BackupJobError::NoBackup(format!(
             "the archive has no backup labelled {label:?}: see walrelay backup list"

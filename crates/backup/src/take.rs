@@ -5,13 +5,15 @@
 //!    label fails here, before anything else is written.
 //! 3. `BASE_BACKUP` (manifest with CRC-32C on 13+); as soon as the start is known, the backup's
 //!    own WAL is streamed (temporary slot) into the spool's `pg_wal`, as bootstrap does.
-//! 4. Each tar stream is compressed into the spool while it arrives ([`SpoolSink`]), every file's
-//!    bytes checked against the manifest on the way; the manifest's own checksum is verified.
+//! 4. Each tar stream is compressed while it arrives ([`SpoolSink`]) — into object storage as a
+//!    multipart upload fed as the bytes come, or into a spool inside a directory archive — every
+//!    file's bytes checked against the manifest on the way; the manifest's own checksum is
+//!    verified.
 //! 5. The WAL stream ends at the backup's end; the WAL the manifest's `WAL-Ranges` need must be
 //!    there, complete.
-//! 6. Upload: tar streams (multipart for buckets, a hard link for a directory on the same file
-//!    system), WAL, manifest — never replacing an object — then **`descriptor.json` last**: a
-//!    backup without it is never restored.
+//! 6. Upload: spooled tar streams (a hard link into the directory archive), WAL, manifest —
+//!    never replacing an object — then **`descriptor.json` last**: a backup without it is never
+//!    restored.
 //!
 //! On failure everything stored under the label (and the spool) is removed, best effort.
 
