@@ -8,7 +8,7 @@
 //!   --from-archive` before anything is configured (exit 5, one line, no directory left);
 //!   `prune --keep-backups 2` removes b0 and the WAL before b1 only; a PITR to a time between
 //!   the two markers, with `--backup latest`, picks b1 (the oldest kept backup) and lands exactly
-//!   between them; `pg_verifybackup` accepts the restored directory before it starts; `--standby`
+//!   between them, and so does one to an LSN between them; `pg_verifybackup` accepts the restored directory before it starts; `--standby`
 //!   seeds a standby from the archive that ends up streaming from the primary.
 //! * [`backup_into_s3_and_restore_from_the_bucket`]: the same backup into a bucket under pgbench
 //!   (each tar stream uploaded while it arrives), listed, restored with `--target immediate` and
@@ -188,6 +188,7 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
     backup("b1", &[]);
     primary.psql("INSERT INTO marker VALUES (1, clock_timestamp())");
     let between = primary.psql("SELECT clock_timestamp()::text");
+    let between_lsn = primary.current_wal_lsn();
     std::thread::sleep(Duration::from_millis(50));
     primary.psql("INSERT INTO marker VALUES (2, clock_timestamp())");
     backup("b2", &["--compress", "lz4"]);
@@ -323,6 +324,30 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
             "1"
         );
         assert!(recovered.log_tail(200).contains("restored log file"));
+    }
+
+    // The same by LSN: the newest backup ending before it is b1 again.
+    let by_lsn = empty_data_dir(&primary, "pitr-lsn");
+    let (code, out, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "--target-lsn",
+            &between_lsn.to_string(),
+            "-D",
+            s(&by_lsn),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("restored backup b1"), "{err}");
+    {
+        let recovered = start_recovered(&primary, &by_lsn, "pitr-lsn");
+        assert_eq!(
+            recovered.psql("SELECT string_agg(id::text, ',') FROM marker"),
+            "1"
+        );
     }
 
     // A standby seeded from the archive (latest = b2), then streaming from the primary.
