@@ -403,6 +403,9 @@ fn backup_into_s3_and_restore_from_the_bucket() {
         .start();
     let bin = walrelay_for_postgres(&primary);
     primary.pgbench_init(2);
+    // A tablespace: its own tar stream, restored elsewhere with -T.
+    let ts_dir = primary.create_tablespace("ts1");
+    primary.psql("CREATE TABLE in_ts TABLESPACE ts1 AS SELECT generate_series(1, 5000) AS i");
     let conn = primary.replication_conninfo();
     let spool = primary.scratch_path("spool");
     fs::create_dir_all(&spool).unwrap();
@@ -491,6 +494,8 @@ fn backup_into_s3_and_restore_from_the_bucket() {
     }
 
     let data = empty_data_dir(&primary, "from-s3");
+    let ts_new = primary.scratch_path("ts1-restored");
+    let mapping = format!("{}={}", s(&ts_dir), s(&ts_new));
     let (code, out, err) = run(
         &bin,
         &[
@@ -501,7 +506,15 @@ fn backup_into_s3_and_restore_from_the_bucket() {
             "immediate",
             "-D",
             s(&data),
+            "-T",
+            &mapping,
         ],
+    );
+    assert!(
+        objects
+            .iter()
+            .any(|o| o.name.ends_with(".tar.zst") && !o.name.ends_with("/base.tar.zst")),
+        "the tablespace has its own object: {objects:?}"
     );
     assert_eq!(code, Some(0), "{out}{err}");
     let verified = pg_verifybackup(&data, &VerifyBackupOptions::default()).unwrap();
@@ -516,6 +529,13 @@ fn backup_into_s3_and_restore_from_the_bucket() {
             "200000"
         );
         assert_eq!(restored.psql("SELECT count(*) FROM pgbench_branches"), "2");
+        assert_eq!(restored.psql("SELECT count(*) FROM in_ts"), "5000");
+        assert_eq!(
+            restored.psql(
+                "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"
+            ),
+            s(&ts_new)
+        );
     }
 
     // The object layout in a local directory (file://): streamed into place the same way.
@@ -532,6 +552,7 @@ fn backup_into_s3_and_restore_from_the_bucket() {
             .join(format!("{sysid}/backups/local/descriptor.json"))
             .is_file());
         let data = empty_data_dir(&primary, "from-file");
+        let mapping = format!("{}={}", s(&ts_dir), s(&primary.scratch_path("ts1-file")));
         run_ok(
             &bin,
             &[
@@ -542,6 +563,8 @@ fn backup_into_s3_and_restore_from_the_bucket() {
                 "immediate",
                 "-D",
                 s(&data),
+                "-T",
+                &mapping,
             ],
         );
         let restored = start_recovered(&primary, &data, "from-file");
