@@ -191,3 +191,139 @@ pub async fn prune_backups(
         wal_segment_size: oldest.map(|b| b.wal_segment_size),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::descriptor::{
+        rfc3339, BackupDescriptor, ObjectKind, StoredObject, FORMAT_VERSION, MANIFEST,
+    };
+    use bytes::Bytes;
+    use walrelay_store::{put_new, ObjectAttrs};
+
+    fn descriptor(label: &str, start: u64, end_unix: i64) -> BackupDescriptor {
+        BackupDescriptor {
+            format_version: FORMAT_VERSION,
+            label: label.into(),
+            system_identifier: 7,
+            server_version: 150000,
+            wal_segment_size: 1 << 20,
+            start_lsn: Lsn(start),
+            start_timeline: 1,
+            end_lsn: Lsn(start + 100),
+            end_timeline: 1,
+            start_time: rfc3339(end_unix - 1),
+            end_time: rfc3339(end_unix),
+            compression: "zstd".into(),
+            manifest: true,
+            objects: vec![StoredObject {
+                name: "base.tar.zst".into(),
+                kind: ObjectKind::Base,
+                tablespace_oid: None,
+                tablespace_location: None,
+                stored_bytes: 1,
+                raw_bytes: 1,
+                sha256: "0".repeat(64),
+            }],
+        }
+    }
+
+    async fn put(a: &OpenedArchive, label: &str, name: &str, data: Vec<u8>) {
+        put_new(
+            a.store.as_ref(),
+            &a.names.object(label, name),
+            Bytes::from(data),
+            &ObjectAttrs::default(),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn stored(a: &OpenedArchive, label: &str, start: u64, end_unix: i64) {
+        for name in [
+            STARTED,
+            "base.tar.zst",
+            MANIFEST,
+            "wal/000000010000000000000001.zst",
+        ] {
+            put(a, label, name, b"x".to_vec()).await;
+        }
+        put(
+            a,
+            label,
+            DESCRIPTOR,
+            descriptor(label, start, end_unix).to_json(),
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn list_delete_and_retention_over_a_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let a = OpenedArchive::open(&ArchiveLocation::Dir(d.path().to_path_buf()), None)
+            .await
+            .unwrap();
+        assert!(list_backups(&a).await.unwrap().backups.is_empty());
+        stored(&a, "c", 3 << 20, 3000).await;
+        stored(&a, "a", 1 << 20, 1000).await;
+        stored(&a, "b", 2 << 20, 2000).await;
+        // one without a descriptor: running or failed
+        put(&a, "x", STARTED, b"{}".to_vec()).await;
+        let c = list_backups(&a).await.unwrap();
+        let labels: Vec<&str> = c.backups.iter().map(|b| b.label.as_str()).collect();
+        assert_eq!(labels, ["a", "b", "c"]);
+        assert_eq!(c.incomplete, ["x"]);
+
+        // a damaged descriptor is an error naming the backup, not a silent skip
+        put(&a, "bad", DESCRIPTOR, b"{".to_vec()).await;
+        let e = list_backups(&a).await.unwrap_err();
+        assert!(e.to_string().contains("\"bad\""), "{e}");
+        assert_eq!(delete_backup(&a, "bad").await.unwrap(), 1);
+
+        // retention: a dry run removes nothing; then the oldest goes, WAL kept from b's start
+        let p = prune_backups(
+            &a,
+            Retention {
+                keep_backups: Some(2),
+                keep_seconds: None,
+            },
+            5000,
+            true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (p.kept.clone(), p.removed.clone()),
+            (vec!["b".into(), "c".into()], vec!["a".to_string()])
+        );
+        assert_eq!(list_backups(&a).await.unwrap().backups.len(), 3);
+        let p = prune_backups(
+            &a,
+            Retention {
+                keep_backups: Some(2),
+                keep_seconds: None,
+            },
+            5000,
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(p.keep_wal_from, Some(Lsn(2 << 20)));
+        assert_eq!(p.wal_segment_size, Some(1 << 20));
+        assert!(
+            !d.path().join("backups/a").exists(),
+            "no empty directory left"
+        );
+        let c = list_backups(&a).await.unwrap();
+        assert_eq!(c.backups.len(), 2);
+        assert!(matches!(
+            delete_backup(&a, "a").await,
+            Err(BackupJobError::NoBackup(_))
+        ));
+        assert!(matches!(
+            delete_backup(&a, "../a").await,
+            Err(BackupJobError::Descriptor(_))
+        ));
+    }
+}
