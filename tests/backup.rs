@@ -9,7 +9,8 @@
 //!   `prune --keep-backups 2` removes b0 and the WAL before b1 only; a PITR to a time between
 //!   the two markers, with `--backup latest`, picks b1 (the oldest kept backup) and lands exactly
 //!   between them, and so does one to an LSN between them; `pg_verifybackup` accepts the restored directory before it starts; `--standby`
-//!   seeds a standby from the archive that ends up streaming from the primary.
+//!   seeds a standby from the archive that ends up streaming from the primary; a flipped bit in a
+//!   backup's stored WAL is caught as well.
 //! * [`backup_into_s3_and_restore_from_the_bucket`]: the same backup into a bucket under pgbench
 //!   (each tar stream uploaded while it arrives), listed, restored with `--target immediate` and
 //!   started: consistent, every row of the backup's time there; a label in use is refused; a
@@ -384,6 +385,37 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
         || standby.log_tail(30),
     );
     drop(standby);
+
+    // A damaged WAL file of a backup is caught too, and the restore leaves nothing.
+    let wal_dir = archive.join("backups/b2/wal");
+    let first = fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "lz4"))
+        .unwrap();
+    let mut bytes = fs::read(&first).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x01;
+    fs::write(&first, bytes).unwrap();
+    let target = empty_data_dir(&primary, "damaged-wal");
+    let (code, out, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "--backup",
+            "b2",
+            "--target",
+            "immediate",
+            "-D",
+            s(&target),
+        ],
+    );
+    assert_eq!(code, Some(5), "{out}{err}");
+    assert!(err.contains("damaged") && err.contains("wal/"), "{err}");
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "emptied");
+
     let mut primary = primary;
     primary.stop(StopMode::Fast);
 }

@@ -273,31 +273,35 @@ async fn restore_into(
     let mut wal_files = 0;
     for object in d.objects.iter().filter(|o| o.kind == ObjectKind::Wal) {
         let name = archive.names.object(label, &object.name);
-        let fetched = archive
+        let reader = archive
             .store
-            .get(&name)
+            .reader(&name)
             .await?
             .ok_or_else(|| BackupJobError::damaged(label, &object.name, "is missing"))?;
-        check_stored(
-            label,
-            object,
-            fetched.bytes.len() as u64,
-            &hex::encode(Sha256::digest(&fetched.bytes)),
-        )?;
-        let mut plain = Vec::new();
-        codec
-            .decoder(&fetched.bytes[..])
-            .and_then(|mut r| r.read_to_end(&mut plain))
-            .map_err(|e| {
-                BackupJobError::damaged(label, &object.name, format!("does not decompress: {e}"))
-            })?;
         let file = object
             .name
             .rsplit('/')
             .next()
             .unwrap_or(&object.name)
-            .trim_end_matches(codec.suffix());
-        write_file_atomic(&pg_wal.join(file), &plain, 0o600, owner)?;
+            .trim_end_matches(codec.suffix())
+            .to_string();
+        let bridge = SyncIoBridge::new(reader);
+        let (obj, lab, dir, stop) = (
+            object.clone(),
+            label.to_string(),
+            pg_wal.clone(),
+            cleanup.stop.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let _active = stop.enter();
+            let input = Stoppable {
+                inner: bridge,
+                stop: stop.clone(),
+            };
+            restore_wal_file(input, codec, &obj, &lab, &dir, &file, owner)
+        })
+        .await
+        .map_err(|e| BackupJobError::io("restore", &pg_wal, io::Error::other(e.to_string())))??;
         wal_files += 1;
     }
     let present = complete_segments(&pg_wal, seg_size)
@@ -359,6 +363,50 @@ async fn restore_into(
         files_verified,
         wal_files,
     })
+}
+
+/// Streams one stored WAL file into `dir/file` (a temp name, fsynced, renamed), checking its
+/// stored size and SHA-256 before the rename.
+fn restore_wal_file<R: Read + Send>(
+    input: R,
+    codec: Codec,
+    object: &StoredObject,
+    label: &str,
+    dir: &Path,
+    file: &str,
+    owner: Owner,
+) -> Result<()> {
+    let mut hashing = HashingReader {
+        inner: io::BufReader::with_capacity(1 << 20, input),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let tmp = dir.join(format!("{file}.walrelay-tmp"));
+    let path = dir.join(file);
+    let result = (|| {
+        let mut out = walrelay_durable::create_new_file(&tmp, 0o600, owner)?;
+        {
+            let mut decoder = codec.decoder(&mut hashing).map_err(|e| {
+                BackupJobError::damaged(label, &object.name, format!("does not decompress: {e}"))
+            })?;
+            io::copy(&mut decoder, &mut out).map_err(|e| {
+                BackupJobError::damaged(label, &object.name, format!("does not decompress: {e}"))
+            })?;
+        }
+        io::copy(&mut hashing, &mut io::sink())
+            .map_err(|e| BackupJobError::damaged(label, &object.name, e.to_string()))?;
+        let sha = hex::encode(std::mem::take(&mut hashing.hasher).finalize());
+        check_stored(label, object, hashing.bytes, &sha)?;
+        out.sync_all()
+            .map_err(|e| BackupJobError::io("fsync", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| BackupJobError::io("rename", &tmp, e))?;
+        walrelay_durable::fsync_dir(dir)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// The stored size and SHA-256 must be what the descriptor recorded.
