@@ -567,10 +567,21 @@ pub struct PruneArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Keep the newest N backups stored in the archive (walrelay backup): remove the older ones,
+    /// and the WAL that no kept backup needs.
+    #[arg(long = "keep-backups", value_name = "N")]
+    pub keep_backups: Option<usize>,
+    /// Keep the stored backups that ended within D days (with --keep-backups: either rule keeps
+    /// a backup; the newest is always kept).
+    #[arg(long = "keep-days", value_name = "D")]
+    pub keep_days: Option<u64>,
 }
 
 /// Runs `walrelay prune`.
-pub async fn run_prune(args: PruneArgs) -> Result<i32> {
+pub async fn run_prune(mut args: PruneArgs) -> Result<i32> {
+    if args.keep_backups.is_some() || args.keep_days.is_some() {
+        crate::backup::apply_retention(&mut args).await?;
+    }
     if let ArchiveLocation::Store(url) = args.directory.get()? {
         return prune_store_cmd(&args, url).await;
     }
@@ -923,6 +934,8 @@ mod tests {
             dry_run: true,
             wal_segsize: None,
             json: false,
+            keep_backups: None,
+            keep_days: None,
         }
     }
 

@@ -105,6 +105,8 @@ pub struct BootstrapArgs {
     /// Owner of the files written, when running as root (default: the owner of DIR or its parent).
     #[arg(long = "owner", value_name = "USER")]
     pub owner: Option<String>,
+    #[command(flatten)]
+    pub from_archive: crate::backup::FromArchiveArgs,
 }
 
 fn parse_checkpoint(s: &str) -> Result<CheckpointMode, String> {
@@ -131,7 +133,7 @@ fn parse_format(s: &str) -> Result<String, String> {
     }
 }
 
-fn owner_by_name(name: &str) -> Result<Owner> {
+pub(crate) fn owner_by_name(name: &str) -> Result<Owner> {
     let user = nix::unistd::User::from_name(name)
         .with_context(|| format!("look up user \"{name}\""))?
         .ok_or_else(|| crate::exit::usage(format!("--owner: no such user \"{name}\"")))?;
@@ -142,7 +144,7 @@ fn owner_by_name(name: &str) -> Result<Owner> {
 /// handlers are installed when this is called — before the bootstrap creates anything — so a signal
 /// at any later moment leads to its cleanup (directory removed, created slot dropped) instead of the
 /// default action, which would leave a half-written data directory and a slot behind.
-fn stop_signals() -> Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn stop_signals() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
     let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
@@ -156,6 +158,9 @@ fn stop_signals() -> Result<impl std::future::Future<Output = ()>> {
 }
 
 pub async fn run(args: BootstrapArgs) -> Result<i32> {
+    if args.from_archive.from_archive.is_some() {
+        return crate::backup::run_from_archive(&args).await;
+    }
     let max_rate_kb = args
         .max_rate
         .as_deref()

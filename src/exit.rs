@@ -116,6 +116,7 @@ fn class_of_one(e: &(dyn StdError + 'static)) -> Option<ErrorClass> {
         walrelay_logical::SubsetError,
         walrelay_store::StoreError,
         walrelay_relay::RelayError,
+        walrelay_backup::BackupJobError,
         ClientError,
     );
     if let Some(c) = e.downcast_ref::<Classified>() {

@@ -5,6 +5,7 @@
 //! `walrelay-logical`, `walrelay-store`, `walrelay-relay`).
 
 mod archive_cmds;
+mod backup;
 mod bootstrap;
 mod check;
 mod connect;
@@ -52,6 +53,8 @@ struct Cli {
 enum Command {
     /// Seed a replicant: base backup + WAL stream + manifest check + standby configuration.
     Bootstrap(bootstrap::BootstrapArgs),
+    /// Store a base backup in the archive (directory or bucket); `backup list`, `backup delete`.
+    Backup(backup::BackupArgs),
     /// Show the whole job on a throwaway local primary: bootstrap a standby, watch rows arrive.
     Demo(demo::DemoArgs),
     /// Check that a server can feed a replicant (version, wal_level, free WAL senders, slot state).
@@ -155,6 +158,7 @@ fn main() -> ExitCode {
     let command = async move {
         match cli.command {
             Command::Bootstrap(a) => bootstrap::run(a).await,
+            Command::Backup(a) => backup::run(a).await,
             Command::Check(a) => check::run(a).await,
             Command::Demo(a) => demo::run(a).await,
             Command::Receive(a) => receive::run(a).await,

@@ -26,7 +26,7 @@ use bytes::{Buf, Bytes};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{AbortReason, BackupError};
-use crate::extract::{ArchiveExtractor, ArchiveKind};
+use crate::extract::{ArchiveExtractor, ArchiveKind, ExtractError, ExtractObserver};
 use crate::manifest::ChecksumCollector;
 use crate::sync::WrittenPaths;
 use crate::tar_stream::ChunkRead;
@@ -151,6 +151,37 @@ impl Drop for ActiveWriter {
     }
 }
 
+/// Where the archives of a `BASE_BACKUP` go, one after the other, on the extraction thread:
+/// [`ArchiveExtractor`] unpacks them into directories; a sink may as well store the tar streams
+/// themselves (`walrelay backup`). Each call must read `reader` to its end (the archive's end
+/// marker) and show every regular file, as the backup manifest names it, to `observer`.
+pub trait ArchiveSink: Send {
+    fn archive(
+        &mut self,
+        kind: ArchiveKind,
+        reader: &mut dyn ChunkRead,
+        observer: &mut dyn ExtractObserver,
+    ) -> Result<(), ExtractError>;
+
+    /// Every archive was taken: what was written, for [`WrittenPaths::sync_all`].
+    fn finish(self: Box<Self>) -> Result<WrittenPaths, ExtractError>;
+}
+
+impl ArchiveSink for ArchiveExtractor {
+    fn archive(
+        &mut self,
+        kind: ArchiveKind,
+        reader: &mut dyn ChunkRead,
+        observer: &mut dyn ExtractObserver,
+    ) -> Result<(), ExtractError> {
+        self.extract_chunks(kind, reader, observer).map(|_| ())
+    }
+
+    fn finish(self: Box<Self>) -> Result<WrittenPaths, ExtractError> {
+        Ok(self.into_written())
+    }
+}
+
 /// What the network task sends the extractor thread.
 #[derive(Debug)]
 pub(crate) enum Feed {
@@ -183,7 +214,7 @@ pub(crate) struct Extraction {
 
 impl Extraction {
     pub(crate) fn spawn(
-        extractor: ArchiveExtractor,
+        extractor: Box<dyn ArchiveSink>,
         collector: Option<ChecksumCollector>,
         gate: ExtractionGate,
     ) -> Extraction {
@@ -296,7 +327,7 @@ impl Drop for Extraction {
 /// The extractor thread: archives one after the other, as the feed announces them.
 fn extract_all(
     mut rx: mpsc::Receiver<Feed>,
-    mut extractor: ArchiveExtractor,
+    mut extractor: Box<dyn ArchiveSink>,
     mut collector: Option<ChecksumCollector>,
     gate: &ExtractionGate,
 ) -> Result<ExtractOutcome, BackupError> {
@@ -308,8 +339,8 @@ fn extract_all(
             Some(Feed::Begin(kind)) => {
                 let mut reader = FeedReader::new(&mut rx, gate);
                 match collector.as_mut() {
-                    Some(c) => extractor.extract_chunks(kind, &mut reader, c),
-                    None => extractor.extract_chunks(kind, &mut reader, &mut ()),
+                    Some(c) => extractor.archive(kind, &mut reader, c),
+                    None => extractor.archive(kind, &mut reader, &mut ()),
                 }
                 .map_err(|e| {
                     if gate.is_aborted() {
@@ -322,7 +353,7 @@ fn extract_all(
             }
             Some(Feed::Finish) => {
                 return Ok(ExtractOutcome {
-                    written: extractor.into_written(),
+                    written: extractor.finish().map_err(BackupError::Extract)?,
                     collector,
                 })
             }

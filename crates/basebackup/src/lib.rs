@@ -52,29 +52,32 @@ mod tablespace;
 mod tar_stream;
 
 pub use bootstrap::{
-    bootstrap, BootstrapConfig, BootstrapError, BootstrapSummary, BoxFuture, StandbySetup,
-    StartWal, WalMethod, WalStreamError, WalStreamHandle, WalStreamer, WalSummary, DEFAULT_LABEL,
+    bootstrap, complete_segments, BootstrapConfig, BootstrapError, BootstrapSummary, BoxFuture,
+    StandbySetup, StartWal, WalMethod, WalStreamError, WalStreamHandle, WalStreamer, WalSummary,
+    DEFAULT_LABEL,
 };
 pub use error::{AbortReason, BackupError, BackupStage, ChecksumFailures};
 pub use extract::{
     ArchiveExtractor, ArchiveKind, ArchiveSummary, ExtractError, ExtractObserver, ExtractProgress,
 };
+pub use feed::{ArchiveSink, ExtractionGate};
 pub use manifest::{
-    store_manifest, BackupManifest, ChecksumAlgorithm, ChecksumCollector, FileChecksum, FileHasher,
-    ManifestError, ManifestFile, ObservedFile, Problem, UnknownAlgorithm, VerifyError,
-    VerifySummary, WalRange, WalRangeError,
+    store_manifest, verify_wal_ranges, BackupManifest, ChecksumAlgorithm, ChecksumCollector,
+    FileChecksum, FileHasher, ManifestError, ManifestFile, ObservedFile, Problem, UnknownAlgorithm,
+    VerifyError, VerifySummary, WalRange, WalRangeError,
 };
 pub use max_rate::parse_max_rate;
-pub use member_path::UnsafePath;
+pub use member_path::{sanitize_member_path, UnsafePath};
 pub use progress::{BackupPhase, BackupProgress};
 pub use standby::{
-    write_standby_config, StandbyConfig, StandbyConfigError, StandbyMode,
-    DEFAULT_SIDECAR_RETRY_INTERVAL,
+    conninfo_for_libpq, escape_quotes, write_standby_config, StandbyConfig, StandbyConfigError,
+    StandbyMode, DEFAULT_SIDECAR_RETRY_INTERVAL,
 };
+pub use stream::{BaseBackupResult, BaseBackupStream, ReceivedManifest};
 pub use sync::{SyncSummary, WrittenPaths};
 pub use tablespace::{
-    prepare_tablespace_dirs, MappingError, PreparedTablespace, TablespaceError, TablespaceLocation,
-    TablespaceMapping,
+    check_dir_empty_or_absent, prepare_tablespace_dirs, DirState, MappingError, PreparedTablespace,
+    TablespaceError, TablespaceLocation, TablespaceMapping,
 };
-pub use tar_stream::TarError;
+pub use tar_stream::{ChunkRead, CopyChunks, MemberKind, TarError, TarReader};
 pub use walrelay_protocol::base_backup::BackupPosition;

@@ -80,7 +80,7 @@ impl BackupProgress {
         self.0.received_bytes.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn set_phase(&self, phase: BackupPhase) {
+    pub fn set_phase(&self, phase: BackupPhase) {
         self.0.phase.store(phase as u8, Ordering::Relaxed);
     }
 

@@ -58,7 +58,7 @@ use walrelay_protocol::command::{self, BaseBackupOptions, ServerVersion};
 
 use crate::error::{AbortReason, BackupError, BackupStage};
 use crate::extract::ArchiveExtractor;
-use crate::feed::{Extraction, ExtractionGate, Feed};
+use crate::feed::{ArchiveSink, Extraction, ExtractionGate, Feed};
 use crate::manifest::{BackupManifest, ChecksumAlgorithm, ChecksumCollector, VerifySummary};
 use crate::max_rate::validate_max_rate;
 use crate::progress::{BackupPhase, BackupProgress};
@@ -104,20 +104,20 @@ pub struct ReceivedManifest {
 
 /// A finished base backup.
 #[derive(Debug)]
-pub(crate) struct BaseBackupResult {
+pub struct BaseBackupResult {
     /// Where the backup starts: the checkpoint's redo point, and its timeline.
-    pub(crate) start: BackupPosition,
+    pub start: BackupPosition,
     /// The WAL position a restore must reach for the backup to be consistent.
-    pub(crate) end: BackupPosition,
+    pub end: BackupPosition,
     /// Every tablespace: oid, the server's location and where it was extracted.
-    pub(crate) tablespaces: Vec<PreparedTablespace>,
-    pub(crate) manifest: Option<ReceivedManifest>,
+    pub tablespaces: Vec<PreparedTablespace>,
+    pub manifest: Option<ReceivedManifest>,
     /// Everything extracted, for [`WrittenPaths::sync_all`].
-    pub(crate) written: WrittenPaths,
+    pub written: WrittenPaths,
     /// CopyData bytes received (archives and manifest).
-    pub(crate) bytes_received: u64,
+    pub bytes_received: u64,
     /// WARNING messages the server sent during the backup.
-    pub(crate) warnings: Vec<String>,
+    pub warnings: Vec<String>,
 }
 
 /// A `BASE_BACKUP` whose start position and tablespace header have been read; the archives are
@@ -234,6 +234,37 @@ impl<'c> BaseBackupStream<'c> {
     where
         A: Future<Output = AbortReason>,
     {
+        let extractor = ArchiveExtractor::new(
+            target.data_dir.clone(),
+            target.tablespaces.clone(),
+            target.owner,
+        )
+        .with_wal_dir_link(target.wal_dir.clone())
+        .with_writeback_behind();
+        self.receive_into(
+            Box::new(extractor),
+            target.tablespaces,
+            target.verify_manifest,
+            target.gate,
+            abort,
+        )
+        .await
+    }
+
+    /// [`receive`](Self::receive) into any [`ArchiveSink`] (the extractor, or a sink that stores
+    /// the tar streams): `tablespaces` are reported back in the result; with `verify_manifest` the
+    /// sink's observed files are checked against the manifest.
+    pub async fn receive_into<A>(
+        self,
+        sink: Box<dyn ArchiveSink>,
+        tablespaces: Vec<PreparedTablespace>,
+        verify_manifest: bool,
+        gate: ExtractionGate,
+        abort: A,
+    ) -> Result<BaseBackupResult, BackupError>
+    where
+        A: Future<Output = AbortReason>,
+    {
         let BaseBackupStream {
             conn,
             version,
@@ -243,19 +274,12 @@ impl<'c> BaseBackupStream<'c> {
             progress,
         } = self;
         progress.set_phase(BackupPhase::Transferring);
-        let collector = if target.verify_manifest {
+        let collector = if verify_manifest {
             manifest_algorithm.map(|a| ChecksumCollector::new(&[a]))
         } else {
             None
         };
-        let extractor = ArchiveExtractor::new(
-            target.data_dir.clone(),
-            target.tablespaces.clone(),
-            target.owner,
-        )
-        .with_wal_dir_link(target.wal_dir.clone())
-        .with_writeback_behind();
-        let extraction = Extraction::spawn(extractor, collector, target.gate.clone());
+        let extraction = Extraction::spawn(sink, collector, gate);
         tokio::pin!(abort);
         let mut session = Session::new(conn, extraction, abort.as_mut(), &progress);
 
@@ -308,7 +332,7 @@ impl<'c> BaseBackupStream<'c> {
         Ok(BaseBackupResult {
             start,
             end,
-            tablespaces: target.tablespaces,
+            tablespaces,
             manifest,
             written: outcome.written,
             bytes_received: received,

@@ -37,8 +37,8 @@ pub use restore::{
     prefetch_worker, restore_from_store, PrefetchPlan, StoreRestoreOptions, DEFAULT_CACHE_DIR_NAME,
 };
 pub use store::{
-    put_new, sha256_hex, ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, PutIfAbsent,
-    StoreFuture, Stored,
+    put_new, sha256_hex, ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, ObjectReader,
+    PutIfAbsent, StoreFuture, Stored, StreamChunk,
 };
 pub use upload::{run_uploader, UploadSnapshot, UploadStats, UploaderConfig};
 

@@ -20,7 +20,8 @@ use walrelay_durable::{self as durable, Owner};
 
 use crate::error::{Result, StoreError};
 use crate::store::{
-    ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, PutIfAbsent, StoreFuture,
+    ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, ObjectReader, PutIfAbsent,
+    StoreFuture, StreamChunk,
 };
 
 /// Suffix of the attribute files beside objects.
@@ -32,6 +33,9 @@ const DIR_MODE: u32 = 0o750;
 #[derive(Debug, Clone)]
 pub struct LocalDirStore {
     root: PathBuf,
+    /// Owner of what is created: the root's owner when running as root (as `receive` does for a
+    /// directory archive), else the current user.
+    owner: Owner,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -47,6 +51,7 @@ impl LocalDirStore {
         }
         Ok(LocalDirStore {
             root: root.to_path_buf(),
+            owner: Owner::of_dir_if_root(root),
         })
     }
 
@@ -107,7 +112,7 @@ fn list_tree(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<()> {
 
 /// Writes `data` to a temp file beside `target`, fsyncs it, and links it to `target` unless that
 /// exists. Returns false when it existed.
-fn link_new(target: &Path, data: &[u8]) -> Result<bool> {
+fn link_new(target: &Path, data: &[u8], owner: Owner) -> Result<bool> {
     let dir = target.parent().unwrap_or(Path::new("/"));
     let base = target
         .file_name()
@@ -119,7 +124,7 @@ fn link_new(target: &Path, data: &[u8]) -> Result<bool> {
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut f = durable::create_new_file(&tmp, FILE_MODE, Owner::current())?;
+        let mut f = durable::create_new_file(&tmp, FILE_MODE, owner)?;
         f.write_all(data)
             .map_err(|e| StoreError::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
@@ -133,6 +138,39 @@ fn link_new(target: &Path, data: &[u8]) -> Result<bool> {
     let created = result?;
     durable::fsync_dir(dir)?;
     Ok(created)
+}
+
+/// `EXDEV`: a hard link across file systems.
+fn libc_exdev() -> i32 {
+    nix::errno::Errno::EXDEV as i32
+}
+
+/// Copies `source` to a temp file beside `target`, fsyncs it and links it to `target` unless
+/// that exists (false then).
+fn copy_new(source: &Path, target: &Path, owner: Owner) -> Result<bool> {
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    let base = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{base}.{}.{}.tmp",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = durable::create_new_file(&tmp, FILE_MODE, owner)?;
+        let mut src = fs::File::open(source).map_err(|e| StoreError::io("open", source, e))?;
+        io::copy(&mut src, &mut f).map_err(|e| StoreError::io("copy to", &tmp, e))?;
+        f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
+        match fs::hard_link(&tmp, target) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(StoreError::io("link", target, e)),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    result
 }
 
 impl ArchiveStore for LocalDirStore {
@@ -202,13 +240,14 @@ impl ArchiveStore for LocalDirStore {
 
     fn put_if_absent<'a>(&'a self, name: &'a str, put: NewObject) -> StoreFuture<'a, PutIfAbsent> {
         let path = self.path(name);
+        let owner = self.owner;
         let NewObject { data, attrs } = put;
         let name = name.to_string();
         async move {
             let path = path?;
             Self::blocking(move || {
                 let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-                durable::create_dir_all_durable(&dir, DIR_MODE, Owner::current())?;
+                durable::create_dir_all_durable(&dir, DIR_MODE, owner)?;
                 if path.exists() {
                     return Ok(PutIfAbsent::Exists);
                 }
@@ -216,20 +255,123 @@ impl ArchiveStore for LocalDirStore {
                     let base = name.rsplit('/').next().unwrap_or(&name);
                     let line = format!("{}  {base}\n", hex::encode(sha));
                     let attr_path = PathBuf::from(format!("{}{ATTR_SUFFIX}", path.display()));
-                    durable::write_file_atomic(
-                        &attr_path,
-                        line.as_bytes(),
-                        FILE_MODE,
-                        Owner::current(),
-                    )?;
+                    durable::write_file_atomic(&attr_path, line.as_bytes(), FILE_MODE, owner)?;
                 }
-                Ok(if link_new(&path, &data)? {
+                Ok(if link_new(&path, &data, owner)? {
                     PutIfAbsent::Created
                 } else {
                     PutIfAbsent::Exists
                 })
             })
             .await
+        }
+        .boxed()
+    }
+
+    /// A hard link from the (fsynced) file when it is on the same file system — no copy, and
+    /// `link` never replaces an existing name; otherwise a copy to a temp name, fsynced, then
+    /// linked the same way.
+    fn put_file_if_absent<'a>(
+        &'a self,
+        name: &'a str,
+        source: &'a Path,
+    ) -> StoreFuture<'a, PutIfAbsent> {
+        let path = self.path(name);
+        let owner = self.owner;
+        let source = source.to_path_buf();
+        async move {
+            let path = path?;
+            Self::blocking(move || {
+                let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+                durable::create_dir_all_durable(&dir, DIR_MODE, owner)?;
+                let created = match fs::hard_link(&source, &path) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                    Err(e) if e.raw_os_error() == Some(libc_exdev()) => {
+                        copy_new(&source, &path, owner)?
+                    }
+                    Err(e) => return Err(StoreError::io("link", &path, e)),
+                };
+                durable::fsync_dir(&dir)?;
+                Ok(if created {
+                    PutIfAbsent::Created
+                } else {
+                    PutIfAbsent::Exists
+                })
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    /// Written to a temp file beside the object as the chunks arrive, fsynced at the end and
+    /// linked to the name (never replacing); an abandoned stream leaves nothing.
+    fn put_stream<'a>(
+        &'a self,
+        name: &'a str,
+        mut chunks: tokio::sync::mpsc::Receiver<StreamChunk>,
+    ) -> StoreFuture<'a, PutIfAbsent> {
+        let path = self.path(name);
+        let owner = self.owner;
+        let shown = name.to_string();
+        async move {
+            let path = path?;
+            Self::blocking(move || {
+                let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+                durable::create_dir_all_durable(&dir, DIR_MODE, owner)?;
+                if path.exists() {
+                    return Ok(PutIfAbsent::Exists);
+                }
+                let base = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let tmp = dir.join(format!(
+                    ".{base}.{}.{}.tmp",
+                    std::process::id(),
+                    TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+                ));
+                let result = (|| {
+                    let mut f = durable::create_new_file(&tmp, FILE_MODE, owner)?;
+                    loop {
+                        match chunks.blocking_recv() {
+                            Some(StreamChunk::Data(b)) => f
+                                .write_all(&b)
+                                .map_err(|e| StoreError::io("write", &tmp, e))?,
+                            Some(StreamChunk::End) => break,
+                            None => return Err(StreamChunk::abandoned(&shown)),
+                        }
+                    }
+                    f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
+                    match fs::hard_link(&tmp, &path) {
+                        Ok(()) => Ok(true),
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                        Err(e) => Err(StoreError::io("link", &path, e)),
+                    }
+                })();
+                let _ = fs::remove_file(&tmp);
+                let created = result?;
+                durable::fsync_dir(&dir)?;
+                Ok(if created {
+                    PutIfAbsent::Created
+                } else {
+                    PutIfAbsent::Exists
+                })
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn reader<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<ObjectReader>> {
+        let path = self.path(name);
+        async move {
+            let path = path?;
+            match tokio::fs::File::open(&path).await {
+                Ok(f) => Ok(Some(Box::new(f) as ObjectReader)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StoreError::io("open", &path, e)),
+            }
         }
         .boxed()
     }

@@ -28,8 +28,20 @@ use object_store::{
 use crate::error::{Result, StoreError};
 use crate::location::{Service, StoreUrl};
 use crate::store::{
-    ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, PutIfAbsent, StoreFuture,
+    ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, ObjectReader, PutIfAbsent,
+    StoreFuture, StreamChunk,
 };
+
+/// Files up to this size are uploaded with one conditional PUT; larger ones as a multipart
+/// upload of [`PART_SIZE`] parts.
+const SINGLE_PUT_MAX: u64 = 16 * 1024 * 1024;
+/// Size of one part of a multipart upload (S3 wants at least 5 MB, at most 10 000 parts: 160 GB).
+const PART_SIZE: usize = 16 * 1024 * 1024;
+/// Parts in flight at once: memory is about `PART_SIZE * (PARTS_IN_FLIGHT + 1)`.
+const PARTS_IN_FLIGHT: usize = 4;
+/// Parts in flight for [`ArchiveStore::put_stream`] (a backup streaming while it arrives; the
+/// producer waits when they are all in flight): about 50 MB of memory at most.
+const STREAM_PARTS_IN_FLIGHT: usize = 2;
 
 /// The metadata key of [`ObjectAttrs::wal_sha256`].
 pub const SHA256_METADATA_KEY: &str = "walrelay-sha256";
@@ -280,6 +292,146 @@ impl ArchiveStore for ObjectStoreArchive {
                 | Err(object_store::Error::Precondition { .. }) => Ok(PutIfAbsent::Exists),
                 Err(e) => Err(StoreError::remote("upload", self.display(name), e)),
             }
+        }
+        .boxed()
+    }
+
+    /// Small files: one conditional PUT. Large ones: a multipart upload streamed from the file
+    /// (bounded memory). A multipart upload cannot be conditional in every store, so the name is
+    /// checked first (HEAD); the caller makes the name its own (a backup claims its label with a
+    /// conditional PUT before uploading) and the object appears only when the upload completes.
+    fn put_file_if_absent<'a>(
+        &'a self,
+        name: &'a str,
+        source: &'a std::path::Path,
+    ) -> StoreFuture<'a, PutIfAbsent> {
+        async move {
+            use tokio::io::AsyncReadExt;
+            let io = |action, e| StoreError::io(action, source, e);
+            let size = tokio::fs::metadata(source)
+                .await
+                .map_err(|e| io("stat", e))?
+                .len();
+            if size <= SINGLE_PUT_MAX {
+                let data = tokio::fs::read(source).await.map_err(|e| io("read", e))?;
+                let put = NewObject {
+                    data: bytes::Bytes::from(data),
+                    attrs: ObjectAttrs::default(),
+                };
+                return self.put_if_absent(name, put).await;
+            }
+            let path = self.path(name);
+            match self.inner.head(&path).await {
+                Ok(_) => return Ok(PutIfAbsent::Exists),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(StoreError::remote("check", self.display(name), e)),
+            }
+            let upload = self
+                .inner
+                .put_multipart(&path)
+                .await
+                .map_err(|e| StoreError::remote("start upload of", self.display(name), e))?;
+            let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            let mut file = tokio::fs::File::open(source)
+                .await
+                .map_err(|e| io("open", e))?;
+            let mut buf = vec![0u8; 1024 * 1024];
+            let result: Result<()> = async {
+                loop {
+                    let n = file.read(&mut buf).await.map_err(|e| io("read", e))?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    writer
+                        .wait_for_capacity(PARTS_IN_FLIGHT)
+                        .await
+                        .map_err(|e| StoreError::remote("upload", self.display(name), e))?;
+                    writer.write(&buf[..n]);
+                }
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    writer.finish().await.map_err(|e| {
+                        StoreError::remote("complete upload of", self.display(name), e)
+                    })?;
+                    Ok(PutIfAbsent::Created)
+                }
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    Err(e)
+                }
+            }
+        }
+        .boxed()
+    }
+
+    /// A multipart upload fed as the chunks arrive; the name is checked first (see
+    /// [`put_file_if_absent`](Self::put_file_if_absent)); an abandoned stream aborts the upload.
+    fn put_stream<'a>(
+        &'a self,
+        name: &'a str,
+        mut chunks: tokio::sync::mpsc::Receiver<StreamChunk>,
+    ) -> StoreFuture<'a, PutIfAbsent> {
+        async move {
+            let path = self.path(name);
+            match self.inner.head(&path).await {
+                Ok(_) => return Ok(PutIfAbsent::Exists),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(StoreError::remote("check", self.display(name), e)),
+            }
+            let upload = self
+                .inner
+                .put_multipart(&path)
+                .await
+                .map_err(|e| StoreError::remote("start upload of", self.display(name), e))?;
+            let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            let result: Result<()> = async {
+                loop {
+                    match chunks.recv().await {
+                        Some(StreamChunk::Data(b)) => {
+                            writer
+                                .wait_for_capacity(STREAM_PARTS_IN_FLIGHT)
+                                .await
+                                .map_err(|e| StoreError::remote("upload", self.display(name), e))?;
+                            writer.put(b);
+                        }
+                        Some(StreamChunk::End) => return Ok(()),
+                        None => return Err(StreamChunk::abandoned(&self.display(name))),
+                    }
+                }
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    writer.finish().await.map_err(|e| {
+                        StoreError::remote("complete upload of", self.display(name), e)
+                    })?;
+                    Ok(PutIfAbsent::Created)
+                }
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    Err(e)
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn reader<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<ObjectReader>> {
+        async move {
+            let r = match self.inner.get(&self.path(name)).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(StoreError::remote("get", self.display(name), e)),
+            };
+            let shown = self.display(name);
+            let stream = r
+                .into_stream()
+                .map_err(move |e| std::io::Error::other(format!("read {shown}: {e}")));
+            Ok(Some(
+                Box::new(tokio_util::io::StreamReader::new(stream)) as ObjectReader
+            ))
         }
         .boxed()
     }

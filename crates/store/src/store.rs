@@ -14,9 +14,13 @@
 //! # Objects are whole files
 //!
 //! A WAL segment (16 MB by default, at most 1 GB) is uploaded in one request from memory; so is
-//! every object this crate writes. Large streamed objects (base backups, issue 16) will be written
-//! under a temporary name with a multipart upload and made final by a small descriptor object put
-//! with [`ArchiveStore::put_if_absent`] — the seam stays the same.
+//! every small object. Large objects (a base backup's tar streams) go through
+//! [`ArchiveStore::put_stream`] (chunks as they are produced) or
+//! [`ArchiveStore::put_file_if_absent`] (a file): a multipart upload for object storage, which
+//! makes the object visible only when it completes, after a check that the name is free (a
+//! multipart upload cannot be conditional everywhere: the backup that writes it has claimed its
+//! label with a conditional put first, and is made complete by a descriptor put last);
+//! [`ArchiveStore::reader`] reads them back as a stream.
 //!
 //! Names are relative to the store's root (the URL's prefix), `/`-separated, built by
 //! [`crate::layout`].
@@ -81,6 +85,19 @@ pub enum Stored {
 /// What the store's methods return.
 pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T>>;
 
+/// An object's bytes as they arrive (from [`ArchiveStore::reader`]).
+pub type ObjectReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+/// What a writer sends [`ArchiveStore::put_stream`].
+#[derive(Debug)]
+pub enum StreamChunk {
+    /// The next bytes of the object.
+    Data(Bytes),
+    /// The object is complete: make it visible. A channel that closes without `End` means the
+    /// writer failed, and the upload is abandoned (no object appears).
+    End,
+}
+
 /// An archive's object storage. Every method is cancellation-safe in the sense that dropping the
 /// future leaves no partial object under a final name (object stores create objects atomically;
 /// [`crate::LocalDirStore`] writes a temp file first).
@@ -105,6 +122,76 @@ pub trait ArchiveStore: Send + Sync + fmt::Debug {
 
     /// Removes the object; a missing object is not an error.
     fn delete<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Creates the object `name` from the local file `path` (complete and fsynced) unless one of
+    /// that name exists; never replaces one. For large objects (base backups): the implementations
+    /// stream the file (a multipart upload, a hard link) instead of holding it in memory; this
+    /// default reads it whole.
+    fn put_file_if_absent<'a>(
+        &'a self,
+        name: &'a str,
+        path: &'a std::path::Path,
+    ) -> StoreFuture<'a, PutIfAbsent> {
+        Box::pin(async move {
+            let data = tokio::fs::read(path)
+                .await
+                .map_err(|e| StoreError::io("read", path, e))?;
+            let put = NewObject {
+                data: Bytes::from(data),
+                attrs: ObjectAttrs::default(),
+            };
+            self.put_if_absent(name, put).await
+        })
+    }
+
+    /// Creates `name` from chunks as they are produced (a base backup's tar stream while it
+    /// arrives) unless it exists; never replaces one. The object appears only after
+    /// [`StreamChunk::End`]; if the channel closes before, nothing appears and this fails. Memory
+    /// is bounded by the implementations (a multipart upload's parts in flight, a temp file);
+    /// this default collects the chunks in memory.
+    fn put_stream<'a>(
+        &'a self,
+        name: &'a str,
+        mut chunks: tokio::sync::mpsc::Receiver<StreamChunk>,
+    ) -> StoreFuture<'a, PutIfAbsent> {
+        Box::pin(async move {
+            let mut data = Vec::new();
+            loop {
+                match chunks.recv().await {
+                    Some(StreamChunk::Data(b)) => data.extend_from_slice(&b),
+                    Some(StreamChunk::End) => break,
+                    None => return Err(StreamChunk::abandoned(name)),
+                }
+            }
+            let put = NewObject {
+                data: Bytes::from(data),
+                attrs: ObjectAttrs::default(),
+            };
+            self.put_if_absent(name, put).await
+        })
+    }
+
+    /// The object's bytes as a stream (bounded memory for large objects), or `None` when there is
+    /// none of that name. This default fetches it whole.
+    fn reader<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<ObjectReader>> {
+        Box::pin(async move {
+            Ok(self
+                .get(name)
+                .await?
+                .map(|f| Box::new(std::io::Cursor::new(f.bytes)) as ObjectReader))
+        })
+    }
+}
+
+impl StreamChunk {
+    /// The error of a stream whose writer stopped before [`StreamChunk::End`].
+    pub fn abandoned(name: &str) -> StoreError {
+        StoreError::io(
+            "upload",
+            name,
+            std::io::Error::other("the writer stopped before the end; nothing was stored"),
+        )
+    }
 }
 
 /// SHA-256 as lower-case hex.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use walrelay_store::{
     open_store, put_new, sha256_hex, ArchiveLocation, ArchiveStore, NewObject, ObjectAttrs,
-    PutIfAbsent, StoreError, Stored,
+    PutIfAbsent, StoreError, Stored, StreamChunk,
 };
 use walrelay_testkit::S3Server;
 
@@ -119,6 +119,77 @@ async fn contract(store: &dyn ArchiveStore) {
     );
 }
 
+/// Large objects: streamed in (a multipart upload for S3: 40 MB is three parts) and from a file,
+/// never replacing, read back as a stream; an abandoned stream leaves nothing.
+async fn large_objects(store: &dyn ArchiveStore) {
+    use tokio::io::AsyncReadExt;
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let data: Vec<u8> = (0..40 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let read_back = |name: &'static str| async move {
+        let mut r = store.reader(name).await.unwrap().unwrap();
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).await.unwrap();
+        v
+    };
+    let stream = |chunks: Vec<Bytes>, end: bool| {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let feeder = tokio::spawn(async move {
+            for c in chunks {
+                if tx.send(StreamChunk::Data(c)).await.is_err() {
+                    return;
+                }
+            }
+            if end {
+                let _ = tx.send(StreamChunk::End).await;
+            }
+        });
+        (rx, feeder)
+    };
+    let pieces: Vec<Bytes> = data.chunks(3 << 20).map(Bytes::copy_from_slice).collect();
+    let (rx, feeder) = stream(pieces.clone(), true);
+    assert_eq!(
+        store.put_stream("big/streamed", rx).await.unwrap(),
+        PutIfAbsent::Created
+    );
+    feeder.await.unwrap();
+    assert!(read_back("big/streamed").await == data, "streamed object");
+    let (rx, feeder) = stream(vec![Bytes::from_static(b"x")], true);
+    assert_eq!(
+        store.put_stream("big/streamed", rx).await.unwrap(),
+        PutIfAbsent::Exists
+    );
+    feeder.await.unwrap();
+    // The writer stops before the end: an error, and no object.
+    let (rx, feeder) = stream(pieces[..3].to_vec(), false);
+    assert!(store.put_stream("big/abandoned", rx).await.is_err());
+    feeder.await.unwrap();
+    assert!(store.get("big/abandoned").await.unwrap().is_none());
+    // From a file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big");
+    std::fs::write(&file, &data).unwrap();
+    assert_eq!(
+        store.put_file_if_absent("big/file", &file).await.unwrap(),
+        PutIfAbsent::Created
+    );
+    assert_eq!(
+        store.put_file_if_absent("big/file", &file).await.unwrap(),
+        PutIfAbsent::Exists
+    );
+    assert!(read_back("big/file").await == data, "object from a file");
+    assert!(store.reader("big/none").await.unwrap().is_none());
+    for n in ["big/streamed", "big/file"] {
+        store.delete(n).await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_store_keeps_the_contract() {
     let server = tokio::task::spawn_blocking(|| S3Server::start("walrelay-contract"))
@@ -130,6 +201,7 @@ async fn s3_store_keeps_the_contract() {
     }
     let store = store_for(&server.url("archive/one"));
     contract(store.as_ref()).await;
+    large_objects(store.as_ref()).await;
     // The prefix isolates: nothing of it shows at another prefix.
     let other = store_for(&server.url("archive/two"));
     assert!(other.list("").await.unwrap().is_empty());
@@ -155,11 +227,12 @@ async fn s3_store_keeps_the_contract() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_store_keeps_the_contract() {
     let d = tempfile::tempdir().unwrap();
     let store = store_for(&format!("file://{}", d.path().display()));
     contract(store.as_ref()).await;
+    large_objects(store.as_ref()).await;
     // No temp files are left, and the attribute files do not show in listings.
     let all = store.list("").await.unwrap();
     assert!(all.iter().all(|o| !o.name.ends_with(".sha256")), "{all:?}");

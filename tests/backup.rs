@@ -1,0 +1,960 @@
+//! Stored base backups end to end, against real PostgreSQL 15: `walrelay backup` into an
+//! archive (a directory, and the SeaweedFS S3 test server) while pgbench writes, and
+//! `walrelay bootstrap --from-archive` back out of it.
+//!
+//! * [`directory_archive_backups_pitr_damage_prune_and_standby`]: `receive` keeps the archive;
+//!   three backups (b0 uncompressed, b1, b2) under pgbench, marker commits between b1 and b2;
+//!   `backup list --json`; a byte flipped in b0's stored `base.tar` is caught by `bootstrap
+//!   --from-archive` before anything is configured (exit 5, one line, no directory left);
+//!   `prune --keep-backups 2` removes b0 and the WAL before b1 only; a PITR to a time between
+//!   the two markers, with `--backup latest`, picks b1 (the oldest kept backup) and lands exactly
+//!   between them, and so does one to an LSN between them; `pg_verifybackup` accepts the restored directory before it starts; `--standby`
+//!   seeds a standby from the archive that ends up streaming from the primary; a flipped bit in a
+//!   backup's stored WAL is caught as well.
+//! * [`backup_into_s3_and_restore_from_the_bucket`]: the same backup into a bucket under pgbench
+//!   (each tar stream uploaded while it arrives), listed, restored with `--target immediate` and
+//!   started: consistent, every row of the backup's time there; a label in use is refused; a
+//!   40 MB object goes up as a multipart upload from a file and reads back byte for byte; the
+//!   same into a `file://` archive; `backup delete` leaves nothing of it.
+//! * [`an_interrupted_backup_is_never_complete`]: SIGTERM mid-stream cleans up (exit 130);
+//!   SIGKILL leaves an incomplete backup that is listed as such, never restored, keeps its
+//!   label, and goes with `backup delete` (its spool too).
+//! * [`bad_input_is_refused_with_one_line`]: usage errors, one line each, nothing created.
+//! * [`backup_and_restore_on_the_matrix_majors`]: PostgreSQL 10–18 when `WALRELAY_PG_MAJORS`
+//!   lists them.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use walrelay_protocol::{Lsn, SegmentId, TimelineId, WalSegmentSize};
+use walrelay_testkit::{
+    pg_verifybackup, poll, Cluster, PgBench, S3Server, StopMode, VerifyBackupOptions,
+};
+
+mod support;
+use support::recovery::{archive_dir, walrelay_for_postgres};
+
+const MB: u64 = 1024 * 1024;
+
+fn seg() -> WalSegmentSize {
+    WalSegmentSize::new(MB).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `BIN ARGS` to completion: (exit code, stdout, stderr).
+fn run(bin: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(bin)
+        .args(args)
+        .env_remove("WALRELAY_LOG")
+        .env("PGPASSFILE", "/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn run_ok(bin: &Path, args: &[&str]) -> String {
+    let (code, out, err) = run(bin, args);
+    assert_eq!(code, Some(0), "walrelay {args:?}: {out}{err}");
+    out
+}
+
+/// An empty directory for a restored cluster, owned by the server's OS user.
+fn empty_data_dir(primary: &Cluster, name: &str) -> PathBuf {
+    let dir = archive_dir(primary, name);
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// A `walrelay receive` into a directory archive; killed on drop.
+struct Receiver(Child);
+
+impl Receiver {
+    fn start(primary: &Cluster, dir: &Path) -> Receiver {
+        primary.psql("SELECT pg_create_physical_replication_slot('archive', true)");
+        let log = primary.scratch_path("receive.log");
+        Receiver(
+            Command::new(env!("CARGO_BIN_EXE_walrelay"))
+                .args(["receive", "-d", &primary.replication_conninfo()])
+                .args([
+                    "-D",
+                    s(dir),
+                    "-S",
+                    "archive",
+                    "--compress",
+                    "zstd",
+                    "-s",
+                    "1",
+                ])
+                .env_remove("WALRELAY_LOG")
+                .env("PGPASSFILE", "/dev/null")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(log).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn segment_name(lsn: Lsn) -> String {
+    SegmentId::new(TimelineId(1), seg().segno(lsn)).file_name(seg())
+}
+
+/// Waits until the archive holds the segment before `lsn`, complete.
+fn wait_archived(dir: &Path, lsn: Lsn) {
+    let name = segment_name(Lsn(lsn.0 - 1));
+    poll::wait_until(
+        &format!("{name} archived"),
+        || dir.join(format!("{name}.zst")).is_file() || dir.join(&name).is_file(),
+        || format!("{:?}", fs::read_dir(dir).map(|d| d.count())),
+    );
+}
+
+/// Starts a restored directory and waits until recovery has ended (promotion).
+fn start_recovered(primary: &Cluster, data: &Path, name: &str) -> Cluster {
+    let c = primary.standby(data).name(name).start();
+    poll::wait_until(
+        &format!("{name} to finish recovery"),
+        || {
+            c.try_psql("SELECT pg_is_in_recovery()")
+                .is_ok_and(|v| v == "f")
+        },
+        || c.log_tail(30),
+    );
+    c
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn directory_archive_backups_pitr_damage_prune_and_standby() {
+    let primary = Cluster::builder()
+        .name("backup-dir")
+        .wal_segsize_mb(1)
+        .start();
+    let bin = walrelay_for_postgres(&primary);
+    primary.pgbench_init(1);
+    primary.psql("CREATE TABLE marker (id int PRIMARY KEY, at timestamptz)");
+    let archive = archive_dir(&primary, "archive");
+    let _receiver = Receiver::start(&primary, &archive);
+    let conn = primary.replication_conninfo();
+
+    // Three backups while pgbench writes; the markers between the second and the third.
+    let load = primary.pgbench(
+        &PgBench::duration(Duration::from_secs(8))
+            .clients(2)
+            .rate(300),
+    );
+    let backup = |label: &str, extra: &[&str]| {
+        let mut args = vec![
+            "backup",
+            "-d",
+            &conn,
+            "-D",
+            s(&archive),
+            "-l",
+            label,
+            "-c",
+            "fast",
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = run(&bin, &args);
+        assert_eq!(code, Some(0), "backup {label}: {out}{err}");
+        assert!(err.contains(&format!("backup {label} stored")), "{err}");
+    };
+    backup("b0", &["--compress", "none"]);
+    backup("b1", &[]);
+    primary.psql("INSERT INTO marker VALUES (1, clock_timestamp())");
+    let between = primary.psql("SELECT clock_timestamp()::text");
+    let between_lsn = primary.current_wal_lsn();
+    std::thread::sleep(Duration::from_millis(50));
+    primary.psql("INSERT INTO marker VALUES (2, clock_timestamp())");
+    backup("b2", &["--compress", "lz4"]);
+    load.wait().unwrap();
+    let switched = primary.switch_wal();
+    wait_archived(&archive, switched);
+
+    // The stored layout: descriptor last, WAL and manifest beside the tar streams.
+    let b1 = archive.join("backups/b1");
+    for f in [
+        "base.tar.zst",
+        "backup_manifest",
+        "descriptor.json",
+        "started.json",
+    ] {
+        assert!(b1.join(f).is_file(), "{f}");
+    }
+    assert!(fs::read_dir(b1.join("wal")).unwrap().count() >= 1);
+    assert!(archive.join("backups/b0/base.tar").is_file());
+    assert!(archive.join("backups/b2/base.tar.lz4").is_file());
+    let listed = json(&run_ok(
+        &bin,
+        &["backup", "list", "-D", s(&archive), "--json"],
+    ));
+    let labels: Vec<&str> = listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["b0", "b1", "b2"], "{listed}");
+    assert_eq!(
+        listed["backups"][1]["system_identifier"].as_u64(),
+        Some(primary.system_identifier())
+    );
+    let human = run_ok(&bin, &["backup", "list", "-D", s(&archive)]);
+    assert!(human.contains("b1") && human.contains("zstd"), "{human}");
+    // The WAL archive still verifies with backups beside it.
+    let (code, out, err) = run(&bin, &["verify", "-D", s(&archive), "--no-content"]);
+    assert_eq!(code, Some(0), "verify: {out}{err}");
+
+    // A damaged byte in b0's stored tar: refused before the server could start, nothing left.
+    {
+        let tar = archive.join("backups/b0/base.tar");
+        let mut bytes = fs::read(&tar).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x55;
+        fs::write(&tar, bytes).unwrap();
+        let target = primary.scratch_path("damaged");
+        let (code, out, err) = run(
+            &bin,
+            &[
+                "bootstrap",
+                "--from-archive",
+                s(&archive),
+                "--backup",
+                "b0",
+                "--target",
+                "immediate",
+                "-D",
+                s(&target),
+            ],
+        );
+        assert_eq!(code, Some(5), "{out}{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(
+            lines[0].contains("b0") && lines[0].contains("damaged"),
+            "{err}"
+        );
+        assert!(!target.exists(), "a refused restore leaves nothing");
+    }
+
+    // Retention: keep two backups; b0 goes, and the WAL before b1's start.
+    let b1_start: Lsn = listed["backups"][1]["start_lsn"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let keep_from = segment_name(b1_start);
+    let (code, out, err) = run(
+        &bin,
+        &["prune", "-D", s(&archive), "--keep-backups", "2", "--json"],
+    );
+    assert_eq!(code, Some(0), "prune: {out}{err}");
+    assert!(!archive.join("backups/b0").exists());
+    let wal: Vec<String> = fs::read_dir(&archive)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.len() >= 24 && n.as_bytes()[0].is_ascii_digit() && !n.ends_with(".history"))
+        .collect();
+    assert!(!wal.is_empty());
+    assert!(
+        wal.iter().all(|n| n[..24] >= *keep_from),
+        "kept WAL before {keep_from}: {wal:?}"
+    );
+    assert!(
+        wal.iter().any(|n| n.starts_with(&keep_from)),
+        "removed {keep_from}: {wal:?}"
+    );
+
+    // PITR between the markers; "latest before the target" is b1, the oldest kept backup.
+    let pitr = empty_data_dir(&primary, "pitr");
+    let (code, out, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "--target-time",
+            &between,
+            "-D",
+            s(&pitr),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("restored backup b1"), "{err}");
+    assert!(pitr.join("recovery.signal").is_file());
+    let auto = fs::read_to_string(pitr.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        auto.contains(&format!("recovery_target_time = '{between}'")),
+        "{auto}"
+    );
+    let verified = pg_verifybackup(&pitr, &VerifyBackupOptions::default()).unwrap();
+    assert!(
+        verified.contains("backup successfully verified"),
+        "{verified}"
+    );
+    {
+        let recovered = start_recovered(&primary, &pitr, "pitr");
+        assert_eq!(
+            recovered.psql("SELECT string_agg(id::text, ',') FROM marker"),
+            "1"
+        );
+        assert!(recovered.log_tail(200).contains("restored log file"));
+    }
+
+    // The same by LSN: the newest backup ending before it is b1 again.
+    let by_lsn = empty_data_dir(&primary, "pitr-lsn");
+    let (code, out, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "--target-lsn",
+            &between_lsn.to_string(),
+            "-D",
+            s(&by_lsn),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("restored backup b1"), "{err}");
+    {
+        let recovered = start_recovered(&primary, &by_lsn, "pitr-lsn");
+        assert_eq!(
+            recovered.psql("SELECT string_agg(id::text, ',') FROM marker"),
+            "1"
+        );
+    }
+
+    // A standby seeded from the archive (latest = b2), then streaming from the primary.
+    let standby_dir = empty_data_dir(&primary, "standby");
+    let (code, out, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "--standby",
+            "-d",
+            &conn,
+            "-D",
+            s(&standby_dir),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("restored backup b2"), "{err}");
+    assert!(standby_dir.join("standby.signal").is_file());
+    let standby = primary.standby(&standby_dir).name("standby").start();
+    primary.psql("INSERT INTO marker VALUES (3, clock_timestamp())");
+    let target = primary.current_wal_lsn();
+    standby.wait_replay(target);
+    assert_eq!(
+        standby.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM marker"),
+        "1,2,3"
+    );
+    poll::wait_until(
+        "the standby to stream from the primary",
+        || {
+            primary.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND application_name <> 'walrelay'") == "1"
+        },
+        || standby.log_tail(30),
+    );
+    drop(standby);
+
+    // A damaged WAL file of a backup is caught too, and the restore leaves nothing.
+    let wal_dir = archive.join("backups/b2/wal");
+    let first = fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "lz4"))
+        .unwrap();
+    let mut bytes = fs::read(&first).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x01;
+    fs::write(&first, bytes).unwrap();
+    let target = empty_data_dir(&primary, "damaged-wal");
+    let (code, out, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "--backup",
+            "b2",
+            "--target",
+            "immediate",
+            "-D",
+            s(&target),
+        ],
+    );
+    assert_eq!(code, Some(5), "{out}{err}");
+    assert!(err.contains("damaged") && err.contains("wal/"), "{err}");
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "emptied");
+
+    let mut primary = primary;
+    primary.stop(StopMode::Fast);
+}
+
+/// One S3 server for this test process.
+fn server() -> &'static S3Server {
+    static SERVER: OnceLock<S3Server> = OnceLock::new();
+    SERVER.get_or_init(|| support::bucket::start_server("walrelay-backups"))
+}
+
+#[test]
+fn backup_into_s3_and_restore_from_the_bucket() {
+    let url = server().url("backup-test");
+    let primary = Cluster::builder()
+        .name("backup-s3")
+        .wal_segsize_mb(1)
+        .start();
+    let bin = walrelay_for_postgres(&primary);
+    primary.pgbench_init(2);
+    // A tablespace: its own tar stream, restored elsewhere with -T.
+    let ts_dir = primary.create_tablespace("ts1");
+    primary.psql("CREATE TABLE in_ts TABLESPACE ts1 AS SELECT generate_series(1, 5000) AS i");
+    let conn = primary.replication_conninfo();
+    let spool = primary.scratch_path("spool");
+    fs::create_dir_all(&spool).unwrap();
+
+    let load = primary.pgbench(
+        &PgBench::duration(Duration::from_secs(3))
+            .clients(2)
+            .rate(200),
+    );
+    let (code, out, err) = run(
+        &bin,
+        &[
+            "backup",
+            "-d",
+            &conn,
+            "-D",
+            &url,
+            "-l",
+            "nightly",
+            "-c",
+            "fast",
+            "--spool",
+            s(&spool),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("archive stored archive=base.tar.zst") && err.contains("streamed=true"),
+        "the tar stream goes up while it arrives: {err}"
+    );
+    load.wait().unwrap();
+    assert_eq!(
+        fs::read_dir(&spool).unwrap().count(),
+        0,
+        "the spool is emptied"
+    );
+    // The same label again is refused, and changes nothing.
+    let (code, out, err) = run(&bin, &["backup", "-d", &conn, "-D", &url, "-l", "nightly"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("already holds a backup labelled"), "{err}");
+
+    let listed = json(&run_ok(&bin, &["backup", "list", "-D", &url, "--json"]));
+    assert_eq!(listed["backups"][0]["label"], "nightly", "{listed}");
+    assert_eq!(listed["incomplete"].as_array().unwrap().len(), 0);
+    let sysid = primary.system_identifier();
+    let objects = support::bucket::runtime()
+        .block_on(support::bucket::store(&url).list(&format!("{sysid}/backups/nightly/")))
+        .unwrap();
+    assert!(
+        objects
+            .iter()
+            .any(|o| o.name.ends_with("/base.tar.zst") && o.size > MB),
+        "{objects:?}"
+    );
+
+    // Large objects go up as multipart uploads from the file and come back as a stream.
+    {
+        let store = support::bucket::store(&url);
+        let big = primary.scratch_path("big-object");
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let data: Vec<u8> = (0..40 * MB)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fs::write(&big, &data).unwrap();
+        let name = "multipart-check/big";
+        let rt = support::bucket::runtime();
+        let put = |s: &dyn walrelay_store::ArchiveStore| {
+            rt.block_on(s.put_file_if_absent(name, &big)).unwrap()
+        };
+        assert_eq!(put(store.as_ref()), walrelay_store::PutIfAbsent::Created);
+        assert_eq!(put(store.as_ref()), walrelay_store::PutIfAbsent::Exists);
+        let back = rt.block_on(async {
+            use tokio::io::AsyncReadExt;
+            let mut r = store.reader(name).await.unwrap().unwrap();
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).await.unwrap();
+            v
+        });
+        assert!(back == data, "the object reads back byte for byte");
+        rt.block_on(store.delete(name)).unwrap();
+    }
+
+    let data = empty_data_dir(&primary, "from-s3");
+    let ts_new = primary.scratch_path("ts1-restored");
+    let mapping = format!("{}={}", s(&ts_dir), s(&ts_new));
+    let (code, out, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            &url,
+            "--target",
+            "immediate",
+            "-D",
+            s(&data),
+            "-T",
+            &mapping,
+        ],
+    );
+    assert!(
+        objects
+            .iter()
+            .any(|o| o.name.ends_with(".tar.zst") && !o.name.ends_with("/base.tar.zst")),
+        "the tablespace has its own object: {objects:?}"
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let verified = pg_verifybackup(&data, &VerifyBackupOptions::default()).unwrap();
+    assert!(
+        verified.contains("backup successfully verified"),
+        "{verified}"
+    );
+    {
+        let restored = start_recovered(&primary, &data, "from-s3");
+        assert_eq!(
+            restored.psql("SELECT count(*) FROM pgbench_accounts"),
+            "200000"
+        );
+        assert_eq!(restored.psql("SELECT count(*) FROM pgbench_branches"), "2");
+        assert_eq!(restored.psql("SELECT count(*) FROM in_ts"), "5000");
+        assert_eq!(
+            restored.psql(
+                "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"
+            ),
+            s(&ts_new)
+        );
+    }
+
+    // The object layout in a local directory (file://): streamed into place the same way.
+    {
+        let root = archive_dir(&primary, "file-archive");
+        let file_url = format!("file://{}", s(&root));
+        run_ok(
+            &bin,
+            &[
+                "backup", "-d", &conn, "-D", &file_url, "-l", "local", "-c", "fast",
+            ],
+        );
+        assert!(root
+            .join(format!("{sysid}/backups/local/descriptor.json"))
+            .is_file());
+        let data = empty_data_dir(&primary, "from-file");
+        let mapping = format!("{}={}", s(&ts_dir), s(&primary.scratch_path("ts1-file")));
+        run_ok(
+            &bin,
+            &[
+                "bootstrap",
+                "--from-archive",
+                &file_url,
+                "--target",
+                "immediate",
+                "-D",
+                s(&data),
+                "-T",
+                &mapping,
+            ],
+        );
+        let restored = start_recovered(&primary, &data, "from-file");
+        assert_eq!(restored.psql("SELECT count(*) FROM pgbench_branches"), "2");
+    }
+
+    let (code, out, err) = run(&bin, &["backup", "delete", "nightly", "-D", &url]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let left = support::bucket::runtime()
+        .block_on(support::bucket::store(&url).list(&format!("{sysid}/backups/")))
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let (code, _, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            &url,
+            "--target",
+            "immediate",
+            "-D",
+            s(&primary.scratch_path("none")),
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no complete backup"), "{err}");
+}
+
+/// Bad input: exit 2 with one line naming the cause and the fix; nothing created.
+#[test]
+fn bad_input_is_refused_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("archive");
+    fs::create_dir(&archive).unwrap();
+    let a = s(&archive);
+    let target = tmp.path().join("target");
+    let t = s(&target);
+    let bin = Path::new(env!("CARGO_BIN_EXE_walrelay"));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["backup", "-d", "host=/nonexistent"],
+            "needs the archive",
+        ),
+        (
+            vec!["backup", "-d", "host=/nonexistent", "-D", a, "-l", "../x"],
+            "invalid backup label",
+        ),
+        (
+            vec!["backup", "-D", a, "--compress", "xz"],
+            "invalid compression",
+        ),
+        (
+            vec!["bootstrap", "--from-archive", a, "-D", t],
+            "--target-time",
+        ),
+        (
+            vec![
+                "bootstrap",
+                "--from-archive",
+                a,
+                "--target-time",
+                "2024-06-01 12:00:00",
+                "-D",
+                t,
+            ],
+            "no UTC offset",
+        ),
+        (
+            vec![
+                "bootstrap",
+                "--from-archive",
+                a,
+                "--target",
+                "immediate",
+                "--standby",
+                "-D",
+                t,
+            ],
+            "cannot be used with",
+        ),
+        (
+            vec!["bootstrap", "--from-archive", a, "--standby", "-D", t],
+            "-d CONNSTR",
+        ),
+        (
+            vec![
+                "bootstrap",
+                "--from-archive",
+                "/nonexistent/a",
+                "--target",
+                "immediate",
+                "-D",
+                t,
+            ],
+            "does not exist",
+        ),
+        (
+            vec![
+                "bootstrap",
+                "--from-archive",
+                a,
+                "--target",
+                "immediate",
+                "-D",
+                t,
+            ],
+            "no complete backup",
+        ),
+        (
+            vec!["bootstrap", "--target", "immediate", "-D", t],
+            "--from-archive",
+        ),
+        (
+            vec!["prune", "-D", a, "--keep-backups", "1"],
+            "no complete backup",
+        ),
+        (
+            vec![
+                "prune",
+                "-D",
+                a,
+                "--keep-backups",
+                "1",
+                "--before-lsn",
+                "0/1000000",
+            ],
+            "leave out --before",
+        ),
+        (
+            vec!["backup", "delete", "nosuch", "-D", a],
+            "no backup labelled",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (code, out, err) = run(bin, &args);
+        assert_eq!(code, Some(2), "{args:?}: {out}{err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {err}");
+        assert!(lines[0].contains(expected), "{args:?}: {err}");
+        assert!(!target.exists(), "{args:?} created the target");
+    }
+    assert_eq!(
+        fs::read_dir(&archive).unwrap().count(),
+        0,
+        "the archive is untouched"
+    );
+}
+
+/// The majors of the version matrix (`WALRELAY_PG_MAJORS`, as tests/matrix.rs; none by default):
+/// for each, a backup into a directory archive, a restore to consistency (`--target immediate`,
+/// which PostgreSQL 10 and 11 read from `recovery.conf`) that starts with every row, checked by
+/// pg_verifybackup where Debian's 15 reads the manifest (13–16; its WAL check on 15 only), and a
+/// `--standby` that replays a row written after the backup.
+#[test]
+fn backup_and_restore_on_the_matrix_majors() {
+    for major in walrelay_testkit::env::matrix_majors() {
+        let primary = Cluster::builder()
+            .name(&format!("backup-pg{major}"))
+            .major(major)
+            .start();
+        let bin = walrelay_for_postgres(&primary);
+        primary.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i");
+        let archive = archive_dir(&primary, "archive");
+        let conn = primary.replication_conninfo();
+        run_ok(
+            &bin,
+            &[
+                "backup",
+                "-d",
+                &conn,
+                "-D",
+                s(&archive),
+                "-l",
+                "m",
+                "-c",
+                "fast",
+            ],
+        );
+        let restored = empty_data_dir(&primary, "restored");
+        run_ok(
+            &bin,
+            &[
+                "bootstrap",
+                "--from-archive",
+                s(&archive),
+                "--target",
+                "immediate",
+                "-D",
+                s(&restored),
+            ],
+        );
+        let legacy = major < 12;
+        assert_eq!(
+            restored.join("recovery.conf").is_file(),
+            legacy,
+            "PG {major}"
+        );
+        assert_eq!(
+            restored.join("recovery.signal").is_file(),
+            !legacy,
+            "PG {major}"
+        );
+        if (13..=16).contains(&major) {
+            // Debian's pg_waldump 15 reads only 15's WAL format.
+            let opts = VerifyBackupOptions {
+                no_parse_wal: major != 15,
+                ..Default::default()
+            };
+            let v = pg_verifybackup(&restored, &opts).unwrap();
+            assert!(
+                v.contains("backup successfully verified"),
+                "PG {major}: {v}"
+            );
+        }
+        {
+            let c = start_recovered(&primary, &restored, &format!("restored-pg{major}"));
+            assert_eq!(c.psql("SELECT count(*) FROM t"), "1000", "PG {major}");
+        }
+        let standby_dir = empty_data_dir(&primary, "standby");
+        run_ok(
+            &bin,
+            &[
+                "bootstrap",
+                "--from-archive",
+                s(&archive),
+                "--standby",
+                "-d",
+                &conn,
+                "-D",
+                s(&standby_dir),
+            ],
+        );
+        let standby = primary
+            .standby(&standby_dir)
+            .name(&format!("standby-pg{major}"))
+            .start();
+        primary.psql("INSERT INTO t VALUES (1001)");
+        standby.wait_replay(primary.current_wal_lsn());
+        assert_eq!(standby.psql("SELECT count(*) FROM t"), "1001", "PG {major}");
+        eprintln!("PostgreSQL {major}: backup, restore and standby from the archive passed");
+    }
+}
+
+/// A backup stopped by SIGTERM cleans up after itself (exit 130, nothing under its label); one
+/// killed with SIGKILL is listed as incomplete, never restored, and `backup delete` removes it
+/// with its spool.
+#[test]
+fn an_interrupted_backup_is_never_complete() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let primary = Cluster::builder().name("backup-kill").start();
+    primary.pgbench_init(1);
+    let archive = archive_dir(&primary, "archive");
+    let conn = primary.replication_conninfo();
+    let bin = Path::new(env!("CARGO_BIN_EXE_walrelay"));
+    let label_dir = archive.join("backups/slow");
+    // 25 MB at 1 MB/s: long enough to be interrupted mid-stream.
+    let start = || {
+        Command::new(bin)
+            .args([
+                "backup",
+                "-d",
+                &conn,
+                "-D",
+                s(&archive),
+                "-l",
+                "slow",
+                "-r",
+                "1M",
+            ])
+            .args(["-c", "fast"])
+            .env_remove("WALRELAY_LOG")
+            .env("PGPASSFILE", "/dev/null")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let spool = archive.join("backups/.slow.spool");
+    let wait_streaming = |child: &mut Child| {
+        poll::wait_until(
+            "the backup to be under way",
+            || {
+                assert!(child.try_wait().unwrap().is_none(), "backup ended early");
+                spool.join("base.tar.zst.partial").is_file()
+            },
+            String::new,
+        );
+    };
+
+    let mut child = start();
+    wait_streaming(&mut child);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        !label_dir.exists() && !spool.exists(),
+        "a stopped backup leaves nothing: {err}"
+    );
+
+    let mut child = start();
+    wait_streaming(&mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let listed = json(&run_ok(
+        bin,
+        &["backup", "list", "-D", s(&archive), "--json"],
+    ));
+    assert_eq!(listed["backups"].as_array().unwrap().len(), 0, "{listed}");
+    assert_eq!(listed["incomplete"][0], "slow", "{listed}");
+    let target = primary.scratch_path("never");
+    let (code, _, err) = run(
+        bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "--backup",
+            "slow",
+            "--target",
+            "immediate",
+            "-D",
+            s(&target),
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("no complete backup labelled \"slow\""),
+        "{err}"
+    );
+    assert!(!target.exists());
+    // The same label is taken until the remains are deleted.
+    let (code, _, err) = run(
+        bin,
+        &["backup", "-d", &conn, "-D", s(&archive), "-l", "slow"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    run_ok(bin, &["backup", "delete", "slow", "-D", s(&archive)]);
+    assert!(!label_dir.exists() && !spool.exists());
+    run_ok(
+        bin,
+        &[
+            "backup",
+            "-d",
+            &conn,
+            "-D",
+            s(&archive),
+            "-l",
+            "slow",
+            "-c",
+            "fast",
+        ],
+    );
+    let listed = json(&run_ok(
+        bin,
+        &["backup", "list", "-D", s(&archive), "--json"],
+    ));
+    assert_eq!(listed["backups"][0]["label"], "slow", "{listed}");
+}
