@@ -33,18 +33,25 @@ pub fn replication_row(server: &Cluster, application_name: &str) -> Option<Repli
         "SELECT state, sent_lsn, write_lsn, flush_lsn, replay_lsn, sync_state \
          FROM pg_stat_replication WHERE application_name = '{application_name}'"
     ));
+    // A connection that has not started streaming yet ('startup': a reconnect in progress, or a
+    // walsender whose client is gone and that has not exited yet) is not the standby; two that
+    // stream under one name would be a bug.
+    let live: Vec<&Vec<String>> = rows.iter().filter(|r| r[0] != "startup").collect();
     assert!(
-        rows.len() <= 1,
+        live.len() <= 1,
         "more than one walsender for {application_name}: {rows:?}"
     );
-    rows.first().map(|r| ReplicationRow {
-        state: r[0].clone(),
-        sent_lsn: lsn(&r[1]),
-        write_lsn: lsn(&r[2]),
-        flush_lsn: lsn(&r[3]),
-        replay_lsn: lsn(&r[4]),
-        sync_state: r[5].clone(),
-    })
+    live.first()
+        .copied()
+        .or(rows.first())
+        .map(|r| ReplicationRow {
+            state: r[0].clone(),
+            sent_lsn: lsn(&r[1]),
+            write_lsn: lsn(&r[2]),
+            flush_lsn: lsn(&r[3]),
+            replay_lsn: lsn(&r[4]),
+            sync_state: r[5].clone(),
+        })
 }
 
 /// Waits until `application_name` streams (walsender state `streaming`) and returns its row.
