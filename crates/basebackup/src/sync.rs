@@ -33,9 +33,30 @@ pub struct WritebackBehind {
     worker: Option<JoinHandle<()>>,
 }
 
+/// What the writeback thread does with a finished file (`WALRELAY_EARLY_WRITEBACK`, a diagnostic
+/// for benchmarks: `fadvise`, `fdatasync` or `off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EarlyWriteback {
+    Fadvise,
+    Fdatasync,
+    Off,
+}
+
+fn early_writeback() -> EarlyWriteback {
+    match std::env::var("WALRELAY_EARLY_WRITEBACK").as_deref() {
+        Ok("off") => EarlyWriteback::Off,
+        Ok("fdatasync") => EarlyWriteback::Fdatasync,
+        _ => EarlyWriteback::Fadvise,
+    }
+}
+
 impl WritebackBehind {
     /// Starts the thread; `None` if it cannot be started (extraction then works without it).
     pub fn start() -> Option<WritebackBehind> {
+        let mode = early_writeback();
+        if mode == EarlyWriteback::Off {
+            return None;
+        }
         let (tx, rx) = mpsc::sync_channel::<File>(WRITEBACK_QUEUE);
         let worker = std::thread::Builder::new()
             .name("walrelay-writeback".into())
@@ -43,12 +64,16 @@ impl WritebackBehind {
                 for file in rx {
                     // A hint: an error (EBADF cannot happen; ESPIPE for a FIFO we never write)
                     // changes nothing.
-                    let _ = posix_fadvise(
-                        file.as_raw_fd(),
-                        0,
-                        0,
-                        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-                    );
+                    if mode == EarlyWriteback::Fdatasync {
+                        let _ = file.sync_data();
+                    } else {
+                        let _ = posix_fadvise(
+                            file.as_raw_fd(),
+                            0,
+                            0,
+                            PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                        );
+                    }
                 }
             })
             .ok()?;
@@ -121,6 +146,10 @@ impl WrittenPaths {
     /// fsyncs every recorded file using up to `threads` threads, then every recorded directory
     /// (each once). Stops at the first error and returns it.
     pub fn sync_all(&self, threads: usize) -> Result<SyncSummary, DurableError> {
+        let threads = std::env::var("WALRELAY_SYNC_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(threads);
         let started = std::time::Instant::now();
         parallel_each(&self.files, threads, fsync_file)?;
         let files_done = started.elapsed();
