@@ -21,6 +21,7 @@
 //! | `WALRELAY_BENCH_PGBENCH_SECS` | length of each pgbench run (receive, synchronous standby) | 20 |
 //! | `WALRELAY_BENCH_ONLY` | comma list of parts to run (receive: `catchup`, `sync`) | all |
 //! | `WALRELAY_BENCH_WALRELAY` | path of the walrelay binary to measure | the one cargo built |
+//! | `WALRELAY_BENCH_WRAP` | a wrapper every tool runs under (`WRAP PROGRAM ARGS…`), for profiles | none |
 //! | `WALRELAY_BENCH_SPREAD_DIRS` | `0`: do not spread the output directories over the file system (see [`work_dir`]) | spread |
 
 // Each bench uses a different subset of these helpers.
@@ -97,8 +98,18 @@ pub fn walrelay_bin() -> PathBuf {
 
 /// A command for a PostgreSQL client tool or walrelay with a predictable environment: no `PG*`
 /// variables (the connection string says everything), C locale, no password file.
+///
+/// With `WALRELAY_BENCH_WRAP=PATH`, every tool runs as `PATH PROGRAM ARGS…` (a script that runs it
+/// under `perf record` or `strace`, say), for profiles of both tools under the same load.
 pub fn tool_command(program: &Path) -> Command {
-    let mut cmd = Command::new(program);
+    let mut cmd = match std::env::var_os("WALRELAY_BENCH_WRAP") {
+        Some(wrap) if !wrap.is_empty() => {
+            let mut c = Command::new(wrap);
+            c.arg(program);
+            c
+        }
+        _ => Command::new(program),
+    };
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PG") {
             cmd.env_remove(&key);
