@@ -379,7 +379,7 @@ fn main() {
             checked = true;
             if let Some(c) = &churn {
                 println!(
-                    "neighbour: {:.0} small files created, fsynced and removed per second",
+                    "neighbour: {:.0} small files created and removed per second",
                     c.files_per_sec()
                 );
             }

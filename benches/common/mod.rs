@@ -742,9 +742,14 @@ impl Busy {
             Busy::Quiet => "quiet: no neighbour".into(),
             Busy::Fsync => "busy (fsync): pgbench -c 4 -j 1 (TPC-B-like) against a second cluster on the same file system".into(),
             Busy::Meta => format!(
-                "busy (metadata): {} threads creating trees of {META_DIRS} directories x {META_FILES} files of {} KiB, fsyncing every file and directory, removing each tree, in a loop, on the same file system",
+                "busy (metadata): {} threads creating trees of {META_DIRS} directories x {META_FILES} files of {} KiB, {}, removing each tree, in a loop, on the same file system",
                 meta_threads(),
-                META_FILE_BYTES / 1024
+                META_FILE_BYTES / 1024,
+                if meta_fsync() {
+                    "fsyncing every file and directory"
+                } else {
+                    "without fsync (WALRELAY_BENCH_META_FSYNC=0)"
+                }
             ),
         }
     }
@@ -773,6 +778,12 @@ const META_DIRS: usize = 8;
 const META_FILES: usize = 32;
 /// Size of each of its files (initdb's catalog files are mostly 8–16 kB).
 const META_FILE_BYTES: usize = 8192;
+
+/// `WALRELAY_BENCH_META_FSYNC=0`: the metadata neighbour writes and removes its files without
+/// fsyncing them (as `initdb -N` followed by `rm -rf`), leaving more dirty metadata behind.
+pub fn meta_fsync() -> bool {
+    std::env::var("WALRELAY_BENCH_META_FSYNC").as_deref() != Ok("0")
+}
 
 /// `WALRELAY_BENCH_META_THREADS`: threads of the metadata neighbour (default 2).
 pub fn meta_threads() -> usize {
@@ -825,7 +836,11 @@ impl Drop for MetaChurn {
 
 fn churn(base: &Path, stop: &AtomicBool, files: &AtomicU64) {
     let data = vec![0x5au8; META_FILE_BYTES];
+    let sync = meta_fsync();
     let fsync_dir = |d: &Path| {
+        if !sync {
+            return;
+        }
         if let Ok(f) = fs::File::open(d) {
             let _ = f.sync_all();
         }
@@ -843,7 +858,9 @@ fn churn(base: &Path, stop: &AtomicBool, files: &AtomicU64) {
                 let path = dir.join(format!("f{f}"));
                 if let Ok(mut file) = fs::File::create(&path) {
                     let _ = std::io::Write::write_all(&mut file, &data);
-                    let _ = file.sync_all();
+                    if sync {
+                        let _ = file.sync_all();
+                    }
                     files.fetch_add(1, Ordering::Relaxed);
                 }
                 if stop.load(Ordering::Relaxed) {
