@@ -1,8 +1,13 @@
 //! Benchmark: seeding a standby — `walrelay bootstrap` against `pg_basebackup -X stream`.
 //!
 //! One throwaway PostgreSQL cluster holds a pgbench data set (scale 70 ≈ 1.1 GB by default;
-//! `WALRELAY_BENCH_SCALE` shrinks it for a quick run). Each round runs both tools on it, one after
-//! the other, alternating which goes first, into fresh directories on the same file system:
+//! `WALRELAY_BENCH_SCALE` shrinks it for a quick run, `WALRELAY_BENCH_SCALES=10,70` measures several
+//! sizes one after the other, re-initializing the data set). At every size, the rounds run once per
+//! neighbour of `WALRELAY_BENCH_BUSY` (`quiet`, `fsync`: pgbench against a second cluster, `meta`:
+//! threads creating, fsyncing and removing small files, `meta-nofsync`: the same without fsync; all
+//! on the same file system, running during both tools' runs alike). Each round runs both tools on it,
+//! one after the other, alternating which goes first, into fresh directories on the same file
+//! system:
 //!
 //! * `walrelay bootstrap -d CONNINFO -c fast -D X` — base backup untarred as it arrives, WAL streamed
 //!   in parallel into `X/pg_wal`, the backup manifest (CRC-32C) checked against checksums computed
@@ -21,7 +26,13 @@
 //!
 //! `WALRELAY_BENCH_COMPARE=LABEL=PATH,…` adds other walrelay builds (say, the one before a change)
 //! as extra lines, run in the same rounds, in the alternating order, on the same data: an A/B
-//! comparison under the same load.
+//! comparison under the same load. `WALRELAY_BENCH_VARIANTS=LABEL:VAR=VALUE[;…],…` does the same
+//! with this build and extra environment (e.g. `nofadv:WALRELAY_EARLY_WRITEBACK=off`).
+//! `WALRELAY_BENCH_NO_VERIFY_LINE=0` leaves out the `--no-verify` diagnostic run.
+//!
+//! Every line reports the median and the worst of the rounds, wall time with user and system CPU
+//! time and peak RSS (`wait4` rusage through GNU time), and the ratios walrelay / pg_basebackup of
+//! medians and of worst runs; a summary table at the end has one line per size and neighbour.
 //!
 //! Run with `cargo bench --bench bootstrap`; see `benches/common/mod.rs` for the settings and
 //! `docs/benchmarks.md` for results.
@@ -362,7 +373,8 @@ fn main() {
                 ),
                 _ => None,
             };
-            let churn = (busy == Busy::Meta).then(|| MetaChurn::start(work.path()));
+            let churn = matches!(busy, Busy::Meta | Busy::MetaNoFsync)
+                .then(|| MetaChurn::start(work.path(), busy == Busy::Meta));
             if busy != Busy::Quiet {
                 // Let the neighbour reach its pace.
                 std::thread::sleep(std::time::Duration::from_secs(2));

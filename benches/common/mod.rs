@@ -715,7 +715,8 @@ pub fn scales(default: u64) -> Vec<u64> {
 }
 
 /// What else runs on the file system of the benchmark while the tools are measured
-/// (`WALRELAY_BENCH_BUSY`, a comma list; `quiet` when unset).
+/// (`WALRELAY_BENCH_BUSY`, a comma list of `quiet`, `fsync`, `meta`, `meta-nofsync`; `quiet` when
+/// unset).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Busy {
     /// Nothing but the benchmark (and whatever else the machine runs).
@@ -726,6 +727,9 @@ pub enum Busy {
     /// Metadata-heavy, as a test suite running many `initdb`s: threads that create trees of small
     /// files, fsync every file and directory, and remove the trees again, without pause.
     Meta,
+    /// The same without any fsync (as `initdb -N` followed by `rm -rf`): the neighbour's dirty
+    /// data and metadata go to the disk by the kernel's writeback while the tools run.
+    MetaNoFsync,
 }
 
 impl Busy {
@@ -734,6 +738,7 @@ impl Busy {
             Busy::Quiet => "quiet",
             Busy::Fsync => "fsync",
             Busy::Meta => "meta",
+            Busy::MetaNoFsync => "meta-nofsync",
         }
     }
 
@@ -741,14 +746,14 @@ impl Busy {
         match self {
             Busy::Quiet => "quiet: no neighbour".into(),
             Busy::Fsync => "busy (fsync): pgbench -c 4 -j 1 (TPC-B-like) against a second cluster on the same file system".into(),
-            Busy::Meta => format!(
+            Busy::Meta | Busy::MetaNoFsync => format!(
                 "busy (metadata): {} threads creating trees of {META_DIRS} directories x {META_FILES} files of {} KiB, {}, removing each tree, in a loop, on the same file system",
                 meta_threads(),
                 META_FILE_BYTES / 1024,
-                if meta_fsync() {
+                if self == Busy::Meta {
                     "fsyncing every file and directory"
                 } else {
-                    "without fsync (WALRELAY_BENCH_META_FSYNC=0)"
+                    "without any fsync"
                 }
             ),
         }
@@ -765,7 +770,10 @@ pub fn busy_modes() -> Vec<Busy> {
                 "quiet" => Busy::Quiet,
                 "fsync" => Busy::Fsync,
                 "meta" => Busy::Meta,
-                other => panic!("WALRELAY_BENCH_BUSY: unknown {other:?} (quiet, fsync, meta)"),
+                "meta-nofsync" => Busy::MetaNoFsync,
+                other => panic!(
+                    "WALRELAY_BENCH_BUSY: unknown {other:?} (quiet, fsync, meta, meta-nofsync)"
+                ),
             })
             .collect(),
         _ => vec![Busy::Quiet],
@@ -778,12 +786,6 @@ const META_DIRS: usize = 8;
 const META_FILES: usize = 32;
 /// Size of each of its files (initdb's catalog files are mostly 8–16 kB).
 const META_FILE_BYTES: usize = 8192;
-
-/// `WALRELAY_BENCH_META_FSYNC=0`: the metadata neighbour writes and removes its files without
-/// fsyncing them (as `initdb -N` followed by `rm -rf`), leaving more dirty metadata behind.
-pub fn meta_fsync() -> bool {
-    std::env::var("WALRELAY_BENCH_META_FSYNC").as_deref() != Ok("0")
-}
 
 /// `WALRELAY_BENCH_META_THREADS`: threads of the metadata neighbour (default 2).
 pub fn meta_threads() -> usize {
@@ -799,7 +801,8 @@ pub struct MetaChurn {
 }
 
 impl MetaChurn {
-    pub fn start(dir: &Path) -> MetaChurn {
+    /// Starts the threads; `sync`: fsync every file and directory.
+    pub fn start(dir: &Path, sync: bool) -> MetaChurn {
         let stop = Arc::new(AtomicBool::new(false));
         let files = Arc::new(AtomicU64::new(0));
         let threads = (0..meta_threads())
@@ -808,7 +811,7 @@ impl MetaChurn {
                 let base = dir.join(format!("churn-{t}"));
                 fs::create_dir_all(&base)
                     .unwrap_or_else(|e| panic!("create {}: {e}", base.display()));
-                std::thread::spawn(move || churn(&base, &stop, &files))
+                std::thread::spawn(move || churn(&base, sync, &stop, &files))
             })
             .collect();
         MetaChurn {
@@ -834,9 +837,8 @@ impl Drop for MetaChurn {
     }
 }
 
-fn churn(base: &Path, stop: &AtomicBool, files: &AtomicU64) {
+fn churn(base: &Path, sync: bool, stop: &AtomicBool, files: &AtomicU64) {
     let data = vec![0x5au8; META_FILE_BYTES];
-    let sync = meta_fsync();
     let fsync_dir = |d: &Path| {
         if !sync {
             return;
