@@ -375,6 +375,7 @@ fn main() {
             };
             let churn = matches!(busy, Busy::Meta | Busy::MetaNoFsync)
                 .then(|| MetaChurn::start(work.path(), busy == Busy::Meta));
+            let mem = (busy == Busy::Mem).then(common::MemChurn::start);
             if busy != Busy::Quiet {
                 // Let the neighbour reach its pace.
                 std::thread::sleep(std::time::Duration::from_secs(2));
@@ -397,6 +398,7 @@ fn main() {
             }
             drop(churn);
             drop(pgbench);
+            drop(mem);
             print_tables(&r, &others, scale, busy, &mut summary);
         }
     }

@@ -730,6 +730,10 @@ pub enum Busy {
     /// The same without any fsync (as `initdb -N` followed by `rm -rf`): the neighbour's dirty
     /// data and metadata go to the disk by the kernel's writeback while the tools run.
     MetaNoFsync,
+    /// Memory churn, as a compiler next door: a thread mapping 1 GiB, touching every page and
+    /// unmapping it again, in a loop (the guest's freed memory goes back to the host and has to be
+    /// faulted in again by whoever takes it next).
+    Mem,
 }
 
 impl Busy {
@@ -739,6 +743,7 @@ impl Busy {
             Busy::Fsync => "fsync",
             Busy::Meta => "meta",
             Busy::MetaNoFsync => "meta-nofsync",
+            Busy::Mem => "mem",
         }
     }
 
@@ -746,6 +751,7 @@ impl Busy {
         match self {
             Busy::Quiet => "quiet: no neighbour".into(),
             Busy::Fsync => "busy (fsync): pgbench -c 4 -j 1 (TPC-B-like) against a second cluster on the same file system".into(),
+            Busy::Mem => "busy (memory): a thread mapping 1 GiB, touching every page, unmapping it, in a loop".into(),
             Busy::Meta | Busy::MetaNoFsync => format!(
                 "busy (metadata): {} threads creating trees of {META_DIRS} directories x {META_FILES} files of {} KiB, {}, removing each tree, in a loop, on the same file system",
                 meta_threads(),
@@ -771,8 +777,9 @@ pub fn busy_modes() -> Vec<Busy> {
                 "fsync" => Busy::Fsync,
                 "meta" => Busy::Meta,
                 "meta-nofsync" => Busy::MetaNoFsync,
+                "mem" => Busy::Mem,
                 other => panic!(
-                    "WALRELAY_BENCH_BUSY: unknown {other:?} (quiet, fsync, meta, meta-nofsync)"
+                    "WALRELAY_BENCH_BUSY: unknown {other:?} (quiet, fsync, meta, meta-nofsync, mem)"
                 ),
             })
             .collect(),
@@ -875,5 +882,44 @@ fn churn(base: &Path, sync: bool, stop: &AtomicBool, files: &AtomicU64) {
         fsync_dir(base);
         let _ = fs::remove_dir_all(&root);
         fsync_dir(base);
+    }
+}
+
+/// The memory-churning neighbour ([`Busy::Mem`]), until dropped.
+pub struct MemChurn {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MemChurn {
+    pub fn start() -> MemChurn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let mut v = vec![0u8; 1 << 30];
+                for i in (0..v.len()).step_by(4096) {
+                    v[i] = 1;
+                    if i % (64 << 20) == 0 && s.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                std::hint::black_box(&v);
+                drop(v);
+            }
+        });
+        MemChurn {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for MemChurn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
