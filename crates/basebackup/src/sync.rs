@@ -33,28 +33,18 @@ pub struct WritebackBehind {
     worker: Option<JoinHandle<()>>,
 }
 
-/// What the writeback thread does with a finished file (`WALRELAY_EARLY_WRITEBACK`, a diagnostic
-/// for benchmarks: `fadvise`, `fdatasync` or `off`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum EarlyWriteback {
-    Fadvise,
-    Fdatasync,
-    Off,
-}
-
-fn early_writeback() -> EarlyWriteback {
-    match std::env::var("WALRELAY_EARLY_WRITEBACK").as_deref() {
-        Ok("off") => EarlyWriteback::Off,
-        Ok("fdatasync") => EarlyWriteback::Fdatasync,
-        _ => EarlyWriteback::Fadvise,
-    }
+/// Whether finished files get the early writeback hint: `WALRELAY_EARLY_WRITEBACK=off` turns it
+/// off, a diagnostic for A/B benchmarks (docs/benchmarks.md). Not an `fdatasync` on this thread:
+/// its error would be ignored here and, once reported, not reported again to the final fsync of
+/// the file reopened by [`WrittenPaths::sync_all`].
+fn early_writeback_on() -> bool {
+    std::env::var("WALRELAY_EARLY_WRITEBACK").as_deref() != Ok("off")
 }
 
 impl WritebackBehind {
     /// Starts the thread; `None` if it cannot be started (extraction then works without it).
     pub fn start() -> Option<WritebackBehind> {
-        let mode = early_writeback();
-        if mode == EarlyWriteback::Off {
+        if !early_writeback_on() {
             return None;
         }
         let (tx, rx) = mpsc::sync_channel::<File>(WRITEBACK_QUEUE);
@@ -64,16 +54,12 @@ impl WritebackBehind {
                 for file in rx {
                     // A hint: an error (EBADF cannot happen; ESPIPE for a FIFO we never write)
                     // changes nothing.
-                    if mode == EarlyWriteback::Fdatasync {
-                        let _ = file.sync_data();
-                    } else {
-                        let _ = posix_fadvise(
-                            file.as_raw_fd(),
-                            0,
-                            0,
-                            PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-                        );
-                    }
+                    let _ = posix_fadvise(
+                        file.as_raw_fd(),
+                        0,
+                        0,
+                        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                    );
                 }
             })
             .ok()?;
@@ -144,7 +130,8 @@ impl WrittenPaths {
     }
 
     /// fsyncs every recorded file using up to `threads` threads, then every recorded directory
-    /// (each once). Stops at the first error and returns it.
+    /// (each once). Stops at the first error and returns it. `WALRELAY_SYNC_THREADS=N` overrides
+    /// `threads`, a diagnostic for A/B benchmarks (docs/benchmarks.md).
     pub fn sync_all(&self, threads: usize) -> Result<SyncSummary, DurableError> {
         let threads = std::env::var("WALRELAY_SYNC_THREADS")
             .ok()
