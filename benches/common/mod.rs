@@ -21,6 +21,7 @@
 //! | `WALRELAY_BENCH_PGBENCH_SECS` | length of each pgbench run (receive, synchronous standby) | 20 |
 //! | `WALRELAY_BENCH_ONLY` | comma list of parts to run (receive: `catchup`, `sync`) | all |
 //! | `WALRELAY_BENCH_WALRELAY` | path of the walrelay binary to measure | the one cargo built |
+//! | `WALRELAY_BENCH_WRAP` | a wrapper every tool runs under (`WRAP PROGRAM ARGS…`), for profiles | none |
 //! | `WALRELAY_BENCH_SPREAD_DIRS` | `0`: do not spread the output directories over the file system (see [`work_dir`]) | spread |
 
 // Each bench uses a different subset of these helpers.
@@ -97,8 +98,18 @@ pub fn walrelay_bin() -> PathBuf {
 
 /// A command for a PostgreSQL client tool or walrelay with a predictable environment: no `PG*`
 /// variables (the connection string says everything), C locale, no password file.
+///
+/// With `WALRELAY_BENCH_WRAP=PATH`, every tool runs as `PATH PROGRAM ARGS…` (a script that runs it
+/// under `perf record` or `strace`, say), for profiles of both tools under the same load.
 pub fn tool_command(program: &Path) -> Command {
-    let mut cmd = Command::new(program);
+    let mut cmd = match std::env::var_os("WALRELAY_BENCH_WRAP") {
+        Some(wrap) if !wrap.is_empty() => {
+            let mut c = Command::new(wrap);
+            c.arg(program);
+            c
+        }
+        _ => Command::new(program),
+    };
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PG") {
             cmd.env_remove(&key);
@@ -444,6 +455,37 @@ impl Series {
         (!v.is_empty()).then(|| median(&v))
     }
 
+    /// The slowest run's wall time.
+    pub fn worst_secs(&self) -> f64 {
+        self.runs
+            .iter()
+            .map(Measured::secs)
+            .fold(f64::NAN, f64::max)
+    }
+
+    /// Median user and system CPU seconds (GNU time only).
+    pub fn median_user_sys(&self) -> Option<(f64, f64)> {
+        let u: Vec<f64> = self
+            .runs
+            .iter()
+            .filter_map(|m| m.cpu.map(|c| c.0))
+            .collect();
+        let s: Vec<f64> = self
+            .runs
+            .iter()
+            .filter_map(|m| m.cpu.map(|c| c.1))
+            .collect();
+        (!u.is_empty()).then(|| (median(&u), median(&s)))
+    }
+
+    /// The slowest run's user and system CPU seconds.
+    pub fn worst_user_sys(&self) -> Option<(f64, f64)> {
+        self.runs
+            .iter()
+            .max_by(|a, b| a.secs().total_cmp(&b.secs()))
+            .and_then(|m| m.cpu)
+    }
+
     /// The largest peak RSS of any round, in MiB.
     pub fn peak_rss_mib(&self) -> Option<f64> {
         self.runs
@@ -654,4 +696,230 @@ fn read_full(f: &mut fs::File, buf: &mut [u8]) -> usize {
         }
     }
     n
+}
+
+/// `WALRELAY_BENCH_SCALES`: a comma list of pgbench scales (e.g. `10,70`), else
+/// `WALRELAY_BENCH_SCALE`, else `default`.
+pub fn scales(default: u64) -> Vec<u64> {
+    match std::env::var("WALRELAY_BENCH_SCALES") {
+        Ok(v) if !v.trim().is_empty() => v
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| match s.trim().parse::<u64>() {
+                Ok(n) if n > 0 => n,
+                _ => panic!("WALRELAY_BENCH_SCALES={v:?}: expected positive integers"),
+            })
+            .collect(),
+        _ => vec![env_u64("WALRELAY_BENCH_SCALE", default)],
+    }
+}
+
+/// What else runs on the file system of the benchmark while the tools are measured
+/// (`WALRELAY_BENCH_BUSY`, a comma list of `quiet`, `fsync`, `meta`, `meta-nofsync`; `quiet` when
+/// unset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Busy {
+    /// Nothing but the benchmark (and whatever else the machine runs).
+    Quiet,
+    /// fsync-heavy: pgbench (TPC-B-like, `synchronous_commit = on`, 4 clients) against a second
+    /// cluster on the same file system: a WAL fsync per commit.
+    Fsync,
+    /// Metadata-heavy, as a test suite running many `initdb`s: threads that create trees of small
+    /// files, fsync every file and directory, and remove the trees again, without pause.
+    Meta,
+    /// The same without any fsync (as `initdb -N` followed by `rm -rf`): the neighbour's dirty
+    /// data and metadata go to the disk by the kernel's writeback while the tools run.
+    MetaNoFsync,
+    /// Memory churn, as a compiler next door: a thread mapping 1 GiB, touching every page and
+    /// unmapping it again, in a loop (the guest's freed memory goes back to the host and has to be
+    /// faulted in again by whoever takes it next).
+    Mem,
+}
+
+impl Busy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Busy::Quiet => "quiet",
+            Busy::Fsync => "fsync",
+            Busy::Meta => "meta",
+            Busy::MetaNoFsync => "meta-nofsync",
+            Busy::Mem => "mem",
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Busy::Quiet => "quiet: no neighbour".into(),
+            Busy::Fsync => "busy (fsync): pgbench -c 4 -j 1 (TPC-B-like) against a second cluster on the same file system".into(),
+            Busy::Mem => "busy (memory): a thread mapping 1 GiB, touching every page, unmapping it, in a loop".into(),
+            Busy::Meta | Busy::MetaNoFsync => format!(
+                "busy (metadata): {} threads creating trees of {META_DIRS} directories x {META_FILES} files of {} KiB, {}, removing each tree, in a loop, on the same file system",
+                meta_threads(),
+                META_FILE_BYTES / 1024,
+                if self == Busy::Meta {
+                    "fsyncing every file and directory"
+                } else {
+                    "without any fsync"
+                }
+            ),
+        }
+    }
+}
+
+/// `WALRELAY_BENCH_BUSY`: `quiet`, `fsync`, `meta`, comma separated.
+pub fn busy_modes() -> Vec<Busy> {
+    match std::env::var("WALRELAY_BENCH_BUSY") {
+        Ok(v) if !v.trim().is_empty() => v
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| match s.trim() {
+                "quiet" => Busy::Quiet,
+                "fsync" => Busy::Fsync,
+                "meta" => Busy::Meta,
+                "meta-nofsync" => Busy::MetaNoFsync,
+                "mem" => Busy::Mem,
+                other => panic!(
+                    "WALRELAY_BENCH_BUSY: unknown {other:?} (quiet, fsync, meta, meta-nofsync, mem)"
+                ),
+            })
+            .collect(),
+        _ => vec![Busy::Quiet],
+    }
+}
+
+/// Directories per tree of the metadata neighbour.
+const META_DIRS: usize = 8;
+/// Files per directory of the metadata neighbour.
+const META_FILES: usize = 32;
+/// Size of each of its files (initdb's catalog files are mostly 8–16 kB).
+const META_FILE_BYTES: usize = 8192;
+
+/// `WALRELAY_BENCH_META_THREADS`: threads of the metadata neighbour (default 2).
+pub fn meta_threads() -> usize {
+    env_u64("WALRELAY_BENCH_META_THREADS", 2) as usize
+}
+
+/// The metadata-heavy neighbour: threads churning small files in `dir` until dropped.
+pub struct MetaChurn {
+    stop: Arc<AtomicBool>,
+    files: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<()>>,
+    started: Instant,
+}
+
+impl MetaChurn {
+    /// Starts the threads; `sync`: fsync every file and directory.
+    pub fn start(dir: &Path, sync: bool) -> MetaChurn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let files = Arc::new(AtomicU64::new(0));
+        let threads = (0..meta_threads())
+            .map(|t| {
+                let (stop, files) = (stop.clone(), files.clone());
+                let base = dir.join(format!("churn-{t}"));
+                fs::create_dir_all(&base)
+                    .unwrap_or_else(|e| panic!("create {}: {e}", base.display()));
+                std::thread::spawn(move || churn(&base, sync, &stop, &files))
+            })
+            .collect();
+        MetaChurn {
+            stop,
+            files,
+            threads,
+            started: Instant::now(),
+        }
+    }
+
+    /// Files created, fsynced and removed per second so far.
+    pub fn files_per_sec(&self) -> f64 {
+        self.files.load(Ordering::Relaxed) as f64 / self.started.elapsed().as_secs_f64()
+    }
+}
+
+impl Drop for MetaChurn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn churn(base: &Path, sync: bool, stop: &AtomicBool, files: &AtomicU64) {
+    let data = vec![0x5au8; META_FILE_BYTES];
+    let fsync_dir = |d: &Path| {
+        if !sync {
+            return;
+        }
+        if let Ok(f) = fs::File::open(d) {
+            let _ = f.sync_all();
+        }
+    };
+    let mut tree = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let root = base.join(format!("t{tree}"));
+        tree += 1;
+        for d in 0..META_DIRS {
+            let dir = root.join(format!("d{d}"));
+            if fs::create_dir_all(&dir).is_err() {
+                return;
+            }
+            for f in 0..META_FILES {
+                let path = dir.join(format!("f{f}"));
+                if let Ok(mut file) = fs::File::create(&path) {
+                    let _ = std::io::Write::write_all(&mut file, &data);
+                    if sync {
+                        let _ = file.sync_all();
+                    }
+                    files.fetch_add(1, Ordering::Relaxed);
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            fsync_dir(&dir);
+        }
+        fsync_dir(&root);
+        fsync_dir(base);
+        let _ = fs::remove_dir_all(&root);
+        fsync_dir(base);
+    }
+}
+
+/// The memory-churning neighbour ([`Busy::Mem`]), until dropped.
+pub struct MemChurn {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MemChurn {
+    pub fn start() -> MemChurn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let mut v = vec![0u8; 1 << 30];
+                for i in (0..v.len()).step_by(4096) {
+                    v[i] = 1;
+                    if i % (64 << 20) == 0 && s.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                std::hint::black_box(&v);
+                drop(v);
+            }
+        });
+        MemChurn {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for MemChurn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -33,9 +33,20 @@ pub struct WritebackBehind {
     worker: Option<JoinHandle<()>>,
 }
 
+/// Whether finished files get the early writeback hint: `WALRELAY_EARLY_WRITEBACK=off` turns it
+/// off, a diagnostic for A/B benchmarks (docs/benchmarks.md). Not an `fdatasync` on this thread:
+/// its error would be ignored here and, once reported, not reported again to the final fsync of
+/// the file reopened by [`WrittenPaths::sync_all`].
+fn early_writeback_on() -> bool {
+    std::env::var("WALRELAY_EARLY_WRITEBACK").as_deref() != Ok("off")
+}
+
 impl WritebackBehind {
     /// Starts the thread; `None` if it cannot be started (extraction then works without it).
     pub fn start() -> Option<WritebackBehind> {
+        if !early_writeback_on() {
+            return None;
+        }
         let (tx, rx) = mpsc::sync_channel::<File>(WRITEBACK_QUEUE);
         let worker = std::thread::Builder::new()
             .name("walrelay-writeback".into())
@@ -119,8 +130,13 @@ impl WrittenPaths {
     }
 
     /// fsyncs every recorded file using up to `threads` threads, then every recorded directory
-    /// (each once). Stops at the first error and returns it.
+    /// (each once). Stops at the first error and returns it. `WALRELAY_SYNC_THREADS=N` overrides
+    /// `threads`, a diagnostic for A/B benchmarks (docs/benchmarks.md).
     pub fn sync_all(&self, threads: usize) -> Result<SyncSummary, DurableError> {
+        let threads = std::env::var("WALRELAY_SYNC_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(threads);
         let started = std::time::Instant::now();
         parallel_each(&self.files, threads, fsync_file)?;
         let files_done = started.elapsed();
