@@ -113,6 +113,21 @@ fn list_tree(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<()> {
 /// Writes `data` to a temp file beside `target`, fsyncs it, and links it to `target` unless that
 /// exists. Returns false when it existed.
 fn link_new(target: &Path, data: &[u8], owner: Owner) -> Result<bool> {
+    let created = write_then_link(target, owner, |f, tmp| {
+        f.write_all(data)
+            .map_err(|e| StoreError::io("write", tmp, e))
+    })?;
+    durable::fsync_dir(target.parent().unwrap_or(Path::new("/")))?;
+    Ok(created)
+}
+
+/// A temp file beside `target`, filled by `fill`, fsynced and hard-linked to `target` unless that
+/// exists (false then); the temp name is removed whatever happens. The directory is not fsynced.
+fn write_then_link(
+    target: &Path,
+    owner: Owner,
+    fill: impl FnOnce(&mut fs::File, &Path) -> Result<()>,
+) -> Result<bool> {
     let dir = target.parent().unwrap_or(Path::new("/"));
     let base = target
         .file_name()
@@ -125,8 +140,7 @@ fn link_new(target: &Path, data: &[u8], owner: Owner) -> Result<bool> {
     ));
     let result = (|| {
         let mut f = durable::create_new_file(&tmp, FILE_MODE, owner)?;
-        f.write_all(data)
-            .map_err(|e| StoreError::io("write", &tmp, e))?;
+        fill(&mut f, &tmp)?;
         f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
         match fs::hard_link(&tmp, target) {
             Ok(()) => Ok(true),
@@ -135,9 +149,7 @@ fn link_new(target: &Path, data: &[u8], owner: Owner) -> Result<bool> {
         }
     })();
     let _ = fs::remove_file(&tmp);
-    let created = result?;
-    durable::fsync_dir(dir)?;
-    Ok(created)
+    result
 }
 
 /// `EXDEV`: a hard link across file systems.
@@ -148,29 +160,11 @@ fn libc_exdev() -> i32 {
 /// Copies `source` to a temp file beside `target`, fsyncs it and links it to `target` unless
 /// that exists (false then).
 fn copy_new(source: &Path, target: &Path, owner: Owner) -> Result<bool> {
-    let dir = target.parent().unwrap_or(Path::new("/"));
-    let base = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{base}.{}.{}.tmp",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = durable::create_new_file(&tmp, FILE_MODE, owner)?;
+    write_then_link(target, owner, |f, tmp| {
         let mut src = fs::File::open(source).map_err(|e| StoreError::io("open", source, e))?;
-        io::copy(&mut src, &mut f).map_err(|e| StoreError::io("copy to", &tmp, e))?;
-        f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
-        match fs::hard_link(&tmp, target) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(StoreError::io("link", target, e)),
-        }
-    })();
-    let _ = fs::remove_file(&tmp);
-    result
+        io::copy(&mut src, f).map_err(|e| StoreError::io("copy to", tmp, e))?;
+        Ok(())
+    })
 }
 
 impl ArchiveStore for LocalDirStore {
@@ -322,35 +316,15 @@ impl ArchiveStore for LocalDirStore {
                 if path.exists() {
                     return Ok(PutIfAbsent::Exists);
                 }
-                let base = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let tmp = dir.join(format!(
-                    ".{base}.{}.{}.tmp",
-                    std::process::id(),
-                    TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-                ));
-                let result = (|| {
-                    let mut f = durable::create_new_file(&tmp, FILE_MODE, owner)?;
-                    loop {
-                        match chunks.blocking_recv() {
-                            Some(StreamChunk::Data(b)) => f
-                                .write_all(&b)
-                                .map_err(|e| StoreError::io("write", &tmp, e))?,
-                            Some(StreamChunk::End) => break,
-                            None => return Err(StreamChunk::abandoned(&shown)),
-                        }
+                let created = write_then_link(&path, owner, |f, tmp| loop {
+                    match chunks.blocking_recv() {
+                        Some(StreamChunk::Data(b)) => f
+                            .write_all(&b)
+                            .map_err(|e| StoreError::io("write", tmp, e))?,
+                        Some(StreamChunk::End) => return Ok(()),
+                        None => return Err(StreamChunk::abandoned(&shown)),
                     }
-                    f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
-                    match fs::hard_link(&tmp, &path) {
-                        Ok(()) => Ok(true),
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-                        Err(e) => Err(StoreError::io("link", &path, e)),
-                    }
-                })();
-                let _ = fs::remove_file(&tmp);
-                let created = result?;
+                })?;
                 durable::fsync_dir(&dir)?;
                 Ok(if created {
                     PutIfAbsent::Created

@@ -153,6 +153,48 @@ impl ObjectStoreArchive {
     fn display(&self, name: &str) -> String {
         format!("{}/{name}", self.url)
     }
+
+    /// A multipart upload to `name`, or `None` when the name exists already (checked with HEAD:
+    /// a multipart upload cannot be conditional in every store).
+    async fn start_multipart(&self, name: &str) -> Result<Option<object_store::WriteMultipart>> {
+        let path = self.path(name);
+        match self.inner.head(&path).await {
+            Ok(_) => return Ok(None),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(StoreError::remote("check", self.display(name), e)),
+        }
+        let upload = self
+            .inner
+            .put_multipart(&path)
+            .await
+            .map_err(|e| StoreError::remote("start upload of", self.display(name), e))?;
+        Ok(Some(object_store::WriteMultipart::new_with_chunk_size(
+            upload, PART_SIZE,
+        )))
+    }
+
+    /// Completes the upload when every part was written (`fed` is `Ok`); otherwise aborts it, so
+    /// that no object appears, and returns the error.
+    async fn complete_multipart(
+        &self,
+        name: &str,
+        writer: object_store::WriteMultipart,
+        fed: Result<()>,
+    ) -> Result<PutIfAbsent> {
+        match fed {
+            Ok(()) => {
+                writer
+                    .finish()
+                    .await
+                    .map_err(|e| StoreError::remote("complete upload of", self.display(name), e))?;
+                Ok(PutIfAbsent::Created)
+            }
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
+    }
 }
 
 fn attributes(attrs: &ObjectAttrs) -> Attributes {
@@ -320,18 +362,9 @@ impl ArchiveStore for ObjectStoreArchive {
                 };
                 return self.put_if_absent(name, put).await;
             }
-            let path = self.path(name);
-            match self.inner.head(&path).await {
-                Ok(_) => return Ok(PutIfAbsent::Exists),
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(StoreError::remote("check", self.display(name), e)),
-            }
-            let upload = self
-                .inner
-                .put_multipart(&path)
-                .await
-                .map_err(|e| StoreError::remote("start upload of", self.display(name), e))?;
-            let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            let Some(mut writer) = self.start_multipart(name).await? else {
+                return Ok(PutIfAbsent::Exists);
+            };
             let mut file = tokio::fs::File::open(source)
                 .await
                 .map_err(|e| io("open", e))?;
@@ -350,18 +383,7 @@ impl ArchiveStore for ObjectStoreArchive {
                 }
             }
             .await;
-            match result {
-                Ok(()) => {
-                    writer.finish().await.map_err(|e| {
-                        StoreError::remote("complete upload of", self.display(name), e)
-                    })?;
-                    Ok(PutIfAbsent::Created)
-                }
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    Err(e)
-                }
-            }
+            self.complete_multipart(name, writer, result).await
         }
         .boxed()
     }
@@ -374,18 +396,9 @@ impl ArchiveStore for ObjectStoreArchive {
         mut chunks: tokio::sync::mpsc::Receiver<StreamChunk>,
     ) -> StoreFuture<'a, PutIfAbsent> {
         async move {
-            let path = self.path(name);
-            match self.inner.head(&path).await {
-                Ok(_) => return Ok(PutIfAbsent::Exists),
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(StoreError::remote("check", self.display(name), e)),
-            }
-            let upload = self
-                .inner
-                .put_multipart(&path)
-                .await
-                .map_err(|e| StoreError::remote("start upload of", self.display(name), e))?;
-            let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            let Some(mut writer) = self.start_multipart(name).await? else {
+                return Ok(PutIfAbsent::Exists);
+            };
             let result: Result<()> = async {
                 loop {
                     match chunks.recv().await {
@@ -402,18 +415,7 @@ impl ArchiveStore for ObjectStoreArchive {
                 }
             }
             .await;
-            match result {
-                Ok(()) => {
-                    writer.finish().await.map_err(|e| {
-                        StoreError::remote("complete upload of", self.display(name), e)
-                    })?;
-                    Ok(PutIfAbsent::Created)
-                }
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    Err(e)
-                }
-            }
+            self.complete_multipart(name, writer, result).await
         }
         .boxed()
     }
