@@ -67,11 +67,8 @@ pub fn read_relay_upstream(dir: &Path) -> Result<Option<RelayUpstream>> {
     Ok(Some(file.upstream))
 }
 
-/// Stores `upstream` in `dir` durably (unchanged content is not rewritten).
+/// Stores `upstream` in `dir` durably (replacing what was there).
 pub fn write_relay_upstream(dir: &Path, upstream: &RelayUpstream) -> Result<()> {
-    if read_relay_upstream(dir).ok().flatten().as_ref() == Some(upstream) {
-        return Ok(());
-    }
     let file = UpstreamFile {
         version: FORMAT_VERSION,
         upstream: upstream.clone(),

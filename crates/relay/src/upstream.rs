@@ -110,7 +110,8 @@ pub async fn identify(
         wal_segment_size = %info.segment_size,
         "upstream identified"
     );
-    if let Some(stored) = walrelay_archive::read_relay_upstream(dir)? {
+    let stored = walrelay_archive::read_relay_upstream(dir)?;
+    if let Some(stored) = &stored {
         if stored.system_identifier != info.system_identifier {
             return Err(RelayError::OtherSystem {
                 dir: dir.to_path_buf(),
@@ -120,6 +121,9 @@ pub async fn identify(
         }
     }
     let record = info.to_record();
+    if stored.as_ref() == Some(&record) {
+        return Ok(Some(info));
+    }
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || walrelay_archive::write_relay_upstream(&dir, &record))
         .await
