@@ -4,9 +4,12 @@
 //! alternating the order from round to round, into fresh directories on the same file system.
 //!
 //! **Catch-up of a slot backlog** (`catchup`). A template slot is created, then `pgbench -i` (scale
-//! 45 by default, `WALRELAY_BENCH_SCALE`) writes the backlog: about 580 MB of WAL. For every run a
-//! fresh slot is copied from the template (`pg_copy_physical_replication_slot`), so every run streams
-//! exactly the same WAL, from the slot's restart position to a fixed end position:
+//! 45 by default, `WALRELAY_BENCH_SCALE`) writes the backlog: about 580 MB of WAL. With
+//! `WALRELAY_BENCH_WAL_GB=0.5,2,4` it is run again until each size (GB of WAL) is reached, and each
+//! size is measured on its own (every configuration at the first size; pg_receivewal, walrelay and
+//! walrelay `--no-verify-wal` at the others). For every run a fresh slot is copied from the template
+//! (`pg_copy_physical_replication_slot`), so every run streams exactly the same WAL, from the
+//! slot's restart position to a fixed end position:
 //!
 //! * `walrelay receive -d CONNINFO -D DIR -S SLOT -E ENDPOS --no-loop [options]` — defaults validate
 //!   every page header and record CRC before acknowledging and keep SHA-256 checksums of completed
@@ -40,8 +43,11 @@ use common::{
 };
 use walrelay_testkit::{Cluster, Lsn, PgBench};
 
-/// pgbench scale of the backlog: 45 writes about 580 MB (10^6 bytes) of WAL.
+/// pgbench scale of each `pgbench -i` that writes the backlog: 45 writes about 580 MB (10^6 bytes)
+/// of WAL.
 const DEFAULT_SCALE: u64 = 45;
+/// Backlog size when `WALRELAY_BENCH_WAL_GB` is not set: one `pgbench -i -s 45`.
+const DEFAULT_BACKLOG_GB: f64 = 0.5;
 /// pgbench scale for the synchronous-standby part when the catch-up part did not initialize.
 const SYNC_ONLY_SCALE: u32 = 10;
 /// `application_name` of the synchronous receiver.
@@ -64,6 +70,8 @@ struct CatchupConfig {
     args: &'static [&'static str],
     /// The pg_receivewal configuration this one is compared with.
     versus: Option<&'static str>,
+    /// Measured at every backlog size, not only the first.
+    core: bool,
 }
 
 const PG_RECEIVEWAL: &str = "pg_receivewal";
@@ -78,60 +86,70 @@ const CATCHUP: &[CatchupConfig] = &[
         program: Program::PgReceivewal,
         args: &[],
         versus: None,
+        core: true,
     },
     CatchupConfig {
         label: WALRELAY,
         program: Program::Walrelay,
         args: &[],
         versus: Some(PG_RECEIVEWAL),
+        core: true,
     },
     CatchupConfig {
         label: WALRELAY_NO_VERIFY,
         program: Program::Walrelay,
         args: &["--no-verify-wal"],
         versus: Some(PG_RECEIVEWAL),
+        core: true,
     },
     CatchupConfig {
         label: "walrelay receive --no-checksums",
         program: Program::Walrelay,
         args: &["--no-checksums"],
         versus: Some(PG_RECEIVEWAL),
+        core: false,
     },
     CatchupConfig {
         label: "walrelay receive --no-verify-wal --no-checksums",
         program: Program::Walrelay,
         args: &["--no-verify-wal", "--no-checksums"],
         versus: Some(PG_RECEIVEWAL),
+        core: false,
     },
     CatchupConfig {
         label: PG_RECEIVEWAL_GZIP,
         program: Program::PgReceivewal,
         args: &["--compress=gzip"],
         versus: None,
+        core: false,
     },
     CatchupConfig {
         label: "walrelay receive --compress gzip",
         program: Program::Walrelay,
         args: &["--compress", "gzip"],
         versus: Some(PG_RECEIVEWAL_GZIP),
+        core: false,
     },
     CatchupConfig {
         label: PG_RECEIVEWAL_LZ4,
         program: Program::PgReceivewal,
         args: &["--compress=lz4"],
         versus: None,
+        core: false,
     },
     CatchupConfig {
         label: "walrelay receive --compress lz4",
         program: Program::Walrelay,
         args: &["--compress", "lz4"],
         versus: Some(PG_RECEIVEWAL_LZ4),
+        core: false,
     },
     CatchupConfig {
         label: "walrelay receive --compress zstd",
         program: Program::Walrelay,
         args: &["--compress", "zstd"],
         versus: Some(PG_RECEIVEWAL),
+        core: false,
     },
 ];
 
@@ -214,8 +232,59 @@ fn catchup_command(
     cmd
 }
 
+/// `WALRELAY_BENCH_WAL_GB`: backlog sizes in GB (10^9 bytes) of WAL, smallest first.
+fn backlog_sizes() -> Vec<f64> {
+    let Ok(v) = std::env::var("WALRELAY_BENCH_WAL_GB") else {
+        return vec![DEFAULT_BACKLOG_GB];
+    };
+    let mut sizes: Vec<f64> = v
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| match s.trim().parse::<f64>() {
+            Ok(g) if g > 0.0 => g,
+            _ => panic!("WALRELAY_BENCH_WAL_GB={v:?}: expected positive numbers, e.g. 0.5,2,4"),
+        })
+        .collect();
+    sizes.sort_by(f64::total_cmp);
+    sizes
+}
+
+/// One backlog: the same WAL from the template slot's restart position to `endpos`.
+struct Backlog {
+    endpos: Lsn,
+    bytes: u64,
+}
+
+/// Writes WAL with `pgbench -i -s SCALE` (the tables are dropped and loaded again each time, so the
+/// data set stays one scale's worth while the slot keeps every byte) until each size is reached,
+/// and returns the end position of each.
+fn write_backlogs(cluster: &Cluster, from: Lsn, scale: u32, sizes: &[f64]) -> Vec<Backlog> {
+    let mut out = Vec::new();
+    for &gb in sizes {
+        let want = (gb * 1e9) as u64;
+        loop {
+            let written = cluster.current_wal_lsn().saturating_sub(from);
+            if written >= want && !out.iter().any(|b: &Backlog| b.bytes == written) {
+                break;
+            }
+            cluster.pgbench_init(scale);
+        }
+        let endpos = cluster.current_wal_lsn();
+        out.push(Backlog {
+            endpos,
+            bytes: endpos.saturating_sub(from),
+        });
+    }
+    // pg_receivewal stops only once it has received WAL *past* the end position
+    // (`stop_streaming` in pg_receivewal.c compares with `<`), so some WAL must follow it; otherwise
+    // it waits for the server's next running-xacts record, up to 15 s.
+    cluster.psql("CREATE TABLE bench_past_endpos AS SELECT 1 AS one");
+    out
+}
+
 fn catchup(cluster: &Cluster, work: &Path, rounds: usize) {
     let scale = common::env_u64("WALRELAY_BENCH_SCALE", DEFAULT_SCALE) as u32;
+    let sizes = backlog_sizes();
     cluster.psql(&format!(
         "SELECT pg_create_physical_replication_slot('{TEMPLATE_SLOT}', true)"
     ));
@@ -226,29 +295,54 @@ fn catchup(cluster: &Cluster, work: &Path, rounds: usize) {
         .trim()
         .parse()
         .unwrap_or_else(|e| panic!("template slot has no restart_lsn: {e}"));
-    let prepared = Instant::now();
-    cluster.pgbench_init(scale);
-    let endpos = cluster.current_wal_lsn();
-    // pg_receivewal stops only once it has received WAL *past* the end position
-    // (`stop_streaming` in pg_receivewal.c compares with `<`), so some WAL must follow it; otherwise
-    // it waits for the server's next running-xacts record, up to 15 s.
-    cluster.psql("CREATE TABLE bench_past_endpos AS SELECT 1 AS one");
     let seg = cluster.wal_segment_size() as u32;
     let from = restart.segment_start(seg);
-    let backlog = endpos.saturating_sub(from);
+    let prepared = Instant::now();
+    let backlogs = write_backlogs(cluster, from, scale, &sizes);
     println!();
     println!("## catch-up of a slot backlog");
     println!(
-        "backlog: {} of WAL from {from} to {endpos} (pgbench -i -s {scale}, written in {:.0} s); {rounds} rounds",
-        mib(backlog),
+        "backlogs: {} of WAL from {from} (pgbench -i -s {scale} repeated, written in {:.0} s); {rounds} rounds",
+        backlogs
+            .iter()
+            .map(|b| format!("{} to {}", mib(b.bytes), b.endpos))
+            .collect::<Vec<_>>()
+            .join(", "),
         prepared.elapsed().as_secs_f64()
     );
-    let conninfo = cluster.replication_conninfo();
+    let all_configs = std::env::var("WALRELAY_BENCH_CATCHUP_ALL").as_deref() != Ok("0");
+    for (k, backlog) in backlogs.iter().enumerate() {
+        // Every configuration at the first size; at the larger ones the comparison the targets are
+        // about (validation and checksums on) and the same without them.
+        let configs: Vec<&CatchupConfig> = CATCHUP
+            .iter()
+            .filter(|c| (k == 0 && all_configs) || c.core)
+            .collect();
+        catchup_backlog(cluster, work, rounds, backlog, &configs, seg, k == 0);
+    }
+    cluster.psql(&format!(
+        "SELECT pg_drop_replication_slot('{TEMPLATE_SLOT}')"
+    ));
+    cluster.psql("CHECKPOINT");
+}
 
+fn catchup_backlog(
+    cluster: &Cluster,
+    work: &Path,
+    rounds: usize,
+    backlog: &Backlog,
+    configs: &[&CatchupConfig],
+    seg: u32,
+    compare: bool,
+) {
+    let endpos = backlog.endpos;
+    println!();
+    println!("### backlog of {} (to {endpos})", mib(backlog.bytes));
+    let conninfo = cluster.replication_conninfo();
     let mut series: BTreeMap<&str, Series> = BTreeMap::new();
     let mut sizes: BTreeMap<&str, u64> = BTreeMap::new();
     for round in 0..rounds {
-        let mut order: Vec<&CatchupConfig> = CATCHUP.iter().collect();
+        let mut order: Vec<&CatchupConfig> = configs.to_vec();
         if round % 2 == 1 {
             order.reverse();
         }
@@ -276,7 +370,7 @@ fn catchup(cluster: &Cluster, work: &Path, rounds: usize) {
             if round == 0 {
                 sizes.insert(cfg.label, tree_size(&dir));
             }
-            if round == 0 && (cfg.label == WALRELAY || cfg.label == PG_RECEIVEWAL) {
+            if compare && round == 0 && (cfg.label == WALRELAY || cfg.label == PG_RECEIVEWAL) {
                 plain_dirs.insert(cfg.label, dir);
             } else {
                 remove_tree(&dir);
@@ -290,47 +384,59 @@ fn catchup(cluster: &Cluster, work: &Path, rounds: usize) {
         }
         println!("{line}; load {}", load_average());
     }
+    print_catchup_table(backlog.bytes, configs, &series, &sizes);
+}
 
-    let secs_of = |label: &str| series.get(label).map(Series::median_secs);
+fn print_catchup_table(
+    backlog: u64,
+    configs: &[&CatchupConfig],
+    series: &BTreeMap<&str, Series>,
+    sizes: &BTreeMap<&str, u64>,
+) {
     let mut table = Table::new(&[
         "configuration",
-        "median s",
+        "median / worst s",
         "rounds s",
-        "MB/s",
-        "throughput ratio (vs)",
-        "median CPU s",
+        "MB/s (median)",
+        "throughput ratio median / worst (vs)",
+        "user / sys s (median)",
         "peak RSS MiB",
         "archive size",
     ]);
-    for cfg in CATCHUP {
+    for cfg in configs {
         let Some(s) = series.get(cfg.label) else {
             continue;
         };
         let secs = s.median_secs();
-        let ratio = match cfg.versus.and_then(secs_of) {
+        let ratio = match cfg.versus.and_then(|v| series.get(v)) {
             Some(theirs) => format!(
-                "{:.2} (vs {})",
-                theirs / secs,
+                "**{:.2}** / **{:.2}** (vs {})",
+                theirs.median_secs() / secs,
+                theirs.worst_secs() / s.worst_secs(),
                 cfg.versus.unwrap_or_default()
             ),
             None => "—".to_string(),
         };
         table.row(vec![
             cfg.label.to_string(),
-            format!("{secs:.2}"),
+            format!("{secs:.2} / {:.2}", s.worst_secs()),
             s.all_secs(),
             format!("{:.0}", backlog as f64 / 1e6 / secs),
             ratio,
-            fmt_opt(s.median_cpu_secs(), 2),
+            s.median_user_sys()
+                .map(|(u, y)| format!("{u:.2} / {y:.2}"))
+                .unwrap_or_default(),
             fmt_opt(s.peak_rss_mib(), 1),
             sizes.get(cfg.label).map(|b| mib(*b)).unwrap_or_default(),
         ]);
     }
     println!();
     println!(
-        "MB/s = 10^6 bytes of backlog / median s; throughput ratio > 1 means walrelay is faster"
+        "MB/s = 10^6 bytes of backlog / median s; throughput ratio > 1 means walrelay is faster \
+         (median: pg_receivewal's median / walrelay's; worst: slowest run / slowest run)"
     );
     println!("{}", table.render());
+    let secs_of = |label: &str| series.get(label).map(Series::median_secs);
     if let (Some(with), Some(without)) = (secs_of(WALRELAY), secs_of(WALRELAY_NO_VERIFY)) {
         println!();
         println!(
@@ -338,10 +444,6 @@ fn catchup(cluster: &Cluster, work: &Path, rounds: usize) {
             (with / without - 1.0) * 100.0
         );
     }
-    cluster.psql(&format!(
-        "SELECT pg_drop_replication_slot('{TEMPLATE_SLOT}')"
-    ));
-    cluster.psql("CHECKPOINT");
 }
 
 /// The complete segments of two plain archives made from the same backlog are the same files.

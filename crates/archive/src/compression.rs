@@ -702,7 +702,9 @@ fn write_compressed(
     mode: u32,
     owner: Owner,
 ) -> Result<()> {
-    const CHUNK: usize = 1 << 20;
+    // 256 kB: large enough for few syscalls, small enough that the three buffers below (reader and
+    // the two compared halves) stay under 1 MB of the receiver's memory.
+    const CHUNK: usize = 256 << 10;
     let src = File::open(plain).map_err(|e| ArchiveError::io("open", plain, e))?;
     let file = durable::create_new_file(tmp, mode, owner)?;
     let out = io::BufWriter::with_capacity(1 << 16, file);

@@ -50,8 +50,12 @@ impl QueryResult {
 
 /// How many server notices are kept for [`Connection::take_notices`].
 const MAX_KEPT_NOTICES: usize = 1000;
-/// Size of a read buffer; a message larger than that gets a buffer of its own size.
-const READ_BUFFER: usize = 256 * 1024;
+/// Size of a read buffer: room for two of the walsender's largest WAL messages (`MAX_SEND_SIZE`,
+/// 128 kB of WAL, plus the CopyData and XLogData headers), so that a message pins half a buffer
+/// rather than a whole one (a 256 kB buffer held one such message and the start of the next,
+/// which moved on; every queued message then kept 256 kB alive). A message larger than that gets a
+/// buffer of its own size.
+const READ_BUFFER: usize = 2 * (128 * 1024 + 1024);
 /// Free space below which reading moves on to another buffer rather than into a sliver of tail.
 const MIN_READ_SPACE: usize = 64 * 1024;
 /// Retired read buffers kept for reuse, in bytes: enough for what a connection's consumers hold at
