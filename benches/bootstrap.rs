@@ -17,7 +17,10 @@
 //! * and, since walrelay's run includes the check, `pg_verifybackup Y` after pg_basebackup, reported
 //!   as a third line (pg_basebackup + pg_verifybackup);
 //! * last in every round, a diagnostic `walrelay bootstrap … --no-verify` (no manifest check), to
-//!   show what the check costs.
+//!   show what the check costs;
+//! * then a diagnostic floor: `pg_basebackup -X none -Ft -D - > /dev/null`, the same base backup
+//!   (without WAL streaming) read and thrown away — what the server alone needs to send it, with
+//!   the two CPUs shared as in the timed runs (`WALRELAY_BENCH_FLOOR_LINE=0` leaves it out).
 //!
 //! Before every run all file systems are synced, so that one run's writeback does not land on the
 //! next. The cluster's files stay in the page cache (nobody drops caches on a shared machine), for
@@ -58,6 +61,9 @@ enum Tool {
     PgBasebackup,
     /// Diagnostic: walrelay without the manifest check, to show what the check costs.
     WalrelayNoVerify,
+    /// Diagnostic: the server's side alone — the same base backup (without WAL) read by
+    /// pg_basebackup as one tar on stdout into /dev/null: nothing written, nothing fsynced.
+    ServerFloor,
     /// Another walrelay build from `WALRELAY_BENCH_COMPARE` (index into the list).
     Other(usize),
 }
@@ -68,6 +74,7 @@ impl Tool {
             Tool::Walrelay => "walrelay".into(),
             Tool::PgBasebackup => "pg_basebackup".into(),
             Tool::WalrelayNoVerify => "walrelay-no-verify".into(),
+            Tool::ServerFloor => "server-floor".into(),
             Tool::Other(i) => format!("other-{i}"),
         }
     }
@@ -151,6 +158,16 @@ fn pg_basebackup_command(cluster: &Cluster, conninfo: &str, target: &Path) -> Co
     cmd
 }
 
+/// The floor: how fast the server sends the base backup to a reader that only discards it.
+fn server_floor_command(cluster: &Cluster, conninfo: &str) -> Command {
+    let mut cmd = tool_command(Path::new("/bin/sh"));
+    cmd.arg("-c")
+        .arg("exec \"$0\" -d \"$1\" -X none -c fast -Ft -D - > /dev/null")
+        .arg(cluster.install().tools().pg_basebackup())
+        .arg(conninfo);
+    cmd
+}
+
 fn pg_verifybackup_command(cluster: &Cluster, target: &Path) -> Command {
     let mut cmd = tool_command(&cluster.install().tools().pg_verifybackup());
     cmd.arg(target);
@@ -171,9 +188,19 @@ struct Rounds {
     basebackup: Series,
     verify: Series,
     no_verify: Series,
+    floor: Series,
     others: Vec<Series>,
     output_bytes: u64,
     loads: Vec<String>,
+}
+
+/// The untimed-comparison lines run last in every round.
+#[derive(Clone, Copy)]
+struct Diagnostics {
+    /// `walrelay bootstrap --no-verify`.
+    no_verify: bool,
+    /// The server floor (see [`Tool::ServerFloor`]).
+    floor: bool,
 }
 
 fn run_rounds(
@@ -182,7 +209,7 @@ fn run_rounds(
     work: &Path,
     rounds: usize,
     others: &[Variant],
-    no_verify_line: bool,
+    diagnostics: Diagnostics,
     check_first: bool,
 ) -> Rounds {
     let mut r = Rounds {
@@ -190,6 +217,7 @@ fn run_rounds(
         basebackup: Series::default(),
         verify: Series::default(),
         no_verify: Series::default(),
+        floor: Series::default(),
         others: vec![Series::default(); others.len()],
         output_bytes: 0,
         loads: Vec::new(),
@@ -203,8 +231,11 @@ fn run_rounds(
         if round % 2 == 1 {
             order.reverse();
         }
-        if no_verify_line {
+        if diagnostics.no_verify {
             order.push(Tool::WalrelayNoVerify);
+        }
+        if diagnostics.floor {
+            order.push(Tool::ServerFloor);
         }
         let load_before = load_average();
         let mut line = format!("round {}:", round + 1);
@@ -255,6 +286,15 @@ fn run_rounds(
                     line.push_str(&format!(" [{}]", brief("--no-verify", &m).trim()));
                     r.no_verify.push(m);
                 }
+                Tool::ServerFloor => {
+                    let m = run_measured(
+                        "server floor",
+                        server_floor_command(cluster, conninfo),
+                        &log,
+                    );
+                    line.push_str(&format!(" [{}]", brief("floor", &m).trim()));
+                    r.floor.push(m);
+                }
                 Tool::PgBasebackup => {
                     let m = run_measured(
                         "pg_basebackup",
@@ -297,7 +337,10 @@ fn main() {
     let rounds = common::rounds();
     let scales = common::scales(DEFAULT_SCALE);
     let busy_modes = common::busy_modes();
-    let no_verify_line = std::env::var("WALRELAY_BENCH_NO_VERIFY_LINE").as_deref() != Ok("0");
+    let diagnostics = Diagnostics {
+        no_verify: std::env::var("WALRELAY_BENCH_NO_VERIFY_LINE").as_deref() != Ok("0"),
+        floor: std::env::var("WALRELAY_BENCH_FLOOR_LINE").as_deref() != Ok("0"),
+    };
     let work = common::work_dir("bootstrap");
     println!("# walrelay bootstrap vs pg_basebackup -X stream");
     println!("machine: {}", common::machine_description(work.path()));
@@ -386,7 +429,7 @@ fn main() {
                 work.path(),
                 rounds,
                 &others,
-                no_verify_line,
+                diagnostics,
                 !checked,
             );
             checked = true;
@@ -445,6 +488,12 @@ fn print_tables(r: &Rounds, others: &[Variant], scale: u64, busy: Busy, summary:
     ];
     if !r.no_verify.runs.is_empty() {
         lines.push(("(walrelay bootstrap --no-verify)".into(), &r.no_verify));
+    }
+    if !r.floor.runs.is_empty() {
+        lines.push((
+            "(server floor: pg_basebackup -X none -Ft -D - > /dev/null)".into(),
+            &r.floor,
+        ));
     }
     for (v, s) in others.iter().zip(&r.others) {
         lines.push((format!("({}: walrelay bootstrap -c fast)", v.label), s));

@@ -240,6 +240,16 @@ impl<'a> StreamLoop<'a> {
         Ok(Next::Continue)
     }
 
+    /// Whether everything up to the end position has been received and, when WAL is validated,
+    /// validated: a record that straddles the end position needs its last bytes first.
+    fn validated_through_endpos(&self) -> bool {
+        let end = self.endpos.borrow().unwrap_or(Lsn(u64::MAX));
+        match &self.validator {
+            Some(v) => v.validated_lsn() >= end,
+            None => self.next >= end,
+        }
+    }
+
     /// The flush position to report for an acknowledgeable `ack`: capped by a relay's quorum.
     fn reportable(&self, ack: Lsn) -> Lsn {
         match &self.tap {
@@ -376,6 +386,12 @@ impl<'a> StreamLoop<'a> {
     }
 
     async fn on_xlog_data(&mut self, x: XLogData) -> Result<(), ReceiveError> {
+        if self.endpos_reached && self.validated_through_endpos() {
+            // The end position is received (and validated); what the server sends while the last
+            // flush completes is not written, as pg_receivewal stops after the message that
+            // crossed it. Without this, a fast server's next megabytes landed in the archive.
+            return Ok(());
+        }
         if x.data_start != self.next {
             return Err(StreamViolation::WalOutOfOrder {
                 expected: self.next,
