@@ -37,6 +37,7 @@
 //! <https://www.postgresql.org/docs/current/protocol-replication.html>.
 
 mod archiving;
+pub mod commit_path;
 mod config;
 mod disk_task;
 mod error;
@@ -57,6 +58,7 @@ pub mod tap;
 mod timeline_plan;
 mod writer;
 
+pub use commit_path::{CommitPathSnapshot, HistogramSnapshot};
 pub use config::{
     ReceiveSummary, ReceiverConfig, StopReason, Target, SERVER_SILENCE_PING, SERVER_SILENCE_TIMEOUT,
 };
