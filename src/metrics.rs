@@ -822,6 +822,40 @@ mod tests {
     }
 
     #[test]
+    fn histograms_render_for_both_parsers() {
+        let h = walrelay_walreceiver::commit_path::LatencyHistogram::default();
+        h.record(Duration::from_micros(180));
+        h.record(Duration::from_micros(180));
+        h.record(Duration::from_secs(3));
+        let cp = CommitPathSnapshot {
+            durable: h.snapshot(),
+            ..Default::default()
+        };
+        let fams = vec![commit_path_family(&cp, &labels())];
+        let name = "walrelay_receive_commit_path_seconds";
+        for format in [Format::Text, Format::OpenMetrics] {
+            let out = render(&fams, format);
+            assert!(out.contains(&format!("# TYPE {name} histogram\n")), "{out}");
+            let common = "slot=\"a1\",mode=\"archive\",stage=\"durable\"";
+            for line in [
+                format!("{name}_bucket{{{common},le=\"0.00005\"}} 0\n"),
+                format!("{name}_bucket{{{common},le=\"0.0002\"}} 2\n"),
+                format!("{name}_bucket{{{common},le=\"1\"}} 2\n"),
+                format!("{name}_bucket{{{common},le=\"+Inf\"}} 3\n"),
+                format!("{name}_sum{{{common}}} 3.00036\n"),
+                format!("{name}_count{{{common}}} 3\n"),
+                format!("{name}_count{{slot=\"a1\",mode=\"archive\",stage=\"acknowledged\"}} 0\n"),
+            ] {
+                assert!(out.contains(&line), "{format:?}: no {line:?} in\n{out}");
+            }
+            assert_eq!(out.matches(&format!("{name}_bucket{{{common}")).count(), 23);
+        }
+        assert!(render(&fams, Format::OpenMetrics).ends_with("# EOF\n"));
+        let p50 = cp.durable.quantile(0.5).unwrap();
+        assert!(p50 > 150e-6 && p50 <= 200e-6, "{p50}");
+    }
+
+    #[test]
     fn health_follows_the_stream() {
         let s = StatsSnapshot {
             connected: true,

@@ -28,7 +28,8 @@
 //! * [`find_streaming_start`]: where to resume, from what is really on disk — pg_receivewal's rules
 //!   for archive directories, page-header validation for `pg_wal` (where recycled segments look
 //!   complete), refusal of foreign or damaged directories;
-//! * [`ReceiverStats`]: live counters for metrics and health checks;
+//! * [`ReceiverStats`]: live counters for metrics and health checks, and the commit-path latency
+//!   histograms (`commit_path`: WAL received → durable → status update sent);
 //! * [`tap`]: the seam a relay (`walrelay serve`) uses to serve what the engine receives
 //!   ([`run_tapped`]).
 //!
