@@ -22,10 +22,15 @@
 //! compared byte for byte: a benchmark must not time a tool that writes the wrong thing.
 //!
 //! **Synchronous standby** (`sync`). `synchronous_standby_names` names the receiver, which connects
-//! with that `application_name`; once the server lists it as `sync`, `pgbench -N -c 4 -j 2 -T 20`
+//! with that `application_name`; once the server lists it as `sync`, `pgbench -N -c N -j 2 -T 20`
 //! (simple-update, `WALRELAY_BENCH_PGBENCH_SECS`) runs, so every commit waits for the receiver to
 //! fsync and report. `walrelay receive --synchronous` against `pg_receivewal --synchronous`, plus a
-//! baseline without a synchronous standby (the commit waits for the server's own fsync only).
+//! baseline without a synchronous standby (the commit waits for the server's own fsync only). N
+//! takes every value of `WALRELAY_BENCH_SYNC_CLIENTS` (default `4,16`), each with its own rounds
+//! and table: TPS median and worst, the ratios, receiver CPU and peak RSS, and walrelay's
+//! commit-path latency (p50/p99 of received → durable and received → status update sent) from the
+//! `walrelay_receive_commit_path_seconds` histogram on its `--metrics-addr`, scraped before and
+//! after pgbench so that only pgbench's transactions count.
 //!
 //! `WALRELAY_BENCH_ONLY=catchup` or `=sync` runs one part. Run with `cargo bench --bench receive`;
 //! see `benches/common/mod.rs` for the settings and `docs/benchmarks.md` for results.
@@ -504,7 +509,13 @@ fn set_sync_names(cluster: &Cluster, value: &str) {
     }
 }
 
-fn receiver_command(cluster: &Cluster, program: Program, conninfo: &str, dir: &Path) -> Command {
+fn receiver_command(
+    cluster: &Cluster,
+    program: Program,
+    conninfo: &str,
+    dir: &Path,
+    metrics_port: u16,
+) -> Command {
     let mut cmd = tool_command(&program_path(cluster, program));
     match program {
         Program::Walrelay => {
@@ -516,11 +527,14 @@ fn receiver_command(cluster: &Cluster, program: Program, conninfo: &str, dir: &P
         .arg(format!("{conninfo} application_name={SYNC_APP}"))
         .arg("-D")
         .arg(dir)
-        .arg("--synchronous")
-        .arg(match program {
-            Program::Walrelay => "--no-loop",
-            Program::PgReceivewal => "-n",
-        });
+        .arg("--synchronous");
+    match program {
+        Program::Walrelay => cmd
+            .arg("--no-loop")
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}")),
+        Program::PgReceivewal => cmd.arg("-n"),
+    };
     cmd
 }
 
@@ -544,8 +558,156 @@ fn wait_until_sync(cluster: &Cluster, child: &mut MeasuredChild, label: &str) {
     }
 }
 
+/// `WALRELAY_BENCH_SYNC_CLIENTS`: the pgbench client counts, comma-separated (default `4,16`).
+fn sync_clients() -> Vec<u32> {
+    match std::env::var("WALRELAY_BENCH_SYNC_CLIENTS") {
+        Ok(v) if !v.trim().is_empty() => v
+            .split(',')
+            .map(|c| match c.trim().parse::<u32>() {
+                Ok(n) if n > 0 => n,
+                _ => panic!("WALRELAY_BENCH_SYNC_CLIENTS={v:?}: expected client counts like 4,16"),
+            })
+            .collect(),
+        _ => vec![4, 16],
+    }
+}
+
+/// The two stages of `walrelay_receive_commit_path_seconds`, cumulative buckets `(le, count)`.
+#[derive(Clone, Debug, Default)]
+struct CommitPath {
+    durable: Vec<(f64, f64)>,
+    acknowledged: Vec<(f64, f64)>,
+}
+
+impl CommitPath {
+    /// Reads the histogram off walrelay's `/metrics` (text format).
+    fn scrape(port: u16) -> CommitPath {
+        use std::io::{Read, Write};
+        let mut body = String::new();
+        let read = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(
+                s,
+                "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            )?;
+            s.read_to_string(&mut body)
+        });
+        if let Err(e) = read {
+            panic!("scrape walrelay's /metrics on port {port}: {e}");
+        }
+        let mut out = CommitPath::default();
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix("walrelay_receive_commit_path_seconds_bucket{")
+            else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let le = labels
+                .split("le=\"")
+                .nth(1)
+                .and_then(|l| l.split('"').next())
+                .map(|l| {
+                    if l == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        l.parse().unwrap_or(f64::NAN)
+                    }
+                })
+                .unwrap_or(f64::NAN);
+            let value: f64 = value.trim().parse().unwrap_or(f64::NAN);
+            if labels.contains("stage=\"durable\"") {
+                out.durable.push((le, value));
+            } else if labels.contains("stage=\"acknowledged\"") {
+                out.acknowledged.push((le, value));
+            }
+        }
+        assert!(
+            !out.durable.is_empty(),
+            "walrelay's /metrics has no walrelay_receive_commit_path_seconds:\n{body}"
+        );
+        out
+    }
+
+    /// What was recorded after `before`.
+    fn since(&self, before: &CommitPath) -> CommitPath {
+        let diff = |a: &[(f64, f64)], b: &[(f64, f64)]| {
+            a.iter()
+                .zip(b.iter().map(|x| x.1).chain(std::iter::repeat(0.0)))
+                .map(|(&(le, v), w)| (le, v - w))
+                .collect()
+        };
+        CommitPath {
+            durable: diff(&self.durable, &before.durable),
+            acknowledged: diff(&self.acknowledged, &before.acknowledged),
+        }
+    }
+}
+
+/// The `q` quantile of cumulative buckets in microseconds, as Prometheus' `histogram_quantile`
+/// computes it (linear inside the bucket; the largest finite bound for the `+Inf` bucket).
+fn quantile_micros(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let Some(&(_, total)) = buckets.last() else {
+        return f64::NAN;
+    };
+    if total <= 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(le, cumulative) in buckets {
+        if cumulative >= rank && cumulative > below {
+            if le.is_infinite() {
+                return lower * 1e6;
+            }
+            return (lower + (le - lower) * (rank - below) / (cumulative - below)) * 1e6;
+        }
+        lower = if le.is_finite() { le } else { lower };
+        below = cumulative;
+    }
+    lower * 1e6
+}
+
+/// One run's commit-path latency in µs: durable p50/p99, acknowledged p50/p99, flush cycles.
+#[derive(Clone, Copy, Debug)]
+struct Latency {
+    durable: (f64, f64),
+    acknowledged: (f64, f64),
+    cycles: f64,
+}
+
+impl Latency {
+    fn of(h: &CommitPath) -> Latency {
+        Latency {
+            durable: (
+                quantile_micros(&h.durable, 0.5),
+                quantile_micros(&h.durable, 0.99),
+            ),
+            acknowledged: (
+                quantile_micros(&h.acknowledged, 0.5),
+                quantile_micros(&h.acknowledged, 0.99),
+            ),
+            cycles: h.durable.last().map_or(0.0, |b| b.1),
+        }
+    }
+}
+
 fn synchronous_standby(cluster: &Cluster, work: &Path, rounds: usize) {
     let secs = common::env_u64("WALRELAY_BENCH_PGBENCH_SECS", 20);
+    for clients in sync_clients() {
+        synchronous_standby_with(cluster, work, rounds, secs, clients);
+    }
+    set_sync_names(cluster, "");
+}
+
+fn synchronous_standby_with(
+    cluster: &Cluster,
+    work: &Path,
+    rounds: usize,
+    secs: u64,
+    clients: u32,
+) {
     let conninfo = cluster.replication_conninfo();
     let setups = [
         SyncSetup::NoStandby,
@@ -553,10 +715,11 @@ fn synchronous_standby(cluster: &Cluster, work: &Path, rounds: usize) {
         SyncSetup::Receiver(Program::PgReceivewal),
     ];
     println!();
-    println!("## synchronous standby under pgbench");
-    println!("pgbench -N -c 4 -j 2 -T {secs} (simple-update); {rounds} rounds");
+    println!("## synchronous standby under pgbench, {clients} clients");
+    println!("pgbench -N -c {clients} -j 2 -T {secs} (simple-update); {rounds} rounds");
     let mut tps: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut receivers: BTreeMap<&str, Series> = BTreeMap::new();
+    let mut latencies: Vec<Latency> = Vec::new();
     for round in 0..rounds {
         let mut order = setups.to_vec();
         if round % 2 == 1 {
@@ -568,6 +731,7 @@ fn synchronous_standby(cluster: &Cluster, work: &Path, rounds: usize) {
             cluster.psql("CHECKPOINT");
             settle_disk();
             let label = setup.label();
+            let port = walrelay_testkit::free_port().expect("a free port for walrelay's metrics");
             let run = match setup {
                 SyncSetup::NoStandby => {
                     set_sync_names(cluster, "");
@@ -575,22 +739,26 @@ fn synchronous_standby(cluster: &Cluster, work: &Path, rounds: usize) {
                 }
                 SyncSetup::Receiver(program) => {
                     set_sync_names(cluster, SYNC_APP);
-                    let dir = work.join(format!("sync-{}-{round}", slug(label)));
+                    let dir = work.join(format!("sync-{}-{clients}-{round}", slug(label)));
                     std::fs::create_dir(&dir)
                         .unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-                    let log = work.join(format!("sync-{}-{round}.log", slug(label)));
+                    let log = work.join(format!("sync-{}-{clients}-{round}.log", slug(label)));
                     let mut child = MeasuredChild::spawn(
                         label,
-                        receiver_command(cluster, program, &conninfo, &dir),
+                        receiver_command(cluster, program, &conninfo, &dir, port),
                         &log,
                     );
                     wait_until_sync(cluster, &mut child, label);
-                    Some((child, dir))
+                    Some((child, dir, program))
                 }
+            };
+            let before = match &run {
+                Some((_, _, Program::Walrelay)) => Some(CommitPath::scrape(port)),
+                _ => None,
             };
             let summary = cluster.pgbench_run(
                 &PgBench::duration(Duration::from_secs(secs))
-                    .clients(4)
+                    .clients(clients)
                     .jobs(2)
                     .arg("-N"),
             );
@@ -600,26 +768,35 @@ fn synchronous_standby(cluster: &Cluster, work: &Path, rounds: usize) {
             if summary.failed > 0 {
                 panic!("pgbench had {} failed transactions", summary.failed);
             }
-            if let Some((child, dir)) = run {
+            line.push_str(&format!(" [{label} {t:.0} tps"));
+            if let Some(before) = before {
+                let l = Latency::of(&CommitPath::scrape(port).since(&before));
+                line.push_str(&format!(
+                    ", durable p50/p99 {:.0}/{:.0} µs, acknowledged {:.0}/{:.0} µs",
+                    l.durable.0, l.durable.1, l.acknowledged.0, l.acknowledged.1
+                ));
+                latencies.push(l);
+            }
+            line.push(']');
+            if let Some((child, dir, _)) = run {
                 child.interrupt();
                 let m = child.wait_with_deadline(Duration::from_secs(120));
                 receivers.entry(label).or_default().push(m);
                 remove_tree(&dir);
             }
-            line.push_str(&format!(" [{label} {t:.0} tps]"));
             tps.entry(label).or_default().push(t);
         }
         println!("{line}; load {}", load_average());
     }
-    set_sync_names(cluster, "");
 
-    let med = |label: &str| tps.get(label).map(|v| median(v));
-    let theirs = med(SyncSetup::Receiver(Program::PgReceivewal).label());
+    let worst = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let theirs = tps.get(SyncSetup::Receiver(Program::PgReceivewal).label());
     let mut table = Table::new(&[
         "synchronous standby",
         "median tps",
+        "worst tps",
         "rounds tps",
-        "tps ratio (vs pg_receivewal)",
+        "tps ratio median (worst)",
         "receiver median CPU s",
         "receiver peak RSS MiB",
     ]);
@@ -628,18 +805,22 @@ fn synchronous_standby(cluster: &Cluster, work: &Path, rounds: usize) {
         let Some(values) = tps.get(label) else {
             continue;
         };
-        let m = median(values);
         let r = receivers.get(label);
         table.row(vec![
             label.to_string(),
-            format!("{m:.0}"),
+            format!("{:.0}", median(values)),
+            format!("{:.0}", worst(values)),
             values
                 .iter()
                 .map(|v| format!("{v:.0}"))
                 .collect::<Vec<_>>()
                 .join(" / "),
             match (setup, theirs) {
-                (SyncSetup::Receiver(_), Some(t)) => format!("{:.2}", m / t),
+                (SyncSetup::Receiver(_), Some(t)) => format!(
+                    "{:.2} ({:.2})",
+                    median(values) / median(t),
+                    worst(values) / worst(t)
+                ),
                 _ => "—".to_string(),
             },
             fmt_opt(r.and_then(Series::median_cpu_secs), 2),
@@ -647,5 +828,56 @@ fn synchronous_standby(cluster: &Cluster, work: &Path, rounds: usize) {
         ]);
     }
     println!();
+    println!("tps ratio: walrelay's / pg_receivewal's, of the medians (of the worst rounds)");
     println!("{}", table.render());
+    if !latencies.is_empty() {
+        let col = |f: fn(&Latency) -> f64| -> Vec<f64> { latencies.iter().map(f).collect() };
+        let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+        let mut lt = Table::new(&[
+            "walrelay commit path (µs, from /metrics)",
+            "p50 median of rounds",
+            "p50 rounds",
+            "p99 median of rounds",
+            "p99 worst round",
+            "p99 rounds",
+        ]);
+        let rounds_of = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        for (stage, p50, p99) in [
+            (
+                "received → durable (fsync returned)",
+                col(|l| l.durable.0),
+                col(|l| l.durable.1),
+            ),
+            (
+                "received → status update sent",
+                col(|l| l.acknowledged.0),
+                col(|l| l.acknowledged.1),
+            ),
+        ] {
+            lt.row(vec![
+                stage.to_string(),
+                format!("{:.0}", median(&p50)),
+                rounds_of(&p50),
+                format!("{:.0}", median(&p99)),
+                format!("{:.0}", max(&p99)),
+                rounds_of(&p99),
+            ]);
+        }
+        println!();
+        println!(
+            "flush cycles per run (median): {:.0}; per transaction: {:.2}",
+            median(&col(|l| l.cycles)),
+            median(&col(|l| l.cycles))
+                / (median(
+                    tps.get(SyncSetup::Receiver(Program::Walrelay).label())
+                        .map_or(&[][..], |v| v)
+                ) * secs as f64)
+        );
+        println!("{}", lt.render());
+    }
 }

@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 use walrelay_relay::{DownstreamSnapshot, RelayStats};
 use walrelay_store::{UploadSnapshot, UploadStats};
-use walrelay_walreceiver::{ReceiverStats, StatsSnapshot};
+use walrelay_walreceiver::{CommitPathSnapshot, HistogramSnapshot, ReceiverStats, StatsSnapshot};
 
 /// `Content-Type` of the classic text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -106,14 +106,19 @@ pub enum FamilyType {
     /// Constant 1 with labels describing something (a gauge in 0.0.4); its samples are
     /// `<name>_info`.
     Info,
+    /// Samples are [`Value::Histogram`]s, each rendered as `<name>_bucket{le=…}` (cumulative,
+    /// ending with `+Inf`), `<name>_sum` and `<name>_count` — the same in both formats.
+    Histogram,
 }
 
 /// A sample's value: integers stay exact (LSNs pass 2^53 only past 8 PiB of WAL, but byte counts
 /// should never print in exponent notation).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     Int(u64),
     Float(f64),
+    /// A histogram family's sample (seconds; see [`FamilyType::Histogram`]).
+    Histogram(Box<HistogramSnapshot>),
 }
 
 impl std::fmt::Display for Value {
@@ -121,6 +126,7 @@ impl std::fmt::Display for Value {
         match self {
             Value::Int(v) => write!(f, "{v}"),
             Value::Float(v) => write!(f, "{v:.3}"),
+            Value::Histogram(h) => write!(f, "{}", h.count()),
         }
     }
 }
@@ -156,7 +162,7 @@ impl Family {
 
     fn sample_name(&self) -> String {
         match self.kind {
-            FamilyType::Gauge => self.name.clone(),
+            FamilyType::Gauge | FamilyType::Histogram => self.name.clone(),
             FamilyType::Counter => format!("{}_total", self.name),
             FamilyType::Info => format!("{}_info", self.name),
         }
@@ -228,6 +234,7 @@ pub fn render(families: &[Family], format: Format) -> String {
                 let kind = match f.kind {
                     FamilyType::Counter => "counter",
                     FamilyType::Gauge | FamilyType::Info => "gauge",
+                    FamilyType::Histogram => "histogram",
                 };
                 let _ = writeln!(out, "# HELP {sample} {}", f.help);
                 let _ = writeln!(out, "# TYPE {sample} {kind}");
@@ -237,6 +244,7 @@ pub fn render(families: &[Family], format: Format) -> String {
                     FamilyType::Counter => "counter",
                     FamilyType::Gauge => "gauge",
                     FamilyType::Info => "info",
+                    FamilyType::Histogram => "histogram",
                 };
                 let _ = writeln!(out, "# TYPE {} {kind}", f.name);
                 let _ = writeln!(out, "# HELP {} {}", f.name, f.help.replace('"', "\\\""));
@@ -248,6 +256,10 @@ pub fn render(families: &[Family], format: Format) -> String {
                 .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
                 .collect::<Vec<_>>()
                 .join(",");
+            if let Value::Histogram(h) = value {
+                render_histogram(&mut out, &sample, &labels, h);
+                continue;
+            }
             if labels.is_empty() {
                 let _ = writeln!(out, "{sample} {value}");
             } else {
@@ -259,6 +271,27 @@ pub fn render(families: &[Family], format: Format) -> String {
         out.push_str("# EOF\n");
     }
     out
+}
+
+/// The samples of one histogram: cumulative buckets up to `+Inf`, the sum (seconds, every digit
+/// Rust needs for the `f64`, never an exponent) and the count (equal to the `+Inf` bucket, as both
+/// parsers check).
+fn render_histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (bound, cumulative) in h.cumulative() {
+        let le = bound.map_or_else(|| "+Inf".to_string(), |b| format!("{b}"));
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let labels = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{labels} {}", h.sum_seconds());
+    let _ = writeln!(out, "{name}_count{labels} {}", h.count());
 }
 
 /// Whether a stream heard from its server recently enough: within three status intervals (at
@@ -292,6 +325,7 @@ pub struct ReceiveExporter {
 impl Exporter for ReceiveExporter {
     fn families(&self) -> Vec<Family> {
         let mut out = receive_families(&self.stats.snapshot(), &self.labels);
+        out.push(commit_path_family(&self.stats.commit_path(), &self.labels));
         if let Some(u) = &self.upload {
             out.extend(families("walrelay_upload", upload_metrics(&u.snapshot())));
         }
@@ -520,6 +554,49 @@ pub fn receive_families(s: &StatsSnapshot, labels: &Labels) -> Vec<Family> {
     out
 }
 
+/// `walrelay_receive_commit_path_seconds`: the latency walrelay adds on a commit's path, from the
+/// receipt of the oldest WAL not yet durable to the fsync (`stage="durable"`) and to the status
+/// update reporting it written to the socket (`stage="acknowledged"`); see
+/// [`walrelay_walreceiver::commit_path`].
+pub fn commit_path_family(cp: &CommitPathSnapshot, labels: &Labels) -> Family {
+    let sample = |stage: &str, h: &HistogramSnapshot| {
+        (
+            vec![
+                ("slot", labels.slot.clone()),
+                ("mode", labels.mode.to_string()),
+                ("stage", stage.to_string()),
+            ],
+            Value::Histogram(Box::new(*h)),
+        )
+    };
+    Family {
+        name: "walrelay_receive_commit_path_seconds".into(),
+        help: "Per flush cycle, seconds from the receipt of the oldest WAL not yet durable to its fsync (stage durable) and to the status update reporting it sent (stage acknowledged; only when flush positions are reported)",
+        kind: FamilyType::Histogram,
+        samples: vec![
+            sample("durable", &cp.durable),
+            sample("acknowledged", &cp.acknowledged),
+        ],
+    }
+}
+
+/// The exit log's line: p50 and p99 of both commit-path stages, when there were any samples.
+pub fn log_commit_path(cp: &CommitPathSnapshot) {
+    let us = |h: &HistogramSnapshot, q: f64| h.quantile(q).map_or(0, |s| (s * 1e6).round() as u64);
+    if cp.durable.count() == 0 {
+        return;
+    }
+    info!(
+        cycles = cp.durable.count(),
+        durable_p50_us = us(&cp.durable, 0.5),
+        durable_p99_us = us(&cp.durable, 0.99),
+        acknowledged = cp.acknowledged.count(),
+        acknowledged_p50_us = us(&cp.acknowledged, 0.5),
+        acknowledged_p99_us = us(&cp.acknowledged, 0.99),
+        "commit path latency (WAL received to durable, and to the status update sent)"
+    );
+}
+
 /// The uploader's metrics (`receive -D s3://… --spool DIR`), prefix `walrelay_upload_`.
 fn upload_metrics(u: &UploadSnapshot) -> Vec<(&'static str, &'static str, Kind)> {
     use Kind::{Counter as C, Gauge as G};
@@ -742,6 +819,40 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches("# TYPE walrelay_x_lag_seconds").count(), 1);
+    }
+
+    #[test]
+    fn histograms_render_for_both_parsers() {
+        let h = walrelay_walreceiver::commit_path::LatencyHistogram::default();
+        h.record(Duration::from_micros(180));
+        h.record(Duration::from_micros(180));
+        h.record(Duration::from_secs(3));
+        let cp = CommitPathSnapshot {
+            durable: h.snapshot(),
+            ..Default::default()
+        };
+        let fams = vec![commit_path_family(&cp, &labels())];
+        let name = "walrelay_receive_commit_path_seconds";
+        for format in [Format::Text, Format::OpenMetrics] {
+            let out = render(&fams, format);
+            assert!(out.contains(&format!("# TYPE {name} histogram\n")), "{out}");
+            let common = "slot=\"a1\",mode=\"archive\",stage=\"durable\"";
+            for line in [
+                format!("{name}_bucket{{{common},le=\"0.00005\"}} 0\n"),
+                format!("{name}_bucket{{{common},le=\"0.0002\"}} 2\n"),
+                format!("{name}_bucket{{{common},le=\"1\"}} 2\n"),
+                format!("{name}_bucket{{{common},le=\"+Inf\"}} 3\n"),
+                format!("{name}_sum{{{common}}} 3.00036\n"),
+                format!("{name}_count{{{common}}} 3\n"),
+                format!("{name}_count{{slot=\"a1\",mode=\"archive\",stage=\"acknowledged\"}} 0\n"),
+            ] {
+                assert!(out.contains(&line), "{format:?}: no {line:?} in\n{out}");
+            }
+            assert_eq!(out.matches(&format!("{name}_bucket{{{common}")).count(), 23);
+        }
+        assert!(render(&fams, Format::OpenMetrics).ends_with("# EOF\n"));
+        let p50 = cp.durable.quantile(0.5).unwrap();
+        assert!(p50 > 150e-6 && p50 <= 200e-6, "{p50}");
     }
 
     #[test]

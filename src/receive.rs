@@ -276,6 +276,7 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
         _ => None,
     };
 
+    let commit_path_stats = stats.clone();
     let config = ReceiverConfig {
         connect: params,
         target,
@@ -298,6 +299,7 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
         disk: DiskTaskConfig::default(),
     };
     let received = walrelay_walreceiver::run(config).await;
+    crate::metrics::log_commit_path(&commit_path_stats.commit_path());
     // The receiver stopped: the uploader finishes what is in flight (the rest waits in the spool
     // for the next start) and reports a definite error it stopped on.
     let _ = shutdown_tx.send(true);

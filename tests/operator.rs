@@ -301,6 +301,35 @@ fn a_receiver_in_service_mode_is_observable() {
             "{format}"
         );
         assert_eq!(typed("walrelay_receive_flushed_lsn"), "gauge", "{format}");
+        // The commit-path latency: a histogram per stage, buckets up to +Inf, the count equal
+        // to the +Inf bucket (the parsers check it), at least one flush cycle measured.
+        assert_eq!(
+            typed("walrelay_receive_commit_path_seconds"),
+            "histogram",
+            "{format}"
+        );
+        for stage in ["durable", "acknowledged"] {
+            let of = |name: &str| {
+                samples
+                    .iter()
+                    .filter(|s| s[2] == name && s[3].contains(&format!("\"stage\": \"{stage}\"")))
+                    .collect::<Vec<_>>()
+            };
+            let buckets = of("walrelay_receive_commit_path_seconds_bucket");
+            assert!(buckets.len() > 10, "{format} {stage}: {buckets:?}");
+            assert!(
+                buckets.last().unwrap()[3].contains("\"le\": \"+Inf\""),
+                "{format} {stage}: {buckets:?}"
+            );
+            let count = of("walrelay_receive_commit_path_seconds_count");
+            assert_eq!(count.len(), 1, "{format} {stage}");
+            assert_eq!(count[0][4], buckets.last().unwrap()[4], "{format} {stage}");
+            assert_eq!(of("walrelay_receive_commit_path_seconds_sum").len(), 1);
+            if stage == "durable" {
+                let n: f64 = count[0][4].parse().expect("a number");
+                assert!(n >= 1.0, "{format}: no flush cycle measured");
+            }
+        }
         // 0.0.4 has no info type: a gauge named with its sample's name.
         if format == "0.0.4" {
             assert_eq!(typed("walrelay_build_info"), "gauge", "{format}");

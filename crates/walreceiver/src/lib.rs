@@ -28,7 +28,8 @@
 //! * [`find_streaming_start`]: where to resume, from what is really on disk — pg_receivewal's rules
 //!   for archive directories, page-header validation for `pg_wal` (where recycled segments look
 //!   complete), refusal of foreign or damaged directories;
-//! * [`ReceiverStats`]: live counters for metrics and health checks;
+//! * [`ReceiverStats`]: live counters for metrics and health checks, and the commit-path latency
+//!   histograms (`commit_path`: WAL received → durable → status update sent);
 //! * [`tap`]: the seam a relay (`walrelay serve`) uses to serve what the engine receives
 //!   ([`run_tapped`]).
 //!
@@ -37,6 +38,7 @@
 //! <https://www.postgresql.org/docs/current/protocol-replication.html>.
 
 mod archiving;
+pub mod commit_path;
 mod config;
 mod disk_task;
 mod error;
@@ -57,6 +59,7 @@ pub mod tap;
 mod timeline_plan;
 mod writer;
 
+pub use commit_path::{CommitPathSnapshot, HistogramSnapshot};
 pub use config::{
     ReceiveSummary, ReceiverConfig, StopReason, Target, SERVER_SILENCE_PING, SERVER_SILENCE_TIMEOUT,
 };

@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use walrelay_protocol::Lsn;
 
+use crate::commit_path::{CommitPathSnapshot, LatencyHistogram, Sample};
+
 #[derive(Debug, Default)]
 pub struct ReceiverStats {
     received_lsn: AtomicU64,
@@ -26,6 +28,10 @@ pub struct ReceiverStats {
     failover_orphaned_bytes: AtomicU64,
     /// The server's system identifier, once known (0 = not yet).
     system_identifier: AtomicU64,
+    /// Commit-path latency (see [`crate::commit_path`]): received → durable, received →
+    /// acknowledged.
+    commit_durable: LatencyHistogram,
+    commit_acknowledged: LatencyHistogram,
 }
 
 /// A copy of the counters.
@@ -91,6 +97,21 @@ impl ReceiverStats {
             failover_orphaned_bytes: self.failover_orphaned_bytes.load(Ordering::Relaxed),
             system_identifier: Some(self.system_identifier.load(Ordering::Relaxed))
                 .filter(|&s| s != 0),
+        }
+    }
+
+    /// The commit-path latency histograms (received → durable, received → acknowledged).
+    pub fn commit_path(&self) -> CommitPathSnapshot {
+        CommitPathSnapshot {
+            durable: self.commit_durable.snapshot(),
+            acknowledged: self.commit_acknowledged.snapshot(),
+        }
+    }
+
+    pub(crate) fn commit_sample(&self, sample: Sample) {
+        match sample {
+            Sample::Durable(d) => self.commit_durable.record(d),
+            Sample::Acknowledged(d) => self.commit_acknowledged.record(d),
         }
     }
 

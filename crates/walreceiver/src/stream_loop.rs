@@ -40,6 +40,7 @@ use walrelay_protocol::message::BackendMessage;
 use walrelay_protocol::{HotStandbyFeedback, Lsn, PrimaryKeepalive, ReplicationMessage, XLogData};
 use walrelay_wal::WalValidator;
 
+use crate::commit_path::CommitPathTracker;
 use crate::config::{
     ReceiverConfig, StopReason, Target, SERVER_SILENCE_PING, SERVER_SILENCE_TIMEOUT,
 };
@@ -92,10 +93,13 @@ pub(crate) struct StreamLoop<'a> {
     next: Lsn,
     /// The end position is received; stop once it is acknowledgeable.
     endpos_reached: bool,
-    /// When the server last said anything, and whether we asked it to since.
+    /// When the server last said anything (read at every message: also the receipt time of the
+    /// commit-path latency), and whether we asked it to since.
     last_heard: Instant,
     pinged: bool,
     out: BytesMut,
+    /// Receipt times of the WAL not yet durable / acknowledged ([`crate::commit_path`]).
+    commit_path: CommitPathTracker,
     /// A relay's seam ([`crate::tap`]) and the two watches it feeds back.
     tap: Option<Arc<StreamTap>>,
     flush_cap: Option<watch::Receiver<Lsn>>,
@@ -138,6 +142,7 @@ impl<'a> StreamLoop<'a> {
                 c
             }
         };
+        let commit_path = CommitPathTracker::new(fb_config.report_flush);
         StreamLoop {
             cfg,
             state,
@@ -154,6 +159,7 @@ impl<'a> StreamLoop<'a> {
             last_heard: Instant::now(),
             pinged: false,
             out: BytesMut::with_capacity(64),
+            commit_path,
             flush_cap: tap.as_ref().and_then(|t| t.flush_cap.clone()),
             hot_standby_feedback: tap.as_ref().map(|t| t.hot_standby_feedback.clone()),
             tap,
@@ -213,6 +219,9 @@ impl<'a> StreamLoop<'a> {
         }
         let p = *self.progress.borrow_and_update();
         self.cfg.stats.disk(p.write_lsn, p.flush_lsn);
+        if let Some(s) = self.commit_path.durable(p.flush_lsn, Instant::now()) {
+            self.cfg.stats.commit_sample(s);
+        }
         let ack = acknowledgeable(&p, &self.validator);
         if let Some(tap) = &self.tap {
             // The disk task reports the timeline it writes; right after a switch it may still
@@ -400,6 +409,7 @@ impl<'a> StreamLoop<'a> {
             .into());
         }
         self.cfg.stats.server_end(x.wal_end);
+        let received_at = self.last_heard;
         // Whole messages are kept even past the end position: the record holding it can only be
         // validated (and so acknowledged) once its last byte arrived, and pg_receivewal writes
         // whole messages too.
@@ -413,6 +423,7 @@ impl<'a> StreamLoop<'a> {
         let len = data.len() as u64;
         if len > 0 {
             let lsn = self.next;
+            self.commit_path.received(received_at, Lsn(lsn.0 + len));
             self.disk_send(DiskRequest::Write { lsn, data }).await?;
             // Waiting for a slow disk (backpressure) is not server silence: the server's next
             // messages wait in the socket meanwhile.
@@ -509,6 +520,12 @@ impl<'a> StreamLoop<'a> {
     }
 
     async fn send_update(&mut self, u: &StandbyStatusUpdate) -> Result<(), ReceiveError> {
+        // A flush this task has not handled as disk progress yet (a reply to a keepalive) counts
+        // as durable now, before the write.
+        let flushed = self.progress.borrow().flush_lsn;
+        if let Some(s) = self.commit_path.durable(flushed, Instant::now()) {
+            self.cfg.stats.commit_sample(s);
+        }
         self.out.clear();
         walrelay_protocol::StandbyStatusUpdate {
             write_lsn: u.write_lsn,
@@ -520,6 +537,9 @@ impl<'a> StreamLoop<'a> {
         .encode(&mut self.out);
         self.conn.queue_copy_data(&self.out);
         self.conn.flush().await?;
+        if let Some(s) = self.commit_path.acknowledged(u.flush_lsn, Instant::now()) {
+            self.cfg.stats.commit_sample(s);
+        }
         self.cfg.stats.reported(u.flush_lsn);
         debug!(write = %u.write_lsn, flush = %u.flush_lsn, apply = %u.apply_lsn, "status update sent");
         Ok(())
