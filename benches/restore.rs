@@ -1,10 +1,15 @@
-//! Benchmark: recovery from an archive in object storage — `walrelay restore` from a bucket, with
-//! and without `--prefetch`, against `cp` from a local archive directory.
+//! Benchmark: recovery through `restore_command`. Two parts (`WALRELAY_BENCH_ONLY=local` or
+//! `bucket`; both by default):
 //!
-//! One throwaway PostgreSQL cluster (16 MB segments) and one SeaweedFS server on loopback (the
-//! testkit's `S3Server`). A base backup is taken (`pg_basebackup -X fetch`), then `pgbench -i`
-//! (scale 25 by default, `WALRELAY_BENCH_SCALE`) and a `pgbench -T` run write the WAL to replay,
-//! about 500 MB. Two receivers archive it at the same time from their own slots:
+//! * `local` ([`local`]): ≥ 1 GB of WAL recovered from a local archive directory, `cp` against
+//!   `walrelay restore` from a plain and from a zstd archive, with an LSN and data oracle;
+//! * `bucket` (below): `walrelay restore` from a bucket, with and without `--prefetch`, against
+//!   `cp` from a local archive directory.
+//!
+//! The bucket part: one throwaway PostgreSQL cluster (16 MB segments) and one SeaweedFS server on
+//! loopback (the testkit's `S3Server`). A base backup is taken (`pg_basebackup -X fetch`), then
+//! `pgbench -i` (scale 25 by default, `WALRELAY_BENCH_SCALE`) and a `pgbench -T` run write the WAL
+//! to replay, about 500 MB. Two receivers archive it at the same time from their own slots:
 //!
 //! * `walrelay receive -D DIR` — a plain local archive, for `restore_command = 'cp DIR/%f %p'`;
 //! * `walrelay receive -D s3://bucket/bench --spool SPOOL --compress zstd` — the bucket.
@@ -25,6 +30,9 @@
 //! Run with `cargo bench --bench restore`; results in `docs/benchmarks.md`.
 
 mod common;
+// The local part: `cp` against `walrelay restore` from a directory, plain and zstd.
+#[path = "restore_local/mod.rs"]
+mod local;
 // The integration tests' recovery helpers (copying a backup as the server needs it).
 #[allow(dead_code)]
 #[path = "../tests/support/recovery.rs"]
@@ -48,6 +56,16 @@ fn main() {
         return;
     }
     let rounds = common::rounds();
+    if common::part_selected("local") {
+        local::run(rounds);
+    }
+    if common::part_selected("bucket") {
+        bucket_part(rounds);
+    }
+}
+
+/// The bucket part: `walrelay restore` from S3 with and without `--prefetch`, against `cp`.
+fn bucket_part(rounds: usize) {
     let scale = common::env_u64("WALRELAY_BENCH_SCALE", DEFAULT_SCALE);
 
     let server = S3Server::start("walrelay-bench").expect("start SeaweedFS");

@@ -87,6 +87,10 @@ pub struct RestoreArgs {
     /// The cluster's wal_segment_size (16MB, 1MB, or a number of bytes); default: from the file.
     #[arg(long = "wal-segsize", value_name = "SIZE")]
     pub wal_segsize: Option<String>,
+    /// fsync the restored file and its directory before exiting. PostgreSQL does not need it: it
+    /// fsyncs every restored file it keeps itself (durable_rename), as after `cp`.
+    #[arg(long = "fsync")]
+    pub fsync: bool,
     /// Log what was restored, and files not in the archive (stderr, one line each): the global
     /// `-v` (`--verbose`).
     #[arg(skip)]
@@ -136,7 +140,17 @@ fn restore_inputs(args: &RestoreArgs) -> Result<(&str, &Path, Option<WalSegmentS
     Ok((wal_file, dest, seg_size))
 }
 
-fn restore_blocking(args: &RestoreArgs) -> i32 {
+/// Whether `restore` reads a directory archive: then it needs no async runtime, and `main` runs
+/// [`restore_blocking`] on its own thread (a runtime's start-up is most of a restore's fixed cost).
+pub fn restore_is_local(args: &RestoreArgs) -> bool {
+    !matches!(
+        args.directory.as_deref().map(ArchiveLocation::parse),
+        Some(Ok(ArchiveLocation::Store(_)))
+    )
+}
+
+/// `walrelay restore` from a directory archive (or a command line that names none: the error).
+pub fn restore_blocking(args: &RestoreArgs) -> i32 {
     let fail = restore_failed;
     let (wal_file, dest, seg_size) = match restore_inputs(args) {
         Ok(i) => i,
@@ -155,6 +169,7 @@ fn restore_blocking(args: &RestoreArgs) -> i32 {
         seg_size,
         partial: args.partial,
         owner: None,
+        fsync: args.fsync,
     };
     match restore(dir, wal_file, dest, &opts) {
         Ok(outcome) => {
@@ -206,6 +221,7 @@ async fn restore_from_store(args: &RestoreArgs, url: &StoreUrl) -> i32 {
         seg_size,
         partial: args.partial,
         owner: None,
+        fsync: args.fsync,
     };
     let opts = StoreRestoreOptions::new(restore, args.system_identifier)
         .with_prefetch(usize::from(args.prefetch), args.cache.clone());

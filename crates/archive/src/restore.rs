@@ -13,7 +13,28 @@
 //! [`RESTORE_EXIT_CORRUPT`] (200) and an IO error [`RESTORE_EXIT_ERROR`] (201) with a one-line
 //! message: a broken archive stops recovery instead of silently ending it before the damaged file
 //! (see [`crate::error`]). What we write is complete: decoded into `%p.tmp` in the destination
-//! directory, size-checked, fsynced, renamed, directory fsynced.
+//! directory, size-checked, and only then renamed to `%p` — `%p` never exists half-written.
+//!
+//! # Durability: PostgreSQL's job, not restore_command's
+//!
+//! `%p` is a scratch name (`pg_wal/RECOVERYXLOG`, `RECOVERYHISTORY`). PostgreSQL removes it before
+//! every call, and keeps what it restored by renaming it to its real name with `durable_rename()`
+//! (`KeepFileRestoredFromArchive`, every major walrelay supports), which fsyncs the file before the
+//! rename and the directory after it. After a crash, recovery starts again from its last
+//! restartpoint and asks restore_command again. So restore does not fsync by default: `cp`, the
+//! restore_command of PostgreSQL's documentation, does not either, and the fsync would only be
+//! paid twice (ours, then PostgreSQL's, each a cache flush of the disk). [`RestoreOptions::fsync`]
+//! (`walrelay restore --fsync`) fsyncs `%p` and its directory before exiting, for consumers other
+//! than PostgreSQL's recovery.
+//!
+//! # Fast paths
+//!
+//! A plain segment is copied by the kernel (`copy_file_range`, as `cp` does) instead of through
+//! user-space buffers; a `.zst` segment that is one frame recording its size (walrelay's are) is
+//! decoded on one thread while a second writes it, in 256 kB writes. Both check what the slow
+//! path checks: the size of a complete segment, the zstd frame's content checksum. Anything else
+//! (gzip, LZ4, a zstd frame without a size, a damaged file) takes the streaming decoder, which
+//! names what is wrong.
 //!
 //! [`RESTORE_EXIT_CORRUPT`]: crate::RESTORE_EXIT_CORRUPT
 //! [`RESTORE_EXIT_ERROR`]: crate::RESTORE_EXIT_ERROR
@@ -27,8 +48,8 @@
 //! ("invalid magic number 0000"), treats that as the end of WAL and stops cleanly there — exactly
 //! what it does at the end of a segment PostgreSQL itself was writing when it crashed.
 
-use std::fs;
-use std::io::{self, BufWriter, Write};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -53,6 +74,9 @@ pub struct RestoreOptions {
     pub partial: bool,
     /// Owner of the restored file; `None`: the destination directory's owner when running as root.
     pub owner: Option<Owner>,
+    /// fsync `dest` and its directory before returning (see the module docs: PostgreSQL does this
+    /// itself for the files it keeps, so `walrelay restore` leaves it to `--fsync`).
+    pub fsync: bool,
 }
 
 /// What was restored.
@@ -203,6 +227,7 @@ struct Target<'a> {
     dest: &'a Path,
     mode: u32,
     owner: Owner,
+    fsync: bool,
 }
 
 impl<'a> Target<'a> {
@@ -225,24 +250,44 @@ impl<'a> Target<'a> {
         let owner = opts
             .owner
             .unwrap_or_else(|| Owner::of_dir_if_root(&dest_dir));
-        Ok(Target { dest, mode, owner })
+        Ok(Target {
+            dest,
+            mode,
+            owner,
+            fsync: opts.fsync,
+        })
     }
 
-    /// Writes `dest.tmp` with `fill`, fsyncs it and renames it to `dest`; removes the temp file on
-    /// any failure, including `fill` rejecting the content.
+    /// Writes `dest.tmp` with `fill` (through a 64 kB buffer) and renames it to `dest`; see
+    /// [`Target::write_file_with`].
     fn write_with<T>(&self, fill: impl FnOnce(&mut dyn Write) -> Result<T>) -> Result<T> {
-        let tmp = durable::temp_path_for(self.dest);
-        let result = (|| {
-            let file = durable::create_new_file(&tmp, self.mode, self.owner)?;
+        self.write_file_with(|file, tmp| {
             let mut out = BufWriter::with_capacity(1 << 16, file);
             let value = fill(&mut out)?;
-            let file = out
-                .into_inner()
-                .map_err(|e| ArchiveError::io("write", &tmp, e.into_error()))?;
-            file.sync_all()
-                .map_err(|e| ArchiveError::io("fsync", &tmp, e))?;
+            out.flush().map_err(|e| ArchiveError::io("write", tmp, e))?;
+            Ok(value)
+        })
+    }
+
+    /// Writes `dest.tmp` with `fill` (given the file and its path), fsyncs it if asked, and
+    /// renames it to `dest` (then fsyncs the directory if asked); removes the temp file on any
+    /// failure, including `fill` rejecting the content. `dest` appears only complete.
+    fn write_file_with<T>(&self, fill: impl FnOnce(&mut File, &Path) -> Result<T>) -> Result<T> {
+        let tmp = durable::temp_path_for(self.dest);
+        let result = (|| {
+            let mut file = durable::create_new_file(&tmp, self.mode, self.owner)?;
+            let value = fill(&mut file, &tmp)?;
+            if self.fsync {
+                file.sync_all()
+                    .map_err(|e| ArchiveError::io("fsync", &tmp, e))?;
+            }
             drop(file);
-            durable::rename_durable(&tmp, self.dest)?;
+            if self.fsync {
+                durable::rename_durable(&tmp, self.dest)?;
+            } else {
+                fs::rename(&tmp, self.dest)
+                    .map_err(|e| ArchiveError::io("rename into place", &tmp, e))?;
+            }
             Ok(value)
         })();
         if result.is_err() {
@@ -252,22 +297,184 @@ impl<'a> Target<'a> {
     }
 }
 
+/// Size of each `write` of a decoded segment: large writes into new page-cache memory were at
+/// times several times as expensive in the kernel on the benchmark machine (docs/benchmarks.md,
+/// bootstrap fix 1); 256 kB never were.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// The plain fast path: the kernel copies (`copy_file_range`, falling back to `sendfile` or a
+/// copy loop in `std::io::copy`), at most `max + 1` bytes so that an oversized file is seen.
+fn copy_plain(src: &Path, out: &mut File, tmp: &Path, max: u64) -> Result<u64> {
+    let file = File::open(src).map_err(|e| ArchiveError::io("open", src, e))?;
+    let mut limited = file.take(max.saturating_add(1));
+    io::copy(&mut limited, out).map_err(|e| {
+        if e.kind() == io::ErrorKind::WriteZero {
+            ArchiveError::io("write", tmp, e)
+        } else {
+            ArchiveError::io("copy", src, e)
+        }
+    })
+}
+
+/// Decoded bytes per buffer handed from the decoding thread to the writing one.
+const DECODE_CHUNK: usize = 1 << 20;
+/// Buffers in flight between the two (reused: each is page-faulted in once).
+const DECODE_BUFFERS: usize = 3;
+
+/// The zstd fast path: the file read in one piece, decoded on this thread while a second one
+/// writes what is decoded to `out` (decompression is most of the cost, the copy into the page
+/// cache most of the rest; PostgreSQL's startup process waits idle meanwhile). The frame's
+/// checksum, when it has one, is checked by the decoder at its end. `Ok(None)` when the file does
+/// not qualify — not one frame with a recorded size of at most `max` — or does not decode: the
+/// caller then starts over with the streaming decoder, which names the problem. Errors are
+/// failures to read `src` or to write `out`.
+fn restore_zstd_pipelined(src: &Path, out: &mut File, tmp: &Path, max: u64) -> Result<Option<u64>> {
+    use zstd::zstd_safe::{DCtx, InBuffer, OutBuffer};
+
+    let mut file = File::open(src).map_err(|e| ArchiveError::io("open", src, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| ArchiveError::io("stat", src, e))?
+        .len();
+    if len == 0 || len > max.saturating_add(1 << 20) {
+        return Ok(None);
+    }
+    let mut stored = Vec::with_capacity(len as usize);
+    file.read_to_end(&mut stored)
+        .map_err(|e| ArchiveError::io("read", src, e))?;
+    let size = match zstd::zstd_safe::get_frame_content_size(&stored) {
+        Ok(Some(n)) if n <= max => n,
+        _ => return Ok(None),
+    };
+    match zstd::zstd_safe::find_frame_compressed_size(&stored) {
+        Ok(n) if n == stored.len() => {}
+        _ => return Ok(None),
+    }
+
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(DECODE_BUFFERS);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..DECODE_BUFFERS {
+        let _ = free_tx.send(vec![0u8; DECODE_CHUNK]);
+    }
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> io::Result<()> {
+            for (buf, n) in full_rx {
+                for chunk in buf[..n].chunks(WRITE_CHUNK) {
+                    out.write_all(chunk)?;
+                }
+                let _ = free_tx.send(buf);
+            }
+            Ok(())
+        });
+        // Decode: `Some(total)` when the frame ended cleanly, `None` on any decoding problem.
+        let decoded = (|| {
+            let mut dctx = DCtx::create();
+            let mut input = InBuffer::around(&stored);
+            let mut total = 0u64;
+            loop {
+                let mut buf = free_rx.recv().ok()?; // the writer stopped: its error is reported
+                let mut output = OutBuffer::around(buf.as_mut_slice());
+                let mut finished = false;
+                while output.pos() < DECODE_CHUNK {
+                    let (in_before, out_before) = (input.pos(), output.pos());
+                    match dctx.decompress_stream(&mut output, &mut input) {
+                        Ok(0) => {
+                            finished = true;
+                            break;
+                        }
+                        Ok(_) if input.pos() == in_before && output.pos() == out_before => {
+                            return None; // no progress: the frame is truncated
+                        }
+                        Ok(_) => {}
+                        Err(_) => return None,
+                    }
+                }
+                let n = output.pos();
+                total += n as u64;
+                if total > size {
+                    return None;
+                }
+                full_tx.send((buf, n)).ok()?;
+                if finished {
+                    return (input.pos() == stored.len() && total == size).then_some(total);
+                }
+            }
+        })();
+        drop(full_tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the writing thread panicked")));
+        written.map_err(|e| ArchiveError::io("write", tmp, e))?;
+        Ok(decoded)
+    })
+}
+
 fn restore_complete(
     src: &Path,
     target: &Target<'_>,
     seg_size: Option<WalSegmentSize>,
 ) -> Result<Restored> {
     let max = seg_size.map_or(u64::from(MAX_WAL_SEGMENT_SIZE), WalSegmentSize::as_u64);
+    let name = src
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (method, _) = crate::compression::suffix_info(&name);
+    let bytes = match method {
+        None => target.write_file_with(|out, tmp| {
+            let n = copy_plain(src, out, tmp, max)?;
+            if n > max {
+                return Err(ArchiveError::corrupt(
+                    src,
+                    format!("holds more than {max} bytes of WAL"),
+                ));
+            }
+            check_segment_size(src, n, seg_size)?;
+            Ok(n)
+        })?,
+        Some(walrelay_protocol::segment::Compression::Zstd) => {
+            let mut declined = false;
+            let fast = target.write_file_with(|out, tmp| {
+                match restore_zstd_pipelined(src, out, tmp, max)? {
+                    Some(n) => {
+                        check_segment_size(src, n, seg_size)?;
+                        Ok(n)
+                    }
+                    None => {
+                        // Not renamed into place: write_file_with removes the temp file.
+                        declined = true;
+                        Err(ArchiveError::corrupt(src, "left to the streaming decoder"))
+                    }
+                }
+            });
+            match fast {
+                Ok(n) => n,
+                Err(_) if declined => restore_streaming(src, target, max, seg_size)?,
+                Err(e) => return Err(e),
+            }
+        }
+        Some(_) => restore_streaming(src, target, max, seg_size)?,
+    };
+    Ok(Restored {
+        source: src.to_path_buf(),
+        bytes,
+        padded_from: None,
+    })
+}
+
+/// The general path: decode through the streaming reader of the file's format.
+fn restore_streaming(
+    src: &Path,
+    target: &Target<'_>,
+    max: u64,
+    seg_size: Option<WalSegmentSize>,
+) -> Result<u64> {
     let copied = target.write_with(|out| {
         let c = copy_content(src, out, max, false)?;
         check_segment_size(src, c.bytes, seg_size)?;
         Ok(c)
     })?;
-    Ok(Restored {
-        source: src.to_path_buf(),
-        bytes: copied.bytes,
-        padded_from: None,
-    })
+    Ok(copied.bytes)
 }
 
 /// A complete segment holds exactly the segment size (or, when unknown, a valid one).
@@ -291,7 +498,8 @@ fn check_segment_size(src: &Path, bytes: u64, seg_size: Option<WalSegmentSize>) 
 
 /// Moves a complete segment that is already a plain, checked file on the destination's file
 /// system (a prefetch cache in `pg_wal`) to `dest` (`%p`): its size is checked, it gets the mode
-/// and owner [`restore`] would give it, and it is renamed into place durably — no copy. `Ok(false)`
+/// and owner [`restore`] would give it, and it is renamed into place (the directory fsynced after
+/// it with [`RestoreOptions::fsync`]) — no copy. `Ok(false)`
 /// when it cannot be renamed there (another file system): the caller copies instead.
 pub fn restore_by_rename(src: &Path, dest: &Path, opts: &RestoreOptions) -> Result<bool> {
     let target = Target::for_dest(dest, opts)?;
@@ -307,7 +515,9 @@ pub fn restore_by_rename(src: &Path, dest: &Path, opts: &RestoreOptions) -> Resu
         Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => return Ok(false),
         Err(e) => return Err(ArchiveError::io("rename into place", src, e)),
     }
-    durable::fsync_parent(dest)?;
+    if target.fsync {
+        durable::fsync_parent(dest)?;
+    }
     Ok(true)
 }
 
@@ -474,6 +684,7 @@ mod tests {
             seg_size: seg1mb(),
             partial,
             owner: None,
+            fsync: false,
         }
     }
 
@@ -737,6 +948,86 @@ mod tests {
         };
         let e = restore(&g.archive, SEG, &dest, &o).unwrap_err();
         assert!(matches!(e, ArchiveError::UnknownSegmentSize { .. }), "{e}");
+    }
+
+    #[test]
+    fn zstd_fast_path_and_its_fallbacks() {
+        let data = wal_like(MB, 9);
+        let dest_of = |f: &Fixture| f.pg_wal.join("RECOVERYXLOG");
+        let zst = |f: &Fixture| f.archive.join(format!("{SEG}.zst"));
+
+        // walrelay's own frames (content size, checksum): the fast path, byte-identical, with
+        // or without fsync.
+        for fsync in [false, true] {
+            let f = fixture();
+            fs::write(f.archive.join(SEG), &data).unwrap();
+            compress_completed_segment(
+                &f.archive,
+                SEG,
+                Compression::Zstd { level: 3 },
+                Owner::current(),
+            )
+            .unwrap();
+            let o = RestoreOptions {
+                fsync,
+                ..opts(false)
+            };
+            let out = restore(&f.archive, SEG, &dest_of(&f), &o).unwrap();
+            assert!(matches!(out, RestoreOutcome::Restored(_)), "{out:?}");
+            assert_eq!(fs::read(dest_of(&f)).unwrap(), data);
+            assert!(!durable::temp_path_for(&dest_of(&f)).exists());
+        }
+
+        // A frame without a recorded size (the zstd tool reading a pipe): the streaming decoder.
+        let f = fixture();
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_contentsize(false).unwrap();
+        enc.write_all(&data).unwrap();
+        fs::write(zst(&f), enc.finish().unwrap()).unwrap();
+        restore(&f.archive, SEG, &dest_of(&f), &opts(false)).unwrap();
+        assert_eq!(fs::read(dest_of(&f)).unwrap(), data);
+
+        // Two frames in one file: the streaming decoder reads both.
+        let f = fixture();
+        let mut both = zstd::bulk::compress(&data[..MB / 2], 3).unwrap();
+        both.extend(zstd::bulk::compress(&data[MB / 2..], 3).unwrap());
+        fs::write(zst(&f), both).unwrap();
+        restore(&f.archive, SEG, &dest_of(&f), &opts(false)).unwrap();
+        assert_eq!(fs::read(dest_of(&f)).unwrap(), data);
+
+        // Damage: a flipped byte (the checksum or the decoder catches it), a cut-off frame, a
+        // frame of the wrong size — exit 200, nothing at %p, no temp file left.
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_checksum(true).unwrap();
+        enc.set_pledged_src_size(Some(MB as u64)).unwrap();
+        enc.write_all(&data).unwrap();
+        let good = enc.finish().unwrap();
+        let mut flipped = good.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x55;
+        let short = zstd::bulk::compress(&data[..MB - 4096], 3).unwrap();
+        for (what, bytes) in [
+            ("flipped", flipped),
+            ("cut", good[..good.len() - 100].to_vec()),
+            ("short", short),
+        ] {
+            let f = fixture();
+            fs::write(zst(&f), bytes).unwrap();
+            let e = restore(&f.archive, SEG, &dest_of(&f), &opts(false)).unwrap_err();
+            assert_eq!(e.restore_exit_code(), RESTORE_EXIT_CORRUPT, "{what}: {e}");
+            assert!(!dest_of(&f).exists(), "{what}");
+            assert!(!durable::temp_path_for(&dest_of(&f)).exists(), "{what}");
+        }
+    }
+
+    #[test]
+    fn oversized_plain_segment_is_damage() {
+        let f = fixture();
+        let dest = f.pg_wal.join("RECOVERYXLOG");
+        fs::write(f.archive.join(SEG), wal_like(MB + 1, 2)).unwrap();
+        let e = restore(&f.archive, SEG, &dest, &opts(false)).unwrap_err();
+        assert_eq!(e.restore_exit_code(), RESTORE_EXIT_CORRUPT, "{e}");
+        assert!(!dest.exists() && !durable::temp_path_for(&dest).exists());
     }
 
     #[test]
