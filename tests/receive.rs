@@ -1142,6 +1142,60 @@ fn metrics_and_health_follow_the_stream() {
     stop(&mut w);
 }
 
+/// `--endpos` with plenty of WAL after it: walrelay writes up to the message that crossed it, as
+/// pg_receivewal does, and not what the server streams while the last flush completes. (Found by
+/// the catch-up benchmark: a fast server's next megabytes completed one more segment past it.)
+#[test]
+fn endpos_leaves_what_follows_unwritten() {
+    let primary = primary("recv-endpos-past");
+    let archive = new_dir(&primary, "archive");
+    server::insert_rows(&primary, "t", 100);
+    let from = primary.current_wal_lsn();
+    let mut endpos = server::insert_rows(&primary, "t", 3000);
+    while seg().offset(endpos) < 4096 {
+        // Not at the very start of a segment, so that its segment cannot be complete.
+        endpos = server::insert_rows(&primary, "t", 10);
+    }
+    // Several segments of WAL after the end position, all at hand when walrelay starts.
+    server::insert_rows(&primary, "t", 60_000);
+    let out = support::walrelay_cmd::run(
+        &receive_args(&[
+            "-d",
+            &primary.conninfo(),
+            "-D",
+            path(&archive),
+            "--start",
+            &from.to_string(),
+            "--endpos",
+            &endpos.to_string(),
+        ]),
+        poll::timeout(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let last = seg().segno(endpos);
+    let files = wal_files::segment_files(&archive, seg());
+    assert!(
+        files
+            .iter()
+            .all(|f| f.segment.segno < last || (f.segment.segno == last && f.partial)),
+        "only segments before the one holding --endpos {endpos} may be complete, none after it: {}",
+        wal_files::listing(&archive)
+    );
+    assert!(
+        files.iter().any(|f| f.segment.segno == last && f.partial),
+        "the segment holding --endpos {endpos} is kept as .partial: {}",
+        wal_files::listing(&archive)
+    );
+    wal_files::assert_durable_prefix(
+        &archive,
+        &primary.pg_wal_dir(),
+        TimelineId(1),
+        endpos,
+        seg(),
+        "--endpos",
+    );
+}
+
 /// `--endpos` inside a record (found while testing; not in the list): walrelay stops with
 /// exit 0 once WAL through the end of that record is durable — it can only acknowledge what it has
 /// validated — instead of waiting forever or tripping over the next message.
