@@ -37,7 +37,7 @@ impl SegmentCompletion for CompletionHook {
                     dir,
                     &segment.file_name,
                     *compression,
-                    checksums.then_some(segment.sha256),
+                    *checksums,
                     self.owner,
                 )?;
                 info!(
@@ -63,15 +63,11 @@ fn archive_segment(
     dir: &Path,
     name: &str,
     compression: ArchiveCompression,
-    // `Some` to record the checksum: the writer's own (computed as it wrote), else read back.
-    checksum: Option<Option<[u8; 32]>>,
+    checksums: bool,
     owner: Owner,
 ) -> Result<(), HookError> {
-    if let Some(known) = checksum {
-        let sum = match known {
-            Some(sum) => sum,
-            None => walrelay_archive::segment_sha256(&dir.join(name))?,
-        };
+    if checksums {
+        let sum = walrelay_archive::segment_sha256(&dir.join(name))?;
         walrelay_archive::record_checksum(dir, name, &sum)?;
     }
     if compression != ArchiveCompression::None {
@@ -126,7 +122,7 @@ pub(crate) fn catch_up_archive(
         let needs_sum = checksums && !known.contains(&name);
         if needs_sum || compression != ArchiveCompression::None {
             info!(segment = %name, "finishing archiving of a segment completed by an earlier run");
-            archive_segment(dir, &name, compression, needs_sum.then_some(None), owner).map_err(|source| {
+            archive_segment(dir, &name, compression, needs_sum, owner).map_err(|source| {
                 WriterError::Completion {
                     file_name: name.clone(),
                     source,

@@ -199,9 +199,6 @@ async fn start_disk_task(
     };
     writer_cfg.owner = cfg.owner;
     writer_cfg.sync = cfg.sync;
-    // The checksum list's SHA-256 comes from the bytes as they are written, not from reading
-    // every completed segment back.
-    writer_cfg.sha256 = matches!(cfg.target, Target::Archive { checksums: true, .. });
     let (target, stats) = (cfg.target.clone(), cfg.stats.clone());
     let (tli, lsn, owner) = (start.timeline, start.lsn, cfg.owner);
     let writer = blocking(move || {

@@ -49,7 +49,6 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tracing::{debug, info};
 use walrelay_durable::{self as durable, CreateModes, DurableError, Owner};
@@ -124,9 +123,6 @@ pub struct WriterConfig {
     /// flushed once written, as pg_receivewal `--no-sync` does; completed segments are still fsynced
     /// before their rename).
     pub sync: bool,
-    /// Compute each segment's SHA-256 from the bytes as they are written, for the completion hook
-    /// ([`CompletedSegment::sha256`]), instead of the hook reading the 16 MB back from the file.
-    pub sha256: bool,
 }
 
 impl WriterConfig {
@@ -140,7 +136,6 @@ impl WriterConfig {
             dir_mode: STATUS_DIR_MODE,
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
             sync: true,
-            sha256: false,
         }
     }
 
@@ -161,7 +156,6 @@ impl WriterConfig {
             dir_mode: modes.dir,
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
             sync: true,
-            sha256: false,
         }
     }
 }
@@ -176,10 +170,6 @@ pub struct CompletedSegment {
     pub path: PathBuf,
     /// First LSN after the segment.
     pub end_lsn: Lsn,
-    /// SHA-256 of the whole file, computed from the bytes written into it, when
-    /// [`WriterConfig::sha256`] asks for it. A segment is always written from its first byte to its
-    /// last by one writer (a stream starts at a segment boundary), so this is the file's content.
-    pub sha256: Option<[u8; 32]>,
 }
 
 /// Error type of completion hooks.
@@ -457,8 +447,6 @@ struct OpenSegment<Fl> {
     path: PathBuf,
     /// LSN of the file's first byte.
     start: Lsn,
-    /// Running SHA-256 of every byte appended since `start` ([`WriterConfig::sha256`]).
-    sha256: Option<Sha256>,
 }
 
 /// Writes a WAL stream into segment files; see the module documentation.
@@ -642,9 +630,6 @@ impl<F: WalFs> SegmentWriter<F> {
             if self.current.is_none() {
                 self.open_segment()?;
             }
-            if let Some(h) = self.current.as_mut().and_then(|c| c.sha256.as_mut()) {
-                h.update(now);
-            }
             self.append(now)?;
             self.received = Lsn(self.received.0 + now.len() as u64);
             rest = later;
@@ -769,7 +754,6 @@ impl<F: WalFs> SegmentWriter<F> {
             name,
             path,
             start: self.received,
-            sha256: self.config.sha256.then(Sha256::new),
         });
         Ok(())
     }
@@ -863,7 +847,6 @@ impl<F: WalFs> SegmentWriter<F> {
                 file_name: cur.name.clone(),
                 path: final_path,
                 end_lsn,
-                sha256: cur.sha256.take().map(|h| h.finalize().into()),
             };
             hook.segment_completed(&done)
                 .map_err(|source| WriterError::Completion {
