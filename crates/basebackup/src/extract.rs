@@ -58,11 +58,14 @@ use crate::sync::{WritebackBehind, WrittenPaths};
 use crate::tablespace::{canonicalize_path, PreparedTablespace};
 use crate::tar_stream::{ChunkRead, CopyChunks, MemberHeader, MemberKind, TarError, TarReader};
 
-/// Default size of one write: large writes are what makes extraction fast, up to a point. 256 kB
-/// is one `writev` per 256 kB of a big file; on the Linux 6.18 virtual machine we measured, writes
-/// of 1 MB into new files cost four to ten times the kernel CPU of writes of 512 kB or less for
-/// the same bytes (the copy into the page cache dominated; docs/benchmarks.md, "Fixes").
-pub const DEFAULT_WRITE_BUFFER: usize = 256 * 1024;
+/// Default size of one write: 32 kB, the size of the server's CopyData messages and so of
+/// pg_basebackup's writes. Larger writes save system calls but make the kernel allocate larger
+/// page-cache folios for them, and on the Linux 6.18 virtual machine we measured that allocation
+/// is at times several times as expensive (the copy into the page cache dominated): 1 MB writes
+/// cost four to ten times the kernel CPU of 512 kB ones, and with 256 kB writes one bootstrap of
+/// 1.1 GB in two or three took 1.5–2.9 s of system time instead of 0.5–0.6 s, where 32 kB writes
+/// stayed at 0.55–0.59 s in the same rounds (docs/benchmarks.md, "Write size").
+pub const DEFAULT_WRITE_BUFFER: usize = 32 * 1024;
 
 /// Most buffers gathered into one `writev`. CopyData payloads are 32 kB, so 256 kB take about 9;
 /// the cap keeps a stream of tiny messages far from the kernel's `IOV_MAX` (1024).
@@ -223,10 +226,10 @@ impl ArchiveExtractor {
         self
     }
 
-    /// Largest single write (default `DEFAULT_WRITE_BUFFER`); at least 64 kB. Also the size of
+    /// Largest single write (default `DEFAULT_WRITE_BUFFER`); at least 16 kB. Also the size of
     /// the reads [`extract`](Self::extract) makes from a plain [`Read`].
     pub fn with_buffer_size(mut self, bytes: usize) -> Self {
-        self.write_size = bytes.max(64 * 1024);
+        self.write_size = bytes.max(16 * 1024);
         self
     }
 
