@@ -225,6 +225,18 @@ fn bucket_has(url: &str, name: &str) -> bool {
 }
 
 /// Gives `dir` the owner of `like` (the server runs as that user and writes the restored files).
+/// Waits until the recovering server `c` has ended recovery and promoted.
+fn wait_until_promoted(c: &Cluster) {
+    walrelay_testkit::poll::wait_until(
+        "the end of recovery",
+        || {
+            c.try_psql("SELECT pg_is_in_recovery()")
+                .is_ok_and(|v| v == "f")
+        },
+        || c.log_tail(20),
+    );
+}
+
 fn chown_like(dir: &Path, like: &Path) {
     use std::os::unix::fs::MetadataExt;
     let m = fs::metadata(like).expect("stat data directory");
@@ -244,14 +256,7 @@ fn recover(primary: &Cluster, backup: &Path, restore_command: &str, round: usize
         .conf(&format!("restore_command = '{restore_command}'"))
         .conf("recovery_target_action = 'promote'")
         .start();
-    walrelay_testkit::poll::wait_until(
-        "the end of recovery",
-        || {
-            c.try_psql("SELECT pg_is_in_recovery()")
-                .is_ok_and(|v| v == "f")
-        },
-        || c.log_tail(20),
-    );
+    wait_until_promoted(&c);
     let secs = started.elapsed().as_secs_f64();
     drop(c);
     common::remove_tree(&data);

@@ -1142,6 +1142,28 @@ fn metrics_and_health_follow_the_stream() {
     stop(&mut w);
 }
 
+/// `walrelay receive` of the primary's WAL from `from` to `endpos` into `archive`, to the end.
+fn receive_range(
+    primary: &Cluster,
+    archive: &Path,
+    from: Lsn,
+    endpos: Lsn,
+) -> support::walrelay_cmd::Finished {
+    support::walrelay_cmd::run(
+        &receive_args(&[
+            "-d",
+            &primary.conninfo(),
+            "-D",
+            path(archive),
+            "--start",
+            &from.to_string(),
+            "--endpos",
+            &endpos.to_string(),
+        ]),
+        poll::timeout(),
+    )
+}
+
 /// `--endpos` with plenty of WAL after it: walrelay writes up to the message that crossed it, as
 /// pg_receivewal does, and not what the server streams while the last flush completes. (Found by
 /// the catch-up benchmark: a fast server's next megabytes completed one more segment past it.)
@@ -1158,19 +1180,7 @@ fn endpos_leaves_what_follows_unwritten() {
     }
     // Several segments of WAL after the end position, all at hand when walrelay starts.
     server::insert_rows(&primary, "t", 60_000);
-    let out = support::walrelay_cmd::run(
-        &receive_args(&[
-            "-d",
-            &primary.conninfo(),
-            "-D",
-            path(&archive),
-            "--start",
-            &from.to_string(),
-            "--endpos",
-            &endpos.to_string(),
-        ]),
-        poll::timeout(),
-    );
+    let out = receive_range(&primary, &archive, from, endpos);
     assert!(out.status.success(), "{out:?}");
     let last = seg().segno(endpos);
     let files = wal_files::segment_files(&archive, seg());
@@ -1211,19 +1221,7 @@ fn endpos_inside_a_record_stops_cleanly() {
         .expect("pg_waldump of the primary");
     let record = &dump.records[dump.records.len() / 2];
     let endpos = Lsn(record.lsn.0 + 3);
-    let out = support::walrelay_cmd::run(
-        &receive_args(&[
-            "-d",
-            &primary.conninfo(),
-            "-D",
-            path(&archive),
-            "--start",
-            &from.to_string(),
-            "--endpos",
-            &endpos.to_string(),
-        ]),
-        poll::timeout(),
-    );
+    let out = receive_range(&primary, &archive, from, endpos);
     assert!(out.status.success(), "{out:?}");
     assert!(out.error_lines().is_empty(), "{out:?}");
     assert!(out.stderr.contains("end position reached"), "{out:?}");

@@ -495,14 +495,7 @@ fn recover(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    walrelay_testkit::poll::wait_until(
-        "the end of recovery",
-        || {
-            c.try_psql("SELECT pg_is_in_recovery()")
-                .is_ok_and(|v| v == "f")
-        },
-        || c.log_tail(20),
-    );
+    crate::wait_until_promoted(&c);
     let balance = c.psql("SELECT sum(bbalance) FROM pgbench_branches");
     let history = c.psql("SELECT count(*) FROM pgbench_history");
     assert_eq!(
