@@ -98,23 +98,24 @@ pub struct RestoreArgs {
 }
 
 /// Runs `walrelay restore`; always returns `Ok` with the exit status PostgreSQL must see, having
-/// printed at most one line (more with `-v`).
+/// printed at most one line (more with `-v`). `main` runs a directory archive's restore through
+/// [`run_restore_local`] before any runtime starts; only buckets need this async path.
 pub async fn run_restore(args: RestoreArgs) -> Result<i32> {
-    if let Some(ArchiveLocation::Store(url)) = args
-        .directory
-        .as_deref()
-        .and_then(|d| ArchiveLocation::parse(d).ok())
-    {
-        return Ok(restore_from_store(&args, &url).await);
+    match args.directory.as_deref().map(ArchiveLocation::parse) {
+        Some(Ok(ArchiveLocation::Store(url))) => Ok(restore_from_store(&args, &url).await),
+        _ => Ok(run_restore_local(&args)),
     }
-    match tokio::task::spawn_blocking(move || restore_blocking(&args)).await {
-        Ok(code) => Ok(code),
-        Err(e) => {
-            // A panic would otherwise exit 101: "not found" to PostgreSQL.
-            eprintln!("walrelay: error: restore failed unexpectedly: {e}");
-            Ok(RESTORE_EXIT_ERROR)
-        }
-    }
+}
+
+/// `walrelay restore` from a directory archive, on the calling thread: plain file work, so no
+/// async runtime (its start-up was most of a restore's fixed cost, paid once per file). A panic
+/// must not exit 101, which PostgreSQL reads as "not found".
+pub fn run_restore_local(args: &RestoreArgs) -> i32 {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| restore_blocking(args)))
+        .unwrap_or_else(|_| {
+            eprintln!("walrelay: error: restore failed unexpectedly");
+            RESTORE_EXIT_ERROR
+        })
 }
 
 /// One failure line for PostgreSQL's log; the status that stops recovery.
@@ -141,7 +142,7 @@ fn restore_inputs(args: &RestoreArgs) -> Result<(&str, &Path, Option<WalSegmentS
 }
 
 /// Whether `restore` reads a directory archive: then it needs no async runtime, and `main` runs
-/// [`restore_blocking`] on its own thread (a runtime's start-up is most of a restore's fixed cost).
+/// [`run_restore_local`] before starting one.
 pub fn restore_is_local(args: &RestoreArgs) -> bool {
     !matches!(
         args.directory.as_deref().map(ArchiveLocation::parse),
@@ -150,7 +151,7 @@ pub fn restore_is_local(args: &RestoreArgs) -> bool {
 }
 
 /// `walrelay restore` from a directory archive (or a command line that names none: the error).
-pub fn restore_blocking(args: &RestoreArgs) -> i32 {
+fn restore_blocking(args: &RestoreArgs) -> i32 {
     let fail = restore_failed;
     let (wal_file, dest, seg_size) = match restore_inputs(args) {
         Ok(i) => i,

@@ -144,17 +144,9 @@ fn main() -> ExitCode {
     logging::init(filter, cli.log_format);
     if let Command::Restore(a) = &mut cli.command {
         a.verbose = cli.verbose > 0;
-        // PostgreSQL runs restore_command once per file: from a directory archive it is plain
-        // file work, done here without starting the async runtime (its threads were most of a
-        // restore's fixed cost). A panic must not exit 101, "not found" to PostgreSQL.
+        // PostgreSQL runs restore_command once per file: from a directory archive, no runtime.
         if archive_cmds::restore_is_local(a) {
-            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                archive_cmds::restore_blocking(a)
-            }))
-            .unwrap_or_else(|_| {
-                eprintln!("walrelay: error: restore failed unexpectedly");
-                walrelay_archive::RESTORE_EXIT_ERROR
-            });
+            let code = archive_cmds::run_restore_local(a);
             return ExitCode::from(code.clamp(0, 255) as u8);
         }
     }
