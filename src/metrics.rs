@@ -314,6 +314,13 @@ pub struct Labels {
     pub mode: &'static str,
 }
 
+impl Labels {
+    /// The labels every `walrelay_receive_*` sample carries.
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        vec![("slot", self.slot.clone()), ("mode", self.mode.to_string())]
+    }
+}
+
 /// `receive`'s metrics, and the uploader's when WAL goes to object storage.
 pub struct ReceiveExporter {
     pub stats: Arc<ReceiverStats>,
@@ -434,12 +441,7 @@ pub fn downstream_families(downstreams: &[DownstreamSnapshot]) -> Vec<Family> {
 /// The `walrelay_receive_*` families of a snapshot.
 pub fn receive_families(s: &StatsSnapshot, labels: &Labels) -> Vec<Family> {
     use FamilyType::{Counter, Gauge, Info};
-    let common = || {
-        vec![
-            ("slot", labels.slot.clone()),
-            ("mode", labels.mode.to_string()),
-        ]
-    };
+    let common = || labels.pairs();
     let age = s.since_last_message().map_or(0, |d| d.as_secs());
     let receive: [(&'static str, &'static str, FamilyType, u64); 15] = [
         (
@@ -560,14 +562,9 @@ pub fn receive_families(s: &StatsSnapshot, labels: &Labels) -> Vec<Family> {
 /// [`walrelay_walreceiver::commit_path`].
 pub fn commit_path_family(cp: &CommitPathSnapshot, labels: &Labels) -> Family {
     let sample = |stage: &str, h: &HistogramSnapshot| {
-        (
-            vec![
-                ("slot", labels.slot.clone()),
-                ("mode", labels.mode.to_string()),
-                ("stage", stage.to_string()),
-            ],
-            Value::Histogram(Box::new(*h)),
-        )
+        let mut l = labels.pairs();
+        l.push(("stage", stage.to_string()));
+        (l, Value::Histogram(Box::new(*h)))
     };
     Family {
         name: "walrelay_receive_commit_path_seconds".into(),
