@@ -239,17 +239,8 @@ fn catchup_command(
 
 /// `WALRELAY_BENCH_WAL_GB`: backlog sizes in GB (10^9 bytes) of WAL, smallest first.
 fn backlog_sizes() -> Vec<f64> {
-    let Ok(v) = std::env::var("WALRELAY_BENCH_WAL_GB") else {
-        return vec![DEFAULT_BACKLOG_GB];
-    };
-    let mut sizes: Vec<f64> = v
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| match s.trim().parse::<f64>() {
-            Ok(g) if g > 0.0 => g,
-            _ => panic!("WALRELAY_BENCH_WAL_GB={v:?}: expected positive numbers, e.g. 0.5,2,4"),
-        })
-        .collect();
+    let mut sizes =
+        common::env_list("WALRELAY_BENCH_WAL_GB", "0.5,2,4").unwrap_or(vec![DEFAULT_BACKLOG_GB]);
     sizes.sort_by(f64::total_cmp);
     sizes
 }
@@ -560,16 +551,7 @@ fn wait_until_sync(cluster: &Cluster, child: &mut MeasuredChild, label: &str) {
 
 /// `WALRELAY_BENCH_SYNC_CLIENTS`: the pgbench client counts, comma-separated (default `4,16`).
 fn sync_clients() -> Vec<u32> {
-    match std::env::var("WALRELAY_BENCH_SYNC_CLIENTS") {
-        Ok(v) if !v.trim().is_empty() => v
-            .split(',')
-            .map(|c| match c.trim().parse::<u32>() {
-                Ok(n) if n > 0 => n,
-                _ => panic!("WALRELAY_BENCH_SYNC_CLIENTS={v:?}: expected client counts like 4,16"),
-            })
-            .collect(),
-        _ => vec![4, 16],
-    }
+    common::env_list("WALRELAY_BENCH_SYNC_CLIENTS", "4,16").unwrap_or(vec![4, 16])
 }
 
 /// The two stages of `walrelay_receive_commit_path_seconds`, cumulative buckets `(le, count)`.

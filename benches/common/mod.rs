@@ -698,20 +698,29 @@ fn read_full(f: &mut fs::File, buf: &mut [u8]) -> usize {
     n
 }
 
+/// A comma list of positive numbers from the variable `name` (e.g. `10,70`); `None` when unset or
+/// empty. Anything else stops the benchmark, naming the variable and `example`.
+pub fn env_list<T>(name: &str, example: &str) -> Option<Vec<T>>
+where
+    T: std::str::FromStr + PartialOrd + Default,
+{
+    let v = std::env::var(name).ok().filter(|v| !v.trim().is_empty())?;
+    let list = v
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| match s.trim().parse::<T>() {
+            Ok(n) if n > T::default() => n,
+            _ => panic!("{name}={v:?}: expected positive numbers, e.g. {example}"),
+        })
+        .collect();
+    Some(list)
+}
+
 /// `WALRELAY_BENCH_SCALES`: a comma list of pgbench scales (e.g. `10,70`), else
 /// `WALRELAY_BENCH_SCALE`, else `default`.
 pub fn scales(default: u64) -> Vec<u64> {
-    match std::env::var("WALRELAY_BENCH_SCALES") {
-        Ok(v) if !v.trim().is_empty() => v
-            .split(',')
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| match s.trim().parse::<u64>() {
-                Ok(n) if n > 0 => n,
-                _ => panic!("WALRELAY_BENCH_SCALES={v:?}: expected positive integers"),
-            })
-            .collect(),
-        _ => vec![env_u64("WALRELAY_BENCH_SCALE", default)],
-    }
+    env_list("WALRELAY_BENCH_SCALES", "10,70")
+        .unwrap_or_else(|| vec![env_u64("WALRELAY_BENCH_SCALE", default)])
 }
 
 /// What else runs on the file system of the benchmark while the tools are measured

@@ -51,7 +51,6 @@ use walrelay_testkit::{Cluster, PgBench};
 const DEFAULT_SCALE: u64 = 80;
 /// WAL to write after the base backup, MB (10^6 bytes).
 const DEFAULT_WAL_MB: u64 = 1100;
-const SEGMENT: u64 = 16 * 1024 * 1024;
 
 /// One restore_command configuration.
 struct Variant {
@@ -103,7 +102,7 @@ pub fn run(rounds: usize) {
     let times = work.path().join("times");
     for d in [&plain, &zstd, &times] {
         fs::create_dir_all(d).expect("create directory");
-        chown_like(d, primary.data_dir());
+        crate::chown_like(d, primary.data_dir());
     }
 
     let conninfo = primary.replication_conninfo();
@@ -165,10 +164,11 @@ pub fn run(rounds: usize) {
         // (`wait_with_deadline` counts from the spawn, long ago: SIGINT stops them at once.)
         r.wait();
     }
-    let backup_segno = start_lsn / SEGMENT;
+    let backup_segno = seg_size.segno(walrelay_protocol::Lsn(start_lsn));
     let segments = common::complete_segments(&plain)
         .keys()
-        .filter(|n| segno(n) >= backup_segno)
+        .filter_map(|n| walrelay_protocol::WalFileName::parse(n)?.segment_id(seg_size))
+        .filter(|id| id.segno >= backup_segno)
         .count();
     let zstd_bytes = dir_bytes(&zstd, ".zst");
     let plain_bytes = dir_bytes(&plain, "");
@@ -337,12 +337,6 @@ pub fn run(rounds: usize) {
 }
 
 /// The segment number of a 16 MiB segment's file name.
-fn segno(name: &str) -> u64 {
-    let hi = u64::from_str_radix(&name[8..16], 16).unwrap_or(0);
-    let lo = u64::from_str_radix(&name[16..24], 16).unwrap_or(0);
-    hi * (0x1_0000_0000 / SEGMENT) + lo
-}
-
 fn redo(runs: &[Run]) -> Vec<f64> {
     runs.iter().map(|r| r.redo_secs).collect()
 }
@@ -376,12 +370,6 @@ fn dir_bytes(dir: &Path, suffix: &str) -> u64 {
         })
         .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
         .sum()
-}
-
-fn chown_like(dir: &Path, like: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let m = fs::metadata(like).expect("stat data directory");
-    std::os::unix::fs::chown(dir, Some(m.uid()), Some(m.gid())).expect("chown");
 }
 
 /// The startup process of the server on `data` (the postmaster's child named "postgres: startup").
@@ -422,18 +410,17 @@ fn children_ticks(pid: u32) -> Option<(u64, u64)> {
     proc_stat(pid).map(|(_, u, s)| (u, s))
 }
 
-/// `X/Y` as a number.
-fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
 /// From the server log: the LSN and the elapsed seconds of "redo done at X/Y system usage: CPU:
 /// user: … s, system: … s, elapsed: N s".
 fn redo_done(log: &str) -> Option<(u64, f64)> {
     let line = log.lines().find(|l| l.contains("redo done at "))?;
     let rest = &line[line.find("redo done at ")? + "redo done at ".len()..];
-    let lsn = parse_lsn(rest.split_whitespace().next()?)?;
+    let lsn = rest
+        .split_whitespace()
+        .next()?
+        .parse::<walrelay_protocol::Lsn>()
+        .ok()?
+        .0;
     let elapsed = rest
         .split("elapsed: ")
         .nth(1)?
