@@ -77,6 +77,8 @@ struct CatchupConfig {
     versus: Option<&'static str>,
     /// Measured at every backlog size, not only the first.
     core: bool,
+    /// Extra environment (walrelay's diagnostics, e.g. `WALRELAY_EARLY_WRITEBACK=off`).
+    env: &'static [(&'static str, &'static str)],
 }
 
 const PG_RECEIVEWAL: &str = "pg_receivewal";
@@ -92,6 +94,7 @@ const CATCHUP: &[CatchupConfig] = &[
         args: &[],
         versus: None,
         core: true,
+        env: &[],
     },
     CatchupConfig {
         label: WALRELAY,
@@ -99,6 +102,7 @@ const CATCHUP: &[CatchupConfig] = &[
         args: &[],
         versus: Some(PG_RECEIVEWAL),
         core: true,
+        env: &[],
     },
     CatchupConfig {
         label: WALRELAY_NO_VERIFY,
@@ -106,6 +110,15 @@ const CATCHUP: &[CatchupConfig] = &[
         args: &["--no-verify-wal"],
         versus: Some(PG_RECEIVEWAL),
         core: true,
+        env: &[],
+    },
+    CatchupConfig {
+        label: "walrelay receive, early writeback off",
+        program: Program::Walrelay,
+        args: &[],
+        versus: Some(PG_RECEIVEWAL),
+        core: true,
+        env: &[("WALRELAY_EARLY_WRITEBACK", "off")],
     },
     CatchupConfig {
         label: "walrelay receive --no-checksums",
@@ -113,6 +126,7 @@ const CATCHUP: &[CatchupConfig] = &[
         args: &["--no-checksums"],
         versus: Some(PG_RECEIVEWAL),
         core: false,
+        env: &[],
     },
     CatchupConfig {
         label: "walrelay receive --no-verify-wal --no-checksums",
@@ -120,6 +134,7 @@ const CATCHUP: &[CatchupConfig] = &[
         args: &["--no-verify-wal", "--no-checksums"],
         versus: Some(PG_RECEIVEWAL),
         core: false,
+        env: &[],
     },
     CatchupConfig {
         label: PG_RECEIVEWAL_GZIP,
@@ -127,6 +142,7 @@ const CATCHUP: &[CatchupConfig] = &[
         args: &["--compress=gzip"],
         versus: None,
         core: false,
+        env: &[],
     },
     CatchupConfig {
         label: "walrelay receive --compress gzip",
@@ -134,6 +150,7 @@ const CATCHUP: &[CatchupConfig] = &[
         args: &["--compress", "gzip"],
         versus: Some(PG_RECEIVEWAL_GZIP),
         core: false,
+        env: &[],
     },
     CatchupConfig {
         label: PG_RECEIVEWAL_LZ4,
@@ -141,6 +158,7 @@ const CATCHUP: &[CatchupConfig] = &[
         args: &["--compress=lz4"],
         versus: None,
         core: false,
+        env: &[],
     },
     CatchupConfig {
         label: "walrelay receive --compress lz4",
@@ -148,6 +166,7 @@ const CATCHUP: &[CatchupConfig] = &[
         args: &["--compress", "lz4"],
         versus: Some(PG_RECEIVEWAL_LZ4),
         core: false,
+        env: &[],
     },
     CatchupConfig {
         label: "walrelay receive --compress zstd",
@@ -155,6 +174,7 @@ const CATCHUP: &[CatchupConfig] = &[
         args: &["--compress", "zstd"],
         versus: Some(PG_RECEIVEWAL),
         core: false,
+        env: &[],
     },
 ];
 
@@ -234,6 +254,7 @@ fn catchup_command(
         Program::PgReceivewal => "-n",
     });
     cmd.args(cfg.args);
+    cmd.envs(cfg.env.iter().copied());
     cmd
 }
 

@@ -54,7 +54,7 @@ use walrelay_durable::{create_dir_all_durable, DurableError, Owner};
 pub use walrelay_protocol::base_backup::ArchiveKind;
 
 use crate::member_path::{resolve_relative_link, sanitize_member_path, UnsafePath};
-use crate::sync::{WritebackBehind, WrittenPaths};
+use crate::sync::{FileWriteback, WritebackBehind, WrittenPaths};
 use crate::tablespace::{canonicalize_path, PreparedTablespace};
 use crate::tar_stream::{ChunkRead, CopyChunks, MemberHeader, MemberKind, TarError, TarReader};
 
@@ -544,6 +544,8 @@ impl ArchiveRun<'_> {
         // to the observer, drop them (which lets the connection reuse their memory).
         let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_WRITE_SLICES);
         let mut batch_bytes = 0;
+        let mut file_pos = 0u64;
+        let mut writeback = FileWriteback::default();
         loop {
             let chunk = tar.read_data_chunk(write_size - batch_bytes)?;
             let done = chunk.is_empty();
@@ -558,7 +560,11 @@ impl ArchiveRun<'_> {
                 for chunk in batch.drain(..) {
                     observer.file_data(&chunk);
                 }
+                file_pos += batch_bytes as u64;
                 batch_bytes = 0;
+                if let Some(w) = self.writeback {
+                    w.written(&file, &mut writeback, file_pos);
+                }
             }
             if done {
                 break;

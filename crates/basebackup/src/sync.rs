@@ -7,6 +7,7 @@
 //! are durable too. `--no-sync` simply skips the call.
 
 use std::fs::File;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,50 +17,86 @@ use std::thread::JoinHandle;
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 use walrelay_durable::{fsync_dir, fsync_file, DurableError};
 
-/// Finished files waiting for [`WritebackBehind`]'s thread; beyond that a file is simply closed.
+/// Hints waiting for [`WritebackBehind`]'s thread; beyond that a hint is skipped (a finished file
+/// is then simply closed).
 const WRITEBACK_QUEUE: usize = 64;
 
-/// Starts the writeback of finished files on a thread of its own while extraction goes on, so
-/// that the final [`WrittenPaths::sync_all`] finds most data already on its way to the disk
-/// instead of starting all of it at the end (pg_basebackup's `fsync_pgdata` starts it with
-/// `sync_file_range` just before its fsyncs; here it overlaps with the transfer).
+/// While a large file is written, its writeback is started every this many bytes, and what was
+/// written a chunk before that (by then on the disk) is dropped from the page cache.
+pub const WRITEBACK_CHUNK: u64 = 8 * 1024 * 1024;
+
+/// Manages the page cache of an extraction on a thread of its own while extraction goes on, so
+/// that the final [`WrittenPaths::sync_all`] finds most data already on the disk instead of
+/// starting all of it at the end (pg_basebackup's `fsync_pgdata` starts it with `sync_file_range`
+/// just before its fsyncs; here it overlaps with the transfer), and so that the page cache holds
+/// a few chunks of the backup at a time instead of all of it.
 ///
-/// `posix_fadvise(POSIX_FADV_DONTNEED)` starts writeback of a file's dirty pages without waiting
-/// for it (and lets the kernel drop pages that are already clean: the backup's data is not read
-/// again). It is only a hint: it changes nothing about what is durable when, which stays the
-/// business of `sync_all`. A full queue never blocks extraction; the file is closed unhinted.
+/// * While a file is written, every [`WRITEBACK_CHUNK`] bytes: `sync_file_range(WRITE)` of the
+///   chunk just written ([`walrelay_durable::start_writeback`]), and `posix_fadvise(DONTNEED)` of
+///   the chunks before the previous one, whose writeback has had a chunk's time to finish.
+/// * When a file is finished: `posix_fadvise(DONTNEED)` of the whole file, which starts the
+///   writeback of what is still dirty and drops what is clean.
+///
+/// Why dropping matters: pages the backup keeps cached are pages every next write takes fresh from
+/// the allocator, and on a virtual machine that hands its free memory back to the host (virtio
+/// free page reporting) each of them is faulted in again on its first write. With a few chunks
+/// cached, writes reuse warm pages (docs/benchmarks.md, "Page cache").
+///
+/// All of it is a hint: it changes nothing about what is durable when, which stays the business
+/// of `sync_all`. Neither call waits for writeback or consumes a write error, which the final
+/// fsync of each file still sees. A full queue never blocks extraction; the hint is skipped.
 pub struct WritebackBehind {
-    tx: Option<mpsc::SyncSender<File>>,
+    tx: Option<mpsc::SyncSender<Hint>>,
     worker: Option<JoinHandle<()>>,
 }
 
-/// Whether finished files get the early writeback hint: `WALRELAY_EARLY_WRITEBACK=off` turns it
-/// off, a diagnostic for A/B benchmarks (docs/benchmarks.md). Not an `fdatasync` on this thread:
-/// its error would be ignored here and, once reported, not reported again to the final fsync of
-/// the file reopened by [`WrittenPaths::sync_all`].
+enum Hint {
+    /// Part of a file being written, with a duplicate of its descriptor.
+    Range { file: File, hint: ChunkHint },
+    /// A file whose data is completely written.
+    Finished(File),
+}
+
+fn fadvise_dontneed(file: &File, start: u64, len: u64) {
+    let (Ok(start), Ok(len)) = (i64::try_from(start), i64::try_from(len)) else {
+        return;
+    };
+    // A hint: an error (EBADF cannot happen; ESPIPE for a FIFO we never write) changes nothing.
+    let _ = posix_fadvise(
+        file.as_raw_fd(),
+        start,
+        len,
+        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
+}
+
 fn early_writeback_on() -> bool {
-    std::env::var("WALRELAY_EARLY_WRITEBACK").as_deref() != Ok("off")
+    walrelay_durable::page_cache_hints_on()
 }
 
 impl WritebackBehind {
-    /// Starts the thread; `None` if it cannot be started (extraction then works without it).
+    /// Starts the thread; `None` if it cannot be started (extraction then works without it) or
+    /// the hints are switched off (`WALRELAY_EARLY_WRITEBACK=off`).
     pub fn start() -> Option<WritebackBehind> {
         if !early_writeback_on() {
             return None;
         }
-        let (tx, rx) = mpsc::sync_channel::<File>(WRITEBACK_QUEUE);
+        let (tx, rx) = mpsc::sync_channel::<Hint>(WRITEBACK_QUEUE);
         let worker = std::thread::Builder::new()
             .name("walrelay-writeback".into())
             .spawn(move || {
-                for file in rx {
-                    // A hint: an error (EBADF cannot happen; ESPIPE for a FIFO we never write)
-                    // changes nothing.
-                    let _ = posix_fadvise(
-                        file.as_raw_fd(),
-                        0,
-                        0,
-                        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-                    );
+                for hint in rx {
+                    match hint {
+                        Hint::Range { file, hint } => {
+                            let w = hint.write;
+                            let _ =
+                                walrelay_durable::start_writeback(&file, w.start, w.end - w.start);
+                            if let Some(d) = hint.drop {
+                                fadvise_dontneed(&file, d.start, d.end - d.start);
+                            }
+                        }
+                        Hint::Finished(file) => fadvise_dontneed(&file, 0, 0),
+                    }
                 }
             })
             .ok()?;
@@ -73,9 +110,58 @@ impl WritebackBehind {
     pub fn submit(&self, file: File) {
         if let Some(tx) = &self.tx {
             // Full (the disk is behind) or stopped: close it now, sync_all takes care of it.
-            let _ = tx.try_send(file);
+            let _ = tx.try_send(Hint::Finished(file));
         }
     }
+
+    /// Called as a file grows: once [`WRITEBACK_CHUNK`] bytes were written since the last hint,
+    /// hands over their range (and the range to drop) with a duplicate of `file`'s descriptor.
+    pub fn written(&self, file: &File, progress: &mut FileWriteback, written_to: u64) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let Some(hint) = progress.advance(written_to) else {
+            return;
+        };
+        let Ok(dup) = file.try_clone() else {
+            return;
+        };
+        let _ = tx.try_send(Hint::Range { file: dup, hint });
+    }
+}
+
+/// Where one file stands in [`WritebackBehind`]'s chunks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileWriteback {
+    /// End of the last range whose writeback was started.
+    hinted_to: u64,
+    /// End of what was dropped from the cache.
+    dropped_to: u64,
+}
+
+impl FileWriteback {
+    /// With the file written up to `written_to`: the range to start writing back and the range to
+    /// drop, once a chunk's worth is new. Drops stop a chunk behind the range being started.
+    pub fn advance(&mut self, written_to: u64) -> Option<ChunkHint> {
+        if written_to < self.hinted_to + WRITEBACK_CHUNK {
+            return None;
+        }
+        let write = self.hinted_to..written_to;
+        let drop_to = write.start.saturating_sub(WRITEBACK_CHUNK);
+        let drop = (drop_to > self.dropped_to).then_some(self.dropped_to..drop_to);
+        self.hinted_to = written_to;
+        if drop.is_some() {
+            self.dropped_to = drop_to;
+        }
+        Some(ChunkHint { write, drop })
+    }
+}
+
+/// What [`FileWriteback::advance`] asks for: start the writeback of `write`, drop `drop`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkHint {
+    pub write: Range<u64>,
+    pub drop: Option<Range<u64>>,
 }
 
 impl Drop for WritebackBehind {
@@ -206,6 +292,37 @@ fn parallel_each(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ranges start where the last one ended and cover everything written; drops cover
+    /// everything up to a chunk before the range being started, each byte once.
+    #[test]
+    fn file_writeback_ranges_and_drops() {
+        const C: u64 = WRITEBACK_CHUNK;
+        let hint = |write: Range<u64>, drop: Option<Range<u64>>| Some(ChunkHint { write, drop });
+        let mut w = FileWriteback::default();
+        assert_eq!(w.advance(C - 1), None);
+        assert_eq!(w.advance(C + 5), hint(0..C + 5, None));
+        assert_eq!(w.advance(2 * C), None);
+        assert_eq!(w.advance(2 * C + 5), hint(C + 5..2 * C + 5, Some(0..5)));
+        assert_eq!(w.advance(4 * C), hint(2 * C + 5..4 * C, Some(5..C + 5)));
+        assert_eq!(w.advance(5 * C), hint(4 * C..5 * C, Some(C + 5..3 * C)));
+        let mut covered = 0;
+        let mut w = FileWriteback::default();
+        let mut dropped = 0;
+        for pos in (0..100 * C).step_by(32 * 1024) {
+            if let Some(ChunkHint { write, drop }) = w.advance(pos) {
+                assert_eq!(write.start, covered);
+                covered = write.end;
+                if let Some(d) = drop {
+                    assert_eq!(d.start, dropped);
+                    assert!(d.end + C <= write.start, "drops stay a chunk behind");
+                    dropped = d.end;
+                }
+            }
+        }
+        assert!(covered > 98 * C && dropped > 96 * C);
+    }
+
     use std::fs;
 
     #[test]

@@ -124,6 +124,62 @@ pub fn fsync_file(path: &Path) -> Result<()> {
         .map_err(|e| DurableError::new("fsync", path, e))
 }
 
+/// Whether walrelay manages the page cache of what it writes ([`start_writeback`] while files fill,
+/// [`drop_cache`] once they are durable and done with). `WALRELAY_EARLY_WRITEBACK=off` turns it off:
+/// a diagnostic for A/B benchmarks (docs/benchmarks.md). Neither hint changes what is fsynced, or
+/// when; both only change when the kernel does work it would otherwise do later.
+pub fn page_cache_hints_on() -> bool {
+    std::env::var("WALRELAY_EARLY_WRITEBACK").as_deref() != Ok("off")
+}
+
+/// Starts writing back the dirty pages of `file` in `offset..offset + len` without waiting for them
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, what PostgreSQL's `*_flush_after` settings do).
+///
+/// A hint and nothing more: it makes no data durable, and the `fdatasync` that does still sees any
+/// write error (this call does not consume the file's error state). What it buys is overlap: the
+/// device writes what was just written while the next bytes are produced, so the fsync that makes
+/// a segment or a backup durable finds little left to do, and the page cache never accumulates
+/// hundreds of megabytes of dirty pages for one fsync to push out at once.
+pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: sync_file_range takes a file descriptor and three integers and touches no memory of
+    // ours; the descriptor is valid for the duration of the call because `file` is borrowed.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Asks the kernel to drop the cached pages of the file at `path` (`posix_fadvise(DONTNEED)`),
+/// for files that are complete, fsynced and not read again in normal operation: archived WAL
+/// segments (what the server does with its own WAL segments when nothing else needs them,
+/// `XLogFileClose`). Dirty pages are only written back, not dropped.
+///
+/// Why bother: written pages that stay cached are pages the next write has to take fresh from the
+/// allocator. On a virtual machine whose free memory is handed back to the host (virtio-balloon
+/// free page reporting), every such page is faulted in again by the host on its first write, and a
+/// catch-up of a few GB then spends most of its time in that (docs/benchmarks.md). Pages given
+/// back right away are reused warm by the next segment.
+pub fn drop_cache(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(path)?;
+    nix::fcntl::posix_fadvise(
+        f.as_raw_fd(),
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .map_err(io::Error::from)
+}
+
 /// Renames `from` to `to` and fsyncs the directory (both directories if they differ).
 pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
     fs::rename(from, to).map_err(|e| DurableError::new("rename to final name", from, e))?;
@@ -253,6 +309,25 @@ pub fn create_new_file(path: &Path, mode: u32, owner: Owner) -> Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_writeback_is_a_hint_on_files_and_refuses_pipes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let mut f = File::create(&p).unwrap();
+        f.write_all(&[7u8; 64 * 1024]).unwrap();
+        start_writeback(&f, 0, 64 * 1024).unwrap();
+        start_writeback(&f, 4096, 0).unwrap(); // 0: to the end of the file
+        assert_eq!(fs::read(&p).unwrap(), vec![7u8; 64 * 1024]);
+        let too_far = start_writeback(&f, u64::MAX, 1).unwrap_err();
+        assert_eq!(too_far.kind(), io::ErrorKind::InvalidInput);
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let pipe = File::from(r);
+        assert_eq!(
+            start_writeback(&pipe, 0, 0).unwrap_err().raw_os_error(),
+            Some(nix::libc::ESPIPE)
+        );
+    }
 
     #[test]
     fn atomic_write_leaves_no_temp() {

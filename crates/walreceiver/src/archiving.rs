@@ -2,7 +2,7 @@
 //! a segment is complete and durable (never on the path of a flush position), and the catch-up of
 //! whatever a crash or a failed hook left half done.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tracing::info;
@@ -15,7 +15,8 @@ use crate::error::ReceiveError;
 use crate::stats::ReceiverStats;
 use crate::writer::{CompletedSegment, HookError, SegmentCompletion, WriterError};
 
-/// Archive mode: after a segment is complete and durable, record its checksum and compress it.
+/// Archive mode: after a segment is complete and durable, record its checksum, compress it and
+/// drop it from the page cache.
 pub(crate) struct CompletionHook {
     pub target: Target,
     pub owner: Owner,
@@ -33,13 +34,14 @@ impl SegmentCompletion for CompletionHook {
                 compression,
                 checksums,
             } => {
-                archive_segment(
+                let stored = archive_segment(
                     dir,
                     &segment.file_name,
                     *compression,
                     *checksums,
                     self.owner,
                 )?;
+                drop_from_page_cache(&stored);
                 info!(
                     segment = %segment.file_name,
                     timeline = segment.segment.timeline.0,
@@ -59,21 +61,38 @@ impl SegmentCompletion for CompletionHook {
     }
 }
 
+/// A stored segment is complete, durable and checksummed: nothing reads it again in normal
+/// operation, so its pages go back to the kernel now ([`walrelay_durable::drop_cache`]).
+fn drop_from_page_cache(stored: &Path) {
+    if !walrelay_durable::page_cache_hints_on() {
+        return;
+    }
+    if let Err(e) = walrelay_durable::drop_cache(stored) {
+        tracing::debug!(path = %stored.display(), error = %e, "could not drop a segment's cached pages");
+    }
+}
+
+/// Checksums and compresses a completed segment; returns the path it is stored under.
 fn archive_segment(
     dir: &Path,
     name: &str,
     compression: ArchiveCompression,
     checksums: bool,
     owner: Owner,
-) -> Result<(), HookError> {
+) -> Result<PathBuf, HookError> {
     if checksums {
         let sum = walrelay_archive::segment_sha256(&dir.join(name))?;
         walrelay_archive::record_checksum(dir, name, &sum)?;
     }
     if compression != ArchiveCompression::None {
-        walrelay_archive::compress_completed_segment(dir, name, compression, owner)?;
+        return Ok(walrelay_archive::compress_completed_segment(
+            dir,
+            name,
+            compression,
+            owner,
+        )?);
     }
-    Ok(())
+    Ok(dir.join(name))
 }
 
 /// Finishes what a crash or a failed hook left: temp files, complete plain segments not yet

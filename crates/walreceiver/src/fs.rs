@@ -23,6 +23,10 @@ pub trait SegmentFile {
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> FsResult<()>;
     /// `fdatasync`: the data, and the metadata needed to read it back, are durable.
     fn sync_data(&mut self) -> FsResult<()>;
+    /// Starts writing `offset..offset + len` back to the device without waiting
+    /// ([`walrelay_durable::start_writeback`]). A hint: it makes nothing durable and cannot fail in
+    /// a way the caller must handle (a write error shows at the next `sync_data`).
+    fn start_writeback(&mut self, _offset: u64, _len: u64) {}
 }
 
 /// Directory-level operations on the WAL directory.
@@ -76,6 +80,12 @@ impl SegmentFile for StdSegmentFile {
         self.file
             .sync_data()
             .map_err(|e| DurableError::new("fsync", &self.path, e))
+    }
+
+    fn start_writeback(&mut self, offset: u64, len: u64) {
+        if let Err(e) = durable::start_writeback(&self.file, offset, len) {
+            tracing::debug!(path = %self.path.display(), error = %e, "early writeback hint refused");
+        }
     }
 }
 
@@ -148,6 +158,11 @@ pub(crate) mod testing {
             len: usize,
         },
         SyncData(PathBuf),
+        Writeback {
+            path: PathBuf,
+            offset: u64,
+            len: u64,
+        },
         Rename {
             from: PathBuf,
             to: PathBuf,
@@ -277,6 +292,15 @@ pub(crate) mod testing {
                 ));
             }
             self.inner.sync_data()
+        }
+
+        fn start_writeback(&mut self, offset: u64, len: u64) {
+            self.fs.record(FsOp::Writeback {
+                path: self.inner.path.clone(),
+                offset,
+                len,
+            });
+            self.inner.start_writeback(offset, len)
         }
     }
 

@@ -72,6 +72,19 @@ pub const PARTIAL_SUFFIX: &str = ".partial";
 /// machine we measured, writes of 1 MB and more into new files cost several times the kernel CPU of
 /// writes of 512 kB or less for the same bytes (docs/benchmarks.md, "Fixes").
 const PAD_CHUNK: usize = 256 * 1024;
+/// Bytes written into a segment after which their writeback is started ([`WriterConfig::writeback_after`]).
+/// PostgreSQL's `wal_writer_flush_after` default. Smaller costs more system calls per segment; larger
+/// leaves the device idle longer while a segment fills.
+pub const DEFAULT_WRITEBACK_AFTER: u64 = 1024 * 1024;
+
+/// [`DEFAULT_WRITEBACK_AFTER`], or 0 (no hints) without [`durable::page_cache_hints_on`].
+fn writeback_after_default() -> u64 {
+    if durable::page_cache_hints_on() {
+        DEFAULT_WRITEBACK_AFTER
+    } else {
+        0
+    }
+}
 
 /// What a walreceiver writes into `archive_status` for a segment it finished.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -123,6 +136,12 @@ pub struct WriterConfig {
     /// flushed once written, as pg_receivewal `--no-sync` does; completed segments are still fsynced
     /// before their rename).
     pub sync: bool,
+    /// Once this many bytes were written into the open segment since its last fsync or hint, their
+    /// writeback is started (`sync_file_range`), so the device writes a segment while it fills and
+    /// the fsync that completes it has little left to do. pg_receivewal leaves all 16 MB to that
+    /// fsync; during a catch-up the disk then idles while a segment fills and the writer idles
+    /// while it is flushed. 0: no hints. Changes nothing about what is durable when.
+    pub writeback_after: u64,
 }
 
 impl WriterConfig {
@@ -136,6 +155,7 @@ impl WriterConfig {
             dir_mode: STATUS_DIR_MODE,
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
             sync: true,
+            writeback_after: writeback_after_default(),
         }
     }
 
@@ -156,6 +176,7 @@ impl WriterConfig {
             dir_mode: modes.dir,
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
             sync: true,
+            writeback_after: writeback_after_default(),
         }
     }
 }
@@ -447,6 +468,8 @@ struct OpenSegment<Fl> {
     path: PathBuf,
     /// LSN of the file's first byte.
     start: Lsn,
+    /// File offset up to which writeback was started or the data fsynced.
+    writeback_from: u64,
 }
 
 /// Writes a WAL stream into segment files; see the module documentation.
@@ -660,7 +683,28 @@ impl<F: WalFs> SegmentWriter<F> {
             .write_all_at(data, self.written.0 - cur.start.0)
             .map_err(io_error)?;
         self.written = Lsn(self.written.0 + data.len() as u64);
+        self.hint_writeback();
         Ok(())
+    }
+
+    /// Starts the writeback of what was written into the open segment since the last hint or
+    /// fsync, once that is at least [`WriterConfig::writeback_after`] bytes.
+    fn hint_writeback(&mut self) {
+        let after = self.config.writeback_after;
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let end = self.written.0 - cur.start.0;
+        // A full segment is fsynced right away by its completion: no hint for that.
+        if after == 0
+            || end < cur.writeback_from + after
+            || end >= self.config.wal_segment_size.as_u64()
+        {
+            return;
+        }
+        cur.file
+            .start_writeback(cur.writeback_from, end - cur.writeback_from);
+        cur.writeback_from = end;
     }
 
     /// Hands the buffered bytes to the kernel.
@@ -678,6 +722,7 @@ impl<F: WalFs> SegmentWriter<F> {
             .map_err(io_error)?;
         self.written = Lsn(self.written.0 + self.buffer.len() as u64);
         self.buffer.clear();
+        self.hint_writeback();
         Ok(())
     }
 
@@ -754,6 +799,7 @@ impl<F: WalFs> SegmentWriter<F> {
             name,
             path,
             start: self.received,
+            writeback_from: 0,
         });
         Ok(())
     }
@@ -910,6 +956,7 @@ impl<F: WalFs> SegmentWriter<F> {
         if self.flushed < self.written {
             if let Some(cur) = self.current.as_mut() {
                 cur.file.sync_data().map_err(WriterError::SyncFailed)?;
+                cur.writeback_from = self.written.0 - cur.start.0;
             }
         }
         if self.dir_needs_sync {

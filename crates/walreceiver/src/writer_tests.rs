@@ -1159,3 +1159,88 @@ fn resuming_fsyncs_the_segment_before_the_start() {
     let e = SegmentWriter::with_fs(fs, cfg, tli(1), Lsn(5 * MB)).unwrap_err();
     assert!(matches!(e, WriterError::SyncFailed(_)), "{e}");
 }
+
+/// Early writeback hints cover what was written, in order, from the segment start or the last
+/// fsync, each at least `writeback_after` long; none for the bytes a completion fsyncs right away,
+/// and none at all when switched off.
+#[test]
+fn writeback_hints_follow_the_written_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_path_buf();
+    let partial = dir.join(format!("{}{PARTIAL_SUFFIX}", name(1, 0)));
+    let mut cfg = WriterConfig::archive(&dir, seg());
+    cfg.write_buffer_size = 16 * 1024;
+    cfg.writeback_after = 64 * 1024;
+    let (mut w, fs) = fault_writer(cfg.clone(), 0);
+    fs.clear_log();
+    // 10 kB chunks: buffered to 20 kB writes; hints at the first write end ≥ 64 kB past the last.
+    let mut at = 0u64;
+    while at < 300 * 1024 {
+        w.write(Lsn(at), &wal(at, 10 * 1024)).unwrap();
+        at += 10 * 1024;
+    }
+    w.flush().unwrap();
+    let flushed_at = w.flush_lsn().0;
+    while at < MB {
+        let n = (10 * 1024).min(MB - at) as usize;
+        w.write(Lsn(at), &wal(at, n)).unwrap();
+        at += n as u64;
+    }
+    let ops = fs.ops();
+    let mut expect_from = 0u64;
+    let mut written_end = 0u64;
+    let mut hints = 0;
+    let mut synced = false;
+    for op in &ops {
+        match op {
+            // WAL is written in order (after the zero-fill): the latest write's end is the end.
+            FsOp::Write { offset, len, .. } => written_end = offset + *len as u64,
+            FsOp::SyncData(p) if *p == partial => {
+                synced = true;
+            }
+            FsOp::Writeback { path, offset, len } => {
+                assert_eq!(path, &partial);
+                if synced {
+                    assert_eq!(*offset, flushed_at, "after an fsync hints restart there");
+                    synced = false;
+                } else {
+                    assert_eq!(*offset, expect_from, "{ops:#?}");
+                }
+                assert!(*len >= 64 * 1024, "{ops:#?}");
+                assert_eq!(
+                    offset + len,
+                    written_end,
+                    "a hint ends where the writes end"
+                );
+                expect_from = offset + len;
+                hints += 1;
+            }
+            _ => {}
+        }
+    }
+    // 1 MB in ≥ 64 kB ranges (20 kB writes: a hint every 80 kB), the last ones before completion
+    // left to its fsync.
+    assert!((8..=13).contains(&hints), "{hints} hints: {ops:#?}");
+    let last_hint_end = ops
+        .iter()
+        .filter_map(|op| match op {
+            FsOp::Writeback { offset, len, .. } => Some(offset + len),
+            _ => None,
+        })
+        .max()
+        .unwrap();
+    assert!(last_hint_end < MB);
+    assert_eq!(fs::read(dir.join(name(1, 0))).unwrap(), wal(0, MB as usize));
+
+    cfg.writeback_after = 0;
+    let d2 = tempfile::tempdir().unwrap();
+    cfg.destination = Destination::Archive {
+        dir: d2.path().to_path_buf(),
+    };
+    let (mut w, fs) = fault_writer(cfg, 0);
+    w.write(Lsn(0), &wal(0, MB as usize / 2)).unwrap();
+    assert!(!fs
+        .ops()
+        .iter()
+        .any(|op| matches!(op, FsOp::Writeback { .. })));
+}
