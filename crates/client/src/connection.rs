@@ -600,6 +600,12 @@ impl Connection {
         len >= 4 && buf.len() > len as usize
     }
 
+    /// Whether more bytes from the server wait in the socket, not read yet (see
+    /// [`Stream::has_unread_bytes`]): a message that will not keep `read_message` waiting long.
+    pub fn has_unread_bytes(&self) -> bool {
+        self.stream.has_unread_bytes()
+    }
+
     /// Queues a simple Query message (call [`flush`](Self::flush) to send).
     pub fn queue_query(&mut self, sql: &str) -> Result<()> {
         frontend::query(sql, &mut self.write_buf)

@@ -18,6 +18,19 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }
+
+    /// Whether bytes wait in the socket's receive queue: a `recv(MSG_PEEK)` that does not wait
+    /// (the socket is non-blocking), so it costs one system call and reads nothing. Under TLS,
+    /// encrypted bytes count: a record is on its way.
+    pub fn has_unread_bytes(&self) -> bool {
+        let sock = match self {
+            Stream::Tcp(s) => socket2::SockRef::from(s),
+            Stream::Unix(s) => socket2::SockRef::from(s),
+            Stream::Tls(s) => socket2::SockRef::from(s.get_ref().0),
+        };
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        matches!(sock.peek(&mut byte), Ok(n) if n > 0)
+    }
 }
 
 impl AsyncRead for Stream {
@@ -61,5 +74,28 @@ impl AsyncWrite for Stream {
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod unread_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn unread_bytes_are_seen_without_being_consumed() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut stream = Stream::Unix(a);
+        assert!(!stream.has_unread_bytes());
+        b.write_all(b"xyz").await.unwrap();
+        assert!(stream.has_unread_bytes());
+        assert!(stream.has_unread_bytes(), "a peek reads nothing");
+        let mut buf = [0u8; 3];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"xyz");
+        assert!(!stream.has_unread_bytes());
+        drop(b);
+        // End of stream is not "bytes waiting".
+        assert!(!stream.has_unread_bytes());
     }
 }

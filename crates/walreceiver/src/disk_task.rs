@@ -142,6 +142,11 @@ impl DiskTask {
         }
     }
 
+    /// Whether the writer runs on the caller's task ([`DiskTask::inline`]).
+    pub fn is_inline(&self) -> bool {
+        matches!(self.mode, Mode::Inline(_))
+    }
+
     /// A sender for the network task (thread mode only: an inline task has no queue).
     pub fn sender(&self) -> Option<mpsc::Sender<DiskRequest>> {
         match &self.mode {

@@ -77,6 +77,10 @@ pub(crate) async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
+/// Most messages in a row after which an inline disk task's fsync is put off because more bytes
+/// were already in the socket.
+const MAX_DEFERRED_SETTLES: u32 = 4;
+
 /// The state of one CopyBoth stream.
 pub(crate) struct StreamLoop<'a> {
     cfg: &'a ReceiverConfig,
@@ -93,6 +97,8 @@ pub(crate) struct StreamLoop<'a> {
     next: Lsn,
     /// The end position is received; stop once it is acknowledgeable.
     endpos_reached: bool,
+    /// Consecutive messages after which an inline fsync was put off for bytes in the socket.
+    deferred_settles: u32,
     /// When the server last said anything (read at every message: also the receipt time of the
     /// commit-path latency), and whether we asked it to since.
     last_heard: Instant,
@@ -156,6 +162,7 @@ impl<'a> StreamLoop<'a> {
             replay: spawn_replay_poller(cfg.apply_source.clone(), cfg.status_interval),
             next: start,
             endpos_reached: false,
+            deferred_settles: 0,
             last_heard: Instant::now(),
             pinged: false,
             out: BytesMut::with_capacity(64),
@@ -383,14 +390,27 @@ impl<'a> StreamLoop<'a> {
             ReplicationMessage::XLogData(x) => self.on_xlog_data(x).await?,
             ReplicationMessage::PrimaryKeepalive(k) => self.on_keepalive(k).await?,
         }
-        if !self.conn.has_buffered_message() {
-            // Nothing more at hand: an inline disk task fsyncs now, one fsync for every message
-            // read so far (group commit). Also after a keepalive: WAL read just before it must not
-            // wait for the next WAL to be flushed.
-            self.disk
-                .settle()
-                .map_err(|_| ReceiveError::DiskTaskStopped)?;
+        if self.conn.has_buffered_message() {
+            return Ok(Next::Continue);
         }
+        // More of the stream already in the socket (WAL sent while this was validated and
+        // written): an inline disk task reads it before it fsyncs, so that one fsync covers it
+        // too — pg_receivewal reads until the socket is empty. A few times in a row at most, so
+        // that a steady stream cannot hold a flush back.
+        if self.disk.is_inline()
+            && self.deferred_settles < MAX_DEFERRED_SETTLES
+            && self.conn.has_unread_bytes()
+        {
+            self.deferred_settles += 1;
+            return Ok(Next::Continue);
+        }
+        self.deferred_settles = 0;
+        // Nothing more at hand: an inline disk task fsyncs now, one fsync for every message read
+        // so far (group commit). Also after a keepalive: WAL read just before it must not wait
+        // for the next WAL to be flushed.
+        self.disk
+            .settle()
+            .map_err(|_| ReceiveError::DiskTaskStopped)?;
         Ok(Next::Continue)
     }
 
