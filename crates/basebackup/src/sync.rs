@@ -8,13 +8,11 @@
 
 use std::fs::File;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::thread::JoinHandle;
 
-use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 use walrelay_durable::{fsync_dir, fsync_file, DurableError};
 
 /// Hints waiting for [`WritebackBehind`]'s thread; beyond that a hint is skipped (a finished file
@@ -57,28 +55,16 @@ enum Hint {
     Finished(File),
 }
 
-fn fadvise_dontneed(file: &File, start: u64, len: u64) {
-    let (Ok(start), Ok(len)) = (i64::try_from(start), i64::try_from(len)) else {
-        return;
-    };
-    // A hint: an error (EBADF cannot happen; ESPIPE for a FIFO we never write) changes nothing.
-    let _ = posix_fadvise(
-        file.as_raw_fd(),
-        start,
-        len,
-        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-    );
-}
-
-fn early_writeback_on() -> bool {
-    walrelay_durable::page_cache_hints_on()
+/// A hint: an error (ESPIPE for a FIFO we never write) changes nothing.
+fn drop_cached(file: &File, range: Range<u64>) {
+    let _ = walrelay_durable::drop_cached_range(file, range.start, range.end - range.start);
 }
 
 impl WritebackBehind {
     /// Starts the thread; `None` if it cannot be started (extraction then works without it) or
     /// the hints are switched off (`WALRELAY_EARLY_WRITEBACK=off`).
     pub fn start() -> Option<WritebackBehind> {
-        if !early_writeback_on() {
+        if !walrelay_durable::page_cache_hints_on() {
             return None;
         }
         let (tx, rx) = mpsc::sync_channel::<Hint>(WRITEBACK_QUEUE);
@@ -92,10 +78,13 @@ impl WritebackBehind {
                             let _ =
                                 walrelay_durable::start_writeback(&file, w.start, w.end - w.start);
                             if let Some(d) = hint.drop {
-                                fadvise_dontneed(&file, d.start, d.end - d.start);
+                                drop_cached(&file, d);
                             }
                         }
-                        Hint::Finished(file) => fadvise_dontneed(&file, 0, 0),
+                        // Length 0: to the end of the file.
+                        Hint::Finished(file) => {
+                            let _ = walrelay_durable::drop_cached_range(&file, 0, 0);
+                        }
                     }
                 }
             })

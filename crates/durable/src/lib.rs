@@ -158,26 +158,35 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
-/// Asks the kernel to drop the cached pages of the file at `path` (`posix_fadvise(DONTNEED)`),
-/// for files that are complete, fsynced and not read again in normal operation: archived WAL
-/// segments (what the server does with its own WAL segments when nothing else needs them,
-/// `XLogFileClose`). Dirty pages are only written back, not dropped.
+/// Asks the kernel to drop the cached pages of `file` in `offset..offset + len` (`len` 0: to the
+/// end) with `posix_fadvise(DONTNEED)`, for data that is written and not read again in normal
+/// operation. Dirty pages are only written back, not dropped; like [`start_writeback`] it neither
+/// waits nor consumes a write error.
 ///
 /// Why bother: written pages that stay cached are pages the next write has to take fresh from the
 /// allocator. On a virtual machine whose free memory is handed back to the host (virtio-balloon
 /// free page reporting), every such page is faulted in again by the host on its first write, and a
 /// catch-up of a few GB then spends most of its time in that (docs/benchmarks.md). Pages given
-/// back right away are reused warm by the next segment.
-pub fn drop_cache(path: &Path) -> io::Result<()> {
+/// back right away are reused warm by the next writes.
+pub fn drop_cached_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let f = File::open(path)?;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
     nix::fcntl::posix_fadvise(
-        f.as_raw_fd(),
-        0,
-        0,
+        file.as_raw_fd(),
+        offset,
+        len,
         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
     )
     .map_err(io::Error::from)
+}
+
+/// [`drop_cached_range`] of the whole file at `path`, for files that are complete and fsynced:
+/// archived WAL segments (what the server does with its own WAL segments when nothing else needs
+/// them, `XLogFileClose`).
+pub fn drop_cache(path: &Path) -> io::Result<()> {
+    drop_cached_range(&File::open(path)?, 0, 0)
 }
 
 /// Renames `from` to `to` and fsyncs the directory (both directories if they differ).
@@ -327,6 +336,17 @@ mod tests {
             start_writeback(&pipe, 0, 0).unwrap_err().raw_os_error(),
             Some(nix::libc::ESPIPE)
         );
+        f.sync_all().unwrap();
+        drop_cached_range(&f, 0, 4096).unwrap();
+        drop_cache(&p).unwrap();
+        assert_eq!(
+            fs::read(&p).unwrap(),
+            vec![7u8; 64 * 1024],
+            "dropping loses nothing"
+        );
+        let too_far = drop_cached_range(&f, u64::MAX, 1).unwrap_err();
+        assert_eq!(too_far.kind(), io::ErrorKind::InvalidInput);
+        assert!(drop_cache(&d.path().join("missing")).is_err());
     }
 
     #[test]
