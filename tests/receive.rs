@@ -499,6 +499,54 @@ fn synchronous_standby_lets_commits_proceed_and_holds_what_it_confirmed() {
     wal_files::assert_identical_to_server(&archive, &primary.pg_wal_dir(), seg());
 }
 
+/// An idle walsender sends nothing while its standby keeps replying, so only walrelay's own timer
+/// keeps the server's view fresh: with nothing to stream, the status updates still arrive on the
+/// status interval (the server's `reply_time` moves), and new WAL is still reported (written:
+/// without a slot or `--synchronous` no flush position is reported, as with pg_receivewal).
+#[test]
+fn an_idle_stream_still_reports_on_its_status_interval() {
+    let primary = primary("recv-idle");
+    let archive = new_dir(&primary, "archive");
+    let mut w = receive_streaming("idle", &primary, "wr_idle", &archive, &[]);
+    let reply_time = || {
+        primary
+            .psql("SELECT reply_time FROM pg_stat_replication WHERE application_name = 'wr_idle'")
+    };
+    let seen = std::cell::RefCell::new(vec![reply_time()]);
+    // Within 10 s: the walsender's own keepalives (wal_sender_timeout / 2 = 30 s) and the
+    // standby snapshots the server logs every 15 s must not be what moves reply_time here.
+    poll::wait_for(
+        "three more status updates from an idle stream (status interval 1 s)",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let now = reply_time();
+            let mut seen = seen.borrow_mut();
+            if seen.last() != Some(&now) {
+                seen.push(now);
+            }
+            (seen.len() >= 4).then_some(())
+        },
+        || {
+            format!(
+                "reply_time values seen: {:?}; log:\n{}",
+                seen.borrow(),
+                w.full_log()
+            )
+        },
+    );
+    let written = server::insert_rows(&primary, "idle_rows", 10);
+    server::wait_reported(
+        &primary,
+        "wr_idle",
+        "the new WAL reported written",
+        |r| r.write_lsn,
+        written,
+    );
+    w.assert_running();
+    stop(&mut w);
+}
+
 /// Asserts a failed run printed exactly one error line containing every one of `needles`, and
 /// returns it.
 fn one_error_line<'a>(out: &'a support::walrelay_cmd::Finished, needles: &[&str]) -> &'a str {

@@ -81,6 +81,11 @@ pub(crate) async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
 /// were already in the socket.
 const MAX_DEFERRED_SETTLES: u32 = 4;
 
+/// How much later than wanted the stream's timer may be set before it is moved: the deadlines
+/// (the next status update, the server's silence) are read from two clocks, and a timer moved for
+/// every microsecond of their jitter would be moved at every message.
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+
 /// The state of one CopyBoth stream.
 pub(crate) struct StreamLoop<'a> {
     cfg: &'a ReceiverConfig,
@@ -179,8 +184,18 @@ impl<'a> StreamLoop<'a> {
         let polls_replay = self.cfg.apply_source.is_some();
         // A new stream (a new walsender) learns the feedback at once.
         self.send_hot_standby_feedback().await?;
+        // One timer for the whole stream, moved only when it must fire sooner than it is set to:
+        // a new `Sleep` per turn of the loop cost a trip through the timer wheel for every
+        // message. A timer set too early merely wakes `on_timer` for nothing, which it tolerates.
+        let mut armed = tokio::time::Instant::now() + self.until_next_timer();
+        let timer = tokio::time::sleep_until(armed);
+        tokio::pin!(timer);
         loop {
-            let wait = self.until_next_timer();
+            let wanted = tokio::time::Instant::now() + self.until_next_timer();
+            if timer.is_elapsed() || wanted + TIMER_SLACK < armed {
+                armed = wanted;
+                timer.as_mut().reset(armed);
+            }
             let next = tokio::select! {
                 biased;
                 _ = stop_requested(&mut self.shutdown) => self.on_shutdown().await?,
@@ -192,7 +207,7 @@ impl<'a> StreamLoop<'a> {
                     self.send_hot_standby_feedback().await?;
                     Next::Continue
                 }
-                _ = tokio::time::sleep(wait) => self.on_timer().await?,
+                _ = &mut timer => self.on_timer().await?,
                 msg = self.conn.read_message() => self.on_message(msg).await?,
             };
             if let Next::End(end) = next {
@@ -411,6 +426,11 @@ impl<'a> StreamLoop<'a> {
         self.disk
             .settle()
             .map_err(|_| ReceiveError::DiskTaskStopped)?;
+        // What that fsync made durable is reported now rather than at the next turn of the loop
+        // (the watch is marked seen, so the loop does not report it again).
+        if self.disk.is_inline() && self.progress.has_changed().unwrap_or(false) {
+            return self.on_disk_progress(true).await;
+        }
         Ok(Next::Continue)
     }
 
