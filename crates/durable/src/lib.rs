@@ -127,9 +127,11 @@ pub fn fsync_file(path: &Path) -> Result<()> {
 /// Whether walrelay manages the page cache of what it writes ([`start_writeback`] while files fill,
 /// [`drop_cache`] once they are durable and done with). `WALRELAY_EARLY_WRITEBACK=off` turns it off:
 /// a diagnostic for A/B benchmarks (docs/benchmarks.md). Neither hint changes what is fsynced, or
-/// when; both only change when the kernel does work it would otherwise do later.
+/// when; both only change when the kernel does work it would otherwise do later. Read once per
+/// process: it is asked for every segment and every backup file.
 pub fn page_cache_hints_on() -> bool {
-    std::env::var("WALRELAY_EARLY_WRITEBACK").as_deref() != Ok("off")
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("WALRELAY_EARLY_WRITEBACK").as_deref() != Ok("off"))
 }
 
 /// Starts writing back the dirty pages of `file` in `offset..offset + len` without waiting for them

@@ -141,12 +141,14 @@ pub(crate) fn catch_up_archive(
         let needs_sum = checksums && !known.contains(&name);
         if needs_sum || compression != ArchiveCompression::None {
             info!(segment = %name, "finishing archiving of a segment completed by an earlier run");
-            archive_segment(dir, &name, compression, needs_sum, owner).map_err(|source| {
-                WriterError::Completion {
-                    file_name: name.clone(),
-                    source,
-                }
-            })?;
+            let stored =
+                archive_segment(dir, &name, compression, needs_sum, owner).map_err(|source| {
+                    WriterError::Completion {
+                        file_name: name.clone(),
+                        source,
+                    }
+                })?;
+            drop_from_page_cache(&stored);
         }
     }
     Ok(())
