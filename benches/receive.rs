@@ -30,7 +30,8 @@
 //! and table: TPS median and worst, the ratios, receiver CPU and peak RSS, and walrelay's
 //! commit-path latency (p50/p99 of received → durable and received → status update sent) from the
 //! `walrelay_receive_commit_path_seconds` histogram on its `--metrics-addr`, scraped before and
-//! after pgbench so that only pgbench's transactions count.
+//! after pgbench so that only pgbench's transactions count. The three take turns in every position
+//! (`sync_order`): six rounds balance them fully.
 //!
 //! `WALRELAY_BENCH_ONLY=catchup` or `=sync` runs one part. Run with `cargo bench --bench receive`;
 //! see `benches/common/mod.rs` for the settings and `docs/benchmarks.md` for results.
@@ -570,6 +571,18 @@ fn wait_until_sync(cluster: &Cluster, child: &mut MeasuredChild, label: &str) {
     }
 }
 
+/// The order of the setups in round `round`: rotated by one every round and reversed every
+/// third, so that over six rounds each setup runs once in every position and after each of the
+/// others. (Alternating one order with its reverse kept walrelay in the middle in every round.)
+fn sync_order(setups: &[SyncSetup], round: usize) -> Vec<SyncSetup> {
+    let mut order = setups.to_vec();
+    order.rotate_left(round % setups.len());
+    if (round / setups.len()) % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
 /// `WALRELAY_BENCH_SYNC_CLIENTS`: the pgbench client counts, comma-separated (default `4,16`).
 fn sync_clients() -> Vec<u32> {
     common::env_list("WALRELAY_BENCH_SYNC_CLIENTS", "4,16").unwrap_or(vec![4, 16])
@@ -724,10 +737,7 @@ fn synchronous_standby_with(
     let mut receivers: BTreeMap<&str, Series> = BTreeMap::new();
     let mut latencies: Vec<Latency> = Vec::new();
     for round in 0..rounds {
-        let mut order = setups.to_vec();
-        if round % 2 == 1 {
-            order.reverse();
-        }
+        let order = sync_order(&setups, round);
         let mut line = format!("round {}:", round + 1);
         for setup in order {
             // Every run starts from a checkpoint, so none pays for the previous run's dirty pages.
