@@ -187,14 +187,12 @@ impl<'a> StreamLoop<'a> {
         // One timer for the whole stream, moved only when it must fire sooner than it is set to:
         // a new `Sleep` per turn of the loop cost a trip through the timer wheel for every
         // message. A timer set too early merely wakes `on_timer` for nothing, which it tolerates.
-        let mut armed = tokio::time::Instant::now() + self.until_next_timer();
-        let timer = tokio::time::sleep_until(armed);
+        let timer = tokio::time::sleep(self.until_next_timer());
         tokio::pin!(timer);
         loop {
             let wanted = tokio::time::Instant::now() + self.until_next_timer();
-            if timer.is_elapsed() || wanted + TIMER_SLACK < armed {
-                armed = wanted;
-                timer.as_mut().reset(armed);
+            if timer.is_elapsed() || wanted + TIMER_SLACK < timer.deadline() {
+                timer.as_mut().reset(wanted);
             }
             let next = tokio::select! {
                 biased;
