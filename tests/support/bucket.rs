@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use sha2::{Digest, Sha256};
 use walrelay_protocol::{SegmentId, TimelineId, WalFileName, WalSegmentSize};
 use walrelay_store::{open_store, ArchiveLocation, ArchiveStore, WalLayout};
-use walrelay_testkit::S3Server;
+use walrelay_testkit::{AzuriteServer, S3Server};
 
 /// A runtime for the store's async calls from synchronous tests.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
@@ -32,6 +32,16 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 /// restore_command), inherits.
 pub fn start_server(bucket: &str) -> S3Server {
     let server = S3Server::start(bucket).unwrap();
+    for (k, v) in server.env() {
+        std::env::set_var(k, v);
+    }
+    server
+}
+
+/// Starts an Azurite server with `container` for this test process and puts its settings into the
+/// environment, as [`start_server`] does for S3.
+pub fn start_azurite(container: &str) -> AzuriteServer {
+    let server = AzuriteServer::start(container).unwrap();
     for (k, v) in server.env() {
         std::env::set_var(k, v);
     }

@@ -81,3 +81,24 @@ pub fn recover(
     );
     c
 }
+
+/// An empty directory for a restored cluster, owned by the server's OS user.
+pub fn empty_data_dir(primary: &Cluster, name: &str) -> PathBuf {
+    let dir = archive_dir(primary, name);
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// Starts a restored directory and waits until recovery has ended (promotion).
+pub fn start_recovered(primary: &Cluster, data: &Path, name: &str) -> Cluster {
+    let c = primary.standby(data).name(name).start();
+    poll::wait_until(
+        &format!("{name} to finish recovery"),
+        || {
+            c.try_psql("SELECT pg_is_in_recovery()")
+                .is_ok_and(|v| v == "f")
+        },
+        || c.log_tail(30),
+    );
+    c
+}

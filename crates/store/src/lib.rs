@@ -31,7 +31,9 @@ pub use error::{Conflict, Result, StoreError};
 pub use layout::{choose_system, WalLayout};
 pub use local::LocalDirStore;
 pub use location::{ArchiveLocation, Service, StoreUrl};
-pub use object::{ObjectStoreArchive, SHA256_METADATA_KEY};
+pub use object::{
+    sha256_metadata_key, ObjectStoreArchive, AZURE_SHA256_METADATA_KEY, SHA256_METADATA_KEY,
+};
 pub use remote::{infer_store_segment_size, prune_store, verify_store, StoreFiles};
 pub use restore::{
     prefetch_worker, restore_from_store, PrefetchPlan, StoreRestoreOptions, DEFAULT_CACHE_DIR_NAME,

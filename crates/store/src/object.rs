@@ -43,8 +43,19 @@ const PARTS_IN_FLIGHT: usize = 4;
 /// producer waits when they are all in flight): about 50 MB of memory at most.
 const STREAM_PARTS_IN_FLIGHT: usize = 2;
 
-/// The metadata key of [`ObjectAttrs::wal_sha256`].
+/// The metadata key of [`ObjectAttrs::wal_sha256`] on S3 and GCS (`x-amz-meta-walrelay-sha256`).
 pub const SHA256_METADATA_KEY: &str = "walrelay-sha256";
+/// The same key on Azure, whose metadata names must be C# identifiers: a `-` is refused with
+/// `400 InvalidMetadata`, and no object could be stored.
+pub const AZURE_SHA256_METADATA_KEY: &str = "walrelay_sha256";
+
+/// The metadata key that holds the WAL's SHA-256 on `service`.
+pub fn sha256_metadata_key(service: Service) -> &'static str {
+    match service {
+        Service::Azure => AZURE_SHA256_METADATA_KEY,
+        Service::S3 | Service::Gcs | Service::File => SHA256_METADATA_KEY,
+    }
+}
 
 /// How long one request may take (a 16 MB segment over a slow link included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -81,9 +92,11 @@ impl ObjectStoreArchive {
     /// Builds the client for `url` from the environment. Nothing is contacted yet.
     pub fn open(url: &StoreUrl) -> Result<ObjectStoreArchive> {
         install_tls_provider();
+        // What object_store refuses here is the configuration from the environment (no account,
+        // a malformed key): the fix is the service's credential variables.
         let setup = |e: object_store::Error| StoreError::Setup {
             location: url.to_string(),
-            reason: e.to_string(),
+            reason: format!("{e}; {}", url.service.credentials_fix()),
         };
         let mut client = ClientOptions::new()
             .with_timeout(REQUEST_TIMEOUT)
@@ -197,20 +210,23 @@ impl ObjectStoreArchive {
     }
 }
 
-fn attributes(attrs: &ObjectAttrs) -> Attributes {
+fn attributes(service: Service, attrs: &ObjectAttrs) -> Attributes {
     let mut a = Attributes::new();
     if let Some(sha) = attrs.wal_sha256 {
         a.insert(
-            Attribute::Metadata(SHA256_METADATA_KEY.into()),
+            Attribute::Metadata(sha256_metadata_key(service).into()),
             AttributeValue::from(hex::encode(sha)),
         );
     }
     a
 }
 
+/// The attributes read back; either spelling of the key is accepted (an archive copied between
+/// services keeps the key it was written with).
 fn parse_attributes(a: &Attributes) -> ObjectAttrs {
-    let sha = a
-        .get(&Attribute::Metadata(SHA256_METADATA_KEY.into()))
+    let sha = [SHA256_METADATA_KEY, AZURE_SHA256_METADATA_KEY]
+        .into_iter()
+        .find_map(|key| a.get(&Attribute::Metadata(key.into())))
         .and_then(|v| {
             let mut out = [0u8; 32];
             hex::decode_to_slice(v.as_ref(), &mut out)
@@ -321,7 +337,7 @@ impl ArchiveStore for ObjectStoreArchive {
         async move {
             let opts = PutOptions {
                 mode: PutMode::Create,
-                attributes: attributes(&put.attrs),
+                attributes: attributes(self.url.service, &put.attrs),
                 ..Default::default()
             };
             match self
@@ -446,5 +462,60 @@ impl ArchiveStore for ObjectStoreArchive {
             }
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Azure takes metadata names that are C# identifiers: letters, digits and `_`, not starting
+    /// with a digit.
+    fn is_csharp_identifier(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    }
+
+    fn stored_key(service: Service) -> String {
+        let attrs = attributes(
+            service,
+            &ObjectAttrs {
+                wal_sha256: Some([7; 32]),
+            },
+        );
+        let keys: Vec<String> = attrs
+            .iter()
+            .map(|(k, _)| match k {
+                Attribute::Metadata(m) => m.to_string(),
+                other => panic!("unexpected attribute {other:?}"),
+            })
+            .collect();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        keys.into_iter().next().unwrap_or_default()
+    }
+
+    #[test]
+    fn the_checksum_key_is_one_azure_accepts() {
+        assert!(is_csharp_identifier(&stored_key(Service::Azure)));
+        assert!(!is_csharp_identifier(SHA256_METADATA_KEY));
+        // S3 and GCS keep the key existing archives were written with.
+        assert_eq!(stored_key(Service::S3), SHA256_METADATA_KEY);
+        assert_eq!(stored_key(Service::Gcs), SHA256_METADATA_KEY);
+    }
+
+    #[test]
+    fn either_spelling_of_the_checksum_key_is_read() {
+        for key in [SHA256_METADATA_KEY, AZURE_SHA256_METADATA_KEY] {
+            let mut a = Attributes::new();
+            a.insert(
+                Attribute::Metadata(key.into()),
+                AttributeValue::from(hex::encode([9u8; 32])),
+            );
+            assert_eq!(parse_attributes(&a).wal_sha256, Some([9; 32]), "{key}");
+        }
+        assert_eq!(parse_attributes(&Attributes::new()).wal_sha256, None);
     }
 }

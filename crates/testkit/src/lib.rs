@@ -14,6 +14,7 @@
 //! * [`oracle`]: pg_waldump, pg_verifybackup, pg_controldata and pg_dumpall as judges.
 //! * [`poll`]: waiting for a condition with a deadline instead of sleeping.
 //! * [`S3Server`] ([`s3`]): a real S3-compatible server (SeaweedFS `weed mini`) on loopback ports.
+//! * [`AzuriteServer`] ([`azurite`]): a real Azure Blob Storage emulator (Azurite) on a loopback port.
 //! * [`pg_command`]: a command for any libpq client with the caller's `PG*` environment removed.
 //!
 //! And for the misbehaviour a real server will not produce, one wire kit shared by every
@@ -41,6 +42,7 @@
 //! Environment variables are listed in [`mod@env`]. Version-matrix tests guard themselves with
 //! [`matrix_includes`]; `scripts/test.sh` sets `WALRELAY_PG_MAJORS` and installs those majors first.
 
+pub mod azurite;
 pub mod cluster;
 pub mod config;
 mod csv;
@@ -49,6 +51,7 @@ pub mod error;
 pub mod fake_backup;
 pub mod fake_walsender;
 pub mod install;
+mod loopback;
 pub mod oracle;
 pub mod pgbench;
 pub mod poll;
@@ -59,6 +62,7 @@ pub mod tls;
 mod watchdog;
 pub mod wire;
 
+pub use azurite::AzuriteServer;
 pub use cluster::{free_port, psql_conninfo, Cluster, ClusterBuilder, StandbyBuilder, StopMode};
 pub use config::{AuthMethod, Role, Tls};
 pub use env::{matrix_includes, matrix_majors};

