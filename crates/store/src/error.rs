@@ -8,6 +8,8 @@ use walrelay_archive::ArchiveError;
 use walrelay_client::{Classify, ErrorClass};
 use walrelay_durable::DurableError;
 
+use crate::location::Service;
+
 /// Everything that can go wrong with an archive in object storage.
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -21,7 +23,7 @@ pub enum StoreError {
 
     /// The store answered with an error or could not be reached. The text of `source` comes from
     /// object_store, which never includes credentials.
-    #[error("{action} {object}: {source}; {}", remote_fix(.source))]
+    #[error("{action} {object}: {source}; {}", remote_fix(.object, .source))]
     Remote {
         action: &'static str,
         object: String,
@@ -73,14 +75,20 @@ pub struct Conflict {
     pub ours: String,
 }
 
-fn remote_fix(e: &object_store::Error) -> &'static str {
+fn remote_fix(object: &str, e: &object_store::Error) -> String {
     match e {
         object_store::Error::Unauthenticated { .. }
         | object_store::Error::PermissionDenied { .. } => {
-            "check the credentials in the environment and the bucket's permissions"
+            "check the credentials in the environment and the bucket's permissions".into()
         }
-        object_store::Error::NotFound { .. } => "check the bucket name and that it exists",
-        _ => "check the endpoint, the network and the store's health",
+        object_store::Error::NotFound { .. } => "check the bucket name and that it exists".into(),
+        // No credentials in the environment: the client asked the instance's metadata service
+        // for a token, and there is none (not a cloud VM, or no identity attached).
+        e if e.to_string().contains("token request") => match Service::of_url(object) {
+            Some(service) => format!("no usable credentials: {}", service.credentials_fix()),
+            None => "no usable credentials: set the store's credentials in the environment".into(),
+        },
+        _ => "check the endpoint, the network and the store's health".into(),
     }
 }
 
@@ -141,3 +149,37 @@ impl Classify for StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generic(message: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "GCS",
+            source: message.into(),
+        }
+    }
+
+    #[test]
+    fn missing_credentials_name_the_services_variables() {
+        let e = StoreError::remote(
+            "list",
+            "gs://b/p/",
+            generic("Error performing token request: 403 Forbidden"),
+        );
+        let text = e.to_string();
+        assert!(text.contains("GOOGLE_APPLICATION_CREDENTIALS"), "{text}");
+        let e = StoreError::remote(
+            "list",
+            "az://c/p/",
+            generic("Error performing token request: 403"),
+        );
+        assert!(e.to_string().contains("AZURE_STORAGE_ACCOUNT_KEY"), "{e}");
+        // Anything else is about reaching the store.
+        let e = StoreError::remote("list", "gs://b/p/", generic("connection refused"));
+        assert!(e
+            .to_string()
+            .ends_with("check the endpoint, the network and the store's health"));
+    }
+}

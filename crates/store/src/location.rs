@@ -34,6 +34,28 @@ impl Service {
             Service::File => "file",
         }
     }
+
+    /// The service of a URL or object name written `SCHEME://…` (as errors name objects).
+    pub fn of_url(url: &str) -> Option<Service> {
+        let (scheme, _) = url.split_once("://")?;
+        match scheme.to_ascii_lowercase().as_str() {
+            "s3" | "s3a" => Some(Service::S3),
+            "gs" | "gcs" => Some(Service::Gcs),
+            "az" | "azure" => Some(Service::Azure),
+            "file" => Some(Service::File),
+            _ => None,
+        }
+    }
+
+    /// What to set when the service's client finds no usable credentials.
+    pub fn credentials_fix(self) -> &'static str {
+        match self {
+            Service::S3 => "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (with AWS_REGION, and AWS_ENDPOINT_URL for an S3-compatible store) in the environment",
+            Service::Gcs => "set GOOGLE_APPLICATION_CREDENTIALS to a service account key file in the environment",
+            Service::Azure => "set AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_KEY in the environment",
+            Service::File => "check that the directory exists and is readable",
+        }
+    }
 }
 
 /// A parsed archive URL: service, bucket (container; empty for `file://`), prefix inside it (no
@@ -84,15 +106,11 @@ impl ArchiveLocation {
             }
             return Ok(ArchiveLocation::Dir(PathBuf::from(input)));
         };
-        let service = match scheme.to_ascii_lowercase().as_str() {
-            "s3" | "s3a" => Service::S3,
-            "gs" | "gcs" => Service::Gcs,
-            "az" | "azure" => Service::Azure,
-            "file" => Service::File,
-            _ => return Err(bad(
+        let Some(service) = Service::of_url(input) else {
+            return Err(bad(
                 input,
                 "unknown scheme; use s3://, gs://, az:// or file:// (or a plain directory path)",
-            )),
+            ));
         };
         if service == Service::File {
             // file:///abs/path (an empty authority) or file://localhost/abs/path.
@@ -187,6 +205,18 @@ fn bad(input: &str, reason: &str) -> StoreError {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_service_of_a_url_or_object_name() {
+        assert_eq!(Service::of_url("gs://b/p/x"), Some(Service::Gcs));
+        assert_eq!(Service::of_url("AZURE://c"), Some(Service::Azure));
+        assert_eq!(Service::of_url("s3a://b"), Some(Service::S3));
+        assert_eq!(Service::of_url("/srv/wal"), None);
+        assert_eq!(Service::of_url("ftp://x"), None);
+        assert!(Service::Azure
+            .credentials_fix()
+            .contains("AZURE_STORAGE_ACCOUNT_NAME"));
+    }
 
     fn store(s: &str) -> StoreUrl {
         match ArchiveLocation::parse(s).unwrap() {
