@@ -8,9 +8,11 @@
 //!   in its metadata (Azure takes only C#-identifier metadata names: with the S3 spelling
 //!   `walrelay-sha256` every upload was refused with `400 InvalidMetadata`); `verify
 //!   --require-checksums` on the container passes; a point-in-time recovery out of the container
-//!   (`bootstrap --from-archive az://… --target-lsn`) has every commit up to the target; a second
-//!   conditional upload of a name is refused as existing, a 40 MB object goes up in parts and
-//!   reads back; `prune` removes old WAL and `backup delete` the backup.
+//!   (`bootstrap --from-archive az://… --target-lsn`) has every commit up to the target; `prune`
+//!   removes old WAL and `backup delete` the backup.
+//!
+//! The store's own contract on Azurite (conditional puts, streamed and multipart uploads, an
+//! abandoned upload leaving nothing, a stopped server) is `crates/store/tests/stores.rs`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -28,10 +30,8 @@ use support::recovery::{empty_data_dir, start_recovered, walrelay_for_postgres};
 use support::wal_files::{assert_contiguous, assert_identical_to_server};
 use support::walrelay_cmd;
 
-const MB: u64 = 1024 * 1024;
-
 fn seg() -> WalSegmentSize {
-    WalSegmentSize::new(MB).unwrap()
+    WalSegmentSize::new(1024 * 1024).unwrap()
 }
 
 /// One server for this test process.
@@ -192,55 +192,6 @@ fn archives_backs_up_and_recovers_through_azure() {
             format!("1000|{}", i + 1),
             "every commit up to the target and none after it"
         );
-    }
-
-    // Conditional uploads: a name that exists is not overwritten; a large object goes up in
-    // parts and reads back byte for byte.
-    {
-        let rt = bucket::runtime();
-        let name = "conditional-check/one";
-        let put = |data: &'static [u8]| {
-            let new = walrelay_store::NewObject {
-                data: bytes::Bytes::from_static(data),
-                attrs: walrelay_store::ObjectAttrs::default(),
-            };
-            rt.block_on(store.put_if_absent(name, new)).unwrap()
-        };
-        assert_eq!(put(b"first"), walrelay_store::PutIfAbsent::Created);
-        assert_eq!(put(b"second"), walrelay_store::PutIfAbsent::Exists);
-        let kept = rt.block_on(store.get(name)).unwrap().unwrap();
-        assert_eq!(&kept.bytes[..], b"first");
-        rt.block_on(store.delete(name)).unwrap();
-
-        let big = primary.scratch_path("big-object");
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let data: Vec<u8> = (0..40 * MB)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        fs::write(&big, &data).unwrap();
-        let name = "multipart-check/big";
-        assert_eq!(
-            rt.block_on(store.put_file_if_absent(name, &big)).unwrap(),
-            walrelay_store::PutIfAbsent::Created
-        );
-        assert_eq!(
-            rt.block_on(store.put_file_if_absent(name, &big)).unwrap(),
-            walrelay_store::PutIfAbsent::Exists
-        );
-        let back = rt.block_on(async {
-            use tokio::io::AsyncReadExt;
-            let mut r = store.reader(name).await.unwrap().unwrap();
-            let mut v = Vec::new();
-            r.read_to_end(&mut v).await.unwrap();
-            v
-        });
-        assert!(back == data, "the object reads back byte for byte");
-        rt.block_on(store.delete(name)).unwrap();
     }
 
     // prune on the container, then the backup goes.

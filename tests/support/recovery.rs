@@ -71,14 +71,7 @@ pub fn recover(
         b = b.conf(line);
     }
     let c = b.start();
-    poll::wait_until(
-        &format!("{name} to finish recovery"),
-        || {
-            c.try_psql("SELECT pg_is_in_recovery()")
-                .is_ok_and(|v| v == "f")
-        },
-        || c.log_tail(20),
-    );
+    wait_promoted(&c, name);
     c
 }
 
@@ -92,6 +85,12 @@ pub fn empty_data_dir(primary: &Cluster, name: &str) -> PathBuf {
 /// Starts a restored directory and waits until recovery has ended (promotion).
 pub fn start_recovered(primary: &Cluster, data: &Path, name: &str) -> Cluster {
     let c = primary.standby(data).name(name).start();
+    wait_promoted(&c, name);
+    c
+}
+
+/// Waits until `c` has ended recovery (promoted).
+fn wait_promoted(c: &Cluster, name: &str) {
     poll::wait_until(
         &format!("{name} to finish recovery"),
         || {
@@ -100,5 +99,4 @@ pub fn start_recovered(primary: &Cluster, data: &Path, name: &str) -> Cluster {
         },
         || c.log_tail(30),
     );
-    c
 }

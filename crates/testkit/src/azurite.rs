@@ -7,23 +7,22 @@
 //! `object_store` crate's emulator settings ([`AzuriteServer::env`]). The container is created at
 //! start with a signed Create Container request (Shared Key), as a storage administrator would.
 //!
-//! `azurite-blob` runs under the same guard as the S3 server ([`crate::loopback::GUARD`]): when
+//! `azurite-blob` runs under the same guard as the S3 server ([`crate::loopback`]): when
 //! the test process dies without running `Drop`, the server stops.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::error::{Result, TestkitError};
-use crate::loopback::{free_ports, installed_program, GUARD};
+use crate::loopback::{free_ports, installed_program, log_tail, server_dir, GuardedServer};
 
 /// Azurite's well-known development account and key (public, documented by Microsoft).
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -41,7 +40,7 @@ pub struct AzuriteServer {
     dir: tempfile::TempDir,
     container: String,
     port: u16,
-    running: Option<(Child, ChildStdin)>,
+    running: Option<GuardedServer>,
 }
 
 /// Finds `azurite-blob` (installing it from npm if needed) with `scripts/install-azurite.sh`.
@@ -54,12 +53,7 @@ impl AzuriteServer {
     /// letters, digits and dashes).
     pub fn start(container: &str) -> Result<AzuriteServer> {
         let program = find_azurite()?;
-        let dir = tempfile::Builder::new()
-            .prefix("walrelay-azurite-")
-            .tempdir_in(crate::env::tmp_base())
-            .map_err(|e| {
-                TestkitError::io("create a temp directory in", crate::env::tmp_base(), e)
-            })?;
+        let dir = server_dir("walrelay-azurite-")?;
         let [port] = free_ports::<1>()?;
         let mut server = AzuriteServer {
             dir,
@@ -72,65 +66,32 @@ impl AzuriteServer {
         Ok(server)
     }
 
-    fn spawn(&mut self, program: &PathBuf) -> Result<()> {
-        let log_path = self.log_path();
-        let log =
-            fs::File::create(&log_path).map_err(|e| TestkitError::io("create", &log_path, e))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| TestkitError::io("open", &log_path, e))?;
+    fn spawn(&mut self, program: &Path) -> Result<()> {
         let data = self.dir.path().join("data");
         fs::create_dir_all(&data).map_err(|e| TestkitError::io("create", &data, e))?;
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(GUARD)
-            .arg(program)
-            .args(["--blobHost", "127.0.0.1", "--blobPort"])
-            .arg(self.port.to_string())
-            .arg("--location")
-            .arg(&data)
+        let args: Vec<OsString> = vec![
+            "--blobHost".into(),
+            "127.0.0.1".into(),
+            "--blobPort".into(),
+            self.port.to_string().into(),
+            "--location".into(),
+            data.into(),
             // object_store may speak a newer service version than this Azurite knows.
-            .arg("--skipApiVersionCheck")
-            .arg("--disableProductStyleUrl")
-            .current_dir(self.dir.path())
-            .stdin(Stdio::piped())
-            .process_group(0)
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|source| TestkitError::Spawn {
-                program: program.display().to_string(),
-                source,
-            })?;
-        let Some(stdin) = child.stdin.take() else {
-            let _ = child.kill();
-            return Err(TestkitError::Config("no stdin pipe for azurite".into()));
-        };
-        self.running = Some((child, stdin));
-        let deadline = Instant::now() + START_TIMEOUT;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if let Some((child, _)) = &mut self.running {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.running = None;
-                    return Err(TestkitError::CommandFailed {
-                        command: "azurite-blob".into(),
-                        status: status.to_string(),
-                        stderr: self.log_tail(30),
-                    });
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(TestkitError::CommandTimeout {
-                    command: format!("azurite-blob (log: {})", log_path.display()),
-                    secs: START_TIMEOUT.as_secs(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            "--skipApiVersionCheck".into(),
+            "--disableProductStyleUrl".into(),
+        ];
+        let server = GuardedServer::spawn(
+            "azurite-blob",
+            program,
+            &args,
+            &[],
+            self.dir.path(),
+            &self.log_path(),
+            self.port,
+        )?;
+        let server = server.ready(START_TIMEOUT, || true, || self.log_tail(30))?;
+        self.running = Some(server);
+        Ok(())
     }
 
     /// Create Container, signed with the account key (Shared Key authorization).
@@ -195,34 +156,13 @@ impl AzuriteServer {
 
     /// The last `lines` lines of the server's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        log_tail(&self.log_path(), lines)
     }
 
-    /// Stops the server (the guard's SIGTERM, then SIGKILL after 10 s).
+    /// Stops the server (the guard's SIGTERM, then SIGKILL after 15 s).
     pub fn stop(&mut self) {
-        let Some((mut child, stdin)) = self.running.take() else {
-            return;
-        };
-        drop(stdin);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(child.id() as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-            }
+        if let Some(server) = self.running.take() {
+            server.stop();
         }
     }
 }

@@ -51,7 +51,7 @@ pub mod error;
 pub mod fake_backup;
 pub mod fake_walsender;
 pub mod install;
-mod loopback;
+pub mod loopback;
 pub mod oracle;
 pub mod pgbench;
 pub mod poll;
@@ -70,6 +70,7 @@ pub use error::{Result, TestkitError};
 pub use fake_backup::FakeBackup;
 pub use fake_walsender::{Ending, FakeWalsender, HistoricTimeline, Script, Step, WalStream};
 pub use install::{ClientTools, PgInstall};
+pub use loopback::StoreServer;
 pub use oracle::{
     assert_same_dumpall, pg_controldata, pg_dumpall, pg_verifybackup, pg_waldump, ControlData,
     VerifyBackupOptions, WalDump, WalRecord,

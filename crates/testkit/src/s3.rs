@@ -13,14 +13,12 @@
 //! no server outlives its test.
 
 use std::fs;
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::error::{Result, TestkitError};
-use crate::loopback::{free_ports, installed_program, GUARD};
+use crate::loopback::{free_ports, installed_program, log_tail, server_dir, GuardedServer};
 
 /// The test credentials (not secrets: a throwaway server on loopback).
 pub const ACCESS_KEY: &str = "walrelaytest";
@@ -36,7 +34,7 @@ pub struct S3Server {
     bucket: String,
     ports: Ports,
     weed: PathBuf,
-    running: Option<(Child, ChildStdin)>,
+    running: Option<GuardedServer>,
     /// Starts so far: each prints one "ready to use" banner into the appended log.
     started: usize,
 }
@@ -65,12 +63,7 @@ impl S3Server {
     /// port answers.
     pub fn start(bucket: &str) -> Result<S3Server> {
         let weed = find_weed()?;
-        let dir = tempfile::Builder::new()
-            .prefix("walrelay-s3-")
-            .tempdir_in(crate::env::tmp_base())
-            .map_err(|e| {
-                TestkitError::io("create a temp directory in", crate::env::tmp_base(), e)
-            })?;
+        let dir = server_dir("walrelay-s3-")?;
         let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, admin, admin_grpc] =
             free_ports::<10>()?;
         let mut server = S3Server {
@@ -105,14 +98,6 @@ impl S3Server {
         let data = self.dir.path().join("data");
         fs::create_dir_all(&data).map_err(|e| TestkitError::io("create", &data, e))?;
         let log_path = self.log_path();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| TestkitError::io("open", &log_path, e))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| TestkitError::io("open", &log_path, e))?;
         let args = [
             format!("-dir={}", data.display()),
             "-ip=127.0.0.1".into(),
@@ -142,92 +127,37 @@ impl S3Server {
                 self.dir.path().join("s3.sock").display()
             ),
         ];
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(GUARD)
-            .arg(&self.weed)
-            .arg("mini")
-            .args(&args)
-            .current_dir(self.dir.path())
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .stdin(Stdio::piped())
-            .process_group(0)
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|source| TestkitError::Spawn {
-                program: self.weed.display().to_string(),
-                source,
-            })?;
-        let Some(stdin) = child.stdin.take() else {
-            let _ = child.kill();
-            return Err(TestkitError::Config("no stdin pipe for weed".into()));
-        };
-        self.running = Some((child, stdin));
+        let mut all: Vec<std::ffi::OsString> = vec!["mini".into()];
+        all.extend(args.iter().map(Into::into));
+        let server = GuardedServer::spawn(
+            "weed mini",
+            &self.weed,
+            &all,
+            &[
+                ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+                ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+            ],
+            self.dir.path(),
+            &log_path,
+            p.s3,
+        )?;
         self.started += 1;
-        let deadline = Instant::now() + START_TIMEOUT;
-        let addr = SocketAddr::from(([127, 0, 0, 1], p.s3));
-        loop {
-            let up = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-                && fs::read_to_string(&log_path)
-                    .is_ok_and(|l| l.matches("ready to use").count() >= self.started);
-            if up {
-                return Ok(());
-            }
-            if let Some((child, _)) = &mut self.running {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.running = None;
-                    return Err(TestkitError::CommandFailed {
-                        command: "weed mini".into(),
-                        status: status.to_string(),
-                        stderr: self.log_tail(30),
-                    });
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(TestkitError::CommandTimeout {
-                    command: format!("weed mini (log: {})", log_path.display()),
-                    secs: START_TIMEOUT.as_secs(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let started = self.started;
+        // Up once the S3 port answers and this start printed its banner.
+        let ready = || {
+            fs::read_to_string(&log_path)
+                .is_ok_and(|l| l.matches("ready to use").count() >= started)
+        };
+        let server = server.ready(START_TIMEOUT, ready, || self.log_tail(30))?;
+        self.running = Some(server);
+        Ok(())
     }
 
     /// Stops the server (SIGTERM, then SIGKILL after 15 s); data and ports stay for
     /// [`S3Server::start_again`].
     pub fn stop(&mut self) {
-        let Some((mut child, stdin)) = self.running.take() else {
-            return;
-        };
-        drop(stdin); // the guard sends weed SIGTERM
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => {
-                    // The guard leads its own process group, weed included.
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(child.id() as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-            }
-        }
-        // Wait until the S3 port is closed, so "stopped" means unreachable.
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.ports.s3));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(server) = self.running.take() {
+            server.stop();
         }
     }
 
@@ -272,9 +202,7 @@ impl S3Server {
 
     /// The last `lines` lines of the server's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        log_tail(&self.log_path(), lines)
     }
 
     /// The server's data directory (for tests that look at what it keeps).
