@@ -210,6 +210,12 @@ impl ObjectStoreArchive {
     }
 }
 
+/// Whether the service lists from a given name on (S3's start-after, GCS's startOffset), so that
+/// a prefix inside a name costs one request; Azure lists whole directories.
+fn lists_from_an_offset(service: Service) -> bool {
+    matches!(service, Service::S3 | Service::Gcs)
+}
+
 fn attributes(service: Service, attrs: &ObjectAttrs) -> Attributes {
     let mut a = Attributes::new();
     if let Some(sha) = attrs.wal_sha256 {
@@ -254,7 +260,7 @@ impl ArchiveStore for ObjectStoreArchive {
                 Some(self.path(dir))
             };
             let failed = |e| StoreError::remote("list", self.display(prefix), e);
-            let ordered = matches!(self.url.service, Service::S3 | Service::Gcs);
+            let ordered = lists_from_an_offset(self.url.service);
             let stem = partial.get(..partial.len().saturating_sub(1)).unwrap_or("");
             let metas: Vec<object_store::ObjectMeta> = if ordered && !stem.is_empty() {
                 let offset = self.path(&format!(
@@ -292,6 +298,10 @@ impl ArchiveStore for ObjectStoreArchive {
                 .collect())
         }
         .boxed()
+    }
+
+    fn lists_name_prefixes_cheaply(&self) -> bool {
+        lists_from_an_offset(self.url.service)
     }
 
     fn list_dirs<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {

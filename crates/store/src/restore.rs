@@ -36,7 +36,7 @@ use walrelay_protocol::{SegmentId, WalFileName, WalSegmentSize, XLogSegNo};
 
 use crate::error::{Result, StoreError};
 use crate::layout::{choose_system, WalLayout};
-use crate::store::ArchiveStore;
+use crate::store::{ArchiveStore, Fetched};
 
 /// The cache directory's name beside `%p` (in `pg_wal`) when `--cache` is not given.
 pub const DEFAULT_CACHE_DIR_NAME: &str = ".walrelay-prefetch";
@@ -85,8 +85,10 @@ fn sysid_from_pg_control() -> Option<u64> {
     Some(u64::from_ne_bytes(b))
 }
 
-/// The best complete object for a segment: plain first, then `.gz`, `.lz4`, `.zst` (the order a
-/// directory archive's restore uses).
+/// The copies of a segment, best first: the order a directory archive's restore uses.
+const SEGMENT_SUFFIXES: [&str; 4] = ["", ".gz", ".lz4", ".zst"];
+
+/// The best complete object for a segment (see [`SEGMENT_SUFFIXES`]), found with one listing.
 async fn find_segment_object(
     store: &dyn ArchiveStore,
     layout: WalLayout,
@@ -98,7 +100,7 @@ async fn find_segment_object(
         let Some(file) = layout.file_name(&o.name) else {
             continue;
         };
-        let rank = ["", ".gz", ".lz4", ".zst"]
+        let rank = SEGMENT_SUFFIXES
             .iter()
             .position(|s| file.strip_prefix(name) == Some(*s));
         if let Some(rank) = rank {
@@ -110,6 +112,29 @@ async fn find_segment_object(
     Ok(best.map(|(_, n)| n))
 }
 
+/// The best complete object for a segment and its content. Where listing a name prefix would
+/// list the whole WAL directory, the four possible names are asked for in order instead: at most
+/// four requests, however large the archive.
+async fn get_segment_object(
+    store: &dyn ArchiveStore,
+    layout: WalLayout,
+    name: &str,
+) -> Result<Option<(String, Fetched)>> {
+    if store.lists_name_prefixes_cheaply() {
+        let Some(object) = find_segment_object(store, layout, name).await? else {
+            return Ok(None);
+        };
+        return Ok(store.get(&object).await?.map(|f| (object, f)));
+    }
+    for suffix in SEGMENT_SUFFIXES {
+        let object = layout.object(&format!("{name}{suffix}"));
+        if let Some(f) = store.get(&object).await? {
+            return Ok(Some((object, f)));
+        }
+    }
+    Ok(None)
+}
+
 /// Fetches a segment object, decodes it and checks it: a whole segment, and the SHA-256 stored
 /// with it. `Ok(None)`: no such object.
 async fn fetch_segment(
@@ -118,10 +143,7 @@ async fn fetch_segment(
     name: &str,
     seg_size: Option<WalSegmentSize>,
 ) -> Result<Option<Vec<u8>>> {
-    let Some(object) = find_segment_object(store, layout, name).await? else {
-        return Ok(None);
-    };
-    let Some(fetched) = store.get(&object).await? else {
+    let Some((object, fetched)) = get_segment_object(store, layout, name).await? else {
         return Ok(None);
     };
     let shown = format!("{}/{object}", store.location());
@@ -561,5 +583,93 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, StoreError::NoCluster { .. }), "{e}");
+    }
+
+    /// A store that lists whole directories only (as Azure does): a listing of a prefix inside a
+    /// name is counted, and must not happen.
+    #[derive(Debug)]
+    struct DirectoryLister {
+        inner: Arc<dyn ArchiveStore>,
+        name_prefix_listings: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ArchiveStore for DirectoryLister {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn lists_name_prefixes_cheaply(&self) -> bool {
+            false
+        }
+        fn list<'a>(&'a self, prefix: &'a str) -> crate::StoreFuture<'a, Vec<crate::ObjectInfo>> {
+            if !prefix.is_empty() && !prefix.ends_with('/') {
+                self.name_prefix_listings
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            self.inner.list(prefix)
+        }
+        fn list_dirs<'a>(&'a self, prefix: &'a str) -> crate::StoreFuture<'a, Vec<String>> {
+            self.inner.list_dirs(prefix)
+        }
+        fn get<'a>(&'a self, name: &'a str) -> crate::StoreFuture<'a, Option<Fetched>> {
+            self.inner.get(name)
+        }
+        fn put_if_absent<'a>(
+            &'a self,
+            name: &'a str,
+            put: crate::NewObject,
+        ) -> crate::StoreFuture<'a, crate::PutIfAbsent> {
+            self.inner.put_if_absent(name, put)
+        }
+        fn delete<'a>(&'a self, name: &'a str) -> crate::StoreFuture<'a, ()> {
+            self.inner.delete(name)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_that_lists_directories_is_asked_for_names_best_first() {
+        let (root, inner) = stored(1..=2).await;
+        // A plain copy of segment 2 beside its .zst, which is damaged (its stored SHA-256 is
+        // wrong): the plain copy comes first, so the damaged one is never read.
+        let layout = WalLayout::new(SYSID);
+        let attr = root
+            .path()
+            .join(layout.object(&format!("{}.zst.sha256", name(2))));
+        fs::write(&attr, format!("{}  x\n", "00".repeat(32))).unwrap();
+        let wal = segment(2, 2, SYSID);
+        let sha: [u8; 32] = Sha256::digest(&wal).into();
+        put_new(
+            inner.as_ref(),
+            &layout.object(&name(2)),
+            Bytes::from(wal.clone()),
+            &ObjectAttrs {
+                wal_sha256: Some(sha),
+            },
+        )
+        .await
+        .unwrap();
+        let store = DirectoryLister {
+            inner,
+            name_prefix_listings: Default::default(),
+        };
+        let pg_wal = tempfile::tempdir().unwrap();
+        let cache = pg_wal.path().join("cache");
+        let dest = pg_wal.path().join("RECOVERYXLOG");
+        for (segno, want) in [(1, segment(1, 1, SYSID)), (2, wal)] {
+            let (out, _) = restore_from_store(&store, &name(segno), &dest, &opts(0, &cache))
+                .await
+                .unwrap();
+            assert!(matches!(out, RestoreOutcome::Restored(_)), "{out:?}");
+            assert_eq!(fs::read(&dest).unwrap(), want);
+        }
+        let (out, _) = restore_from_store(&store, &name(3), &dest, &opts(0, &cache))
+            .await
+            .unwrap();
+        assert_eq!(out, RestoreOutcome::NotFound);
+        assert_eq!(
+            store
+                .name_prefix_listings
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 }

@@ -109,6 +109,14 @@ pub trait ArchiveStore: Send + Sync + fmt::Debug {
     /// no particular order.
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ObjectInfo>>;
 
+    /// Whether [`ArchiveStore::list`] of a prefix inside a name costs about one request. False
+    /// where the service lists whole directories only (Azure: a name prefix lists the whole WAL
+    /// directory, thousands of objects), so that callers looking for a few known names ask for
+    /// them instead.
+    fn lists_name_prefixes_cheaply(&self) -> bool {
+        true
+    }
+
     /// The "directories" directly under `prefix` (a name ending in `/` or empty): their names
     /// without the prefix and without a trailing `/`.
     fn list_dirs<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>>;
