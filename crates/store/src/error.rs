@@ -75,6 +75,14 @@ pub struct Conflict {
     pub ours: String,
 }
 
+/// Whether the request that failed was the credential lookup at the instance metadata service
+/// (AWS IMDS `…/latest/api/token`, GCP and Azure token requests), which clients fall back to when
+/// the environment has no credentials.
+fn asked_the_metadata_service(e: &object_store::Error) -> bool {
+    let text = e.to_string();
+    text.contains("token request") || text.contains("169.254.169.254")
+}
+
 fn remote_fix(object: &str, e: &object_store::Error) -> String {
     match e {
         object_store::Error::Unauthenticated { .. }
@@ -84,7 +92,7 @@ fn remote_fix(object: &str, e: &object_store::Error) -> String {
         object_store::Error::NotFound { .. } => "check the bucket name and that it exists".into(),
         // No credentials in the environment: the client asked the instance's metadata service
         // for a token, and there is none (not a cloud VM, or no identity attached).
-        e if e.to_string().contains("token request") => match Service::of_url(object) {
+        e if asked_the_metadata_service(e) => match Service::of_url(object) {
             Some(service) => format!("no usable credentials: {}", service.credentials_fix()),
             None => "no usable credentials: set the store's credentials in the environment".into(),
         },
@@ -176,6 +184,12 @@ mod tests {
             generic("Error performing token request: 403"),
         );
         assert!(e.to_string().contains("AZURE_STORAGE_ACCOUNT_KEY"), "{e}");
+        let e = StoreError::remote(
+            "list",
+            "s3://b/p/",
+            generic("Error performing PUT http://169.254.169.254/latest/api/token: 403"),
+        );
+        assert!(e.to_string().contains("AWS_ACCESS_KEY_ID"), "{e}");
         // Anything else is about reaching the store.
         let e = StoreError::remote("list", "gs://b/p/", generic("connection refused"));
         assert!(e

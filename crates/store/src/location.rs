@@ -142,7 +142,12 @@ impl ArchiveLocation {
             });
         }
         if authority.is_empty() {
-            return Err(bad(input, "no bucket name; like s3://bucket/prefix"));
+            let example = match service {
+                Service::Azure => "no container name; like az://container/prefix",
+                Service::Gcs => "no bucket name; like gs://bucket/prefix",
+                Service::S3 | Service::File => "no bucket name; like s3://bucket/prefix",
+            };
+            return Err(bad(input, example));
         }
         if !authority
             .bytes()
@@ -277,5 +282,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("environment"), "{text}");
+        // The example in the refusal is of the scheme given.
+        let e = ArchiveLocation::parse("az:///p").unwrap_err().to_string();
+        assert!(e.contains("az://container/prefix"), "{e}");
+        let e = ArchiveLocation::parse("gs://").unwrap_err().to_string();
+        assert!(e.contains("gs://bucket/prefix"), "{e}");
     }
 }
