@@ -6,7 +6,8 @@
 //!   three backups (b0 uncompressed, b1, b2) under pgbench, marker commits between b1 and b2;
 //!   `backup list --json`; a byte flipped in b0's stored `base.tar` is caught by `bootstrap
 //!   --from-archive` before anything is configured (exit 5, one line, no directory left);
-//!   `prune --keep-backups 2` removes b0 and the WAL before b1 only; a PITR to a time between
+//!   `prune --keep-days 7 --dry-run` keeps all three, and would remove b0 once its descriptor is
+//!   dated 2020; `prune --keep-backups 2` removes b0 and the WAL before b1 only; a PITR to a time between
 //!   the two markers, with `--backup latest`, picks b1 (the oldest kept backup) and lands exactly
 //!   between them, and so does one to an LSN between them; `pg_verifybackup` accepts the restored directory before it starts; `--standby`
 //!   seeds a standby from the archive that ends up streaming from the primary; a flipped bit in a
@@ -240,6 +241,38 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
         );
         assert!(!target.exists(), "a refused restore leaves nothing");
     }
+
+    // Retention by age: all three are new, so --keep-days 7 keeps them; with b0's descriptor
+    // dated 2020, it would remove b0 (dry run: nothing goes).
+    let keep_days = |label: &str| {
+        let (code, out, err) = run(
+            &bin,
+            &["prune", "-D", s(&archive), "--keep-days", "7", "--dry-run"],
+        );
+        assert_eq!(code, Some(0), "prune --keep-days ({label}): {out}{err}");
+        err
+    };
+    let err = keep_days("new");
+    assert!(
+        err.contains("backups kept: b0, b1, b2; would remove: none"),
+        "{err}"
+    );
+    {
+        let path = archive.join("backups/b0/descriptor.json");
+        let mut d = json(&fs::read_to_string(&path).unwrap());
+        d["start_time"] = "2020-01-01T00:00:00Z".into();
+        d["end_time"] = "2020-01-01T00:05:00Z".into();
+        fs::write(&path, serde_json::to_vec_pretty(&d).unwrap()).unwrap();
+    }
+    let err = keep_days("b0 old");
+    assert!(
+        err.contains("backups kept: b1, b2; would remove: b0"),
+        "{err}"
+    );
+    assert!(
+        archive.join("backups/b0").is_dir(),
+        "a dry run removes nothing"
+    );
 
     // Retention: keep two backups; b0 goes, and the WAL before b1's start.
     let b1_start: Lsn = listed["backups"][1]["start_lsn"]
