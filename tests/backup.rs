@@ -38,6 +38,7 @@ use walrelay_testkit::{
 };
 
 mod support;
+use support::interrupted_backup::InterruptedBackup;
 use support::recovery::{archive_dir, empty_data_dir, start_recovered, walrelay_for_postgres};
 
 const MB: u64 = 1024 * 1024;
@@ -856,116 +857,23 @@ fn backup_and_restore_on_the_matrix_majors() {
 /// with its spool.
 #[test]
 fn an_interrupted_backup_is_never_complete() {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
     let primary = Cluster::builder().name("backup-kill").start();
     primary.pgbench_init(1);
     let archive = archive_dir(&primary, "archive");
-    let conn = primary.replication_conninfo();
-    let bin = Path::new(env!("CARGO_BIN_EXE_walrelay"));
     let label_dir = archive.join("backups/slow");
-    // 25 MB at 1 MB/s: long enough to be interrupted mid-stream.
-    let start = || {
-        Command::new(bin)
-            .args([
-                "backup",
-                "-d",
-                &conn,
-                "-D",
-                s(&archive),
-                "-l",
-                "slow",
-                "-r",
-                "1M",
-            ])
-            .args(["-c", "fast"])
-            .env_remove("WALRELAY_LOG")
-            .env("PGPASSFILE", "/dev/null")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
     let spool = archive.join("backups/.slow.spool");
-    let wait_streaming = |child: &mut Child| {
-        poll::wait_until(
-            "the backup to be under way",
-            || {
-                assert!(child.try_wait().unwrap().is_none(), "backup ended early");
-                spool.join("base.tar.zst.partial").is_file()
-            },
-            String::new,
-        );
-    };
-
-    let mut child = start();
-    wait_streaming(&mut child);
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
-    assert!(
-        !label_dir.exists() && !spool.exists(),
-        "a stopped backup leaves nothing: {err}"
-    );
-
-    let mut child = start();
-    wait_streaming(&mut child);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let listed = json(&run_ok(
-        bin,
-        &["backup", "list", "-D", s(&archive), "--json"],
-    ));
-    assert_eq!(listed["backups"].as_array().unwrap().len(), 0, "{listed}");
-    assert_eq!(listed["incomplete"][0], "slow", "{listed}");
-    let target = primary.scratch_path("never");
-    let (code, _, err) = run(
-        bin,
-        &[
-            "bootstrap",
-            "--from-archive",
-            s(&archive),
-            "--backup",
-            "slow",
-            "--target",
-            "immediate",
-            "-D",
-            s(&target),
-        ],
-    );
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("no complete backup labelled \"slow\""),
-        "{err}"
-    );
-    assert!(!target.exists());
-    // The same label is taken until the remains are deleted.
-    let (code, _, err) = run(
-        bin,
-        &["backup", "-d", &conn, "-D", s(&archive), "-l", "slow"],
-    );
-    assert_eq!(code, Some(2), "{err}");
-    run_ok(bin, &["backup", "delete", "slow", "-D", s(&archive)]);
-    assert!(!label_dir.exists() && !spool.exists());
-    run_ok(
-        bin,
-        &[
-            "backup",
-            "-d",
-            &conn,
-            "-D",
-            s(&archive),
-            "-l",
-            "slow",
-            "-c",
-            "fast",
-        ],
-    );
-    let listed = json(&run_ok(
-        bin,
-        &["backup", "list", "-D", s(&archive), "--json"],
-    ));
-    assert_eq!(listed["backups"][0]["label"], "slow", "{listed}");
+    InterruptedBackup {
+        location: s(&archive),
+        extra_args: &[],
+        under_way: &|| spool.join("base.tar.zst.partial").is_file(),
+        remains: &|| {
+            [&label_dir, &spool]
+                .iter()
+                .filter(|p| p.exists())
+                .map(|p| format!("{} ", p.display()))
+                .collect()
+        },
+        settle: Duration::ZERO,
+    }
+    .check(&primary);
 }

@@ -30,6 +30,7 @@ use walrelay_testkit::{poll, AzuriteServer, Cluster, PgBench, StopMode};
 
 mod support;
 use support::bucket::{self, has_segment, mirror, segment_before};
+use support::interrupted_backup::InterruptedBackup;
 use support::recovery::{empty_data_dir, start_recovered, walrelay_for_postgres};
 use support::wal_files::{assert_contiguous, assert_identical_to_server};
 use support::walrelay_cmd;
@@ -234,14 +235,10 @@ fn archives_backs_up_and_recovers_through_azure() {
 /// `backup delete`, after which the label is free again.
 #[test]
 fn an_interrupted_backup_into_azure_is_never_complete() {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
     let url = server().url("interrupted");
     let primary = Cluster::builder().name("azure-backup-kill").start();
     primary.pgbench_init(1);
     let sysid = primary.system_identifier();
-    let bin = walrelay_for_postgres(&primary);
-    let conn = primary.replication_conninfo();
     let spool = primary.scratch_path("spool");
     fs::create_dir_all(&spool).unwrap();
     let store = bucket::store(&url);
@@ -250,106 +247,13 @@ fn an_interrupted_backup_into_azure_is_never_complete() {
             .block_on(store.list(&format!("{sysid}/backups/slow/")))
             .unwrap()
     };
-    // 25 MB at 1 MB/s: long enough to be interrupted mid-stream.
-    let start = || {
-        std::process::Command::new(&bin)
-            .args(["backup", "-d", &conn, "-D", &url, "-l", "slow", "-r", "1M"])
-            .args(["-c", "fast", "--spool", s(&spool)])
-            .env_remove("WALRELAY_LOG")
-            .env("PGPASSFILE", "/dev/null")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let wait_streaming = |child: &mut std::process::Child| {
-        poll::wait_until(
-            "the backup to be under way in the container",
-            || {
-                assert!(child.try_wait().unwrap().is_none(), "backup ended early");
-                !label_objects().is_empty()
-            },
-            String::new,
-        );
+    InterruptedBackup {
+        location: &url,
+        extra_args: &["--spool", s(&spool)],
+        under_way: &|| !label_objects().is_empty(),
+        remains: &|| format!("{:?}", label_objects()).replace("[]", ""),
         // Well into the tar stream: the spool holds a part of it.
-        std::thread::sleep(Duration::from_secs(2));
-    };
-
-    let mut child = start();
-    wait_streaming(&mut child);
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
-    assert_eq!(
-        label_objects(),
-        vec![],
-        "a stopped backup leaves nothing: {err}"
-    );
-
-    let mut child = start();
-    wait_streaming(&mut child);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let (out, _) = run_ok(&bin, &["backup", "list", "-D", &url, "--json"]);
-    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(listed["backups"].as_array().unwrap().len(), 0, "{listed}");
-    assert_eq!(listed["incomplete"][0], "slow", "{listed}");
-    let target = primary.scratch_path("never");
-    let refused = walrelay_cmd::run(
-        &[
-            "bootstrap",
-            "--from-archive",
-            &url,
-            "--backup",
-            "slow",
-            "--target",
-            "immediate",
-            "-D",
-            s(&target),
-        ]
-        .map(String::from),
-        poll::timeout(),
-    );
-    assert_eq!(refused.code(), Some(2), "{refused:?}");
-    assert!(
-        refused
-            .stderr
-            .contains("no complete backup labelled \"slow\""),
-        "{refused:?}"
-    );
-    assert!(!target.exists());
-    // The label is taken until the remains are deleted.
-    let taken = walrelay_cmd::run(
-        &["backup", "-d", &conn, "-D", &url, "-l", "slow"].map(String::from),
-        poll::timeout(),
-    );
-    assert_eq!(taken.code(), Some(2), "{taken:?}");
-    run_ok(&bin, &["backup", "delete", "slow", "-D", &url]);
-    assert_eq!(label_objects(), vec![]);
-    run_ok(
-        &bin,
-        &[
-            "backup",
-            "-d",
-            &conn,
-            "-D",
-            &url,
-            "-l",
-            "slow",
-            "-c",
-            "fast",
-            "--spool",
-            s(&spool),
-        ],
-    );
-    let (out, _) = run_ok(&bin, &["backup", "list", "-D", &url, "--json"]);
-    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(listed["backups"][0]["label"], "slow", "{listed}");
-    assert_eq!(
-        listed["incomplete"].as_array().unwrap().len(),
-        0,
-        "{listed}"
-    );
+        settle: Duration::from_secs(2),
+    }
+    .check(&primary);
 }

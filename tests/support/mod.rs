@@ -12,7 +12,8 @@
 //! [`relay`]: `walrelay serve` started for a test, its metrics, and a raw protocol client for
 //! misbehaving downstreams.
 //!
-//! [`exit_code`]: the documented exit codes. [`recovery`]: PITR from an archive with `walrelay restore`.
+//! [`exit_code`]: the documented exit codes. [`interrupted_backup`]: a `backup` stopped mid-stream, for any archive.
+//! [`recovery`]: PITR from an archive with `walrelay restore`.
 //!
 //! Helpers of the `walrelay bootstrap` integration tests (tests/bootstrap.rs):
 //!
@@ -27,6 +28,7 @@
 pub mod bootstrap_cli;
 pub mod bucket;
 pub mod exit_code;
+pub mod interrupted_backup;
 pub use walrelay_testkit::poll;
 pub mod recovery;
 pub mod relay;
