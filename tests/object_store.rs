@@ -10,7 +10,12 @@
 //!   times while it uploads, restarted each time: the bucket ends with every segment, contiguous,
 //!   each whole (no half-written object) and identical to the server's.
 //!
-//! The two tests share one server (different prefixes); the outage test has its own file.
+//! * [`a_store_that_refuses_walrelay_stops_receive_at_once`]: a wrong secret, no credentials at
+//!   all (the client's fallback to a metadata service gets none), a bucket that does not exist:
+//!   `receive` exits 3 within seconds with one error line naming the fix, instead of filling its
+//!   spool; a store that is down is no reason to stop (the spool is for that).
+//!
+//! The tests share one server (different prefixes); the outage test has its own file.
 
 #![allow(clippy::unwrap_used)]
 
@@ -265,6 +270,72 @@ fn kill9_during_uploads_leaves_the_bucket_complete() {
             .contains("uploading completed WAL from the spool"),
         "{}",
         w.full_log()
+    );
+}
+
+#[test]
+fn a_store_that_refuses_walrelay_stops_receive_at_once() {
+    let server = server();
+    let primary = primary("s3-refusals");
+    let spool = primary.scratch_path("spool");
+    fs::create_dir_all(&spool).unwrap();
+    let receive = |url: &str, spool: &Path| bucket::receive_once(&primary, url, spool);
+    // Long enough for a stream that should not stop to show it, short of the test's timeout.
+    let limit = Duration::from_secs(60);
+    let url = server.url("refused");
+
+    let wrong_secret = receive(&url, &spool)
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .run_within(limit);
+    let line = wrong_secret.assert_failed(3, &["uploading WAL to the archive stopped"]);
+    assert!(line.contains("check the credentials"), "{line}");
+    assert!(!line.contains("not-the-secret"), "{line}");
+
+    // No credentials in the environment: the client asks a metadata service (here one that is
+    // not there, instead of whatever 169.254.169.254 is on the machine running the tests).
+    let no_credentials = receive(&url, &spool)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env(
+            "AWS_METADATA_ENDPOINT",
+            &format!("http://127.0.0.1:{}", support::free_port()),
+        )
+        .run_within(limit);
+    no_credentials.assert_failed(
+        3,
+        &["no usable credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"],
+    );
+
+    let no_bucket = receive("s3://no-such-bucket/p", &spool).run_within(limit);
+    no_bucket.assert_failed(3, &["check the bucket name"]);
+
+    // A store that is down is not a refusal: the stream goes on into the spool (here up to an end
+    // position, then a normal stop).
+    let down_spool = primary.scratch_path("down-spool");
+    fs::create_dir_all(&down_spool).unwrap();
+    primary.psql("SELECT pg_create_physical_replication_slot('down', true)");
+    let end = primary.switch_wal();
+    let down = receive(&server.url("down"), &down_spool)
+        .args(&["-S", "down", "-E", &end.to_string()])
+        .env(
+            "AWS_ENDPOINT_URL",
+            &format!("http://127.0.0.1:{}", support::free_port()),
+        )
+        .run_within(limit);
+    assert_eq!(down.status.code(), Some(0), "{}", down.stderr);
+    assert!(
+        down.stderr.contains("end position reached"),
+        "{}",
+        down.stderr
+    );
+    let spooled: Vec<String> = fs::read_dir(&down_spool)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let wal = segment_before(end, seg()).file_name(seg());
+    assert!(
+        spooled.iter().any(|n| n.starts_with(&wal)),
+        "{wal} in the spool: {spooled:?}"
     );
 }
 

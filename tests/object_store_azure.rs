@@ -14,6 +14,9 @@
 //!   container stopped mid-stream: SIGTERM (exit 130) leaves no object of it; SIGKILL leaves an
 //!   incomplete backup, listed as such, refused by `bootstrap --from-archive`, keeping its label
 //!   until `backup delete`, after which a new backup of that label completes.
+//! * [`a_container_that_refuses_walrelay_stops_receive_at_once`]: a wrong account key and a
+//!   container that does not exist stop `receive` with exit 3 and the fix, before its spool
+//!   fills.
 //!
 //! The store's own contract on Azurite (conditional puts, streamed and multipart uploads, an
 //! abandoned upload leaving nothing, a stopped server) is `crates/store/tests/stores.rs`.
@@ -256,4 +259,26 @@ fn an_interrupted_backup_into_azure_is_never_complete() {
         settle: Duration::from_secs(2),
     }
     .check(&primary);
+}
+
+#[test]
+fn a_container_that_refuses_walrelay_stops_receive_at_once() {
+    let url = server().url("refused");
+    let primary = Cluster::builder().name("azure-refusals").start();
+    let spool = primary.scratch_path("spool");
+    fs::create_dir_all(&spool).unwrap();
+    let receive = |url: &str| bucket::receive_once(&primary, url, &spool);
+    let limit = Duration::from_secs(60);
+    // A well-formed key that is not the account's.
+    let wrong_key = receive(&url)
+        .env(
+            "AZURE_STORAGE_ACCOUNT_KEY",
+            "bm90LXRoZS1rZXktbm90LXRoZS1rZXk=",
+        )
+        .run_within(limit);
+    let line = wrong_key.assert_failed(3, &["uploading WAL to the archive stopped"]);
+    assert!(line.contains("check the credentials"), "{line}");
+    assert!(!line.contains("bm90LXRoZS1rZXk"), "{line}");
+    let no_container = receive("az://no-such-container/p").run_within(limit);
+    no_container.assert_failed(3, &["check the container name and that it exists"]);
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 pub struct Bootstrap {
     args: Vec<String>,
     env: Vec<(String, String)>,
+    env_removed: Vec<String>,
 }
 
 /// A finished run.
@@ -40,17 +41,21 @@ impl Bootstrap {
                 path_arg(target),
             ],
             env: Vec::new(),
+            env_removed: Vec::new(),
         }
     }
 
     /// `walrelay bootstrap` with exactly these arguments (for command lines without `-d`/`-D`).
     pub fn raw(args: &[&str]) -> Bootstrap {
+        Bootstrap::command_line(&[&["bootstrap"], args].concat())
+    }
+
+    /// `walrelay ARGS`, any command, with this module's environment and checks.
+    pub fn command_line(args: &[&str]) -> Bootstrap {
         Bootstrap {
-            args: std::iter::once("bootstrap")
-                .chain(args.iter().copied())
-                .map(str::to_string)
-                .collect(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             env: Vec::new(),
+            env_removed: Vec::new(),
         }
     }
 
@@ -61,6 +66,12 @@ impl Bootstrap {
 
     pub fn env(mut self, name: &str, value: &str) -> Bootstrap {
         self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Runs without `name` in the environment (one the test process set, say).
+    pub fn env_remove(mut self, name: &str) -> Bootstrap {
+        self.env_removed.push(name.into());
         self
     }
 
@@ -122,6 +133,9 @@ impl Bootstrap {
             .env("LC_ALL", "C")
             // A crash must show as one, with a backtrace the checks below would catch.
             .env("RUST_BACKTRACE", "1");
+        for k in &self.env_removed {
+            cmd.env_remove(k);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

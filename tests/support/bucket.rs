@@ -48,6 +48,25 @@ pub fn start_azurite(container: &str) -> AzuriteServer {
     server
 }
 
+/// `walrelay receive` from `primary` into the store `url` through `spool`, as a one-shot run
+/// whose environment a test can change (credentials, endpoint).
+pub fn receive_once(
+    primary: &walrelay_testkit::Cluster,
+    url: &str,
+    spool: &Path,
+) -> super::bootstrap_cli::Bootstrap {
+    let spool = spool.to_str().expect("a UTF-8 spool path");
+    super::bootstrap_cli::Bootstrap::command_line(&[
+        "receive",
+        "-d",
+        &primary.replication_conninfo(),
+        "-D",
+        url,
+        "--spool",
+        spool,
+    ])
+}
+
 /// The store a URL names.
 pub fn store(url: &str) -> Arc<dyn ArchiveStore> {
     let ArchiveLocation::Store(u) = ArchiveLocation::parse(url).unwrap() else {

@@ -80,7 +80,42 @@ pub struct Conflict {
 /// the environment has no credentials.
 fn asked_the_metadata_service(e: &object_store::Error) -> bool {
     let text = e.to_string();
-    text.contains("token request") || text.contains("169.254.169.254")
+    text.contains("token request")
+        || text.contains("169.254.169.254")
+        // AWS IMDSv2 at another address (AWS_METADATA_ENDPOINT, an ECS or EKS agent).
+        || text.contains("/latest/api/token")
+}
+
+/// Whether the service turned the credentials away: object_store reports a failed listing's 401
+/// or 403 as a generic error carrying the status and the service's code.
+fn names_a_credentials_refusal(e: &object_store::Error) -> bool {
+    let text = e.to_string();
+    [
+        "status code: 401",
+        "status code: 403",
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "AccessDenied",
+        "AuthenticationFailed",
+        "AuthorizationFailure",
+    ]
+    .iter()
+    .any(|code| text.contains(code))
+}
+
+/// Whether the service said the bucket or container does not exist (S3 `NoSuchBucket`, Azure
+/// `ContainerNotFound`; a listing's 404 reaches us as a generic error carrying the service's code).
+fn names_a_missing_bucket(e: &object_store::Error) -> bool {
+    let text = e.to_string();
+    text.contains("NoSuchBucket") || text.contains("ContainerNotFound")
+}
+
+fn missing_bucket_fix(object: &str) -> String {
+    let bucket = match Service::of_url(object) {
+        Some(Service::Azure) => "container",
+        _ => "bucket",
+    };
+    format!("check the {bucket} name and that it exists")
 }
 
 fn remote_fix(object: &str, e: &object_store::Error) -> String {
@@ -89,13 +124,17 @@ fn remote_fix(object: &str, e: &object_store::Error) -> String {
         | object_store::Error::PermissionDenied { .. } => {
             "check the credentials in the environment and the bucket's permissions".into()
         }
-        object_store::Error::NotFound { .. } => "check the bucket name and that it exists".into(),
+        object_store::Error::NotFound { .. } => missing_bucket_fix(object),
+        e if names_a_missing_bucket(e) => missing_bucket_fix(object),
         // No credentials in the environment: the client asked the instance's metadata service
         // for a token, and there is none (not a cloud VM, or no identity attached).
         e if asked_the_metadata_service(e) => match Service::of_url(object) {
             Some(service) => format!("no usable credentials: {}", service.credentials_fix()),
             None => "no usable credentials: set the store's credentials in the environment".into(),
         },
+        e if names_a_credentials_refusal(e) => {
+            "check the credentials in the environment and the bucket's permissions".into()
+        }
         _ => "check the endpoint, the network and the store's health".into(),
     }
 }
@@ -118,6 +157,26 @@ impl StoreError {
         }
     }
 
+    /// True when the store turned walrelay away for a reason that waiting does not fix: no
+    /// credentials (the client fell back to an instance metadata service that gave none), bad
+    /// ones, no permission, no such bucket or container, a client that cannot be set up. False for
+    /// a store that is down, slow or unreachable, which a spool rides out.
+    pub fn is_refusal(&self) -> bool {
+        use object_store::Error as O;
+        match self {
+            StoreError::Setup { .. } => true,
+            StoreError::Remote { source, .. } => match source {
+                O::Unauthenticated { .. } | O::PermissionDenied { .. } | O::NotFound { .. } => true,
+                e => {
+                    asked_the_metadata_service(e)
+                        || names_a_credentials_refusal(e)
+                        || names_a_missing_bucket(e)
+                }
+            },
+            _ => false,
+        }
+    }
+
     /// True when the content of the archive is wrong (damaged or conflicting objects): restore
     /// reports it with its "damaged" exit code.
     pub fn is_corruption(&self) -> bool {
@@ -137,8 +196,8 @@ impl Classify for StoreError {
             | StoreError::AmbiguousSystem { .. }
             | StoreError::NoCluster { .. } => ErrorClass::Usage,
             StoreError::Setup { .. } => ErrorClass::Connection,
-            StoreError::Remote { source, .. } => match source {
-                O::Unauthenticated { .. } | O::PermissionDenied { .. } => ErrorClass::Connection,
+            e @ StoreError::Remote { source, .. } => match source {
+                _ if e.is_refusal() => ErrorClass::Connection,
                 O::NotImplemented { .. } | O::NotSupported { .. } => ErrorClass::Connection,
                 _ => ErrorClass::Transient,
             },
@@ -195,5 +254,49 @@ mod tests {
         assert!(e
             .to_string()
             .ends_with("check the endpoint, the network and the store's health"));
+    }
+
+    #[test]
+    fn refusals_are_told_from_outages() {
+        let refused = [
+            generic("Error performing PUT http://169.254.169.254/latest/api/token: 403"),
+            generic("Error performing token request: connection refused"),
+            generic("Error performing PUT http://127.0.0.1:9/latest/api/token: refused"),
+            generic("Received 404 Not Found: <Code>NoSuchBucket</Code>"),
+            generic("Server returned non-2xx status code: 403 Forbidden: <Code>SignatureDoesNotMatch</Code>"),
+            object_store::Error::PermissionDenied {
+                path: "p".into(),
+                source: "SignatureDoesNotMatch".into(),
+            },
+            object_store::Error::Unauthenticated {
+                path: "p".into(),
+                source: "no".into(),
+            },
+        ];
+        for e in refused {
+            let e = StoreError::remote("list", "s3://b/p/", e);
+            assert!(e.is_refusal(), "{e}");
+        }
+        let down = [
+            generic("error sending request: connection refused"),
+            generic("Received 503 Service Unavailable"),
+        ];
+        for e in down {
+            let e = StoreError::remote("list", "s3://b/p/", e);
+            assert!(!e.is_refusal(), "{e}");
+        }
+        let setup = StoreError::Setup {
+            location: "az://c/p".into(),
+            reason: "Account must be specified".into(),
+        };
+        assert!(setup.is_refusal());
+        let missing = StoreError::remote(
+            "list",
+            "s3://b/p/",
+            generic("Received 404: <Code>NoSuchBucket</Code>"),
+        );
+        assert!(missing
+            .to_string()
+            .ends_with("check the bucket name and that it exists"));
     }
 }

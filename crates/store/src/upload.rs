@@ -62,6 +62,8 @@ pub const SPOOL_POLL: Duration = Duration::from_millis(250);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(15);
 /// While uploads fail, a warning at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(30);
+/// How long the uploader's first request may take before it warns and goes on.
+const FIRST_CONTACT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Live numbers of the uploader, for metrics (`walrelay_upload_*`).
 #[derive(Debug, Default)]
@@ -328,6 +330,23 @@ pub async fn run_uploader(
         retry_delay: Duration::from_secs(1),
     };
     info!(store = %up.cfg.store.location(), spool = %up.cfg.spool.display(), "uploading completed WAL from the spool");
+    // One request before anything else, so that a store turning walrelay away (no or bad
+    // credentials, no permission, no such bucket) stops `receive` at once, instead of leaving the
+    // spool to fill silently until the first segment completes and then for days. A store that is
+    // down is what the spool is for: a warning, and the rounds retry. The stream does not wait for
+    // this answer.
+    let contact = tokio::select! {
+        c = crate::first_contact(up.cfg.store.as_ref(), FIRST_CONTACT_TIMEOUT) => c,
+        _ = shutdown.changed() => return Ok(()),
+    };
+    match contact {
+        crate::FirstContact::Answered => {}
+        crate::FirstContact::Refused(e) => return Err(e),
+        crate::FirstContact::NoAnswer(why) => warn!(
+            error = %why,
+            "the archive does not answer now; WAL is kept in the spool and goes up once it answers"
+        ),
+    }
     loop {
         // A stop request cancels the round: an upload cut short leaves no object, and its file
         // stays in the spool for the next start.
