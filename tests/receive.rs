@@ -1254,6 +1254,37 @@ fn endpos_leaves_what_follows_unwritten() {
     );
 }
 
+/// `--endpos` that the stream starts past (here: an empty archive starts at the server's
+/// position, and the end position is behind it) is reached before any WAL arrives: receive stops
+/// at once with exit 0, as pg_receivewal does. It used to wait for the server's next message,
+/// which an idle server sends only when pinged, 10 s on; the deadline below is shorter.
+#[test]
+fn an_endpos_the_stream_starts_past_stops_at_once() {
+    let primary = primary("recv-endpos-passed");
+    let archive = new_dir(&primary, "archive");
+    let behind = server::insert_rows(&primary, "t", 10);
+    // The server's position at the start of a segment, and nothing more to send.
+    let start = primary.switch_wal();
+    let out = support::walrelay_cmd::run(
+        &receive_args(&[
+            "-d",
+            &primary.conninfo(),
+            "-D",
+            path(&archive),
+            "--endpos",
+            &behind.to_string(),
+        ]),
+        Duration::from_secs(8),
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("end position reached"),
+        "{}",
+        out.stderr
+    );
+    assert!(start > behind);
+}
+
 /// `--endpos` inside a record (found while testing; not in the list): walrelay stops with
 /// exit 0 once WAL through the end of that record is durable — it can only acknowledge what it has
 /// validated — instead of waiting forever or tripping over the next message.

@@ -187,6 +187,14 @@ impl<'a> StreamLoop<'a> {
         // One timer for the whole stream, moved only when it must fire sooner than it is set to:
         // a new `Sleep` per turn of the loop cost a trip through the timer wheel for every
         // message. A timer set too early merely wakes `on_timer` for nothing, which it tolerates.
+        // An end position the stream starts at or past is reached already: stop now, as
+        // pg_receivewal checks it before it streams, not at the server's next message (which an
+        // idle server sends only when pinged, 10 s on).
+        if self.endpos.borrow().is_some() {
+            if let Next::End(end) = self.on_endpos_set().await? {
+                return Ok(end);
+            }
+        }
         let timer = tokio::time::sleep(self.until_next_timer());
         tokio::pin!(timer);
         loop {
