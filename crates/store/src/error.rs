@@ -103,6 +103,14 @@ fn names_a_credentials_refusal(e: &object_store::Error) -> bool {
     .any(|code| text.contains(code))
 }
 
+/// Whether S3 said the request was signed for, or sent to, another region than the bucket's
+/// (`AuthorizationHeaderMalformed` names the expected region; `PermanentRedirect` the endpoint):
+/// AWS_REGION is wrong, and every later request would fail the same way.
+fn names_the_wrong_region(e: &object_store::Error) -> bool {
+    let text = e.to_string();
+    text.contains("AuthorizationHeaderMalformed") || text.contains("PermanentRedirect")
+}
+
 /// Whether the service said the bucket or container does not exist (S3 `NoSuchBucket`, Azure
 /// `ContainerNotFound`; a listing's 404 reaches us as a generic error carrying the service's code).
 fn names_a_missing_bucket(e: &object_store::Error) -> bool {
@@ -132,6 +140,9 @@ fn remote_fix(object: &str, e: &object_store::Error) -> String {
             Some(service) => format!("no usable credentials: {}", service.credentials_fix()),
             None => "no usable credentials: set the store's credentials in the environment".into(),
         },
+        e if names_the_wrong_region(e) => {
+            "set AWS_REGION to the bucket's region (the service's answer names it)".into()
+        }
         e if names_a_credentials_refusal(e) => {
             "check the credentials in the environment and the bucket's permissions".into()
         }
@@ -169,6 +180,7 @@ impl StoreError {
                 O::Unauthenticated { .. } | O::PermissionDenied { .. } | O::NotFound { .. } => true,
                 e => {
                     asked_the_metadata_service(e)
+                        || names_the_wrong_region(e)
                         || names_a_credentials_refusal(e)
                         || names_a_missing_bucket(e)
                 }
@@ -298,5 +310,23 @@ mod tests {
         assert!(missing
             .to_string()
             .ends_with("check the bucket name and that it exists"));
+        let region = StoreError::remote(
+            "list",
+            "s3://b/p/",
+            generic(
+                "Server returned non-2xx status code: 400 Bad Request: <Code>AuthorizationHeaderMalformed</Code><Message>the region 'us-east-1' is wrong; expecting 'eu-west-1'</Message>",
+            ),
+        );
+        assert!(region.is_refusal(), "{region}");
+        assert!(
+            region.to_string().contains("expecting 'eu-west-1'"),
+            "{region}"
+        );
+        assert!(
+            region
+                .to_string()
+                .ends_with("set AWS_REGION to the bucket's region (the service's answer names it)"),
+            "{region}"
+        );
     }
 }
