@@ -870,7 +870,7 @@ fn an_interrupted_backup_is_never_complete() {
             [&label_dir, &spool]
                 .iter()
                 .filter(|p| p.exists())
-                .map(|p| format!("{} ", p.display()))
+                .map(|p| p.display().to_string())
                 .collect()
         },
         settle: Duration::ZERO,

@@ -254,7 +254,7 @@ fn an_interrupted_backup_into_azure_is_never_complete() {
         location: &url,
         extra_args: &["--spool", s(&spool)],
         under_way: &|| !label_objects().is_empty(),
-        remains: &|| format!("{:?}", label_objects()).replace("[]", ""),
+        remains: &|| label_objects().into_iter().map(|o| o.name).collect(),
         // Well into the tar stream: the spool holds a part of it.
         settle: Duration::from_secs(2),
     }

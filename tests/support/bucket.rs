@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use sha2::{Digest, Sha256};
 use walrelay_protocol::{SegmentId, TimelineId, WalFileName, WalSegmentSize};
 use walrelay_store::{open_store, ArchiveLocation, ArchiveStore, WalLayout};
-use walrelay_testkit::{AzuriteServer, S3Server};
+use walrelay_testkit::{AzuriteServer, S3Server, StoreServer};
 
 /// A runtime for the store's async calls from synchronous tests.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
@@ -31,17 +31,17 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 /// environment — which every `walrelay` the test starts, and every PostgreSQL server (its
 /// restore_command), inherits.
 pub fn start_server(bucket: &str) -> S3Server {
-    let server = S3Server::start(bucket).unwrap();
-    for (k, v) in server.env() {
-        std::env::set_var(k, v);
-    }
-    server
+    exported(S3Server::start(bucket).unwrap())
 }
 
 /// Starts an Azurite server with `container` for this test process and puts its settings into the
 /// environment, as [`start_server`] does for S3.
 pub fn start_azurite(container: &str) -> AzuriteServer {
-    let server = AzuriteServer::start(container).unwrap();
+    exported(AzuriteServer::start(container).unwrap())
+}
+
+/// `server`, its settings put into this process's environment.
+fn exported<S: StoreServer>(server: S) -> S {
     for (k, v) in server.env() {
         std::env::set_var(k, v);
     }

@@ -19,8 +19,8 @@ pub struct InterruptedBackup<'a> {
     pub extra_args: &'a [&'a str],
     /// True once the backup has written a part of its tar stream to the archive (or its spool).
     pub under_way: &'a dyn Fn() -> bool,
-    /// What is left of label "slow" in the archive, described; empty when nothing is.
-    pub remains: &'a dyn Fn() -> String,
+    /// What is left of label "slow" in the archive (paths or object names); empty when nothing is.
+    pub remains: &'a dyn Fn() -> Vec<String>,
     /// How long to let the stream run after `under_way` before stopping it.
     pub settle: Duration,
 }
@@ -38,7 +38,7 @@ impl InterruptedBackup<'_> {
         assert_eq!(status.code(), Some(130), "{}", child.full_log());
         assert_eq!(
             (self.remains)(),
-            "",
+            Vec::<String>::new(),
             "a stopped backup leaves nothing: {}",
             child.full_log()
         );
@@ -74,9 +74,16 @@ impl InterruptedBackup<'_> {
         // The label is taken until the remains are deleted.
         let taken = run(&self.backup_args(&conn, &[]));
         assert_eq!(taken.code(), Some(2), "{taken:?}");
-        assert_ne!((self.remains)(), "", "a refused backup removed the remains");
+        assert!(
+            !(self.remains)().is_empty(),
+            "a refused backup removed the remains"
+        );
         run_ok(&["backup", "delete", LABEL, "-D", self.location]);
-        assert_eq!((self.remains)(), "", "backup delete left remains");
+        assert_eq!(
+            (self.remains)(),
+            Vec::<String>::new(),
+            "backup delete left remains"
+        );
 
         run_ok(&self.backup_args(&conn, &["-c", "fast"]));
         let listed = self.list();

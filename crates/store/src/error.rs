@@ -75,22 +75,46 @@ pub struct Conflict {
     pub ours: String,
 }
 
-/// Whether the request that failed was the credential lookup at the instance metadata service
-/// (AWS IMDS `…/latest/api/token`, GCP and Azure token requests), which clients fall back to when
-/// the environment has no credentials.
-fn asked_the_metadata_service(e: &object_store::Error) -> bool {
-    let text = e.to_string();
-    text.contains("token request")
-        || text.contains("169.254.169.254")
-        // AWS IMDSv2 at another address (AWS_METADATA_ENDPOINT, an ECS or EKS agent).
-        || text.contains("/latest/api/token")
+/// Why a store turned walrelay away for good, read from its answer. object_store reports a
+/// failed listing's 401, 403 and 404 as generic errors carrying the status and the service's code,
+/// so most of these are read from the text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// No credentials in the environment: the client asked the instance's metadata service for a
+    /// token (AWS IMDS `…/latest/api/token`, GCP and Azure token requests) and got none — not a
+    /// cloud VM, or no identity attached.
+    NoCredentials,
+    /// S3 says the request was signed for, or sent to, another region than the bucket's
+    /// (`AuthorizationHeaderMalformed` names the expected region; `PermanentRedirect` the
+    /// endpoint): AWS_REGION is wrong.
+    WrongRegion,
+    /// The credentials were turned away, or lack the permission.
+    BadCredentials,
+    /// No such bucket or container.
+    NoBucket,
 }
 
-/// Whether the service turned the credentials away: object_store reports a failed listing's 401
-/// or 403 as a generic error carrying the status and the service's code.
-fn names_a_credentials_refusal(e: &object_store::Error) -> bool {
+fn refusal_of(e: &object_store::Error) -> Option<Refusal> {
+    match e {
+        object_store::Error::Unauthenticated { .. }
+        | object_store::Error::PermissionDenied { .. } => return Some(Refusal::BadCredentials),
+        object_store::Error::NotFound { .. } => return Some(Refusal::NoBucket),
+        _ => {}
+    }
     let text = e.to_string();
-    [
+    let says = |codes: &[&str]| codes.iter().any(|code| text.contains(code));
+    if says(&["NoSuchBucket", "ContainerNotFound"]) {
+        Some(Refusal::NoBucket)
+    } else if says(&[
+        "token request",
+        "169.254.169.254",
+        // AWS IMDSv2 at another address (AWS_METADATA_ENDPOINT, an ECS or EKS agent).
+        "/latest/api/token",
+    ]) {
+        Some(Refusal::NoCredentials)
+    } else if says(&["AuthorizationHeaderMalformed", "PermanentRedirect"]) {
+        Some(Refusal::WrongRegion)
+    } else if says(&[
         "status code: 401",
         "status code: 403",
         "SignatureDoesNotMatch",
@@ -98,55 +122,33 @@ fn names_a_credentials_refusal(e: &object_store::Error) -> bool {
         "AccessDenied",
         "AuthenticationFailed",
         "AuthorizationFailure",
-    ]
-    .iter()
-    .any(|code| text.contains(code))
-}
-
-/// Whether S3 said the request was signed for, or sent to, another region than the bucket's
-/// (`AuthorizationHeaderMalformed` names the expected region; `PermanentRedirect` the endpoint):
-/// AWS_REGION is wrong, and every later request would fail the same way.
-fn names_the_wrong_region(e: &object_store::Error) -> bool {
-    let text = e.to_string();
-    text.contains("AuthorizationHeaderMalformed") || text.contains("PermanentRedirect")
-}
-
-/// Whether the service said the bucket or container does not exist (S3 `NoSuchBucket`, Azure
-/// `ContainerNotFound`; a listing's 404 reaches us as a generic error carrying the service's code).
-fn names_a_missing_bucket(e: &object_store::Error) -> bool {
-    let text = e.to_string();
-    text.contains("NoSuchBucket") || text.contains("ContainerNotFound")
-}
-
-fn missing_bucket_fix(object: &str) -> String {
-    let bucket = match Service::of_url(object) {
-        Some(Service::Azure) => "container",
-        _ => "bucket",
-    };
-    format!("check the {bucket} name and that it exists")
+    ]) {
+        Some(Refusal::BadCredentials)
+    } else {
+        None
+    }
 }
 
 fn remote_fix(object: &str, e: &object_store::Error) -> String {
-    match e {
-        object_store::Error::Unauthenticated { .. }
-        | object_store::Error::PermissionDenied { .. } => {
+    match refusal_of(e) {
+        Some(Refusal::BadCredentials) => {
             "check the credentials in the environment and the bucket's permissions".into()
         }
-        object_store::Error::NotFound { .. } => missing_bucket_fix(object),
-        e if names_a_missing_bucket(e) => missing_bucket_fix(object),
-        // No credentials in the environment: the client asked the instance's metadata service
-        // for a token, and there is none (not a cloud VM, or no identity attached).
-        e if asked_the_metadata_service(e) => match Service::of_url(object) {
+        Some(Refusal::NoBucket) => {
+            let bucket = match Service::of_url(object) {
+                Some(Service::Azure) => "container",
+                _ => "bucket",
+            };
+            format!("check the {bucket} name and that it exists")
+        }
+        Some(Refusal::NoCredentials) => match Service::of_url(object) {
             Some(service) => format!("no usable credentials: {}", service.credentials_fix()),
             None => "no usable credentials: set the store's credentials in the environment".into(),
         },
-        e if names_the_wrong_region(e) => {
+        Some(Refusal::WrongRegion) => {
             "set AWS_REGION to the bucket's region (the service's answer names it)".into()
         }
-        e if names_a_credentials_refusal(e) => {
-            "check the credentials in the environment and the bucket's permissions".into()
-        }
-        _ => "check the endpoint, the network and the store's health".into(),
+        None => "check the endpoint, the network and the store's health".into(),
     }
 }
 
@@ -173,18 +175,9 @@ impl StoreError {
     /// ones, no permission, no such bucket or container, a client that cannot be set up. False for
     /// a store that is down, slow or unreachable, which a spool rides out.
     pub fn is_refusal(&self) -> bool {
-        use object_store::Error as O;
         match self {
             StoreError::Setup { .. } => true,
-            StoreError::Remote { source, .. } => match source {
-                O::Unauthenticated { .. } | O::PermissionDenied { .. } | O::NotFound { .. } => true,
-                e => {
-                    asked_the_metadata_service(e)
-                        || names_the_wrong_region(e)
-                        || names_a_credentials_refusal(e)
-                        || names_a_missing_bucket(e)
-                }
-            },
+            StoreError::Remote { source, .. } => refusal_of(source).is_some(),
             _ => false,
         }
     }
@@ -208,8 +201,8 @@ impl Classify for StoreError {
             | StoreError::AmbiguousSystem { .. }
             | StoreError::NoCluster { .. } => ErrorClass::Usage,
             StoreError::Setup { .. } => ErrorClass::Connection,
-            e @ StoreError::Remote { source, .. } => match source {
-                _ if e.is_refusal() => ErrorClass::Connection,
+            StoreError::Remote { source, .. } => match source {
+                s if refusal_of(s).is_some() => ErrorClass::Connection,
                 O::NotImplemented { .. } | O::NotSupported { .. } => ErrorClass::Connection,
                 _ => ErrorClass::Transient,
             },

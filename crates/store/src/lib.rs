@@ -52,33 +52,6 @@ pub fn open_store(url: &StoreUrl) -> Result<Arc<dyn ArchiveStore>> {
     })
 }
 
-/// What one cheap request (the listing of the archive's top level) said about a store, before a
-/// job that runs for days relies on it.
-#[derive(Debug)]
-pub enum FirstContact {
-    /// The store answered.
-    Answered,
-    /// The store turned walrelay away for a reason that waiting does not fix
-    /// ([`StoreError::is_refusal`]).
-    Refused(StoreError),
-    /// No answer now (down, unreachable, slow): the reason, for a warning.
-    NoAnswer(String),
-}
-
-/// Asks the store once, waiting at most `limit`.
-pub async fn first_contact(store: &dyn ArchiveStore, limit: std::time::Duration) -> FirstContact {
-    match tokio::time::timeout(limit, store.list_dirs("")).await {
-        Ok(Ok(_)) => FirstContact::Answered,
-        Ok(Err(e)) if e.is_refusal() => FirstContact::Refused(e),
-        Ok(Err(e)) => FirstContact::NoAnswer(e.to_string()),
-        Err(_) => FirstContact::NoAnswer(format!(
-            "{} did not answer within {} s",
-            store.location(),
-            limit.as_secs()
-        )),
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod testutil {
     #![allow(clippy::unwrap_used)]

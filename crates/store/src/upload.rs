@@ -336,13 +336,13 @@ pub async fn run_uploader(
     // down is what the spool is for: a warning, and the rounds retry. The stream does not wait for
     // this answer.
     let contact = tokio::select! {
-        c = crate::first_contact(up.cfg.store.as_ref(), FIRST_CONTACT_TIMEOUT) => c,
+        c = first_contact(up.cfg.store.as_ref(), FIRST_CONTACT_TIMEOUT) => c,
         _ = shutdown.changed() => return Ok(()),
     };
     match contact {
-        crate::FirstContact::Answered => {}
-        crate::FirstContact::Refused(e) => return Err(e),
-        crate::FirstContact::NoAnswer(why) => warn!(
+        FirstContact::Answered => {}
+        FirstContact::Refused(e) => return Err(e),
+        FirstContact::NoAnswer(why) => warn!(
             error = %why,
             "the archive does not answer now; WAL is kept in the spool and goes up once it answers"
         ),
@@ -372,6 +372,33 @@ pub async fn run_uploader(
         if *shutdown.borrow() {
             return Ok(());
         }
+    }
+}
+
+/// What one cheap request (the listing of the archive's top level) said about a store, before a
+/// job that runs for days relies on it.
+#[derive(Debug)]
+enum FirstContact {
+    /// The store answered.
+    Answered,
+    /// The store turned walrelay away for a reason that waiting does not fix
+    /// ([`StoreError::is_refusal`]).
+    Refused(StoreError),
+    /// No answer now (down, unreachable, slow): the reason, for a warning.
+    NoAnswer(String),
+}
+
+/// Asks the store once, waiting at most `limit`.
+async fn first_contact(store: &dyn ArchiveStore, limit: Duration) -> FirstContact {
+    match tokio::time::timeout(limit, store.list_dirs("")).await {
+        Ok(Ok(_)) => FirstContact::Answered,
+        Ok(Err(e)) if e.is_refusal() => FirstContact::Refused(e),
+        Ok(Err(e)) => FirstContact::NoAnswer(e.to_string()),
+        Err(_) => FirstContact::NoAnswer(format!(
+            "{} did not answer within {} s",
+            store.location(),
+            limit.as_secs()
+        )),
     }
 }
 

@@ -184,17 +184,15 @@ impl<'a> StreamLoop<'a> {
         let polls_replay = self.cfg.apply_source.is_some();
         // A new stream (a new walsender) learns the feedback at once.
         self.send_hot_standby_feedback().await?;
+        // An end position the stream starts at or past is reached already: stop now, as
+        // pg_receivewal checks it before it streams, not at the server's next message (which an
+        // idle server sends only when pinged, 10 s on). Without an end position this does nothing.
+        if let Next::End(end) = self.on_endpos_set().await? {
+            return Ok(end);
+        }
         // One timer for the whole stream, moved only when it must fire sooner than it is set to:
         // a new `Sleep` per turn of the loop cost a trip through the timer wheel for every
         // message. A timer set too early merely wakes `on_timer` for nothing, which it tolerates.
-        // An end position the stream starts at or past is reached already: stop now, as
-        // pg_receivewal checks it before it streams, not at the server's next message (which an
-        // idle server sends only when pinged, 10 s on).
-        if self.endpos.borrow().is_some() {
-            if let Next::End(end) = self.on_endpos_set().await? {
-                return Ok(end);
-            }
-        }
         let timer = tokio::time::sleep(self.until_next_timer());
         tokio::pin!(timer);
         loop {
