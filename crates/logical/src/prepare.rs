@@ -144,6 +144,23 @@ fn check_source(f: &ServerFacts, problems: &mut Vec<Problem>) {
     }
 }
 
+/// The target must not be the source database itself: a plain slip (a `--target` without
+/// `dbname`, or naming the source's host another way) that would otherwise make walrelay truncate
+/// the tables it is reading from and then apply every change to the table it came from. Another
+/// database of the same server is fine.
+fn check_not_the_source(sf: &ServerFacts, tf: &ServerFacts, problems: &mut Vec<Problem>) {
+    if sf.database_identity == tf.database_identity {
+        problems.push(problem(
+            Side::Target,
+            format!(
+                "--target reaches the source database itself (database {} of the same running server)",
+                sf.database
+            ),
+            "point --target at another database (dbname=…) or another server",
+        ));
+    }
+}
+
 /// What REPLICA IDENTITY FULL costs, said wherever walrelay sets or accepts it.
 const FULL_IDENTITY_COST: &str = "every UPDATE and DELETE of it then writes the whole old row into the source's WAL, and walrelay finds each changed row on the target by comparing every column (a scan of the table unless an index covers the columns compared; types without equality, such as json, compared by their text)";
 
@@ -484,6 +501,7 @@ pub(crate) async fn preflight(
         .map_err(read_tgt("read the target's settings"))?;
     check_source(&sf, &mut problems);
     check_server(Side::Target, &tf, "--target", &mut problems);
+    check_not_the_source(&sf, &tf, &mut problems);
     let target_version = ServerVersion(tf.version_num);
 
     let state = state::load(tgt, &cfg.name)

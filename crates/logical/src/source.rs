@@ -30,6 +30,10 @@ pub struct ServerFacts {
     pub used_replication_slots: i64,
     pub max_wal_senders: i64,
     pub used_wal_senders: i64,
+    /// Which database of which running server this is: the postmaster's start time (µs since the
+    /// epoch) and the database's OID. Two connections with the same identity reach the same
+    /// database, whatever host name, port or socket each used.
+    pub database_identity: (i64, u32),
 }
 
 impl ServerFacts {
@@ -69,7 +73,10 @@ pub async fn facts(
                     (SELECT count(*) FROM pg_catalog.pg_replication_slots) AS used_slots,
                     pg_catalog.current_setting('max_wal_senders') AS max_senders,
                     (SELECT count(*) FROM pg_catalog.pg_stat_replication
-                      WHERE application_name IS DISTINCT FROM $1) AS used_senders
+                      WHERE application_name IS DISTINCT FROM $1) AS used_senders,
+                    (extract(epoch FROM pg_catalog.pg_postmaster_start_time()) * 1000000)::int8 AS started_us,
+                    (SELECT d.oid FROM pg_catalog.pg_database d
+                      WHERE d.datname = pg_catalog.current_database()) AS db_oid
                FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
             &[Some(own_application_name)],
         )
@@ -93,6 +100,7 @@ pub async fn facts(
         used_replication_slots: int(&r, "used_slots"),
         max_wal_senders: int(&r, "max_senders"),
         used_wal_senders: int(&r, "used_senders"),
+        database_identity: (int(&r, "started_us"), int(&r, "db_oid") as u32),
     })
 }
 
