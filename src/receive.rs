@@ -208,6 +208,7 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
                     pgdata.display()
                 )));
             }
+            not_a_recovering_data_directory(pgdata).map_err(exit::local)?;
             Target::PgWal { pg_wal }
         }
         _ => {
@@ -429,6 +430,22 @@ async fn refuse_standby_with_own_walreceiver(params: &ConnectParams) -> Result<(
         source: None,
     }
     .into())
+}
+
+/// `--pg-wal` feeds a server that replays from its `pg_wal`: a standby (`standby.signal`, or
+/// `recovery.conf` on 10 and 11) or a server in targeted recovery (`recovery.signal`). A data
+/// directory with none of them is a primary's, most likely the very primary walrelay streams
+/// from: writing its WAL back into the files that primary is writing would race it for its own
+/// WAL. Refused before anything is opened.
+fn not_a_recovering_data_directory(pgdata: &std::path::Path) -> std::result::Result<(), String> {
+    const RECOVERY_FILES: [&str; 3] = ["standby.signal", "recovery.signal", "recovery.conf"];
+    if RECOVERY_FILES.iter().any(|f| pgdata.join(f).exists()) {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is not set up as a standby (no standby.signal, recovery.signal or recovery.conf), so it is a primary's data directory, possibly the one receive streams from: --pg-wal feeds a standby's pg_wal; to archive WAL use -D DIR, to feed a standby create its standby.signal (recovery.conf with standby_mode = on on 10 and 11) or bootstrap it with --sidecar",
+        pgdata.display()
+    ))
 }
 
 /// Why `dir` cannot be an archive directory, if it cannot.

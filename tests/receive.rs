@@ -816,6 +816,23 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     );
     assert_eq!(wal_files::listing(&foreign_dir), before);
 
+    // --pg-wal naming the primary's own data directory (no standby.signal): refused before
+    // connecting, the primary's pg_wal untouched.
+    let own = primary.data_dir().to_path_buf();
+    let before = wal_files::listing(&primary.pg_wal_dir());
+    let out = run(&["--pg-wal", path(&own)]);
+    refused(
+        &out,
+        Some(exit_code::LOCAL),
+        &[path(&own), "not set up as a standby", "-D DIR"],
+    );
+    assert_eq!(wal_files::listing(&primary.pg_wal_dir()), before);
+    assert_eq!(
+        primary.psql("SELECT count(*) FROM pg_stat_replication"),
+        "0",
+        "receive connected for replication"
+    );
+
     // Options that do not go together, and a malformed LSN: refused before connecting.
     let empty = new_dir(&primary, "empty");
     let out = run(&["--create-slot"]);
