@@ -448,10 +448,38 @@ fn not_a_recovering_data_directory(pgdata: &std::path::Path) -> std::result::Res
     ))
 }
 
+/// What `dir` is, if it is a PostgreSQL server's own: its data directory, or its `pg_wal` (an
+/// `archive_status/` inside, which no archive has, or the `pg_wal` of a data directory). Archives
+/// written or pruned there would race the server for its own WAL.
+pub(crate) fn server_directory(dir: &std::path::Path) -> Option<String> {
+    let is_data_dir =
+        |d: &std::path::Path| d.join("PG_VERSION").is_file() && d.join("global").is_dir();
+    if is_data_dir(dir) {
+        return Some(format!("{} is a PostgreSQL data directory", dir.display()));
+    }
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let in_data_dir = real.parent().filter(|p| {
+        is_data_dir(p)
+            && matches!(
+                real.file_name().and_then(|n| n.to_str()),
+                Some("pg_wal" | "pg_xlog")
+            )
+    });
+    if in_data_dir.is_some() || dir.join("archive_status").is_dir() {
+        return Some(format!("{} is a PostgreSQL server's pg_wal", dir.display()));
+    }
+    None
+}
+
 /// Why `dir` cannot be an archive directory, if it cannot.
 pub(crate) fn archive_dir_problem(dir: &std::path::Path) -> std::result::Result<(), String> {
     match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => Ok(()),
+        Ok(m) if m.is_dir() => match server_directory(dir) {
+            Some(what) => Err(format!(
+                "{what}: an archive needs a directory of its own (mkdir one); to feed a standby's pg_wal use --pg-wal PGDATA"
+            )),
+            None => Ok(()),
+        },
         Ok(_) => Err(format!(
             "archive directory {} is not a directory: pass a directory (walrelay creates its files inside)",
             dir.display()

@@ -574,6 +574,30 @@ fn prune_refuses_age_alone_and_bad_input() {
         assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
     }
     assert_eq!(names(d.path()), before, "nothing removed by refused runs");
+
+    // A server's own pg_wal (archive_status/ inside) and a data directory are not archives: the
+    // server removes its WAL itself.
+    fs::create_dir(d.path().join("archive_status")).unwrap();
+    let o = walrelay(&["prune", "-D", dir, "--before", SEG9]);
+    assert_eq!(code(&o), 5, "{}", stderr(&o));
+    assert!(stderr(&o).contains("server's pg_wal"), "{}", stderr(&o));
+    let pgdata = tempfile::tempdir().unwrap();
+    fs::write(pgdata.path().join("PG_VERSION"), "15\n").unwrap();
+    fs::create_dir(pgdata.path().join("global")).unwrap();
+    let wal = pgdata.path().join("pg_wal");
+    fs::create_dir(&wal).unwrap();
+    for dir in [pgdata.path(), wal.as_path()] {
+        let o = walrelay(&["prune", "-D", s(dir), "--before", SEG9]);
+        assert_eq!(code(&o), 5, "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("removes files of walrelay archives only"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let mut left = names(d.path());
+    left.retain(|n| n != "archive_status");
+    assert_eq!(left, before, "nothing removed from a server's pg_wal");
 }
 
 // ------------------------------------------------------------- archives written by real tools

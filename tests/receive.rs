@@ -826,6 +826,18 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         Some(exit_code::LOCAL),
         &[path(&own), "not set up as a standby", "-D DIR"],
     );
+    // -D naming the primary's pg_wal or its data directory as the archive: refused the same way.
+    for (dir, needle) in [
+        (primary.pg_wal_dir(), "server's pg_wal"),
+        (own.clone(), "is a PostgreSQL data directory"),
+    ] {
+        let out = run(&["-D", path(&dir)]);
+        refused(
+            &out,
+            Some(exit_code::LOCAL),
+            &[path(&dir), needle, "directory of its own"],
+        );
+    }
     assert_eq!(wal_files::listing(&primary.pg_wal_dir()), before);
     assert_eq!(
         primary.psql("SELECT count(*) FROM pg_stat_replication"),
