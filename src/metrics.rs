@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -645,9 +645,12 @@ pub fn healthy(s: &StatsSnapshot, status_interval: Duration) -> bool {
 
 /// Binds now (so a taken port is an error at startup) and serves in the background.
 pub async fn serve(addr: SocketAddr, exporter: Arc<dyn Exporter>) -> Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listen for metrics on {addr}"))?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        crate::exit::local(format!(
+            "cannot listen for metrics on {addr}: {e}: {}",
+            walrelay_client::bind_fix(&e, "--metrics-addr")
+        ))
+    })?;
     info!(%addr, "serving metrics on /metrics and health on /health");
     tokio::spawn(async move {
         loop {

@@ -317,6 +317,45 @@ fn hostile_clients_get_errors_and_nobody_else_notices() {
     let compared = wal_files::assert_identical_to_server(&good_dir, &primary.pg_wal_dir(), seg());
     assert!(compared >= 6, "{compared}");
     assert!(good.try_wait().unwrap().is_none(), "pg_receivewal exited");
+
+    // A second relay told to listen where this one does, or to serve metrics on the primary's
+    // port: exit 5 (local), the cause and the option to change; the first relay is unaffected.
+    let second = primary.scratch_path("second-relay");
+    std::fs::create_dir_all(&second).unwrap();
+    let primary_port = format!("127.0.0.1:{}", primary.port());
+    for (option, value, extra) in [
+        ("--listen", addr.to_string(), vec![]),
+        (
+            "--metrics-addr",
+            primary_port,
+            vec!["--listen", "127.0.0.1:0"],
+        ),
+    ] {
+        let mut args: Vec<String> = [
+            "serve",
+            "-d",
+            &upstream,
+            "-D",
+            path(&second),
+            option,
+            &value,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = support::walrelay_cmd::run(&args, Duration::from_secs(60));
+        assert_eq!(out.code(), Some(5), "{option}: {}", out.stderr);
+        let errors = out.error_lines();
+        assert_eq!(errors.len(), 1, "{option}: {}", out.stderr);
+        assert!(
+            errors[0].contains(&value)
+                && errors[0].contains("another program listens there")
+                && errors[0].contains(&format!("choose another port with {option}")),
+            "{}",
+            errors[0]
+        );
+    }
     interrupt(&mut good);
     relay.assert_healthy();
 }

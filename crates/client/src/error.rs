@@ -199,3 +199,20 @@ impl Classify for ClientError {
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// What to do when a listening socket cannot be bound: the fix that follows the cause in the
+/// message, naming the option that chose the address.
+pub fn bind_fix(e: &std::io::Error, option: &str) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "another program listens there (a PostgreSQL server, another walrelay): choose another port with {option}"
+        ),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port above 1023 with {option}"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            "no network interface of this host has that address: give {option} 0.0.0.0 (every interface), 127.0.0.1 or one of the host's addresses"
+        ),
+        _ => format!("check the address given with {option}"),
+    }
+}

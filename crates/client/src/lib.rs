@@ -30,7 +30,7 @@ mod tls;
 pub use backoff::{Backoff, FIRST_RECONNECT_DELAY};
 pub use condition::{sqlstate, Classify, ErrorClass, ServerCondition};
 pub use connection::{message_name, Connection, QueryResult};
-pub use error::{ClientError, Result, ServerError};
+pub use error::{bind_fix, ClientError, Result, ServerError};
 pub use params::{
     AuthMethod, ChannelBindingMode, ConnectParams, Endpoint, PasswordLookup, ReplicationMode,
     RootCerts, Secret, SessionAttrs, SslMode, TlsParams,

@@ -88,7 +88,7 @@ pub enum RelayError {
     },
     #[error("could not identify the upstream server")]
     Upstream(#[source] ClientError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}: {}", walrelay_client::bind_fix(.source, "--listen"))]
     Listen {
         addr: SocketAddr,
         #[source]
