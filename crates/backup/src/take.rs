@@ -98,46 +98,56 @@ pub async fn take_backup<C: Future<Output = ()>>(
         OpenedArchive::open(&config.location, None).await?;
     }
     progress.set_phase(BackupPhase::Connecting);
-    let mut conn = Connection::connect(&config.connect)
-        .await
-        .map_err(BackupJobError::Connect)?;
-    let version = conn.server_version();
-    if !(MIN_SUPPORTED_MAJOR..=MAX_SUPPORTED_MAJOR).contains(&version.major()) {
-        let shown = conn
-            .parameter("server_version")
-            .map_or_else(|| version.0.to_string(), str::to_string);
-        conn.close().await;
-        return Err(BackupJobError::UnsupportedVersion(shown));
-    }
-    let ident = conn
-        .identify_system()
-        .await
-        .map_err(|source| BackupJobError::Command {
-            what: "IDENTIFY_SYSTEM",
-            source,
-        })?;
-    let seg_size = conn
-        .wal_segment_size()
-        .await
-        .map_err(|source| BackupJobError::Command {
-            what: "SHOW wal_segment_size",
-            source,
-        })?;
-    let archive = OpenedArchive::open(&config.location, Some(ident.system_identifier)).await?;
-    // A directory archive holds one cluster: its other backups say which.
-    if archive.dir.is_some() {
-        let catalog = crate::catalog::list_backups(&archive).await?;
-        if let Some(other) = catalog
-            .backups
-            .iter()
-            .find(|b| b.system_identifier != ident.system_identifier)
-        {
-            return Err(BackupJobError::SystemMismatch {
-                archive: other.system_identifier,
-                server: ident.system_identifier,
-            });
+    // Until the label is claimed nothing is stored: a stop asked for while connecting (a server
+    // slow to let us in, a peer that never answers) or checking the archive just ends the run.
+    tokio::pin!(cancel);
+    let prepared = async {
+        let mut conn = Connection::connect(&config.connect)
+            .await
+            .map_err(BackupJobError::Connect)?;
+        let version = conn.server_version();
+        if !(MIN_SUPPORTED_MAJOR..=MAX_SUPPORTED_MAJOR).contains(&version.major()) {
+            let shown = conn
+                .parameter("server_version")
+                .map_or_else(|| version.0.to_string(), str::to_string);
+            conn.close().await;
+            return Err(BackupJobError::UnsupportedVersion(shown));
         }
-    }
+        let ident = conn
+            .identify_system()
+            .await
+            .map_err(|source| BackupJobError::Command {
+                what: "IDENTIFY_SYSTEM",
+                source,
+            })?;
+        let seg_size = conn
+            .wal_segment_size()
+            .await
+            .map_err(|source| BackupJobError::Command {
+                what: "SHOW wal_segment_size",
+                source,
+            })?;
+        let archive = OpenedArchive::open(&config.location, Some(ident.system_identifier)).await?;
+        // A directory archive holds one cluster: its other backups say which.
+        if archive.dir.is_some() {
+            let catalog = crate::catalog::list_backups(&archive).await?;
+            if let Some(other) = catalog
+                .backups
+                .iter()
+                .find(|b| b.system_identifier != ident.system_identifier)
+            {
+                return Err(BackupJobError::SystemMismatch {
+                    archive: other.system_identifier,
+                    server: ident.system_identifier,
+                });
+            }
+        }
+        Ok::<_, BackupJobError>((conn, ident, seg_size, archive))
+    };
+    let (mut conn, ident, seg_size, archive) = tokio::select! {
+        r = prepared => r?,
+        () = &mut cancel => return Err(BackupJobError::Cancelled),
+    };
     claim(&archive, &label, ident.system_identifier, start_unix).await?;
     let spool = match (&config.spool, &archive.dir) {
         (Some(dir), _) => dir.join(format!("walrelay-backup-{label}")),
@@ -157,7 +167,6 @@ pub async fn take_backup<C: Future<Output = ()>>(
     };
     let outcome = {
         let run = job.run(&mut conn, streamer, progress, &ident);
-        tokio::pin!(cancel);
         tokio::select! {
             r = run => r,
             () = &mut cancel => Err(BackupJobError::Cancelled),

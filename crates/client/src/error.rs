@@ -70,7 +70,7 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
-    #[error("connection to {endpoint} timed out after {seconds} s (connect_timeout)")]
+    #[error("connection to {endpoint} timed out after {seconds} s (connect_timeout): no PostgreSQL server answered there in time; check the host and port (another program may be listening, or a firewall dropping packets), or raise connect_timeout if the server is only slow")]
     ConnectTimeout { endpoint: String, seconds: u64 },
     #[error("connection to {endpoint} failed: {error}")]
     Rejected {

@@ -36,7 +36,7 @@ pub use params::{
     RootCerts, Secret, SessionAttrs, SslMode, TlsParams,
 };
 pub use replication::{IdentifySystem, ReplicationSlotInfo, StartedReplication, TimelineSwitch};
-pub use resolve::connect_params;
+pub use resolve::{connect_params, DEFAULT_CONNECT_TIMEOUT};
 pub use sql::{Batch, Pipeline};
 /// TLS files and channel binding, for the server side too (`walrelay serve --tls-cert`).
 pub use tls::{load_certs as load_pem_certs, load_key as load_pem_key, tls_server_end_point};

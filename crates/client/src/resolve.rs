@@ -10,6 +10,13 @@ use crate::params::{
     RootCerts, Secret, SessionAttrs, SslMode, TlsParams,
 };
 
+/// How long one connection attempt (TCP, TLS, authentication) may take when the settings give no
+/// `connect_timeout` (libpq would wait for ever): PostgreSQL's own `authentication_timeout`
+/// default, after which a real server gives up on a client that is not in yet. A peer that
+/// accepts the connection and never answers (the wrong port, a hung proxy) is then an error —
+/// retried by the long-running commands — instead of a silent wait for ever.
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Builds connection parameters from resolved libpq settings. `replication` overrides the
 /// `replication` keyword (walrelay decides what kind of session it needs). `prompt` is asked for a
 /// password when neither the settings nor `.pgpass` have one and the server wants one.
@@ -147,7 +154,7 @@ pub fn connect_params(
         replication,
         tls,
         channel_binding,
-        connect_timeout: cfg.connect_timeout(),
+        connect_timeout: Some(cfg.connect_timeout().unwrap_or(DEFAULT_CONNECT_TIMEOUT)),
         keepalives: ka.enabled,
         keepalives_idle: ka.idle,
         keepalives_interval: ka.interval,
@@ -200,6 +207,19 @@ mod tests {
         let pw = (p.password.unwrap())(&p.endpoints[0]).unwrap();
         assert_eq!(pw.expose(), "pw");
         assert!(!format!("{pw:?}").contains("pw\""));
+    }
+
+    #[test]
+    fn a_connection_attempt_is_bounded_unless_told_otherwise() {
+        let p = connect_params(&resolve("host=db1"), ReplicationMode::Physical, None).unwrap();
+        assert_eq!(p.connect_timeout, Some(DEFAULT_CONNECT_TIMEOUT));
+        let p = connect_params(
+            &resolve("host=db1 connect_timeout=5"),
+            ReplicationMode::Physical,
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.connect_timeout, Some(std::time::Duration::from_secs(5)));
     }
 
     #[test]

@@ -142,8 +142,12 @@ async fn attempt(
     retry: &mut Retry,
 ) -> Result<SessionEnd, SubsetError> {
     cfg.stats.set_phase(Phase::Starting);
-    let lock = lock_subset(cfg).await?;
     let mut shutdown = cfg.shutdown.clone();
+    // Connecting to the target may hang (a peer that never answers): a stop ends it at once.
+    let lock = tokio::select! {
+        l = lock_subset(cfg) => l?,
+        _ = stop_requested(&mut shutdown) => return Ok(SessionEnd::Shutdown(Lsn::INVALID)),
+    };
     if !retry.prepared {
         let result = tokio::select! {
             r = prepare_and_copy(cfg) => r,

@@ -74,7 +74,12 @@ pub async fn identify(
     dir: &Path,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<UpstreamInfo>, RelayError> {
-    let first = match probe(params).await {
+    // A stop asked for while the first attempt hangs (a peer that never answers) ends it now.
+    let probed = tokio::select! {
+        r = probe(params) => r,
+        _ = stop.wait_for(|s| *s) => return Ok(None),
+    };
+    let first = match probed {
         Ok(info) => Some(info),
         Err(e) if e.class().is_transient() => {
             let record = walrelay_archive::read_relay_upstream(dir)?;

@@ -102,8 +102,18 @@ pub(crate) async fn session(
     cfg: &mut ReceiverConfig,
     state: &mut SessionState,
 ) -> Result<StopReason, ReceiveError> {
-    let mut conn = Connection::connect(&state.connect_params(&cfg.connect)).await?;
-    let ident = conn.identify_system().await?;
+    // A stop asked for while connecting (a peer that never answers, a server that is slow to let
+    // us in) is honoured at once: nothing is on disk yet to finish.
+    let mut shutdown = cfg.shutdown.clone();
+    let connecting = async {
+        let mut conn = Connection::connect(&state.connect_params(&cfg.connect)).await?;
+        let ident = conn.identify_system().await?;
+        Ok::<_, ReceiveError>((conn, ident))
+    };
+    let (mut conn, ident) = tokio::select! {
+        connected = connecting => connected?,
+        _ = crate::stream_loop::stop_requested(&mut shutdown) => return Ok(StopReason::Shutdown),
+    };
     if let Some(expected) = state.system_identifier {
         if expected != ident.system_identifier {
             return Err(ReceiveError::SystemIdentifierMismatch {
