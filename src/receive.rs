@@ -218,6 +218,7 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
         }
     };
     check_writable(target.dir()).map_err(exit::local)?;
+    let _one_writer = lock_writer_dir(target.dir())?;
     let owner = Owner::of_dir_if_root(target.dir());
 
     let apply_source = match &args.standby_conninfo {
@@ -469,6 +470,29 @@ pub(crate) fn server_directory(dir: &std::path::Path) -> Option<String> {
         return Some(format!("{} is a PostgreSQL server's pg_wal", dir.display()));
     }
     None
+}
+
+/// Makes this process the only walrelay writing WAL into `dir` (an archive, a spool, a standby's
+/// `pg_wal`) for as long as the returned lock lives: a second receiver there would race the
+/// first one's renames, compression and checksum list. A file system that cannot lock is warned
+/// about and used without the lock.
+pub(crate) fn lock_writer_dir(dir: &std::path::Path) -> Result<Option<walrelay_durable::DirLock>> {
+    use walrelay_durable::DirLockOutcome;
+    match walrelay_durable::lock_dir_exclusive(dir) {
+        Ok(DirLockOutcome::Locked(lock)) => Ok(Some(lock)),
+        Ok(DirLockOutcome::HeldElsewhere) => Err(exit::local(format!(
+            "another walrelay process is writing into {} (it holds the directory's lock): stop it first, or give this one a directory of its own; two writers in one directory race each other's files",
+            dir.display()
+        ))),
+        Ok(DirLockOutcome::Unsupported(e)) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot lock the directory (file system without flock); make sure no other walrelay writes into it");
+            Ok(None)
+        }
+        Err(e) => Err(exit::local(format!(
+            "cannot open {}: {e}; fix its path or permissions",
+            dir.display()
+        ))),
+    }
 }
 
 /// Why `dir` cannot be an archive directory, if it cannot.

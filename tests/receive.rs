@@ -845,6 +845,31 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         "receive connected for replication"
     );
 
+    // A second receiver into a directory a running one writes into: refused (exit 5), the first
+    // streams on; once it stops, the directory is free again.
+    let shared = new_dir(&primary, "shared");
+    let mut first = Walrelay::start(
+        "first receiver",
+        &receive_args(&["-d", conn.as_str(), "-D", path(&shared)]),
+    );
+    first.wait_log("starting WAL stream", poll::timeout());
+    let out = run(&["-D", path(&shared)]);
+    refused(
+        &out,
+        Some(exit_code::LOCAL),
+        &[path(&shared), "another walrelay process is writing into"],
+    );
+    first.assert_running();
+    first.signal(Signal::SIGTERM);
+    assert_eq!(
+        first.wait(poll::timeout()).code(),
+        Some(0),
+        "{}",
+        first.log()
+    );
+    let out = run(&["-D", path(&shared), "--endpos", "0/1", "--no-loop"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+
     // Options that do not go together, and a malformed LSN: refused before connecting.
     let empty = new_dir(&primary, "empty");
     let out = run(&["--create-slot"]);

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+mod dir_lock;
+pub use dir_lock::{lock_dir_exclusive, DirLock, DirLockOutcome};
+
 /// An IO error with the path and the action that failed.
 #[derive(Debug, Error)]
 #[error("{action} {path}: {source}")]
