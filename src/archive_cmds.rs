@@ -677,7 +677,7 @@ fn prune_blocking(args: &PruneArgs) -> Result<i32> {
             dir.display()
         )));
     }
-    if let Some(what) = crate::receive::server_directory(dir) {
+    if let Some(what) = crate::wal_dirs::server_directory(dir) {
         return Err(crate::exit::local(format!(
             "{what}: prune removes files of walrelay archives only; a server removes its own WAL at checkpoints (see wal_keep_size, max_slot_wal_keep_size and its replication slots)"
         )));

@@ -18,6 +18,7 @@ mod receive;
 mod serve;
 mod subset;
 mod usage;
+mod wal_dirs;
 mod wal_stream;
 
 use std::process::ExitCode;

@@ -21,6 +21,7 @@ use walrelay_walreceiver::{DiskTaskConfig, ReceiverConfig, ReceiverStats, StopRe
 use crate::archive_cmds::ArchiveArg;
 use crate::connect::ConnectionArgs;
 use crate::exit::{self, Classified};
+use crate::wal_dirs;
 
 /// Default `--status-interval`, as pg_receivewal.
 pub const DEFAULT_STATUS_INTERVAL_SECS: u64 = 10;
@@ -179,7 +180,7 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
                     "--spool is for archives in object storage (-D s3://…); a directory archive is written directly",
                 ));
             }
-            archive_dir_problem(dir).map_err(exit::local)?;
+            wal_dirs::archive_dir_problem(dir).map_err(exit::local)?;
             Target::Archive {
                 dir: dir.clone(),
                 compression: args.compress,
@@ -192,7 +193,7 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
                     "an archive in object storage ({url}) needs --spool DIR: a local directory where WAL is durable before it is acknowledged and uploaded"
                 )));
             };
-            archive_dir_problem(spool).map_err(exit::local)?;
+            wal_dirs::archive_dir_problem(spool).map_err(exit::local)?;
             store = Some(walrelay_store::open_store(url)?);
             Target::Archive {
                 dir: spool.clone(),
@@ -208,7 +209,7 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
                     pgdata.display()
                 )));
             }
-            not_a_recovering_data_directory(pgdata).map_err(exit::local)?;
+            wal_dirs::not_a_recovering_data_directory(pgdata).map_err(exit::local)?;
             Target::PgWal { pg_wal }
         }
         _ => {
@@ -217,8 +218,8 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
             ))
         }
     };
-    check_writable(target.dir()).map_err(exit::local)?;
-    let _one_writer = lock_writer_dir(target.dir())?;
+    wal_dirs::check_writable(target.dir()).map_err(exit::local)?;
+    let _one_writer = wal_dirs::lock_writer_dir(target.dir())?;
     let owner = Owner::of_dir_if_root(target.dir());
 
     let apply_source = match &args.standby_conninfo {
@@ -431,109 +432,6 @@ async fn refuse_standby_with_own_walreceiver(params: &ConnectParams) -> Result<(
         source: None,
     }
     .into())
-}
-
-/// `--pg-wal` feeds a server that replays from its `pg_wal`: a standby (`standby.signal`, or
-/// `recovery.conf` on 10 and 11) or a server in targeted recovery (`recovery.signal`). A data
-/// directory with none of them is a primary's, most likely the very primary walrelay streams
-/// from: writing its WAL back into the files that primary is writing would race it for its own
-/// WAL. Refused before anything is opened.
-fn not_a_recovering_data_directory(pgdata: &std::path::Path) -> std::result::Result<(), String> {
-    const RECOVERY_FILES: [&str; 3] = ["standby.signal", "recovery.signal", "recovery.conf"];
-    if RECOVERY_FILES.iter().any(|f| pgdata.join(f).exists()) {
-        return Ok(());
-    }
-    Err(format!(
-        "{} is not set up as a standby (no standby.signal, recovery.signal or recovery.conf), so it is a primary's data directory, possibly the one receive streams from: --pg-wal feeds a standby's pg_wal; to archive WAL use -D DIR, to feed a standby create its standby.signal (recovery.conf with standby_mode = on on 10 and 11) or bootstrap it with --sidecar",
-        pgdata.display()
-    ))
-}
-
-/// What `dir` is, if it is a PostgreSQL server's own: its data directory, or its `pg_wal` (an
-/// `archive_status/` inside, which no archive has, or the `pg_wal` of a data directory). Archives
-/// written or pruned there would race the server for its own WAL.
-pub(crate) fn server_directory(dir: &std::path::Path) -> Option<String> {
-    let is_data_dir =
-        |d: &std::path::Path| d.join("PG_VERSION").is_file() && d.join("global").is_dir();
-    if is_data_dir(dir) {
-        return Some(format!("{} is a PostgreSQL data directory", dir.display()));
-    }
-    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let in_data_dir = real.parent().filter(|p| {
-        is_data_dir(p)
-            && matches!(
-                real.file_name().and_then(|n| n.to_str()),
-                Some("pg_wal" | "pg_xlog")
-            )
-    });
-    if in_data_dir.is_some() || dir.join("archive_status").is_dir() {
-        return Some(format!("{} is a PostgreSQL server's pg_wal", dir.display()));
-    }
-    None
-}
-
-/// Makes this process the only walrelay writing WAL into `dir` (an archive, a spool, a standby's
-/// `pg_wal`) for as long as the returned lock lives: a second receiver there would race the
-/// first one's renames, compression and checksum list. A file system that cannot lock is warned
-/// about and used without the lock.
-pub(crate) fn lock_writer_dir(dir: &std::path::Path) -> Result<Option<walrelay_durable::DirLock>> {
-    use walrelay_durable::DirLockOutcome;
-    match walrelay_durable::lock_dir_exclusive(dir) {
-        Ok(DirLockOutcome::Locked(lock)) => Ok(Some(lock)),
-        Ok(DirLockOutcome::HeldElsewhere) => Err(exit::local(format!(
-            "another walrelay process is writing into {} (it holds the directory's lock): stop it first, or give this one a directory of its own; two writers in one directory race each other's files",
-            dir.display()
-        ))),
-        Ok(DirLockOutcome::Unsupported(e)) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot lock the directory (file system without flock); make sure no other walrelay writes into it");
-            Ok(None)
-        }
-        Err(e) => Err(exit::local(format!(
-            "cannot open {}: {e}; fix its path or permissions",
-            dir.display()
-        ))),
-    }
-}
-
-/// Why `dir` cannot be an archive directory, if it cannot.
-pub(crate) fn archive_dir_problem(dir: &std::path::Path) -> std::result::Result<(), String> {
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => match server_directory(dir) {
-            Some(what) => Err(format!(
-                "{what}: an archive needs a directory of its own (mkdir one); to feed a standby's pg_wal use --pg-wal PGDATA"
-            )),
-            None => Ok(()),
-        },
-        Ok(_) => Err(format!(
-            "archive directory {} is not a directory: pass a directory (walrelay creates its files inside)",
-            dir.display()
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
-            "archive directory {} does not exist: create it first (mkdir -p {})",
-            dir.display(),
-            dir.display()
-        )),
-        Err(e) => Err(format!(
-            "cannot use archive directory {}: {e}; fix its path or permissions",
-            dir.display()
-        )),
-    }
-}
-
-/// A directory we cannot write to is found now, not after connecting.
-///
-/// Asked of the kernel with the effective user's rights (`eaccess`), without creating anything:
-/// a probe file would appear for a moment in a live standby's `pg_wal`, where other tools walk
-/// the directory (a backup, a `chown -R`) and trip over a file that vanishes under them.
-fn check_writable(dir: &std::path::Path) -> std::result::Result<(), String> {
-    use nix::unistd::{eaccess, AccessFlags};
-    eaccess(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
-        format!(
-            "cannot write to {}: {}; fix its permissions or run as its owner",
-            dir.display(),
-            std::io::Error::from(e)
-        )
-    })
 }
 
 /// Runs the uploader; a definite error it stops on (a conflicting object, a damaged spool file,

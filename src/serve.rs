@@ -152,8 +152,8 @@ pub async fn run(args: ServeArgs) -> Result<i32> {
             }
         }
     }
-    crate::receive::archive_dir_problem(&dir).map_err(exit::local)?;
-    let _one_writer = crate::receive::lock_writer_dir(&dir)?;
+    crate::wal_dirs::archive_dir_problem(&dir).map_err(exit::local)?;
+    let _one_writer = crate::wal_dirs::lock_writer_dir(&dir)?;
     let resolved = args.conn.resolve()?;
     let params = resolved.params(ReplicationMode::Physical)?;
 
