@@ -49,8 +49,8 @@ pub(crate) fn server_directory(dir: &Path) -> Option<String> {
 
 /// Makes this process the only walrelay writing WAL into `dir` (an archive, a spool, a standby's
 /// `pg_wal`) for as long as the returned lock lives: a second receiver there would race the
-/// first one's renames, compression and checksum list. A file system that cannot lock is warned
-/// about and used without the lock.
+/// first one's renames, compression and checksum list. A lock that cannot be taken for another
+/// reason is warned about and the directory used without it.
 pub(crate) fn lock_writer_dir(dir: &Path) -> Result<Option<walrelay_durable::DirLock>> {
     use walrelay_durable::DirLockOutcome;
     match walrelay_durable::lock_dir_exclusive(dir) {
@@ -60,7 +60,7 @@ pub(crate) fn lock_writer_dir(dir: &Path) -> Result<Option<walrelay_durable::Dir
             dir.display()
         ))),
         Ok(DirLockOutcome::Unsupported(e)) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot lock the directory (file system without flock); make sure no other walrelay writes into it");
+            tracing::warn!(dir = %dir.display(), error = %e, "could not take the directory's writer lock; make sure no other walrelay writes into it");
             Ok(None)
         }
         Err(e) => Err(exit::local(format!(
