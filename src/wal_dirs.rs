@@ -64,7 +64,7 @@ pub(crate) fn lock_writer_dir(dir: &Path) -> Result<Option<walrelay_durable::Dir
             Ok(None)
         }
         Err(e) => Err(exit::local(format!(
-            "cannot open {}: {e}; fix its path or permissions",
+            "cannot look at {}: {e}; fix its path or permissions",
             dir.display()
         ))),
     }

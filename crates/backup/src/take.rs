@@ -28,11 +28,9 @@ use walrelay_basebackup::{
     complete_segments, verify_wal_ranges, BackupPhase, BackupProgress, BaseBackupStream,
     ExtractionGate, StartWal, WalRange, WalStreamHandle, WalStreamer,
 };
-use walrelay_client::{ConnectParams, Connection};
+use walrelay_client::{ClientError, ConnectParams, Connection};
 use walrelay_durable::{create_dir_all_durable, Owner};
-use walrelay_protocol::command::{
-    BaseBackupOptions, CheckpointMode, MAX_SUPPORTED_MAJOR, MIN_SUPPORTED_MAJOR,
-};
+use walrelay_protocol::command::{BaseBackupOptions, CheckpointMode};
 use walrelay_protocol::{WalFileName, WalSegmentSize};
 use walrelay_store::{put_new, ArchiveLocation, ObjectAttrs, PutIfAbsent, Stored};
 
@@ -105,28 +103,18 @@ pub async fn take_backup<C: Future<Output = ()>>(
         let mut conn = Connection::connect(&config.connect)
             .await
             .map_err(BackupJobError::Connect)?;
-        let version = conn.server_version();
-        if !(MIN_SUPPORTED_MAJOR..=MAX_SUPPORTED_MAJOR).contains(&version.major()) {
-            let shown = conn
-                .parameter("server_version")
-                .map_or_else(|| version.0.to_string(), str::to_string);
+        if let Some(version) = conn.unsupported_server_version() {
             conn.close().await;
-            return Err(BackupJobError::UnsupportedVersion(shown));
+            return Err(BackupJobError::UnsupportedVersion(version));
         }
         let ident = conn
             .identify_system()
             .await
-            .map_err(|source| BackupJobError::Command {
-                what: "IDENTIFY_SYSTEM",
-                source,
-            })?;
+            .map_err(command_error("IDENTIFY_SYSTEM"))?;
         let seg_size = conn
             .wal_segment_size()
             .await
-            .map_err(|source| BackupJobError::Command {
-                what: "SHOW wal_segment_size",
-                source,
-            })?;
+            .map_err(command_error("SHOW wal_segment_size"))?;
         let archive = OpenedArchive::open(&config.location, Some(ident.system_identifier)).await?;
         // A directory archive holds one cluster: its other backups say which.
         if archive.dir.is_some() {
@@ -191,6 +179,11 @@ pub async fn take_backup<C: Future<Output = ()>>(
             Err(e)
         }
     }
+}
+
+/// Maps a failed replication command to the job's error naming it.
+fn command_error(what: &'static str) -> impl FnOnce(ClientError) -> BackupJobError {
+    move |source| BackupJobError::Command { what, source }
 }
 
 /// Claims `label`: fails if anything is stored under it.

@@ -852,14 +852,11 @@ async fn run(
     let mut conn = Connection::connect(&config.connect)
         .await
         .map_err(connect_error)?;
-    let version = conn.server_version();
-    if !(MIN_SUPPORTED_MAJOR..=MAX_SUPPORTED_MAJOR).contains(&version.major()) {
-        let shown = conn
-            .parameter("server_version")
-            .map_or_else(|| version.0.to_string(), str::to_string);
+    if let Some(version) = conn.unsupported_server_version() {
         conn.close().await;
-        return Err(BootstrapError::UnsupportedVersion { version: shown });
+        return Err(BootstrapError::UnsupportedVersion { version });
     }
+    let version = conn.server_version();
     let ident = conn
         .identify_system()
         .await

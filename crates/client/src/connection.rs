@@ -730,6 +730,21 @@ impl Connection {
         self.parameters.get(name).map(String::as_str)
     }
 
+    /// The server's version as it names itself (`server_version`, e.g. `9.6.24`), when walrelay
+    /// does not support its major ([`walrelay_protocol::command::MIN_SUPPORTED_MAJOR`] to
+    /// [`walrelay_protocol::command::MAX_SUPPORTED_MAJOR`]); `None` for a supported server.
+    pub fn unsupported_server_version(&self) -> Option<String> {
+        use walrelay_protocol::command::{MAX_SUPPORTED_MAJOR, MIN_SUPPORTED_MAJOR};
+        let version = self.server_version;
+        if (MIN_SUPPORTED_MAJOR..=MAX_SUPPORTED_MAJOR).contains(&version.major()) {
+            return None;
+        }
+        Some(
+            self.parameter("server_version")
+                .map_or_else(|| version.0.to_string(), str::to_string),
+        )
+    }
+
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
