@@ -10,17 +10,20 @@
 //! | `conflicts_stop_skip_lsn_resumes_on_conflict_records_replica_identity_full` | `--replica-identity-full` says its cost at `--check` and sets FULL; a DELETE of one of two identical rows removes one, json matched by text; an INSERT conflict stops naming table, key, commit LSN and xid, `--skip-lsn` leaves that transaction out and records it; an UPDATE of a missing row stops, `--on-conflict skip` and `upsert` resolve and record each case; `status` counts them |
 //! | `a_big_transaction_is_streamed_spilled_and_applied_atomically` | protocol-2 streaming (`logical_decoding_work_mem` 64 kB): an aborted streamed transaction discarded, a rolled-back savepoint dropped, a `WALRELAY_SUBSET_BIG_ROWS` (default 200 000) row transaction never seen partly on the target, walrelay's peak RSS reported and under 100 MB, spill files removed |
 //! | `a_lost_slot_is_named_and_resync_all_copies_again` | a slot invalidated by `max_slot_wal_keep_size`, then one dropped: each stop names the slot, why, and `--resync-all`, which copies every table again under a new slot |
+//! | `a_full_target_disk_is_waited_out` | the target table's tablespace full (a 4 MB tmpfs) during a 6000-row transaction: retried with a growing delay, nothing of it on the target meanwhile, applied whole once the tmpfs is grown |
 //! | `a_failover_slot_survives_a_promotion` | PostgreSQL 17+ (the newest of `WALRELAY_PG_MAJORS` from 17, else skipped): `--failover` slot synced to a standby (`sync_replication_slots`), the primary crashes, the standby is promoted, `run` goes on there through the host list; every row equal |
 
 mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use walrelay_testkit::{matrix_includes, Cluster, Lsn, PgBench};
 
+use support::scratch_mount::Tmpfs;
 use support::walrelay_cmd::{self, subset_args as args, Walrelay};
 use support::{exit_code, poll};
 
@@ -1194,4 +1197,63 @@ fn a_lost_slot_is_named_and_resync_all_copies_again() {
         "{}",
         f.stdout
     );
+}
+
+/// A full disk on the target (the table's tablespace on a 4 MB tmpfs) while a transaction of
+/// 6000 rows — more statements than the apply pipeline leaves unanswered — is applied: the
+/// target's "could not extend file" is logged and retried with a growing delay, nothing of the
+/// transaction shows on the target meanwhile, and once there is room it is applied whole. Before,
+/// the error read early in the long batch confused the pipeline into a protocol violation and the
+/// run stopped.
+#[test]
+fn a_full_target_disk_is_waited_out() {
+    let src = source("subset-full-src", 15);
+    let tgt = target("subset-full-tgt", 15);
+    let mount_point = tgt.scratch_path("small-tablespace");
+    let owner = std::fs::metadata(tgt.data_dir()).expect("stat the data directory");
+    let ids = [
+        format!("uid={}", owner.uid()),
+        format!("gid={}", owner.gid()),
+    ];
+    // Dropped before the target (declared after it): a lazy unmount, then the cluster's cleanup.
+    let Some(small) = Tmpfs::mount(&mount_point, 4096, &[&ids[0], &ids[1]]) else {
+        eprintln!("a_full_target_disk_is_waited_out skipped: no tmpfs here");
+        return;
+    };
+    src.psql("CREATE TABLE wide (id int PRIMARY KEY, pad text NOT NULL)");
+    tgt.psql(&format!(
+        "CREATE TABLESPACE small LOCATION '{}';
+         CREATE TABLE wide (id int PRIMARY KEY, pad text NOT NULL) TABLESPACE small",
+        small.path().display()
+    ));
+    let mut w = Walrelay::start(
+        "subset-full",
+        &args("run", &src, &tgt, "full", &["-t", "public.wide", "-s", "1"]),
+    );
+    wait_streaming(&mut w);
+    // 6000 rows of 1000 bytes (pad not compressible by TOAST): 6 MB into 4.
+    src.psql(
+        "INSERT INTO wide SELECT g, string_agg(md5(g::text || r::text), '')
+           FROM generate_series(1, 6000) g, generate_series(1, 31) r GROUP BY g",
+    );
+    w.wait_log("No space left on device", poll::timeout());
+    w.wait_log("retry_in_secs=2", poll::timeout());
+    w.assert_running();
+    assert_eq!(tgt.psql("SELECT count(*) FROM wide"), "0", "{}", w.log());
+
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=65536k"])
+        .arg(small.path())
+        .status()
+        .expect("run mount");
+    assert!(grown.success(), "remount the tablespace's tmpfs larger");
+    wait_target(&tgt, &w, "SELECT count(*) FROM wide", "6000");
+    stop(&mut w);
+    assert_same_rows(&src, &tgt, &["public.wide"]);
+    let log = w.full_log();
+    assert!(
+        !log.contains("protocol violation"),
+        "the target's error was read as a protocol violation: {log}"
+    );
+    tgt.psql("DROP TABLE wide; DROP TABLESPACE small");
 }

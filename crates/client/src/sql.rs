@@ -219,6 +219,12 @@ impl Pipeline {
         sql: &str,
         params: impl IntoIterator<Item = Option<&'p [u8]>>,
     ) -> Result<()> {
+        if self.error.is_some() {
+            // An answer read early (a long batch) was an error: the server skips everything up
+            // to the Sync, so nothing is sent and nothing is awaited for this execution. `sync`
+            // returns the error.
+            return Ok(());
+        }
         let name = match self.statements.get(sql) {
             Some(n) => n.clone(),
             None => {

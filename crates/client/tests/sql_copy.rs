@@ -106,6 +106,34 @@ fn queries_pipelines_and_copy() {
             .unwrap();
         let b = p.sync().await.unwrap();
         assert_eq!((b.rows_affected, b.unmatched), (1, 0));
+
+        // An error among the answers read early in a long batch (more than the unread limit):
+        // the executions queued after it are neither sent nor awaited, and the Sync returns the
+        // server's error, not a confused pipeline.
+        p.execute("BEGIN", []).await.unwrap();
+        p.execute("INSERT INTO t (id) VALUES ($1)", [Some(&b"1"[..])])
+            .await
+            .unwrap();
+        for i in 10_001..=13_000 {
+            let id = i.to_string();
+            p.execute("INSERT INTO t (id) VALUES ($1)", [Some(id.as_bytes())])
+                .await
+                .unwrap();
+        }
+        p.execute("COMMIT", []).await.unwrap();
+        let e = p.sync().await.unwrap_err();
+        assert_eq!(e.sqlstate(), Some("23505"), "{e}");
+        p.connection().batch_execute("ROLLBACK").await.unwrap();
+        let b = p.sync().await.unwrap();
+        assert_eq!(b.executions, 0, "the failed batch left nothing behind");
+        p.execute(
+            "SELECT count(*) FROM t WHERE id > $1",
+            [Some(&b"10000"[..])],
+        )
+        .await
+        .unwrap();
+        let b = p.sync().await.unwrap();
+        assert_eq!(b.rows, [vec![Some(bytes::Bytes::from_static(b"0"))]]);
         let mut c = p.into_inner();
 
         // COPY out of one session into another table, in chunks that cut rows apart.

@@ -438,7 +438,7 @@ impl<'a> ApplyTask<'a> {
                 ..
             }) => format!("applying the source transaction {xid} (commit LSN {final_lsn})"),
             Some(g) => format!(
-                "applying {} source transaction(s) from commit LSN {} on",
+                "applying {} source transaction(s) from commit LSN {}",
                 g.transactions + u64::from(g.current.is_some()),
                 g.current
                     .map(|c| c.1)

@@ -196,9 +196,12 @@ impl SubsetError {
     }
 }
 
-/// SQLSTATEs of the target that a retry resolves: serialization failure, deadlock, lock not
-/// available.
-const RETRY_SQLSTATES: &[&str] = &["40001", "40P01", "55P03"];
+/// SQLSTATEs that a retry resolves: serialization failure, deadlock, lock not available — and
+/// what an operator resolves while walrelay waits, as a native subscription's apply worker does:
+/// a full disk or no memory on the target (the failed transaction is rolled back and applied again
+/// once there is room), a target made read-only (`default_transaction_read_only`, fenced during a
+/// switchover).
+const RETRY_SQLSTATES: &[&str] = &["40001", "40P01", "55P03", "53100", "53200", "25006"];
 
 impl Classify for SubsetError {
     fn class(&self) -> ErrorClass {
@@ -249,6 +252,12 @@ mod tests {
     fn classes() {
         let sql = |code| SubsetError::sql(Side::Target, "apply")(server(code));
         assert!(sql("40P01").is_retryable());
+        assert!(sql("53100").is_retryable(), "disk full on the target");
+        assert!(sql("25006").is_retryable(), "target read-only for a while");
+        assert!(
+            !sql("42P01").is_retryable(),
+            "a missing table stays missing"
+        );
         assert_eq!(sql("23505").class(), ErrorClass::ServerState);
         assert!(!sql("23505").is_retryable());
         assert!(sql("55006").is_retryable(), "slot in use");

@@ -84,8 +84,8 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, SubsetError> {
             });
         }
         let began = Instant::now();
-        let mut streamed = false;
-        let result = attempt(&cfg, &mut streamed, &mut retry).await;
+        let before = cfg.stats.snapshot();
+        let result = attempt(&cfg, &mut retry).await;
         cfg.stats.set_connected(false);
         let e = match result {
             Ok(SessionEnd::EndPosition(applied)) => {
@@ -109,7 +109,13 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, SubsetError> {
             Err(e) if cfg.reconnect && e.is_retryable() => e,
             Err(e) => return Err(e),
         };
-        if streamed || began.elapsed() > ATTEMPT_SUCCESS {
+        // Only progress resets the backoff: an attempt that streams and then fails on the same
+        // transaction again (a full disk on the target) waits longer each time instead of
+        // fetching that transaction from the source every second.
+        let after = cfg.stats.snapshot();
+        let progressed =
+            after.applied_lsn > before.applied_lsn || after.tables_synced > before.tables_synced;
+        if progressed || began.elapsed() > ATTEMPT_SUCCESS {
             backoff.reset();
         }
         let delay = backoff.next_delay();
@@ -136,11 +142,7 @@ struct Retry {
 
 /// One attempt: prepare, copy what is not copied, stream. A stop request before streaming drops
 /// the copies in flight (their target transactions roll back); the stream stops cleanly itself.
-async fn attempt(
-    cfg: &RunConfig,
-    streamed: &mut bool,
-    retry: &mut Retry,
-) -> Result<SessionEnd, SubsetError> {
+async fn attempt(cfg: &RunConfig, retry: &mut Retry) -> Result<SessionEnd, SubsetError> {
     cfg.stats.set_phase(Phase::Starting);
     let mut shutdown = cfg.shutdown.clone();
     // Connecting to the target may hang (a peer that never answers): a stop ends it at once.
@@ -159,7 +161,7 @@ async fn attempt(
         }
         retry.prepared = true;
     }
-    let result = stream::session(cfg, streamed, retry.precise_until).await;
+    let result = stream::session(cfg, retry.precise_until).await;
     lock.close().await;
     result
 }

@@ -69,12 +69,11 @@ pub(crate) enum Event {
     Keepalive(Lsn),
 }
 
-/// Runs one session to its end. `streamed` is set once the source accepted START_REPLICATION.
+/// Runs one session to its end.
 /// `precise_until`: the source transactions committing up to there are applied one statement at
 /// a time, to name a conflict found there by the previous session.
 pub(crate) async fn session(
     cfg: &RunConfig,
-    streamed: &mut bool,
     precise_until: Option<Lsn>,
 ) -> Result<SessionEnd, SubsetError> {
     let on_tgt = |what: &str| SubsetError::sql(Side::Target, what.to_string());
@@ -114,7 +113,6 @@ pub(crate) async fn session(
         source::ensure_failover(&mut src, &mut repl, &cfg.name.slot()).await?;
     }
     let streaming = start_streaming(cfg, &mut repl, start).await?;
-    *streamed = true;
     info!(slot = %cfg.name.slot(), start = %start, tables = tables.len(), streaming_large_transactions = streaming, "streaming");
     cfg.stats.set_phase(Phase::Streaming);
     cfg.stats.set_connected(true);
