@@ -11,6 +11,7 @@
 //! | `a_big_transaction_is_streamed_spilled_and_applied_atomically` | protocol-2 streaming (`logical_decoding_work_mem` 64 kB): an aborted streamed transaction discarded, a rolled-back savepoint dropped, a `WALRELAY_SUBSET_BIG_ROWS` (default 200 000) row transaction never seen partly on the target, walrelay's peak RSS reported and under 100 MB, spill files removed |
 //! | `a_lost_slot_is_named_and_resync_all_copies_again` | a slot invalidated by `max_slot_wal_keep_size`, then one dropped: each stop names the slot, why, and `--resync-all`, which copies every table again under a new slot |
 //! | `a_full_target_disk_is_waited_out` | the target table's tablespace full (a 4 MB tmpfs) during a 6000-row transaction: retried with a growing delay, nothing of it on the target meanwhile, applied whole once the tmpfs is grown |
+//! | `the_targets_idle_session_timeout_spares_walrelays_sessions` | a target database with `idle_session_timeout = 1s`: the lock and apply sessions outlive a quiet source, no reconnect |
 //! | `a_failover_slot_survives_a_promotion` | PostgreSQL 17+ (the newest of `WALRELAY_PG_MAJORS` from 17, else skipped): `--failover` slot synced to a standby (`sync_replication_slots`), the primary crashes, the standby is promoted, `run` goes on there through the host list; every row equal |
 
 mod support;
@@ -1256,4 +1257,38 @@ fn a_full_target_disk_is_waited_out() {
         "the target's error was read as a protocol violation: {log}"
     );
     tgt.psql("DROP TABLE wide; DROP TABLESPACE small");
+}
+
+/// A target database with `idle_session_timeout` (PostgreSQL 14+; `transaction_timeout`, 17+, is
+/// set off the same way): walrelay's sessions there — the one holding the subset's lock, the
+/// apply session — are not ended while the source is quiet. Before, both were ended after the
+/// timeout: the lock silently released (a second `run` could start) and the next transaction
+/// failed on a dead connection before a reconnect.
+#[test]
+fn the_targets_idle_session_timeout_spares_walrelays_sessions() {
+    let src = source("subset-idle-src", 15);
+    let tgt = target("subset-idle-tgt", 15);
+    src.psql("CREATE TABLE quiet (id int PRIMARY KEY, v text)");
+    tgt.psql("ALTER DATABASE postgres SET idle_session_timeout = '1s'");
+    let mut w = Walrelay::start(
+        "subset-idle",
+        &args(
+            "run",
+            &src,
+            &tgt,
+            "idle",
+            &["-t", "public.quiet", "-s", "1"],
+        ),
+    );
+    wait_streaming(&mut w);
+    let sessions = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'walrelay_idle'";
+    let before = number(&tgt, sessions);
+    assert!(before >= 2, "the lock and the apply session: {before}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(number(&tgt, sessions), before, "{}", w.log());
+    src.psql("INSERT INTO quiet VALUES (1, 'after a quiet while')");
+    wait_target(&tgt, &w, "SELECT count(*) FROM quiet", "1");
+    stop(&mut w);
+    let log = w.full_log();
+    assert!(!log.contains("trying again"), "a session was lost: {log}");
 }

@@ -118,7 +118,10 @@ impl Connection {
             for endpoint in &params.endpoints {
                 match Self::connect_endpoint(params, endpoint).await {
                     Ok(mut c) => match c.session_matches(wanted).await {
-                        Ok(true) => return Ok(c),
+                        Ok(true) => {
+                            c.apply_settings_since(params).await?;
+                            return Ok(c);
+                        }
                         Ok(false) => {
                             debug!(%endpoint, wanted = wanted.as_str(), "server does not match target_session_attrs");
                             c.close().await;
@@ -143,6 +146,24 @@ impl Connection {
         } else {
             Err(ClientError::AllHostsFailed(errors))
         }
+    }
+
+    /// [`ConnectParams::settings_since`] that this server knows, in one round trip.
+    async fn apply_settings_since(&mut self, params: &ConnectParams) -> Result<()> {
+        if params.replication != ReplicationMode::Off {
+            return Ok(());
+        }
+        let version = self.server_version().0;
+        let sql: String = params
+            .settings_since
+            .iter()
+            .filter(|s| version >= s.since)
+            .map(|s| format!("SET {} = '{}';", s.name, s.value.replace('\'', "''")))
+            .collect();
+        if !sql.is_empty() {
+            self.simple_query(&sql).await?;
+        }
+        Ok(())
     }
 
     /// Whether this server is of the kind `wanted`. PostgreSQL 14+ reports `in_hot_standby` at startup;

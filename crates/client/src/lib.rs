@@ -33,7 +33,7 @@ pub use connection::{message_name, Connection, QueryResult};
 pub use error::{bind_fix, ClientError, Result, ServerError};
 pub use params::{
     AuthMethod, ChannelBindingMode, ConnectParams, Endpoint, PasswordLookup, ReplicationMode,
-    RootCerts, Secret, SessionAttrs, SslMode, TlsParams,
+    RootCerts, Secret, SessionAttrs, SslMode, TlsParams, VersionedSetting,
 };
 pub use replication::{IdentifySystem, ReplicationSlotInfo, StartedReplication, TimelineSwitch};
 pub use resolve::{connect_params, DEFAULT_CONNECT_TIMEOUT};

@@ -140,6 +140,19 @@ pub struct ConnectParams {
     pub extra_startup: Vec<(String, String)>,
     /// Which kind of server is acceptable when several hosts are given (libpq `target_session_attrs`).
     pub target_session_attrs: SessionAttrs,
+    /// Settings made with `SET` once connected, each only on servers of at least its version
+    /// (`server_version_num`): parameters an older server does not know, which it would refuse
+    /// as startup parameters. Applied to SQL sessions ([`ReplicationMode::Off`]) only.
+    pub settings_since: Vec<VersionedSetting>,
+}
+
+/// A setting for [`ConnectParams::settings_since`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VersionedSetting {
+    /// The first `server_version_num` that knows the parameter (e.g. 170000).
+    pub since: u32,
+    pub name: &'static str,
+    pub value: &'static str,
 }
 
 /// libpq's `target_session_attrs`.
@@ -215,6 +228,7 @@ impl ConnectParams {
             allowed_auth: None,
             extra_startup: Vec::new(),
             target_session_attrs: SessionAttrs::Any,
+            settings_since: Vec::new(),
         }
     }
 }

@@ -163,6 +163,7 @@ pub fn connect_params(
         allowed_auth,
         extra_startup,
         target_session_attrs,
+        settings_since: Vec::new(),
     })
 }
 

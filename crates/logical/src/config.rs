@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use walrelay_client::{ConnectParams, ReplicationMode};
+use walrelay_client::{ConnectParams, ReplicationMode, VersionedSetting};
 use walrelay_protocol::Lsn;
 
 use crate::schema::{SubsetName, TableName};
@@ -101,6 +101,21 @@ const NO_TIMEOUTS: &[(&str, &str)] = &[
     ("lock_timeout", "0"),
     ("idle_in_transaction_session_timeout", "0"),
 ];
+/// The timeouts newer servers add, set once connected (an older server refuses them at startup):
+/// a database's `idle_session_timeout` would end the session holding the subset's lock and the
+/// apply session whenever the source is quiet; its `transaction_timeout` would end a long copy.
+const NO_NEWER_TIMEOUTS: &[VersionedSetting] = &[
+    VersionedSetting {
+        since: 140000,
+        name: "idle_session_timeout",
+        value: "0",
+    },
+    VersionedSetting {
+        since: 170000,
+        name: "transaction_timeout",
+        value: "0",
+    },
+];
 
 fn with_settings(
     p: &ConnectParams,
@@ -120,6 +135,10 @@ fn with_settings(
         p.extra_startup
             .retain(|(ek, _)| !ek.eq_ignore_ascii_case(k));
         p.extra_startup.push((k.to_string(), v.to_string()));
+    }
+    // A session without the old timeouts goes without the newer ones too.
+    if settings.contains(&NO_TIMEOUTS) {
+        p.settings_since.extend_from_slice(NO_NEWER_TIMEOUTS);
     }
     p
 }
