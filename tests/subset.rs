@@ -12,6 +12,7 @@
 //! | `a_lost_slot_is_named_and_resync_all_copies_again` | a slot invalidated by `max_slot_wal_keep_size`, then one dropped: each stop names the slot, why, and `--resync-all`, which copies every table again under a new slot |
 //! | `a_full_target_disk_is_waited_out` | the target table's tablespace full (a 4 MB tmpfs) during a 6000-row transaction: retried with a growing delay, nothing of it on the target meanwhile, applied whole once the tmpfs is grown |
 //! | `the_targets_idle_session_timeout_spares_walrelays_sessions` | a target database with `idle_session_timeout = 1s`: the lock and apply sessions outlive a quiet source, no reconnect |
+//! | `a_dropped_publication_stops_the_run_and_resync_all_recovers` | the subset's publication dropped while streaming (PostgreSQL 15: the source's error; 18: its "skipped loading publication" warning, a silent loss otherwise): the run stops naming it and `--resync-all`, nothing applied or confirmed past it; a plain rerun refused at preflight; `--resync-all` brings every row |
 //! | `a_failover_slot_survives_a_promotion` | PostgreSQL 17+ (the newest of `WALRELAY_PG_MAJORS` from 17, else skipped): `--failover` slot synced to a standby (`sync_replication_slots`), the primary crashes, the standby is promoted, `run` goes on there through the host list; every row equal |
 
 mod support;
@@ -1291,4 +1292,71 @@ fn the_targets_idle_session_timeout_spares_walrelays_sessions() {
     stop(&mut w);
     let log = w.full_log();
     assert!(!log.contains("trying again"), "a session was lost: {log}");
+}
+
+/// The subset's publication dropped on the source while `run` streams: PostgreSQL up to 17 ends
+/// the stream with "publication … does not exist"; 18 only warns ("skipped loading publication")
+/// and sends nothing for the changes that follow — a silent loss walrelay must not confirm. Both
+/// stop the run naming the publication and `--resync-all`, with the slot not confirmed past the
+/// last change applied; a plain rerun is refused at preflight (recreating the publication would
+/// not let the slot decode the changes made meanwhile); `--resync-all` brings every row back.
+/// PostgreSQL 15, and 18 when the version matrix lists it.
+#[test]
+fn a_dropped_publication_stops_the_run_and_resync_all_recovers() {
+    for major in [15, 18]
+        .into_iter()
+        .filter(|&m| m == 15 || matrix_includes(m))
+    {
+        let src = source(&format!("subset-pub-src-{major}"), major);
+        let tgt = target(&format!("subset-pub-tgt-{major}"), 15);
+        src.psql("CREATE TABLE p (id int PRIMARY KEY, v text)");
+        let mut w = Walrelay::start(
+            "subset-pub",
+            &args("run", &src, &tgt, "pub", &["-t", "public.p", "-s", "1"]),
+        );
+        wait_streaming(&mut w);
+        src.psql("INSERT INTO p VALUES (1, 'before')");
+        wait_target(&tgt, &w, "SELECT count(*) FROM p", "1");
+        src.psql("DROP PUBLICATION walrelay_pub");
+        let before_the_loss = src.current_wal_lsn();
+        src.psql("INSERT INTO p VALUES (2, 'after')");
+        let status = w.wait(poll::timeout());
+        let log = w.full_log();
+        assert_eq!(
+            status.code(),
+            Some(exit_code::SERVER_STATE),
+            "{major}: {log}"
+        );
+        let errors = walrelay_cmd::error_lines(&log);
+        assert_eq!(errors.len(), 1, "{major}: {log}");
+        for needle in ["publication walrelay_pub was dropped", "--resync-all"] {
+            assert!(
+                errors[0].contains(needle),
+                "{major}: {needle:?} not in {}",
+                errors[0]
+            );
+        }
+        assert_eq!(tgt.psql("SELECT count(*) FROM p"), "1", "{major}");
+        let confirmed = slot_confirmed(&src, "pub");
+        assert!(
+            confirmed.is_some_and(|c| c <= before_the_loss),
+            "{major}: the slot was confirmed to {confirmed:?}, past {before_the_loss} where the changes stopped coming"
+        );
+        src.psql("INSERT INTO p VALUES (3, 'later')");
+
+        run_stops(
+            &src,
+            &tgt,
+            "pub",
+            &[],
+            &["publication walrelay_pub", "missing", "--resync-all"],
+        );
+        assert_eq!(
+            slot_confirmed(&src, "pub"),
+            confirmed,
+            "{major}: a refused run moved the slot"
+        );
+        caught_up(&src, &tgt, "pub", &["--resync-all"], &["public.p"]);
+        assert_eq!(tgt.psql("SELECT count(*) FROM p"), "3", "{major}");
+    }
 }

@@ -72,6 +72,9 @@ fn problems_line(p: &[Problem]) -> String {
 /// How to go on once the slot lost what the target still needs.
 pub const SLOT_LOST_FIX: &str = "copy every table again with `walrelay subset run … --resync-all` (a new slot; each target table emptied and copied from its snapshot; the other settings kept), or drop the subset; where a standby may be promoted, give the slot --failover (PostgreSQL 17+) so that it survives";
 
+/// What to do once the subset's publication was dropped under its slot.
+pub const PUBLICATION_LOST_FIX: &str = "copy every table again with `walrelay subset run … --resync-all` (a new publication and slot; each target table emptied and copied from its snapshot; the other settings kept), or drop the subset";
+
 /// Which change found the target's rows not as the source's stream expects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConflictReport {
@@ -126,6 +129,8 @@ pub enum SubsetError {
     },
     #[error("replication slot {slot} is {why} on the source: the changes the target still needs are gone from it; {SLOT_LOST_FIX}")]
     SlotLost { slot: String, why: String },
+    #[error("publication {publication} was dropped on the source while the subset used it: the source cannot give the subset's changes made since ({how}); {PUBLICATION_LOST_FIX}")]
+    PublicationLost { publication: String, how: String },
     #[error("the source is another server (system identifier {found}; the subset was started from {expected}): point -d at the subset's source, or drop the subset and start again")]
     OtherSource { expected: String, found: String },
     #[error("the source sent a malformed replication message: {0}")]
@@ -219,6 +224,7 @@ impl Classify for SubsetError {
                 _ => source.class(),
             },
             SubsetError::SlotLost { .. }
+            | SubsetError::PublicationLost { .. }
             | SubsetError::OtherSource { .. }
             | SubsetError::Apply(_)
             | SubsetError::Conflict(_)

@@ -563,6 +563,20 @@ pub(crate) async fn preflight(
         &mut problems,
         &mut notes,
     );
+    // A subset that streamed has a publication from its first run on; gone (and the slot not),
+    // someone dropped it, and the slot cannot decode past that point with a publication created
+    // now (PostgreSQL 18 would even skip the changes silently).
+    if started
+        && !cfg.resync_all
+        && publication.is_none()
+        && slot.as_ref().is_some_and(|s| s.invalidation().is_none())
+    {
+        problems.push(problem(
+            Side::Source,
+            format!("publication {pub_name} of the subset is missing on the source (dropped while its slot was in use): the slot cannot give the changes made since without it"),
+            crate::error::PUBLICATION_LOST_FIX,
+        ));
+    }
     check_request(cfg, &names, state.as_ref(), &mut problems);
 
     let mut tables = Vec::new();

@@ -386,6 +386,7 @@ async fn network(
             }
             m = conn.read_message(), if pending.is_none() => {
                 let m = m.map_err(SubsetError::sql(Side::Source, "stream"))?;
+                publication_skipped(conn)?;
                 last_heard = Instant::now();
                 pending = Some(match m {
                     BackendMessage::CopyData(payload) => match ReplicationMessage::parse(&payload)? {
@@ -408,6 +409,12 @@ async fn network(
                     },
                     BackendMessage::CopyDone => return Err(SubsetError::StreamEnded),
                     BackendMessage::ErrorResponse(e) => {
+                        if e.code == "42704" && e.message.starts_with("publication ") {
+                            return Err(SubsetError::PublicationLost {
+                                publication: quoted_name(&e.message),
+                                how: format!("the source says: {}", e.message),
+                            });
+                        }
                         return Err(SubsetError::sql(Side::Source, "stream")(
                             walrelay_client::ClientError::server(e),
                         ))
@@ -424,6 +431,30 @@ async fn network(
             }
         }
     }
+}
+
+/// PostgreSQL 18's pgoutput no longer stops when the publication is missing at a point of the
+/// WAL: it warns ("skipped loading publication …") and sends nothing for the changes there. For
+/// the subset that is a silent loss, so the warning stops the stream before anything after it is
+/// applied or confirmed. (Only the subset's own publication is ever asked for.)
+fn publication_skipped(conn: &mut Connection) -> Result<(), SubsetError> {
+    for n in conn.take_notices() {
+        if n.message.starts_with("skipped loading publication") {
+            return Err(SubsetError::PublicationLost {
+                publication: quoted_name(&n.message),
+                how: format!("the source skips them: {}", n.message),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The quoted name in a server message about a publication (`publication "x" does not exist`).
+fn quoted_name(message: &str) -> String {
+    message
+        .split('"')
+        .nth(1)
+        .map_or_else(|| "of the subset".to_string(), str::to_string)
 }
 
 /// Reports the final position, ends the COPY and gives the source a moment to acknowledge.
