@@ -12,7 +12,7 @@
 //! | `a_lost_slot_is_named_and_resync_all_copies_again` | a slot invalidated by `max_slot_wal_keep_size`, then one dropped: each stop names the slot, why, and `--resync-all`, which copies every table again under a new slot |
 //! | `a_full_target_disk_is_waited_out` | the target table's tablespace full (a 4 MB tmpfs) during a 6000-row transaction: retried with a growing delay, nothing of it on the target meanwhile, applied whole once the tmpfs is grown |
 //! | `the_targets_idle_session_timeout_spares_walrelays_sessions` | a target database with `idle_session_timeout = 1s`: the lock and apply sessions outlive a quiet source, no reconnect |
-//! | `a_dropped_publication_stops_the_run_and_resync_all_recovers` | the subset's publication dropped while streaming (PostgreSQL 15: the source's error; 18: its "skipped loading publication" warning, a silent loss otherwise): the run stops naming it and `--resync-all`, nothing applied or confirmed past it; a plain rerun refused at preflight; `--resync-all` brings every row |
+//! | `a_dropped_publication_stops_the_run_and_resync_all_recovers` | the subset's publication dropped while streaming (PostgreSQL 15: the source's error; 18: its "skipped loading publication" warning, a silent loss otherwise): the run stops naming it and `--resync-all`, nothing applied or confirmed past it; a plain rerun refused at preflight; `--resync-all` brings every row; the table taken out of the publication by hand: the next run names it, `--resync` it brings its rows |
 //! | `a_failover_slot_survives_a_promotion` | PostgreSQL 17+ (the newest of `WALRELAY_PG_MAJORS` from 17, else skipped): `--failover` slot synced to a standby (`sync_replication_slots`), the primary crashes, the standby is promoted, `run` goes on there through the host list; every row equal |
 
 mod support;
@@ -1299,7 +1299,9 @@ fn the_targets_idle_session_timeout_spares_walrelays_sessions() {
 /// and sends nothing for the changes that follow — a silent loss walrelay must not confirm. Both
 /// stop the run naming the publication and `--resync-all`, with the slot not confirmed past the
 /// last change applied; a plain rerun is refused at preflight (recreating the publication would
-/// not let the slot decode the changes made meanwhile); `--resync-all` brings every row back.
+/// not let the slot decode the changes made meanwhile); `--resync-all` brings every row back. Then
+/// the table taken out of the publication by hand (no error, no warning from the source): the
+/// next run is refused naming `--resync` of it.
 /// PostgreSQL 15, and 18 when the version matrix lists it.
 #[test]
 fn a_dropped_publication_stops_the_run_and_resync_all_recovers() {
@@ -1358,5 +1360,21 @@ fn a_dropped_publication_stops_the_run_and_resync_all_recovers() {
         );
         caught_up(&src, &tgt, "pub", &["--resync-all"], &["public.p"]);
         assert_eq!(tgt.psql("SELECT count(*) FROM p"), "3", "{major}");
+
+        // The table taken out of the publication by hand: the source sends nothing for it and
+        // says nothing; the next run names it and `--resync` it.
+        src.psql("ALTER PUBLICATION walrelay_pub DROP TABLE p; INSERT INTO p VALUES (4, 'unsent')");
+        run_stops(
+            &src,
+            &tgt,
+            "pub",
+            &[],
+            &[
+                "public.p",
+                "taken out of publication walrelay_pub",
+                "--resync public.p",
+            ],
+        );
+        caught_up(&src, &tgt, "pub", &["--resync", "public.p"], &["public.p"]);
     }
 }

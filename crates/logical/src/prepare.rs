@@ -657,6 +657,20 @@ pub(crate) async fn preflight(
         }
         let resync =
             in_state.is_some() && (recreated || cfg.resync_all || cfg.resync.contains(name));
+        // walrelay publishes a table before copying it and keeps it published while it is in the
+        // subset: a copied table missing from the publication was taken out by hand, and the
+        // source sent none of its changes since (no error, no warning).
+        if publication.is_some()
+            && !published
+            && !resync
+            && in_state.is_some_and(TableState::is_synced)
+        {
+            problems.push(problem(
+                Side::Source,
+                format!("table {name} of the subset was taken out of publication {pub_name} on the source: its changes since were not sent"),
+                format!("copy it again with --resync {name} (or take it out of the subset: run with -t listing the tables to keep)"),
+            ));
+        }
         let target = catalog::read_table(tgt, name)
             .await
             .map_err(read_tgt(&format!("read table {name}")))?;
