@@ -2,13 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 use walrelay_archive::Compression;
 use walrelay_client::{ClientError, ConnectParams, Connection, ReplicationMode, ServerCondition};
 use walrelay_durable::Owner;
@@ -239,6 +240,10 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown_tx = Arc::new(shutdown_tx);
     spawn_signal_handler(shutdown_tx.clone());
+    let promoted = args
+        .pg_wal
+        .as_ref()
+        .map(|pgdata| watch_promotion(pgdata.clone(), shutdown_tx.clone()));
     let (_endpos_tx, endpos_rx) = watch::channel(args.endpos);
     let stats = Arc::new(ReceiverStats::default());
     let upload_stats = store.as_ref().map(|_| Arc::new(UploadStats::default()));
@@ -318,6 +323,23 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
     if let Err(e) = uploaded {
         return Err(anyhow::Error::new(e).context("uploading WAL to the archive stopped"));
     }
+    if let Some(pgdata) = args
+        .pg_wal
+        .as_ref()
+        .filter(|_| promoted.as_ref().is_some_and(|p| p.load(Ordering::SeqCst)))
+    {
+        let flushed = received.as_ref().map(|s| s.flushed.to_string()).ok();
+        return Err(Classified {
+            class: walrelay_client::ErrorClass::ServerState,
+            message: format!(
+                "the standby at {} was promoted (no standby.signal, recovery.signal or recovery.conf any more): it writes WAL of its own now, so receive --pg-wal stopped feeding it{}; to go on, feed another standby, or archive the old primary's WAL with -D DIR",
+                pgdata.display(),
+                flushed.map(|f| format!(" (WAL durable up to {f})")).unwrap_or_default()
+            ),
+            source: None,
+        }
+        .into());
+    }
     match received {
         Ok(summary) => {
             match summary.stop {
@@ -332,6 +354,32 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// How often a sidecar looks whether its standby was promoted.
+const PROMOTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A sidecar's standby may be promoted while walrelay feeds it (a failover): the server removes
+/// `standby.signal` (renames `recovery.conf` on 10 and 11) and writes WAL of its own timeline into
+/// the same `pg_wal`, where the old primary's WAL must not go on arriving (the server renames the
+/// segment walrelay is filling to `.partial` and may archive it). Looked at every second; once
+/// seen, a clean stop is asked for and the returned flag is set, so that `run` reports why.
+fn watch_promotion(pgdata: PathBuf, shutdown: Arc<watch::Sender<bool>>) -> Arc<AtomicBool> {
+    let promoted = Arc::new(AtomicBool::new(false));
+    let flag = promoted.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROMOTION_CHECK_INTERVAL);
+        loop {
+            tick.tick().await;
+            if wal_dirs::not_a_recovering_data_directory(&pgdata).is_err() {
+                flag.store(true, Ordering::SeqCst);
+                warn!(pgdata = %pgdata.display(), "the standby was promoted: no longer feeding its pg_wal");
+                let _ = shutdown.send(true);
+                return;
+            }
+        }
+    });
+    promoted
 }
 
 /// A failed `--create-slot` / `--drop-slot` in one line, with the fix; its class is the server's

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | [`under_pgbench_the_result_verifies_replays_and_dumps_identically`] | the main flow while pgbench writes; an empty 0755 target is made 0700 |
 //! | [`mapped_tablespace_and_created_slot`] | `-T` puts the files under the new path and the link there; `-S -C` slot is used by the standby and moves |
-//! | [`sidecar_feeds_a_standby_through_receive`] | `--sidecar` + `walrelay receive --pg-wal`: rows appear on the standby in seconds |
+//! | [`sidecar_feeds_a_standby_through_receive`] | `--sidecar` + `walrelay receive --pg-wal`: rows appear on the standby in seconds; the standby promoted: the sidecar stops feeding it (exit 4, one line) |
 //! | [`passwords_reach_primary_conninfo_only_when_typed`] | `PGPASSWORD` stays out of the data directory, `password=` in `-d` goes in (0600); a wrong password is refused without echo |
 //! | [`input_errors_leave_the_target_untouched`] | bad `-D`, `-T`, `-S`/`-C`, connection options: refused before connecting, target byte for byte as before |
 //! | [`read_only_target_is_refused`] | a read-only file system (root cannot write it either) |
@@ -340,7 +340,7 @@ fn mapped_tablespace_and_created_slot() {
 
 /// Issue "bootstrap" 4: `--sidecar -S s -C`, the standby started, `walrelay receive --pg-wal DIR -S
 /// s` feeding it; rows committed on the primary are visible on the standby within seconds, without
-/// a segment switch.
+/// a segment switch. Then the standby is promoted: the sidecar stops feeding it (exit 4).
 #[test]
 fn sidecar_feeds_a_standby_through_receive() {
     let primary = primary("bs-sidecar");
@@ -388,8 +388,20 @@ fn sidecar_feeds_a_standby_through_receive() {
     );
     // The slot follows what receive made durable.
     assert!(server::slot(&primary, "side").unwrap().active);
-    receive.signal(Signal::SIGTERM);
-    assert!(receive.wait(poll::timeout()).success(), "{}", receive.log());
+
+    // A failover: the standby is promoted while the old primary goes on. The sidecar stops
+    // feeding it (one line, exit 4) instead of writing the old primary's WAL into the pg_wal the
+    // new primary now writes its own timeline into.
+    let mut standby = standby;
+    standby.promote();
+    let stopped = receive.wait(poll::timeout());
+    let log = receive.full_log();
+    assert_eq!(stopped.code(), Some(exit_code::SERVER_STATE), "{log}");
+    let errors = support::walrelay_cmd::error_lines(&log);
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(errors[0].contains("was promoted"), "{}", errors[0]);
+    primary.psql("INSERT INTO side_t SELECT generate_series(1, 10); SELECT pg_switch_wal();");
+    assert_eq!(standby.psql("SELECT count(*) FROM side_t"), "1000");
 }
 
 /// Issue "bootstrap" 5 and the wrong-password case: a password from `PGPASSWORD` is used to connect
