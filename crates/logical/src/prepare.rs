@@ -508,6 +508,18 @@ pub(crate) async fn preflight(
         .await
         .map_err(read_tgt("read walrelay's state"))?;
     let names = desired_tables(cfg, src, state.as_ref()).await?;
+    let others = state::tables_of_other_subsets(tgt, &cfg.name)
+        .await
+        .map_err(read_tgt("read walrelay's state"))?;
+    for name in &names {
+        if let Some(other) = others.get(name) {
+            problems.push(problem(
+                Side::Target,
+                format!("table {name} on the target is written by subset {other} already: two subsets in one table undo each other (a copy or --resync of one empties the table)"),
+                format!("give this subset another target database (or leave {name} out), or add the table to subset {other} instead (walrelay subset run --name {other} -t …)"),
+            ));
+        }
+    }
     let pub_name = cfg.name.publication();
     let publication = source::publication(src, &pub_name)
         .await

@@ -270,6 +270,35 @@ pub async fn load_columns(
 }
 
 /// Reads a subset's state; `None` when the target holds nothing for it.
+/// The target tables other subsets write into: table → the first such subset's name.
+pub async fn tables_of_other_subsets(
+    conn: &mut Connection,
+    subset: &SubsetName,
+) -> Result<std::collections::BTreeMap<TableName, String>, ClientError> {
+    let mut out = std::collections::BTreeMap::new();
+    if !exists(conn).await? {
+        return Ok(out);
+    }
+    let r = conn
+        .query_params(
+            "SELECT schema_name, table_name, min(subset) AS subset \
+               FROM walrelay.subset_tables WHERE subset <> $1 \
+              GROUP BY schema_name, table_name",
+            &[Some(subset.as_str())],
+        )
+        .await?;
+    for i in 0..r.rows.len() {
+        out.insert(
+            TableName::new(
+                r.get(i, "schema_name").unwrap_or_default(),
+                r.get(i, "table_name").unwrap_or_default(),
+            ),
+            r.get(i, "subset").unwrap_or_default().to_string(),
+        );
+    }
+    Ok(out)
+}
+
 pub async fn load(
     conn: &mut Connection,
     subset: &SubsetName,
