@@ -13,6 +13,7 @@
 //! | `a_full_target_disk_is_waited_out` | the target table's tablespace full (a 4 MB tmpfs) during a 6000-row transaction: retried with a growing delay, nothing of it on the target meanwhile, applied whole once the tmpfs is grown |
 //! | `the_targets_idle_session_timeout_spares_walrelays_sessions` | a target database with `idle_session_timeout = 1s`: the lock and apply sessions outlive a quiet source, no reconnect |
 //! | `a_dropped_publication_stops_the_run_and_resync_all_recovers` | the subset's publication dropped while streaming (PostgreSQL 15: the source's error; 18: its "skipped loading publication" warning, a silent loss otherwise): the run stops naming it and `--resync-all`, nothing applied or confirmed past it; a plain rerun refused at preflight; `--resync-all` brings every row; the table taken out of the publication by hand: the next run names it, `--resync` it brings its rows |
+//! | `the_targets_foreign_keys_and_triggers_do_not_fire_for_replicated_rows` | target tables with a cascading foreign key and a trigger refusing every row: the copy (child before parent), a cascading delete and updates applied as a replica, every row equal |
 //! | `a_failover_slot_survives_a_promotion` | PostgreSQL 17+ (the newest of `WALRELAY_PG_MAJORS` from 17, else skipped): `--failover` slot synced to a standby (`sync_replication_slots`), the primary crashes, the standby is promoted, `run` goes on there through the host list; every row equal |
 
 mod support;
@@ -1395,4 +1396,48 @@ fn a_dropped_publication_stops_the_run_and_resync_all_recovers() {
         );
         caught_up(&src, &tgt, "pub", &["--resync", "public.p"], &["public.p"]);
     }
+}
+
+/// The target's own foreign keys and triggers, as an application adds them: walrelay writes as a
+/// replica (`session_replication_role = replica`, as PostgreSQL's apply worker does), so the copy
+/// may fill the child before its parent, a trigger that would refuse every row does not fire, and
+/// a cascading delete on the source — which arrives as the deletes it caused — is not cascaded
+/// a second time on the target. Before, the copy stopped on the foreign key.
+#[test]
+fn the_targets_foreign_keys_and_triggers_do_not_fire_for_replicated_rows() {
+    let src = source("subset-fk-src", 15);
+    let tgt = target("subset-fk-tgt", 15);
+    let ddl = "CREATE TABLE parent (id int PRIMARY KEY, v text);
+               CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent ON DELETE CASCADE, pad text);";
+    src.psql(ddl);
+    src.psql(
+        "INSERT INTO parent SELECT g, 'p' FROM generate_series(1, 10) g;
+         INSERT INTO child SELECT g, 1 + g % 10, repeat('c', 200) FROM generate_series(1, 20000) g;",
+    );
+    tgt.psql(ddl);
+    tgt.psql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'an application trigger fired'; END$$;
+         CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON child FOR EACH ROW EXECUTE PROCEDURE refuse();",
+    );
+    let mut w = Walrelay::start(
+        "subset-fk",
+        &args(
+            "run",
+            &src,
+            &tgt,
+            "fk",
+            &["-t", "public.parent", "-t", "public.child", "-s", "1"],
+        ),
+    );
+    wait_streaming(&mut w);
+    src.psql("DELETE FROM parent WHERE id = 1; UPDATE child SET pad = 'u' WHERE id = 2; INSERT INTO parent VALUES (11, 'new'); INSERT INTO child VALUES (20001, 11, 'x');");
+    wait_target(&tgt, &w, "SELECT count(*) FROM child", "18001");
+    stop(&mut w);
+    assert_same_rows(&src, &tgt, &["public.parent", "public.child"]);
+    let log = w.full_log();
+    assert!(!log.contains("trying again"), "{log}");
+    assert!(
+        !log.contains("session_replication_role"),
+        "a superuser may set it: {log}"
+    );
 }

@@ -58,6 +58,7 @@ mod stats;
 mod status;
 mod stream;
 mod sync;
+mod target_session;
 mod verify;
 
 pub use config::{

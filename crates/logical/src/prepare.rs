@@ -502,6 +502,14 @@ pub(crate) async fn preflight(
     check_source(&sf, &mut problems);
     check_server(Side::Target, &tf, "--target", &mut problems);
     check_not_the_source(&sf, &tf, &mut problems);
+    if !crate::target_session::replica_role(tgt)
+        .await
+        .map_err(read_tgt("set session_replication_role"))?
+    {
+        notes.push(crate::target_session::ordinary_role_note(&quote_ident(
+            &tf.user,
+        )));
+    }
     let target_version = ServerVersion(tf.version_num);
 
     let state = state::load(tgt, &cfg.name)

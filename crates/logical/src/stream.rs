@@ -77,9 +77,12 @@ pub(crate) async fn session(
     precise_until: Option<Lsn>,
 ) -> Result<SessionEnd, SubsetError> {
     let on_tgt = |what: &str| SubsetError::sql(Side::Target, what.to_string());
-    let tgt = Connection::connect(&cfg.target_apply())
+    let mut tgt = Connection::connect(&cfg.target_apply())
         .await
         .map_err(SubsetError::connect(Side::Target))?;
+    crate::target_session::replica_role(&mut tgt)
+        .await
+        .map_err(on_tgt("set session_replication_role"))?;
     let mut pipeline = Pipeline::new(tgt);
     let unknown = || SubsetError::UnknownSubset {
         name: cfg.name.to_string(),

@@ -6,7 +6,8 @@
 //!  source session 1..J ── BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT S ──► all hold S
 //!  replication conn closed (a temporary slot goes; the imported snapshots stay)
 //!  worker k: COPY t TO STDOUT (source, in S) ──► bounded channel ──► COPY t FROM STDIN (target)
-//!            target txn: TRUNCATE ONLY t; COPY … WITH (FREEZE); sequences; state 'synced' at C; COMMIT
+//!            target txn: TRUNCATE ONLY t; COPY … WITH (FREEZE) (DELETE and a plain COPY for a table a
+//!            foreign key references); sequences; state 'synced' at C; COMMIT
 //! ```
 //!
 //! **Sync points.** The snapshot holds exactly the transactions that committed before C, and the
@@ -183,9 +184,15 @@ async fn copy_tables(
         ))
         .await
         .map_err(SubsetError::sql(Side::Source, "import the copy's snapshot"))?;
-        let t = Connection::connect(&cfg.target_sql())
+        let mut t = Connection::connect(&cfg.target_sql())
             .await
             .map_err(SubsetError::connect(Side::Target))?;
+        crate::target_session::replica_role(&mut t)
+            .await
+            .map_err(SubsetError::sql(
+                Side::Target,
+                "set session_replication_role",
+            ))?;
         sessions.push((s, t));
     }
     repl.close().await;
@@ -266,12 +273,29 @@ async fn copy_table(
             ))
         })?;
     let cols = t.copy_column_list();
-    tgt.batch_execute(&format!("BEGIN; TRUNCATE ONLY {q}"))
+    // A table that another target table references by a foreign key cannot be truncated alone
+    // (and cascading would empty a table another copy may be filling): it is emptied with
+    // DELETE, which the replica session's foreign-key triggers ignore, and copied without FREEZE.
+    let referenced = tgt
+        .query_params(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint \
+                             WHERE contype = 'f' AND confrelid = $1::regclass \
+                               AND conrelid <> confrelid) AS referenced",
+            &[Some(q.as_str())],
+        )
         .await
-        .map_err(on_tgt("empty"))?;
-    // FREEZE: the rows are written frozen, as the table was emptied in this transaction; no
-    // later VACUUM has to rewrite every page of a freshly copied table.
-    tgt.copy_in(&format!("COPY {q} {cols} FROM STDIN WITH (FREEZE)"))
+        .map_err(on_tgt("look up foreign keys referencing"))?
+        .get(0, "referenced")
+        == Some("t");
+    let (empty, freeze) = if referenced {
+        (format!("BEGIN; DELETE FROM ONLY {q}"), "")
+    } else {
+        // FREEZE: the rows are written frozen, as the table was emptied in this transaction; no
+        // later VACUUM has to rewrite every page of a freshly copied table.
+        (format!("BEGIN; TRUNCATE ONLY {q}"), " WITH (FREEZE)")
+    };
+    tgt.batch_execute(&empty).await.map_err(on_tgt("empty"))?;
+    tgt.copy_in(&format!("COPY {q} {cols} FROM STDIN{freeze}"))
         .await
         .map_err(on_tgt("copy into"))?;
     src.copy_out(&format!("COPY {q} {cols} TO STDOUT"))
