@@ -1432,6 +1432,10 @@ fn the_targets_foreign_keys_and_triggers_do_not_fire_for_replicated_rows() {
     wait_streaming(&mut w);
     src.psql("DELETE FROM parent WHERE id = 1; UPDATE child SET pad = 'u' WHERE id = 2; INSERT INTO parent VALUES (11, 'new'); INSERT INTO child VALUES (20001, 11, 'x');");
     wait_target(&tgt, &w, "SELECT count(*) FROM child", "18001");
+    assert_same_rows(&src, &tgt, &["public.parent", "public.child"]);
+    // TRUNCATE … CASCADE on the source lists both tables: one TRUNCATE of both on the target.
+    src.psql("TRUNCATE parent CASCADE; INSERT INTO parent VALUES (12, 'after'); INSERT INTO child VALUES (1, 12, 'y');");
+    wait_target(&tgt, &w, "SELECT count(*) FROM child", "1");
     stop(&mut w);
     assert_same_rows(&src, &tgt, &["public.parent", "public.child"]);
     let log = w.full_log();
