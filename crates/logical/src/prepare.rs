@@ -502,10 +502,15 @@ pub(crate) async fn preflight(
     check_source(&sf, &mut problems);
     check_server(Side::Target, &tf, "--target", &mut problems);
     check_not_the_source(&sf, &tf, &mut problems);
-    if !crate::target_session::replica_role(tgt)
+    // Whether the copy and apply sessions will write as a replica (this session's DDL does not).
+    if crate::target_session::replica_role(tgt)
         .await
         .map_err(read_tgt("set session_replication_role"))?
     {
+        tgt.batch_execute("RESET session_replication_role")
+            .await
+            .map_err(read_tgt("reset session_replication_role"))?;
+    } else {
         notes.push(crate::target_session::ordinary_role_note(&quote_ident(
             &tf.user,
         )));
