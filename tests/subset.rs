@@ -12,7 +12,7 @@
 //! | `a_lost_slot_is_named_and_resync_all_copies_again` | a slot invalidated by `max_slot_wal_keep_size`, then one dropped: each stop names the slot, why, and `--resync-all`, which copies every table again under a new slot |
 //! | `a_full_target_disk_is_waited_out` | the target table's tablespace full (a 4 MB tmpfs) during a 6000-row transaction: retried with a growing delay, nothing of it on the target meanwhile, applied whole once the tmpfs is grown |
 //! | `the_targets_idle_session_timeout_spares_walrelays_sessions` | a target database with `idle_session_timeout = 1s`: the lock and apply sessions outlive a quiet source, no reconnect |
-//! | `a_dropped_publication_stops_the_run_and_resync_all_recovers` | the subset's publication dropped while streaming (PostgreSQL 15: the source's error; 18: its "skipped loading publication" warning, a silent loss otherwise): the run stops naming it and `--resync-all`, nothing applied or confirmed past it; a plain rerun refused at preflight; `--resync-all` brings every row; the table taken out of the publication by hand: the next run names it, `--resync` it brings its rows |
+//! | `a_dropped_publication_stops_the_run_and_resync_all_recovers` | the subset's publication dropped while streaming (PostgreSQL 15: the source's error; 18: its "skipped loading publication" warning, a silent loss otherwise): the run stops naming it and `--resync-all`, nothing applied or confirmed past it; a plain rerun refused at preflight; `--resync-all` brings every row; the table taken out of the publication by hand: the running subset stops naming it, so does the next run's preflight, `--resync` of it brings its rows |
 //! | `the_targets_foreign_keys_and_triggers_do_not_fire_for_replicated_rows` | target tables with a cascading foreign key and a trigger refusing every row: the copy (child before parent), a cascading delete and updates applied as a replica, every row equal |
 //! | `a_failover_slot_survives_a_promotion` | PostgreSQL 17+ (the newest of `WALRELAY_PG_MAJORS` from 17, else skipped): `--failover` slot synced to a standby (`sync_replication_slots`), the primary crashes, the standby is promoted, `run` goes on there through the host list; every row equal |
 
@@ -1381,8 +1381,30 @@ fn a_dropped_publication_stops_the_run_and_resync_all_recovers() {
         assert_eq!(tgt.psql("SELECT count(*) FROM p"), "3", "{major}");
 
         // The table taken out of the publication by hand: the source sends nothing for it and
-        // says nothing; the next run names it and `--resync` it.
+        // says nothing. The running subset notices within its check interval, the next run at
+        // preflight; `--resync` of it brings the rows.
+        let mut w = Walrelay::start(
+            "subset-pub-unpublished",
+            &args("run", &src, &tgt, "pub", &["-s", "1"]),
+        );
+        wait_streaming(&mut w);
         src.psql("ALTER PUBLICATION walrelay_pub DROP TABLE p; INSERT INTO p VALUES (4, 'unsent')");
+        let status = w.wait(poll::timeout());
+        let log = w.full_log();
+        assert_eq!(
+            status.code(),
+            Some(exit_code::SERVER_STATE),
+            "{major}: {log}"
+        );
+        let errors = walrelay_cmd::error_lines(&log);
+        assert!(
+            errors.len() == 1
+                && errors[0].contains(
+                    "table public.p of the subset was taken out of publication walrelay_pub"
+                )
+                && errors[0].contains("--resync public.p"),
+            "{major}: {log}"
+        );
         run_stops(
             &src,
             &tgt,

@@ -29,6 +29,7 @@ use crate::config::{OnConflict, RunConfig};
 use crate::error::{ConflictReport, Side, SubsetError};
 use crate::follow;
 use crate::progress::Progress;
+use crate::schema::TableName;
 use crate::sequences::{self, SequencePair};
 use crate::spool::Spool;
 use crate::state::UPDATE_PROGRESS;
@@ -56,6 +57,10 @@ struct Group {
     statements: u64,
     opened: Instant,
 }
+
+/// How often the apply looks whether the subset's publication still holds the subset's tables:
+/// taken out of it by hand, a table's changes stop coming without a word from the source.
+const PUBLICATION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A group commits once it holds this many source transactions…
 const GROUP_MAX_TRANSACTIONS: u64 = 1000;
@@ -105,11 +110,20 @@ pub(crate) struct ApplyTask<'a> {
     precise: bool,
     /// `--skip-lsn` was met (or passed, with a warning).
     skip_settled: bool,
+    /// The subset's tables (and their OIDs on the source, when known), which its publication
+    /// must hold.
+    published_tables: Vec<(TableName, Option<u32>)>,
+    last_publication_check: Instant,
 }
 
 impl<'a> ApplyTask<'a> {
     pub(crate) fn new(s: ApplySession<'a>) -> Self {
         let cfg = s.cfg;
+        let published_tables = s
+            .tables
+            .iter()
+            .map(|t| (t.name.clone(), t.source_oid))
+            .collect();
         ApplyTask {
             cfg,
             pipeline: s.pipeline,
@@ -135,6 +149,8 @@ impl<'a> ApplyTask<'a> {
             precise_until: s.precise_until,
             precise: false,
             skip_settled: cfg.skip_lsn.is_none(),
+            published_tables,
+            last_publication_check: Instant::now(),
         }
     }
 
@@ -383,7 +399,7 @@ impl<'a> ApplyTask<'a> {
                 .applier
                 .table_of(stmt.relid)
                 .cloned()
-                .unwrap_or_else(|| crate::schema::TableName::new("?", "?")),
+                .unwrap_or_else(|| TableName::new("?", "?")),
             change: stmt.kind.as_sql(),
             key: stmt.key.clone().unwrap_or_else(|| "(unknown)".into()),
             problem,
@@ -602,6 +618,9 @@ impl<'a> ApplyTask<'a> {
         if self.last_sequences.elapsed() >= self.cfg.sequence_interval {
             self.advance_sequences().await?;
         }
+        if self.last_publication_check.elapsed() >= PUBLICATION_CHECK_INTERVAL {
+            self.check_publication().await?;
+        }
         if self.progress.needs_flush_check() {
             let r = self
                 .pipeline
@@ -622,6 +641,50 @@ impl<'a> ApplyTask<'a> {
             }
         }
         self.publish();
+        Ok(())
+    }
+
+    /// Stops when the subset's publication is gone or no longer holds one of its tables: the
+    /// source sends nothing for what it does not publish (PostgreSQL 18 not even an error for a
+    /// dropped publication), so going on would confirm changes the target never got.
+    /// Tables are matched by OID: a table renamed on the source stays published (the stream
+    /// names the rename when its next change arrives).
+    async fn check_publication(&mut self) -> Result<(), SubsetError> {
+        self.last_publication_check = Instant::now();
+        let name = self.cfg.name.publication();
+        let r = self
+            .source
+            .query_params(
+                "SELECT p.puballtables AS all_tables, pr.prrelid::int8 AS relid \
+                   FROM pg_catalog.pg_publication p \
+                   LEFT JOIN pg_catalog.pg_publication_rel pr ON pr.prpubid = p.oid \
+                  WHERE p.pubname = $1",
+                &[Some(name.as_str())],
+            )
+            .await
+            .map_err(SubsetError::sql(Side::Source, "read the publication"))?;
+        if r.rows.is_empty() {
+            return Err(SubsetError::PublicationLost {
+                publication: name,
+                how: "it is gone from the source's catalog".into(),
+            });
+        }
+        if r.get(0, "all_tables") == Some("t") {
+            return Ok(());
+        }
+        let published: Vec<u32> = (0..r.rows.len())
+            .filter_map(|i| r.get(i, "relid").and_then(|v| v.parse().ok()))
+            .collect();
+        let missing = self
+            .published_tables
+            .iter()
+            .find(|(_, oid)| oid.is_some_and(|o| !published.contains(&o)));
+        if let Some((table, _)) = missing {
+            return Err(SubsetError::TableUnpublished {
+                table: table.clone(),
+                publication: name,
+            });
+        }
         Ok(())
     }
 

@@ -131,6 +131,11 @@ pub enum SubsetError {
     SlotLost { slot: String, why: String },
     #[error("publication {publication} was dropped on the source while the subset used it: the source cannot give the subset's changes made since ({how}); {PUBLICATION_LOST_FIX}")]
     PublicationLost { publication: String, how: String },
+    #[error("table {table} of the subset was taken out of publication {publication} on the source while the subset streamed: the source no longer sends its changes; copy it again with `walrelay subset run … --resync {table}`, or take it out of the subset (run with -t listing the tables to keep)")]
+    TableUnpublished {
+        table: TableName,
+        publication: String,
+    },
     #[error("the source is another server (system identifier {found}; the subset was started from {expected}): point -d at the subset's source, or drop the subset and start again")]
     OtherSource { expected: String, found: String },
     #[error("the source sent a malformed replication message: {0}")]
@@ -225,6 +230,7 @@ impl Classify for SubsetError {
             },
             SubsetError::SlotLost { .. }
             | SubsetError::PublicationLost { .. }
+            | SubsetError::TableUnpublished { .. }
             | SubsetError::OtherSource { .. }
             | SubsetError::Apply(_)
             | SubsetError::Conflict(_)
