@@ -13,6 +13,7 @@ mod demo;
 mod exit;
 mod logging;
 mod metrics;
+mod pg_conf;
 mod progress;
 mod receive;
 mod serve;

@@ -211,6 +211,16 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
                 )));
             }
             wal_dirs::not_a_recovering_data_directory(pgdata).map_err(exit::local)?;
+            if args.standby_conninfo.is_none() {
+                if let Some(message) = wal_dirs::standby_streams_by_itself(pgdata) {
+                    return Err(Classified {
+                        class: walrelay_client::ErrorClass::ServerState,
+                        message,
+                        source: None,
+                    }
+                    .into());
+                }
+            }
             Target::PgWal { pg_wal }
         }
         _ => {

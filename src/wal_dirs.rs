@@ -25,6 +25,37 @@ pub(crate) fn not_a_recovering_data_directory(pgdata: &Path) -> std::result::Res
     ))
 }
 
+/// Whether the standby in `pgdata` is set up to stream from a primary by itself: a non-empty
+/// `primary_conninfo` as the files in the data directory leave it (`postgresql.conf`, then
+/// `postgresql.auto.conf`, then `recovery.conf` on 10 and 11). Its walreceiver would write into
+/// the `pg_wal` that `--pg-wal` writes to whenever that runs dry. Best effort, for when
+/// `--standby-conninfo` cannot ask the server: an `include`, a configuration file kept outside the
+/// data directory or a command-line setting is not seen. The message, if so.
+pub(crate) fn standby_streams_by_itself(pgdata: &Path) -> Option<String> {
+    let mut setter = None;
+    for file in ["postgresql.conf", "postgresql.auto.conf", "recovery.conf"] {
+        let Ok(text) = std::fs::read_to_string(pgdata.join(file)) else {
+            continue;
+        };
+        if let Some(v) = crate::pg_conf::last_setting([text.as_str()], "primary_conninfo") {
+            setter = Some((file, v));
+        }
+    }
+    let (file, value) = setter?;
+    if value.trim().is_empty() {
+        return None;
+    }
+    let fix = if file == "recovery.conf" {
+        "remove primary_conninfo from its recovery.conf and restart it"
+    } else {
+        "clear it (ALTER SYSTEM SET primary_conninfo = ''; ALTER SYSTEM SET primary_slot_name = ''; then SELECT pg_reload_conf() on PostgreSQL 13+, a restart on 12)"
+    };
+    Some(format!(
+        "the standby in {} has primary_conninfo set ({file}), so it streams from the primary itself into the pg_wal that receive --pg-wal writes to, whenever that runs dry — {fix}, or bootstrap the standby with --sidecar",
+        pgdata.display()
+    ))
+}
+
 /// What `dir` is, if it is a PostgreSQL server's own: its data directory, or its `pg_wal` (an
 /// `archive_status/` inside, which no archive has, or the `pg_wal` of a data directory). Archives
 /// written or pruned there would race the server for its own WAL.

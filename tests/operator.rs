@@ -483,7 +483,7 @@ fn server_decided_exit_codes_per_command() {
 
 /// Item 8: a standby fed through its pg_wal must not stream from the primary itself; with
 /// --standby-conninfo walrelay asks it and refuses at once (exit 4) with the fix, instead of
-/// retrying "slot is active" for ever.
+/// retrying "slot is active" for ever; without it, the data directory's configuration files say.
 #[test]
 fn a_sidecar_standby_with_its_own_walreceiver_is_refused() {
     let primary = Cluster::builder().name("op-sidecar").fsync(false).start();
@@ -510,6 +510,22 @@ fn a_sidecar_standby_with_its_own_walreceiver_is_refused() {
         lines[0]
     );
     assert!(lines[0].contains("primary_conninfo"), "{}", lines[0]);
+
+    // Without --standby-conninfo: read from the data directory's own files (pg_basebackup -R
+    // wrote primary_conninfo into postgresql.auto.conf), refused the same way before connecting.
+    let out = walrelay_cmd::run(
+        &receive_args(&["-d", &primary.conninfo(), "--pg-wal", path(&dir)]),
+        poll::timeout(),
+    );
+    assert_eq!(out.code(), Some(exit_code::SERVER_STATE), "{out:?}");
+    let lines = out.error_lines();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert!(
+        lines[0].contains("has primary_conninfo set (postgresql.auto.conf)")
+            && lines[0].contains("ALTER SYSTEM SET primary_conninfo = ''"),
+        "{}",
+        lines[0]
+    );
 }
 
 /// Item 3: a tablespace whose directory is in the way (here the primary's own, on the same host,
