@@ -362,8 +362,8 @@ struct VerifyOutput<'a> {
     report: &'a VerifyReport,
 }
 
-/// Runs `walrelay verify`: 0 when the archive has no problems, 1 when it has, 2 when it could not
-/// be verified.
+/// Runs `walrelay verify`: 0 when the archive has no problems, 1 when it has (or holds no WAL at
+/// all), 2 when it could not be verified.
 pub async fn run_verify(args: VerifyArgs) -> Result<i32> {
     if let ArchiveLocation::Store(url) = args.directory.get()? {
         return verify_store_cmd(&args, url).await;
@@ -464,14 +464,27 @@ fn print_verify_report(
             "{skipped} segment boundaries were not followed (records too large to hold in memory); each segment was still checked on its own"
         ));
     }
-    if from == "default" {
+    // Nothing at all — no segment, no .partial, no history file — is not a healthy archive but
+    // the wrong -D, or a file system that is not mounted there: a check that always passes then
+    // would hide exactly that.
+    let empty = report
+        .timelines
+        .iter()
+        .all(|t| t.segments == 0 && t.history_file.is_none());
+    if empty {
+        report.notes.push(format!(
+            "no WAL in {}: nothing to verify — is -D the archive (and its file system mounted)?",
+            report.directory.display()
+        ));
+    } else if from == "default" {
         report
             .notes
             .push("no WAL segments: nothing to check but history files".to_string());
     }
+    let ok = report.is_ok() && !empty;
     if args.json {
         let out = VerifyOutput {
-            ok: report.is_ok(),
+            ok,
             content_check: if args.no_content { "none" } else { "wal" },
             wal_segment_size_from: from,
             boundaries_not_checked: skipped,
@@ -479,12 +492,12 @@ fn print_verify_report(
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print!("{}", human_verify_report(&report, !args.no_content));
+        print!("{}", human_verify_report(&report, !args.no_content, empty));
     }
-    Ok(if report.is_ok() { 0 } else { 1 })
+    Ok(if ok { 0 } else { 1 })
 }
 
-fn human_verify_report(r: &VerifyReport, content: bool) -> String {
+fn human_verify_report(r: &VerifyReport, content: bool, empty: bool) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -529,7 +542,9 @@ fn human_verify_report(r: &VerifyReport, content: bool) -> String {
     for n in &r.notes {
         let _ = writeln!(s, "  note: {n}");
     }
-    if r.problems.is_empty() {
+    if empty && r.problems.is_empty() {
+        s.push_str("FAILED: no WAL found\n");
+    } else if r.problems.is_empty() {
         s.push_str("OK: no problems found\n");
     } else {
         let _ = writeln!(s, "FAILED: {} problems", r.problems.len());

@@ -265,9 +265,15 @@ fn verify_bad_input() {
         assert_eq!(code(&o), 2, "{bad}");
         assert!(stderr(&o).contains("wal-segsize"), "{}", stderr(&o));
     }
-    // No segments to infer the size from: fine, nothing to check.
+    // No WAL at all (the wrong -D, a file system not mounted): not a passing check.
     let o = walrelay(&["verify", "-D", s(d.path())]);
-    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    assert!(stdout(&o).contains("no WAL in"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("FAILED: no WAL found"),
+        "{}",
+        stdout(&o)
+    );
     // Segments without any readable header and no size given.
     fs::write(d.path().join(SEG7), b"junk").unwrap();
     let o = walrelay(&["verify", "-D", s(d.path())]);
