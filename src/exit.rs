@@ -77,6 +77,17 @@ pub fn local(msg: impl Into<String>) -> anyhow::Error {
     LocalError(msg.into()).into()
 }
 
+/// A state of a server (or of the standby walrelay feeds) that the command cannot go on with, its
+/// message ready: exit [`SERVER_STATE`].
+pub fn server_state(msg: impl Into<String>) -> anyhow::Error {
+    Classified {
+        class: ErrorClass::ServerState,
+        message: msg.into(),
+        source: None,
+    }
+    .into()
+}
+
 /// An error whose class the command decided itself, with its message and cause.
 #[derive(Debug)]
 pub struct Classified {

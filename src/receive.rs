@@ -213,12 +213,7 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
             wal_dirs::not_a_recovering_data_directory(pgdata).map_err(exit::local)?;
             if args.standby_conninfo.is_none() {
                 if let Some(message) = wal_dirs::standby_streams_by_itself(pgdata) {
-                    return Err(Classified {
-                        class: walrelay_client::ErrorClass::ServerState,
-                        message,
-                        source: None,
-                    }
-                    .into());
+                    return Err(exit::server_state(message));
                 }
             }
             Target::PgWal { pg_wal }
@@ -333,22 +328,15 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
     if let Err(e) = uploaded {
         return Err(anyhow::Error::new(e).context("uploading WAL to the archive stopped"));
     }
-    if let Some(pgdata) = args
-        .pg_wal
-        .as_ref()
-        .filter(|_| promoted.as_ref().is_some_and(|p| p.load(Ordering::SeqCst)))
-    {
-        let flushed = received.as_ref().map(|s| s.flushed.to_string()).ok();
-        return Err(Classified {
-            class: walrelay_client::ErrorClass::ServerState,
-            message: format!(
+    if let (Some(pgdata), Some(promoted)) = (&args.pg_wal, &promoted) {
+        if promoted.load(Ordering::SeqCst) {
+            let flushed = received.as_ref().map(|s| s.flushed.to_string()).ok();
+            return Err(exit::server_state(format!(
                 "the standby at {} was promoted (no standby.signal, recovery.signal or recovery.conf any more): it writes WAL of its own now, so receive --pg-wal stopped feeding it{}; to go on, feed another standby, or archive the old primary's WAL with -D DIR",
                 pgdata.display(),
                 flushed.map(|f| format!(" (WAL durable up to {f})")).unwrap_or_default()
-            ),
-            source: None,
+            )));
         }
-        .into());
     }
     match received {
         Ok(summary) => {
@@ -482,14 +470,9 @@ async fn refuse_standby_with_own_walreceiver(params: &ConnectParams) -> Result<(
     } else {
         "remove primary_conninfo from the standby's recovery.conf and restart it, or bootstrap the standby with --sidecar"
     };
-    Err(Classified {
-        class: walrelay_client::ErrorClass::ServerState,
-        message: format!(
-            "the standby at {endpoint} {what}: it streams from the primary itself into the pg_wal that receive --pg-wal writes to — {fix}"
-        ),
-        source: None,
-    }
-    .into())
+    Err(exit::server_state(format!(
+        "the standby at {endpoint} {what}: it streams from the primary itself into the pg_wal that receive --pg-wal writes to — {fix}"
+    )))
 }
 
 /// Runs the uploader; a definite error it stops on (a conflicting object, a damaged spool file,

@@ -32,16 +32,14 @@ pub(crate) fn not_a_recovering_data_directory(pgdata: &Path) -> std::result::Res
 /// `--standby-conninfo` cannot ask the server: an `include`, a configuration file kept outside the
 /// data directory or a command-line setting is not seen. The message, if so.
 pub(crate) fn standby_streams_by_itself(pgdata: &Path) -> Option<String> {
-    let mut setter = None;
-    for file in ["postgresql.conf", "postgresql.auto.conf", "recovery.conf"] {
-        let Ok(text) = std::fs::read_to_string(pgdata.join(file)) else {
-            continue;
-        };
-        if let Some(v) = crate::pg_conf::last_setting([text.as_str()], "primary_conninfo") {
-            setter = Some((file, v));
-        }
-    }
-    let (file, value) = setter?;
+    let files: Vec<(&str, String)> = ["postgresql.conf", "postgresql.auto.conf", "recovery.conf"]
+        .into_iter()
+        .filter_map(|f| Some((f, std::fs::read_to_string(pgdata.join(f)).ok()?)))
+        .collect();
+    let (file, value) = crate::pg_conf::last_setting(
+        files.iter().map(|(f, text)| (*f, text.as_str())),
+        "primary_conninfo",
+    )?;
     if value.trim().is_empty() {
         return None;
     }

@@ -153,6 +153,24 @@ fn run_stops(src: &Cluster, tgt: &Cluster, name: &str, extra: &[&str], needles: 
     errors[0].to_string()
 }
 
+/// A running `run` (`w`) that must stop by itself with exit 4 and exactly one error line
+/// containing each of `needles`; the line. `case` names the situation in a failure.
+fn stops_while_running(w: &mut Walrelay, case: &str, needles: &[&str]) -> String {
+    let status = w.wait(poll::timeout());
+    let log = w.full_log();
+    assert_eq!(
+        status.code(),
+        Some(exit_code::SERVER_STATE),
+        "{case}: {log}"
+    );
+    let errors = walrelay_cmd::error_lines(&log);
+    assert_eq!(errors.len(), 1, "{case}: {log}");
+    for n in needles {
+        assert!(errors[0].contains(n), "{case}: {n:?} not in: {}", errors[0]);
+    }
+    errors[0].to_string()
+}
+
 /// `verify` while `run` (with the tables the subset has) keeps the target current.
 fn verify_green(src: &Cluster, tgt: &Cluster, name: &str) -> String {
     let mut w = Walrelay::start(
@@ -722,19 +740,10 @@ fn schema_changes_under_load_stops_resync_and_sequences_at_cut_over() {
     );
     wait_streaming(&mut w);
     src.psql("ALTER TABLE other RENAME TO other2; INSERT INTO other2 VALUES (1002, 'y')");
-    assert_eq!(
-        w.wait(poll::timeout()).code(),
-        Some(exit_code::SERVER_STATE),
-        "{}",
-        w.log()
-    );
-    let log = w.log();
-    let stop_line = walrelay_cmd::error_lines(&log);
-    assert!(
-        stop_line.len() == 1
-            && stop_line[0].contains("renamed to public.other2")
-            && stop_line[0].contains("-t public.other2"),
-        "{log}"
+    stops_while_running(
+        &mut w,
+        "rename",
+        &["renamed to public.other2", "-t public.other2"],
     );
     stops(&[
         "public.other",
@@ -1341,22 +1350,11 @@ fn a_dropped_publication_stops_the_run_and_resync_all_recovers() {
         src.psql("DROP PUBLICATION walrelay_pub");
         let before_the_loss = src.current_wal_lsn();
         src.psql("INSERT INTO p VALUES (2, 'after')");
-        let status = w.wait(poll::timeout());
-        let log = w.full_log();
-        assert_eq!(
-            status.code(),
-            Some(exit_code::SERVER_STATE),
-            "{major}: {log}"
+        stops_while_running(
+            &mut w,
+            &format!("{major}: publication dropped"),
+            &["publication walrelay_pub was dropped", "--resync-all"],
         );
-        let errors = walrelay_cmd::error_lines(&log);
-        assert_eq!(errors.len(), 1, "{major}: {log}");
-        for needle in ["publication walrelay_pub was dropped", "--resync-all"] {
-            assert!(
-                errors[0].contains(needle),
-                "{major}: {needle:?} not in {}",
-                errors[0]
-            );
-        }
         assert_eq!(tgt.psql("SELECT count(*) FROM p"), "1", "{major}");
         let confirmed = slot_confirmed(&src, "pub");
         assert!(
@@ -1389,21 +1387,13 @@ fn a_dropped_publication_stops_the_run_and_resync_all_recovers() {
         );
         wait_streaming(&mut w);
         src.psql("ALTER PUBLICATION walrelay_pub DROP TABLE p; INSERT INTO p VALUES (4, 'unsent')");
-        let status = w.wait(poll::timeout());
-        let log = w.full_log();
-        assert_eq!(
-            status.code(),
-            Some(exit_code::SERVER_STATE),
-            "{major}: {log}"
-        );
-        let errors = walrelay_cmd::error_lines(&log);
-        assert!(
-            errors.len() == 1
-                && errors[0].contains(
-                    "table public.p of the subset was taken out of publication walrelay_pub"
-                )
-                && errors[0].contains("--resync public.p"),
-            "{major}: {log}"
+        stops_while_running(
+            &mut w,
+            &format!("{major}: table taken out of the publication"),
+            &[
+                "table public.p of the subset was taken out of publication walrelay_pub",
+                "--resync public.p",
+            ],
         );
         run_stops(
             &src,

@@ -652,33 +652,22 @@ impl<'a> ApplyTask<'a> {
     async fn check_publication(&mut self) -> Result<(), SubsetError> {
         self.last_publication_check = Instant::now();
         let name = self.cfg.name.publication();
-        let r = self
-            .source
-            .query_params(
-                "SELECT p.puballtables AS all_tables, pr.prrelid::int8 AS relid \
-                   FROM pg_catalog.pg_publication p \
-                   LEFT JOIN pg_catalog.pg_publication_rel pr ON pr.prpubid = p.oid \
-                  WHERE p.pubname = $1",
-                &[Some(name.as_str())],
-            )
+        let Some(publication) = crate::source::publication(&mut self.source, &name)
             .await
-            .map_err(SubsetError::sql(Side::Source, "read the publication"))?;
-        if r.rows.is_empty() {
+            .map_err(SubsetError::sql(Side::Source, "read the publication"))?
+        else {
             return Err(SubsetError::PublicationLost {
                 publication: name,
                 how: "it is gone from the source's catalog".into(),
             });
-        }
-        if r.get(0, "all_tables") == Some("t") {
+        };
+        if publication.all_tables {
             return Ok(());
         }
-        let published: Vec<u32> = (0..r.rows.len())
-            .filter_map(|i| r.get(i, "relid").and_then(|v| v.parse().ok()))
-            .collect();
         let missing = self
             .published_tables
             .iter()
-            .find(|(_, oid)| oid.is_some_and(|o| !published.contains(&o)));
+            .find(|(_, oid)| oid.is_some_and(|o| !publication.table_oids.contains(&o)));
         if let Some((table, _)) = missing {
             return Err(SubsetError::TableUnpublished {
                 table: table.clone(),

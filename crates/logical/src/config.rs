@@ -136,10 +136,9 @@ fn with_settings(
             .retain(|(ek, _)| !ek.eq_ignore_ascii_case(k));
         p.extra_startup.push((k.to_string(), v.to_string()));
     }
-    // A session without the old timeouts goes without the newer ones too.
-    if settings.contains(&NO_TIMEOUTS) {
-        p.settings_since.extend_from_slice(NO_NEWER_TIMEOUTS);
-    }
+    // Sent to SQL sessions only (`Connection::connect` skips them in replication mode), which
+    // all go without the older timeouts too.
+    p.settings_since.extend_from_slice(NO_NEWER_TIMEOUTS);
     p
 }
 

@@ -177,11 +177,13 @@ pub async fn slot(conn: &mut Connection, name: &str) -> Result<Option<SlotInfo>,
     }))
 }
 
-/// A publication: whether it is `FOR ALL TABLES`, and its tables.
+/// A publication: whether it is `FOR ALL TABLES`, and its tables (names, and OIDs in the same
+/// order: a table renamed since is still the same table).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicationInfo {
     pub all_tables: bool,
     pub tables: Vec<TableName>,
+    pub table_oids: Vec<u32>,
 }
 
 pub async fn publication(
@@ -199,7 +201,7 @@ pub async fn publication(
     }
     let t = conn
         .query_params(
-            "SELECT n.nspname::text AS schema, c.relname::text AS name \
+            "SELECT n.nspname::text AS schema, c.relname::text AS name, c.oid::int8 AS oid \
                FROM pg_catalog.pg_publication_rel pr \
                JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid \
                JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid \
@@ -217,6 +219,9 @@ pub async fn publication(
                     t.get(i, "name").unwrap_or_default(),
                 )
             })
+            .collect(),
+        table_oids: (0..t.rows.len())
+            .filter_map(|i| t.get(i, "oid").and_then(|v| v.parse().ok()))
             .collect(),
     }))
 }

@@ -269,7 +269,6 @@ pub async fn load_columns(
     Ok(out)
 }
 
-/// Reads a subset's state; `None` when the target holds nothing for it.
 /// The target tables other subsets write into: table → the first such subset's name.
 pub async fn tables_of_other_subsets(
     conn: &mut Connection,
@@ -299,6 +298,7 @@ pub async fn tables_of_other_subsets(
     Ok(out)
 }
 
+/// Reads a subset's state; `None` when the target holds nothing for it.
 pub async fn load(
     conn: &mut Connection,
     subset: &SubsetName,

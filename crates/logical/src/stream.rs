@@ -38,7 +38,7 @@ use crate::schema::{quote_literal, Identity, SourceColumn, TableName, TableSchem
 use crate::sequences;
 use crate::source;
 use crate::state::{self, SubsetState};
-use crate::stats::{Count, Phase, SubsetStats};
+use crate::stats::{Count, Phase};
 
 /// Messages between the network and the apply task.
 const EVENTS_IN_FLIGHT: usize = 1024;
@@ -123,15 +123,7 @@ pub(crate) async fn session(
     let (tx, rx) = mpsc::channel(EVENTS_IN_FLIGHT);
     let (durable_tx, durable_rx) = watch::channel(Lsn::INVALID);
     let (done_tx, done_rx) = watch::channel(false);
-    let net = network(
-        &mut repl,
-        tx,
-        durable_rx,
-        done_rx,
-        start,
-        cfg.status_interval,
-        &cfg.stats,
-    );
+    let net = network(&mut repl, cfg, tx, durable_rx, done_rx, start);
     let apply = ApplyTask::new(ApplySession {
         cfg,
         pipeline: &mut pipeline,
@@ -325,13 +317,14 @@ async fn send_status(
 /// Cancellation-safe at each `select!` arm (reads are; a status update in flight is resent).
 async fn network(
     conn: &mut Connection,
+    cfg: &RunConfig,
     tx: mpsc::Sender<Event>,
     mut durable: watch::Receiver<Lsn>,
     mut done: watch::Receiver<bool>,
     start: Lsn,
-    status_interval: Duration,
-    stats: &SubsetStats,
 ) -> Result<(), SubsetError> {
+    let (status_interval, stats) = (cfg.status_interval, &cfg.stats);
+    let publication = cfg.name.publication();
     let mut decoder = PgOutputDecoder::new();
     let mut received = start;
     let mut reported = Lsn::INVALID;
@@ -389,7 +382,7 @@ async fn network(
             }
             m = conn.read_message(), if pending.is_none() => {
                 let m = m.map_err(SubsetError::sql(Side::Source, "stream"))?;
-                publication_skipped(conn)?;
+                publication_skipped(conn, &publication)?;
                 last_heard = Instant::now();
                 pending = Some(match m {
                     BackendMessage::CopyData(payload) => match ReplicationMessage::parse(&payload)? {
@@ -414,7 +407,7 @@ async fn network(
                     BackendMessage::ErrorResponse(e) => {
                         if e.code == "42704" && e.message.starts_with("publication ") {
                             return Err(SubsetError::PublicationLost {
-                                publication: quoted_name(&e.message),
+                                publication: publication.to_string(),
                                 how: format!("the source says: {}", e.message),
                             });
                         }
@@ -440,24 +433,16 @@ async fn network(
 /// WAL: it warns ("skipped loading publication …") and sends nothing for the changes there. For
 /// the subset that is a silent loss, so the warning stops the stream before anything after it is
 /// applied or confirmed. (Only the subset's own publication is ever asked for.)
-fn publication_skipped(conn: &mut Connection) -> Result<(), SubsetError> {
+fn publication_skipped(conn: &mut Connection, publication: &str) -> Result<(), SubsetError> {
     for n in conn.take_notices() {
         if n.message.starts_with("skipped loading publication") {
             return Err(SubsetError::PublicationLost {
-                publication: quoted_name(&n.message),
+                publication: publication.to_string(),
                 how: format!("the source skips them: {}", n.message),
             });
         }
     }
     Ok(())
-}
-
-/// The quoted name in a server message about a publication (`publication "x" does not exist`).
-fn quoted_name(message: &str) -> String {
-    message
-        .split('"')
-        .nth(1)
-        .map_or_else(|| "of the subset".to_string(), str::to_string)
 }
 
 /// Reports the final position, ends the COPY and gives the source a moment to acknowledge.
