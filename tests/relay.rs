@@ -580,3 +580,85 @@ fn a_relay_restarted_while_the_primary_is_down_serves_its_archive() {
     server::wait_streaming(&primary, RELAY_APP);
     relay.assert_healthy();
 }
+
+/// A relay pointed at itself would serve its archive and wait for WAL only it could produce. Its
+/// own listen address as the upstream is refused at the start; a loop through a second relay (A
+/// restarted to stream from B, which streams from A) is seen by the relay chain each reports, and
+/// one of the two stops with one line naming the loop.
+#[test]
+fn a_relay_streaming_from_itself_is_refused() {
+    let primary = primary("relay-loop", &["wal_keep_size = '64MB'"]);
+    let mut a = relay_for(&primary, &["--status-interval", "1"]);
+
+    // Its own address: refused before anything is served or written.
+    let port = support::relay::free_port();
+    let own_dir = primary.scratch_path("relay-own");
+    std::fs::create_dir_all(&own_dir).unwrap();
+    let own = support::walrelay_cmd::run(
+        &[
+            "serve".into(),
+            "-d".into(),
+            format!("host=localhost port={port} user=replicator"),
+            "-D".into(),
+            path(&own_dir).into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(own.code(), Some(2), "{}", own.stderr);
+    let lines = own.error_lines();
+    assert_eq!(lines.len(), 1, "{}", own.stderr);
+    assert!(
+        lines[0].contains("is this relay's own --listen address"),
+        "{}",
+        own.stderr
+    );
+    assert!(
+        wal_files::complete_segments(&own_dir, seg()).is_empty(),
+        "{}",
+        wal_files::listing(&own_dir)
+    );
+
+    // B streams from A; then A, restarted, streams from B: a loop of two.
+    let b_archive = primary.scratch_path("relay-loop-b");
+    let mut b = Relay::start(&a.conninfo("replicator", None), &b_archive, &[]);
+    server::insert_rows(&primary, "loop", 100);
+    primary.switch_wal();
+    poll::wait_until(
+        "relay B to archive what A serves",
+        || !wal_files::complete_segments(&b.archive, seg()).is_empty(),
+        || wal_files::listing(&b.archive),
+    );
+    a.w.kill9();
+    let mut a_again = support::walrelay_cmd::Walrelay::start(
+        "serve-a-from-b",
+        &[
+            "serve".into(),
+            "-d".into(),
+            b.conninfo("replicator", None),
+            "-D".into(),
+            path(&a.archive).into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", a.port),
+        ],
+    );
+    // Each relay's log is shown by its Drop should this fail.
+    let (status, stopped) = poll::wait_for(
+        "one relay of the loop to stop",
+        poll::timeout(),
+        Duration::from_millis(100),
+        || {
+            if let Some(s) = a_again.exited() {
+                Some((s, a_again.log()))
+            } else {
+                b.w.exited().map(|s| (s, b.w.log()))
+            }
+        },
+        || "both still run".to_string(),
+    );
+    let errors = support::walrelay_cmd::error_lines(&stopped);
+    assert_eq!(errors.len(), 1, "{stopped}");
+    assert!(errors[0].contains("is this relay itself"), "{stopped}");
+    assert_eq!(status.code(), Some(2), "{stopped}");
+}

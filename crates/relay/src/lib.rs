@@ -35,6 +35,7 @@ pub mod allow;
 pub mod buffer;
 pub mod config;
 pub mod downstreams;
+mod own_address;
 mod random;
 pub mod segment_reader;
 mod session;
@@ -57,18 +58,19 @@ use walrelay_archive::ArchiveDir;
 use walrelay_client::{Classify, ClientError, ErrorClass};
 use walrelay_protocol::Lsn;
 use walrelay_walreceiver::{
-    ReceiveError, ReceiveSummary, ReceiverConfig, StopReason, StreamTap, Target, TimelinePosition,
+    ReceiveError, ReceiveSummary, ReceiverConfig, RelayChain, StopReason, StreamTap, Target,
+    TimelinePosition,
 };
 
 pub use allow::{AllowList, Network};
 pub use config::{Auth, RelayConfig};
 pub use downstreams::{DownstreamSnapshot, DownstreamState, RelayStats};
-pub use session::RELAY_PARAMETER;
+pub use session::{RELAY_CHAIN_PARAMETER, RELAY_PARAMETER};
 pub use tls::ServerTls;
 pub use userlist::{UserList, UserListError};
 
 use crate::buffer::WalBuffer;
-use crate::shared::Shared;
+use crate::shared::{ChainView, Identity, Shared};
 use crate::slots::SlotRegistry;
 use crate::wal_feed::{BufferObserver, WalFeed};
 
@@ -139,6 +141,21 @@ pub async fn serve(
             "walrelay serve sends only validated WAL: validation cannot be turned off".into(),
         ));
     }
+    let own = own_address::endpoints_reaching(&engine.connect, config.listen).await;
+    if !own.is_empty() {
+        if own.len() == engine.connect.endpoints.len() {
+            return Err(RelayError::Config(format!(
+                "the upstream {} is this relay's own --listen address {}: point -d/-h at the primary (or at a relay upstream of this one)",
+                own.join(", "),
+                config.listen
+            )));
+        }
+        warn!(
+            hosts = %own.join(", "),
+            listen = %config.listen,
+            "the upstream host list holds this relay's own --listen address: a session that reaches it is ended and the list tried again"
+        );
+    }
     let mut stop = engine.shutdown.clone();
     let Some(upstream) = upstream::identify(&engine.connect, &dir, &mut stop).await? else {
         return Ok(ReceiveSummary {
@@ -173,11 +190,23 @@ pub async fn serve(
         engine.stats.clone(),
     ));
     let stats = config.stats.clone();
+    let mut mock_secret = [0u8; 32];
+    let mut token = [0u8; 8];
+    for buf in [&mut mock_secret[..], &mut token[..]] {
+        random::random_bytes(buf).map_err(|e| RelayError::Config(e.to_string()))?;
+    }
+    let own = token.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let (chain_tx, chain_rx) = watch::channel(String::new());
     let tap = StreamTap {
         observer: Arc::new(BufferObserver(buffer)),
         acknowledged: ack_tx,
         flush_cap: stats.flush_cap(),
         hot_standby_feedback: stats.hot_standby_feedback(),
+        chain: Some(RelayChain {
+            parameter: RELAY_CHAIN_PARAMETER,
+            own: own.clone(),
+            upstream: chain_tx,
+        }),
     };
 
     let listener = TcpListener::bind(config.listen)
@@ -190,8 +219,6 @@ pub async fn serve(
         addr: config.listen,
         source,
     })?;
-    let mut mock_secret = [0u8; 32];
-    random::random_bytes(&mut mock_secret).map_err(|e| RelayError::Config(e.to_string()))?;
     let (sessions_stop, sessions_stop_rx) = watch::channel(false);
     info!(
         listen = %local,
@@ -208,7 +235,13 @@ pub async fn serve(
         feed.clone(),
         slots,
         sessions_stop_rx,
-        mock_secret,
+        Identity {
+            mock_secret,
+            chain: ChainView {
+                own,
+                upstream: chain_rx,
+            },
+        },
     ));
     let accept = tokio::spawn(accept_loop(listener, shared.clone()));
     let lag = tokio::spawn(track_served(feed.subscribe(), stats.clone()));

@@ -29,7 +29,37 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Salts the mock SCRAM verifier of unknown users.
     pub mock_secret: [u8; 32],
+    /// This relay's token and its upstream's chain, reported to downstreams.
+    pub chain: ChainView,
     next_pid: AtomicI32,
+}
+
+/// What makes one run of a relay itself, drawn at its start.
+pub struct Identity {
+    pub mock_secret: [u8; 32],
+    pub chain: ChainView,
+}
+
+/// The relay's place in a chain of relays ([`walrelay_walreceiver::tap`]): its own token and
+/// the chain its upstream reported at the last connection.
+pub struct ChainView {
+    pub own: String,
+    pub upstream: watch::Receiver<String>,
+}
+
+/// Tokens reported at most: a longer chain (no one builds one) is cut, not grown without bound.
+const MAX_CHAIN: usize = 16;
+
+impl ChainView {
+    /// The chain a downstream is told: this relay, then its upstream's chain.
+    pub fn reported(&self) -> String {
+        let upstream = self.upstream.borrow();
+        std::iter::once(self.own.as_str())
+            .chain(upstream.split(',').filter(|t| !t.is_empty()))
+            .take(MAX_CHAIN)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 impl Shared {
@@ -40,7 +70,7 @@ impl Shared {
         feed: Arc<WalFeed>,
         slots: SlotRegistry,
         shutdown: watch::Receiver<bool>,
-        mock_secret: [u8; 32],
+        identity: Identity,
     ) -> Self {
         let stats = config.stats.clone();
         // Distinct, nonzero pids: clients name temporary slots after them (pg_basebackup_<pid>,
@@ -54,7 +84,8 @@ impl Shared {
             slots,
             stats,
             shutdown,
-            mock_secret,
+            mock_secret: identity.mock_secret,
+            chain: identity.chain,
             next_pid: AtomicI32::new(first.max(1)),
         }
     }
@@ -74,5 +105,30 @@ impl Shared {
                 Ordering::Relaxed,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reported_chain_is_the_relay_then_its_upstream_s_chain_cut_at_sixteen() {
+        let (tx, rx) = watch::channel(String::new());
+        let view = ChainView {
+            own: "aa".into(),
+            upstream: rx,
+        };
+        assert_eq!(view.reported(), "aa");
+        tx.send_replace("bb,cc".into());
+        assert_eq!(view.reported(), "aa,bb,cc");
+        let long = (0..40)
+            .map(|i| format!("t{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        tx.send_replace(long);
+        let reported = view.reported();
+        assert_eq!(reported.split(',').count(), MAX_CHAIN);
+        assert!(reported.starts_with("aa,t0,t1,"));
     }
 }

@@ -28,6 +28,10 @@ pub enum ReceiveError {
     InvalidWal(#[source] WalError),
     #[error("the server is a different cluster (system identifier {server}) than the WAL already received ({expected}); use a separate directory for each cluster")]
     SystemIdentifierMismatch { expected: u64, server: u64 },
+    /// A relay's upstream is the relay itself, directly or through relays pointed back at it.
+    /// With other hosts in the list (`other_hosts`) the next session tries them again.
+    #[error("the upstream {endpoint} is this relay itself (directly or through other relays streaming from it): point the relay at the primary or at a relay upstream of it")]
+    UpstreamIsThisRelay { endpoint: String, other_hosts: bool },
     /// The server no longer has WAL the stream needs.
     #[error("{}", WalRemovedText { slot: slot.as_deref(), error })]
     WalRemoved {
@@ -243,6 +247,15 @@ impl Classify for ReceiveError {
         match self {
             ReceiveError::Client(e) => e.class(),
             ReceiveError::ServerStopped | ReceiveError::ServerSilent(_) => ErrorClass::Transient,
+            // A host list may hold the primary again once it is back (relays listed as fallbacks
+            // of one another); a single host never will.
+            ReceiveError::UpstreamIsThisRelay { other_hosts, .. } => {
+                if *other_hosts {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Usage
+                }
+            }
             // The server is another cluster than the WAL already received: the server's state,
             // as with SystemIdentifierMismatch (the directory is left untouched either way).
             ReceiveError::Start(StartError::SystemIdentifierMismatch { .. }) => {

@@ -78,7 +78,7 @@ pub use start::{
     Layout, ScanFrom, StartError, StartOptions, StartReason, StdWalDir, StreamStart, WalDirReader,
 };
 pub use stats::{ReceiverStats, StatsSnapshot};
-pub use tap::{StreamTap, TimelinePosition, WalObserver};
+pub use tap::{RelayChain, StreamTap, TimelinePosition, WalObserver};
 pub use writer::{
     ArchiveStatusMarker, CompletedSegment, Destination, HookError, SegmentCompletion,
     SegmentWriter, WriterConfig, WriterError,

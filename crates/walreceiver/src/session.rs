@@ -114,6 +114,16 @@ pub(crate) async fn session(
         connected = connecting => connected?,
         _ = crate::stream_loop::stop_requested(&mut shutdown) => return Ok(StopReason::Shutdown),
     };
+    if let Some(chain) = state.tap.as_ref().and_then(|tap| tap.chain.as_ref()) {
+        let theirs = conn.parameter(chain.parameter).unwrap_or_default();
+        if chain.holds_self(theirs) {
+            return Err(ReceiveError::UpstreamIsThisRelay {
+                endpoint: conn.endpoint().to_string(),
+                other_hosts: cfg.connect.endpoints.len() > 1,
+            });
+        }
+        chain.upstream.send_replace(theirs.to_string());
+    }
     if let Some(expected) = state.system_identifier {
         if expected != ident.system_identifier {
             return Err(ReceiveError::SystemIdentifierMismatch {

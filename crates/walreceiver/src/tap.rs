@@ -24,6 +24,13 @@
 //! accepted what it could check so far and before the bytes go to the disk task. A session that
 //! reconnects starts again at a segment boundary, so the observer sees bytes it saw before (the
 //! same bytes: the server only ever sends WAL it flushed); it must tolerate overlap.
+//!
+//! # The chain of relays
+//! A relay reports, in a ParameterStatus of its own, a token of its own followed by its
+//! upstream's chain. At each connection the engine reads the upstream's chain: one that holds
+//! the relay's own token means the relay would stream from itself (directly, or through other
+//! relays pointed back at it), and the engine stops with a definite error instead of waiting for
+//! WAL that only it could produce.
 
 use std::sync::Arc;
 
@@ -63,6 +70,25 @@ pub struct StreamTap {
     /// Read by the engine: hot standby feedback to send upstream whenever it changes (and with
     /// every periodic status update); `None` sends nothing.
     pub hot_standby_feedback: watch::Receiver<Option<HotStandbyFeedback>>,
+    /// The relay's place in a chain of relays (see the module documentation); `None` checks nothing.
+    pub chain: Option<RelayChain>,
+}
+
+/// A relay's token and what it learns of its upstream's chain.
+pub struct RelayChain {
+    /// The ParameterStatus in which a relay reports its chain.
+    pub parameter: &'static str,
+    /// This relay's own token.
+    pub own: String,
+    /// Published by the engine at each connection: the upstream's chain ("" for a server).
+    pub upstream: watch::Sender<String>,
+}
+
+impl RelayChain {
+    /// Whether `upstream_chain` (as an upstream reported it) passes through this relay.
+    pub fn holds_self(&self, upstream_chain: &str) -> bool {
+        upstream_chain.split(',').any(|token| token == self.own)
+    }
 }
 
 impl StreamTap {
@@ -109,6 +135,7 @@ mod tests {
             acknowledged: tx,
             flush_cap: Some(cap_rx),
             hot_standby_feedback: hs_rx,
+            chain: None,
         };
         let at = |t, l| TimelinePosition {
             timeline: TimelineId(t),
@@ -124,5 +151,19 @@ mod tests {
         assert_eq!(*rx.borrow(), at(2, 50));
         assert_eq!(tap.cap(Lsn(700)), Lsn(500));
         assert_eq!(tap.cap(Lsn(300)), Lsn(300));
+    }
+
+    #[test]
+    fn a_chain_through_the_relay_is_seen() {
+        let (tx, _rx) = watch::channel(String::new());
+        let chain = RelayChain {
+            parameter: "walrelay_serve_chain",
+            own: "b2".into(),
+            upstream: tx,
+        };
+        assert!(chain.holds_self("b2"));
+        assert!(chain.holds_self("a1,b2,c3"));
+        assert!(!chain.holds_self(""));
+        assert!(!chain.holds_self("a1,b22,c3"));
     }
 }

@@ -19,7 +19,7 @@ mod io;
 mod startup;
 mod stream;
 
-pub use startup::RELAY_PARAMETER;
+pub use startup::{RELAY_CHAIN_PARAMETER, RELAY_PARAMETER};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -41,6 +41,10 @@ use crate::shared::Shared;
 /// The ParameterStatus that marks a relay: its value is walrelay's version.
 pub const RELAY_PARAMETER: &str = "walrelay_serve";
 
+/// The ParameterStatus that carries the relay's chain (its token, then its upstream's chain), by
+/// which a relay sees that it would stream from itself ([`walrelay_walreceiver::tap`]).
+pub const RELAY_CHAIN_PARAMETER: &str = "walrelay_serve_chain";
+
 /// What the client asked for in its startup packet.
 #[derive(Clone, Debug)]
 pub struct Startup {
@@ -363,6 +367,11 @@ async fn admit(
     // Tells walrelay's own tools (`walrelay check`) that a relay answers, not a server; libpq
     // keeps unknown parameters without a word.
     let _ = encode_parameter_status(RELAY_PARAMETER, env!("CARGO_PKG_VERSION"), &mut io.tx.out);
+    let _ = encode_parameter_status(
+        RELAY_CHAIN_PARAMETER,
+        &shared.chain.reported(),
+        &mut io.tx.out,
+    );
     let mut key = [0u8; 4];
     random_bytes(&mut key).map_err(|_| Refused::Quietly)?;
     let _ = encode_backend_key_data(pid, &key, &mut io.tx.out);
