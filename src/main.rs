@@ -17,6 +17,7 @@ mod pg_conf;
 mod progress;
 mod receive;
 mod serve;
+mod standby_conf;
 mod subset;
 mod usage;
 mod wal_dirs;

@@ -1,26 +1,59 @@
-//! Reading one setting out of PostgreSQL configuration files' text, as the server's own parser
-//! (guc-file.l) reads each line: `name [=] value`, the name case-insensitive, the value a bare
-//! word or a single-quoted string (`''` or `\'` for a quote), `#` starting a comment; a later line
-//! overrides an earlier one. `include` directives are not followed. No IO.
+//! Reading PostgreSQL configuration files' text as the server's own parser (guc-file.l) reads each
+//! line: `name [=] value`, the name case-insensitive, the value a bare word or a single-quoted
+//! string (`''` or `\'` for a quote), `#` starting a comment; a later line overrides an earlier
+//! one. `include`, `include_if_exists` and `include_dir` come out as lines like any other, for the
+//! caller to follow; and `postmaster.opts`, the command line a server last started with, whose
+//! `-c name=value` settings override every file. No IO.
 
-/// The value `name` gets from `files` — `(file name, text)` read in order, later files
-/// overriding earlier ones, as `postgresql.auto.conf` overrides `postgresql.conf` — and the file
-/// that set it; `None` if no line sets it.
-pub(crate) fn last_setting<'a>(
-    files: impl IntoIterator<Item = (&'a str, &'a str)>,
-    name: &str,
-) -> Option<(&'a str, String)> {
-    let mut value = None;
-    for (file, text) in files {
-        for line in text.lines() {
-            if let Some((n, v)) = parse_line(line) {
-                if n.eq_ignore_ascii_case(name) {
-                    value = Some((file, v));
-                }
-            }
+/// The settings of one configuration file's text, in order: `(name, value)`.
+pub(crate) fn settings(text: &str) -> impl Iterator<Item = (&str, String)> {
+    text.lines().filter_map(parse_line)
+}
+
+/// The directives that bring in other files, as guc-file.l names them.
+pub(crate) enum Include {
+    /// `include 'file'` or `include_if_exists 'file'` (a file that is missing adds nothing
+    /// either way: the server would not start without an `include`d one).
+    File(String),
+    /// `include_dir 'dir'`: its `*.conf` files, in name order.
+    Dir(String),
+}
+
+impl Include {
+    /// The include a setting line is, if it is one.
+    pub(crate) fn of(name: &str, value: &str) -> Option<Include> {
+        let path = value.to_string();
+        match name.to_ascii_lowercase().as_str() {
+            "include" | "include_if_exists" => Some(Include::File(path)),
+            "include_dir" => Some(Include::Dir(path)),
+            _ => None,
         }
     }
-    value
+}
+
+/// The settings given on the command line a server last started with, as `postmaster.opts` keeps
+/// it: the program, then each argument in double quotes (`"-D" "/data" "-c" "port=5433"`).
+/// `-c name=value`, `-cname=value` and `--name=value` (dashes in the name read as underscores).
+pub(crate) fn command_line_settings(opts: &str) -> Vec<(String, String)> {
+    let args: Vec<&str> = opts.split('"').skip(1).step_by(2).collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i];
+        let setting = if arg == "-c" {
+            i += 1;
+            args.get(i).copied()
+        } else if let Some(rest) = arg.strip_prefix("-c") {
+            Some(rest)
+        } else {
+            arg.strip_prefix("--")
+        };
+        if let Some((name, value)) = setting.and_then(|s| s.split_once('=')) {
+            out.push((name.replace('-', "_"), value.to_string()));
+        }
+        i += 1;
+    }
+    out
 }
 
 /// `(name, value)` of a setting line; `None` for blank lines, comments and what is not a setting.
@@ -66,6 +99,20 @@ fn parse_line(line: &str) -> Option<(&str, String)> {
 mod tests {
     use super::*;
 
+    /// The last value `name` gets from `files` in order, and the file that set it.
+    fn last_setting<'a>(
+        files: impl IntoIterator<Item = (&'a str, &'a str)>,
+        name: &str,
+    ) -> Option<(&'a str, String)> {
+        files.into_iter().fold(None, |found, (file, text)| {
+            settings(text)
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .last()
+                .map(|(_, v)| (file, v))
+                .or(found)
+        })
+    }
+
     fn value<'a>(
         files: impl IntoIterator<Item = (&'a str, &'a str)>,
         name: &str,
@@ -101,5 +148,36 @@ mod tests {
         assert_eq!(value([text], "c").as_deref(), Some("word"));
         assert_eq!(value([text], "d"), None);
         assert_eq!(value([text], "e").as_deref(), Some("x y"));
+    }
+
+    #[test]
+    fn include_directives_are_named() {
+        let text =
+            "include 'a.conf'\ninclude_if_exists = '/etc/b.conf'\nINCLUDE_DIR 'conf.d'\nport = 1\n";
+        let found: Vec<String> = settings(text)
+            .filter_map(|(n, v)| Include::of(n, &v))
+            .map(|i| match i {
+                Include::File(path) => format!("file {path}"),
+                Include::Dir(path) => format!("dir {path}"),
+            })
+            .collect();
+        assert_eq!(found, ["file a.conf", "file /etc/b.conf", "dir conf.d"]);
+    }
+
+    #[test]
+    fn the_command_line_of_postmaster_opts() {
+        let opts = "/usr/lib/postgresql/15/bin/postgres \"-D\" \"/var/lib/postgresql/15/main\" \"-c\" \"config_file=/etc/postgresql/15/main/postgresql.conf\" \"-cprimary_conninfo=host=a port=5\" \"--hot-standby=on\" \"-p\" \"5433\"\n";
+        assert_eq!(
+            command_line_settings(opts),
+            [
+                (
+                    "config_file".to_string(),
+                    "/etc/postgresql/15/main/postgresql.conf".to_string()
+                ),
+                ("primary_conninfo".to_string(), "host=a port=5".to_string()),
+                ("hot_standby".to_string(), "on".to_string()),
+            ]
+        );
+        assert!(command_line_settings("/usr/bin/postgres\n").is_empty());
     }
 }

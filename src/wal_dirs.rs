@@ -26,31 +26,26 @@ pub(crate) fn not_a_recovering_data_directory(pgdata: &Path) -> std::result::Res
 }
 
 /// Whether the standby in `pgdata` is set up to stream from a primary by itself: a non-empty
-/// `primary_conninfo` as the files in the data directory leave it (`postgresql.conf`, then
-/// `postgresql.auto.conf`, then `recovery.conf` on 10 and 11). Its walreceiver would write into
-/// the `pg_wal` that `--pg-wal` writes to whenever that runs dry. Best effort, for when
-/// `--standby-conninfo` cannot ask the server: an `include`, a configuration file kept outside the
-/// data directory or a command-line setting is not seen. The message, if so.
+/// `primary_conninfo` as its configuration leaves it ([`crate::standby_conf`]: the configuration
+/// file with its includes, `postgresql.auto.conf`, `recovery.conf` on 10 and 11, the command
+/// line it last started with). Its walreceiver would write into the `pg_wal` that `--pg-wal`
+/// writes to whenever that runs dry. For when `--standby-conninfo` cannot ask the server; a
+/// command line changed since its last start is not seen. The message, if so.
 pub(crate) fn standby_streams_by_itself(pgdata: &Path) -> Option<String> {
-    let files: Vec<(&str, String)> = ["postgresql.conf", "postgresql.auto.conf", "recovery.conf"]
-        .into_iter()
-        .filter_map(|f| Some((f, std::fs::read_to_string(pgdata.join(f)).ok()?)))
-        .collect();
-    let (file, value) = crate::pg_conf::last_setting(
-        files.iter().map(|(f, text)| (*f, text.as_str())),
-        "primary_conninfo",
-    )?;
-    if value.trim().is_empty() {
+    let settings = crate::standby_conf::read(pgdata);
+    let set = crate::standby_conf::last(&settings, "primary_conninfo")?;
+    if set.value.trim().is_empty() {
         return None;
     }
-    let fix = if file == "recovery.conf" {
+    let fix = if set.origin == "recovery.conf" {
         "remove primary_conninfo from its recovery.conf and restart it"
     } else {
         "clear it (ALTER SYSTEM SET primary_conninfo = ''; ALTER SYSTEM SET primary_slot_name = ''; then SELECT pg_reload_conf() on PostgreSQL 13+, a restart on 12)"
     };
     Some(format!(
-        "the standby in {} has primary_conninfo set ({file}), so it streams from the primary itself into the pg_wal that receive --pg-wal writes to, whenever that runs dry — {fix}, or bootstrap the standby with --sidecar",
-        pgdata.display()
+        "the standby in {} has primary_conninfo set ({}), so it streams from the primary itself into the pg_wal that receive --pg-wal writes to, whenever that runs dry — {fix}, or bootstrap the standby with --sidecar",
+        pgdata.display(),
+        set.origin
     ))
 }
 

@@ -526,6 +526,53 @@ fn a_sidecar_standby_with_its_own_walreceiver_is_refused() {
         "{}",
         lines[0]
     );
+
+    // Set where only the server's own way of reading its configuration finds it: a file of an
+    // include_dir, then the command line it started with (postmaster.opts).
+    let sidecar_refusal = |origin: &str| {
+        let out = walrelay_cmd::run(
+            &receive_args(&["-d", &primary.conninfo(), "--pg-wal", path(&dir)]),
+            poll::timeout(),
+        );
+        assert_eq!(out.code(), Some(exit_code::SERVER_STATE), "{out:?}");
+        let lines = out.error_lines();
+        assert_eq!(lines.len(), 1, "{}", out.stderr);
+        assert!(
+            lines[0].contains(&format!("has primary_conninfo set ({origin})")),
+            "{}",
+            lines[0]
+        );
+    };
+    let auto = dir.join("postgresql.auto.conf");
+    let cleared: String = std::fs::read_to_string(&auto)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("primary_conninfo"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&auto, cleared).unwrap();
+    let conf = dir.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("include_dir = 'conf.d'\n");
+    std::fs::write(&conf, text).unwrap();
+    std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+    let stream = dir.join("conf.d/10-stream.conf");
+    std::fs::write(
+        &stream,
+        format!("primary_conninfo = '{}'\n", primary.conninfo()),
+    )
+    .unwrap();
+    sidecar_refusal("conf.d/10-stream.conf");
+    std::fs::remove_file(&stream).unwrap();
+    let opts = dir.join("postmaster.opts");
+    let mut text = std::fs::read_to_string(&opts).unwrap();
+    text = format!(
+        "{} \"-c\" \"primary_conninfo={}\"\n",
+        text.trim_end(),
+        primary.conninfo()
+    );
+    std::fs::write(&opts, text).unwrap();
+    sidecar_refusal("the command line it last started with, in postmaster.opts");
 }
 
 /// Item 3: a tablespace whose directory is in the way (here the primary's own, on the same host,
