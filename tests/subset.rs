@@ -14,6 +14,7 @@
 //! | `the_targets_idle_session_timeout_spares_walrelays_sessions` | a target database with `idle_session_timeout = 1s`: the lock and apply sessions outlive a quiet source, no reconnect |
 //! | `a_dropped_publication_stops_the_run_and_resync_all_recovers` | the subset's publication dropped while streaming (PostgreSQL 15: the source's error; 18: its "skipped loading publication" warning, a silent loss otherwise): the run stops naming it and `--resync-all`, nothing applied or confirmed past it; a plain rerun refused at preflight; `--resync-all` brings every row; the table taken out of the publication by hand: the running subset stops naming it, so does the next run's preflight, `--resync` of it brings its rows |
 //! | `the_targets_foreign_keys_and_triggers_do_not_fire_for_replicated_rows` | target tables with a cascading foreign key and a trigger refusing every row: the copy (child before parent), a cascading delete and updates applied as a replica, every row equal |
+//! | `a_partitioned_table_is_copied_whole_and_followed` | a partitioned source table (a sub-partitioned partition among its partitions) copied into one plain target table, then inserts through the parent and into a partition, rows moved between partitions, a partition created and a column added while streaming: every row equal, `verify` green; listed with one of its partitions refused; with the matrix from 13 into 10, and a 12 source refused naming the fix |
 //! | `a_failover_slot_survives_a_promotion` | PostgreSQL 17+ (the newest of `WALRELAY_PG_MAJORS` from 17, else skipped): `--failover` slot synced to a standby (`sync_replication_slots`), the primary crashes, the standby is promoted, `run` goes on there through the host list; every row equal |
 
 mod support;
@@ -1456,4 +1457,130 @@ fn the_targets_foreign_keys_and_triggers_do_not_fire_for_replicated_rows() {
         !log.contains("session_replication_role"),
         "a superuser may set it: {log}"
     );
+}
+
+/// A partitioned source table (range partitions, one of them hash-partitioned again) copied whole
+/// into one plain target table and followed: changes through the parent and into a partition
+/// directly, an update moving rows to another partition, a partition created while streaming, a
+/// column added to the parent. Listed together with one of its partitions it is refused; from a
+/// source older than 13 (with the matrix) too. With the matrix, from 13 into 10.
+#[test]
+fn a_partitioned_table_is_copied_whole_and_followed() {
+    // With the matrix: the oldest source that can (13), into the oldest target.
+    let src = source("subset-part-src", if matrix_includes(13) { 13 } else { 15 });
+    let tgt = target("subset-part-tgt", if matrix_includes(10) { 10 } else { 15 });
+    src.psql(
+        "CREATE TABLE m (id int, d date, v text, PRIMARY KEY (id, d)) PARTITION BY RANGE (d);
+         CREATE TABLE m_jan PARTITION OF m FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');
+         CREATE TABLE m_feb PARTITION OF m FOR VALUES FROM ('2026-02-01') TO ('2026-03-01')
+           PARTITION BY HASH (id);
+         CREATE TABLE m_feb_0 PARTITION OF m_feb FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+         CREATE TABLE m_feb_1 PARTITION OF m_feb FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+         INSERT INTO m SELECT g, date '2026-01-01' + (g % 59), 'v' || g FROM generate_series(1, 3000) g;",
+    );
+
+    let f = walrelay_cmd::run(
+        &with(
+            args("run", &src, &tgt, "part", &[]),
+            &table_args(&["public.m", "public.m_feb_1"]),
+        ),
+        poll::timeout(),
+    );
+    assert_eq!(f.code(), Some(exit_code::USAGE), "{}", f.stderr);
+    let errors = f.error_lines();
+    assert_eq!(errors.len(), 1, "{}", f.stderr);
+    assert!(
+        errors[0]
+            .contains("public.m_feb_1 is a partition of public.m, which the subset copies whole"),
+        "{}",
+        errors[0]
+    );
+    assert_nothing_left(
+        &src,
+        &tgt,
+        &["SELECT count(*) FROM pg_namespace WHERE nspname = 'walrelay'"],
+    );
+
+    caught_up(
+        &src,
+        &tgt,
+        "part",
+        &table_args(&["public.m"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &["m"],
+    );
+    assert_eq!(
+        tgt.psql("SELECT relkind FROM pg_class WHERE relname = 'm'"),
+        "r"
+    );
+    assert_eq!(
+        tgt.psql(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'm\\_%' AND relkind IN ('r', 'p')"
+        ),
+        "0"
+    );
+
+    let mut w = Walrelay::start(
+        "subset run (partitioned)",
+        &with(
+            args("run", &src, &tgt, "part", &["-s", "1"]),
+            &table_args(&["public.m"]),
+        ),
+    );
+    wait_streaming(&mut w);
+    src.psql(
+        "INSERT INTO m SELECT g, date '2026-01-01' + (g % 59), 'new' FROM generate_series(3001, 3500) g;
+         INSERT INTO m_jan VALUES (9001, '2026-01-15', 'into a partition');
+         UPDATE m SET d = d + 31 WHERE id % 10 = 0 AND d < '2026-01-29';
+         UPDATE m SET v = 'changed' WHERE id % 7 = 0;
+         DELETE FROM m WHERE id % 13 = 0;
+         CREATE TABLE m_mar PARTITION OF m FOR VALUES FROM ('2026-03-01') TO ('2026-04-01');
+         INSERT INTO m SELECT g, date '2026-03-01' + (g % 31), 'march' FROM generate_series(1, 400) g;
+         ALTER TABLE m ADD COLUMN note text NOT NULL DEFAULT 'n';
+         INSERT INTO m VALUES (9002, '2026-03-03', 'after the column', 'noted');
+         UPDATE m SET note = 'moved' WHERE id % 11 = 0;",
+    );
+    stop(&mut w);
+    caught_up(
+        &src,
+        &tgt,
+        "part",
+        &table_args(&["public.m"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &["m"],
+    );
+    assert_eq!(
+        number(&tgt, "SELECT count(*) FROM m WHERE d >= '2026-03-01'"),
+        number(&src, "SELECT count(*) FROM m_mar")
+    );
+    let report = verify_green(&src, &tgt, "part");
+    assert!(report.contains("public.m"), "{report}");
+
+    if matrix_includes(12) {
+        let old = source("subset-part-src12", 12);
+        old.psql(
+            "CREATE TABLE m12 (id int PRIMARY KEY) PARTITION BY RANGE (id);
+             CREATE TABLE m12_1 PARTITION OF m12 FOR VALUES FROM (0) TO (100);",
+        );
+        let f = walrelay_cmd::run(
+            &with(
+                args("run", &old, &tgt, "part12", &[]),
+                &table_args(&["public.m12"]),
+            ),
+            poll::timeout(),
+        );
+        assert_eq!(f.code(), Some(exit_code::SERVER_STATE), "{}", f.stderr);
+        let errors = f.error_lines();
+        assert_eq!(errors.len(), 1, "{}", f.stderr);
+        assert!(
+            errors[0].contains("needs publish_via_partition_root")
+                && errors[0].contains("list its partitions with -t instead"),
+            "{}",
+            errors[0]
+        );
+    }
 }

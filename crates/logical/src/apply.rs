@@ -215,8 +215,13 @@ struct RelationPlan {
 
 #[derive(Debug)]
 enum RelEntry {
-    /// Not one of the subset's tables.
-    Foreign,
+    /// Not one of the subset's tables; `reported` once a change of it arrived and was reported.
+    /// (The source describes more relations than it sends changes of: with a partitioned table
+    /// published as itself, each partition a change touches is described too.)
+    Foreign {
+        name: TableName,
+        reported: bool,
+    },
     /// A table of a subset table's name but another OID than the one copied.
     Replaced(TableName),
     Subset(Box<RelationPlan>),
@@ -238,7 +243,7 @@ pub struct Applier {
     options: ApplyOptions,
     relations: HashMap<u32, RelEntry>,
     txn: Option<Transaction>,
-    /// Relations the source described that are not the subset's tables, not yet reported.
+    /// Relations not among the subset's tables whose changes arrived, not yet reported.
     foreign: Vec<TableName>,
     describe: bool,
 }
@@ -261,8 +266,8 @@ impl Applier {
         self.describe = on;
     }
 
-    /// Relations the source sent that are not among the subset's tables, once each: a table
-    /// removed from the subset whose older changes still arrive.
+    /// Relations not among the subset's tables whose changes the source sent, once each: a
+    /// table removed from the subset whose older changes still arrive.
     pub fn take_foreign_relations(&mut self) -> Vec<TableName> {
         std::mem::take(&mut self.foreign)
     }
@@ -423,6 +428,7 @@ impl Applier {
                     .ok_or(ApplyError::OutsideTransaction("Truncate"))?;
                 let (final_lsn, skip) = (txn.final_lsn, txn.skip);
                 let mut names = Vec::new();
+                let mut foreign = Vec::new();
                 for relid in &t.relids {
                     match self.relations.get(relid) {
                         None => {
@@ -431,13 +437,17 @@ impl Applier {
                                 lsn: final_lsn,
                             })
                         }
-                        Some(RelEntry::Foreign) | Some(RelEntry::Replaced(_)) => {}
+                        Some(RelEntry::Foreign { .. }) => foreign.push(*relid),
+                        Some(RelEntry::Replaced(_)) => {}
                         Some(RelEntry::Subset(plan)) => {
                             if self.applies(&plan.statements.table, final_lsn) {
                                 names.push(plan.statements.table.quoted());
                             }
                         }
                     }
+                }
+                for relid in foreign {
+                    self.report_foreign(relid);
                 }
                 if names.is_empty() {
                     return Ok(Action::None);
@@ -485,7 +495,10 @@ impl Applier {
                     lsn: final_lsn,
                 })
             }
-            Some(RelEntry::Foreign) => return Ok(Action::None),
+            Some(RelEntry::Foreign { .. }) => {
+                self.report_foreign(relid);
+                return Ok(Action::None);
+            }
             Some(RelEntry::Replaced(name)) => {
                 if self.applies(name, final_lsn) {
                     return Err(ApplyError::Replaced {
@@ -536,16 +549,28 @@ impl Applier {
             .map(|t| t.name.clone())
     }
 
+    /// A change of a relation not in the subset arrived: reported once.
+    fn report_foreign(&mut self, relid: u32) {
+        if let Some(RelEntry::Foreign { name, reported }) = self.relations.get_mut(&relid) {
+            if !*reported {
+                *reported = true;
+                self.foreign.push(name.clone());
+            }
+        }
+    }
+
     fn learn_relation(&mut self, r: Relation) {
         let name = relation_name(&r);
         let Some(table_name) = self.match_table(r.relid, &name) else {
             if self.tables.contains_key(&name) {
                 self.relations.insert(r.relid, RelEntry::Replaced(name));
-            } else if !matches!(
-                self.relations.insert(r.relid, RelEntry::Foreign),
-                Some(RelEntry::Foreign)
-            ) {
-                self.foreign.push(name);
+            } else {
+                let reported = matches!(
+                    self.relations.get(&r.relid),
+                    Some(RelEntry::Foreign { reported: true, .. })
+                );
+                self.relations
+                    .insert(r.relid, RelEntry::Foreign { name, reported });
             }
             return;
         };

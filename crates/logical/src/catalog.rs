@@ -13,7 +13,8 @@ use walrelay_client::{ClientError, ConnectParams, Connection, QueryResult};
 use crate::error::{Side, SubsetError};
 
 use crate::schema::{
-    Column, Identity, OwnedSequence, ReplicaIdentity, SequenceOptions, TableName, TableSchema,
+    Column, Identity, OwnedSequence, Partition, ReplicaIdentity, SequenceOptions, TableName,
+    TableSchema,
 };
 
 /// Prepares a session for catalog queries and DDL: names come out schema-qualified.
@@ -204,10 +205,19 @@ pub async fn read_table(
             options: sequence_options(&s, i)?,
         });
     }
+    let relkind = first_char(&t, 0, "relkind");
+    let partitions = if relkind == 'p' {
+        leaf_partitions(conn, &oid_text).await?
+    } else {
+        Vec::new()
+    };
+    // A partitioned table has no pages of its own: its partitions' say how big its copy is.
+    let pages = number::<i64>(&t, 0, "pages").unwrap_or(0)
+        + partitions.iter().map(|(_, pages)| pages).sum::<i64>();
     Ok(Some(TableSchema {
         name: name.clone(),
         oid,
-        relkind: first_char(&t, 0, "relkind"),
+        relkind,
         persistence: first_char(&t, 0, "persistence"),
         replica_identity: ReplicaIdentity::from_byte(first_char(&t, 0, "replident") as u8)
             .unwrap_or(ReplicaIdentity::Nothing),
@@ -215,11 +225,48 @@ pub async fn read_table(
         key_is_primary: flag(&t, 0, "key_is_primary"),
         columns,
         sequences,
-        pages: number(&t, 0, "pages").unwrap_or(0),
+        pages,
         can_read: flag(&t, 0, "can_select"),
         can_write: flag(&t, 0, "can_write"),
         owned: flag(&t, 0, "owned"),
+        partitions: partitions.into_iter().map(|(p, _)| p).collect(),
     }))
+}
+
+/// The leaf partitions of a partitioned table at any depth (`pg_inherits`, walked as
+/// `pg_partition_tree` would on 12+), with their pages.
+async fn leaf_partitions(
+    conn: &mut Connection,
+    oid: &str,
+) -> Result<Vec<(Partition, i64)>, ClientError> {
+    let r = conn
+        .query_params(
+            "WITH RECURSIVE tree(oid) AS ( \
+               SELECT $1::pg_catalog.oid \
+               UNION ALL \
+               SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid) \
+             SELECT n.nspname::text AS schema, c.relname::text AS name, c.relkind::text AS relkind, \
+                    c.relpersistence::text AS persistence, c.relreplident::text AS replident, \
+                    c.relpages::int8 AS pages \
+               FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+              WHERE c.relkind <> 'p' ORDER BY 1, 2",
+            &[Some(oid)],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(r.rows.len());
+    for i in 0..r.rows.len() {
+        out.push((
+            Partition {
+                name: TableName::new(field(&r, i, "schema")?, field(&r, i, "name")?),
+                relkind: first_char(&r, i, "relkind"),
+                persistence: first_char(&r, i, "persistence"),
+                replica_identity: first_char(&r, i, "replident"),
+            },
+            number(&r, i, "pages").unwrap_or(0),
+        ));
+    }
+    Ok(out)
 }
 
 /// The name of the table with this OID, if there is one.

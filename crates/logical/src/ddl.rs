@@ -384,6 +384,7 @@ mod tests {
             can_read: true,
             can_write: true,
             owned: true,
+            partitions: vec![],
         }
     }
 

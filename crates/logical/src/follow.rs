@@ -48,11 +48,25 @@ struct CatalogColumn {
     missing: Option<Option<String>>,
 }
 
+/// A partitioned table stores no rows, so it has no missing values of its own: its partitions'
+/// say what the rows that existed at `ADD COLUMN` have (the same in each: the column was added to
+/// all of them at once). Partitions are walked only below partitioned tables, so a table with
+/// inheritance children answers for itself alone.
+const MISSING_VALUE: &str = "LEFT JOIN LATERAL ( \
+       WITH RECURSIVE tree(oid) AS ( \
+         SELECT a.attrelid \
+         UNION ALL \
+         SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid \
+           JOIN pg_catalog.pg_class pc ON pc.oid = tree.oid AND pc.relkind = 'p') \
+       SELECT true AS has, (la.attmissingval::text::text[])[1] AS value \
+         FROM tree JOIN pg_catalog.pg_attribute la ON la.attrelid = tree.oid AND la.attname = a.attname \
+        WHERE la.atthasmissing LIMIT 1) m ON true";
+
 fn catalog_query(major: u32) -> String {
-    let (has_missing, missing) = if major >= 11 {
-        ("a.atthasmissing", "(a.attmissingval::text::text[])[1]")
+    let (has_missing, missing, join) = if major >= 11 {
+        ("coalesce(m.has, false)", "m.value", MISSING_VALUE)
     } else {
-        ("false", "NULL::text")
+        ("false", "NULL::text", "")
     };
     format!(
         "SELECT a.attnum::int4 AS attnum, a.attname::text AS name, a.atttypid::int8 AS typoid, \
@@ -61,6 +75,7 @@ fn catalog_query(major: u32) -> String {
                 {has_missing} AS has_missing, {missing} AS missing \
            FROM pg_catalog.pg_attribute a \
            LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+           {join} \
           WHERE a.attrelid = $1::pg_catalog.oid AND a.attnum > 0 AND NOT a.attisdropped"
     )
 }
@@ -369,6 +384,6 @@ mod tests {
     #[test]
     fn catalog_queries_per_major() {
         assert!(catalog_query(10).contains("false AS has_missing"));
-        assert!(catalog_query(11).contains("a.atthasmissing AS has_missing"));
+        assert!(catalog_query(11).contains("la.atthasmissing"));
     }
 }

@@ -176,11 +176,7 @@ fn check_source_table(
     let name = &t.name;
     match t.relkind {
         'r' => {}
-        'p' => out.push(problem(
-            Side::Source,
-            format!("{name} is a partitioned table, which walrelay subset does not copy yet"),
-            "list its partitions with -t instead",
-        )),
+        'p' => out.extend(check_partitioned(t, f)),
         k => out.push(problem(
             Side::Source,
             format!("{name} is not a table (relkind '{k}')"),
@@ -197,7 +193,8 @@ fn check_source_table(
             ),
         ));
     }
-    if !t.has_usable_key() && !full_ok {
+    // A partitioned table's own check names what it needs instead.
+    if !t.has_usable_key() && !full_ok && !t.is_partitioned() {
         out.push(problem(
             Side::Source,
             format!("{name} has no primary key or replica identity index, so its updated and deleted rows cannot be found on the target"),
@@ -226,6 +223,80 @@ fn check_source_table(
         ));
     }
     out
+}
+
+/// A partitioned table is copied whole into one target table, its changes published as its own
+/// (`publish_via_partition_root`, 13+) whichever partition they touch: it needs a key of its own
+/// that every partition keeps as its replica identity, and partitions PostgreSQL replicates.
+fn check_partitioned(t: &TableSchema, f: &ServerFacts) -> Vec<Problem> {
+    let name = &t.name;
+    let q = name.quoted();
+    if f.version_num < 130_000 {
+        return vec![problem(
+            Side::Source,
+            format!("{name} is a partitioned table: copying one whole needs publish_via_partition_root, which PostgreSQL {} does not have (13 and later)", f.version),
+            "list its partitions with -t instead (each is copied into a table of its own)",
+        )];
+    }
+    let mut out = Vec::new();
+    if !t.has_usable_key() {
+        out.push(problem(
+            Side::Source,
+            format!("partitioned table {name} has no primary key, so its updated and deleted rows cannot be found on the target (REPLICA IDENTITY FULL is not taken for a partitioned table)"),
+            format!("give it one on the source (ALTER TABLE {q} ADD PRIMARY KEY (…), its partition key columns among them), or list its partitions with -t instead"),
+        ));
+    }
+    for p in &t.partitions {
+        let pq = p.name.quoted();
+        if p.relkind == 'f' {
+            out.push(problem(
+                Side::Source,
+                format!("partition {} of {name} is a foreign table: its rows are not in the source's WAL and cannot be replicated", p.name),
+                format!("detach it (ALTER TABLE {q} DETACH PARTITION {pq}), or list the other partitions with -t instead"),
+            ));
+        } else if p.persistence != 'p' {
+            out.push(problem(
+                Side::Source,
+                format!(
+                    "partition {} of {name} is unlogged: PostgreSQL does not replicate its rows",
+                    p.name
+                ),
+                format!("ALTER TABLE {pq} SET LOGGED on the source"),
+            ));
+        } else if p.replica_identity != 'd' {
+            out.push(problem(
+                Side::Source,
+                format!("partition {} of {name} has a replica identity of its own (not the default): its changes would not carry {name}'s key", p.name),
+                format!("ALTER TABLE {pq} REPLICA IDENTITY DEFAULT on the source"),
+            ));
+        }
+    }
+    out
+}
+
+/// Tables listed together with a partitioned table that holds them: with the parent copied
+/// whole, the source publishes their changes as the parent's, and they would get none.
+fn check_partitions_listed_twice(sources: &[&TableSchema], problems: &mut Vec<Problem>) {
+    for parent in sources.iter().filter(|t| t.is_partitioned()) {
+        for p in &parent.partitions {
+            if sources.iter().any(|t| t.name == p.name) {
+                problems.push(
+                    problem(
+                        Side::Source,
+                        format!(
+                            "{} is a partition of {}, which the subset copies whole",
+                            p.name, parent.name
+                        ),
+                        format!(
+                            "leave out -t {} (its rows are copied with {})",
+                            p.name, parent.name
+                        ),
+                    )
+                    .with_class(ErrorClass::Usage),
+                );
+            }
+        }
+    }
 }
 
 /// The slot must still hold the subset's stream (unless it is being started again), and
@@ -643,7 +714,7 @@ pub(crate) async fn preflight(
         let already_full = s.replica_identity == ReplicaIdentity::Full;
         let wants_full = cfg.replica_identity_full.contains(name)
             || (cfg.replica_identity_full_all && !s.has_usable_key());
-        let set_full = wants_full && !already_full && !s.has_usable_key();
+        let set_full = wants_full && !already_full && !s.has_usable_key() && !s.is_partitioned();
         problems.extend(check_source_table(
             &s,
             &sf,
@@ -807,6 +878,17 @@ pub(crate) async fn preflight(
             recreate,
             set_full_identity: set_full,
         });
+    }
+    check_partitions_listed_twice(
+        &tables.iter().map(|t| &t.source).collect::<Vec<_>>(),
+        &mut problems,
+    );
+    for t in tables.iter().filter(|t| t.source.is_partitioned()) {
+        notes.push(format!(
+            "{} is partitioned: copied whole into one target table with its {} partition(s), and partitions created later followed; as with native subscriptions, the rows of a table attached as a partition later are not copied, and a partition dropped, detached or truncated on the source is not replicated (the target keeps its rows)",
+            t.source.name,
+            t.source.partitions.len()
+        ));
     }
     let sequences = plan_sequences(
         cfg,
@@ -1038,11 +1120,18 @@ pub(crate) async fn setup(
         warn!(table = %t.source.name, "REPLICA IDENTITY FULL set on the source: {FULL_IDENTITY_COST}");
     }
     let names: Vec<TableName> = p.tables.iter().map(|t| t.source.name.clone()).collect();
-    source::ensure_publication(src, &cfg.name.publication(), &names, p.publication.as_ref())
-        .await
-        .map_err(SubsetError::sql(
-            Side::Source,
-            "create or update the publication",
-        ))?;
+    let via_root = p.tables.iter().any(|t| t.source.is_partitioned());
+    source::ensure_publication(
+        src,
+        &cfg.name.publication(),
+        &names,
+        via_root,
+        p.publication.as_ref(),
+    )
+    .await
+    .map_err(SubsetError::sql(
+        Side::Source,
+        "create or update the publication",
+    ))?;
     Ok(())
 }

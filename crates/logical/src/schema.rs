@@ -264,6 +264,19 @@ pub struct TableSchema {
     pub can_write: bool,
     /// Whether the role owns it (or is a superuser): needed to add it to a publication.
     pub owned: bool,
+    /// For a partitioned table: its leaf partitions, at any depth (empty otherwise).
+    pub partitions: Vec<Partition>,
+}
+
+/// A leaf partition of a partitioned table, as far as replicating its parent cares.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Partition {
+    pub name: TableName,
+    /// `pg_class.relkind`: `r`, or `f` for a foreign table.
+    pub relkind: char,
+    pub persistence: char,
+    /// `pg_class.relreplident`.
+    pub replica_identity: char,
 }
 
 impl TableSchema {
@@ -274,6 +287,29 @@ impl TableSchema {
     /// The columns that carry data over the wire: all but generated ones, in attribute order.
     pub fn replicated_columns(&self) -> impl Iterator<Item = &Column> {
         self.columns.iter().filter(|c| !c.generated)
+    }
+
+    pub fn is_partitioned(&self) -> bool {
+        self.relkind == 'p'
+    }
+
+    /// The table's rows as of the session's snapshot, in COPY's text format: a partitioned
+    /// table's from all its partitions (COPY cannot read one directly).
+    pub fn copy_out_sql(&self) -> String {
+        if self.is_partitioned() {
+            let cols = self.copy_column_list();
+            format!(
+                "COPY (SELECT {} FROM {}) TO STDOUT",
+                &cols[1..cols.len() - 1],
+                self.name.quoted()
+            )
+        } else {
+            format!(
+                "COPY {} {} TO STDOUT",
+                self.name.quoted(),
+                self.copy_column_list()
+            )
+        }
     }
 
     /// `("a", "b")`: the replicated columns for COPY.

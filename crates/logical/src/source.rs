@@ -182,6 +182,8 @@ pub async fn slot(conn: &mut Connection, name: &str) -> Result<Option<SlotInfo>,
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicationInfo {
     pub all_tables: bool,
+    /// `publish_via_partition_root` (13+): a partition's changes published as its root's.
+    pub via_root: bool,
     pub tables: Vec<TableName>,
     pub table_oids: Vec<u32>,
 }
@@ -190,9 +192,16 @@ pub async fn publication(
     conn: &mut Connection,
     name: &str,
 ) -> Result<Option<PublicationInfo>, ClientError> {
+    let via_root = if conn.server_version().major() >= 13 {
+        "pubviaroot"
+    } else {
+        "false"
+    };
     let p = conn
         .query_params(
-            "SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &format!(
+                "SELECT puballtables, {via_root} AS via_root FROM pg_catalog.pg_publication WHERE pubname = $1"
+            ),
             &[Some(name)],
         )
         .await?;
@@ -212,6 +221,7 @@ pub async fn publication(
         .await?;
     Ok(Some(PublicationInfo {
         all_tables: flag(&p, "puballtables"),
+        via_root: flag(&p, "via_root"),
         tables: (0..t.rows.len())
             .map(|i| {
                 TableName::new(
@@ -235,23 +245,40 @@ fn only_list(tables: &[TableName]) -> String {
 }
 
 /// Creates the publication with its tables, or brings an existing one to exactly `tables`.
+/// `via_root`: a partitioned table is among them, whose partitions' changes must come as its own
+/// (`publish_via_partition_root`, set before the table is added).
 pub async fn ensure_publication(
     conn: &mut Connection,
     name: &str,
     tables: &[TableName],
+    via_root: bool,
     existing: Option<&PublicationInfo>,
 ) -> Result<(), ClientError> {
     let q = quote_ident(name);
+    let with = if via_root {
+        " WITH (publish_via_partition_root = true)"
+    } else {
+        ""
+    };
     match existing {
         None => {
             let sql = if tables.is_empty() {
-                format!("CREATE PUBLICATION {q}")
+                format!("CREATE PUBLICATION {q}{with}")
             } else {
-                format!("CREATE PUBLICATION {q} FOR TABLE {}", only_list(tables))
+                format!(
+                    "CREATE PUBLICATION {q} FOR TABLE {}{with}",
+                    only_list(tables)
+                )
             };
             conn.batch_execute(&sql).await
         }
         Some(p) => {
+            if via_root && !p.via_root {
+                conn.batch_execute(&format!(
+                    "ALTER PUBLICATION {q} SET (publish_via_partition_root = true)"
+                ))
+                .await?;
+            }
             let add: Vec<TableName> = tables
                 .iter()
                 .filter(|t| !p.tables.contains(t))

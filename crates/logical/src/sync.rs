@@ -298,7 +298,7 @@ async fn copy_table(
     tgt.copy_in(&format!("COPY {q} {cols} FROM STDIN{freeze}"))
         .await
         .map_err(on_tgt("copy into"))?;
-    src.copy_out(&format!("COPY {q} {cols} TO STDOUT"))
+    src.copy_out(&t.copy_out_sql())
         .await
         .map_err(on_src("copy"))?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);

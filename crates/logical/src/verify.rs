@@ -115,19 +115,22 @@ pub fn normalize_row(row: &[u8], columns: &[Normalize]) -> Vec<u8> {
     out
 }
 
-/// Hashes a table's rows, read with `COPY (SELECT cols FROM ONLY t) TO STDOUT`.
+/// Hashes a table's rows, read with `COPY (SELECT cols FROM ONLY t) TO STDOUT` — without `ONLY`
+/// for a partitioned source table (`partitioned`), whose rows are its partitions'.
 async fn hash_table(
     conn: &mut Connection,
     t: &TableSchema,
     columns: &[Normalize],
+    partitioned: bool,
 ) -> Result<ContentHash, walrelay_client::ClientError> {
     let cols: Vec<String> = t
         .replicated_columns()
         .map(|c| quote_ident(&c.name))
         .collect();
     conn.copy_out(&format!(
-        "COPY (SELECT {} FROM ONLY {}) TO STDOUT",
+        "COPY (SELECT {} FROM {}{}) TO STDOUT",
         cols.join(", "),
+        if partitioned { "" } else { "ONLY " },
         t.name.quoted()
     ))
     .await?;
@@ -223,12 +226,12 @@ pub async fn verify(
         let what = format!("read {}", ts.table);
         let (s, g) = tokio::try_join!(
             async {
-                hash_table(&mut src, &t, &columns)
+                hash_table(&mut src, &t, &columns, t.is_partitioned())
                     .await
                     .map_err(SubsetError::sql(Side::Source, what.clone()))
             },
             async {
-                hash_table(&mut tgt, &t, &columns)
+                hash_table(&mut tgt, &t, &columns, false)
                     .await
                     .map_err(SubsetError::sql(Side::Target, what.clone()))
             }
