@@ -14,7 +14,7 @@
 //! | `the_targets_idle_session_timeout_spares_walrelays_sessions` | a target database with `idle_session_timeout = 1s`: the lock and apply sessions outlive a quiet source, no reconnect |
 //! | `a_dropped_publication_stops_the_run_and_resync_all_recovers` | the subset's publication dropped while streaming (PostgreSQL 15: the source's error; 18: its "skipped loading publication" warning, a silent loss otherwise): the run stops naming it and `--resync-all`, nothing applied or confirmed past it; a plain rerun refused at preflight; `--resync-all` brings every row; the table taken out of the publication by hand: the running subset stops naming it, so does the next run's preflight, `--resync` of it brings its rows |
 //! | `the_targets_foreign_keys_and_triggers_do_not_fire_for_replicated_rows` | target tables with a cascading foreign key and a trigger refusing every row: the copy (child before parent), a cascading delete and updates applied as a replica, every row equal |
-//! | `a_partitioned_table_is_copied_whole_and_followed` | a partitioned source table (a sub-partitioned partition among its partitions) copied into one plain target table, then inserts through the parent and into a partition, rows moved between partitions, a partition created and a column added while streaming: every row equal, `verify` green; listed with one of its partitions refused; with the matrix from 13 into 10, and a 12 source refused naming the fix |
+//! | `partitioned_tables_on_either_side` | a partitioned source table (a sub-partitioned partition among its partitions) copied into one plain target table, then inserts through the parent and into a partition, rows moved between partitions, a partition created and a column added while streaming; plain source tables into partitioned target tables made by hand, one under REPLICA IDENTITY FULL with two rows sharing a ctid in different partitions (a delete removes one): every row equal, `verify` green; a partitioned table listed with one of its partitions refused; with the matrix from 13 into 10, and a 12 source refused naming the fix |
 //! | `a_failover_slot_survives_a_promotion` | PostgreSQL 17+ (the newest of `WALRELAY_PG_MAJORS` from 17, else skipped): `--failover` slot synced to a standby (`sync_replication_slots`), the primary crashes, the standby is promoted, `run` goes on there through the host list; every row equal |
 
 mod support;
@@ -1461,11 +1461,14 @@ fn the_targets_foreign_keys_and_triggers_do_not_fire_for_replicated_rows() {
 
 /// A partitioned source table (range partitions, one of them hash-partitioned again) copied whole
 /// into one plain target table and followed: changes through the parent and into a partition
-/// directly, an update moving rows to another partition, a partition created while streaming, a
-/// column added to the parent. Listed together with one of its partitions it is refused; from a
-/// source older than 13 (with the matrix) too. With the matrix, from 13 into 10.
+/// directly, an update moving rows to another partition, a partition created and a column added
+/// to the parent while streaming. Listed together with one of its partitions it is refused; from
+/// a source older than 13 (with the matrix) too. And the other way round: plain source tables
+/// into partitioned target tables made by hand, one under REPLICA IDENTITY FULL whose rows in two
+/// partitions share a ctid (a delete of one must leave the other). With the matrix, from 13 into
+/// 10.
 #[test]
-fn a_partitioned_table_is_copied_whole_and_followed() {
+fn partitioned_tables_on_either_side() {
     // With the matrix: the oldest source that can (13), into the oldest target.
     let src = source("subset-part-src", if matrix_includes(13) { 13 } else { 15 });
     let tgt = target("subset-part-tgt", if matrix_includes(10) { 10 } else { 15 });
@@ -1476,8 +1479,28 @@ fn a_partitioned_table_is_copied_whole_and_followed() {
            PARTITION BY HASH (id);
          CREATE TABLE m_feb_0 PARTITION OF m_feb FOR VALUES WITH (MODULUS 2, REMAINDER 0);
          CREATE TABLE m_feb_1 PARTITION OF m_feb FOR VALUES WITH (MODULUS 2, REMAINDER 1);
-         INSERT INTO m SELECT g, date '2026-01-01' + (g % 59), 'v' || g FROM generate_series(1, 3000) g;",
+         INSERT INTO m SELECT g, date '2026-01-01' + (g % 59), 'v' || g FROM generate_series(1, 3000) g;
+         CREATE TABLE ev (id int PRIMARY KEY, v text);
+         INSERT INTO ev SELECT g, 'e' || g FROM generate_series(1, 2000) g;
+         CREATE TABLE kv (a int, b text);
+         INSERT INTO kv VALUES (1, 'x'), (2, 'x'), (1, 'y');",
     );
+    // By hand on the target: ev and kv partitioned (list and range exist from 10 on).
+    tgt.psql(
+        "CREATE TABLE ev (id int NOT NULL, v text) PARTITION BY RANGE (id);
+         CREATE TABLE ev_low PARTITION OF ev FOR VALUES FROM (MINVALUE) TO (1000);
+         CREATE TABLE ev_high PARTITION OF ev FOR VALUES FROM (1000) TO (MAXVALUE);
+         CREATE TABLE kv (a int, b text) PARTITION BY LIST (a);
+         CREATE TABLE kv_1 PARTITION OF kv FOR VALUES IN (1);
+         CREATE TABLE kv_2 PARTITION OF kv FOR VALUES IN (2);",
+    );
+    let tables = ["public.m", "public.ev", "public.kv"];
+    let mut run_args = table_args(&tables);
+    run_args.extend([
+        "--replica-identity-full".to_string(),
+        "public.kv".to_string(),
+    ]);
+    let run_args: Vec<&str> = run_args.iter().map(String::as_str).collect();
 
     let f = walrelay_cmd::run(
         &with(
@@ -1501,16 +1524,7 @@ fn a_partitioned_table_is_copied_whole_and_followed() {
         &["SELECT count(*) FROM pg_namespace WHERE nspname = 'walrelay'"],
     );
 
-    caught_up(
-        &src,
-        &tgt,
-        "part",
-        &table_args(&["public.m"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-        &["m"],
-    );
+    caught_up(&src, &tgt, "part", &run_args, &["m", "ev", "kv"]);
     assert_eq!(
         tgt.psql("SELECT relkind FROM pg_class WHERE relname = 'm'"),
         "r"
@@ -1521,12 +1535,13 @@ fn a_partitioned_table_is_copied_whole_and_followed() {
         ),
         "0"
     );
+    assert_eq!(number(&tgt, "SELECT count(*) FROM ONLY ev_high"), 1001);
 
     let mut w = Walrelay::start(
         "subset run (partitioned)",
         &with(
             args("run", &src, &tgt, "part", &["-s", "1"]),
-            &table_args(&["public.m"]),
+            &run_args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         ),
     );
     wait_streaming(&mut w);
@@ -1540,25 +1555,31 @@ fn a_partitioned_table_is_copied_whole_and_followed() {
          INSERT INTO m SELECT g, date '2026-03-01' + (g % 31), 'march' FROM generate_series(1, 400) g;
          ALTER TABLE m ADD COLUMN note text NOT NULL DEFAULT 'n';
          INSERT INTO m VALUES (9002, '2026-03-03', 'after the column', 'noted');
-         UPDATE m SET note = 'moved' WHERE id % 11 = 0;",
+         UPDATE m SET note = 'moved' WHERE id % 11 = 0;
+         UPDATE ev SET v = 'u' WHERE id % 3 = 0;
+         DELETE FROM ev WHERE id % 17 = 0;
+         INSERT INTO ev SELECT g, 'late' FROM generate_series(20001, 20100) g;
+         DELETE FROM kv WHERE a = 1 AND b = 'x';
+         UPDATE kv SET b = 'z' WHERE a = 2;",
     );
+    // A row moved to another partition of the target: 11+ (10 cannot, and preflight says so).
+    if tgt.major() >= 11 {
+        src.psql("UPDATE ev SET id = id + 5000 WHERE id BETWEEN 990 AND 1009");
+    }
     stop(&mut w);
-    caught_up(
-        &src,
-        &tgt,
-        "part",
-        &table_args(&["public.m"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-        &["m"],
-    );
+    caught_up(&src, &tgt, "part", &run_args, &["m", "ev", "kv"]);
     assert_eq!(
         number(&tgt, "SELECT count(*) FROM m WHERE d >= '2026-03-01'"),
         number(&src, "SELECT count(*) FROM m_mar")
     );
+    assert_eq!(
+        tgt.psql("SELECT string_agg(a || b, ',' ORDER BY a, b) FROM kv"),
+        "1y,2z"
+    );
     let report = verify_green(&src, &tgt, "part");
-    assert!(report.contains("public.m"), "{report}");
+    for t in tables {
+        assert!(report.contains(t), "{report}");
+    }
 
     if matrix_includes(12) {
         let old = source("subset-part-src12", 12);

@@ -110,6 +110,8 @@ pub struct ApplyTable {
     pub target_columns: Vec<TargetColumn>,
     /// The source's columns as walrelay last followed them (empty: not known).
     pub source_columns: Vec<SourceColumn>,
+    /// The target table is partitioned (rows routed to its partitions).
+    pub target_partitioned: bool,
 }
 
 impl ApplyTable {
@@ -441,7 +443,10 @@ impl Applier {
                         Some(RelEntry::Replaced(_)) => {}
                         Some(RelEntry::Subset(plan)) => {
                             if self.applies(&plan.statements.table, final_lsn) {
-                                names.push(plan.statements.table.quoted());
+                                names.push(crate::schema::rows_of(
+                                    &plan.statements.table,
+                                    plan.statements.partitioned,
+                                ));
                             }
                         }
                     }
@@ -464,7 +469,7 @@ impl Applier {
                     ""
                 };
                 Ok(Action::Execute(Statement {
-                    sql: format!("TRUNCATE ONLY {}{restart}", names.join(", ")).into(),
+                    sql: format!("TRUNCATE {}{restart}", names.join(", ")).into(),
                     params: Vec::new(),
                     kind: ChangeKind::Truncate,
                     relid: t.relids.first().copied().unwrap_or(0),
@@ -600,6 +605,7 @@ impl Applier {
                 .map(|(i, _)| i)
                 .collect(),
             full: r.replica_identity == ReplicaIdentity::Full,
+            partitioned: table.target_partitioned,
             overriding: table.target_columns.iter().any(|c| c.always_identity),
             columns,
             on_conflict: self.options.on_conflict,

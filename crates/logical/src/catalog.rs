@@ -336,12 +336,9 @@ pub async fn schema_access(
 }
 
 /// Whether a table has any row.
-pub async fn has_rows(conn: &mut Connection, t: &TableName) -> Result<bool, ClientError> {
+pub async fn has_rows(conn: &mut Connection, t: &TableSchema) -> Result<bool, ClientError> {
     let r = conn
-        .simple_query(&format!(
-            "SELECT EXISTS (SELECT 1 FROM ONLY {})",
-            t.quoted()
-        ))
+        .simple_query(&format!("SELECT EXISTS (SELECT 1 FROM {})", t.rows()))
         .await?;
     Ok(r.first().and_then(|r| r.get_idx(0, 0)) == Some("t"))
 }

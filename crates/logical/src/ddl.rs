@@ -268,11 +268,11 @@ pub fn check_existing(source: &TableSchema, target: &TableSchema) -> (Vec<Proble
     let mut notes = Vec::new();
     let t = &source.name;
     let recreate = "or drop the target table so that walrelay creates it";
-    if target.relkind != 'r' {
+    if !matches!(target.relkind, 'r' | 'p') {
         problems.push(Problem::new(
             Side::Target,
             format!(
-                "{t} exists on the target but is not a plain table (relkind '{}')",
+                "{t} exists on the target but is not a table (relkind '{}')",
                 target.relkind
             ),
             format!("drop or rename it on the target, {recreate}"),

@@ -343,7 +343,10 @@ async fn add_column(
         (None, Some(d)) if source_major < 11 && crate::ddl::is_constant(d) => Some(d.clone()),
         (None, Some(d)) => {
             let empty = tgt
-                .simple_query(&format!("SELECT NOT EXISTS (SELECT 1 FROM ONLY {t})"))
+                .simple_query(&format!(
+                    "SELECT NOT EXISTS (SELECT 1 FROM {})",
+                    crate::schema::rows_of(&table.name, table.target_partitioned)
+                ))
                 .await
                 .map_err(|e| format!("could not look into the table on the target: {e}"))?;
             if empty.first().and_then(|r| r.get_idx(0, 0)) != Some("t") {

@@ -775,6 +775,12 @@ pub(crate) async fn preflight(
         let mut create = target.is_none();
         if let Some(t) = &target {
             let (mut p, n) = ddl::check_existing(&s, t);
+            if t.is_partitioned() && tf.version_num < 110_000 {
+                notes.push(format!(
+                    "{name} is partitioned on the target, and PostgreSQL {} cannot move a row to another partition: an UPDATE of its partition key on the source will stop the subset (11 and later move it)",
+                    tf.version
+                ));
+            }
             if !resync && in_state.is_some_and(TableState::is_synced) {
                 // Streaming: the source's columns may be ahead of the stream; the stream follows
                 // (or names) each change when it gets there.
@@ -803,8 +809,7 @@ pub(crate) async fn preflight(
                         ),
                     ));
                 } else if in_state.is_none()
-                    && t.relkind == 'r'
-                    && catalog::has_rows(tgt, name)
+                    && catalog::has_rows(tgt, t)
                         .await
                         .map_err(read_tgt(&format!("look into {name}")))?
                 {

@@ -239,6 +239,17 @@ pub struct SourceColumn {
     pub type_mod: i32,
 }
 
+/// A table in a FROM, DELETE or TRUNCATE clause, its own rows only: `ONLY t` (no inheritance
+/// children), but a partitioned table whole (its rows are its partitions', and `ONLY` would
+/// reach none of them).
+pub fn rows_of(name: &TableName, partitioned: bool) -> String {
+    if partitioned {
+        name.quoted()
+    } else {
+        format!("ONLY {}", name.quoted())
+    }
+}
+
 /// A table as one server's catalogs describe it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TableSchema {
@@ -291,6 +302,11 @@ impl TableSchema {
 
     pub fn is_partitioned(&self) -> bool {
         self.relkind == 'p'
+    }
+
+    /// The table in a FROM clause that reads its own rows only ([`rows_of`]).
+    pub fn rows(&self) -> String {
+        rows_of(&self.name, self.is_partitioned())
     }
 
     /// The table's rows as of the session's snapshot, in COPY's text format: a partitioned

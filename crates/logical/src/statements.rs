@@ -50,6 +50,9 @@ pub struct TableStatements {
     pub key: Vec<usize>,
     /// REPLICA IDENTITY FULL: rows matched by every column, one at a time.
     pub full: bool,
+    /// The target table is partitioned: read whole (not `ONLY`), and a row located by its
+    /// partition and ctid (a ctid alone repeats across partitions).
+    pub partitioned: bool,
     /// Inserts need `OVERRIDING SYSTEM VALUE` (a target identity column `GENERATED ALWAYS`).
     pub overriding: bool,
     pub on_conflict: OnConflict,
@@ -124,9 +127,14 @@ impl TableStatements {
     fn row_condition(&self, nulls: &[bool], first: usize) -> String {
         let cond = self.key_condition(nulls, first);
         if self.full {
+            let (row, columns) = if self.partitioned {
+                ("(tableoid, ctid)", "tableoid, ctid")
+            } else {
+                ("ctid", "ctid")
+            };
             format!(
-                "ctid = (SELECT ctid FROM ONLY {} WHERE {cond} LIMIT 1)",
-                self.table.quoted()
+                "{row} = (SELECT {columns} FROM {} WHERE {cond} LIMIT 1)",
+                crate::schema::rows_of(&self.table, self.partitioned)
             )
         } else {
             cond
@@ -193,7 +201,8 @@ impl TableStatements {
                     .collect::<Vec<_>>()
                     .join(" AND ");
                 format!(
-                    "WITH o AS (SELECT 1 FROM ONLY {t} WHERE {cond}), c AS ({plain} ON CONFLICT ({}) {action}) {} WHERE EXISTS (SELECT 1 FROM o)",
+                    "WITH o AS (SELECT 1 FROM {} WHERE {cond}), c AS ({plain} ON CONFLICT ({}) {action}) {} WHERE EXISTS (SELECT 1 FROM o)",
+                    crate::schema::rows_of(&self.table, self.partitioned),
                     keys.join(", "),
                     self.record(
                         &Record {
@@ -354,6 +363,7 @@ mod tests {
             columns: vec![col("id", "integer"), col("v", "text"), doc],
             key: if full { vec![0, 1, 2] } else { vec![0] },
             full,
+            partitioned: false,
             overriding: false,
             on_conflict: mode,
             subset: SubsetName::new("s").expect("name"),
@@ -389,6 +399,25 @@ mod tests {
             t.update(&[false, true, false], &[false, false, false], false),
             "UPDATE \"public\".\"t\" SET \"v\" = $1 WHERE ctid = (SELECT ctid FROM ONLY \"public\".\"t\" \
              WHERE \"id\" = $2 AND \"v\" = $3 AND \"doc\"::text = $4 LIMIT 1)"
+        );
+    }
+
+    #[test]
+    fn a_partitioned_target_is_read_whole_and_its_rows_located_with_their_partition() {
+        let mut t = table(OnConflict::Error, true);
+        t.partitioned = true;
+        assert_eq!(
+            t.delete(&[false, false, false]),
+            "DELETE FROM \"public\".\"t\" WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM \"public\".\"t\" \
+             WHERE \"id\" = $1 AND \"v\" = $2 AND \"doc\"::text = $3 LIMIT 1)"
+        );
+        let mut u = table(OnConflict::Upsert, false);
+        u.partitioned = true;
+        assert!(
+            u.insert()
+                .starts_with("WITH o AS (SELECT 1 FROM \"public\".\"t\" WHERE \"id\" = $1)"),
+            "{}",
+            u.insert()
         );
     }
 

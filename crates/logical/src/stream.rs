@@ -207,6 +207,7 @@ async fn apply_tables(
             source_oid,
             target_columns: target_columns(&t),
             source_columns,
+            target_partitioned: t.is_partitioned(),
         });
     }
     if !record.is_empty() {

@@ -276,23 +276,28 @@ async fn copy_table(
     // A table that another target table references by a foreign key cannot be truncated alone
     // (and cascading would empty a table another copy may be filling): it is emptied with
     // DELETE, which the replica session's foreign-key triggers ignore, and copied without FREEZE.
-    let referenced = tgt
+    let target = tgt
         .query_params(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint \
                              WHERE contype = 'f' AND confrelid = $1::regclass \
-                               AND conrelid <> confrelid) AS referenced",
+                               AND conrelid <> confrelid) AS referenced, \
+                    (SELECT relkind = 'p' FROM pg_catalog.pg_class WHERE oid = $1::regclass) AS partitioned",
             &[Some(q.as_str())],
         )
         .await
-        .map_err(on_tgt("look up foreign keys referencing"))?
-        .get(0, "referenced")
-        == Some("t");
+        .map_err(on_tgt("look up foreign keys referencing"))?;
+    let referenced = target.get(0, "referenced") == Some("t");
+    let partitioned = target.get(0, "partitioned") == Some("t");
+    let rows = crate::schema::rows_of(name, partitioned);
     let (empty, freeze) = if referenced {
-        (format!("BEGIN; DELETE FROM ONLY {q}"), "")
+        (format!("BEGIN; DELETE FROM {rows}"), "")
+    } else if partitioned {
+        // COPY cannot FREEZE into a partitioned table.
+        (format!("BEGIN; TRUNCATE {rows}"), "")
     } else {
         // FREEZE: the rows are written frozen, as the table was emptied in this transaction; no
         // later VACUUM has to rewrite every page of a freshly copied table.
-        (format!("BEGIN; TRUNCATE ONLY {q}"), " WITH (FREEZE)")
+        (format!("BEGIN; TRUNCATE {rows}"), " WITH (FREEZE)")
     };
     tgt.batch_execute(&empty).await.map_err(on_tgt("empty"))?;
     tgt.copy_in(&format!("COPY {q} {cols} FROM STDIN{freeze}"))

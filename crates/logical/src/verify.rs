@@ -116,7 +116,7 @@ pub fn normalize_row(row: &[u8], columns: &[Normalize]) -> Vec<u8> {
 }
 
 /// Hashes a table's rows, read with `COPY (SELECT cols FROM ONLY t) TO STDOUT` — without `ONLY`
-/// for a partitioned source table (`partitioned`), whose rows are its partitions'.
+/// for a partitioned table (`partitioned`), whose rows are its partitions'.
 async fn hash_table(
     conn: &mut Connection,
     t: &TableSchema,
@@ -223,6 +223,10 @@ pub async fn verify(
                 _ => Normalize::Keep,
             })
             .collect();
+        let target_partitioned = catalog::read_table(&mut tgt, &ts.table)
+            .await
+            .map_err(SubsetError::sql(Side::Target, "read the subset's tables"))?
+            .is_some_and(|t| t.is_partitioned());
         let what = format!("read {}", ts.table);
         let (s, g) = tokio::try_join!(
             async {
@@ -231,7 +235,7 @@ pub async fn verify(
                     .map_err(SubsetError::sql(Side::Source, what.clone()))
             },
             async {
-                hash_table(&mut tgt, &t, &columns, false)
+                hash_table(&mut tgt, &t, &columns, target_partitioned)
                     .await
                     .map_err(SubsetError::sql(Side::Target, what.clone()))
             }

@@ -34,6 +34,7 @@ fn table(name: &str, sync: TableSync) -> ApplyTable {
         source_oid: None,
         target_columns: vec![tcol("id"), tcol("v"), tcol("big")],
         source_columns: vec![scol("id", 1), scol("v", 2), scol("big", 3)],
+        target_partitioned: false,
     }
 }
 
@@ -234,7 +235,7 @@ fn sync_points_other_tables_and_truncate() {
     );
     assert_eq!(
         &*s.sql,
-        "TRUNCATE ONLY \"public\".\"early\", \"public\".\"late\" RESTART IDENTITY"
+        "TRUNCATE ONLY \"public\".\"early\", ONLY \"public\".\"late\" RESTART IDENTITY"
     );
     assert_eq!(
         a.on_message(PgOutputMessage::Truncate(Truncate {
