@@ -261,7 +261,15 @@ async fn run_list(args: ListArgs) -> Result<i32> {
         }
     }
     for label in &catalog.incomplete {
-        println!("{label:<24} incomplete (running, or failed: remove it with walrelay backup delete {label})");
+        println!("{label:<24} incomplete (running, or failed: remove it with walrelay backup delete {label}; deleting a running backup makes it fail)");
+    }
+    for d in &catalog.damaged {
+        println!(
+            "{:<24} damaged: {} missing, never restored (remove it with walrelay backup delete {})",
+            d.label,
+            d.missing.join(", "),
+            d.label
+        );
     }
     Ok(0)
 }

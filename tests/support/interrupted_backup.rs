@@ -1,7 +1,8 @@
 //! A `walrelay backup` stopped mid-stream, the same checks for every kind of archive (a directory,
 //! a bucket, a container): SIGTERM (exit 130) leaves nothing of it; SIGKILL leaves an incomplete
 //! backup that `backup list` shows as such, that `bootstrap --from-archive` refuses, and whose label
-//! stays taken until `backup delete` clears it, after which a new backup of that label completes.
+//! stays taken until `backup delete` clears it; one deleted while it runs fails and leaves nothing;
+//! after which a new backup of that label completes.
 
 use std::path::Path;
 use std::time::Duration;
@@ -83,6 +84,27 @@ impl InterruptedBackup<'_> {
             (self.remains)(),
             Vec::<String>::new(),
             "backup delete left remains"
+        );
+
+        // Deleted while it runs (`backup list` shows it as incomplete and names the delete): it
+        // fails, instead of finishing with a descriptor of objects that are gone.
+        let mut child = self.start_slow(&conn, "backup-deleted");
+        run_ok(&["backup", "delete", LABEL, "-D", self.location]);
+        let status = child.wait(poll::timeout());
+        assert_ne!(status.code(), Some(0), "{}", child.full_log());
+        // A store: the check before the descriptor is written. A directory: its spool went too.
+        if self.location.contains("://") {
+            assert!(
+                child.full_log().contains("was deleted while it ran"),
+                "{}",
+                child.full_log()
+            );
+        }
+        // Nothing under the label: no complete backup, no damaged one.
+        poll::wait_until(
+            "the failed backup to leave nothing",
+            || (self.remains)().is_empty(),
+            || format!("{:?}\n{}", (self.remains)(), child.full_log()),
         );
 
         run_ok(&self.backup_args(&conn, &["-c", "fast"]));

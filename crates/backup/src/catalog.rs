@@ -78,6 +78,17 @@ pub struct Catalog {
     pub backups: Vec<BackupDescriptor>,
     /// Labels with objects but no descriptor: running, or failed (remove with `backup delete`).
     pub incomplete: Vec<String>,
+    /// Backups with a descriptor but objects it lists missing (deleted while it ran, removed by
+    /// hand): never restored, and never counted as a backup kept by retention.
+    pub damaged: Vec<DamagedBackup>,
+}
+
+/// A backup whose descriptor lists objects the archive does not hold.
+#[derive(Clone, Debug, Serialize)]
+pub struct DamagedBackup {
+    pub label: String,
+    /// The missing objects, relative to the backup's directory.
+    pub missing: Vec<String>,
 }
 
 /// Lists the archive's backups, reading every descriptor.
@@ -109,9 +120,20 @@ pub async fn list_backups(archive: &OpenedArchive) -> Result<Catalog> {
             catalog.incomplete.push(label); // deleted meanwhile
             continue;
         };
-        catalog
-            .backups
-            .push(BackupDescriptor::parse(&label, &fetched.bytes)?);
+        let descriptor = BackupDescriptor::parse(&label, &fetched.bytes)?;
+        let missing: Vec<String> = descriptor
+            .required_objects()
+            .filter(|name| {
+                let full = archive.names.object(&label, name);
+                !objects.iter().any(|o| o.name == full)
+            })
+            .map(str::to_string)
+            .collect();
+        if missing.is_empty() {
+            catalog.backups.push(descriptor);
+        } else {
+            catalog.damaged.push(DamagedBackup { label, missing });
+        }
     }
     catalog.backups = crate::select::ordered(catalog.backups);
     catalog.incomplete.sort();
@@ -256,6 +278,39 @@ mod tests {
             descriptor(label, start, end_unix).to_json(),
         )
         .await;
+    }
+
+    /// A backup deleted while it ran (its tar gone, its descriptor written after): not a backup
+    /// restore may choose, and not one retention keeps in place of an intact one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_descriptor_whose_objects_are_gone_is_damaged_not_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let a = OpenedArchive::open(&ArchiveLocation::Dir(d.path().to_path_buf()), None)
+            .await
+            .unwrap();
+        stored(&a, "old", 1 << 20, 1000).await;
+        put(&a, "new", MANIFEST, b"x".to_vec()).await;
+        put(
+            &a,
+            "new",
+            DESCRIPTOR,
+            descriptor("new", 2 << 20, 2000).to_json(),
+        )
+        .await;
+        let c = list_backups(&a).await.unwrap();
+        let labels: Vec<&str> = c.backups.iter().map(|b| b.label.as_str()).collect();
+        assert_eq!(labels, ["old"]);
+        assert_eq!(c.damaged.len(), 1);
+        assert_eq!(c.damaged[0].label, "new");
+        assert_eq!(c.damaged[0].missing, ["base.tar.zst"]);
+        let rule = Retention {
+            keep_backups: Some(1),
+            keep_seconds: None,
+        };
+        let p = prune_backups(&a, rule, 5000, false).await.unwrap();
+        assert_eq!(p.kept, ["old"]);
+        assert!(p.removed.is_empty());
+        assert_eq!(p.keep_wal_from, Some(Lsn(1 << 20)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -102,6 +102,15 @@ pub enum DescriptorError {
 }
 
 impl BackupDescriptor {
+    /// The objects a restore of it needs, relative to its directory: what it lists, and its
+    /// manifest when it has one.
+    pub fn required_objects(&self) -> impl Iterator<Item = &str> {
+        self.objects
+            .iter()
+            .map(|o| o.name.as_str())
+            .chain(self.manifest.then_some(MANIFEST))
+    }
+
     /// Parses and checks a descriptor read from `LABEL/descriptor.json`.
     pub fn parse(label: &str, text: &[u8]) -> Result<BackupDescriptor, DescriptorError> {
         let invalid = |reason: String| DescriptorError::Invalid {

@@ -24,6 +24,8 @@ pub enum BackupJobError {
     Descriptor(#[from] DescriptorError),
     #[error("the archive already holds a backup labelled {label:?} ({object} exists): choose another --label, or remove it with walrelay backup delete")]
     LabelExists { label: String, object: String },
+    #[error("backup {label:?} was deleted while it ran ({missing} is gone from the archive): it is not stored; run walrelay backup again")]
+    DeletedWhileRunning { label: String, missing: String },
     #[error("could not connect to the primary: {0}")]
     Connect(#[source] ClientError),
     #[error(
@@ -133,6 +135,7 @@ impl Classify for BackupJobError {
             | BackupJobError::Descriptor(DescriptorError::BadLabel(_))
             | BackupJobError::LabelExists { .. }
             | BackupJobError::NoBackup(_) => ErrorClass::Usage,
+            BackupJobError::DeletedWhileRunning { .. } => ErrorClass::Local,
             BackupJobError::Descriptor(_)
             | BackupJobError::Damaged { .. }
             | BackupJobError::BadManifest { .. }

@@ -415,6 +415,25 @@ impl Job<'_> {
             manifest: manifest.is_some(),
             objects: objects.into_iter().map(|(o, _)| o).collect(),
         };
+        // `backup delete` of this label while it ran (a running backup is listed as incomplete)
+        // removed what it had stored: its descriptor would name objects that are gone.
+        let stored_now = self
+            .archive
+            .store
+            .list(&self.archive.names.backup_prefix(self.label))
+            .await?;
+        if let Some(gone) = std::iter::once(STARTED)
+            .chain(descriptor.required_objects())
+            .find(|n| {
+                let full = self.archive.names.object(self.label, n);
+                !stored_now.iter().any(|o| o.name == full)
+            })
+        {
+            return Err(BackupJobError::DeletedWhileRunning {
+                label: self.label.to_string(),
+                missing: gone.to_string(),
+            });
+        }
         let name = self.archive.names.object(self.label, DESCRIPTOR);
         let stored = put_new(
             self.archive.store.as_ref(),
