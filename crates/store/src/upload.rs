@@ -148,6 +148,9 @@ struct SpoolScan {
     ready: Vec<Ready>,
     /// The newest segment file of any state: never removed.
     newest: Option<String>,
+    /// Segment files uploaded while they were the newest, kept then, and no longer the newest:
+    /// to be removed now.
+    uploaded_older: Vec<String>,
     pending_files: u64,
     pending_bytes: u64,
 }
@@ -200,7 +203,13 @@ fn scan_spool(
         ..Default::default()
     };
     for f in files {
-        if !is_archivable(&f.name) || done.contains(&f.name) {
+        if done.contains(&f.name) {
+            if segment_key(&f.name).is_some() && scan.newest.as_deref() != Some(f.name.as_str()) {
+                scan.uploaded_older.push(f.name);
+            }
+            continue;
+        }
+        if !is_archivable(&f.name) {
             continue;
         }
         let key = segment_key(&f.name);
@@ -460,6 +469,17 @@ impl Uploader {
         self.stats
             .pending_bytes
             .store(scan.pending_bytes, Ordering::Relaxed);
+        if !scan.uploaded_older.is_empty() {
+            // Uploaded while newest (kept for the engine to resume from), and newer WAL has
+            // come since: without this they would stay in the spool for ever, and come back
+            // into the store after a restart even once `prune` removed them there.
+            let names: BTreeSet<String> = scan.uploaded_older.iter().cloned().collect();
+            for n in &names {
+                self.done.remove(n);
+            }
+            let (spool, checksums) = (self.cfg.spool.clone(), self.cfg.checksums);
+            blocking(move || remove_uploaded(&spool, &names, checksums)).await?;
+        }
         if scan.ready.is_empty() {
             return Ok(false);
         }
@@ -756,6 +776,61 @@ mod tests {
             (0, 2),
             "{snap:?}"
         );
+    }
+
+    /// A segment uploaded while it was the newest stays (the engine resumes from it) until newer
+    /// WAL arrives; then it goes, as every older uploaded segment does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_segment_uploaded_as_the_newest_goes_once_a_newer_one_arrives() {
+        let (spool, _root, store) = spool_and_store();
+        let add = |segno: u64| {
+            let data = segment(segno, segno as u8, SYSID);
+            fs::write(spool.path().join(name(segno)), &data).unwrap();
+            let sha: [u8; 32] = Sha256::digest(&data).into();
+            walrelay_archive::record_checksum(spool.path(), &name(segno), &sha).unwrap();
+        };
+        add(1);
+        let stats = Arc::new(UploadStats::default());
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(run_uploader(
+            uploader(spool.path(), store.clone()),
+            stats.clone(),
+            rx,
+        ));
+        let uploaded = |n: u64| {
+            let stats = stats.clone();
+            async move { wait_uploads(&stats, n).await }
+        };
+        async fn wait_uploads(stats: &UploadStats, n: u64) {
+            for _ in 0..200 {
+                if stats.snapshot().uploaded_files >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("{n} uploads expected: {:?}", stats.snapshot());
+        }
+        uploaded(1).await;
+        assert!(spool.path().join(name(1)).exists(), "the newest stays");
+        add(2);
+        uploaded(2).await;
+        let mut gone = false;
+        for _ in 0..200 {
+            gone = !spool.path().join(name(1)).exists();
+            if gone {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(gone, "segment 1 left in the spool");
+        assert!(spool.path().join(name(2)).exists());
+        let list = walrelay_archive::read_checksums(spool.path()).unwrap();
+        assert_eq!(
+            list.entries.keys().cloned().collect::<Vec<_>>(),
+            vec![name(2)]
+        );
+        let _ = tx.send(true);
+        task.await.unwrap().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
