@@ -91,6 +91,11 @@ pub struct RestoreArgs {
     /// fsyncs every restored file it keeps itself (durable_rename), as after `cp`.
     #[arg(long = "fsync")]
     pub fsync: bool,
+    /// The restore_command of a standby that also streams from its primary: an archive that
+    /// cannot be read now (a store down, a mount gone) is reported as "not in the archive"
+    /// (exit 1), so the server streams on instead of stopping; damaged WAL still stops it.
+    #[arg(long = "standby")]
+    pub standby: bool,
     /// Log what was restored, and files not in the archive (stderr, one line each): the global
     /// `-v` (`--verbose`).
     #[arg(skip)]
@@ -200,11 +205,24 @@ fn restore_blocking(args: &RestoreArgs) -> i32 {
             }
             outcome.exit_code()
         }
-        Err(e) => {
-            eprintln!("walrelay: error: restore {wal_file}: {e}");
-            e.restore_exit_code()
-        }
+        Err(e) => unreadable(args, wal_file, &e.to_string(), e.restore_exit_code()),
     }
+}
+
+/// The exit status for an archive that failed to give `wal_file` (`code`: damaged or other):
+/// for a standby's restore_command (`--standby`), anything but damage is "not in the archive",
+/// so that the server goes on streaming from its primary.
+fn unreadable(args: &RestoreArgs, wal_file: &str, error: &str, code: i32) -> i32 {
+    // One line in the server's log: a store's error may carry the response body's line breaks.
+    let error = error.split_whitespace().collect::<Vec<_>>().join(" ");
+    if args.standby && code == RESTORE_EXIT_ERROR {
+        eprintln!(
+            "walrelay: warning: restore {wal_file}: {error} (a standby: reported as not in the archive, so that the server streams from its primary meanwhile)"
+        );
+        return RestoreOutcome::NotFound.exit_code();
+    }
+    eprintln!("walrelay: error: restore {wal_file}: {error}");
+    code
 }
 
 /// `walrelay restore` from object storage: the same exit codes as from a directory (an
@@ -244,12 +262,12 @@ async fn restore_from_store(args: &RestoreArgs, url: &StoreUrl) -> i32 {
             outcome.exit_code()
         }
         Err(e) => {
-            eprintln!("walrelay: error: restore {wal_file}: {e}");
-            if e.is_corruption() {
+            let code = if e.is_corruption() {
                 walrelay_archive::RESTORE_EXIT_CORRUPT
             } else {
                 RESTORE_EXIT_ERROR
-            }
+            };
+            unreadable(args, wal_file, &e.to_string(), code)
         }
     }
 }

@@ -396,6 +396,28 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
         },
         || standby.log_tail(30),
     );
+    // Its archive unreadable (a store down, a mount gone): the standby still starts and streams
+    // (restore_command --standby reports "not in the archive" rather than stopping it).
+    let auto = standby_dir.join("postgresql.auto.conf");
+    let conf = fs::read_to_string(&auto).unwrap();
+    assert!(conf.contains(" --standby'"), "{conf}");
+    let mut standby = standby;
+    standby.stop(StopMode::Fast);
+    let gone = format!("{}-gone", s(&archive));
+    fs::write(&auto, conf.replace(s(&archive), &gone)).unwrap();
+    standby.start();
+    primary.psql("INSERT INTO marker VALUES (4, clock_timestamp())");
+    standby.wait_replay(primary.current_wal_lsn());
+    assert_eq!(
+        standby.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM marker"),
+        "1,2,3,4"
+    );
+    let log = standby.log_tail(200);
+    assert!(
+        log.contains("reported as not in the archive")
+            && !log.contains("shutting down due to startup process failure"),
+        "{log}"
+    );
     drop(standby);
 
     // A damaged WAL file of a backup is caught too, and the restore leaves nothing.

@@ -60,12 +60,14 @@ pub fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', "'\\''"))
 }
 
-/// `restore_command` for an archive: `WALRELAY restore %f %p -D ARCHIVE`.
-pub fn restore_command(walrelay: &str, archive: &str) -> String {
+/// `restore_command` for an archive: `WALRELAY restore %f %p -D ARCHIVE`; for a standby that
+/// also streams, with `--standby` (an archive it cannot read now does not stop it).
+pub fn restore_command(walrelay: &str, archive: &str, standby: bool) -> String {
     format!(
-        "{} restore %f %p -D {}",
+        "{} restore %f %p -D {}{}",
         shell_quote(walrelay),
-        shell_quote(archive)
+        shell_quote(archive),
+        if standby { " --standby" } else { "" }
     )
 }
 
@@ -142,14 +144,18 @@ mod tests {
         assert_eq!(shell_quote("/a b/it's"), "'/a b/it'\\''s'");
         assert_eq!(shell_quote(""), "''");
         assert_eq!(
-            restore_command("/bin/walrelay", "/srv/my archive"),
+            restore_command("/bin/walrelay", "/srv/my archive", false),
             "/bin/walrelay restore %f %p -D '/srv/my archive'"
+        );
+        assert_eq!(
+            restore_command("/bin/walrelay", "s3://b/p", true),
+            "/bin/walrelay restore %f %p -D s3://b/p --standby"
         );
     }
 
     #[test]
     fn pitr_on_12_and_later() {
-        let cmd = restore_command("/bin/walrelay", "/srv/it's");
+        let cmd = restore_command("/bin/walrelay", "/srv/it's", false);
         let files = render(
             15,
             &cmd,

@@ -333,7 +333,11 @@ async fn restore_into(
             slot_name: slot_name.clone(),
         },
     };
-    let command = restore_command(&config.walrelay, &config.archive_for_restore_command);
+    let command = restore_command(
+        &config.walrelay,
+        &config.archive_for_restore_command,
+        matches!(config.restore_as, RestoreAs::Standby { .. }),
+    );
     for file in render(major, &command, &mode) {
         let path = target.join(file.name);
         let contents = if file.append {
