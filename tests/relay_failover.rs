@@ -4,13 +4,21 @@
 //! `walrelay serve` through a failover: the relay's upstream is a host list (a primary and its
 //! streaming standby); the primary stops, the standby is promoted, the relay follows it onto the
 //! new timeline by itself — and leads its own downstream standby there without a restart: the
-//! history file served, the end of the old timeline announced, streaming on the new one.
+//! history file served, the end of the old timeline announced, streaming on the new one. Once the
+//! switch segment is no longer in the relay's memory, a pg_receivewal asking for timeline 2 from
+//! that segment gets the new primary's file byte for byte (not the old timeline's file, which
+//! holds nothing — or WAL a failover lost — past the switch point).
 
 mod support;
 
-use walrelay_testkit::StopMode;
+use std::str::FromStr;
 
-use support::relay::{pg_basebackup_through, primary, walsenders, Relay};
+use walrelay_protocol::{Lsn, SegmentId, TimelineId, WalSegmentSize};
+use walrelay_testkit::{pg_command, StopMode};
+
+use support::relay::{
+    interrupt, pg_basebackup_through, primary, wait_complete_segment, walsenders, Relay,
+};
 use support::{poll, server};
 
 #[test]
@@ -35,7 +43,12 @@ fn downstream_standbys_follow_a_promotion_upstream() {
         b.port()
     );
     let archive = primary.scratch_path("relay-archive");
-    let mut relay = Relay::start(&hosts, &archive, &["--status-interval", "1"]);
+    // A small buffer: the switch segment is soon read back from the archive.
+    let mut relay = Relay::start(
+        &hosts,
+        &archive,
+        &["--status-interval", "1", "--buffer-mb", "1"],
+    );
     server::wait_streaming(&primary, "relay");
 
     // The relay's standby, seeded through the relay.
@@ -81,6 +94,40 @@ fn downstream_standbys_follow_a_promotion_upstream() {
     assert!(
         log.contains("ending this one at its switch point"),
         "the relay's log does not show the end of timeline 1 sent downstream:\n{log}"
+    );
+
+    // The switch segment, from the archive: pg_receivewal starts there on timeline 2 (the
+    // segment before it, complete, in its directory), as a standby that reconnects does.
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    let history = std::fs::read_to_string(b.pg_wal_dir().join("00000002.history")).unwrap();
+    let switch = Lsn::from_str(history.split('\t').nth(1).unwrap()).unwrap();
+    let switch_seg = SegmentId::new(TimelineId(2), seg.segno(switch));
+    for i in 0..4 {
+        server::insert_rows(&b, &format!("more{i}"), 5000);
+        b.switch_wal();
+    }
+    let dir = b.scratch_path("after-switch");
+    std::fs::create_dir_all(&dir).unwrap();
+    let before = SegmentId::new(
+        TimelineId(2),
+        walrelay_protocol::XLogSegNo(switch_seg.segno.0 - 1),
+    );
+    std::fs::write(dir.join(before.file_name(seg)), vec![0u8; 1 << 20]).unwrap();
+    let mut receivewal = pg_command(&b.install().tools().tool("pg_receivewal"))
+        .args(["-d", &relay.conninfo("replicator", Some("rep"))])
+        .arg("-D")
+        .arg(&dir)
+        .args(["-s", "1", "--no-loop"])
+        .spawn()
+        .unwrap();
+    let end = Lsn((switch_seg.segno.0 + 1) * seg.as_u64());
+    wait_complete_segment(&dir, end, seg, &mut receivewal);
+    interrupt(&mut receivewal);
+    let name = switch_seg.file_name(seg);
+    assert!(
+        std::fs::read(dir.join(&name)).unwrap()
+            == std::fs::read(b.pg_wal_dir().join(&name)).unwrap(),
+        "{name} through the relay differs from the new primary's"
     );
     relay.assert_healthy();
 }

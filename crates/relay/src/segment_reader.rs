@@ -52,17 +52,22 @@ impl SegmentReader {
     }
 
     /// Up to `max` bytes from `lsn`, not past the end of its segment, from the first of
-    /// `timelines` whose file of that segment exists.
+    /// `timelines` whose file of that segment exists — and not past the position given with that
+    /// timeline, where its file stops holding the WAL wanted (a switch point).
     pub fn read(
         &mut self,
-        timelines: &[TimelineId],
+        timelines: &[(TimelineId, Option<Lsn>)],
         lsn: Lsn,
         max: usize,
     ) -> Result<Bytes, ReadError> {
         let segno = self.seg.segno(lsn);
-        let wanted: Vec<SegmentId> = timelines
+        let usable: Vec<&(TimelineId, Option<Lsn>)> = timelines
             .iter()
-            .map(|&t| SegmentId::new(t, segno))
+            .filter(|(_, end)| end.is_none_or(|e| e > lsn))
+            .collect();
+        let wanted: Vec<SegmentId> = usable
+            .iter()
+            .map(|&&(t, _)| SegmentId::new(t, segno))
             .collect();
         if !self
             .open
@@ -73,10 +78,18 @@ impl SegmentReader {
             self.open = Some(self.find(&wanted)?);
         }
         let offset = u64::from(self.seg.offset(lsn));
-        let len = (self.seg.as_u64() - offset).min(max as u64) as usize;
-        let Some((_, path, source)) = self.open.as_ref() else {
+        let Some((id, path, source)) = self.open.as_ref() else {
             return Err(self.removed(&wanted));
         };
+        let end = usable
+            .iter()
+            .find(|(t, _)| *t == id.timeline)
+            .and_then(|(_, end)| *end);
+        let mut len = (self.seg.as_u64() - offset).min(max as u64);
+        if let Some(end) = end {
+            len = len.min(end.0 - lsn.0);
+        }
+        let len = len as usize;
         match source {
             Source::Decoded(all) => {
                 let end = (offset as usize + len).min(all.len());
@@ -178,27 +191,66 @@ mod tests {
         let mut r = SegmentReader::new(d.path(), seg());
         let at = |segno: u64, off: u64| Lsn(segno * (1 << 20) + off);
         assert_eq!(
-            &r.read(&[t1], at(1, 100), 50).unwrap()[..],
+            &r.read(&[(t1, None)], at(1, 100), 50).unwrap()[..],
             &content(1)[100..150]
         );
         // Never past the segment's end.
-        assert_eq!(r.read(&[t1], at(1, (1 << 20) - 10), 50).unwrap().len(), 10);
-        assert_eq!(&r.read(&[t1], at(2, 0), 8).unwrap()[..], &content(2)[..8]);
         assert_eq!(
-            &r.read(&[t1], at(3, 5000), 100).unwrap()[..],
+            r.read(&[(t1, None)], at(1, (1 << 20) - 10), 50)
+                .unwrap()
+                .len(),
+            10
+        );
+        assert_eq!(
+            &r.read(&[(t1, None)], at(2, 0), 8).unwrap()[..],
+            &content(2)[..8]
+        );
+        assert_eq!(
+            &r.read(&[(t1, None)], at(3, 5000), 100).unwrap()[..],
             &content(3)[5000..5100]
         );
-        match r.read(&[t1], at(4, 0), 8) {
+        match r.read(&[(t1, None)], at(4, 0), 8) {
             Err(ReadError::Removed { segment }) => assert_eq!(segment, name(4)),
             other => panic!("{other:?}"),
         }
-        // A later timeline's file serves when the first has none (the switch segment).
+        // Another timeline's file serves when the first has none (the switch segment).
         let t2 = TimelineId(2);
         let n2 = SegmentId::new(t2, walrelay_protocol::XLogSegNo(4)).file_name(seg());
         std::fs::write(d.path().join(n2), content(4)).unwrap();
         assert_eq!(
-            &r.read(&[t1, t2], at(4, 1), 3).unwrap()[..],
+            &r.read(&[(t1, None), (t2, None)], at(4, 1), 3).unwrap()[..],
             &content(4)[1..4]
+        );
+    }
+
+    /// The switch segment after a failover: timeline 1's file goes on past the switch point with
+    /// WAL timeline 2 does not have. Read for timeline 2, it serves only up to the switch point;
+    /// timeline 2's own file, once there, serves the whole segment.
+    #[test]
+    fn an_ancestor_s_file_stops_at_its_switch_point() {
+        let d = tempfile::tempdir().unwrap();
+        let (t1, t2) = (TimelineId(1), TimelineId(2));
+        let segno = walrelay_protocol::XLogSegNo(5);
+        let name = |t| SegmentId::new(t, segno).file_name(seg());
+        let old = content(1);
+        std::fs::write(d.path().join(format!("{}.partial", name(t1))), &old).unwrap();
+        let at = |off: u64| Lsn(5 * (1 << 20) + off);
+        let switch = at(0x8_31D0);
+        let files = [(t2, None), (t1, Some(switch))];
+        let mut r = SegmentReader::new(d.path(), seg());
+        let got = r.read(&files, at(0), 1 << 20).unwrap();
+        assert_eq!(&got[..], &old[..0x8_31D0]);
+        assert!(r.read(&[(t1, Some(switch))], switch, 100).is_err());
+        let new = content(2);
+        std::fs::write(d.path().join(format!("{}.partial", name(t2))), &new).unwrap();
+        let mut r = SegmentReader::new(d.path(), seg());
+        assert_eq!(
+            &r.read(&files, at(0x10), 100).unwrap()[..],
+            &new[0x10..0x10 + 100]
+        );
+        assert_eq!(
+            &r.read(&files, switch, 100).unwrap()[..],
+            &new[0x8_31D0..0x8_31D0 + 100]
         );
     }
 }

@@ -214,16 +214,20 @@ impl WalFeed {
         lock(&self.buffer).get(timeline, from, until, max)
     }
 
-    /// The archive files to read position `lsn` of `timeline` from, best first: the file of the
-    /// timeline holding `lsn` in `timeline`'s history, then those of later timelines that begin
-    /// in the same segment.
+    /// The archive files to read position `lsn` of `timeline` from, best first, each with the
+    /// position where its content stops being `timeline`'s (`None`: never). A timeline's file of
+    /// the segment where it begins holds its parent's WAL up to the switch point, then its own;
+    /// an ancestor's file holds, past its switch point, WAL the new timeline does not have (zeros,
+    /// or WAL a failover lost). So: the newest timeline of `timeline`'s history that begins in
+    /// `lsn`'s segment first, down to the one holding `lsn`; each read from it ends where that
+    /// timeline ends in the history.
     pub fn file_timelines(
         &self,
         timeline: TimelineId,
         lsn: Lsn,
-    ) -> Result<Vec<TimelineId>, io::Error> {
+    ) -> Result<Vec<(TimelineId, Option<Lsn>)>, io::Error> {
         let Some(h) = self.history(timeline)? else {
-            return Ok(vec![timeline]);
+            return Ok(vec![(timeline, None)]);
         };
         // Each timeline of the history with the position where it begins.
         let mut begins: Vec<(TimelineId, Lsn)> = Vec::new();
@@ -235,13 +239,12 @@ impl WalFeed {
         begins.push((h.parsed.timeline, begin));
         let owner = h.parsed.timeline_of(lsn);
         let segno = self.seg.segno(lsn);
-        let mut out = vec![owner];
-        out.extend(
-            begins
-                .iter()
-                .filter(|(t, b)| *t > owner && self.seg.segno(*b) == segno)
-                .map(|(t, _)| *t),
-        );
+        let mut out: Vec<(TimelineId, Option<Lsn>)> = begins
+            .iter()
+            .filter(|(t, b)| *t == owner || (*t > owner && self.seg.segno(*b) == segno))
+            .map(|(t, _)| (*t, h.parsed.switchpoint_of(*t)))
+            .collect();
+        out.sort_by(|a, b| b.0.cmp(&a.0));
         Ok(out)
     }
 }
@@ -308,16 +311,20 @@ mod tests {
         assert_eq!(f.limit(TimelineId(2)).unwrap(), historic(0x80_0028, 3));
         assert_eq!(f.limit(TimelineId(4)).unwrap(), None);
         assert_eq!(f.timeline_of(Lsn(0x40_0000)).unwrap(), TimelineId(2));
-        // Files: the owner first, then a timeline beginning in the same segment.
+        // Files: a timeline beginning in the segment first, then the owner; each up to where it
+        // ends in the history.
+        let (end1, end2) = (Some(Lsn(0x35_0000)), Some(Lsn(0x80_0028)));
         for (streamed, lsn, files) in [
-            (3, 0x10_0000, &[1][..]),
-            (3, 0x30_0000, &[1, 2]),
-            (3, 0x36_0000, &[2]),
-            (3, 0x80_0000, &[2, 3]),
-            (3, 0x90_0000, &[3]),
-            (1, 0x90_0000, &[1]),
+            (3, 0x10_0000, &[(1, end1)][..]),
+            (3, 0x30_0000, &[(2, end2), (1, end1)]),
+            (3, 0x36_0000, &[(2, end2)]),
+            (3, 0x80_0000, &[(3, None), (2, end2)]),
+            (3, 0x90_0000, &[(3, None)]),
+            (2, 0x30_0000, &[(2, None), (1, end1)]),
+            (1, 0x90_0000, &[(1, None)]),
         ] {
-            let want: Vec<TimelineId> = files.iter().map(|&t| TimelineId(t)).collect();
+            let want: Vec<(TimelineId, Option<Lsn>)> =
+                files.iter().map(|&(t, end)| (TimelineId(t), end)).collect();
             assert_eq!(
                 f.file_timelines(TimelineId(streamed), Lsn(lsn)).unwrap(),
                 want,
