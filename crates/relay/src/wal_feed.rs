@@ -244,7 +244,7 @@ impl WalFeed {
             .filter(|(t, b)| *t == owner || (*t > owner && self.seg.segno(*b) == segno))
             .map(|(t, _)| (*t, h.parsed.switchpoint_of(*t)))
             .collect();
-        out.sort_by(|a, b| b.0.cmp(&a.0));
+        out.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
         Ok(out)
     }
 }
