@@ -545,12 +545,33 @@ fn a_relay_restarted_while_the_primary_is_down_serves_its_archive() {
         .unwrap()
         .expect("the relay recorded its upstream");
     assert_eq!(recorded.system_identifier, primary.system_identifier());
+    // The last commits before the outage, in the segment being filled: durable at the relay.
+    let tail = server::insert_rows(&primary, "offline_tail", 300);
+    let tail_seg =
+        walrelay_protocol::SegmentId::new(walrelay_protocol::TimelineId(1), seg().segno(tail))
+            .file_name(seg());
+    let upto = seg().offset(tail) as usize;
+    let primary_wal = primary.pg_wal_dir();
+    let holds_tail = |dir: &Path| {
+        let primary_seg = std::fs::read(primary_wal.join(&tail_seg)).unwrap();
+        std::fs::read(dir.join(format!("{tail_seg}.partial")))
+            .is_ok_and(|got| got.len() >= upto && got[..upto] == primary_seg[..upto])
+    };
+    poll::wait_until(
+        "the relay to write the last commits",
+        || holds_tail(&relay.archive),
+        || wal_files::listing(&relay.archive),
+    );
 
     relay.w.kill9();
     primary.stop(StopMode::Fast);
     relay.restart();
     relay.w.wait_log(
         "upstream not reachable; serving the archive",
+        poll::timeout(),
+    );
+    relay.w.wait_log(
+        "the newest partial segment is validated again",
         poll::timeout(),
     );
 
@@ -571,6 +592,13 @@ fn a_relay_restarted_while_the_primary_is_down_serves_its_archive() {
         .spawn()
         .expect("start pg_receivewal");
     wait_complete_segment(&dir, last, seg(), &mut receivewal);
+    // And the segment being filled, up to the last commit before the outage (a relay restarted
+    // while the upstream is down serves what it had acknowledged, not only whole segments).
+    poll::wait_until(
+        "pg_receivewal to get the last commits from the restarted relay",
+        || holds_tail(&dir),
+        || wal_files::listing(&dir),
+    );
     interrupt(&mut receivewal);
     let compared = wal_files::assert_identical_to_server(&dir, &primary.pg_wal_dir(), seg());
     assert!(compared >= 3, "only {compared} segments compared");
@@ -661,4 +689,54 @@ fn a_relay_streaming_from_itself_is_refused() {
     assert_eq!(errors.len(), 1, "{stopped}");
     assert!(errors[0].contains("is this relay itself"), "{stopped}");
     assert_eq!(status.code(), Some(2), "{stopped}");
+}
+
+/// A directory holding another cluster's WAL (pg_receivewal's archive, say) and no relay record:
+/// refused before the upstream is recorded in it — a record over foreign WAL would, on a restart
+/// while the upstream is down, present that WAL under the upstream's identity.
+#[test]
+fn another_cluster_s_wal_is_refused_before_the_upstream_is_recorded() {
+    let other = primary("relay-foreign-b", &[]);
+    let primary = primary("relay-foreign-a", &[]);
+    let segment = other.switch_wal();
+    let name = walrelay_protocol::SegmentId::new(
+        walrelay_protocol::TimelineId(1),
+        seg().segno(Lsn(segment.0 - 1)),
+    )
+    .file_name(seg());
+    let dir = primary.scratch_path("foreign");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(other.pg_wal_dir().join(&name), dir.join(&name)).unwrap();
+    let port = support::relay::free_port();
+    let out = support::walrelay_cmd::run(
+        &[
+            "serve".into(),
+            "-d".into(),
+            upstream(&primary),
+            "-D".into(),
+            path(&dir).into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ],
+        poll::timeout(),
+    );
+    assert_eq!(out.code(), Some(4), "{}", out.stderr);
+    let lines = out.error_lines();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert!(
+        lines[0].contains(&format!(
+            "belongs to system {}, but the upstream is system {}",
+            other.system_identifier(),
+            primary.system_identifier()
+        )),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        walrelay_archive::read_relay_upstream(&dir)
+            .unwrap()
+            .is_none(),
+        "the upstream was recorded in {}",
+        wal_files::listing(&dir)
+    );
 }

@@ -32,6 +32,7 @@
 //! relay.
 
 pub mod allow;
+mod archive_wal;
 pub mod buffer;
 pub mod config;
 pub mod downstreams;
@@ -173,7 +174,19 @@ pub async fn serve(
         .await
         .map_err(|e| RelayError::Config(format!("scanning the archive failed: {e}")))??;
     let initial = match inventory.streaming_start() {
-        Some((timeline, lsn)) => TimelinePosition { timeline, lsn },
+        Some(resume) => {
+            let (dir, sysid) = (dir.clone(), upstream.system_identifier);
+            let magic = walrelay_wal::page_magic_for_major(upstream.major());
+            let lsn = tokio::task::spawn_blocking(move || {
+                archive_wal::servable_in_partial(&dir, seg, resume, sysid, magic)
+            })
+            .await
+            .map_err(|e| RelayError::Config(format!("reading the archive failed: {e}")))?;
+            TimelinePosition {
+                timeline: resume.0,
+                lsn,
+            }
+        }
         None => TimelinePosition {
             timeline: upstream.timeline,
             lsn: Lsn::INVALID,

@@ -116,11 +116,22 @@ pub async fn identify(
         "upstream identified"
     );
     let stored = walrelay_archive::read_relay_upstream(dir)?;
-    if let Some(stored) = &stored {
-        if stored.system_identifier != info.system_identifier {
+    // Without a record yet, the WAL already there (pg_receivewal's, an earlier receive's) says
+    // whose archive it is: the record must not be written over another cluster's WAL.
+    let archived = match &stored {
+        Some(stored) => Some(stored.system_identifier),
+        None => {
+            let (d, seg) = (dir.to_path_buf(), info.segment_size);
+            tokio::task::spawn_blocking(move || crate::archive_wal::archived_system(&d, seg))
+                .await
+                .map_err(|e| RelayError::Config(format!("reading the archive failed: {e}")))??
+        }
+    };
+    if let Some(archived) = archived {
+        if archived != info.system_identifier {
             return Err(RelayError::OtherSystem {
                 dir: dir.to_path_buf(),
-                archive: stored.system_identifier,
+                archive: archived,
                 upstream: info.system_identifier,
             });
         }
