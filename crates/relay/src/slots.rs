@@ -173,13 +173,15 @@ impl SlotRegistry {
         Ok(())
     }
 
-    /// DROP_REPLICATION_SLOT.
-    pub fn drop_slot(&self, name: &str) -> Result<(), SlotError> {
+    /// DROP_REPLICATION_SLOT by session `by`. A slot another session streams from, or another
+    /// session's temporary slot (held by it until it ends, as on a server: a running
+    /// pg_basebackup's), is refused.
+    pub fn drop_slot(&self, name: &str, by: i32) -> Result<(), SlotError> {
         let mut slots = self.lock();
         let slot = slots
             .get(name)
             .ok_or_else(|| SlotError::Missing(name.to_string()))?;
-        if let Some(pid) = slot.active_pid {
+        if let Some(pid) = Self::held_by_other(slot, by) {
             return Err(SlotError::Active {
                 name: name.to_string(),
                 pid,
@@ -222,6 +224,20 @@ impl SlotRegistry {
                 s.active_pid = None;
             }
         }
+    }
+
+    /// The session other than `by` that holds `slot`: streams from it, or made it temporary.
+    fn held_by_other(slot: &Slot, by: i32) -> Option<i32> {
+        slot.active_pid
+            .or(slot.temporary_of)
+            .filter(|&pid| pid != by)
+    }
+
+    /// Whether a session other than `by` holds the slot (see [`SlotRegistry::drop_slot`]).
+    pub fn held_by_another(&self, name: &str, by: i32) -> bool {
+        self.lock()
+            .get(name)
+            .is_some_and(|s| Self::held_by_other(s, by).is_some())
     }
 
     pub fn is_active(&self, name: &str) -> bool {
@@ -332,7 +348,17 @@ mod tests {
                 pid: 40
             })
         );
-        assert_eq!(r.drop_slot("standby1").unwrap_err().sqlstate(), "55006");
+        assert_eq!(r.drop_slot("standby1", 41).unwrap_err().sqlstate(), "55006");
+        // Another session's temporary slot is held by it (a running pg_basebackup's).
+        assert_eq!(
+            r.drop_slot("pg_basebackup_7", 41),
+            Err(SlotError::Active {
+                name: "pg_basebackup_7".into(),
+                pid: 7
+            })
+        );
+        assert!(r.held_by_another("pg_basebackup_7", 41));
+        assert!(!r.held_by_another("pg_basebackup_7", 7));
         r.advance("standby1", t1, Lsn(0x10_0100));
         r.advance("standby1", t1, Lsn(0x10_0050));
         assert_eq!(r.read("standby1"), Some(Some((t1, Lsn(0x10_0100)))));
@@ -350,9 +376,9 @@ mod tests {
         r.session_ended(7);
         assert_eq!(r.read("pg_basebackup_7"), None);
         assert!(!r.is_active("standby1"));
-        r.drop_slot("standby1").unwrap();
+        r.drop_slot("standby1", 41).unwrap();
         assert_eq!(
-            r.drop_slot("standby1"),
+            r.drop_slot("standby1", 41),
             Err(SlotError::Missing("standby1".into()))
         );
         assert_eq!(r.read("archiver"), Some(None));

@@ -477,10 +477,13 @@ impl Session {
     async fn drop_replication_slot(&mut self, slot: &str, wait: bool) {
         // WAIT: until the session using it lets go (bounded, unlike a server's).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while wait && self.shared.slots.is_active(slot) && tokio::time::Instant::now() < deadline {
+        while wait
+            && self.shared.slots.held_by_another(slot, self.pid)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        match self.shared.slots.drop_slot(slot) {
+        match self.shared.slots.drop_slot(slot, self.pid) {
             Ok(()) => {
                 info!(slot, "replication slot dropped");
                 let major = self.major();
