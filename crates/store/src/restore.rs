@@ -291,7 +291,9 @@ pub async fn restore_from_store(
         return Ok((RestoreOutcome::Restored(r), None));
     }
 
-    let cache = cache_dir_for(dest, opts);
+    // One directory per cluster: a cache shared by the servers of several clusters (`--cache`
+    // given to each) never hands one cluster's segment to another.
+    let cache = cache_dir_for(dest, opts).join(sysid.to_string());
     let mut restored = None;
     if opts.prefetch > 0 {
         let (c, n, d, o) = (
@@ -504,6 +506,8 @@ mod tests {
         let (_root, store) = stored(1..=4).await;
         let pg_wal = tempfile::tempdir().unwrap();
         let cache = pg_wal.path().join(DEFAULT_CACHE_DIR_NAME);
+        // The cluster's own directory in the cache.
+        let cached = cache.join(SYSID.to_string());
         let dest = pg_wal.path().join("RECOVERYXLOG");
 
         let (out, plan) = restore_from_store(store.as_ref(), &name(1), &dest, &opts(2, &cache))
@@ -514,7 +518,7 @@ mod tests {
         let plan = plan.unwrap();
         assert_eq!(plan.names, vec![name(2), name(3)]);
         prefetch_worker(store.as_ref(), &plan, None).await;
-        assert!(cache.join(name(2)).is_file() && cache.join(name(3)).is_file());
+        assert!(cached.join(name(2)).is_file() && cached.join(name(3)).is_file());
 
         // The next one comes from the cache (and leaves it); the plan moves on.
         let (out, plan) = restore_from_store(store.as_ref(), &name(2), &dest, &opts(2, &cache))
@@ -523,9 +527,9 @@ mod tests {
         let RestoreOutcome::Restored(r) = out else {
             panic!()
         };
-        assert_eq!(r.source, cache.join(name(2)));
+        assert_eq!(r.source, cached.join(name(2)));
         assert_eq!(fs::read(&dest).unwrap(), segment(2, 2, SYSID));
-        assert!(!cache.join(name(2)).exists());
+        assert!(!cached.join(name(2)).exists());
         assert_eq!(plan.unwrap().names, vec![name(4)], "3 is cached already");
         // Past the end of the archive: not found, and prefetch of missing segments is harmless.
         let (out, _) = restore_from_store(store.as_ref(), &name(9), &dest, &opts(2, &cache))
@@ -550,10 +554,13 @@ mod tests {
         let (root, store) = stored(1..=2).await;
         let pg_wal = tempfile::tempdir().unwrap();
         let cache = pg_wal.path().join("cache");
-        fs::create_dir_all(&cache).unwrap();
+        fs::create_dir_all(cache.join(SYSID.to_string())).unwrap();
         let dest = pg_wal.path().join("RECOVERYXLOG");
         // A cached copy that is not a whole segment is dropped and fetched again.
-        fs::write(cache.join(name(1)), b"short").unwrap();
+        fs::write(cache.join(SYSID.to_string()).join(name(1)), b"short").unwrap();
+        // Another cluster's segment of that name in the cache, where an older walrelay kept
+        // every cluster's: never handed out.
+        fs::write(cache.join(name(1)), segment(1, 9, SYSID + 1)).unwrap();
         let (out, _) = restore_from_store(store.as_ref(), &name(1), &dest, &opts(1, &cache))
             .await
             .unwrap();
