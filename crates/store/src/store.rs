@@ -9,7 +9,9 @@
 //! single PUT, atomic in every store), and an existing object is never overwritten. [`put_new`] adds
 //! the comparison on top: when the name exists, the stored object is fetched and compared; identical
 //! content is success (an upload retried after a crash, or the same segment received twice), other
-//! content is [`StoreError::Conflict`] naming both SHA-256 values.
+//! content is [`StoreError::Conflict`] naming both SHA-256 values. Content means the WAL when both
+//! objects carry the SHA-256 of the WAL they hold: the same segment compressed at another level
+//! (or by another build of the compressor) is the same segment.
 //!
 //! # Objects are whole files
 //!
@@ -228,7 +230,10 @@ pub async fn put_new(
         let Some(existing) = store.get(name).await? else {
             continue;
         };
-        let (ours, theirs) = (sha256_hex(&data), sha256_hex(&existing.bytes));
+        let (ours, theirs) = match (attrs.wal_sha256, existing.attrs.wal_sha256) {
+            (Some(ours), Some(theirs)) => (hex::encode(ours), hex::encode(theirs)),
+            _ => (sha256_hex(&data), sha256_hex(&existing.bytes)),
+        };
         return if ours == theirs {
             Ok(Stored::AlreadyThere)
         } else {
@@ -243,4 +248,54 @@ pub async fn put_new(
         object: format!("{}/{name}", store.location()),
         reason: "the store says it exists but returns nothing for it".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn attrs(wal: u8) -> ObjectAttrs {
+        ObjectAttrs {
+            wal_sha256: Some([wal; 32]),
+        }
+    }
+
+    /// The same WAL compressed otherwise (another level, another compressor build) is the same
+    /// segment; other WAL under the name is a conflict, named by the WAL's SHA-256.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_existing_object_is_compared_by_the_wal_it_holds() {
+        let root = tempfile::tempdir().unwrap();
+        let store = crate::LocalDirStore::open(root.path()).unwrap();
+        let name = "w/000000010000000000000001.zst";
+        let first = Bytes::from_static(b"compressed at level 1");
+        assert_eq!(
+            put_new(&store, name, first.clone(), &attrs(7))
+                .await
+                .unwrap(),
+            Stored::Created
+        );
+        let other_level = Bytes::from_static(b"compressed at level 19");
+        assert_eq!(
+            put_new(&store, name, other_level.clone(), &attrs(7))
+                .await
+                .unwrap(),
+            Stored::AlreadyThere
+        );
+        let e = put_new(&store, name, other_level, &attrs(8))
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(&hex::encode([7u8; 32])) && text.contains(&hex::encode([8u8; 32])),
+            "{text}"
+        );
+        // Without the WAL's SHA-256 on either side: the bytes.
+        assert_eq!(
+            put_new(&store, name, first, &ObjectAttrs::default())
+                .await
+                .unwrap(),
+            Stored::AlreadyThere
+        );
+    }
 }
