@@ -348,7 +348,7 @@ pub async fn run_from_archive(args: &BootstrapArgs) -> Result<i32> {
     } else if let Some(x) = fa.target_xid {
         (
             RestoreAs::Pitr(RecoveryTarget::Xid(x.to_string())),
-            TargetBound::None,
+            TargetBound::Xid(x),
         )
     } else if fa.target.is_some() {
         (

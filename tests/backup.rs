@@ -168,6 +168,7 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
     backup("b0", &["--compress", "none"]);
     backup("b1", &[]);
     primary.psql("INSERT INTO marker VALUES (1, clock_timestamp())");
+    let marker1_xid = primary.psql("SELECT xmin::text FROM marker WHERE id = 1");
     let between = primary.psql("SELECT clock_timestamp()::text");
     let between_lsn = primary.current_wal_lsn();
     std::thread::sleep(Duration::from_millis(50));
@@ -337,6 +338,36 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
             "1"
         );
         assert!(recovered.log_tail(200).contains("restored log file"));
+    }
+
+    // By transaction ID: b2, the newest, began after marker 1's transaction (recovery from it
+    // would replay past the target, or stop short of it on 13+): b1, which began before.
+    let b2_next = json(&fs::read_to_string(archive.join("backups/b2/descriptor.json")).unwrap())
+        ["next_xid"]
+        .as_u64()
+        .expect("b2 records its next transaction ID");
+    assert!(b2_next > marker1_xid.parse::<u64>().unwrap(), "{b2_next}");
+    let by_xid = empty_data_dir(&primary, "pitr-xid");
+    let (code, out, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "--target-xid",
+            &marker1_xid,
+            "-D",
+            s(&by_xid),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("restored backup b1"), "{err}");
+    {
+        let recovered = start_recovered(&primary, &by_xid, "pitr-xid");
+        assert_eq!(
+            recovered.psql("SELECT string_agg(id::text, ',') FROM marker"),
+            "1"
+        );
     }
 
     // The same by LSN: the newest backup ending before it is b1 again.
@@ -795,6 +826,8 @@ fn backup_and_restore_on_the_matrix_majors() {
         primary.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i");
         let archive = archive_dir(&primary, "archive");
         let conn = primary.replication_conninfo();
+        let txid = || -> u64 { primary.psql("SELECT txid_current()").parse().unwrap() };
+        let before = txid();
         run_ok(
             &bin,
             &[
@@ -808,6 +841,15 @@ fn backup_and_restore_on_the_matrix_majors() {
                 "-c",
                 "fast",
             ],
+        );
+        // The next transaction ID of its pg_control, read where this major keeps it.
+        let after = txid();
+        let next = json(&fs::read_to_string(archive.join("backups/m/descriptor.json")).unwrap())
+            ["next_xid"]
+            .as_u64();
+        assert!(
+            next.is_some_and(|n| before < n && n <= after),
+            "PG {major}: next_xid {next:?} not in ({before}, {after}]"
         );
         let restored = empty_data_dir(&primary, "restored");
         run_ok(

@@ -248,6 +248,7 @@ mod tests {
                 raw_bytes: 1,
                 sha256: "0".repeat(64),
             }],
+            next_xid: None,
         }
     }
 

@@ -90,6 +90,11 @@ pub struct BackupDescriptor {
     pub manifest: bool,
     /// The base and tablespace tar streams, then the WAL.
     pub objects: Vec<StoredObject>,
+    /// The next transaction ID (epoch << 32 | xid) of the backup's `global/pg_control`: a
+    /// transaction assigned from it on committed after the backup began. Absent in backups
+    /// stored by walrelay before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_xid: Option<u64>,
 }
 
 /// Why a descriptor or a label is not acceptable.
@@ -361,6 +366,7 @@ mod tests {
                     sha256: "b".repeat(64),
                 },
             ],
+            next_xid: Some(751),
         }
     }
 
@@ -369,6 +375,11 @@ mod tests {
         let d = sample();
         let text = d.to_json();
         assert_eq!(BackupDescriptor::parse("b1", &text).unwrap(), d);
+        // A descriptor stored before next_xid was recorded still reads.
+        let mut older: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        older.as_object_mut().unwrap().remove("next_xid");
+        let older = BackupDescriptor::parse("b1", older.to_string().as_bytes()).unwrap();
+        assert_eq!(older.next_xid, None);
         assert!(String::from_utf8_lossy(&text).contains("\"start_lsn\": \"0/3000028\""));
         assert_eq!(d.stored_bytes(), 15);
         assert_eq!(d.data_bytes(), 100);

@@ -15,6 +15,7 @@ mod catalog;
 mod codec;
 pub mod descriptor;
 mod error;
+pub mod pg_control;
 pub mod recovery;
 mod restore;
 pub mod select;

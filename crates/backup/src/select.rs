@@ -26,8 +26,12 @@ impl std::str::FromStr for BackupChoice {
 /// A PITR target as far as choosing a backup goes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TargetBound {
-    /// The newest backup (xid, immediate, a standby).
+    /// The newest backup (immediate, a standby).
     None,
+    /// A transaction ID (`recovery_target_xid`): the backup must have begun before it was
+    /// assigned (its recorded next transaction ID at or below it); a backup that recorded none
+    /// is taken only when named.
+    Xid(u64),
     /// Seconds since the epoch: the backup must end before it.
     Time(f64),
     /// The backup must end at or before it.
@@ -60,12 +64,25 @@ pub fn choose(
         TargetBound::None => true,
         TargetBound::Time(t) => b.end_seconds().is_some_and(|e| e < *t),
         TargetBound::Lsn(l) => b.end_lsn <= *l,
+        TargetBound::Xid(x) => b
+            .next_xid
+            .is_some_and(|n| crate::pg_control::assigned_at_or_after(*x, n)),
     };
     match choice {
         BackupChoice::Label(label) => {
             let b = all.iter().find(|b| &b.label == label).ok_or_else(|| {
                 format!("the archive has no complete backup labelled {label:?}: see walrelay backup list")
             })?;
+            if let (TargetBound::Xid(x), None) = (bound, b.next_xid) {
+                tracing::warn!(label = %b.label, "backup {label:?} recorded no transaction ID: recovery to transaction {x} from it works only if it began before that transaction");
+                return Ok(b.clone());
+            }
+            if let (TargetBound::Xid(x), false) = (bound, fits(b)) {
+                return Err(format!(
+                    "backup {label:?} began after transaction {x} (its next transaction ID was {}): recovery from it would replay past the target; choose an older backup",
+                    b.next_xid.unwrap_or_default()
+                ));
+            }
             if !fits(b) {
                 return Err(format!(
                     "backup {label:?} ends after the recovery target (at {} / {}): choose an older backup or a later target",
@@ -80,8 +97,11 @@ pub fn choose(
                     "the archive holds no complete backup: take one with walrelay backup".into(),
                 );
             }
-            all.iter().rev().find(|b| fits(b)).cloned().ok_or_else(|| {
-                "every backup in the archive ends after the recovery target: choose a later target".into()
+            all.iter().rev().find(|b| fits(b)).cloned().ok_or_else(|| match bound {
+                TargetBound::Xid(x) => format!(
+                    "no backup in the archive is known to have begun before transaction {x} (backups stored by an older walrelay record no transaction ID): name one taken before it with --backup LABEL, or choose a later target"
+                ),
+                _ => "every backup in the archive ends after the recovery target: choose a later target".into(),
             })
         }
     }
@@ -145,6 +165,7 @@ mod tests {
             compression: "zstd".into(),
             manifest: true,
             objects: Vec::new(),
+            next_xid: None,
         }
     }
 
@@ -175,6 +196,33 @@ mod tests {
         assert!(e.contains("ends after the recovery target"), "{e}");
         assert!(pick(BackupChoice::Label("zz".into()), TargetBound::None).is_err());
         assert!(choose(&[], &BackupChoice::Latest, &TargetBound::None).is_err());
+
+        // A transaction ID: the newest backup that began before it was assigned.
+        let with_xid = |mut d: BackupDescriptor, next: Option<u64>| {
+            d.next_xid = next;
+            d
+        };
+        let xids = vec![
+            with_xid(b("a", 100, 1000), Some(500)),
+            with_xid(b("b", 200, 2000), Some(800)),
+            with_xid(b("c", 300, 3000), None),
+        ];
+        let by_xid = |c: BackupChoice, x: u64| choose(&xids, &c, &TargetBound::Xid(x));
+        assert_eq!(by_xid(BackupChoice::Latest, 900).unwrap().label, "b");
+        assert_eq!(by_xid(BackupChoice::Latest, 800).unwrap().label, "b");
+        assert_eq!(by_xid(BackupChoice::Latest, 799).unwrap().label, "a");
+        let e = by_xid(BackupChoice::Latest, 400).unwrap_err();
+        assert!(
+            e.contains("no backup in the archive is known to have begun before transaction 400"),
+            "{e}"
+        );
+        let e = by_xid(BackupChoice::Label("b".into()), 700).unwrap_err();
+        assert!(e.contains("began after transaction 700"), "{e}");
+        // Named, one that recorded none is taken (with a warning).
+        assert_eq!(
+            by_xid(BackupChoice::Label("c".into()), 400).unwrap().label,
+            "c"
+        );
         assert_eq!("latest".parse::<BackupChoice>(), Ok(BackupChoice::Latest));
         assert!("a/b".parse::<BackupChoice>().is_err());
     }

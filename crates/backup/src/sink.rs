@@ -87,6 +87,7 @@ pub struct SpoolSink {
     codec: Codec,
     owner: Owner,
     done: Arc<Mutex<Vec<SpooledArchive>>>,
+    pg_control: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl SpoolSink {
@@ -96,12 +97,46 @@ impl SpoolSink {
             codec,
             owner,
             done: Arc::default(),
+            pg_control: Arc::default(),
         }
+    }
+
+    /// The bytes of the main archive's `global/pg_control`, once it went by.
+    pub fn pg_control(&self) -> Arc<Mutex<Option<Vec<u8>>>> {
+        self.pg_control.clone()
     }
 
     /// The archives stored so far (all of them once the backup's stream ended).
     pub fn spooled(&self) -> Arc<Mutex<Vec<SpooledArchive>>> {
         self.done.clone()
+    }
+}
+
+/// Passes every file on to `inner`, keeping the bytes of `global/pg_control` (of the main
+/// archive: a tablespace's files are under `pg_tblspc/`).
+struct KeepPgControl<'a> {
+    inner: &'a mut dyn ExtractObserver,
+    into: Arc<Mutex<Option<Vec<u8>>>>,
+    current: Option<Vec<u8>>,
+}
+
+impl ExtractObserver for KeepPgControl<'_> {
+    fn file_started(&mut self, path: &Path, size: u64) {
+        self.current = (path == Path::new("global/pg_control"))
+            .then(|| Vec::with_capacity(size.min(1 << 16) as usize));
+        self.inner.file_started(path, size);
+    }
+    fn file_data(&mut self, data: &[u8]) {
+        if let Some(c) = self.current.as_mut() {
+            c.extend_from_slice(data);
+        }
+        self.inner.file_data(data);
+    }
+    fn file_finished(&mut self) {
+        if let (Some(bytes), Ok(mut into)) = (self.current.take(), self.into.lock()) {
+            *into = Some(bytes);
+        }
+        self.inner.file_finished();
     }
 }
 
@@ -396,6 +431,12 @@ impl ArchiveSink for SpoolSink {
         observer: &mut dyn ExtractObserver,
     ) -> Result<(), ExtractError> {
         let name = format!("{}{}", kind.archive_name(), self.codec.suffix());
+        let mut keep_control = KeepPgControl {
+            inner: observer,
+            into: self.pg_control.clone(),
+            current: None,
+        };
+        let observer: &mut dyn ExtractObserver = &mut keep_control;
         let prefix = match kind {
             ArchiveKind::Base => PathBuf::new(),
             ArchiveKind::Tablespace(oid) => Path::new("pg_tblspc").join(oid.to_string()),

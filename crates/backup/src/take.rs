@@ -294,6 +294,7 @@ impl Job<'_> {
         };
         let sink = SpoolSink::new(dest, config.codec, owner);
         let spooled = sink.spooled();
+        let pg_control = sink.pg_control();
         let received = stream
             .receive_into(
                 Box::new(sink),
@@ -414,6 +415,10 @@ impl Job<'_> {
             compression: config.codec.name().to_string(),
             manifest: manifest.is_some(),
             objects: objects.into_iter().map(|(o, _)| o).collect(),
+            next_xid: pg_control
+                .lock()
+                .ok()
+                .and_then(|c| c.as_deref().and_then(crate::pg_control::next_full_xid)),
         };
         // `backup delete` of this label while it ran (a running backup is listed as incomplete)
         // removed what it had stored: its descriptor would name objects that are gone.
