@@ -13,7 +13,7 @@
 //! | `bootstrap` | `bootstrap -T old=new -C -S slot -c fast` under pgbench load; recovery.conf (10/11) or standby.signal (12+); a `primary_conninfo` the standby's own libpq accepts; tablespace at the mapped path |
 //! | `manifest` | 13–16: Debian 15's `pg_verifybackup` accepts the directory (WAL parsed on 15, `-n` elsewhere); 17–18 (manifest version 2, which that tool cannot read): system identifier, sizes and SHA-256 checksums of every file checked with `sha256sum`; none before 13 |
 //! | `standby` | the bootstrapped directory starts as a hot standby, replays to the primary's position, shows rows inserted after the bootstrap (also in the mapped tablespace) and pgbench's final state |
-//! | `receive` | `receive --create-slot`, then `receive -S` across three `pg_switch_wal()`: complete segments byte-identical to the primary's, no gap; pg_waldump on 15 |
+//! | `receive` | `receive --create-slot`, WAL written, then `receive -S` (starting at the slot's restart_lsn on every major) across three `pg_switch_wal()`: complete segments byte-identical to the primary's, no gap; pg_waldump on 15 |
 //! | `slots` | the bootstrap's and receive's slots advance with what their clients flushed; duplicate creation refused; drop |
 //! | `sidecar` | `bootstrap --sidecar` + `receive --pg-wal`: a standby without a connection of its own replays what walrelay writes into its `pg_wal` |
 //! | `relay` | `walrelay serve` in front of the primary; `walrelay bootstrap` through it (BASE_BACKUP proxied in the major's syntax, WAL from the relay's temporary slot) seeds a standby of this major whose `primary_conninfo` points at the relay; rows inserted on the primary reach it through the relay, which the primary serves with one walsender |
@@ -754,6 +754,10 @@ fn receive_switches(primary: &Cluster, major: u32, seg: WalSegmentSize) -> Recei
     assert_success(&out, "receive --create-slot");
     let reserved = slot_restart_lsn(primary, RECEIVE_SLOT)
         .unwrap_or_else(|| panic!("receive --create-slot left no slot with reserved WAL"));
+    // WAL written between the slot's creation and the first start: the slot holds it for the
+    // archive, which must begin at the slot's restart_lsn, not at the server's position.
+    insert_rows(primary, "before_first_start", 100);
+    primary.switch_wal();
 
     let args = walrelay_cmd::receive_args(&[
         "-d",
@@ -789,10 +793,10 @@ fn receive_switches(primary: &Cluster, major: u32, seg: WalSegmentSize) -> Recei
     let compared = wal_files::assert_identical_to_server(&archive, &primary.pg_wal_dir(), seg);
     assert!(compared >= 3, "only {compared} complete segments");
     let (first, _) = wal_files::assert_contiguous(&archive, TimelineId(timeline), seg);
-    // From 15 the start comes from the slot (READ_REPLICATION_SLOT); before, from the server's
-    // current position, as pg_receivewal does.
+    // The start comes from the slot: READ_REPLICATION_SLOT from 15 on, pg_replication_slots
+    // before (where pg_receivewal starts at the server's position and leaves a hole).
     assert!(
-        major < 15 || seg.segment_start(first) <= reserved,
+        seg.segment_start(first) <= reserved,
         "receive started at segment {}, after the slot's restart_lsn {reserved}",
         first.0
     );

@@ -165,6 +165,26 @@ pub(crate) async fn choose_start(
                     }
                 }
             }
+        } else if let Some(lsn) = slot_restart_lsn(&cfg.connect, slot).await {
+            // Before 15 there is no READ_REPLICATION_SLOT; SQL tells the slot's restart_lsn
+            // (pg_receivewal starts at the server's position here and leaves a hole: the WAL
+            // written between the slot's creation and the first start). Its timeline is the
+            // one holding it in the server's history.
+            let timeline = if ident.timeline == TimelineId::FIRST {
+                ident.timeline
+            } else {
+                let (_, content) = conn.timeline_history(ident.timeline).await?;
+                walrelay_protocol::TimelineHistory::parse(ident.timeline, &content)
+                    .map(|h| h.timeline_of(lsn))
+                    .unwrap_or(ident.timeline)
+            };
+            return Ok(Start {
+                lsn: lsn.segment_start(seg.bytes()),
+                timeline,
+                why: format!(
+                    "directory empty; slot \"{slot}\" restart_lsn {lsn} (pg_replication_slots)"
+                ),
+            });
         }
     }
     Ok(Start {
@@ -172,6 +192,31 @@ pub(crate) async fn choose_start(
         timeline: ident.timeline,
         why: format!("directory empty; server position {}", ident.xlogpos),
     })
+}
+
+/// `pg_replication_slots.restart_lsn` of the physical slot `slot` over an ordinary SQL
+/// connection with the same settings; `None` when that cannot be found out (no SQL access, no
+/// such slot, no WAL reserved).
+async fn slot_restart_lsn(params: &ConnectParams, slot: &str) -> Option<Lsn> {
+    let mut params = params.clone();
+    params.replication = ReplicationMode::Off;
+    let query = async {
+        let mut conn = Connection::connect(&params).await.ok()?;
+        let sql = format!(
+            "SELECT restart_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = '{}' AND slot_type = 'physical'",
+            slot.replace('\'', "''")
+        );
+        let res = conn.simple_query(&sql).await;
+        conn.close().await;
+        res.ok()?
+            .first()
+            .and_then(|r| r.get_idx(0, 0))
+            .and_then(|v| v.parse().ok())
+    };
+    tokio::time::timeout(Duration::from_secs(10), query)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// `pg_replication_slots.wal_status` of `slot` (PG 13+) over an ordinary SQL connection with the
