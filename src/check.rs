@@ -99,8 +99,13 @@ pub async fn run(args: CheckArgs) -> Result<i32> {
     Ok(if report.ready { 0 } else { 1 })
 }
 
+/// No WAL sender for us: all taken, or none at all (`max_wal_senders = 0`, as with
+/// `wal_level = minimal`); the report then looks at the server over SQL.
 fn is_sender_exhaustion(e: &ClientError) -> bool {
-    e.condition() == Some(ServerCondition::WalSendersExhausted)
+    matches!(
+        e.condition(),
+        Some(ServerCondition::WalSendersExhausted | ServerCondition::ReplicationDisabled)
+    )
 }
 
 async fn check(resolved: &Resolved, slot: Option<&str>) -> Result<CheckReport> {

@@ -232,8 +232,21 @@ pub fn one_line(e: &anyhow::Error) -> String {
             msg.push_str(&text);
         }
     }
+    let replication_off = e.chain().any(|c| {
+        server_error_in(c).is_some_and(|s| {
+            walrelay_client::ServerCondition::of(s)
+                == walrelay_client::ServerCondition::ReplicationDisabled
+        })
+    });
+    if replication_off && !msg.contains(REPLICATION_FIX) {
+        msg.push_str("; ");
+        msg.push_str(REPLICATION_FIX);
+    }
     msg.replace('\n', " ")
 }
+
+/// What a server that takes no replication connection needs (`max_wal_senders = 0`).
+const REPLICATION_FIX: &str = "set wal_level = replica and max_wal_senders above the number of connected standbys on the primary, then restart it";
 
 #[cfg(test)]
 mod tests {

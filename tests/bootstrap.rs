@@ -767,6 +767,41 @@ fn wal_level_minimal_is_refused_with_the_fix() {
             &["wal_level = replica", "max_wal_senders"],
         );
     assert!(!target.exists());
+    // receive and serve: at once, not retried for ever as if a sender might come free.
+    let archive = primary.scratch_path("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let archive = path_arg(&archive);
+    let port = support::free_port();
+    for args in [
+        support::walrelay_cmd::receive_args(&["-d", &primary.conninfo(), "-D", &archive]),
+        [
+            "serve",
+            "-d",
+            &primary.conninfo(),
+            "-D",
+            &archive,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<String>>(),
+    ] {
+        let out = support::walrelay_cmd::run(&args, Duration::from_secs(60));
+        assert_eq!(
+            out.code(),
+            Some(exit_code::SERVER_STATE),
+            "{args:?}: {}",
+            out.stderr
+        );
+        let lines = out.error_lines();
+        assert_eq!(lines.len(), 1, "{}", out.stderr);
+        assert!(
+            lines[0].contains("max_wal_senders (currently 0)"),
+            "{}",
+            lines[0]
+        );
+    }
 }
 
 /// Bootstrap streams WAL on a second replication connection: with `max_wal_senders = 1` the error

@@ -827,7 +827,10 @@ where
 }
 
 fn connect_error(e: ClientError) -> BootstrapError {
-    if e.condition() == Some(ServerCondition::WalSendersExhausted) {
+    if matches!(
+        e.condition(),
+        Some(ServerCondition::WalSendersExhausted | ServerCondition::ReplicationDisabled)
+    ) {
         BootstrapError::ReplicationRefused(e)
     } else {
         BootstrapError::Connect(e)

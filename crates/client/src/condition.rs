@@ -89,6 +89,9 @@ pub enum ServerCondition {
     /// 53300 with a message naming `max_wal_senders` or replication slots: no free WAL sender.
     /// (Text fallback: 53300 also means "too many clients"; only the message tells them apart.)
     WalSendersExhausted,
+    /// 53300 "… exceeds max_wal_senders (currently 0)": the server takes no replication at all
+    /// (as with `wal_level = minimal`); waiting will not free a sender.
+    ReplicationDisabled,
     /// 53300 / 53400 otherwise: every connection slot is taken.
     TooManyConnections,
     /// 57P03: the database system is starting up, in recovery without hot standby, or shutting
@@ -165,6 +168,9 @@ impl ServerCondition {
             sqlstate::INVALID_PASSWORD | sqlstate::INVALID_AUTHORIZATION_SPECIFICATION => {
                 ServerCondition::AuthenticationFailed
             }
+            sqlstate::TOO_MANY_CONNECTIONS if msg.contains("max_wal_senders (currently 0)") => {
+                ServerCondition::ReplicationDisabled
+            }
             sqlstate::TOO_MANY_CONNECTIONS
                 if msg.contains("max_wal_senders") || msg.contains("WAL sender") =>
             {
@@ -214,6 +220,7 @@ impl ServerCondition {
             | SlotInUse
             | SlotUnusable
             | WalLevelTooLow
+            | ReplicationDisabled
             | WalRemoved
             | TimelineNotInHistory
             | UnknownTimeline
@@ -242,6 +249,7 @@ mod tests {
             ("28000", "role \"x\" is not permitted to log in", AuthenticationFailed),
             ("53300", "number of requested standby connections exceeds max_wal_senders (currently 1)", WalSendersExhausted),
             ("53300", "sorry, too many clients already", TooManyConnections),
+            ("53300", "number of requested standby connections exceeds max_wal_senders (currently 0)", ReplicationDisabled),
             ("57P03", "the database system is starting up", CannotConnectNow),
             ("57P01", "terminating connection due to administrator command", ShuttingDown),
             ("42704", "replication slot \"s\" does not exist", SlotMissing),
