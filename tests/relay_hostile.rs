@@ -356,6 +356,34 @@ fn hostile_clients_get_errors_and_nobody_else_notices() {
             errors[0]
         );
     }
+    // The same on a first start whose upstream does not answer: said at once, not after the
+    // upstream is back.
+    let nobody = format!(
+        "host=127.0.0.1 port={} user=replicator connect_timeout=2",
+        support::free_port()
+    );
+    let fresh = primary.scratch_path("fresh-relay");
+    std::fs::create_dir_all(&fresh).unwrap();
+    let out = support::walrelay_cmd::run(
+        &[
+            "serve".to_string(),
+            "-d".into(),
+            nobody,
+            "-D".into(),
+            path(&fresh).into(),
+            "--listen".into(),
+            addr.to_string(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), Some(5), "{}", out.stderr);
+    assert!(
+        out.error_lines()
+            .first()
+            .is_some_and(|l| l.contains("another program listens there")),
+        "{}",
+        out.stderr
+    );
     interrupt(&mut good);
     relay.assert_healthy();
 }

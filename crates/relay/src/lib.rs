@@ -157,6 +157,15 @@ pub async fn serve(
             "the upstream host list holds this relay's own --listen address: a session that reaches it is ended and the list tried again"
         );
     }
+    // The address is taken now, so that one in use is reported at once rather than after the
+    // upstream answers (which may take long on a first start); connections wait in the backlog
+    // until the relay knows whom it speaks for.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RelayError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     let mut stop = engine.shutdown.clone();
     let Some(upstream) = upstream::identify(&engine.connect, &dir, &mut stop).await? else {
         return Ok(ReceiveSummary {
@@ -222,12 +231,6 @@ pub async fn serve(
         }),
     };
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| RelayError::Listen {
-            addr: config.listen,
-            source,
-        })?;
     let local = listener.local_addr().map_err(|source| RelayError::Listen {
         addr: config.listen,
         source,
