@@ -133,6 +133,17 @@ pub async fn run(args: ServeArgs) -> Result<i32> {
     if args.sync_quorum == Some(0) {
         return Err(exit::usage("--sync-quorum needs at least 1"));
     }
+    if args.max_wal_senders == 0 {
+        return Err(exit::usage(
+            "--max-wal-senders 0 would serve nobody: give at least 1",
+        ));
+    }
+    if let Some(k) = args.sync_quorum.filter(|&k| k > args.max_wal_senders) {
+        return Err(exit::usage(format!(
+            "--sync-quorum {k} can never be met with --max-wal-senders {}: commits on the primary would wait for ever; lower it or raise --max-wal-senders",
+            args.max_wal_senders
+        )));
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(ServerTls::load(cert, key).map_err(exit::usage)?),
         _ => None,

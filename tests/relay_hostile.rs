@@ -446,6 +446,23 @@ fn serve_refuses_malformed_options() {
                 d,
                 "--listen",
                 "127.0.0.1:0",
+                "--sync-quorum",
+                "5",
+                "--max-wal-senders",
+                "4",
+            ],
+            "can never be met",
+        ),
+        (
+            &["-D", d, "--listen", "127.0.0.1:0", "--max-wal-senders", "0"],
+            "would serve nobody",
+        ),
+        (
+            &[
+                "-D",
+                d,
+                "--listen",
+                "127.0.0.1:0",
                 "--tls-cert",
                 "/nonexistent.crt",
             ],

@@ -146,11 +146,16 @@ pub async fn delete_backup(archive: &OpenedArchive, label: &str) -> Result<usize
     crate::descriptor::validate_label(label)?;
     let prefix = archive.names.backup_prefix(label);
     let objects = archive.store.list(&prefix).await?;
-    // A directory archive: the spool of a backup that was killed (it holds nothing listed).
-    let spool = archive.dir.as_ref().map(|d| {
-        d.join(crate::descriptor::BACKUPS_DIR)
-            .join(format!(".{label}.spool"))
-    });
+    // The spool of a backup that was killed (it holds nothing listed): inside a directory
+    // archive, or this machine's temp directory for object storage.
+    let spool = match (&archive.dir, archive.system_identifier) {
+        (Some(d), _) => Some(
+            d.join(crate::descriptor::BACKUPS_DIR)
+                .join(format!(".{label}.spool")),
+        ),
+        (None, Some(sysid)) => Some(crate::take::store_spool(sysid, label)),
+        (None, None) => None,
+    };
     if let Some(spool) = spool.as_ref().filter(|p| p.exists()) {
         std::fs::remove_dir_all(spool).map_err(|e| BackupJobError::io("remove", spool, e))?;
         if objects.is_empty() {

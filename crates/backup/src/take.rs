@@ -140,10 +140,7 @@ pub async fn take_backup<C: Future<Output = ()>>(
     let spool = match (&config.spool, &archive.dir) {
         (Some(dir), _) => dir.join(format!("walrelay-backup-{label}")),
         (None, Some(dir)) => dir.join("backups").join(format!(".{label}.spool")),
-        (None, None) => std::env::temp_dir().join(format!(
-            "walrelay-backup-{}-{label}",
-            ident.system_identifier
-        )),
+        (None, None) => store_spool(ident.system_identifier, &label),
     };
     let job = Job {
         config: &config,
@@ -184,6 +181,12 @@ pub async fn take_backup<C: Future<Output = ()>>(
 /// Maps a failed replication command to the job's error naming it.
 fn command_error(what: &'static str) -> impl FnOnce(ClientError) -> BackupJobError {
     move |source| BackupJobError::Command { what, source }
+}
+
+/// The spool of a backup into object storage when `--spool` is not given: only its WAL waits
+/// there. Named so that `backup delete` can find what a killed backup left.
+pub(crate) fn store_spool(system_identifier: u64, label: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("walrelay-backup-{system_identifier}-{label}"))
 }
 
 /// Claims `label`: fails if anything is stored under it.

@@ -104,6 +104,15 @@ impl ArchiveLocation {
                     "empty; give a directory or a URL like s3://bucket/prefix",
                 ));
             }
+            // `s3:/bucket`, `gs:bucket`: a URL mistyped, not a directory named `s3:`.
+            if let Some((scheme, _)) = input.split_once(':') {
+                if Service::of_url(&format!("{scheme}://")).is_some() {
+                    return Err(bad(
+                        input,
+                        &format!("a URL needs `{scheme}://` (like {scheme}://bucket/prefix); a directory whose name starts with `{scheme}:` is given as ./{input}"),
+                    ));
+                }
+            }
             return Ok(ArchiveLocation::Dir(PathBuf::from(input)));
         };
         let Some(service) = Service::of_url(input) else {
@@ -287,5 +296,24 @@ mod tests {
         assert!(e.contains("az://container/prefix"), "{e}");
         let e = ArchiveLocation::parse("gs://").unwrap_err().to_string();
         assert!(e.contains("gs://bucket/prefix"), "{e}");
+        // A mistyped URL is not a directory.
+        for typo in [
+            "s3:/bucket/p",
+            "s3:bucket",
+            "gs:/b",
+            "az:c/p",
+            "file:/srv/wal",
+        ] {
+            let e = ArchiveLocation::parse(typo).unwrap_err().to_string();
+            assert!(e.contains("a URL needs"), "{typo}: {e}");
+        }
+        assert!(matches!(
+            ArchiveLocation::parse("./s3:x"),
+            Ok(ArchiveLocation::Dir(_))
+        ));
+        assert!(matches!(
+            ArchiveLocation::parse("/srv/wal:archive"),
+            Ok(ArchiveLocation::Dir(_))
+        ));
     }
 }
