@@ -347,52 +347,24 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
         .as_u64()
         .expect("b2 records its next transaction ID");
     assert!(b2_next > marker1_xid.parse::<u64>().unwrap(), "{b2_next}");
-    let by_xid = empty_data_dir(&primary, "pitr-xid");
-    let (code, out, err) = run(
-        &bin,
-        &[
-            "bootstrap",
-            "--from-archive",
-            s(&archive),
-            "--target-xid",
-            &marker1_xid,
-            "-D",
-            s(&by_xid),
-        ],
-    );
-    assert_eq!(code, Some(0), "{out}{err}");
-    assert!(err.contains("restored backup b1"), "{err}");
-    {
-        let recovered = start_recovered(&primary, &by_xid, "pitr-xid");
+    // Restores b1 (the newest backup before the target) and recovers to exactly marker 1.
+    let recovers_marker_1_from_b1 = |name: &str, target: &[&str]| {
+        let dir = empty_data_dir(&primary, name);
+        let mut args = vec!["bootstrap", "--from-archive", s(&archive), "-D", s(&dir)];
+        args.extend_from_slice(target);
+        let (code, out, err) = run(&bin, &args);
+        assert_eq!(code, Some(0), "{name}: {out}{err}");
+        assert!(err.contains("restored backup b1"), "{name}: {err}");
+        let recovered = start_recovered(&primary, &dir, name);
         assert_eq!(
             recovered.psql("SELECT string_agg(id::text, ',') FROM marker"),
-            "1"
+            "1",
+            "{name}"
         );
-    }
-
+    };
+    recovers_marker_1_from_b1("pitr-xid", &["--target-xid", &marker1_xid]);
     // The same by LSN: the newest backup ending before it is b1 again.
-    let by_lsn = empty_data_dir(&primary, "pitr-lsn");
-    let (code, out, err) = run(
-        &bin,
-        &[
-            "bootstrap",
-            "--from-archive",
-            s(&archive),
-            "--target-lsn",
-            &between_lsn.to_string(),
-            "-D",
-            s(&by_lsn),
-        ],
-    );
-    assert_eq!(code, Some(0), "{out}{err}");
-    assert!(err.contains("restored backup b1"), "{err}");
-    {
-        let recovered = start_recovered(&primary, &by_lsn, "pitr-lsn");
-        assert_eq!(
-            recovered.psql("SELECT string_agg(id::text, ',') FROM marker"),
-            "1"
-        );
-    }
+    recovers_marker_1_from_b1("pitr-lsn", &["--target-lsn", &between_lsn.to_string()]);
 
     // A standby seeded from the archive (latest = b2), then streaming from the primary.
     let standby_dir = empty_data_dir(&primary, "standby");

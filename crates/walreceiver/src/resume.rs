@@ -194,40 +194,40 @@ pub(crate) async fn choose_start(
     })
 }
 
-/// `pg_replication_slots.restart_lsn` of the physical slot `slot` over an ordinary SQL
-/// connection with the same settings; `None` when that cannot be found out (no SQL access, no
-/// such slot, no WAL reserved).
+/// `pg_replication_slots.restart_lsn` of the physical slot `slot` (see [`slot_column`]); `None`
+/// also when the slot reserves no WAL.
 async fn slot_restart_lsn(params: &ConnectParams, slot: &str) -> Option<Lsn> {
-    let mut params = params.clone();
-    params.replication = ReplicationMode::Off;
-    let query = async {
-        let mut conn = Connection::connect(&params).await.ok()?;
-        let sql = format!(
-            "SELECT restart_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = '{}' AND slot_type = 'physical'",
-            slot.replace('\'', "''")
-        );
-        let res = conn.simple_query(&sql).await;
-        conn.close().await;
-        res.ok()?
-            .first()
-            .and_then(|r| r.get_idx(0, 0))
-            .and_then(|v| v.parse().ok())
-    };
-    tokio::time::timeout(Duration::from_secs(10), query)
-        .await
-        .ok()
-        .flatten()
+    slot_column(
+        params,
+        slot,
+        "restart_lsn::text",
+        "AND slot_type = 'physical'",
+    )
+    .await?
+    .parse()
+    .ok()
 }
 
-/// `pg_replication_slots.wal_status` of `slot` (PG 13+) over an ordinary SQL connection with the
-/// same settings; `None` when that cannot be found out (no SQL access, older server, no such slot).
+/// `pg_replication_slots.wal_status` of `slot` (PG 13+; see [`slot_column`]).
 async fn slot_wal_status(params: &ConnectParams, slot: &str) -> Option<String> {
+    slot_column(params, slot, "wal_status", "").await
+}
+
+/// One column of `slot`'s row in `pg_replication_slots` (with the further condition `and`), read
+/// over an ordinary SQL connection with the same settings; `None` when that cannot be found out
+/// (no SQL access, older server, no such slot, a NULL).
+async fn slot_column(
+    params: &ConnectParams,
+    slot: &str,
+    column: &str,
+    and: &str,
+) -> Option<String> {
     let mut params = params.clone();
     params.replication = ReplicationMode::Off;
     let query = async {
         let mut conn = Connection::connect(&params).await.ok()?;
         let sql = format!(
-            "SELECT wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = '{}'",
+            "SELECT {column} FROM pg_catalog.pg_replication_slots WHERE slot_name = '{}' {and}",
             slot.replace('\'', "''")
         );
         let res = conn.simple_query(&sql).await;
