@@ -53,13 +53,34 @@ async fn contract(store: &dyn ArchiveStore) {
         "the checksum attribute round-trips"
     );
 
-    // Identical content: success; different content: an error naming both checksums.
+    // Identical content: success; different content: an error naming both checksums — of the
+    // WAL when both sides carry it (the same WAL compressed otherwise is the same content),
+    // else of the bytes.
     assert_eq!(
         put_new(store, name, a.clone(), &attrs).await.unwrap(),
         Stored::AlreadyThere
     );
     let b = Bytes::from_static(b"second content");
-    let e = put_new(store, name, b.clone(), &attrs).await.unwrap_err();
+    assert_eq!(
+        put_new(store, name, b.clone(), &attrs).await.unwrap(),
+        Stored::AlreadyThere,
+        "the same WAL in other bytes"
+    );
+    let other_wal = ObjectAttrs {
+        wal_sha256: Some([8u8; 32]),
+    };
+    let e = put_new(store, name, b.clone(), &other_wal)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&"07".repeat(32)) && text.contains(&"08".repeat(32)),
+        "{text}"
+    );
+    let e = put_new(store, name, b.clone(), &ObjectAttrs::default())
+        .await
+        .unwrap_err();
     assert!(matches!(e, StoreError::Conflict(_)), "{e}");
     let text = e.to_string();
     assert!(
