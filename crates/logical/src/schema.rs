@@ -313,10 +313,9 @@ impl TableSchema {
     /// table's from all its partitions (COPY cannot read one directly).
     pub fn copy_out_sql(&self) -> String {
         if self.is_partitioned() {
-            let cols = self.copy_column_list();
             format!(
                 "COPY (SELECT {} FROM {}) TO STDOUT",
-                &cols[1..cols.len() - 1],
+                self.column_names(),
                 self.name.quoted()
             )
         } else {
@@ -330,11 +329,15 @@ impl TableSchema {
 
     /// `("a", "b")`: the replicated columns for COPY.
     pub fn copy_column_list(&self) -> String {
-        let cols: Vec<String> = self
-            .replicated_columns()
+        format!("({})", self.column_names())
+    }
+
+    /// `"a", "b"`: the replicated columns, quoted, for a SELECT list.
+    pub fn column_names(&self) -> String {
+        self.replicated_columns()
             .map(|c| quote_ident(&c.name))
-            .collect();
-        format!("({})", cols.join(", "))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The replicated columns as the source's state records them.

@@ -21,7 +21,7 @@ use walrelay_protocol::Lsn;
 use crate::catalog;
 use crate::config::{source_sql, target_sql};
 use crate::error::{Side, SubsetError};
-use crate::schema::{quote_ident, SubsetName, TableName, TableSchema};
+use crate::schema::{SubsetName, TableName, TableSchema};
 use crate::source;
 use crate::state;
 
@@ -123,15 +123,10 @@ async fn hash_table(
     columns: &[Normalize],
     partitioned: bool,
 ) -> Result<ContentHash, walrelay_client::ClientError> {
-    let cols: Vec<String> = t
-        .replicated_columns()
-        .map(|c| quote_ident(&c.name))
-        .collect();
     conn.copy_out(&format!(
-        "COPY (SELECT {} FROM {}{}) TO STDOUT",
-        cols.join(", "),
-        if partitioned { "" } else { "ONLY " },
-        t.name.quoted()
+        "COPY (SELECT {} FROM {}) TO STDOUT",
+        t.column_names(),
+        crate::schema::rows_of(&t.name, partitioned)
     ))
     .await?;
     let mut h = ContentHash::default();

@@ -14,9 +14,9 @@ use std::io::Read;
 use std::path::Path;
 
 use tracing::{info, warn};
-use walrelay_archive::{ArchiveDir, SegmentFileState};
+use walrelay_archive::{ArchiveDir, Inventory, SegmentFileState};
 use walrelay_protocol::{Lsn, SegmentId, TimelineId, WalSegmentSize};
-use walrelay_wal::{parse_page_header, validate_segment_file, SegmentCheck};
+use walrelay_wal::{inspect_segment_start, validate_segment_file, SegmentCheck};
 
 /// The system identifier in the long header of the archive's newest segment file, plain or
 /// compressed; `None` when it holds no segment file or that header cannot be read.
@@ -43,28 +43,24 @@ pub fn archived_system(
             path: path.clone(),
             source,
         })?;
-    Ok(parse_page_header(&header)
+    Ok(inspect_segment_start(&header)
         .ok()
-        .and_then(|h| h.long)
-        .map(|l| l.system_identifier))
+        .map(|h| h.system_identifier))
 }
 
 /// Where the relay may serve up to after a restart that resumes streaming at `resume` (the start
-/// of a segment): the end of the validated WAL in that segment's `.partial`, fsynced first, or
-/// `resume` itself when there is none or it cannot be read.
+/// of a segment, from `inventory`, the archive's scan): the end of the validated WAL in that
+/// segment's `.partial`, fsynced first, or `resume` itself when there is none or it cannot be
+/// read.
 pub fn servable_in_partial(
-    dir: &Path,
-    seg: WalSegmentSize,
+    inventory: &Inventory,
     resume: (TimelineId, Lsn),
     system_identifier: u64,
     page_magic: Option<u16>,
 ) -> Lsn {
     let (timeline, start) = resume;
+    let seg = inventory.seg_size;
     let id = SegmentId::new(timeline, seg.segno(start));
-    let inventory = match ArchiveDir::new(dir, seg).scan() {
-        Ok(i) => i,
-        Err(_) => return start,
-    };
     let Some(file) = inventory
         .segments
         .get(&id)
@@ -72,7 +68,7 @@ pub fn servable_in_partial(
     else {
         return start;
     };
-    let path = dir.join(&file.name);
+    let path = inventory.dir.join(&file.name);
     let read = || -> std::io::Result<Vec<u8>> {
         let mut f = std::fs::File::open(&path)?;
         // Written before a crash of the relay is not yet durable: it is now.

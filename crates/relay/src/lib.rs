@@ -175,32 +175,29 @@ pub async fn serve(
             reconnects: 0,
         });
     };
-    let seg = upstream.segment_size;
+    let (seg, upstream_timeline) = (upstream.segment_size, upstream.timeline);
 
     // What the archive holds already is servable up to where the engine resumes.
     let scan_dir = dir.clone();
     let inventory = tokio::task::spawn_blocking(move || ArchiveDir::new(scan_dir, seg).scan())
         .await
         .map_err(|e| RelayError::Config(format!("scanning the archive failed: {e}")))??;
-    let initial = match inventory.streaming_start() {
-        Some(resume) => {
-            let (dir, sysid) = (dir.clone(), upstream.system_identifier);
-            let magic = walrelay_wal::page_magic_for_major(upstream.major());
-            let lsn = tokio::task::spawn_blocking(move || {
-                archive_wal::servable_in_partial(&dir, seg, resume, sysid, magic)
-            })
-            .await
-            .map_err(|e| RelayError::Config(format!("reading the archive failed: {e}")))?;
-            TimelinePosition {
-                timeline: resume.0,
-                lsn,
-            }
-        }
+    let (sysid, magic) = (
+        upstream.system_identifier,
+        walrelay_wal::page_magic_for_major(upstream.major()),
+    );
+    let initial = tokio::task::spawn_blocking(move || match inventory.streaming_start() {
+        Some(resume) => TimelinePosition {
+            timeline: resume.0,
+            lsn: archive_wal::servable_in_partial(&inventory, resume, sysid, magic),
+        },
         None => TimelinePosition {
-            timeline: upstream.timeline,
+            timeline: upstream_timeline,
             lsn: Lsn::INVALID,
         },
-    };
+    })
+    .await
+    .map_err(|e| RelayError::Config(format!("reading the archive failed: {e}")))?;
     let slots = SlotRegistry::load(&dir, seg, config.max_slots)?;
     let (ack_tx, ack_rx) = watch::channel(initial);
     let buffer = Arc::new(Mutex::new(WalBuffer::new(config.buffer_bytes)));
