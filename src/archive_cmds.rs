@@ -381,10 +381,12 @@ struct VerifyOutput<'a> {
 }
 
 /// Runs `walrelay verify`: 0 when the archive has no problems, 1 when it has (or holds no WAL at
-/// all), 2 when it could not be verified.
+/// all), 5 when it could not be read.
 pub async fn run_verify(args: VerifyArgs) -> Result<i32> {
     if let ArchiveLocation::Store(url) = args.directory.get()? {
-        return verify_store_cmd(&args, url).await;
+        return verify_store_cmd(&args, url)
+            .await
+            .map_err(|e| crate::exit::archive_unreachable(e, "so nothing was verified"));
     }
     tokio::task::spawn_blocking(move || verify_blocking(&args))
         .await
@@ -629,11 +631,14 @@ pub struct PruneArgs {
 
 /// Runs `walrelay prune`.
 pub async fn run_prune(mut args: PruneArgs) -> Result<i32> {
+    let unreachable = |e| crate::exit::archive_unreachable(e, "so pruning stopped; run it again");
     if args.keep_backups.is_some() || args.keep_days.is_some() {
-        crate::backup::apply_retention(&mut args).await?;
+        crate::backup::apply_retention(&mut args)
+            .await
+            .map_err(unreachable)?;
     }
     if let ArchiveLocation::Store(url) = args.directory.get()? {
-        return prune_store_cmd(&args, url).await;
+        return prune_store_cmd(&args, url).await.map_err(unreachable);
     }
     tokio::task::spawn_blocking(move || prune_blocking(&args))
         .await

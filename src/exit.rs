@@ -88,6 +88,22 @@ pub fn server_state(msg: impl Into<String>) -> anyhow::Error {
     .into()
 }
 
+/// An archive that could not be reached (an object store down, a network timing out) under a
+/// command that only reads or tidies it, `verify` and `prune`: exit [`LOCAL`], "archive
+/// unreadable", so that a cron check does not take it for `verify`'s "problems found" (1).
+/// Other classes pass through unchanged.
+pub fn archive_unreachable(e: anyhow::Error, what: &str) -> anyhow::Error {
+    if class_of(&e) != ErrorClass::Transient {
+        return e;
+    }
+    Classified {
+        class: ErrorClass::Local,
+        message: format!("the archive could not be reached, {what}"),
+        source: Some(e.into()),
+    }
+    .into()
+}
+
 /// An error whose class the command decided itself, with its message and cause.
 #[derive(Debug)]
 pub struct Classified {

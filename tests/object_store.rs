@@ -362,3 +362,35 @@ fn remote_archive_usage_errors() {
     ]);
     assert_eq!(code, Some(201), "{err}");
 }
+
+#[test]
+fn an_unreachable_store_is_not_a_verdict() {
+    // verify's 1 means "problems found": a store that cannot be reached must not read the same to
+    // a cron check. Both commands that only read or tidy the archive exit 5, "archive unreadable".
+    let closed = format!("http://127.0.0.1:{}", support::free_port());
+    for args in [
+        &["verify", "-D", "s3://bucket/p"][..],
+        &["prune", "-D", "s3://bucket/p", "--keep-backups", "1"][..],
+        &[
+            "prune",
+            "-D",
+            "s3://bucket/p",
+            "--before",
+            "000000010000000000000009",
+        ][..],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
+            .args(args)
+            .env("AWS_ENDPOINT_URL", &closed)
+            .env("AWS_ACCESS_KEY_ID", "walrelay-test")
+            .env("AWS_SECRET_ACCESS_KEY", "walrelay-test-secret")
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {err}");
+        assert!(err.contains("the archive could not be reached"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(!err.contains("walrelay-test-secret"), "{err}");
+    }
+}

@@ -229,6 +229,22 @@ fn hostile_clients_get_errors_and_nobody_else_notices() {
     }
     still_usable(&mut c);
 
+    // A slot name past 63 bytes is cut, as a server cuts it, and the client is told (NOTICE 42622).
+    let long = format!("relay_{}", "x".repeat(70));
+    c.query(&format!("CREATE_REPLICATION_SLOT {long} PHYSICAL"));
+    let msgs = c.until_ready();
+    assert!(error_of(&msgs).is_none(), "{msgs:?}");
+    let cut = &long[..63];
+    assert!(
+        msgs.iter().any(|m| matches!(m, BackendMessage::NoticeResponse(f)
+            if f.code == "42622" && f.message.contains(&format!("will be truncated to \"{cut}\"")))),
+        "{msgs:?}"
+    );
+    c.query(&format!("DROP_REPLICATION_SLOT {cut}"));
+    let msgs = c.until_ready();
+    assert!(error_of(&msgs).is_none(), "{msgs:?}");
+    still_usable(&mut c);
+
     // Start points: far in the future, and before the archive's oldest WAL. Both get COPY, then
     // the walsender's error naming the position, then ReadyForQuery.
     for (start, want_code, want_text) in [

@@ -245,16 +245,19 @@ fn is_ident_cont(b: u8) -> bool {
 }
 
 /// Cuts an identifier to [`MAX_IDENTIFIER_BYTES`] at a character boundary, as
-/// `truncate_identifier` does.
-fn truncate_identifier(mut s: String) -> String {
-    if s.len() > MAX_IDENTIFIER_BYTES {
-        let mut end = MAX_IDENTIFIER_BYTES;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+/// `truncate_identifier` does; returns the notice PostgreSQL sends when it cuts.
+fn truncate_identifier(mut s: String) -> (String, Option<String>) {
+    if s.len() <= MAX_IDENTIFIER_BYTES {
+        return (s, None);
     }
-    s
+    let mut end = MAX_IDENTIFIER_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let whole = s.clone();
+    s.truncate(end);
+    let notice = format!("identifier \"{whole}\" will be truncated to \"{s}\"");
+    (s, Some(notice))
 }
 
 /// The scanner: one token at a time, flex's longest-match rule (a keyword wins a tie with an
@@ -262,6 +265,8 @@ fn truncate_identifier(mut s: String) -> String {
 struct Scanner<'a> {
     input: &'a [u8],
     pos: usize,
+    /// The NOTICEs of identifiers cut to [`MAX_IDENTIFIER_BYTES`], in order.
+    truncations: Vec<String>,
 }
 
 impl<'a> Scanner<'a> {
@@ -269,7 +274,14 @@ impl<'a> Scanner<'a> {
         Scanner {
             input: input.as_bytes(),
             pos: 0,
+            truncations: Vec::new(),
         }
+    }
+
+    fn truncated(&mut self, ident: String) -> String {
+        let (ident, notice) = truncate_identifier(ident);
+        self.truncations.extend(notice);
+        ident
     }
 
     fn next_token(&mut self) -> Result<Option<Token>, CommandError> {
@@ -320,7 +332,7 @@ impl<'a> Scanner<'a> {
                 .chars()
                 .map(|c| c.to_ascii_lowercase())
                 .collect::<String>();
-            return Ok(Some(Token::Ident(truncate_identifier(lowered))));
+            return Ok(Some(Token::Ident(self.truncated(lowered))));
         }
         match first {
             b'\'' => self.quoted(b'\'').map(|v| Some(Token::SConst(v))),
@@ -329,7 +341,7 @@ impl<'a> Scanner<'a> {
                 if v.is_empty() {
                     return Err(syntax("zero-length delimited identifier"));
                 }
-                Ok(Some(Token::Ident(truncate_identifier(v))))
+                Ok(Some(Token::Ident(self.truncated(v))))
             }
             other => {
                 self.pos += 1;
@@ -655,6 +667,14 @@ fn starts_a_command(t: &Option<Token>) -> bool {
 impl ReplicationCommand {
     /// Parses one command string (a simple Query's text).
     pub fn parse(text: &str) -> Result<ReplicationCommand, CommandError> {
+        Self::parse_with_notices(text).map(|(cmd, _)| cmd)
+    }
+
+    /// Parses one command string, with the NOTICEs a walsender sends while it scans it
+    /// (SQLSTATE 42622: an identifier longer than 63 bytes is cut, and the client is told).
+    pub fn parse_with_notices(
+        text: &str,
+    ) -> Result<(ReplicationCommand, Vec<String>), CommandError> {
         let mut first = Scanner::new(text);
         // A scanner error in the first token (an unterminated quote, a huge number) means the
         // string is not a replication command either.
@@ -669,7 +689,7 @@ impl ReplicationCommand {
         let cmd = p.command()?;
         p.accept_char(b';')?;
         match p.next()? {
-            None => Ok(cmd),
+            None => Ok((cmd, std::mem::take(&mut p.scanner.truncations))),
             other => Err(Parser::unexpected(other)),
         }
     }
@@ -943,6 +963,20 @@ mod tests {
             panic!()
         };
         assert_eq!(slot, "Has \"Quotes\"");
+        // The cut is reported, as the server's NOTICE 42622 words it; a short name is not.
+        let (_, notices) =
+            ReplicationCommand::parse_with_notices(&format!("DROP_REPLICATION_SLOT {long}"))
+                .unwrap();
+        assert_eq!(
+            notices,
+            vec![format!(
+                "identifier \"{long}\" will be truncated to \"{}\"",
+                &long[..MAX_IDENTIFIER_BYTES]
+            )]
+        );
+        let (_, notices) =
+            ReplicationCommand::parse_with_notices("DROP_REPLICATION_SLOT s").unwrap();
+        assert!(notices.is_empty());
         // Hex digits followed by '/' make an LSN even when they look like an identifier.
         assert_eq!(
             parse("START_REPLICATION SLOT s AB/CD"),

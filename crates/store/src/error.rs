@@ -43,7 +43,7 @@ pub enum StoreError {
     Durable(#[from] DurableError),
 
     /// The store holds several clusters and nothing says which one is meant.
-    #[error("{location} holds the WAL of several clusters (system identifiers {found}): pass --system-identifier, or run restore in the recovering data directory")]
+    #[error("{location} holds the WAL of several clusters (system identifiers {found}): pass --system-identifier ID (walrelay restore run by a server picks its own cluster from the data directory)")]
     AmbiguousSystem { location: String, found: String },
 
     #[error(transparent)]

@@ -31,7 +31,9 @@ use walrelay_client::Connection;
 use walrelay_protocol::replication_command::{
     CommandError, GenericOption, ReplicationCommand, SlotKind,
 };
-use walrelay_protocol::server::{encode_error_response, encode_ready_for_query, TRANSACTION_IDLE};
+use walrelay_protocol::server::{
+    encode_error_response, encode_notice_response, encode_ready_for_query, TRANSACTION_IDLE,
+};
 use walrelay_protocol::walsender::{self, SlotInfo};
 use walrelay_protocol::ErrorFields;
 use walrelay_protocol::{Lsn, TimelineId};
@@ -167,6 +169,12 @@ impl Session {
         }
     }
 
+    /// Queues a NOTICE: the command goes on.
+    fn send_notice(&mut self, f: &ErrorFields) {
+        // A notice too long to encode is dropped: it is advice, never the command's outcome.
+        let _ = encode_notice_response(f, &mut self.io.tx.out);
+    }
+
     /// Queues a FATAL error; the caller ends the connection.
     fn send_fatal(&mut self, code: &str, message: &str) -> End {
         self.send_error(&fatal(code, message));
@@ -222,8 +230,13 @@ impl Session {
     }
 
     async fn dispatch(&mut self, text: &str) -> Result<(), End> {
-        let cmd = match ReplicationCommand::parse(text) {
-            Ok(c) => c,
+        let cmd = match ReplicationCommand::parse_with_notices(text) {
+            Ok((c, notices)) => {
+                for n in notices {
+                    self.send_notice(&fields("NOTICE", "42622", &n));
+                }
+                c
+            }
             Err(CommandError::NotReplicationCommand) => {
                 debug!(query = %text.chars().take(80).collect::<String>(), "refused SQL");
                 let mut f = error(
