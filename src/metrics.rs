@@ -597,14 +597,15 @@ pub fn log_commit_path(cp: &CommitPathSnapshot) {
 /// The uploader's metrics (`receive -D s3://… --spool DIR`), prefix `walrelay_upload_`.
 fn upload_metrics(u: &UploadSnapshot) -> Vec<(&'static str, &'static str, Kind)> {
     use Kind::{Counter as C, Gauge as G};
-    let age = if u.last_success_unix_ms == 0 {
-        0
-    } else {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        now.saturating_sub(u.last_success_unix_ms) / 1000
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    // Seconds since a Unix-ms instant; 0 for "never" (0).
+    let age_of = |ms: u64| match ms {
+        0 => 0,
+        ms => now.saturating_sub(ms) / 1000,
     };
+    let age = age_of(u.last_success_unix_ms);
     vec![
         (
             "uploaded_lsn",
@@ -628,6 +629,11 @@ fn upload_metrics(u: &UploadSnapshot) -> Vec<(&'static str, &'static str, Kind)>
             "spool_pending_bytes",
             "Bytes in the spool waiting for an upload",
             G(u.pending_bytes),
+        ),
+        (
+            "spool_oldest_pending_age_seconds",
+            "Age of the oldest file waiting in the spool (0: none); it grows while the store hangs",
+            G(age_of(u.oldest_pending_unix_ms)),
         ),
         ("failing", "1 while uploads fail", G(u64::from(u.failing))),
         (

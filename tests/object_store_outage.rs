@@ -111,6 +111,14 @@ fn store_outage_under_load_only_grows_the_spool() {
         max_pending >= 3,
         "the spool grew: at most {max_pending} files waited\n{m}"
     );
+    // The age of what waits tells an outage (or a hung store, where `failing` says nothing
+    // until a request times out): WAL from the outage's first seconds is still there.
+    let oldest = metric(&m, "walrelay_upload_spool_oldest_pending_age_seconds");
+    assert!(
+        oldest >= OUTAGE.as_secs() / 3 && oldest < 3600,
+        "oldest pending file {oldest} s old after a {} s outage\n{m}",
+        OUTAGE.as_secs()
+    );
     assert!(
         w.log().contains("cannot upload to the archive"),
         "a warning says so: {}",

@@ -75,6 +75,7 @@ pub struct UploadStats {
     failures: AtomicU64,
     pending_files: AtomicU64,
     pending_bytes: AtomicU64,
+    oldest_pending_unix_ms: AtomicU64,
     last_success_unix_ms: AtomicU64,
     failing: AtomicBool,
 }
@@ -93,6 +94,9 @@ pub struct UploadSnapshot {
     /// Files in the spool waiting for an upload, and their size.
     pub pending_files: u64,
     pub pending_bytes: u64,
+    /// When the oldest file waiting in the spool was written (Unix ms; 0: nothing waits). Its
+    /// age grows while a store hangs, when `failing` still says nothing.
+    pub oldest_pending_unix_ms: u64,
     pub last_success_unix_ms: u64,
     /// The last attempt failed.
     pub failing: bool,
@@ -108,6 +112,7 @@ impl UploadStats {
             failures: self.failures.load(Ordering::Relaxed),
             pending_files: self.pending_files.load(Ordering::Relaxed),
             pending_bytes: self.pending_bytes.load(Ordering::Relaxed),
+            oldest_pending_unix_ms: self.oldest_pending_unix_ms.load(Ordering::Relaxed),
             last_success_unix_ms: self.last_success_unix_ms.load(Ordering::Relaxed),
             failing: self.failing.load(Ordering::Relaxed),
         }
@@ -115,9 +120,13 @@ impl UploadStats {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    unix_ms(SystemTime::now()).unwrap_or(0)
+}
+
+fn unix_ms(t: SystemTime) -> Option<u64> {
+    t.duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
 }
 
 /// What the uploader needs.
@@ -153,6 +162,8 @@ struct SpoolScan {
     uploaded_older: Vec<String>,
     pending_files: u64,
     pending_bytes: u64,
+    /// The oldest modification time among the pending files (Unix ms).
+    oldest_pending_unix_ms: Option<u64>,
 }
 
 fn segment_key(name: &str) -> Option<(TimelineId, u64, u64)> {
@@ -178,8 +189,8 @@ fn scan_spool(
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        let size = match entry.metadata() {
-            Ok(m) if m.is_file() => m.len(),
+        let (size, modified) = match entry.metadata() {
+            Ok(m) if m.is_file() => (m.len(), m.modified().ok()),
             Ok(_) => continue,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(StoreError::io("stat", entry.path(), e)),
@@ -187,7 +198,7 @@ fn scan_spool(
         files.push(ListedFile {
             name,
             size,
-            modified: None,
+            modified,
         });
     }
     let recorded = match checksums {
@@ -213,6 +224,10 @@ fn scan_spool(
             continue;
         }
         let key = segment_key(&f.name);
+        if let Some(ms) = f.modified.and_then(unix_ms) {
+            scan.oldest_pending_unix_ms =
+                Some(scan.oldest_pending_unix_ms.map_or(ms, |o| o.min(ms)));
+        }
         if key.is_some() {
             let (method, _) = walrelay_archive::suffix_info(&f.name);
             let waiting_for_compression = method.is_none() && compression != Compression::None;
@@ -469,6 +484,9 @@ impl Uploader {
         self.stats
             .pending_bytes
             .store(scan.pending_bytes, Ordering::Relaxed);
+        self.stats
+            .oldest_pending_unix_ms
+            .store(scan.oldest_pending_unix_ms.unwrap_or(0), Ordering::Relaxed);
         if !scan.uploaded_older.is_empty() {
             // Uploaded while newest (kept for the engine to resume from), and newer WAL has
             // come since: without this they would stay in the spool for ever, and come back
