@@ -248,8 +248,8 @@ async fn run_list(args: ListArgs) -> Result<i32> {
             println!(
                 "{:<24} {:<20} {:<20} {:>3} {:>8} {:>10} {:>10}  {}   {} - {}",
                 b.label,
-                b.start_time,
-                b.end_time,
+                walrelay_backup::whole_seconds(&b.start_time),
+                walrelay_backup::whole_seconds(&b.end_time),
                 b.end_timeline,
                 b.server_major(),
                 human_bytes(b.data_bytes()),

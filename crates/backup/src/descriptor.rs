@@ -234,6 +234,12 @@ pub fn rfc3339_precise(at: std::time::SystemTime) -> String {
         .unwrap_or_default()
 }
 
+/// An RFC 3339 time cut to whole seconds (rounded down), for listings; text that is not one is
+/// returned as it is.
+pub fn whole_seconds(text: &str) -> String {
+    parse_rfc3339(text).map_or_else(|| text.to_string(), |s| rfc3339(s.floor() as i64))
+}
+
 fn seconds(t: time::OffsetDateTime) -> f64 {
     t.unix_timestamp() as f64 + f64::from(t.nanosecond()) / 1e9
 }
@@ -389,6 +395,8 @@ mod tests {
         );
         assert_eq!(precise, "2023-11-14T22:14:20.25Z");
         assert_eq!(parse_rfc3339(&precise), Some(1_700_000_060.25));
+        assert_eq!(whole_seconds(&precise), "2023-11-14T22:14:20Z");
+        assert_eq!(whole_seconds("not a time"), "not a time");
         assert_eq!(d.server_major(), 15);
         // another label, garbage, bad names, bad checksums, no base
         assert!(BackupDescriptor::parse("b2", &text).is_err());

@@ -26,7 +26,7 @@ pub use catalog::{
     delete_backup, list_backups, prune_backups, BackupPrune, Catalog, OpenedArchive,
 };
 pub use codec::Codec;
-pub use descriptor::{parse_target_time, BackupDescriptor};
+pub use descriptor::{parse_target_time, whole_seconds, BackupDescriptor};
 pub use error::{BackupJobError, Result};
 pub use recovery::RecoveryTarget;
 pub use restore::{restore_backup, RestoreAs, RestoreConfig, RestoreSummary};
