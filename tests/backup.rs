@@ -208,6 +208,17 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
     );
     let human = run_ok(&bin, &["backup", "list", "-D", s(&archive)]);
     assert!(human.contains("b1") && human.contains("zstd"), "{human}");
+    // Times in whole seconds: the columns line up (the JSON keeps the fractions).
+    let end = listed["backups"][1]["end_time"].as_str().unwrap();
+    let shown = format!("{}Z", &end[..19]);
+    assert!(human.contains(&shown), "{shown} in {human}");
+    let time_column = human
+        .lines()
+        .nth(2)
+        .unwrap()
+        .get(25..45)
+        .unwrap_or_default();
+    assert!(!time_column.contains('.'), "{human}");
     // The WAL archive still verifies with backups beside it.
     let (code, out, err) = run(&bin, &["verify", "-D", s(&archive), "--no-content"]);
     assert_eq!(code, Some(0), "verify: {out}{err}");
