@@ -238,6 +238,34 @@ fn recovers_to_a_restore_point_from_each_compression() {
             "{c}: WAL came from the archive"
         );
     }
+
+    // Bit rot (four bytes inverted) in a plain segment keeps its size: only the SHA-256 receive recorded can tell, and
+    // restore must exit 200 (recovery stops) instead of handing PostgreSQL WAL that would end
+    // recovery early at the damaged record and promote.
+    let plain = &archives[0];
+    let seg_path = plain.join(&last);
+    let mut bytes = fs::read(&seg_path).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 4] {
+        *b ^= 0xff;
+    }
+    fs::write(&seg_path, &bytes).unwrap();
+    let dest = primary.scratch_path("rotten-RECOVERYXLOG");
+    let out = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["restore", &last, s(&dest), "-D", s(plain)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(walrelay_archive::RESTORE_EXIT_CORRUPT),
+        "{err}"
+    );
+    assert!(
+        err.contains(&last) && err.contains("walrelay.sha256"),
+        "{err}"
+    );
+    assert!(!dest.exists());
 }
 
 #[test]

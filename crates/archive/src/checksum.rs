@@ -193,6 +193,31 @@ pub fn read_checksums(dir: &Path) -> Result<ChecksumList> {
     Ok(parse_checksums(&text))
 }
 
+/// The hashes `dir/walrelay.sha256` records for `file_name` (a logical name: bare segment or
+/// `.history`): normally one, more if the list holds a conflict; none when the file has no entry
+/// or there is no list. Only the lines naming `file_name` are decoded, so `restore`, which asks
+/// once per file recovery needs, does not parse the whole list each time.
+pub fn recorded_hashes(dir: &Path, file_name: &str) -> Result<Vec<[u8; 32]>> {
+    let path = dir.join(CHECKSUM_FILE_NAME);
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ArchiveError::io("read", &path, e)),
+    };
+    let suffix = format!("  {file_name}");
+    let mut found = Vec::new();
+    for line in text.split(|&b| b == b'\n') {
+        let Some(hash) = line.strip_suffix(suffix.as_bytes()) else {
+            continue;
+        };
+        let mut bytes = [0u8; 32];
+        if hex::decode_to_slice(hash, &mut bytes).is_ok() && !found.contains(&bytes) {
+            found.push(bytes);
+        }
+    }
+    Ok(found)
+}
+
 /// The names `dir/walrelay.sha256` has an entry for (none when the list is missing).
 pub fn recorded_names(dir: &Path) -> Result<BTreeSet<String>> {
     Ok(read_checksums(dir)?.entries.into_keys().collect())

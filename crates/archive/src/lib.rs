@@ -34,7 +34,8 @@ mod slots;
 mod verify;
 
 pub use checksum::{
-    read_checksums, record_checksum, recorded_names, remove_checksums, ChecksumList,
+    read_checksums, record_checksum, recorded_hashes, recorded_names, remove_checksums,
+    ChecksumList,
 };
 pub use compression::{
     compress_completed_segment, decode_bytes, open_segment, segment_sha256, suffix_info,

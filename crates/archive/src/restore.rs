@@ -54,6 +54,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use sha2::{Digest, Sha256};
 use walrelay_durable::{self as durable, Owner};
 use walrelay_protocol::segment::MAX_WAL_SEGMENT_SIZE;
 use walrelay_protocol::{WalFileName, WalSegmentSize};
@@ -123,13 +124,19 @@ pub fn restore(
         });
     }
     let target = Target::for_dest(dest, opts)?;
+    let recorded = RecordedHashes::of(dir, wal_file_name);
 
     if !is_segment {
         let src = dir.join(wal_file_name);
         if !is_file(&src)? {
             return Ok(RestoreOutcome::NotFound);
         }
-        let copied = target.write_with(|out| copy_content(&src, out, MAX_HISTORY_FILE, false))?;
+        let copied = target.write_with(|out| {
+            let mut tee = HashTee::new(out);
+            let c = copy_content(&src, &mut tee, MAX_HISTORY_FILE, false)?;
+            recorded.check(&src, tee.finish())?;
+            Ok(c)
+        })?;
         return Ok(RestoreOutcome::Restored(Restored {
             source: src,
             bytes: copied.bytes,
@@ -145,7 +152,7 @@ pub fn restore(
         if !is_file(&src)? {
             continue;
         }
-        match restore_complete(&src, &target, opts.seg_size) {
+        match restore_complete(&src, &target, opts.seg_size, &recorded) {
             Ok(r) => {
                 if let Some(e) = &damaged {
                     tracing::warn!(error = %e, used = %src.display(), "skipped a damaged copy");
@@ -413,6 +420,7 @@ fn restore_complete(
     src: &Path,
     target: &Target<'_>,
     seg_size: Option<WalSegmentSize>,
+    recorded: &RecordedHashes,
 ) -> Result<Restored> {
     let max = seg_size.map_or(u64::from(MAX_WAL_SEGMENT_SIZE), WalSegmentSize::as_u64);
     let name = src
@@ -430,8 +438,13 @@ fn restore_complete(
                 ));
             }
             check_segment_size(src, n, seg_size)?;
+            if recorded.any() {
+                // The kernel copied it: read back what PostgreSQL will get (in the page cache).
+                recorded.check(src, sha256_of_file(tmp)?)?;
+            }
             Ok(n)
         })?,
+        // The frame's own content checksum (walrelay always writes one) covers the fast path.
         Some(walrelay_protocol::segment::Compression::Zstd) => {
             let mut declined = false;
             let fast = target.write_file_with(|out, tmp| {
@@ -449,11 +462,11 @@ fn restore_complete(
             });
             match fast {
                 Ok(n) => n,
-                Err(_) if declined => restore_streaming(src, target, max, seg_size)?,
+                Err(_) if declined => restore_streaming(src, target, max, seg_size, recorded)?,
                 Err(e) => return Err(e),
             }
         }
-        Some(_) => restore_streaming(src, target, max, seg_size)?,
+        Some(_) => restore_streaming(src, target, max, seg_size, recorded)?,
     };
     Ok(Restored {
         source: src.to_path_buf(),
@@ -468,13 +481,100 @@ fn restore_streaming(
     target: &Target<'_>,
     max: u64,
     seg_size: Option<WalSegmentSize>,
+    recorded: &RecordedHashes,
 ) -> Result<u64> {
     let copied = target.write_with(|out| {
-        let c = copy_content(src, out, max, false)?;
+        let mut tee = HashTee::new(out);
+        let c = copy_content(src, &mut tee, max, false)?;
         check_segment_size(src, c.bytes, seg_size)?;
+        recorded.check(src, tee.finish())?;
         Ok(c)
     })?;
     Ok(copied.bytes)
+}
+
+/// The SHA-256 `walrelay.sha256` recorded for the file asked for, when the archive keeps the list
+/// (`receive`'s default). A plain segment has no checksum of its own: a flipped byte in it would
+/// otherwise be handed to PostgreSQL, whose recovery would stop at the bad record and promote —
+/// ending recovery early, the one thing restore must never cause. Checked, a damaged file exits
+/// 200 (recovery stops, FATAL) unless another copy is good.
+struct RecordedHashes(Vec<[u8; 32]>);
+
+impl RecordedHashes {
+    fn of(dir: &Path, wal_file_name: &str) -> RecordedHashes {
+        match crate::checksum::recorded_hashes(dir, wal_file_name) {
+            Ok(h) => RecordedHashes(h),
+            // Unreadable (another user's 0600 list, say): restore without it, as before there was
+            // one, rather than stop recovery over the list.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the archive's checksum list; restoring without it");
+                RecordedHashes(Vec::new())
+            }
+        }
+    }
+
+    fn any(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// Ok when nothing is recorded or `got` is a recorded hash.
+    fn check(&self, src: &Path, got: [u8; 32]) -> Result<()> {
+        if self.0.is_empty() || self.0.contains(&got) {
+            return Ok(());
+        }
+        Err(ArchiveError::corrupt(
+            src,
+            "its SHA-256 is not the one walrelay.sha256 recorded when it was archived: the file was damaged since (walrelay verify lists every damaged file)",
+        ))
+    }
+}
+
+/// A writer that hashes what passes through it.
+struct HashTee<'a> {
+    out: &'a mut dyn Write,
+    sha: Sha256,
+}
+
+impl<'a> HashTee<'a> {
+    fn new(out: &'a mut dyn Write) -> Self {
+        HashTee {
+            out,
+            sha: Sha256::new(),
+        }
+    }
+
+    fn finish(self) -> [u8; 32] {
+        self.sha.finalize().into()
+    }
+}
+
+impl Write for HashTee<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// The SHA-256 of a file as it is on disk.
+fn sha256_of_file(path: &Path) -> Result<[u8; 32]> {
+    let mut f = File::open(path).map_err(|e| ArchiveError::io("open", path, e))?;
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| ArchiveError::io("read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+    }
+    Ok(sha.finalize().into())
 }
 
 /// A complete segment holds exactly the segment size (or, when unknown, a valid one).
@@ -830,6 +930,84 @@ mod tests {
         };
         assert!(r.source.to_string_lossy().ends_with(".lz4"));
         assert_eq!(fs::read(&dest).unwrap(), data);
+    }
+
+    #[test]
+    fn recorded_sha256_catches_damage_a_plain_copy_cannot_show() {
+        let f = fixture();
+        let data = wal_like(MB, 5);
+        let sha: [u8; 32] = Sha256::digest(&data).into();
+        crate::record_checksum(&f.archive, SEG, &sha).unwrap();
+        let dest = f.pg_wal.join("RECOVERYXLOG");
+        // A good plain copy restores.
+        fs::write(f.archive.join(SEG), &data).unwrap();
+        assert_eq!(
+            restore(&f.archive, SEG, &dest, &opts(false))
+                .unwrap()
+                .exit_code(),
+            0
+        );
+        assert_eq!(fs::read(&dest).unwrap(), data);
+        fs::remove_file(&dest).unwrap();
+        // Four bytes zeroed in the middle: the right size, so only the hash tells. Exit 200, and
+        // nothing at %p.
+        let mut rotten = data.clone();
+        rotten[MB / 2..MB / 2 + 4].fill(0);
+        fs::write(f.archive.join(SEG), &rotten).unwrap();
+        let e = restore(&f.archive, SEG, &dest, &opts(false)).unwrap_err();
+        assert_eq!(e.restore_exit_code(), RESTORE_EXIT_CORRUPT, "{e}");
+        assert!(e.to_string().contains("walrelay.sha256"), "{e}");
+        assert!(!dest.exists());
+        assert_eq!(
+            fs::read_dir(&f.pg_wal).unwrap().count(),
+            0,
+            "no temp file left"
+        );
+        // A good compressed copy beside it is used instead.
+        fs::write(f.archive.join(SEG), &data).unwrap();
+        compress_completed_segment(
+            &f.archive,
+            SEG,
+            Compression::Gzip { level: 1 },
+            Owner::current(),
+        )
+        .unwrap();
+        fs::write(f.archive.join(SEG), &rotten).unwrap();
+        let RestoreOutcome::Restored(r) = restore(&f.archive, SEG, &dest, &opts(false)).unwrap()
+        else {
+            panic!()
+        };
+        assert!(r.source.to_string_lossy().ends_with(".gz"), "{r:?}");
+        assert_eq!(fs::read(&dest).unwrap(), data);
+        // A history file is checked the same way.
+        let hist = "00000002.history";
+        let text = b"1\t0/3000000\tno recovery target specified\n";
+        crate::record_checksum(&f.archive, hist, &Sha256::digest(text).into()).unwrap();
+        fs::write(
+            f.archive.join(hist),
+            b"1\t0/3000001\tno recovery target specified\n",
+        )
+        .unwrap();
+        let hdest = f.pg_wal.join("RECOVERYHISTORY");
+        let e = restore(&f.archive, hist, &hdest, &opts(false)).unwrap_err();
+        assert_eq!(e.restore_exit_code(), RESTORE_EXIT_CORRUPT, "{e}");
+        fs::write(f.archive.join(hist), text).unwrap();
+        assert_eq!(
+            restore(&f.archive, hist, &hdest, &opts(false))
+                .unwrap()
+                .exit_code(),
+            0
+        );
+        // A segment without an entry is restored as before (an archive kept with --no-checksums).
+        let other = "000000010000000000000004";
+        fs::write(f.archive.join(other), &rotten).unwrap();
+        fs::remove_file(&dest).unwrap();
+        assert_eq!(
+            restore(&f.archive, other, &dest, &opts(false))
+                .unwrap()
+                .exit_code(),
+            0
+        );
     }
 
     #[test]
