@@ -25,7 +25,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use walrelay_testkit::{matrix_includes, Cluster, Lsn, PgBench};
+use walrelay_testkit::{matrix_includes, Cluster, Lsn, PgBench, StopMode};
 
 use support::scratch_mount::Tmpfs;
 use support::walrelay_cmd::{self, subset_args as args, Walrelay};
@@ -211,7 +211,7 @@ fn wait_for_copy(tgt: &Cluster, w: &mut Walrelay, limit: Duration) {
 /// The pgbench load test, for one pair of majors.
 fn pgbench_under_load(src_major: u32, tgt_major: u32, scale: u32, secs: u64, kills: usize) {
     let name = "bench";
-    let src = source(&format!("subset-src{src_major}"), src_major);
+    let mut src = source(&format!("subset-src{src_major}"), src_major);
     let tgt = target(&format!("subset-tgt{tgt_major}"), tgt_major);
     assert_eq!(src.server_version_num() / 10000, src_major);
     assert_eq!(tgt.server_version_num() / 10000, tgt_major);
@@ -259,6 +259,20 @@ fn pgbench_under_load(src_major: u32, tgt_major: u32, scale: u32, secs: u64, kil
         summary.transactions > 100,
         "pgbench did little: {summary:?}"
     );
+    // The source restarted cleanly: its walsender ends the stream with CommandComplete
+    // (no CopyDone), and the run reconnects instead of stopping.
+    let streams_before = w.log().matches(" streaming slot=").count();
+    src.restart_with(StopMode::Fast);
+    let deadline = Instant::now() + poll::timeout();
+    while w.log().matches(" streaming slot=").count() <= streams_before {
+        w.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "no new stream after the source's restart:\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // A clean stop, then a run to the source's end.
     stop(&mut w);
     caught_up(&src, &tgt, name, &[], &PGBENCH_TABLES);

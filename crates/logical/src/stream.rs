@@ -404,7 +404,12 @@ async fn network(
                             Event::Keepalive(k.wal_end)
                         }
                     },
-                    BackendMessage::CopyDone => return Err(SubsetError::StreamEnded),
+                    // A walsender that stops with its server (a clean restart) sends
+                    // CommandComplete "COPY 0" without a CopyDone once its client has caught up
+                    // (`WalSndDone`): the end of this stream, and a reconnect, like CopyDone.
+                    BackendMessage::CopyDone | BackendMessage::CommandComplete { .. } => {
+                        return Err(SubsetError::StreamEnded)
+                    }
                     BackendMessage::ErrorResponse(e) => {
                         if e.code == "42704" && e.message.starts_with("publication ") {
                             return Err(SubsetError::PublicationLost {
