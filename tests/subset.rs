@@ -1471,6 +1471,58 @@ fn the_targets_foreign_keys_and_triggers_do_not_fire_for_replicated_rows() {
         !log.contains("session_replication_role"),
         "a superuser may set it: {log}"
     );
+
+    // A second target given the same --name: refused before anything is done; a first run there
+    // used to drop the slot, and this target, resuming on the new slot, lost what came between.
+    tgt.psql("CREATE DATABASE second");
+    let mut second = args(
+        "run",
+        &src,
+        &tgt,
+        "fk",
+        &["-t", "public.parent", "-s", "1", "-E", "0/0"],
+    );
+    let at = second.iter().position(|a| a == "--target").unwrap() + 1;
+    assert!(second[at].contains("dbname=postgres"), "{}", second[at]);
+    second[at] = second[at].replace("dbname=postgres", "dbname=second");
+    let slot_before = slot_confirmed(&src, "fk");
+    let refused = walrelay_cmd::run(&second, poll::timeout());
+    assert_eq!(refused.code(), Some(4), "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("this target has never run subset fk: another target streams from it"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        slot_confirmed(&src, "fk"),
+        slot_before,
+        "the slot is untouched"
+    );
+    // A target that lost applied changes (restored from a backup, say): its progress row is
+    // behind what the slot confirmed, and the changes in between will not come again.
+    src.psql("INSERT INTO parent VALUES (13, 'while the target was away')");
+    let end = src.current_wal_lsn();
+    let f = run_end(&src, &tgt, "fk", &[]);
+    assert_eq!(f.code(), Some(0), "{}", f.stderr);
+    let applied = tgt.psql("SELECT applied_lsn FROM walrelay.subset_progress WHERE subset = 'fk'");
+    assert!(slot_confirmed(&src, "fk").unwrap() >= end, "confirmed");
+    tgt.psql("DELETE FROM parent WHERE id = 13");
+    tgt.psql(&format!(
+        "UPDATE walrelay.subset_progress SET applied_lsn = '{end}'::pg_lsn - 1 WHERE subset = 'fk'"
+    ));
+    let behind = run_end(&src, &tgt, "fk", &[]);
+    assert_eq!(behind.code(), Some(4), "{}", behind.stderr);
+    assert!(
+        behind.stderr.contains("has confirmed changes up to")
+            && behind.stderr.contains("--resync-all"),
+        "{}",
+        behind.stderr
+    );
+    tgt.psql(&format!(
+        "UPDATE walrelay.subset_progress SET applied_lsn = '{applied}' WHERE subset = 'fk'"
+    ));
 }
 
 /// A partitioned source table (range partitions, one of them hash-partitioned again) copied whole

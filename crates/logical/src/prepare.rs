@@ -339,6 +339,45 @@ fn check_slot_health(
     }
 }
 
+/// The subset's slot must be this target's. A slot this target never ran from is another
+/// target's (two targets given one `--name`, or a target wiped and started over): a first run
+/// drops a leftover slot, which would cut the other target's stream, and that target, resuming
+/// from a new slot, would silently miss every change in between. And a slot that confirmed more
+/// than this target's progress row says it applied has let changes go that this target never
+/// got (a target restored from a backup or failed over to a standby that lagged, or another
+/// target sharing the name): the source will not send them again, so streaming on would hide
+/// the loss.
+fn check_slot_belongs_here(
+    cfg: &RunConfig,
+    slot: Option<&SlotInfo>,
+    state: Option<&SubsetState>,
+    problems: &mut Vec<Problem>,
+) {
+    let Some(slot) = slot else { return };
+    let name = cfg.name.slot();
+    let progress = state.and_then(|st| st.progress.as_ref());
+    let ran_here = state.is_some_and(|st| progress.is_some() || !st.tables.is_empty());
+    if !ran_here {
+        problems.push(problem(
+            Side::Source,
+            format!("replication slot {name} exists on the source, but this target has never run subset {}: another target streams from it (or did, before its state was removed); a first run here would drop it and cut that target's changes", cfg.name.as_str()),
+            format!("give this target another --name; if nothing uses the slot any more, drop it on the source (SELECT pg_drop_replication_slot('{name}')) and run again"),
+        ));
+        return;
+    }
+    let (Some(p), Some(confirmed)) = (progress, slot.confirmed_flush) else {
+        return;
+    };
+    if cfg.resync_all || slot.invalidation().is_some() || confirmed <= p.applied_lsn {
+        return;
+    }
+    problems.push(problem(
+        Side::Target,
+        format!("the source's slot {name} has confirmed changes up to {confirmed}, but this target applied only up to {} (its walrelay.subset_progress row): the changes in between were confirmed by something other than this target — it was restored from a backup or failed over to a standby that had not received them, or another target runs subset {} — and the source will not send them again", p.applied_lsn, cfg.name.as_str()),
+        crate::error::SLOT_LOST_FIX,
+    ));
+}
+
 /// What the command line asks of tables must concern tables of the run.
 fn check_request(
     cfg: &RunConfig,
@@ -638,6 +677,7 @@ pub(crate) async fn preflight(
     }
 
     let started = state.as_ref().is_some_and(|st| st.progress.is_some());
+    check_slot_belongs_here(cfg, slot.as_ref(), state.as_ref(), &mut problems);
     let standby_slots = if cfg.failover && sf.version_num >= 170_000 {
         src.query_params(
             "SELECT pg_catalog.current_setting('synchronized_standby_slots', true) AS v",
