@@ -1671,3 +1671,45 @@ fn partitioned_tables_on_either_side() {
         );
     }
 }
+
+#[test]
+fn a_value_the_target_cannot_hold_is_named_with_its_own_commit_lsn() {
+    let src = source("subset-value-src", 15);
+    let tgt = target("subset-value-tgt", 15);
+    src.psql(
+        "CREATE TYPE mood AS ENUM ('ok', 'sad');
+         CREATE TABLE moods (id int PRIMARY KEY, m mood);",
+    );
+    // Made by hand on the target, without the label 'sad'.
+    tgt.psql(
+        "CREATE TYPE mood AS ENUM ('ok');
+         CREATE TABLE moods (id int PRIMARY KEY, m mood);",
+    );
+    run_to_end(&src, &tgt, "value", &["-t", "public.moods"]);
+    // Three transactions applied in one target transaction; the middle one carries the value.
+    src.psql("INSERT INTO moods VALUES (1, 'ok')");
+    src.psql("INSERT INTO moods VALUES (2, 'sad')");
+    src.psql("INSERT INTO moods VALUES (3, 'ok')");
+    let f = run_end(&src, &tgt, "value", &[]);
+    assert_eq!(f.code(), Some(4), "{}", f.stderr);
+    let line = f.stderr.lines().last().unwrap_or_default().to_string();
+    assert!(
+        line.contains("the target cannot take a value in source transaction")
+            && line.contains("INSERT of public.moods key (id)=(2)")
+            && line.contains("invalid input value for enum mood"),
+        "{line}"
+    );
+    let lsn = line
+        .split("(commit LSN ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no commit LSN in {line}"))
+        .to_string();
+    // The LSN named is that transaction's: skipping it applies the two others.
+    let skipped = run_end(&src, &tgt, "value", &["--skip-lsn", &lsn]);
+    assert_eq!(skipped.code(), Some(0), "{}", skipped.stderr);
+    assert_eq!(
+        tgt.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM moods"),
+        "1,3"
+    );
+}

@@ -393,6 +393,11 @@ impl<'a> ApplyTask<'a> {
 
     /// A change the target's rows contradict, named.
     fn conflict(&self, stmt: &Statement, problem: String) -> SubsetError {
+        self.named(stmt, problem, false)
+    }
+
+    /// A change the target refused, named: its rows (`value_refused` false) or a value.
+    fn named(&self, stmt: &Statement, problem: String, value_refused: bool) -> SubsetError {
         let (xid, lsn) = self.begin.unwrap_or((0, Lsn::INVALID));
         SubsetError::Conflict(Box::new(ConflictReport {
             table: self
@@ -405,6 +410,7 @@ impl<'a> ApplyTask<'a> {
             problem,
             lsn,
             xid,
+            value_refused,
         }))
     }
 
@@ -426,6 +432,21 @@ impl<'a> ApplyTask<'a> {
     /// precise mode, else found again precisely by the next session), or an error — retried if
     /// the target says so (a deadlock, a lost connection), else a stop naming the transactions.
     fn failed(&self, e: ClientError, stmt: Option<&Statement>) -> SubsetError {
+        // A value the target cannot hold (class 22: "Infinity" into a numeric of 10, an enum
+        // label it lacks): found and named like a conflict, so that the commit LSN given is the
+        // transaction's own — what --skip-lsn takes — and not the end of a group of several.
+        if e.sqlstate().is_some_and(|s| s.starts_with("22")) {
+            if let (true, Some(stmt)) = (self.precise, stmt) {
+                let problem = match e.server_error() {
+                    Some(se) => se.message().to_string(),
+                    None => e.to_string(),
+                };
+                return self.named(stmt, problem, true);
+            }
+            return SubsetError::ConflictFound {
+                until: self.group_reach(),
+            };
+        }
         if e.sqlstate().is_some_and(|s| s.starts_with("23")) {
             if let (true, Some(stmt)) = (self.precise, stmt) {
                 let problem = match e.server_error() {

@@ -88,10 +88,25 @@ pub struct ConflictReport {
     /// The source transaction's commit LSN (what `--skip-lsn` takes) and id.
     pub lsn: Lsn,
     pub xid: u32,
+    /// The target refused a value (a data exception, SQLSTATE class 22: a type or enum label the
+    /// target's column cannot hold), not the rows it has.
+    pub value_refused: bool,
 }
 
 impl fmt::Display for ConflictReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.value_refused {
+            return write!(
+                f,
+                "the target cannot take a value in source transaction {xid} (commit LSN {lsn}): {change} of {table} key {key}: {problem}; make the target's column able to hold it (its type or length, a missing enum label, a value an older major does not know), then run again, or run again with --skip-lsn {lsn} to leave out that whole source transaction",
+                xid = self.xid,
+                lsn = self.lsn,
+                change = self.change,
+                table = self.table,
+                key = self.key,
+                problem = self.problem,
+            );
+        }
         write!(
             f,
             "conflict on the target in source transaction {xid} (commit LSN {lsn}): {change} of {table} key {key}: {problem}; was the table written outside walrelay? Decide which row is right, then correct the target and run again, or run again with --skip-lsn {lsn} to leave out that whole source transaction, or with --on-conflict upsert|skip (each conflict then recorded in walrelay.subset_conflicts)",
