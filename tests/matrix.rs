@@ -1096,6 +1096,26 @@ fn follow_failover(primary: &mut Cluster, standby: &mut Cluster, major: u32, seg
             "--failover created no slot on the standby"
         );
         args.extend_from_slice(&["-S", FAILOVER_SLOT, "--failover"]);
+    } else {
+        // Refused before any slot exists: one left on the standby would pin its WAL for ever.
+        let refused = walrelay_cmd::run(
+            &walrelay_cmd::receive_args(&[
+                "-d",
+                &hosts,
+                "-S",
+                FAILOVER_SLOT,
+                "--create-slot",
+                "--failover",
+            ]),
+            poll::timeout(),
+        );
+        assert_eq!(refused.code(), Some(4), "{}", refused.stderr);
+        assert!(
+            refused.stderr.contains("pg_replication_slot_advance"),
+            "{}",
+            refused.stderr
+        );
+        assert!(!slot_exists(primary, FAILOVER_SLOT) && !slot_exists(standby, FAILOVER_SLOT));
     }
     let mut w = Walrelay::start(
         "receive through a failover",
