@@ -1712,4 +1712,44 @@ fn a_value_the_target_cannot_hold_is_named_with_its_own_commit_lsn() {
         tgt.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM moods"),
         "1,3"
     );
+
+    // A source schema named walrelay is refused up front: on the target that schema holds
+    // walrelay's state, which the table's copy and its advice would mix up.
+    src.psql("CREATE SCHEMA walrelay; CREATE TABLE walrelay.subset_progress (id int PRIMARY KEY)");
+    let refused = run_end(&src, &tgt, "other", &["-t", "walrelay.subset_progress"]);
+    assert_eq!(refused.code(), Some(4), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("is in a schema named walrelay"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        tgt.psql("SELECT count(*) FROM walrelay.subset_progress WHERE subset = 'value'"),
+        "1",
+        "the state is untouched"
+    );
+    // A table without columns, even with --replica-identity-full: refused before anything is
+    // set on the source.
+    src.psql("CREATE TABLE zero_columns ()");
+    let refused = run_end(
+        &src,
+        &tgt,
+        "other",
+        &[
+            "-t",
+            "public.zero_columns",
+            "--replica-identity-full",
+            "public.zero_columns",
+        ],
+    );
+    assert_eq!(refused.code(), Some(4), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("has no columns"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        src.psql("SELECT relreplident FROM pg_class WHERE relname = 'zero_columns'"),
+        "d"
+    );
 }

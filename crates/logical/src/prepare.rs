@@ -183,6 +183,13 @@ fn check_source_table(
             "name tables only: views, sequences and foreign tables are not replicated",
         )),
     }
+    if t.columns.is_empty() {
+        out.push(problem(
+            Side::Source,
+            format!("{name} has no columns: there is nothing of it to copy or replicate"),
+            "leave it out of the subset, or add its columns on the source first",
+        ));
+    }
     if t.persistence != 'p' {
         out.push(problem(
             Side::Source,
@@ -634,6 +641,13 @@ pub(crate) async fn preflight(
     let others = state::tables_of_other_subsets(tgt, &cfg.name)
         .await
         .map_err(read_tgt("read walrelay's state"))?;
+    for name in names.iter().filter(|n| n.schema == "walrelay") {
+        problems.push(problem(
+            Side::Source,
+            format!("table {name} is in a schema named walrelay, which on the target holds walrelay's own state (walrelay.subset_progress, …): its copy would sit among those tables, and advice for it could empty them"),
+            "move the table to another schema on the source (ALTER TABLE … SET SCHEMA), or leave it out of the subset",
+        ));
+    }
     for name in &names {
         if let Some(other) = others.get(name) {
             problems.push(problem(
