@@ -785,6 +785,30 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         );
     }
 
+    // A complete segment cut short (a copy that ran out of space, a bad disk): refused at the
+    // start and named, whether it is the newest file or a .partial follows it.
+    let first = wal_files::complete_segments(&primary.pg_wal_dir(), seg())
+        .first()
+        .expect("a segment in the primary's pg_wal")
+        .name
+        .clone();
+    for with_partial in [false, true] {
+        let dir = new_dir(&primary, &format!("cut-short-{with_partial}"));
+        let bytes = std::fs::read(primary.pg_wal_dir().join(&first)).expect("read a segment");
+        std::fs::write(dir.join(&first), &bytes[..bytes.len() / 2]).expect("write");
+        if with_partial {
+            std::fs::write(dir.join("0000000100000000000000FE.partial"), b"").expect("write");
+        }
+        let listing = wal_files::listing(&dir);
+        let out = run(&["-D", path(&dir)]);
+        refused(
+            &out,
+            Some(exit_code::LOCAL),
+            &[&first, "named as a complete segment", "move it out"],
+        );
+        assert_eq!(wal_files::listing(&dir), listing, "nothing written");
+    }
+
     // WAL of another cluster in the directory.
     let other = Cluster::builder()
         .name("recv-bad-other")

@@ -216,6 +216,16 @@ pub enum StartError {
     },
     #[error("{file} is not valid WAL for its name ({reason}); move it away and restart")]
     CorruptSegment { file: String, reason: String },
+    /// A file named as a complete segment whose size (or, compressed, whose recorded
+    /// uncompressed size) is not a segment's: cut short or damaged. Skipping it as
+    /// pg_receivewal does either fails later on that name or, with newer WAL beside it, leaves a
+    /// gap in the archive for good.
+    #[error("{file} is named as a complete segment but holds {size} of WAL, not the segment size {segment_size}: it was cut short or damaged; move it out of the directory (keep it if you may need it) and restart: the segment is streamed again if the server still has it, otherwise restore it from another copy of the archive")]
+    DamagedSegment {
+        file: String,
+        size: String,
+        segment_size: u32,
+    },
 }
 
 /// Decides where to resume from the directory listing `entries`, reading file content through `dir`,
@@ -640,8 +650,11 @@ impl Scanner<'_> {
             let (complete, valid_until) = match (c.partial, c.compression) {
                 (false, None) => {
                     if c.len != seg.as_u64() {
-                        warn!(file = %c.name, size = c.len, "segment file has incorrect size, skipping");
-                        continue;
+                        return Err(StartError::DamagedSegment {
+                            file: c.name.clone(),
+                            size: format!("{} bytes", c.len),
+                            segment_size: seg.bytes(),
+                        });
                     }
                     match self.long_header(&c.name)? {
                         Ok(h) => {
@@ -656,8 +669,14 @@ impl Scanner<'_> {
                 (false, Some(Compression::Gzip)) => match self.gzip_isize(&c)? {
                     Some(n) if n == seg.as_u64() => (true, None),
                     other => {
-                        warn!(file = %c.name, uncompressed_size = ?other, "compressed segment file has incorrect uncompressed size, skipping");
-                        continue;
+                        return Err(StartError::DamagedSegment {
+                            file: c.name.clone(),
+                            size: match other {
+                                Some(n) => format!("{n} bytes (its gzip trailer's size)"),
+                                None => "too few bytes for a gzip trailer".to_string(),
+                            },
+                            segment_size: seg.bytes(),
+                        });
                     }
                 },
                 (false, Some(compression)) => {
@@ -667,8 +686,11 @@ impl Scanner<'_> {
                         .map_err(Self::io(&c.name))?
                     {
                         Some(n) if n != seg.as_u64() => {
-                            warn!(file = %c.name, uncompressed_size = n, "compressed segment file has incorrect uncompressed size, skipping");
-                            continue;
+                            return Err(StartError::DamagedSegment {
+                                file: c.name.clone(),
+                                size: format!("{n} bytes (its frame's content size)"),
+                                segment_size: seg.bytes(),
+                            });
                         }
                         _ => (true, None),
                     }

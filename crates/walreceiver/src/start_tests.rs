@@ -188,22 +188,6 @@ fn archive_table() {
             Some(after(2, 4)),
         ),
         (
-            "a bare file of the wrong size is skipped",
-            vec![
-                (name(1, 2), complete(1, 2)),
-                (name(1, 3), complete(1, 3)[..4096].to_vec()),
-            ],
-            Some(after(1, 2)),
-        ),
-        (
-            "gzip: complete when ISIZE says a full segment",
-            vec![
-                (format!("{}.gz", name(1, 2)), gzip(&complete(1, 2))),
-                (format!("{}.gz", name(1, 3)), gzip(&complete(1, 3)[..1000])),
-            ],
-            Some(after_file(1, 2, format!("{}.gz", name(1, 2)))),
-        ),
-        (
             "gzip partial counts as partial",
             vec![
                 (format!("{}.gz", name(1, 2)), gzip(&complete(1, 2))),
@@ -218,14 +202,6 @@ fn archive_table() {
                 format!("{}.gz.partial", name(1, 3)),
                 None,
             )),
-        ),
-        (
-            "a gzip file too short for a trailer is skipped",
-            vec![
-                (name(1, 2), complete(1, 2)),
-                (format!("{}.gz", name(1, 3)), vec![0x1f, 0x8b]),
-            ],
-            Some(after(1, 2)),
         ),
         (
             "lz4 and zst: trusted by name when the size is unknown",
@@ -257,6 +233,56 @@ fn archive_table() {
 }
 
 #[test]
+fn a_complete_name_of_the_wrong_size_is_damage_named() {
+    // Skipped, a damaged file was streamed again and then refused as "already complete", or,
+    // with newer WAL beside it, left a gap for good: now refused at the start, named.
+    let cases: Vec<(&str, Vec<(String, Vec<u8>)>, String)> = vec![
+        (
+            "a bare file cut short, the newest",
+            vec![
+                (name(1, 2), complete(1, 2)),
+                (name(1, 3), complete(1, 3)[..4096].to_vec()),
+            ],
+            name(1, 3),
+        ),
+        (
+            "a bare file cut short, a .partial after it",
+            vec![
+                (name(1, 2), complete(1, 2)),
+                (name(1, 3), complete(1, 3)[..4096].to_vec()),
+                (p(1, 4), partial(1, 4, 3)),
+            ],
+            name(1, 3),
+        ),
+        (
+            "gzip whose trailer gives another size",
+            vec![
+                (format!("{}.gz", name(1, 2)), gzip(&complete(1, 2))),
+                (format!("{}.gz", name(1, 3)), gzip(&complete(1, 3)[..1000])),
+            ],
+            format!("{}.gz", name(1, 3)),
+        ),
+        (
+            "gzip too short for a trailer",
+            vec![
+                (name(1, 2), complete(1, 2)),
+                (format!("{}.gz", name(1, 3)), vec![0x1f, 0x8b]),
+            ],
+            format!("{}.gz", name(1, 3)),
+        ),
+    ];
+    for (what, files, want) in cases {
+        let mut dir = MemDir::with(files);
+        let e = dir.start(&archive()).unwrap_err();
+        assert!(
+            matches!(&e, StartError::DamagedSegment { file, .. } if *file == want),
+            "{what}: {e}"
+        );
+        assert!(e.to_string().contains("move it out"), "{what}: {e}");
+    }
+}
+
+#[test]
 fn archive_uses_the_uncompressed_size_closure() {
     let lz4 = format!("{}.lz4", name(1, 3));
     let mut dir = MemDir::with(vec![
@@ -264,7 +290,11 @@ fn archive_uses_the_uncompressed_size_closure() {
         (lz4.clone(), b"x".to_vec()),
     ]);
     dir.sizes.insert(lz4.clone(), MB - 1);
-    assert_eq!(dir.start(&archive()).unwrap(), Some(after(1, 2)));
+    let e = dir.start(&archive()).unwrap_err();
+    assert!(
+        matches!(&e, StartError::DamagedSegment { file, .. } if *file == lz4),
+        "{e}"
+    );
     dir.sizes.insert(lz4.clone(), MB);
     assert_eq!(dir.start(&archive()).unwrap(), Some(after_file(1, 3, lz4)));
 }
