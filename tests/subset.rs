@@ -1752,4 +1752,33 @@ fn a_value_the_target_cannot_hold_is_named_with_its_own_commit_lsn() {
         src.psql("SELECT relreplident FROM pg_class WHERE relname = 'zero_columns'"),
         "d"
     );
+    // A plain target column for a generated source column would stay NULL: refused.
+    src.psql("CREATE TABLE gen (id int PRIMARY KEY, g int GENERATED ALWAYS AS (id * 2) STORED)");
+    tgt.psql("CREATE TABLE gen (id int PRIMARY KEY, g int)");
+    let refused = run_end(&src, &tgt, "gen", &["-t", "public.gen"]);
+    assert_eq!(refused.code(), Some(4), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains(
+            "column g of public.gen is generated on the source but a plain column on the target"
+        ),
+        "{}",
+        refused.stderr
+    );
+    // -d at another database of the source's server: named as that, with no advice to drop the
+    // slot or copy everything again.
+    src.psql("CREATE DATABASE otherdb");
+    let mut wrong_db = args("run", &src, &tgt, "value", &["-E", "0/0"]);
+    assert!(wrong_db[3].contains("dbname=postgres"), "{}", wrong_db[3]);
+    wrong_db[3] = wrong_db[3].replace("dbname=postgres", "dbname=otherdb");
+    let refused = walrelay_cmd::run(&wrong_db, poll::timeout());
+    assert_eq!(refused.code(), Some(2), "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("subset value streams from database postgres of the source, but -d connects to database otherdb")
+            && !refused.stderr.contains("pg_drop_replication_slot")
+            && !refused.stderr.contains("--resync-all"),
+        "{}",
+        refused.stderr
+    );
 }

@@ -44,7 +44,7 @@ pub fn create_table(
                         t.name,
                         target.major()
                     ),
-                    "use a target running PostgreSQL 12 or later, or create the table there yourself with a plain column",
+                    "use a target running PostgreSQL 12 or later, or create the table there yourself without that column (the source never sends a generated column's values: a plain column there would stay empty)",
                 ));
             }
             let expr = c.default.as_deref().unwrap_or("NULL");
@@ -315,6 +315,29 @@ pub fn check_existing(source: &TableSchema, target: &TableSchema) -> (Vec<Proble
             Some(_) => {}
         }
     }
+    // pgoutput and COPY leave generated columns out: a plain target column of that name is never
+    // written (and the target's triggers do not run for replicated rows), so it would stay NULL
+    // while `verify`, which compares what is sent, says the tables match.
+    for c in source.columns.iter().filter(|c| c.generated) {
+        if let Some(tc) = target.column(&c.name).filter(|tc| !tc.generated) {
+            problems.push(Problem::new(
+                Side::Target,
+                format!(
+                    "column {} of {t} is generated on the source but a plain column on the target: the source never sends a generated column's values, so it would stay {} there",
+                    c.name,
+                    if tc.default.is_some() { "at its default" } else { "NULL" }
+                ),
+                format!(
+                    "make it generated on the target (PostgreSQL 12+: ALTER TABLE … DROP COLUMN, then ADD COLUMN {} {} GENERATED ALWAYS AS ({}) STORED), or drop it there (ALTER TABLE {} DROP COLUMN {})",
+                    quote_ident(&c.name),
+                    c.type_name,
+                    c.default.as_deref().unwrap_or("…"),
+                    t.quoted(),
+                    quote_ident(&c.name)
+                ),
+            ));
+        }
+    }
     for tc in &target.columns {
         let unfilled =
             tc.not_null && tc.default.is_none() && tc.identity == Identity::None && !tc.generated;
@@ -540,5 +563,29 @@ mod tests {
         let mut view = keyless.clone();
         view.relkind = 'v';
         assert_eq!(check_existing(&src, &view).0.len(), 1);
+    }
+
+    #[test]
+    fn a_plain_target_column_for_a_generated_source_column_is_refused() {
+        // What the create advice for a target before 12 used to lead to: a column that stays NULL.
+        let mut g = col("g", "integer");
+        g.generated = true;
+        g.default = Some("(id * 2)".into());
+        let src = table(vec![col("id", "integer"), g.clone()]);
+        let tgt = table(vec![col("id", "integer"), col("g", "integer")]);
+        let (problems, _) = check_existing(&src, &tgt);
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(text.len(), 1, "{text:#?}");
+        assert!(
+            text[0].contains("generated on the source but a plain column on the target")
+                && text[0].contains("stay NULL")
+                && text[0].contains("GENERATED ALWAYS AS ((id * 2)) STORED"),
+            "{text:#?}"
+        );
+        // Generated on both sides, or left out on the target: fine.
+        let both = table(vec![col("id", "integer"), g]);
+        assert!(check_existing(&src, &both).0.is_empty());
+        let without = table(vec![col("id", "integer")]);
+        assert!(check_existing(&src, &without).0.is_empty());
     }
 }

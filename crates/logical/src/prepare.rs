@@ -637,6 +637,24 @@ pub(crate) async fn preflight(
     let state = state::load(tgt, &cfg.name)
         .await
         .map_err(read_tgt("read walrelay's state"))?;
+    // Another database of the source's server than the subset's: its slot, publication and
+    // tables all look wrong from here, and the advice for each (drop the slot, copy everything
+    // again) would harm the real one. Say what is wrong, and only that.
+    if let Some(p) = state.as_ref().and_then(|st| st.progress.as_ref()) {
+        if !p.source_database.is_empty() && p.source_database != sf.database {
+            return Err(SubsetError::Preflight(vec![problem(
+                Side::Source,
+                format!(
+                    "subset {} streams from database {} of the source, but -d connects to database {}",
+                    cfg.name.as_str(),
+                    p.source_database,
+                    sf.database
+                ),
+                format!("connect -d to dbname={} (or check --name and --target)", p.source_database),
+            )
+            .with_class(ErrorClass::Usage)]));
+        }
+    }
     let names = desired_tables(cfg, src, state.as_ref()).await?;
     let others = state::tables_of_other_subsets(tgt, &cfg.name)
         .await
