@@ -38,6 +38,39 @@ use bytes::Bytes;
 use crate::error::SubsetError;
 use crate::schema::SubsetName;
 
+/// Removes the spool directories of this subset that processes no longer running left (killed
+/// with -9, or by the OOM killer: nothing ran their cleanup), so that they do not pile up in the
+/// temporary directory. Best effort; a directory whose process may still run is kept.
+fn remove_orphans(base: &Path, subset: &SubsetName) {
+    // Without /proc nothing can tell a live process from a dead one.
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!("walrelay-subset-{subset}-");
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some((pid, session)) = rest.split_once('-') else {
+            continue;
+        };
+        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), session.parse::<u32>()) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        match fs::remove_dir_all(e.path()) {
+            Ok(()) => tracing::info!(dir = %e.path().display(), "removed the spool of a walrelay that was killed"),
+            Err(err) => tracing::debug!(dir = %e.path().display(), error = %err, "could not remove an old spool"),
+        }
+    }
+}
+
 /// Write buffer of each open transaction's file.
 const WRITE_BUFFER: usize = 64 * 1024;
 /// Longest message accepted back from a file (a sanity bound: the file is ours).
@@ -84,8 +117,12 @@ impl std::fmt::Debug for Spool {
 impl Spool {
     pub fn new(base: Option<&Path>, subset: &SubsetName) -> Spool {
         static SESSION: AtomicU32 = AtomicU32::new(0);
+        let base = base.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        if SESSION.load(Ordering::Relaxed) == 0 {
+            remove_orphans(&base, subset);
+        }
         Spool {
-            base: base.map_or_else(std::env::temp_dir, Path::to_path_buf),
+            base,
             dir: None,
             label: format!(
                 "walrelay-subset-{subset}-{}-{}",
@@ -110,6 +147,11 @@ impl Spool {
 
     fn dir(&mut self) -> Result<PathBuf, SubsetError> {
         if let Some(d) = &self.dir {
+            // Removed under us (a cleaner of the temporary directory): made again, rather than
+            // failing the next file with advice about free space.
+            if !d.is_dir() {
+                fs::create_dir_all(d).map_err(spool_err("create the spool directory", d))?;
+            }
             return Ok(d.clone());
         }
         let d = self.base.join(&self.label);
@@ -283,6 +325,32 @@ impl Drop for SpoolReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spools_of_killed_processes_are_removed_and_a_removed_directory_is_made_again() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let me = std::process::id();
+        // 999999999 is above any Linux pid_max: a process that is not running.
+        let dead = base.path().join("walrelay-subset-s1-999999999-0");
+        let mine = base.path().join(format!("walrelay-subset-s1-{me}-7"));
+        let init = base.path().join("walrelay-subset-s1-1-0");
+        let other_subset = base.path().join("walrelay-subset-s10-999999999-0");
+        let not_ours = base.path().join("walrelay-subset-s1-notapid");
+        for d in [&dead, &mine, &init, &other_subset, &not_ours] {
+            fs::create_dir_all(d.join("inner")).expect("mkdir");
+        }
+        remove_orphans(base.path(), &SubsetName::new("s1").expect("name"));
+        assert!(!dead.exists());
+        for kept in [&mine, &init, &other_subset, &not_ours] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
+
+        let mut spool = Spool::new(Some(base.path()), &SubsetName::new("s2").expect("name"));
+        let dir = spool.dir().expect("dir");
+        fs::remove_dir_all(&dir).expect("remove");
+        spool.start(7, true).expect("the directory is made again");
+        assert!(dir.join("7.stream").exists());
+    }
 
     fn all(r: &mut SpoolReader) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
