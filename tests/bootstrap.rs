@@ -509,7 +509,7 @@ fn input_errors_leave_the_target_untouched() {
         assert_unchanged(&full, &before, &snapshot(&full), "non-empty target");
     }
 
-    // What a killed bootstrap leaves: a backup_label without backup_manifest — named as such.
+    // What a killed bootstrap leaves: a backup_label without global/pg_control — named as such.
     let killed = base.path().join("killed");
     fs::create_dir(&killed).unwrap();
     fs::write(killed.join("PG_VERSION"), b"15\n").unwrap();
@@ -530,6 +530,20 @@ fn input_errors_leave_the_target_untouched() {
         &snapshot(&killed),
         "interrupted target",
     );
+    // A finished one has pg_control, and, before 13, no backup_manifest: a data directory, not
+    // a killed run.
+    let finished = base.path().join("finished-pg12");
+    fs::create_dir_all(finished.join("global")).unwrap();
+    fs::write(finished.join("PG_VERSION"), b"12\n").unwrap();
+    fs::write(
+        finished.join("backup_label"),
+        b"START WAL LOCATION: 0/2000028\n",
+    )
+    .unwrap();
+    fs::write(finished.join("global/pg_control"), vec![0u8; 8192]).unwrap();
+    Bootstrap::new(&dead, &finished)
+        .run()
+        .assert_failed(exit_code::LOCAL, &["holds a PostgreSQL data directory"]);
 
     // Anything else in the way.
     let other = base.path().join("other");

@@ -378,7 +378,7 @@ pub enum BootstrapError {
     NoWalStreamer,
     #[error("directory \"{}\" exists but is not empty (it holds \"{entry}\"){}; choose an empty or new directory", dir.display(), lost_found_hint(entry))]
     TargetNotEmpty { dir: PathBuf, entry: String },
-    #[error("directory \"{0}\" holds an unfinished base backup (backup_label but no backup_manifest: an earlier run was killed); remove its contents and run again")]
+    #[error("directory \"{0}\" holds an unfinished base backup (backup_label but no global/pg_control, which a bootstrap writes last: an earlier run was killed); remove its contents, and those of the tablespace directories it mapped with -T, and run again")]
     TargetInterrupted(PathBuf),
     #[error("directory \"{0}\" holds a PostgreSQL data directory (PG_VERSION); refusing to overwrite it — choose an empty or new directory")]
     TargetIsDataDirectory(PathBuf),
@@ -542,7 +542,10 @@ fn prepare_target(dir: &Path, owner: Owner) -> Result<TargetState, BootstrapErro
         Err(TablespaceError::NotEmpty { dir: p, entry }) => {
             // Say what is in the way when it is recognisably ours or PostgreSQL's.
             return Err(
-                if p.join("backup_label").exists() && !p.join("backup_manifest").exists() {
+                // pg_control comes last (the backup's tar ends with it, and the extraction
+                // holds it back): without it, the run that wrote backup_label did not finish.
+                // (backup_manifest cannot tell: before 13 there is none.)
+                if p.join("backup_label").exists() && !p.join("global/pg_control").exists() {
                     BootstrapError::TargetInterrupted(p)
                 } else if p.join("PG_VERSION").exists() {
                     BootstrapError::TargetIsDataDirectory(p)

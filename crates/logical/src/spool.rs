@@ -65,8 +65,12 @@ fn remove_orphans(base: &Path, subset: &SubsetName) {
             continue;
         }
         match fs::remove_dir_all(e.path()) {
-            Ok(()) => tracing::info!(dir = %e.path().display(), "removed the spool of a walrelay that was killed"),
-            Err(err) => tracing::debug!(dir = %e.path().display(), error = %err, "could not remove an old spool"),
+            Ok(()) => {
+                tracing::info!(dir = %e.path().display(), "removed the spool of a walrelay that was killed")
+            }
+            Err(err) => {
+                tracing::debug!(dir = %e.path().display(), error = %err, "could not remove an old spool")
+            }
         }
     }
 }
