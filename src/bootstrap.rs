@@ -222,7 +222,7 @@ pub async fn run(args: BootstrapArgs) -> Result<i32> {
     if let Some(r) = reporter {
         r.finish(result.is_ok());
     }
-    let s = result.map_err(|e| explain_failure(e, &args.pgdata, &progress))?;
+    let s = result.map_err(|e| explain_failure(e, &args, &progress))?;
     let secs = s.duration.as_secs_f64();
     eprintln!(
         "walrelay: bootstrapped {} from PostgreSQL {} (system {}): {} in {:.1} s ({}/s), WAL {} to {} on timeline {}{}{}",
@@ -249,25 +249,87 @@ pub async fn run(args: BootstrapArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// The bootstrap's error for the user; a full disk also gets what to do about it.
+/// The bootstrap's error for the user; a full disk also gets what to do about it, naming the
+/// directory whose file system is full (the data directory, `--waldir` or a `-T` target).
 fn explain_failure(
     e: walrelay_basebackup::BootstrapError,
-    target: &std::path::Path,
+    args: &BootstrapArgs,
     progress: &BackupProgress,
 ) -> anyhow::Error {
     if !crate::exit::is_disk_full(&e) {
         return e.into();
     }
-    let e = anyhow::Error::new(e);
-    let msg = crate::exit::one_line(&e);
     let size = progress
         .total_bytes()
         .map(|b| format!(" (the base backup is about {}, plus WAL)", human_bytes(b)))
         .unwrap_or_default();
-    e.context(format!(
-        "{msg}; the file system holding {} is full: free space there{size} or choose another directory",
-        target.display()
+    let failed = failed_write(&e);
+    let mut dirs: Vec<(std::path::PathBuf, &str)> =
+        vec![(args.pgdata.clone(), "the data directory")];
+    if let Some(w) = &args.waldir {
+        dirs.push((w.clone(), "--waldir"));
+    }
+    for m in &args.tablespace_mapping {
+        if let Some((_, new)) = m.split_once('=') {
+            dirs.push((std::path::PathBuf::from(new), "the tablespace directory"));
+        }
+    }
+    // The directory the failed write was under (the longest match), else the data directory.
+    // A path through the data directory's pg_wal or pg_tblspc links is --waldir's or a -T
+    // target's.
+    let through_links = |path: &std::path::Path| -> Option<(std::path::PathBuf, &str)> {
+        if path.starts_with(args.pgdata.join("pg_wal")) {
+            return args.waldir.clone().map(|w| (w, "--waldir"));
+        }
+        if path.starts_with(args.pgdata.join("pg_tblspc")) {
+            let mapped: Vec<_> = dirs
+                .iter()
+                .skip(1)
+                .filter(|(_, w)| w.starts_with("the tablespace"))
+                .collect();
+            return match mapped.as_slice() {
+                [one] => Some(((*one).0.clone(), (*one).1)),
+                _ => Some((
+                    args.pgdata.join("pg_tblspc"),
+                    "a tablespace directory linked from",
+                )),
+            };
+        }
+        None
+    };
+    let (dir, what) = failed
+        .as_ref()
+        .and_then(|(path, _)| {
+            through_links(path).or_else(|| {
+                dirs.iter()
+                    .filter(|(d, _)| path.starts_with(d))
+                    .max_by_key(|(d, _)| d.as_os_str().len())
+                    .cloned()
+            })
+        })
+        .unwrap_or_else(|| dirs[0].clone());
+    let cause = failed.map_or_else(|| e.to_string(), |(_, text)| text);
+    crate::exit::local(format!(
+        "bootstrap stopped and removed what it wrote: {cause}: the file system holding {what} {} is full: free space there{size} or choose another directory",
+        dir.display()
     ))
+}
+
+/// The path and text of the write that failed, from the error's causes.
+fn failed_write(e: &(dyn std::error::Error + 'static)) -> Option<(std::path::PathBuf, String)> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(d) = err.downcast_ref::<walrelay_durable::DurableError>() {
+            return Some((d.path.clone(), d.to_string()));
+        }
+        if let Some(walrelay_basebackup::ExtractError::Io { path, .. }) =
+            err.downcast_ref::<walrelay_basebackup::ExtractError>()
+        {
+            return Some((path.clone(), err.to_string()));
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// A size in binary units for operator output: `512 B`, `1.5 kB`, `23.0 MB`.

@@ -1080,6 +1080,31 @@ fn disk_full_is_reported_and_cleaned() {
     );
     assert_eq!(fs::read_dir(small.path()).unwrap().count(), 0);
     assert!(slot_names(&primary).is_empty());
+    assert!(
+        line.contains(&format!("the data directory {}", target.display())),
+        "{line}"
+    );
+
+    // Only --waldir's file system is full (smaller than one WAL segment): that one is named,
+    // and not with receive's advice.
+    let Some(tiny) = Tmpfs::mount(&primary.scratch_path("tiny"), 512, &[]) else {
+        panic!("a second tmpfs could not be mounted");
+    };
+    let roomy = primary.scratch_path("roomy-standby");
+    let waldir = tiny.path().join("wal");
+    let out = Bootstrap::new(&primary.conninfo(), &roomy)
+        .args(&["-c", "fast", "--waldir", waldir.to_str().unwrap()])
+        .run();
+    let line = out.assert_failed(exit_code::LOCAL, &["No space left on device"]);
+    assert!(
+        line.contains(&format!(
+            "the file system holding --waldir {} is full",
+            waldir.display()
+        )),
+        "{line}"
+    );
+    assert!(!line.contains("streaming resumes"), "{line}");
+    assert!(!roomy.exists() && !waldir.exists(), "cleaned up");
 }
 
 /// Issue "bootstrap" 6: SIGINT mid-backup (without a slot: the stream's temporary slot exists until
