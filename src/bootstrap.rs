@@ -288,7 +288,7 @@ fn explain_failure(
                 .filter(|(_, w)| w.starts_with("the tablespace"))
                 .collect();
             return match mapped.as_slice() {
-                [one] => Some(((*one).0.clone(), (*one).1)),
+                [one] => Some((one.0.clone(), one.1)),
                 _ => Some((
                     args.pgdata.join("pg_tblspc"),
                     "a tablespace directory linked from",
