@@ -610,6 +610,12 @@ fn waldir_puts_the_wal_elsewhere_behind_a_link() {
     for method in ["stream", "fetch"] {
         let target = primary.scratch_path(&format!("standby-{method}"));
         let waldir = primary.scratch_path(&format!("wal-{method}"));
+        if method == "fetch" {
+            // An existing empty directory of mode 0755: given the data directory's mode, so that
+            // the WAL files in it are not readable by the group (the cluster grants none).
+            fs::create_dir(&waldir).unwrap();
+            fs::set_permissions(&waldir, fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let out = Bootstrap::new(&primary.conninfo(), &target)
             .args(&["-c", "fast", "-X", method, "--waldir", path(&waldir)])
             .run();
@@ -628,6 +634,22 @@ fn waldir_puts_the_wal_elsewhere_behind_a_link() {
             .filter(|e| e.as_ref().unwrap().file_name().len() == 24)
             .count();
         assert!(segments > 0, "{method}: no WAL in {}", waldir.display());
+        assert_eq!(
+            fs::metadata(&waldir).unwrap().permissions().mode() & 0o777,
+            0o700,
+            "{method}"
+        );
+        for e in fs::read_dir(&waldir).unwrap() {
+            let e = e.unwrap();
+            if e.file_name().len() == 24 {
+                assert_eq!(
+                    e.metadata().unwrap().permissions().mode() & 0o777,
+                    0o600,
+                    "{method}: {:?}",
+                    e.file_name()
+                );
+            }
+        }
         assert!(waldir.join("archive_status").is_dir(), "{method}");
         if method == "stream" {
             let standby = primary.standby(&target).name("op-waldir-standby").start();
@@ -651,6 +673,24 @@ fn waldir_puts_the_wal_elsewhere_behind_a_link() {
         !waldir.exists() && !target.exists(),
         "a failed run leaves nothing"
     );
+    // An existing --waldir gets its mode back after a failure.
+    fs::create_dir(&waldir).unwrap();
+    fs::set_permissions(&waldir, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Bootstrap::new(&primary.conninfo(), &target)
+        .args(&["-c", "fast", "-S", "nosuch", "--waldir", path(&waldir)])
+        .run();
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code::SERVER_STATE),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fs::read_dir(&waldir).unwrap().count(), 0);
+    assert_eq!(
+        fs::metadata(&waldir).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    fs::remove_dir(&waldir).unwrap();
     let out = Bootstrap::new(&primary.conninfo(), &target)
         .args(&["--waldir", "relative/wal"])
         .run();

@@ -612,7 +612,7 @@ struct Cleanup {
     target_state: TargetState,
     tablespaces: Vec<PreparedTablespace>,
     /// The `--waldir` directory once prepared, and whether walrelay created it.
-    wal_dir: Option<(PathBuf, bool)>,
+    wal_dir: Option<PreparedWalDir>,
     created_slot: Option<String>,
     connect: ConnectParams,
     gate: ExtractionGate,
@@ -659,8 +659,15 @@ impl Cleanup {
             }
         }
         match &self.wal_dir {
-            Some((dir, true)) => remove_tree(dir),
-            Some((dir, false)) => remove_contents(dir),
+            Some(w) if w.created => remove_tree(&w.dir),
+            Some(w) => {
+                remove_contents(&w.dir);
+                if let Some(mode) = w.original_mode {
+                    if let Err(e) = fs::set_permissions(&w.dir, fs::Permissions::from_mode(mode)) {
+                        tracing::warn!(dir = %w.dir.display(), error = %e, "could not restore the directory's mode {mode:04o}");
+                    }
+                }
+            }
             None => {}
         }
         for ts in &self.tablespaces {
@@ -1285,24 +1292,48 @@ fn check_wal_dir(dir: &Path) -> Result<(), BootstrapError> {
     }
 }
 
-/// Creates the `--waldir` directory (with the data directory's modes and owner) if it is absent,
-/// and `target/pg_wal` as a symbolic link to it, durably. Returns it and whether it was created,
-/// for the cleanup.
+/// The `--waldir` directory as the bootstrap prepared it, for the cleanup.
+struct PreparedWalDir {
+    dir: PathBuf,
+    /// walrelay created it (removed whole on failure).
+    created: bool,
+    /// It existed with another mode, changed to the data directory's (restored on failure).
+    original_mode: Option<u32>,
+}
+
+/// Creates the `--waldir` directory (with the data directory's modes and owner) if it is absent
+/// — or, existing and empty, gives it those modes and owner, as initdb does ("fixing permissions
+/// on existing directory"): the WAL files take their mode from it, and a 0755 directory would
+/// have made them readable by the group of a cluster that grants none — and `target/pg_wal` as a
+/// symbolic link to it, durably.
 fn link_wal_dir(
     target: &Path,
     wal_dir: &Path,
     modes: CreateModes,
     owner: Owner,
-) -> Result<(PathBuf, bool), BootstrapError> {
+) -> Result<PreparedWalDir, BootstrapError> {
     let create_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| BootstrapError::CreateWalDir { path, source }
     };
     let created = !wal_dir.exists();
+    let mut original_mode = None;
     if created {
         create_dir_all_durable(wal_dir, modes.dir, owner).map_err(create_err(wal_dir))?;
     } else {
         owner.apply(wal_dir).map_err(create_err(wal_dir))?;
+        let mode = fs::metadata(wal_dir)
+            .map_err(|e| DurableError::new("stat", wal_dir, e))
+            .map_err(create_err(wal_dir))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        if mode != modes.dir {
+            fs::set_permissions(wal_dir, fs::Permissions::from_mode(modes.dir))
+                .map_err(|e| DurableError::new("set the mode of", wal_dir, e))
+                .map_err(create_err(wal_dir))?;
+            original_mode = Some(mode);
+        }
     }
     let link = target.join("pg_wal");
     std::os::unix::fs::symlink(wal_dir, &link).map_err(|e| BootstrapError::CreateWalDir {
@@ -1311,7 +1342,11 @@ fn link_wal_dir(
     })?;
     owner.apply(&link).map_err(create_err(&link))?;
     walrelay_durable::fsync_dir(target).map_err(create_err(target))?;
-    Ok((wal_dir.to_path_buf(), created))
+    Ok(PreparedWalDir {
+        dir: wal_dir.to_path_buf(),
+        created,
+        original_mode,
+    })
 }
 
 /// How long the tablespace pre-check may take (one SQL connection to the primary).
