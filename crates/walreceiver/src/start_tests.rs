@@ -236,7 +236,8 @@ fn archive_table() {
 fn a_complete_name_of_the_wrong_size_is_damage_named() {
     // Skipped, a damaged file was streamed again and then refused as "already complete", or,
     // with newer WAL beside it, left a gap for good: now refused at the start, named.
-    let cases: Vec<(&str, Vec<(String, Vec<u8>)>, String)> = vec![
+    type Files = Vec<(String, Vec<u8>)>;
+    let cases: Vec<(&str, Files, String)> = vec![
         (
             "a bare file cut short, the newest",
             vec![
