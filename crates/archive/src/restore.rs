@@ -430,6 +430,12 @@ fn restore_complete(
     let (method, _) = crate::compression::suffix_info(&name);
     let bytes = match method {
         None => target.write_file_with(|out, tmp| {
+            // The kernel copies while a second thread hashes the same file (from the page
+            // cache): the check costs about the hash's time beyond the copy's, not both.
+            let hashing = recorded.any().then(|| {
+                let src = src.to_path_buf();
+                std::thread::spawn(move || sha256_of_file(&src))
+            });
             let n = copy_plain(src, out, tmp, max)?;
             if n > max {
                 return Err(ArchiveError::corrupt(
@@ -438,9 +444,15 @@ fn restore_complete(
                 ));
             }
             check_segment_size(src, n, seg_size)?;
-            if recorded.any() {
-                // The kernel copied it: read back what PostgreSQL will get (in the page cache).
-                recorded.check(src, sha256_of_file(tmp)?)?;
+            if let Some(h) = hashing {
+                let got = h.join().map_err(|_| {
+                    ArchiveError::io(
+                        "hash",
+                        src,
+                        io::Error::other("the hashing thread panicked"),
+                    )
+                })??;
+                recorded.check(src, got)?;
             }
             Ok(n)
         })?,
