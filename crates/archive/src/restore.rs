@@ -446,11 +446,7 @@ fn restore_complete(
             check_segment_size(src, n, seg_size)?;
             if let Some(h) = hashing {
                 let got = h.join().map_err(|_| {
-                    ArchiveError::io(
-                        "hash",
-                        src,
-                        io::Error::other("the hashing thread panicked"),
-                    )
+                    ArchiveError::io("hash", src, io::Error::other("the hashing thread panicked"))
                 })??;
                 recorded.check(src, got)?;
             }
