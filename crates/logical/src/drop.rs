@@ -112,6 +112,14 @@ pub async fn drop_subset(
         report.state_removed = true;
     }
     tgt.close().await;
-    info!(subset = %name, ?report, "dropped");
+    info!(
+        subset = %name,
+        slot_dropped = report.slot_dropped,
+        publication_dropped = report.publication_dropped,
+        state_removed = report.state_removed,
+        tables_dropped = report.tables_dropped.len(),
+        sequences_advanced = report.sequences_advanced,
+        "dropped"
+    );
     Ok(report)
 }

@@ -188,7 +188,7 @@ pub enum SubsetError {
         #[source]
         source: std::io::Error,
     },
-    #[error("no subset named \"{name}\" on the target: check --name and --target (`walrelay subset status` lists what the target holds)")]
+    #[error("no subset named \"{name}\" on the target: check --name and --target (the subsets it holds: SELECT subset FROM walrelay.subset_progress on the target)")]
     UnknownSubset { name: String },
     #[error("the target has applied the source's changes up to {applied}, not yet up to {wanted}, after {seconds} s: is `walrelay subset run` running for this subset?")]
     NotCaughtUp {
