@@ -264,55 +264,51 @@ fn explain_failure(
         .map(|b| format!(" (the base backup is about {}, plus WAL)", human_bytes(b)))
         .unwrap_or_default();
     let failed = failed_write(&e);
-    let mut dirs: Vec<(std::path::PathBuf, &str)> =
-        vec![(args.pgdata.clone(), "the data directory")];
-    if let Some(w) = &args.waldir {
-        dirs.push((w.clone(), "--waldir"));
-    }
-    for m in &args.tablespace_mapping {
-        if let Some((_, new)) = m.split_once('=') {
-            dirs.push((std::path::PathBuf::from(new), "the tablespace directory"));
-        }
-    }
-    // The directory the failed write was under (the longest match), else the data directory.
-    // A path through the data directory's pg_wal or pg_tblspc links is --waldir's or a -T
-    // target's.
-    let through_links = |path: &std::path::Path| -> Option<(std::path::PathBuf, &str)> {
-        if path.starts_with(args.pgdata.join("pg_wal")) {
-            return args.waldir.clone().map(|w| (w, "--waldir"));
-        }
-        if path.starts_with(args.pgdata.join("pg_tblspc")) {
-            let mapped: Vec<_> = dirs
-                .iter()
-                .skip(1)
-                .filter(|(_, w)| w.starts_with("the tablespace"))
-                .collect();
-            return match mapped.as_slice() {
-                [one] => Some((one.0.clone(), one.1)),
-                _ => Some((
-                    args.pgdata.join("pg_tblspc"),
-                    "a tablespace directory linked from",
-                )),
-            };
-        }
-        None
+    let (dir, what) = match &failed {
+        Some((path, _)) => full_directory(path, args),
+        None => (args.pgdata.clone(), "the data directory"),
     };
-    let (dir, what) = failed
-        .as_ref()
-        .and_then(|(path, _)| {
-            through_links(path).or_else(|| {
-                dirs.iter()
-                    .filter(|(d, _)| path.starts_with(d))
-                    .max_by_key(|(d, _)| d.as_os_str().len())
-                    .cloned()
-            })
-        })
-        .unwrap_or_else(|| dirs[0].clone());
     let cause = failed.map_or_else(|| e.to_string(), |(_, text)| text);
     crate::exit::local(format!(
         "bootstrap stopped and removed what it wrote: {cause}: the file system holding {what} {} is full: free space there{size} or choose another directory",
         dir.display()
     ))
+}
+
+/// Which directory given to bootstrap holds `path`, the file whose write found the disk full:
+/// `--waldir` or a `-T` target (also when written through the data directory's `pg_wal` or
+/// `pg_tblspc` links; the longest match wins), else the data directory.
+fn full_directory(
+    path: &std::path::Path,
+    args: &BootstrapArgs,
+) -> (std::path::PathBuf, &'static str) {
+    let tablespaces: Vec<std::path::PathBuf> = args
+        .tablespace_mapping
+        .iter()
+        .filter_map(|m| m.split_once('='))
+        .map(|(_, new)| std::path::PathBuf::from(new))
+        .collect();
+    if let (Some(w), true) = (&args.waldir, path.starts_with(args.pgdata.join("pg_wal"))) {
+        return (w.clone(), "--waldir");
+    }
+    if path.starts_with(args.pgdata.join("pg_tblspc")) {
+        return match tablespaces.as_slice() {
+            [one] => (one.clone(), "the tablespace directory"),
+            _ => (
+                args.pgdata.join("pg_tblspc"),
+                "a tablespace directory linked from",
+            ),
+        };
+    }
+    let waldir = args.waldir.iter().map(|w| (w.clone(), "--waldir"));
+    let mapped = tablespaces
+        .into_iter()
+        .map(|t| (t, "the tablespace directory"));
+    waldir
+        .chain(mapped)
+        .filter(|(d, _)| path.starts_with(d))
+        .max_by_key(|(d, _)| d.as_os_str().len())
+        .unwrap_or_else(|| (args.pgdata.clone(), "the data directory"))
 }
 
 /// The path and text of the write that failed, from the error's causes.

@@ -134,14 +134,14 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
             Ok(c) => c,
             Err(e) => return Err(slot_command_failed(action, slot, e)),
         };
-        let major = conn.server_version().major();
-        if args.failover && args.create_slot && major < 11 {
+        if args.failover && args.create_slot {
             // Refused before any slot exists: one on the standbys that nothing advances would
             // pin their WAL until someone drops it by hand.
-            conn.close().await;
-            return Err(
-                walrelay_walreceiver::ReceiveError::FailoverSlotUnsupported { major }.into(),
-            );
+            let major = conn.server_version().major();
+            if let Err(e) = walrelay_walreceiver::ReceiveError::check_failover_slot(major) {
+                conn.close().await;
+                return Err(e.into());
+            }
         }
         let sysid = if args.failover && args.create_slot {
             conn.identify_system()

@@ -1078,8 +1078,8 @@ fn follow_failover(primary: &mut Cluster, standby: &mut Cluster, major: u32, seg
     // --failover (PostgreSQL 11+): the slot is kept on the standby too.
     let keep_slot = major >= 11;
     let mut args = vec!["-d", hosts.as_str(), "-D", path(&archive), "-s", "1"];
-    if keep_slot {
-        let created = walrelay_cmd::run(
+    let create_failover_slot = || {
+        walrelay_cmd::run(
             &walrelay_cmd::receive_args(&[
                 "-d",
                 &hosts,
@@ -1089,7 +1089,10 @@ fn follow_failover(primary: &mut Cluster, standby: &mut Cluster, major: u32, seg
                 "--failover",
             ]),
             poll::timeout(),
-        );
+        )
+    };
+    if keep_slot {
+        let created = create_failover_slot();
         assert_success(&created, "receive --create-slot --failover");
         assert!(
             slot_restart_lsn(standby, FAILOVER_SLOT).is_some(),
@@ -1098,17 +1101,7 @@ fn follow_failover(primary: &mut Cluster, standby: &mut Cluster, major: u32, seg
         args.extend_from_slice(&["-S", FAILOVER_SLOT, "--failover"]);
     } else {
         // Refused before any slot exists: one left on the standby would pin its WAL for ever.
-        let refused = walrelay_cmd::run(
-            &walrelay_cmd::receive_args(&[
-                "-d",
-                &hosts,
-                "-S",
-                FAILOVER_SLOT,
-                "--create-slot",
-                "--failover",
-            ]),
-            poll::timeout(),
-        );
+        let refused = create_failover_slot();
         assert_eq!(refused.code(), Some(4), "{}", refused.stderr);
         assert!(
             refused.stderr.contains("pg_replication_slot_advance"),

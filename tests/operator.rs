@@ -660,15 +660,19 @@ fn waldir_puts_the_wal_elsewhere_behind_a_link() {
     }
     let target = primary.scratch_path("standby-failed");
     let waldir = primary.scratch_path("wal-failed");
-    let out = Bootstrap::new(&primary.conninfo(), &target)
-        .args(&["-c", "fast", "-S", "nosuch", "--waldir", path(&waldir)])
-        .run();
-    assert_eq!(
-        out.status.code(),
-        Some(exit_code::SERVER_STATE),
-        "{}",
-        out.stderr
-    );
+    // A slot that does not exist: refused by the server once the directories were prepared.
+    let refused_for_its_slot = || {
+        let out = Bootstrap::new(&primary.conninfo(), &target)
+            .args(&["-c", "fast", "-S", "nosuch", "--waldir", path(&waldir)])
+            .run();
+        assert_eq!(
+            out.status.code(),
+            Some(exit_code::SERVER_STATE),
+            "{}",
+            out.stderr
+        );
+    };
+    refused_for_its_slot();
     assert!(
         !waldir.exists() && !target.exists(),
         "a failed run leaves nothing"
@@ -676,15 +680,7 @@ fn waldir_puts_the_wal_elsewhere_behind_a_link() {
     // An existing --waldir gets its mode back after a failure.
     fs::create_dir(&waldir).unwrap();
     fs::set_permissions(&waldir, fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Bootstrap::new(&primary.conninfo(), &target)
-        .args(&["-c", "fast", "-S", "nosuch", "--waldir", path(&waldir)])
-        .run();
-    assert_eq!(
-        out.status.code(),
-        Some(exit_code::SERVER_STATE),
-        "{}",
-        out.stderr
-    );
+    refused_for_its_slot();
     assert_eq!(fs::read_dir(&waldir).unwrap().count(), 0);
     assert_eq!(
         fs::metadata(&waldir).unwrap().permissions().mode() & 0o777,

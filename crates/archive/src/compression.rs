@@ -429,19 +429,42 @@ pub(crate) fn read_content(
 
 /// The SHA-256 of the WAL bytes of `path` (decompressed), as `walrelay.sha256` records it.
 pub fn segment_sha256(path: &Path) -> Result<[u8; 32]> {
-    struct HashWriter(Sha256);
-    impl Write for HashWriter {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.update(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
+    let mut sink = io::sink();
+    let mut h = HashTee::new(&mut sink);
+    copy_content(path, &mut h, u64::from(MAX_WAL_SEGMENT_SIZE), false)?;
+    Ok(h.finish())
+}
+
+/// A writer that hashes what passes through it on its way to `out`.
+pub(crate) struct HashTee<'a> {
+    out: &'a mut dyn Write,
+    sha: Sha256,
+}
+
+impl<'a> HashTee<'a> {
+    pub(crate) fn new(out: &'a mut dyn Write) -> Self {
+        HashTee {
+            out,
+            sha: Sha256::new(),
         }
     }
-    let mut h = HashWriter(Sha256::new());
-    copy_content(path, &mut h, u64::from(MAX_WAL_SEGMENT_SIZE), false)?;
-    Ok(h.0.finalize().into())
+
+    /// The SHA-256 of what was written.
+    pub(crate) fn finish(self) -> [u8; 32] {
+        self.sha.finalize().into()
+    }
+}
+
+impl Write for HashTee<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// The number of WAL bytes in `path`, cheaply where the format allows:

@@ -54,12 +54,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use sha2::{Digest, Sha256};
 use walrelay_durable::{self as durable, Owner};
 use walrelay_protocol::segment::MAX_WAL_SEGMENT_SIZE;
 use walrelay_protocol::{WalFileName, WalSegmentSize};
 
-use crate::compression::{copy_content, decode_bytes, read_content, Copied};
+use crate::compression::{
+    copy_content, decode_bytes, read_content, segment_sha256, Copied, HashTee,
+};
 use crate::error::{ArchiveError, Result, RESTORE_EXIT_NOT_FOUND, RESTORE_EXIT_RESTORED};
 
 /// History files are a few lines per timeline switch; anything this large is not one.
@@ -434,7 +435,7 @@ fn restore_complete(
             // cache): the check costs about the hash's time beyond the copy's, not both.
             let hashing = recorded.any().then(|| {
                 let src = src.to_path_buf();
-                std::thread::spawn(move || sha256_of_file(&src))
+                std::thread::spawn(move || segment_sha256(&src))
             });
             let n = copy_plain(src, out, tmp, max)?;
             if n > max {
@@ -535,54 +536,6 @@ impl RecordedHashes {
             "its SHA-256 is not the one walrelay.sha256 recorded when it was archived: the file was damaged since (walrelay verify lists every damaged file)",
         ))
     }
-}
-
-/// A writer that hashes what passes through it.
-struct HashTee<'a> {
-    out: &'a mut dyn Write,
-    sha: Sha256,
-}
-
-impl<'a> HashTee<'a> {
-    fn new(out: &'a mut dyn Write) -> Self {
-        HashTee {
-            out,
-            sha: Sha256::new(),
-        }
-    }
-
-    fn finish(self) -> [u8; 32] {
-        self.sha.finalize().into()
-    }
-}
-
-impl Write for HashTee<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.sha.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
-    }
-}
-
-/// The SHA-256 of a file as it is on disk.
-fn sha256_of_file(path: &Path) -> Result<[u8; 32]> {
-    let mut f = File::open(path).map_err(|e| ArchiveError::io("open", path, e))?;
-    let mut sha = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| ArchiveError::io("read", path, e))?;
-        if n == 0 {
-            break;
-        }
-        sha.update(&buf[..n]);
-    }
-    Ok(sha.finalize().into())
 }
 
 /// A complete segment holds exactly the segment size (or, when unknown, a valid one).
@@ -749,6 +702,7 @@ mod tests {
     use crate::error::{RESTORE_EXIT_CORRUPT, RESTORE_EXIT_ERROR};
     use crate::testutil::fake_segment;
     use crate::Compression;
+    use sha2::{Digest, Sha256};
     use std::fs::File;
 
     const MB: usize = 1024 * 1024;

@@ -95,28 +95,32 @@ pub struct ConflictReport {
 
 impl fmt::Display for ConflictReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.value_refused {
-            return write!(
-                f,
-                "the target cannot take a value in source transaction {xid} (commit LSN {lsn}): {change} of {table} key {key}: {problem}; make the target's column able to hold it (its type or length, a missing enum label, a value an older major does not know), then run again, or run again with --skip-lsn {lsn} to leave out that whole source transaction",
-                xid = self.xid,
-                lsn = self.lsn,
-                change = self.change,
-                table = self.table,
-                key = self.key,
-                problem = self.problem,
-            );
-        }
+        let lsn = self.lsn;
+        // The same change named either way; what to do differs.
+        let (what, fix_first) = if self.value_refused {
+            (
+                "the target cannot take a value",
+                "make the target's column able to hold it (its type or length, a missing enum label, a value an older major does not know), then run again",
+            )
+        } else {
+            (
+                "conflict on the target",
+                "was the table written outside walrelay? Decide which row is right, then correct the target and run again",
+            )
+        };
         write!(
             f,
-            "conflict on the target in source transaction {xid} (commit LSN {lsn}): {change} of {table} key {key}: {problem}; was the table written outside walrelay? Decide which row is right, then correct the target and run again, or run again with --skip-lsn {lsn} to leave out that whole source transaction, or with --on-conflict upsert|skip (each conflict then recorded in walrelay.subset_conflicts)",
+            "{what} in source transaction {xid} (commit LSN {lsn}): {change} of {table} key {key}: {problem}; {fix_first}, or run again with --skip-lsn {lsn} to leave out that whole source transaction",
             xid = self.xid,
-            lsn = self.lsn,
             change = self.change,
             table = self.table,
             key = self.key,
             problem = self.problem,
-        )
+        )?;
+        if !self.value_refused {
+            f.write_str(", or with --on-conflict upsert|skip (each conflict then recorded in walrelay.subset_conflicts)")?;
+        }
+        Ok(())
     }
 }
 

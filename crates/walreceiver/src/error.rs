@@ -232,6 +232,16 @@ impl ReceiveError {
         self.server_error().map(ServerCondition::of)
     }
 
+    /// `--failover` keeps the slot on the standbys with `pg_replication_slot_advance`, which a
+    /// server of `major` must have (11+): the one rule, for starting a stream and for creating
+    /// the slot.
+    pub fn check_failover_slot(major: u32) -> Result<(), ReceiveError> {
+        if major < 11 {
+            return Err(ReceiveError::FailoverSlotUnsupported { major });
+        }
+        Ok(())
+    }
+
     /// The disk (or quota) is full.
     pub fn is_disk_full(&self) -> bool {
         match self {

@@ -138,8 +138,8 @@ pub(crate) async fn session(
     if page_magic.is_none() && cfg.validate {
         return Err(ReceiveError::UnsupportedServer { major });
     }
-    if cfg.failover_slot && major < 11 {
-        return Err(ReceiveError::FailoverSlotUnsupported { major });
+    if cfg.failover_slot {
+        ReceiveError::check_failover_slot(major)?;
     }
     cfg.stats.set_system_identifier(ident.system_identifier);
 

@@ -298,6 +298,15 @@ impl Candidate {
         }
     }
 
+    /// The file is named as a complete segment, but `size` (of its WAL) is not `seg`'s.
+    fn damaged(&self, size: String, seg: WalSegmentSize) -> StartError {
+        StartError::DamagedSegment {
+            file: self.name.clone(),
+            size,
+            segment_size: seg.bytes(),
+        }
+    }
+
     /// Streaming continues with the segment after this complete one.
     fn resume_after(self, seg: WalSegmentSize) -> StreamStart {
         StreamStart {
@@ -650,11 +659,7 @@ impl Scanner<'_> {
             let (complete, valid_until) = match (c.partial, c.compression) {
                 (false, None) => {
                     if c.len != seg.as_u64() {
-                        return Err(StartError::DamagedSegment {
-                            file: c.name.clone(),
-                            size: format!("{} bytes", c.len),
-                            segment_size: seg.bytes(),
-                        });
+                        return Err(c.damaged(format!("{} bytes", c.len), seg));
                     }
                     match self.long_header(&c.name)? {
                         Ok(h) => {
@@ -669,14 +674,11 @@ impl Scanner<'_> {
                 (false, Some(Compression::Gzip)) => match self.gzip_isize(&c)? {
                     Some(n) if n == seg.as_u64() => (true, None),
                     other => {
-                        return Err(StartError::DamagedSegment {
-                            file: c.name.clone(),
-                            size: match other {
-                                Some(n) => format!("{n} bytes (its gzip trailer's size)"),
-                                None => "too few bytes for a gzip trailer".to_string(),
-                            },
-                            segment_size: seg.bytes(),
-                        });
+                        let size = match other {
+                            Some(n) => format!("{n} bytes (its gzip trailer's size)"),
+                            None => "too few bytes for a gzip trailer".to_string(),
+                        };
+                        return Err(c.damaged(size, seg));
                     }
                 },
                 (false, Some(compression)) => {
@@ -686,11 +688,8 @@ impl Scanner<'_> {
                         .map_err(Self::io(&c.name))?
                     {
                         Some(n) if n != seg.as_u64() => {
-                            return Err(StartError::DamagedSegment {
-                                file: c.name.clone(),
-                                size: format!("{n} bytes (its frame's content size)"),
-                                segment_size: seg.bytes(),
-                            });
+                            let size = format!("{n} bytes (its frame's content size)");
+                            return Err(c.damaged(size, seg));
                         }
                         _ => (true, None),
                     }
