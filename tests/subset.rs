@@ -16,6 +16,7 @@
 //! | `the_targets_foreign_keys_and_triggers_do_not_fire_for_replicated_rows` | target tables with a cascading foreign key and a trigger refusing every row: the copy (child before parent), a cascading delete and updates applied as a replica, every row equal |
 //! | `partitioned_tables_on_either_side` | a partitioned source table (a sub-partitioned partition among its partitions) copied into one plain target table, then inserts through the parent and into a partition, rows moved between partitions, a partition created and a column added while streaming; plain source tables into partitioned target tables made by hand, one under REPLICA IDENTITY FULL with two rows sharing a ctid in different partitions (a delete removes one): every row equal, `verify` green; a partitioned table listed with one of its partitions refused; with the matrix from 13 into 10, and a 12 source refused naming the fix |
 //! | `a_failover_slot_survives_a_promotion` | PostgreSQL 17+ (the newest of `WALRELAY_PG_MAJORS` from 17, else skipped): `--failover` slot synced to a standby (`sync_replication_slots`), the primary crashes, the standby is promoted, `run` goes on there through the host list; every row equal |
+//! | `slot_creation_names_the_transactions_it_waits_for` | a prepared transaction and a session holding an xid on the source: the first run names both (gid; pid, role, database, state) while the slot waits for them, and streams once they end |
 
 mod support;
 
@@ -1781,4 +1782,66 @@ fn a_value_the_target_cannot_hold_is_named_with_its_own_commit_lsn() {
         "{}",
         refused.stderr
     );
+}
+
+/// Creating the subset's slot waits for every transaction open on the source, in any database —
+/// forever for a forgotten prepared transaction or an `idle in transaction` session, which is how
+/// a first run looks hung. The run names them (the session by pid, the prepared transaction by
+/// gid) while it waits, and starts once they end.
+#[test]
+fn slot_creation_names_the_transactions_it_waits_for() {
+    let src = Cluster::builder()
+        .name("subset-wait-src")
+        .major(15)
+        .wal_level("logical")
+        .fsync(false)
+        .conf("max_prepared_transactions = 2")
+        .start();
+    let tgt = target("subset-wait-tgt", 15);
+    src.psql("CREATE TABLE waits (id int PRIMARY KEY); INSERT INTO waits VALUES (1)");
+    src.psql("BEGIN; INSERT INTO waits VALUES (2); PREPARE TRANSACTION 'forgotten'");
+    std::thread::scope(|s| {
+        let sleeper =
+            s.spawn(|| src.try_psql("BEGIN; SELECT txid_current(); SELECT pg_sleep(600); COMMIT"));
+        let pid_sql = "SELECT pid FROM pg_stat_activity \
+                       WHERE backend_xid IS NOT NULL AND query LIKE '%pg_sleep(600)%'";
+        poll::wait_until(
+            "the open transaction on the source",
+            || !src.psql(pid_sql).trim().is_empty(),
+            String::new,
+        );
+        let pid = src.psql(pid_sql).trim().to_string();
+        let mut w = Walrelay::start(
+            "subset-wait",
+            &args(
+                "run",
+                &src,
+                &tgt,
+                "wait",
+                &["-t", "public.waits", "-s", "1"],
+            ),
+        );
+        w.wait_log("prepared transaction 'forgotten'", poll::timeout());
+        let log = w.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("prepared transaction 'forgotten'"))
+            .unwrap_or_default();
+        assert!(
+            line.contains(&format!("pid {pid} (postgres@postgres, active)"))
+                && line.contains("waits for the transactions open on the source to end")
+                && line.contains("ROLLBACK PREPARED"),
+            "{line}"
+        );
+        eprintln!("{line}");
+        assert!(!log.contains("streaming"), "{log}");
+        src.psql("ROLLBACK PREPARED 'forgotten'");
+        src.psql(&format!("SELECT pg_terminate_backend({pid})"));
+        assert!(sleeper.join().expect("psql thread").is_err());
+        wait_streaming(&mut w);
+        src.psql("INSERT INTO waits VALUES (3)");
+        wait_target(&tgt, &w, "SELECT count(*) FROM waits", "2");
+        stop(&mut w);
+    });
+    assert_same_rows(&src, &tgt, &["public.waits"]);
 }

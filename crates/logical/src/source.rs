@@ -390,6 +390,60 @@ pub async fn create_slot(
     })
 }
 
+/// A transaction that keeps a logical slot from being created: the slot's start must be a point
+/// that no running transaction spans, so `CREATE_REPLICATION_SLOT` waits for every transaction
+/// holding an xid when it began — in any database, prepared ones included (snapbuild.c).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenTransaction {
+    /// `pid 4242 (alice@shop, idle in transaction)` or `prepared transaction 'gid' (alice@shop)`.
+    pub who: String,
+    /// Seconds since it began; unknown when the role may not see other roles' sessions.
+    pub open_secs: Option<i64>,
+}
+
+impl std::fmt::Display for OpenTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.open_secs {
+            Some(s) => write!(f, "{}, open {s} s", self.who),
+            None => f.write_str(&self.who),
+        }
+    }
+}
+
+/// The source's transactions that hold an xid (oldest first, at most `limit`), which a slot being
+/// created waits for.
+pub async fn open_transactions(
+    conn: &mut Connection,
+    limit: u32,
+) -> Result<Vec<OpenTransaction>, ClientError> {
+    let r = conn
+        .query_params(
+            &format!(
+                "SELECT who, open_secs FROM (
+                   SELECT 'pid ' || a.pid || ' (' || coalesce(a.usename::text, '?') || '@'
+                          || coalesce(a.datname::text, '?') || ', '
+                          || coalesce(a.state, 'state hidden') || ')' AS who,
+                          extract(epoch FROM pg_catalog.now() - a.xact_start)::int8 AS open_secs
+                     FROM pg_catalog.pg_stat_activity a
+                    WHERE a.backend_xid IS NOT NULL AND a.pid <> pg_catalog.pg_backend_pid()
+                   UNION ALL
+                   SELECT 'prepared transaction ' || pg_catalog.quote_literal(p.gid) || ' ('
+                          || p.owner::text || '@' || p.database::text || ')',
+                          extract(epoch FROM pg_catalog.now() - p.prepared)::int8
+                     FROM pg_catalog.pg_prepared_xacts p) t
+                 ORDER BY open_secs DESC NULLS LAST LIMIT {limit}"
+            ),
+            &[],
+        )
+        .await?;
+    Ok((0..r.rows.len())
+        .map(|i| OpenTransaction {
+            who: r.get(i, "who").unwrap_or_default().to_string(),
+            open_secs: r.get(i, "open_secs").and_then(|v| v.parse().ok()),
+        })
+        .collect())
+}
+
 /// The source's current WAL position.
 pub async fn current_lsn(conn: &mut Connection) -> Result<Lsn, ClientError> {
     let r = conn

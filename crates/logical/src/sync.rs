@@ -26,12 +26,12 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::info;
+use tracing::{info, warn};
 use walrelay_client::Connection;
 use walrelay_protocol::Lsn;
 
@@ -74,7 +74,7 @@ pub(crate) async fn sync_pending(
                     .await
                     .map_err(on_src("drop the unused replication slot"))?;
             }
-            created = source::create_slot(&mut repl, &slot_name, false, cfg.failover)
+            created = create_slot_naming_waits(src, &mut repl, &slot_name, false, cfg.failover)
                 .await
                 .map_err(on_src("create the replication slot"))?;
             info!(slot = %slot_name, consistent_point = %created.consistent_point, "replication slot created");
@@ -136,13 +136,64 @@ pub(crate) async fn sync_pending(
                 repl.close().await;
                 return Ok(());
             }
-            created = source::create_slot(&mut repl, &sync_slot_name(), true, false)
+            created = create_slot_naming_waits(src, &mut repl, &sync_slot_name(), true, false)
                 .await
                 .map_err(on_src("create a temporary slot for the copy"))?;
         }
     }
     cfg.stats.set_phase(Phase::Copying);
     copy_tables(cfg, pending, created, repl).await
+}
+
+/// First report of what slot creation waits for, then every [`SLOT_WAIT_REPEAT`].
+const SLOT_WAIT_FIRST: Duration = Duration::from_secs(5);
+const SLOT_WAIT_REPEAT: Duration = Duration::from_secs(30);
+
+/// [`source::create_slot`], which waits for every transaction open on the source (any database,
+/// prepared ones too) to end — forever, for a forgotten `idle in transaction` session or prepared
+/// transaction. While it waits, the transactions it waits for are named (on `src`, a plain
+/// session), so that a run that looks hung says why and what to end.
+async fn create_slot_naming_waits(
+    src: &mut Connection,
+    repl: &mut Connection,
+    name: &str,
+    temporary: bool,
+    failover: bool,
+) -> Result<CreatedSlot, walrelay_client::ClientError> {
+    let started = Instant::now();
+    let create = source::create_slot(repl, name, temporary, failover);
+    tokio::pin!(create);
+    let mut report_at = started + SLOT_WAIT_FIRST;
+    loop {
+        tokio::select! {
+            created = &mut create => return created,
+            _ = tokio::time::sleep_until(report_at.into()) => {
+                report_at += SLOT_WAIT_REPEAT;
+                let waited = started.elapsed().as_secs();
+                match source::open_transactions(src, 5).await {
+                    Ok(open) if !open.is_empty() => warn!(
+                        slot = name,
+                        waited_s = waited,
+                        "creating the replication slot waits for the transactions open on the source to end: {}; \
+                         commit or roll them back (pg_terminate_backend(pid), ROLLBACK PREPARED 'gid') and the subset starts",
+                        open.iter().map(|t| t.to_string()).collect::<Vec<_>>().join("; ")
+                    ),
+                    Ok(_) => warn!(
+                        slot = name,
+                        waited_s = waited,
+                        "creating the replication slot waits for transactions open on the source to end \
+                         (none is visible to this role now; the wait ends when the last of them does)"
+                    ),
+                    Err(e) => warn!(
+                        slot = name,
+                        waited_s = waited,
+                        "creating the replication slot waits for transactions open on the source to end \
+                         (could not list them: {e})"
+                    ),
+                }
+            }
+        }
+    }
 }
 
 /// A temporary slot's name, unique to this attempt: the previous attempt's walsender, killed
