@@ -17,6 +17,7 @@
 //! | `partitioned_tables_on_either_side` | a partitioned source table (a sub-partitioned partition among its partitions) copied into one plain target table, then inserts through the parent and into a partition, rows moved between partitions, a partition created and a column added while streaming; plain source tables into partitioned target tables made by hand, one under REPLICA IDENTITY FULL with two rows sharing a ctid in different partitions (a delete removes one): every row equal, `verify` green; a partitioned table listed with one of its partitions refused; with the matrix from 13 into 10, and a 12 source refused naming the fix |
 //! | `a_failover_slot_survives_a_promotion` | PostgreSQL 17+ (the newest of `WALRELAY_PG_MAJORS` from 17, else skipped): `--failover` slot synced to a standby (`sync_replication_slots`), the primary crashes, the standby is promoted, `run` goes on there through the host list; every row equal |
 //! | `slot_creation_names_the_transactions_it_waits_for` | a prepared transaction and a session holding an xid on the source: the first run names both (gid; pid, role, database, state) while the slot waits for them, and streams once they end |
+//! | `a_column_added_and_dropped_while_the_target_is_behind_is_followed` | a column added, used and dropped on the source while walrelay did not run: followed (the source's values in the rows it sent, NULL in older rows, until the DROP drops it on the target); one added and renamed instead stops naming `--resync`, which brings every row |
 
 mod support;
 
@@ -1844,4 +1845,80 @@ fn slot_creation_names_the_transactions_it_waits_for() {
         stop(&mut w);
     });
     assert_same_rows(&src, &tgt, &["public.waits"]);
+}
+
+/// A migration's temporary column — added, used, dropped — while walrelay is behind: when the
+/// stream reaches the ADD, the source's catalog no longer has the column. Dropped since (no live
+/// column unaccounted for): followed, the column there for the changes in between and dropped
+/// with the source's DROP. Renamed since: the values could belong to the new name, so the run
+/// stops naming `--resync`, which brings every row.
+#[test]
+fn a_column_added_and_dropped_while_the_target_is_behind_is_followed() {
+    let src = source("subset-adddrop-src", 15);
+    let tgt = target("subset-adddrop-tgt", 15);
+    src.psql(
+        "CREATE TABLE m (id int PRIMARY KEY, v text);
+         INSERT INTO m SELECT g, 'old' FROM generate_series(1, 3) g",
+    );
+    run_to_end(&src, &tgt, "adddrop", &["-t", "public.m"]);
+    src.psql("ALTER TABLE m ADD COLUMN tmp int NOT NULL DEFAULT 7");
+    src.psql("INSERT INTO m VALUES (4, 'new', 8)");
+    src.psql("UPDATE m SET v = 'touched' WHERE id = 1");
+    let between = src.current_wal_lsn();
+    src.psql("ALTER TABLE m DROP COLUMN tmp");
+    src.psql("INSERT INTO m VALUES (5, 'after')");
+    let f = walrelay_cmd::run(
+        &args(
+            "run",
+            &src,
+            &tgt,
+            "adddrop",
+            &["-E", &between.to_string(), "-s", "1"],
+        ),
+        poll::timeout(),
+    );
+    assert_eq!(f.code(), Some(0), "{}", f.stderr);
+    assert!(
+        f.stderr
+            .contains("column added and dropped again on the source since"),
+        "{}",
+        f.stderr
+    );
+    // In between: the rows the source sent carry its values; older rows hold NULL.
+    assert_eq!(
+        tgt.psql(
+            "SELECT string_agg(id || ':' || v || ':' || coalesce(tmp::text, 'NULL'), ',' ORDER BY id) FROM m"
+        ),
+        "1:touched:7,2:old:NULL,3:old:NULL,4:new:8"
+    );
+    caught_up(&src, &tgt, "adddrop", &[], &["public.m"]);
+    assert_eq!(
+        tgt.psql(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'm'::regclass AND attname = 'tmp' AND NOT attisdropped"
+        ),
+        "0"
+    );
+
+    // Renamed instead of dropped: not followed.
+    src.psql("ALTER TABLE m ADD COLUMN x int DEFAULT 1");
+    src.psql("INSERT INTO m VALUES (6, 'x', 2)");
+    src.psql("ALTER TABLE m RENAME COLUMN x TO y");
+    src.psql("INSERT INTO m VALUES (7, 'y', 3)");
+    run_stops(
+        &src,
+        &tgt,
+        "adddrop",
+        &[],
+        &[
+            "column x (new in this transaction) was dropped or renamed again since",
+            "--resync public.m",
+        ],
+    );
+    caught_up(
+        &src,
+        &tgt,
+        "adddrop",
+        &["--resync", "public.m"],
+        &["public.m"],
+    );
 }

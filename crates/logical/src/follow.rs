@@ -14,16 +14,18 @@
 //! | `ALTER COLUMN … TYPE` | stop: alter it on the target, or `--resync` |
 //! | `ADD COLUMN` with a volatile default, or one set after the rows existed | stop: their values were never sent; `--resync` |
 //! | `RENAME TO` | stop: run with the new name |
+//! | `ADD COLUMN` then `DROP COLUMN` before the stream got there | `ADD COLUMN`, nullable, no default, for the changes in between; the `DROP` further down drops it |
 //!
 //! A change the operator already made on the target by hand (a column renamed or retyped there
 //! too) is recognised and recorded, so that running again goes on.
 //!
 //! Never a silently NULL column: a new column is either given the rows' real values or the
-//! stream stops.
+//! stream stops — except one the source has already dropped again, which the stream drops on the
+//! target before it reaches any change made after the DROP.
 
 use std::collections::BTreeMap;
 
-use tracing::info;
+use tracing::{info, warn};
 use walrelay_client::{ClientError, Connection, QueryResult};
 use walrelay_protocol::pgoutput::RelationColumn;
 
@@ -170,11 +172,16 @@ pub(crate) async fn follow(
 
     for a in &diff.added {
         let Some(cat) = by_name(&a.name) else {
-            return Err(stop(format!(
-                "its column {} (new in this transaction) was dropped or renamed again since, so walrelay cannot learn what it holds: {}",
-                a.name,
-                resync(table)
-            )));
+            if !dropped_since(&catalog, table, relation_columns) {
+                return Err(stop(format!(
+                    "its column {} (new in this transaction) was dropped or renamed again since, so walrelay cannot learn what it holds: {}",
+                    a.name,
+                    resync(table)
+                )));
+            }
+            sql.push_str(&add_dropped_column(src, tgt, table, a).await.map_err(stop)?);
+            attnums.insert(a.name.clone(), 0);
+            continue;
         };
         // A new name on an attnum walrelay knows under another: a rename.
         if let Some(old) = diff.removed.iter().find(|r| r.attnum == cat.attnum) {
@@ -264,6 +271,55 @@ pub(crate) async fn follow(
         sql,
         source_columns,
     })
+}
+
+/// Whether the Relation's columns missing from the source's catalog were all dropped since (not
+/// renamed): every live column of the catalog is one walrelay followed or one this Relation
+/// names. A rename keeps the column's `attnum` under a new name, which would show as a live
+/// column neither followed nor sent — and then the values could belong to it.
+fn dropped_since(
+    catalog: &[CatalogColumn],
+    table: &ApplyTable,
+    relation_columns: &[RelationColumn],
+) -> bool {
+    catalog.iter().all(|c| {
+        table.source_columns.iter().any(|f| f.attnum == c.attnum)
+            || relation_columns.iter().any(|r| r.name == c.name)
+    })
+}
+
+/// A column added and dropped again on the source since this Relation was sent (a migration's
+/// temporary column, met by a target that was behind): it is added on the target for the
+/// changes in between, nullable and without a default, and the DROP COLUMN further down the
+/// stream removes it again. The rows that existed before it was added hold NULL in it meanwhile:
+/// its default or stored value went with the DROP, and none of it outlives the DROP.
+async fn add_dropped_column(
+    src: &mut Connection,
+    tgt: &mut Connection,
+    table: &ApplyTable,
+    column: &RelationColumn,
+) -> Result<String, String> {
+    let type_name = format_type(src, column).await.map_err(|e| e.to_string())?;
+    if type_name.contains("???") {
+        return Err(format!(
+            "its column {} (new in this transaction) was dropped since, and its type with it, so walrelay cannot add it on the target for the changes in between: {}",
+            column.name,
+            resync(table)
+        ));
+    }
+    let cat = CatalogColumn {
+        attnum: 0,
+        name: column.name.clone(),
+        type_oid: column.type_oid,
+        type_mod: column.type_modifier,
+        type_name,
+        not_null: false,
+        default: None,
+        missing: None,
+    };
+    let sql = add_column(tgt, table, &cat, 0).await?;
+    warn!(table = %table.name, column = %column.name, "column added and dropped again on the source since: added on the target for the changes in between, rows older than it hold NULL in it until the source's DROP COLUMN, further in the stream, drops it here too");
+    Ok(sql)
 }
 
 /// The target's columns of `table` and their types, as `format_type` prints them there.
