@@ -6,7 +6,7 @@
 //! | `pgbench_15_to_15_survives_kill_9` | 3 of the 4 pgbench tables under pgbench load; kill -9 during the initial copy and three times while streaming, one SIGTERM while streaming; then `-E`: every row equal, `pgbench_history` count exact, `verify` green, the fourth table absent on the target, the slot confirmed up to the end |
 //! | `pgbench_newer_source_into_older_target` | the same under load from PostgreSQL 17 into 12, with one kill while streaming; skipped with a note unless `WALRELAY_PG_MAJORS` lists both; `WALRELAY_SUBSET_PAIRS=10:18,18:10` runs other pairs |
 //! | `edges_toast_truncate_tables_added_and_removed` | a table without a key refused at preflight (nothing created, the source keeps taking writes); `--target` reaching the source database itself refused (nothing created), another database of the same server accepted; a second subset into a table the first writes refused; `--check` creates nothing; an unchanged TOASTed value kept through updates of other columns; TRUNCATE; a table added to a running subset copied at its own sync point and one removed; a subset table dropped on the target copied again; idle subset tables still let the slot advance; `status --json`, metrics, `verify`, `drop --drop-tables` |
-//! | `schema_changes_under_load_stops_resync_and_sequences_at_cut_over` | under pgbench-style load a column added with a default (existing rows get it, never NULL), one without, one dropped — followed; a type change stops naming table, column and choices, altering the target too goes on; a column rename stops, `--resync` copies that table again while the other is not copied again; a volatile default stops; a table renamed while streaming stops naming its new name (and again at preflight), running with the new name goes on; a chosen sequence copied while streaming, and `drop` leaves `nextval` on the target beyond the source's sequences |
+//! | `schema_changes_under_load_stops_resync_and_sequences_at_cut_over` | under pgbench-style load a column added with a default (existing rows get it, never NULL), one without, one dropped — followed; a type change stops naming table, column and choices, altering the target too goes on; a column rename stops, `--resync` copies that table again while the other is not copied again; a volatile default stops; a table renamed while streaming stops naming its new name (and again at preflight), renamed back its change made meanwhile applies, running with the new name goes on; a chosen sequence copied while streaming, and `drop` leaves `nextval` on the target beyond the source's sequences |
 //! | `conflicts_stop_skip_lsn_resumes_on_conflict_records_replica_identity_full` | `--replica-identity-full` says its cost at `--check` and sets FULL; a DELETE of one of two identical rows removes one, json matched by text; an INSERT conflict stops naming table, key, commit LSN and xid, `--skip-lsn` leaves that transaction out and records it; an UPDATE of a missing row stops, `--on-conflict skip` and `upsert` resolve and record each case; `status` counts them |
 //! | `a_big_transaction_is_streamed_spilled_and_applied_atomically` | protocol-2 streaming (`logical_decoding_work_mem` 64 kB): an aborted streamed transaction discarded, a rolled-back savepoint dropped, a `WALRELAY_SUBSET_BIG_ROWS` (default 200 000) row transaction never seen partly on the target, walrelay's peak RSS reported and under 100 MB, spill files removed |
 //! | `a_lost_slot_is_named_and_resync_all_copies_again` | a slot invalidated by `max_slot_wal_keep_size`, then one dropped: each stop names the slot, why, and `--resync-all`, which copies every table again under a new slot |
@@ -762,6 +762,17 @@ fn schema_changes_under_load_stops_resync_and_sequences_at_cut_over() {
         "rename",
         &["renamed to public.other2", "-t public.other2"],
     );
+    stops(&[
+        "public.other",
+        "renamed to public.other2",
+        "-t public.other2",
+    ]);
+    // The other choice: renamed back on the source. The change made under the other name is
+    // the table's own and applies.
+    src.psql("ALTER TABLE other2 RENAME TO other; INSERT INTO other VALUES (1003, 'z')");
+    caught_up(&src, &tgt, "ddl", &[], &["items", "other"]);
+    // Renamed for good: refused at preflight, and running with the new name goes on.
+    src.psql("ALTER TABLE other RENAME TO other2; INSERT INTO other2 VALUES (1004, 'w')");
     stops(&[
         "public.other",
         "renamed to public.other2",

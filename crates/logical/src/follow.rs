@@ -13,7 +13,7 @@
 //! | `RENAME COLUMN` (same `attnum`, new name) | stop: rename it on the target, or `--resync` |
 //! | `ALTER COLUMN … TYPE` | stop: alter it on the target, or `--resync` |
 //! | `ADD COLUMN` with a volatile default, or one set after the rows existed | stop: their values were never sent; `--resync` |
-//! | `RENAME TO` | stop: run with the new name |
+//! | `RENAME TO` | stop: run with the new name (renamed back since: followed) |
 //! | `ADD COLUMN` then `DROP COLUMN` before the stream got there | `ADD COLUMN`, nullable, no default, for the changes in between; the `DROP` further down drops it |
 //!
 //! A change the operator already made on the target by hand (a column renamed or retyped there
@@ -32,7 +32,7 @@ use walrelay_protocol::pgoutput::RelationColumn;
 use crate::apply::{ApplyTable, SchemaDiff};
 use crate::ddl::portable_default;
 use crate::error::{Side, SubsetError};
-use crate::schema::{quote_ident, quote_literal, SourceColumn, SubsetName};
+use crate::schema::{quote_ident, quote_literal, SourceColumn, SubsetName, TableName};
 use crate::state::record_columns_sql;
 
 /// A source column as its catalog says now.
@@ -134,11 +134,23 @@ pub(crate) async fn follow(
         xid: diff.xid,
     };
     let t = table.name.quoted();
+    let on_src = |what: &'static str| SubsetError::sql(Side::Source, what);
     if let Some(new) = &diff.renamed_to {
-        return Err(stop(format!(
-            "it was renamed to {new} there; walrelay does not rename tables on the target by itself: choose to run with -t {new} in place of -t {} (walrelay copies it under its new name; drop {} on the target afterwards), or to rename it back on the source",
-            table.name, table.name
-        )));
+        // Renamed and renamed back since: the changes made under the other name are this
+        // table's (the same relation), and the subset's name is right again.
+        if current_name(src, diff.relid)
+            .await
+            .map_err(on_src("read the renamed table's name"))?
+            .as_ref()
+            == Some(&table.name)
+        {
+            info!(table = %table.name, while_named = %new, "table renamed on the source and back again: its changes made under the other name applied to it");
+        } else {
+            return Err(stop(format!(
+                "it was renamed to {new} there; walrelay does not rename tables on the target by itself: choose to run with -t {new} in place of -t {} (walrelay copies it under its new name; drop {} on the target afterwards), or to rename it back on the source",
+                table.name, table.name
+            )));
+        }
     }
     if let Some(c) = diff.missing_on_target.first() {
         return Err(stop(format!(
@@ -147,7 +159,6 @@ pub(crate) async fn follow(
             resync(table)
         )));
     }
-    let on_src = |what: &'static str| SubsetError::sql(Side::Source, what);
     let on_tgt = |what: &'static str| SubsetError::sql(Side::Target, what);
     let relid = diff.relid.to_string();
     let r = src
@@ -320,6 +331,21 @@ async fn add_dropped_column(
     let sql = add_column(tgt, table, &cat, 0).await?;
     warn!(table = %table.name, column = %column.name, "column added and dropped again on the source since: added on the target for the changes in between, rows older than it hold NULL in it until the source's DROP COLUMN, further in the stream, drops it here too");
     Ok(sql)
+}
+
+/// The source table's name now, by its OID (none if it was dropped).
+async fn current_name(src: &mut Connection, relid: u32) -> Result<Option<TableName>, ClientError> {
+    let r = src
+        .query_params(
+            "SELECT n.nspname::text AS schema, c.relname::text AS name \
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+              WHERE c.oid = $1::pg_catalog.oid",
+            &[Some(&relid.to_string())],
+        )
+        .await?;
+    Ok(r.get(0, "schema")
+        .zip(r.get(0, "name"))
+        .map(|(schema, name)| TableName::new(schema, name)))
 }
 
 /// The target's columns of `table` and their types, as `format_type` prints them there.
