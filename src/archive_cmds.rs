@@ -117,10 +117,8 @@ pub async fn run_restore(args: RestoreArgs) -> Result<i32> {
 /// must not exit 101, which PostgreSQL reads as "not found".
 pub fn run_restore_local(args: &RestoreArgs) -> i32 {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| restore_blocking(args)))
-        .unwrap_or_else(|_| {
-            eprintln!("walrelay: error: restore failed unexpectedly");
-            RESTORE_EXIT_ERROR
-        })
+        // The panic hook printed the one line.
+        .unwrap_or(RESTORE_EXIT_ERROR)
 }
 
 /// One failure line for PostgreSQL's log; the status that stops recovery.

@@ -104,6 +104,29 @@ pub fn archive_unreachable(e: anyhow::Error, what: &str) -> anyhow::Error {
     .into()
 }
 
+/// The class an error exits with: [`class_of`], except that an object store that could not be
+/// reached is a store problem (5) for every command, as for a directory that cannot be read —
+/// not the "other" (1) of a transient failure, which `verify` uses for its verdict and PostgreSQL
+/// tools for "try again".
+pub fn exit_class(e: &anyhow::Error) -> ErrorClass {
+    let class = class_of(e);
+    // A store error inside a transparent wrapper is not a link of the chain of its own.
+    let store_unreachable = e.chain().any(|c| {
+        let store = c.downcast_ref::<walrelay_store::StoreError>().or_else(|| {
+            match c.downcast_ref::<walrelay_backup::BackupJobError>() {
+                Some(walrelay_backup::BackupJobError::Store(s)) => Some(s),
+                _ => None,
+            }
+        });
+        store.is_some_and(|s| s.class() == ErrorClass::Transient)
+    });
+    if class == ErrorClass::Transient && store_unreachable {
+        ErrorClass::Local
+    } else {
+        class
+    }
+}
+
 /// An error whose class the command decided itself, with its message and cause.
 #[derive(Debug)]
 pub struct Classified {

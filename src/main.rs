@@ -125,7 +125,38 @@ fn parse_cli() -> Result<Cli, ExitCode> {
     }
 }
 
+/// How a command ended when it did not return an exit status.
+enum Failure {
+    Error(anyhow::Error),
+    Panicked,
+}
+
+/// A panic (a bug) is reported as one line, like every other failure, instead of Rust's
+/// message and its note about backtraces; `RUST_BACKTRACE` set keeps the standard report.
+fn install_panic_hook() {
+    if std::env::var_os("RUST_BACKTRACE").is_some() {
+        return;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "walrelay: error: internal error (a bug in walrelay, please report it): {}{at}",
+            payload.replace('\n', " ")
+        );
+    }));
+}
+
 fn main() -> ExitCode {
+    install_panic_hook();
     let cli = match parse_cli() {
         Ok(c) => c,
         Err(code) => return code,
@@ -180,16 +211,22 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match tokio::spawn(command).await {
-            Ok(r) => r,
-            Err(e) => Err(anyhow::anyhow!("the command stopped unexpectedly: {e}")),
+            Ok(r) => r.map_err(Failure::Error),
+            Err(_) => Err(Failure::Panicked),
         }
     });
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-        Err(e) => {
+        Err(Failure::Error(e)) => {
             report_error(&e);
-            ExitCode::from(exit::code(exit::class_of(&e)) as u8)
+            ExitCode::from(exit::code(exit::exit_class(&e)) as u8)
         }
+        // The panic hook printed the line. Under restore_command, 1 would read as "not in the
+        // archive" and end recovery early: a bug must stop it instead.
+        Err(Failure::Panicked) if is_restore => {
+            ExitCode::from(walrelay_archive::RESTORE_EXIT_ERROR as u8)
+        }
+        Err(Failure::Panicked) => ExitCode::from(exit::ERROR as u8),
     }
 }
 

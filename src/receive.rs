@@ -493,7 +493,16 @@ fn spawn_uploader(
     stop_receiver: Arc<watch::Sender<bool>>,
 ) -> tokio::task::JoinHandle<walrelay_store::Result<()>> {
     tokio::spawn(async move {
-        let result = walrelay_store::run_uploader(cfg, stats, shutdown).await;
+        // A panic (a bug) stops the receiver too: streaming on into a spool nothing empties,
+        // with a healthy /health, would hide it until the disk fills.
+        let result = tokio::spawn(walrelay_store::run_uploader(cfg, stats, shutdown))
+            .await
+            .unwrap_or_else(|_| {
+                Err(walrelay_store::StoreError::Setup {
+                    location: "the uploader".into(),
+                    reason: "it stopped on an internal error (above)".into(),
+                })
+            });
         if let Err(e) = &result {
             tracing::error!(error = %e, "uploads stopped; stopping the receiver");
             let _ = stop_receiver.send(true);

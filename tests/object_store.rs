@@ -361,6 +361,66 @@ fn remote_archive_usage_errors() {
         "ftp://x/y",
     ]);
     assert_eq!(code, Some(201), "{err}");
+
+    // A malformed endpoint (no scheme, a trailing space from an EnvironmentFile, a bad port)
+    // made the S3 client panic on its first request: restore exited 1 ("not in the archive", so
+    // PostgreSQL promoted early) and receive streamed on into a spool nothing emptied. Now each
+    // command refuses it up front, naming the variable: restore 201, the others 3.
+    let spool = tempfile::tempdir().unwrap();
+    for endpoint in [
+        "127.0.0.1:8333",
+        "http://127.0.0.1:8333 ",
+        "http://127.0.0.1:99999",
+    ] {
+        for (args, want) in [
+            (
+                vec![
+                    "restore",
+                    "000000010000000000000001",
+                    "/tmp/x",
+                    "-D",
+                    "s3://b/p",
+                ],
+                201,
+            ),
+            (vec!["verify", "-D", "s3://b/p"], 3),
+            (vec!["backup", "list", "-D", "s3://b/p"], 3),
+            (
+                vec![
+                    "receive",
+                    "-d",
+                    "host=127.0.0.1 port=1",
+                    "-D",
+                    "s3://b/p",
+                    "--spool",
+                    s(spool.path()),
+                ],
+                3,
+            ),
+        ] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
+                .args(&args)
+                .env("AWS_ENDPOINT_URL", endpoint)
+                .env("AWS_ACCESS_KEY_ID", "walrelay-test")
+                .env("AWS_SECRET_ACCESS_KEY", "walrelay-test-secret")
+                .env("AWS_REGION", "us-east-1")
+                .env_remove("RUST_BACKTRACE")
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(want),
+                "{args:?} {endpoint:?}: {err}"
+            );
+            assert!(
+                err.contains("AWS_ENDPOINT_URL") && err.contains("write the store's address")
+                    || err.contains("remove it"),
+                "{args:?} {endpoint:?}: {err}"
+            );
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
 }
 
 #[test]
@@ -393,4 +453,35 @@ fn an_unreachable_store_is_not_a_verdict() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         assert!(!err.contains("walrelay-test-secret"), "{err}");
     }
+    // The backup commands and a restore from the bucket: a store problem (5), as documented,
+    // not "other" (1); nothing is left where the restore was to go.
+    let scratch = tempfile::tempdir().unwrap();
+    let restored = scratch.path().join("restored");
+    for args in [
+        &["backup", "list", "-D", "s3://bucket/p"][..],
+        &["backup", "delete", "-D", "s3://bucket/p", "b1"][..],
+        &[
+            "bootstrap",
+            "-D",
+            s(&restored),
+            "--from-archive",
+            "s3://bucket/p",
+            "--target",
+            "immediate",
+        ][..],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
+            .args(args)
+            .env("AWS_ENDPOINT_URL", &closed)
+            .env("AWS_ACCESS_KEY_ID", "walrelay-test")
+            .env("AWS_SECRET_ACCESS_KEY", "walrelay-test-secret")
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {err}");
+        assert!(err.contains("check the endpoint"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    assert!(!restored.exists());
 }

@@ -75,6 +75,60 @@ fn retry_config() -> RetryConfig {
     }
 }
 
+/// The environment variables that set a service's endpoint, as its builder's `from_env` reads
+/// them (any case of the name after the prefix).
+fn endpoint_variables(service: Service) -> &'static [&'static str] {
+    match service {
+        Service::S3 => &[
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_ENDPOINT_URL_STS",
+        ],
+        Service::Azure => &["AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT"],
+        Service::Gcs => &["GOOGLE_BASE_URL"],
+        Service::File => &[],
+    }
+}
+
+/// The endpoint variables of `service` that are set in `env`, with their values.
+fn configured_endpoints(
+    service: Service,
+    env: impl Iterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let wanted = endpoint_variables(service);
+    env.filter(|(k, _)| wanted.iter().any(|w| w.eq_ignore_ascii_case(k)))
+        .collect()
+}
+
+/// What is wrong with an endpoint variable's value, as a message with its fix; `None` when it
+/// is an http(s) URL with a host.
+fn endpoint_problem(var: &str, value: &str) -> Option<String> {
+    let example = "like http://127.0.0.1:8333 or https://s3.example.com";
+    if value.trim().is_empty() {
+        return Some(format!(
+            "{var} is set but empty: unset it to reach the service itself, or set the store's address, {example}"
+        ));
+    }
+    if value.chars().any(char::is_whitespace) {
+        return Some(format!(
+            "{var} {value:?} has a space or line break in it: remove it (an EnvironmentFile keeps trailing spaces)"
+        ));
+    }
+    match url::Url::parse(value) {
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => Some(format!(
+            "{var} {value:?} does not start with http:// or https://: write the store's address {example}"
+        )),
+        Ok(u) if u.host_str().is_none_or(str::is_empty) => Some(format!(
+            "{var} {value:?} names no host: write the store's address {example}"
+        )),
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "{var} {value:?} is not a URL ({e}): write the store's address {example}"
+        )),
+    }
+}
+
 /// An archive in object storage.
 #[derive(Debug)]
 pub struct ObjectStoreArchive {
@@ -113,14 +167,22 @@ impl ObjectStoreArchive {
                 )
             };
         }
+        // The client takes a malformed endpoint as it is and panics on its first request.
+        let endpoints = configured_endpoints(url.service, std::env::vars());
+        if let Some(reason) = endpoints
+            .iter()
+            .find_map(|(var, value)| endpoint_problem(var, value))
+        {
+            return Err(StoreError::Setup {
+                location: url.to_string(),
+                reason,
+            });
+        }
+        if endpoints.iter().any(|(_, v)| v.starts_with("http://")) {
+            client = client.with_allow_http(true);
+        }
         let inner: Arc<dyn ObjectStore> = match url.service {
             Service::S3 => {
-                let endpoint = std::env::var("AWS_ENDPOINT_URL")
-                    .or_else(|_| std::env::var("AWS_ENDPOINT"))
-                    .unwrap_or_default();
-                if endpoint.starts_with("http://") {
-                    client = client.with_allow_http(true);
-                }
                 // from_env reads AWS_REGION and AWS_DEFAULT_REGION; the default is us-east-1.
                 configured!(
                     object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&url.bucket)
@@ -478,6 +540,39 @@ impl ArchiveStore for ObjectStoreArchive {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_endpoints_are_named_before_the_client_panics_on_them() {
+        let bad = |v: &str| endpoint_problem("AWS_ENDPOINT_URL", v).unwrap_or_default();
+        assert!(bad("127.0.0.1:8333").contains("is not a URL"));
+        assert!(bad("localhost:9000").contains("does not start with http:// or https://"));
+        assert!(bad("htp://127.0.0.1:8333").contains("does not start with http://"));
+        assert!(bad("http://127.0.0.1:8333 ").contains("has a space"));
+        assert!(bad("http://127.0.0.1:99999").contains("is not a URL"));
+        assert!(bad("").contains("is set but empty"));
+        assert!(bad("http://").contains("is not a URL") || bad("http://").contains("no host"));
+        for good in [
+            "http://127.0.0.1:8333",
+            "https://s3.eu-west-1.amazonaws.com",
+            "http://[::1]:9000/",
+            "https://minio.example.com/sub",
+        ] {
+            assert_eq!(endpoint_problem("AWS_ENDPOINT_URL", good), None, "{good}");
+        }
+        let env = [
+            ("aws_endpoint".to_string(), "x".to_string()),
+            ("AWS_REGION".to_string(), "y".to_string()),
+            ("AZURE_STORAGE_ENDPOINT".to_string(), "z".to_string()),
+        ];
+        assert_eq!(
+            configured_endpoints(Service::S3, env.clone().into_iter()),
+            [("aws_endpoint".to_string(), "x".to_string())]
+        );
+        assert_eq!(
+            configured_endpoints(Service::Azure, env.into_iter()),
+            [("AZURE_STORAGE_ENDPOINT".to_string(), "z".to_string())]
+        );
+    }
 
     /// Azure takes metadata names that are C# identifiers: letters, digits and `_`, not starting
     /// with a digit.
