@@ -809,6 +809,16 @@ fn backup_and_restore_on_the_matrix_majors() {
         primary.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i");
         let archive = archive_dir(&primary, "archive");
         let conn = primary.replication_conninfo();
+        if major >= 12 {
+            // What a cluster that was itself recovered to a target keeps in postgresql.auto.conf
+            // (a primary ignores it): copied into the backup, it made the restore refuse to
+            // start ("multiple recovery targets specified") and the standby stop at it and
+            // promote itself.
+            primary.psql(
+                "ALTER SYSTEM SET recovery_target_time = '2020-01-01 00:00:00+00';
+                 ALTER SYSTEM SET recovery_target_action = 'promote'",
+            );
+        }
         let txid = || -> u64 { primary.psql("SELECT txid_current()").parse().unwrap() };
         let before = txid();
         run_ok(
@@ -895,6 +905,11 @@ fn backup_and_restore_on_the_matrix_majors() {
         primary.psql("INSERT INTO t VALUES (1001)");
         standby.wait_replay(primary.current_wal_lsn());
         assert_eq!(standby.psql("SELECT count(*) FROM t"), "1001", "PG {major}");
+        assert_eq!(
+            standby.psql("SELECT pg_is_in_recovery()"),
+            "t",
+            "PG {major}: the standby promoted itself"
+        );
         eprintln!("PostgreSQL {major}: backup, restore and standby from the archive passed");
     }
 }

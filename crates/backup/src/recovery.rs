@@ -93,6 +93,10 @@ pub fn render(major: u32, restore_command: &str, mode: &RecoveryMode) -> Vec<Rec
                 RecoveryTarget::Immediate => s.push_str(&setting("recovery_target", "immediate")),
             }
             s.push_str(&setting("recovery_target_action", "promote"));
+            // Follow the archive's timeline switches (a failover since the backup) to the
+            // target: the default from 12, not on 10 and 11, where recovery stayed on the
+            // backup's timeline and promoted at its end, short of the target, without an error.
+            s.push_str(&setting("recovery_target_timeline", "latest"));
             "recovery.signal"
         }
         RecoveryMode::Standby {
@@ -220,5 +224,19 @@ mod tests {
             t.contains("standby_mode = 'off'\n") && t.contains("recovery_target = 'immediate'"),
             "{t}"
         );
+        // 10 and 11 stay on the backup's timeline unless told: a PITR past a failover stopped
+        // at the old timeline's end, short of the target.
+        for major in [10, 11, 12, 18] {
+            let f = render(
+                major,
+                "cmd",
+                &RecoveryMode::Pitr(RecoveryTarget::Xid("9".into())),
+            );
+            let t = text(f.last().unwrap());
+            assert!(
+                t.contains("recovery_target_timeline = 'latest'\n"),
+                "{major}: {t}"
+            );
+        }
     }
 }

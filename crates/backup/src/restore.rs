@@ -341,11 +341,19 @@ async fn restore_into(
     for file in render(major, &command, &mode) {
         let path = target.join(file.name);
         let contents = if file.append {
-            let mut old = match fs::read(&path) {
+            let old = match fs::read(&path) {
                 Ok(b) => b,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => return Err(BackupJobError::io("read", &path, e)),
             };
+            // A backup of a cluster that was itself recovered to a target (or of a standby)
+            // carries its recovery settings: kept, they clash with the new target or make a
+            // standby stop and promote itself.
+            let (mut old, disabled) =
+                walrelay_basebackup::disable_inherited_recovery_settings(&old);
+            if !disabled.is_empty() {
+                tracing::warn!(settings = %disabled.join(", "), "the backup's postgresql.auto.conf set recovery targets of its own (a cluster recovered to a target, or a standby): commented out");
+            }
             if !old.is_empty() && !old.ends_with(b"\n") {
                 old.push(b'\n');
             }

@@ -70,8 +70,9 @@ pub use max_rate::parse_max_rate;
 pub use member_path::{sanitize_member_path, UnsafePath};
 pub use progress::{BackupPhase, BackupProgress};
 pub use standby::{
-    conninfo_for_libpq, escape_quotes, write_standby_config, StandbyConfig, StandbyConfigError,
-    StandbyMode, DEFAULT_SIDECAR_RETRY_INTERVAL,
+    conninfo_for_libpq, disable_inherited_recovery_settings, escape_quotes, write_standby_config,
+    StandbyConfig, StandbyConfigError, StandbyMode, DEFAULT_SIDECAR_RETRY_INTERVAL,
+    INHERITED_RECOVERY_SETTINGS,
 };
 pub use stream::{BaseBackupResult, BaseBackupStream, ReceivedManifest};
 pub use sync::{SyncSummary, WrittenPaths};
