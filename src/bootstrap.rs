@@ -144,14 +144,18 @@ pub(crate) fn owner_by_name(name: &str) -> Result<Owner> {
 /// handlers are installed when this is called — before the bootstrap creates anything — so a signal
 /// at any later moment leads to its cleanup (directory removed, created slot dropped) instead of the
 /// default action, which would leave a half-written data directory and a slot behind.
+/// SIGHUP (the terminal closed) stops it the same way: its default action would kill it
+/// without the cleanup.
 pub(crate) fn stop_signals() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
     let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("install the SIGHUP handler")?;
     Ok(async move {
         let name = tokio::select! {
             _ = int.recv() => "SIGINT",
             _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
         };
         tracing::warn!("{name} received: stopping the bootstrap");
     })

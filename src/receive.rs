@@ -190,7 +190,7 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
                     "--spool is for archives in object storage (-D s3://…); a directory archive is written directly",
                 ));
             }
-            wal_dirs::archive_dir_problem(dir).map_err(exit::local)?;
+            wal_dirs::archive_dir_problem(dir, true).map_err(exit::local)?;
             Target::Archive {
                 dir: dir.clone(),
                 compression: args.compress,
@@ -203,7 +203,7 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
                     "an archive in object storage ({url}) needs --spool DIR: a local directory where WAL is durable before it is acknowledged and uploaded"
                 )));
             };
-            wal_dirs::archive_dir_problem(spool).map_err(exit::local)?;
+            wal_dirs::archive_dir_problem(spool, false).map_err(exit::local)?;
             store = Some(walrelay_store::open_store(url)?);
             Target::Archive {
                 dir: spool.clone(),
@@ -511,10 +511,25 @@ fn spawn_uploader(
     })
 }
 
-/// SIGINT/SIGTERM ask for a clean stop; a second one exits at once.
+/// SIGINT/SIGTERM ask for a clean stop; a second one exits at once. SIGHUP (`systemctl reload`,
+/// a closed terminal), SIGUSR1 and SIGUSR2 are logged and ignored: their default action would end
+/// a long-running receiver, relay or subset without a word in its log.
 pub fn spawn_signal_handler(tx: Arc<watch::Sender<bool>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    for (kind, name) in [
+        (SignalKind::hangup(), "SIGHUP"),
+        (SignalKind::user_defined1(), "SIGUSR1"),
+        (SignalKind::user_defined2(), "SIGUSR2"),
+    ] {
+        if let Ok(mut s) = signal(kind) {
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    warn!("{name} received and ignored: walrelay reads its settings only when it starts; restart it to change them (SIGTERM stops it cleanly)");
+                }
+            });
+        }
+    }
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut int), Ok(mut term)) = (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),

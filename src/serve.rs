@@ -163,7 +163,7 @@ pub async fn run(args: ServeArgs) -> Result<i32> {
             }
         }
     }
-    crate::wal_dirs::archive_dir_problem(&dir).map_err(exit::local)?;
+    crate::wal_dirs::archive_dir_problem(&dir, false).map_err(exit::local)?;
     let _one_writer = crate::wal_dirs::lock_writer_dir(&dir)?;
     let resolved = args.conn.resolve()?;
     let params = resolved.params(ReplicationMode::Physical)?;

@@ -94,12 +94,21 @@ pub(crate) fn lock_writer_dir(dir: &Path) -> Result<Option<walrelay_durable::Dir
     }
 }
 
-/// Why `dir` cannot be an archive directory, if it cannot.
-pub(crate) fn archive_dir_problem(dir: &Path) -> std::result::Result<(), String> {
+/// Why `dir` cannot be an archive directory, if it cannot. `pg_wal_option`: the command has
+/// `--pg-wal` (receive), which the advice then names.
+pub(crate) fn archive_dir_problem(
+    dir: &Path,
+    pg_wal_option: bool,
+) -> std::result::Result<(), String> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => match server_directory(dir) {
             Some(what) => Err(format!(
-                "{what}: an archive needs a directory of its own (mkdir one); to feed a standby's pg_wal use --pg-wal PGDATA"
+                "{what}: an archive needs a directory of its own (mkdir one){}",
+                if pg_wal_option {
+                    "; to feed a standby's pg_wal use --pg-wal PGDATA"
+                } else {
+                    ""
+                }
             )),
             None => Ok(()),
         },

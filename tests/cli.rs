@@ -447,3 +447,46 @@ fn bootstrap_names_its_traps_before_connecting() {
     assert!(err.contains("(it holds \"lost+found\")"), "{err}");
     assert!(err.contains("mount point"), "{err}");
 }
+
+/// A long-running command outlives SIGHUP (`systemctl reload`, a closed terminal) and SIGUSR1,
+/// saying so in its log — their default action ended it without a line — and still stops
+/// cleanly on SIGTERM.
+#[test]
+fn reload_and_user_signals_are_logged_not_fatal() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let archive = dir.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    // Nothing listens on port 1: receive retries, as it does while a primary is down.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["receive", "-d", "host=127.0.0.1 port=1", "-D"])
+        .arg(&archive)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(child.id() as i32);
+    let wait_log = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log).unwrap().contains(needle) {
+            assert!(Instant::now() < deadline, "{needle:?} not logged");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_log("reconnecting");
+    for (signal, name) in [(Signal::SIGHUP, "SIGHUP"), (Signal::SIGUSR1, "SIGUSR1")] {
+        kill(pid, signal).unwrap();
+        wait_log(&format!("{name} received and ignored"));
+        assert!(child.try_wait().unwrap().is_none(), "{name} ended receive");
+    }
+    kill(pid, Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+}

@@ -55,6 +55,25 @@ pub enum Refused {
 #[derive(Debug)]
 pub struct End;
 
+/// A name the client chose (user, application_name), for the log: control characters escaped,
+/// so that a name holding a line break cannot forge a log line of its own (the JSON format
+/// escapes by itself; the text format does not).
+pub(crate) struct Printable<'a>(pub &'a str);
+
+impl std::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn fields(severity: &str, code: &str, message: &str) -> ErrorFields {
     ErrorFields {
         severity: severity.to_string(),
@@ -104,8 +123,8 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             .stats
             .register(pid, peer, &startup.user, &startup.application_name);
         info!(
-            user = %startup.user,
-            application_name = %startup.application_name,
+            user = %Printable(&startup.user),
+            application_name = %Printable(&startup.application_name),
             tls = startup.tls,
             "downstream connected"
         );
@@ -479,7 +498,7 @@ impl Session {
         let owner = temporary.then_some(self.pid);
         match self.shared.slots.create(slot, owner, reserve) {
             Ok(()) => {
-                info!(slot, temporary, "replication slot created");
+                info!(slot = %Printable(&slot), temporary, "replication slot created");
                 let major = self.major();
                 self.reply(|out| walsender::create_replication_slot(major, slot, out));
             }
@@ -498,7 +517,7 @@ impl Session {
         }
         match self.shared.slots.drop_slot(slot, self.pid) {
             Ok(()) => {
-                info!(slot, "replication slot dropped");
+                info!(slot = %Printable(&slot), "replication slot dropped");
                 let major = self.major();
                 self.reply(|out| walsender::drop_replication_slot(major, out));
             }
@@ -533,7 +552,7 @@ fn log_lost(e: &std::io::Error) {
         std::io::ErrorKind::BrokenPipe
         | std::io::ErrorKind::ConnectionReset
         | std::io::ErrorKind::UnexpectedEof => debug!(error = %e, "downstream connection lost"),
-        _ => warn!(error = %e, "downstream connection failed"),
+        _ => warn!(error = %Printable(&e.to_string()), "downstream connection failed"),
     }
 }
 
@@ -545,6 +564,21 @@ fn distance(a: Lsn, b: Lsn) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_chosen_name_cannot_forge_a_log_line() {
+        let forged = "x\n2026-12-05T08:04:00Z ERROR relay stopped\u{1}\u{7f}";
+        let shown = Printable(forged).to_string();
+        assert!(
+            !shown.contains('\n') && !shown.chars().any(char::is_control),
+            "{shown}"
+        );
+        assert_eq!(
+            shown,
+            "x\\n2026-12-05T08:04:00Z ERROR relay stopped\\u{1}\\u{7f}"
+        );
+        assert_eq!(Printable("app é").to_string(), "app é");
+    }
 
     #[test]
     fn durations_as_show_prints_them() {

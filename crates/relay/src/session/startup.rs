@@ -33,7 +33,7 @@ use walrelay_protocol::walsender;
 use walrelay_protocol::ErrorFields;
 
 use super::io::{Io, ReadError, Stream};
-use super::{fatal, send_fatal_raw, Refused};
+use super::{fatal, send_fatal_raw, Printable, Refused};
 use crate::config::{Auth, AUTHENTICATION_TIMEOUT};
 use crate::random::random_bytes;
 use crate::shared::Shared;
@@ -296,7 +296,7 @@ async fn admit(
             return Err(Refused::Fatal(f));
         }
         None | Some((_, Some(false))) => {
-            info!(%peer, %user, "refused a connection that is not a replication connection");
+            info!(%peer, user = %Printable(&user), "refused a connection that is not a replication connection");
             let mut f = fatal(
                 "08004",
                 "walrelay serve accepts only replication connections",
@@ -306,7 +306,7 @@ async fn admit(
         }
     };
     if !shared.config.allow.allows(peer.ip()) {
-        warn!(%peer, %user, "refused a connection from an address outside --allow");
+        warn!(%peer, user = %Printable(&user), "refused a connection from an address outside --allow");
         return Err(Refused::Fatal(fatal(
             "28000",
             &format!(
@@ -327,7 +327,7 @@ async fn admit(
             if let Err(e) = scram_exchange(io, secret, &user, shared, channel_binding).await {
                 return Err(match e {
                     Refused::Fatal(f) if f.code == "28P01" => {
-                        warn!(%peer, %user, "password authentication failed");
+                        warn!(%peer, user = %Printable(&user), "password authentication failed");
                         Refused::Fatal(f)
                     }
                     other => other,

@@ -147,7 +147,7 @@ pub(super) async fn start_replication(
         }
         debug!(%start, servable = %cur.lsn, "start point just ahead of the relay's WAL: waiting for it");
     }
-    info!(%start, timeline = %tli, slot = slot.as_deref().unwrap_or(""), "streaming WAL");
+    info!(%start, timeline = %tli, slot = %super::Printable(slot.as_deref().unwrap_or("")), "streaming WAL");
     s.shared.stats.streaming(s.pid, tli, start, slot.as_deref());
     let stream = Stream {
         timeline: tli,
