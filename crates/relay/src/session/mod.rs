@@ -498,7 +498,7 @@ impl Session {
         let owner = temporary.then_some(self.pid);
         match self.shared.slots.create(slot, owner, reserve) {
             Ok(()) => {
-                info!(slot = %Printable(&slot), temporary, "replication slot created");
+                info!(slot = %Printable(slot), temporary, "replication slot created");
                 let major = self.major();
                 self.reply(|out| walsender::create_replication_slot(major, slot, out));
             }
@@ -517,7 +517,7 @@ impl Session {
         }
         match self.shared.slots.drop_slot(slot, self.pid) {
             Ok(()) => {
-                info!(slot = %Printable(&slot), "replication slot dropped");
+                info!(slot = %Printable(slot), "replication slot dropped");
                 let major = self.major();
                 self.reply(|out| walsender::drop_replication_slot(major, out));
             }
