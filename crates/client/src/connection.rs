@@ -8,8 +8,10 @@ use std::collections::{HashMap, VecDeque};
 use bytes::{BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
+
 use tracing::{debug, info, warn};
 use walrelay_protocol::message::{Authentication, BackendMessage, ErrorFields, MAX_MESSAGE_LEN};
 use walrelay_protocol::ServerVersion;
@@ -114,9 +116,18 @@ impl Connection {
             a => vec![a],
         };
         let mut errors = Vec::new();
+        let endpoints = crate::unresponsive::in_trying_order(&params.endpoints);
         for wanted in passes {
-            for endpoint in &params.endpoints {
-                match Self::connect_endpoint(params, endpoint).await {
+            for &endpoint in &endpoints {
+                let attempt = Self::connect_endpoint(params, endpoint).await;
+                match &attempt {
+                    Err(ClientError::ConnectTimeout { .. }) if params.endpoints.len() > 1 => {
+                        crate::unresponsive::note_silent(endpoint)
+                    }
+                    Ok(_) => crate::unresponsive::note_answered(endpoint),
+                    Err(_) => {}
+                }
+                match attempt {
                     Ok(mut c) => match c.session_matches(wanted).await {
                         Ok(true) => {
                             c.apply_settings_since(params).await?;
@@ -209,7 +220,11 @@ impl Connection {
         };
         let mut last = None;
         for (i, &attempt) in attempts.iter().enumerate() {
-            let fut = Self::connect_attempt(params, endpoint, attempt);
+            let fut = Self::answer_awaited(
+                Self::connect_attempt(params, endpoint, attempt),
+                endpoint,
+                params.connect_timeout,
+            );
             let res = match params.connect_timeout {
                 Some(t) if !t.is_zero() => match tokio::time::timeout(t, fut).await {
                     Ok(r) => r,
@@ -239,6 +254,31 @@ impl Connection {
             }
         }
         Err(last.unwrap_or(ClientError::Closed))
+    }
+
+    /// `attempt`, saying once in the log when the host has not answered for a while: without
+    /// it, a host that accepts and never answers (a frozen machine, a hung proxy) leaves the
+    /// log silent for the whole connect timeout.
+    async fn answer_awaited<T>(
+        attempt: impl std::future::Future<Output = T>,
+        endpoint: &Endpoint,
+        timeout: Option<Duration>,
+    ) -> T {
+        const SILENCE_REPORTED_AFTER: Duration = Duration::from_secs(10);
+        tokio::pin!(attempt);
+        tokio::select! {
+            r = &mut attempt => return r,
+            _ = tokio::time::sleep(SILENCE_REPORTED_AFTER) => {}
+        }
+        match timeout.filter(|t| !t.is_zero()) {
+            Some(t) => {
+                warn!(%endpoint, "no answer from {endpoint} after {} s; waiting up to {} s (connect_timeout) before trying the next host or again", SILENCE_REPORTED_AFTER.as_secs(), t.as_secs())
+            }
+            None => {
+                warn!(%endpoint, "no answer from {endpoint} after {} s; still waiting (connect_timeout=0: no limit)", SILENCE_REPORTED_AFTER.as_secs())
+            }
+        }
+        attempt.await
     }
 
     async fn connect_attempt(

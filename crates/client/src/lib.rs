@@ -26,6 +26,7 @@ mod resolve;
 mod sql;
 mod stream;
 mod tls;
+mod unresponsive;
 
 pub use backoff::{Backoff, FIRST_RECONNECT_DELAY};
 pub use condition::{sqlstate, Classify, ErrorClass, ServerCondition};
