@@ -103,7 +103,7 @@ pub struct FromArchiveArgs {
     #[arg(long = "from-archive", value_name = "DIR|URL")]
     pub from_archive: Option<String>,
     /// The backup to restore: a label, or latest (for --target-time/--target-lsn: the newest
-    /// that ends before the target).
+    /// that ends before the target; for --target-name: the oldest).
     #[arg(
         long = "backup",
         value_name = "LABEL|latest",
@@ -134,6 +134,15 @@ pub struct FromArchiveArgs {
         group = "pitr"
     )]
     pub target_xid: Option<u64>,
+    /// Recover to this restore point (pg_create_restore_point), then promote. Without --backup,
+    /// the oldest backup is restored: a restore point's position is known only to recovery.
+    #[arg(
+        long = "target-name",
+        value_name = "NAME",
+        requires = "from_archive",
+        group = "pitr"
+    )]
+    pub target_name: Option<String>,
     /// `immediate`: recover until consistent, then promote.
     #[arg(long = "target", value_name = "immediate", requires = "from_archive", group = "pitr", value_parser = ["immediate"])]
     pub target: Option<String>,
@@ -350,6 +359,16 @@ pub async fn run_from_archive(args: &BootstrapArgs) -> Result<i32> {
             RestoreAs::Pitr(RecoveryTarget::Xid(x.to_string())),
             TargetBound::Xid(x),
         )
+    } else if let Some(n) = &fa.target_name {
+        if n.is_empty() || n.len() >= 64 {
+            return Err(crate::exit::usage(format!(
+                "--target-name {n:?}: a restore point's name has 1 to 63 bytes (pg_create_restore_point)"
+            )));
+        }
+        (
+            RestoreAs::Pitr(RecoveryTarget::Name(n.clone())),
+            TargetBound::Oldest,
+        )
     } else if fa.target.is_some() {
         (
             RestoreAs::Pitr(RecoveryTarget::Immediate),
@@ -357,7 +376,7 @@ pub async fn run_from_archive(args: &BootstrapArgs) -> Result<i32> {
         )
     } else {
         return Err(crate::exit::usage(
-            "--from-archive needs what to make of the backup: --target-time T, --target-lsn L, --target-xid X, --target immediate, or --standby -d CONNSTR",
+            "--from-archive needs what to make of the backup: --target-time T, --target-lsn L, --target-xid X, --target-name NAME, --target immediate, or --standby -d CONNSTR",
         ));
     };
     let walrelay = std::env::current_exe()
@@ -404,6 +423,12 @@ pub async fn run_from_archive(args: &BootstrapArgs) -> Result<i32> {
             "start it with pg_ctl start: it recovers to the target and promotes"
         }
     );
+    if fa.target_name.is_some() && s.descriptor.server_major() < 13 {
+        eprintln!(
+            "walrelay: note: PostgreSQL {} ends recovery at the end of the archive without an error when it finds no restore point of that name: its log says \"recovery stopping at restore point\" when it found it",
+            s.descriptor.server_major()
+        );
+    }
     Ok(0)
 }
 

@@ -9,7 +9,7 @@
 //!   `prune --keep-days 7 --dry-run` keeps all three, and would remove b0 once its descriptor is
 //!   dated 2020; `prune --keep-backups 2` removes b0 and the WAL before b1 only; a PITR to a time between
 //!   the two markers, with `--backup latest`, picks b1 (the oldest kept backup) and lands exactly
-//!   between them, and so does one to an LSN between them; `pg_verifybackup` accepts the restored directory before it starts; `--standby`
+//!   between them, and so does one to an LSN between them and one to a restore point (`--target-name`, from the oldest backup); `pg_verifybackup` accepts the restored directory before it starts; `--standby`
 //!   seeds a standby from the archive that ends up streaming from the primary; a flipped bit in a
 //!   backup's stored WAL is caught as well.
 //! * [`backup_into_s3_and_restore_from_the_bucket`]: the same backup into a bucket under pgbench
@@ -171,6 +171,7 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
     let marker1_xid = primary.psql("SELECT xmin::text FROM marker WHERE id = 1");
     let between = primary.psql("SELECT clock_timestamp()::text");
     let between_lsn = primary.current_wal_lsn();
+    primary.psql("SELECT pg_create_restore_point('between_markers')");
     std::thread::sleep(Duration::from_millis(50));
     primary.psql("INSERT INTO marker VALUES (2, clock_timestamp())");
     backup("b2", &["--compress", "lz4"]);
@@ -376,6 +377,8 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
     recovers_marker_1_from_b1("pitr-xid", &["--target-xid", &marker1_xid]);
     // The same by LSN: the newest backup ending before it is b1 again.
     recovers_marker_1_from_b1("pitr-lsn", &["--target-lsn", &between_lsn.to_string()]);
+    // And by restore point: the oldest backup (b1 since the prune), whose WAL leads to it.
+    recovers_marker_1_from_b1("pitr-name", &["--target-name", "between_markers"]);
 
     // A standby seeded from the archive (latest = b2), then streaming from the primary.
     let standby_dir = empty_data_dir(&primary, "standby");

@@ -22,6 +22,8 @@ pub enum RecoveryTarget {
     Lsn(String),
     /// `recovery_target_xid`.
     Xid(String),
+    /// `recovery_target_name`: a restore point (`pg_create_restore_point`).
+    Name(String),
     /// `recovery_target = 'immediate'`: just consistent.
     Immediate,
 }
@@ -90,6 +92,7 @@ pub fn render(major: u32, restore_command: &str, mode: &RecoveryMode) -> Vec<Rec
                 RecoveryTarget::Time(t) => s.push_str(&setting("recovery_target_time", t)),
                 RecoveryTarget::Lsn(l) => s.push_str(&setting("recovery_target_lsn", l)),
                 RecoveryTarget::Xid(x) => s.push_str(&setting("recovery_target_xid", x)),
+                RecoveryTarget::Name(n) => s.push_str(&setting("recovery_target_name", n)),
                 RecoveryTarget::Immediate => s.push_str(&setting("recovery_target", "immediate")),
             }
             s.push_str(&setting("recovery_target_action", "promote"));
@@ -195,6 +198,10 @@ mod tests {
                 "recovery_target_xid = '1234'",
             ),
             (RecoveryTarget::Immediate, "recovery_target = 'immediate'"),
+            (
+                RecoveryTarget::Name("before it's gone".into()),
+                "recovery_target_name = 'before it''s gone'",
+            ),
         ] {
             let f = render(13, "x", &RecoveryMode::Pitr(target));
             assert!(text(&f[1]).contains(line));

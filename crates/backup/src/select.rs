@@ -36,6 +36,9 @@ pub enum TargetBound {
     Time(f64),
     /// The backup must end at or before it.
     Lsn(Lsn),
+    /// A restore point (`recovery_target_name`): where it is is not known before recovery finds
+    /// it, so `latest` means the oldest backup, which every restore point made after it follows.
+    Oldest,
 }
 
 /// The complete backups ordered oldest first (by end position, then end time, then label).
@@ -61,7 +64,7 @@ pub fn choose(
 ) -> Result<BackupDescriptor, String> {
     let all = ordered(backups.to_vec());
     let fits = |b: &BackupDescriptor| match bound {
-        TargetBound::None => true,
+        TargetBound::None | TargetBound::Oldest => true,
         TargetBound::Time(t) => b.end_seconds().is_some_and(|e| e < *t),
         TargetBound::Lsn(l) => b.end_lsn <= *l,
         TargetBound::Xid(x) => b
@@ -96,6 +99,9 @@ pub fn choose(
                 return Err(
                     "the archive holds no complete backup: take one with walrelay backup".into(),
                 );
+            }
+            if *bound == TargetBound::Oldest {
+                return Ok(all[0].clone());
             }
             all.iter().rev().find(|b| fits(b)).cloned().ok_or_else(|| match bound {
                 TargetBound::Xid(x) => format!(
@@ -196,6 +202,15 @@ mod tests {
         assert!(e.contains("ends after the recovery target"), "{e}");
         assert!(pick(BackupChoice::Label("zz".into()), TargetBound::None).is_err());
         assert!(choose(&[], &BackupChoice::Latest, &TargetBound::None).is_err());
+        assert_eq!(
+            pick(BackupChoice::Latest, TargetBound::Oldest).unwrap(),
+            "a"
+        );
+        assert_eq!(
+            pick(BackupChoice::Label("b".into()), TargetBound::Oldest).unwrap(),
+            "b"
+        );
+        assert!(choose(&[], &BackupChoice::Latest, &TargetBound::Oldest).is_err());
 
         // A transaction ID: the newest backup that began before it was assigned.
         let with_xid = |mut d: BackupDescriptor, next: Option<u64>| {
