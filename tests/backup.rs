@@ -379,6 +379,27 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
     recovers_marker_1_from_b1("pitr-lsn", &["--target-lsn", &between_lsn.to_string()]);
     // And by restore point: the oldest backup (b1 since the prune), whose WAL leads to it.
     recovers_marker_1_from_b1("pitr-name", &["--target-name", "between_markers"]);
+    // An LSN past the archive's end: refused before anything is written (10-12 would promote
+    // at the end of the archive as if the target had been reached).
+    let beyond = empty_data_dir(&primary, "pitr-beyond");
+    let (code, _, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "-D",
+            s(&beyond),
+            "--target-lsn",
+            "FF/0",
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("the archive's WAL ends at") && err.contains("before the target FF/0"),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&beyond).unwrap().count(), 0);
 
     // A standby seeded from the archive (latest = b2), then streaming from the primary.
     let standby_dir = empty_data_dir(&primary, "standby");
@@ -575,6 +596,24 @@ fn backup_into_s3_and_restore_from_the_bucket() {
         assert!(back == data, "the object reads back byte for byte");
         rt.block_on(store.delete(name)).unwrap();
     }
+
+    // An LSN past the end of what the bucket holds: refused, nothing written.
+    let beyond = empty_data_dir(&primary, "beyond-s3");
+    let (code, _, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            &url,
+            "--target-lsn",
+            "FF/0",
+            "-D",
+            s(&beyond),
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("the archive's WAL ends at"), "{err}");
+    assert_eq!(fs::read_dir(&beyond).unwrap().count(), 0);
 
     let data = empty_data_dir(&primary, "from-s3");
     let ts_new = primary.scratch_path("ts1-restored");

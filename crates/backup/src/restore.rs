@@ -89,6 +89,9 @@ pub async fn restore_backup(config: RestoreConfig) -> Result<RestoreSummary> {
     let catalog = list_backups(&archive).await?;
     let descriptor = choose(&catalog.backups, &config.choice, &config.bound)
         .map_err(BackupJobError::NoBackup)?;
+    if let TargetBound::Lsn(target) = config.bound {
+        check_lsn_target_in_archive(&archive, &descriptor, target).await?;
+    }
     tracing::info!(label = %descriptor.label, end_lsn = %descriptor.end_lsn, end_time = %descriptor.end_time, "restoring backup");
 
     let target = std::path::absolute(&config.target_dir)
@@ -377,6 +380,54 @@ async fn restore_into(
         files_verified,
         wal_files,
     })
+}
+
+/// An LSN target past the end of the archive's WAL is never reached: PostgreSQL 13+ refuse to
+/// start, and 10–12 promote at the end of the archive without an error — a recovery that looks
+/// done and is not. The end is that of the newest complete segment (restore leaves `.partial`
+/// files out unless asked) or of the backup's own WAL.
+async fn check_lsn_target_in_archive(
+    archive: &OpenedArchive,
+    d: &BackupDescriptor,
+    target: Lsn,
+) -> Result<()> {
+    let Ok(seg) = WalSegmentSize::new(u64::from(d.wal_segment_size)) else {
+        return Ok(());
+    };
+    let names: Vec<String> = match (&archive.dir, archive.system_identifier) {
+        (Some(dir), _) => fs::read_dir(dir)
+            .map_err(|e| BackupJobError::io("list", dir, e))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        (None, Some(sysid)) => {
+            let layout = walrelay_store::WalLayout::new(sysid);
+            archive
+                .store
+                .list(&layout.wal_prefix())
+                .await?
+                .into_iter()
+                .filter_map(|o| layout.file_name(&o.name).map(str::to_string))
+                .collect()
+        }
+        (None, None) => return Ok(()),
+    };
+    let archived = names
+        .iter()
+        .filter_map(|n| match walrelay_protocol::WalFileName::parse(n) {
+            Some(w @ walrelay_protocol::WalFileName::Segment { partial: false, .. }) => {
+                w.segment_id(seg).map(|id| id.end_lsn(seg))
+            }
+            _ => None,
+        })
+        .max();
+    let end = archived.unwrap_or(d.end_lsn).max(d.end_lsn);
+    if target > end {
+        return Err(BackupJobError::NoBackup(format!(
+            "the archive's WAL ends at {end}, before the target {target}: recovery could not reach it (PostgreSQL 10-12 would promote at {end} without an error); wait until the WAL past the target is archived (pg_switch_wal() on the primary completes the segment in progress), or choose an earlier target"
+        )));
+    }
+    Ok(())
 }
 
 /// Streams one stored WAL file into `dir/file` (a temp name, fsynced, renamed), checking its
