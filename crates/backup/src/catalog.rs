@@ -153,13 +153,23 @@ pub async fn delete_backup(archive: &OpenedArchive, label: &str) -> Result<usize
             d.join(crate::descriptor::BACKUPS_DIR)
                 .join(format!(".{label}.spool")),
         ),
-        (None, Some(sysid)) => Some(crate::take::store_spool(sysid, label)),
+        (None, Some(sysid)) => Some(crate::take::store_spool(
+            sysid,
+            label,
+            &archive.store.location(),
+        )),
         (None, None) => None,
     };
     if let Some(spool) = spool.as_ref().filter(|p| p.exists()) {
-        std::fs::remove_dir_all(spool).map_err(|e| BackupJobError::io("remove", spool, e))?;
-        if objects.is_empty() {
-            return Ok(0);
+        if crate::take::spool_in_use(spool) {
+            // The backup runs now: it finds its objects gone at its end, says so, and removes
+            // its spool itself.
+            tracing::info!(%label, spool = %spool.display(), "the backup is running on this machine: its spool is left to it");
+        } else {
+            std::fs::remove_dir_all(spool).map_err(|e| BackupJobError::io("remove", spool, e))?;
+            if objects.is_empty() {
+                return Ok(0);
+            }
         }
     }
     if objects.is_empty() {

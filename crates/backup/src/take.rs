@@ -140,7 +140,7 @@ pub async fn take_backup<C: Future<Output = ()>>(
     let spool = match (&config.spool, &archive.dir) {
         (Some(dir), _) => dir.join(format!("walrelay-backup-{label}")),
         (None, Some(dir)) => dir.join("backups").join(format!(".{label}.spool")),
-        (None, None) => store_spool(ident.system_identifier, &label),
+        (None, None) => store_spool(ident.system_identifier, &label, &archive.store.location()),
     };
     let job = Job {
         config: &config,
@@ -184,9 +184,45 @@ fn command_error(what: &'static str) -> impl FnOnce(ClientError) -> BackupJobErr
 }
 
 /// The spool of a backup into object storage when `--spool` is not given: only its WAL waits
-/// there. Named so that `backup delete` can find what a killed backup left.
-pub(crate) fn store_spool(system_identifier: u64, label: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("walrelay-backup-{system_identifier}-{label}"))
+/// there. Named by the cluster, the label and the archive (two buckets may hold the same label:
+/// two backups running at once must not share it), so that `backup delete` can find what a
+/// killed backup left.
+pub(crate) fn store_spool(system_identifier: u64, label: &str, location: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let archive = hex::encode(&Sha256::digest(location.as_bytes())[..4]);
+    std::env::temp_dir().join(format!(
+        "walrelay-backup-{system_identifier}-{label}-{archive}"
+    ))
+}
+
+/// The lock a running backup holds on its spool (a file inside it), released when it ends or
+/// dies: `backup delete` and another backup leave a spool in use alone.
+const SPOOL_LOCK: &str = ".walrelay-backup.lock";
+
+/// Takes the spool's lock for the life of the returned file.
+fn lock_spool(spool: &Path) -> Result<fs::File> {
+    let path = spool.join(SPOOL_LOCK);
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| BackupJobError::io("create", &path, e))?;
+    f.try_lock().map_err(|_| {
+        BackupJobError::Usage(format!(
+            "another walrelay backup is using the spool {}: wait for it, or give this one another --label or --spool",
+            spool.display()
+        ))
+    })?;
+    Ok(f)
+}
+
+/// Whether a running backup holds `spool`.
+pub(crate) fn spool_in_use(spool: &Path) -> bool {
+    match fs::File::open(spool.join(SPOOL_LOCK)) {
+        Ok(f) => matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
 }
 
 /// Claims `label`: fails if anything is stored under it.
@@ -243,12 +279,20 @@ impl Job<'_> {
             .map(Owner::of_dir_if_root)
             .unwrap_or_else(Owner::current);
         if self.spool.exists() {
+            if spool_in_use(self.spool) {
+                // A backup with the same spool runs now (the same --spool and label, into
+                // another archive): its files are not ours to remove.
+                return Err(lock_spool(self.spool).err().unwrap_or_else(|| {
+                    BackupJobError::Usage(format!("the spool {} is in use", self.spool.display()))
+                }));
+            }
             // left by an interrupted run of this label (the claim made it ours)
             fs::remove_dir_all(self.spool)
                 .map_err(|e| BackupJobError::io("remove", self.spool, e))?;
         }
         let pg_wal = self.spool.join("pg_wal");
         create_dir_all_durable(&pg_wal.join("archive_status"), 0o700, owner)?;
+        let _in_use = lock_spool(self.spool)?;
 
         let with_manifest = version.major() >= MANIFEST_MAJOR;
         let opts = BaseBackupOptions {
@@ -500,5 +544,33 @@ impl Job<'_> {
         }
         walrelay_durable::fsync_dir(&out_dir)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_spool_in_use_is_left_alone_and_the_same_label_in_two_archives_has_two_spools() {
+        let a = store_spool(7, "nightly", "s3://one/p");
+        let b = store_spool(7, "nightly", "s3://two/p");
+        assert_ne!(a, b);
+        assert_eq!(a, store_spool(7, "nightly", "s3://one/p"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        fs::create_dir(&spool).unwrap();
+        assert!(!spool_in_use(&spool));
+        let held = lock_spool(&spool).unwrap();
+        assert!(spool_in_use(&spool));
+        let e = lock_spool(&spool).unwrap_err().to_string();
+        assert!(
+            e.contains("another walrelay backup is using the spool"),
+            "{e}"
+        );
+        drop(held);
+        assert!(!spool_in_use(&spool));
     }
 }
