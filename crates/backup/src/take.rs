@@ -200,7 +200,7 @@ pub(crate) fn store_spool(system_identifier: u64, label: &str, location: &str) -
 const SPOOL_LOCK: &str = ".walrelay-backup.lock";
 
 /// Takes the spool's lock for the life of the returned file.
-fn lock_spool(spool: &Path) -> Result<fs::File> {
+fn lock_spool(spool: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
     let path = spool.join(SPOOL_LOCK);
     let f = fs::OpenOptions::new()
         .create(true)
@@ -208,19 +208,19 @@ fn lock_spool(spool: &Path) -> Result<fs::File> {
         .write(true)
         .open(&path)
         .map_err(|e| BackupJobError::io("create", &path, e))?;
-    f.try_lock().map_err(|_| {
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
         BackupJobError::Usage(format!(
             "another walrelay backup is using the spool {}: wait for it, or give this one another --label or --spool",
             spool.display()
         ))
-    })?;
-    Ok(f)
+    })
 }
 
 /// Whether a running backup holds `spool`.
 pub(crate) fn spool_in_use(spool: &Path) -> bool {
     match fs::File::open(spool.join(SPOOL_LOCK)) {
-        Ok(f) => matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)),
+        Ok(f) => nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .is_err_and(|(_, errno)| errno == nix::errno::Errno::EWOULDBLOCK),
         Err(_) => false,
     }
 }
