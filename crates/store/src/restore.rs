@@ -88,51 +88,60 @@ fn sysid_from_pg_control() -> Option<u64> {
 /// The copies of a segment, best first: the order a directory archive's restore uses.
 const SEGMENT_SUFFIXES: [&str; 4] = ["", ".gz", ".lz4", ".zst"];
 
-/// The best complete object for a segment (see [`SEGMENT_SUFFIXES`]), found with one listing.
-async fn find_segment_object(
+/// The complete objects of a segment, best first (see [`SEGMENT_SUFFIXES`]), found with one
+/// listing.
+async fn find_segment_objects(
     store: &dyn ArchiveStore,
     layout: WalLayout,
     name: &str,
-) -> Result<Option<String>> {
+) -> Result<Vec<String>> {
     let objects = store.list(&layout.object(name)).await?;
-    let mut best: Option<(usize, String)> = None;
-    for o in objects {
-        let Some(file) = layout.file_name(&o.name) else {
-            continue;
-        };
-        let rank = SEGMENT_SUFFIXES
-            .iter()
-            .position(|s| file.strip_prefix(name) == Some(*s));
-        if let Some(rank) = rank {
-            if best.as_ref().is_none_or(|(r, _)| rank < *r) {
-                best = Some((rank, o.name));
-            }
-        }
-    }
-    Ok(best.map(|(_, n)| n))
+    let mut ranked: Vec<(usize, String)> = objects
+        .into_iter()
+        .filter_map(|o| {
+            let file = layout.file_name(&o.name)?;
+            let rank = SEGMENT_SUFFIXES
+                .iter()
+                .position(|s| file.strip_prefix(name) == Some(*s))?;
+            Some((rank, o.name))
+        })
+        .collect();
+    ranked.sort();
+    Ok(ranked.into_iter().map(|(_, n)| n).collect())
 }
 
-/// The best complete object for a segment and its content. Where listing a name prefix would
-/// list the whole WAL directory, the four possible names are asked for in order instead: at most
-/// four requests, however large the archive.
+/// The best complete object for a segment and its content: the first in [`SEGMENT_SUFFIXES`]
+/// order that carries the SHA-256 its WAL was stored with, else the first. A copy without one
+/// (put there by another tool, or by `receive --no-checksums`) cannot be checked, so a copy
+/// that can wins over it. Where listing a name prefix would list the whole WAL directory, the
+/// four possible names are asked for in order instead: at most four requests, however large
+/// the archive.
 async fn get_segment_object(
     store: &dyn ArchiveStore,
     layout: WalLayout,
     name: &str,
 ) -> Result<Option<(String, Fetched)>> {
-    if store.lists_name_prefixes_cheaply() {
-        let Some(object) = find_segment_object(store, layout, name).await? else {
-            return Ok(None);
+    let candidates: Vec<String> = if store.lists_name_prefixes_cheaply() {
+        find_segment_objects(store, layout, name).await?
+    } else {
+        SEGMENT_SUFFIXES
+            .iter()
+            .map(|suffix| layout.object(&format!("{name}{suffix}")))
+            .collect()
+    };
+    let mut unchecked: Option<(String, Fetched)> = None;
+    for object in candidates {
+        let Some(f) = store.get(&object).await? else {
+            continue;
         };
-        return Ok(store.get(&object).await?.map(|f| (object, f)));
-    }
-    for suffix in SEGMENT_SUFFIXES {
-        let object = layout.object(&format!("{name}{suffix}"));
-        if let Some(f) = store.get(&object).await? {
+        if f.attrs.wal_sha256.is_some() {
             return Ok(Some((object, f)));
         }
+        if unchecked.is_none() {
+            unchecked = Some((object, f));
+        }
     }
-    Ok(None)
+    Ok(unchecked)
 }
 
 /// Fetches a segment object, decodes it and checks it: a whole segment, and the SHA-256 stored
@@ -590,6 +599,40 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, StoreError::NoCluster { .. }), "{e}");
+    }
+
+    /// A plain copy that carries no SHA-256 (put there by hand or by another tool) beside the
+    /// checked `.zst`: the copy that can be checked is the one restored, here from a store that
+    /// lists prefixes and from one that does not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checked_copy_wins_over_one_that_cannot_be_checked() {
+        let (_root, store) = stored(3..=3).await;
+        let mut rotten = segment(3, 3, SYSID);
+        rotten[20_000] ^= 0xff;
+        put_new(
+            store.as_ref(),
+            &WalLayout::new(SYSID).object(&name(3)),
+            Bytes::from(rotten),
+            &ObjectAttrs::default(),
+        )
+        .await
+        .unwrap();
+        let pg_wal = tempfile::tempdir().unwrap();
+        let dest = pg_wal.path().join("RECOVERYXLOG");
+        let cache = pg_wal.path().join("cache");
+        let by_listing: Arc<dyn ArchiveStore> = store.clone();
+        let by_name: Arc<dyn ArchiveStore> = Arc::new(DirectoryLister {
+            inner: store.clone(),
+            name_prefix_listings: std::sync::atomic::AtomicUsize::new(0),
+        });
+        for s in [by_listing, by_name] {
+            let _ = fs::remove_file(&dest);
+            let (out, _) = restore_from_store(s.as_ref(), &name(3), &dest, &opts(0, &cache))
+                .await
+                .unwrap();
+            assert!(matches!(out, RestoreOutcome::Restored(_)));
+            assert!(fs::read(&dest).unwrap() == segment(3, 3, SYSID));
+        }
     }
 
     /// A store that lists whole directories only (as Azure does): a listing of a prefix inside a
