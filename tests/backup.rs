@@ -23,6 +23,9 @@
 //! * [`bad_input_is_refused_with_one_line`]: usage errors, one line each, nothing created.
 //! * [`backup_and_restore_on_the_matrix_majors`]: PostgreSQL 10–18 when `WALRELAY_PG_MAJORS`
 //!   lists them.
+//! * [`a_transaction_that_ended_during_the_backup_is_no_target_from_it`]: `--target-xid` of a
+//!   transaction committed while the newest backup ran: refused naming `--backup`, and the older
+//!   backup recovers to it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -980,4 +983,113 @@ fn an_interrupted_backup_is_never_complete() {
         settle: Duration::ZERO,
     }
     .check(&primary);
+}
+
+/// `--target-xid` picks the newest backup that began before the transaction was assigned; one
+/// that was still running when the transaction ended cannot stop there (the server refuses to
+/// start: "requested recovery stop point is before consistent recovery point"). That backup's
+/// own WAL shows it: refused with exit 2 naming the way out, nothing left behind, and the older
+/// backup named with --backup recovers to the transaction.
+#[test]
+fn a_transaction_that_ended_during_the_backup_is_no_target_from_it() {
+    let primary = Cluster::builder()
+        .name("backup-xid-inside")
+        .wal_segsize_mb(1)
+        .start();
+    let bin = walrelay_for_postgres(&primary);
+    let archive = archive_dir(&primary, "archive");
+    let conn = primary.replication_conninfo();
+    let _receiver = Receiver::start(&primary, &archive);
+    primary.psql(
+        "CREATE TABLE t AS SELECT g AS i, repeat('x', 400) AS pad FROM generate_series(1, 40000) g",
+    );
+    let backup = |label: &str, rate: &str| {
+        Command::new(&bin)
+            .args([
+                "backup",
+                "-d",
+                &conn,
+                "-D",
+                s(&archive),
+                "-l",
+                label,
+                "-c",
+                "fast",
+                "-r",
+                rate,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let finished = |c: Child| {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    finished(backup("old", "1000M"));
+    // About 20 MB at 4 MB/s: the transaction commits while it streams.
+    let slow = backup("slow", "4M");
+    // Past its checkpoint (whose next transaction ID the descriptor records), sending files.
+    poll::wait_until(
+        "the backup streaming its files",
+        || {
+            primary.psql(
+                "SELECT count(*) FROM pg_stat_progress_basebackup WHERE phase = 'streaming database files'",
+            ) == "1"
+        },
+        String::new,
+    );
+    let xid = primary.psql("INSERT INTO t VALUES (0, 'inside') RETURNING xmin::text");
+    assert_eq!(
+        primary.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'backup'"),
+        "1",
+        "the backup ended before the transaction: make the table bigger"
+    );
+    finished(slow);
+    let switched = primary.switch_wal();
+    wait_archived(&archive, switched);
+
+    let dir = empty_data_dir(&primary, "inside");
+    let (code, _, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "-D",
+            s(&dir),
+            "--target-xid",
+            &xid,
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("transaction {xid} ended at"))
+            && err.contains("while backup \"slow\" ran")
+            && err.contains("--backup LABEL"),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+    let (code, _, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "-D",
+            s(&dir),
+            "--target-xid",
+            &xid,
+            "--backup",
+            "old",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let recovered = start_recovered(&primary, &dir, "inside-recovered");
+    assert_eq!(recovered.psql("SELECT pad FROM t WHERE i = 0"), "inside");
 }

@@ -320,6 +320,14 @@ async fn restore_into(
         }],
     };
     verify_wal_ranges(&ranges, &present, seg_size)?;
+    if let TargetBound::Xid(x) = config.bound {
+        if let Some(end) = xid_ended_during(&pg_wal, d, seg_size, x) {
+            return Err(BackupJobError::NoBackup(format!(
+                "transaction {x} ended at {} while backup {:?} ran (it ends at {}): recovery from it cannot stop before the backup's end; choose an older backup with --backup LABEL (walrelay backup list)",
+                end, d.label, d.end_lsn
+            )));
+        }
+    }
 
     // Verified: now the files that make it a server to start.
     if let Some((text, _)) = &manifest {
@@ -380,6 +388,45 @@ async fn restore_into(
         files_verified,
         wal_files,
     })
+}
+
+/// Where transaction `xid` committed or aborted in the backup's own WAL (in `pg_wal`, between its
+/// start and end), if it did. A backup chosen because it began before the transaction was
+/// assigned may still have run while it committed: recovery from it cannot stop there (the
+/// server refuses: "requested recovery stop point is before consistent recovery point").
+/// WAL that cannot be read ends the search without an answer.
+fn xid_ended_during(
+    pg_wal: &Path,
+    d: &BackupDescriptor,
+    seg: WalSegmentSize,
+    xid: u64,
+) -> Option<Lsn> {
+    use walrelay_protocol::SegmentId;
+    use walrelay_wal::validator::{ValidatorConfig, WalValidator};
+    use walrelay_wal::xact::{self, CAPTURE_BYTES, RM_XACT_ID};
+    let wanted = (xid & 0xFFFF_FFFF) as u32;
+    let timeline = TimelineId(d.start_timeline);
+    let first = seg.segno(d.start_lsn);
+    let cfg = ValidatorConfig::new(seg, SegmentId::new(timeline, first).start_lsn(seg));
+    let mut validator = WalValidator::new(cfg).ok()?;
+    validator.capture_records(RM_XACT_ID, CAPTURE_BYTES);
+    let mut segno = first;
+    while SegmentId::new(timeline, segno).start_lsn(seg) < d.end_lsn {
+        let id = SegmentId::new(timeline, segno);
+        let bytes = fs::read(pg_wal.join(id.file_name(seg))).ok()?;
+        let fed = validator.feed(id.start_lsn(seg), &bytes);
+        if let Some(end) = validator
+            .take_captured()
+            .iter()
+            .filter_map(xact::decode)
+            .find(|e| e.xid == wanted && e.lsn >= d.start_lsn && e.lsn < d.end_lsn)
+        {
+            return Some(end.lsn);
+        }
+        fed.ok()?;
+        segno = segno.next();
+    }
+    None
 }
 
 /// An LSN target past the end of the archive's WAL is never reached: PostgreSQL 13+ refuse to
