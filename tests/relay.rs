@@ -671,7 +671,10 @@ fn a_relay_streaming_from_itself_is_refused() {
             format!("127.0.0.1:{}", a.port),
         ],
     );
-    // Each relay's log is shown by its Drop should this fail.
+    // A, the relay pointed the wrong way, is the one that stops: its token is the same as
+    // before the restart (kept in its archive directory), so it finds itself in B's chain. B,
+    // whose configuration is right, goes on. Each relay's log is shown by its Drop should this
+    // fail.
     let (status, stopped) = poll::wait_for(
         "one relay of the loop to stop",
         poll::timeout(),
@@ -680,7 +683,7 @@ fn a_relay_streaming_from_itself_is_refused() {
             if let Some(s) = a_again.exited() {
                 Some((s, a_again.log()))
             } else {
-                b.w.exited().map(|s| (s, b.w.log()))
+                b.w.exited().map(|s| (s, format!("B stopped, not A: {}", b.w.log())))
             }
         },
         || "both still run".to_string(),
@@ -688,7 +691,10 @@ fn a_relay_streaming_from_itself_is_refused() {
     let errors = support::walrelay_cmd::error_lines(&stopped);
     assert_eq!(errors.len(), 1, "{stopped}");
     assert!(errors[0].contains("is this relay itself"), "{stopped}");
+    assert!(!stopped.starts_with("B stopped"), "{stopped}");
     assert_eq!(status.code(), Some(2), "{stopped}");
+    std::thread::sleep(Duration::from_secs(2));
+    b.w.assert_running();
 }
 
 /// A directory holding another cluster's WAL (pg_receivewal's archive, say) and no relay record:

@@ -210,11 +210,8 @@ pub async fn serve(
     ));
     let stats = config.stats.clone();
     let mut mock_secret = [0u8; 32];
-    let mut token = [0u8; 8];
-    for buf in [&mut mock_secret[..], &mut token[..]] {
-        random::random_bytes(buf).map_err(|e| RelayError::Config(e.to_string()))?;
-    }
-    let own = token.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    random::random_bytes(&mut mock_secret).map_err(|e| RelayError::Config(e.to_string()))?;
+    let own = relay_token(&dir)?;
     let (chain_tx, chain_rx) = watch::channel(String::new());
     let tap = StreamTap {
         observer: Arc::new(BufferObserver(buffer)),
@@ -312,5 +309,58 @@ async fn track_served(mut ack: watch::Receiver<TimelinePosition>, stats: Arc<Rel
         if ack.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// The file in the archive directory that keeps the relay's chain token across restarts.
+const RELAY_TOKEN_FILE: &str = "walrelay.relay-token";
+
+/// This relay's token in `walrelay_serve_chain`: drawn once and kept in its archive directory.
+/// A token drawn at every start let a relay restarted to stream from its own downstream (A
+/// restarted with B as upstream, B streaming from A) pass B's chain, which held A's old token;
+/// B then found itself in A's chain and stopped, naming B's correct configuration. Kept, A finds
+/// itself and stops: the relay whose `-d` points the wrong way.
+fn relay_token(dir: &std::path::Path) -> Result<String, RelayError> {
+    let path = dir.join(RELAY_TOKEN_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let t = text.trim();
+        if t.len() == 16 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(t.to_ascii_lowercase());
+        }
+    }
+    let mut token = [0u8; 8];
+    random::random_bytes(&mut token).map_err(|e| RelayError::Config(e.to_string()))?;
+    let own = token.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    walrelay_durable::write_file_atomic(
+        &path,
+        format!("{own}\n").as_bytes(),
+        0o600,
+        walrelay_durable::Owner::of_dir_if_root(dir),
+    )
+    .map_err(|e| {
+        RelayError::Config(format!(
+            "cannot keep the relay's token in {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(own)
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_token_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = relay_token(dir.path()).unwrap();
+        assert_eq!(first.len(), 16);
+        assert_eq!(relay_token(dir.path()).unwrap(), first);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(relay_token(other.path()).unwrap(), first);
+        std::fs::write(dir.path().join(RELAY_TOKEN_FILE), "garbage").unwrap();
+        let redrawn = relay_token(dir.path()).unwrap();
+        assert_eq!(redrawn.len(), 16);
+        assert_eq!(relay_token(dir.path()).unwrap(), redrawn);
     }
 }
