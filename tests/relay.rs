@@ -683,7 +683,8 @@ fn a_relay_streaming_from_itself_is_refused() {
             if let Some(s) = a_again.exited() {
                 Some((s, a_again.log()))
             } else {
-                b.w.exited().map(|s| (s, format!("B stopped, not A: {}", b.w.log())))
+                b.w.exited()
+                    .map(|s| (s, format!("B stopped, not A: {}", b.w.log())))
             }
         },
         || "both still run".to_string(),
