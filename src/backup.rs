@@ -143,8 +143,9 @@ pub struct FromArchiveArgs {
         group = "pitr"
     )]
     pub target_name: Option<String>,
-    /// `immediate`: recover until consistent, then promote.
-    #[arg(long = "target", value_name = "immediate", requires = "from_archive", group = "pitr", value_parser = ["immediate"])]
+    /// `immediate`: recover until consistent, then promote; `latest`: recover everything the
+    /// archive holds, then promote.
+    #[arg(long = "target", value_name = "immediate|latest", requires = "from_archive", group = "pitr", value_parser = ["immediate", "latest"])]
     pub target: Option<String>,
     /// Make a standby that replays from the archive, then streams from the primary (-d).
     #[arg(long = "standby", requires = "from_archive", conflicts_with = "pitr")]
@@ -345,6 +346,7 @@ pub async fn run_from_archive(args: &BootstrapArgs) -> Result<i32> {
         )
     } else if let Some(t) = &fa.target_time {
         let at = parse_target_time(t).map_err(crate::exit::usage)?;
+        refuse_future_target(t, at)?;
         (
             RestoreAs::Pitr(RecoveryTarget::Time(t.clone())),
             TargetBound::Time(at),
@@ -369,6 +371,8 @@ pub async fn run_from_archive(args: &BootstrapArgs) -> Result<i32> {
             RestoreAs::Pitr(RecoveryTarget::Name(n.clone())),
             TargetBound::Oldest,
         )
+    } else if fa.target.as_deref() == Some("latest") {
+        (RestoreAs::Pitr(RecoveryTarget::Latest), TargetBound::None)
     } else if fa.target.is_some() {
         (
             RestoreAs::Pitr(RecoveryTarget::Immediate),
@@ -376,7 +380,7 @@ pub async fn run_from_archive(args: &BootstrapArgs) -> Result<i32> {
         )
     } else {
         return Err(crate::exit::usage(
-            "--from-archive needs what to make of the backup: --target-time T, --target-lsn L, --target-xid X, --target-name NAME, --target immediate, or --standby -d CONNSTR",
+            "--from-archive needs what to make of the backup: --target-time T, --target-lsn L, --target-xid X, --target-name NAME, --target immediate|latest, or --standby -d CONNSTR",
         ));
     };
     let walrelay = std::env::current_exe()
@@ -430,6 +434,22 @@ pub async fn run_from_archive(args: &BootstrapArgs) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// A target time later than now (a mistyped year, a wrong offset) is never reached: 13+ refuse
+/// to start at the end of the archive, and 10–12 promote there without saying the target was
+/// not reached. A minute of clock skew is allowed.
+fn refuse_future_target(text: &str, at_unix: f64) -> Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    if at_unix > now + 60.0 {
+        return Err(crate::exit::usage(format!(
+            "--target-time {text:?} is in the future: recovery could not reach it; for everything the archive holds use --target latest"
+        )));
+    }
+    Ok(())
 }
 
 /// `prune --keep-backups N / --keep-days D`: removes the stored backups the rule does not keep

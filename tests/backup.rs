@@ -9,7 +9,7 @@
 //!   `prune --keep-days 7 --dry-run` keeps all three, and would remove b0 once its descriptor is
 //!   dated 2020; `prune --keep-backups 2` removes b0 and the WAL before b1 only; a PITR to a time between
 //!   the two markers, with `--backup latest`, picks b1 (the oldest kept backup) and lands exactly
-//!   between them, and so does one to an LSN between them and one to a restore point (`--target-name`, from the oldest backup); `pg_verifybackup` accepts the restored directory before it starts; `--standby`
+//!   between them, and so does one to an LSN between them and one to a restore point (`--target-name`, from the oldest backup); an LSN past the archive's end and a time in the future are refused, `--target latest` recovers everything; `pg_verifybackup` accepts the restored directory before it starts; `--standby`
 //!   seeds a standby from the archive that ends up streaming from the primary; a flipped bit in a
 //!   backup's stored WAL is caught as well.
 //! * [`backup_into_s3_and_restore_from_the_bucket`]: the same backup into a bucket under pgbench
@@ -403,6 +403,44 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
         "{err}"
     );
     assert_eq!(fs::read_dir(&beyond).unwrap().count(), 0);
+    // A time in the future (a mistyped year) is refused; --target latest recovers everything.
+    let (code, _, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "-D",
+            s(&beyond),
+            "--target-time",
+            "2099-01-01 00:00:00+00",
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("is in the future") && err.contains("--target latest"),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&beyond).unwrap().count(), 0);
+    run_ok(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "-D",
+            s(&beyond),
+            "--target",
+            "latest",
+        ],
+    );
+    {
+        let recovered = start_recovered(&primary, &beyond, "pitr-latest");
+        assert_eq!(
+            recovered.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM marker"),
+            "1,2"
+        );
+    }
 
     // A standby seeded from the archive (latest = b2), then streaming from the primary.
     let standby_dir = empty_data_dir(&primary, "standby");

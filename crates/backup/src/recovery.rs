@@ -26,6 +26,8 @@ pub enum RecoveryTarget {
     Name(String),
     /// `recovery_target = 'immediate'`: just consistent.
     Immediate,
+    /// No target: everything the archive holds, then promote.
+    Latest,
 }
 
 /// What the restored server should do.
@@ -94,6 +96,8 @@ pub fn render(major: u32, restore_command: &str, mode: &RecoveryMode) -> Vec<Rec
                 RecoveryTarget::Xid(x) => s.push_str(&setting("recovery_target_xid", x)),
                 RecoveryTarget::Name(n) => s.push_str(&setting("recovery_target_name", n)),
                 RecoveryTarget::Immediate => s.push_str(&setting("recovery_target", "immediate")),
+                // Recovery runs to the end of the archive and promotes there, on every major.
+                RecoveryTarget::Latest => {}
             }
             s.push_str(&setting("recovery_target_action", "promote"));
             // Follow the archive's timeline switches (a failover since the backup) to the
@@ -225,6 +229,13 @@ mod tests {
         assert_eq!(f[0].name, "recovery.conf");
         assert!(!f[0].append);
         assert!(text(&f[0]).contains("standby_mode = 'on'\n"));
+        for major in [10, 16] {
+            let f = render(major, "cmd", &RecoveryMode::Pitr(RecoveryTarget::Latest));
+            let t = text(f.last().unwrap());
+            assert!(!t.contains("recovery_target ="), "{t}");
+            assert!(!t.contains("recovery_target_time ="), "{t}");
+            assert!(t.contains("restore_command = 'cmd'"), "{t}");
+        }
         let f = render(10, "cmd", &RecoveryMode::Pitr(RecoveryTarget::Immediate));
         let t = text(&f[0]);
         assert!(
