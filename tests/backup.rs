@@ -382,46 +382,29 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
     recovers_marker_1_from_b1("pitr-lsn", &["--target-lsn", &between_lsn.to_string()]);
     // And by restore point: the oldest backup (b1 since the prune), whose WAL leads to it.
     recovers_marker_1_from_b1("pitr-name", &["--target-name", "between_markers"]);
-    // An LSN past the archive's end: refused before anything is written (10-12 would promote
-    // at the end of the archive as if the target had been reached).
+    // A target recovery could not reach: refused with exit 2 before anything is written.
     let beyond = empty_data_dir(&primary, "pitr-beyond");
-    let (code, _, err) = run(
-        &bin,
-        &[
-            "bootstrap",
-            "--from-archive",
-            s(&archive),
-            "-D",
-            s(&beyond),
-            "--target-lsn",
-            "FF/0",
-        ],
-    );
-    assert_eq!(code, Some(2), "{err}");
+    let refused = |target: &[&str]| -> String {
+        let mut args = vec!["bootstrap", "--from-archive", s(&archive), "-D", s(&beyond)];
+        args.extend_from_slice(target);
+        let (code, _, err) = run(&bin, &args);
+        assert_eq!(code, Some(2), "{target:?}: {err}");
+        assert_eq!(fs::read_dir(&beyond).unwrap().count(), 0, "{target:?}");
+        err
+    };
+    // An LSN past the archive's end (10-12 would promote at the end of the archive as if the
+    // target had been reached).
+    let err = refused(&["--target-lsn", "FF/0"]);
     assert!(
         err.contains("the archive's WAL ends at") && err.contains("before the target FF/0"),
         "{err}"
     );
-    assert_eq!(fs::read_dir(&beyond).unwrap().count(), 0);
-    // A time in the future (a mistyped year) is refused; --target latest recovers everything.
-    let (code, _, err) = run(
-        &bin,
-        &[
-            "bootstrap",
-            "--from-archive",
-            s(&archive),
-            "-D",
-            s(&beyond),
-            "--target-time",
-            "2099-01-01 00:00:00+00",
-        ],
-    );
-    assert_eq!(code, Some(2), "{err}");
+    // A time in the future (a mistyped year); --target latest recovers everything.
+    let err = refused(&["--target-time", "2099-01-01 00:00:00+00"]);
     assert!(
         err.contains("is in the future") && err.contains("--target latest"),
         "{err}"
     );
-    assert_eq!(fs::read_dir(&beyond).unwrap().count(), 0);
     run_ok(
         &bin,
         &[

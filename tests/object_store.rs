@@ -71,6 +71,24 @@ fn wait_uploaded(url: &str, sysid: u64, lsn: Lsn, w: &mut Walrelay) {
     );
 }
 
+/// `walrelay ARGS` against the S3 endpoint `endpoint` with the test server's credentials (the
+/// store may be down or the endpoint malformed); returns (exit code, stderr).
+fn walrelay_at(endpoint: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(args)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "walrelay-test")
+        .env("AWS_SECRET_ACCESS_KEY", "walrelay-test-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `walrelay ARGS` to completion; returns (exit code, stdout, stderr).
 fn walrelay(args: &[&str]) -> (Option<i32>, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
@@ -398,21 +416,8 @@ fn remote_archive_usage_errors() {
                 3,
             ),
         ] {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
-                .args(&args)
-                .env("AWS_ENDPOINT_URL", endpoint)
-                .env("AWS_ACCESS_KEY_ID", "walrelay-test")
-                .env("AWS_SECRET_ACCESS_KEY", "walrelay-test-secret")
-                .env("AWS_REGION", "us-east-1")
-                .env_remove("RUST_BACKTRACE")
-                .output()
-                .unwrap();
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(
-                out.status.code(),
-                Some(want),
-                "{args:?} {endpoint:?}: {err}"
-            );
+            let (code, err) = walrelay_at(endpoint, &args);
+            assert_eq!(code, Some(want), "{args:?} {endpoint:?}: {err}");
             assert!(
                 err.contains("AWS_ENDPOINT_URL") && err.contains("write the store's address")
                     || err.contains("remove it"),
@@ -439,16 +444,8 @@ fn an_unreachable_store_is_not_a_verdict() {
             "000000010000000000000009",
         ][..],
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
-            .args(args)
-            .env("AWS_ENDPOINT_URL", &closed)
-            .env("AWS_ACCESS_KEY_ID", "walrelay-test")
-            .env("AWS_SECRET_ACCESS_KEY", "walrelay-test-secret")
-            .env("AWS_REGION", "us-east-1")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(5), "{args:?}: {err}");
+        let (code, err) = walrelay_at(&closed, args);
+        assert_eq!(code, Some(5), "{args:?}: {err}");
         assert!(err.contains("the archive could not be reached"), "{err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         assert!(!err.contains("walrelay-test-secret"), "{err}");
@@ -470,16 +467,8 @@ fn an_unreachable_store_is_not_a_verdict() {
             "immediate",
         ][..],
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
-            .args(args)
-            .env("AWS_ENDPOINT_URL", &closed)
-            .env("AWS_ACCESS_KEY_ID", "walrelay-test")
-            .env("AWS_SECRET_ACCESS_KEY", "walrelay-test-secret")
-            .env("AWS_REGION", "us-east-1")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(5), "{args:?}: {err}");
+        let (code, err) = walrelay_at(&closed, args);
+        assert_eq!(code, Some(5), "{args:?}: {err}");
         assert!(err.contains("check the endpoint"), "{err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }

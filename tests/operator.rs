@@ -22,7 +22,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use walrelay_testkit::{AuthMethod, Cluster};
 
 use support::bootstrap_cli::Bootstrap;
@@ -395,8 +394,7 @@ fn a_receiver_in_service_mode_is_observable() {
     let lag: f64 = row[0][1].parse().unwrap();
     assert!(lag < 10.0, "replay_lag {lag} s");
 
-    w.signal(Signal::SIGTERM);
-    assert_eq!(w.wait(poll::timeout()).code(), Some(0), "{}", w.log());
+    w.stop_cleanly(poll::timeout());
 }
 
 /// Item 7: the exit codes the server decides, the same in every command: authentication refused

@@ -77,13 +77,7 @@ fn receive_streaming(
 
 /// Stops walrelay with SIGTERM and asserts the clean exit.
 fn stop(w: &mut Walrelay) {
-    w.signal(Signal::SIGTERM);
-    let status = w.wait(poll::timeout());
-    assert!(
-        status.success(),
-        "walrelay exited with {status} after SIGTERM; log:\n{}",
-        w.full_log()
-    );
+    w.stop_cleanly(poll::timeout());
 }
 
 /// Runs pgbench for `secs` while switching segments every `switch_every`, checking walrelay stays up.

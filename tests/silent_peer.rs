@@ -158,13 +158,7 @@ fn connect_timeout_gives_up_retries_and_says_what_to_check() {
     assert!(w.log().contains("check the host and port"), "{}", w.log());
     // It keeps trying: a second connection reaches the peer after the backoff.
     peer.wait_accepted(2, &mut w);
-    w.signal(Signal::SIGTERM);
-    assert_eq!(
-        w.wait(Duration::from_secs(10)).code(),
-        Some(0),
-        "{}",
-        w.log()
-    );
+    w.stop_cleanly(Duration::from_secs(10));
     assert_eq!(std::fs::read_dir(archive.path()).unwrap().count(), 0);
 
     let f = walrelay_cmd::run(
@@ -224,11 +218,5 @@ fn a_silent_host_of_a_list_is_named_and_tried_last_afterwards() {
         w.log()
     );
     assert_eq!(peer.accepted.load(Ordering::SeqCst), 1, "{}", w.log());
-    w.signal(Signal::SIGTERM);
-    assert_eq!(
-        w.wait(Duration::from_secs(10)).code(),
-        Some(0),
-        "{}",
-        w.log()
-    );
+    w.stop_cleanly(Duration::from_secs(10));
 }

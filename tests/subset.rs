@@ -26,7 +26,6 @@ use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
 use walrelay_testkit::{matrix_includes, Cluster, Lsn, PgBench, StopMode};
 
 use support::scratch_mount::Tmpfs;
@@ -113,8 +112,7 @@ fn assert_nothing_left(src: &Cluster, tgt: &Cluster, target_counts: &[&str]) {
 
 /// SIGTERM, and a clean exit.
 fn stop(w: &mut Walrelay) {
-    w.signal(Signal::SIGTERM);
-    assert_eq!(w.wait(poll::timeout()).code(), Some(0), "{}", w.log());
+    w.stop_cleanly(poll::timeout());
 }
 
 /// Waits until the run logs that it streams.

@@ -228,6 +228,20 @@ impl Walrelay {
         kill(Pid::from_raw(self.pid() as i32), signal).expect("signal walrelay");
     }
 
+    /// SIGTERM, and a clean exit (status 0) within `limit`; panics with every run's log
+    /// otherwise.
+    pub fn stop_cleanly(&mut self, limit: Duration) {
+        self.signal(Signal::SIGTERM);
+        let status = self.wait(limit);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "walrelay ({}) exited with {status} after SIGTERM; log:\n{}",
+            self.label,
+            self.full_log()
+        );
+    }
+
     /// Waits until it exits (panics with the log after `limit`).
     pub fn wait(&mut self, limit: Duration) -> ExitStatus {
         if let Some(s) = self.status {

@@ -206,11 +206,12 @@ impl StandbyConfig {
     }
 
     /// The files to write, in the order to write them. `existing_auto_conf` is the current
-    /// `postgresql.auto.conf` (from the archive), whose content is kept.
+    /// `postgresql.auto.conf` (from the archive, its inherited recovery targets already
+    /// commented out), whose content is kept.
     pub(crate) fn render(&self, existing_auto_conf: Option<&[u8]>) -> Vec<ConfigFile> {
         let append_to_auto_conf = |settings: &str| {
             let mut contents = match existing_auto_conf {
-                Some(old) => disable_inherited_recovery_settings(old).0,
+                Some(old) => old.to_vec(),
                 None => AUTO_CONF_HEADER.as_bytes().to_vec(),
             };
             if !contents.is_empty() && !contents.ends_with(b"\n") {
@@ -379,13 +380,17 @@ pub fn write_standby_config(
             })
         }
     };
-    if let Some(old) = &existing {
-        let (_, disabled) = disable_inherited_recovery_settings(old);
-        if !disabled.is_empty() {
-            warn!(settings = %disabled.join(", "), "the copied postgresql.auto.conf set recovery targets of its own (a cluster recovered to a target, or a standby): commented out, so the standby does not stop at them and promote itself");
+    let (kept, disabled) = match &existing {
+        Some(old) => {
+            let (kept, disabled) = disable_inherited_recovery_settings(old);
+            (Some(kept), disabled)
         }
+        None => (None, Vec::new()),
+    };
+    let files = config.render(kept.as_deref());
+    if !disabled.is_empty() && files.iter().any(|f| f.name == "postgresql.auto.conf") {
+        warn!(settings = %disabled.join(", "), "the copied postgresql.auto.conf set recovery targets of its own (a cluster recovered to a target, or a standby): commented out, so the standby does not stop at them and promote itself");
     }
-    let files = config.render(existing.as_deref());
     let mut names = Vec::with_capacity(files.len());
     for f in files {
         write_file_atomic(&data_dir.join(f.name), &f.contents, file_mode, owner)?;
@@ -455,8 +460,11 @@ mod tests {
             "{out}"
         );
         // A streaming standby's file: the inherited target is gone, its own settings follow.
-        let files = rendered(16, streaming(None), Some(auto));
-        let t = &files[1].1;
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("postgresql.auto.conf"), auto).unwrap();
+        let config = StandbyConfig::new(16, streaming(None)).unwrap();
+        write_standby_config(d.path(), &config, Owner::current(), CONFIG_FILE_MODE).unwrap();
+        let t = &fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
         assert!(
             !t.lines().any(|l| l.starts_with("recovery_target_time =")),
             "{t}"
