@@ -405,6 +405,17 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
         err.contains("is in the future") && err.contains("--target latest"),
         "{err}"
     );
+    // A time after the archive's last transaction, not in the future: the WAL committed since
+    // is still in the segment in progress (no complete segment holds a later commit), so 13+
+    // would refuse to start and 10-12 would promote short of the target.
+    let after_last = primary.psql("SELECT clock_timestamp()::text");
+    let err = refused(&["--target-time", &after_last]);
+    assert!(
+        err.contains("the archive's last transaction ended at")
+            && err.contains("--target latest")
+            && err.contains("pg_switch_wal()"),
+        "{err}"
+    );
     run_ok(
         &bin,
         &[
@@ -637,6 +648,27 @@ fn backup_into_s3_and_restore_from_the_bucket() {
     );
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("the archive's WAL ends at"), "{err}");
+    assert_eq!(fs::read_dir(&beyond).unwrap().count(), 0);
+    // A time after the backup, when the bucket holds no WAL past the backup's own: recovery
+    // could not stop anywhere.
+    let now = primary.psql("SELECT clock_timestamp()::text");
+    let (code, _, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            &url,
+            "--target-time",
+            &now,
+            "-D",
+            s(&beyond),
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("holds no transaction that ended after backup \"nightly\" began"),
+        "{err}"
+    );
     assert_eq!(fs::read_dir(&beyond).unwrap().count(), 0);
 
     let data = empty_data_dir(&primary, "from-s3");

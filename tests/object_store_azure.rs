@@ -141,7 +141,9 @@ fn archives_backs_up_and_recovers_through_azure() {
         .psql("SELECT pg_current_wal_insert_lsn()")
         .parse()
         .unwrap();
+    let target_time = primary.psql("SELECT clock_timestamp()::text");
     primary.psql("INSERT INTO marker VALUES (2000)"); // after the target: must not come back
+    let after_every_commit = primary.psql("SELECT clock_timestamp()::text");
     let end = primary.switch_wal();
     let last = segment_before(end, seg());
     poll::wait_until(
@@ -199,6 +201,50 @@ fn archives_backs_up_and_recovers_through_azure() {
             recovered.psql("SELECT max(id), count(*) FROM marker"),
             format!("1000|{}", i + 1),
             "every commit up to the target and none after it"
+        );
+    }
+    // The same target as a time; one after the container's last commit is refused (recovery
+    // could not stop there), with nothing written.
+    let by_time = empty_data_dir(&primary, "recovered-by-time");
+    let refused = walrelay_cmd::run(
+        &[
+            "bootstrap",
+            "--from-archive",
+            &url,
+            "--target-time",
+            &after_every_commit,
+            "-D",
+            s(&by_time),
+        ]
+        .map(String::from),
+        poll::timeout(),
+    );
+    assert_eq!(refused.code(), Some(2), "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("the archive's last transaction ended at"),
+        "{refused:?}"
+    );
+    assert_eq!(fs::read_dir(&by_time).unwrap().count(), 0);
+    run_ok(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            &url,
+            "--target-time",
+            &target_time,
+            "-D",
+            s(&by_time),
+        ],
+    );
+    {
+        let recovered = start_recovered(&primary, &by_time, "recovered-by-time");
+        assert_eq!(
+            recovered.psql("SELECT max(id), count(*) FROM marker"),
+            format!("1000|{}", i + 1),
+            "every commit up to the target time and none after it"
         );
     }
 

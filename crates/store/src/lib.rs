@@ -36,7 +36,8 @@ pub use object::{
 };
 pub use remote::{infer_store_segment_size, prune_store, verify_store, StoreFiles};
 pub use restore::{
-    prefetch_worker, restore_from_store, PrefetchPlan, StoreRestoreOptions, DEFAULT_CACHE_DIR_NAME,
+    fetch_segment, prefetch_worker, restore_from_store, PrefetchPlan, StoreRestoreOptions,
+    DEFAULT_CACHE_DIR_NAME,
 };
 pub use store::{
     put_new, sha256_hex, ArchiveStore, Fetched, NewObject, ObjectAttrs, ObjectInfo, ObjectReader,

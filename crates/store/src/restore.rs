@@ -146,7 +146,7 @@ async fn get_segment_object(
 
 /// Fetches a segment object, decodes it and checks it: a whole segment, and the SHA-256 stored
 /// with it. `Ok(None)`: no such object.
-async fn fetch_segment(
+pub async fn fetch_segment(
     store: &dyn ArchiveStore,
     layout: WalLayout,
     name: &str,
