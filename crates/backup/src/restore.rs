@@ -444,16 +444,12 @@ async fn archive_wal_names(archive: &OpenedArchive) -> Result<Option<Vec<String>
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect(),
-        (None, Some(sysid)) => {
-            let layout = walrelay_store::WalLayout::new(sysid);
-            archive
-                .store
-                .list(&layout.wal_prefix())
-                .await?
-                .into_iter()
-                .filter_map(|o| layout.file_name(&o.name).map(str::to_string))
-                .collect()
-        }
+        (None, Some(sysid)) => walrelay_store::WalLayout::new(sysid)
+            .list(archive.store.as_ref())
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect(),
         (None, None) => return Ok(None),
     }))
 }

@@ -19,7 +19,7 @@
 use walrelay_protocol::WalFileName;
 
 use crate::error::{Result, StoreError};
-use crate::store::ArchiveStore;
+use crate::store::{ArchiveStore, ObjectInfo};
 
 /// The directory of a cluster's WAL under its system identifier.
 pub const WAL_DIR: &str = "wal";
@@ -51,6 +51,16 @@ impl WalLayout {
         object
             .strip_prefix(prefix.as_str())
             .filter(|n| !n.contains('/'))
+    }
+
+    /// The cluster's WAL objects in `store`, each with its archive file name.
+    pub async fn list(&self, store: &dyn ArchiveStore) -> Result<Vec<(String, ObjectInfo)>> {
+        Ok(store
+            .list(&self.wal_prefix())
+            .await?
+            .into_iter()
+            .filter_map(|o| Some((self.file_name(&o.name)?.to_string(), o)))
+            .collect())
     }
 }
 

@@ -144,16 +144,12 @@ pub async fn infer_store_segment_size(
     store: &dyn ArchiveStore,
     layout: WalLayout,
 ) -> Result<Option<WalSegmentSize>> {
-    let mut names: Vec<String> = store
-        .list(&layout.wal_prefix())
+    let mut names: Vec<String> = layout
+        .list(store)
         .await?
         .into_iter()
-        .filter(|o| {
-            layout
-                .file_name(&o.name)
-                .is_some_and(|n| matches!(WalFileName::parse(n), Some(WalFileName::Segment { .. })))
-        })
-        .map(|o| o.name)
+        .filter(|(n, _)| matches!(WalFileName::parse(n), Some(WalFileName::Segment { .. })))
+        .map(|(_, o)| o.name)
         .collect();
     names.sort();
     let Some(first) = names.first() else {
@@ -203,13 +199,11 @@ pub async fn prune_store(
     seg_size: WalSegmentSize,
     opts: &PruneOptions,
 ) -> Result<PruneReport> {
-    let objects = store.list(&layout.wal_prefix()).await?;
-    let listed = objects.iter().filter_map(|o| {
-        layout.file_name(&o.name).map(|n| ListedFile {
-            name: n.to_string(),
-            size: o.size,
-            modified: o.modified,
-        })
+    let objects = layout.list(store).await?;
+    let listed = objects.iter().map(|(n, o)| ListedFile {
+        name: n.clone(),
+        size: o.size,
+        modified: o.modified,
     });
     // A relay serves from a local directory only: a bucket has no slots to hold WAL for.
     let plan = plan_prune(listed, seg_size, opts, None)?;
