@@ -54,7 +54,7 @@ use walrelay_testkit::{
 };
 
 use matrix_report::MatrixReport;
-use support::relay::Relay;
+use support::relay::{error_of, RawClient, Relay};
 use support::walrelay_cmd::{self, Finished, Walrelay};
 use support::{poll, server, wal_files};
 
@@ -1058,6 +1058,18 @@ fn relay_standby(primary: &Cluster) {
         "the standby behind the relay took a walsender of the primary"
     );
     drop(standby);
+    // The primary's grammar through the relay: READ_REPLICATION_SLOT came in 15 (a client of a
+    // newer major must meet the same syntax error as at the primary itself).
+    let (mut raw, _) = RawClient::login(relay.addr(), "replicator");
+    raw.query("READ_REPLICATION_SLOT matrix_absent");
+    let answer = raw.until_ready();
+    let refused = error_of(&answer).map(|e| e.code.clone());
+    if primary.server_version_num() >= 150_000 {
+        assert_eq!(refused, None, "{answer:?}");
+    } else {
+        assert_eq!(refused.as_deref(), Some("42601"), "{answer:?}");
+    }
+    drop(raw);
     relay.assert_healthy();
     stop(&mut relay.w, "serve");
 }

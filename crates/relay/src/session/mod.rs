@@ -276,6 +276,14 @@ impl Session {
         };
         debug!(?cmd, "replication command");
         let major = self.major();
+        if let Some(keyword) = newer_than(&cmd, major) {
+            // What the upstream's own walsender answers: its grammar has no such command.
+            self.send_error(&error(
+                "42601",
+                &format!("syntax error at or near \"{keyword}\" (PostgreSQL {major} has no such replication command)"),
+            ));
+            return Ok(());
+        }
         match cmd {
             ReplicationCommand::IdentifySystem => self.identify_system().await,
             ReplicationCommand::Show { name } => {
@@ -559,6 +567,21 @@ fn log_lost(e: &std::io::Error) {
 /// `Lsn` arithmetic shared by the stream: bytes from `a` to `b`.
 fn distance(a: Lsn, b: Lsn) -> u64 {
     b.0.saturating_sub(a.0)
+}
+
+/// The command's keyword when the upstream's major does not have it: READ_REPLICATION_SLOT came
+/// in PostgreSQL 15, ALTER_REPLICATION_SLOT in 17. A client of a newer major than the primary must
+/// meet the primary's grammar through the relay too.
+fn newer_than(cmd: &ReplicationCommand, major: u32) -> Option<&'static str> {
+    match cmd {
+        ReplicationCommand::ReadReplicationSlot { .. } if major < 15 => {
+            Some("READ_REPLICATION_SLOT")
+        }
+        ReplicationCommand::AlterReplicationSlot { .. } if major < 17 => {
+            Some("ALTER_REPLICATION_SLOT")
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
