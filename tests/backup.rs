@@ -405,6 +405,19 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
         err.contains("is in the future") && err.contains("--target latest"),
         "{err}"
     );
+    // A transaction that never ended in the archive's WAL (a mistyped ID), a restore point that
+    // is not there (a mistyped name): 13+ would refuse to start after the whole restore, 10-12
+    // would promote at the archive's end.
+    let err = refused(&["--target-xid", "999999999"]);
+    assert!(
+        err.contains("transaction 999999999 has no commit or abort in the archive's WAL"),
+        "{err}"
+    );
+    let err = refused(&["--target-name", "between_markerz"]);
+    assert!(
+        err.contains("holds no restore point named \"between_markerz\""),
+        "{err}"
+    );
     // A time after the archive's last transaction, not in the future: the WAL committed since
     // is still in the segment in progress (no complete segment holds a later commit), so 13+
     // would refuse to start and 10-12 would promote short of the target.

@@ -21,6 +21,7 @@ mod restore;
 pub mod select;
 mod sink;
 mod take;
+mod targets;
 
 pub use catalog::{
     delete_backup, list_backups, prune_backups, BackupPrune, Catalog, OpenedArchive,

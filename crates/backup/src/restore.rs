@@ -38,8 +38,9 @@ use crate::catalog::{list_backups, OpenedArchive};
 use crate::codec::Codec;
 use crate::descriptor::{BackupDescriptor, ObjectKind, StoredObject, MANIFEST};
 use crate::error::{BackupJobError, Result};
-use crate::recovery::{render, restore_command, RecoveryMode};
+use crate::recovery::{render, restore_command, RecoveryMode, RecoveryTarget};
 use crate::select::{choose, BackupChoice, TargetBound};
+use crate::targets;
 
 /// Mode of a data directory walrelay creates.
 const DATA_DIR_MODE: u32 = 0o700;
@@ -87,14 +88,26 @@ pub struct RestoreSummary {
 pub async fn restore_backup(config: RestoreConfig) -> Result<RestoreSummary> {
     let archive = OpenedArchive::open(&config.location, config.system_identifier).await?;
     let catalog = list_backups(&archive).await?;
-    let descriptor = choose(&catalog.backups, &config.choice, &config.bound)
+    let mut descriptor = choose(&catalog.backups, &config.choice, &config.bound)
         .map_err(BackupJobError::NoBackup)?;
-    match config.bound {
-        TargetBound::Lsn(target) => {
-            check_lsn_target_in_archive(&archive, &descriptor, target).await?
+    match (&config.bound, &config.restore_as) {
+        (TargetBound::Lsn(target), _) => {
+            targets::check_lsn_target_in_archive(&archive, &descriptor, *target).await?
         }
-        TargetBound::Time(target) => {
-            check_time_target_in_archive(&archive, &descriptor, target).await?
+        (TargetBound::Time(target), _) => {
+            targets::check_time_target_in_archive(&archive, &descriptor, *target).await?
+        }
+        (TargetBound::Xid(xid), _) => {
+            targets::check_xid_target_in_archive(&archive, &descriptor, *xid).await?
+        }
+        (TargetBound::Oldest, RestoreAs::Pitr(RecoveryTarget::Name(name))) => {
+            let found = targets::find_restore_point(&archive, &descriptor, name).await?;
+            if let (Some(rp), BackupChoice::Latest) = (found, &config.choice) {
+                // The newest backup that ends before it: recovery replays the least.
+                descriptor = choose(&catalog.backups, &config.choice, &TargetBound::Lsn(rp.lsn))
+                    .map_err(BackupJobError::NoBackup)?;
+                tracing::info!(name = %rp.name, lsn = %rp.lsn, backup = %descriptor.label, "restore point found: restoring the newest backup that ends before it");
+            }
         }
         _ => {}
     }
@@ -433,200 +446,6 @@ fn xid_ended_during(
         segno = segno.next();
     }
     None
-}
-
-/// The names of the archive's WAL files: a directory's entries, or the file names of the store's
-/// WAL objects. `None` when the store's cluster is not known.
-async fn archive_wal_names(archive: &OpenedArchive) -> Result<Option<Vec<String>>> {
-    Ok(Some(match (&archive.dir, archive.system_identifier) {
-        (Some(dir), _) => fs::read_dir(dir)
-            .map_err(|e| BackupJobError::io("list", dir, e))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
-        (None, Some(sysid)) => walrelay_store::WalLayout::new(sysid)
-            .list(archive.store.as_ref())
-            .await?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect(),
-        (None, None) => return Ok(None),
-    }))
-}
-
-/// The complete segments among `names` (no `.partial`: restore leaves those out unless asked),
-/// one name per segment (the uncompressed copy first), newest position first.
-fn complete_segments_newest_first(
-    names: &[String],
-    seg: WalSegmentSize,
-) -> Vec<(walrelay_protocol::SegmentId, String)> {
-    use walrelay_protocol::WalFileName;
-    let mut found: Vec<(walrelay_protocol::SegmentId, bool, String)> = names
-        .iter()
-        .filter_map(|n| match WalFileName::parse(n) {
-            Some(
-                w @ WalFileName::Segment {
-                    partial: false,
-                    compression,
-                    ..
-                },
-            ) => Some((w.segment_id(seg)?, compression.is_some(), n.clone())),
-            _ => None,
-        })
-        .collect();
-    found.sort_by(|a, b| {
-        (b.0.segno, b.0.timeline)
-            .cmp(&(a.0.segno, a.0.timeline))
-            .then(a.1.cmp(&b.1))
-    });
-    found.dedup_by(|later, kept| later.0 == kept.0);
-    found.into_iter().map(|(id, _, name)| (id, name)).collect()
-}
-
-/// An LSN target past the end of the archive's WAL is never reached: PostgreSQL 13+ refuse to
-/// start, and 10–12 promote at the end of the archive without an error — a recovery that looks
-/// done and is not. The end is that of the newest complete segment (restore leaves `.partial`
-/// files out unless asked) or of the backup's own WAL.
-async fn check_lsn_target_in_archive(
-    archive: &OpenedArchive,
-    d: &BackupDescriptor,
-    target: Lsn,
-) -> Result<()> {
-    let Ok(seg) = WalSegmentSize::new(u64::from(d.wal_segment_size)) else {
-        return Ok(());
-    };
-    let Some(names) = archive_wal_names(archive).await? else {
-        return Ok(());
-    };
-    let archived = complete_segments_newest_first(&names, seg)
-        .first()
-        .map(|(id, _)| id.end_lsn(seg));
-    let end = archived.unwrap_or(d.end_lsn).max(d.end_lsn);
-    if target > end {
-        return Err(BackupJobError::NoBackup(format!(
-            "the archive's WAL ends at {end}, before the target {target}: recovery could not reach it (PostgreSQL 10-12 would promote at {end} without an error); wait until the WAL past the target is archived (pg_switch_wal() on the primary completes the segment in progress), or choose an earlier target"
-        )));
-    }
-    Ok(())
-}
-
-/// A time target later than every transaction in the archive is never reached: recovery stops
-/// at the first commit or abort *after* the target (`recoveryStopsBefore`, inclusive), so
-/// PostgreSQL 13+ refuse to start at the end of the WAL ("recovery ended before configured
-/// recovery target was reached") and 10–12 promote there without an error — missing whatever
-/// the primary committed before the target that the archive does not hold yet. The archive's
-/// segments after the backup's start are read newest first, until one holds a transaction's end.
-/// A segment that cannot be read ends the check without a verdict: recovery reports it.
-async fn check_time_target_in_archive(
-    archive: &OpenedArchive,
-    d: &BackupDescriptor,
-    target_unix: f64,
-) -> Result<()> {
-    let Ok(seg) = WalSegmentSize::new(u64::from(d.wal_segment_size)) else {
-        return Ok(());
-    };
-    let Some(names) = archive_wal_names(archive).await? else {
-        return Ok(());
-    };
-    let target_micros = (target_unix * 1e6).round() as i64;
-    let first = seg.segno(d.start_lsn);
-    for (id, name) in complete_segments_newest_first(&names, seg) {
-        if id.segno < first {
-            break;
-        }
-        let Some(bytes) = read_archived_segment(archive, &name, seg).await else {
-            return Ok(());
-        };
-        let newest = tokio::task::spawn_blocking(move || newest_xact_end(&bytes, id, seg))
-            .await
-            .ok()
-            .flatten();
-        let Some(end) = newest else { continue };
-        let ended = walrelay_wal::xact::unix_micros(end.time);
-        if ended > target_micros {
-            return Ok(());
-        }
-        return Err(BackupJobError::NoBackup(format!(
-            "the archive's last transaction ended at {} (at {} in {name}), before the target {}: recovery stops only at a transaction that ends after its target, so it could not stop there (PostgreSQL 13+ refuse to start, 10-12 promote at the archive's end without an error); wait until WAL past the target is archived (pg_switch_wal() on the primary completes the segment in progress), or give --target latest to recover everything the archive holds",
-            format_unix_micros(ended),
-            end.lsn,
-            format_unix_micros(target_micros),
-        )));
-    }
-    Err(BackupJobError::NoBackup(format!(
-        "the archive holds no transaction that ended after backup {:?} began: recovery to a time could not stop anywhere; give --target latest to recover everything the archive holds, or wait until WAL past the target is archived",
-        d.label
-    )))
-}
-
-/// The decoded WAL of one archived segment (`name` as listed: a directory's file, or a store's
-/// segment whose best copy is fetched and checked); `None` when it cannot be read.
-async fn read_archived_segment(
-    archive: &OpenedArchive,
-    name: &str,
-    seg: WalSegmentSize,
-) -> Option<Vec<u8>> {
-    match (&archive.dir, archive.system_identifier) {
-        (Some(dir), _) => {
-            let path = dir.join(name);
-            tokio::task::spawn_blocking(move || {
-                let mut bytes = Vec::with_capacity(seg.as_u64() as usize);
-                walrelay_archive::open_segment(&path)
-                    .ok()?
-                    .read_to_end(&mut bytes)
-                    .ok()?;
-                Some(bytes)
-            })
-            .await
-            .ok()
-            .flatten()
-        }
-        (None, Some(sysid)) => {
-            let base = name.split('.').next().unwrap_or(name);
-            walrelay_store::fetch_segment(
-                archive.store.as_ref(),
-                walrelay_store::WalLayout::new(sysid),
-                base,
-                Some(seg),
-            )
-            .await
-            .ok()
-            .flatten()
-        }
-        (None, None) => None,
-    }
-}
-
-/// The commit or abort with the latest `xact_time` in one segment's WAL.
-fn newest_xact_end(
-    bytes: &[u8],
-    id: walrelay_protocol::SegmentId,
-    seg: WalSegmentSize,
-) -> Option<walrelay_wal::xact::XactEnd> {
-    use walrelay_wal::validator::{ValidatorConfig, WalValidator};
-    use walrelay_wal::xact::{self, CAPTURE_BYTES, RM_XACT_ID};
-    let start = id.start_lsn(seg);
-    let mut validator = WalValidator::new(ValidatorConfig::new(seg, start)).ok()?;
-    validator.capture_records(RM_XACT_ID, CAPTURE_BYTES);
-    // The end of the WAL (zeros after a switch, a record cut by the segment's end) stops the
-    // validator; the records before it were captured.
-    let _ = validator.feed(start, bytes);
-    validator
-        .take_captured()
-        .iter()
-        .filter_map(xact::decode)
-        .max_by_key(|e| e.time)
-}
-
-/// Microseconds since the Unix epoch as RFC 3339 in UTC.
-fn format_unix_micros(micros: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{micros} µs after 1970"))
 }
 
 /// Streams one stored WAL file into `dir/file` (a temp name, fsynced, renamed), checking its

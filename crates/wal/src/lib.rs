@@ -13,6 +13,7 @@
 //! * [`segment`]: [`validate_segment_file`] for a whole or partial segment file.
 //! * [`xact`]: commit and abort records decoded from records the validator kept (what a failover
 //!   lost).
+//! * [`restore_point`]: restore points, likewise (where a `recovery_target_name` stops).
 //! * `synth` (cargo feature `synth`, for dev-dependencies only): synthetic WAL for tests and
 //!   benchmarks (and fake servers).
 //!
@@ -23,6 +24,7 @@ pub mod error;
 pub mod magic;
 pub mod page;
 pub mod record;
+pub mod restore_point;
 pub mod segment;
 #[cfg(feature = "synth")]
 pub mod synth;

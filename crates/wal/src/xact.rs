@@ -78,16 +78,23 @@ pub fn decode(rec: &CapturedRecord) -> Option<XactEnd> {
         XLOG_XACT_ABORT_PREPARED => XactKind::AbortPrepared,
         _ => return None,
     };
-    let main_len = main_data_len(&rec.body_prefix)?;
-    let body_len = (rec.header.tot_len as usize).checked_sub(XLOG_RECORD_HEADER_SIZE)?;
-    let start = body_len.checked_sub(main_len)?;
-    let time = rec.body_prefix.get(start..start + 8)?;
+    let time = main_data(rec)?.get(..8)?;
     Some(XactEnd {
         lsn: rec.lsn,
         kind,
         xid: rec.header.xid,
         time: i64::from_le_bytes(time.try_into().ok()?),
     })
+}
+
+/// The captured part of a record's main data (its last bytes; see the module docs): `None` when
+/// the headers cannot be walked or the main data lies past what was captured. Records with block
+/// images are not walked.
+pub fn main_data(rec: &CapturedRecord) -> Option<&[u8]> {
+    let main_len = main_data_len(&rec.body_prefix)?;
+    let body_len = (rec.header.tot_len as usize).checked_sub(XLOG_RECORD_HEADER_SIZE)?;
+    let start = body_len.checked_sub(main_len)?;
+    rec.body_prefix.get(start..)
 }
 
 /// Walks the headers after the fixed record header to the main-data header; its length.
