@@ -188,6 +188,14 @@ async fn run_take(args: TakeArgs) -> Result<i32> {
         ));
     };
     let location = location(directory)?;
+    if let ArchiveLocation::Dir(dir) = &location {
+        // An archive in a server's own directories races the server and grows every backup.
+        if let Some(what) = crate::wal_dirs::server_directory(dir) {
+            return Err(crate::exit::local(format!(
+                "{what}: an archive needs a directory of its own (mkdir one)"
+            )));
+        }
+    }
     let max_rate_kb = args
         .max_rate
         .as_deref()

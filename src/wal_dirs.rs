@@ -68,6 +68,15 @@ pub(crate) fn server_directory(dir: &Path) -> Option<String> {
     if in_data_dir.is_some() || dir.join("archive_status").is_dir() {
         return Some(format!("{} is a PostgreSQL server's pg_wal", dir.display()));
     }
+    // Anywhere else inside a data directory, every base backup of the server would copy the
+    // archive too (and a standby seeded from one would carry it).
+    if let Some(data_dir) = real.ancestors().skip(1).find(|a| is_data_dir(a)) {
+        return Some(format!(
+            "{} is inside the PostgreSQL data directory {}",
+            dir.display(),
+            data_dir.display()
+        ));
+    }
     None
 }
 

@@ -171,6 +171,28 @@ fn directory_archive_backups_pitr_damage_prune_and_standby() {
     backup("b0", &["--compress", "none"]);
     backup("b1", &[]);
     primary.psql("INSERT INTO marker VALUES (1, clock_timestamp())");
+    // A stored backup holds pg_authid's password verifiers and any server key: readable by the
+    // archive's owner only, as pg_basebackup's tar files are.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut stack = vec![archive.join("backups")];
+        let mut files = 0;
+        while let Some(dir) = stack.pop() {
+            let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+            for e in fs::read_dir(&dir).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    files += 1;
+                    let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+                    assert_eq!(mode, 0o600, "{}", e.path().display());
+                }
+            }
+        }
+        assert!(files >= 4, "{files} files under backups/");
+    }
     let marker1_xid = primary.psql("SELECT xmin::text FROM marker WHERE id = 1");
     let between = primary.psql("SELECT clock_timestamp()::text");
     let between_lsn = primary.current_wal_lsn();
@@ -1158,4 +1180,64 @@ fn a_transaction_that_ended_during_the_backup_is_no_target_from_it() {
     assert_eq!(code, Some(0), "{err}");
     let recovered = start_recovered(&primary, &dir, "inside-recovered");
     assert_eq!(recovered.psql("SELECT pad FROM t WHERE i = 0"), "inside");
+}
+
+/// A directory archive holds one cluster: `backup` of another cluster into an archive holding
+/// the first one's WAL is refused (exit 4) — `prune` would judge the first cluster's WAL by the
+/// second one's backup and remove it. A server's own directories (its data directory, its
+/// `pg_wal`, anything inside them) are refused as archives (exit 5): they race the server and
+/// grow every later backup of it.
+#[test]
+fn backup_refuses_another_cluster_s_archive_and_a_server_s_directories() {
+    let first = Cluster::builder()
+        .name("backup-first")
+        .wal_segsize_mb(1)
+        .start();
+    let second = Cluster::builder()
+        .name("backup-second")
+        .wal_segsize_mb(1)
+        .start();
+    let bin = walrelay_for_postgres(&second);
+    // The first cluster's WAL in the archive, as receive would have put it there.
+    let archive = archive_dir(&first, "archive");
+    let pg_wal = first.data_dir().join("pg_wal");
+    let segment = fs::read_dir(&pg_wal)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .max()
+        .expect("a segment in pg_wal");
+    fs::copy(pg_wal.join(&segment), archive.join(&segment)).unwrap();
+
+    let conn = second.replication_conninfo();
+    let (code, out, err) = run(
+        &bin,
+        &["backup", "-d", &conn, "-D", s(&archive), "-l", "other"],
+    );
+    assert_eq!(code, Some(4), "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "the archive holds WAL or backups of system {}",
+            first.system_identifier()
+        )),
+        "{err}"
+    );
+    assert!(!archive.join("backups").join("other").exists());
+
+    for dir in [
+        first.data_dir().to_path_buf(),
+        pg_wal.clone(),
+        first.data_dir().join("base"),
+    ] {
+        let (code, out, err) = run(
+            &bin,
+            &["backup", "-d", &conn, "-D", s(&dir), "-l", "inside"],
+        );
+        assert_eq!(code, Some(5), "{}: {out}{err}", dir.display());
+        assert!(
+            err.contains("an archive needs a directory of its own"),
+            "{err}"
+        );
+        assert!(!dir.join("backups").exists(), "{}", dir.display());
+    }
 }

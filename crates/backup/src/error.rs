@@ -38,7 +38,7 @@ pub enum BackupJobError {
         #[source]
         source: ClientError,
     },
-    #[error("the archive holds backups of system {archive}, but the server is system {server}: a directory archive holds one cluster — use another archive")]
+    #[error("the archive holds WAL or backups of system {archive}, but the server is system {server}: a directory archive holds one cluster — use another archive")]
     SystemMismatch { archive: u64, server: u64 },
     #[error(transparent)]
     Backup(BackupError),

@@ -37,7 +37,7 @@ use crate::codec::Codec;
 const END_OF_ARCHIVE: [u8; 1024] = [0; 1024];
 
 /// Mode of spool files (they become the archive's objects: a directory archive hard-links them).
-const SPOOL_FILE_MODE: u32 = 0o640;
+const SPOOL_FILE_MODE: u32 = 0o600;
 
 /// Largest chunk of member data shown to the observer at once.
 const OBSERVE_CHUNK: usize = 1024 * 1024;

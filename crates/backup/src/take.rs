@@ -116,8 +116,17 @@ pub async fn take_backup<C: Future<Output = ()>>(
             .await
             .map_err(command_error("SHOW wal_segment_size"))?;
         let archive = OpenedArchive::open(&config.location, Some(ident.system_identifier)).await?;
-        // A directory archive holds one cluster: its other backups say which.
-        if archive.dir.is_some() {
+        // A directory archive holds one cluster: its WAL and its other backups say which. A
+        // backup of another cluster there would let `prune` judge the archive's WAL by it.
+        if let Some(dir) = &archive.dir {
+            if let Some(other) =
+                wal_system_identifier(dir).filter(|&found| found != ident.system_identifier)
+            {
+                return Err(BackupJobError::SystemMismatch {
+                    archive: other,
+                    server: ident.system_identifier,
+                });
+            }
             let catalog = crate::catalog::list_backups(&archive).await?;
             if let Some(other) = catalog
                 .backups
@@ -187,6 +196,31 @@ fn command_error(what: &'static str) -> impl FnOnce(ClientError) -> BackupJobErr
 /// there. Named by the cluster, the label and the archive (two buckets may hold the same label:
 /// two backups running at once must not share it), so that `backup delete` can find what a
 /// killed backup left.
+/// The cluster whose WAL a directory archive holds: the system identifier in the long page header
+/// of its newest segment file (complete or partial, any compression). `None`: no segment, or
+/// none whose start can be read.
+fn wal_system_identifier(dir: &std::path::Path) -> Option<u64> {
+    use std::io::Read;
+    use walrelay_protocol::WalFileName;
+    let mut segments: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| matches!(WalFileName::parse(n), Some(WalFileName::Segment { .. })))
+        .collect();
+    segments.sort();
+    segments.iter().rev().find_map(|name| {
+        let mut start = [0u8; walrelay_wal::page::LONG_PAGE_HEADER_SIZE];
+        walrelay_archive::open_segment(&dir.join(name))
+            .ok()?
+            .read_exact(&mut start)
+            .ok()?;
+        walrelay_wal::inspect_segment_start(&start)
+            .ok()
+            .map(|h| h.system_identifier)
+    })
+}
+
 pub(crate) fn store_spool(system_identifier: u64, label: &str, location: &str) -> PathBuf {
     use sha2::{Digest, Sha256};
     let archive = hex::encode(&Sha256::digest(location.as_bytes())[..4]);

@@ -26,8 +26,8 @@ use crate::store::{
 
 /// Suffix of the attribute files beside objects.
 const ATTR_SUFFIX: &str = ".sha256";
-const FILE_MODE: u32 = 0o640;
-const DIR_MODE: u32 = 0o750;
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
 
 /// An archive in a local directory, in the object layout.
 #[derive(Debug, Clone)]
