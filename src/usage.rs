@@ -100,25 +100,53 @@ pub fn render(e: &clap::Error, sub: Option<&str>) -> String {
         Some(ContextValue::String(s)) => Some(s.clone()),
         _ => None,
     });
-    if let Some(arg) = offending {
+    if let Some(arg) = offending.clone() {
         let habit = match e.kind() {
             ErrorKind::InvalidSubcommand => subcommand_habit(&arg),
             _ => option_habit(sub, &arg),
         };
         if let Some(h) = habit {
             tips.push(h.to_string());
+        } else if looks_like_conninfo(&arg) {
+            tips.push(
+                "a connection string is given with -d, quoted as one argument: -d 'host=… user=…' or -d 'postgresql://…'"
+                    .to_string(),
+            );
         }
     }
     let help = match sub {
         Some(s) => format!("walrelay {s} --help"),
         None => "walrelay --help".to_string(),
     };
+    // An offending argument holding a password: all of its value goes, spaces included (one
+    // argument `password=two words` is one value).
+    if let Some(arg) = offending.as_deref() {
+        if let Some(at) = arg.to_ascii_lowercase().find("password=") {
+            let shown = format!(
+                "{}{}",
+                &arg[..at + "password=".len()],
+                walrelay_conninfo::REDACTED
+            );
+            problem = problem.replace(arg, &shown);
+        }
+    }
     let mut out = format!("walrelay: error: {problem}");
     for t in &tips {
         out.push_str(&format!("; tip: {t}"));
     }
     out.push_str(&format!(" (see {help})"));
-    out
+    // The parser repeats what was typed: a connection string given where none was expected
+    // (without -d, or unquoted) must not put its password on the screen or in a log.
+    walrelay_conninfo::redact_text(&out)
+}
+
+/// A connection string, or a piece of one (`password=…` of an unquoted `-d host=… password=…`).
+fn looks_like_conninfo(arg: &str) -> bool {
+    arg.starts_with("postgres://")
+        || arg.starts_with("postgresql://")
+        || arg
+            .split_once('=')
+            .is_some_and(|(k, _)| walrelay_conninfo::Keyword::from_name(k).is_some())
 }
 
 /// A pg tool's name where a walrelay command is meant.

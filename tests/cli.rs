@@ -490,3 +490,52 @@ fn reload_and_user_signals_are_logged_not_fatal() {
         std::fs::read_to_string(&log).unwrap()
     );
 }
+
+/// A connection string typed where none is expected (without -d, or unquoted after it): the
+/// parser's "unexpected argument" repeats it, so its password is masked, and the tip says how
+/// to pass one.
+#[test]
+fn a_misplaced_connection_string_does_not_show_its_password() {
+    for args in [
+        &[
+            "check",
+            "postgresql://replicator:TopSecret@db.example.com/postgres",
+        ][..],
+        &[
+            "receive",
+            "-d",
+            "host=db",
+            "password=TopSecret",
+            "-D",
+            "/tmp",
+        ][..],
+        &["check", "password=Top Secret"][..],
+        &[
+            "--log-format",
+            "json",
+            "check",
+            "-d",
+            "host=db",
+            "password=TopSecret",
+        ][..],
+        &[
+            "subset",
+            "status",
+            "postgres://u:TopSecret@h/db?password=TopSecret",
+        ][..],
+    ] {
+        let (code, out) = run(args);
+        assert_eq!(code, 2, "{args:?}: {out}");
+        assert!(
+            !out.contains("TopSecret") && !out.contains("Top Secret"),
+            "{args:?}: {out}"
+        );
+        assert!(out.contains("********"), "{args:?}: {out}");
+        assert_eq!(out.trim_end().lines().count(), 1, "{args:?}: {out}");
+    }
+    let (_, out) = run(&["check", "password=TopSecret"]);
+    assert!(
+        out.contains("a connection string is given with -d"),
+        "{out}"
+    );
+}

@@ -378,6 +378,62 @@ fn parse_keyword_value(s: &str) -> Result<ConnInfo> {
     Ok(info)
 }
 
+/// `text` (an error message, an argument) with every password it might hold replaced by
+/// `********`: those of connection URIs in it (`postgres://user:secret@…`, `?password=…`) and the
+/// values of `password=` / `sslpassword=` keywords — for messages that repeat what the user typed
+/// where a connection string was not expected (a parser's "unexpected argument").
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let token_end = |s: &str| {
+        s.find(|c: char| c.is_whitespace() || matches!(c, '\'' | '"'))
+            .unwrap_or(s.len())
+    };
+    while let Some(at) = [URI_DESIGNATOR, SHORT_URI_DESIGNATOR]
+        .iter()
+        .filter_map(|d| rest.find(d))
+        .min()
+    {
+        out.push_str(&rest[..at]);
+        let token = &rest[at..];
+        let end = token_end(token);
+        out.push_str(&redact_uri(&token[..end]));
+        rest = &token[end..];
+    }
+    out.push_str(rest);
+    // key=value secrets, wherever they are (a URI's query was done above; done again, harmless).
+    let mut redacted = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(at) = rest.to_ascii_lowercase().find("password=") {
+        let value_start = at + "password=".len();
+        redacted.push_str(&rest[..value_start]);
+        let value = &rest[value_start..];
+        let end = match value.strip_prefix('\'') {
+            // A quoted value: up to the closing quote (backslash escapes skipped).
+            Some(quoted) => {
+                let mut escaped = false;
+                quoted
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        let close = c == '\'' && !escaped;
+                        escaped = c == '\\' && !escaped;
+                        close
+                    })
+                    .map_or(value.len(), |(i, _)| i + 2)
+            }
+            None => value
+                .find(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '&'))
+                .unwrap_or(value.len()),
+        };
+        if end > 0 {
+            redacted.push_str(REDACTED);
+        }
+        rest = &value[end..];
+    }
+    redacted.push_str(rest);
+    redacted
+}
+
 /// The URI with any password (in `user:password@` or a `password=` / `sslpassword=` query parameter)
 /// replaced by `********`, for error messages.
 pub(crate) fn redact_uri(uri: &str) -> String {
@@ -643,6 +699,34 @@ fn hex_digit(c: u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redact_text_hides_passwords_of_uris_and_keywords() {
+        use super::redact_text;
+        assert_eq!(
+            redact_text(
+                "unexpected argument 'postgresql://rep:TopSecret@db.example.com/postgres' found"
+            ),
+            "unexpected argument 'postgresql://rep:********@db.example.com/postgres' found"
+        );
+        assert_eq!(
+            redact_text("unexpected argument 'password=TopSecret' found"),
+            "unexpected argument 'password=********' found"
+        );
+        assert_eq!(
+            redact_text("host=x password='a b\\' c' sslpassword=k user=u"),
+            "host=x password=******** sslpassword=******** user=u"
+        );
+        assert_eq!(
+            redact_text("postgres://h/db?user=u&password=s3cret&sslmode=require"),
+            "postgres://h/db?user=u&password=********&sslmode=require"
+        );
+        assert_eq!(
+            redact_text("no secret here: host=db"),
+            "no secret here: host=db"
+        );
+        assert_eq!(redact_text("PASSWORD=x"), "PASSWORD=********");
+    }
+
     use super::*;
     use Keyword::*;
 

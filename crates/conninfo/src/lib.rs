@@ -63,7 +63,7 @@ pub use config::{
     ConnectionConfig, Keepalives, PrimaryConninfoOptions, SettingSource, SslRootCert, SslSettings,
     ROOT_CERT_FILE, ROOT_CRL_FILE, USER_CERT_FILE, USER_KEY_FILE, USER_SSL_DIR,
 };
-pub use connstring::{quote_value, ConnInfo};
+pub use connstring::{quote_value, redact_text, ConnInfo};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use error::ConnInfoError;
 pub use keyword::Keyword;
