@@ -42,6 +42,33 @@ pub fn set_bar(bar: Option<ProgressBar>) {
 
 /// Installs the subscriber; `filter` is a level or a tracing directive (an invalid one falls back
 /// to `info`).
+/// Levels a directive may name.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// `--log`: a level, or tracing directives (`walrelay_client=debug,info`). A word that is neither a
+/// level nor a target of walrelay's is refused: the filter would take it for a target and keep
+/// every line out (`--log warnn` showed nothing, not even warnings).
+pub fn parse_filter(text: &str) -> Result<String, String> {
+    let directives: Vec<&str> = text.split(',').map(str::trim).collect();
+    if directives.iter().all(|d| d.is_empty()) {
+        return Err("empty; give a level: error, warn, info, debug or trace".into());
+    }
+    for d in directives.iter().filter(|d| !d.is_empty()) {
+        let level = match d.rsplit_once('=') {
+            Some((_, level)) => level,
+            None if d.starts_with("walrelay") || d.contains("::") || d.contains('[') => continue,
+            None => d,
+        };
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{level:?} is not a log level: use error, warn, info, debug or trace (or TARGET=LEVEL)"
+            ));
+        }
+    }
+    EnvFilter::try_new(text).map_err(|e| format!("not a log filter: {e}"))?;
+    Ok(text.to_string())
+}
+
 pub fn init(filter: &str, format: LogFormat) {
     if let Ok(mut f) = FORMAT.lock() {
         *f = format;

@@ -35,7 +35,7 @@ struct Cli {
     #[arg(short = '?', long, global = true, action = clap::ArgAction::Help)]
     help: Option<bool>,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive). Also WALRELAY_LOG.
-    #[arg(long, global = true, env = "WALRELAY_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "WALRELAY_LOG", default_value = "info", value_parser = logging::parse_filter)]
     log: String,
     /// Log format: text (for people) or json (one object per line, for log shippers).
     #[arg(

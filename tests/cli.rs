@@ -539,3 +539,40 @@ fn a_misplaced_connection_string_does_not_show_its_password() {
         "{out}"
     );
 }
+
+/// A mistyped log level is refused: the filter took it for a target name and kept every line
+/// out, warnings included — silence that reads as "no WAL arrived".
+#[test]
+fn a_mistyped_log_level_is_refused() {
+    for (args, env) in [
+        (
+            &["--log", "warnn", "verify", "-D", "/nonexistent"][..],
+            &[][..],
+        ),
+        (&["--log", "", "verify", "-D", "/nonexistent"][..], &[][..]),
+        (
+            &["verify", "-D", "/nonexistent"][..],
+            &[("WALRELAY_LOG", "inf")][..],
+        ),
+    ] {
+        let (code, _, err) = run_env(args, env);
+        assert_eq!(code, 2, "{args:?} {env:?}: {err}");
+        assert!(
+            err.contains("is not a log level") || err.contains("give a level"),
+            "{args:?} {env:?}: {err}"
+        );
+    }
+    // Levels in any case and directives pass on to the command (whose own error follows).
+    for level in [
+        "DEBUG",
+        "warn",
+        "walrelay_client=debug,info",
+        "info,object_store=debug",
+    ] {
+        let (_, _, err) = run_env(&["--log", level, "verify", "-D", "/nonexistent"], &[]);
+        assert!(
+            err.contains("archive directory /nonexistent"),
+            "{level}: {err}"
+        );
+    }
+}
