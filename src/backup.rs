@@ -204,7 +204,7 @@ async fn run_take(args: TakeArgs) -> Result<i32> {
         .map_err(|e| crate::exit::usage(e.to_string()))?;
     let resolved = args.conn.resolve()?;
     let connect = resolved.params(ReplicationMode::Physical)?;
-    let cancel = crate::bootstrap::stop_signals()?;
+    let cancel = crate::bootstrap::stop_signals("backup")?;
     let config = TakeConfig {
         connect,
         location,
@@ -413,7 +413,7 @@ pub async fn run_from_archive(args: &BootstrapArgs) -> Result<i32> {
         sync: !args.no_sync,
     };
     // A signal drops the restore, whose cleanup removes what it wrote.
-    let cancel = crate::bootstrap::stop_signals()?;
+    let cancel = crate::bootstrap::stop_signals("restore")?;
     let restored = tokio::select! {
         r = restore_backup(config) => r,
         () = cancel => Err(walrelay_backup::BackupJobError::Cancelled),

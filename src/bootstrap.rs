@@ -146,7 +146,7 @@ pub(crate) fn owner_by_name(name: &str) -> Result<Owner> {
 /// default action, which would leave a half-written data directory and a slot behind.
 /// SIGHUP (the terminal closed) stops it the same way: its default action would kill it
 /// without the cleanup.
-pub(crate) fn stop_signals() -> Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn stop_signals(job: &'static str) -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
     let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
@@ -157,7 +157,7 @@ pub(crate) fn stop_signals() -> Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => "SIGTERM",
             _ = hup.recv() => "SIGHUP",
         };
-        tracing::warn!("{name} received: stopping the bootstrap");
+        tracing::warn!("{name} received: stopping the {job}");
     })
 }
 
@@ -187,7 +187,7 @@ pub async fn run(args: BootstrapArgs) -> Result<i32> {
     // `-W` prompts here: Ctrl-C at that prompt must still end the program the default way.
     let resolved = args.conn.resolve()?;
     let connect = resolved.params(ReplicationMode::Physical)?;
-    let cancel = stop_signals()?;
+    let cancel = stop_signals("bootstrap")?;
     let mut config = BootstrapConfig::new(resolved.config.clone(), connect, &args.pgdata);
     config.tablespace_mappings = args.tablespace_mapping.clone();
     config.wal_method = args.wal_method;

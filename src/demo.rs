@@ -179,7 +179,6 @@ pub async fn run(args: DemoArgs) -> Result<i32> {
         bin: bin.clone(),
         as_postgres,
     };
-    let version = runner.run("postgres", &["--version"])?;
     let base = std::env::temp_dir().join(format!("walrelay-demo-{}", std::process::id()));
     std::fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
     let mut scratch = Scratch {
@@ -189,14 +188,43 @@ pub async fn run(args: DemoArgs) -> Result<i32> {
         data_dirs: Vec::new(),
         keep: args.keep,
     };
+    // Ctrl-C or a SIGTERM must not leave two servers running in /tmp (pg_ctl starts them in a
+    // session of their own, so the signal does not reach them): the demo stops, and the scratch
+    // directory's cleanup stops them and removes everything — unless --keep.
+    let stop = crate::bootstrap::stop_signals("demo")?;
+    let outcome = tokio::select! {
+        r = steps(&args, &runner, ids, &base, &mut scratch) => r,
+        () = stop => {
+            let what = if args.keep { "kept" } else { "stopping the servers and removing" };
+            eprintln!("walrelay demo: interrupted: {what} {}", base.display());
+            Ok(130)
+        }
+    };
+    if !args.keep && outcome.as_ref().is_ok_and(|&c| c == 0) {
+        drop(scratch);
+        println!("  [5/5] servers stopped, {} removed", base.display());
+    }
+    outcome
+}
+
+/// The demo's five steps, in `base`; the servers are recorded in `scratch` as they are made.
+async fn steps(
+    args: &DemoArgs,
+    runner: &Runner,
+    ids: Option<(u32, u32)>,
+    base: &Path,
+    scratch: &mut Scratch,
+) -> Result<i32> {
+    let bin = &runner.bin;
+    let version = runner.run("postgres", &["--version"])?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755))?;
     if let Some((uid, gid)) = ids {
-        std::os::unix::fs::chown(&base, Some(uid), Some(gid))?;
+        std::os::unix::fs::chown(base, Some(uid), Some(gid))?;
     }
     let primary = base.join("primary");
     let standby = base.join("standby");
-    let socket = base.clone();
+    let socket = base.to_path_buf();
     let (pport, sport) = (free_port()?, free_port()?);
     println!(
         "walrelay demo: throwaway primary from {} ({}) in {}",
@@ -324,9 +352,6 @@ pub async fn run(args: DemoArgs) -> Result<i32> {
             standby.display(),
             primary.display()
         );
-    } else {
-        drop(scratch);
-        println!("  [5/5] servers stopped, {} removed", base.display());
     }
     Ok(0)
 }
