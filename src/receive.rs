@@ -151,6 +151,16 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
         } else {
             None
         };
+        // A logical slot of that name (a subscription's, a subset's) is neither ours to drop
+        // nor one to stream from. Only 15+ say so on a replication connection.
+        if (args.drop_slot || args.if_not_exists) && slot_is_logical(&mut conn, slot).await {
+            conn.close().await;
+            return Err(walrelay_walreceiver::ReceiveError::SlotNotPhysical {
+                slot: slot.to_string(),
+                kind: "logical".into(),
+            }
+            .into());
+        }
         let result = if args.drop_slot {
             conn.drop_slot(slot, false).await.map(|()| "dropped")
         } else {
@@ -392,6 +402,21 @@ fn watch_promotion(pgdata: PathBuf, shutdown: Arc<watch::Sender<bool>>) -> Arc<A
 /// A failed `--create-slot` / `--drop-slot` in one line, with the fix; its class is the server's
 /// condition (an existing or missing slot is the server's state, authentication is the
 /// connection's).
+/// Whether `slot` is a logical slot, as far as READ_REPLICATION_SLOT (PostgreSQL 15+) tells: it
+/// refuses logical slots ("cannot use READ_REPLICATION_SLOT with a logical replication slot").
+async fn slot_is_logical(conn: &mut Connection, slot: &str) -> bool {
+    if conn.server_version().major() < 15 {
+        return false;
+    }
+    match conn.read_replication_slot(slot).await {
+        Ok(Some(info)) => info.slot_type == "logical",
+        Ok(None) => false,
+        Err(e) => e
+            .server_error()
+            .is_some_and(|s| s.message().contains("logical replication slot")),
+    }
+}
+
 fn slot_command_failed(action: &str, slot: &str, e: ClientError) -> anyhow::Error {
     let cause = e
         .server_error()

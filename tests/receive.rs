@@ -564,6 +564,7 @@ fn slots_are_created_dropped_and_refused_when_unknown_or_invalidated() {
         // A slot may hold back at most 2 MB: enough WAL while walrelay is away invalidates it.
         .conf("wal_keep_size = 0")
         .conf("max_slot_wal_keep_size = '2MB'")
+        .wal_level("logical")
         .start();
     let conn = primary.conninfo();
     let run = |args: &[&str]| {
@@ -666,6 +667,32 @@ fn slots_are_created_dropped_and_refused_when_unknown_or_invalidated() {
         "",
         "files created for a refused run"
     );
+
+    // A logical slot (a subscription's, a subset's) named by mistake: a healthy slot of the wrong
+    // kind, not an invalidated one to drop and recreate — and never dropped by --drop-slot.
+    primary.psql("SELECT pg_create_logical_replication_slot('wr_logical', 'pgoutput')");
+    for args in [
+        &["-D", path(&archive), "-S", "wr_logical"][..],
+        &["-D", path(&fresh), "-S", "wr_logical"][..],
+        &["--drop-slot", "-S", "wr_logical"][..],
+        &["--create-slot", "--if-not-exists", "-S", "wr_logical"][..],
+    ] {
+        let out = run(args);
+        assert_eq!(
+            out.code(),
+            Some(support::exit_code::SERVER_STATE),
+            "{args:?}: {out:?}"
+        );
+        let line = one_error_line(
+            &out,
+            &["wr_logical", "is a logical slot", "leave this one alone"],
+        );
+        assert!(!line.contains("invalidated"), "{line}");
+        assert!(
+            server::slot(&primary, "wr_logical").is_some(),
+            "{args:?} dropped it"
+        );
+    }
 }
 
 /// Asserts a refused run: non-zero exit (`code` when given), exactly one line on stderr, containing

@@ -55,7 +55,7 @@ pub enum ReceiveError {
         waited_secs: u64,
         error: Box<ServerError>,
     },
-    #[error("replication slot \"{slot}\" is a {kind} slot; walrelay needs a physical slot")]
+    #[error("replication slot \"{slot}\" is a {kind} slot (a subscription's or a walrelay subset's, say), and WAL streaming needs a physical one: choose another name with -S (--create-slot makes it); leave this one alone, its consumer needs it")]
     SlotNotPhysical { slot: String, kind: String },
     /// The start point is beyond where the server's history left our timeline.
     #[error("{0}: this server's history diverged from the WAL already received (was another server promoted?) — use a new directory or re-seed")]
@@ -196,6 +196,18 @@ impl ReceiveError {
         let Some(server) = e.server_error().cloned() else {
             return ReceiveError::Client(e);
         };
+        // "cannot use a logical replication slot for physical replication" (START_REPLICATION),
+        // "cannot use READ_REPLICATION_SLOT with a logical replication slot": the slot is
+        // healthy, only of the wrong kind — not invalidated.
+        let msg = server.message();
+        if msg.contains("logical replication slot")
+            && (msg.contains("physical replication") || msg.contains("READ_REPLICATION_SLOT"))
+        {
+            return ReceiveError::SlotNotPhysical {
+                slot: slot.unwrap_or("NAME").to_string(),
+                kind: "logical".into(),
+            };
+        }
         match ServerCondition::of(&server) {
             ServerCondition::WalRemoved => ReceiveError::WalRemoved {
                 slot: slot.map(str::to_string),

@@ -138,7 +138,11 @@ pub(crate) async fn choose_start(
     }
     if let Some(slot) = &cfg.slot {
         if conn.server_version().major() >= 15 {
-            match conn.read_replication_slot(slot).await? {
+            match conn
+                .read_replication_slot(slot)
+                .await
+                .map_err(|e| ReceiveError::from_server(e, Some(slot)))?
+            {
                 None => return Err(ReceiveError::SlotMissing { slot: slot.clone() }),
                 Some(info) => {
                     if info.slot_type != "physical" {
