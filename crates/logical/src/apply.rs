@@ -248,6 +248,10 @@ pub struct Applier {
     /// Relations not among the subset's tables whose changes arrived, not yet reported.
     foreign: Vec<TableName>,
     describe: bool,
+    /// A Relation that matched what walrelay follows by name and type, whose columns' identity
+    /// (`attnum`) the caller has still to check on the source: see
+    /// [`Applier::take_identity_check`].
+    identity_check: Option<SchemaDiff>,
 }
 
 impl Applier {
@@ -259,6 +263,7 @@ impl Applier {
             txn: None,
             foreign: Vec::new(),
             describe: false,
+            identity_check: None,
         }
     }
 
@@ -338,8 +343,30 @@ impl Applier {
         let diff = diff(&plan.relation, table, relid, final_lsn, xid);
         if diff.is_none() {
             plan.checked = true;
+            // Same names and types: the columns may still not be the ones followed (two
+            // swapped by renames, one dropped and added again) — only the source's attnums
+            // tell, where walrelay knows them.
+            if table.source_columns.iter().any(|c| c.attnum != 0) {
+                self.identity_check = Some(SchemaDiff {
+                    relid,
+                    table: table_name,
+                    renamed_to: None,
+                    added: Vec::new(),
+                    removed: Vec::new(),
+                    retyped: Vec::new(),
+                    missing_on_target: Vec::new(),
+                    lsn: final_lsn,
+                    xid,
+                });
+            }
         }
         diff
+    }
+
+    /// After [`Applier::pending_schema_change`] found no difference: the table whose Relation's
+    /// columns must be checked against the source's attnums before the change applies.
+    pub fn take_identity_check(&mut self) -> Option<SchemaDiff> {
+        self.identity_check.take()
     }
 
     /// The caller followed a schema change of `table` on the target: its columns are now these.

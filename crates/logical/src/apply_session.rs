@@ -278,6 +278,10 @@ impl<'a> ApplyTask<'a> {
     ) -> Result<(), SubsetError> {
         if let Some(diff) = self.applier.pending_schema_change(&msg) {
             self.follow(diff).await?;
+        } else if let Some(unchanged) = self.applier.take_identity_check() {
+            if let Some(table) = self.applier.table(&unchanged.table).cloned() {
+                follow::check_column_identity(&mut self.source, &unchanged, &table).await?;
+            }
         }
         match self.applier.on_message(msg)? {
             Action::None => {

@@ -48,6 +48,9 @@ struct CatalogColumn {
     default: Option<String>,
     /// PostgreSQL 11+: the value rows that existed at `ADD COLUMN` have (`attmissingval`).
     missing: Option<Option<String>>,
+    /// The partitions of a partitioned table hold different missing values (each got its own
+    /// `ADD COLUMN … DEFAULT` while detached): no one value is right for all its rows.
+    missing_differs: bool,
 }
 
 /// A partitioned table stores no rows, so it has no missing values of its own: its partitions'
@@ -60,21 +63,28 @@ const MISSING_VALUE: &str = "LEFT JOIN LATERAL ( \
          UNION ALL \
          SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid \
            JOIN pg_catalog.pg_class pc ON pc.oid = tree.oid AND pc.relkind = 'p') \
-       SELECT true AS has, (la.attmissingval::text::text[])[1] AS value \
+       SELECT true AS has, min((la.attmissingval::text::text[])[1]) AS value, \
+              count(DISTINCT coalesce((la.attmissingval::text::text[])[1], '\\N')) AS values \
          FROM tree JOIN pg_catalog.pg_attribute la ON la.attrelid = tree.oid AND la.attname = a.attname \
-        WHERE la.atthasmissing LIMIT 1) m ON true";
+        WHERE la.atthasmissing HAVING count(*) > 0) m ON true";
 
 fn catalog_query(major: u32) -> String {
-    let (has_missing, missing, join) = if major >= 11 {
-        ("coalesce(m.has, false)", "m.value", MISSING_VALUE)
+    let (has_missing, missing, values, join) = if major >= 11 {
+        (
+            "coalesce(m.has, false)",
+            "m.value",
+            "coalesce(m.values, 0)",
+            MISSING_VALUE,
+        )
     } else {
-        ("false", "NULL::text", "")
+        ("false", "NULL::text", "0", "")
     };
     format!(
         "SELECT a.attnum::int4 AS attnum, a.attname::text AS name, a.atttypid::int8 AS typoid, \
                 a.atttypmod::int4 AS typmod, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type, \
                 a.attnotnull AS not_null, pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS default_expr, \
-                {has_missing} AS has_missing, {missing} AS missing \
+                {has_missing} AS has_missing, {missing} AS missing, \
+                {values}::int8 AS missing_values \
            FROM pg_catalog.pg_attribute a \
            LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
            {join} \
@@ -96,6 +106,7 @@ fn read_catalog(r: &QueryResult) -> Vec<CatalogColumn> {
                 default: r.get(i, "default_expr").map(str::to_string),
                 missing: (r.get(i, "has_missing") == Some("t"))
                     .then(|| r.get(i, "missing").map(str::to_string)),
+                missing_differs: num("missing_values").unwrap_or(0) > 1,
             })
         })
         .collect()
@@ -169,6 +180,9 @@ pub(crate) async fn follow(
         .await
         .map_err(on_src("read the changed table's columns"))?;
     let catalog = read_catalog(&r);
+    if let Some(detail) = identity_changed(&catalog, table) {
+        return Err(stop(detail));
+    }
     let by_name = |n: &str| catalog.iter().find(|c| c.name == n);
     let target = target_types(tgt, table)
         .await
@@ -233,7 +247,7 @@ pub(crate) async fn follow(
             )));
         }
         sql.push_str(
-            &add_column(tgt, table, cat, src.server_version().major())
+            &add_column(src, tgt, table, cat, src.server_version().major())
                 .await
                 .map_err(stop)?,
         );
@@ -284,6 +298,55 @@ pub(crate) async fn follow(
     })
 }
 
+/// Why a column walrelay follows under a name is not that column any more, if it is not: the
+/// name now belongs to another `attnum` — renamed away and another column added or renamed into
+/// its name (`RENAME n TO n_old; ADD n`), two columns swapped by renames, or dropped and added
+/// again. Matched by name, the values of one would go into the other without an error.
+fn identity_changed(catalog: &[CatalogColumn], table: &ApplyTable) -> Option<String> {
+    let (name, was, now) = table
+        .source_columns
+        .iter()
+        .filter(|s| s.attnum != 0)
+        .find_map(|s| {
+            let now = catalog.iter().find(|c| c.name == s.name)?;
+            (now.attnum != s.attnum).then(|| (s.name.clone(), s.attnum, now.attnum))
+        })?;
+    let was_now = catalog.iter().find(|c| c.attnum == was).map_or_else(
+        || "is gone (dropped)".to_string(),
+        |c| format!("is named {} now", c.name),
+    );
+    Some(format!(
+        "its column {name} there is not the column walrelay followed under that name (that one, attribute {was}, {was_now}; {name} is attribute {now}): a column was renamed and another took its name, columns were swapped, or {name} was dropped and added again — matched by name, values would land in the wrong column; walrelay does not follow that by itself: {}",
+        resync(table)
+    ))
+}
+
+/// Checks that the columns a Relation names are still the ones walrelay followed under those
+/// names (see [`identity_changed`]); the Relation matched by name and type.
+pub(crate) async fn check_column_identity(
+    src: &mut Connection,
+    unchanged: &SchemaDiff,
+    table: &ApplyTable,
+) -> Result<(), SubsetError> {
+    let relid = unchanged.relid.to_string();
+    let r = src
+        .query_params(
+            &catalog_query(src.server_version().major()),
+            &[Some(&relid)],
+        )
+        .await
+        .map_err(SubsetError::sql(Side::Source, "read the table's columns"))?;
+    match identity_changed(&read_catalog(&r), table) {
+        None => Ok(()),
+        Some(detail) => Err(SubsetError::SchemaChanged {
+            table: table.name.clone(),
+            detail,
+            lsn: unchanged.lsn,
+            xid: unchanged.xid,
+        }),
+    }
+}
+
 /// Whether the Relation's columns missing from the source's catalog were all dropped since (not
 /// renamed): every live column of the catalog is one walrelay followed or one this Relation
 /// names. A rename keeps the column's `attnum` under a new name, which would show as a live
@@ -327,8 +390,9 @@ async fn add_dropped_column(
         not_null: false,
         default: None,
         missing: None,
+        missing_differs: false,
     };
-    let sql = add_column(tgt, table, &cat, 0).await?;
+    let sql = add_column(src, tgt, table, &cat, 0).await?;
     warn!(table = %table.name, column = %column.name, "column added and dropped again on the source since: added on the target for the changes in between, rows older than it hold NULL in it until the source's DROP COLUMN, further in the stream, drops it here too");
     Ok(sql)
 }
@@ -394,8 +458,26 @@ async fn format_type(src: &mut Connection, c: &RelationColumn) -> Result<String,
     Ok(r.get(0, "type").unwrap_or("unknown").to_string())
 }
 
+/// Whether the table on the target has no rows (then no row's value for a new column matters).
+async fn target_empty(tgt: &mut Connection, table: &ApplyTable) -> Result<bool, String> {
+    let empty = tgt
+        .simple_query(&format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM {})",
+            crate::schema::rows_of(&table.name, table.target_partitioned)
+        ))
+        .await
+        .map_err(|e| format!("could not look into the table on the target: {e}"))?;
+    Ok(empty.first().and_then(|r| r.get_idx(0, 0)) == Some("t"))
+}
+
 /// `ALTER TABLE … ADD COLUMN` giving the existing rows the source's value, or why that cannot be.
+///
+/// The catalog is read now, not as it was at the ADD COLUMN: on 11+ `attmissingval` keeps the
+/// value the rows of then got; on 10 only the current default is known, which may have been
+/// changed or dropped since — so there every row of the source must hold it now (rows updated
+/// since stream their own values anyway), or walrelay cannot tell.
 async fn add_column(
+    src: &mut Connection,
     tgt: &mut Connection,
     table: &ApplyTable,
     cat: &CatalogColumn,
@@ -418,20 +500,38 @@ async fn add_column(
             resync(table)
         ));
     }
+    if cat.missing_differs && !target_empty(tgt, table).await? {
+        return Err(format!(
+            "its column {} was added with different values in different partitions (each given its own DEFAULT while detached), and walrelay adds a column with one value for all the rows that existed then: choose {}, or add the column on the target yourself with the right values and run again",
+            cat.name,
+            resync(table)
+        ));
+    }
     // The value of the rows that existed when the column was added.
     let existing: Option<String> = match (&cat.missing, &cat.default) {
         (Some(Some(v)), _) => Some(format!("{}::{ty}", quote_literal(v))),
         (Some(None), _) | (None, None) => None,
-        (None, Some(d)) if source_major < 11 && crate::ddl::is_constant(d) => Some(d.clone()),
-        (None, Some(d)) => {
-            let empty = tgt
+        (None, Some(d)) if source_major < 11 && crate::ddl::is_constant(d) => {
+            let holds = src
                 .simple_query(&format!(
-                    "SELECT NOT EXISTS (SELECT 1 FROM {})",
-                    crate::schema::rows_of(&table.name, table.target_partitioned)
+                    "SELECT NOT EXISTS (SELECT 1 FROM {} WHERE {col} IS DISTINCT FROM ({d})::{ty})",
+                    crate::schema::rows_of(&table.name, false)
                 ))
                 .await
-                .map_err(|e| format!("could not look into the table on the target: {e}"))?;
-            if empty.first().and_then(|r| r.get_idx(0, 0)) != Some("t") {
+                .map_err(|e| format!("could not look into the table on the source: {e}"))?;
+            if holds.first().and_then(|r| r.get_idx(0, 0)) != Some("t")
+                && !target_empty(tgt, table).await?
+            {
+                return Err(format!(
+                    "its column {} has the default {d}, but not every row of the source holds it, and PostgreSQL {source_major} does not record the value the rows got when the column was added (the default may have been changed since): choose {}, or add the column on the target yourself with the right values and run again",
+                    cat.name,
+                    resync(table)
+                ));
+            }
+            Some(d.clone())
+        }
+        (None, Some(d)) => {
+            if !target_empty(tgt, table).await? {
                 return Err(format!(
                     "its column {} was added with the default {d}, whose values for the rows that existed then were never sent (a volatile default rewrites the table; a default set after ADD COLUMN leaves them NULL — walrelay cannot tell which): choose {}, or add the column on the target yourself with the right values and run again",
                     cat.name,
