@@ -253,4 +253,33 @@ mod tests {
             &new[0x8_31D0..0x8_31D0 + 100]
         );
     }
+
+    /// Right after the engine followed the promotion (or a restart), timeline 2's file of the
+    /// switch segment is preallocated and written again from the segment's start: only what the
+    /// engine acknowledged of it may be read; below the switch point, timeline 1's file holds
+    /// the rest — never the zeros.
+    #[test]
+    fn the_new_timeline_s_file_serves_only_what_was_acknowledged() {
+        let d = tempfile::tempdir().unwrap();
+        let (t1, t2) = (TimelineId(1), TimelineId(2));
+        let segno = walrelay_protocol::XLogSegNo(5);
+        let name = |t| SegmentId::new(t, segno).file_name(seg());
+        let old = content(1);
+        std::fs::write(d.path().join(format!("{}.partial", name(t1))), &old).unwrap();
+        let mut new = content(1)[..0x1000].to_vec();
+        new.resize(1 << 20, 0);
+        std::fs::write(d.path().join(format!("{}.partial", name(t2))), &new).unwrap();
+        let at = |off: u64| Lsn(5 * (1 << 20) + off);
+        let (switch, acked) = (at(0x8_31D0), at(0x1000));
+        let files = [(t2, Some(acked)), (t1, Some(switch))];
+        let mut r = SegmentReader::new(d.path(), seg());
+        let got = r.read(&files, at(0), 1 << 20).unwrap();
+        assert_eq!(&got[..], &old[..0x1000], "timeline 2's acknowledged part");
+        let got = r.read(&files, acked, 1 << 20).unwrap();
+        assert_eq!(
+            &got[..],
+            &old[0x1000..0x8_31D0],
+            "the rest from timeline 1's file"
+        );
+    }
 }

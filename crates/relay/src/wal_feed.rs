@@ -239,10 +239,23 @@ impl WalFeed {
         begins.push((h.parsed.timeline, begin));
         let owner = h.parsed.timeline_of(lsn);
         let segno = self.seg.segno(lsn);
+        // The timeline the engine writes holds only what it acknowledged: right after a switch
+        // (or a restart) its file of the switch segment is being written again from the
+        // segment's start — zeros, or too short, past that — while the servable position is
+        // already the switch point. Past the acknowledged position, the parent's file serves.
+        let ack = *self.acknowledged.borrow();
         let mut out: Vec<(TimelineId, Option<Lsn>)> = begins
             .iter()
             .filter(|(t, b)| *t == owner || (*t > owner && self.seg.segno(*b) == segno))
-            .map(|(t, _)| (*t, h.parsed.switchpoint_of(*t)))
+            .map(|(t, _)| {
+                let end = h.parsed.switchpoint_of(*t);
+                let end = if *t == ack.timeline {
+                    Some(end.map_or(ack.lsn, |e| e.min(ack.lsn)))
+                } else {
+                    end
+                };
+                (*t, end)
+            })
             .collect();
         out.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
         Ok(out)
@@ -301,6 +314,15 @@ mod tests {
         // switch point, which is servable already (timeline 1's file holds it).
         tx.send(at(2, 0x30_0000)).unwrap();
         assert_eq!(f.current().unwrap(), at(2, 0x35_0000));
+        // Its own file of that segment holds only what the engine acknowledged (written again
+        // from the segment's start: zeros, or short, past it): timeline 1's file serves there.
+        assert_eq!(
+            f.file_timelines(TimelineId(2), Lsn(0x32_0000)).unwrap(),
+            vec![
+                (TimelineId(2), Some(Lsn(0x30_0000))),
+                (TimelineId(1), Some(Lsn(0x35_0000)))
+            ]
+        );
         assert_eq!(f.limit(TimelineId(1)).unwrap(), historic(0x35_0000, 2));
         tx.send(at(3, 0x90_0000)).unwrap();
         assert_eq!(
@@ -313,13 +335,18 @@ mod tests {
         assert_eq!(f.timeline_of(Lsn(0x40_0000)).unwrap(), TimelineId(2));
         // Files: a timeline beginning in the segment first, then the owner; each up to where it
         // ends in the history.
-        let (end1, end2) = (Some(Lsn(0x35_0000)), Some(Lsn(0x80_0028)));
+        // The timeline the engine writes, up to what it acknowledged.
+        let (end1, end2, acked) = (
+            Some(Lsn(0x35_0000)),
+            Some(Lsn(0x80_0028)),
+            Some(Lsn(0x90_0000)),
+        );
         for (streamed, lsn, files) in [
             (3, 0x10_0000, &[(1, end1)][..]),
             (3, 0x30_0000, &[(2, end2), (1, end1)]),
             (3, 0x36_0000, &[(2, end2)]),
-            (3, 0x80_0000, &[(3, None), (2, end2)]),
-            (3, 0x90_0000, &[(3, None)]),
+            (3, 0x80_0000, &[(3, acked), (2, end2)]),
+            (3, 0x90_0000, &[(3, acked)]),
             (2, 0x30_0000, &[(2, None), (1, end1)]),
             (1, 0x90_0000, &[(1, None)]),
         ] {
