@@ -124,10 +124,84 @@ fn downstream_standbys_follow_a_promotion_upstream() {
     wait_complete_segment(&dir, end, seg, &mut receivewal);
     interrupt(&mut receivewal);
     let name = switch_seg.file_name(seg);
+    let new_primary_s = std::fs::read(b.pg_wal_dir().join(&name)).unwrap();
     assert!(
-        std::fs::read(dir.join(&name)).unwrap()
-            == std::fs::read(b.pg_wal_dir().join(&name)).unwrap(),
+        std::fs::read(dir.join(&name)).unwrap() == new_primary_s,
         "{name} through the relay differs from the new primary's"
     );
     relay.assert_healthy();
+
+    // The moment right after the switch, made to last: the relay killed, the new primary down,
+    // and timeline 2's file of the switch segment as the engine leaves it when it starts that
+    // segment again (preallocated, nothing acknowledged in it). The switch point is servable on
+    // timeline 2 — from timeline 1's file, never the zeros of timeline 2's.
+    relay.w.kill9();
+    b.stop(StopMode::Immediate);
+    let mut t2_files: Vec<std::path::PathBuf> = std::fs::read_dir(&archive)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.get(..24))
+                .is_some_and(|n| n.starts_with("00000002") && n >= name.as_str())
+        })
+        .collect();
+    t2_files.sort();
+    assert!(
+        !t2_files.is_empty(),
+        "no timeline 2 files in the relay's archive"
+    );
+    for f in &t2_files {
+        std::fs::remove_file(f).unwrap();
+    }
+    let sum = archive.join("walrelay.sha256");
+    if sum.exists() {
+        let kept: String = std::fs::read_to_string(&sum)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("  00000002"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&sum, kept).unwrap();
+    }
+    std::fs::write(archive.join(format!("{name}.partial")), vec![0u8; 1 << 20]).unwrap();
+    relay.restart();
+    let dir = b.scratch_path("right-after-switch");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(before.file_name(seg)), vec![0u8; 1 << 20]).unwrap();
+    let mut receivewal = pg_command(&b.install().tools().tool("pg_receivewal"))
+        .args(["-d", &relay.conninfo("replicator", Some("rep"))])
+        .arg("-D")
+        .arg(&dir)
+        .args(["-s", "1", "--no-loop"])
+        .spawn()
+        .unwrap();
+    let upto = seg.offset(switch) as usize;
+    let partial = dir.join(format!("{name}.partial"));
+    poll::wait_until(
+        &format!("pg_receivewal to receive {name} up to the switch point {switch}"),
+        || {
+            assert!(
+                receivewal.try_wait().unwrap().is_none(),
+                "pg_receivewal stopped: {}",
+                relay.w.full_log()
+            );
+            std::fs::read(&partial)
+                .is_ok_and(|b| b.len() >= upto && b[..upto] == new_primary_s[..upto])
+        },
+        || {
+            let got = std::fs::read(&partial).unwrap_or_default();
+            let zeros = got
+                .chunks(8192)
+                .take(upto / 8192)
+                .filter(|p| p.iter().all(|&x| x == 0))
+                .count();
+            format!(
+                "{} bytes, {zeros} all-zero pages before the switch point",
+                got.len()
+            )
+        },
+    );
+    interrupt(&mut receivewal);
 }
