@@ -202,7 +202,8 @@ fn archive_class(e: &walrelay_archive::ArchiveError) -> ErrorClass {
         | A::UnknownSegmentSize { .. }
         | A::BadManifest { .. }
         | A::BadBackupLabel { .. }
-        | A::NoPruneCriterion => ErrorClass::Usage,
+        | A::NoPruneCriterion
+        | A::PrunePointPastEnd { .. } => ErrorClass::Usage,
         _ => ErrorClass::Local,
     }
 }

@@ -576,3 +576,47 @@ fn a_mistyped_log_level_is_refused() {
         );
     }
 }
+
+/// prune with a point past everything the archive holds (a mistyped LSN, the primary's position
+/// while the receiver lags) is refused: it removed every segment, the live `.partial` of a running
+/// receive included. The newest position is never removed.
+#[test]
+fn prune_refuses_a_point_past_the_archive_s_end() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "000000010000000000000001",
+        "000000010000000000000002",
+        "000000010000000000000003.partial",
+    ] {
+        std::fs::write(dir.path().join(name), b"").unwrap();
+    }
+    let d = dir.path().to_str().unwrap();
+    for point in [
+        &["--before-lsn", "FF/0"][..],
+        &["--before", "000000010000000000000009"],
+    ] {
+        let mut args = vec!["prune", "-D", d, "--wal-segsize", "16"];
+        args.extend_from_slice(point);
+        let (code, out) = run(&args);
+        assert_eq!(code, 2, "{point:?}: {out}");
+        assert!(
+            out.contains("is past the archive's newest WAL (000000010000000000000003.partial)"),
+            "{out}"
+        );
+    }
+    let (code, out) = run(&[
+        "prune",
+        "-D",
+        d,
+        "--wal-segsize",
+        "16",
+        "--before-lsn",
+        "0/3000000",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["000000010000000000000003.partial"]);
+}

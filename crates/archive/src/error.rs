@@ -68,6 +68,11 @@ pub enum ArchiveError {
 
     #[error("prune needs a point to keep from (WAL file name, .backup file or backup_manifest) or an age: give at least one")]
     NoPruneCriterion,
+
+    /// The point to keep from is past every segment the archive holds: everything would go, the
+    /// segment a running `receive` writes included.
+    #[error("the point to keep from ({asked}) is past the archive's newest WAL ({newest}): prune would remove every segment, the one being written included; give a point inside the archive (walrelay verify lists it), or remove the archive's files yourself if that is meant")]
+    PrunePointPastEnd { asked: String, newest: String },
 }
 
 impl ArchiveError {

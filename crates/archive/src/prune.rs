@@ -224,12 +224,34 @@ pub fn plan_prune(
             .checked_sub(age)
             .unwrap_or(SystemTime::UNIX_EPOCH)
     });
-    let mut victims: Vec<(LogSeg, ListedFile)> = files
+    let segments: Vec<(LogSeg, ListedFile)> = files
         .into_iter()
         .filter_map(|f| match WalFileName::parse(&f.name) {
             Some(WalFileName::Segment { log, seg, .. }) => Some(((log, seg), f)),
             _ => None,
         })
+        .collect();
+    // The newest position is kept whatever was asked: it is the segment a running receive
+    // writes (its `.partial`), or the one it completed last and may still compress. A point
+    // past it would remove everything: refused, as a mistyped LSN or a primary's position taken
+    // while the receiver lags.
+    let newest = segments.iter().map(|(ls, _)| *ls).max();
+    if let (Some(a), Some(n)) = (asked, newest) {
+        if a > n {
+            return Err(ArchiveError::PrunePointPastEnd {
+                asked: format!("XXXXXXXX{:08X}{:08X}", a.0, a.1),
+                newest: segments
+                    .iter()
+                    .filter(|(ls, _)| *ls == n)
+                    .map(|(_, f)| f.name.clone())
+                    .max()
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    let mut victims: Vec<(LogSeg, ListedFile)> = segments
+        .into_iter()
+        .filter(|(ls, _)| newest.is_none_or(|n| *ls < n))
         .filter(|(ls, _)| limit.is_none_or(|l| *ls < l))
         .filter(|(_, f)| match max_mtime {
             Some(max) => f.modified.is_some_and(|m| m < max),
@@ -544,19 +566,35 @@ mod tests {
         let expect = vec!["000000010000000000000001", "000000010000000000000002.gz"];
         assert_eq!(dry(PrunePoint::BackupManifest(manifest.clone())), expect);
         assert_eq!(dry(PrunePoint::Lsn(Lsn(0x3FF_FFFF))), expect);
-        // 1 MB segments: 0/3000028 is segment 0x30.
+        // 1 MB segments: 0/3000028 is segment 0x30, past every file here (the newest is
+        // segment 6): everything would go, the segment being written included — refused.
         let one = WalSegmentSize::new(1 << 20).unwrap();
-        let r = prune(
-            d.path(),
-            one,
-            &PruneOptions {
-                keep_from: Some(PrunePoint::Lsn(Lsn(0x300_0028))),
-                dry_run: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(r.keep_from.as_deref(), Some("XXXXXXXX0000000000000030"));
+        let past = |p: PrunePoint, seg| {
+            prune(
+                d.path(),
+                seg,
+                &PruneOptions {
+                    keep_from: Some(p),
+                    dry_run: true,
+                    ..Default::default()
+                },
+            )
+        };
+        match past(PrunePoint::Lsn(Lsn(0x300_0028)), one) {
+            Err(ArchiveError::PrunePointPastEnd { asked, newest }) => {
+                assert_eq!(asked, "XXXXXXXX0000000000000030");
+                assert_eq!(newest, "000000020000000000000006.gz.partial");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The newest position itself: everything before it goes, never the newest's files.
+        let r = past(PrunePoint::Lsn(Lsn(0x600_0000)), seg16()).unwrap();
+        assert!(
+            r.removed.iter().all(|n| !n.contains("0000000000000006")),
+            "{:?}",
+            r.removed
+        );
+        assert!(!r.removed.is_empty());
     }
 
     #[test]
