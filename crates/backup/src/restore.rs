@@ -237,7 +237,9 @@ async fn restore_into(
         }
     }
     let mut collector = ChecksumCollector::new(&algorithms);
-    let mut extractor = Some(ArchiveExtractor::new(target, prepared, owner));
+    // pg_control waits until the recovery configuration is written: killed before, the
+    // directory must not start (it would, as a primary).
+    let mut extractor = Some(ArchiveExtractor::new(target, prepared, owner).hold_control_file());
 
     let mut tars: Vec<&StoredObject> = d
         .objects
@@ -394,6 +396,7 @@ async fn restore_into(
         };
         write_file_atomic(&path, &contents, 0o600, owner)?;
     }
+    walrelay_basebackup::release_control_file(target).map_err(BackupJobError::Durable)?;
     if config.sync {
         if let Some(ex) = extractor {
             let mut written = ex.into_written();

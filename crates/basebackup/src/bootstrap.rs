@@ -37,6 +37,10 @@
 //!    `dbname` from PostgreSQL 17, the slot if named; or sidecar), unless disabled. A password is
 //!    written only if the user put it in the connection string: one from `PGPASSWORD`, a service
 //!    file or a password file stays out of the data directory.
+//!    `global/pg_control` was extracted under another name ([`crate::extract::HELD_CONTROL_FILE`])
+//!    and is renamed into place only now: a run killed before its configuration was written
+//!    leaves a directory that cannot start — without `standby.signal` it would start as a
+//!    writable clone of the primary — and that a re-run recognises as unfinished.
 //! 7. **fsync** everything written (extracted files, WAL, directories), unless `--no-sync`.
 //! 8. **`backup_manifest` last**, atomically: a directory without it was never finished, so a crash
 //!    at any earlier point cannot leave something that looks like a complete backup.
@@ -1046,6 +1050,9 @@ async fn run(
         let standby = StandbyConfig::new(version.major(), mode)?;
         standby_files = write_standby_config(target, &standby, owner, modes.file)?;
     }
+    // Only now pg_control: killed before this, the directory cannot start (as a primary, which
+    // it would without standby.signal) and a re-run sees an unfinished backup.
+    crate::extract::release_control_file(target).map_err(BootstrapError::Sync)?;
 
     let synced = if config.sync {
         progress.set_phase(BackupPhase::Syncing);

@@ -182,6 +182,26 @@ pub struct ArchiveExtractor {
     /// `pg_wal` in the base archive's root is a link to this directory, made by the caller
     /// (pg_basebackup's `--waldir`): written through, the one link that may be.
     wal_link: Option<PathBuf>,
+    /// Write `global/pg_control` as [`HELD_CONTROL_FILE`]; the caller renames it into place
+    /// ([`release_control_file`]) once the directory is configured.
+    hold_control: bool,
+}
+
+/// Where `global/pg_control` waits, under [`ArchiveExtractor::hold_control_file`], until the
+/// data directory is configured. Without pg_control the server refuses to start, and a
+/// bootstrap re-run sees an unfinished backup (`backup_label` without it).
+pub const HELD_CONTROL_FILE: &str = "global/pg_control.walrelay-held";
+
+/// Renames the held `global/pg_control` into place (a no-op when none is held), owned and
+/// moded as extracted; the caller fsyncs `global/` afterwards.
+pub fn release_control_file(data_dir: &Path) -> Result<(), DurableError> {
+    let held = data_dir.join(HELD_CONTROL_FILE);
+    let control = data_dir.join("global/pg_control");
+    match fs::rename(&held, &control) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DurableError::new("rename into place", held, e)),
+    }
 }
 
 impl ArchiveExtractor {
@@ -201,7 +221,17 @@ impl ArchiveExtractor {
             allow_tablespace_map: false,
             writeback: None,
             wal_link: None,
+            hold_control: false,
         }
+    }
+
+    /// Write `global/pg_control` under [`HELD_CONTROL_FILE`] until [`release_control_file`]:
+    /// a directory killed before its standby configuration is written must not start as a
+    /// primary (a writable clone with the primary's system identifier). Its path in
+    /// [`ArchiveExtractor::written`] is the final one.
+    pub fn hold_control_file(mut self) -> Self {
+        self.hold_control = true;
+        self
     }
 
     /// `DATA_DIR/pg_wal` is a symbolic link to `wal_dir` that the caller made (`--waldir`): the
@@ -294,6 +324,7 @@ impl ArchiveExtractor {
             tablespaces: &self.tablespaces,
             owner: self.owner,
             allow_tablespace_map: self.allow_tablespace_map,
+            hold_control: self.hold_control && kind == ArchiveKind::Base,
             writeback: self.writeback.as_ref(),
             wal_link: match kind {
                 ArchiveKind::Base => self.wal_link.as_deref(),
@@ -355,6 +386,8 @@ struct ArchiveRun<'a> {
     tablespaces: &'a [PreparedTablespace],
     owner: Owner,
     allow_tablespace_map: bool,
+    /// `global/pg_control` goes to [`HELD_CONTROL_FILE`].
+    hold_control: bool,
     writeback: Option<&'a WritebackBehind>,
     /// The `--waldir` link's target, for the base archive.
     wal_link: Option<&'a Path>,
@@ -513,6 +546,12 @@ impl ArchiveRun<'_> {
             _ => {}
         }
         let mode = member.mode & 0o777;
+        let final_path = abs.clone();
+        let abs = if self.hold_control && rel == Path::new("global/pg_control") {
+            self.root.join(HELD_CONTROL_FILE)
+        } else {
+            abs
+        };
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -578,7 +617,7 @@ impl ArchiveRun<'_> {
             _ => drop(file),
         }
 
-        self.written.add_file(abs);
+        self.written.add_file(final_path);
         self.summary.files += 1;
         self.summary.file_bytes += member.size;
         Ok(())

@@ -58,7 +58,8 @@ pub use bootstrap::{
 };
 pub use error::{AbortReason, BackupError, BackupStage, ChecksumFailures};
 pub use extract::{
-    ArchiveExtractor, ArchiveKind, ArchiveSummary, ExtractError, ExtractObserver, ExtractProgress,
+    release_control_file, ArchiveExtractor, ArchiveKind, ArchiveSummary, ExtractError,
+    ExtractObserver, ExtractProgress, HELD_CONTROL_FILE,
 };
 pub use feed::{ArchiveSink, ExtractionGate};
 pub use manifest::{

@@ -224,7 +224,9 @@ impl<'c> BaseBackupStream<'c> {
     }
 
     /// Receives the archives, extracting them into `target` while they arrive, then the manifest
-    /// and the end position. `abort` resolving stops the backup with [`BackupError::Aborted`]
+    /// and the end position. `global/pg_control` is held back under
+    /// [`crate::extract::HELD_CONTROL_FILE`]: the caller releases it
+    /// ([`crate::extract::release_control_file`]) once the directory is configured. `abort` resolving stops the backup with [`BackupError::Aborted`]
     /// (pass `std::future::pending()` for none).
     pub async fn receive<A>(
         self,
@@ -240,6 +242,7 @@ impl<'c> BaseBackupStream<'c> {
             target.owner,
         )
         .with_wal_dir_link(target.wal_dir.clone())
+        .hold_control_file()
         .with_writeback_behind();
         self.receive_into(
             Box::new(extractor),

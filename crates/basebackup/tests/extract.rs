@@ -625,3 +625,37 @@ fn non_empty_tablespace_map_needs_permission() {
         map.as_bytes()
     );
 }
+
+/// A bootstrap killed after the base archive but before its standby configuration must not
+/// leave a directory that starts (as a primary): `global/pg_control` is held under another
+/// name until the caller releases it, and the path recorded for fsync is the final one.
+#[test]
+fn pg_control_is_held_until_released() {
+    let s = Scratch::new();
+    let archive = Tar::new()
+        .dir("global", 0o700)
+        .file("global/pg_control", &[7u8; 8192], 0o600)
+        .file("PG_VERSION", b"15\n", 0o600)
+        .end();
+    let mut x = ArchiveExtractor::new(&s.target, Vec::new(), Owner::current()).hold_control_file();
+    x.extract(ArchiveKind::Base, &archive[..], &mut ()).unwrap();
+    let control = s.target.join("global/pg_control");
+    assert!(!control.exists(), "pg_control in place before the release");
+    assert_eq!(
+        fs::read(s.target.join(walrelay_basebackup::HELD_CONTROL_FILE)).unwrap(),
+        vec![7u8; 8192]
+    );
+    assert!(
+        x.written().files().iter().any(|f| f == &control),
+        "fsync list lacks pg_control"
+    );
+    walrelay_basebackup::release_control_file(&s.target).unwrap();
+    assert_eq!(fs::read(&control).unwrap(), vec![7u8; 8192]);
+    assert!(!s
+        .target
+        .join(walrelay_basebackup::HELD_CONTROL_FILE)
+        .exists());
+    assert_eq!(mode_of(&control), 0o600);
+    // Released twice (nothing held): no error.
+    walrelay_basebackup::release_control_file(&s.target).unwrap();
+}
