@@ -693,6 +693,31 @@ fn slots_are_created_dropped_and_refused_when_unknown_or_invalidated() {
             "{args:?} dropped it"
         );
     }
+    // bootstrap -S names it the same way, and leaves nothing behind.
+    let standby = primary.scratch_path("standby-on-logical");
+    let out = support::walrelay_cmd::run(
+        &[
+            "bootstrap",
+            "-d",
+            conn.as_str(),
+            "-D",
+            path(&standby),
+            "-S",
+            "wr_logical",
+        ]
+        .map(String::from),
+        poll::timeout(),
+    );
+    assert_eq!(
+        out.code(),
+        Some(support::exit_code::SERVER_STATE),
+        "{out:?}"
+    );
+    one_error_line(
+        &out,
+        &["wr_logical", "is a logical slot", "leave this one alone"],
+    );
+    assert!(!standby.exists());
 }
 
 /// Asserts a refused run: non-zero exit (`code` when given), exactly one line on stderr, containing

@@ -422,7 +422,7 @@ pub enum BootstrapError {
     SlotNotFound(String),
     #[error("replication slot \"{0}\" already exists: use it without --create-slot, or choose another name")]
     SlotExists(String),
-    #[error("replication slot \"{slot}\" is a {kind} slot: a base backup needs a physical slot, choose another name")]
+    #[error("replication slot \"{slot}\" is a {kind} slot (a subscription's or a walrelay subset's, say): a base backup needs a physical slot — choose another name (--create-slot makes it); leave this one alone, its consumer needs it")]
     SlotNotPhysical { slot: String, kind: String },
     #[error("replication slot \"{slot}\" is in use ({source}): stop the client using it or choose another slot")]
     SlotInUse {
@@ -1135,6 +1135,10 @@ async fn check_slot(
                 })
             }
             Ok(Some(_)) => Ok(()),
+            Err(e) if names_logical_slot(&e) => Err(BootstrapError::SlotNotPhysical {
+                slot: slot.to_string(),
+                kind: "logical".into(),
+            }),
             Err(e) => Err(command_error("READ_REPLICATION_SLOT")(e)),
         };
     }
@@ -1163,9 +1167,24 @@ async fn check_slot(
                 slot: slot.to_string(),
                 source: e,
             }),
+            _ if names_logical_slot(&e) => Err(BootstrapError::SlotNotPhysical {
+                slot: slot.to_string(),
+                kind: "logical".into(),
+            }),
             _ => Err(command_error("START_REPLICATION (slot check)")(e)),
         },
     }
+}
+
+/// The server's refusal of a logical slot for physical use: "cannot use a logical replication
+/// slot for physical replication" (START_REPLICATION), "cannot use READ_REPLICATION_SLOT with a
+/// logical replication slot" (15+).
+fn names_logical_slot(e: &walrelay_client::ClientError) -> bool {
+    e.server_error().is_some_and(|s| {
+        let m = s.message();
+        m.contains("logical replication slot")
+            && (m.contains("physical replication") || m.contains("READ_REPLICATION_SLOT"))
+    })
 }
 
 /// Segments in `pg_wal` under their final names with their full size (anything else — `.partial`,
