@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{info, warn};
 use walrelay_client::{Backoff, Connection};
 use walrelay_protocol::Lsn;
 
@@ -100,6 +100,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, SubsetError> {
                     applied,
                 })
             }
+            Ok(SessionEnd::Restart) => continue,
             Err(SubsetError::ConflictFound { until }) => {
                 // At once, without backoff: the next session names the conflict.
                 warn!(until = %until, "a change conflicts with the target's rows: applying the source transactions up to commit LSN {until} one at a time to name it");
@@ -138,6 +139,8 @@ struct Retry {
     prepared: bool,
     /// Apply the source transactions up to here one statement at a time (a conflict was found).
     precise_until: Option<Lsn>,
+    /// End the stream at this position and start it again ([`sync::loses_added_tables`]).
+    restart_after: Option<Lsn>,
 }
 
 /// One attempt: prepare, copy what is not copied, stream. A stop request before streaming drops
@@ -155,13 +158,35 @@ async fn attempt(cfg: &RunConfig, retry: &mut Retry) -> Result<SessionEnd, Subse
             r = prepare_and_copy(cfg) => r,
             _ = stop_requested(&mut shutdown) => return Ok(SessionEnd::Shutdown(Lsn::INVALID)),
         };
-        if let Err(e) = result {
-            lock.close().await;
-            return Err(e);
+        match result {
+            Ok(restart_after) => retry.restart_after = restart_after,
+            Err(e) => {
+                lock.close().await;
+                return Err(e);
+            }
         }
         retry.prepared = true;
     }
-    let result = stream::session(cfg, retry.precise_until).await;
+    // Tables added on a source whose pgoutput may have cached them as unpublished: this
+    // session ends at their sync point, and the next one decodes afresh from there.
+    let restart_at = retry
+        .restart_after
+        .filter(|r| cfg.endpos.is_none_or(|e| *r < e));
+    let result = match restart_at {
+        Some(at) => {
+            let mut until = cfg.clone();
+            until.endpos = Some(at);
+            match stream::session(&until, retry.precise_until).await {
+                Ok(SessionEnd::EndPosition(applied)) => {
+                    info!(sync_point = %at, applied = %applied, "past the sync point of the tables added: the stream starts again, so that the source decodes them afresh (PostgreSQL before 13.21, 14.18, 15.13, 16.9, 17.5 can keep a table added to a publication unpublished for the rest of a session)");
+                    retry.restart_after = None;
+                    Ok(SessionEnd::Restart)
+                }
+                other => other,
+            }
+        }
+        None => stream::session(cfg, retry.precise_until).await,
+    };
     lock.close().await;
     result
 }
@@ -193,7 +218,7 @@ async fn lock_subset(cfg: &RunConfig) -> Result<Connection, SubsetError> {
     Ok(c)
 }
 
-async fn prepare_and_copy(cfg: &RunConfig) -> Result<(), SubsetError> {
+async fn prepare_and_copy(cfg: &RunConfig) -> Result<Option<Lsn>, SubsetError> {
     let (mut src, mut tgt) = connect_sql(cfg).await?;
     let prepared = prepare::preflight(cfg, &mut src, &mut tgt).await?;
     let total = prepared.report.tables.len() as u64;
@@ -205,8 +230,8 @@ async fn prepare_and_copy(cfg: &RunConfig) -> Result<(), SubsetError> {
         .count() as u64;
     cfg.stats.set_tables(total, synced);
     prepare::setup(cfg, &prepared, &mut src, &mut tgt).await?;
-    sync::sync_pending(cfg, &prepared, &mut src, &mut tgt).await?;
+    let restart_after = sync::sync_pending(cfg, &prepared, &mut src, &mut tgt).await?;
     src.close().await;
     tgt.close().await;
-    Ok(())
+    Ok(restart_after)
 }

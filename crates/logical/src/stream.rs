@@ -55,6 +55,8 @@ pub enum SessionEnd {
     EndPosition(Lsn),
     /// Asked to stop; the position applied and durable.
     Shutdown(Lsn),
+    /// Ended on purpose to start a fresh session (see `run`).
+    Restart,
 }
 
 /// What the network task hands to the apply task.

@@ -48,13 +48,31 @@ const CHUNK: usize = 256 * 1024;
 /// Chunks in flight between a table's reader and writer.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
+/// Whether the source's pgoutput keeps a table added to the publication unpublished for the
+/// rest of a decoding session when a transaction running across the `ALTER PUBLICATION … ADD
+/// TABLE` touched it (its cache entry, built from that transaction's older snapshot, is never
+/// invalidated again) — fixed in 13.21, 14.18, 15.13, 16.9 and 17.5, never in 10–12.
+pub(crate) fn loses_added_tables(version: walrelay_protocol::command::ServerVersion) -> bool {
+    match version.major() {
+        ..=12 => true,
+        13 => version.0 < 130_021,
+        14 => version.0 < 140_018,
+        15 => version.0 < 150_013,
+        16 => version.0 < 160_009,
+        17 => version.0 < 170_005,
+        _ => false,
+    }
+}
+
 /// Copies every table that is not synced yet (creating the permanent slot on the first run).
+/// Returns the sync point of tables added to a subset that streamed already, when the source
+/// is one that [`loses_added_tables`]: the stream must start afresh once past it.
 pub(crate) async fn sync_pending(
     cfg: &RunConfig,
     prepared: &Prepared,
     src: &mut Connection,
     tgt: &mut Connection,
-) -> Result<(), SubsetError> {
+) -> Result<Option<Lsn>, SubsetError> {
     let on_src = |what: &str| SubsetError::sql(Side::Source, what.to_string());
     let on_tgt = |what: &str| SubsetError::sql(Side::Target, what.to_string());
     let slot_name = cfg.name.slot();
@@ -65,6 +83,7 @@ pub(crate) async fn sync_pending(
     let (mut repl, sysid) = source::replication_session(&cfg.source_replication()).await?;
     let pending: Vec<TableSchema>;
     let created: CreatedSlot;
+    let mut restart_after = None;
     match progress {
         None => {
             // A slot without a progress row is what a first run left when it died right after
@@ -134,15 +153,22 @@ pub(crate) async fn sync_pending(
                 .collect();
             if pending.is_empty() {
                 repl.close().await;
-                return Ok(());
+                return Ok(None);
             }
             created = create_slot_naming_waits(src, &mut repl, &sync_slot_name(), true, false)
                 .await
                 .map_err(on_src("create a temporary slot for the copy"))?;
+            // The temporary slot's creation waited for every transaction running across the
+            // ALTER PUBLICATION to end, so none commits after its point: a decoding session
+            // started past it never meets one.
+            if loses_added_tables(src.server_version()) {
+                restart_after = Some(created.consistent_point);
+            }
         }
     }
     cfg.stats.set_phase(Phase::Copying);
-    copy_tables(cfg, pending, created, repl).await
+    copy_tables(cfg, pending, created, repl).await?;
+    Ok(restart_after)
 }
 
 /// First report of what slot creation waits for, then every [`SLOT_WAIT_REPEAT`].
@@ -430,4 +456,31 @@ async fn copy_table(
         .await
         .map_err(on_tgt("commit the copy of"))?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loses_added_tables;
+    use walrelay_protocol::command::ServerVersion;
+
+    #[test]
+    fn the_minor_releases_that_fixed_added_tables() {
+        for (v, loses) in [
+            (100_023, true),
+            (120_022, true),
+            (130_020, true),
+            (130_021, false),
+            (140_017, true),
+            (140_018, false),
+            (150_012, true),
+            (150_018, false),
+            (160_008, true),
+            (160_009, false),
+            (170_004, true),
+            (170_005, false),
+            (180_000, false),
+        ] {
+            assert_eq!(loses_added_tables(ServerVersion(v)), loses, "{v}");
+        }
+    }
 }
