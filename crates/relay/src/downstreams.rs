@@ -65,8 +65,9 @@ pub struct DownstreamSnapshot {
     pub apply_lsn: Lsn,
     /// The relay's slot it streams through, if any.
     pub slot: Option<String>,
-    /// The relay's servable position minus the downstream's flush position (0 when it reports
-    /// none: pg_receivewal without a slot).
+    /// The relay's servable position minus the downstream's flush position — its write position
+    /// when it reports no flush (pg_receivewal without a slot), what was sent to it when it
+    /// reports nothing.
     pub lag_bytes: u64,
     pub lag: Duration,
     pub backend_start: SystemTime,
@@ -120,7 +121,13 @@ impl RelayStats {
             .values()
             .map(|e| {
                 let mut s = e.snapshot.clone();
-                let confirmed = s.flush_lsn;
+                // What the downstream has: its flush position, else (pg_receivewal without a
+                // slot reports none) its write position, else what was sent to it — a stalled
+                // client must not read as caught up.
+                let confirmed = [s.flush_lsn, s.write_lsn, s.sent_lsn]
+                    .into_iter()
+                    .find(|l| l.is_valid())
+                    .unwrap_or(Lsn::INVALID);
                 if confirmed.is_valid() {
                     s.lag_bytes = served.saturating_sub(confirmed);
                     s.lag = lag.lag_of(confirmed, Instant::now());
@@ -443,6 +450,12 @@ mod tests {
         let two = snap.iter().find(|s| s.pid == 2).unwrap();
         assert_eq!(two.lag_bytes, 600);
         assert_eq!(two.state.as_str(), "catchup");
+        // pg_receivewal without a slot reports no flush position: its write position counts,
+        // not "caught up".
+        stats.reply(2, Lsn(300), Lsn(0), Lsn(0));
+        let snap = stats.snapshot();
+        let two = snap.iter().find(|s| s.pid == 2).unwrap();
+        assert_eq!(two.lag_bytes, 700);
         assert!(RelayStats::new(None).flush_cap().is_none());
     }
 
