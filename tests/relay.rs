@@ -603,6 +603,46 @@ fn a_relay_restarted_while_the_primary_is_down_serves_its_archive() {
     let compared = wal_files::assert_identical_to_server(&dir, &primary.pg_wal_dir(), seg());
     assert!(compared >= 3, "only {compared} segments compared");
 
+    // An upstream that takes the connection and never answers (a hung primary, a load balancer
+    // in front of a dead one): the restarted relay serves the archive from its record after a
+    // few seconds, not after connect_timeout.
+    relay.w.kill9();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_upstream = format!(
+        "host=127.0.0.1 port={} user=replicator password=rep connect_timeout=90",
+        silent.local_addr().unwrap().port()
+    );
+    let began = std::time::Instant::now();
+    let mut hung = Relay::start(
+        &silent_upstream,
+        &relay.archive,
+        &["--status-interval", "1"],
+    );
+    hung.w.wait_log(
+        "upstream does not answer; serving the archive",
+        poll::timeout(),
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "the relay served only after {:?}",
+        began.elapsed()
+    );
+    let (mut c, _) = support::relay::RawClient::login(hung.addr(), "replicator");
+    c.query("IDENTIFY_SYSTEM");
+    let answer = c.until_ready();
+    assert!(
+        support::relay::error_of(&answer).is_none(),
+        "IDENTIFY_SYSTEM through the relay: {answer:?}"
+    );
+    assert!(
+        format!("{answer:?}").contains(&recorded.system_identifier.to_string()),
+        "{answer:?}"
+    );
+    drop(c);
+    hung.w.kill9();
+    drop(silent);
+    relay.restart();
+
     // The primary is back: the relay's engine reconnects by itself.
     primary.start();
     server::wait_streaming(&primary, RELAY_APP);

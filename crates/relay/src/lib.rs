@@ -167,7 +167,13 @@ pub async fn serve(
             source,
         })?;
     let mut stop = engine.shutdown.clone();
-    let Some(upstream) = upstream::identify(&engine.connect, &dir, &mut stop).await? else {
+    // Identified without the relay's own address: nothing answers there until the relay does
+    // (the listener does not accept yet), so it would hang until connect_timeout.
+    let mut identify_params = engine.connect.clone();
+    identify_params
+        .endpoints
+        .retain(|e| !own.contains(&e.to_string()));
+    let Some(upstream) = upstream::identify(&identify_params, &dir, &mut stop).await? else {
         return Ok(ReceiveSummary {
             stop: StopReason::Shutdown,
             flushed: Lsn::INVALID,

@@ -65,6 +65,10 @@ impl UpstreamInfo {
     }
 }
 
+/// How long a restarted relay waits for its upstream to answer before it serves the archive
+/// from the upstream's record.
+const RECORDED_UPSTREAM_PATIENCE: Duration = Duration::from_secs(5);
+
 /// The upstream the relay presents: identified now and recorded in the archive `dir`; or, when
 /// the upstream cannot be reached for now (a transient failure) and a relay recorded it earlier,
 /// that record — the archive's WAL is then served while the engine keeps trying to connect;
@@ -75,9 +79,23 @@ pub async fn identify(
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<UpstreamInfo>, RelayError> {
     // A stop asked for while the first attempt hangs (a peer that never answers) ends it now.
+    // With a record, an upstream that does not answer soon (a hung primary, a load balancer in
+    // front of a dead one) does not keep downstreams from the archive for connect_timeout.
+    let recorded = walrelay_archive::read_relay_upstream(dir)?.and_then(UpstreamInfo::from_record);
+    let has_record = recorded.is_some();
     let probed = tokio::select! {
         r = probe(params) => r,
         _ = stop.wait_for(|s| *s) => return Ok(None),
+        _ = tokio::time::sleep(RECORDED_UPSTREAM_PATIENCE), if has_record => {
+            let info = recorded.ok_or_else(|| RelayError::Config("the upstream record vanished".into()))?;
+            warn!(
+                waited_secs = RECORDED_UPSTREAM_PATIENCE.as_secs(),
+                server_version = %info.server_version,
+                system_identifier = info.system_identifier,
+                "upstream does not answer; serving the archive as the upstream last identified, while reconnecting"
+            );
+            return Ok(Some(info));
+        }
     };
     let first = match probed {
         Ok(info) => Some(info),
