@@ -311,6 +311,11 @@ async fn check(resolved: &Resolved, slot: Option<&str>) -> Result<CheckReport> {
             )
             .await,
         );
+        if r.max_replication_slots == Some(0) && r.slot.as_ref().is_some_and(|s| !s.exists) {
+            r.problems.push(
+                "max_replication_slots = 0: the server cannot create that slot (or any) — set max_replication_slots > 0 (e.g. 10) in postgresql.conf and restart the server".into(),
+            );
+        }
     } else if r.max_replication_slots == Some(0) {
         r.warnings.push("max_replication_slots = 0: no slot can hold WAL for a replicant; the primary may remove WAL it still needs".into());
     }

@@ -422,7 +422,14 @@ fn slot_command_failed(action: &str, slot: &str, e: ClientError) -> anyhow::Erro
         .server_error()
         .map(|s| s.message().to_string())
         .unwrap_or_else(|| e.to_string());
+    // "all replication slots are in use" (53400), "replication slots can only be used if
+    // max_replication_slots > 0" (55000): the server's configuration, not a passing state.
+    let no_free_slot = cause.contains("all replication slots are in use")
+        || cause.contains("max_replication_slots > 0");
     let fix = match e.condition() {
+        _ if no_free_slot => {
+            "drop a slot nobody uses (SELECT slot_name, active FROM pg_replication_slots; pg_drop_replication_slot) or raise max_replication_slots on the server (a restart applies it)"
+        }
         Some(ServerCondition::DuplicateObject) => {
             "add --if-not-exists to accept the existing slot, or choose another name"
         }
@@ -438,8 +445,13 @@ fn slot_command_failed(action: &str, slot: &str, e: ClientError) -> anyhow::Erro
         _ => "",
     };
     let sep = if fix.is_empty() { "" } else { ": " };
+    let class = if no_free_slot {
+        walrelay_client::ErrorClass::ServerState
+    } else {
+        walrelay_client::Classify::class(&e)
+    };
     Classified {
-        class: walrelay_client::Classify::class(&e),
+        class,
         message: format!("{action} replication slot \"{slot}\": {cause}{sep}{fix}"),
         source: Some(Box::new(e)),
     }

@@ -245,3 +245,40 @@ fn hosts_text(primary: &Cluster, standby: &Cluster) -> String {
         primary.superuser()
     )
 }
+
+/// A server that cannot have slots at all: `check -S` says so (not only "create it"), and
+/// `receive --create-slot` exits 4 with the fix (it exited 1, the server's hint dropped).
+#[test]
+fn no_slots_allowed_is_named() {
+    let c = Cluster::builder()
+        .name("check-noslots")
+        .conf("max_replication_slots = 0")
+        .start();
+    let (code, out, err) = walrelay(&["check", "-d", &c.unix_conninfo(), "-S", "s1"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("\"s1\" does not exist"), "{out}");
+    assert!(
+        out.contains("max_replication_slots = 0: the server cannot create that slot"),
+        "{out}"
+    );
+    let (code, out, err) = walrelay(&[
+        "receive",
+        "-d",
+        &c.unix_conninfo(),
+        "-S",
+        "s1",
+        "--create-slot",
+    ]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(
+        err.contains("raise max_replication_slots on the server"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("walrelay: error:"))
+            .count(),
+        1,
+        "{err}"
+    );
+}

@@ -165,9 +165,9 @@ pub(crate) async fn follow(
     }
     if let Some(c) = diff.missing_on_target.first() {
         return Err(stop(format!(
-            "its column {c} is missing on the target (dropped there?): add it back on the target (ALTER TABLE {t} ADD COLUMN {} …) and run again, or {}",
-            quote_ident(c),
-            resync(table)
+            "its column {c} is missing on the target (dropped there?): {} to get its values back; or add it back on the target (ALTER TABLE {t} ADD COLUMN {} …) and run again — the rows already there then hold NULL (or its default) in it, not the source's values, until they change on the source",
+            resync(table),
+            quote_ident(c)
         )));
     }
     let on_tgt = |what: &'static str| SubsetError::sql(Side::Target, what);
