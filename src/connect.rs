@@ -59,8 +59,21 @@ impl ConnectionArgs {
             return Ok(None);
         }
         if self.password {
-            let pw = rpassword::prompt_password(format!("Password for user {user}: "))
-                .context("read password from the terminal")?;
+            let pw = match rpassword::prompt_password(format!("Password for user {user}: ")) {
+                Ok(pw) => pw,
+                // No terminal (a script, cron, systemd): the first line of stdin, as psql and
+                // pg_basebackup read it then.
+                Err(_) => {
+                    let mut line = String::new();
+                    let read = std::io::stdin().read_line(&mut line).unwrap_or(0);
+                    if read == 0 {
+                        return Err(crate::exit::usage(
+                            "-W asks for the password, but there is no terminal to ask on and nothing on stdin: pipe it in, set PGPASSWORD, use ~/.pgpass, or drop -W",
+                        ));
+                    }
+                    line.trim_end_matches(['\n', '\r']).to_string()
+                }
+            };
             let secret = Secret::new(pw);
             return Ok(Some(Arc::new(move |_: &Endpoint| Some(secret.clone()))));
         }

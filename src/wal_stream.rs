@@ -79,8 +79,9 @@ impl std::error::Error for StreamFailure {
 fn stream_hint(e: &ReceiveError, limit: Option<&str>) -> Option<String> {
     match e.condition() {
         Some(ServerCondition::WalSendersExhausted) => Some(
-            "bootstrap needs two free WAL senders (one for the base backup, one for the WAL stream): \
-             raise max_wal_senders on the primary and restart it, or use --wal-method fetch"
+            "a base backup with its WAL stream needs two free WAL senders (one for each): raise \
+             max_wal_senders on the primary and restart it, or stop an unused replication client \
+             (bootstrap can also fetch the WAL through the backup's own connection: --wal-method fetch)"
                 .to_string(),
         ),
         Some(ServerCondition::SlotInUse) => Some(

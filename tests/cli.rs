@@ -620,3 +620,39 @@ fn prune_refuses_a_point_past_the_archive_s_end() {
         .collect();
     assert_eq!(left, ["000000010000000000000003.partial"]);
 }
+
+/// `-W` without a terminal (a script, cron): the password is the first line of stdin, as psql
+/// and pg_basebackup read it; with nothing there, one line naming the ways to give it.
+#[test]
+fn a_password_asked_for_without_a_terminal_comes_from_stdin() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let start = |stdin: Stdio| {
+        // setsid(1): no controlling terminal, whatever runs the tests.
+        Command::new("setsid")
+            .arg(env!("CARGO_BIN_EXE_walrelay"))
+            .args(["check", "-h", "127.0.0.1", "-p", "1", "-W"])
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let out = start(Stdio::null()).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no terminal to ask on and nothing on stdin"),
+        "{err}"
+    );
+    // Given on stdin: read, and the command goes on to connect (nothing listens on port 1).
+    let mut child = start(Stdio::piped());
+    child.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("could not connect to 127.0.0.1 port 1"),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "{err}");
+}
