@@ -693,6 +693,23 @@ fn slots_are_created_dropped_and_refused_when_unknown_or_invalidated() {
             "{args:?} dropped it"
         );
     }
+    // An archive holding only a newer timeline's history file (a prune left it so, after a
+    // failover): this timeline-1 server has not followed that promotion — an old primary
+    // restarted — and is not streamed from.
+    let history_only = new_dir(&primary, "history-only");
+    std::fs::write(
+        history_only.join("00000002.history"),
+        "1\t0/3000000\tno recovery target specified\n",
+    )
+    .unwrap();
+    let out = run(&["-D", path(&history_only), "--no-loop"]);
+    assert_ne!(out.code(), Some(0), "{out:?}");
+    one_error_line(&out, &["on timeline 1, an ancestor of timeline 2"]);
+    assert_eq!(
+        wal_files::listing(&history_only),
+        "00000002.history(41)",
+        "streamed from the old timeline"
+    );
     // bootstrap -S names it the same way, and leaves nothing behind.
     let standby = primary.scratch_path("standby-on-logical");
     let out = support::walrelay_cmd::run(

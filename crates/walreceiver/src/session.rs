@@ -163,6 +163,22 @@ pub(crate) async fn session(
         }
     }
 
+    // An archive with no segment yet may still hold timeline history files (left by a prune, or
+    // copied in): a server on an older timeline than the newest of them has not followed the
+    // promotion they record — an old primary restarted — and is not streamed from.
+    if on_disk.is_none() {
+        if let Target::Archive { dir, .. } = &cfg.target {
+            let newest = newest_history_timeline(dir);
+            if let Some(ours) = newest.filter(|t| *t > ident.timeline) {
+                state.avoid = Some((conn.endpoint().clone(), Instant::now()));
+                return Err(ReceiveError::ServerBehind {
+                    endpoint: conn.endpoint().to_string(),
+                    ours,
+                    server: ident.timeline,
+                });
+            }
+        }
+    }
     let start = choose_start(cfg, state, &mut conn, &ident, seg, on_disk).await?;
     let server = ServerWal {
         ident: &ident,
@@ -385,6 +401,20 @@ impl Timelines<'_> {
 }
 
 /// History first: a timeline's WAL is never on disk without its history file.
+/// The newest timeline with a history file (`TTTTTTTT.history`) in `dir`.
+fn newest_history_timeline(dir: &Path) -> Option<TimelineId> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            match walrelay_protocol::WalFileName::parse(&e.file_name().to_string_lossy()) {
+                Some(walrelay_protocol::WalFileName::History(t)) => Some(t),
+                _ => None,
+            }
+        })
+        .max()
+}
+
 async fn store_history_if_missing(
     conn: &mut Connection,
     disk: &DiskTask,
