@@ -543,7 +543,10 @@ fn header_size(path: &Path, method: CompressionMethod) -> Result<Option<u64>> {
             let mut isize = [0u8; 4];
             file.read_exact(&mut isize)
                 .map_err(|e| ArchiveError::io("read", path, e))?;
-            Ok(Some(u64::from(u32::from_le_bytes(isize))))
+            let size = u64::from(u32::from_le_bytes(isize));
+            // A segment's size is a power of two: anything else is not a trailer (a truncated
+            // file ends in compressed data) and the decoder says what is wrong.
+            Ok(size.is_power_of_two().then_some(size))
         }
         CompressionMethod::Lz4 => {
             let head = read_prefix(path, &mut file, 14)?;
@@ -1128,6 +1131,23 @@ mod tests {
         assert!(read_content(&p, MB as u64, false)
             .unwrap_err()
             .is_corruption());
+    }
+
+    /// A complete segment's .gz cut short: its last four bytes are compressed data, not the
+    /// size trailer — the decoder says it ends early, instead of a size read from garbage.
+    #[test]
+    fn a_truncated_gzip_is_named_as_such() {
+        let d = tempfile::tempdir().unwrap();
+        let data = fake_segment(MB, 9);
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        enc.write_all(&data).unwrap();
+        let full = enc.finish().unwrap();
+        let p = d.path().join("000000010000000000000002.gz");
+        fs::write(&p, &full).unwrap();
+        assert_eq!(uncompressed_size(&p).unwrap(), MB as u64);
+        fs::write(&p, &full[..full.len() / 2]).unwrap();
+        let e = uncompressed_size(&p).unwrap_err();
+        assert!(e.to_string().contains("ends early"), "{e}");
     }
 
     #[test]
