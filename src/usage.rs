@@ -28,8 +28,8 @@ pub fn env_name(long: &str) -> String {
 
 /// Gives every option of `cmd` and its subcommands its `WALRELAY_*` variable.
 pub fn with_env_vars(cmd: Command) -> Command {
-    cmd.mut_args(env_for)
-        .mut_subcommands(|sub| sub.mut_args(env_for))
+    // Every level: `subset run`, `backup list` have options of their own.
+    cmd.mut_args(env_for).mut_subcommands(with_env_vars)
 }
 
 fn env_for(arg: Arg) -> Arg {

@@ -307,6 +307,24 @@ fn every_option_has_an_environment_variable() {
     }
     assert!(!out.contains("sekrit"), "{out}");
     assert!(!out.contains("WALRELAY_PASSWORD"), "-W is a prompt: {out}");
+    // Subcommands of subcommands too (`subset status`, `backup list`).
+    let (_, _, err) = run_env(
+        &["subset", "status"],
+        &[
+            ("WALRELAY_TARGET", "host=/nonexistent-walrelay-env"),
+            ("WALRELAY_NAME", "envsubset"),
+        ],
+    );
+    assert!(!err.contains("required arguments"), "{err}");
+    assert!(err.contains("/nonexistent-walrelay-env"), "{err}");
+    let (_, _, err) = run_env(
+        &["backup", "list"],
+        &[("WALRELAY_DIRECTORY", "/nonexistent-walrelay-env")],
+    );
+    assert!(
+        err.contains("/nonexistent-walrelay-env does not exist"),
+        "{err}"
+    );
 }
 
 /// Item 7: the documented exit code for each class a command can meet without a server (the
