@@ -91,6 +91,11 @@ fn hostile_clients_get_errors_and_nobody_else_notices() {
         format!("; relay users\n\"replicator\" \"{verifier}\"\n\"archiver\" \"arch-pass\"\n"),
     )
     .unwrap();
+    // A plain password: readable by its owner only, or the relay refuses the file.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let upstream = format!("{} application_name=relay", primary.replication_conninfo());
     let timeout = SENDER_TIMEOUT_SECS.to_string();
     let mut relay = Relay::start(

@@ -37,12 +37,17 @@ pub enum UserListError {
     },
     #[error("auth file {path} lists no user: add lines like \"replicator\" \"SCRAM-SHA-256$…\"")]
     Empty { path: String },
+    /// Plain passwords in a file others can read (as libpq refuses such a password file).
+    #[error("auth file {path} holds plain passwords and others can read it (mode {mode:04o}): chmod 600 {path}, or give SCRAM verifiers instead")]
+    Exposed { path: String, mode: u32 },
 }
 
 /// The users and their SCRAM verifiers.
 #[derive(Clone, Default)]
 pub struct UserList {
     users: HashMap<String, ScramSecret>,
+    /// Some secret was a plain password.
+    plaintext: bool,
 }
 
 impl std::fmt::Debug for UserList {
@@ -92,12 +97,27 @@ impl UserList {
         if list.users.is_empty() {
             return Err(UserListError::Empty { path: shown });
         }
+        if list.plaintext {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|source| UserListError::Read {
+                    path: shown.clone(),
+                    source,
+                })?
+                .permissions()
+                .mode()
+                & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(UserListError::Exposed { path: shown, mode });
+            }
+        }
         Ok(list)
     }
 
     /// Parses the file's text; an error names the line (1-based) and why.
     pub fn parse(text: &str) -> Result<UserList, (usize, String)> {
         let mut users = HashMap::new();
+        let mut plaintext = false;
         for (i, line) in text.lines().enumerate() {
             let n = i + 1;
             let t = line.trim();
@@ -115,9 +135,16 @@ impl UserList {
             if user.is_empty() {
                 return Err((n, "empty user name".into()));
             }
+            if users.contains_key(&user) {
+                return Err((
+                    n,
+                    format!("user {user:?} is listed twice: keep one line (which secret counts would be a guess)"),
+                ));
+            }
+            plaintext |= !secret.starts_with("SCRAM-SHA-256$");
             users.insert(user.clone(), verifier(&user, &secret).map_err(|r| (n, r))?);
         }
-        Ok(UserList { users })
+        Ok(UserList { users, plaintext })
     }
 
     /// The verifier of `user`, if listed.
@@ -182,6 +209,23 @@ mod tests {
         );
         assert!(list.secret("nobody").is_none());
         assert!(!format!("{list:?}").contains("SCRAM"), "{list:?}");
+    }
+
+    #[test]
+    fn refuses_duplicates_and_exposed_plain_passwords() {
+        use std::os::unix::fs::PermissionsExt;
+        let e = UserList::parse("\"u\" \"one\"\n\"u\" \"two\"\n").unwrap_err();
+        assert_eq!(e.0, 2);
+        assert!(e.1.contains("listed twice"), "{}", e.1);
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("users.txt");
+        std::fs::write(&f, "\"u\" \"plain\"\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = UserList::load(&f).unwrap_err().to_string();
+        assert!(e.contains("chmod 600") && e.contains("0644"), "{e}");
+        assert!(!e.contains("plain\""), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(UserList::load(&f).unwrap().len(), 1);
     }
 
     #[test]
