@@ -356,7 +356,9 @@ pub async fn run_from_archive(args: &BootstrapArgs) -> Result<i32> {
         let at = parse_target_time(t).map_err(crate::exit::usage)?;
         refuse_future_target(t, at)?;
         (
-            RestoreAs::Pitr(RecoveryTarget::Time(t.clone())),
+            RestoreAs::Pitr(RecoveryTarget::Time(
+                walrelay_backup::descriptor::target_time_for_postgres(t),
+            )),
             TargetBound::Time(at),
         )
     } else if let Some(l) = fa.target_lsn {

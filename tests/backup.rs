@@ -1241,3 +1241,111 @@ fn backup_refuses_another_cluster_s_archive_and_a_server_s_directories() {
         assert!(!dir.join("backups").exists(), "{}", dir.display());
     }
 }
+
+/// A backup taken on a standby carries its standby.signal (and primary_conninfo, a slot):
+/// restored for point-in-time recovery it must recover from the archive and promote — it
+/// started as a standby of the production primary, streaming, never promoted, holding the slot.
+#[test]
+fn a_backup_taken_on_a_standby_recovers_and_promotes() {
+    let primary = Cluster::builder()
+        .name("backup-onstandby")
+        .wal_segsize_mb(1)
+        .start();
+    let bin = walrelay_for_postgres(&primary);
+    let archive = archive_dir(&primary, "archive");
+    let _receiver = Receiver::start(&primary, &archive);
+    primary.psql("CREATE TABLE marker (id int PRIMARY KEY)");
+    let standby_dir = primary.pg_basebackup(&["-R", "-X", "stream", "-c", "fast"]);
+    let standby = primary
+        .standby(&standby_dir)
+        .name("backup-onstandby-sb")
+        .start();
+    standby.catch_up(&primary);
+    run_ok(
+        &bin,
+        &[
+            "backup",
+            "-d",
+            &standby.replication_conninfo(),
+            "-D",
+            s(&archive),
+            "-l",
+            "from_standby",
+        ],
+    );
+    primary.psql("INSERT INTO marker SELECT generate_series(1, 10)");
+    let end = primary.switch_wal();
+    wait_archived(&archive, end);
+    let pitr = empty_data_dir(&primary, "pitr-from-standby-backup");
+    let (code, out, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "--target",
+            "latest",
+            "-D",
+            s(&pitr),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("its standby.signal removed"), "{err}");
+    assert!(!pitr.join("standby.signal").exists());
+    let recovered = start_recovered(&primary, &pitr, "pitr-from-standby-backup");
+    assert_eq!(recovered.psql("SELECT count(*) FROM marker"), "10");
+}
+
+/// --target-xid of a two-phase transaction: it ends in COMMIT PREPARED, logged by the session
+/// that ran it, whose record does not carry the prepared ID in its header — the target was
+/// refused as never ending. PostgreSQL stops there; so must the restore.
+#[test]
+fn a_prepared_transaction_is_a_target() {
+    let primary = Cluster::builder()
+        .name("backup-2pc")
+        .wal_segsize_mb(1)
+        .conf("max_prepared_transactions = 2")
+        .start();
+    let bin = walrelay_for_postgres(&primary);
+    let archive = archive_dir(&primary, "archive");
+    let _receiver = Receiver::start(&primary, &archive);
+    primary.psql("CREATE TABLE marker (id int PRIMARY KEY)");
+    run_ok(
+        &bin,
+        &[
+            "backup",
+            "-d",
+            &primary.replication_conninfo(),
+            "-D",
+            s(&archive),
+            "-l",
+            "b1",
+        ],
+    );
+    primary.psql("BEGIN; INSERT INTO marker VALUES (1); PREPARE TRANSACTION 'two_phase'");
+    let xid =
+        primary.psql("SELECT transaction::text FROM pg_prepared_xacts WHERE gid = 'two_phase'");
+    primary.psql("COMMIT PREPARED 'two_phase'");
+    primary.psql("INSERT INTO marker VALUES (2)");
+    let end = primary.switch_wal();
+    wait_archived(&archive, end);
+    let pitr = empty_data_dir(&primary, "pitr-2pc");
+    let (code, out, err) = run(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "--target-xid",
+            &xid,
+            "-D",
+            s(&pitr),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let recovered = start_recovered(&primary, &pitr, "pitr-2pc");
+    assert_eq!(
+        recovered.psql("SELECT string_agg(id::text, ',') FROM marker"),
+        "1"
+    );
+}

@@ -257,7 +257,8 @@ pub fn parse_rfc3339(text: &str) -> Option<f64> {
 /// before it). A time without an offset is refused: the server would read it in its own time zone,
 /// which walrelay cannot know.
 pub fn parse_target_time(text: &str) -> Result<f64, String> {
-    let t = text.trim();
+    let normalized = target_time_for_postgres(text);
+    let t = normalized.as_str();
     let fix = |reason: &str| {
         format!("invalid target time {text:?}: {reason}; give it like 2024-06-01 12:00:00+00")
     };
@@ -291,6 +292,19 @@ pub fn parse_target_time(text: &str) -> Result<f64, String> {
         time::OffsetDateTime::parse(&whole, &time::format_description::well_known::Rfc3339)
             .map_err(|e| fix(&e.to_string()))?;
     Ok(seconds(parsed))
+}
+
+/// A target time as `recovery_target_time` takes it on every major: PostgreSQL 12 and later
+/// refuse a `Z` (or `z`) zone — "invalid value for parameter" at startup, after a restore that
+/// looked done — so it becomes `+00`, as does a ` UTC` / ` GMT` suffix.
+pub fn target_time_for_postgres(text: &str) -> String {
+    let t = text.trim();
+    for suffix in ["Z", "z", " UTC", " utc", " GMT", " gmt"] {
+        if let Some(rest) = t.strip_suffix(suffix) {
+            return format!("{}+00", rest.trim_end());
+        }
+    }
+    t.to_string()
 }
 
 /// Object names inside an archive for the backups under `root` (`""` for a directory archive,
@@ -443,9 +457,24 @@ mod tests {
             "2024-06-01 14:00:00+02:00",
             "2024-06-01 14:00:00+0200",
             "2024-06-01 10:00:00-02",
+            "2024-06-01 12:00:00 UTC",
+            "2024-06-01T12:00:00z",
         ] {
             assert_eq!(parse_target_time(ok).unwrap(), noon, "{ok}");
         }
+        // What PostgreSQL 12+ is given: never a Z zone (refused at startup there).
+        assert_eq!(
+            target_time_for_postgres("2024-06-01T12:00:00Z"),
+            "2024-06-01T12:00:00+00"
+        );
+        assert_eq!(
+            target_time_for_postgres("2024-06-01 12:00:00 UTC"),
+            "2024-06-01 12:00:00+00"
+        );
+        assert_eq!(
+            target_time_for_postgres("2024-06-01 12:00:00+02"),
+            "2024-06-01 12:00:00+02"
+        );
         let frac = parse_target_time("2024-06-01 12:00:00.25+00").unwrap();
         assert!((frac - noon - 0.25).abs() < 1e-6);
         for bad in [

@@ -365,6 +365,17 @@ async fn restore_into(
             slot_name: slot_name.clone(),
         },
     };
+    // A backup taken on a standby carries its standby.signal: kept, the "PITR" starts as a
+    // standby of the production primary (its primary_conninfo and slot), never promotes, and
+    // holds that slot. Without it, archive recovery ignores primary_conninfo.
+    if matches!(config.restore_as, RestoreAs::Pitr(_)) {
+        let signal = target.join("standby.signal");
+        match fs::remove_file(&signal) {
+            Ok(()) => tracing::warn!("the backup was taken on a standby: its standby.signal removed, so that the restored cluster recovers from the archive and promotes instead of streaming from that standby's primary"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(BackupJobError::io("remove", &signal, e)),
+        }
+    }
     let command = restore_command(
         &config.walrelay,
         &config.archive_for_restore_command,
@@ -400,6 +411,7 @@ async fn restore_into(
     if config.sync {
         if let Some(ex) = extractor {
             let mut written = ex.into_written();
+            written.forget_file(&target.join("standby.signal"));
             written.add_dir(pg_wal.clone());
             written.sync_all(8).map_err(BackupJobError::Durable)?;
         }

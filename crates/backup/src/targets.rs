@@ -334,8 +334,13 @@ pub(crate) async fn check_xid_target_in_archive(
     };
     let wanted = (xid & 0xFFFF_FFFF) as u32;
     tracing::info!(xid, backup = %d.label, "looking for the transaction's end in the archive's WAL");
+    // A two-phase transaction ends in COMMIT PREPARED / ROLLBACK PREPARED, logged by whichever
+    // session ran it (the prepared transaction's ID is inside its data): its PREPARE record,
+    // which carries the ID, stands for it.
     let found = scan_forward(archive, &names, seg, d.start_lsn, RM_XACT_ID, move |rec| {
-        xact::decode(rec).filter(|e| e.xid == wanted)
+        let prepared = rec.header.info & xact::XLOG_XACT_OPMASK == xact::XLOG_XACT_PREPARE
+            && rec.header.xid == wanted;
+        (prepared || xact::decode(rec).is_some_and(|e| e.xid == wanted)).then_some(())
     })
     .await;
     match found {

@@ -190,6 +190,11 @@ impl WrittenPaths {
         self.dirs.push(path);
     }
 
+    /// Drops `path` from the files to sync (the caller removed it after it was written).
+    pub fn forget_file(&mut self, path: &Path) {
+        self.files.retain(|f| f != path);
+    }
+
     pub fn files(&self) -> &[PathBuf] {
         &self.files
     }
