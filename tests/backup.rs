@@ -1349,3 +1349,86 @@ fn a_prepared_transaction_is_a_target() {
         "1"
     );
 }
+
+/// A gap in the archive between the backup and the target (a segment deleted, an archive that
+/// started after the backup): recovery ends at the gap — 10-12 promote there silently, and
+/// `--target latest` promotes short of the rest on every major. Refused, naming the segment;
+/// with the segment back, the same restore works. A target LSN past the archive's last record
+/// (the position pg_switch_wal() returns) is refused like one past its end.
+#[test]
+fn a_gap_or_a_target_past_the_last_record_is_refused() {
+    let primary = Cluster::builder()
+        .name("backup-gap")
+        .wal_segsize_mb(1)
+        .start();
+    let bin = walrelay_for_postgres(&primary);
+    let archive = archive_dir(&primary, "archive");
+    let _receiver = Receiver::start(&primary, &archive);
+    primary.psql("CREATE TABLE marker (id int PRIMARY KEY)");
+    run_ok(
+        &bin,
+        &[
+            "backup",
+            "-d",
+            &primary.replication_conninfo(),
+            "-D",
+            s(&archive),
+            "-l",
+            "b1",
+        ],
+    );
+    let mut switched = Vec::new();
+    for i in 1..=3 {
+        primary.psql(&format!("INSERT INTO marker VALUES ({i})"));
+        switched.push(primary.switch_wal());
+    }
+    let time_after = primary.psql("SELECT clock_timestamp()::text");
+    primary.psql("INSERT INTO marker VALUES (4)");
+    let end = primary.switch_wal();
+    wait_archived(&archive, end);
+    let target = empty_data_dir(&primary, "gap");
+    let refused = |args: &[&str]| -> String {
+        let mut all = vec!["bootstrap", "--from-archive", s(&archive), "-D", s(&target)];
+        all.extend_from_slice(args);
+        let (code, _, err) = run(&bin, &all);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "{args:?}");
+        err
+    };
+    // pg_switch_wal()'s position: after the last record of the newest complete segment.
+    let err = refused(&["--target-lsn", &end.to_string()]);
+    assert!(err.contains("its last record starts there"), "{err}");
+    // A segment written after the backup, gone from the archive.
+    let gone = segment_name(Lsn(switched[1].0 - 1));
+    let kept = archive.join(format!("{gone}.kept"));
+    fs::rename(archive.join(format!("{gone}.zst")), &kept).unwrap();
+    for args in [
+        &["--target", "latest"][..],
+        &["--target-time", &time_after],
+        &["--target-lsn", &switched[2].to_string()],
+    ] {
+        let err = refused(args);
+        assert!(
+            err.contains(&format!("lacks WAL segment {gone}")),
+            "{args:?}: {err}"
+        );
+    }
+    fs::rename(&kept, archive.join(format!("{gone}.zst"))).unwrap();
+    run_ok(
+        &bin,
+        &[
+            "bootstrap",
+            "--from-archive",
+            s(&archive),
+            "-D",
+            s(&target),
+            "--target",
+            "latest",
+        ],
+    );
+    let recovered = start_recovered(&primary, &target, "gap");
+    assert_eq!(
+        recovered.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM marker"),
+        "1,2,3,4"
+    );
+}

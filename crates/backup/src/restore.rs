@@ -100,13 +100,21 @@ pub async fn restore_backup(config: RestoreConfig) -> Result<RestoreSummary> {
         (TargetBound::Xid(xid), _) => {
             targets::check_xid_target_in_archive(&archive, &descriptor, *xid).await?
         }
+        (TargetBound::None, RestoreAs::Pitr(RecoveryTarget::Latest)) => {
+            targets::check_latest_in_archive(&archive, &descriptor).await?
+        }
         (TargetBound::Oldest, RestoreAs::Pitr(RecoveryTarget::Name(name))) => {
             let found = targets::find_restore_point(&archive, &descriptor, name).await?;
-            if let (Some(rp), BackupChoice::Latest) = (found, &config.choice) {
-                // The newest backup that ends before it: recovery replays the least.
-                descriptor = choose(&catalog.backups, &config.choice, &TargetBound::Lsn(rp.lsn))
-                    .map_err(BackupJobError::NoBackup)?;
-                tracing::info!(name = %rp.name, lsn = %rp.lsn, backup = %descriptor.label, "restore point found: restoring the newest backup that ends before it");
+            if let Some(rp) = found {
+                if config.choice == BackupChoice::Latest {
+                    // The newest backup that ends before it: recovery replays the least.
+                    descriptor =
+                        choose(&catalog.backups, &config.choice, &TargetBound::Lsn(rp.lsn))
+                            .map_err(BackupJobError::NoBackup)?;
+                    tracing::info!(name = %rp.name, lsn = %rp.lsn, backup = %descriptor.label, "restore point found: restoring the newest backup that ends before it");
+                }
+                targets::check_wal_continuous(&archive, &descriptor, rp.lsn, "the restore point")
+                    .await?;
             }
         }
         _ => {}

@@ -19,7 +19,7 @@ use std::fs;
 use std::io::Read;
 use std::sync::Arc;
 
-use walrelay_protocol::{Lsn, SegmentId, WalSegmentSize};
+use walrelay_protocol::{Lsn, SegmentId, TimelineId, WalSegmentSize, XLogSegNo};
 use walrelay_wal::restore_point::{self, RestorePoint, RM_XLOG_ID};
 use walrelay_wal::validator::{ValidatorConfig, WalValidator};
 use walrelay_wal::xact::{self, XactEnd, CAPTURE_BYTES, RM_XACT_ID};
@@ -92,13 +92,76 @@ pub(crate) async fn check_lsn_target_in_archive(
     let Some(names) = archive_wal_names(archive).await? else {
         return Ok(());
     };
-    let archived = complete_segments_newest_first(&names, seg)
-        .first()
-        .map(|(id, _)| id.end_lsn(seg));
+    let segments = complete_segments_newest_first(&names, seg);
+    let newest = segments.first();
+    let archived = newest.map(|(id, _)| id.end_lsn(seg));
     let end = archived.unwrap_or(d.end_lsn).max(d.end_lsn);
+    let past_end = |end: Lsn, what: &str| {
+        BackupJobError::NoBackup(format!(
+            "the archive's WAL ends at {end}{what}, before the target {target}: recovery could not reach it (PostgreSQL 10-12 would promote at {end} without an error); wait until the WAL past the target is archived (pg_switch_wal() on the primary completes the segment in progress), or choose an earlier target"
+        ))
+    };
     if target > end {
+        return Err(past_end(end, ""));
+    }
+    // Inside the newest segment: recovery stops at a record that starts at or after the target,
+    // so a target past the last record there (the position pg_switch_wal() returned, the
+    // segment's end after a switch) is not reached either.
+    if let Some((id, name)) = newest.filter(|(id, _)| seg.segno(target) == id.segno) {
+        if let Some(bytes) = read_archived_segment(archive, name, seg).await {
+            let id = *id;
+            let last = tokio::task::spawn_blocking(move || {
+                let start = id.start_lsn(seg);
+                let mut v = WalValidator::new(ValidatorConfig::new(seg, start)).ok()?;
+                let _ = v.feed(start, &bytes);
+                v.last_record()
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(last) = last.filter(|l| target > *l) {
+                return Err(past_end(last, " (its last record starts there)"));
+            }
+        }
+    }
+    check_continuous(&names, d, seg, seg.segno(target), "the target")
+}
+
+/// Every segment from the backup's start to `until` (the segment where recovery stops) must be
+/// in the archive or among the backup's own WAL: at a missing one, recovery ends — PostgreSQL
+/// 10–12 promote there without an error, 13+ refuse to start for a target, and `--target latest`
+/// promotes short of the rest on every major. `verify` lists such gaps; here they stop the
+/// restore before anything is written.
+pub(crate) fn check_continuous(
+    names: &[String],
+    d: &BackupDescriptor,
+    seg: WalSegmentSize,
+    until: XLogSegNo,
+    what: &str,
+) -> Result<()> {
+    let mut present: std::collections::HashSet<u64> = complete_segments_newest_first(names, seg)
+        .iter()
+        .map(|(id, _)| id.segno.0)
+        .collect();
+    for o in d
+        .objects
+        .iter()
+        .filter(|o| o.kind == crate::descriptor::ObjectKind::Wal)
+    {
+        let file = o.name.rsplit('/').next().unwrap_or(&o.name);
+        if let Some(Some(id)) =
+            walrelay_protocol::WalFileName::parse(file).map(|w| w.segment_id(seg))
+        {
+            present.insert(id.segno.0);
+        }
+    }
+    let from = seg.segno(d.start_lsn).0;
+    if let Some(missing) = (from..=until.0).find(|n| !present.contains(n)) {
+        let id = SegmentId::new(TimelineId(d.end_timeline), XLogSegNo(missing));
         return Err(BackupJobError::NoBackup(format!(
-            "the archive's WAL ends at {end}, before the target {target}: recovery could not reach it (PostgreSQL 10-12 would promote at {end} without an error); wait until the WAL past the target is archived (pg_switch_wal() on the primary completes the segment in progress), or choose an earlier target"
+            "the archive lacks WAL segment {} (or any timeline's copy of it), between backup {:?} and {what}: recovery would stop there (PostgreSQL 10-12 promote at the gap without an error); put the segment back into the archive (walrelay verify lists the gaps), or choose a later backup (--backup) or an earlier target",
+            id.file_name(seg),
+            d.label
         )));
     }
     Ok(())
@@ -159,7 +222,20 @@ pub(crate) async fn check_time_target_in_archive(
         let Some(end) = newest else { continue };
         let ended = xact::unix_micros(end.time);
         if ended > target_micros {
-            return Ok(());
+            // Reachable: where recovery stops is the first transaction end after the target
+            // (after the backup's end); the WAL up to it must be there without a gap.
+            let after = d.end_lsn;
+            let stop = scan_forward(archive, &names, seg, d.start_lsn, RM_XACT_ID, move |rec| {
+                xact::decode(rec)
+                    .filter(|e| e.lsn >= after && xact::unix_micros(e.time) > target_micros)
+                    .map(|e| e.lsn)
+            })
+            .await;
+            let until = match stop {
+                Scan::Found(lsn) => seg.segno(lsn),
+                _ => id.segno,
+            };
+            return check_continuous(&names, d, seg, until, "the target");
         }
         return Err(BackupJobError::NoBackup(format!(
             "the archive's last transaction ended at {} (at {} in {name}), before the target {}: recovery stops only at a transaction that ends after its target, so it could not stop there (PostgreSQL 13+ refuse to start, 10-12 promote at the archive's end without an error); wait until WAL past the target is archived (pg_switch_wal() on the primary completes the segment in progress), or give --target latest to recover everything the archive holds",
@@ -221,6 +297,43 @@ fn format_unix_micros(micros: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| format!("{micros} µs after 1970"))
+}
+
+/// [`check_continuous`] up to the segment of `until`, for a target found before the backup
+/// was chosen (a restore point).
+pub(crate) async fn check_wal_continuous(
+    archive: &OpenedArchive,
+    d: &BackupDescriptor,
+    until: Lsn,
+    what: &str,
+) -> Result<()> {
+    let Ok(seg) = WalSegmentSize::new(u64::from(d.wal_segment_size)) else {
+        return Ok(());
+    };
+    let Some(names) = archive_wal_names(archive).await? else {
+        return Ok(());
+    };
+    check_continuous(&names, d, seg, seg.segno(until), what)
+}
+
+/// `--target latest`: everything the archive holds is replayed — up to its first gap, where
+/// recovery ends and promotes on every major, short of the rest.
+pub(crate) async fn check_latest_in_archive(
+    archive: &OpenedArchive,
+    d: &BackupDescriptor,
+) -> Result<()> {
+    let Ok(seg) = WalSegmentSize::new(u64::from(d.wal_segment_size)) else {
+        return Ok(());
+    };
+    let Some(names) = archive_wal_names(archive).await? else {
+        return Ok(());
+    };
+    match complete_segments_newest_first(&names, seg).first() {
+        Some((newest, _)) if newest.segno >= seg.segno(d.start_lsn) => {
+            check_continuous(&names, d, seg, newest.segno, "the archive's newest WAL")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Feeds `chunks` (consecutive segments of one timeline) to one validator capturing records of
@@ -340,11 +453,12 @@ pub(crate) async fn check_xid_target_in_archive(
     let found = scan_forward(archive, &names, seg, d.start_lsn, RM_XACT_ID, move |rec| {
         let prepared = rec.header.info & xact::XLOG_XACT_OPMASK == xact::XLOG_XACT_PREPARE
             && rec.header.xid == wanted;
-        (prepared || xact::decode(rec).is_some_and(|e| e.xid == wanted)).then_some(())
+        (prepared || xact::decode(rec).is_some_and(|e| e.xid == wanted)).then_some(rec.lsn)
     })
     .await;
     match found {
-        Scan::Found(_) | Scan::Unreadable => Ok(()),
+        Scan::Found(lsn) => check_continuous(&names, d, seg, seg.segno(lsn), "the target"),
+        Scan::Unreadable => Ok(()),
         Scan::NotFound => Err(BackupJobError::NoBackup(format!(
             "transaction {xid} has no commit or abort in the archive's WAL after backup {:?} began: recovery could not stop at it (PostgreSQL 13+ refuse to start, 10-12 promote at the archive's end without an error); check the transaction ID (the xmin of a row it wrote), or wait until WAL past its end is archived (pg_switch_wal() on the primary completes the segment in progress)",
             d.label
