@@ -205,3 +205,59 @@ fn downstream_standbys_follow_a_promotion_upstream() {
     );
     interrupt(&mut receivewal);
 }
+
+/// A relay in front of a standby that is promoted: its upstream ends the old timeline inside the
+/// stream and goes on with the new one (no reconnect). The new timeline's history must be in the
+/// relay's archive before the switch shows: its downstreams on the old timeline were told
+/// "timeline 1 is no longer in this server's history", and a walrelay receive behind it stopped.
+#[test]
+fn a_relay_in_front_of_a_promoted_standby_leads_its_downstreams_on() {
+    let mut primary = primary("relay-casc-a", &["wal_keep_size = '128MB'"]);
+    server::insert_rows(&primary, "before", 100);
+    let b_dir = primary.pg_basebackup(&["-R", "-X", "stream", "-c", "fast"]);
+    let mut b = primary.standby(&b_dir).name("relay-casc-b").start();
+    b.catch_up(&primary);
+    let archive = primary.scratch_path("relay-archive");
+    let relay = Relay::start(
+        &format!("{} application_name=relay", b.replication_conninfo()),
+        &archive,
+        &["--status-interval", "1"],
+    );
+    let down = primary.scratch_path("downstream");
+    std::fs::create_dir_all(&down).unwrap();
+    let args: Vec<String> = [
+        "receive",
+        "-d",
+        &relay.conninfo("replicator", Some("rep")),
+        "-D",
+        down.to_str().unwrap(),
+        "-s",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut receiver = support::walrelay_cmd::Walrelay::start("receive", &args);
+    receiver.wait_log("starting WAL stream", poll::timeout());
+    let lsn = server::insert_rows(&primary, "on_one", 200);
+    b.wait_replay(lsn);
+
+    primary.stop(StopMode::Fast);
+    b.promote();
+    server::insert_rows(&b, "on_two", 300);
+    let end = b.switch_wal();
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    let last = SegmentId::new(TimelineId(2), seg.segno(Lsn(end.0 - 1))).file_name(seg);
+    poll::wait_until(
+        &format!("the downstream receive to archive {last} through the relay"),
+        || {
+            receiver.assert_running();
+            down.join(&last).is_file() || down.join(format!("{last}.partial")).is_file()
+        },
+        || format!("{:?}", std::fs::read_dir(&down).map(|d| d.count())),
+    );
+    assert!(down.join("00000002.history").is_file());
+    let log = receiver.full_log();
+    assert!(!log.contains("no longer in this server's history"), "{log}");
+    let mut relay = relay;
+    relay.assert_healthy();
+}

@@ -334,6 +334,19 @@ impl Inventory {
     /// Where pg_receivewal would resume streaming into this directory (`FindStreamingStart`): the
     /// highest segment number, then the highest timeline, a complete file beating a partial one;
     /// after a complete segment at the next segment's start, after a partial one at its own start.
+    /// [`Inventory::streaming_start`] on the newest timeline that has segments: after a failover
+    /// that left WAL of the old timeline past the switch point (orphaned, at higher segment
+    /// numbers), the new timeline is where the stream goes on — not the old one's last file.
+    pub fn streaming_start_on_newest_timeline(&self) -> Option<(TimelineId, Lsn)> {
+        let (id, complete) = self
+            .segments
+            .iter()
+            .map(|(id, files)| (*id, files.iter().any(|f| f.state.is_complete())))
+            .max_by_key(|(id, complete)| (id.timeline, id.segno, *complete))?;
+        let segno = if complete { id.segno.next() } else { id.segno };
+        Some((id.timeline, self.seg_size.segment_start(segno)))
+    }
+
     pub fn streaming_start(&self) -> Option<(TimelineId, Lsn)> {
         let (id, complete) = self
             .segments
@@ -587,6 +600,36 @@ mod tests {
         assert_eq!(
             inv.streaming_start(),
             Some((TimelineId(2), Lsn(4 * MB as u64)))
+        );
+        assert_eq!(
+            inv.streaming_start_on_newest_timeline(),
+            Some((TimelineId(2), Lsn(4 * MB as u64)))
+        );
+    }
+
+    /// After a failover that left the old timeline's WAL past the switch point (orphaned, at
+    /// higher segment numbers): pg_receivewal's rule picks the old timeline's last file; the
+    /// newest timeline's is where a relay goes on.
+    #[test]
+    fn the_newest_timeline_wins_over_orphaned_wal() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let data = fake_segment(MB, 1);
+        for segno in 4..=5 {
+            fs::write(p.join(name(1, segno)), &data).unwrap();
+        }
+        fs::write(p.join(format!("{}.partial", name(1, 6))), &data).unwrap();
+        fs::write(p.join("00000002.history"), "1\t0/4000000\tno reason\n").unwrap();
+        fs::write(p.join(name(2, 4)), &data).unwrap();
+        fs::write(p.join(format!("{}.partial", name(2, 5))), &data).unwrap();
+        let inv = ArchiveDir::new(p, seg1mb()).scan().unwrap();
+        assert_eq!(
+            inv.streaming_start(),
+            Some((TimelineId(1), Lsn(6 * MB as u64)))
+        );
+        assert_eq!(
+            inv.streaming_start_on_newest_timeline(),
+            Some((TimelineId(2), Lsn(5 * MB as u64)))
         );
     }
 

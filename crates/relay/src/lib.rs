@@ -192,18 +192,21 @@ pub async fn serve(
         upstream.system_identifier,
         walrelay_wal::page_magic_for_major(upstream.major()),
     );
-    let initial = tokio::task::spawn_blocking(move || match inventory.streaming_start() {
-        Some(resume) => TimelinePosition {
-            timeline: resume.0,
-            lsn: archive_wal::servable_in_partial(&inventory, resume, sysid, magic),
-        },
-        None => TimelinePosition {
-            timeline: upstream_timeline,
-            lsn: Lsn::INVALID,
-        },
-    })
-    .await
-    .map_err(|e| RelayError::Config(format!("reading the archive failed: {e}")))?;
+    let initial =
+        tokio::task::spawn_blocking(
+            move || match inventory.streaming_start_on_newest_timeline() {
+                Some(resume) => TimelinePosition {
+                    timeline: resume.0,
+                    lsn: archive_wal::servable_in_partial(&inventory, resume, sysid, magic),
+                },
+                None => TimelinePosition {
+                    timeline: upstream_timeline,
+                    lsn: Lsn::INVALID,
+                },
+            },
+        )
+        .await
+        .map_err(|e| RelayError::Config(format!("reading the archive failed: {e}")))?;
     let slots = SlotRegistry::load(&dir, seg, config.max_slots)?;
     let (ack_tx, ack_rx) = watch::channel(initial);
     let buffer = Arc::new(Mutex::new(WalBuffer::new(config.buffer_bytes)));

@@ -342,6 +342,13 @@ impl Timelines<'_> {
             match end {
                 StreamEnd::Stop(reason) => return Ok(reason),
                 StreamEnd::Switch(switch) => {
+                    // The next timeline's history before its WAL or the switch: a relay serving
+                    // from this directory finds the history of the timeline it moves to (its
+                    // downstreams on the old one were told it is not in the history, and
+                    // stopped).
+                    if switch.next_timeline > timeline {
+                        store_history_if_missing(conn, disk, &dir, switch.next_timeline).await?;
+                    }
                     let (next, next_lsn) = self.switch(disk, timeline, switch).await?;
                     timeline = next;
                     lsn = next_lsn;
@@ -400,7 +407,6 @@ impl Timelines<'_> {
     }
 }
 
-/// History first: a timeline's WAL is never on disk without its history file.
 /// The newest timeline with a history file (`TTTTTTTT.history`) in `dir`.
 fn newest_history_timeline(dir: &Path) -> Option<TimelineId> {
     std::fs::read_dir(dir)
@@ -415,6 +421,7 @@ fn newest_history_timeline(dir: &Path) -> Option<TimelineId> {
         .max()
 }
 
+/// History first: a timeline's WAL is never on disk without its history file.
 async fn store_history_if_missing(
     conn: &mut Connection,
     disk: &DiskTask,
