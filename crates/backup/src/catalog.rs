@@ -120,7 +120,19 @@ pub async fn list_backups(archive: &OpenedArchive) -> Result<Catalog> {
             catalog.incomplete.push(label); // deleted meanwhile
             continue;
         };
-        let descriptor = BackupDescriptor::parse(&label, &fetched.bytes)?;
+        // An unreadable descriptor (cut short, edited by hand) makes that backup unusable, not
+        // the archive: listed as damaged, the others still restore and retention still works.
+        let descriptor = match BackupDescriptor::parse(&label, &fetched.bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(label = %label, error = %e, "a backup's descriptor cannot be read: the backup is listed as damaged (remove it with walrelay backup delete)");
+                catalog.damaged.push(DamagedBackup {
+                    label,
+                    missing: vec![format!("{DESCRIPTOR} (unreadable: {e})")],
+                });
+                continue;
+            }
+        };
         let missing: Vec<String> = descriptor
             .required_objects()
             .filter(|name| {
@@ -346,10 +358,17 @@ mod tests {
         assert_eq!(labels, ["a", "b", "c"]);
         assert_eq!(c.incomplete, ["x"]);
 
-        // a damaged descriptor is an error naming the backup, not a silent skip
+        // an unreadable descriptor: that backup is damaged (named, with why), the others stay
         put(&a, "bad", DESCRIPTOR, b"{".to_vec()).await;
-        let e = list_backups(&a).await.unwrap_err();
-        assert!(e.to_string().contains("\"bad\""), "{e}");
+        let c = list_backups(&a).await.unwrap();
+        assert_eq!(c.backups.len(), 3);
+        assert_eq!(c.damaged.len(), 1);
+        assert_eq!(c.damaged[0].label, "bad");
+        assert!(
+            c.damaged[0].missing[0].contains("unreadable"),
+            "{:?}",
+            c.damaged
+        );
         assert_eq!(delete_backup(&a, "bad").await.unwrap(), 1);
 
         // retention: a dry run removes nothing; then the oldest goes, WAL kept from b's start
