@@ -80,8 +80,23 @@ enum Command {
 }
 
 /// One line: the error and its causes, joined — never a backtrace.
-fn report_error(e: &anyhow::Error) {
-    eprintln!("walrelay: error: {}", exit::one_line(e));
+fn report_error(e: &anyhow::Error, code: i32) {
+    let line = exit::one_line(e);
+    match logging::format() {
+        // A log shipper reading --log-format json gets the fatal error as one of its objects.
+        logging::LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({
+                "timestamp": time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                "level": "ERROR",
+                "message": format!("walrelay: error: {line}"),
+                "exit_code": code,
+            })
+        ),
+        logging::LogFormat::Text => eprintln!("walrelay: error: {line}"),
+    }
 }
 
 /// Parses the command line (options also from `WALRELAY_*`, see [`usage`]). A usage error prints
@@ -218,8 +233,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(Failure::Error(e)) => {
-            report_error(&e);
-            ExitCode::from(exit::code(exit::exit_class(&e)) as u8)
+            let code = exit::code(exit::exit_class(&e));
+            report_error(&e, code);
+            ExitCode::from(code as u8)
         }
         // The panic hook printed the line. Under restore_command, 1 would read as "not in the
         // archive" and end recovery early: a bug must stop it instead.

@@ -361,10 +361,10 @@ pub async fn run(args: ReceiveArgs) -> Result<i32> {
         Ok(summary) => {
             match summary.stop {
                 StopReason::Shutdown => {
-                    info!(flushed = %summary.flushed, timeline = %summary.timeline, "stopped")
+                    info!(flushed = %summary.flushed, timeline = summary.timeline.0, "stopped")
                 }
                 StopReason::EndPosition(end) => {
-                    info!(endpos = %end, timeline = %summary.timeline, "end position reached")
+                    info!(endpos = %end, timeline = summary.timeline.0, "end position reached")
                 }
             }
             Ok(exit::SUCCESS)

@@ -233,7 +233,7 @@ pub async fn run(args: ServeArgs) -> Result<i32> {
     .await
     {
         Ok(summary) => {
-            info!(flushed = %summary.flushed, timeline = %summary.timeline, "stopped");
+            info!(flushed = %summary.flushed, timeline = summary.timeline.0, "stopped");
             Ok(exit::SUCCESS)
         }
         Err(e) => Err(e.into()),

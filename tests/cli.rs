@@ -674,3 +674,25 @@ fn a_password_asked_for_without_a_terminal_comes_from_stdin() {
     );
     assert!(!err.contains("secret"), "{err}");
 }
+
+/// Under --log-format json the fatal error is a JSON object too (level, message, exit code), so
+/// a log shipper does not drop the one line that says why walrelay stopped.
+#[test]
+fn the_fatal_error_is_json_under_json_logs() {
+    let (code, _, err) = run_env(
+        &["--log-format", "json", "verify", "-D", "/nonexistent-json"],
+        &[],
+    );
+    assert_eq!(code, 5, "{err}");
+    let line = err.trim_end().lines().last().unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["level"], "ERROR", "{line}");
+    assert_eq!(v["exit_code"], 5, "{line}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/nonexistent-json")),
+        "{line}"
+    );
+}

@@ -252,6 +252,12 @@ fn a_receiver_in_service_mode_is_observable() {
         let v: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
         assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+        if v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("starting WAL stream"))
+        {
+            assert_eq!(v["timeline"], 1, "a number, as everywhere: {line}");
+        }
         if v["message"] == "segment complete" {
             assert!(
                 v["segment"].as_str().is_some_and(|s| s.len() == 24),

@@ -198,8 +198,8 @@ pub(crate) async fn session(
     state.system_identifier = Some(ident.system_identifier);
     info!(
         start = %start.lsn,
-        timeline = %start.timeline,
-        server_timeline = %ident.timeline,
+        timeline = start.timeline.0,
+        server_timeline = ident.timeline.0,
         server_position = %ident.xlogpos,
         "starting WAL stream: {}",
         start.why
