@@ -423,13 +423,18 @@ pub async fn run_from_archive(args: &BootstrapArgs) -> Result<i32> {
     let s = restored
         .with_context(|| format!("restore {} from {archive_text}", args.pgdata.display()))?;
     eprintln!(
-        "walrelay: restored backup {} (PostgreSQL {}, ended {} at {}) into {}: {} files checked against its manifest, {} WAL files; {}",
+        "walrelay: restored backup {} (PostgreSQL {}, ended {} at {}) into {}: {}, {} WAL files; {}",
         s.descriptor.label,
         s.descriptor.server_major(),
         s.descriptor.end_time,
         s.descriptor.end_lsn,
         s.data_dir.display(),
-        s.files_verified,
+        if s.descriptor.manifest {
+            format!("{} files checked against its manifest", s.files_verified)
+        } else {
+            "every stored object checked against its SHA-256 (no manifest before PostgreSQL 13)"
+                .to_string()
+        },
         s.wal_files,
         if fa.standby {
             "start it with pg_ctl start: it replays from the archive, then streams from the primary"

@@ -460,7 +460,7 @@ pub(crate) async fn check_xid_target_in_archive(
         Scan::Found(lsn) => check_continuous(&names, d, seg, seg.segno(lsn), "the target"),
         Scan::Unreadable => Ok(()),
         Scan::NotFound => Err(BackupJobError::NoBackup(format!(
-            "transaction {xid} has no commit or abort in the archive's WAL after backup {:?} began: recovery could not stop at it (PostgreSQL 13+ refuse to start, 10-12 promote at the archive's end without an error); check the transaction ID (the xmin of a row it wrote), or wait until WAL past its end is archived (pg_switch_wal() on the primary completes the segment in progress)",
+            "transaction {xid} has no commit or abort in the archive's WAL after backup {:?} began: recovery could not stop at it (PostgreSQL 13+ refuse to start, 10-12 promote at the archive's end without an error); check the transaction ID — the top-level transaction's (txid_current() inside it): a row's xmin is a subtransaction's ID when it was written after a SAVEPOINT, and recovery does not stop at those — or wait until WAL past its end is archived (pg_switch_wal() on the primary completes the segment in progress)",
             d.label
         ))),
     }
