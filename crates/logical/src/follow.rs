@@ -247,7 +247,7 @@ pub(crate) async fn follow(
             )));
         }
         sql.push_str(
-            &add_column(src, tgt, table, cat, src.server_version().major())
+            &add_column(tgt, table, cat, src.server_version().major())
                 .await
                 .map_err(stop)?,
         );
@@ -392,7 +392,7 @@ async fn add_dropped_column(
         missing: None,
         missing_differs: false,
     };
-    let sql = add_column(src, tgt, table, &cat, 0).await?;
+    let sql = add_column(tgt, table, &cat, 0).await?;
     warn!(table = %table.name, column = %column.name, "column added and dropped again on the source since: added on the target for the changes in between, rows older than it hold NULL in it until the source's DROP COLUMN, further in the stream, drops it here too");
     Ok(sql)
 }
@@ -473,11 +473,9 @@ async fn target_empty(tgt: &mut Connection, table: &ApplyTable) -> Result<bool, 
 /// `ALTER TABLE … ADD COLUMN` giving the existing rows the source's value, or why that cannot be.
 ///
 /// The catalog is read now, not as it was at the ADD COLUMN: on 11+ `attmissingval` keeps the
-/// value the rows of then got; on 10 only the current default is known, which may have been
-/// changed or dropped since — so there every row of the source must hold it now (rows updated
-/// since stream their own values anyway), or walrelay cannot tell.
+/// value the rows of then got; on 10 only the current default is known (rewritten into every row
+/// by ADD COLUMN … DEFAULT), taken as theirs — a default changed since is not seen there.
 async fn add_column(
-    src: &mut Connection,
     tgt: &mut Connection,
     table: &ApplyTable,
     cat: &CatalogColumn,
@@ -511,25 +509,7 @@ async fn add_column(
     let existing: Option<String> = match (&cat.missing, &cat.default) {
         (Some(Some(v)), _) => Some(format!("{}::{ty}", quote_literal(v))),
         (Some(None), _) | (None, None) => None,
-        (None, Some(d)) if source_major < 11 && crate::ddl::is_constant(d) => {
-            let holds = src
-                .simple_query(&format!(
-                    "SELECT NOT EXISTS (SELECT 1 FROM {} WHERE {col} IS DISTINCT FROM ({d})::{ty})",
-                    crate::schema::rows_of(&table.name, false)
-                ))
-                .await
-                .map_err(|e| format!("could not look into the table on the source: {e}"))?;
-            if holds.first().and_then(|r| r.get_idx(0, 0)) != Some("t")
-                && !target_empty(tgt, table).await?
-            {
-                return Err(format!(
-                    "its column {} has the default {d}, but not every row of the source holds it, and PostgreSQL {source_major} does not record the value the rows got when the column was added (the default may have been changed since): choose {}, or add the column on the target yourself with the right values and run again",
-                    cat.name,
-                    resync(table)
-                ));
-            }
-            Some(d.clone())
-        }
+        (None, Some(d)) if source_major < 11 && crate::ddl::is_constant(d) => Some(d.clone()),
         (None, Some(d)) => {
             if !target_empty(tgt, table).await? {
                 return Err(format!(
