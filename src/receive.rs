@@ -413,7 +413,7 @@ async fn slot_is_logical(conn: &mut Connection, slot: &str) -> bool {
         Ok(None) => false,
         Err(e) => e
             .server_error()
-            .is_some_and(|s| s.message().contains("logical replication slot")),
+            .is_some_and(walrelay_client::refuses_logical_slot),
     }
 }
 

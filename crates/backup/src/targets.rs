@@ -48,6 +48,18 @@ async fn archive_wal_names(archive: &OpenedArchive) -> Result<Option<Vec<String>
     }))
 }
 
+/// What every check reads first: the backup's segment size and the archive's WAL file names.
+/// `None` when either is unknown: the check gives no verdict.
+async fn archive_wal(
+    archive: &OpenedArchive,
+    d: &BackupDescriptor,
+) -> Result<Option<(WalSegmentSize, Vec<String>)>> {
+    let Ok(seg) = WalSegmentSize::new(u64::from(d.wal_segment_size)) else {
+        return Ok(None);
+    };
+    Ok(archive_wal_names(archive).await?.map(|names| (seg, names)))
+}
+
 /// The complete segments among `names` (no `.partial`: restore leaves those out unless asked),
 /// one name per segment (the uncompressed copy first), newest position first.
 fn complete_segments_newest_first(
@@ -86,10 +98,7 @@ pub(crate) async fn check_lsn_target_in_archive(
     d: &BackupDescriptor,
     target: Lsn,
 ) -> Result<()> {
-    let Ok(seg) = WalSegmentSize::new(u64::from(d.wal_segment_size)) else {
-        return Ok(());
-    };
-    let Some(names) = archive_wal_names(archive).await? else {
+    let Some((seg, names)) = archive_wal(archive, d).await? else {
         return Ok(());
     };
     let segments = complete_segments_newest_first(&names, seg);
@@ -179,10 +188,7 @@ pub(crate) async fn check_time_target_in_archive(
     d: &BackupDescriptor,
     target_unix: f64,
 ) -> Result<()> {
-    let Ok(seg) = WalSegmentSize::new(u64::from(d.wal_segment_size)) else {
-        return Ok(());
-    };
-    let Some(names) = archive_wal_names(archive).await? else {
+    let Some((seg, names)) = archive_wal(archive, d).await? else {
         return Ok(());
     };
     let target_micros = (target_unix * 1e6).round() as i64;
@@ -307,10 +313,7 @@ pub(crate) async fn check_wal_continuous(
     until: Lsn,
     what: &str,
 ) -> Result<()> {
-    let Ok(seg) = WalSegmentSize::new(u64::from(d.wal_segment_size)) else {
-        return Ok(());
-    };
-    let Some(names) = archive_wal_names(archive).await? else {
+    let Some((seg, names)) = archive_wal(archive, d).await? else {
         return Ok(());
     };
     check_continuous(&names, d, seg, seg.segno(until), what)
@@ -322,10 +325,7 @@ pub(crate) async fn check_latest_in_archive(
     archive: &OpenedArchive,
     d: &BackupDescriptor,
 ) -> Result<()> {
-    let Ok(seg) = WalSegmentSize::new(u64::from(d.wal_segment_size)) else {
-        return Ok(());
-    };
-    let Some(names) = archive_wal_names(archive).await? else {
+    let Some((seg, names)) = archive_wal(archive, d).await? else {
         return Ok(());
     };
     match complete_segments_newest_first(&names, seg).first() {
@@ -439,10 +439,7 @@ pub(crate) async fn check_xid_target_in_archive(
     d: &BackupDescriptor,
     xid: u64,
 ) -> Result<()> {
-    let Ok(seg) = WalSegmentSize::new(u64::from(d.wal_segment_size)) else {
-        return Ok(());
-    };
-    let Some(names) = archive_wal_names(archive).await? else {
+    let Some((seg, names)) = archive_wal(archive, d).await? else {
         return Ok(());
     };
     let wanted = (xid & 0xFFFF_FFFF) as u32;
@@ -473,10 +470,7 @@ pub(crate) async fn find_restore_point(
     d: &BackupDescriptor,
     name: &str,
 ) -> Result<Option<RestorePoint>> {
-    let Ok(seg) = WalSegmentSize::new(u64::from(d.wal_segment_size)) else {
-        return Ok(None);
-    };
-    let Some(names) = archive_wal_names(archive).await? else {
+    let Some((seg, names)) = archive_wal(archive, d).await? else {
         return Ok(None);
     };
     tracing::info!(name, backup = %d.label, "looking for the restore point in the archive's WAL");

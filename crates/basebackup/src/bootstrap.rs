@@ -1176,15 +1176,10 @@ async fn check_slot(
     }
 }
 
-/// The server's refusal of a logical slot for physical use: "cannot use a logical replication
-/// slot for physical replication" (START_REPLICATION), "cannot use READ_REPLICATION_SLOT with a
-/// logical replication slot" (15+).
+/// The server's refusal of a logical slot for physical use ([`walrelay_client::refuses_logical_slot`]).
 fn names_logical_slot(e: &walrelay_client::ClientError) -> bool {
-    e.server_error().is_some_and(|s| {
-        let m = s.message();
-        m.contains("logical replication slot")
-            && (m.contains("physical replication") || m.contains("READ_REPLICATION_SLOT"))
-    })
+    e.server_error()
+        .is_some_and(walrelay_client::refuses_logical_slot)
 }
 
 /// Segments in `pg_wal` under their final names with their full size (anything else — `.partial`,

@@ -141,6 +141,17 @@ pub enum ServerCondition {
     Other,
 }
 
+/// Whether the server refused a *logical* slot for physical use: "cannot use a logical
+/// replication slot for physical replication" (START_REPLICATION), "cannot use
+/// READ_REPLICATION_SLOT with a logical replication slot" (15+). The slot is healthy, only of
+/// the wrong kind — unlike the other 55000 slot errors, which [`ServerCondition::SlotUnusable`]
+/// names (an invalidated slot).
+pub fn refuses_logical_slot(e: &ServerError) -> bool {
+    let msg = e.message();
+    msg.contains("logical replication slot")
+        && (msg.contains("physical replication") || msg.contains("READ_REPLICATION_SLOT"))
+}
+
 impl ServerCondition {
     /// Classifies a server error (see the module documentation for the text rules).
     pub fn of(e: &ServerError) -> ServerCondition {
@@ -238,6 +249,25 @@ mod tests {
 
     fn server(code: &str, message: &str) -> ServerError {
         ServerError::new(code, message)
+    }
+
+    #[test]
+    fn a_logical_slot_refused_for_physical_use_is_told_apart() {
+        for (msg, want) in [
+            (
+                "cannot use a logical replication slot for physical replication",
+                true,
+            ),
+            (
+                "cannot use READ_REPLICATION_SLOT with a logical replication slot",
+                true,
+            ),
+            // An invalidated logical slot: another trouble.
+            ("cannot read from logical replication slot \"s\"", false),
+            ("replication slot \"s\" does not exist", false),
+        ] {
+            assert_eq!(refuses_logical_slot(&server("55000", msg)), want, "{msg}");
+        }
     }
 
     #[test]

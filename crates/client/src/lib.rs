@@ -29,7 +29,7 @@ mod tls;
 mod unresponsive;
 
 pub use backoff::{Backoff, FIRST_RECONNECT_DELAY};
-pub use condition::{sqlstate, Classify, ErrorClass, ServerCondition};
+pub use condition::{refuses_logical_slot, sqlstate, Classify, ErrorClass, ServerCondition};
 pub use connection::{message_name, Connection, QueryResult};
 pub use error::{bind_fix, ClientError, Result, ServerError};
 pub use params::{

@@ -196,13 +196,8 @@ impl ReceiveError {
         let Some(server) = e.server_error().cloned() else {
             return ReceiveError::Client(e);
         };
-        // "cannot use a logical replication slot for physical replication" (START_REPLICATION),
-        // "cannot use READ_REPLICATION_SLOT with a logical replication slot": the slot is
-        // healthy, only of the wrong kind — not invalidated.
-        let msg = server.message();
-        if msg.contains("logical replication slot")
-            && (msg.contains("physical replication") || msg.contains("READ_REPLICATION_SLOT"))
-        {
+        // A healthy slot of the wrong kind, not an invalidated one.
+        if walrelay_client::refuses_logical_slot(&server) {
             return ReceiveError::SlotNotPhysical {
                 slot: slot.unwrap_or("NAME").to_string(),
                 kind: "logical".into(),
